@@ -1,0 +1,65 @@
+"""asyncjobs: an asyncio-native Redis Streams job runner.
+
+Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; workers
+(``asyncjobs worker module:worker``) run the jobs, retry them, and never lose them.
+"""
+
+from ._context import Context
+from ._cron import CatchUp
+from ._handle import Job
+from ._model import ErrorInfo, JobInfo, JobState, Progress
+from ._pool import Pool, create_pool
+from ._retry import RetryPolicy
+from ._scheduler import CronJob, cron
+from ._task import Call, Task, call, task, task_ref
+from ._version import __version__
+from ._worker import Worker, WorkerConfig
+from .exceptions import (
+    AsyncJobsError,
+    ConfigurationError,
+    JobAborted,
+    JobError,
+    JobExpired,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    RedisUnavailable,
+    ResultTimeout,
+    Retry,
+    SerializationError,
+)
+
+__all__ = [
+    "AsyncJobsError",
+    "Call",
+    "CatchUp",
+    "ConfigurationError",
+    "Context",
+    "CronJob",
+    "ErrorInfo",
+    "Job",
+    "JobAborted",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobInfo",
+    "JobNotFound",
+    "JobTimeout",
+    "JobState",
+    "Pool",
+    "Progress",
+    "RedisUnavailable",
+    "ResultTimeout",
+    "Retry",
+    "RetryPolicy",
+    "SerializationError",
+    "Task",
+    "Worker",
+    "WorkerConfig",
+    "__version__",
+    "call",
+    "create_pool",
+    "cron",
+    "task",
+    "task_ref",
+]

@@ -1,0 +1,182 @@
+"""msgspec msgpack encoding of jobs, results and errors; no pickle anywhere.
+
+Encoders and decoders are built once and reused. Arguments travel as msgpack's own types;
+the worker converts each one back to the type its task declares (a ``UUID``, a dataclass,
+a ``msgspec.Struct``, a ``datetime``...), so tasks receive what they were typed to receive.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._model import ErrorInfo, JobSpec, Progress
+from .exceptions import SerializationError
+
+_encoder = msgspec.msgpack.Encoder()
+_any_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
+_spec_decoder = msgspec.msgpack.Decoder(JobSpec)
+_errors_decoder = msgspec.msgpack.Decoder(list[ErrorInfo])
+_progress_decoder = msgspec.msgpack.Decoder(Progress)
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
+
+# Types that msgpack gives back exactly as they went in: no conversion needed.
+_NATIVE: frozenset[Any] = frozenset({Any, object, int, str, float, bool, bytes, type(None)})
+
+
+def encode_spec(spec: JobSpec, param_names: Sequence[str] = ()) -> bytes:
+    """Encode a job spec, or raise ``SerializationError`` naming the argument that failed."""
+    try:
+        return _encoder.encode(spec)
+    except _ENCODE_ERRORS as exc:
+        raise _explain(spec, param_names, exc) from exc
+
+
+def _explain(spec: JobSpec, names: Sequence[str], exc: Exception) -> SerializationError:
+    for index, value in enumerate(spec.args):
+        if not _encodes(value):
+            name = names[index] if index < len(names) else f"*args[{index - len(names)}]"
+            where = f"argument {name!r} (position {index})"
+            return _unsupported(where, spec.task, value, exc)
+    for key, value in spec.kwargs.items():
+        if not _encodes(value):
+            return _unsupported(f"argument {key!r}", spec.task, value, exc)
+    return SerializationError(f"cannot serialize job of task {spec.task!r}: {exc}")
+
+
+def _unsupported(where: str, task: str, value: object, exc: Exception) -> SerializationError:
+    kind = type(value).__qualname__
+    return SerializationError(
+        f"cannot serialize {where} of task {task!r}: a value of type {kind} ({exc}); "
+        "pass primitives, lists, dicts, datetimes, UUIDs, dataclasses or msgspec Structs"
+    )
+
+
+def _encodes(value: object) -> bool:
+    try:
+        _encoder.encode(value)
+    except _ENCODE_ERRORS:
+        return False
+    return True
+
+
+def decode_spec(data: bytes) -> JobSpec:
+    """Decode a job spec; raises ``msgspec.DecodeError`` / ``ValidationError`` when corrupt."""
+    return _spec_decoder.decode(data)
+
+
+def encode_value(value: object, what: str = "result") -> bytes:
+    """Encode a task's return value (or any value), naming it in the error."""
+    try:
+        return _encoder.encode(value)
+    except _ENCODE_ERRORS as exc:
+        raise SerializationError(
+            f"cannot serialize the {what}: a value of type {type(value).__qualname__} ({exc})"
+        ) from exc
+
+
+def decode_value(data: bytes, type_: Any = Any) -> Any:
+    """Decode a value, converting it to ``type_`` when one is given."""
+    if type_ in _NATIVE:
+        return _any_decoder.decode(data)
+    return msgspec.msgpack.decode(data, type=type_)
+
+
+def encode_errors(errors: Sequence[ErrorInfo]) -> bytes:
+    """Encode an error history."""
+    return _encoder.encode(list(errors))
+
+
+def decode_errors(data: bytes | None) -> tuple[ErrorInfo, ...]:
+    """Decode an error history; an absent field is an empty history."""
+    return tuple(_errors_decoder.decode(data)) if data else ()
+
+
+def encode_progress(progress: Progress) -> bytes:
+    """Encode a progress report."""
+    return _encoder.encode(progress)
+
+
+def decode_progress(data: bytes | None) -> Progress | None:
+    """Decode a progress report, if any."""
+    return _progress_decoder.decode(data) if data else None
+
+
+_PACKAGE_DIR = str(Path(__file__).parent)
+
+
+def error_info(exc: BaseException, attempt: int, at_ms: int) -> ErrorInfo:
+    """Capture an exception's type, message and traceback text (without asyncjobs' own
+    frames in front of the task's)."""
+    kind = type(exc)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(
+        _PACKAGE_DIR
+    ):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return ErrorInfo(f"{kind.__module__}.{kind.__qualname__}", str(exc), text, attempt, at_ms)
+
+
+class ArgConverter:
+    """Converts decoded arguments to the types a task's parameters declare.
+
+    Built once per task from its signature (the first parameter, the context, is skipped).
+    Parameters without annotations, or annotated with msgpack-native types, pass unchanged.
+    """
+
+    __slots__ = ("_keyword", "_positional", "_varargs", "names", "trivial")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        hints = _type_hints(fn)
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.names = tuple(p.name for p in params if p.kind in kinds)
+        self._positional = [hints.get(name, Any) for name in self.names]
+        var = [p for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
+        self._varargs = hints.get(var[0].name, Any) if var else Any
+        self._keyword = {p.name: hints.get(p.name, Any) for p in params}
+        wanted = [*self._positional, self._varargs, *self._keyword.values()]
+        self.trivial = all(t in _NATIVE for t in wanted)
+
+    def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Return converted copies; raises ``msgspec.ValidationError`` naming the argument."""
+        if self.trivial:
+            return args, kwargs
+        out = []
+        for index, value in enumerate(args):
+            if index < len(self._positional):
+                type_, name = self._positional[index], self.names[index]
+            else:
+                type_, name = self._varargs, f"*args[{index - len(self._positional)}]"
+            out.append(_convert(value, type_, name))
+        converted = {k: _convert(v, self._keyword.get(k, Any), k) for k, v in kwargs.items()}
+        return out, converted
+
+
+def _convert(value: Any, type_: Any, name: str) -> Any:
+    if type_ in _NATIVE:
+        return value
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise msgspec.ValidationError(f"argument {name!r}: {exc}") from exc
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    target = inspect.unwrap(fn)
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to no conversion
+        return {}
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The declared return type of a task function (``Any`` when absent or unresolvable)."""
+    return _type_hints(fn).get("return", Any)

@@ -1,0 +1,123 @@
+"""A throwaway ``redis-server`` on a free port, for ``asyncjobs demo`` and test suites.
+
+Runs in a temporary directory, with or without an append-only file, and can be killed and
+restarted on the same port (to test outages).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_path() -> str | None:
+    """The ``redis-server`` binary on PATH, if any."""
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """One ``redis-server`` process; ``start()`` returns its URL."""
+
+    def __init__(self, *, appendonly: bool = False, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        binary = redis_server_path()
+        if binary is None:
+            raise FileNotFoundError("redis-server is not on PATH")
+        self.binary = binary
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.extra_args = extra_args
+        self._dir = tempfile.TemporaryDirectory(prefix="asyncjobs-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def directory(self) -> Path:
+        """The server's working directory (AOF files live here)."""
+        return Path(self._dir.name)
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start the server and wait until it answers PING; returns its URL."""
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", self._dir.name, "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec", "--logfile", str(self.directory / "redis.log"),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited at start: {err or self._log_tail()}")
+            if self.ping():
+                return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"redis-server did not answer within {timeout_s} s")
+
+    def ping(self) -> bool:
+        """True if the server answers PING (and is not loading its data)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server: SIGKILL with ``kill`` (no final AOF write), else SIGTERM."""
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self, *, kill: bool = False, down_s: float = 0.0) -> None:
+        """Stop (or kill) and start again on the same port and directory."""
+        self.stop(kill=kill)
+        time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        self._dir.cleanup()
+
+    def _log_tail(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text()[-2000:] if path.exists() else ""
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

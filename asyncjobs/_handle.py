@@ -1,0 +1,156 @@
+"""The job handle a producer gets back: status, record, result, progress, abort."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+
+from ._codec import decode_errors, decode_progress, decode_spec, decode_value
+from ._model import ErrorInfo, JobInfo, JobState, Progress, from_ms
+from .exceptions import JobAborted, JobExpired, JobFailed, JobNotFound, ResultTimeout
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+    from ._task import Seconds
+
+R = TypeVar("R")
+
+_RECHECK_S = 5.0  # re-read the record this often while waiting, in case a notice was lost
+
+
+class Job(Generic[R]):
+    """A handle on one job. Cheap to create: it holds the id, the queue and the pool."""
+
+    __slots__ = ("_pool", "_result_type", "id", "queue")
+
+    def __init__(self, pool: Pool, job_id: str, queue: str, result_type: Any = Any) -> None:
+        self._pool = pool
+        self._result_type = result_type
+        self.id = job_id
+        self.queue = queue
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} queue={self.queue}>"
+
+    async def status(self) -> JobState:
+        """The job's current state; raises ``JobNotFound`` if there is no record."""
+        key = self._pool.keys(self.queue).job(self.id)
+        state: bytes | None = await self._pool.call(self._pool.client.hget(key, "s"))
+        if state is None:
+            raise JobNotFound(self.id, self.queue)
+        return JobState(state.decode())
+
+    async def info(self) -> JobInfo:
+        """The whole record: task, arguments, state, attempts, times, errors, progress."""
+        key = self._pool.keys(self.queue).job(self.id)
+        raw: dict[bytes, bytes] = await self._pool.call(self._pool.client.hgetall(key))
+        if not raw:
+            raise JobNotFound(self.id, self.queue)
+        return parse_record(self.id, self.queue, raw)
+
+    async def progress(self) -> Progress | None:
+        """The latest progress the task reported, if any."""
+        key = self._pool.keys(self.queue).job(self.id)
+        data: bytes | None = await self._pool.call(self._pool.client.hget(key, "p"))
+        return decode_progress(data)
+
+    async def result(self, timeout: Seconds | None = None) -> R:
+        """Wait for the job to end and return its value.
+
+        Raises ``JobFailed`` (with the remote error's type, message and traceback),
+        ``JobAborted``, ``JobExpired``, ``ResultTimeout`` when ``timeout`` elapses first, or
+        ``JobNotFound``. Waiting uses pub/sub, not polling.
+        """
+        from ._task import to_seconds
+
+        limit = to_seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        keys = self._pool.keys(self.queue)
+        async with self._pool.waiter.watch(keys.done_channel(self.id)) as notice:
+            while True:
+                notice.clear()
+                found = await self._final_value()
+                if found is not None:
+                    return found[0]  # type: ignore[no-any-return]
+                wait = _RECHECK_S
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise ResultTimeout(f"job {self.id} did not finish within {limit} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(notice.wait(), wait)
+
+    async def _final_value(self) -> tuple[Any] | None:
+        key = self._pool.keys(self.queue).job(self.id)
+        reply: list[bytes | None] = await self._pool.call(
+            self._pool.client.hmget(key, ["s", "r", "h", "dl"])
+        )
+        state, value, history, reason = reply
+        if state is None:
+            raise JobNotFound(self.id, self.queue)
+        current = JobState(state.decode())
+        if current is JobState.COMPLETE:
+            return (decode_value(value, self._result_type) if value else None,)
+        if current is JobState.FAILED:
+            errors = decode_errors(history)
+            error = errors[-1] if errors else ErrorInfo("unknown", _text(reason), "", 0, 0)
+            raise JobFailed(self.id, error, errors)
+        if current is JobState.ABORTED:
+            raise JobAborted(self.id, f"job {self.id} was aborted")
+        if current is JobState.EXPIRED:
+            raise JobExpired(self.id, f"job {self.id} expired before it started")
+        return None
+
+    async def abort(self) -> bool:
+        """Abort the job. A queued or scheduled job never starts; a running one is cancelled
+        within about a second. Returns False if the job had already ended."""
+        state: str = await self._pool.call(
+            self._pool.store(self.queue).abort(self.id, self._pool.aborted_ttl_s)
+        )
+        if state == "missing":
+            raise JobNotFound(self.id, self.queue)
+        return not JobState(state).is_final
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode(errors="replace") if raw else ""
+
+
+def _ms(raw: bytes | None) -> Any:
+    return from_ms(int(raw)) if raw else None
+
+
+def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
+    """Build a ``JobInfo`` from a record hash (see ``_model`` for the fields)."""
+    try:
+        spec = decode_spec(raw[b"j"])
+        task, args, kwargs = spec.task, spec.args, spec.kwargs
+    except (KeyError, msgspec.MsgspecError):
+        task, args, kwargs = "<undecodable>", [], {}
+        spec = None
+    return JobInfo(
+        id=job_id,
+        queue=queue,
+        task=task,
+        args=args,
+        kwargs=kwargs,
+        state=JobState(_text(raw.get(b"s"))),
+        attempts=int(raw.get(b"a", 0)),
+        enqueued_at=_ms(raw.get(b"q")),
+        scheduled_for=_ms(raw.get(b"d")),
+        started_at=_ms(raw.get(b"st")),
+        ended_at=_ms(raw.get(b"et")),
+        expires_at=_ms(raw.get(b"x")),
+        worker=_text(raw.get(b"w")) or None,
+        errors=decode_errors(raw.get(b"h")),
+        progress=decode_progress(raw.get(b"p")),
+        dead_letter_reason=_text(raw.get(b"dl")) or None,
+        timeout_s=spec.timeout_s if spec else None,
+        max_tries=spec.max_tries if spec else None,
+        headers=dict(spec.headers) if spec else {},
+        result=decode_value(raw[b"r"]) if b"r" in raw else None,
+    )

@@ -1,0 +1,112 @@
+"""Every Redis key name, derived in one place. No I/O.
+
+All keys of one queue carry the same hash tag, ``{<queue>}``, so they live in one
+Redis Cluster slot and every Lua script touching them works on Cluster unchanged. Keys that
+span queues (the worker registry) carry no tag and are never used inside a script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROUP = "asyncjobs"
+"""The consumer group every worker of a queue reads through."""
+
+_FORBIDDEN = set("{}") | {" ", "\n", "\r", "\t"}
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a queue name or key prefix and return it."""
+    if not name or any(ch in _FORBIDDEN for ch in name) or len(name) > 200:
+        raise ValueError(
+            f"invalid {kind} {name!r}: 1-200 characters, no braces and no whitespace"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys of one queue under one prefix."""
+
+    prefix: str
+    queue: str
+    base: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_name("prefix", self.prefix)
+        check_name("queue name", self.queue)
+        object.__setattr__(self, "base", f"{self.prefix}:{{{self.queue}}}")
+
+    @property
+    def stream(self) -> str:
+        """The queue's stream: one entry per queued job, holding only its id."""
+        return f"{self.base}:stream"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting for a due time (delays, retries), scored in ms."""
+        return f"{self.base}:delayed"
+
+    @property
+    def dead(self) -> str:
+        """The dead-letter stream: one entry per dead-lettered job, with its reason."""
+        return f"{self.base}:dead"
+
+    @property
+    def job_prefix(self) -> str:
+        """Prefix of job record keys; scripts build job keys from it."""
+        return f"{self.base}:job:"
+
+    def job(self, job_id: str) -> str:
+        """The hash holding one job's record."""
+        return f"{self.base}:job:{job_id}"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters: enqueued, complete, failed, retried, dead, expired, aborted."""
+        return f"{self.base}:stats"
+
+    @property
+    def leader(self) -> str:
+        """The scheduler lease of this queue."""
+        return f"{self.base}:leader"
+
+    @property
+    def cron(self) -> str:
+        """Hash of cron cursors (name -> last tick ms) and last tick job ids."""
+        return f"{self.base}:cron"
+
+    def done_channel(self, job_id: str) -> str:
+        """Pub/sub channel announcing that a job reached a final state."""
+        return f"{self.base}:done:{job_id}"
+
+    @property
+    def abort_channel(self) -> str:
+        """Pub/sub channel carrying ids of running jobs to cancel."""
+        return f"{self.base}:abort"
+
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel that wakes the scheduler when an earlier due time arrives."""
+        return f"{self.base}:wake"
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalKeys:
+    """Keys shared by all queues of one prefix (never touched by a script)."""
+
+    prefix: str
+
+    @property
+    def queues(self) -> str:
+        """Set of known queue names."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker name -> last heartbeat (ms)."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, name: str) -> str:
+        """JSON describing one worker, expiring when its heartbeat stops."""
+        return f"{self.prefix}:worker:{name}"

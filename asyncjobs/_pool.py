@@ -1,0 +1,253 @@
+"""The producer: ``create_pool(url)`` and ``Pool.enqueue``.
+
+Enqueue is one script call (``enqueue.lua``): the record and the stream entry (or the delayed
+set entry) are written together, or not at all. The job id is chosen before the first try,
+so retrying an enqueue after a lost reply cannot create a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._codec import encode_spec
+from ._connection import ClientFactory, default_url, redact, url_factory
+from ._handle import Job
+from ._keys import GlobalKeys, Keys, check_name
+from ._model import JobSpec, to_ms
+from ._store import NewJob, QueueStore
+from ._task import AsyncFn, Call, SyncFn, Task, call
+from ._waiter import Waiter
+from .exceptions import RedisUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+log = logging.getLogger("asyncjobs.pool")
+
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Pool:
+    """A producer's handle on Redis: enqueue jobs, look them up, inspect queues.
+
+    Create it with ``await create_pool(url)`` (or ``async with create_pool(url) as pool``).
+    Calls that cannot reach Redis retry for up to ``retry_for`` seconds, then raise
+    ``RedisUnavailable``; they never hang.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "asyncjobs",
+        queue: str = "default",
+        retry_for: float = 5.0,
+        owns_client: bool = True,
+        description: str = "",
+    ) -> None:
+        self.client = client
+        self.prefix = check_name("prefix", prefix)
+        self.default_queue = check_name("queue name", queue)
+        self.retry_for_s = retry_for
+        self.aborted_ttl_s = 24 * 3600
+        self.description = description
+        self.global_keys = GlobalKeys(prefix)
+        self._owns_client = owns_client
+        self._stores: dict[str, QueueStore] = {}
+        self._known_queues: set[str] = set()
+        self._waiter: Waiter | None = None
+
+    def keys(self, queue: str) -> Keys:
+        """The key names of a queue."""
+        return self.store(queue).keys
+
+    def store(self, queue: str) -> QueueStore:
+        """The Redis operations of a queue (internal)."""
+        store = self._stores.get(queue)
+        if store is None:
+            store = self._stores[queue] = QueueStore(self.client, Keys(self.prefix, queue))
+        return store
+
+    @property
+    def waiter(self) -> Waiter:
+        """The pub/sub router used to wait for results (internal)."""
+        if self._waiter is None:
+            self._waiter = Waiter(self.client)
+        return self._waiter
+
+    async def call(self, operation: Awaitable[Any]) -> Any:
+        """Await one Redis operation, mapping an outage to ``RedisUnavailable``."""
+        try:
+            return await operation
+        except _OUTAGE as exc:
+            raise RedisUnavailable(f"Redis unavailable ({self.description}): {exc}") from exc
+
+    async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.05
+        while True:
+            try:
+                return await make()
+            except _OUTAGE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailable(
+                        f"Redis unavailable for {self.retry_for_s:g} s "
+                        f"({self.description}): {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # fmt: off
+    @overload
+    async def enqueue(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def enqueue(self, task: AsyncFn[P, R], /, *args: P.args,
+                      **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def enqueue(self, task: SyncFn[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def enqueue(self, task: str, /, *args: Any, **kwargs: Any) -> Job[Any]: ...
+    # fmt: on
+    async def enqueue(self, task: Any, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue one job and return its handle at once.
+
+        ``task`` is a ``Task`` (``@asyncjobs.task``), a task function, or a task name. Give
+        per-job options with ``task.options(job_id=..., queue=..., delay=..., ...)``. If the
+        job id already names a queued, scheduled or running job, or one whose result is
+        still kept, that job's handle is returned and nothing new is enqueued.
+        """
+        (job,) = await self.enqueue_many([call(task, *args, **kwargs)])
+        return job
+
+    async def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
+        """Enqueue many jobs in few round trips (batches of 500 per script call, pipelined).
+
+        Every argument of every job is encoded before anything is written.
+        """
+        prepared = [self._prepare(c) for c in calls]
+        by_queue: dict[str, list[NewJob]] = {}
+        for queue, new, _ in prepared:
+            by_queue.setdefault(queue, []).append(new)
+        for queue, jobs in by_queue.items():
+            await self._register_queue(queue)
+            store = self.store(queue)
+            await self._retrying(lambda s=store, j=jobs: s.enqueue(j))  # type: ignore[misc]
+        return [Job(self, new.id, queue, rtype) for queue, new, rtype in prepared]
+
+    def _prepare(self, c: Call[Any]) -> tuple[str, NewJob, Any]:
+        task, opts = c.task, c.task.job_options
+        queue = opts.queue or task.queue or self.default_queue
+        spec = JobSpec(
+            task=task.name,
+            args=list(c.args),
+            kwargs=c.kwargs,
+            timeout_s=opts.timeout_s,
+            max_tries=opts.max_tries,
+            result_ttl_s=opts.result_ttl_s,
+            headers=dict(opts.headers),
+        )
+        data = encode_spec(spec, task.param_names)
+        exp = opts.expires
+        new = NewJob(
+            id=opts.job_id or uuid.uuid4().hex,
+            spec=data,
+            delay_ms=round((opts.delay_s or 0) * 1000),
+            due_at_ms=to_ms(opts.at) if opts.at else 0,
+            expires_in_ms=round(exp * 1000) if isinstance(exp, float) else 0,
+            expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
+        )
+        return queue, new, task.result_type
+
+    async def _register_queue(self, queue: str) -> None:
+        if queue not in self._known_queues:
+            await self._retrying(lambda: self.client.sadd(self.global_keys.queues, queue))
+            self._known_queues.add(queue)
+
+    def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
+        """A handle on an existing job (no Redis call until you use it)."""
+        return Job(self, job_id, queue or self.default_queue)
+
+    async def close(self) -> None:
+        """Close the pool's connections (if it opened them)."""
+        if self._waiter is not None:
+            await self._waiter.close()
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class _PoolOpener:
+    """``create_pool(...)`` result: await it, or use it with ``async with``."""
+
+    def __init__(self, open_: Callable[[], Awaitable[Pool]]) -> None:
+        self._open = open_
+        self._pool: Pool | None = None
+
+    def __await__(self) -> Generator[Any, None, Pool]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Pool:
+        self._pool = await self._open()
+        return self._pool
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def create_pool(
+    url: str | None = None,
+    *,
+    prefix: str = "asyncjobs",
+    queue: str = "default",
+    max_connections: int = 50,
+    retry_for: float = 5.0,
+    client_factory: ClientFactory | None = None,
+    check: bool = True,
+) -> _PoolOpener:
+    """Open a pool: ``pool = await create_pool(url)`` or ``async with create_pool(url) as p``.
+
+    ``url`` defaults to ``$ASYNCJOBS_REDIS_URL``, then ``redis://localhost:6379/0``; it may
+    carry a password, an ACL user, a database number, and ``rediss://`` for TLS. With
+    ``check`` the pool pings Redis once and raises ``RedisUnavailable`` if it cannot.
+    """
+    target = url or default_url()
+    factory = client_factory or url_factory(target)
+
+    async def open_() -> Pool:
+        client = factory(max_connections=max_connections, socket_timeout=10.0)
+        pool = Pool(client, prefix=prefix, queue=queue, retry_for=retry_for,
+                    description=redact(target) if client_factory is None else "custom client")
+        if check:
+            try:
+                await pool._retrying(client.ping)
+            except BaseException:
+                await client.aclose()
+                raise
+        return pool
+
+    return _PoolOpener(open_)
+
+
+__all__ = ["Pool", "create_pool"]

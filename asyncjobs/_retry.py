@@ -1,0 +1,103 @@
+"""What happens after an attempt: a pure decision, tested without Redis or a clock.
+
+The default policy retries any ``Exception`` up to 3 tries in all, with exponential backoff
+and full jitter (1 s base, 5 min cap). Why retry by default: background jobs mostly call
+other systems, whose failures are mostly transient, and delivery is at-least-once anyway
+(a crash re-runs a job), so tasks must already be idempotent; retrying adds no new hazard.
+A task that must not be retried declares ``retry_on=()`` or ``max_tries=1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .exceptions import Retry
+
+
+class Action(StrEnum):
+    """The next state of a job after an attempt."""
+
+    COMPLETE = "complete"
+    RETRY = "retry"
+    FAIL = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which failures retry, how often, and how long to wait in between."""
+
+    max_tries: int = 3
+    """Attempts in all, the first included."""
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    """Exception types that retry (subclasses included)."""
+    dont_retry_on: tuple[type[BaseException], ...] = ()
+    """Exception types that never retry, even if ``retry_on`` matches."""
+    retry_timeouts: bool = True
+    """Whether an attempt that hit its timeout retries."""
+    backoff_s: float = 1.0
+    """Base delay: attempt n waits up to ``backoff_s * 2 ** (n - 1)``."""
+    backoff_cap_s: float = 300.0
+    """The longest wait between attempts."""
+
+    def __post_init__(self) -> None:
+        if self.max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
+        if self.backoff_s < 0 or self.backoff_cap_s < 0:
+            raise ValueError("backoff times must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The action, the delay before a retry, and the reason for a failure."""
+
+    action: Action
+    delay_s: float = 0.0
+    reason: str = ""
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    ``rand`` is a number in [0, 1) supplied by the caller (``random.random()``).
+    """
+    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, 62))
+    return float(ceiling * rand)
+
+
+def decide(
+    kind: str,
+    error: BaseException | None,
+    attempt: int,
+    policy: RetryPolicy,
+    rand: float,
+) -> Decision:
+    """Decide after an attempt. ``kind`` is 'ok', 'error' or 'timeout'."""
+    if kind == "ok":
+        return Decision(Action.COMPLETE)
+    left = attempt < policy.max_tries
+    if isinstance(error, Retry):
+        if not left:
+            return Decision(Action.FAIL, reason=f"retry requested on try {attempt} of "
+                                                f"{policy.max_tries}")
+        delay = error.delay_s
+        if delay is None:
+            delay = backoff_delay(attempt, policy.backoff_s, policy.backoff_cap_s, rand)
+        return Decision(Action.RETRY, delay)
+    if kind == "timeout":
+        retryable, what = policy.retry_timeouts, "timed out"
+    else:
+        retryable = _retryable(error, policy)
+        what = f"raised {type(error).__name__}"
+    if not retryable:
+        return Decision(Action.FAIL, reason=f"{what} (not retryable)")
+    if not left:
+        return Decision(Action.FAIL, reason=f"{what} on try {attempt} of {policy.max_tries}")
+    delay = backoff_delay(attempt, policy.backoff_s, policy.backoff_cap_s, rand)
+    return Decision(Action.RETRY, delay)
+
+
+def _retryable(error: BaseException | None, policy: RetryPolicy) -> bool:
+    if error is None or isinstance(error, policy.dont_retry_on):
+        return False
+    return isinstance(error, policy.retry_on)

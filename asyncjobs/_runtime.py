@@ -1,0 +1,120 @@
+"""Shared state of a running worker: its connections, its queues, its slots, and the outage
+tracker that every loop reports to (so an outage is logged once, not once per loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._store import QueueStore
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+    from ._task import Task
+    from ._worker import WorkerConfig
+
+log = logging.getLogger("asyncjobs.worker")
+
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors that mean "Redis is unreachable right now": retry with backoff."""
+
+
+class Slots:
+    """Counts free job slots; the fetchers take them in batches, jobs give them back."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._changed = asyncio.Event()
+
+    async def take_some(self, most: int) -> int:
+        """Wait for at least one free slot, then take up to ``most`` of them."""
+        while self.free == 0:
+            self._changed.clear()
+            await self._changed.wait()
+        taken = min(self.free, most)
+        self.free -= taken
+        return taken
+
+    def take_now(self, most: int) -> int:
+        """Take up to ``most`` free slots without waiting (possibly none)."""
+        taken = min(self.free, most)
+        self.free -= taken
+        return taken
+
+    def give(self, count: int = 1) -> None:
+        """Return slots."""
+        if count:
+            self.free += count
+            self._changed.set()
+
+    @property
+    def busy(self) -> int:
+        """Slots in use."""
+        return self.size - self.free
+
+
+class Outage:
+    """Tracks Redis reachability for the whole worker; logs once per outage."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.recovered_at = 0.0
+        self._failures = 0
+
+    def failed(self, exc: BaseException, where: str) -> float:
+        """Record a failure; returns how long the caller should back off (seconds)."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("redis unavailable (%s: %s); retrying with backoff", where, exc)
+        self._failures += 1
+        return float(min(5.0, 0.1 * 2.0 ** min(self._failures, 6)) * (0.5 + random.random() / 2))
+
+    def ok(self) -> None:
+        """Record a success; logs recovery once."""
+        if self.down_since is not None:
+            log.warning("redis reachable again after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
+            self.recovered_at = time.monotonic()
+        self._failures = 0
+
+    def recent(self, within_s: float) -> bool:
+        """True while Redis is down, or came back less than ``within_s`` ago."""
+        if self.down_since is not None:
+            return True
+        return time.monotonic() - self.recovered_at < within_s
+
+
+@dataclass
+class Runtime:
+    """Everything the worker's loops share while it runs."""
+
+    config: WorkerConfig
+    tasks: dict[str, Task[Any, Any]]
+    client: Redis
+    blocking: Redis
+    stores: dict[str, QueueStore]
+    consumer: str
+    pool: Pool
+    state: Any = None
+    outage: Outage = field(default_factory=Outage)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    fetch_beat: dict[str, float] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        now = time.monotonic()
+        self.fetch_beat = dict.fromkeys(self.stores, now)
+
+    def fetching(self, within_s: float) -> bool:
+        """True if every fetch loop made progress (or waited for slots) within ``within_s``."""
+        now = time.monotonic()
+        return bool(self.fetch_beat) and all(now - t < within_s for t in self.fetch_beat.values())

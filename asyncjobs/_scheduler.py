@@ -1,0 +1,182 @@
+"""The scheduler of one queue: promotes due delayed jobs and enqueues cron ticks, but only
+while this worker holds the queue's leader lease.
+
+Every worker runs it; one leads. Correctness never depends on the lease: promotion is one
+atomic script and each cron tick goes in under a deterministic job id behind a cursor that
+only moves forward, so two leaders overlapping for a moment still run nothing twice. The
+lease only saves work. The leader sleeps until the earliest due time or cron tick, and a
+pub/sub wake-up cuts the sleep short when an earlier job arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from ._codec import encode_spec
+from ._cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
+from ._leader import Lease
+from ._model import JobSpec, from_ms, to_ms
+from ._runtime import OUTAGE_ERRORS, Runtime
+from ._task import Seconds, Task, as_task, to_seconds
+
+log = logging.getLogger("asyncjobs.scheduler")
+
+_PROMOTE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class CronJob:
+    """A task run on a schedule; declare it with ``asyncjobs.cron(...)``."""
+
+    name: str
+    task: Task[Any, Any]
+    schedule: Schedule
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    catch_up: CatchUp = CatchUp.LATEST
+    grace: timedelta = timedelta(seconds=60)
+    max_catch_up: int = 10
+    no_overlap: bool = False
+    queue: str | None = None
+    spec: bytes = b""
+
+
+def cron(
+    task: Task[Any, Any] | Any,
+    schedule: str | None = None,
+    *,
+    every: Seconds | None = None,
+    name: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    timezone: str = "UTC",
+    catch_up: CatchUp | str = CatchUp.LATEST,
+    grace: Seconds = 60.0,
+    max_catch_up: int = 10,
+    no_overlap: bool = False,
+    queue: str | None = None,
+    timeout: Seconds | None = None,
+) -> CronJob:
+    """Declare a scheduled task: ``cron(task, "*/5 * * * *")`` or ``cron(task, every=30)``.
+
+    ``schedule`` is a 5-field cron expression, or 6 fields with seconds first, evaluated in
+    ``timezone`` (DST-correct). ``catch_up`` says what to do with ticks missed while no
+    worker ran: "skip", "latest" (run the most recent once; the default) or "all" (each of
+    up to ``max_catch_up``). Ticks late by less than ``grace`` always run. ``no_overlap``
+    skips a tick while the previous run is still queued or running.
+    """
+    if (schedule is None) == (every is None):
+        raise ValueError("give exactly one of a cron expression or every=")
+    when: Schedule
+    if schedule is not None:
+        when = CronExpr(schedule, timezone)
+    else:
+        when = Every(timedelta(seconds=to_seconds(every, "every") or 0))
+    ref = as_task(task)
+    job_name = name or ref.name
+    timeout_s = to_seconds(timeout, "timeout")
+    spec = JobSpec(ref.name, list(args), dict(kwargs or {}), timeout_s=timeout_s)
+    return CronJob(
+        name=job_name, task=ref, schedule=when, args=tuple(args), kwargs=dict(kwargs or {}),
+        catch_up=CatchUp(catch_up), grace=timedelta(seconds=to_seconds(grace, "grace") or 0),
+        max_catch_up=max_catch_up, no_overlap=no_overlap, queue=queue,
+        spec=encode_spec(spec, ref.param_names),
+    )
+
+
+class Scheduler:
+    """Leader election, promotion and cron for one queue."""
+
+    def __init__(self, rt: Runtime, queue: str, crons: Sequence[CronJob], wake: asyncio.Event):
+        self.rt = rt
+        self.queue = queue
+        self.crons = list(crons)
+        self.wake = wake
+        self.store = rt.stores[queue]
+        self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s)
+
+    async def run(self) -> None:
+        """Run until the worker stops (the lease is released by ``release``)."""
+        while not self.rt.stopping.is_set():
+            try:
+                await self._step()
+            except OUTAGE_ERRORS as exc:
+                self.lease.drop()
+                await self._sleep(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
+
+    async def release(self) -> None:
+        """Give up leadership so another worker takes over at once (at shutdown)."""
+        if self.lease.held:
+            try:
+                await self.lease.release()
+            except OUTAGE_ERRORS:
+                self.lease.drop()
+
+    async def _step(self) -> None:
+        if not self.lease.held:
+            if not await self.lease.acquire():
+                remaining = await self.lease.remaining_s()
+                await self._sleep(min(remaining + 0.005, self.lease.ttl_s / 3))
+                return
+            log.info("scheduler leads queue %s", self.queue)
+        if time.monotonic() >= self.lease.renew_at and not await self.lease.renew():
+            log.warning("scheduler lost the lease of queue %s", self.queue)
+            return
+        self.wake.clear()
+        wait_s = await self._act()
+        await self._sleep(min(wait_s, max(0.0, self.lease.renew_at - time.monotonic())))
+
+    async def _act(self) -> float:
+        """Promote due jobs and fire due cron ticks; returns seconds until the next due."""
+        ttl = max(1, math.ceil(self.rt.config.result_ttl_s or 3600))
+        while True:
+            if not self.lease.held:
+                return 0.0
+            done = await self.store.promote(_PROMOTE_BATCH, ttl)
+            if done.promoted + done.expired < _PROMOTE_BATCH:
+                break
+        wait = math.inf
+        if done.next_due_ms is not None:
+            wait = (done.next_due_ms - done.now_ms) / 1000
+        if self.crons and not self.rt.config.burst:
+            wait = min(wait, await self._cron(done.now_ms))
+        return max(0.0, wait)
+
+    async def _cron(self, now_ms: int) -> float:
+        cursors = await self.store.cron_cursors()
+        now = from_ms(now_ms)
+        wait = math.inf
+        for job in self.crons:
+            cursor_ms = cursors.get(job.name)
+            cursor = from_ms(cursor_ms) if cursor_ms is not None else None
+            plan = plan_ticks(job.schedule, cursor, now, policy=job.catch_up,
+                              grace=job.grace, max_catch_up=job.max_catch_up)
+            for tick in plan.fire:
+                if not self.lease.held:
+                    return 0.0
+                reply = await self.store.cron_tick(job.name, to_ms(tick), tick_id(job.name, tick),
+                                                   job.spec, fire=True, no_overlap=job.no_overlap)
+                log.info("cron %s tick %s: %s", job.name, tick.isoformat(), reply)
+            if plan.dropped:
+                log.warning("cron %s: %d missed tick(s) not run (catch_up=%s)",
+                            job.name, plan.dropped, job.catch_up.value)
+            if plan.cursor != cursor and (not plan.fire or plan.cursor > plan.fire[-1]):
+                await self.store.cron_tick(job.name, to_ms(plan.cursor), "", b"",
+                                           fire=False, no_overlap=False)
+            nxt = next_fire(job.schedule, plan.cursor, now)
+            wait = min(wait, (to_ms(nxt) - now_ms) / 1000)
+        return wait
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self.rt.stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=seconds)

@@ -1,0 +1,98 @@
+"""Loads the Lua scripts in ``scripts/`` and runs them by SHA.
+
+Each script is prepended with ``_time.lua`` (the Redis clock, shared helpers). Scripts run
+with EVALSHA; after a Redis restart empties the script cache, a NOSCRIPT reply loads the
+script and the call is repeated, for single calls and for pipelines alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+KeyOrArg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One Lua script: its name, full source and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+    async def __call__(
+        self, client: Redis, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]
+    ) -> Any:
+        """Run the script; load it first if the server does not know it."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+Call = tuple[Script, Sequence[KeyOrArg], Sequence[KeyOrArg]]
+
+
+async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run many script calls in one round trip; reload and repeat any that got NOSCRIPT.
+
+    Other errors are raised (the first one) after every call has been attempted.
+    """
+    results = await _pipeline(client, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            await client.script_load(script.source)
+        again = await _pipeline(client, [calls[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def _pipeline(client: Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+@cache
+def _prelude() -> str:
+    return _read("_time")
+
+
+def _read(name: str) -> str:
+    return resources.files("asyncjobs").joinpath(f"scripts/{name}.lua").read_text("utf-8")
+
+
+@cache
+def load(name: str) -> Script:
+    """The script ``scripts/<name>.lua``, with the shared prelude."""
+    source = f"{_prelude()}\n{_read(name)}"
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+ENQUEUE = "enqueue"
+START = "start"
+SETTLE = "settle"
+RECLAIM = "reclaim"
+TOUCH = "touch"
+HANDBACK = "handback"
+PROMOTE = "promote"
+ABORT = "abort"
+CRON = "cron"
+LEASE_RENEW = "lease_renew"
+LEASE_RELEASE = "lease_release"
+REQUEUE = "requeue"

@@ -1,0 +1,223 @@
+"""The Redis I/O of one queue's job path: enqueue, read, start, settle, reclaim, touch,
+hand back, promote, abort, cron ticks. Everything here is one round trip.
+
+Each method is the one typed wrapper of its script (see ``scripts/``); callers get plain
+Python values back and never see a Redis reply shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from . import _scripts as s
+from ._keys import GROUP, Keys
+from ._model import JobState
+
+_ENQUEUE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job ready to be written: its id, encoded spec and timing (all ms, 0 = unset)."""
+
+    id: str
+    spec: bytes
+    delay_ms: int = 0
+    due_at_ms: int = 0
+    expires_in_ms: int = 0
+    expires_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A stream entry delivered to this consumer."""
+
+    entry: str
+    job_id: str
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What start.lua said about one delivery."""
+
+    delivery: Delivery
+    verdict: str
+    spec: bytes
+    attempts: int
+    history: bytes
+    enqueued_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOp:
+    """One finished attempt to record. See settle.lua for the outcomes."""
+
+    entry: str
+    job_id: str
+    outcome: str
+    payload: bytes | str = b""
+    number: int = 0
+    history: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Promoted:
+    """The result of one promotion pass."""
+
+    promoted: int
+    expired: int
+    next_due_ms: int | None
+    now_ms: int
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QueueStore:
+    """Redis operations on one queue's keys."""
+
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group at id 0 (so nothing queued is skipped)."""
+        try:
+            await self.client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[tuple[bool, JobState]]:
+        """Write jobs (pipelined batches); per job: (created, state)."""
+        calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH])
+                 for i in range(0, len(jobs), _ENQUEUE_BATCH)]
+        if len(calls) == 1:
+            replies = [await calls[0][0](self.client, calls[0][1], calls[0][2])]
+        else:
+            replies = await s.run_pipelined(self.client, calls)
+        return [(bool(flag), JobState(_str(state))) for reply in replies for flag, state in reply]
+
+    def _enqueue_call(self, jobs: Sequence[NewJob]) -> s.Call:
+        k = self.keys
+        keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, *(k.job(j.id) for j in jobs)]
+        args: list[s.KeyOrArg] = [k.wake_channel]
+        for j in jobs:
+            args += [j.id, j.spec, j.delay_ms, j.due_at_ms, j.expires_in_ms, j.expires_at_ms]
+        return (s.load(s.ENQUEUE), keys, args)
+
+    async def read(
+        self, client: Redis, consumer: str, count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        """XREADGROUP new entries for this consumer (``client`` is the blocking connection)."""
+        reply: Any = await client.xreadgroup(
+            GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return [Delivery(_str(entry), _str(fields.get(b"i", b"")) if fields else "")
+                for entry, fields in reply[0][1]]
+
+    async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
+        """Mark deliveries as started; see start.lua for the verdicts."""
+        args: list[s.KeyOrArg] = [consumer, self.keys.job_prefix]
+        for d in deliveries:
+            args += [d.entry, d.job_id]
+        reply = await s.load(s.START)(self.client, [self.keys.stream], args)
+        return [
+            Started(d, _str(v), spec or b"", int(a), hist or b"", int(q or 0), int(now))
+            for d, (v, spec, a, hist, q, now) in zip(deliveries, reply, strict=True)
+        ]
+
+    def settle_call(self, consumer: str, ops: Sequence[SettleOp]) -> s.Call:
+        """The settle.lua call for a batch of finished attempts (run it with ``settle``)."""
+        k = self.keys
+        args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),
+                                  k.wake_channel]
+        for op in ops:
+            args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
+        return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats], args)
+
+    async def settle(self, consumer: str, ops: Sequence[SettleOp]) -> list[bool]:
+        """Record outcomes; per op True if settled, False if the entry is no longer ours."""
+        script, keys, args = self.settle_call(consumer, ops)
+        return [bool(x) for x in await script(self.client, keys, args)]
+
+    async def reclaim(
+        self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"
+    ) -> tuple[str, list[Delivery]]:
+        """XAUTOCLAIM idle entries; returns the next cursor and the claimed deliveries."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, cursor]
+        nxt, items = await s.load(s.RECLAIM)(self.client, [self.keys.stream], args)
+        return _str(nxt), [Delivery(_str(e), _str(j), int(n)) for e, j, n in items]
+
+    async def touch(
+        self, consumer: str, held: Sequence[Delivery]
+    ) -> tuple[list[str], list[str]]:
+        """Refresh held entries; returns (lost entry ids, job ids whose abort was requested)."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
+        for d in held:
+            args += [d.entry, d.job_id]
+        lost, aborted = await s.load(s.TOUCH)(self.client, [self.keys.stream], args)
+        return [_str(x) for x in lost], [_str(x) for x in aborted]
+
+    async def pending_entries(self, consumer: str, limit: int = 10_000) -> list[str]:
+        """Entry ids pending for this consumer."""
+        rows = await self.client.xpending_range(
+            self.keys.stream, GROUP, min="-", max="+", count=limit, consumername=consumer
+        )
+        return [_str(row["message_id"]) for row in rows]
+
+    async def handback(self, consumer: str, items: Sequence[tuple[str, str, bool]]) -> int:
+        """Re-add held entries (entry, job id, started) at the stream's end; returns count."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
+        for entry, job_id, started in items:
+            args += [entry, job_id, int(started)]
+        return int(await s.load(s.HANDBACK)(self.client, [self.keys.stream], args))
+
+    async def delete_consumer(self, consumer: str) -> None:
+        """Remove this consumer from the group (call once it holds nothing)."""
+        await self.client.xgroup_delconsumer(self.keys.stream, GROUP, consumer)
+
+    async def promote(self, limit: int, expired_ttl_s: int) -> Promoted:
+        """Move up to ``limit`` due jobs into the stream."""
+        k = self.keys
+        args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s]
+        p, e, nxt, now = await s.load(s.PROMOTE)(self.client, [k.stream, k.delayed, k.stats], args)
+        return Promoted(int(p), int(e), None if int(nxt) < 0 else int(nxt), int(now))
+
+    async def abort(self, job_id: str, record_ttl_s: int) -> str:
+        """Abort a job; returns its state before the call, or 'missing'."""
+        k = self.keys
+        keys = [k.job(job_id), k.stream, k.delayed, k.stats]
+        args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s]
+        return _str(await s.load(s.ABORT)(self.client, keys, args))
+
+    async def cron_tick(
+        self, name: str, tick_ms: int, job_id: str, spec: bytes, *, fire: bool, no_overlap: bool
+    ) -> str:
+        """Enqueue a cron tick (or only advance the cursor); see cron.lua for the replies."""
+        k = self.keys
+        keys = [k.cron, k.job(job_id), k.stream, k.stats]
+        args: list[s.KeyOrArg] = [name, tick_ms, "fire" if fire else "advance", job_id, spec,
+                                  int(no_overlap), k.job_prefix]
+        return _str(await s.load(s.CRON)(self.client, keys, args))
+
+    async def cron_cursors(self) -> dict[str, int]:
+        """Last tick handled (ms) per cron job name."""
+        raw = await self.client.hgetall(self.keys.cron)
+        return {_str(k): int(v) for k, v in raw.items() if b":" not in k}
+
+    async def requeue(self, job_id: str) -> str:
+        """Requeue a dead-lettered job; see requeue.lua for the replies."""
+        k = self.keys
+        reply = await s.load(s.REQUEUE)(self.client, [k.job(job_id), k.stream, k.dead], [job_id])
+        return _str(reply)

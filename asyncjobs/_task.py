@@ -1,0 +1,278 @@
+"""Tasks: the functions a worker runs, their options, and typed references to them.
+
+A task is an ``async def`` (or a plain ``def``, run in a worker thread) whose first
+parameter is the ``Context``. ``@asyncjobs.task`` attaches options; ``Task.options()`` makes
+a copy with per-job options (job id, queue, delay...) for one enqueue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+import anyio.to_thread
+
+from ._codec import ArgConverter, return_type
+from ._context import Context
+from ._retry import RetryPolicy
+from .exceptions import ConfigurationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Seconds = timedelta | float
+"""A duration: a ``timedelta`` or a number of seconds."""
+
+
+def to_seconds(value: Seconds | None, what: str) -> float | None:
+    """Normalise a duration to seconds (None stays None); negative values are refused."""
+    if value is None:
+        return None
+    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if secs < 0:
+        raise ValueError(f"{what} must be >= 0, got {value!r}")
+    return secs
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """Per-job options given at enqueue; None means "the task's or the worker's default"."""
+
+    job_id: str | None = None
+    queue: str | None = None
+    delay_s: float | None = None
+    at: datetime | None = None
+    expires: datetime | float | None = None
+    timeout_s: float | None = None
+    max_tries: int | None = None
+    result_ttl_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Task(Generic[P, R]):
+    """A registered task, or a reference to one by name (``fn`` is None then)."""
+
+    def __init__(
+        self,
+        fn: Callable[Concatenate[Context, P], Any] | None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: Seconds | None = None,
+        max_tries: int | None = None,
+        result_ttl: Seconds | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        dont_retry_on: tuple[type[BaseException], ...] = (),
+        retry_timeouts: bool | None = None,
+        backoff: Seconds | None = None,
+        backoff_cap: Seconds | None = None,
+    ) -> None:
+        if fn is None and not name:
+            raise ConfigurationError("a task reference needs a name")
+        self.fn = fn
+        self.name: str = name or getattr(fn, "__name__", "") or repr(fn)
+        self.queue = queue
+        self.timeout_s = to_seconds(timeout, "timeout")
+        self.max_tries = max_tries
+        self.result_ttl_s = to_seconds(result_ttl, "result_ttl")
+        self._retry = {
+            "retry_on": retry_on,
+            "dont_retry_on": dont_retry_on or None,
+            "retry_timeouts": retry_timeouts,
+            "backoff_s": to_seconds(backoff, "backoff"),
+            "backoff_cap_s": to_seconds(backoff_cap, "backoff_cap"),
+        }
+        self.job_options = JobOptions()
+        self.is_async = fn is not None and _is_async(fn)
+        if max_tries is not None and max_tries < 1:
+            raise ConfigurationError(f"task {self.name!r}: max_tries must be >= 1")
+
+    def options(
+        self,
+        *,
+        job_id: str | None = None,
+        queue: str | None = None,
+        delay: Seconds | None = None,
+        at: datetime | None = None,
+        expires: datetime | Seconds | None = None,
+        timeout: Seconds | None = None,
+        max_tries: int | None = None,
+        result_ttl: Seconds | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Task[P, R]:
+        """A copy of this task that enqueues with these per-job options."""
+        if at is not None and at.tzinfo is None:
+            raise ValueError("at= needs an aware datetime (e.g. tzinfo=UTC)")
+        if isinstance(expires, datetime) and expires.tzinfo is None:
+            raise ValueError("expires= needs an aware datetime or a duration")
+        if max_tries is not None and max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
+        exp = expires if isinstance(expires, datetime) else to_seconds(expires, "expires")
+        given = {
+            "job_id": job_id, "queue": queue, "delay_s": to_seconds(delay, "delay"), "at": at,
+            "expires": exp, "timeout_s": to_seconds(timeout, "timeout"), "max_tries": max_tries,
+            "result_ttl_s": to_seconds(result_ttl, "result_ttl"),
+            "headers": dict(headers) if headers is not None else None,
+        }
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        clone = _copy(self)
+        clone.job_options = dataclasses.replace(self.job_options, **changes)
+        return clone
+
+    def retry_policy(self, defaults: RetryPolicy, max_tries: int | None) -> RetryPolicy:
+        """This task's retry policy over the worker's defaults; a per-job max_tries wins."""
+        changes: dict[str, Any] = {k: v for k, v in self._retry.items() if v is not None}
+        tries = max_tries or self.max_tries
+        if tries is not None:
+            changes["max_tries"] = tries
+        return dataclasses.replace(defaults, **changes) if changes else defaults
+
+    @functools.cached_property
+    def converter(self) -> ArgConverter:
+        """Converts decoded arguments to the parameter types (worker side)."""
+        if self.fn is None:
+            raise TypeError(f"task {self.name!r} is a reference by name and cannot run here")
+        return ArgConverter(self.fn)
+
+    @functools.cached_property
+    def param_names(self) -> tuple[str, ...]:
+        """Positional parameter names after the context (for error messages)."""
+        return ArgConverter(self.fn).names if self.fn is not None else ()
+
+    @functools.cached_property
+    def result_type(self) -> Any:
+        """The declared return type (``Any`` for references by name)."""
+        return return_type(self.fn) if self.fn is not None else Any
+
+    async def __call__(self, ctx: Context, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function directly (sync functions in a worker thread)."""
+        if self.fn is None:
+            raise TypeError(f"task {self.name!r} is a reference by name and cannot run here")
+        if self.is_async:
+            result: R = await self.fn(ctx, *args, **kwargs)
+            return result
+        call = functools.partial(self.fn, ctx, *args, **kwargs)
+        value: R = await anyio.to_thread.run_sync(call)
+        return value
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+def _copy(task: Task[P, R]) -> Task[P, R]:
+    clone = object.__new__(Task)
+    clone.__dict__.update(task.__dict__)
+    return clone
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    target = inspect.unwrap(fn)
+    if isinstance(target, functools.partial):
+        target = target.func
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+AsyncFn = Callable[Concatenate[Context, P], Coroutine[Any, Any, R]]
+SyncFn = Callable[Concatenate[Context, P], R]
+
+
+class TaskDecorator:
+    """What ``@task(...)`` with options returns: applies them to a function."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+
+    @overload
+    def __call__(self, fn: AsyncFn[P, R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: SyncFn[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
+        return Task(fn, **self._options)
+
+
+@overload
+def task(fn: AsyncFn[P, R], /) -> Task[P, R]: ...
+@overload
+def task(fn: SyncFn[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: Seconds | None = None,
+    max_tries: int | None = None,
+    result_ttl: Seconds | None = None,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    dont_retry_on: tuple[type[BaseException], ...] = (),
+    retry_timeouts: bool | None = None,
+    backoff: Seconds | None = None,
+    backoff_cap: Seconds | None = None,
+) -> TaskDecorator: ...
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, Any] | TaskDecorator:
+    """Declare a task, bare (``@task``) or with options (``@task(timeout=30, max_tries=5)``).
+
+    Options: ``name`` (default: the function's name), ``queue`` (where producers send it),
+    ``timeout``, ``max_tries``, ``result_ttl``, ``retry_on`` / ``dont_retry_on`` (exception
+    types), ``retry_timeouts``, ``backoff`` / ``backoff_cap`` (seconds or timedelta).
+    """
+    if fn is None:
+        return TaskDecorator(**options)
+    return Task(fn, **options)
+
+
+def task_ref(name: str, *, queue: str | None = None) -> Task[..., Any]:
+    """A reference to a task by name, for producers that do not import the worker's code."""
+    return Task(None, name=name, queue=queue)
+
+
+_wrapped: weakref.WeakKeyDictionary[Callable[..., Any], Task[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def as_task(target: Task[Any, Any] | Callable[..., Any] | str) -> Task[Any, Any]:
+    """A Task for a Task, a plain function, or a task name."""
+    if isinstance(target, Task):
+        return target
+    if isinstance(target, str):
+        return task_ref(target)
+    if not callable(target):
+        raise TypeError(f"expected a task, a function or a task name, got {target!r}")
+    try:
+        return _wrapped[target]
+    except (KeyError, TypeError):
+        wrapped: Task[Any, Any] = Task(target)
+        with contextlib.suppress(TypeError):  # not weak-referenceable: do not cache
+            _wrapped[target] = wrapped
+        return wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    """One call of a task, ready for ``Pool.enqueue_many``; build it with ``call()``."""
+
+    task: Task[Any, R]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@overload
+def call(task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+@overload
+def call(task: AsyncFn[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+@overload
+def call(task: SyncFn[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+@overload
+def call(task: str, /, *args: Any, **kwargs: Any) -> Call[Any]: ...
+def call(task: Any, /, *args: Any, **kwargs: Any) -> Call[Any]:
+    """Describe one enqueue (task and arguments, checked by mypy) for ``enqueue_many``."""
+    return Call(as_task(task), args, kwargs)

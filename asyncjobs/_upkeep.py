@@ -1,0 +1,141 @@
+"""The worker's background duties besides fetching: keep held entries fresh, react to abort
+requests and scheduler wake-ups (pub/sub), and heartbeat into the worker registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from ._executor import Executor
+from ._keys import GlobalKeys
+from ._runtime import OUTAGE_ERRORS, Runtime
+from ._version import __version__
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
+    """Reset the idle time of every held entry well inside the claim timeout; cancel jobs
+    whose entry was taken by another worker, and jobs whose abort was requested."""
+    while not rt.stopping.is_set():
+        await asyncio.sleep(rt.config.keepalive_every_s)
+        for queue, store in rt.stores.items():
+            held = ex.held(queue)
+            if not held:
+                continue
+            try:
+                lost, aborted = await store.touch(rt.consumer, held)
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(rt.outage.failed(exc, "keep-alive"))
+                break
+            for entry in lost:
+                ex.cancel_entry(queue, entry, "lost")
+            for job_id in aborted:
+                running = ex.find_job(queue, job_id)
+                if running is not None:
+                    ex.cancel(running, "abort")
+
+
+async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event]) -> None:
+    """Listen for abort requests and scheduler wake-ups; resubscribe after outages."""
+    handlers: dict[bytes, Callable[[bytes], None]] = {}
+    for queue, store in rt.stores.items():
+        handlers[store.keys.abort_channel.encode()] = _on_abort(ex, queue)
+        if queue in wake:
+            handlers[store.keys.wake_channel.encode()] = _on_wake(wake[queue])
+    while not rt.stopping.is_set():
+        pubsub = rt.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*handlers)
+            for event in wake.values():  # a wake-up may have been missed while away
+                event.set()
+            await _listen(pubsub, handlers)
+        except OUTAGE_ERRORS as exc:
+            await asyncio.sleep(rt.outage.failed(exc, "pub/sub"))
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await cast(Any, pubsub).aclose()
+
+
+async def _listen(pubsub: PubSub, handlers: dict[bytes, Callable[[bytes], None]]) -> None:
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+        if message and message.get("type") == "message":
+            handler = handlers.get(message["channel"])
+            if handler is not None:
+                handler(message["data"])
+
+
+def _on_abort(ex: Executor, queue: str) -> Callable[[bytes], None]:
+    def handle(data: bytes) -> None:
+        running = ex.find_job(queue, data.decode())
+        if running is not None:
+            ex.cancel(running, "abort")
+
+    return handle
+
+
+def _on_wake(event: asyncio.Event) -> Callable[[bytes], None]:
+    def handle(_: bytes) -> None:
+        event.set()
+
+    return handle
+
+
+async def heartbeat_loop(rt: Runtime, ex: Executor) -> None:
+    """Publish this worker's liveness, only while its fetch loops are actually working."""
+    cfg = rt.config
+    keys = GlobalKeys(cfg.prefix)
+    stale_after = cfg.block_ms / 1000 + cfg.heartbeat_every_s * 3
+    while True:
+        if rt.fetching(stale_after):
+            try:
+                await _beat(rt, ex, keys)
+                rt.outage.ok()
+            except OUTAGE_ERRORS as exc:
+                rt.outage.failed(exc, "heartbeat")
+        else:
+            log.error("fetch loop stalled for over %.0f s; heartbeat withheld", stale_after)
+        await asyncio.sleep(cfg.heartbeat_every_s)
+
+
+async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
+    cfg = rt.config
+    now_ms = int(time.time() * 1000)
+    info = {
+        "name": rt.consumer,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": list(cfg.queues),
+        "concurrency": cfg.concurrency,
+        "running": ex.active,
+        "started": int(rt.started_at * 1000),
+        "beat": now_ms,
+        "version": __version__,
+        "tasks": sorted(rt.tasks),
+    }
+    ttl = max(1, int(cfg.heartbeat_every_s * 3))
+    pipe = rt.client.pipeline(transaction=False)
+    pipe.set(keys.worker(rt.consumer), json.dumps(info), ex=ttl)
+    pipe.zadd(keys.workers, {rt.consumer: now_ms})
+    pipe.zremrangebyscore(keys.workers, "-inf", now_ms - 24 * 3600 * 1000)
+    await pipe.execute()
+
+
+async def unregister(rt: Runtime) -> None:
+    """Remove this worker from the registry at shutdown."""
+    keys = GlobalKeys(rt.config.prefix)
+    pipe = rt.client.pipeline(transaction=False)
+    pipe.delete(keys.worker(rt.consumer))
+    pipe.zrem(keys.workers, rt.consumer)
+    await pipe.execute()

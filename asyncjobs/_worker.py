@@ -1,0 +1,367 @@
+"""The worker: configuration, start-up, the task group of its loops, and shutdown.
+
+Shutdown (SIGTERM, SIGINT, ``stop()``, or a drained queue in burst mode): stop reading; let
+running jobs finish within the grace period; cancel the rest; record every outcome; hand
+back every entry still held so other workers take it at once; leave the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
+
+from ._connection import ClientFactory, default_url, redact, url_factory
+from ._executor import Executor, Invoke
+from ._fetcher import fetch_loop, reclaim_loop
+from ._keys import Keys, check_name
+from ._pool import Pool
+from ._retry import RetryPolicy
+from ._runtime import OUTAGE_ERRORS, Runtime
+from ._scheduler import CronJob, Scheduler
+from ._settler import Settler
+from ._store import QueueStore
+from ._task import Seconds, Task, as_task, to_seconds
+from ._upkeep import events_loop, heartbeat_loop, keepalive_loop, unregister
+from ._version import __version__
+from .exceptions import ConfigurationError, RedisUnavailable
+
+log = logging.getLogger("asyncjobs.worker")
+
+Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Every tunable of a worker, in seconds unless the name says otherwise."""
+
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 100
+    sync_concurrency: int = 20
+    job_timeout_s: float | None = 300.0
+    result_ttl_s: float = 3600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    claim_timeout_s: float = 15.0
+    max_deliveries: int = 5
+    shutdown_grace_s: float = 30.0
+    burst: bool = False
+    prefix: str = "asyncjobs"
+    lease_ttl_s: float = 5.0
+    block_ms: int = 2000
+    heartbeat_every_s: float = 5.0
+    redis_url: str | None = None
+
+    def __post_init__(self) -> None:
+        for queue in self.queues:
+            check_name("queue name", queue)
+        check_name("prefix", self.prefix)
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        if self.concurrency < 1 or self.sync_concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if not 1.0 <= self.claim_timeout_s <= 3600:
+            raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
+        if self.max_deliveries < 1:
+            raise ConfigurationError("max_deliveries must be >= 1")
+
+    @property
+    def keepalive_every_s(self) -> float:
+        """Held entries are refreshed this often: well inside the reclaim threshold."""
+        return self.claim_timeout_s / 5
+
+    @property
+    def reclaim_idle_s(self) -> float:
+        """Entries idle longer than this belong to a stopped worker."""
+        return self.claim_timeout_s * 2 / 3
+
+    @property
+    def reclaim_every_s(self) -> float:
+        """Reclaim scans run this often, so recovery takes at most the claim timeout."""
+        return self.claim_timeout_s / 3
+
+    @property
+    def read_batch(self) -> int:
+        """The largest COUNT of one read."""
+        return min(self.concurrency, 500)
+
+
+class Worker:
+    """Runs the tasks of one or more queues. ``asyncjobs worker module:worker`` runs it.
+
+    ``lifespan(worker)`` is an async context manager: what it yields becomes ``ctx.state``
+    for every job (open an HTTP client or a DB pool there; it is closed after the last job).
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Task[Any, Any] | Callable[..., Any]],
+        *,
+        queues: Sequence[str] | str = ("default",),
+        concurrency: int = 100,
+        sync_concurrency: int = 20,
+        job_timeout: Seconds | None = 300.0,
+        result_ttl: Seconds = 3600.0,
+        retry: RetryPolicy | None = None,
+        claim_timeout: Seconds = 15.0,
+        max_deliveries: int = 5,
+        shutdown_grace: Seconds = 30.0,
+        burst: bool = False,
+        lifespan: Lifespan | None = None,
+        cron: Iterable[CronJob] = (),
+        invoke: Invoke | None = None,
+        prefix: str = "asyncjobs",
+        lease_ttl: Seconds = 5.0,
+        redis_url: str | None = None,
+    ) -> None:
+        self.config = WorkerConfig(
+            queues=(queues,) if isinstance(queues, str) else tuple(queues),
+            concurrency=concurrency,
+            sync_concurrency=sync_concurrency,
+            job_timeout_s=to_seconds(job_timeout, "job_timeout") or None,
+            result_ttl_s=to_seconds(result_ttl, "result_ttl") or 0.0,
+            retry=retry or RetryPolicy(),
+            claim_timeout_s=to_seconds(claim_timeout, "claim_timeout") or 0.0,
+            max_deliveries=max_deliveries,
+            shutdown_grace_s=to_seconds(shutdown_grace, "shutdown_grace") or 0.0,
+            burst=burst,
+            prefix=prefix,
+            lease_ttl_s=to_seconds(lease_ttl, "lease_ttl") or 0.0,
+            redis_url=redis_url,
+        )
+        self.crons = tuple(cron)
+        self.tasks = _registry([*tasks, *(c.task for c in self.crons if c.task.fn is not None)])
+        self.lifespan = lifespan
+        self.invoke = invoke
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._stop: asyncio.Event | None = None
+        self._now = False
+        self._check_crons()
+
+    def _check_crons(self) -> None:
+        for job in self.crons:
+            if job.task.name not in self.tasks:
+                raise ConfigurationError(
+                    f"cron {job.name!r}: task {job.task.name!r} is not registered")
+            if self._cron_queue(job) not in self.config.queues:
+                raise ConfigurationError(
+                    f"cron {job.name!r} targets a queue this worker does not serve")
+
+    def _cron_queue(self, job: CronJob) -> str:
+        return job.queue or job.task.queue or self.config.queues[0]
+
+    def configure(self, **changes: Any) -> Worker:
+        """A copy with some ``WorkerConfig`` fields changed (the CLI's overrides)."""
+        clone = object.__new__(Worker)
+        clone.__dict__.update(self.__dict__)
+        clone.config = dataclasses.replace(self.config, **changes)
+        clone._check_crons()
+        return clone
+
+    def stop(self, now: bool = False) -> None:
+        """Ask the worker to shut down gracefully (``now``: skip the grace period)."""
+        self._now = self._now or now
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(
+        self,
+        *,
+        redis_url: str | None = None,
+        client_factory: ClientFactory | None = None,
+        task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until stopped (or drained, in burst mode). Use ``tg.start(worker.run)`` to
+        wait until it is ready."""
+        cfg = self.config
+        url = redis_url or cfg.redis_url or default_url()
+        factory = client_factory or url_factory(url)
+        where = redact(url) if client_factory is None else "custom client"
+        client = factory(max_connections=cfg.concurrency + 20, socket_timeout=15.0)
+        blocking = factory(max_connections=len(cfg.queues) + 2,
+                           socket_timeout=cfg.block_ms / 1000 + 10.0)
+        try:
+            version = await _connect(client, where)
+            rt = self._runtime(client, blocking)
+            self._banner(where, version)
+            for store in rt.stores.values():
+                await store.ensure_group()
+            self._stop = rt.stopping
+            async with self._lifespan() as state:
+                rt.state = state
+                await self._serve(rt, task_status)
+        finally:
+            await blocking.aclose()
+            await client.aclose()
+
+    def _banner(self, where: str, redis_version: str) -> None:
+        cfg = self.config
+        log.info("asyncjobs %s worker %s (pid %d)", __version__, self.name, os.getpid())
+        log.info("redis   %s (Redis %s), prefix %s", where, redis_version, cfg.prefix)
+        log.info("queues  %s: concurrency %d, job timeout %s, claim timeout %g s, grace %g s%s",
+                 ", ".join(cfg.queues), cfg.concurrency,
+                 f"{cfg.job_timeout_s:g} s" if cfg.job_timeout_s else "none",
+                 cfg.claim_timeout_s, cfg.shutdown_grace_s, ", burst" if cfg.burst else "")
+        log.info("tasks   %s", ", ".join(sorted(self.tasks)) or "(none)")
+        for job in self.crons:
+            log.info("cron    %s: %s -> %s", job.name, job.schedule.describe(), job.task.name)
+
+    def _runtime(self, client: Any, blocking: Any) -> Runtime:
+        cfg = self.config
+        stores = {q: QueueStore(client, Keys(cfg.prefix, q)) for q in cfg.queues}
+        pool = Pool(client, prefix=cfg.prefix, queue=cfg.queues[0], owns_client=False)
+        return Runtime(cfg, self.tasks, client, blocking, stores, self.name, pool)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[Any]:
+        if self.lifespan is None:
+            yield None
+        else:
+            async with self.lifespan(self) as state:
+                yield state
+
+    async def _serve(self, rt: Runtime, task_status: TaskStatus[Worker]) -> None:
+        settler = Settler(rt)
+        ex = Executor(rt, settler, self.invoke)
+        wake = {q: asyncio.Event() for q in rt.config.queues}
+        settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
+        schedulers = [
+            Scheduler(rt, q, [c for c in self.crons if self._cron_queue(c) == q], wake[q])
+            for q in rt.config.queues
+        ]
+        async with anyio.create_task_group() as tg:
+            for scheduler in schedulers:
+                tg.start_soon(scheduler.run)
+                tg.start_soon(reclaim_loop, rt, ex, scheduler.queue)
+            tg.start_soon(keepalive_loop, rt, ex)
+            tg.start_soon(events_loop, rt, ex, wake)
+            tg.start_soon(heartbeat_loop, rt, ex)
+            fetching = anyio.CancelScope()
+            tg.start_soon(self._fetch_all, rt, ex, fetching)
+            log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
+                     ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
+            task_status.started(self)
+            await rt.stopping.wait()
+            fetching.cancel()
+            for scheduler in schedulers:
+                await scheduler.release()
+            await self._drain(rt, ex, settler, settling)
+            tg.cancel_scope.cancel()
+
+    async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as fetchers:
+                for queue in rt.config.queues:
+                    fetchers.start_soon(fetch_loop, rt, ex, queue)
+        rt.stopping.set()  # all fetchers returned: burst mode drained every queue
+
+    async def _drain(
+        self, rt: Runtime, ex: Executor, settler: Settler, settling: asyncio.Task[None]
+    ) -> None:
+        grace = 0.0 if self._now else rt.config.shutdown_grace_s
+        log.info("worker %s stopping: %d job(s) running, grace %.0f s", rt.consumer,
+                 ex.active, grace)
+        if not await ex.wait_idle(grace):
+            count = ex.cancel_all("shutdown")
+            log.warning("grace period over: cancelled %d job(s); handing them back", count)
+            await ex.wait_idle(10.0)
+        settler.close(give_up_after_s=10.0)
+        await settling
+        with anyio.move_on_after(10.0):
+            await self._handback(rt, ex)
+        log.info("worker %s stopped", rt.consumer)
+
+    async def _handback(self, rt: Runtime, ex: Executor) -> None:
+        known = {(r.queue, r.delivery.entry): r for r in ex.interrupted}
+        try:
+            for queue, store in rt.stores.items():
+                entries = await store.pending_entries(rt.consumer)
+                items = []
+                for entry in entries:
+                    running = known.get((queue, entry))
+                    items.append((entry, running.job_id if running else "",
+                                  bool(running and running.started)))
+                if items:
+                    count = await store.handback(rt.consumer, items)
+                    log.info("handed back %d job(s) on queue %s", count, queue)
+                if not await store.pending_entries(rt.consumer, limit=1):
+                    await store.delete_consumer(rt.consumer)
+            await unregister(rt)
+        except OUTAGE_ERRORS as exc:
+            log.warning("could not hand back held jobs (%s); they run again after the claim "
+                        "timeout", exc)
+
+    def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
+        """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling."""
+        factory = _loop_factory(use_uvloop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(self._main(redis_url))
+
+    async def _main(self, redis_url: str | None) -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        interrupts = 0
+
+        def on_interrupt() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                log.warning("second interrupt: cancelling running jobs now")
+            self.stop(now=interrupts > 1)
+
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        try:
+            await self.run(redis_url=redis_url)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _connect(client: Any, where: str) -> str:
+    """Check that Redis answers; returns its version."""
+    try:
+        await client.ping()
+    except OUTAGE_ERRORS as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+    try:
+        info = await client.info("server")
+    except ResponseError:  # servers that hide INFO (or in-memory fakes)
+        return "unknown"
+    return str(info.get("redis_version", "unknown"))
+
+
+def _registry(tasks: Iterable[Task[Any, Any] | Callable[..., Any]]) -> dict[str, Task[Any, Any]]:
+    registry: dict[str, Task[Any, Any]] = {}
+    for item in tasks:
+        task = as_task(item)
+        if task.fn is None:
+            raise ConfigurationError(
+                f"task {task.name!r} is a reference by name; register the function")
+        other = registry.get(task.name)
+        if other is not None and other.fn is not task.fn:
+            raise ConfigurationError(f"two different tasks are named {task.name!r}")
+        registry[task.name] = task
+    return registry

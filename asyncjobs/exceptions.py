@@ -1,0 +1,145 @@
+"""Every error asyncjobs raises, under one root.
+
+::
+
+    AsyncJobsError
+    ├── ConfigurationError      bad settings, a wrong import path, an unknown task option
+    ├── SerializationError      an argument or a result that msgspec cannot encode
+    ├── RedisUnavailable        Redis could not be reached within the stated bound
+    ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
+    ├── ResultTimeout           ``Job.result(timeout=...)`` elapsed first (also a ``TimeoutError``)
+    ├── JobTimeout              recorded when an attempt ran past its timeout and was cancelled
+    └── JobError                the job ended without a value
+        ├── JobFailed           the task raised (or timed out, or was dead-lettered)
+        ├── JobAborted          ``Job.abort()`` stopped it
+        └── JobExpired          it was not started before its ``expires`` time
+
+``Retry`` is not an error: a task raises it to ask for another attempt.
+Redis and codec errors are translated at the boundary and chained with ``from``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._model import ErrorInfo
+
+__all__ = [
+    "AsyncJobsError",
+    "ConfigurationError",
+    "JobAborted",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobNotFound",
+    "JobTimeout",
+    "RedisUnavailable",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+]
+
+
+class AsyncJobsError(Exception):
+    """The root of every error raised by asyncjobs."""
+
+
+class ConfigurationError(AsyncJobsError):
+    """A setting, an import path or a task declaration is wrong."""
+
+
+class SerializationError(AsyncJobsError, TypeError):
+    """A value cannot be encoded with msgspec; the message names the argument and its type."""
+
+
+class RedisUnavailable(AsyncJobsError, ConnectionError):
+    """Redis did not answer within the stated bound (connection refused, reset or timed out)."""
+
+
+class JobNotFound(AsyncJobsError, LookupError):
+    """No job record exists under this id in this queue."""
+
+    def __init__(self, job_id: str, queue: str) -> None:
+        super().__init__(
+            f"no job {job_id!r} in queue {queue!r} (never enqueued, or its result expired)"
+        )
+        self.job_id = job_id
+        self.queue = queue
+
+
+class ResultTimeout(AsyncJobsError, TimeoutError):
+    """The job did not finish within the time given to ``Job.result``."""
+
+
+class JobTimeout(AsyncJobsError, TimeoutError):
+    """An attempt ran past its timeout and was cancelled (recorded in the job's errors)."""
+
+
+class JobError(AsyncJobsError):
+    """The job ended without a value; ``state`` says how."""
+
+    state: str = "failed"
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """The task raised, timed out, or the job was dead-lettered.
+
+    ``error`` carries the remote exception's type, message and traceback text;
+    ``errors`` is the whole history, one entry per failed attempt.
+    """
+
+    state = "failed"
+
+    def __init__(self, job_id: str, error: ErrorInfo, errors: tuple[ErrorInfo, ...] = ()) -> None:
+        super().__init__(job_id, f"job {job_id} failed: {error.type}: {error.message}")
+        self.error = error
+        self.errors = errors or (error,)
+
+    @property
+    def type(self) -> str:
+        """The remote exception's qualified type name, e.g. ``builtins.ValueError``."""
+        return self.error.type
+
+    @property
+    def remote_message(self) -> str:
+        """The remote exception's message."""
+        return self.error.message
+
+    @property
+    def remote_traceback(self) -> str:
+        """The remote traceback, formatted as text."""
+        return self.error.traceback
+
+
+class JobAborted(JobError):
+    """The job was aborted before or while it ran."""
+
+    state = "aborted"
+
+
+class JobExpired(JobError):
+    """The job was not started before its expiry time, so it never ran."""
+
+    state = "expired"
+
+
+class Retry(Exception):
+    """Raise from a task to run it again later.
+
+    ``delay`` overrides the task's backoff for this retry (seconds or timedelta).
+    The retry still counts against ``max_tries``.
+    """
+
+    def __init__(self, delay: timedelta | float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if delay is not None and delay < 0:
+            raise ValueError("Retry delay must be >= 0")
+        self.delay_s: float | None = delay

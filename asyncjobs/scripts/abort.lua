@@ -1,0 +1,27 @@
+-- Abort a job. A scheduled or queued job ends `aborted` at once and never starts (its
+-- stream entry is deleted; a worker that already read it acknowledges it without running
+-- it). A running job gets an abort flag and a message to the workers, which cancel it.
+--
+-- KEYS[1] job key, KEYS[2] stream, KEYS[3] delayed set, KEYS[4] stats hash
+-- ARGV[1] job id, ARGV[2] done channel, ARGV[3] abort channel, ARGV[4] record TTL s
+-- Returns the state before the call, or 'missing'.
+local key, id = KEYS[1], ARGV[1]
+local state = redis.call('HGET', key, 's')
+if not state then
+  return 'missing'
+end
+if state == 'scheduled' or state == 'queued' then
+  if state == 'scheduled' then
+    redis.call('ZREM', KEYS[3], id)
+  else
+    redis.call('XDEL', KEYS[2], redis.call('HGET', key, 'e'))
+  end
+  redis.call('HSET', key, 's', 'aborted', 'et', now_ms())
+  redis.call('EXPIRE', key, tonumber(ARGV[4]))
+  redis.call('HINCRBY', KEYS[4], 'aborted', 1)
+  redis.call('PUBLISH', ARGV[2], 'aborted')
+elseif state == 'running' then
+  redis.call('HSET', key, 'ab', '1')
+  redis.call('PUBLISH', ARGV[3], id)
+end
+return state

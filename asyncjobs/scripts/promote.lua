@@ -1,0 +1,35 @@
+-- Move due jobs from the delayed set into the stream, at most ARGV[2] per call. A job is
+-- removed from the set and added to the stream in one step, so it is never both delayed and
+-- queued, never dropped, and never promoted twice, however many schedulers run this at once.
+-- A job past its expiry is finished as expired instead.
+--
+-- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash
+-- ARGV[1] job key prefix, ARGV[2] batch limit, ARGV[3] done channel prefix,
+-- ARGV[4] TTL s for expired records
+-- Returns {promoted, expired, next due ms (-1 if none), now ms}
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local promoted, expired = 0, 0
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local key = ARGV[1] .. id
+  local rec = redis.call('HMGET', key, 's', 'x')
+  if rec[1] == 'scheduled' then
+    if rec[2] and now >= tonumber(rec[2]) then
+      redis.call('HSET', key, 's', 'expired', 'et', now)
+      redis.call('EXPIRE', key, tonumber(ARGV[4]))
+      redis.call('PUBLISH', ARGV[3] .. id, 'expired')
+      expired = expired + 1
+    else
+      local entry = redis.call('XADD', KEYS[1], '*', 'i', id)
+      redis.call('HSET', key, 's', 'queued', 'e', entry)
+      promoted = promoted + 1
+    end
+  end
+end
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[3], 'expired', expired)
+end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local next_due = first[2] and tonumber(first[2]) or -1
+return {promoted, expired, next_due, now}

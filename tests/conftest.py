@@ -1,0 +1,145 @@
+"""Shared fixtures.
+
+``backend`` runs a test twice: on an in-memory fake Redis and on a real ``redis-server``
+that the suite starts itself on a free port (never the machine's 6379). In CI (``$CI`` set)
+a missing ``redis-server`` fails the run instead of skipping the real-Redis half.
+Every test gets its own key prefix, so tests never see each other's keys.
+Async tests run on both asyncio's loop and uvloop, except ``slow`` ones (subprocesses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import uvloop
+
+import asyncjobs
+from asyncjobs._connection import ClientFactory, url_factory
+from asyncjobs._embedded import RedisServer, redis_server_path
+from asyncjobs._fake import fake_factory
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if item.get_closest_marker("slow"):
+        return {"asyncio": asyncio.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def need_redis_server() -> None:
+    """Skip (or, in CI, fail) when redis-server is missing."""
+    if redis_server_path() is None:
+        if IN_CI:
+            pytest.fail("redis-server is not on PATH, and real-Redis tests never skip in CI")
+        pytest.skip("redis-server is not on PATH")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests isolate themselves by key prefix)."""
+    need_redis_server()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own (to kill, restart, or fill)."""
+    need_redis_server()
+    with RedisServer() as server:
+        yield server
+
+
+@dataclass
+class Backend:
+    """Where a test's Redis is: a URL (real) or a client factory (fake)."""
+
+    name: str
+    url: str | None
+    factory: ClientFactory
+    prefix: str
+
+    def worker(self, tasks: Any, **options: Any) -> asyncjobs.Worker:
+        """A worker on this backend and prefix."""
+        options.setdefault("prefix", self.prefix)
+        return asyncjobs.Worker(tasks, **options)
+
+    async def run(self, worker: asyncjobs.Worker) -> None:
+        """Run a worker to completion (burst mode, or until stopped)."""
+        await worker.run(redis_url=self.url, client_factory=None if self.url else self.factory)
+
+    def pool(self, **options: Any) -> Any:
+        """``create_pool`` on this backend and prefix (await it or ``async with`` it)."""
+        options.setdefault("prefix", self.prefix)
+        if self.url:
+            return asyncjobs.create_pool(self.url, **options)
+        return asyncjobs.create_pool(client_factory=self.factory, **options)
+
+
+@pytest.fixture(params=["fake", "real"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The test's Redis: in-memory fake, then the session's real server."""
+    prefix = f"t{secrets.token_hex(4)}"
+    if request.param == "fake":
+        return Backend("fake", None, fake_factory(), prefix)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return Backend("real", server.url, url_factory(server.url), prefix)
+
+
+@pytest.fixture
+def real(redis_server: RedisServer) -> Backend:
+    """The session's real server only."""
+    prefix = f"t{secrets.token_hex(4)}"
+    return Backend("real", redis_server.url, url_factory(redis_server.url), prefix)
+
+
+@pytest_asyncio.fixture
+async def pool(backend: Backend) -> AsyncIterator[asyncjobs.Pool]:
+    """A pool on the test's backend."""
+    async with backend.pool() as opened:
+        yield opened
+
+
+class Running:
+    """A worker running in the background of a test."""
+
+    def __init__(self, backend: Backend, worker: asyncjobs.Worker) -> None:
+        self.backend = backend
+        self.worker = worker
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> asyncjobs.Worker:
+        ready = asyncio.get_running_loop().create_future()
+        factory = None if self.backend.url else self.backend.factory
+
+        async def main() -> None:
+            import anyio
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(lambda task_status: self.worker.run(
+                    redis_url=self.backend.url, client_factory=factory, task_status=task_status))
+                ready.set_result(None)
+
+        self._task = asyncio.create_task(main())
+        done, _ = await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            self._task.result()  # raise the start-up error
+        return self.worker
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.worker.stop()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 30)
+
+
+def running(backend: Backend, worker: asyncjobs.Worker) -> Running:
+    """``async with running(backend, worker):`` runs the worker until the block ends."""
+    return Running(backend, worker)
