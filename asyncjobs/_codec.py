@@ -26,8 +26,10 @@ _errors_decoder = msgspec.msgpack.Decoder(list[ErrorInfo])
 _progress_decoder = msgspec.msgpack.Decoder(Progress)
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
-# Types that msgpack gives back exactly as they went in: no conversion needed.
+# Types that msgpack gives back exactly as they went in: a result needs no conversion.
 _NATIVE: frozenset[Any] = frozenset({Any, object, int, str, float, bool, bytes, type(None)})
+# Parameter annotations that accept anything: arguments pass unchecked.
+_UNCHECKED: frozenset[Any] = frozenset({Any, object})
 
 
 def encode_spec(spec: JobSpec, param_names: Sequence[str] = ()) -> bytes:
@@ -125,28 +127,39 @@ def error_info(exc: BaseException, attempt: int, at_ms: int) -> ErrorInfo:
 
 
 class ArgConverter:
-    """Converts decoded arguments to the types a task's parameters declare.
+    """Checks decoded arguments against a task's parameter types and converts them back
+    (a ``UUID`` from its string, a dataclass or Struct from its map...).
 
     Built once per task from its signature (the first parameter, the context, is skipped).
-    Parameters without annotations, or annotated with msgpack-native types, pass unchanged.
+    Unannotated parameters (and ``Any``) pass unchecked; a task annotated only so costs nothing.
     """
 
-    __slots__ = ("_keyword", "_positional", "_varargs", "names", "trivial")
+    __slots__ = ("_keyword", "_positional", "_varargs", "_varkw", "names", "trivial")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         params = list(inspect.signature(fn).parameters.values())[1:]
         hints = _type_hints(fn)
-        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.names = tuple(p.name for p in params if p.kind in kinds)
+        kind = inspect.Parameter
+        self.names = tuple(
+            p.name for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)
+        )
         self._positional = [hints.get(name, Any) for name in self.names]
-        var = [p for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
-        self._varargs = hints.get(var[0].name, Any) if var else Any
-        self._keyword = {p.name: hints.get(p.name, Any) for p in params}
-        wanted = [*self._positional, self._varargs, *self._keyword.values()]
-        self.trivial = all(t in _NATIVE for t in wanted)
+        self._varargs: Any = Any
+        self._varkw: Any = Any
+        self._keyword: dict[str, Any] = {}
+        for p in params:
+            if p.kind is kind.VAR_POSITIONAL:
+                self._varargs = hints.get(p.name, Any)
+            elif p.kind is kind.VAR_KEYWORD:
+                self._varkw = hints.get(p.name, Any)
+            else:
+                self._keyword[p.name] = hints.get(p.name, Any)
+        wanted = [*self._positional, self._varargs, self._varkw, *self._keyword.values()]
+        self.trivial = all(t in _UNCHECKED for t in wanted)
 
     def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Return converted copies; raises ``msgspec.ValidationError`` naming the argument."""
+        """Return checked, converted copies; raises ``msgspec.ValidationError`` naming the
+        argument that does not fit."""
         if self.trivial:
             return args, kwargs
         out = []
@@ -156,12 +169,14 @@ class ArgConverter:
             else:
                 type_, name = self._varargs, f"*args[{index - len(self._positional)}]"
             out.append(_convert(value, type_, name))
-        converted = {k: _convert(v, self._keyword.get(k, Any), k) for k, v in kwargs.items()}
+        converted = {
+            k: _convert(v, self._keyword.get(k, self._varkw), k) for k, v in kwargs.items()
+        }
         return out, converted
 
 
 def _convert(value: Any, type_: Any, name: str) -> Any:
-    if type_ in _NATIVE:
+    if type_ in _UNCHECKED:
         return value
     try:
         return msgspec.convert(value, type_)

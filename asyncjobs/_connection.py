@@ -52,8 +52,5 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    user = parts.username or ""
-    netloc = f"{user}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    host = parts.netloc.rpartition("@")[2]  # keeps IPv6 brackets and the port as written
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -80,8 +80,8 @@ def checksum(ctx: Context, text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-TASKS = [resize_image, send_email, build_report, call_webhook, charge_card, export_archive,
-         checksum]
+TASKS: list[Any] = [resize_image, send_email, build_report, call_webhook, charge_card,
+                    export_archive, checksum]
 
 
 @dataclass
@@ -184,7 +184,8 @@ async def run_demo(url: str | None, console: Console | None = None) -> bool:
     ok = all(r.state == r.expect.value for r in rows)
     for row in rows:
         if row.state != row.expect.value:
-            console.print(f"[red]unexpected:[/] {row.label} ended {row.state}, expected {row.expect}")
+            console.print(f"[red]unexpected:[/] {row.label} ended {row.state}, "
+                          f"expected {row.expect}")
     summary = ", ".join(f"{n} {s}" for s, n in _count(rows).items())
     console.print(f"{'[green]OK' if ok else '[red]FAILED'}[/]: {summary} "
                   "(the failures are on purpose: see the detail column)")

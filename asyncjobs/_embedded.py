@@ -54,14 +54,9 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Start the server and wait until it answers PING; returns its URL."""
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", self._dir.name, "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--logfile", str(self.directory / "redis.log"),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            self.arguments(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -73,14 +68,25 @@ class RedisServer:
         self.stop()
         raise TimeoutError(f"redis-server did not answer within {timeout_s} s")
 
+    def arguments(self) -> list[str]:
+        """The ``redis-server`` command line."""
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", self._dir.name, "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec", "--logfile", str(self.directory / "redis.log"),
+            *self.extra_args,
+        ]
+
     def ping(self) -> bool:
-        """True if the server answers PING (and is not loading its data)."""
+        """True if the server answers (even "authentication required"), and is not loading."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                reply = sock.recv(64)
         except OSError:
             return False
+        return reply.startswith((b"+PONG", b"-NOAUTH", b"-NOPERM"))
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server: SIGKILL with ``kill`` (no final AOF write), else SIGTERM."""
@@ -115,7 +121,11 @@ class RedisServer:
         return path.read_text()[-2000:] if path.exists() else ""
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,

@@ -20,7 +20,8 @@ def load(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
             raise ConfigurationError(f"cannot import {module_name!r}: no such module") from exc
         raise
     target: Any = module

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._admin import Admin
 from ._codec import encode_spec
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._handle import Job
@@ -79,6 +80,11 @@ class Pool:
         if store is None:
             store = self._stores[queue] = QueueStore(self.client, Keys(self.prefix, queue))
         return store
+
+    @property
+    def admin(self) -> Admin:
+        """Queue statistics, live workers, and dead-letter handling."""
+        return Admin(self)
 
     @property
     def waiter(self) -> Waiter:

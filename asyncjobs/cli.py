@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Annotated, NoReturn
 
 import typer
@@ -68,9 +67,7 @@ def worker(
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
     configure(log_level, log_format)
     try:
-        found = load(target)
-        if not isinstance(found, Worker):
-            raise ConfigurationError(f"{target} is a {type(found).__name__}, not an asyncjobs.Worker")
+        found = _load_worker(target)
         changes: dict[str, object] = {}
         if concurrency is not None:
             changes["concurrency"] = concurrency
@@ -86,6 +83,14 @@ def worker(
         fail(str(exc), 2)
     except AsyncJobsError as exc:
         fail(str(exc))
+
+
+def _load_worker(target: str) -> Worker:
+    found = load(target)
+    if not isinstance(found, Worker):
+        kind = type(found).__name__
+        raise ConfigurationError(f"{target} is a {kind}, not an asyncjobs.Worker")
+    return found
 
 
 @app.command()
@@ -111,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
