@@ -1,7 +1,11 @@
-"""Getting work: the read loop (XREADGROUP, COUNT = free slots, BLOCK; no timer polling) and
-the reclaim loop (XAUTOCLAIM of entries a dead worker left idle past the claim timeout).
+"""Getting work, one loop per queue: take the free slots, then either reclaim entries a dead
+worker left idle past the claim timeout (XAUTOCLAIM, when a scan is due) or read new ones
+(XREADGROUP, COUNT = free slots, BLOCK; no timer polling for new work).
 
-Both start what they got with one start.lua call per batch and hand it to the executor.
+Both go through this loop because it is the one place that takes slots: the concurrency
+limit holds, and a worker with free slots always reclaims. The read's block time is capped
+by the reclaim interval, so an idle worker scans for a dead worker's jobs on time.
+What it gets is started with one start.lua call per batch and handed to the executor.
 """
 
 from __future__ import annotations
@@ -19,35 +23,53 @@ from ._store import Delivery, QueueStore
 log = logging.getLogger("asyncjobs.worker")
 
 
-async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int) -> None:
-    """Start deliveries and dispatch them; give back the slots not used."""
-    store = rt.stores[queue]
-    try:
-        started = await store.start(rt.consumer, got) if got else []
-    except BaseException:
-        ex.slots.give(taken)
-        raise
-    ex.slots.give(taken - len(started))
-    for item in started:
-        ex.start(queue, item)
+class _Reclaimer:
+    """When the next reclaim scan of a queue is due, and where the last one stopped."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cursor = "0-0"
+        self.due = time.monotonic() + rt.config.reclaim_every_s
+
+    def is_due(self) -> bool:
+        # After an outage, let live workers refresh their entries before taking any.
+        settle_s = self.rt.config.keepalive_every_s * 2
+        if time.monotonic() < self.due or self.rt.outage.recent(settle_s):
+            return False
+        self.due = time.monotonic() + self.rt.config.reclaim_every_s
+        return True
+
+    async def claim(self, store: QueueStore, count: int) -> list[Delivery]:
+        cfg = self.rt.config
+        self.cursor, got = await store.reclaim(
+            self.rt.consumer, int(cfg.reclaim_idle_s * 1000), count, self.cursor
+        )
+        if self.cursor != "0-0":
+            self.due = time.monotonic()  # more to scan: continue on the next turn
+        if got:
+            log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s", len(got),
+                        store.keys.queue, ", ".join(d.job_id or d.entry for d in got[:10]))
+        return got
 
 
 async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
-    """Read new entries of one queue until stopped (or, in burst mode, until drained)."""
+    """Reclaim and read entries of one queue until stopped (or, in burst mode, drained)."""
     store = rt.stores[queue]
     cfg = rt.config
-    block_ms = 100 if cfg.burst else cfg.block_ms
+    block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
+    reclaimer = _Reclaimer(rt)
     while not rt.stopping.is_set():
-        rt.fetch_beat[queue] = time.monotonic()
         if ex.slots.free == 0:
             rt.fetch_beat[queue] = float("inf")  # waiting for slots is healthy
         taken = await ex.slots.take_some(cfg.read_batch)
         began = rt.fetch_beat[queue] = time.monotonic()
         try:
-            got = await store.read(rt.blocking, rt.consumer, taken, block_ms)
-            if not got and time.monotonic() - began < block_ms / 2000:
-                # The server did not block (an in-memory fake does not): don't spin.
-                await asyncio.sleep(0.005)
+            got = await reclaimer.claim(store, taken) if reclaimer.is_due() else []
+            if not got:
+                got = await store.read(rt.blocking, rt.consumer, taken, block_ms)
+                if not got and time.monotonic() - began < block_ms / 2000:
+                    # The server did not block (an in-memory fake does not): don't spin.
+                    await asyncio.sleep(0.005)
         except OUTAGE_ERRORS as exc:
             ex.slots.give(taken)
             await asyncio.sleep(rt.outage.failed(exc, f"read {queue}"))
@@ -73,6 +95,18 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
             return
 
 
+async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int) -> None:
+    """Start deliveries and dispatch them; give back the slots not used."""
+    try:
+        started = await rt.stores[queue].start(rt.consumer, got) if got else []
+    except BaseException:
+        ex.slots.give(taken)
+        raise
+    ex.slots.give(taken - len(started))
+    for item in started:
+        ex.start(queue, item)
+
+
 async def _recreate(rt: Runtime, store: QueueStore) -> None:
     try:
         await store.ensure_group()
@@ -84,45 +118,10 @@ async def _drained(rt: Runtime, ex: Executor, store: QueueStore) -> bool:
     """Burst mode: nothing running, nothing to settle, nothing queued or delayed."""
     if ex.running or not ex.settler.idle:
         return False
-    client, keys = rt.client, store.keys
-    pipe = client.pipeline(transaction=False)
+    keys = store.keys
+    pipe = rt.client.pipeline(transaction=False)
     pipe.zcard(keys.delayed)
     pipe.xlen(keys.stream)
     pipe.xpending(keys.stream, "asyncjobs")
     delayed, length, pending = await pipe.execute()
     return bool(delayed == 0 and length - int(pending["pending"]) <= 0)
-
-
-async def reclaim_loop(rt: Runtime, ex: Executor, queue: str) -> None:
-    """Claim entries idle past the claim timeout, while this worker has free slots."""
-    store = rt.stores[queue]
-    cfg = rt.config
-    min_idle_ms = int(cfg.reclaim_idle_s * 1000)
-    cursor = "0-0"
-    while not rt.stopping.is_set():
-        await asyncio.sleep(cfg.reclaim_every_s)
-        # After an outage, let live workers refresh their entries before taking any.
-        if rt.outage.recent(cfg.keepalive_every_s * 2):
-            continue
-        taken = ex.slots.take_now(cfg.read_batch)
-        if not taken:
-            continue
-        try:
-            cursor, got = await store.reclaim(rt.consumer, min_idle_ms, taken, cursor)
-        except OUTAGE_ERRORS as exc:
-            ex.slots.give(taken)
-            await asyncio.sleep(rt.outage.failed(exc, f"reclaim {queue}"))
-            continue
-        except ResponseError as exc:
-            ex.slots.give(taken)
-            if "NOGROUP" not in str(exc):
-                raise
-            continue
-        try:
-            await _start(rt, ex, queue, got, taken)
-        except OUTAGE_ERRORS as exc:
-            await asyncio.sleep(rt.outage.failed(exc, f"start {queue}"))
-            continue
-        if got:
-            log.warning("reclaimed %d job(s) on queue %s left by a stopped worker: %s",
-                        len(got), queue, ", ".join(d.job_id or d.entry for d in got[:10]))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,21 @@ log = logging.getLogger("asyncjobs.worker")
 
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "Redis is unreachable right now": retry with backoff."""
+
+
+async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run one of the worker's loops. An outage is handled inside each loop; anything else
+    escaping it is a bug: log it with its traceback and start the loop again after a pause
+    (growing to 30 s), so the worker neither dies nor spins."""
+    pause = 1.0
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("internal error in the %s loop; restarting it in %.0f s", name, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
 
 class Slots:

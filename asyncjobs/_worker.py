@@ -17,6 +17,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -25,11 +26,11 @@ from redis.exceptions import ResponseError
 
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._executor import Executor, Invoke
-from ._fetcher import fetch_loop, reclaim_loop
+from ._fetcher import fetch_loop
 from ._keys import Keys, check_name
 from ._pool import Pool
 from ._retry import RetryPolicy
-from ._runtime import OUTAGE_ERRORS, Runtime
+from ._runtime import OUTAGE_ERRORS, Runtime, supervised
 from ._scheduler import CronJob, Scheduler
 from ._settler import Settler
 from ._store import QueueStore
@@ -242,11 +243,10 @@ class Worker:
         ]
         async with anyio.create_task_group() as tg:
             for scheduler in schedulers:
-                tg.start_soon(scheduler.run)
-                tg.start_soon(reclaim_loop, rt, ex, scheduler.queue)
-            tg.start_soon(keepalive_loop, rt, ex)
-            tg.start_soon(events_loop, rt, ex, wake)
-            tg.start_soon(heartbeat_loop, rt, ex)
+                tg.start_soon(supervised, f"scheduler {scheduler.queue}", scheduler.run)
+            tg.start_soon(supervised, "keep-alive", partial(keepalive_loop, rt, ex))
+            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wake))
+            tg.start_soon(supervised, "heartbeat", partial(heartbeat_loop, rt, ex))
             fetching = anyio.CancelScope()
             tg.start_soon(self._fetch_all, rt, ex, fetching)
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
@@ -263,7 +263,8 @@ class Worker:
         with scope:
             async with anyio.create_task_group() as fetchers:
                 for queue in rt.config.queues:
-                    fetchers.start_soon(fetch_loop, rt, ex, queue)
+                    fetchers.start_soon(supervised, f"fetch {queue}",
+                                        partial(fetch_loop, rt, ex, queue))
         rt.stopping.set()  # all fetchers returned: burst mode drained every queue
 
     async def _drain(

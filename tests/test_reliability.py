@@ -1,0 +1,303 @@
+"""Bad input, retries, abort, expiry, dead letters and ownership, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context, JobState
+
+from .conftest import Backend, running
+
+pytestmark = pytest.mark.asyncio
+
+
+@asyncjobs.task
+async def add(ctx: Context, a: int, b: int) -> int:
+    return a + b
+
+
+async def burst(backend: Backend, tasks: list[Any], **options: Any) -> None:
+    await backend.run(backend.worker(tasks, burst=True, **options))
+
+
+async def dead(pool: asyncjobs.Pool) -> list[asyncjobs._admin.DeadLetter]:
+    return await pool.admin.dead_letters(newest_first=False)
+
+
+async def test_unknown_task_is_dead_lettered_and_the_worker_goes_on(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    lost = await pool.enqueue("no_such_task", 1)
+    fine = await pool.enqueue(add, 1, 2)
+    await burst(backend, [add])
+    assert await fine.result(timeout=5) == 3
+    with pytest.raises(asyncjobs.JobFailed) as caught:
+        await lost.result(timeout=5)
+    assert caught.value.type == "asyncjobs.UnknownTask"
+    assert "unknown task 'no_such_task' (this worker knows: add)" in caught.value.remote_message
+    [letter] = await dead(pool)
+    assert letter.job_id == lost.id and "unknown task" in letter.reason
+
+
+async def test_garbage_written_into_the_stream_is_dead_lettered(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    stream = pool.keys("default").stream
+    await pool.client.xadd(stream, {"junk": "\x00\xff not a job"})
+    await pool.client.xadd(stream, {"i": "ghost-job"})
+    fine = await pool.enqueue(add, 2, 2)
+    await burst(backend, [add])
+    assert await fine.result(timeout=5) == 4
+    letters = await dead(pool)
+    assert [(d.job_id, d.reason) for d in letters] == [
+        ("", "entry has no job id"),
+        ("ghost-job", "no job record for job id 'ghost-job'"),
+    ]
+    assert letters[0].fields["junk"] == "\x00\xff not a job"  # the raw entry is kept
+    assert await pool.client.xlen(stream) == 0
+
+
+async def test_undecodable_payload_and_bad_arguments_are_dead_lettered(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    corrupt = await pool.enqueue(add, 1, 1)
+    await pool.client.hset(pool.keys("default").job(corrupt.id), "j", b"\xc1garbage")
+    wrong = await pool.enqueue("add", "one", 1)  # by name: the worker checks the types
+    fine = await pool.enqueue(add, 5, 5)
+    await burst(backend, [add])
+    assert await fine.result(timeout=5) == 10
+    with pytest.raises(asyncjobs.JobFailed) as bad_payload:
+        await corrupt.result(timeout=5)
+    assert bad_payload.value.type == "asyncjobs.UndecodablePayload"
+    with pytest.raises(asyncjobs.JobFailed) as bad_args:
+        await wrong.result(timeout=5)
+    assert bad_args.value.type == "asyncjobs.BadArguments"
+    assert "argument 'a'" in bad_args.value.remote_message
+    assert {d.job_id for d in await dead(pool)} == {corrupt.id, wrong.id}
+
+
+class Flaky(Exception):
+    pass
+
+
+@asyncjobs.task(max_tries=4, backoff=0.01, retry_on=(Flaky,))
+async def flaky(ctx: Context) -> dict[str, Any]:
+    if ctx.attempt < 3:
+        raise Flaky(f"attempt {ctx.attempt} failed")
+    return {"attempt": ctx.attempt, "seen": [e.message for e in ctx.errors]}
+
+
+async def test_retries_carry_attempt_number_and_error_history(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    job = await pool.enqueue(flaky)
+    await burst(backend, [flaky])
+    result = await job.result(timeout=5)
+    assert result == {"attempt": 3, "seen": ["attempt 1 failed", "attempt 2 failed"]}
+    info = await job.info()
+    assert info.attempts == 3 and [e.attempt for e in info.errors] == [1, 2]
+    assert all(e.type.endswith("Flaky") and "raise Flaky" in e.traceback for e in info.errors)
+    stats = await pool.client.hgetall(pool.keys("default").stats)
+    assert int(stats[b"retry"]) == 2 and int(stats[b"complete"]) == 1
+
+
+@asyncjobs.task(max_tries=5, retry_on=(Flaky,))
+async def picky(ctx: Context, kind: str) -> int:
+    if kind == "value":
+        raise ValueError("not retryable for this task")
+    if ctx.attempt == 1:
+        raise asyncjobs.Retry(delay=0.3, reason="rate limited")
+    return ctx.attempt
+
+
+async def test_explicit_retry_waits_its_delay_and_other_errors_do_not_retry(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    later = await pool.enqueue(picky, "retry")
+    never = await pool.enqueue(picky, "value")
+    await burst(backend, [picky])
+    assert await later.result(timeout=5) == 2
+    info = await later.info()
+    assert info.errors[0].type == "asyncjobs.exceptions.Retry"
+    assert info.started_at and info.errors[0].at
+    assert (info.started_at - info.errors[0].at).total_seconds() >= 0.29
+    with pytest.raises(asyncjobs.JobFailed):
+        await never.result(timeout=5)
+    never_info = await never.info()
+    assert never_info.attempts == 1
+    assert never_info.dead_letter_reason == "raised ValueError (not retryable)"
+
+
+async def test_a_retry_waits_in_the_delayed_set(backend: Backend, pool: asyncjobs.Pool) -> None:
+    @asyncjobs.task(name="later", backoff=30, max_tries=2)
+    async def later(ctx: Context) -> None:
+        raise ConnectionError("down")
+
+    job = await pool.enqueue(later)
+    async with running(backend, backend.worker([later])):
+        for _ in range(100):
+            if await job.status() is JobState.SCHEDULED:
+                break
+            await asyncio.sleep(0.02)
+        info = await job.info()
+    assert info.state is JobState.SCHEDULED and info.attempts == 1
+    assert info.scheduled_for and info.errors and info.scheduled_for >= info.errors[0].at
+    assert await pool.client.zscore(pool.keys("default").delayed, job.id) is not None
+
+
+async def test_abort_a_queued_and_a_scheduled_job_before_they_start(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    queued = await pool.enqueue(add, 1, 1)
+    scheduled = await pool.enqueue(add.options(delay=60), 1, 1)
+    assert await queued.abort() is True and await scheduled.abort() is True
+    assert await queued.abort() is False  # already ended
+    await burst(backend, [add])
+    for job in (queued, scheduled):
+        assert await job.status() is JobState.ABORTED
+        with pytest.raises(asyncjobs.JobAborted):
+            await job.result(timeout=1)
+        assert (await job.info()).started_at is None
+    assert await pool.client.zcard(pool.keys("default").delayed) == 0
+
+
+async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.Pool) -> None:
+    cancelled = asyncio.Event()
+
+    @asyncjobs.task(name="long")
+    async def long(ctx: Context) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    job = await pool.enqueue(long)
+    async with running(backend, backend.worker([long])):
+        while await job.status() is not JobState.RUNNING:
+            await asyncio.sleep(0.02)
+        assert await job.abort() is True
+        await asyncio.wait_for(cancelled.wait(), 2)
+        with pytest.raises(asyncjobs.JobAborted):
+            await job.result(timeout=3)
+    assert (await job.info()).state is JobState.ABORTED
+
+
+async def test_expired_jobs_never_run(backend: Backend, pool: asyncjobs.Pool) -> None:
+    ran: list[str] = []
+
+    @asyncjobs.task(name="note")
+    async def note(ctx: Context, label: str) -> None:
+        ran.append(label)
+
+    soon = await pool.enqueue(note.options(expires=0.05), "queued")
+    late = await pool.enqueue(note.options(delay=0.3, expires=0.1), "delayed")
+    ok = await pool.enqueue(note.options(expires=60), "fresh")
+    await asyncio.sleep(0.1)
+    await burst(backend, [note])
+    assert ran == ["fresh"]
+    for job in (soon, late):
+        with pytest.raises(asyncjobs.JobExpired):
+            await job.result(timeout=1)
+    assert await ok.status() is JobState.COMPLETE
+    stats = await pool.client.hgetall(pool.keys("default").stats)
+    assert int(stats[b"expired"]) == 2
+
+
+async def test_dead_letters_can_be_listed_requeued_with_history_and_purged(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    fail_first = {"on": True}
+
+    @asyncjobs.task(name="payment", max_tries=1)
+    async def payment(ctx: Context, cents: int) -> int:
+        if fail_first["on"]:
+            raise RuntimeError("gateway down")
+        return cents
+
+    jobs = [await pool.enqueue(payment, c) for c in (100, 200, 300)]
+    await burst(backend, [payment])
+    assert [d.job_id for d in await dead(pool)] == [j.id for j in jobs]
+    fail_first["on"] = False
+    outcome = await pool.admin.requeue([jobs[0].id, "nope"])
+    assert outcome == {jobs[0].id: "queued", "nope": "missing"}
+    assert await pool.admin.requeue([jobs[1].id, jobs[1].id]) == {jobs[1].id: "queued"}
+    await burst(backend, [payment])
+    assert await jobs[0].result(timeout=5) == 100 and await jobs[1].result(timeout=5) == 200
+    info = await jobs[0].info()
+    assert info.id == jobs[0].id and [e.message for e in info.errors] == ["gateway down"]
+    assert [d.job_id for d in await dead(pool)] == [jobs[2].id]
+    assert await pool.admin.purge_dead() == 1
+    assert await dead(pool) == []
+    with pytest.raises(asyncjobs.JobNotFound):
+        await jobs[2].status()
+
+
+async def test_a_slow_job_on_a_live_worker_is_never_taken(backend: Backend,
+                                                          pool: asyncjobs.Pool) -> None:
+    starts: list[str] = []
+
+    @asyncjobs.task(name="slowpoke", timeout=30)
+    async def slowpoke(ctx: Context) -> str:
+        starts.append(ctx.worker)
+        await asyncio.sleep(3.5)  # more than twice the claim timeout
+        return "done"
+
+    job = await pool.enqueue(slowpoke)
+    first = backend.worker([slowpoke], claim_timeout=1.5)
+    second = backend.worker([slowpoke], claim_timeout=1.5)
+    async with running(backend, first), running(backend, second):
+        assert await job.result(timeout=10) == "done"
+    assert len(starts) == 1
+    assert (await job.info()).attempts == 1
+
+
+async def test_a_worker_that_lost_its_entry_cancels_and_does_not_settle(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    cancelled = asyncio.Event()
+
+    @asyncjobs.task(name="held", timeout=30)
+    async def held(ctx: Context) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "should not finish"
+
+    job = await pool.enqueue(held)
+    keys = pool.keys("default")
+    async with running(backend, backend.worker([held], claim_timeout=1.5)):
+        while await job.status() is not JobState.RUNNING:
+            await asyncio.sleep(0.02)
+        entry = (await pool.client.hget(keys.job(job.id), "e")).decode()
+        # Another consumer takes the entry (as a reclaim after a stall would).
+        await pool.client.xclaim(keys.stream, "asyncjobs", "thief", 0, [entry], justid=True)
+        await asyncio.wait_for(cancelled.wait(), 3)
+    pending = await pool.client.xpending_range(keys.stream, "asyncjobs", "-", "+", 10)
+    assert [(p["message_id"].decode(), p["consumer"].decode()) for p in pending] == [
+        (entry, "thief")
+    ]
+    assert await job.status() is JobState.RUNNING  # the thief owns the outcome now
+
+
+async def test_entries_of_a_dead_consumer_are_reclaimed_and_run(backend: Backend,
+                                                                pool: asyncjobs.Pool) -> None:
+    job = await pool.enqueue(add, 20, 22)
+    keys = pool.keys("default")
+    await pool.client.xgroup_create(keys.stream, "asyncjobs", id="0", mkstream=True)
+    # A consumer reads the job and dies before starting it.
+    await pool.client.xreadgroup("asyncjobs", "ghost", {keys.stream: ">"}, count=10)
+    started = asyncio.get_running_loop().time()
+    async with running(backend, backend.worker([add], claim_timeout=1.5)):
+        assert await job.result(timeout=5) == 42
+    assert asyncio.get_running_loop().time() - started < 1.5 + 1.0
+    info = await job.info()
+    assert info.errors[0].type == "asyncjobs.WorkerLost"
+    pending = await pool.client.xpending(keys.stream, "asyncjobs")
+    assert pending["pending"] == 0
