@@ -5,6 +5,7 @@ Used by the ``asyncjobs info / job / dlq / check`` commands, health endpoints an
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,20 +81,24 @@ class Admin:
 
     async def queues(self) -> list[str]:
         """Queue names known to this prefix (every queue a job was enqueued on)."""
-        names = await self.pool.call(self.client.smembers(self.pool.global_keys.queues))
+        names = await self.pool.call(lambda: self.client.smembers(self.pool.global_keys.queues))
         return sorted(_s(n) for n in names)
 
     async def queue_stats(self, queue: str | None = None) -> QueueStats:
         """Waiting, in flight, delayed, dead, the oldest waiting job's age, and counters."""
         name = queue or self.pool.default_queue
         keys = self.pool.keys(name)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(keys.stream)
-        pipe.zcard(keys.delayed)
-        pipe.xlen(keys.dead)
-        pipe.hgetall(keys.stats)
-        pipe.time()
-        length, delayed, dead, counters, now = await self.pool.call(pipe.execute())
+
+        async def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xlen(keys.stream)
+            pipe.zcard(keys.delayed)
+            pipe.xlen(keys.dead)
+            pipe.hgetall(keys.stats)
+            pipe.time()
+            return list(await pipe.execute())
+
+        length, delayed, dead, counters, now = await self.pool.call(read)
         in_flight, last_delivered = await self._group(keys.stream)
         oldest = await self._oldest_waiting(keys.stream, last_delivered)
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
@@ -106,7 +111,7 @@ class Admin:
 
     async def _group(self, stream: str) -> tuple[int, str]:
         try:
-            groups = await self.pool.call(self.client.xinfo_groups(stream))
+            groups = await self.pool.call(lambda: self.client.xinfo_groups(stream))
         except ResponseError:  # no stream yet
             return 0, "0-0"
         for group in groups:
@@ -116,7 +121,7 @@ class Admin:
 
     async def _oldest_waiting(self, stream: str, last_delivered: str) -> int | None:
         entries = await self.pool.call(
-            self.client.xrange(stream, min=f"({last_delivered}", max="+", count=1)
+            lambda: self.client.xrange(stream, min=f"({last_delivered}", max="+", count=1)
         )
         if not entries:
             return None
@@ -126,12 +131,11 @@ class Admin:
         """Workers whose heartbeat is current."""
         keys = self.pool.global_keys
         now_ms = int(datetime.now().timestamp() * 1000)
-        names = await self.pool.call(
-            self.client.zrangebyscore(keys.workers, now_ms - _LIVE_WORKER_S * 1000, "+inf")
-        )
+        since = now_ms - _LIVE_WORKER_S * 1000
+        names = await self.pool.call(lambda: self.client.zrangebyscore(keys.workers, since, "+inf"))
         if not names:
             return []
-        blobs = await self.pool.call(self.client.mget([keys.worker(_s(n)) for n in names]))
+        blobs = await self.pool.call(lambda: self.client.mget([keys.worker(_s(n)) for n in names]))
         found = []
         for blob in blobs:
             if blob:
@@ -149,9 +153,9 @@ class Admin:
         """Entries of the dead-letter stream, newest first by default."""
         keys = self.pool.keys(queue or self.pool.default_queue)
         if newest_first:
-            rows = await self.pool.call(self.client.xrevrange(keys.dead, count=limit))
+            rows = await self.pool.call(lambda: self.client.xrevrange(keys.dead, count=limit))
         else:
-            rows = await self.pool.call(self.client.xrange(keys.dead, count=limit))
+            rows = await self.pool.call(lambda: self.client.xrange(keys.dead, count=limit))
         return [_dead_letter(entry, fields) for entry, fields in rows]
 
     async def job(self, job_id: str, queue: str | None = None) -> JobInfo:
@@ -162,7 +166,10 @@ class Admin:
         """Requeue dead-lettered jobs by id (same id, history kept); per id: the outcome
         ('queued', 'missing', or the state of a job that is not dead)."""
         store = self.pool.store(queue or self.pool.default_queue)
-        return {job_id: await self.pool.call(store.requeue(job_id)) for job_id in job_ids}
+        outcome: dict[str, str] = {}
+        for job_id in job_ids:
+            outcome[job_id] = await self.pool.call(functools.partial(store.requeue, job_id))
+        return outcome
 
     async def requeue_all(self, queue: str | None = None) -> dict[str, str]:
         """Requeue every dead-lettered job that has a record."""
@@ -174,20 +181,28 @@ class Admin:
         """Delete every dead letter and the records of those dead jobs; returns how many."""
         keys = self.pool.keys(queue or self.pool.default_queue)
         letters = await self.dead_letters(queue, limit=1_000_000, newest_first=False)
-        pipe = self.client.pipeline(transaction=False)
-        for letter in letters:
-            if letter.job_id:
-                record = keys.job(letter.job_id)
+        records = [keys.job(d.job_id) for d in letters if d.job_id]
+
+        async def states() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for record in records:
                 pipe.hget(record, "s")
-        states = await self.pool.call(pipe.execute()) if letters else []
-        doomed = [d for d in letters if d.job_id]
-        pipe = self.client.pipeline(transaction=False)
-        for letter, state in zip(doomed, states, strict=True):
-            if state == JobState.FAILED.value.encode():
-                pipe.delete(keys.job(letter.job_id))
-        for letter in letters:
-            pipe.xdel(keys.dead, letter.entry)
-        await self.pool.call(pipe.execute())
+            return list(await pipe.execute())
+
+        failed = JobState.FAILED.value.encode()
+        doomed = [r for r, state in zip(records, await self.pool.call(states), strict=True)
+                  if state == failed]
+
+        async def delete() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for record in doomed:
+                pipe.delete(record)
+            for letter in letters:
+                pipe.xdel(keys.dead, letter.entry)
+            await pipe.execute()
+
+        if letters:
+            await self.pool.call(delete)
         return len(letters)
 
 

@@ -13,8 +13,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENV = "ASYNCJOBS_REDIS_URL"
@@ -28,21 +36,61 @@ def default_url() -> str:
     return os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+class _ClosedTransportAsConnectionError:
+    """uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
+    server just closed, where asyncio raises ConnectionError (uvloop issue #506). Translate
+    it here, at the boundary, so every caller sees an ordinary connection error."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):
+                raise
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(f"connection lost: {exc}") from exc
+
+
+class _TcpConnection(_ClosedTransportAsConnectionError, Connection):
+    pass
+
+
+class _TlsConnection(_ClosedTransportAsConnectionError, SSLConnection):
+    pass
+
+
+class _UnixConnection(_ClosedTransportAsConnectionError, UnixDomainSocketConnection):
+    pass
+
+
+_OURS: dict[type[Any], type[Any]] = {
+    SSLConnection: _TlsConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}
+
+
 def url_factory(url: str, **options: Any) -> ClientFactory:
     """A factory of clients for ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+    parsed = parse_url(url)  # host, port, db, user, password, TLS settings; raises if bad
+    connection_class = _OURS.get(parsed.get("connection_class", Connection), _TcpConnection)
 
     def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
         settings: dict[str, Any] = {
             "socket_connect_timeout": 5.0,
-            "socket_keepalive": True,
             "health_check_interval": 30,
-            # asyncjobs retries on its own terms (bounded, logged); no hidden retries here.
-            "retry": Retry(NoBackoff(), 0),
+            # One immediate retry on a fresh connection cures a stale one (after a Redis
+            # restart, or an idle connection dropped by a proxy). Longer outages are retried
+            # by asyncjobs itself, bounded and logged once. A command whose reply was lost
+            # may run twice: every script tolerates that (job ids, ownership checks).
+            "retry": Retry(NoBackoff(), 1),
+            **({} if connection_class is _UnixConnection else {"socket_keepalive": True}),
             **options,
+            **parsed,
+            "connection_class": connection_class,
             "max_connections": max_connections,
             "socket_timeout": socket_timeout,
         }
-        return Redis.from_url(url, **settings)
+        return Redis.from_pool(ConnectionPool(**settings))
 
     return make
 

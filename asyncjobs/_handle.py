@@ -39,7 +39,7 @@ class Job(Generic[R]):
     async def status(self) -> JobState:
         """The job's current state; raises ``JobNotFound`` if there is no record."""
         key = self._pool.keys(self.queue).job(self.id)
-        state: bytes | None = await self._pool.call(self._pool.client.hget(key, "s"))
+        state: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "s"))
         if state is None:
             raise JobNotFound(self.id, self.queue)
         return JobState(state.decode())
@@ -47,7 +47,7 @@ class Job(Generic[R]):
     async def info(self) -> JobInfo:
         """The whole record: task, arguments, state, attempts, times, errors, progress."""
         key = self._pool.keys(self.queue).job(self.id)
-        raw: dict[bytes, bytes] = await self._pool.call(self._pool.client.hgetall(key))
+        raw: dict[bytes, bytes] = await self._pool.call(lambda: self._pool.client.hgetall(key))
         if not raw:
             raise JobNotFound(self.id, self.queue)
         return parse_record(self.id, self.queue, raw)
@@ -55,7 +55,7 @@ class Job(Generic[R]):
     async def progress(self) -> Progress | None:
         """The latest progress the task reported, if any."""
         key = self._pool.keys(self.queue).job(self.id)
-        data: bytes | None = await self._pool.call(self._pool.client.hget(key, "p"))
+        data: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "p"))
         return decode_progress(data)
 
     async def result(self, timeout: Seconds | None = None) -> R:
@@ -87,7 +87,7 @@ class Job(Generic[R]):
     async def _final_value(self) -> tuple[Any] | None:
         key = self._pool.keys(self.queue).job(self.id)
         reply: list[bytes | None] = await self._pool.call(
-            self._pool.client.hmget(key, ["s", "r", "h", "dl"])
+            lambda: self._pool.client.hmget(key, ["s", "r", "h", "dl"])
         )
         state, value, history, reason = reply
         if state is None:
@@ -109,7 +109,7 @@ class Job(Generic[R]):
         """Abort the job. A queued or scheduled job never starts; a running one is cancelled
         within about a second. Returns False if the job had already ended."""
         state: str = await self._pool.call(
-            self._pool.store(self.queue).abort(self.id, self._pool.aborted_ttl_s)
+            lambda: self._pool.store(self.queue).abort(self.id, self._pool.aborted_ttl_s)
         )
         if state == "missing":
             raise JobNotFound(self.id, self.queue)

@@ -93,12 +93,11 @@ class Pool:
             self._waiter = Waiter(self.client)
         return self._waiter
 
-    async def call(self, operation: Awaitable[Any]) -> Any:
-        """Await one Redis operation, mapping an outage to ``RedisUnavailable``."""
-        try:
-            return await operation
-        except _OUTAGE as exc:
-            raise RedisUnavailable(f"Redis unavailable ({self.description}): {exc}") from exc
+    async def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one Redis operation (``make()`` builds it, so it can be tried again), retrying
+        connection failures for up to ``retry_for`` seconds, then raising
+        ``RedisUnavailable``. A stale connection after a Redis restart costs one retry."""
+        return await self._retrying(make)
 
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.retry_for_s
@@ -229,6 +228,7 @@ def create_pool(
     queue: str = "default",
     max_connections: int = 50,
     retry_for: float = 5.0,
+    timeout: float = 5.0,
     client_factory: ClientFactory | None = None,
     check: bool = True,
 ) -> _PoolOpener:
@@ -237,12 +237,14 @@ def create_pool(
     ``url`` defaults to ``$ASYNCJOBS_REDIS_URL``, then ``redis://localhost:6379/0``; it may
     carry a password, an ACL user, a database number, and ``rediss://`` for TLS. With
     ``check`` the pool pings Redis once and raises ``RedisUnavailable`` if it cannot.
+    Each Redis call waits at most ``timeout`` seconds; a call that cannot reach Redis is
+    retried for up to ``retry_for`` seconds, then raises ``RedisUnavailable``.
     """
     target = url or default_url()
     factory = client_factory or url_factory(target)
 
     async def open_() -> Pool:
-        client = factory(max_connections=max_connections, socket_timeout=10.0)
+        client = factory(max_connections=max_connections, socket_timeout=timeout)
         pool = Pool(client, prefix=prefix, queue=queue, retry_for=retry_for,
                     description=redact(target) if client_factory is None else "custom client")
         if check:

@@ -254,7 +254,7 @@ def test_url_factory_builds_clients_from_the_url(
 ) -> None:
     client = url_factory(url)(max_connections=7, socket_timeout=2.5)
     pool = client.connection_pool
-    assert pool.connection_class is connection_class
+    assert issubclass(pool.connection_class, connection_class)
     assert pool.max_connections == 7
     kwargs = pool.connection_kwargs
     assert {key: kwargs.get(key) for key in expected} == expected
@@ -394,3 +394,30 @@ def test_outage_backoff_grows_and_is_capped(
     assert delays == pytest.approx(expected, rel=1e-5)
     outage.ok()
     assert outage.failed(OSError(), "x") == pytest.approx(expected[0], rel=1e-5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("url", ["redis://h/0", "rediss://h/0", "unix:///tmp/x.sock"])
+async def test_a_write_on_a_closed_transport_is_a_connection_error(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop raises RuntimeError("... the handler is closed") where asyncio raises a
+    connection error; the client translates it, so the worker treats it as an outage."""
+    import redis.exceptions
+
+    async def closed(self: object, command: object, check_health: bool = True) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
+                           "the handler is closed")
+
+    async def other(self: object, command: object, check_health: bool = True) -> None:
+        raise RuntimeError("something else")
+
+    pool = url_factory(url)(max_connections=1, socket_timeout=1).connection_pool
+    conn = pool.make_connection()
+    base = pool.connection_class.__mro__[2]
+    monkeypatch.setattr(base, "send_packed_command", closed)
+    with pytest.raises(redis.exceptions.ConnectionError, match="connection lost"):
+        await conn.send_packed_command(b"PING")
+    monkeypatch.setattr(base, "send_packed_command", other)
+    with pytest.raises(RuntimeError, match="something else"):
+        await conn.send_packed_command(b"PING")

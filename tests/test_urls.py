@@ -116,3 +116,10 @@ async def test_tls_rediss_url() -> None:
         with pytest.raises(asyncjobs.AsyncJobsError):  # plain text to a TLS port fails cleanly
             async with asyncjobs.create_pool(f"redis://127.0.0.1:{server.port}/0", retry_for=0.5):
                 pass
+
+
+async def test_unix_socket_url(tmp_path: Path) -> None:
+    need_redis_server()
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(extra_args=("--unixsocket", str(socket_path))):
+        await round_trip(f"unix://{socket_path}?db=2")

@@ -33,6 +33,19 @@ async def slow(ctx: Context, seconds: float) -> str:
     return f"slept {seconds}"
 
 
+@asyncjobs.task
+async def short(ctx: Context, i: int) -> int:
+    await asyncio.sleep(float(os.environ.get("TEST_SHORT_S", "0.05")))
+    await _count(ctx)
+    return i
+
+
+@asyncjobs.task(max_tries=1)
+async def fail(ctx: Context, why: str) -> None:
+    await _count(ctx)
+    raise ValueError(why)
+
+
 @asyncjobs.task(max_tries=1)
 async def kill_worker(ctx: Context) -> None:
     """A poison pill: kills the process running it."""
@@ -41,10 +54,11 @@ async def kill_worker(ctx: Context) -> None:
 
 
 worker = asyncjobs.Worker(
-    [add, slow, kill_worker],
+    [add, slow, short, fail, kill_worker],
     prefix=PREFIX,
     claim_timeout=float(os.environ.get("TEST_CLAIM_TIMEOUT", "15")),
     max_deliveries=int(os.environ.get("TEST_MAX_DELIVERIES", "5")),
     shutdown_grace=float(os.environ.get("TEST_GRACE", "30")),
+    concurrency=int(os.environ.get("TEST_CONCURRENCY", "100")),
 )
 not_a_worker = 42

@@ -1,0 +1,238 @@
+"""Nothing lost when workers die, Redis restarts, deploys roll, or a job kills its worker.
+
+Real redis-server, real ``asyncjobs worker`` subprocesses; each job counts its runs in
+Redis (tests/apps/basic.py), so lost and duplicated runs are counted, not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import asyncjobs
+from asyncjobs import JobState
+from asyncjobs._embedded import RedisServer
+
+from .apps import basic
+from .conftest import Backend, need_redis_server
+from .procs import WorkerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+TARGET = "tests.apps.basic:worker"
+
+
+@contextmanager
+def workers(url: str, prefix: str, count: int, **env: str) -> Iterator[list[WorkerProcess]]:
+    procs = [WorkerProcess(TARGET, url, prefix, env=env) for _ in range(count)]
+    try:
+        for proc in procs:
+            proc.wait_for("ready:")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+async def runs_of(pool: asyncjobs.Pool, prefix: str, ids: list[str]) -> list[int]:
+    values = await pool.call(lambda: pool.client.mget([f"{prefix}:runs:{i}" for i in ids]))
+    return [int(v or 0) for v in values]
+
+
+async def states_of(pool: asyncjobs.Pool, ids: list[str]) -> dict[str, int]:
+    async def read() -> list[bytes | None]:
+        pipe = pool.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(pool.keys("default").job(job_id), "s")
+        return list(await pipe.execute())
+
+    counts: dict[str, int] = {}
+    for state in await pool.call(read):
+        name = state.decode() if state else "missing"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkilled_worker_job_completes_elsewhere_within_claim_timeout(
+    real: Backend,
+) -> None:
+    claim = 3.0
+    async with real.pool() as pool:
+        job = await pool.enqueue(basic.slow, 1.0)
+        with workers(real.url or "", real.prefix, 1, TEST_CLAIM_TIMEOUT=str(claim)) as [first]:
+            await until(lambda: _started(pool, real.prefix, job.id), 20, "the job to start")
+            with workers(real.url or "", real.prefix, 1, TEST_CLAIM_TIMEOUT=str(claim)):
+                first.kill()
+                killed_at = time.monotonic()
+                assert await job.result(timeout=claim + 10) == "slept 1.0"
+                recovered_s = time.monotonic() - killed_at
+        assert recovered_s <= claim + 2.0, f"took {recovered_s:.1f} s"
+        info = await job.info()
+        assert info.attempts == 2 and info.errors[0].type == "asyncjobs.WorkerLost"
+
+
+async def _started(pool: asyncjobs.Pool, prefix: str, job_id: str) -> bool:
+    return bool(await pool.client.get(f"{prefix}:runs:{job_id}"))
+
+
+async def test_kill_and_restart_a_worker_five_times_loses_nothing(real: Backend) -> None:
+    concurrency = 10
+    env = {"TEST_CLAIM_TIMEOUT": "2", "TEST_CONCURRENCY": str(concurrency),
+           "TEST_SHORT_S": "0.05"}
+    async with real.pool() as pool:
+        jobs = await pool.enqueue_many(asyncjobs.call(basic.short, i) for i in range(2000))
+        ids = [j.id for j in jobs]
+        with workers(real.url or "", real.prefix, 2, **env) as procs:
+            victim = procs[0]
+            for _ in range(5):
+                await asyncio.sleep(0.6)
+                victim.kill()
+                victim.close()
+                victim = WorkerProcess(TARGET, real.url or "", real.prefix, env=env)
+                procs.append(victim)
+                victim.wait_for("ready:")
+
+            async def all_done() -> bool:
+                return (await states_of(pool, ids)).get("complete", 0) == len(ids)
+
+            await until(all_done, 90, "every job to complete")
+        runs = await runs_of(pool, real.prefix, ids)
+    assert min(runs) >= 1  # zero lost
+    duplicates = sum(r - 1 for r in runs)
+    assert duplicates <= 5 * concurrency, f"{duplicates} duplicate runs"
+
+
+async def test_redis_restarts_with_aof_lose_nothing_and_workers_recover() -> None:
+    need_redis_server()
+    with RedisServer(appendonly=True) as server:
+        prefix = "aof"
+        env = {"TEST_SHORT_S": "0.05", "TEST_CONCURRENCY": "10"}
+        async with asyncjobs.create_pool(server.url, prefix=prefix, retry_for=20) as pool:
+            jobs = await pool.enqueue_many(asyncjobs.call(basic.short, i) for i in range(1500))
+            ids = [j.id for j in jobs]
+            await asyncio.sleep(1.5)  # appendfsync everysec: let the enqueues reach the disk
+            with workers(server.url, prefix, 2, **env) as procs:
+                await asyncio.sleep(1.0)
+                server.restart(down_s=0.5)  # SHUTDOWN: a clean restart
+                await asyncio.sleep(1.5)
+                server.restart(kill=True, down_s=0.5)  # SIGKILL: a crash
+
+                async def all_done() -> bool:
+                    return (await states_of(pool, ids)).get("complete", 0) == len(ids)
+
+                await until(all_done, 90, "every job to complete after two restarts")
+                for p in procs:  # they recovered on their own
+                    assert p.proc.poll() is None, p.output[-5000:]
+                logs = [p.output for p in procs]
+            runs = await runs_of(pool, prefix, ids)
+    assert min(runs) >= 1
+    for log in logs:
+        outages = log.count("redis unavailable")
+        assert 1 <= outages <= 2, log[-3000:]  # once per outage, not once per loop
+        assert log.count("redis reachable again") == outages
+        assert "Traceback" not in log
+
+
+async def test_sigterm_under_load_hands_jobs_back_without_the_claim_timeout(
+    real: Backend,
+) -> None:
+    env = {"TEST_CLAIM_TIMEOUT": "60", "TEST_CONCURRENCY": "20", "TEST_SHORT_S": "0.3",
+           "TEST_GRACE": "0.1"}
+    async with real.pool() as pool:
+        jobs = await pool.enqueue_many(asyncjobs.call(basic.short, i) for i in range(400))
+        ids = [j.id for j in jobs]
+        with workers(real.url or "", real.prefix, 2, **env) as (leaving, _staying):
+            await asyncio.sleep(1.0)
+            leaving.signal(signal.SIGTERM)
+            assert leaving.wait(20) == 0
+            handed = leaving.output.count("handed back")
+            stopped_at = time.monotonic()
+
+            async def all_done() -> bool:
+                return (await states_of(pool, ids)).get("complete", 0) == len(ids)
+
+            await until(all_done, 40, "every job to complete")
+            finished_s = time.monotonic() - stopped_at
+        runs = await runs_of(pool, real.prefix, ids)
+    assert handed == 1 and "cancelled" in leaving.output
+    assert min(runs) >= 1
+    # 400 x 0.3 s over 20 slots is about 6 s of work: far less than the 60 s claim timeout.
+    assert finished_s < 30, f"took {finished_s:.1f} s: were the jobs only reclaimed?"
+
+
+async def test_a_job_that_kills_its_worker_is_dead_lettered_and_workers_live_on(
+    real: Backend,
+) -> None:
+    env = {"TEST_CLAIM_TIMEOUT": "1", "TEST_MAX_DELIVERIES": "3"}
+    async with real.pool() as pool:
+        poison = await pool.enqueue(basic.kill_worker)
+        with workers(real.url or "", real.prefix, 2, **env) as procs:
+            restarts = 0
+
+            async def dead_lettered() -> bool:
+                nonlocal restarts
+                for i, proc in enumerate(procs):  # a supervisor: restart what died
+                    if proc.proc.poll() is not None:
+                        proc.close()
+                        procs[i] = WorkerProcess(TARGET, real.url or "", real.prefix, env=env)
+                        restarts += 1
+                return await poison.status() is JobState.FAILED
+
+            await until(dead_lettered, 60, "the poison job to be dead-lettered")
+            fine = await pool.enqueue(basic.add, 1, 2)
+            assert await fine.result(timeout=20) == 3
+        info = await poison.info()
+        runs = (await runs_of(pool, real.prefix, [poison.id]))[0]
+    assert runs == 3 and restarts >= 2
+    assert info.errors[-1].type == "asyncjobs.PoisonJob"
+    assert "delivered 4 times without finishing" in (info.dead_letter_reason or "")
+    assert [d.job_id for d in await _dead(real)] == [poison.id]
+
+
+async def _dead(backend: Backend) -> list[asyncjobs._admin.DeadLetter]:
+    async with backend.pool() as pool:
+        return await pool.admin.dead_letters()
+
+
+async def test_enqueue_during_an_outage_raises_within_its_bound(fresh_redis: RedisServer) -> None:
+    async with asyncjobs.create_pool(fresh_redis.url, retry_for=1.0, timeout=1.0) as pool:
+        fresh_redis.stop()
+        started = time.monotonic()
+        with pytest.raises(asyncjobs.RedisUnavailable, match="Redis unavailable for 1 s"):
+            await pool.enqueue(basic.add, 1, 2)
+        assert time.monotonic() - started < 3.0
+        fresh_redis.start()
+        assert fresh_redis.process is not None
+        os.kill(fresh_redis.process.pid, signal.SIGSTOP)  # a hung server: no reply at all
+        try:
+            started = time.monotonic()
+            with pytest.raises(asyncjobs.RedisUnavailable):
+                await pool.enqueue(basic.add, 1, 2)
+            assert time.monotonic() - started < 1.0 + 1.0 + 2.0
+        finally:
+            os.kill(fresh_redis.process.pid, signal.SIGCONT)
+        job = await pool.enqueue(basic.add, 1, 2)  # and it works again
+        assert await job.status() is JobState.QUEUED
+
+
+async def test_a_worker_idle_for_a_minute_still_picks_up_at_once(real: Backend) -> None:
+    async with real.pool() as pool:
+        with workers(real.url or "", real.prefix, 1):
+            await asyncio.sleep(61)
+            started = time.monotonic()
+            job = await pool.enqueue(basic.add, 2, 2)
+            assert await job.result(timeout=10) == 4
+            assert time.monotonic() - started < 2.0
