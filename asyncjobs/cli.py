@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, NoReturn
+import json
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.console import Console
 
+from . import _ops as ops
 from ._connection import URL_ENV
 from ._loader import load
 from ._logging import configure
+from ._render import dead_table, print_job, queues_table, to_json, workers_table
 from ._version import __version__
 from ._worker import Worker, _loop_factory
 from .exceptions import AsyncJobsError, ConfigurationError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="asyncjobs",
@@ -108,6 +115,158 @@ def demo(
     except AsyncJobsError as exc:
         fail(str(exc))
     raise typer.Exit(0 if ok else 1)
+
+
+Prefix = Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
+                                     help="Key prefix of the app.")]
+Queue = Annotated[str | None, typer.Option("--queue", "-q", help="Queue (default: 'default').")]
+Queues = Annotated[list[str] | None, typer.Option("--queue", "-q",
+                                                  help="Queue (repeatable; default: all known).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except AsyncJobsError as exc:
+        fail(str(exc))
+
+
+def _out(as_json: bool, data: Any, *tables: Any) -> None:
+    if as_json:
+        typer.echo(to_json(data))
+    else:
+        console = Console()
+        for table in tables:
+            console.print(table)
+
+
+@app.command()
+def info(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
+         as_json: AsJson = False) -> None:
+    """Queues (waiting, in flight, delayed, dead, oldest age) and live workers."""
+    stats, workers = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
+    _out(as_json, {"queues": stats, "workers": workers}, queues_table(stats),
+         workers_table(workers))
+
+
+@app.command()
+def job(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
+        queue: Queue = None, as_json: AsJson = False) -> None:
+    """The whole record of one job: state, arguments, attempts, times, errors, result."""
+    record = _run(ops.job(ops.Target(redis_url, prefix), job_id, queue))
+    if as_json:
+        typer.echo(to_json(record))
+    else:
+        print_job(Console(), record)
+
+
+@app.command()
+def enqueue(
+    task: Annotated[str, typer.Argument(help="The task's name.")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="A positional argument, as "
+                                                  "JSON (repeatable).")] = None,
+    kwarg: Annotated[list[str] | None, typer.Option("--kwarg", help="name=JSON "
+                                                    "(repeatable).")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", min=0, help="Seconds.")] = None,
+    redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
+    as_json: AsJson = False,
+) -> None:
+    """Enqueue a job by task name, with JSON arguments."""
+    args = [_json(a, "--arg") for a in arg or []]
+    kwargs = dict(_pair(k) for k in kwarg or [])
+    options = {k: v for k, v in {"job_id": job_id, "delay": delay, "queue": queue}.items()
+               if v is not None}
+    jid, where, state = _run(ops.enqueue(ops.Target(redis_url, prefix), task, args, kwargs,
+                                         options))
+    if as_json:
+        typer.echo(to_json({"job_id": jid, "queue": where, "state": state}))
+    else:
+        typer.echo(f"{jid} {state} on queue {where}")
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} {text!r} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'", 2)
+
+
+def _pair(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        fail(f"--kwarg {text!r}: expected name=JSON", 2)
+    return name, _json(value, f"--kwarg {name}")
+
+
+@app.command()
+def check(
+    redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
+    this_host: Annotated[bool, typer.Option("--this-host", help="Require a live worker on "
+                                            "this host (a liveness probe).")] = False,
+    max_waiting: Annotated[int | None, typer.Option("--max-waiting", min=0)] = None,
+    max_age: Annotated[float | None, typer.Option("--max-age", min=0,
+                                                  help="Oldest waiting job, seconds.")] = None,
+) -> None:
+    """Exit 0 when healthy, 1 when not (health and liveness probes)."""
+    result = _run(ops.check(ops.Target(redis_url, prefix), queue or [], this_host=this_host,
+                            max_waiting=max_waiting, max_age_s=max_age))
+    for problem in result.problems:
+        typer.echo(f"unhealthy: {problem}", err=True)
+    if result.healthy:
+        typer.echo("healthy")
+    raise typer.Exit(0 if result.healthy else 1)
+
+
+dlq = typer.Typer(help="Dead letters: list, show, requeue, purge.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+@dlq.command("list")
+def dlq_list(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
+             limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+             as_json: AsJson = False) -> None:
+    """The newest dead letters of a queue."""
+    letters = _run(ops.dead_letters(ops.Target(redis_url, prefix), queue, limit))
+    _out(as_json, letters, dead_table(letters))
+
+
+@dlq.command("show")
+def dlq_show(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
+             queue: Queue = None, as_json: AsJson = False) -> None:
+    """A dead-lettered job's record, with every error and traceback."""
+    job(job_id, redis_url, prefix, queue, as_json)
+
+
+@dlq.command("requeue")
+def dlq_requeue(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids to requeue.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
+    redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run dead-lettered jobs again: same id, error history kept, attempts reset."""
+    if not job_ids and not every:
+        fail("give job ids, or --all", 2)
+    outcome = _run(ops.requeue(ops.Target(redis_url, prefix), queue, job_ids or [], every))
+    if as_json:
+        typer.echo(to_json(outcome))
+    else:
+        for jid, state in outcome.items():
+            typer.echo(f"{jid}: {'requeued' if state == 'queued' else 'not requeued: ' + state}")
+    if any(state != "queued" for state in outcome.values()):
+        raise typer.Exit(1)
+
+
+@dlq.command("purge")
+def dlq_purge(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
+              yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
+    """Delete every dead letter of a queue and the records of those jobs."""
+    if not yes:
+        typer.confirm("Delete every dead letter of this queue?", abort=True)
+    count = _run(ops.purge(ops.Target(redis_url, prefix), queue))
+    typer.echo(f"purged {count} dead letter(s)")
 
 
 def main() -> None:

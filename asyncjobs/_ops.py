@@ -1,0 +1,103 @@
+"""The operations behind ``asyncjobs info / job / enqueue / check / dlq``: each opens a pool,
+does one thing, and returns data; the CLI only renders it."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ._admin import DeadLetter, QueueStats, WorkerInfo
+from ._model import JobInfo
+from ._pool import create_pool
+from ._task import task_ref
+from .exceptions import JobNotFound
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which Redis and prefix a command works on."""
+
+    url: str | None
+    prefix: str
+
+
+async def info(target: Target, queues: list[str]) -> tuple[list[QueueStats], list[WorkerInfo]]:
+    """Stats of the given queues (all known queues if none) and the live workers."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        names = queues or await pool.admin.queues() or [pool.default_queue]
+        stats = [await pool.admin.queue_stats(q) for q in names]
+        return stats, await pool.admin.workers()
+
+
+async def job(target: Target, job_id: str, queue: str | None) -> JobInfo:
+    """The record of a job; without a queue, every known queue is searched."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        candidates = [queue] if queue else await pool.admin.queues() or [pool.default_queue]
+        for name in candidates:
+            try:
+                return await pool.job(job_id, name).info()
+            except JobNotFound:
+                continue
+        raise JobNotFound(job_id, queue or "any known queue")
+
+
+async def enqueue(target: Target, task: str, args: list[Any], kwargs: dict[str, Any],
+                  options: dict[str, Any]) -> tuple[str, str, str]:
+    """Enqueue a task by name; returns (job id, queue, state)."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        handle = await pool.enqueue(task_ref(task).options(**options), *args, **kwargs)
+        return handle.id, handle.queue, (await handle.status()).value
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of ``asyncjobs check``."""
+
+    healthy: bool
+    problems: list[str]
+
+
+async def check(target: Target, queues: list[str], *, this_host: bool, max_waiting: int | None,
+                max_age_s: float | None) -> CheckResult:
+    """Healthy when every queue has a live worker (on this host, with ``this_host``) and its
+    backlog is within the limits."""
+    async with create_pool(target.url, prefix=target.prefix, retry_for=2.0) as pool:
+        workers = await pool.admin.workers()
+        if this_host:
+            host = socket.gethostname()
+            workers = [w for w in workers if w.host == host]
+        names = queues or sorted({q for w in workers for q in w.queues}) or [pool.default_queue]
+        problems = []
+        for name in names:
+            if not any(name in w.queues for w in workers):
+                where = " on this host" if this_host else ""
+                problems.append(f"queue {name}: no live worker{where}")
+            stats = await pool.admin.queue_stats(name)
+            if max_waiting is not None and stats.waiting > max_waiting:
+                problems.append(f"queue {name}: {stats.waiting} waiting > {max_waiting}")
+            age = stats.oldest_waiting_s
+            if max_age_s is not None and age is not None and age > max_age_s:
+                problems.append(f"queue {name}: oldest waited {age:.0f}s > {max_age_s:g}s")
+        return CheckResult(not problems, problems)
+
+
+async def dead_letters(target: Target, queue: str | None, limit: int) -> list[DeadLetter]:
+    """The newest dead letters of a queue."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        return await pool.admin.dead_letters(queue, limit=limit)
+
+
+async def requeue(target: Target, queue: str | None, job_ids: list[str],
+                  every: bool) -> dict[str, str]:
+    """Requeue dead-lettered jobs (by id, or all); per id, the outcome."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        if every:
+            return await pool.admin.requeue_all(queue)
+        return await pool.admin.requeue(job_ids, queue)
+
+
+async def purge(target: Target, queue: str | None) -> int:
+    """Delete every dead letter of a queue and the records of those jobs."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        return await pool.admin.purge_dead(queue)
