@@ -141,6 +141,9 @@ class Scheduler:
             if not self.lease.held:
                 return 0.0
             done = await self.store.promote(_PROMOTE_BATCH, ttl)
+            if done.expired:
+                log.info("expired %d job(s) on queue %s before they were due to start",
+                         done.expired, self.queue)
             if done.promoted + done.expired < _PROMOTE_BATCH:
                 break
         wait = math.inf

@@ -10,6 +10,7 @@ Async tests run on both asyncio's loop and uvloop, except ``slow`` ones (subproc
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,14 @@ from asyncjobs._embedded import RedisServer, redis_server_path
 from asyncjobs._fake import fake_factory
 
 IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(autouse=bool(os.environ.get("ASYNCJOBS_TEST_GC")))
+def collect_garbage() -> Iterator[None]:
+    """With $ASYNCJOBS_TEST_GC set, collect after each test, so that a resource a test
+    leaked is reported against that test rather than a later one."""
+    yield
+    gc.collect()
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

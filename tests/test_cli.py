@@ -36,7 +36,7 @@ async def test_worker_command_processes_jobs_with_banner_and_job_lines(real: Bac
     out = proc.output
     assert f"asyncjobs {asyncjobs.__version__} worker" in out
     assert "(Redis 7" in out and "concurrency 7" in out
-    assert "tasks   add, kill_worker, slow" in out
+    assert "tasks   add, fail, kill_worker, short, slow" in out
     for job in jobs:
         assert f"job started id={job.id} task=add queue=default attempt=1" in out
         assert f"job complete id={job.id} task=add queue=default attempt=1 duration=" in out
