@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -29,6 +29,7 @@ from ._codec import (
     error_info,
 )
 from ._context import Context
+from ._middleware import Invoke, Observer
 from ._model import ErrorInfo, JobSpec, Progress
 from ._retry import Action, Decision, decide
 from ._runner import Outcome, run_attempt
@@ -40,7 +41,6 @@ from .exceptions import SerializationError
 
 log = logging.getLogger("asyncjobs.worker")
 
-Invoke = Callable[[Context, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 class Running:
@@ -60,7 +60,8 @@ class Running:
 class Executor:
     """Owns the running attempts of a worker."""
 
-    def __init__(self, rt: Runtime, settler: Settler, invoke: Invoke | None = None) -> None:
+    def __init__(self, rt: Runtime, settler: Settler, invoke: Invoke | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
         self.rt = rt
         self.settler = settler
         self.slots = Slots(rt.config.concurrency)
@@ -68,6 +69,7 @@ class Executor:
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
         self.interrupted: list[Running] = []
         self._invoke = invoke
+        self._observers = tuple(observers)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -153,6 +155,8 @@ class Executor:
             self.settler.submit(running.queue, op, functools.partial(self._forget, running))
 
     def _cancelled(self, running: Running, started: Started) -> SettleOp | None:
+        self._emit("aborted" if running.cancel_reason == "abort" else "interrupted",
+                   running.queue, _task_name(started), 0.0)
         if running.cancel_reason == "abort":
             _log_end("aborted", running, started.attempts, 0.0, "")
             return SettleOp(started.delivery.entry, running.job_id, "aborted",
@@ -165,11 +169,13 @@ class Executor:
         if st.verdict == "stale":
             return SettleOp(d.entry, d.job_id, "ack")
         if st.verdict == "missing":
+            self._emit("failed", running.queue, "", 0.0)
             reason = f"no job record for job id {d.job_id!r}" if d.job_id else "entry has no job id"
             log.error("job dead-lettered entry=%s queue=%s reason=%s", d.entry, running.queue,
                       reason)
             return SettleOp(d.entry, d.job_id, "garbage", reason)
         if st.verdict in ("expired", "aborted"):
+            self._emit(st.verdict, running.queue, _task_name(st), 0.0)
             _log_end(st.verdict, running, st.attempts, 0.0, "")
             return SettleOp(d.entry, d.job_id, st.verdict, number=self._ttl(None, None, True))
         try:
@@ -212,6 +218,7 @@ class Executor:
         )
         timeout = _first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s)
         running.started = True
+        self._emit("started", running.queue, task.name, 0.0)
         if log.isEnabledFor(logging.INFO):
             log.info("job started id=%s task=%s queue=%s attempt=%d", running.job_id,
                      task.name, running.queue, st.attempts, extra=_extra(running, task.name, st))
@@ -235,6 +242,8 @@ class Executor:
             history += (error_info(outcome.error, st.attempts, _now_ms()),)
         hist = encode_errors(history) if history else b""
         err = f" error={history[-1].type}: {history[-1].message}" if outcome.error else ""
+        event = "complete" if decision.action is Action.COMPLETE else decision.action.value
+        self._emit(event, running.queue, name, outcome.duration_s)
         if decision.action is Action.COMPLETE:
             _log_end("complete", running, st.attempts, outcome.duration_s, "", name)
             ttl = self._ttl(spec.result_ttl_s, task.result_ttl_s)
@@ -251,6 +260,7 @@ class Executor:
         self, running: Running, st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str
     ) -> SettleOp:
         history += (ErrorInfo(kind, why, "", st.attempts, st.now_ms),)
+        self._emit("failed", running.queue, _task_name(st), 0.0)
         log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s",
                   running.job_id, running.queue, st.attempts, why)
         return SettleOp(st.delivery.entry, running.job_id, "failed", why, 0, encode_errors(history))
@@ -276,9 +286,24 @@ class Executor:
             ttl = max(ttl or 0, 3600.0)
         return 0 if not ttl else max(1, math.ceil(ttl))
 
+    def _emit(self, event: str, queue: str, task: str, duration_s: float) -> None:
+        for observer in self._observers:
+            try:
+                observer.job_event(event, queue, task, duration_s)
+            except Exception:  # an observer must never break a job
+                log.exception("observer %r failed on %s", observer, event)
+
     async def _report_progress(self, queue: str, job_id: str, value: float, message: str) -> None:
         data = encode_progress(Progress(value, message[:500], _now_ms()))
         await self.rt.client.hset(self.rt.stores[queue].keys.job(job_id), "p", data)
+
+
+def _task_name(st: Started) -> str:
+    """The task name of a delivery, best effort (for events about jobs that did not run)."""
+    try:
+        return decode_spec(st.spec).task
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
 
 
 def _first(*values: float | None) -> float | None:

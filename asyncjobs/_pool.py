@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -69,6 +69,8 @@ class Pool:
         self._stores: dict[str, QueueStore] = {}
         self._known_queues: set[str] = set()
         self._waiter: Waiter | None = None
+        self.header_providers: list[Callable[[], Mapping[str, str]]] = []
+        """Called at each enqueue; their headers travel with the job (e.g. trace context)."""
 
     def keys(self, queue: str) -> Keys:
         """The key names of a queue."""
@@ -161,7 +163,7 @@ class Pool:
             timeout_s=opts.timeout_s,
             max_tries=opts.max_tries,
             result_ttl_s=opts.result_ttl_s,
-            headers=dict(opts.headers),
+            headers=self._headers(opts.headers),
         )
         data = encode_spec(spec, task.param_names)
         exp = opts.expires
@@ -174,6 +176,15 @@ class Pool:
             expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
         )
         return queue, new, task.result_type
+
+    def _headers(self, given: Mapping[str, str]) -> dict[str, str]:
+        if not self.header_providers:
+            return dict(given)
+        headers: dict[str, str] = {}
+        for provider in self.header_providers:
+            headers.update(provider())
+        headers.update(given)
+        return headers
 
     async def _register_queue(self, queue: str) -> None:
         if queue not in self._known_queues:

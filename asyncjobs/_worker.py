@@ -25,7 +25,8 @@ from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from ._connection import ClientFactory, default_url, redact, url_factory
-from ._executor import Executor, Invoke
+from ._executor import Executor
+from ._middleware import Middleware, Observer, compose
 from ._fetcher import fetch_loop
 from ._keys import Keys, check_name
 from ._pool import Pool
@@ -121,7 +122,8 @@ class Worker:
         burst: bool = False,
         lifespan: Lifespan | None = None,
         cron: Iterable[CronJob] = (),
-        invoke: Invoke | None = None,
+        middleware: Sequence[Middleware] = (),
+        observers: Sequence[Observer] = (),
         prefix: str = "asyncjobs",
         lease_ttl: Seconds = 5.0,
         redis_url: str | None = None,
@@ -144,7 +146,8 @@ class Worker:
         self.crons = tuple(cron)
         self.tasks = _registry([*tasks, *(c.task for c in self.crons if c.task.fn is not None)])
         self.lifespan = lifespan
-        self.invoke = invoke
+        self.middleware = tuple(middleware)
+        self.observers = list(observers)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._stop: asyncio.Event | None = None
         self._now = False
@@ -234,7 +237,7 @@ class Worker:
 
     async def _serve(self, rt: Runtime, task_status: TaskStatus[Worker]) -> None:
         settler = Settler(rt)
-        ex = Executor(rt, settler, self.invoke)
+        ex = Executor(rt, settler, compose(self.middleware), self.observers)
         wake = {q: asyncio.Event() for q in rt.config.queues}
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
         schedulers = [
