@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -41,6 +41,9 @@ from ._version import __version__
 from .exceptions import ConfigurationError, RedisUnavailable
 
 log = logging.getLogger("asyncjobs.worker")
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
 
@@ -124,6 +127,7 @@ class Worker:
         cron: Iterable[CronJob] = (),
         middleware: Sequence[Middleware] = (),
         observers: Sequence[Observer] = (),
+        metrics_port: int | None = None,
         prefix: str = "asyncjobs",
         lease_ttl: Seconds = 5.0,
         redis_url: str | None = None,
@@ -148,6 +152,7 @@ class Worker:
         self.lifespan = lifespan
         self.middleware = tuple(middleware)
         self.observers = list(observers)
+        self.metrics_port = metrics_port
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._stop: asyncio.Event | None = None
         self._now = False
@@ -237,7 +242,9 @@ class Worker:
 
     async def _serve(self, rt: Runtime, task_status: TaskStatus[Worker]) -> None:
         settler = Settler(rt)
-        ex = Executor(rt, settler, compose(self.middleware), self.observers)
+        metrics = self._metrics(rt) if self.metrics_port is not None else None
+        observers = [*self.observers, *([metrics] if metrics else [])]
+        ex = Executor(rt, settler, compose(self.middleware), observers)
         wake = {q: asyncio.Event() for q in rt.config.queues}
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
         schedulers = [
@@ -250,6 +257,8 @@ class Worker:
             tg.start_soon(supervised, "keep-alive", partial(keepalive_loop, rt, ex))
             tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wake))
             tg.start_soon(supervised, "heartbeat", partial(heartbeat_loop, rt, ex))
+            if metrics is not None:
+                tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
             fetching = anyio.CancelScope()
             tg.start_soon(self._fetch_all, rt, ex, fetching)
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
@@ -261,6 +270,16 @@ class Worker:
                 await scheduler.release()
             await self._drain(rt, ex, settler, settling)
             tg.cancel_scope.cancel()
+
+    def _metrics(self, rt: Runtime) -> WorkerMetrics:
+        from .metrics import WorkerMetrics
+
+        assert self.metrics_port is not None
+        metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.queues,
+                                concurrency=rt.config.concurrency)
+        metrics.serve(self.metrics_port)
+        log.info("metrics served on port %d", self.metrics_port)
+        return metrics
 
     async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope) -> None:
         with scope:

@@ -70,6 +70,9 @@ def worker(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING...")] = "INFO",
     log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535, envvar="ASYNCJOBS_METRICS_PORT",
+        help="Serve Prometheus metrics on this port (needs the [metrics] extra).")] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
     configure(log_level, log_format)
@@ -85,6 +88,8 @@ def worker(
         if grace is not None:
             changes["shutdown_grace_s"] = grace
         runner = found.configure(**changes) if changes else found
+        if metrics_port is not None:
+            runner.metrics_port = metrics_port
         runner.run_sync(redis_url=redis_url, use_uvloop=uvloop)
     except ConfigurationError as exc:
         fail(str(exc), 2)

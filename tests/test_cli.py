@@ -123,3 +123,23 @@ def test_missing_redis_gives_one_clear_line() -> None:
     assert result.returncode == 1
     assert f"asyncjobs: error: cannot reach Redis at {url}" in result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+@pytest.mark.asyncio
+async def test_json_log_format_has_job_fields(real: Backend) -> None:
+    import json
+
+    async with real.pool() as pool:
+        job = await pool.enqueue(basic.add, 1, 1)
+        proc = WorkerProcess("tests.apps.basic:worker", real.url or "", real.prefix, "--burst",
+                             "--log-format", "json")
+        try:
+            assert proc.wait(60) == 0, proc.output
+        finally:
+            proc.close()
+    records = [json.loads(line) for line in proc.output.splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    [end] = [r for r in records if r.get("outcome") == "complete"]
+    assert (end["job_id"], end["task"], end["queue"], end["attempt"]) == (job.id, "add",
+                                                                         "default", 1)
+    assert end["duration_s"] >= 0 and end["level"] == "info"

@@ -1,0 +1,108 @@
+"""Testing code that enqueues jobs, and the jobs themselves, without Redis or a worker
+process: a pool and workers on an in-memory Redis (fakeredis), in the test's own loop.
+
+With the pytest plugin (installed with the package) a test just asks for a harness::
+
+    async def test_signup_sends_a_welcome_email(asyncjobs_harness):
+        await signup(asyncjobs_harness.pool, "ada@example.com")   # your code enqueues
+        [job] = await asyncjobs_harness.enqueued(send_welcome_email)
+        assert job.args == ["ada@example.com"]
+        await asyncjobs_harness.run_all([send_welcome_email])      # run it here, now
+        assert outbox == ["ada@example.com"]
+
+In a FastAPI app, hand the harness's pool to the endpoints with
+``app.dependency_overrides[asyncjobs.fastapi.get_pool] = lambda: harness.pool``.
+Needs ``pip install "asyncjobs-redis[testing]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ._connection import ClientFactory
+from ._fake import fake_factory, fake_server
+from ._handle import parse_record
+from ._model import JobInfo, JobState
+from ._pool import Pool
+from ._task import Task, as_task
+from ._worker import Worker
+
+__all__ = ["Harness"]
+
+_WAITING = (JobState.QUEUED, JobState.SCHEDULED)
+
+
+class Harness:
+    """An in-memory Redis, a pool on it, and ways to look at and run its jobs."""
+
+    def __init__(self, *, prefix: str = "asyncjobs", queue: str = "default") -> None:
+        self.server = fake_server()
+        self.client_factory: ClientFactory = fake_factory(self.server)
+        self.prefix = prefix
+        self.pool = Pool(self.client_factory(max_connections=100, socket_timeout=None),
+                         prefix=prefix, queue=queue, description="in-memory fake Redis")
+
+    async def jobs(self, task: Task[Any, Any] | Callable[..., Any] | str | None = None, *,
+                   queue: str | None = None,
+                   states: Iterable[JobState] | None = None) -> list[JobInfo]:
+        """Records of jobs on ``queue`` (of one task, in some states), oldest first."""
+        name = None if task is None else as_task(task).name
+        wanted = None if states is None else set(states)
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        found = []
+        async for key in self.pool.client.scan_iter(match=f"{keys.job_prefix}*", count=1000):
+            raw: dict[bytes, bytes] = await self.pool.client.hgetall(key)  # type: ignore[assignment]
+            info = parse_record(key.decode()[len(keys.job_prefix):], keys.queue, raw)
+            if (name is None or info.task == name) and (wanted is None or info.state in wanted):
+                found.append(info)
+        return sorted(found, key=lambda i: (i.enqueued_at or 0, i.id))
+
+    async def enqueued(self, task: Task[Any, Any] | Callable[..., Any] | str | None = None, *,
+                       queue: str | None = None) -> list[JobInfo]:
+        """Jobs waiting to run (queued or scheduled), oldest first."""
+        return await self.jobs(task, queue=queue, states=_WAITING)
+
+    def worker(self, tasks: Sequence[Task[Any, Any] | Callable[..., Any]],
+               **options: Any) -> Worker:
+        """A worker on this harness's Redis and prefix."""
+        options.setdefault("prefix", self.prefix)
+        options.setdefault("queues", [self.pool.default_queue])
+        return Worker(tasks, **options)
+
+    async def run_all(self, tasks: Sequence[Task[Any, Any] | Callable[..., Any]] | Worker, *,
+                      fast_forward: bool = True, **options: Any) -> None:
+        """Run every job until nothing is queued, running or delayed (burst mode), then
+        return. With ``fast_forward`` delayed jobs and retries are due at once, so a
+        test never waits for a delay or a backoff."""
+        worker = tasks if isinstance(tasks, Worker) else self.worker(tasks, **options)
+        runner = worker.configure(burst=True)
+        forward = asyncio.create_task(self._fast_forward(runner)) if fast_forward else None
+        try:
+            await runner.run(client_factory=self.client_factory)
+        finally:
+            if forward is not None:
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
+
+    async def make_due(self, queue: str | None = None) -> int:
+        """Make every delayed job of ``queue`` due now; returns how many."""
+        delayed = self.pool.keys(queue or self.pool.default_queue).delayed
+        members: list[Any] = list(await self.pool.client.zrange(delayed, 0, -1))
+        if members:
+            due: dict[Any, float] = dict.fromkeys(members, 0)
+            await self.pool.client.zadd(delayed, due, xx=True)
+        return len(members)
+
+    async def _fast_forward(self, worker: Worker) -> None:
+        while True:
+            for queue in worker.config.queues:
+                await self.make_due(queue)
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()

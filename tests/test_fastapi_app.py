@@ -1,0 +1,112 @@
+"""examples/fastapi_app.py end to end: the app under uvicorn, a real worker process and a
+real Redis, driven over HTTP as a client would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+import asyncjobs
+from asyncjobs._embedded import RedisServer, free_port
+
+from .procs import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def web(fresh_redis: RedisServer) -> Iterator[str]:
+    """The example app under uvicorn, on a Redis of this test's own (the app uses the
+    default prefix)."""
+    port = free_port()
+    env = {**os.environ, "ASYNCJOBS_REDIS_URL": fresh_redis.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port),
+         "--log-level", "warning"], cwd=ROOT, env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_enqueue_then_status_with_progress_then_result(fresh_redis: RedisServer,
+                                                       web: str) -> None:
+    response = httpx.post(f"{web}/reports", params={"rows": 3000})
+    assert response.status_code == 202
+    job_id = response.json()["job_id"]
+    assert response.json()["status_url"] == f"/jobs/{job_id}"
+    first = httpx.get(f"{web}/jobs/{job_id}").json()
+    assert first["status"] == "queued" and first["attempts"] == 0
+
+    worker = WorkerProcess("examples.fastapi_app:worker", fresh_redis.url, "asyncjobs")
+    try:
+        worker.wait_for("ready:")
+        seen_progress = []
+        deadline = time.monotonic() + 20
+        while True:
+            body = httpx.get(f"{web}/jobs/{job_id}").json()
+            if "progress" in body:
+                seen_progress.append(body["progress"]["value"])
+            if body["status"] == "complete":
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+        assert body["result"] == {"rows": 3000}
+        assert body["progress"] == {"value": 1.0, "message": "3000 of 3000 rows"}
+        assert any(0 < v < 1 for v in seen_progress)  # watched it move
+        health = httpx.get(f"{web}/health")
+        assert health.status_code == 200 and health.json()["workers"] == 1
+    finally:
+        worker.signal()
+        worker.wait(30)
+        worker.close()
+    assert httpx.get(f"{web}/jobs/nope").status_code == 404
+
+
+def test_health_is_503_without_a_live_worker_on_the_queue(fresh_redis: RedisServer,
+                                                         web: str) -> None:
+    health = httpx.get(f"{web}/health")
+    assert health.status_code == 503
+    assert health.json()["reason"] == "no live worker serves queue 'default'"
+    worker = WorkerProcess("examples.fastapi_app:worker", fresh_redis.url, "asyncjobs",
+                           "--queue", "elsewhere")  # alive, but not on this queue
+    try:
+        worker.wait_for("ready:")
+        assert httpx.get(f"{web}/health").status_code == 503
+    finally:
+        worker.close()
+
+
+@pytest.mark.asyncio
+async def test_health_reports_a_backlog(fresh_redis: RedisServer, web: str) -> None:
+    from examples.fastapi_app import build_report
+
+    async with asyncjobs.create_pool(fresh_redis.url) as pool:
+        await pool.enqueue_many(asyncjobs.call(build_report, 1) for _ in range(1100))
+        worker = WorkerProcess("examples.fastapi_app:worker", fresh_redis.url, "asyncjobs",
+                               "--concurrency", "1")
+        try:
+            worker.wait_for("ready:")
+            async with httpx.AsyncClient() as client:
+                health = await client.get(f"{web}/health")
+            assert health.status_code == 503
+            assert "jobs waiting (limit 1000)" in health.json()["reason"]
+        finally:
+            worker.close()
