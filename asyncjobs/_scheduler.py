@@ -30,6 +30,8 @@ from ._task import Seconds, Task, as_task, to_seconds
 log = logging.getLogger("asyncjobs.scheduler")
 
 _PROMOTE_BATCH = 1000
+_PRUNE_EVERY_S = 300.0
+_PRUNE_IDLE_MS = 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Scheduler:
         self.wake = wake
         self.store = rt.stores[queue]
         self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s)
+        self._next_prune = time.monotonic() + 60.0
 
     async def run(self) -> None:
         """Run until the worker stops (the lease is released by ``release``)."""
@@ -151,6 +154,12 @@ class Scheduler:
             wait = (done.next_due_ms - done.now_ms) / 1000
         if self.crons and not self.rt.config.burst:
             wait = min(wait, await self._cron(done.now_ms))
+        if time.monotonic() >= self._next_prune and self.lease.held:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY_S
+            pruned = await self.store.prune_consumers(_PRUNE_IDLE_MS, self.rt.consumer)
+            if pruned:
+                log.info("removed %d idle consumer(s) of stopped workers from queue %s",
+                         pruned, self.queue)
         return max(0.0, wait)
 
     async def _cron(self, now_ms: int) -> float:

@@ -216,6 +216,11 @@ class QueueStore:
         raw = await self.client.hgetall(self.keys.cron)
         return {_str(k): int(v) for k, v in raw.items() if b":" not in k}
 
+    async def prune_consumers(self, min_idle_ms: int, keep: str) -> int:
+        """Delete consumers idle for ``min_idle_ms`` that hold nothing; returns how many."""
+        args: list[s.KeyOrArg] = [GROUP, min_idle_ms, keep]
+        return int(await s.load(s.PRUNE)(self.client, [self.keys.stream], args))
+
     async def requeue(self, job_id: str) -> str:
         """Requeue a dead-lettered job; see requeue.lua for the replies."""
         k = self.keys

@@ -291,3 +291,23 @@ async def test_worker_in_background_picks_up_new_jobs(backend: Backend,
     async with running(backend, backend.worker([add])):
         jobs = [await pool.enqueue(add, i, 1) for i in range(5)]
         assert [await j.result(timeout=5) for j in jobs] == [1, 2, 3, 4, 5]
+
+
+async def test_waiting_for_a_result_does_not_poll(backend: Backend, pool: asyncjobs.Pool) -> None:
+    reads = 0
+    original = pool.client.hmget
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return original(*args, **kwargs)
+
+    pool.client.hmget = counting  # type: ignore[method-assign]
+    job = await pool.enqueue(sleepy, 0.25)  # timeout 0.3 s: it finishes
+    async with running(backend, backend.worker([sleepy])):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await job.result(timeout=30) == "woke up"
+        waited = loop.time() - started
+    assert reads <= 3, f"{reads} reads while waiting {waited:.2f} s"
+    assert waited < 4.0  # woken by the notice, not by the 5 s safety re-read

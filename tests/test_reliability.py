@@ -301,3 +301,20 @@ async def test_entries_of_a_dead_consumer_are_reclaimed_and_run(backend: Backend
     assert info.errors[0].type == "asyncjobs.WorkerLost"
     pending = await pool.client.xpending(keys.stream, "asyncjobs")
     assert pending["pending"] == 0
+
+
+async def test_idle_consumers_that_hold_nothing_are_pruned(backend: Backend,
+                                                           pool: asyncjobs.Pool) -> None:
+    store = pool.store("default")
+    await store.ensure_group()
+    stream = store.keys.stream
+    for consumer in ("holder", "finished"):
+        await pool.client.xadd(stream, {"i": consumer})
+        got = await pool.client.xreadgroup("asyncjobs", consumer, {stream: ">"}, count=1)
+    await pool.client.xack(stream, "asyncjobs", got[0][1][0][0])  # "finished" holds nothing
+    await asyncio.sleep(0.05)
+    assert await store.prune_consumers(10_000, keep="me") == 0  # not idle long enough
+    assert await store.prune_consumers(10, keep="finished") == 0  # kept by name
+    assert await store.prune_consumers(10, keep="me") == 1
+    left = await pool.client.xinfo_consumers(stream, "asyncjobs")
+    assert [(c["name"], c["pending"]) for c in left] == [(b"holder", 1)]
