@@ -26,9 +26,9 @@ from redis.exceptions import ResponseError
 
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._executor import Executor
-from ._middleware import Middleware, Observer, compose
 from ._fetcher import fetch_loop
 from ._keys import Keys, check_name
+from ._middleware import Middleware, Observer, compose
 from ._pool import Pool
 from ._retry import RetryPolicy
 from ._runtime import OUTAGE_ERRORS, Runtime, supervised
