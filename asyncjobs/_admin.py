@@ -55,6 +55,8 @@ class WorkerInfo:
     last_beat: datetime
     version: str
     tasks: list[str]
+    stopping: bool = False
+    """Shutting down: no longer taking jobs, finishing the ones it runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class Admin:
                     concurrency=data["concurrency"], running=data["running"],
                     started_at=from_ms(data["started"]), last_beat=from_ms(data["beat"]),
                     version=data["version"], tasks=data.get("tasks", []),
+                    stopping=bool(data.get("stopping", False)),
                 ))
         return sorted(found, key=lambda w: w.name)
 

@@ -69,6 +69,7 @@ class Executor:
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
         self.interrupted: list[Running] = []
         self._invoke = invoke
+        self._executing = 0
         self._observers = tuple(observers)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -101,7 +102,7 @@ class Executor:
     @property
     def active(self) -> int:
         """Attempts still running (not counting those only waiting for their settle)."""
-        return self.slots.busy
+        return self._executing
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing runs or is being settled; False on timeout."""
@@ -136,6 +137,7 @@ class Executor:
         running = Running(queue, started.delivery)
         self.running[(queue, started.delivery.entry)] = running
         self._idle.clear()
+        self._executing += 1
         running.task = asyncio.create_task(self._run(running, started))
 
     async def _run(self, running: Running, started: Started) -> None:
@@ -148,6 +150,7 @@ class Executor:
             log.exception("internal error running job id=%s", running.job_id)
         finally:
             self.slots.give()
+            self._executing -= 1
         if op is None:
             self.interrupted.append(running)
             self._forget(running)

@@ -64,12 +64,10 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
         taken = await ex.slots.take_some(cfg.read_batch)
         began = rt.fetch_beat[queue] = time.monotonic()
         try:
-            got = await reclaimer.claim(store, taken) if reclaimer.is_due() else []
-            if not got:
-                got = await store.read(rt.blocking, rt.consumer, taken, block_ms)
-                if not got and time.monotonic() - began < block_ms / 2000:
-                    # The server did not block (an in-memory fake does not): don't spin.
-                    await asyncio.sleep(0.005)
+            got = await _fetch(rt, store, reclaimer, taken, block_ms, began)
+        except asyncio.CancelledError:
+            ex.slots.give(taken)  # shutdown cancels a blocked read: the slots are free
+            raise
         except OUTAGE_ERRORS as exc:
             ex.slots.give(taken)
             await asyncio.sleep(rt.outage.failed(exc, f"read {queue}"))
@@ -93,6 +91,18 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
         if cfg.burst and not got and await _drained(rt, ex, store):
             log.info("burst: queue %s is drained", queue)
             return
+
+
+async def _fetch(rt: Runtime, store: QueueStore, reclaimer: _Reclaimer, count: int,
+                 block_ms: int, began: float) -> list[Delivery]:
+    """Reclaim when a scan is due, else read (blocking)."""
+    got = await reclaimer.claim(store, count) if reclaimer.is_due() else []
+    if not got:
+        got = await store.read(rt.blocking, rt.consumer, count, block_ms)
+        if not got and time.monotonic() - began < block_ms / 2000:
+            # The server did not block (an in-memory fake does not): don't spin.
+            await asyncio.sleep(0.005)
+    return got
 
 
 async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int) -> None:

@@ -4,14 +4,14 @@ does one thing, and returns data; the CLI only renders it."""
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._admin import DeadLetter, QueueStats, WorkerInfo
 from ._model import JobInfo
 from ._pool import create_pool
 from ._task import task_ref
-from .exceptions import JobNotFound
+from .exceptions import JobNotFound, RedisUnavailable
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,30 @@ class CheckResult:
 
     healthy: bool
     problems: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 async def check(target: Target, queues: list[str], *, this_host: bool, max_waiting: int | None,
                 max_age_s: float | None) -> CheckResult:
     """Healthy when every queue has a live worker (on this host, with ``this_host``) and its
-    backlog is within the limits."""
-    async with create_pool(target.url, prefix=target.prefix, retry_for=2.0) as pool:
+    backlog is within the limits.
+
+    With ``this_host`` (a liveness probe) an unreachable Redis counts as healthy, with a
+    warning: the worker cannot be judged, and restarting it would not bring Redis back.
+    """
+    try:
+        return await _check(target, queues, this_host=this_host, max_waiting=max_waiting,
+                            max_age_s=max_age_s)
+    except RedisUnavailable as exc:
+        if not this_host:
+            raise
+        return CheckResult(True, [], [f"cannot judge this host's worker: {exc}"])
+
+
+async def _check(target: Target, queues: list[str], *, this_host: bool,
+                 max_waiting: int | None, max_age_s: float | None) -> CheckResult:
+    async with create_pool(target.url, prefix=target.prefix, retry_for=2.0,
+                           timeout=2.0) as pool:
         workers = await pool.admin.workers()
         if this_host:
             host = socket.gethostname()

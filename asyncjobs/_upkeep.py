@@ -98,7 +98,8 @@ async def heartbeat_loop(rt: Runtime, ex: Executor) -> None:
     keys = GlobalKeys(cfg.prefix)
     stale_after = cfg.block_ms / 1000 + cfg.heartbeat_every_s * 3
     while True:
-        if rt.fetching(stale_after):
+        # A stopping worker no longer fetches but is alive, finishing its jobs.
+        if rt.stopping.is_set() or rt.fetching(stale_after):
             try:
                 await _beat(rt, ex, keys)
                 rt.outage.ok()
@@ -119,6 +120,7 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "queues": list(cfg.queues),
         "concurrency": cfg.concurrency,
         "running": ex.active,
+        "stopping": rt.stopping.is_set(),
         "started": int(rt.started_at * 1000),
         "beat": now_ms,
         "version": __version__,

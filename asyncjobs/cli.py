@@ -60,6 +60,9 @@ def main_options(
 def worker(
     target: Annotated[str, typer.Argument(help="The Worker to run, as package.module:attribute.")],
     redis_url: RedisUrl = None,
+    prefix: Annotated[str | None, typer.Option(
+        "--prefix", envvar="ASYNCJOBS_PREFIX",
+        help="Key prefix (overrides the Worker's).")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1,
                                                     help="Jobs run at once.")] = None,
     queue: Annotated[list[str] | None, typer.Option("--queue", "-q",
@@ -87,6 +90,8 @@ def worker(
             changes["burst"] = True
         if grace is not None:
             changes["shutdown_grace_s"] = grace
+        if prefix is not None:
+            changes["prefix"] = prefix
         runner = found.configure(**changes) if changes else found
         if metrics_port is not None:
             runner.metrics_port = metrics_port
@@ -214,9 +219,12 @@ def check(
     max_age: Annotated[float | None, typer.Option("--max-age", min=0,
                                                   help="Oldest waiting job, seconds.")] = None,
 ) -> None:
-    """Exit 0 when healthy, 1 when not (health and liveness probes)."""
+    """Exit 0 when healthy, 1 when not (health and liveness probes). With --this-host an
+    unreachable Redis is not the worker's fault: exit 0 with a warning."""
     result = _run(ops.check(ops.Target(redis_url, prefix), queue or [], this_host=this_host,
                             max_waiting=max_waiting, max_age_s=max_age))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     for problem in result.problems:
         typer.echo(f"unhealthy: {problem}", err=True)
     if result.healthy:

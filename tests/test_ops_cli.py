@@ -92,3 +92,14 @@ def test_dead_letter_session(real: Backend) -> None:
     assert json.loads(cli(real, "dlq", "list", "--json")[1]) == []
     code, _, err = cli(real, "dlq", "requeue")
     assert code == 2 and "give job ids, or --all" in err
+
+
+def test_liveness_check_does_not_blame_the_worker_for_a_redis_outage() -> None:
+    from asyncjobs._embedded import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    this_host = run_cli("check", "--this-host", "--redis-url", url)
+    assert this_host.returncode == 0
+    assert "warning: cannot judge this host's worker" in this_host.stderr
+    queues = run_cli("check", "--redis-url", url)
+    assert queues.returncode == 1 and "asyncjobs: error: Redis unavailable" in queues.stderr

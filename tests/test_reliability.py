@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -318,3 +319,23 @@ async def test_idle_consumers_that_hold_nothing_are_pruned(backend: Backend,
     assert await store.prune_consumers(10, keep="me") == 1
     left = await pool.client.xinfo_consumers(stream, "asyncjobs")
     assert [(c["name"], c["pending"]) for c in left] == [(b"holder", 1)]
+
+
+async def test_a_draining_worker_keeps_its_heartbeat(backend: Backend,
+                                                     pool: asyncjobs.Pool) -> None:
+    @asyncjobs.task(name="long_job", timeout=30)
+    async def long_job(ctx: Context) -> str:
+        await asyncio.sleep(3.5)
+        return "finished during shutdown"
+
+    job = await pool.enqueue(long_job)
+    worker = backend.worker([long_job], shutdown_grace=20).configure(heartbeat_every_s=0.2)
+    async with running(backend, worker):
+        while await job.status() is not JobState.RUNNING:
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await asyncio.sleep(3.0)  # longer than the fetch-stall threshold (2 s + 3 beats)
+        [seen] = await pool.admin.workers()
+        assert seen.stopping and seen.running == 1
+        assert (datetime.now(UTC) - seen.last_beat).total_seconds() < 1.0
+    assert await job.result(timeout=5) == "finished during shutdown"
