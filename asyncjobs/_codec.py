@@ -175,9 +175,12 @@ class ArgConverter:
         return out, converted
 
 
+_SCALARS: frozenset[Any] = frozenset({int, str, bytes, bool})
+
+
 def _convert(value: Any, type_: Any, name: str) -> Any:
-    if type_ in _UNCHECKED:
-        return value
+    if type_ in _UNCHECKED or (type_ in _SCALARS and type(value) is type_):
+        return value  # the common case, without a call into msgspec
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:

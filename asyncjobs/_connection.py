@@ -36,10 +36,29 @@ def default_url() -> str:
     return os.environ.get(URL_ENV) or DEFAULT_URL
 
 
-class _ClosedTransportAsConnectionError:
-    """uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
-    server just closed, where asyncio raises ConnectionError (uvloop issue #506). Translate
-    it here, at the boundary, so every caller sees an ordinary connection error."""
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without
+    _hiredis_pack = None  # type: ignore[assignment]
+
+
+class _Tuned:
+    """Two changes to redis-py's asyncio connections, made at the boundary:
+
+    - uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
+      server just closed, where asyncio raises ConnectionError (uvloop issue #506): it is
+      translated, so every caller sees an ordinary connection error;
+    - commands are serialised by hiredis in C, as redis-py's sync client already does;
+      its asyncio client packs them in Python, the largest single cost of a busy worker.
+    """
+
+    if _hiredis_pack is not None:
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            return [_hiredis_pack(_split_name(args))]
+
+        def pack_commands(self, commands: Any) -> list[bytes]:
+            return [b"".join(_hiredis_pack(_split_name(tuple(c))) for c in commands)]
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
@@ -51,15 +70,25 @@ class _ClosedTransportAsConnectionError:
             raise RedisConnectionError(f"connection lost: {exc}") from exc
 
 
-class _TcpConnection(_ClosedTransportAsConnectionError, Connection):
+def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """'CONFIG GET' -> 'CONFIG', 'GET': redis-py passes some command names as one string."""
+    name = args[0]
+    if isinstance(name, str) and " " in name:
+        return (*name.split(), *args[1:])
+    if isinstance(name, bytes) and b" " in name:
+        return (*name.split(), *args[1:])
+    return args
+
+
+class _TcpConnection(_Tuned, Connection):
     pass
 
 
-class _TlsConnection(_ClosedTransportAsConnectionError, SSLConnection):
+class _TlsConnection(_Tuned, SSLConnection):
     pass
 
 
-class _UnixConnection(_ClosedTransportAsConnectionError, UnixDomainSocketConnection):
+class _UnixConnection(_Tuned, UnixDomainSocketConnection):
     pass
 
 

@@ -19,8 +19,12 @@ local now = now_ms()
 local out = {}
 local counts = {}
 
-local function final(key, id, state, ttl)
-  redis.call('HSET', key, 's', state, 'et', now)
+local function final(key, id, state, ttl, result)
+  if result then
+    redis.call('HSET', key, 's', state, 'et', now, 'r', result)
+  else
+    redis.call('HSET', key, 's', state, 'et', now)
+  end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   elseif ttl == 0 then
@@ -47,8 +51,7 @@ for b = 6, #ARGV, 6 do
       redis.call('HSET', key, 'h', history)
     end
     if outcome == 'complete' then
-      redis.call('HSET', key, 'r', payload)
-      final(key, id, 'complete', number)
+      final(key, id, 'complete', number, payload)
     elseif outcome == 'retry' then
       local due = now + number
       redis.call('HSET', key, 's', 'scheduled', 'd', due)

@@ -26,8 +26,8 @@ for i = 3, #ARGV, 2 do
     verdict = 'expired'
   end
   if verdict == 'run' then
-    local attempts = redis.call('HINCRBY', key, 'a', 1)
-    redis.call('HSET', key, 's', 'running', 'st', now, 'w', ARGV[1])
+    local attempts = tonumber(rec[6] or 0) + 1
+    redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', ARGV[1])
     out[#out + 1] = {verdict, rec[5], attempts, rec[7] or '', rec[8], now}
   else
     out[#out + 1] = {verdict, rec[5] or '', tonumber(rec[6] or 0), rec[7] or '', rec[8] or 0, now}
