@@ -7,6 +7,7 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 from ._context import Context
 from ._cron import CatchUp
 from ._handle import Job
+from ._middleware import Middleware, Observer
 from ._model import ErrorInfo, JobInfo, JobState, Progress
 from ._pool import Pool, create_pool
 from ._retry import RetryPolicy
@@ -45,6 +46,8 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobTimeout",
+    "Middleware",
+    "Observer",
     "JobState",
     "Pool",
     "Progress",
