@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import os
+from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -38,6 +39,13 @@ T = TypeVar("T")
 log = logging.getLogger("asyncjobs.pool")
 
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def new_job_ids(count: int) -> list[str]:
+    """Random job ids: 128 bits each from the OS's CSPRNG (one call per batch), in base64url,
+    22 characters. Unguessable, so an id can be shown to whoever enqueued the job."""
+    data = os.urandom(16 * count)
+    return [urlsafe_b64encode(data[i : i + 16])[:22].decode() for i in range(0, len(data), 16)]
 
 
 class Pool:
@@ -143,7 +151,9 @@ class Pool:
 
         Every argument of every job is encoded before anything is written.
         """
-        prepared = [self._prepare(c) for c in calls]
+        batch = list(calls)
+        ids = new_job_ids(len(batch))
+        prepared = [self._prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
         by_queue: dict[str, list[NewJob]] = {}
         for queue, new, _ in prepared:
             by_queue.setdefault(queue, []).append(new)
@@ -153,7 +163,7 @@ class Pool:
             await self._retrying(lambda s=store, j=jobs: s.enqueue(j))  # type: ignore[misc]
         return [Job(self, new.id, queue, rtype) for queue, new, rtype in prepared]
 
-    def _prepare(self, c: Call[Any]) -> tuple[str, NewJob, Any]:
+    def _prepare(self, c: Call[Any], new_id: str) -> tuple[str, NewJob, Any]:
         task, opts = c.task, c.task.job_options
         queue = opts.queue or task.queue or self.default_queue
         spec = JobSpec(
@@ -168,7 +178,7 @@ class Pool:
         data = encode_spec(spec, task.param_names)
         exp = opts.expires
         new = NewJob(
-            id=opts.job_id or uuid.uuid4().hex,
+            id=opts.job_id or new_id,
             spec=data,
             delay_ms=round((opts.delay_s or 0) * 1000),
             due_at_ms=to_ms(opts.at) if opts.at else 0,

@@ -96,15 +96,20 @@ class QueueStore:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> list[tuple[bool, JobState]]:
-        """Write jobs (pipelined batches); per job: (created, state)."""
+    async def enqueue(self, jobs: Sequence[NewJob]) -> dict[int, JobState]:
+        """Write jobs (pipelined batches of 500). Returns the jobs that already existed
+        (dedup by job id): their index in ``jobs`` and their state."""
         calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH])
                  for i in range(0, len(jobs), _ENQUEUE_BATCH)]
         if len(calls) == 1:
             replies = [await calls[0][0](self.client, calls[0][1], calls[0][2])]
         else:
             replies = await s.run_pipelined(self.client, calls)
-        return [(bool(flag), JobState(_str(state))) for reply in replies for flag, state in reply]
+        existing: dict[int, JobState] = {}
+        for batch, reply in enumerate(replies):
+            for k in range(0, len(reply), 2):
+                existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = JobState(_str(reply[k + 1]))
+        return existing
 
     def _enqueue_call(self, jobs: Sequence[NewJob]) -> s.Call:
         k = self.keys

@@ -6,7 +6,8 @@
 -- ARGV[1] wake channel
 -- ARGV[2..] six values per job: job id, spec (msgpack), delay ms (0 = none),
 --           due at ms (0 = none), expires in ms (0 = none), expires at ms (0 = none)
--- Returns one {created (1|0), state} pair per job.
+-- Returns the jobs that already existed, as a flat list: index (1-based), state, ...
+-- (empty when every job was new, the usual case: a small reply for a large batch).
 local now = now_ms()
 local out = {}
 local created = 0
@@ -16,7 +17,8 @@ for i = 1, #KEYS - 3 do
   local id = ARGV[b + 1]
   local state = redis.call('HGET', key, 's')
   if state then
-    out[i] = {0, state}
+    out[#out + 1] = i
+    out[#out + 1] = state
   else
     local delay, at = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
     local exp_in, exp_at = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
@@ -31,11 +33,9 @@ for i = 1, #KEYS - 3 do
       redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 'q', now, 's', 'scheduled', 'd', due)
       redis.call('ZADD', KEYS[2], due, id)
       wake_if_first(KEYS[2], ARGV[1], id, due)
-      out[i] = {1, 'scheduled'}
     else
       local entry = redis.call('XADD', KEYS[1], '*', 'i', id)
       redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 'q', now, 's', 'queued', 'e', entry)
-      out[i] = {1, 'queued'}
     end
     created = created + 1
   end
