@@ -1,0 +1,215 @@
+"""Prometheus metrics for a worker: job counters, durations, queue depths, worker liveness.
+
+Enable them with ``pip install "asyncjobs-redis[metrics]"`` and a port::
+
+    worker = asyncjobs.Worker([send_email], metrics_port=9100)
+    # scrape http://<host>:9100/metrics
+
+Each worker serves its own registry (never prometheus_client's global one). Job counters
+and durations come from the worker's job events; queue and worker gauges are refreshed
+every ``refresh_s`` seconds (5 by default, or ``$ASYNCJOBS_METRICS_REFRESH_S``). Queue
+gauges describe the whole queue, so every worker serving a queue reports the same values:
+aggregate them with ``max``, not ``sum``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+from wsgiref.simple_server import WSGIServer
+
+from redis.exceptions import RedisError
+
+from .exceptions import ConfigurationError, RedisUnavailable
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
+    raise ConfigurationError(
+        'asyncjobs metrics need prometheus_client: pip install "asyncjobs-redis[metrics]"'
+    ) from exc
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+log = logging.getLogger("asyncjobs.metrics")
+
+REFRESH_ENV = "ASYNCJOBS_METRICS_REFRESH_S"
+"""Environment variable that sets the default gauge refresh interval, in seconds."""
+
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+)
+"""Histogram buckets for job durations, in seconds: 5 ms to 10 min."""
+
+EVENT_COUNTERS: Mapping[str, tuple[str, ...]] = {
+    "started": ("started",),
+    "complete": ("succeeded",),
+    "retry": ("failed", "retried"),
+    "failed": ("failed", "dead_lettered"),
+    "expired": ("expired",),
+    "aborted": ("aborted",),
+    "interrupted": ("interrupted",),
+}
+"""Which ``asyncjobs_jobs_<name>_total`` counters each job event increments.
+
+'retry' is an attempt that failed and will run again; 'failed' is a job dead-lettered (its
+last attempt failed, or it could not run at all: unknown task, bad arguments, poison job).
+So ``failed`` counts both, ``retried`` the first and ``dead_lettered`` the second."""
+
+TIMED_EVENTS = frozenset({"complete", "retry", "failed"})
+"""Events whose duration is observed in ``asyncjobs_job_duration_seconds``."""
+
+_COUNTER_HELP = {
+    "started": "Attempts started (the task was called).",
+    "succeeded": "Attempts that completed successfully.",
+    "failed": "Attempts that ended in an error, retried or not, plus jobs dead-lettered "
+              "without running (unknown task, bad arguments, poison job).",
+    "retried": "Failed attempts that were scheduled to run again.",
+    "dead_lettered": "Jobs that failed for good and went to the dead-letter stream.",
+    "expired": "Jobs dropped because they were not started before their expiry.",
+    "aborted": "Jobs aborted (before or while running).",
+    "interrupted": "Attempts cancelled by a shutdown or a lost entry (the job runs again).",
+}
+
+
+def counters_for(event: str) -> tuple[str, ...]:
+    """The counter names (``started``, ``failed``...) that ``event`` increments; () if none."""
+    return EVENT_COUNTERS.get(event, ())
+
+
+def refresh_interval(value: float | None = None) -> float:
+    """``value``, else ``$ASYNCJOBS_METRICS_REFRESH_S``, else 5 s; must be positive."""
+    raw = os.environ.get(REFRESH_ENV, "") if value is None else value
+    try:
+        seconds = 5.0 if raw == "" else float(raw)
+    except ValueError:
+        bad = f"{REFRESH_ENV} must be a number of seconds, not {raw!r}"
+        raise ConfigurationError(bad) from None
+    if not seconds > 0:
+        raise ConfigurationError(f"the metrics refresh interval must be positive, not {raw!r}")
+    return seconds
+
+
+class Busy(Protocol):
+    """What ``run`` needs of the worker's executor."""
+
+    @property
+    def active(self) -> int:
+        """Attempts running now."""
+        ...
+
+
+class WorkerMetrics:
+    """One worker's Prometheus metrics: an observer of its job events, a refresh loop for
+    its gauges (``run``), and an HTTP endpoint (``serve``)."""
+
+    def __init__(self, *, worker: str, queues: Sequence[str], concurrency: int,
+                 registry: CollectorRegistry | None = None,
+                 refresh_s: float | None = None) -> None:
+        self.worker = worker
+        self.queues = tuple(queues)
+        self.refresh_s = refresh_interval(refresh_s)
+        """Seconds between gauge refreshes (argument, else the environment, else 5)."""
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.port: int | None = None
+        """The port ``serve`` bound (useful with port 0); None before ``serve`` and after
+        ``close``."""
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.counters = {
+            name: Counter(f"asyncjobs_jobs_{name}_total", text, ["queue", "task"],
+                          registry=self.registry)
+            for name, text in _COUNTER_HELP.items()
+        }
+        self.duration = Histogram(
+            "asyncjobs_job_duration_seconds", "Duration of finished attempts (complete, retry, "
+            "failed).", ["queue", "task"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self._build_gauges()
+        self.concurrency.labels(worker=worker).set(concurrency)
+        self.running.labels(worker=worker).set(0)
+
+    def _build_gauges(self) -> None:
+        def gauge(name: str, text: str, label: str) -> Gauge:
+            return Gauge(name, text, [label], registry=self.registry)
+
+        q = "queue"
+        self.waiting = gauge("asyncjobs_queue_waiting_jobs", "Jobs in the stream, not yet "
+                             "delivered to a worker.", q)
+        self.in_flight = gauge("asyncjobs_queue_in_flight_jobs", "Jobs delivered to a worker "
+                               "and not settled (running, or held by a dead worker).", q)
+        self.delayed = gauge("asyncjobs_queue_delayed_jobs", "Jobs waiting for a due time "
+                             "(delayed jobs and retries).", q)
+        self.dead = gauge("asyncjobs_queue_dead_letters", "Entries in the dead-letter "
+                          "stream.", q)
+        self.oldest = gauge("asyncjobs_queue_oldest_waiting_age_seconds", "Age of the oldest "
+                            "waiting job (0 when nothing waits).", q)
+        self.running = gauge("asyncjobs_worker_running_jobs", "Attempts this worker is "
+                             "running.", "worker")
+        self.concurrency = gauge("asyncjobs_worker_concurrency", "Jobs this worker may run "
+                                 "at once.", "worker")
+        self.heartbeat = gauge("asyncjobs_worker_last_heartbeat_timestamp_seconds", "Unix "
+                               "time of this worker's last metrics refresh.", "worker")
+
+    def job_event(self, event: str, queue: str, task: str, duration_s: float) -> None:
+        """Count one job event (the worker's executor calls this; see ``EVENT_COUNTERS``)."""
+        for name in counters_for(event):
+            self.counters[name].labels(queue=queue, task=task).inc()
+        if event in TIMED_EVENTS and duration_s > 0:
+            self.duration.labels(queue=queue, task=task).observe(duration_s)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``addr:port`` from a daemon thread (port 0: any free port,
+        then read ``self.port``)."""
+        if self._server is not None:
+            raise RuntimeError(f"metrics are already served on port {self.port}")
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server, self._thread = server, thread
+        self.port = int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint (blocks up to half a second); harmless if not serving."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = self.port = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    async def run(self, pool: Pool, executor: Busy) -> None:
+        """Refresh the gauges every ``refresh_s`` seconds, forever; closes the endpoint when
+        cancelled (the worker stopping). Redis errors are logged at debug level only."""
+        try:
+            while True:
+                await self.refresh(pool, executor)
+                await asyncio.sleep(self.refresh_s)
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    async def refresh(self, pool: Pool, executor: Busy) -> None:
+        """Set the worker gauges, then the queue gauges from ``pool.admin.queue_stats``."""
+        self.running.labels(worker=self.worker).set(executor.active)
+        self.heartbeat.labels(worker=self.worker).set(time.time())
+        for queue in self.queues:
+            try:
+                stats = await pool.admin.queue_stats(queue)
+            except (RedisUnavailable, RedisError, OSError) as exc:
+                log.debug("metrics: cannot read queue %s: %s", queue, exc)
+                continue
+            self.waiting.labels(queue=queue).set(stats.waiting)
+            self.in_flight.labels(queue=queue).set(stats.in_flight)
+            self.delayed.labels(queue=queue).set(stats.delayed)
+            self.dead.labels(queue=queue).set(stats.dead)
+            self.oldest.labels(queue=queue).set(stats.oldest_waiting_s or 0.0)
+
+
+__all__ = ["DURATION_BUCKETS", "EVENT_COUNTERS", "REFRESH_ENV", "TIMED_EVENTS", "Busy",
+           "WorkerMetrics", "counters_for", "refresh_interval"]
