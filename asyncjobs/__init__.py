@@ -4,6 +4,7 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 (``asyncjobs worker module:worker``) run the jobs, retry them, and never lose them.
 """
 
+from ._config import WorkerConfig
 from ._context import Context
 from ._cron import CatchUp
 from ._handle import Job
@@ -14,7 +15,7 @@ from ._retry import RetryPolicy
 from ._scheduler import CronJob, cron
 from ._task import Call, Task, call, task, task_ref
 from ._version import __version__
-from ._worker import Worker, WorkerConfig
+from ._worker import Worker
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import os
+import time
 from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from datetime import datetime

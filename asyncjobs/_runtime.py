@@ -18,9 +18,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._store import QueueStore
 
 if TYPE_CHECKING:
+    from ._config import WorkerConfig
     from ._pool import Pool
     from ._task import Task
-    from ._worker import WorkerConfig
 
 log = logging.getLogger("asyncjobs.worker")
 

@@ -16,7 +16,6 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -24,19 +23,21 @@ import anyio
 from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
+from ._config import WorkerConfig
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._executor import Executor
 from ._fetcher import fetch_loop
-from ._keys import Keys, check_name
+from ._keys import Keys
 from ._middleware import Middleware, Observer, compose
 from ._pool import Pool
 from ._retry import RetryPolicy
 from ._runtime import OUTAGE_ERRORS, Runtime, supervised
 from ._scheduler import CronJob, Scheduler
 from ._settler import Settler
+from ._shutdown import drain
 from ._store import QueueStore
 from ._task import Seconds, Task, as_task, to_seconds
-from ._upkeep import events_loop, heartbeat_loop, keepalive_loop, unregister
+from ._upkeep import events_loop, heartbeat_loop, keepalive_loop
 from ._version import __version__
 from .exceptions import ConfigurationError, RedisUnavailable
 
@@ -46,60 +47,6 @@ if TYPE_CHECKING:
     from .metrics import WorkerMetrics
 
 Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """Every tunable of a worker, in seconds unless the name says otherwise."""
-
-    queues: tuple[str, ...] = ("default",)
-    concurrency: int = 100
-    sync_concurrency: int = 20
-    job_timeout_s: float | None = 300.0
-    result_ttl_s: float = 3600.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    claim_timeout_s: float = 15.0
-    max_deliveries: int = 5
-    shutdown_grace_s: float = 30.0
-    burst: bool = False
-    prefix: str = "asyncjobs"
-    lease_ttl_s: float = 5.0
-    block_ms: int = 2000
-    heartbeat_every_s: float = 5.0
-    redis_url: str | None = None
-
-    def __post_init__(self) -> None:
-        for queue in self.queues:
-            check_name("queue name", queue)
-        check_name("prefix", self.prefix)
-        if not self.queues:
-            raise ConfigurationError("a worker needs at least one queue")
-        if self.concurrency < 1 or self.sync_concurrency < 1:
-            raise ConfigurationError("concurrency must be >= 1")
-        if not 1.0 <= self.claim_timeout_s <= 3600:
-            raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
-        if self.max_deliveries < 1:
-            raise ConfigurationError("max_deliveries must be >= 1")
-
-    @property
-    def keepalive_every_s(self) -> float:
-        """Held entries are refreshed this often: well inside the reclaim threshold."""
-        return self.claim_timeout_s / 5
-
-    @property
-    def reclaim_idle_s(self) -> float:
-        """Entries idle longer than this belong to a stopped worker."""
-        return self.claim_timeout_s * 2 / 3
-
-    @property
-    def reclaim_every_s(self) -> float:
-        """Reclaim scans run this often, so recovery takes at most the claim timeout."""
-        return self.claim_timeout_s / 3
-
-    @property
-    def read_batch(self) -> int:
-        """The largest COUNT of one read."""
-        return min(self.concurrency, 500)
 
 
 class Worker:
@@ -241,8 +188,16 @@ class Worker:
                 yield state
 
     async def _serve(self, rt: Runtime, task_status: TaskStatus[Worker]) -> None:
-        settler = Settler(rt)
         metrics = self._metrics(rt) if self.metrics_port is not None else None
+        try:
+            await self._run_loops(rt, task_status, metrics)
+        finally:
+            if metrics is not None:
+                metrics.close()  # idempotent: also closed when its loop is cancelled
+
+    async def _run_loops(self, rt: Runtime, task_status: TaskStatus[Worker],
+                         metrics: WorkerMetrics | None) -> None:
+        settler = Settler(rt)
         observers = [*self.observers, *([metrics] if metrics else [])]
         ex = Executor(rt, settler, compose(self.middleware), observers)
         wake = {q: asyncio.Event() for q in rt.config.queues}
@@ -268,7 +223,7 @@ class Worker:
             fetching.cancel()
             for scheduler in schedulers:
                 await scheduler.release()
-            await self._drain(rt, ex, settler, settling)
+            await drain(rt, ex, settler, settling, now=self._now)
             tg.cancel_scope.cancel()
 
     def _metrics(self, rt: Runtime) -> WorkerMetrics:
@@ -278,7 +233,7 @@ class Worker:
         metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.queues,
                                 concurrency=rt.config.concurrency)
         metrics.serve(self.metrics_port)
-        log.info("metrics served on port %d", self.metrics_port)
+        log.info("metrics served on port %s", metrics.port)
         return metrics
 
     async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope) -> None:
@@ -288,42 +243,6 @@ class Worker:
                     fetchers.start_soon(supervised, f"fetch {queue}",
                                         partial(fetch_loop, rt, ex, queue))
         rt.stopping.set()  # all fetchers returned: burst mode drained every queue
-
-    async def _drain(
-        self, rt: Runtime, ex: Executor, settler: Settler, settling: asyncio.Task[None]
-    ) -> None:
-        grace = 0.0 if self._now else rt.config.shutdown_grace_s
-        log.info("worker %s stopping: %d job(s) running, grace %.0f s", rt.consumer,
-                 ex.active, grace)
-        if not await ex.wait_idle(grace):
-            count = ex.cancel_all("shutdown")
-            log.warning("grace period over: cancelled %d job(s); handing them back", count)
-            await ex.wait_idle(10.0)
-        settler.close(give_up_after_s=10.0)
-        await settling
-        with anyio.move_on_after(10.0):
-            await self._handback(rt, ex)
-        log.info("worker %s stopped", rt.consumer)
-
-    async def _handback(self, rt: Runtime, ex: Executor) -> None:
-        known = {(r.queue, r.delivery.entry): r for r in ex.interrupted}
-        try:
-            for queue, store in rt.stores.items():
-                entries = await store.pending_entries(rt.consumer)
-                items = []
-                for entry in entries:
-                    running = known.get((queue, entry))
-                    items.append((entry, running.job_id if running else "",
-                                  bool(running and running.started)))
-                if items:
-                    count = await store.handback(rt.consumer, items)
-                    log.info("handed back %d job(s) on queue %s", count, queue)
-                if not await store.pending_entries(rt.consumer, limit=1):
-                    await store.delete_consumer(rt.consumer)
-            await unregister(rt)
-        except OUTAGE_ERRORS as exc:
-            log.warning("could not hand back held jobs (%s); they run again after the claim "
-                        "timeout", exc)
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
         """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling."""

@@ -1,0 +1,63 @@
+"""Every tunable of a worker, validated, and the intervals derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._keys import check_name
+from ._retry import RetryPolicy
+from .exceptions import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Every tunable of a worker, in seconds unless the name says otherwise."""
+
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 100
+    sync_concurrency: int = 20
+    job_timeout_s: float | None = 300.0
+    result_ttl_s: float = 3600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    claim_timeout_s: float = 15.0
+    max_deliveries: int = 5
+    shutdown_grace_s: float = 30.0
+    burst: bool = False
+    prefix: str = "asyncjobs"
+    lease_ttl_s: float = 5.0
+    block_ms: int = 2000
+    heartbeat_every_s: float = 5.0
+    redis_url: str | None = None
+
+    def __post_init__(self) -> None:
+        for queue in self.queues:
+            check_name("queue name", queue)
+        check_name("prefix", self.prefix)
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        if self.concurrency < 1 or self.sync_concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if not 1.0 <= self.claim_timeout_s <= 3600:
+            raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
+        if self.max_deliveries < 1:
+            raise ConfigurationError("max_deliveries must be >= 1")
+
+    @property
+    def keepalive_every_s(self) -> float:
+        """Held entries are refreshed this often: well inside the reclaim threshold."""
+        return self.claim_timeout_s / 5
+
+    @property
+    def reclaim_idle_s(self) -> float:
+        """Entries idle longer than this belong to a stopped worker."""
+        return self.claim_timeout_s * 2 / 3
+
+    @property
+    def reclaim_every_s(self) -> float:
+        """Reclaim scans run this often, so recovery takes at most the claim timeout."""
+        return self.claim_timeout_s / 3
+
+    @property
+    def read_batch(self) -> int:
+        """The largest COUNT of one read."""
+        return min(self.concurrency, 500)
