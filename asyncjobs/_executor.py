@@ -31,8 +31,8 @@ from ._codec import (
 from ._context import Context
 from ._middleware import Invoke, Observer
 from ._model import ErrorInfo, JobSpec, Progress
-from ._retry import Action, Decision, decide
-from ._runner import Outcome, run_attempt
+from ._retry import Action, Decision, RetryPolicy, decide
+from ._runner import Outcome, await_attempt
 from ._runtime import Runtime, Slots
 from ._settler import Settler
 from ._store import Delivery, SettleOp, Started
@@ -47,6 +47,10 @@ class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
     __slots__ = ("cancel_reason", "delivery", "job_id", "queue", "started", "task")
+
+    def timed_out(self) -> bool:
+        """True once the attempt's timer cancelled it."""
+        return self.cancel_reason == "timeout"
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -70,6 +74,9 @@ class Executor:
         self.interrupted: list[Running] = []
         self._invoke = invoke
         self._executing = 0
+        self._loop = asyncio.get_running_loop()
+        self._policies: dict[tuple[str, int | None, float | None],
+                             tuple[RetryPolicy, float | None]] = {}
         self._observers = tuple(observers)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -211,21 +218,27 @@ class Executor:
         self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
         args: list[Any], kwargs: dict[str, Any], history: tuple[ErrorInfo, ...],
     ) -> SettleOp:
-        cfg = self.rt.config
-        policy = task.retry_policy(cfg.retry, spec.max_tries)
+        policy, timeout = self._policy(task, spec)
         ctx = Context(
             job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
             max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
             headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
             worker=self.rt.consumer, report=self._report_progress,
         )
-        timeout = _first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s)
         running.started = True
         self._emit("started", running.queue, task.name, 0.0)
         if log.isEnabledFor(logging.INFO):
             log.info("job started id=%s task=%s queue=%s attempt=%d", running.job_id,
                      task.name, running.queue, st.attempts, extra=_extra(running, task.name, st))
-        outcome = await run_attempt(functools.partial(self._call, task, ctx, args, kwargs), timeout)
+        call = functools.partial(self._call, task, ctx, args, kwargs)
+        timer = None
+        if timeout:
+            timer = self._loop.call_later(timeout, self.cancel, running, "timeout")
+        try:
+            outcome = await await_attempt(call, timeout, running.timed_out)
+        finally:
+            if timer is not None:
+                timer.cancel()
         decision = decide(outcome.kind, outcome.error, st.attempts, policy, random.random())
         payload = b""
         if decision.action is Action.COMPLETE:
@@ -282,6 +295,17 @@ class Executor:
         if self._invoke is None:
             return await call()
         return await self._invoke(ctx, call)
+
+    def _policy(self, task: Task[Any, Any], spec: JobSpec) -> tuple[RetryPolicy, float | None]:
+        """The retry policy and timeout of a job (cached per task and per-job override)."""
+        key = (task.name, spec.max_tries, spec.timeout_s)
+        found = self._policies.get(key)
+        if found is None:
+            cfg = self.rt.config
+            found = (task.retry_policy(cfg.retry, spec.max_tries),
+                     _first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s))
+            self._policies[key] = found
+        return found
 
     def _ttl(self, job: float | None, task: float | None, aborted: bool = False) -> int:
         ttl = _first(job, task, self.rt.config.result_ttl_s)

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from ._executor import Executor
 from ._runtime import OUTAGE_ERRORS, Runtime
-from ._store import Delivery, QueueStore
+from ._store import Delivery, QueueStore, Started
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -64,7 +64,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
         taken = await ex.slots.take_some(cfg.read_batch)
         began = rt.fetch_beat[queue] = time.monotonic()
         try:
-            got = await _fetch(rt, store, reclaimer, taken, block_ms, began)
+            started, got = await _fetch(rt, store, reclaimer, taken, block_ms, began)
         except asyncio.CancelledError:
             ex.slots.give(taken)  # shutdown cancels a blocked read: the slots are free
             raise
@@ -81,34 +81,42 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
             await _recreate(rt, store)
             continue
         try:
-            await _start(rt, ex, queue, got, taken)
+            await _start(rt, ex, queue, got, taken, started)
             rt.outage.ok()
         except OUTAGE_ERRORS as exc:
             # The entries stay pending for us; nobody touches them, so after the claim
             # timeout they are reclaimed (by us or another worker) and run.
             await asyncio.sleep(rt.outage.failed(exc, f"start {queue}"))
             continue
-        if cfg.burst and not got and await _drained(rt, ex, store):
+        if cfg.burst and not got and not started and await _drained(rt, ex, store):
             log.info("burst: queue %s is drained", queue)
             return
 
 
 async def _fetch(rt: Runtime, store: QueueStore, reclaimer: _Reclaimer, count: int,
-                 block_ms: int, began: float) -> list[Delivery]:
-    """Reclaim when a scan is due, else read (blocking)."""
+                 block_ms: int, began: float) -> tuple[list[Started], list[Delivery]]:
+    """Reclaimed entries when a scan is due and finds some; else entries already waiting,
+    read and started in one round trip; else a blocking read (started by the caller)."""
     got = await reclaimer.claim(store, count) if reclaimer.is_due() else []
-    if not got:
-        got = await store.read(rt.blocking, rt.consumer, count, block_ms)
-        if not got and time.monotonic() - began < block_ms / 2000:
-            # The server did not block (an in-memory fake does not): don't spin.
-            await asyncio.sleep(0.005)
-    return got
+    if got:
+        return [], got
+    started = await store.take(rt.consumer, count)
+    if started:
+        return started, []
+    got = await store.read(rt.blocking, rt.consumer, count, block_ms)
+    if not got and time.monotonic() - began < block_ms / 2000:
+        # The server did not block (an in-memory fake does not): don't spin.
+        await asyncio.sleep(0.005)
+    return [], got
 
 
-async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int) -> None:
-    """Start deliveries and dispatch them; give back the slots not used."""
+async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int,
+                 started: list[Started] | None = None) -> None:
+    """Start deliveries (unless already started) and dispatch them; give back the slots
+    not used."""
     try:
-        started = await rt.stores[queue].start(rt.consumer, got) if got else []
+        if not started:
+            started = await rt.stores[queue].start(rt.consumer, got) if got else []
     except BaseException:
         ex.slots.give(taken)
         raise
@@ -125,13 +133,14 @@ async def _recreate(rt: Runtime, store: QueueStore) -> None:
 
 
 async def _drained(rt: Runtime, ex: Executor, store: QueueStore) -> bool:
-    """Burst mode: nothing running, nothing to settle, nothing queued or delayed."""
+    """Burst mode: nothing running or to settle here, and nothing left in the stream (waiting,
+    or held by any consumer: a stopped worker's entries are reclaimed and run first) or in
+    the delayed set."""
     if ex.running or not ex.settler.idle:
         return False
     keys = store.keys
     pipe = rt.client.pipeline(transaction=False)
     pipe.zcard(keys.delayed)
     pipe.xlen(keys.stream)
-    pipe.xpending(keys.stream, "asyncjobs")
-    delayed, length, pending = await pipe.execute()
-    return bool(delayed == 0 and length - int(pending["pending"]) <= 0)
+    delayed, length = await pipe.execute()
+    return bool(delayed == 0 and length == 0)

@@ -86,6 +86,7 @@ def load(name: str) -> Script:
 
 ENQUEUE = "enqueue"
 START = "start"
+TAKE = "take"
 SETTLE = "settle"
 RECLAIM = "reclaim"
 TOUCH = "touch"

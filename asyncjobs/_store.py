@@ -131,6 +131,17 @@ class QueueStore:
         return [Delivery(_str(entry), _str(fields.get(b"i", b"")) if fields else "")
                 for entry, fields in reply[0][1]]
 
+    async def take(self, consumer: str, count: int) -> list[Started]:
+        """Read up to ``count`` new entries without blocking and start them (one round
+        trip); empty when nothing is waiting."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, count, self.keys.job_prefix]
+        reply = await s.load(s.TAKE)(self.client, [self.keys.stream], args)
+        return [
+            Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
+                    int(q or 0), int(now))
+            for e, j, v, spec, a, hist, q, now in reply
+        ]
+
     async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
         """Mark deliveries as started; see start.lua for the verdicts."""
         args: list[s.KeyOrArg] = [consumer, self.keys.job_prefix]

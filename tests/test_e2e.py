@@ -311,3 +311,23 @@ async def test_waiting_for_a_result_does_not_poll(backend: Backend, pool: asyncj
         waited = loop.time() - started
     assert reads <= 3, f"{reads} reads while waiting {waited:.2f} s"
     assert waited < 4.0  # woken by the notice, not by the 5 s safety re-read
+
+
+def blocking_sleep(ctx: Context, seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "slept"
+
+
+async def test_sync_task_timeout_abandons_the_thread_and_fails_the_job(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    slow = await pool.enqueue(asyncjobs.task(blocking_sleep).options(timeout=0.2, max_tries=1),
+                              1.0)
+    fast = await pool.enqueue(blocking_sleep, 0.01)
+    await burst(backend, [blocking_sleep])
+    assert await fast.result(timeout=5) == "slept"
+    with pytest.raises(asyncjobs.JobFailed) as caught:
+        await slow.result(timeout=5)
+    assert caught.value.type == "asyncjobs.exceptions.JobTimeout"

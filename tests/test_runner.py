@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 
 import pytest
 
@@ -59,7 +60,11 @@ async def test_our_timeout_cancels_the_task_and_reports_a_timeout() -> None:
     assert outcome.kind == "timeout"
     assert isinstance(outcome.error, JobTimeout)
     assert str(outcome.error) == "the attempt exceeded its 0.05 s timeout and was cancelled"
-    assert isinstance(outcome.error.__cause__, TimeoutError)
+    # The cause is the cancellation that interrupted the task: its traceback shows where
+    # the task was, which is what the job's recorded error should point at.
+    assert isinstance(outcome.error.__cause__, asyncio.CancelledError)
+    text = "".join(traceback.format_exception(outcome.error))
+    assert "in hangs" in text and "await asyncio.sleep(FOREVER)" in text
     assert cancelled.is_set()
     assert 0.04 <= outcome.duration_s < 5
 

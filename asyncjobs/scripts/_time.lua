@@ -15,3 +15,27 @@ local function wake_if_first(delayed, channel, id, due)
     redis.call('PUBLISH', channel, due)
   end
 end
+
+-- Start one delivered entry (see start.lua): returns {verdict, spec, attempts, history,
+-- enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
+local function start_entry(entry, id, consumer, prefix, now)
+  local key = prefix .. id
+  local rec = id ~= '' and redis.call('HMGET', key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q') or {}
+  local state = rec[1]
+  local verdict = 'run'
+  if not state then
+    verdict = 'missing'
+  elseif (state ~= 'queued' and state ~= 'running') or rec[2] ~= entry then
+    verdict = 'stale'
+  elseif rec[4] then
+    verdict = 'aborted'
+  elseif rec[3] and now >= tonumber(rec[3]) then
+    verdict = 'expired'
+  end
+  local attempts = tonumber(rec[6] or 0)
+  if verdict == 'run' then
+    attempts = attempts + 1
+    redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer)
+  end
+  return {verdict, rec[5] or '', attempts, rec[7] or '', rec[8] or 0, now}
+end

@@ -11,26 +11,6 @@
 local now = now_ms()
 local out = {}
 for i = 3, #ARGV, 2 do
-  local entry, id = ARGV[i], ARGV[i + 1]
-  local key = ARGV[2] .. id
-  local rec = id ~= '' and redis.call('HMGET', key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q') or {}
-  local state = rec[1]
-  local verdict = 'run'
-  if not state then
-    verdict = 'missing'
-  elseif (state ~= 'queued' and state ~= 'running') or rec[2] ~= entry then
-    verdict = 'stale'
-  elseif rec[4] then
-    verdict = 'aborted'
-  elseif rec[3] and now >= tonumber(rec[3]) then
-    verdict = 'expired'
-  end
-  if verdict == 'run' then
-    local attempts = tonumber(rec[6] or 0) + 1
-    redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', ARGV[1])
-    out[#out + 1] = {verdict, rec[5], attempts, rec[7] or '', rec[8], now}
-  else
-    out[#out + 1] = {verdict, rec[5] or '', tonumber(rec[6] or 0), rec[7] or '', rec[8] or 0, now}
-  end
+  out[#out + 1] = start_entry(ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2], now)
 end
 return out
