@@ -124,6 +124,11 @@ def _ms(raw: bytes | None) -> Any:
     return from_ms(int(raw)) if raw else None
 
 
+def _entry_ms(entry: bytes | None) -> bytes | None:
+    """A stream entry id's time part: the enqueue time of a job not started yet."""
+    return entry.split(b"-", 1)[0] if entry else None
+
+
 def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
     """Build a ``JobInfo`` from a record hash (see ``_model`` for the fields)."""
     try:
@@ -140,7 +145,7 @@ def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
         kwargs=kwargs,
         state=JobState(_text(raw.get(b"s"))),
         attempts=int(raw.get(b"a", 0)),
-        enqueued_at=_ms(raw.get(b"q")),
+        enqueued_at=_ms(raw.get(b"q") or _entry_ms(raw.get(b"e"))),
         scheduled_for=_ms(raw.get(b"d")),
         started_at=_ms(raw.get(b"st")),
         ended_at=_ms(raw.get(b"et")),

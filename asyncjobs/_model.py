@@ -7,7 +7,8 @@ and are the contract between this module and the Lua scripts:
 j     the ``JobSpec``, msgpack; written once at enqueue
 s     the ``JobState`` value
 a     attempts started so far
-q     enqueued at (ms, Redis clock)
+q     enqueued at (ms, Redis clock); absent while a job queued directly has not started:
+      its stream entry id (``e``) carries that time
 d     due at (ms) while scheduled
 x     expires at (ms), absent when the job never expires
 e     the stream entry id while queued or running

@@ -115,8 +115,11 @@ def discover(names: list[str], log_dir: Path) -> tuple[list[System], dict[str, s
     found, skipped = [], {}
     for name in names:
         adapter = SYSTEMS_DIR / f"{name}_bench.py"
-        if name in ("asyncjobs", BASELINE):
-            python = sys.executable  # asyncjobs: repo installed editable here; baseline: redis-py
+        own = VENVS / name / "bin" / "python"
+        if name == "asyncjobs" and own.exists():
+            python = str(own)  # runtime dependencies only, like each peer's venv
+        elif name in ("asyncjobs", BASELINE):
+            python = sys.executable  # asyncjobs without its venv: the repo installed here
         else:
             python = str(VENVS / name / "bin" / "python")
             if not Path(python).exists():

@@ -92,6 +92,26 @@ def install_peer(peer: str, recreate: bool) -> bool:
     return True
 
 
+def install_asyncjobs(recreate: bool) -> bool:
+    """asyncjobs gets a venv of its own too, with only its runtime dependencies (what
+    `pip install asyncjobs-redis` installs), like every peer: the dev environment also holds
+    optional packages (OpenTelemetry...) that would inflate the worker's memory."""
+    target = VENVS / "asyncjobs"
+    if recreate and target.exists():
+        shutil.rmtree(target)
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        if not venv_python("asyncjobs").exists():
+            venv.EnvBuilder(with_pip=True, clear=True).create(target)
+        pip(venv_python("asyncjobs"), "-e", str(repo))
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"[asyncjobs] INSTALL FAILED: {exc}", flush=True)
+        return False
+    names = ["asyncjobs-redis", "redis", "hiredis", "msgspec", "uvloop", "anyio"]
+    print(f"[asyncjobs] installed: {versions(venv_python('asyncjobs'), names)}", flush=True)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,7 +131,7 @@ def main() -> int:
         print(f"[harness] installed: {versions(sys.executable, HARNESS)}", flush=True)
     if args.harness_only:
         return 0
-    failed = []
+    failed = [] if install_asyncjobs(args.recreate) else ["asyncjobs"]
     for peer in [p.strip() for p in args.peers.split(",") if p.strip()]:
         if peer not in PEERS:
             print(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")

@@ -16,6 +16,11 @@ local function wake_if_first(delayed, channel, id, due)
   end
 end
 
+-- The ms part of a stream entry id ("1795276503766-0" -> 1795276503766), or 0.
+local function entry_ms(entry)
+  return tonumber(entry and string.match(entry, '^(%d+)') or 0) or 0
+end
+
 -- Start one delivered entry (see start.lua): returns {verdict, spec, attempts, history,
 -- enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
 local function start_entry(entry, id, consumer, prefix, now)
@@ -33,9 +38,15 @@ local function start_entry(entry, id, consumer, prefix, now)
     verdict = 'expired'
   end
   local attempts = tonumber(rec[6] or 0)
+  local enqueued = rec[8] or entry_ms(rec[2])
   if verdict == 'run' then
     attempts = attempts + 1
-    redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer)
+    if rec[8] then
+      redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer)
+    else  -- keep the enqueue time before the entry id can change (retry, hand-back)
+      redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer,
+        'q', enqueued)
+    end
   end
-  return {verdict, rec[5] or '', attempts, rec[7] or '', rec[8] or 0, now}
+  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now}
 end

@@ -28,9 +28,8 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return 'duplicate'
 end
-local now = now_ms()
 local entry = redis.call('XADD', KEYS[3], '*', 'i', ARGV[4])
-redis.call('HSET', KEYS[2], 'j', ARGV[5], 'a', 0, 'q', now, 's', 'queued', 'e', entry)
+redis.call('HSET', KEYS[2], 'j', ARGV[5], 'a', 0, 's', 'queued', 'e', entry)
 redis.call('HSET', KEYS[1], name .. ':job', ARGV[4])
 redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
 return 'enqueued'

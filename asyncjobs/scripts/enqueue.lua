@@ -35,7 +35,8 @@ for i = 1, #KEYS - 3 do
       wake_if_first(KEYS[2], ARGV[1], id, due)
     else
       local entry = redis.call('XADD', KEYS[1], '*', 'i', id)
-      redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 'q', now, 's', 'queued', 'e', entry)
+      -- No 'q': the entry id is the enqueue time (start_entry stores it at the first start).
+      redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 's', 'queued', 'e', entry)
     end
     created = created + 1
   end

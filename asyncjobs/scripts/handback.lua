@@ -26,6 +26,9 @@ for i = 4, #ARGV, 3 do
     if (live or not rec[2]) and #fields > 0 then
       local fresh = redis.call('XADD', stream, '*', unpack(fields))
       if live then
+        if not redis.call('HGET', key, 'q') then  -- never started: keep its enqueue time
+          redis.call('HSET', key, 'q', string.match(entry, '^(%d+)'))
+        end
         redis.call('HSET', key, 's', 'queued', 'e', fresh)
         if started == '1' then redis.call('HINCRBY', key, 'a', -1) end
       end
