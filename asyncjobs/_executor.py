@@ -46,7 +46,7 @@ log = logging.getLogger("asyncjobs.worker")
 class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
-    __slots__ = ("cancel_reason", "delivery", "job_id", "queue", "started", "task")
+    __slots__ = ("cancel_reason", "delivery", "entered", "job_id", "queue", "started", "task")
 
     def timed_out(self) -> bool:
         """True once the attempt's timer cancelled it."""
@@ -58,6 +58,7 @@ class Running:
         self.job_id = delivery.job_id
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason = ""
+        self.entered = False
         self.started = False
 
 
@@ -71,7 +72,6 @@ class Executor:
         self.slots = Slots(rt.config.concurrency)
         self.limiter = anyio.CapacityLimiter(rt.config.sync_concurrency)
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
-        self.interrupted: list[Running] = []
         self._invoke = invoke
         self._executing = 0
         self._loop = asyncio.get_running_loop()
@@ -111,11 +111,21 @@ class Executor:
         """Attempts still running (not counting those only waiting for their settle)."""
         return self._executing
 
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until nothing runs or is being settled; False on timeout."""
+    async def wait_idle(self, timeout_s: float, hurry: asyncio.Event | None = None) -> bool:
+        """Wait until nothing runs or is being settled; False on timeout, or as soon as
+        ``hurry`` is set."""
         with anyio.move_on_after(timeout_s):
-            await self._idle.wait()
-            return True
+            if hurry is None:
+                await self._idle.wait()
+                return True
+            async with anyio.create_task_group() as tg:
+                async def watch(event: asyncio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch, self._idle)
+                tg.start_soon(watch, hurry)
+            return self._idle.is_set()
         return False
 
     def cancel_all(self, reason: str) -> int:
@@ -146,20 +156,30 @@ class Executor:
         self._idle.clear()
         self._executing += 1
         running.task = asyncio.create_task(self._run(running, started))
+        running.task.add_done_callback(functools.partial(self._done, running, started))
 
-    async def _run(self, running: Running, started: Started) -> None:
-        op: SettleOp | None = None
+    async def _run(self, running: Running, started: Started) -> SettleOp | None:
+        """The attempt, turned into the operation that records it (None: leave the entry
+        pending, so the job runs again)."""
+        running.entered = True
         try:
-            op = await self._attempt(running, started)
+            return await self._attempt(running, started)
         except asyncio.CancelledError:
-            op = self._cancelled(running, started)
+            return self._cancelled(running, started)
         except Exception:  # a bug of ours: keep the entry pending, it will run again
             log.exception("internal error running job id=%s", running.job_id)
-        finally:
-            self.slots.give()
-            self._executing -= 1
+            return None
+
+    def _done(self, running: Running, started: Started, task: asyncio.Task[Any]) -> None:
+        """Bookkeeping when an attempt's task ends, however it ended: also when it was
+        cancelled before its first step (then ``_run`` never ran)."""
+        self.slots.give()
+        self._executing -= 1
+        if not running.entered or task.cancelled():
+            op = self._cancelled(running, started)
+        else:
+            op = task.result()
         if op is None:
-            self.interrupted.append(running)
             self._forget(running)
         else:
             self.settler.submit(running.queue, op, functools.partial(self._forget, running))

@@ -17,7 +17,7 @@ import time
 from redis.exceptions import ResponseError
 
 from ._executor import Executor
-from ._runtime import OUTAGE_ERRORS, Runtime
+from ._runtime import OUTAGE_ERRORS, Runtime, transient
 from ._store import Delivery, QueueStore, Started
 
 log = logging.getLogger("asyncjobs.worker")
@@ -65,25 +65,23 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
         began = rt.fetch_beat[queue] = time.monotonic()
         try:
             started, got = await _fetch(rt, store, reclaimer, taken, block_ms, began)
-        except asyncio.CancelledError:
-            ex.slots.give(taken)  # shutdown cancels a blocked read: the slots are free
-            raise
-        except OUTAGE_ERRORS as exc:
-            ex.slots.give(taken)
-            await asyncio.sleep(rt.outage.failed(exc, f"read {queue}"))
-            continue
-        except ResponseError as exc:
-            ex.slots.give(taken)
-            if "NOGROUP" not in str(exc):
-                raise
-            log.warning("consumer group of queue %s is gone (Redis lost its data?); recreating",
-                        queue)
-            await _recreate(rt, store)
-            continue
+        except BaseException as exc:
+            ex.slots.give(taken)  # whatever happened, the slots are free again
+            if transient(exc):
+                await asyncio.sleep(rt.outage.failed(exc, f"read {queue}"))
+                continue
+            if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                log.warning("consumer group of queue %s is gone (Redis lost its data?); "
+                            "recreating", queue)
+                await _recreate(rt, store)
+                continue
+            raise  # shutdown's cancellation, or a bug (the supervisor logs it)
         try:
             await _start(rt, ex, queue, got, taken, started)
             rt.outage.ok()
-        except OUTAGE_ERRORS as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             # The entries stay pending for us; nobody touches them, so after the claim
             # timeout they are reclaimed (by us or another worker) and run.
             await asyncio.sleep(rt.outage.failed(exc, f"start {queue}"))

@@ -38,9 +38,13 @@ async def await_attempt(
     try:
         value = await fn()
     except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() == 0:
+            # Nobody cancelled this task: the task's code raised CancelledError itself
+            # (it awaited something another task cancelled). An error like any other.
+            return Outcome("error", error=exc, duration_s=time.perf_counter() - started)
         if not timed_out():
             raise
-        task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # our own cancellation, consumed here
         error = JobTimeout(f"the attempt exceeded its {timeout_s:g} s timeout and was cancelled")

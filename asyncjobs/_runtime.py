@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._store import QueueStore
@@ -26,6 +27,19 @@ log = logging.getLogger("asyncjobs.worker")
 
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "Redis is unreachable right now": retry with backoff."""
+
+_TRANSIENT_REPLIES = frozenset(
+    {"READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS",
+     "CLUSTERDOWN"}
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """True for an outage, or a reply saying Redis cannot serve right now (a replica after a
+    failover, a server loading its data, a busy script, out of memory): retry later."""
+    if isinstance(exc, OUTAGE_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -123,6 +137,9 @@ class Runtime:
     state: Any = None
     outage: Outage = field(default_factory=Outage)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to stop taking jobs and drain."""
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to cut the drain's grace period short (a second interrupt)."""
     fetch_beat: dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 

@@ -24,7 +24,7 @@ from ._codec import encode_spec
 from ._cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
 from ._leader import Lease
 from ._model import JobSpec, from_ms, to_ms
-from ._runtime import OUTAGE_ERRORS, Runtime
+from ._runtime import OUTAGE_ERRORS, Runtime, transient
 from ._task import Seconds, Task, as_task, to_seconds
 
 log = logging.getLogger("asyncjobs.scheduler")
@@ -111,7 +111,9 @@ class Scheduler:
         while not self.rt.stopping.is_set():
             try:
                 await self._step()
-            except OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    raise
                 self.lease.drop()
                 await self._sleep(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
 

@@ -1,6 +1,6 @@
 """Loads the Lua scripts in ``scripts/`` and runs them by SHA.
 
-Each script is prepended with ``_time.lua`` (the Redis clock, shared helpers). Scripts run
+Each script is prepended with ``_prelude.lua`` (the Redis clock, shared steps). Scripts run
 with EVALSHA; after a Redis restart empties the script cache, a NOSCRIPT reply loads the
 script and the call is repeated, for single calls and for pipelines alike.
 """
@@ -70,7 +70,7 @@ async def _pipeline(client: Redis, calls: Sequence[Call]) -> list[Any]:
 
 @cache
 def _prelude() -> str:
-    return _read("_time")
+    return _read("_prelude")
 
 
 def _read(name: str) -> str:

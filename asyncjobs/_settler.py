@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from . import _scripts
-from ._runtime import OUTAGE_ERRORS, Runtime
+from ._runtime import Runtime, transient
 from ._store import SettleOp
 
 log = logging.getLogger("asyncjobs.worker")
@@ -71,7 +71,11 @@ class Settler:
                 replies = await _scripts.run_pipelined(self.rt.client, calls)
                 self.rt.outage.ok()
                 break
-            except OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    log.exception("could not record %d finished jobs; they stay pending and "
+                                  "run again after the claim timeout", len(batch))
+                    return _release(by_queue)
                 if time.monotonic() >= self._give_up_at:
                     log.error(
                         "could not record %d finished jobs before shutdown (%s); they stay "
@@ -79,10 +83,6 @@ class Settler:
                     )
                     return _release(by_queue)
                 await asyncio.sleep(self.rt.outage.failed(exc, "settle"))
-            except Exception:
-                log.exception("could not record %d finished jobs; they stay pending and run "
-                              "again after the claim timeout", len(batch))
-                return _release(by_queue)
         for items, reply in zip(by_queue.values(), replies, strict=True):
             for (_, done), settled in zip(items, reply, strict=True):
                 done(bool(settled))

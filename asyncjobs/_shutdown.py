@@ -22,10 +22,10 @@ async def drain(
 ) -> None:
     """Let running jobs finish within the grace period (none with ``now``), cancel the rest,
     record every outcome, then hand back what this worker still holds."""
-    grace = 0.0 if now else rt.config.shutdown_grace_s
+    grace = 0.0 if now or rt.hurry.is_set() else rt.config.shutdown_grace_s
     log.info("worker %s stopping: %d job(s) running, grace %.0f s", rt.consumer,
              ex.active, grace)
-    if not await ex.wait_idle(grace):
+    if not await ex.wait_idle(grace, rt.hurry):
         count = ex.cancel_all("shutdown")
         log.warning("grace period over: cancelled %d job(s); handing them back", count)
         await ex.wait_idle(10.0)
@@ -36,18 +36,13 @@ async def drain(
     log.info("worker %s stopped", rt.consumer)
 
 async def handback(rt: Runtime, ex: Executor) -> None:
-    """Re-add every entry this consumer still holds, so other workers take it at once."""
-    known = {(r.queue, r.delivery.entry): r for r in ex.interrupted}
+    """Re-add every entry this consumer still holds, so other workers take it at once.
+    Whether an attempt had started (and is not to be counted) is read from the record."""
     try:
         for queue, store in rt.stores.items():
             entries = await store.pending_entries(rt.consumer)
-            items = []
-            for entry in entries:
-                running = known.get((queue, entry))
-                items.append((entry, running.job_id if running else "",
-                              bool(running and running.started)))
-            if items:
-                count = await store.handback(rt.consumer, items)
+            if entries:
+                count = await store.handback(rt.consumer, entries)
                 log.info("handed back %d job(s) on queue %s", count, queue)
             if not await store.pending_entries(rt.consumer, limit=1):
                 await store.delete_consumer(rt.consumer)

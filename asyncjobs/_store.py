@@ -78,7 +78,9 @@ class Promoted:
 
 
 def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Text of a reply; bytes that are not UTF-8 (an entry written by hand) are replaced,
+    never raised: such an entry is dead-lettered, not allowed to stop a worker."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class QueueStore:
@@ -192,11 +194,9 @@ class QueueStore:
         )
         return [_str(row["message_id"]) for row in rows]
 
-    async def handback(self, consumer: str, items: Sequence[tuple[str, str, bool]]) -> int:
-        """Re-add held entries (entry, job id, started) at the stream's end; returns count."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
-        for entry, job_id, started in items:
-            args += [entry, job_id, int(started)]
+    async def handback(self, consumer: str, entries: Sequence[str]) -> int:
+        """Re-add held entries at the stream's end; returns how many."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix, *entries]
         return int(await s.load(s.HANDBACK)(self.client, [self.keys.stream], args))
 
     async def delete_consumer(self, consumer: str) -> None:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from ._executor import Executor
 from ._keys import GlobalKeys
-from ._runtime import OUTAGE_ERRORS, Runtime
+from ._runtime import OUTAGE_ERRORS, Runtime, transient
 from ._version import __version__
 
 log = logging.getLogger("asyncjobs.worker")
@@ -26,17 +26,25 @@ log = logging.getLogger("asyncjobs.worker")
 
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     """Reset the idle time of every held entry well inside the claim timeout; cancel jobs
-    whose entry was taken by another worker, and jobs whose abort was requested."""
-    while not rt.stopping.is_set():
-        await asyncio.sleep(rt.config.keepalive_every_s)
+    whose entry was taken by another worker, and jobs whose abort was requested. Runs until
+    the worker has drained (a draining worker still holds its jobs)."""
+    pause = rt.config.keepalive_every_s
+    while True:
+        await asyncio.sleep(pause)
+        pause = rt.config.keepalive_every_s
         for queue, store in rt.stores.items():
             held = ex.held(queue)
             if not held:
                 continue
             try:
                 lost, aborted = await store.touch(rt.consumer, held)
-            except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(rt.outage.failed(exc, "keep-alive"))
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                rt.outage.failed(exc, "keep-alive")
+                # Try again soon, not after a long backoff: the first touch after Redis
+                # comes back must come before other workers' reclaim scans resume.
+                pause = min(0.5, rt.config.keepalive_every_s)
                 break
             for entry in lost:
                 ex.cancel_entry(queue, entry, "lost")
@@ -47,13 +55,14 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
 
 
 async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event]) -> None:
-    """Listen for abort requests and scheduler wake-ups; resubscribe after outages."""
+    """Listen for abort requests and scheduler wake-ups; resubscribe after outages. Runs
+    until the worker has drained (an abort may arrive during the grace period)."""
     handlers: dict[bytes, Callable[[bytes], None]] = {}
     for queue, store in rt.stores.items():
         handlers[store.keys.abort_channel.encode()] = _on_abort(ex, queue)
         if queue in wake:
             handlers[store.keys.wake_channel.encode()] = _on_wake(wake[queue])
-    while not rt.stopping.is_set():
+    while True:
         pubsub = rt.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*handlers)

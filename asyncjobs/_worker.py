@@ -101,7 +101,7 @@ class Worker:
         self.observers = list(observers)
         self.metrics_port = metrics_port
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._stop: asyncio.Event | None = None
+        self._live: Runtime | None = None
         self._now = False
         self._check_crons()
 
@@ -126,10 +126,14 @@ class Worker:
         return clone
 
     def stop(self, now: bool = False) -> None:
-        """Ask the worker to shut down gracefully (``now``: skip the grace period)."""
+        """Ask the worker to shut down gracefully; ``now`` (or a second call with it, e.g. a
+        second Ctrl-C) cuts the grace period short: running jobs are cancelled and handed
+        back at once."""
         self._now = self._now or now
-        if self._stop is not None:
-            self._stop.set()
+        if self._live is not None:
+            if now:
+                self._live.hurry.set()
+            self._live.stopping.set()
 
     async def run(
         self,
@@ -153,7 +157,9 @@ class Worker:
             self._banner(where, version)
             for store in rt.stores.values():
                 await store.ensure_group()
-            self._stop = rt.stopping
+            self._live = rt
+            if self._now:
+                rt.hurry.set()
             async with self._lifespan() as state:
                 rt.state = state
                 await self._serve(rt, task_status)

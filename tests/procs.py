@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +64,21 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.kill()
         self._log.close()
+
+
+@contextmanager
+def workers(target: str, redis_url: str, prefix: str, count: int,
+            **env: str) -> Iterator[list[WorkerProcess]]:
+    """``count`` worker processes, started and ready; killed on the way out. The list may be
+    changed inside the block (a test replacing a dead worker): whatever it holds is closed."""
+    procs = [WorkerProcess(target, redis_url, prefix, env=env) for _ in range(count)]
+    try:
+        for proc in procs:
+            proc.wait_for("ready:")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.close()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0

@@ -10,8 +10,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 
@@ -22,21 +21,16 @@ from asyncjobs._embedded import RedisServer
 from .apps import basic
 from .conftest import Backend, need_redis_server
 from .procs import WorkerProcess
+from .procs import workers as procs_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 TARGET = "tests.apps.basic:worker"
 
 
-@contextmanager
-def workers(url: str, prefix: str, count: int, **env: str) -> Iterator[list[WorkerProcess]]:
-    procs = [WorkerProcess(TARGET, url, prefix, env=env) for _ in range(count)]
-    try:
-        for proc in procs:
-            proc.wait_for("ready:")
-        yield procs
-    finally:
-        for proc in procs:
-            proc.close()
+def workers(
+    url: str, prefix: str, count: int, **env: str
+) -> AbstractContextManager[list[WorkerProcess]]:
+    return procs_workers(TARGET, url, prefix, count, **env)
 
 
 async def runs_of(pool: asyncjobs.Pool, prefix: str, ids: list[str]) -> list[int]:

@@ -339,3 +339,104 @@ async def test_a_draining_worker_keeps_its_heartbeat(backend: Backend,
         assert seen.stopping and seen.running == 1
         assert (datetime.now(UTC) - seen.last_beat).total_seconds() < 1.0
     assert await job.result(timeout=5) == "finished during shutdown"
+
+
+async def test_a_draining_worker_keeps_its_entries_so_nobody_steals_them(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    starts: list[str] = []
+
+    @asyncjobs.task(name="long_drain", timeout=30)
+    async def long_drain(ctx: Context) -> str:
+        starts.append(ctx.worker)
+        await asyncio.sleep(3.0)  # twice the claim timeout, all of it during the drain
+        return "finished once"
+
+    job = await pool.enqueue(long_drain)
+    leaving = backend.worker([long_drain], claim_timeout=1.5, shutdown_grace=20)
+    staying = running(backend, backend.worker([long_drain], claim_timeout=1.5))
+    async with running(backend, leaving):
+        while await job.status() is not JobState.RUNNING:
+            await asyncio.sleep(0.02)
+        assert starts == [leaving.name]
+        await staying.__aenter__()  # another worker with free slots, scanning to reclaim
+    # `leaving` has drained (~3 s, twice the claim timeout) while `staying` scanned.
+    try:
+        assert await job.result(timeout=10) == "finished once"
+    finally:
+        await staying.__aexit__()
+    assert starts == [leaving.name]
+
+
+async def test_a_second_stop_cancels_at_once_and_hands_the_job_back(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    @asyncjobs.task(name="stubborn", timeout=60)
+    async def stubborn(ctx: Context) -> None:
+        await asyncio.sleep(30)
+
+    job = await pool.enqueue(stubborn)
+    worker = backend.worker([stubborn], shutdown_grace=30)
+    loop = asyncio.get_running_loop()
+    async with running(backend, worker):
+        while await job.status() is not JobState.RUNNING:
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await asyncio.sleep(0.3)
+        began = loop.time()
+        worker.stop(now=True)  # a second Ctrl-C
+    assert loop.time() - began < 5.0  # not the 30 s grace
+    info = await job.info()
+    assert info.state is JobState.QUEUED and info.attempts == 0
+
+
+async def test_an_entry_with_a_non_utf8_job_id_is_dead_lettered(backend: Backend,
+                                                                 pool: asyncjobs.Pool) -> None:
+    stream = pool.keys("default").stream
+    await pool.client.xadd(stream, {b"i": b"\xff\xfe-not-utf8"})
+    fine = await pool.enqueue(add, 3, 4)
+    await burst(backend, [add])
+    assert await fine.result(timeout=5) == 7
+    [letter] = await dead(pool)
+    assert letter.reason.startswith("no job record for job id")
+    assert await pool.client.xlen(stream) == 0
+
+
+async def test_a_cancelled_error_raised_by_task_code_is_an_error(backend: Backend,
+                                                                 pool: asyncjobs.Pool) -> None:
+    @asyncjobs.task(name="awaits_a_cancelled_future", max_tries=1)
+    async def awaits_a_cancelled_future(ctx: Context) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future  # raises CancelledError although nobody cancelled this task
+
+    job = await pool.enqueue(awaits_a_cancelled_future)
+    await burst(backend, [awaits_a_cancelled_future])
+    with pytest.raises(asyncjobs.JobFailed) as caught:
+        await job.result(timeout=5)
+    assert caught.value.type == "asyncio.exceptions.CancelledError"
+
+
+async def test_a_job_cancelled_before_its_first_step_gives_its_slot_back(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    from asyncjobs import _executor
+
+    @asyncjobs.task(name="quick")
+    async def quick(ctx: Context) -> int:
+        return 1
+
+    original = _executor.Executor.start
+
+    def start_then_abort(self: Any, queue: str, started: Any) -> None:
+        original(self, queue, started)
+        self.cancel(self.running[(queue, started.delivery.entry)], "abort")  # same step
+
+    jobs = [await pool.enqueue(quick) for _ in range(3)]
+    _executor.Executor.start = start_then_abort  # type: ignore[method-assign]
+    try:
+        await burst(backend, [quick], concurrency=1)  # one slot: a leak would hang here
+    finally:
+        _executor.Executor.start = original  # type: ignore[method-assign]
+    for job in jobs:
+        assert await job.status() is JobState.ABORTED

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 import pytest
@@ -17,22 +16,16 @@ from asyncjobs import JobState
 from .apps import crons
 from .conftest import Backend
 from .procs import WorkerProcess
+from .procs import workers as procs_workers
 
 pytestmark = [pytest.mark.asyncio]
 TARGET = "tests.apps.crons:worker"
 
 
-@contextmanager
-def workers(backend: Backend, count: int, **env: str) -> Iterator[list[WorkerProcess]]:
-    procs = [WorkerProcess(TARGET, backend.url or "", backend.prefix, env=env)
-             for _ in range(count)]
-    try:
-        for proc in procs:
-            proc.wait_for("ready:")
-        yield procs
-    finally:
-        for proc in procs:
-            proc.close()
+def workers(
+    backend: Backend, count: int, **env: str
+) -> AbstractContextManager[list[WorkerProcess]]:
+    return procs_workers(TARGET, backend.url or "", backend.prefix, count, **env)
 
 
 def tick_seconds(ids: set[bytes]) -> list[int]:

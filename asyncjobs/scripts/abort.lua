@@ -16,10 +16,8 @@ if state == 'scheduled' or state == 'queued' then
   else
     redis.call('XDEL', KEYS[2], redis.call('HGET', key, 'e'))
   end
-  redis.call('HSET', key, 's', 'aborted', 'et', now_ms())
-  redis.call('EXPIRE', key, tonumber(ARGV[4]))
   redis.call('HINCRBY', KEYS[4], 'aborted', 1)
-  redis.call('PUBLISH', ARGV[2], 'aborted')
+  finish(key, ARGV[2], 'aborted', now_ms(), tonumber(ARGV[4]))
 elseif state == 'running' then
   redis.call('HSET', key, 'ab', '1')
   redis.call('PUBLISH', ARGV[3], id)

@@ -1,23 +1,21 @@
 -- Hand entries back at shutdown: each one this consumer still holds is acknowledged,
 -- deleted and added again at the stream's end, so any worker can take it at once instead
--- of waiting for the claim timeout. An attempt that had started is not counted.
+-- of waiting for the claim timeout. An attempt this worker had started (the record says it
+-- runs here) is not counted against the job's tries.
 --
 -- KEYS[1] stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix
--- ARGV[4..] triples: entry id, job id ('' if unknown: read from the entry), started (1|0)
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4..] entry ids
 -- Returns the number of entries handed back.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local count = 0
-for i = 4, #ARGV, 3 do
-  local entry, id, started = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0 then
+for i = 4, #ARGV do
+  local entry = ARGV[i]
+  if held_by(stream, group, entry, consumer) then
     local found = redis.call('XRANGE', stream, entry, entry)
     local fields = found[1] and found[1][2] or {}
-    for f = 1, #fields, 2 do
-      if id == '' and fields[f] == 'i' then id = fields[f + 1] end
-    end
+    local id = job_id_of(fields)
     local key = ARGV[3] .. id
-    local rec = id ~= '' and redis.call('HMGET', key, 'e', 's') or {}
+    local rec = id ~= '' and redis.call('HMGET', key, 'e', 's', 'w', 'q') or {}
     local live = rec[1] == entry and (rec[2] == 'running' or rec[2] == 'queued')
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
@@ -26,11 +24,13 @@ for i = 4, #ARGV, 3 do
     if (live or not rec[2]) and #fields > 0 then
       local fresh = redis.call('XADD', stream, '*', unpack(fields))
       if live then
-        if not redis.call('HGET', key, 'q') then  -- never started: keep its enqueue time
-          redis.call('HSET', key, 'q', string.match(entry, '^(%d+)'))
+        if not rec[4] then  -- never started: keep its enqueue time
+          redis.call('HSET', key, 'q', entry_ms(entry))
         end
         redis.call('HSET', key, 's', 'queued', 'e', fresh)
-        if started == '1' then redis.call('HINCRBY', key, 'a', -1) end
+        if rec[2] == 'running' and rec[3] == consumer then
+          redis.call('HINCRBY', key, 'a', -1)
+        end
       end
     end
     count = count + 1

@@ -16,9 +16,7 @@ for _, id in ipairs(due) do
   local rec = redis.call('HMGET', key, 's', 'x')
   if rec[1] == 'scheduled' then
     if rec[2] and now >= tonumber(rec[2]) then
-      redis.call('HSET', key, 's', 'expired', 'et', now)
-      redis.call('EXPIRE', key, tonumber(ARGV[4]))
-      redis.call('PUBLISH', ARGV[3] .. id, 'expired')
+      finish(key, ARGV[3] .. id, 'expired', now, tonumber(ARGV[4]))
       expired = expired + 1
     else
       local entry = redis.call('XADD', KEYS[1], '*', 'i', id)

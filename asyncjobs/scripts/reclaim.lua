@@ -9,15 +9,12 @@ local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARG
   'COUNT', ARGV[4])
 local out = {}
 for _, item in ipairs(claimed[2]) do
-  local entry, fields = item[1], item[2]
-  local id = ''
-  if type(fields) == 'table' then
-    for f = 1, #fields, 2 do
-      if fields[f] == 'i' then id = fields[f + 1] end
-    end
+  -- Redis 6.2 lists an entry deleted while pending as nil here (7.0 drops it from the PEL).
+  if type(item) == 'table' then
+    local entry, id = item[1], job_id_of(item[2])
+    local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+    local deliveries = info[1] and info[1][4] or 1
+    out[#out + 1] = {entry, id, deliveries}
   end
-  local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
-  local deliveries = info[1] and info[1][4] or 1
-  out[#out + 1] = {entry, id, deliveries}
 end
 return {claimed[1], out}

@@ -19,24 +19,10 @@ local now = now_ms()
 local out = {}
 local counts = {}
 
-local function final(key, id, state, ttl, result)
-  if result then
-    redis.call('HSET', key, 's', state, 'et', now, 'r', result)
-  else
-    redis.call('HSET', key, 's', state, 'et', now)
-  end
-  if ttl > 0 then
-    redis.call('EXPIRE', key, ttl)
-  elseif ttl == 0 then
-    redis.call('DEL', key)
-  end
-  redis.call('PUBLISH', ARGV[4] .. id, state)
-end
-
 for b = 6, #ARGV, 6 do
   local entry, id, outcome = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local payload, number, history = ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5]
-  if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 0 then
+  if not held_by(stream, group, entry, consumer) then
     out[#out + 1] = 0
   else
     local fields = nil
@@ -51,7 +37,7 @@ for b = 6, #ARGV, 6 do
       redis.call('HSET', key, 'h', history)
     end
     if outcome == 'complete' then
-      final(key, id, 'complete', number, payload)
+      finish(key, ARGV[4] .. id, 'complete', now, number, payload)
     elseif outcome == 'retry' then
       local due = now + number
       redis.call('HSET', key, 's', 'scheduled', 'd', due)
@@ -61,9 +47,9 @@ for b = 6, #ARGV, 6 do
       local dead = redis.call('XADD', KEYS[3], '*', 'i', id, 'r', payload, 't', now)
       redis.call('HSET', key, 'dl', payload, 'de', dead)
       redis.call('PERSIST', key)
-      final(key, id, 'failed', -1)
+      finish(key, ARGV[4] .. id, 'failed', now, -1)
     elseif outcome == 'expired' or outcome == 'aborted' then
-      final(key, id, outcome, number)
+      finish(key, ARGV[4] .. id, outcome, now, number)
     elseif outcome == 'garbage' then
       local dead = {'i', id, 'r', payload, 't', now, 'entry', entry}
       for f = 1, #fields do dead[#dead + 1] = fields[f] end

@@ -14,12 +14,7 @@ end
 local now = now_ms()
 local out = {}
 for _, item in ipairs(entries) do
-  local entry, fields, id = item[1], item[2], ''
-  if type(fields) == 'table' then
-    for f = 1, #fields, 2 do
-      if fields[f] == 'i' then id = fields[f + 1] end
-    end
-  end
+  local entry, id = item[1], job_id_of(item[2])
   local row = start_entry(entry, id, ARGV[2], ARGV[4], now)
   out[#out + 1] = {entry, id, row[1], row[2], row[3], row[4], row[5], row[6]}
 end

@@ -9,7 +9,7 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local owned, lost, aborted = {}, {}, {}
 for i = 4, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
-  if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 0 then
+  if not held_by(stream, group, entry, consumer) then
     lost[#lost + 1] = entry
   else
     owned[#owned + 1] = entry

@@ -1,6 +1,7 @@
--- Shared prelude (prepended to every script by _scripts.py): the Redis clock in ms.
--- Every timestamp asyncjobs stores comes from here, so producers and workers on hosts
--- with skewed clocks still agree on due times, expiry and latency.
+-- Shared prelude, prepended to every script by _scripts.py: the Redis clock, and the
+-- steps several scripts take. Every timestamp asyncjobs stores comes from now_ms(), so
+-- producers and workers on hosts with skewed clocks still agree on due times, expiry and
+-- latency.
 local unpack = unpack or table.unpack
 
 local function now_ms()
@@ -14,6 +15,37 @@ local function wake_if_first(delayed, channel, id, due)
   if first[1] == id then
     redis.call('PUBLISH', channel, due)
   end
+end
+
+-- End a job: its final state, end time (and result); the record's TTL (0: drop it at once;
+-- negative: keep it until purged); a notice to whoever waits for the job.
+local function finish(key, channel, state, now, ttl, result)
+  if result then
+    redis.call('HSET', key, 's', state, 'et', now, 'r', result)
+  else
+    redis.call('HSET', key, 's', state, 'et', now)
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  elseif ttl == 0 then
+    redis.call('DEL', key)
+  end
+  redis.call('PUBLISH', channel, state)
+end
+
+-- True while `entry` is pending for `consumer` (nobody has taken it over).
+local function held_by(stream, group, entry, consumer)
+  return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
+end
+
+-- The job id an entry carries in its `i` field ('' if none).
+local function job_id_of(fields)
+  if type(fields) == 'table' then
+    for f = 1, #fields, 2 do
+      if fields[f] == 'i' then return fields[f + 1] end
+    end
+  end
+  return ''
 end
 
 -- The ms part of a stream entry id ("1795276503766-0" -> 1795276503766), or 0.
