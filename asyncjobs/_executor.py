@@ -56,7 +56,7 @@ class Running:
         self.queue = queue
         self.delivery = delivery
         self.job_id = delivery.job_id
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[SettleOp | None] | None = None
         self.cancel_reason = ""
         self.entered = False
         self.started = False
