@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from ._keys import GROUP
-from ._model import JobInfo, JobState, from_ms
+from ._model import JobInfo, from_ms
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -181,32 +181,16 @@ class Admin:
         return await self.requeue(ids, queue)
 
     async def purge_dead(self, queue: str | None = None) -> int:
-        """Delete every dead letter and the records of those dead jobs; returns how many."""
-        keys = self.pool.keys(queue or self.pool.default_queue)
+        """Delete every dead letter and the records of those dead jobs; returns how many.
+        A job requeued meanwhile keeps its record (checked and deleted in one step)."""
+        store = self.pool.store(queue or self.pool.default_queue)
         letters = await self.dead_letters(queue, limit=1_000_000, newest_first=False)
-        records = [keys.job(d.job_id) for d in letters if d.job_id]
-
-        async def states() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for record in records:
-                pipe.hget(record, "s")
-            return list(await pipe.execute())
-
-        failed = JobState.FAILED.value.encode()
-        doomed = [r for r, state in zip(records, await self.pool.call(states), strict=True)
-                  if state == failed]
-
-        async def delete() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for record in doomed:
-                pipe.delete(record)
-            for letter in letters:
-                pipe.xdel(keys.dead, letter.entry)
-            await pipe.execute()
-
-        if letters:
-            await self.pool.call(delete)
-        return len(letters)
+        pairs = [(d.entry, d.job_id) for d in letters]
+        deleted = 0
+        for start in range(0, len(pairs), 500):
+            chunk = pairs[start : start + 500]
+            deleted += await self.pool.call(functools.partial(store.purge_dead, chunk))
+        return deleted
 
 
 def _dead_letter(entry: Any, raw: dict[Any, Any]) -> DeadLetter:

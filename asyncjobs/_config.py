@@ -42,20 +42,30 @@ class WorkerConfig:
         if self.max_deliveries < 1:
             raise ConfigurationError("max_deliveries must be >= 1")
 
+    # A dead worker's last refresh is at most C/6 before it died; its entries are claimable
+    # C/2 after that refresh; a scan runs at most C/4 after it is due, and a blocking read
+    # (capped at C/4) can delay that check by C/4: so its jobs start again within C.
+
     @property
     def keepalive_every_s(self) -> float:
-        """Held entries are refreshed this often: well inside the reclaim threshold."""
-        return self.claim_timeout_s / 5
+        """Held entries are refreshed this often: three times within the reclaim threshold."""
+        return self.claim_timeout_s / 6
 
     @property
     def reclaim_idle_s(self) -> float:
         """Entries idle longer than this belong to a stopped worker."""
-        return self.claim_timeout_s * 2 / 3
+        return self.claim_timeout_s / 2
 
     @property
     def reclaim_every_s(self) -> float:
-        """Reclaim scans run this often, so recovery takes at most the claim timeout."""
-        return self.claim_timeout_s / 3
+        """Reclaim scans are due this often (reads block at most this long too)."""
+        return self.claim_timeout_s / 4
+
+    @property
+    def reclaim_hold_s(self) -> float:
+        """After an outage, no reclaim for this long: live workers refresh their entries
+        first (their first refresh comes within one keep-alive interval)."""
+        return self.keepalive_every_s * 2 + 1.0
 
     @property
     def read_batch(self) -> int:

@@ -342,7 +342,7 @@ class Executor:
 
     async def _report_progress(self, queue: str, job_id: str, value: float, message: str) -> None:
         data = encode_progress(Progress(value, message[:500], _now_ms()))
-        await self.rt.client.hset(self.rt.stores[queue].keys.job(job_id), "p", data)
+        await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
 
 
 def _task_name(st: Started) -> str:

@@ -33,8 +33,7 @@ class _Reclaimer:
 
     def is_due(self) -> bool:
         # After an outage, let live workers refresh their entries before taking any.
-        settle_s = self.rt.config.keepalive_every_s * 2
-        if time.monotonic() < self.due or self.rt.outage.recent(settle_s):
+        if time.monotonic() < self.due or self.rt.outage.recent(self.rt.config.reclaim_hold_s):
             return False
         self.due = time.monotonic() + self.rt.config.reclaim_every_s
         return True
@@ -112,6 +111,9 @@ async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], tak
                  started: list[Started] | None = None) -> None:
     """Start deliveries (unless already started) and dispatch them; give back the slots
     not used."""
+    # A reclaim can return this worker's own entries (a reply it never got): one that
+    # already runs here is not started twice.
+    got = [d for d in got if (queue, d.entry) not in ex.running]
     try:
         if not started:
             started = await rt.stores[queue].start(rt.consumer, got) if got else []

@@ -84,6 +84,8 @@ def cron(
         when = Every(timedelta(seconds=to_seconds(every, "every") or 0))
     ref = as_task(task)
     job_name = name or ref.name
+    if job_name.endswith(":job"):
+        raise ValueError(f"cron name {job_name!r}: a name may not end with ':job'")
     timeout_s = to_seconds(timeout, "timeout")
     spec = JobSpec(ref.name, list(args), dict(kwargs or {}), timeout_s=timeout_s)
     return CronJob(

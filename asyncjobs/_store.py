@@ -229,8 +229,21 @@ class QueueStore:
 
     async def cron_cursors(self) -> dict[str, int]:
         """Last tick handled (ms) per cron job name."""
-        raw = await self.client.hgetall(self.keys.cron)
-        return {_str(k): int(v) for k, v in raw.items() if b":" not in k}
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.cron)  # type: ignore[assignment]
+        # Fields '<name>:job' hold the last tick's job id; the others are cursors.
+        return {_str(k): int(v) for k, v in raw.items() if not _str(k).endswith(":job")}
+
+    async def progress(self, job_id: str, data: bytes, consumer: str) -> bool:
+        """Record a running attempt's progress; False if the job no longer runs here."""
+        keys: list[s.KeyOrArg] = [self.keys.job(job_id)]
+        return bool(await s.load(s.PROGRESS)(self.client, keys, [data, consumer]))
+
+    async def purge_dead(self, letters: Sequence[tuple[str, str]]) -> int:
+        """Delete dead letters (entry id, job id) and the records still dead as that letter."""
+        args: list[s.KeyOrArg] = [self.keys.job_prefix]
+        for entry, job_id in letters:
+            args += [entry, job_id]
+        return int(await s.load(s.PURGE)(self.client, [self.keys.dead], args))
 
     async def prune_consumers(self, min_idle_ms: int, keep: str) -> int:
         """Delete consumers idle for ``min_idle_ms`` that hold nothing; returns how many."""

@@ -225,12 +225,26 @@ class Worker:
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
                      ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
             task_status.started(self)
-            await rt.stopping.wait()
-            fetching.cancel()
-            for scheduler in schedulers:
-                await scheduler.release()
-            await drain(rt, ex, settler, settling, now=self._now)
+            try:
+                await rt.stopping.wait()
+            except BaseException:
+                # Cancelled from outside (an app's task group, say): stop at once, but still
+                # record what finished and hand back what runs, shielded from the cancel.
+                rt.stopping.set()
+                rt.hurry.set()
+                with anyio.CancelScope(shield=True):
+                    await self._wind_down(rt, ex, settler, settling, fetching, schedulers)
+                raise
+            await self._wind_down(rt, ex, settler, settling, fetching, schedulers)
             tg.cancel_scope.cancel()
+
+    async def _wind_down(self, rt: Runtime, ex: Executor, settler: Settler,
+                         settling: asyncio.Task[None], fetching: anyio.CancelScope,
+                         schedulers: list[Scheduler]) -> None:
+        fetching.cancel()
+        for scheduler in schedulers:
+            await scheduler.release()
+        await drain(rt, ex, settler, settling, now=self._now)
 
     def _metrics(self, rt: Runtime) -> WorkerMetrics:
         from .metrics import WorkerMetrics

@@ -440,3 +440,59 @@ async def test_a_job_cancelled_before_its_first_step_gives_its_slot_back(
         _executor.Executor.start = original  # type: ignore[method-assign]
     for job in jobs:
         assert await job.status() is JobState.ABORTED
+
+
+async def test_cancelling_the_worker_task_still_hands_its_jobs_back(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    @asyncjobs.task(name="held_on_cancel", timeout=60)
+    async def held_on_cancel(ctx: Context) -> None:
+        await asyncio.sleep(30)
+
+    job = await pool.enqueue(held_on_cancel)
+    worker = backend.worker([held_on_cancel], shutdown_grace=30)
+    runner = asyncio.create_task(backend.run(worker))  # an app running a worker in a task
+    while await job.status() is not JobState.RUNNING:
+        await asyncio.sleep(0.02)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 10)
+    info = await job.info()
+    assert info.state is JobState.QUEUED and info.attempts == 0
+    pending = await pool.client.xpending(pool.keys("default").stream, "asyncjobs")
+    assert pending["pending"] == 0
+
+
+async def test_progress_from_a_worker_that_lost_the_job_is_ignored(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    store = pool.store("default")
+    job = await pool.enqueue(add, 1, 1)
+    key = pool.keys("default").job(job.id)
+    await pool.client.hset(key, mapping={"s": "running", "w": "worker-a"})
+    report = b"\x93\xcb?\xe0\x00\x00\x00\x00\x00\x00\xa0\x00"  # Progress(0.5, "", 0)
+    assert await store.progress(job.id, report, "worker-a")
+    assert not await store.progress(job.id, b"late", "worker-b")  # not running there
+    await pool.client.delete(key)
+    assert not await store.progress(job.id, b"late", "worker-a")
+    assert await pool.client.exists(key) == 0  # no record recreated
+
+
+async def test_purge_keeps_the_record_of_a_job_requeued_meanwhile(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    @asyncjobs.task(name="always_fails", max_tries=1)
+    async def always_fails(ctx: Context) -> None:
+        raise RuntimeError("no")
+
+    gone, back = await pool.enqueue(always_fails), await pool.enqueue(always_fails)
+    await burst(backend, [always_fails])
+    letters = await dead(pool)
+    assert await pool.admin.requeue([back.id]) == {back.id: "queued"}
+    # A purge that listed the letters before the requeue must not delete `back`'s record.
+    store = pool.store("default")
+    pairs = [(d.entry, d.job_id) for d in letters]
+    assert await store.purge_dead(pairs) == 1  # `back`'s letter went with the requeue
+    assert await back.status() is JobState.QUEUED
+    with pytest.raises(asyncjobs.JobNotFound):
+        await gone.status()

@@ -11,10 +11,10 @@ from datetime import datetime
 import pytest
 
 import asyncjobs
-from asyncjobs import JobState
+from asyncjobs import Context, JobState
 
 from .apps import crons
-from .conftest import Backend
+from .conftest import Backend, running
 from .procs import WorkerProcess
 from .procs import workers as procs_workers
 
@@ -149,3 +149,21 @@ async def test_expired_at_promotion_is_logged_and_counted(
     await backend.run(backend.worker([crons.delayed], burst=True))
     assert await job.status() is JobState.EXPIRED
     assert re.search(r"expired 1 job\(s\) on queue default before", caplog.text)
+
+
+async def test_a_cron_name_with_a_colon_fires(backend: Backend, pool: asyncjobs.Pool) -> None:
+    ticks: list[str] = []
+
+    @asyncjobs.task(name="report")
+    async def report(ctx: Context) -> None:
+        ticks.append(ctx.job_id)
+
+    job = asyncjobs.cron(report, every=0.2, name="reports:daily", no_overlap=True)
+    async with running(backend, backend.worker([report], cron=[job])):
+        for _ in range(100):
+            if len(ticks) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert len(ticks) >= 2 and all(t.startswith("cron:reports:daily:") for t in ticks)
+    with pytest.raises(ValueError, match="may not end with ':job'"):
+        asyncjobs.cron(report, every=1, name="nightly:job")
