@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,16 +19,25 @@ import anyio.to_thread
 import msgspec
 
 from ._codec import (
-    decode_errors,
     decode_spec,
-    encode_errors,
     encode_progress,
     encode_value,
-    error_info,
 )
 from ._context import Context
 from ._middleware import Invoke, Observer
 from ._model import ErrorInfo, JobSpec, Progress
+from ._outcomes import (
+    after_attempt,
+    dead,
+    ended,
+    first,
+    garbage,
+    history_of,
+    log_end,
+    log_start,
+    now_ms,
+    task_name,
+)
 from ._retry import Action, Decision, RetryPolicy, decide
 from ._runner import Outcome, await_attempt
 from ._runtime import Runtime, Slots
@@ -185,54 +192,55 @@ class Executor:
             self.settler.submit(running.queue, op, functools.partial(self._forget, running))
 
     def _cancelled(self, running: Running, started: Started) -> SettleOp | None:
-        self._emit("aborted" if running.cancel_reason == "abort" else "interrupted",
-                   running.queue, _task_name(started), 0.0)
+        name = task_name(started)
         if running.cancel_reason == "abort":
-            _log_end("aborted", running, started.attempts, 0.0, "")
-            return SettleOp(started.delivery.entry, running.job_id, "aborted",
-                            number=self._ttl(None, None, aborted=True))
-        _log_end("interrupted", running, started.attempts, 0.0, f" reason={running.cancel_reason}")
+            self._emit("aborted", running.queue, name, 0.0)
+            log_end("aborted", running.job_id, name, running.queue, started.attempts, 0.0)
+            return ended(started.delivery, "aborted")
+        self._emit("interrupted", running.queue, name, 0.0)
+        log_end("interrupted", running.job_id, name, running.queue, started.attempts, 0.0,
+                f" reason={running.cancel_reason}")
         return None
 
     async def _attempt(self, running: Running, st: Started) -> SettleOp:
-        d = st.delivery
+        """Check what start.lua said and what the job carries, then run it."""
+        queue = running.queue
         if st.verdict == "stale":
-            return SettleOp(d.entry, d.job_id, "ack")
+            return SettleOp(st.delivery.entry, st.delivery.job_id, "ack")
         if st.verdict == "missing":
-            self._emit("failed", running.queue, "", 0.0)
-            reason = f"no job record for job id {d.job_id!r}" if d.job_id else "entry has no job id"
-            log.error("job dead-lettered entry=%s queue=%s reason=%s", d.entry, running.queue,
-                      reason)
-            return SettleOp(d.entry, d.job_id, "garbage", reason)
+            self._emit("failed", queue, "", 0.0)
+            return garbage(st.delivery)
         if st.verdict in ("expired", "aborted"):
-            self._emit(st.verdict, running.queue, _task_name(st), 0.0)
-            _log_end(st.verdict, running, st.attempts, 0.0, "")
-            return SettleOp(d.entry, d.job_id, st.verdict, number=self._ttl(None, None, True))
+            name = task_name(st)
+            self._emit(st.verdict, queue, name, 0.0)
+            log_end(st.verdict, running.job_id, name, queue, st.attempts, 0.0)
+            return ended(st.delivery, st.verdict)
         try:
             spec = decode_spec(st.spec)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return self._dead(running, st, (), "asyncjobs.UndecodablePayload",
-                              f"the job's payload cannot be decoded: {exc}")
-        history = _decode_history(st.history)
-        if d.deliveries > 1:
-            lost = ("an earlier delivery ended without a result: its worker stopped (killed, "
-                    "crashed, or lost Redis)")
-            history += (ErrorInfo("asyncjobs.WorkerLost", lost, "", st.attempts - 1, st.now_ms),)
+            return self._dead(st, (), "asyncjobs.UndecodablePayload",
+                              f"the job's payload cannot be decoded: {exc}", queue)
+        history = history_of(st)
         task = self.rt.tasks.get(spec.task)
         if task is None:
             known = ", ".join(sorted(self.rt.tasks)) or "none"
-            return self._dead(running, st, history, "asyncjobs.UnknownTask",
-                              f"unknown task {spec.task!r} (this worker knows: {known})")
-        if d.deliveries > self.rt.config.max_deliveries:
-            return self._dead(running, st, history, "asyncjobs.PoisonJob",
-                              f"delivered {d.deliveries} times without finishing: the worker "
-                              "died or was killed each time it ran this job")
+            return self._dead(st, history, "asyncjobs.UnknownTask",
+                              f"unknown task {spec.task!r} (this worker knows: {known})", queue)
+        if st.delivery.deliveries > self.rt.config.max_deliveries:
+            return self._dead(st, history, "asyncjobs.PoisonJob",
+                              f"delivered {st.delivery.deliveries} times without finishing: the "
+                              "worker died or was killed each time it ran this job", queue)
         try:
             args, kwargs = task.converter.convert(spec.args, spec.kwargs)
         except msgspec.ValidationError as exc:
-            return self._dead(running, st, history, "asyncjobs.BadArguments",
-                              f"arguments do not match task {task.name!r}: {exc}")
+            return self._dead(st, history, "asyncjobs.BadArguments",
+                              f"arguments do not match task {task.name!r}: {exc}", queue)
         return await self._execute(running, st, spec, task, args, kwargs, history)
+
+    def _dead(self, st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
+              queue: str) -> SettleOp:
+        self._emit("failed", queue, task_name(st), 0.0)
+        return dead(st, history, kind, why, queue)
 
     async def _execute(
         self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
@@ -247,9 +255,7 @@ class Executor:
         )
         running.started = True
         self._emit("started", running.queue, task.name, 0.0)
-        if log.isEnabledFor(logging.INFO):
-            log.info("job started id=%s task=%s queue=%s attempt=%d", running.job_id,
-                     task.name, running.queue, st.attempts, extra=_extra(running, task.name, st))
+        log_start(running.job_id, task.name, running.queue, st.attempts)
         call = functools.partial(self._call, task, ctx, args, kwargs)
         timer = None
         if timeout:
@@ -267,39 +273,11 @@ class Executor:
             except SerializationError as exc:
                 outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
                 decision = Decision(Action.FAIL, reason="the result cannot be serialized")
-        return self._settle_op(running, st, spec, task, outcome, decision, payload, history)
-
-    def _settle_op(
-        self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
-        outcome: Outcome, decision: Decision, payload: bytes, history: tuple[ErrorInfo, ...],
-    ) -> SettleOp:
-        d, name = st.delivery, task.name
-        if outcome.error is not None:
-            history += (error_info(outcome.error, st.attempts, _now_ms()),)
-        hist = encode_errors(history) if history else b""
-        err = f" error={history[-1].type}: {history[-1].message}" if outcome.error else ""
         event = "complete" if decision.action is Action.COMPLETE else decision.action.value
-        self._emit(event, running.queue, name, outcome.duration_s)
-        if decision.action is Action.COMPLETE:
-            _log_end("complete", running, st.attempts, outcome.duration_s, "", name)
-            ttl = self._ttl(spec.result_ttl_s, task.result_ttl_s)
-            return SettleOp(d.entry, d.job_id, "complete", payload, ttl, hist)
-        if decision.action is Action.RETRY:
-            _log_end("retry", running, st.attempts, outcome.duration_s,
-                     f" retry_in={decision.delay_s:.3f}s{err}", name)
-            return SettleOp(d.entry, d.job_id, "retry", b"", round(decision.delay_s * 1000), hist)
-        _log_end("failed", running, st.attempts, outcome.duration_s,
-                 f" reason={decision.reason!r}{err}", name, logging.WARNING)
-        return SettleOp(d.entry, d.job_id, "failed", decision.reason, 0, hist)
-
-    def _dead(
-        self, running: Running, st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str
-    ) -> SettleOp:
-        history += (ErrorInfo(kind, why, "", st.attempts, st.now_ms),)
-        self._emit("failed", running.queue, _task_name(st), 0.0)
-        log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s",
-                  running.job_id, running.queue, st.attempts, why)
-        return SettleOp(st.delivery.entry, running.job_id, "failed", why, 0, encode_errors(history))
+        self._emit(event, running.queue, task.name, outcome.duration_s)
+        ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
+        return after_attempt(st, outcome, decision, payload, history, ttl, running.queue,
+                             task.name)
 
     async def _call(
         self, task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any]
@@ -323,15 +301,9 @@ class Executor:
         if found is None:
             cfg = self.rt.config
             found = (task.retry_policy(cfg.retry, spec.max_tries),
-                     _first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s))
+                     first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s))
             self._policies[key] = found
         return found
-
-    def _ttl(self, job: float | None, task: float | None, aborted: bool = False) -> int:
-        ttl = _first(job, task, self.rt.config.result_ttl_s)
-        if aborted:
-            ttl = max(ttl or 0, 3600.0)
-        return 0 if not ttl else max(1, math.ceil(ttl))
 
     def _emit(self, event: str, queue: str, task: str, duration_s: float) -> None:
         for observer in self._observers:
@@ -341,47 +313,5 @@ class Executor:
                 log.exception("observer %r failed on %s", observer, event)
 
     async def _report_progress(self, queue: str, job_id: str, value: float, message: str) -> None:
-        data = encode_progress(Progress(value, message[:500], _now_ms()))
+        data = encode_progress(Progress(value, message[:500], now_ms()))
         await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
-
-
-def _task_name(st: Started) -> str:
-    """The task name of a delivery, best effort (for events about jobs that did not run)."""
-    try:
-        return decode_spec(st.spec).task
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ""
-
-
-def _first(*values: float | None) -> float | None:
-    for value in values:
-        if value is not None:
-            return value
-    return None
-
-
-def _decode_history(raw: bytes) -> tuple[ErrorInfo, ...]:
-    try:
-        return decode_errors(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _extra(running: Running, task: str, st: Started) -> dict[str, Any]:
-    return {"job_id": running.job_id, "task": task, "queue": running.queue,
-            "attempt": st.attempts}
-
-
-def _log_end(
-    event: str, running: Running, attempt: int, duration_s: float, tail: str,
-    task: str = "", level: int = logging.INFO,
-) -> None:
-    if log.isEnabledFor(level):
-        log.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
-                running.job_id, task or "-", running.queue, attempt, duration_s, tail,
-                extra={"job_id": running.job_id, "task": task, "queue": running.queue,
-                       "attempt": attempt, "duration_s": duration_s, "outcome": event})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from ._codec import decode_errors, decode_progress, decode_spec, decode_value
-from ._model import ErrorInfo, JobInfo, JobState, Progress, from_ms
+from ._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
 from .exceptions import JobAborted, JobExpired, JobFailed, JobNotFound, ResultTimeout
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class Job(Generic[R]):
         """Abort the job. A queued or scheduled job never starts; a running one is cancelled
         within about a second. Returns False if the job had already ended."""
         state: str = await self._pool.call(
-            lambda: self._pool.store(self.queue).abort(self.id, self._pool.aborted_ttl_s)
+            lambda: self._pool.store(self.queue).abort(self.id, ENDED_TTL_S)
         )
         if state == "missing":
             raise JobNotFound(self.id, self.queue)

@@ -63,7 +63,8 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """Hash of counters: enqueued, complete, failed, retried, dead, expired, aborted."""
+        """Hash of counters: enqueued, complete, retry, failed (dead-lettered), expired,
+        aborted."""
         return f"{self.base}:stats"
 
     @property

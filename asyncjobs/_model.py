@@ -20,6 +20,7 @@ h     error history: msgpack list of ``ErrorInfo``, one per failed attempt
 ab    "1" once an abort was requested for a running job
 p     progress, msgpack ``Progress``
 dl    dead-letter reason
+de    the dead-letter stream entry id, while dead-lettered
 ====  ======================================================================
 """
 
@@ -31,6 +32,10 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+
+ENDED_TTL_S = 24 * 3600
+"""How long the record of an expired or aborted job is kept (complete: the result TTL;
+failed: until purged)."""
 
 
 class JobState(StrEnum):

@@ -70,7 +70,6 @@ class Pool:
         self.prefix = check_name("prefix", prefix)
         self.default_queue = check_name("queue name", queue)
         self.retry_for_s = retry_for
-        self.aborted_ttl_s = 24 * 3600
         self.description = description
         self.global_keys = GlobalKeys(prefix)
         self._owns_client = owns_client

@@ -23,7 +23,7 @@ from typing import Any
 from ._codec import encode_spec
 from ._cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
 from ._leader import Lease
-from ._model import JobSpec, from_ms, to_ms
+from ._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
 from ._runtime import OUTAGE_ERRORS, Runtime, transient
 from ._task import Seconds, Task, as_task, to_seconds
 
@@ -143,7 +143,7 @@ class Scheduler:
 
     async def _act(self) -> float:
         """Promote due jobs and fire due cron ticks; returns seconds until the next due."""
-        ttl = max(1, math.ceil(self.rt.config.result_ttl_s or 3600))
+        ttl = ENDED_TTL_S
         while True:
             if not self.lease.held:
                 return 0.0

@@ -156,18 +156,15 @@ class QueueStore:
         ]
 
     def settle_call(self, consumer: str, ops: Sequence[SettleOp]) -> s.Call:
-        """The settle.lua call for a batch of finished attempts (run it with ``settle``)."""
+        """The settle.lua call for a batch of finished attempts (the settler pipelines the
+        calls of every queue into one round trip); per op, 1 if settled, 0 if the entry is
+        no longer this consumer's."""
         k = self.keys
         args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),
                                   k.wake_channel]
         for op in ops:
             args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
         return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats], args)
-
-    async def settle(self, consumer: str, ops: Sequence[SettleOp]) -> list[bool]:
-        """Record outcomes; per op True if settled, False if the entry is no longer ours."""
-        script, keys, args = self.settle_call(consumer, ops)
-        return [bool(x) for x in await script(self.client, keys, args)]
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"

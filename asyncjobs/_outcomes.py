@@ -1,0 +1,122 @@
+"""What to record about a delivery, and the job log lines: pure functions, no Redis.
+
+The executor runs attempts; these turn what happened (start.lua's verdict, an attempt's
+outcome and the retry decision) into the one settle operation that records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import msgspec
+
+from ._codec import decode_errors, decode_spec, encode_errors, error_info
+from ._model import ENDED_TTL_S, ErrorInfo
+from ._retry import Action, Decision
+from ._runner import Outcome
+from ._store import Delivery, SettleOp, Started
+
+log = logging.getLogger("asyncjobs.worker")
+
+WORKER_LOST = ("an earlier delivery ended without a result: its worker stopped (killed, "
+               "crashed, or lost Redis)")
+
+
+def now_ms() -> int:
+    """The local clock in ms (error timestamps; Redis keeps the authoritative times)."""
+    return int(time.time() * 1000)
+
+
+def first(*values: float | None) -> float | None:
+    """The first value that is not None."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def record_ttl(seconds: float | None) -> int:
+    """A record TTL in whole seconds: 0 (drop the record at once) stays 0."""
+    return 0 if not seconds else max(1, math.ceil(seconds))
+
+
+def task_name(st: Started) -> str:
+    """The task name of a delivery, best effort (for events about jobs that did not run)."""
+    try:
+        return decode_spec(st.spec).task
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+def history_of(st: Started) -> tuple[ErrorInfo, ...]:
+    """Earlier attempts' errors, plus a WorkerLost entry when this is a redelivery."""
+    try:
+        history = decode_errors(st.history)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        history = ()
+    if st.delivery.deliveries > 1:
+        history += (ErrorInfo("asyncjobs.WorkerLost", WORKER_LOST, "", st.attempts - 1,
+                              st.now_ms),)
+    return history
+
+
+def ended(d: Delivery, state: str) -> SettleOp:
+    """An expired or aborted job: its record is kept a day, so the ending stays visible."""
+    return SettleOp(d.entry, d.job_id, state, number=ENDED_TTL_S)
+
+
+def garbage(d: Delivery) -> SettleOp:
+    """An entry without a usable job record: its raw fields go to the dead letters."""
+    reason = f"no job record for job id {d.job_id!r}" if d.job_id else "entry has no job id"
+    log.error("job dead-lettered entry=%s reason=%s", d.entry, reason)
+    return SettleOp(d.entry, d.job_id, "garbage", reason)
+
+
+def dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
+         queue: str) -> SettleOp:
+    """A job dead-lettered before running (undecodable, unknown task, poison, bad args)."""
+    history += (ErrorInfo(kind, why, "", st.attempts, st.now_ms),)
+    d = st.delivery
+    log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s", d.job_id, queue,
+              st.attempts, why)
+    return SettleOp(d.entry, d.job_id, "failed", why, 0, encode_errors(history))
+
+
+def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: bytes,
+                  history: tuple[ErrorInfo, ...], result_ttl_s: float | None,
+                  queue: str, task: str) -> SettleOp:
+    """Record an attempt that ran: complete, retry later, or dead-letter."""
+    d = st.delivery
+    if outcome.error is not None:
+        history += (error_info(outcome.error, st.attempts, now_ms()),)
+    hist = encode_errors(history) if history else b""
+    err = f" error={history[-1].type}: {history[-1].message}" if outcome.error else ""
+    line = (d.job_id, task, queue, st.attempts, outcome.duration_s)
+    if decision.action is Action.COMPLETE:
+        log_end("complete", *line)
+        return SettleOp(d.entry, d.job_id, "complete", payload, record_ttl(result_ttl_s), hist)
+    if decision.action is Action.RETRY:
+        log_end("retry", *line, tail=f" retry_in={decision.delay_s:.3f}s{err}")
+        return SettleOp(d.entry, d.job_id, "retry", b"", round(decision.delay_s * 1000), hist)
+    log_end("failed", *line, tail=f" reason={decision.reason!r}{err}", level=logging.WARNING)
+    return SettleOp(d.entry, d.job_id, "failed", decision.reason, 0, hist)
+
+
+def log_start(job_id: str, task: str, queue: str, attempt: int) -> None:
+    """The line logged when an attempt starts."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("job started id=%s task=%s queue=%s attempt=%d", job_id, task, queue, attempt,
+                 extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
+
+
+def log_end(event: str, job_id: str, task: str, queue: str, attempt: int, duration_s: float,
+            tail: str = "", level: int = logging.INFO) -> None:
+    """The line logged when an attempt (or a job that never ran) ends."""
+    if log.isEnabledFor(level):
+        extra: dict[str, Any] = {"job_id": job_id, "task": task, "queue": queue,
+                                 "attempt": attempt, "duration_s": duration_s, "outcome": event}
+        log.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
+                job_id, task or "-", queue, attempt, duration_s, tail, extra=extra)
