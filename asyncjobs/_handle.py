@@ -102,7 +102,8 @@ class Job(Generic[R]):
         if current is JobState.ABORTED:
             raise JobAborted(self.id, f"job {self.id} was aborted")
         if current is JobState.EXPIRED:
-            raise JobExpired(self.id, f"job {self.id} expired before it started")
+            raise JobExpired(self.id, f"job {self.id} expired: no attempt may start after its "
+                                      "expiry time")
         return None
 
     async def abort(self) -> bool:

@@ -124,7 +124,8 @@ class JobAborted(JobError):
 
 
 class JobExpired(JobError):
-    """The job was not started before its expiry time, so it never ran."""
+    """The job reached its expiry time before an attempt could start (the first one, or a
+    retry): no attempt starts after it."""
 
     state = "expired"
 

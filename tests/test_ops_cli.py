@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,16 @@ def cli(backend: Backend, *args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def as_json(done: tuple[int, str, str]) -> Any:
+    """The JSON a command printed; on failure, show everything it printed."""
+    code, out, err = done
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError as exc:
+        shown = f"stdout:\n{out}\nstderr:\n{err}"
+        raise AssertionError(f"not JSON (exit {code}): {exc}\n{shown}") from exc
+
+
 def burst(backend: Backend) -> None:
     proc = WorkerProcess("tests.apps.basic:worker", backend.url or "", backend.prefix, "--burst")
     try:
@@ -27,18 +38,15 @@ def burst(backend: Backend) -> None:
 
 
 def test_enqueue_job_and_info(real: Backend) -> None:
-    code, out, err = cli(real, "enqueue", "add", "--arg", "40", "--kwarg", "b=2", "--json")
-    assert code == 0, err
-    job_id = json.loads(out)["job_id"]
-    assert json.loads(out)["state"] == "queued"
-    code, out, _ = cli(real, "info", "--json")
-    queue = json.loads(out)["queues"][0]
+    enqueued = as_json(cli(real, "enqueue", "add", "--arg", "40", "--kwarg", "b=2", "--json"))
+    job_id = enqueued["job_id"]
+    assert enqueued["state"] == "queued"
+    queue = as_json(cli(real, "info", "--json"))["queues"][0]
     assert (queue["queue"], queue["waiting"], queue["in_flight"]) == ("default", 1, 0)
     assert queue["oldest_waiting_s"] is not None
     burst(real)
-    code, out, _ = cli(real, "job", job_id, "--json")
-    record = json.loads(out)
-    assert (code, record["state"], record["result"], record["args"]) == (0, "complete", 42, [40])
+    record = as_json(cli(real, "job", job_id, "--json"))
+    assert (record["state"], record["result"], record["args"]) == ("complete", 42, [40])
     assert record["kwargs"] == {"b": 2}
     code, out, _ = cli(real, "job", job_id)  # the table for people
     assert code == 0 and "complete" in out and "42" in out
