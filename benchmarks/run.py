@@ -200,7 +200,20 @@ def main() -> int:
             print(f"[skip] {s.name}: {skipped[s.name]}", flush=True)
             systems.remove(s)
 
-    cells = []
+    cells: list[dict] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f"{stamp}.partial.json"
+
+    def result_so_far() -> dict:
+        return {
+            "machine": machine,
+            "config": {**vars(cfg), "runs": runs, "quick": args.quick, "workloads": workloads},
+            "systems": infos,
+            "skipped": skipped,
+            "cells": cells,
+            "summary": _report.summarize_cells(cells),
+        }
+
     for run in range(1, runs + 1):
         for wi, workload in enumerate(workloads):
             k = (run - 1 + wi) % max(1, len(systems))
@@ -227,19 +240,15 @@ def main() -> int:
                     f"{cell['elapsed_s']:>6.1f}s  {shown}",
                     flush=True,
                 )
+                # A checkpoint after every cell: a long run cut short keeps what it measured
+                # (render it with --render; the tables show each cell's run count).
+                _report.write_json(partial, result_so_far())
 
-    result = {
-        "machine": machine,
-        "config": {**vars(cfg), "runs": runs, "quick": args.quick, "workloads": workloads},
-        "systems": infos,
-        "skipped": skipped,
-        "cells": cells,
-        "summary": _report.summarize_cells(cells),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    result = result_so_far()
     suffix = "-quick" if args.quick else ""
     json_path = out_dir / f"{stamp}.json"
     _report.write_json(json_path, result)
+    partial.unlink(missing_ok=True)
     md_path = out_dir / f"latest{suffix}.md"
     md_path.write_text(_report.markdown(result))
     msg = _report.chart(result, out_dir / f"latest{suffix}.png")
