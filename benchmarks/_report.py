@@ -149,6 +149,74 @@ def _cell_text(wl: str, s: dict, key: str, dec) -> str:
     return _fmt(s.get(key), dec)
 
 
+# The peers whose worker is an asyncio program, and those that keep jobs in Redis Streams: the
+# reference groups of the memory targets.
+ASYNC_PEERS = ("arq", "saq", "streaq", "taskiq", "docket", "bullmq")
+STREAMS_PEERS = ("streaq", "taskiq", "docket")
+
+
+def _median(result: dict, wl: str, name: str, key: str) -> float | None:
+    v = result["summary"].get(wl, {}).get(name, {}).get(key)
+    return v["median"] if isinstance(v, dict) else None
+
+
+def _best(result: dict, wl: str, key: str, among, lowest: bool) -> tuple[str, float] | None:
+    vals = [(n, _median(result, wl, n, key)) for n in among]
+    vals = [(n, v) for n, v in vals if v is not None]
+    if not vals:
+        return None
+    return (min if lowest else max)(vals, key=lambda nv: nv[1])
+
+
+def targets(result: dict) -> list[str]:
+    """The issue's targets, each with asyncjobs' median, the reference and met/missed."""
+    peers = [n for n in result["systems"] if n not in ("asyncjobs", "raw_xadd")]
+    rows = []
+
+    def ratio_row(title, wl, key, among, need, lowest=False, unit="", dec=1):
+        ours, best = _median(result, wl, "asyncjobs", key), _best(result, wl, key, among, lowest)
+        if ours is None or best is None:
+            return
+        ratio = ours / best[1] if best[1] else float("inf")
+        met = ratio <= need if lowest else ratio >= need
+        rows.append(f"| {title} | {ours:,.{dec}f}{unit} | {best[0]} {best[1]:,.{dec}f}{unit} | "
+                    f"{ratio:.2f}x | {'met' if met else '**missed**'} |")
+
+    def bound_row(title, wl, key, bound, unit):
+        ours = _median(result, wl, "asyncjobs", key)
+        if ours is not None:
+            rows.append(f"| {title} | {ours:,.2f}{unit} | bound {bound:g}{unit} | - | "
+                        f"{'met' if ours <= bound else '**missed**'} |")
+
+    ratio_row("process no-op, 1 worker: >= 3x fastest peer (jobs/s)", "process_noop",
+              "jobs_per_s", peers, 3.0, dec=0)
+    ratio_row("bulk enqueue: >= 2x fastest peer (jobs/s)", "enqueue", "bulk_jobs_per_s",
+              peers, 2.0, dec=0)
+    ratio_row("bulk enqueue: >= 0.5x raw pipelined XADD (jobs/s)", "enqueue",
+              "bulk_jobs_per_s", ["raw_xadd"], 0.5, dec=0)
+    ratio_row("latency p50 at 200/s: <= best peer", "latency", "p50_ms", peers, 1.0,
+              lowest=True, unit=" ms", dec=2)
+    bound_row("latency p99 at 200/s: < 10 ms", "latency", "p99_ms", 10, " ms")
+    bound_row("sleep workload: within 10% of its floor (x floor)", "sleep", "ratio_to_floor",
+              1.10, "x")
+    ratio_row("worker peak RSS: <= leanest async peer", "memory", "worker_peak_rss_mb",
+              [n for n in peers if n in ASYNC_PEERS], 1.0, lowest=True, unit=" MiB")
+    ratio_row("Redis bytes/queued job: <= leanest Streams peer", "memory",
+              "redis_bytes_per_job", [n for n in peers if n in STREAMS_PEERS], 1.0,
+              lowest=True, unit=" B", dec=0)
+    bound_row("delayed over 1 s, start error p50 (issue 3 aim: <= 5 ms)", "delayed_spread",
+              "p50_ms", 5, " ms")
+    bound_row("delayed over 1 s, start error p99 (issue 3 aim: <= 50 ms)", "delayed_spread",
+              "p99_ms", 50, " ms")
+    bound_row("recovery after SIGKILL: within the claim timeout (15 s)", "recovery",
+              "recovery_s", 15, " s")
+    if not rows:
+        return []
+    return ["", "## Targets (asyncjobs' median against the best peer's median in this run)", "",
+            "| target | asyncjobs | reference | ratio | verdict |", "|---|---|---|---|---|",
+            *rows]
+
+
 def markdown(result: dict) -> str:
     m, cfg = result["machine"], result["config"]
     lines = [
@@ -172,6 +240,8 @@ def markdown(result: dict) -> str:
         )
     for name, reason in result.get("skipped", {}).items():
         lines.append(f"| {name} | - | skipped: {reason} | - |")
+    if "asyncjobs" in result["systems"]:
+        lines += targets(result)
     order = list(result["systems"])
     for wl in cfg["workloads"]:
         by_sys = result["summary"].get(wl)
