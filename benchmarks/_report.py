@@ -217,6 +217,47 @@ def targets(result: dict) -> list[str]:
             *rows]
 
 
+OVERVIEW = [  # (workload, metric, column title, decimals)
+    ("enqueue", "single_jobs_per_s", "enqueue one at a time (jobs/s)", 0),
+    ("enqueue", "bulk_jobs_per_s", "enqueue bulk (jobs/s)", 0),
+    ("process_noop", "jobs_per_s", "process no-op (jobs/s)", 0),
+    ("sleep", "ratio_to_floor", "sleep (x floor)", 2),
+    ("latency", "p50_ms", "latency p50 (ms)", 2),
+    ("latency", "p99_ms", "latency p99 (ms)", 1),
+    ("delayed_spread", "p50_ms", "delayed p50 (ms)", 1),
+    ("delayed_spread", "p99_ms", "delayed p99 (ms)", 1),
+    ("memory", "worker_peak_rss_mb", "worker RSS (MiB)", 1),
+    ("memory", "redis_bytes_per_job", "Redis B/job", 0),
+    ("recovery", "recovery_s", "recovery (s)", 0),
+    ("scaling", "w4_jobs_per_s", "4 workers (jobs/s)", 0),
+]
+
+
+def overview(result: dict) -> list[str]:
+    """One row per system, the medians of each workload's headline metric."""
+    summary = result["summary"]
+    cols = [c for c in OVERVIEW if c[0] in summary]
+    if not cols:
+        return []
+    lines = ["", "## Overview (medians; details in the sections below)", "",
+             "| system | " + " | ".join(c[2] for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for name in result["systems"]:
+        cells = []
+        for wl, key, _, dec in cols:
+            s = summary[wl].get(name)
+            if s is None:
+                cells.append("")
+            elif s.get("status") in ("na", "error"):
+                cells.append("n/a" if s["status"] == "na" else "error")
+            elif wl == "recovery" and not isinstance(s.get(key), dict):
+                cells.append(f"> {_median(result, wl, name, 'timeout_s') or 0:.0f}")
+            else:
+                cells.append(_fmt(_median(result, wl, name, key), dec))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     m, cfg = result["machine"], result["config"]
     lines = [
@@ -242,6 +283,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | - | skipped: {reason} | - |")
     if "asyncjobs" in result["systems"]:
         lines += targets(result)
+    lines += overview(result)
     order = list(result["systems"])
     for wl in cfg["workloads"]:
         by_sys = result["summary"].get(wl)
