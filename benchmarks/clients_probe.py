@@ -70,13 +70,13 @@ async def coredis(port: int, n: int) -> dict[str, float]:
 
     async def xadd() -> None:
         for _ in range(0, n, 1000):
-            async with client.pipeline(transaction=False) as pipe:
+            async with await client.pipeline(transaction=False) as pipe:
                 for _ in range(1000):
                     pipe.xadd("s", {"j": PAYLOAD})
 
     async def evalsha() -> None:
         for _ in range(0, n, 1000):
-            async with client.pipeline(transaction=False) as pipe:
+            async with await client.pipeline(transaction=False) as pipe:
                 for _ in range(1000):
                     pipe.evalsha(sha, keys=["s2"], args=[PAYLOAD])
 
