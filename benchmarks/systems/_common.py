@@ -1,6 +1,7 @@
 """Shared plumbing for adapter scripts: CLI, role dispatch, timing helpers, JSON output.
 
-An adapter defines handlers for the roles it supports and calls `main(handlers)`. Handlers
+An adapter defines a function per role it supports, named after the role, and calls
+`main(globals())`. Handlers
 take the parsed argparse namespace; they may be sync or async (async ones run under
 asyncio.run). Each role prints exactly one JSON line on stdout; logs go to stderr.
 See benchmarks/README.md ("Adapter contract").
@@ -60,7 +61,9 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def main(handlers: dict[str, Callable[[argparse.Namespace], Any]]) -> None:
+def main(adapter: dict[str, Any]) -> None:
+    """Run the role named on the command line: the adapter's function of that name, with
+    dashes as underscores (`enqueue-single` -> `enqueue_single`). Adapters pass globals()."""
     logging.basicConfig(
         level=logging.WARNING,
         stream=sys.stderr,
@@ -68,8 +71,8 @@ def main(handlers: dict[str, Callable[[argparse.Namespace], Any]]) -> None:
     )
     args = parse_args()
     _probe.set_url(args.redis_url)
-    handler = handlers.get(args.role)
-    if handler is None:
+    handler = adapter.get(args.role.replace("-", "_"))
+    if not callable(handler):
         emit({"error": f"role {args.role} not supported"})
         sys.exit(2)
     try:

@@ -99,14 +99,4 @@ async def worker(args):
 
 
 if __name__ == "__main__":
-    c.main(
-        {
-            "info": info,
-            "enqueue-single": enqueue_single,
-            "enqueue-bulk": enqueue_bulk,
-            "prequeue": prequeue,
-            "enqueue-paced": enqueue_paced,
-            "enqueue-delayed": enqueue_delayed,
-            "worker": worker,
-        }
-    )
+    c.main(globals())

@@ -71,4 +71,4 @@ def enqueue_bulk(args):
 
 
 if __name__ == "__main__":
-    c.main({"info": info, "enqueue-single": enqueue_single, "enqueue-bulk": enqueue_bulk})
+    c.main(globals())
