@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._durations import to_seconds
 from ._keys import check_name
 from ._retry import RetryPolicy
 from .exceptions import ConfigurationError
@@ -41,6 +42,14 @@ class WorkerConfig:
             raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
         if self.max_deliveries < 1:
             raise ConfigurationError("max_deliveries must be >= 1")
+        for name in ("job_timeout_s", "result_ttl_s", "claim_timeout_s", "shutdown_grace_s",
+                     "lease_ttl_s", "heartbeat_every_s"):
+            try:
+                to_seconds(getattr(self, name), name.removesuffix("_s"))
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(str(exc)) from exc
+        if self.lease_ttl_s < 0.1:
+            raise ConfigurationError("lease_ttl must be at least 0.1 s")
 
     # A dead worker's last refresh is at most C/6 before it died; its entries are claimable
     # C/2 after that refresh; a scan runs at most C/4 after it is due, and a blocking read

@@ -14,8 +14,8 @@ from ._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
 from .exceptions import JobAborted, JobExpired, JobFailed, JobNotFound, ResultTimeout
 
 if TYPE_CHECKING:
+    from ._durations import Seconds
     from ._pool import Pool
-    from ._task import Seconds
 
 R = TypeVar("R")
 
@@ -65,7 +65,7 @@ class Job(Generic[R]):
         ``JobAborted``, ``JobExpired``, ``ResultTimeout`` when ``timeout`` elapses first, or
         ``JobNotFound``. Waiting uses pub/sub, not polling.
         """
-        from ._task import to_seconds
+        from ._durations import to_seconds
 
         limit = to_seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ._durations import to_seconds
 from .exceptions import Retry
 
 
@@ -43,8 +44,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_tries < 1:
             raise ValueError("max_tries must be >= 1")
-        if self.backoff_s < 0 or self.backoff_cap_s < 0:
-            raise ValueError("backoff times must be >= 0")
+        to_seconds(self.backoff_s, "backoff")
+        to_seconds(self.backoff_cap_s, "backoff_cap")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ from typing import Any
 
 from ._codec import encode_spec
 from ._cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
+from ._durations import Seconds, to_seconds
 from ._leader import Lease
 from ._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
 from ._runtime import OUTAGE_ERRORS, Runtime, transient
-from ._task import Seconds, Task, as_task, to_seconds
+from ._task import Task, as_task
 
 log = logging.getLogger("asyncjobs.scheduler")
 

@@ -14,31 +14,19 @@ import inspect
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import anyio.to_thread
 
 from ._codec import ArgConverter, return_type
 from ._context import Context
+from ._durations import Seconds, to_seconds
 from ._retry import RetryPolicy
 from .exceptions import ConfigurationError
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-Seconds = timedelta | float
-"""A duration: a ``timedelta`` or a number of seconds."""
-
-
-def to_seconds(value: Seconds | None, what: str) -> float | None:
-    """Normalise a duration to seconds (None stays None); negative values are refused."""
-    if value is None:
-        return None
-    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if secs < 0:
-        raise ValueError(f"{what} must be >= 0, got {value!r}")
-    return secs
 
 
 @dataclass(frozen=True, slots=True)

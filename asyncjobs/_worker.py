@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from ._config import WorkerConfig
 from ._connection import ClientFactory, default_url, redact, url_factory
+from ._durations import Seconds, to_seconds
 from ._executor import Executor
 from ._fetcher import fetch_loop
 from ._keys import Keys
@@ -36,7 +37,7 @@ from ._scheduler import CronJob, Scheduler
 from ._settler import Settler
 from ._shutdown import drain
 from ._store import QueueStore
-from ._task import Seconds, Task, as_task, to_seconds
+from ._task import Task, as_task
 from ._upkeep import events_loop, heartbeat_loop, keepalive_loop
 from ._version import __version__
 from .exceptions import ConfigurationError, RedisUnavailable

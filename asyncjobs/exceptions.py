@@ -23,6 +23,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from ._durations import to_seconds
+
 if TYPE_CHECKING:
     from ._model import ErrorInfo
 
@@ -139,8 +141,4 @@ class Retry(Exception):
 
     def __init__(self, delay: timedelta | float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if delay is not None and delay < 0:
-            raise ValueError("Retry delay must be >= 0")
-        self.delay_s: float | None = delay
+        self.delay_s: float | None = to_seconds(delay, "Retry delay")

@@ -146,8 +146,11 @@ def test_default_policy() -> None:
     [
         pytest.param({"max_tries": 0}, "max_tries must be >= 1", id="zero-tries"),
         pytest.param({"max_tries": -3}, "max_tries must be >= 1", id="negative-tries"),
-        pytest.param({"backoff_s": -0.1}, "backoff times must be >= 0", id="negative-base"),
-        pytest.param({"backoff_cap_s": -1.0}, "backoff times must be >= 0", id="negative-cap"),
+        pytest.param({"backoff_s": -0.1}, "backoff must be >= 0", id="negative-base"),
+        pytest.param({"backoff_cap_s": -1.0}, "backoff_cap must be >= 0", id="negative-cap"),
+        pytest.param({"backoff_s": math.inf}, "backoff must be a finite", id="inf-base"),
+        pytest.param({"backoff_cap_s": math.nan}, "backoff_cap must be a finite", id="nan-cap"),
+        pytest.param({"backoff_s": 1e12}, "backoff must be at most 10 years", id="huge-base"),
     ],
 )
 def test_policy_validation(options: dict[str, float], message: str) -> None:
