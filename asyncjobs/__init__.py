@@ -19,6 +19,7 @@ from ._worker import Worker
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
+    EnqueueError,
     JobAborted,
     JobError,
     JobExpired,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "CronJob",
+    "EnqueueError",
     "ErrorInfo",
     "Job",
     "JobAborted",

@@ -1,23 +1,37 @@
 """msgspec msgpack encoding of jobs, results and errors; no pickle anywhere.
 
 Encoders and decoders are built once and reused. Arguments travel as msgpack's own types;
-the worker converts each one back to the type its task declares (a ``UUID``, a dataclass,
-a ``msgspec.Struct``, a ``datetime``...), so tasks receive what they were typed to receive.
+the worker converts each one back to the type its task declares (see ``_signature``).
+
+Data nested deeper than ``MAX_DEPTH`` levels is refused when it is encoded (an argument at
+enqueue, a result when the task returns): msgspec's decoder recurses on the C stack and a
+payload that encodes may not decode in the worker. Errors are captured so that nothing a
+task raises can break the capture: a ``__str__`` that raises, a message of megabytes.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import traceback
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ._model import ErrorInfo, JobSpec, Progress
+from ._text import safe_str
 from .exceptions import SerializationError
+
+MAX_DEPTH = 100
+"""The deepest nesting of lists, dicts, tuples, sets, dataclasses and Structs accepted in an
+argument or a result."""
+
+MAX_MESSAGE = 4096
+"""An error message longer than this is cut (characters)."""
+
+MAX_TRACEBACK = 16384
+"""A traceback longer than this keeps its first and last parts (characters)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _any_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
@@ -28,16 +42,50 @@ _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 # Types that msgpack gives back exactly as they went in: a result needs no conversion.
 _NATIVE: frozenset[Any] = frozenset({Any, object, int, str, float, bool, bytes, type(None)})
-# Parameter annotations that accept anything: arguments pass unchecked.
-_UNCHECKED: frozenset[Any] = frozenset({Any, object})
+_LEAVES: frozenset[type] = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def encode_spec(spec: JobSpec, param_names: Sequence[str] = ()) -> bytes:
     """Encode a job spec, or raise ``SerializationError`` naming the argument that failed."""
     try:
-        return _encoder.encode(spec)
+        data = _encoder.encode(spec)
     except _ENCODE_ERRORS as exc:
         raise _explain(spec, param_names, exc) from exc
+    if len(data) > MAX_DEPTH:  # each level takes at least a byte: shallower data is smaller
+        for index, value in enumerate(spec.args):
+            name = param_names[index] if index < len(param_names) else f"*args[{index}]"
+            _check_depth(value, f"argument {name!r} of task {spec.task!r}")
+        for key, value in spec.kwargs.items():
+            _check_depth(value, f"argument {key!r} of task {spec.task!r}")
+    return data
+
+
+def _check_depth(value: object, what: str) -> None:
+    """Raise ``SerializationError`` if ``value`` nests deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) in _LEAVES:
+            continue
+        children = _children(item)
+        if children is None:
+            continue
+        if depth >= MAX_DEPTH:
+            raise SerializationError(
+                f"cannot serialize {what}: nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _children(item: object) -> Iterable[object] | None:
+    if isinstance(item, list | tuple | set | frozenset):
+        return item
+    if isinstance(item, dict):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, msgspec.Struct):
+        return [getattr(item, f, None) for f in item.__struct_fields__]
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return [getattr(item, f.name, None) for f in dataclasses.fields(item)]
+    return None
 
 
 def _explain(spec: JobSpec, names: Sequence[str], exc: Exception) -> SerializationError:
@@ -69,18 +117,23 @@ def _encodes(value: object) -> bool:
 
 
 def decode_spec(data: bytes) -> JobSpec:
-    """Decode a job spec; raises ``msgspec.DecodeError`` / ``ValidationError`` when corrupt."""
+    """Decode a job spec. Corrupt data raises ``msgspec.DecodeError`` / ``ValidationError``;
+    data too deep for the stack raises ``RecursionError``: callers catch ``Exception``."""
     return _spec_decoder.decode(data)
 
 
 def encode_value(value: object, what: str = "result") -> bytes:
     """Encode a task's return value (or any value), naming it in the error."""
     try:
-        return _encoder.encode(value)
+        data = _encoder.encode(value)
     except _ENCODE_ERRORS as exc:
         raise SerializationError(
-            f"cannot serialize the {what}: a value of type {type(value).__qualname__} ({exc})"
+            f"cannot serialize the {what}: a value of type {type(value).__qualname__} "
+            f"({safe_str(exc, 200)})"
         ) from exc
+    if len(data) > MAX_DEPTH:
+        _check_depth(value, f"the {what}")
+    return data
 
 
 def decode_value(data: bytes, type_: Any = Any) -> Any:
@@ -115,86 +168,23 @@ _PACKAGE_DIR = str(Path(__file__).parent)
 
 def error_info(exc: BaseException, attempt: int, at_ms: int) -> ErrorInfo:
     """Capture an exception's type, message and traceback text (without asyncjobs' own
-    frames in front of the task's)."""
+    frames in front of the task's). Never raises, whatever the exception does."""
     kind = type(exc)
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(
-        _PACKAGE_DIR
-    ):
-        tb = tb.tb_next
-    text = "".join(traceback.format_exception(kind, exc, tb))
-    return ErrorInfo(f"{kind.__module__}.{kind.__qualname__}", str(exc), text, attempt, at_ms)
-
-
-class ArgConverter:
-    """Checks decoded arguments against a task's parameter types and converts them back
-    (a ``UUID`` from its string, a dataclass or Struct from its map...).
-
-    Built once per task from its signature (the first parameter, the context, is skipped).
-    Unannotated parameters (and ``Any``) pass unchecked; a task annotated only so costs nothing.
-    """
-
-    __slots__ = ("_keyword", "_positional", "_varargs", "_varkw", "names", "trivial")
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        hints = _type_hints(fn)
-        kind = inspect.Parameter
-        self.names = tuple(
-            p.name for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)
-        )
-        self._positional = [hints.get(name, Any) for name in self.names]
-        self._varargs: Any = Any
-        self._varkw: Any = Any
-        self._keyword: dict[str, Any] = {}
-        for p in params:
-            if p.kind is kind.VAR_POSITIONAL:
-                self._varargs = hints.get(p.name, Any)
-            elif p.kind is kind.VAR_KEYWORD:
-                self._varkw = hints.get(p.name, Any)
-            else:
-                self._keyword[p.name] = hints.get(p.name, Any)
-        wanted = [*self._positional, self._varargs, self._varkw, *self._keyword.values()]
-        self.trivial = all(t in _UNCHECKED for t in wanted)
-
-    def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Return checked, converted copies; raises ``msgspec.ValidationError`` naming the
-        argument that does not fit."""
-        if self.trivial:
-            return args, kwargs
-        out = []
-        for index, value in enumerate(args):
-            if index < len(self._positional):
-                type_, name = self._positional[index], self.names[index]
-            else:
-                type_, name = self._varargs, f"*args[{index - len(self._positional)}]"
-            out.append(_convert(value, type_, name))
-        converted = {
-            k: _convert(v, self._keyword.get(k, self._varkw), k) for k, v in kwargs.items()
-        }
-        return out, converted
-
-
-_SCALARS: frozenset[Any] = frozenset({int, str, bytes, bool})
-
-
-def _convert(value: Any, type_: Any, name: str) -> Any:
-    if type_ in _UNCHECKED or (type_ in _SCALARS and type(value) is type_):
-        return value  # the common case, without a call into msgspec
+    name = f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+    message = safe_str(exc, MAX_MESSAGE)
     try:
-        return msgspec.convert(value, type_)
-    except msgspec.ValidationError as exc:
-        raise msgspec.ValidationError(f"argument {name!r}: {exc}") from exc
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None and \
+                tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(kind, exc, tb))
+    except BaseException:  # a hostile exception can break even the traceback module
+        text = f"{name}: {message}\n(the traceback could not be formatted)\n"
+    return ErrorInfo(name, message, _cut_middle(text, MAX_TRACEBACK), attempt, at_ms)
 
 
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    target = inspect.unwrap(fn)
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # unresolvable forward references: fall back to no conversion
-        return {}
-
-
-def return_type(fn: Callable[..., Any]) -> Any:
-    """The declared return type of a task function (``Any`` when absent or unresolvable)."""
-    return _type_hints(fn).get("return", Any)
+def _cut_middle(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters cut) ...\n{text[-half:]}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ class Context:
     """
 
     __slots__ = (
+        "_loop",
         "_report",
         "attempt",
         "enqueued_ms",
@@ -48,7 +50,8 @@ class Context:
         state: Any,
         pool: Pool,
         worker: str,
-        report: Callable[[str, str, float, str], Awaitable[None]],
+        report: Callable[[str, str, float, str], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.job_id = job_id
         """The job's id: the natural idempotency key for calls to other systems."""
@@ -65,6 +68,7 @@ class Context:
         self.pool = pool
         self.worker = worker
         self._report = report
+        self._loop = loop
 
     @property
     def enqueued_at(self) -> datetime:
@@ -76,9 +80,35 @@ class Context:
         """True when a failure now will not be retried because tries are used up."""
         return self.attempt >= self.max_tries
 
-    async def progress(self, value: float, message: str = "") -> None:
-        """Report progress (e.g. 0.0 to 1.0, or items done) and a short message."""
-        await self._report(self.queue, self.job_id, float(value), message)
+    def progress(self, value: float, message: str = "") -> Awaitable[None]:
+        """Report progress (e.g. 0.0 to 1.0, or items done) and a short message.
+
+        In an ``async def`` task, ``await ctx.progress(...)``. In a plain ``def`` task (it
+        runs in a thread), call ``ctx.progress(...)`` without ``await``: it is recorded on
+        the worker's event loop before the call returns (waiting at most 10 s)."""
+        report = self._report(self.queue, self.job_id, float(value), message)
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            return report
+        asyncio.run_coroutine_threadsafe(report, loop).result(timeout=10)
+        return _Recorded()
 
     def __repr__(self) -> str:
         return f"<Context job={self.job_id} task={self.task} attempt={self.attempt}>"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread: no loop runs here
+        return None
+
+
+class _Recorded:
+    """What ``progress()`` returns in a thread: already done, awaiting it is a no-op."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator

@@ -3,6 +3,14 @@
 The executor never talks to Redis itself. It turns what start.lua said about a delivery,
 and how the attempt went, into exactly one settle operation; a job cancelled by shutdown
 or by losing its entry produces none (its entry stays pending and runs again).
+
+Task code is not trusted to cooperate. A cancelled attempt (timeout, abort, lost entry)
+whose body is still running ``ESCALATE_S`` later ignored its cancellation: it is
+*abandoned*. Its outcome is recorded at once (a timeout follows the retry policy, an abort
+ends the job aborted), its slot is freed, and it is cancelled again every ``ESCALATE_S``
+until it stops; whatever it does afterwards is ignored. Bodies that may still run in this
+process (abandoned tasks, abandoned threads) are *zombies*: a shutdown never hands their
+jobs back (they run again after the claim timeout, once this process is gone).
 """
 
 from __future__ import annotations
@@ -11,18 +19,11 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import anyio
-import anyio.to_thread
-import msgspec
-
-from ._codec import (
-    decode_spec,
-    encode_progress,
-    encode_value,
-)
+from ._codec import decode_spec, encode_progress, encode_value
 from ._context import Context
 from ._middleware import Invoke, Observer
 from ._model import ErrorInfo, JobSpec, Progress
@@ -39,25 +40,43 @@ from ._outcomes import (
     task_name,
 )
 from ._retry import Action, Decision, RetryPolicy, decide
-from ._runner import Outcome, await_attempt
+from ._runner import Outcome, await_attempt, timeout_outcome
 from ._runtime import Runtime, Slots
 from ._settler import Settler
 from ._store import Delivery, SettleOp, Started
 from ._task import Task
+from ._text import safe_str
+from ._threads import ThreadRunner
 from .exceptions import SerializationError
 
 log = logging.getLogger("asyncjobs.worker")
 
+ESCALATE_S = 1.0
+"""How long a cancelled attempt may take to stop before it is abandoned (and the period of
+the repeated cancellations after that)."""
+
+
+class Plan:
+    """What an attempt that started needs to be recorded later, from any path."""
+
+    __slots__ = ("history", "policy", "started", "task", "timeout_s", "ttl_s")
+
+    def __init__(self, started: Started, task: Task[Any, Any], policy: RetryPolicy,
+                 timeout_s: float | None, ttl_s: float | None,
+                 history: tuple[ErrorInfo, ...]) -> None:
+        self.started = started
+        self.task = task
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self.history = history
 
 
 class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
-    __slots__ = ("cancel_reason", "delivery", "entered", "job_id", "queue", "started", "task")
-
-    def timed_out(self) -> bool:
-        """True once the attempt's timer cancelled it."""
-        return self.cancel_reason == "timeout"
+    __slots__ = ("abandoned", "began", "cancel_reason", "delivery", "entered", "escalation",
+                 "in_thread", "job_id", "plan", "queue", "started", "task")
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -67,6 +86,19 @@ class Running:
         self.cancel_reason = ""
         self.entered = False
         self.started = False
+        self.began = time.monotonic()
+        self.plan: Plan | None = None
+        self.escalation: asyncio.TimerHandle | None = None
+        self.abandoned = False
+        self.in_thread = False
+
+    def timed_out(self) -> bool:
+        """True once the attempt's timer cancelled it."""
+        return self.cancel_reason == "timeout"
+
+    def body_alive(self) -> bool:
+        """True while the task's code may still run in this process."""
+        return self.in_thread or (self.task is not None and not self.task.done())
 
 
 class Executor:
@@ -77,8 +109,10 @@ class Executor:
         self.rt = rt
         self.settler = settler
         self.slots = Slots(rt.config.concurrency)
-        self.limiter = anyio.CapacityLimiter(rt.config.sync_concurrency)
+        self.threads = ThreadRunner(rt.config.sync_concurrency)
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
+        self.zombies: dict[tuple[str, str], Running] = {}
+        """Attempts no longer tracked as running whose body may still run here."""
         self._invoke = invoke
         self._executing = 0
         self._loop = asyncio.get_running_loop()
@@ -94,6 +128,12 @@ class Executor:
         """Deliveries this worker holds on ``queue`` (running or being settled)."""
         return [r.delivery for (q, _), r in self.running.items() if q == queue]
 
+    def alive_entries(self, queue: str) -> list[str]:
+        """Entries of ``queue`` whose task body may still run in this process."""
+        found = {e for (q, e), r in self.running.items() if q == queue and r.body_alive()}
+        found.update(e for (q, e), r in self.zombies.items() if q == queue and r.body_alive())
+        return sorted(found)
+
     def find_job(self, queue: str, job_id: str) -> Running | None:
         """The running attempt of a job, if this worker has one."""
         for (q, _), r in self.running.items():
@@ -102,10 +142,15 @@ class Executor:
         return None
 
     def cancel(self, running: Running, reason: str) -> None:
-        """Cancel an attempt: 'abort' ends the job aborted; 'shutdown' / 'lost' leave it."""
-        if running.task is not None and not running.task.done() and not running.cancel_reason:
-            running.cancel_reason = reason
-            running.task.cancel()
+        """Cancel an attempt: 'timeout' and 'abort' end the job (timed out, aborted);
+        'shutdown' and 'lost' leave its entry pending. An attempt that does not stop
+        within ``ESCALATE_S`` is abandoned (see the module docstring)."""
+        if running.task is None or running.task.done() or running.cancel_reason:
+            return
+        running.cancel_reason = reason
+        running.task.cancel()
+        if reason != "shutdown":  # shutdown waits for the stragglers itself
+            running.escalation = self._loop.call_later(ESCALATE_S, self._escalate, running)
 
     def cancel_entry(self, queue: str, entry: str, reason: str) -> None:
         """Cancel the attempt holding a stream entry, if any."""
@@ -121,19 +166,15 @@ class Executor:
     async def wait_idle(self, timeout_s: float, hurry: asyncio.Event | None = None) -> bool:
         """Wait until nothing runs or is being settled; False on timeout, or as soon as
         ``hurry`` is set."""
-        with anyio.move_on_after(timeout_s):
-            if hurry is None:
-                await self._idle.wait()
-                return True
-            async with anyio.create_task_group() as tg:
-                async def watch(event: asyncio.Event) -> None:
-                    await event.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(watch, self._idle)
-                tg.start_soon(watch, hurry)
-            return self._idle.is_set()
-        return False
+        waiters = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waiters.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return self._idle.is_set()
 
     def cancel_all(self, reason: str) -> int:
         """Cancel every attempt still running; returns how many."""
@@ -145,7 +186,10 @@ class Executor:
         return count
 
     def _forget(self, running: Running, settled: bool = True) -> None:
-        self.running.pop((running.queue, running.delivery.entry), None)
+        key = (running.queue, running.delivery.entry)
+        self.running.pop(key, None)
+        if running.body_alive():
+            self.zombies[key] = running
         if not settled:
             log.warning(
                 "job lost id=%s queue=%s: another worker reclaimed it; this result is dropped",
@@ -153,6 +197,15 @@ class Executor:
             )
         if not self.running:
             self._idle.set()
+
+    def _release(self, running: Running, op: SettleOp | None) -> None:
+        """The attempt is over for this worker: free its slot and record ``op``."""
+        self.slots.give()
+        self._executing -= 1
+        if op is None:
+            self._forget(running)
+        else:
+            self.settler.submit(running.queue, op, functools.partial(self._forget, running))
 
     # -- running -------------------------------------------------------------------------
 
@@ -180,27 +233,68 @@ class Executor:
     def _done(self, running: Running, started: Started, task: asyncio.Task[Any]) -> None:
         """Bookkeeping when an attempt's task ends, however it ended: also when it was
         cancelled before its first step (then ``_run`` never ran)."""
-        self.slots.give()
-        self._executing -= 1
+        if running.escalation is not None:
+            running.escalation.cancel()
+        if running.abandoned:  # recorded already; the body has stopped at last
+            if not task.cancelled():
+                task.exception()  # retrieved: nothing left to report
+            self._zombie_gone(running)
+            return
         if not running.entered or task.cancelled():
             op = self._cancelled(running, started)
         else:
             op = task.result()
-        if op is None:
-            self._forget(running)
-        else:
-            self.settler.submit(running.queue, op, functools.partial(self._forget, running))
+        self._release(running, op)
+
+    def _zombie_gone(self, running: Running) -> None:
+        key = (running.queue, running.delivery.entry)
+        if not running.body_alive() and self.zombies.get(key) is running:
+            del self.zombies[key]
+            log.warning("abandoned job id=%s queue=%s finally stopped", running.job_id,
+                        running.queue)
+
+    def _escalate(self, running: Running) -> None:
+        """A cancelled attempt still runs: record its outcome now, cancel it again later."""
+        task = running.task
+        if task is None or task.done():
+            return
+        task.cancel()
+        running.escalation = self._loop.call_later(ESCALATE_S, self._escalate, running)
+        if running.abandoned:
+            return
+        running.abandoned = True
+        name = running.plan.task.name if running.plan else ""
+        log.warning("job id=%s task=%s queue=%s ignored its cancellation (%s) for %.0f s: "
+                    "abandoned; it is recorded now and cancelled again every %.0f s",
+                    running.job_id, name, running.queue, running.cancel_reason, ESCALATE_S,
+                    ESCALATE_S)
+        op: SettleOp | None = None
+        if running.cancel_reason == "timeout" and running.plan is not None:
+            plan = running.plan
+            outcome = timeout_outcome(plan.timeout_s, time.monotonic() - running.began,
+                                      " and ignored its cancellation")
+            op = self._record(running, plan, outcome)
+        elif running.cancel_reason == "abort":
+            op = self._aborted(running, running.plan.started if running.plan else None)
+        self._release(running, op)
 
     def _cancelled(self, running: Running, started: Started) -> SettleOp | None:
-        name = task_name(started)
         if running.cancel_reason == "abort":
-            self._emit("aborted", running.queue, name, 0.0)
-            log_end("aborted", running.job_id, name, running.queue, started.attempts, 0.0)
-            return ended(started.delivery, "aborted")
-        self._emit("interrupted", running.queue, name, 0.0)
-        log_end("interrupted", running.job_id, name, running.queue, started.attempts, 0.0,
-                f" reason={running.cancel_reason}")
+            return self._aborted(running, started)
+        name = task_name(started)
+        duration = time.monotonic() - running.began
+        self._emit("interrupted", running.queue, name, duration)
+        log_end("interrupted", running.job_id, name, running.queue, started.attempts, duration,
+                f" reason={running.cancel_reason or 'cancelled'}")
         return None
+
+    def _aborted(self, running: Running, started: Started | None) -> SettleOp:
+        name = task_name(started) if started else ""
+        duration = time.monotonic() - running.began
+        self._emit("aborted", running.queue, name, duration)
+        log_end("aborted", running.job_id, name, running.queue,
+                started.attempts if started else 0, duration)
+        return ended(running.delivery, "aborted")
 
     async def _attempt(self, running: Running, st: Started) -> SettleOp:
         """Check what start.lua said and what the job carries, then run it."""
@@ -210,6 +304,9 @@ class Executor:
         if st.verdict == "missing":
             self._emit("failed", queue, "", 0.0)
             return garbage(st.delivery)
+        if st.verdict == "corrupt":
+            self._emit("failed", queue, "", 0.0)
+            return garbage(st.delivery, st.spec.decode(errors="replace"))
         if st.verdict in ("expired", "aborted"):
             name = task_name(st)
             self._emit(st.verdict, queue, name, 0.0)
@@ -217,9 +314,10 @@ class Executor:
             return ended(st.delivery, st.verdict)
         try:
             spec = decode_spec(st.spec)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # corrupt, or too deep for the stack: never runnable
             return self._dead(st, (), "asyncjobs.UndecodablePayload",
-                              f"the job's payload cannot be decoded: {exc}", queue)
+                              f"the job's payload cannot be decoded: {safe_str(exc, 500)}",
+                              queue)
         history = history_of(st)
         task = self.rt.tasks.get(spec.task)
         if task is None:
@@ -231,10 +329,12 @@ class Executor:
                               f"delivered {st.delivery.deliveries} times without finishing: the "
                               "worker died or was killed each time it ran this job", queue)
         try:
+            task.converter.check(spec.args, spec.kwargs)
             args, kwargs = task.converter.convert(spec.args, spec.kwargs)
-        except msgspec.ValidationError as exc:
+        except Exception as exc:  # no attempt can succeed with these arguments
             return self._dead(st, history, "asyncjobs.BadArguments",
-                              f"arguments do not match task {task.name!r}: {exc}", queue)
+                              f"arguments do not match task {task.name!r}: "
+                              f"{safe_str(exc, 500)}", queue)
         return await self._execute(running, st, spec, task, args, kwargs, history)
 
     def _dead(self, st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
@@ -247,16 +347,19 @@ class Executor:
         args: list[Any], kwargs: dict[str, Any], history: tuple[ErrorInfo, ...],
     ) -> SettleOp:
         policy, timeout = self._policy(task, spec)
+        ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
+        plan = running.plan = Plan(st, task, policy, timeout, ttl, history)
         ctx = Context(
             job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
             max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
             headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
-            worker=self.rt.consumer, report=self._report_progress,
+            worker=self.rt.consumer, report=self._report_progress, loop=self._loop,
         )
         running.started = True
+        running.began = time.monotonic()
         self._emit("started", running.queue, task.name, 0.0)
         log_start(running.job_id, task.name, running.queue, st.attempts)
-        call = functools.partial(self._call, task, ctx, args, kwargs)
+        call = functools.partial(self._call, running, task, ctx, args, kwargs)
         timer = None
         if timeout:
             timer = self._loop.call_later(timeout, self.cancel, running, "timeout")
@@ -265,7 +368,13 @@ class Executor:
         finally:
             if timer is not None:
                 timer.cancel()
-        decision = decide(outcome.kind, outcome.error, st.attempts, policy, random.random())
+        return self._record(running, plan, outcome)
+
+    def _record(self, running: Running, plan: Plan, outcome: Outcome) -> SettleOp:
+        """Decide what an attempt that ran means and build the operation recording it."""
+        st = plan.started
+        decision = decide(outcome.kind, outcome.error, st.attempts, plan.policy,
+                          random.random())
         payload = b""
         if decision.action is Action.COMPLETE:
             try:
@@ -274,13 +383,13 @@ class Executor:
                 outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
                 decision = Decision(Action.FAIL, reason="the result cannot be serialized")
         event = "complete" if decision.action is Action.COMPLETE else decision.action.value
-        self._emit(event, running.queue, task.name, outcome.duration_s)
-        ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
-        return after_attempt(st, outcome, decision, payload, history, ttl, running.queue,
-                             task.name)
+        self._emit(event, running.queue, plan.task.name, outcome.duration_s)
+        return after_attempt(st, outcome, decision, payload, plan.history, plan.ttl_s,
+                             running.queue, plan.task.name)
 
     async def _call(
-        self, task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any]
+        self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
+        kwargs: dict[str, Any],
     ) -> Any:
         assert task.fn is not None
         fn = task.fn
@@ -288,11 +397,18 @@ class Executor:
             call: Callable[[], Awaitable[Any]] = functools.partial(fn, ctx, *args, **kwargs)
         else:
             sync = functools.partial(fn, ctx, *args, **kwargs)
-            call = functools.partial(anyio.to_thread.run_sync, sync, limiter=self.limiter,
-                                     abandon_on_cancel=True)
+            call = functools.partial(self._in_thread, running, sync)
         if self._invoke is None:
             return await call()
         return await self._invoke(ctx, call)
+
+    async def _in_thread(self, running: Running, sync: Callable[[], Any]) -> Any:
+        def body_done() -> None:
+            running.in_thread = False
+            self._zombie_gone(running)
+
+        running.in_thread = True
+        return await self.threads.run(sync, body_done)
 
     def _policy(self, task: Task[Any, Any], spec: JobSpec) -> tuple[RetryPolicy, float | None]:
         """The retry policy and timeout of a job (cached per task and per-job override)."""

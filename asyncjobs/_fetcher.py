@@ -6,6 +6,13 @@ Both go through this loop because it is the one place that takes slots: the conc
 limit holds, and a worker with free slots always reclaims. The read's block time is capped
 by the reclaim interval, so an idle worker scans for a dead worker's jobs on time.
 What it gets is started with one start.lua call per batch and handed to the executor.
+
+Each queue's blocking reads go through a ``Reader``: one connection of its own whose
+server-side client id is known, so a shutdown can end a read that is still blocked in Redis
+(``CLIENT UNBLOCK``) before it hands entries back. Cancelling the read on our side is not
+enough: until Redis has seen the connection close, an entry handed back could still be
+delivered to the read that nobody waits for any more, and sit held by a stopped worker
+until the claim timeout.
 """
 
 from __future__ import annotations
@@ -13,14 +20,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from ._executor import Executor
 from ._runtime import OUTAGE_ERRORS, Runtime, transient
 from ._store import Delivery, QueueStore, Started
+from ._text import clean
 
 log = logging.getLogger("asyncjobs.worker")
+
+
+class Reader:
+    """A queue's blocking connection, and its client id on the server."""
+
+    def __init__(self, blocking: Redis) -> None:
+        self.client = Redis(connection_pool=blocking.connection_pool,
+                            single_connection_client=True)
+        self.client_id: int | None = None
+        self._hooked = False
+
+    async def _on_connect(self, connection: Any) -> None:
+        try:
+            await connection.send_command("CLIENT", "ID")
+            self.client_id = int(await connection.read_response())
+        except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
+            self.client_id = None
+
+    async def read(self, store: QueueStore, consumer: str, count: int,
+                   block_ms: int) -> list[Delivery]:
+        """XREADGROUP on this connection, blocking up to ``block_ms``."""
+        if not self._hooked:
+            await self.client.initialize()
+            connection: Any = self.client.connection
+            await self._on_connect(connection)
+            connection.register_connect_callback(self._on_connect)  # a new id per reconnect
+            self._hooked = True
+        return await store.read(self.client, consumer, count, block_ms)
+
+    async def unblock(self, client: Redis) -> None:
+        """End a read of this connection still blocked in Redis (best effort)."""
+        if self.client_id is not None:
+            try:
+                await client.client_unblock(self.client_id)
+            except (RedisError, OSError) as exc:
+                log.debug("could not unblock reader %s: %s", self.client_id, exc)
+
+    async def close(self) -> None:
+        """Give the connection back."""
+        await self.client.aclose()
 
 
 class _Reclaimer:
@@ -51,7 +101,7 @@ class _Reclaimer:
         return got
 
 
-async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
+async def fetch_loop(rt: Runtime, ex: Executor, queue: str, reader: Reader) -> None:
     """Reclaim and read entries of one queue until stopped (or, in burst mode, drained)."""
     store = rt.stores[queue]
     cfg = rt.config
@@ -63,7 +113,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
         taken = await ex.slots.take_some(cfg.read_batch)
         began = rt.fetch_beat[queue] = time.monotonic()
         try:
-            started, got = await _fetch(rt, store, reclaimer, taken, block_ms, began)
+            started, got = await _fetch(rt, store, reader, reclaimer, taken, block_ms, began)
         except BaseException as exc:
             ex.slots.give(taken)  # whatever happened, the slots are free again
             if transient(exc):
@@ -90,8 +140,9 @@ async def fetch_loop(rt: Runtime, ex: Executor, queue: str) -> None:
             return
 
 
-async def _fetch(rt: Runtime, store: QueueStore, reclaimer: _Reclaimer, count: int,
-                 block_ms: int, began: float) -> tuple[list[Started], list[Delivery]]:
+async def _fetch(rt: Runtime, store: QueueStore, reader: Reader, reclaimer: _Reclaimer,
+                 count: int, block_ms: int, began: float
+                 ) -> tuple[list[Started], list[Delivery]]:
     """Reclaimed entries when a scan is due and finds some; else entries already waiting,
     read and started in one round trip; else a blocking read (started by the caller)."""
     got = await reclaimer.claim(store, count) if reclaimer.is_due() else []
@@ -100,7 +151,7 @@ async def _fetch(rt: Runtime, store: QueueStore, reclaimer: _Reclaimer, count: i
     started = await store.take(rt.consumer, count)
     if started:
         return started, []
-    got = await store.read(rt.blocking, rt.consumer, count, block_ms)
+    got = await reader.read(store, rt.consumer, count, block_ms)
     if not got and time.monotonic() - began < block_ms / 2000:
         # The server did not block (an in-memory fake does not): don't spin.
         await asyncio.sleep(0.005)
@@ -110,7 +161,11 @@ async def _fetch(rt: Runtime, store: QueueStore, reclaimer: _Reclaimer, count: i
 async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int,
                  started: list[Started] | None = None) -> None:
     """Start deliveries (unless already started) and dispatch them; give back the slots
-    not used."""
+    not used. Once the worker is stopping nothing new starts: what was read stays held
+    and is handed back."""
+    if rt.stopping.is_set():
+        ex.slots.give(taken)
+        return
     # A reclaim can return this worker's own entries (a reply it never got): one that
     # already runs here is not started twice.
     got = [d for d in got if (queue, d.entry) not in ex.running]
@@ -120,8 +175,14 @@ async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], tak
     except BaseException:
         ex.slots.give(taken)
         raise
-    ex.slots.give(taken - len(started))
-    for item in started:
+    lost = [s for s in started if s.verdict == "lost"]
+    if lost:
+        log.warning("%d job(s) on queue %s were taken over by another worker before they "
+                    "started here; not started: %s", len(lost), queue,
+                    ", ".join(clean(s.delivery.job_id) for s in lost[:10]))
+    runnable = [s for s in started if s.verdict != "lost"]
+    ex.slots.give(taken - len(runnable))
+    for item in runnable:
         ex.start(queue, item)
 
 

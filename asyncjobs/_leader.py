@@ -73,6 +73,11 @@ class Lease:
         await s.load(s.LEASE_RELEASE)(self.client, [self.key], [self.token])
 
     async def remaining_s(self) -> float:
-        """Seconds until the current holder's lease expires (0 if none)."""
+        """Seconds until the current holder's lease expires (0 if none). A key without an
+        expiry is no lease anybody holds (every holder sets one): it is removed, so that a
+        stray key can never keep the queue without a scheduler."""
         ms = await self.client.pttl(self.key)
+        if ms == -1:
+            await s.load(s.LEASE_CLEAR)(self.client, [self.key], [])
+            return 0.0
         return max(0.0, ms / 1000) if ms and ms > 0 else 0.0

@@ -11,13 +11,12 @@ import math
 import time
 from typing import Any
 
-import msgspec
-
 from ._codec import decode_errors, decode_spec, encode_errors, error_info
 from ._model import ENDED_TTL_S, ErrorInfo
 from ._retry import Action, Decision
 from ._runner import Outcome
 from ._store import Delivery, SettleOp, Started
+from ._text import clean
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -45,9 +44,11 @@ def record_ttl(seconds: float | None) -> int:
 
 def task_name(st: Started) -> str:
     """The task name of a delivery, best effort (for events about jobs that did not run)."""
+    if st.verdict in ("missing", "corrupt"):
+        return ""
     try:
         return decode_spec(st.spec).task
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except Exception:  # corrupt or too deep: it has no usable name
         return ""
 
 
@@ -55,7 +56,7 @@ def history_of(st: Started) -> tuple[ErrorInfo, ...]:
     """Earlier attempts' errors, plus a WorkerLost entry when this is a redelivery."""
     try:
         history = decode_errors(st.history)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except Exception:  # a corrupt history does not stop the job; the next one replaces it
         history = ()
     if st.delivery.deliveries > 1:
         history += (ErrorInfo("asyncjobs.WorkerLost", WORKER_LOST, "", st.attempts - 1,
@@ -68,10 +69,13 @@ def ended(d: Delivery, state: str) -> SettleOp:
     return SettleOp(d.entry, d.job_id, state, number=ENDED_TTL_S)
 
 
-def garbage(d: Delivery) -> SettleOp:
-    """An entry without a usable job record: its raw fields go to the dead letters."""
-    reason = f"no job record for job id {d.job_id!r}" if d.job_id else "entry has no job id"
-    log.error("job dead-lettered entry=%s reason=%s", d.entry, reason)
+def garbage(d: Delivery, reason: str | None = None) -> SettleOp:
+    """An entry without a usable job record (none, or one that cannot be read): its raw
+    fields go to the dead letters with the reason; the record, if any, is not touched."""
+    if reason is None:
+        reason = f"no job record for job id {d.job_id!r}" if d.job_id else "entry has no job id"
+    log.error("job dead-lettered entry=%s id=%s reason=%s", clean(d.entry), clean(d.job_id),
+              clean(reason))
     return SettleOp(d.entry, d.job_id, "garbage", reason)
 
 
@@ -80,8 +84,8 @@ def dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
     """A job dead-lettered before running (undecodable, unknown task, poison, bad args)."""
     history += (ErrorInfo(kind, why, "", st.attempts, st.now_ms),)
     d = st.delivery
-    log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s", d.job_id, queue,
-              st.attempts, why)
+    log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s", clean(d.job_id), queue,
+              st.attempts, clean(why))
     return SettleOp(d.entry, d.job_id, "failed", why, 0, encode_errors(history))
 
 
@@ -93,7 +97,8 @@ def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: by
     if outcome.error is not None:
         history += (error_info(outcome.error, st.attempts, now_ms()),)
     hist = encode_errors(history) if history else b""
-    err = f" error={history[-1].type}: {history[-1].message}" if outcome.error else ""
+    err = f" error={clean(history[-1].type)}: {clean(history[-1].message)}" if outcome.error \
+        else ""
     line = (d.job_id, task, queue, st.attempts, outcome.duration_s)
     if decision.action is Action.COMPLETE:
         log_end("complete", *line)
@@ -101,14 +106,16 @@ def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: by
     if decision.action is Action.RETRY:
         log_end("retry", *line, tail=f" retry_in={decision.delay_s:.3f}s{err}")
         return SettleOp(d.entry, d.job_id, "retry", b"", round(decision.delay_s * 1000), hist)
-    log_end("failed", *line, tail=f" reason={decision.reason!r}{err}", level=logging.WARNING)
+    log_end("failed", *line, tail=f" reason={clean(decision.reason)!r}{err}",
+            level=logging.WARNING)
     return SettleOp(d.entry, d.job_id, "failed", decision.reason, 0, hist)
 
 
 def log_start(job_id: str, task: str, queue: str, attempt: int) -> None:
     """The line logged when an attempt starts."""
     if log.isEnabledFor(logging.INFO):
-        log.info("job started id=%s task=%s queue=%s attempt=%d", job_id, task, queue, attempt,
+        log.info("job started id=%s task=%s queue=%s attempt=%d", clean(job_id), clean(task),
+                 queue, attempt,
                  extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
 
 
@@ -119,4 +126,4 @@ def log_end(event: str, job_id: str, task: str, queue: str, attempt: int, durati
         extra: dict[str, Any] = {"job_id": job_id, "task": task, "queue": queue,
                                  "attempt": attempt, "duration_s": duration_s, "outcome": event}
         log.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
-                job_id, task or "-", queue, attempt, duration_s, tail, extra=extra)
+                clean(job_id), clean(task) or "-", queue, attempt, duration_s, tail, extra=extra)

@@ -30,7 +30,7 @@ from ._model import JobSpec, to_ms
 from ._store import NewJob, QueueStore
 from ._task import AsyncFn, Call, SyncFn, Task, call
 from ._waiter import Waiter
-from .exceptions import RedisUnavailable
+from .exceptions import EnqueueError, RedisUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -156,14 +156,23 @@ class Pool:
         by_queue: dict[str, list[NewJob]] = {}
         for queue, new, _ in prepared:
             by_queue.setdefault(queue, []).append(new)
+        refused: dict[str, str] = {}
         for queue, jobs in by_queue.items():
             await self._register_queue(queue)
             store = self.store(queue)
-            await self._retrying(lambda s=store, j=jobs: s.enqueue(j))  # type: ignore[misc]
-        return [Job(self, new.id, queue, rtype) for queue, new, rtype in prepared]
+            existing = await self._retrying(lambda s=store, j=jobs: s.enqueue(j))  # type: ignore[misc]
+            refused.update((jobs[i].id, state[7:]) for i, state in existing.items()
+                           if state.startswith("error: "))
+        handles: list[Job[Any]] = [Job(self, new.id, queue, rtype)
+                                   for queue, new, rtype in prepared]
+        if refused:
+            raise EnqueueError(refused, [h for h in handles if h.id not in refused])
+        return handles
 
     def _prepare(self, c: Call[Any], new_id: str) -> tuple[str, NewJob, Any]:
         task, opts = c.task, c.task.job_options
+        if task.fn is not None:  # a task known here: its arguments must bind
+            task.converter.check(c.args, c.kwargs)
         queue = opts.queue or task.queue or self.default_queue
         spec = JobSpec(
             task=task.name,

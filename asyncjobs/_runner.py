@@ -1,9 +1,16 @@
 """Run one attempt of a task and report what happened. No Redis.
 
-The attempt's hard timeout is a timer that cancels the attempt's task and records why;
-``await_attempt`` turns that cancellation, and only that one, into a 'timeout' outcome.
-Any other cancellation (abort, shutdown, lost ownership) propagates: the caller knows why it
-cancelled and decides what that means. Everything the task raises becomes an outcome.
+The attempt's hard timeout is a timer that cancels the attempt's task and records why. The
+outcome is decided from what the runner saw, never from what the body did afterwards:
+
+- the timer fired (``timed_out()``): the attempt is a **timeout**, whether the body then
+  raised ``CancelledError``, swallowed it and returned a value, or raised something else;
+- the body returned or raised after running longer than its timeout (an ``async def`` that
+  blocked the event loop, so the timer could not fire in time): a **timeout** too;
+- anything else the body raises, ``BaseException`` subclasses included (``SystemExit``,
+  ``KeyboardInterrupt``, custom ones), is an **error** outcome, never a crash of the worker;
+- any other cancellation (abort, shutdown, lost ownership) propagates: the caller knows why
+  it cancelled and decides what that means.
 """
 
 from __future__ import annotations
@@ -27,32 +34,57 @@ class Outcome:
     duration_s: float = 0.0
 
 
+def timeout_outcome(timeout_s: float | None, duration_s: float, how: str,
+                    cause: BaseException | None = None) -> Outcome:
+    """A 'timeout' outcome whose error says how the attempt overran."""
+    error = JobTimeout(f"the attempt exceeded its {timeout_s or 0:g} s timeout{how}")
+    error.__cause__ = cause
+    return Outcome("timeout", error=error, duration_s=duration_s)
+
+
 async def await_attempt(
     fn: Callable[[], Awaitable[Any]],
     timeout_s: float | None,
     timed_out: Callable[[], bool],
 ) -> Outcome:
-    """Await ``fn()``. ``timed_out()`` tells whether a cancellation came from the attempt's
-    own timer (set up by the caller to cancel the current task after ``timeout_s``)."""
+    """Await ``fn()``. ``timed_out()`` tells whether the attempt's own timer (set up by the
+    caller to cancel the current task after ``timeout_s``) has fired."""
     started = time.perf_counter()
     try:
         value = await fn()
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
+        if timed_out():
+            if task is not None and task.cancelling():
+                task.uncancel()  # our own cancellation, consumed here
+            return timeout_outcome(timeout_s, time.perf_counter() - started,
+                                   " and was cancelled", exc)
         if task is not None and task.cancelling() == 0:
             # Nobody cancelled this task: the task's code raised CancelledError itself
             # (it awaited something another task cancelled). An error like any other.
             return Outcome("error", error=exc, duration_s=time.perf_counter() - started)
-        if not timed_out():
-            raise
-        if task is not None:
-            task.uncancel()  # our own cancellation, consumed here
-        error = JobTimeout(f"the attempt exceeded its {timeout_s:g} s timeout and was cancelled")
-        error.__cause__ = exc
-        return Outcome("timeout", error=error, duration_s=time.perf_counter() - started)
-    except (Exception, SystemExit) as exc:
-        return Outcome("error", error=exc, duration_s=time.perf_counter() - started)
-    return Outcome("ok", value=value, duration_s=time.perf_counter() - started)
+        raise
+    except GeneratorExit:  # the coroutine itself is being closed: not an outcome
+        raise
+    except BaseException as exc:
+        return _ended(exc, None, timeout_s, timed_out, started)
+    return _ended(None, value, timeout_s, timed_out, started)
+
+
+def _ended(error: BaseException | None, value: Any, timeout_s: float | None,
+           timed_out: Callable[[], bool], started: float) -> Outcome:
+    duration = time.perf_counter() - started
+    if timed_out():  # cancelled on time, but the body swallowed it and went on
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        return timeout_outcome(timeout_s, duration, " and ignored its cancellation", error)
+    if timeout_s and duration > timeout_s:  # the timer could not fire: the loop was blocked
+        return timeout_outcome(timeout_s, duration, f": it ended after {duration:.3f} s, "
+                               "while the event loop was blocked", error)
+    if error is not None:
+        return Outcome("error", error=error, duration_s=duration)
+    return Outcome("ok", value=value, duration_s=duration)
 
 
 async def run_attempt(fn: Callable[[], Awaitable[Any]], timeout_s: float | None) -> Outcome:

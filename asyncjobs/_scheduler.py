@@ -31,6 +31,7 @@ from ._task import Task, as_task
 log = logging.getLogger("asyncjobs.scheduler")
 
 _PROMOTE_BATCH = 1000
+_MIN_PAUSE_S = 0.05  # a non-leader never retries the lease faster than this
 _PRUNE_EVERY_S = 300.0
 _PRUNE_IDLE_MS = 3600 * 1000
 
@@ -84,6 +85,8 @@ def cron(
     else:
         when = Every(timedelta(seconds=to_seconds(every, "every") or 0))
     ref = as_task(task)
+    if ref.fn is not None:
+        ref.converter.check(tuple(args), dict(kwargs or {}))
     job_name = name or ref.name
     if job_name.endswith(":job"):
         raise ValueError(f"cron name {job_name!r}: a name may not end with ':job'")
@@ -118,7 +121,7 @@ class Scheduler:
                 if not transient(exc):
                     raise
                 self.lease.drop()
-                await self._sleep(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
+                await self._pause(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
 
     async def release(self) -> None:
         """Give up leadership so another worker takes over at once (at shutdown)."""
@@ -132,7 +135,8 @@ class Scheduler:
         if not self.lease.held:
             if not await self.lease.acquire():
                 remaining = await self.lease.remaining_s()
-                await self._sleep(min(remaining + 0.005, self.lease.ttl_s / 3))
+                await self._pause(min(max(remaining + 0.005, _MIN_PAUSE_S),
+                                      self.lease.ttl_s / 3))
                 return
             log.info("scheduler leads queue %s", self.queue)
         if time.monotonic() >= self.lease.renew_at and not await self.lease.renew():
@@ -193,7 +197,15 @@ class Scheduler:
         return wait
 
     async def _sleep(self, seconds: float) -> None:
+        """The leader's wait: until the next due time, or a wake-up (an earlier job)."""
         if seconds <= 0 or self.rt.stopping.is_set():
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        """Any other wait (not leading, or backing off): wake-ups do not cut it short.
+        The wake event is set by the events loop and cleared only by the leader, so a
+        non-leader that waited on it would return at once, over and over."""
+        if seconds > 0 and not self.rt.stopping.is_set():
+            await asyncio.sleep(seconds)

@@ -1,6 +1,13 @@
 """Graceful shutdown: stop taking jobs, let running ones finish within the grace period,
 cancel the rest, record every outcome, and hand back every entry still held, so other
-workers start those jobs at once instead of after the claim timeout."""
+workers start those jobs at once instead of after the claim timeout.
+
+A job whose body may still be running in this process (a task that ignores cancellation,
+a plain ``def`` task's thread) is never handed back: that would run it twice at once. Its
+entry stays pending and is reclaimed after the claim timeout, once this process has exited.
+The whole sequence is bounded: grace + ``CANCEL_WAIT_S`` + the settle and hand-back calls
+(each at most ``_FLUSH_S`` during an outage).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,13 @@ from ._upkeep import unregister
 
 log = logging.getLogger("asyncjobs.worker")
 
+CANCEL_WAIT_S = 2.0
+"""How long cancelled jobs get to stop (their ``finally`` blocks run) before the worker
+hands back what it can and leaves the rest."""
+
+_FLUSH_S = 10.0
+_ROUNDS = 5
+
 
 async def drain(
     rt: Runtime, ex: Executor, settler: Settler, settling: asyncio.Task[None], *, now: bool
@@ -28,24 +42,36 @@ async def drain(
     if not await ex.wait_idle(grace, rt.hurry):
         count = ex.cancel_all("shutdown")
         log.warning("grace period over: cancelled %d job(s); handing them back", count)
-        await ex.wait_idle(10.0)
-    settler.close(give_up_after_s=10.0)
+        await ex.wait_idle(CANCEL_WAIT_S)
+    settler.close(give_up_after_s=_FLUSH_S)
     await settling
-    with anyio.move_on_after(10.0):
+    with anyio.move_on_after(_FLUSH_S):
         await handback(rt, ex)
+    ex.threads.close()
     log.info("worker %s stopped", rt.consumer)
 
+
 async def handback(rt: Runtime, ex: Executor) -> None:
-    """Re-add every entry this consumer still holds, so other workers take it at once.
-    Whether an attempt had started (and is not to be counted) is read from the record."""
+    """Re-add every entry this consumer still holds, so other workers take it at once;
+    keep those whose task body still runs here. Whether an attempt had started (and is not
+    to be counted) is read from the record."""
     try:
         for queue, store in rt.stores.items():
-            entries = await store.pending_entries(rt.consumer)
-            if entries:
-                count = await store.handback(rt.consumer, entries)
-                log.info("handed back %d job(s) on queue %s", count, queue)
-            if not await store.pending_entries(rt.consumer, limit=1):
-                await store.delete_consumer(rt.consumer)
+            keep = ex.alive_entries(queue)
+            total = 0
+            for _ in range(_ROUNDS):  # a read served late can add entries: look again
+                moved, left = await store.handback(rt.consumer, keep)
+                total += moved
+                if not left:
+                    break
+            if total:
+                log.info("handed back %d job(s) on queue %s", total, queue)
+            if keep:
+                log.warning(
+                    "%d job(s) on queue %s still run in this process (a task that ignores "
+                    "cancellation, or a plain def task's thread): not handed back; they run "
+                    "again after the claim timeout, once this process has exited",
+                    len(keep), queue)
         await unregister(rt)
     except OUTAGE_ERRORS as exc:
         log.warning("could not hand back held jobs (%s); they run again after the claim "

@@ -16,7 +16,6 @@ from redis.exceptions import ResponseError
 
 from . import _scripts as s
 from ._keys import GROUP, Keys
-from ._model import JobState
 
 _ENQUEUE_BATCH = 500
 
@@ -98,19 +97,20 @@ class QueueStore:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> dict[int, JobState]:
-        """Write jobs (pipelined batches of 500). Returns the jobs that already existed
-        (dedup by job id): their index in ``jobs`` and their state."""
+    async def enqueue(self, jobs: Sequence[NewJob]) -> dict[int, str]:
+        """Write jobs (pipelined batches of 500), each all or nothing. Returns the jobs not
+        created, by index in ``jobs``: the state of a job that already existed (dedup by job
+        id), or ``'error: <reason>'`` for one that could not be written."""
         calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH])
                  for i in range(0, len(jobs), _ENQUEUE_BATCH)]
         if len(calls) == 1:
             replies = [await calls[0][0](self.client, calls[0][1], calls[0][2])]
         else:
             replies = await s.run_pipelined(self.client, calls)
-        existing: dict[int, JobState] = {}
+        existing: dict[int, str] = {}
         for batch, reply in enumerate(replies):
             for k in range(0, len(reply), 2):
-                existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = JobState(_str(reply[k + 1]))
+                existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = _str(reply[k + 1])
         return existing
 
     def _enqueue_call(self, jobs: Sequence[NewJob]) -> s.Call:
@@ -146,7 +146,7 @@ class QueueStore:
 
     async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
         """Mark deliveries as started; see start.lua for the verdicts."""
-        args: list[s.KeyOrArg] = [consumer, self.keys.job_prefix]
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
         for d in deliveries:
             args += [d.entry, d.job_id]
         reply = await s.load(s.START)(self.client, [self.keys.stream], args)
@@ -184,27 +184,20 @@ class QueueStore:
         lost, aborted = await s.load(s.TOUCH)(self.client, [self.keys.stream], args)
         return [_str(x) for x in lost], [_str(x) for x in aborted]
 
-    async def pending_entries(self, consumer: str, limit: int = 10_000) -> list[str]:
-        """Entry ids pending for this consumer."""
-        rows = await self.client.xpending_range(
-            self.keys.stream, GROUP, min="-", max="+", count=limit, consumername=consumer
-        )
-        return [_str(row["message_id"]) for row in rows]
-
-    async def handback(self, consumer: str, entries: Sequence[str]) -> int:
-        """Re-add held entries at the stream's end; returns how many."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix, *entries]
-        return int(await s.load(s.HANDBACK)(self.client, [self.keys.stream], args))
-
-    async def delete_consumer(self, consumer: str) -> None:
-        """Remove this consumer from the group (call once it holds nothing)."""
-        await self.client.xgroup_delconsumer(self.keys.stream, GROUP, consumer)
+    async def handback(self, consumer: str, keep: Sequence[str], most: int = 1000
+                       ) -> tuple[int, int]:
+        """Hand back up to ``most`` held entries, all but ``keep``; deletes the consumer
+        once it holds nothing. Returns (handed back, still held and not kept)."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix, most, *keep]
+        moved, left = await s.load(s.HANDBACK)(self.client, [self.keys.stream], args)
+        return int(moved), int(left)
 
     async def promote(self, limit: int, expired_ttl_s: int) -> Promoted:
         """Move up to ``limit`` due jobs into the stream."""
         k = self.keys
         args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s]
-        p, e, nxt, now = await s.load(s.PROMOTE)(self.client, [k.stream, k.delayed, k.stats], args)
+        p, e, nxt, now = await s.load(s.PROMOTE)(self.client,
+                                                 [k.stream, k.delayed, k.stats, k.dead], args)
         return Promoted(int(p), int(e), None if int(nxt) < 0 else int(nxt), int(now))
 
     async def abort(self, job_id: str, record_ttl_s: int) -> str:

@@ -19,10 +19,10 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import anyio.to_thread
 
-from ._codec import ArgConverter, return_type
 from ._context import Context
 from ._durations import Seconds, to_seconds
 from ._retry import RetryPolicy
+from ._signature import ArgConverter, return_type
 from .exceptions import ConfigurationError
 
 P = ParamSpec("P")

@@ -16,12 +16,16 @@ from typing import Any, cast
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from . import _scripts
 from ._executor import Executor
 from ._keys import GlobalKeys
 from ._runtime import OUTAGE_ERRORS, Runtime, transient
+from ._text import clean, safe_str
 from ._version import __version__
 
 log = logging.getLogger("asyncjobs.worker")
+
+_REGISTRY_PRUNE_MS = 24 * 3600 * 1000  # registry entries of workers gone this long go
 
 
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
@@ -82,12 +86,17 @@ async def _listen(pubsub: PubSub, handlers: dict[bytes, Callable[[bytes], None]]
         if message and message.get("type") == "message":
             handler = handlers.get(message["channel"])
             if handler is not None:
-                handler(message["data"])
+                try:
+                    handler(message["data"])
+                except Exception:  # anyone can publish anything: one message never stops us
+                    log.exception("could not handle a message on %s",
+                                  clean(safe_str(message["channel"])))
 
 
 def _on_abort(ex: Executor, queue: str) -> Callable[[bytes], None]:
     def handle(data: bytes) -> None:
-        running = ex.find_job(queue, data.decode())
+        job_id = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        running = ex.find_job(queue, job_id)
         if running is not None:
             ex.cancel(running, "abort")
 
@@ -120,8 +129,9 @@ async def heartbeat_loop(rt: Runtime, ex: Executor) -> None:
 
 
 async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
+    """Publish this worker's record and stamp it alive with the Redis clock (the sorted
+    set's score is what ``Admin.workers`` trusts; ``beat`` in the JSON is this host's)."""
     cfg = rt.config
-    now_ms = int(time.time() * 1000)
     info = {
         "name": rt.consumer,
         "host": socket.gethostname(),
@@ -131,16 +141,14 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "running": ex.active,
         "stopping": rt.stopping.is_set(),
         "started": int(rt.started_at * 1000),
-        "beat": now_ms,
+        "beat": int(time.time() * 1000),
         "version": __version__,
         "tasks": sorted(rt.tasks),
     }
     ttl = max(1, int(cfg.heartbeat_every_s * 3))
-    pipe = rt.client.pipeline(transaction=False)
-    pipe.set(keys.worker(rt.consumer), json.dumps(info), ex=ttl)
-    pipe.zadd(keys.workers, {rt.consumer: now_ms})
-    pipe.zremrangebyscore(keys.workers, "-inf", now_ms - 24 * 3600 * 1000)
-    await pipe.execute()
+    await rt.client.set(keys.worker(rt.consumer), json.dumps(info), ex=ttl)
+    await _scripts.load(_scripts.BEAT)(rt.client, [keys.workers],
+                                       [rt.consumer, _REGISTRY_PRUNE_MS])
 
 
 async def unregister(rt: Runtime) -> None:

@@ -27,7 +27,7 @@ from ._config import WorkerConfig
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._durations import Seconds, to_seconds
 from ._executor import Executor
-from ._fetcher import fetch_loop
+from ._fetcher import Reader, fetch_loop
 from ._keys import Keys
 from ._middleware import Middleware, Observer, compose
 from ._pool import Pool
@@ -208,6 +208,7 @@ class Worker:
         observers = [*self.observers, *([metrics] if metrics else [])]
         ex = Executor(rt, settler, compose(self.middleware), observers)
         wake = {q: asyncio.Event() for q in rt.config.queues}
+        readers = {q: Reader(rt.blocking) for q in rt.config.queues}
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
         schedulers = [
             Scheduler(rt, q, [c for c in self.crons if self._cron_queue(c) == q], wake[q])
@@ -222,7 +223,7 @@ class Worker:
             if metrics is not None:
                 tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
             fetching = anyio.CancelScope()
-            tg.start_soon(self._fetch_all, rt, ex, fetching)
+            tg.start_soon(self._fetch_all, rt, ex, fetching, readers)
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
                      ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
             task_status.started(self)
@@ -234,14 +235,17 @@ class Worker:
                 rt.stopping.set()
                 rt.hurry.set()
                 with anyio.CancelScope(shield=True):
-                    await self._wind_down(rt, ex, settler, settling, fetching, schedulers)
+                    await self._wind_down(rt, ex, settler, settling, fetching, schedulers,
+                                          readers)
                 raise
-            await self._wind_down(rt, ex, settler, settling, fetching, schedulers)
+            await self._wind_down(rt, ex, settler, settling, fetching, schedulers, readers)
             tg.cancel_scope.cancel()
 
     async def _wind_down(self, rt: Runtime, ex: Executor, settler: Settler,
                          settling: asyncio.Task[None], fetching: anyio.CancelScope,
-                         schedulers: list[Scheduler]) -> None:
+                         schedulers: list[Scheduler], readers: dict[str, Reader]) -> None:
+        for reader in readers.values():  # no read of ours may stay blocked in Redis
+            await reader.unblock(rt.client)
         fetching.cancel()
         for scheduler in schedulers:
             await scheduler.release()
@@ -252,18 +256,24 @@ class Worker:
 
         assert self.metrics_port is not None
         metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.queues,
-                                concurrency=rt.config.concurrency)
+                                concurrency=rt.config.concurrency, tasks=rt.tasks)
         metrics.serve(self.metrics_port)
         log.info("metrics served on port %s", metrics.port)
         return metrics
 
-    async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope) -> None:
-        with scope:
-            async with anyio.create_task_group() as fetchers:
-                for queue in rt.config.queues:
-                    fetchers.start_soon(supervised, f"fetch {queue}",
-                                        partial(fetch_loop, rt, ex, queue))
-        rt.stopping.set()  # all fetchers returned: burst mode drained every queue
+    async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope,
+                         readers: dict[str, Reader]) -> None:
+        try:
+            with scope:
+                async with anyio.create_task_group() as fetchers:
+                    for queue in rt.config.queues:
+                        fetchers.start_soon(supervised, f"fetch {queue}",
+                                            partial(fetch_loop, rt, ex, queue, readers[queue]))
+            rt.stopping.set()  # all fetchers returned: burst mode drained every queue
+        finally:
+            with anyio.CancelScope(shield=True):
+                for reader in readers.values():
+                    await reader.close()
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
         """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling."""

@@ -5,6 +5,7 @@
     AsyncJobsError
     ├── ConfigurationError      bad settings, a wrong import path, an unknown task option
     ├── SerializationError      an argument or a result that msgspec cannot encode
+    ├── EnqueueError            some jobs of an enqueue could not be written (``.reasons``)
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
     ├── ResultTimeout           ``Job.result(timeout=...)`` elapsed first (also a ``TimeoutError``)
@@ -21,7 +22,7 @@ Redis and codec errors are translated at the boundary and chained with ``from``.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._durations import to_seconds
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncJobsError",
     "ConfigurationError",
+    "EnqueueError",
     "JobAborted",
     "JobError",
     "JobExpired",
@@ -54,6 +56,22 @@ class ConfigurationError(AsyncJobsError):
 
 class SerializationError(AsyncJobsError, TypeError):
     """A value cannot be encoded with msgspec; the message names the argument and its type."""
+
+
+class EnqueueError(AsyncJobsError):
+    """Some jobs of an ``enqueue`` / ``enqueue_many`` were not written; the others were.
+
+    ``reasons`` maps the job id of each job not written to why (e.g. its key holds data
+    that is not a job record); ``enqueued`` holds the handles of the jobs that were written
+    (or already existed). Each job is written whole or not at all.
+    """
+
+    def __init__(self, reasons: dict[str, str], enqueued: list[Any]) -> None:
+        first = next(iter(reasons.items()))
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        super().__init__(f"job {first[0]!r} was not enqueued: {first[1]}{more}")
+        self.reasons = reasons
+        self.enqueued = enqueued
 
 
 class RedisUnavailable(AsyncJobsError, ConnectionError):

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -106,15 +106,23 @@ class Busy(Protocol):
         ...
 
 
+UNKNOWN_TASK = "unknown"
+"""The task label of jobs whose task is not registered on the worker."""
+
+
 class WorkerMetrics:
     """One worker's Prometheus metrics: an observer of its job events, a refresh loop for
     its gauges (``run``), and an HTTP endpoint (``serve``)."""
 
     def __init__(self, *, worker: str, queues: Sequence[str], concurrency: int,
                  registry: CollectorRegistry | None = None,
-                 refresh_s: float | None = None) -> None:
+                 refresh_s: float | None = None, tasks: Iterable[str] | None = None) -> None:
         self.worker = worker
         self.queues = tuple(queues)
+        self.tasks: frozenset[str] | None = None if tasks is None else frozenset(tasks)
+        """Task names used as labels; any other name (a job naming a task this worker does
+        not know: data from Redis) is counted under ``unknown``, so untrusted data cannot
+        create series. None: every name is a label."""
         self.refresh_s = refresh_interval(refresh_s)
         """Seconds between gauge refreshes (argument, else the environment, else 5)."""
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -159,6 +167,8 @@ class WorkerMetrics:
 
     def job_event(self, event: str, queue: str, task: str, duration_s: float) -> None:
         """Count one job event (the worker's executor calls this; see ``EVENT_COUNTERS``)."""
+        if self.tasks is not None and task not in self.tasks:
+            task = UNKNOWN_TASK
         for name in counters_for(event):
             self.counters[name].labels(queue=queue, task=task).inc()
         if event in TIMED_EVENTS and duration_s > 0:

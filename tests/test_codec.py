@@ -17,7 +17,6 @@ import pytest
 
 import asyncjobs
 from asyncjobs._codec import (
-    ArgConverter,
     decode_errors,
     decode_progress,
     decode_spec,
@@ -27,10 +26,10 @@ from asyncjobs._codec import (
     encode_spec,
     encode_value,
     error_info,
-    return_type,
 )
 from asyncjobs._model import ErrorInfo, JobSpec, Progress
 from asyncjobs._runner import run_attempt
+from asyncjobs._signature import ArgConverter, return_type
 from asyncjobs.exceptions import SerializationError
 
 PACKAGE_DIR = str(Path(asyncjobs.__file__).parent)

@@ -7,7 +7,7 @@ import inspect
 import asyncjobs
 
 PUBLIC = [
-    "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CronJob",
+    "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CronJob", "EnqueueError",
     "ErrorInfo", "Job", "JobAborted", "JobError", "JobExpired", "JobFailed", "JobInfo",
     "JobNotFound", "JobState", "JobTimeout", "Middleware", "Observer", "Pool", "Progress",
     "RedisUnavailable", "ResultTimeout", "Retry", "RetryPolicy", "SerializationError", "Task",

@@ -2,11 +2,53 @@
 -- steps several scripts take. Every timestamp asyncjobs stores comes from now_ms(), so
 -- producers and workers on hosts with skewed clocks still agree on due times, expiry and
 -- latency.
+--
+-- Anything read from Redis may be garbage (a key of the wrong type, a field that is not a
+-- number): scripts read through hmget() and int(), which never raise, and check every
+-- queue-level key's type with check_type() before their first write, so that a script
+-- either writes nothing or finishes what it started. A bad job is isolated (dead-lettered
+-- with the reason) and never stops the rest of a batch.
 local unpack = unpack or table.unpack
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A whole number (attempts, a time in ms) from a field; nil when missing or garbage
+-- ('abc', 'inf', 'nan', '1.5', absurdly large).
+local function int(v)
+  local n = tonumber(v)
+  if n and n == n and n > -1e15 and n < 1e15 and n == math.floor(n) then
+    return n
+  end
+  return nil
+end
+
+-- HMGET that never raises: nil when the key holds something other than a hash.
+local function hmget(key, ...)
+  local r = redis.pcall('HMGET', key, ...)
+  if type(r) == 'table' and r.err then
+    return nil
+  end
+  return r
+end
+
+-- Raise (before any write) unless `key` is absent or of type `want`.
+local function check_type(key, want)
+  local t = redis.call('TYPE', key)
+  t = type(t) == 'table' and t.ok or t
+  if t ~= 'none' and t ~= want then
+    error('ASYNCJOBS_CORRUPT key ' .. key .. ' holds a ' .. t .. ', not a ' .. want ..
+      ': delete or rename it')
+  end
+end
+
+-- Counters are best effort: a broken stats key never stops a job.
+local function count(stats, field, n)
+  if n > 0 then
+    redis.pcall('HINCRBY', stats, field, n)
+  end
 end
 
 -- Publish a wake-up for the scheduler when `due` is earlier than every other due time.
@@ -17,20 +59,24 @@ local function wake_if_first(delayed, channel, id, due)
   end
 end
 
--- End a job: its final state, end time (and result); the record's TTL (0: drop it at once;
--- negative: keep it until purged); a notice to whoever waits for the job.
-local function finish(key, channel, state, now, ttl, result)
-  if result then
-    redis.call('HSET', key, 's', state, 'et', now, 'r', result)
-  else
-    redis.call('HSET', key, 's', state, 'et', now)
+-- End a job: its final state and end time, plus `fields` (a list of field, value: the
+-- result, the error history...); the record's TTL (0: drop it at once; negative: keep it
+-- until purged); a notice to whoever waits. Returns nil, or an error text when the job
+-- key cannot hold a record (then nothing was written).
+local function finish(key, channel, state, now, ttl, fields)
+  local ok = redis.pcall('HSET', key, 's', state, 'et', now, unpack(fields or {}))
+  if type(ok) == 'table' and ok.err then
+    return 'the job key cannot hold a record: ' .. ok.err
   end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   elseif ttl == 0 then
     redis.call('DEL', key)
+  else
+    redis.call('PERSIST', key)
   end
   redis.call('PUBLISH', channel, state)
+  return nil
 end
 
 -- True while `entry` is pending for `consumer` (nobody has taken it over).
@@ -50,30 +96,53 @@ end
 
 -- The ms part of a stream entry id ("1795276503766-0" -> 1795276503766), or 0.
 local function entry_ms(entry)
-  return tonumber(entry and string.match(entry, '^(%d+)') or 0) or 0
+  return int(type(entry) == 'string' and string.match(entry, '^(%d+)') or 0) or 0
 end
 
--- Start one delivered entry (see start.lua): returns {verdict, spec, attempts, history,
--- enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
+local STATES = {scheduled = true, queued = true, running = true, complete = true,
+  failed = true, aborted = true, expired = true}
+
+-- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
+-- history, enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
 local function start_entry(entry, id, consumer, prefix, now)
   local key = prefix .. id
-  local rec = id ~= '' and redis.call('HMGET', key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q') or {}
+  local rec = {}
+  if id ~= '' then
+    rec = hmget(key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q')
+  end
+  if not rec then
+    return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',
+      0, '', entry_ms(entry), now}
+  end
   local state = rec[1]
-  local verdict = 'run'
   if not state then
-    verdict = 'missing'
-  elseif (state ~= 'queued' and state ~= 'running') or rec[2] ~= entry then
+    return {'missing', '', 0, '', entry_ms(entry), now}
+  end
+  local attempts, expires = int(rec[6] or 0), rec[3] and int(rec[3])
+  local bad = nil
+  if not STATES[state] then
+    bad = 'its state field is not a known state'
+  elseif not attempts or attempts < 0 then
+    bad = 'its attempts field is not a number'
+  elseif rec[3] and not expires then
+    bad = 'its expiry field is not a time'
+  end
+  if bad then
+    return {'corrupt', 'the job record cannot be read: ' .. bad, int(rec[6]) or 0, '',
+      entry_ms(entry), now}
+  end
+  local enqueued = int(rec[8]) or entry_ms(rec[2] or entry)
+  local verdict = 'run'
+  if (state ~= 'queued' and state ~= 'running') or rec[2] ~= entry then
     verdict = 'stale'
   elseif rec[4] then
     verdict = 'aborted'
-  elseif rec[3] and now >= tonumber(rec[3]) then
+  elseif expires and now >= expires then
     verdict = 'expired'
   end
-  local attempts = tonumber(rec[6] or 0)
-  local enqueued = rec[8] or entry_ms(rec[2])
   if verdict == 'run' then
     attempts = attempts + 1
-    if rec[8] then
+    if int(rec[8]) then
       redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer)
     else  -- keep the enqueue time before the entry id can change (retry, hand-back)
       redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer,

@@ -4,19 +4,25 @@
 --
 -- KEYS[1] job key, KEYS[2] stream, KEYS[3] delayed set, KEYS[4] stats hash
 -- ARGV[1] job id, ARGV[2] done channel, ARGV[3] abort channel, ARGV[4] record TTL s
--- Returns the state before the call, or 'missing'.
+-- Returns the state before the call, 'missing', or 'unreadable' (the job key is not a hash).
 local key, id = KEYS[1], ARGV[1]
-local state = redis.call('HGET', key, 's')
+local rec = hmget(key, 's', 'e')
+if not rec then
+  return 'unreadable'
+end
+local state = rec[1]
 if not state then
   return 'missing'
 end
 if state == 'scheduled' or state == 'queued' then
+  check_type(KEYS[2], 'stream')
+  check_type(KEYS[3], 'zset')
   if state == 'scheduled' then
     redis.call('ZREM', KEYS[3], id)
-  else
-    redis.call('XDEL', KEYS[2], redis.call('HGET', key, 'e'))
+  elseif rec[2] then
+    redis.call('XDEL', KEYS[2], rec[2])
   end
-  redis.call('HINCRBY', KEYS[4], 'aborted', 1)
+  count(KEYS[4], 'aborted', 1)
   finish(key, ARGV[2], 'aborted', now_ms(), tonumber(ARGV[4]))
 elseif state == 'running' then
   redis.call('HSET', key, 'ab', '1')

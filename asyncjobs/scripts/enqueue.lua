@@ -1,13 +1,17 @@
--- Enqueue a batch of jobs: store each record and either XADD it to the stream or ZADD it to
--- the delayed set. A job id whose record exists (queued, scheduled, running, or a kept
--- result) is not enqueued again: the existing job's state is returned instead.
+-- Enqueue a batch of jobs, all or nothing per job: store each record and either XADD it to
+-- the stream or ZADD it to the delayed set. A job id whose record exists (queued,
+-- scheduled, running, or a kept result) is not enqueued again: the existing job's state is
+-- returned instead. A job that cannot be written (its key holds something other than a
+-- hash, or the stream or delayed set is of the wrong type) is not written at all and its
+-- reason is returned; the rest of the batch is written.
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4..] one job key per job
 -- ARGV[1] wake channel
 -- ARGV[2..] six values per job: job id, spec (msgpack), delay ms (0 = none),
 --           due at ms (0 = none), expires in ms (0 = none), expires at ms (0 = none)
--- Returns the jobs that already existed, as a flat list: index (1-based), state, ...
--- (empty when every job was new, the usual case: a small reply for a large batch).
+-- Returns the jobs not created, as a flat list: index (1-based), then their state, or
+-- 'error: <reason>' for a job that could not be written (empty when every job was new,
+-- the usual case: a small reply for a large batch).
 local now = now_ms()
 local out = {}
 local created = 0
@@ -15,10 +19,13 @@ for i = 1, #KEYS - 3 do
   local key = KEYS[3 + i]
   local b = 1 + (i - 1) * 6
   local id = ARGV[b + 1]
-  local state = redis.call('HGET', key, 's')
-  if state then
+  local rec = hmget(key, 's')
+  if not rec then
     out[#out + 1] = i
-    out[#out + 1] = state
+    out[#out + 1] = 'error: its key ' .. key .. ' holds something other than a hash'
+  elseif rec[1] then
+    out[#out + 1] = i
+    out[#out + 1] = rec[1]
   else
     local delay, at = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
     local exp_in, exp_at = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
@@ -26,22 +33,30 @@ for i = 1, #KEYS - 3 do
     if at > 0 then due = at elseif delay > 0 then due = now + delay end
     local expires = 0
     if exp_at > 0 then expires = exp_at elseif exp_in > 0 then expires = now + exp_in end
-    if expires > 0 then
-      redis.call('HSET', key, 'x', expires)
-    end
+    local fields, placed
     if due > now then
-      redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 'q', now, 's', 'scheduled', 'd', due)
-      redis.call('ZADD', KEYS[2], due, id)
-      wake_if_first(KEYS[2], ARGV[1], id, due)
+      placed = redis.pcall('ZADD', KEYS[2], due, id)
+      fields = {'j', ARGV[b + 2], 'a', 0, 'q', now, 's', 'scheduled', 'd', due}
     else
-      local entry = redis.call('XADD', KEYS[1], '*', 'i', id)
+      placed = redis.pcall('XADD', KEYS[1], '*', 'i', id)
       -- No 'q': the entry id is the enqueue time (start_entry stores it at the first start).
-      redis.call('HSET', key, 'j', ARGV[b + 2], 'a', 0, 's', 'queued', 'e', entry)
+      fields = {'j', ARGV[b + 2], 'a', 0, 's', 'queued', 'e', placed}
     end
-    created = created + 1
+    if type(placed) == 'table' and placed.err then
+      out[#out + 1] = i
+      out[#out + 1] = 'error: ' .. placed.err
+    else
+      if expires > 0 then
+        fields[#fields + 1] = 'x'
+        fields[#fields + 1] = expires
+      end
+      redis.call('HSET', key, unpack(fields))
+      if due > now then
+        wake_if_first(KEYS[2], ARGV[1], id, due)
+      end
+      created = created + 1
+    end
   end
 end
-if created > 0 then
-  redis.call('HINCRBY', KEYS[3], 'enqueued', created)
-end
+count(KEYS[3], 'enqueued', created)
 return out

@@ -4,8 +4,8 @@
 -- KEYS[1] job key
 -- ARGV[1] progress (msgpack), ARGV[2] consumer
 -- Returns 1 if recorded, 0 if not.
-local rec = redis.call('HMGET', KEYS[1], 's', 'w')
-if rec[1] == 'running' and rec[2] == ARGV[2] then
+local rec = hmget(KEYS[1], 's', 'w')
+if rec and rec[1] == 'running' and rec[2] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'p', ARGV[1])
   return 1
 end

@@ -9,8 +9,8 @@ for i = 2, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   if id ~= '' then
     local key = ARGV[1] .. id
-    local rec = redis.call('HMGET', key, 's', 'de')
-    if rec[1] == 'failed' and rec[2] == entry then
+    local rec = hmget(key, 's', 'de')
+    if rec and rec[1] == 'failed' and rec[2] == entry then
       redis.call('DEL', key)
     end
   end

@@ -1,6 +1,9 @@
--- Settle finished attempts, all or nothing per job: acknowledge and delete the stream entry,
--- then record the outcome. An entry no longer pending for this consumer (it was reclaimed
--- by another worker) is left alone: its new owner settles it.
+-- Settle finished attempts, all or nothing per job: record the outcome, then acknowledge
+-- and delete the stream entry. An entry no longer pending for this consumer (it was
+-- reclaimed by another worker) is left alone: its new owner settles it. A job key that
+-- cannot hold a record (not a hash) dead-letters the entry instead, key untouched.
+-- The delayed set and the dead-letter stream are checked before anything is written: if
+-- either is of the wrong type the call fails and writes nothing.
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
@@ -15,47 +18,70 @@
 --   history: the whole error history (msgpack), '' to leave it unchanged
 -- Returns one 1 (settled) or 0 (not ours any more) per job.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'stream')
 local now = now_ms()
 local out = {}
 local counts = {}
 
+-- Copy an entry's raw fields into a dead letter, with the reason.
+local function dead_letter_entry(entry, id, reason)
+  local found = redis.call('XRANGE', stream, entry, entry)
+  local letter = {'i', id, 'r', reason, 't', now, 'entry', entry}
+  for _, f in ipairs(found[1] and found[1][2] or {}) do letter[#letter + 1] = f end
+  redis.call('XADD', KEYS[3], '*', unpack(letter))
+  return 'failed'
+end
+
+-- The error history, when the worker sent one, as fields for finish() / HSET.
+local function with_history(fields, history)
+  if history ~= '' then
+    fields[#fields + 1] = 'h'
+    fields[#fields + 1] = history
+  end
+  return fields
+end
+
+local function settle(entry, id, outcome, payload, number, history)
+  local key = ARGV[3] .. id
+  local done = ARGV[4] .. id
+  local broken = nil
+  if outcome == 'complete' then
+    broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history))
+  elseif outcome == 'retry' then
+    local due = now + number
+    local ok = redis.pcall('HSET', key, unpack(with_history({'s', 'scheduled', 'd', due},
+      history)))
+    if type(ok) == 'table' and ok.err then
+      broken = 'the job key cannot hold a record: ' .. ok.err
+    else
+      redis.call('ZADD', KEYS[2], due, id)
+      wake_if_first(KEYS[2], ARGV[5], id, due)
+    end
+  elseif outcome == 'failed' then
+    local letter = redis.call('XADD', KEYS[3], '*', 'i', id, 'r', payload, 't', now)
+    -- A job key that cannot hold a record keeps the letter just written, and no record.
+    finish(key, done, 'failed', now, -1, with_history({'dl', payload, 'de', letter}, history))
+  elseif outcome == 'expired' or outcome == 'aborted' then
+    broken = finish(key, done, outcome, now, number, with_history({}, history))
+  elseif outcome == 'garbage' then
+    outcome = dead_letter_entry(entry, id, payload)
+  end
+  if broken then
+    outcome = dead_letter_entry(entry, id, broken)
+  end
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  return outcome
+end
+
 for b = 6, #ARGV, 6 do
-  local entry, id, outcome = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local payload, number, history = ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5]
+  local entry = ARGV[b]
   if not held_by(stream, group, entry, consumer) then
     out[#out + 1] = 0
   else
-    local fields = nil
-    if outcome == 'garbage' then
-      local found = redis.call('XRANGE', stream, entry, entry)
-      fields = found[1] and found[1][2] or {}
-    end
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    local key = ARGV[3] .. id
-    if history ~= '' then
-      redis.call('HSET', key, 'h', history)
-    end
-    if outcome == 'complete' then
-      finish(key, ARGV[4] .. id, 'complete', now, number, payload)
-    elseif outcome == 'retry' then
-      local due = now + number
-      redis.call('HSET', key, 's', 'scheduled', 'd', due)
-      redis.call('ZADD', KEYS[2], due, id)
-      wake_if_first(KEYS[2], ARGV[5], id, due)
-    elseif outcome == 'failed' then
-      local dead = redis.call('XADD', KEYS[3], '*', 'i', id, 'r', payload, 't', now)
-      redis.call('HSET', key, 'dl', payload, 'de', dead)
-      redis.call('PERSIST', key)
-      finish(key, ARGV[4] .. id, 'failed', now, -1)
-    elseif outcome == 'expired' or outcome == 'aborted' then
-      finish(key, ARGV[4] .. id, outcome, now, number)
-    elseif outcome == 'garbage' then
-      local dead = {'i', id, 'r', payload, 't', now, 'entry', entry}
-      for f = 1, #fields do dead[#dead + 1] = fields[f] end
-      redis.call('XADD', KEYS[3], '*', unpack(dead))
-      outcome = 'failed'
-    end
+    local outcome = settle(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+      tonumber(ARGV[b + 4]) or 0, ARGV[b + 5])
     if outcome ~= 'ack' then
       counts[outcome] = (counts[outcome] or 0) + 1
     end
@@ -63,6 +89,6 @@ for b = 6, #ARGV, 6 do
   end
 end
 for outcome, n in pairs(counts) do
-  redis.call('HINCRBY', KEYS[4], outcome, n)
+  count(KEYS[4], outcome, n)
 end
 return out

@@ -1,16 +1,24 @@
--- Start the attempts of entries just delivered to this consumer (read or reclaimed).
--- A runnable job becomes `running`: attempts + 1, start time and worker recorded.
+-- Start the attempts of entries just delivered to this consumer (by a blocking read or a
+-- reclaim). A runnable job becomes `running`: attempts + 1, start time and worker recorded.
+-- An entry that is no longer pending for this consumer (another worker reclaimed it between
+-- the read and this call) is not touched: its new owner starts it.
 --
 -- KEYS[1] stream
--- ARGV[1] consumer, ARGV[2] job key prefix
--- ARGV[3..] pairs: entry id, job id ('' when the entry carries none)
--- Returns one array per entry: {verdict, spec, attempts, history, enqueued ms, now ms}
---   verdict: 'run' | 'missing' (no record) | 'aborted' (abort requested) | 'expired' |
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix
+-- ARGV[4..] pairs: entry id, job id ('' when the entry carries none)
+-- Returns one array per entry: {verdict, spec or reason, attempts, history, enqueued ms, now ms}
+--   verdict: 'run' | 'lost' (not this consumer's any more: leave it) | 'missing' (no
+--   record) | 'unreadable' (the job key is not a hash) | 'corrupt' (a field cannot be read;
+--   the reason is in the second value) | 'aborted' (abort requested) | 'expired' |
 --   'stale' (the record does not point at this entry, or the job is already final, e.g.
 --   aborted while queued: acknowledge, do not run)
 local now = now_ms()
 local out = {}
-for i = 3, #ARGV, 2 do
-  out[#out + 1] = start_entry(ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2], now)
+for i = 4, #ARGV, 2 do
+  if held_by(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) then
+    out[#out + 1] = start_entry(ARGV[i], ARGV[i + 1], ARGV[2], ARGV[3], now)
+  else
+    out[#out + 1] = {'lost', '', 0, '', 0, now}
+  end
 end
 return out

@@ -1,5 +1,8 @@
 -- Read new entries (without blocking) and start them, in one round trip: the busy-queue
 -- path. An empty reply means nothing is waiting; the worker then blocks in XREADGROUP.
+-- Entries read here are this consumer's (no ownership check needed); each is started as
+-- start.lua does, and a bad record only gives its own entry a 'corrupt' or 'unreadable'
+-- verdict: the rest of the batch starts normally.
 --
 -- KEYS[1] stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] job key prefix

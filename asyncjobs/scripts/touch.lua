@@ -13,7 +13,8 @@ for i = 4, #ARGV, 2 do
     lost[#lost + 1] = entry
   else
     owned[#owned + 1] = entry
-    if id ~= '' and redis.call('HGET', ARGV[3] .. id, 'ab') then
+    local rec = id ~= '' and hmget(ARGV[3] .. id, 'ab')
+    if rec and rec[1] then
       aborted[#aborted + 1] = id
     end
   end
