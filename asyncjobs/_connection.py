@@ -3,6 +3,11 @@ from any factory (``asyncjobs.testing`` passes one for an in-memory fake server)
 
 Every client gets connect and socket timeouts, so no call can hang forever; a client that
 blocks (XREADGROUP BLOCK) gets a socket timeout longer than its blocking time.
+
+A full connection pool is not an outage: a call waits for a free connection (at most the
+client's socket timeout) instead of failing at once, and if none frees up in that time it
+raises ``PoolExhausted``, never ``RedisUnavailable`` (redis-py reports both as a
+``ConnectionError``: ``pool_exhausted()`` tells them apart at the boundary).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
+    BlockingConnectionPool,
     Connection,
-    ConnectionPool,
     SSLConnection,
     UnixDomainSocketConnection,
     parse_url,
@@ -23,6 +28,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENV = "ASYNCJOBS_REDIS_URL"
@@ -118,8 +124,9 @@ def url_factory(url: str, **options: Any) -> ClientFactory:
             "connection_class": connection_class,
             "max_connections": max_connections,
             "socket_timeout": socket_timeout,
+            "timeout": socket_timeout or 5.0,  # the longest wait for a free connection
         }
-        return Redis.from_pool(ConnectionPool(**settings))
+        return Redis.from_pool(BlockingConnectionPool(**settings))
 
     return make
 
@@ -131,3 +138,13 @@ def redact(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]  # keeps IPv6 brackets and the port as written
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """True when ``exc`` says every connection of the pool was busy (not that Redis is
+    unreachable): redis-py raises a ``ConnectionError`` for both."""
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    return (isinstance(exc, RedisConnectionError)
+            and isinstance(exc.__cause__, TimeoutError)
+            and "No connection available" in str(exc))

@@ -45,7 +45,7 @@ from ._runtime import Runtime, Slots
 from ._settler import Settler
 from ._store import Delivery, SettleOp, Started
 from ._task import Task
-from ._text import safe_str
+from ._text import clean, safe_str
 from ._threads import ThreadRunner
 from .exceptions import SerializationError
 
@@ -133,6 +133,15 @@ class Executor:
         found = {e for (q, e), r in self.running.items() if q == queue and r.body_alive()}
         found.update(e for (q, e), r in self.zombies.items() if q == queue and r.body_alive())
         return sorted(found)
+
+    def describe(self, task: asyncio.Task[object]) -> str | None:
+        """Which job an asyncio task runs (for the loop watchdog, from another thread)."""
+        for running in list(self.running.values()):
+            if running.task is task:
+                name = running.plan.task.name if running.plan else "?"
+                return (f"job id={clean(running.job_id)} task={clean(name)} "
+                        f"queue={running.queue}")
+        return None
 
     def find_job(self, queue: str, job_id: str) -> Running | None:
         """The running attempt of a job, if this worker has one."""

@@ -23,14 +23,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._admin import Admin
 from ._codec import encode_spec
-from ._connection import ClientFactory, default_url, redact, url_factory
+from ._connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from ._handle import Job
 from ._keys import GlobalKeys, Keys, check_name
 from ._model import JobSpec, to_ms
 from ._store import NewJob, QueueStore
 from ._task import AsyncFn, Call, SyncFn, Task, call
 from ._waiter import Waiter
-from .exceptions import EnqueueError, RedisUnavailable
+from .exceptions import EnqueueError, PoolExhausted, RedisUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -115,6 +115,11 @@ class Pool:
             try:
                 return await make()
             except _OUTAGE as exc:
+                if pool_exhausted(exc):
+                    raise PoolExhausted(
+                        f"every connection of the pool ({self.description}) stayed busy: "
+                        "too many calls at once; raise create_pool(max_connections=...)"
+                    ) from exc
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(
                         f"Redis unavailable for {self.retry_for_s:g} s "

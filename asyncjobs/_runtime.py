@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._connection import pool_exhausted
 from ._store import QueueStore
 
 if TYPE_CHECKING:
@@ -102,6 +103,10 @@ class Outage:
 
     def failed(self, exc: BaseException, where: str) -> float:
         """Record a failure; returns how long the caller should back off (seconds)."""
+        if pool_exhausted(exc):  # Redis is fine: every connection is busy (tasks using ctx.pool)
+            log.warning("connection pool exhausted (%s); retrying: tasks hold the worker's "
+                        "connections too long, or concurrency is too high for them", where)
+            return 0.05 + random.random() * 0.1
         if self.down_since is None:
             self.down_since = time.monotonic()
             log.warning("redis unavailable (%s: %s); retrying with backoff", where, exc)

@@ -40,6 +40,7 @@ from ._store import QueueStore
 from ._task import Task, as_task
 from ._upkeep import events_loop, heartbeat_loop, keepalive_loop
 from ._version import __version__
+from ._watchdog import LoopWatchdog, describe_with
 from .exceptions import ConfigurationError, RedisUnavailable
 
 log = logging.getLogger("asyncjobs.worker")
@@ -210,6 +211,18 @@ class Worker:
         wake = {q: asyncio.Event() for q in rt.config.queues}
         readers = {q: Reader(rt.blocking) for q in rt.config.queues}
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
+        watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
+        watchdog.start()
+        try:
+            await self._supervise(rt, ex, settler, settling, readers, wake, metrics,
+                                  task_status)
+        finally:
+            watchdog.stop()
+
+    async def _supervise(self, rt: Runtime, ex: Executor, settler: Settler,
+                         settling: asyncio.Task[None], readers: dict[str, Reader],
+                         wake: dict[str, asyncio.Event], metrics: WorkerMetrics | None,
+                         task_status: TaskStatus[Worker]) -> None:
         schedulers = [
             Scheduler(rt, q, [c for c in self.crons if self._cron_queue(c) == q], wake[q])
             for q in rt.config.queues
@@ -276,10 +289,19 @@ class Worker:
                     await reader.close()
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
-        """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling."""
-        factory = _loop_factory(use_uvloop)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(self._main(redis_url))
+        """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling.
+
+        Returns once the worker has stopped, within the grace period plus a few seconds,
+        whatever task code does: tasks that ignore cancellation are left behind (see
+        ``close_loop``), and sync tasks run on daemon threads."""
+        factory = _loop_factory(use_uvloop) or asyncio.new_event_loop
+        loop = factory()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self._main(redis_url))
+        finally:
+            close_loop(loop)
+            asyncio.set_event_loop(None)
 
     async def _main(self, redis_url: str | None) -> None:
         import signal
@@ -301,6 +323,34 @@ class Worker:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
+
+
+LEFTOVER_WAIT_S = 1.0
+"""How long ``run_sync`` waits, after the worker stopped, for tasks still running (task
+code that ignored its cancellation) before it closes the loop without them."""
+
+
+def close_loop(loop: asyncio.AbstractEventLoop, wait_s: float = LEFTOVER_WAIT_S) -> None:
+    """Close an event loop whose main coroutine returned, in bounded time: cancel what still
+    runs, wait at most ``wait_s`` for it, then close. ``asyncio.run`` would wait for ever
+    for a task that swallows every cancellation; such tasks are dropped (and logged)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=wait_s))
+    left = [t for t in tasks if not t.done()]
+    if left:
+        log.warning("%d task(s) still running after the worker stopped (they ignore "
+                    "cancellation): exiting without them", len(left))
+        for task in left:
+            with contextlib.suppress(AttributeError):  # reported above, not again at exit
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+    closing = loop.create_task(loop.shutdown_asyncgens())
+    loop.run_until_complete(asyncio.wait([closing], timeout=wait_s))
+    if not closing.done():
+        log.warning("async generators did not close in %.0f s", wait_s)
+    loop.close()
 
 
 def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:

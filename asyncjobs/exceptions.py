@@ -7,6 +7,7 @@
     ├── SerializationError      an argument or a result that msgspec cannot encode
     ├── EnqueueError            some jobs of an enqueue could not be written (``.reasons``)
     ├── RedisUnavailable        Redis could not be reached within the stated bound
+    ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
     ├── ResultTimeout           ``Job.result(timeout=...)`` elapsed first (also a ``TimeoutError``)
     ├── JobTimeout              recorded when an attempt ran past its timeout and was cancelled
@@ -39,6 +40,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
+    "PoolExhausted",
     "RedisUnavailable",
     "ResultTimeout",
     "Retry",
@@ -76,6 +78,12 @@ class EnqueueError(AsyncJobsError):
 
 class RedisUnavailable(AsyncJobsError, ConnectionError):
     """Redis did not answer within the stated bound (connection refused, reset or timed out)."""
+
+
+class PoolExhausted(AsyncJobsError):
+    """Every connection of the pool stayed in use for as long as a call may wait: too many
+    calls at once for ``max_connections``. Redis itself is fine (not ``RedisUnavailable``).
+    """
 
 
 class JobNotFound(AsyncJobsError, LookupError):
