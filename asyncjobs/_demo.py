@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from . import _fake
 from ._connection import ClientFactory, redact
 from ._context import Context
 from ._embedded import RedisServer, redis_server_path
@@ -29,7 +30,12 @@ from ._model import JobState
 from ._pool import Pool, create_pool
 from ._task import task
 from ._worker import Worker
-from .exceptions import AsyncJobsError
+from .exceptions import AsyncJobsError, ConfigurationError
+
+NO_REDIS = ("the demo needs a Redis: no redis-server on PATH and no in-memory fake Redis; "
+            "install redis-server (apt-get install redis-server, brew install redis) or "
+            "asyncjobs' testing extra (pip install -e \".[testing]\" in a clone), "
+            "or pass --redis-url")
 
 
 @task
@@ -150,11 +156,11 @@ def _redis(url: str | None, console: Console) -> Iterator[tuple[str | None, Clie
         with RedisServer() as server:
             console.print(f"Started a throwaway redis-server at {server.url}")
             yield server.url, None
-    else:
-        from ._fake import fake_factory
-
+    elif _fake.available():
         console.print("No redis-server on PATH: using an in-memory fake Redis (fakeredis)")
-        yield None, fake_factory()
+        yield None, _fake.fake_factory()
+    else:
+        raise ConfigurationError(NO_REDIS)
 
 
 @contextlib.asynccontextmanager
