@@ -1,6 +1,6 @@
 """FastAPI integration: one pool per app, opened at start-up and closed at shutdown, handed
-to endpoints as a dependency. Importing this module imports FastAPI (``pip install
-"asyncjobs-redis[fastapi]"``); ``import asyncjobs`` alone never does.
+to endpoints as a dependency. Importing this module imports FastAPI (the ``fastapi`` extra:
+``pip install -e ".[fastapi]"`` in a clone); ``import asyncjobs`` alone never does.
 
 ::
 
@@ -12,6 +12,9 @@ to endpoints as a dependency. Importing this module imports FastAPI (``pip insta
     async def signup(email: str, pool: PoolDep) -> dict[str, str]:
         job = await pool.enqueue(send_welcome_email, email)
         return {"job_id": job.id}
+
+In tests, ``asyncjobs.testing.Harness.attach(app)`` sets the app's pool to an in-memory one
+before start-up; the lifespan then uses that pool and opens nothing (no Redis needed).
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ AppLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 @contextlib.asynccontextmanager
 async def open_pool(app: FastAPI, url: str | None = None, **options: Any) -> AsyncIterator[Pool]:
-    """Open the app's pool (``app.state.asyncjobs``) for the duration of the block."""
+    """Open the app's pool (``app.state.asyncjobs``) for the duration of the block.
+
+    A pool already set there before start-up (a test harness's, see ``Harness.attach``) is
+    used as it is: nothing is opened, and it is left open and in place afterwards."""
+    existing = getattr(app.state, "asyncjobs", None)
+    if isinstance(existing, Pool):
+        yield existing
+        return
     async with create_pool(url, **options) as pool:
         app.state.asyncjobs = pool
         try:

@@ -1,8 +1,11 @@
 """Testing code that enqueues jobs, and the jobs themselves, without Redis or a worker
 process: a pool and workers on an in-memory Redis (fakeredis), in the test's own loop.
 
-With the pytest plugin (installed with the package) a test just asks for a harness::
+With the pytest plugin (installed with the package) a test just asks for a harness; an
+``async def`` test needs an async test plugin: anyio's comes with asyncjobs
+(``@pytest.mark.anyio``), pytest-asyncio works too::
 
+    @pytest.mark.anyio
     async def test_signup_sends_a_welcome_email(asyncjobs_harness):
         await signup(asyncjobs_harness.pool, "ada@example.com")   # your code enqueues
         [job] = await asyncjobs_harness.enqueued(send_welcome_email)
@@ -10,9 +13,10 @@ With the pytest plugin (installed with the package) a test just asks for a harne
         await asyncjobs_harness.run_all([send_welcome_email])      # run it here, now
         assert outbox == ["ada@example.com"]
 
-In a FastAPI app, hand the harness's pool to the endpoints with
-``app.dependency_overrides[asyncjobs.fastapi.get_pool] = lambda: harness.pool``.
-Needs ``pip install "asyncjobs-redis[testing]"``.
+A FastAPI app that uses ``asyncjobs.fastapi.lifespan`` (or ``open_pool``) runs on the
+harness's pool once attached: ``TestClient(asyncjobs_harness.attach(app))``. Its lifespan
+then opens no Redis pool, and its endpoints' ``PoolDep`` is the harness's pool.
+Needs the ``testing`` extra (``pip install -e ".[testing]"`` in a clone).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ._connection import ClientFactory
 from ._fake import fake_factory, fake_server
@@ -35,6 +39,15 @@ __all__ = ["Harness"]
 _WAITING = (JobState.QUEUED, JobState.SCHEDULED)
 
 
+class App(Protocol):
+    """A Starlette or FastAPI app: what ``Harness.attach`` needs of it."""
+
+    state: Any
+
+
+AppT = TypeVar("AppT", bound=App)
+
+
 class Harness:
     """An in-memory Redis, a pool on it, and ways to look at and run its jobs."""
 
@@ -44,6 +57,25 @@ class Harness:
         self.prefix = prefix
         self.pool = Pool(self.client_factory(max_connections=100, socket_timeout=None),
                          prefix=prefix, queue=queue, description="in-memory fake Redis")
+        self._apps: list[App] = []
+
+    def attach(self, app: AppT) -> AppT:
+        """Give ``app`` this harness's pool, and return the app.
+
+        Call it before the app starts (``TestClient(harness.attach(app))``): the app's
+        ``asyncjobs.fastapi.lifespan`` then uses this pool instead of opening one on Redis,
+        and ``PoolDep`` hands it to the endpoints. ``detach()`` (the pytest fixture does it
+        at the end of the test) takes it away again."""
+        app.state.asyncjobs = self.pool
+        self._apps.append(app)
+        return app
+
+    def detach(self) -> None:
+        """Take this harness's pool away from the apps it was attached to."""
+        for app in self._apps:
+            if getattr(app.state, "asyncjobs", None) is self.pool:
+                del app.state.asyncjobs
+        self._apps.clear()
 
     async def jobs(self, task: Task[Any, Any] | Callable[..., Any] | str | None = None, *,
                    queue: str | None = None,
@@ -104,5 +136,6 @@ class Harness:
             await asyncio.sleep(0.005)
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Detach from the apps and close the pool."""
+        self.detach()
         await self.pool.close()

@@ -1,11 +1,18 @@
 """The pytest plugin and ``asyncjobs.testing``, used the way a user's test suite uses them:
-a small FastAPI project with its own tests, run by an inner pytest (pytester)."""
+a small FastAPI project with its own tests, run by an inner pytest (pytester), with the Redis
+URL pointing at a closed port: the harness is the only Redis they have."""
 
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
+
+from asyncjobs.fastapi import lifespan
+from asyncjobs.testing import Harness
 
 pytest_plugins = ["pytester"]
+
+CLOSED_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 USER_APP = '''
 import asyncjobs
@@ -44,27 +51,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 import asyncjobs
-from asyncjobs.fastapi import get_pool
 from userapp import SENT, app, audit, send_welcome_email
 
 
 @pytest.fixture
 def client(asyncjobs_harness):
-    app.dependency_overrides[get_pool] = lambda: asyncjobs_harness.pool
-    app.router.lifespan_context = _no_lifespan   # the harness is the only Redis
-    with TestClient(app) as c:
+    with TestClient(asyncjobs_harness.attach(app)) as c:   # the harness is the only Redis
         yield c
-    app.dependency_overrides.clear()
 
 
-from contextlib import asynccontextmanager
-
-@asynccontextmanager
-async def _no_lifespan(app):
-    yield
-
-
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_the_endpoint_enqueues_the_welcome_email(client, asyncjobs_harness):
     response = client.post("/signup", params={"address": "ada@example.com"})
     assert response.status_code == 202
@@ -88,6 +84,10 @@ async def test_running_the_jobs_has_their_effect(client, asyncjobs_harness):
     assert done.result == "sent to flaky@example.com"
 
 
+def test_the_app_is_detached_after_each_test():
+    assert getattr(app.state, "asyncjobs", None) is None
+
+
 @pytest.mark.asyncio
 async def test_the_pool_fixture_is_a_real_pool(asyncjobs_pool):
     job = await asyncjobs_pool.enqueue(audit, "x", 1)
@@ -101,10 +101,26 @@ async def test_a_failing_assertion_is_reported(asyncjobs_harness):
 '''
 
 
-def test_a_user_suite_uses_the_fixtures(pytester: pytest.Pytester) -> None:
+def test_a_user_suite_uses_the_fixtures(pytester: pytest.Pytester,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNCJOBS_REDIS_URL", CLOSED_URL)
     pytester.makepyfile(userapp=USER_APP, test_userapp=USER_TESTS)
     pytester.makeini("[pytest]\nasyncio_mode = strict\n"
                      "asyncio_default_fixture_loop_scope = function\n")
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["*test_a_failing_assertion_is_reported*"])
+
+
+@pytest.mark.asyncio
+async def test_an_attached_pool_is_the_apps_pool_and_outlives_its_lifespan() -> None:
+    harness = Harness()
+    app = FastAPI(lifespan=lifespan(CLOSED_URL))
+    assert harness.attach(app) is app
+    async with app.router.lifespan_context(app):  # opens nothing: no Redis is reachable
+        assert app.state.asyncjobs is harness.pool
+    assert app.state.asyncjobs is harness.pool  # left in place, and open
+    job = await harness.pool.enqueue("audit", "x", 1)
+    assert [j.id for j in await harness.enqueued("audit")] == [job.id]
+    await harness.close()
+    assert not hasattr(app.state, "asyncjobs")
