@@ -19,6 +19,7 @@ from ._worker import Worker
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
+    CorruptJob,
     EnqueueError,
     JobAborted,
     JobError,
@@ -39,6 +40,7 @@ __all__ = [
     "CatchUp",
     "ConfigurationError",
     "Context",
+    "CorruptJob",
     "CronJob",
     "EnqueueError",
     "ErrorInfo",

@@ -49,6 +49,8 @@ def encode_spec(spec: JobSpec, param_names: Sequence[str] = ()) -> bytes:
     """Encode a job spec, or raise ``SerializationError`` naming the argument that failed."""
     try:
         data = _encoder.encode(spec)
+    except RecursionError:
+        data = b"\x00" * (MAX_DEPTH + 1)  # too deep for the stack: find the argument below
     except _ENCODE_ERRORS as exc:
         raise _explain(spec, param_names, exc) from exc
     if len(data) > MAX_DEPTH:  # each level takes at least a byte: shallower data is smaller
@@ -126,6 +128,9 @@ def encode_value(value: object, what: str = "result") -> bytes:
     """Encode a task's return value (or any value), naming it in the error."""
     try:
         data = _encoder.encode(value)
+    except RecursionError:
+        _check_depth(value, f"the {what}")
+        raise
     except _ENCODE_ERRORS as exc:
         raise SerializationError(
             f"cannot serialize the {what}: a value of type {type(value).__qualname__} "

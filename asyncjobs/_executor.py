@@ -313,9 +313,12 @@ class Executor:
         if st.verdict == "missing":
             self._emit("failed", queue, "", 0.0)
             return garbage(st.delivery)
-        if st.verdict == "corrupt":
+        if st.verdict == "unreadable":  # the job key is not a hash: leave it as it is
             self._emit("failed", queue, "", 0.0)
             return garbage(st.delivery, st.spec.decode(errors="replace"))
+        if st.verdict == "corrupt":  # a hash with a field that cannot be read
+            return self._dead(st, (), "asyncjobs.CorruptRecord",
+                              st.spec.decode(errors="replace"), queue)
         if st.verdict in ("expired", "aborted"):
             name = task_name(st)
             self._emit(st.verdict, queue, name, 0.0)

@@ -5,19 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-
-import msgspec
 
 from ._codec import decode_errors, decode_progress, decode_spec, decode_value
 from ._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
-from .exceptions import JobAborted, JobExpired, JobFailed, JobNotFound, ResultTimeout
+from ._text import safe_str
+from .exceptions import (
+    CorruptJob,
+    JobAborted,
+    JobExpired,
+    JobFailed,
+    JobNotFound,
+    ResultTimeout,
+)
 
 if TYPE_CHECKING:
     from ._durations import Seconds
     from ._pool import Pool
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 _RECHECK_S = 5.0  # re-read the record this often while waiting, in case a notice was lost
 
@@ -42,7 +50,7 @@ class Job(Generic[R]):
         state: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "s"))
         if state is None:
             raise JobNotFound(self.id, self.queue)
-        return JobState(state.decode())
+        return _state(self.id, state)
 
     async def info(self) -> JobInfo:
         """The whole record: task, arguments, state, attempts, times, errors, progress."""
@@ -56,7 +64,7 @@ class Job(Generic[R]):
         """The latest progress the task reported, if any."""
         key = self._pool.keys(self.queue).job(self.id)
         data: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "p"))
-        return decode_progress(data)
+        return _or_default(lambda: decode_progress(data), None)
 
     async def result(self, timeout: Seconds | None = None) -> R:
         """Wait for the job to end and return its value.
@@ -92,11 +100,16 @@ class Job(Generic[R]):
         state, value, history, reason = reply
         if state is None:
             raise JobNotFound(self.id, self.queue)
-        current = JobState(state.decode())
+        current = _state(self.id, state)
         if current is JobState.COMPLETE:
-            return (decode_value(value, self._result_type) if value else None,)
+            try:
+                return (decode_value(value, self._result_type) if value else None,)
+            except Exception as exc:
+                raise CorruptJob(self.id, f"its result cannot be decoded as "
+                                 f"{getattr(self._result_type, '__name__', self._result_type)}"
+                                 f": {safe_str(exc, 200)}") from exc
         if current is JobState.FAILED:
-            errors = decode_errors(history)
+            errors = _or_default(lambda: decode_errors(history), _NO_ERRORS)
             error = errors[-1] if errors else ErrorInfo("unknown", _text(reason), "", 0, 0)
             raise JobFailed(self.id, error, errors)
         if current is JobState.ABORTED:
@@ -114,7 +127,10 @@ class Job(Generic[R]):
         )
         if state == "missing":
             raise JobNotFound(self.id, self.queue)
-        return not JobState(state).is_final
+        return not _state(self.id, state.encode()).is_final
+
+
+_NO_ERRORS: tuple[ErrorInfo, ...] = ()
 
 
 def _text(raw: bytes | None) -> str:
@@ -122,7 +138,11 @@ def _text(raw: bytes | None) -> str:
 
 
 def _ms(raw: bytes | None) -> Any:
-    return from_ms(int(raw)) if raw else None
+    """A time field, or None when absent or not a time (garbage is shown as absent)."""
+    try:
+        return from_ms(int(raw)) if raw else None
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _entry_ms(entry: bytes | None) -> bytes | None:
@@ -130,33 +150,50 @@ def _entry_ms(entry: bytes | None) -> bytes | None:
     return entry.split(b"-", 1)[0] if entry else None
 
 
-def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
-    """Build a ``JobInfo`` from a record hash (see ``_model`` for the fields)."""
+def _state(job_id: str, raw: bytes | None) -> JobState:
     try:
-        spec = decode_spec(raw[b"j"])
-        task, args, kwargs = spec.task, spec.args, spec.kwargs
-    except (KeyError, msgspec.MsgspecError):
-        task, args, kwargs = "<undecodable>", [], {}
-        spec = None
+        return JobState(_text(raw))
+    except ValueError:
+        raise CorruptJob(job_id, f"its state field is {_text(raw)[:50]!r}") from None
+
+
+def _or_default(decode: Callable[[], T], default: T) -> T:
+    """A field decoded, or ``default`` when it holds garbage: a record is shown with what
+    can be read (its state is the one field that must be readable)."""
+    try:
+        return decode()
+    except Exception:
+        return default
+
+
+def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
+    """Build a ``JobInfo`` from a record hash (see ``_model`` for the fields). Fields that
+    hold garbage are shown as absent; a state that cannot be read raises ``CorruptJob``."""
+    state = _state(job_id, raw.get(b"s"))
+    spec = _or_default(lambda: decode_spec(raw[b"j"]), None)
+    try:
+        attempts = int(raw.get(b"a", 0))
+    except ValueError:
+        attempts = 0
     return JobInfo(
         id=job_id,
         queue=queue,
-        task=task,
-        args=args,
-        kwargs=kwargs,
-        state=JobState(_text(raw.get(b"s"))),
-        attempts=int(raw.get(b"a", 0)),
+        task=spec.task if spec else "<undecodable>",
+        args=spec.args if spec else [],
+        kwargs=spec.kwargs if spec else {},
+        state=state,
+        attempts=attempts,
         enqueued_at=_ms(raw.get(b"q") or _entry_ms(raw.get(b"e"))),
         scheduled_for=_ms(raw.get(b"d")),
         started_at=_ms(raw.get(b"st")),
         ended_at=_ms(raw.get(b"et")),
         expires_at=_ms(raw.get(b"x")),
         worker=_text(raw.get(b"w")) or None,
-        errors=decode_errors(raw.get(b"h")),
-        progress=decode_progress(raw.get(b"p")),
+        errors=_or_default(lambda: decode_errors(raw.get(b"h")), _NO_ERRORS),
+        progress=_or_default(lambda: decode_progress(raw.get(b"p")), None),
         dead_letter_reason=_text(raw.get(b"dl")) or None,
         timeout_s=spec.timeout_s if spec else None,
         max_tries=spec.max_tries if spec else None,
         headers=dict(spec.headers) if spec else {},
-        result=decode_value(raw[b"r"]) if b"r" in raw else None,
+        result=_or_default(lambda: decode_value(raw[b"r"]), None) if b"r" in raw else None,
     )

@@ -44,7 +44,7 @@ def record_ttl(seconds: float | None) -> int:
 
 def task_name(st: Started) -> str:
     """The task name of a delivery, best effort (for events about jobs that did not run)."""
-    if st.verdict in ("missing", "corrupt"):
+    if st.verdict in ("missing", "unreadable", "corrupt"):
         return ""
     try:
         return decode_spec(st.spec).task

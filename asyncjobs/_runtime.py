@@ -52,10 +52,26 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
             return
-        except Exception:
-            log.exception("internal error in the %s loop; restarting it in %.0f s", name, pause)
+        except Exception as exc:
+            if corrupt_key(exc):  # a data problem, stated by the script: no traceback
+                log.error("the %s loop cannot go on: %s; retrying in %.0f s", name,
+                          corrupt_key(exc), pause)
+            else:
+                log.exception("internal error in the %s loop; restarting it in %.0f s", name,
+                              pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
+
+
+def corrupt_key(exc: BaseException) -> str:
+    """The reason, when a script refused to run because a queue's key holds the wrong type
+    (``check_type`` in the scripts' prelude); '' for any other error."""
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        at = text.find("ASYNCJOBS_CORRUPT ")
+        if at >= 0:
+            return text[at + len("ASYNCJOBS_CORRUPT "):].split("\n", 1)[0]
+    return ""
 
 
 class Slots:

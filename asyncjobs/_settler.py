@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from . import _scripts
-from ._runtime import Runtime, transient
+from ._runtime import Runtime, corrupt_key, transient
 from ._store import SettleOp
 
 log = logging.getLogger("asyncjobs.worker")
@@ -73,8 +73,13 @@ class Settler:
                 break
             except Exception as exc:
                 if not transient(exc):
-                    log.exception("could not record %d finished jobs; they stay pending and "
-                                  "run again after the claim timeout", len(batch))
+                    if corrupt_key(exc):
+                        log.error("could not record %d finished jobs (%s); they stay pending "
+                                  "and run again after the claim timeout", len(batch),
+                                  corrupt_key(exc))
+                    else:
+                        log.exception("could not record %d finished jobs; they stay pending "
+                                      "and run again after the claim timeout", len(batch))
                     return _release(by_queue)
                 if time.monotonic() >= self._give_up_at:
                     log.error(

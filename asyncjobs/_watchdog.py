@@ -52,10 +52,12 @@ class LoopWatchdog:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching (call from the loop)."""
+        """Stop watching (call from the loop); waits for the watching thread to finish."""
+        self._last = time.monotonic()
         self._stop.set()
         if self._handle is not None:
             self._handle.cancel()
+        self._thread.join(timeout=1.0)
 
     def _tick(self) -> None:
         self._last = time.monotonic()
@@ -74,9 +76,14 @@ class LoopWatchdog:
                             "blocking code (make it a plain def task: it runs in a thread)",
                             lag, culprit)
             elif lag <= TICK_S * 2 and blocked_since is not None:
-                log.warning("event loop ran again after being blocked for %.1f s by %s",
-                            self._last - blocked_since, culprit)
+                self._recovered(blocked_since, culprit)
                 blocked_since = None
+        if blocked_since is not None:  # stopped (from the loop, so it runs again)
+            self._recovered(blocked_since, culprit)
+
+    def _recovered(self, since: float, culprit: str) -> None:
+        log.warning("event loop ran again after being blocked for %.1f s by %s",
+                    self._last - since, culprit)
 
     def _culprit(self) -> str:
         try:

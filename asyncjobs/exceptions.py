@@ -9,6 +9,7 @@
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
+    ├── CorruptJob              the job's record holds data asyncjobs cannot read
     ├── ResultTimeout           ``Job.result(timeout=...)`` elapsed first (also a ``TimeoutError``)
     ├── JobTimeout              recorded when an attempt ran past its timeout and was cancelled
     └── JobError                the job ended without a value
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncJobsError",
     "ConfigurationError",
+    "CorruptJob",
     "EnqueueError",
     "JobAborted",
     "JobError",
@@ -95,6 +97,16 @@ class JobNotFound(AsyncJobsError, LookupError):
         )
         self.job_id = job_id
         self.queue = queue
+
+
+class CorruptJob(AsyncJobsError):
+    """A job's record in Redis cannot be read: its state field holds something asyncjobs
+    never writes (data written by hand, or by another program), or its result does not fit
+    the task's declared return type. Other unreadable fields are shown as absent."""
+
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(f"the record of job {job_id!r} cannot be read: {why}")
+        self.job_id = job_id
 
 
 class ResultTimeout(AsyncJobsError, TimeoutError):

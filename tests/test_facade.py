@@ -7,12 +7,12 @@ import inspect
 import asyncjobs
 
 PUBLIC = [
-    "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CronJob",
-    "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobExpired", "JobFailed",
-    "JobInfo", "JobNotFound", "JobState", "JobTimeout", "Middleware", "Observer", "Pool",
-    "PoolExhausted", "Progress", "RedisUnavailable", "ResultTimeout", "Retry", "RetryPolicy",
-    "SerializationError", "Task", "Worker", "WorkerConfig", "__version__", "call",
-    "create_pool", "cron", "task", "task_ref",
+    "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CorruptJob",
+    "CronJob", "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobExpired",
+    "JobFailed", "JobInfo", "JobNotFound", "JobState", "JobTimeout", "Middleware", "Observer",
+    "Pool", "PoolExhausted", "Progress", "RedisUnavailable", "ResultTimeout", "Retry",
+    "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig", "__version__",
+    "call", "create_pool", "cron", "task", "task_ref",
 ]
 
 

@@ -275,3 +275,17 @@ async def test_heartbeat_moves_and_running_jobs_show(backend: Backend, pool: asy
         await job.result(timeout=10)
         samples = await poll(port, shows(0))
         assert (samples[(busy, me)], samples[flight]) == (0, 0)
+
+
+def test_unknown_task_names_share_one_metrics_label() -> None:
+    """Regression: 2,000 jobs naming unknown tasks added 8,000 series (task names come
+    from Redis, i.e. from any producer)."""
+    from asyncjobs.metrics import UNKNOWN_TASK, WorkerMetrics
+
+    metrics = WorkerMetrics(worker="w", queues=["default"], concurrency=1, tasks=["add"])
+    for i in range(2000):
+        metrics.job_event("failed", "default", f"task-{i}", 0.0)
+    metrics.job_event("complete", "default", "add", 0.01)
+    labels = {s.labels["task"] for m in metrics.registry.collect() for s in m.samples
+              if "task" in s.labels}
+    assert labels == {UNKNOWN_TASK, "add"}

@@ -66,7 +66,7 @@ end
 local function finish(key, channel, state, now, ttl, fields)
   local ok = redis.pcall('HSET', key, 's', state, 'et', now, unpack(fields or {}))
   if type(ok) == 'table' and ok.err then
-    return 'the job key cannot hold a record: ' .. ok.err
+    return 'the job key cannot hold a record: ' .. tostring(ok.err)
   end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)

@@ -44,7 +44,7 @@ for i = 1, #KEYS - 3 do
     end
     if type(placed) == 'table' and placed.err then
       out[#out + 1] = i
-      out[#out + 1] = 'error: ' .. placed.err
+      out[#out + 1] = 'error: ' .. tostring(placed.err)
     else
       if expires > 0 then
         fields[#fields + 1] = 'x'

@@ -53,7 +53,7 @@ local function settle(entry, id, outcome, payload, number, history)
     local ok = redis.pcall('HSET', key, unpack(with_history({'s', 'scheduled', 'd', due},
       history)))
     if type(ok) == 'table' and ok.err then
-      broken = 'the job key cannot hold a record: ' .. ok.err
+      broken = 'the job key cannot hold a record: ' .. tostring(ok.err)
     else
       redis.call('ZADD', KEYS[2], due, id)
       wake_if_first(KEYS[2], ARGV[5], id, due)

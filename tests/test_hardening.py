@@ -1,0 +1,416 @@
+"""Regressions for the hardening issue: each test failed on 88efe40 and names the defect.
+
+In-process workers on both backends; the same cases with real worker processes (and
+SIGTERM) are in ``test_hostile.py``, the idle-fleet figures in ``test_idle_fleet.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context, JobState
+
+from .conftest import Backend, running
+
+pytestmark = pytest.mark.asyncio
+
+
+@asyncjobs.task
+async def add(ctx: Context, a: int, b: int) -> int:
+    return a + b
+
+
+async def burst(backend: Backend, tasks: list[Any], **options: Any) -> None:
+    worker = backend.worker(tasks, burst=True, **options)
+    await asyncio.wait_for(backend.run(worker), 60)
+
+
+async def letters(pool: asyncjobs.Pool) -> list[tuple[str, str]]:
+    found = await pool.admin.dead_letters(newest_first=False)
+    return [(d.job_id, d.reason) for d in found]
+
+
+# -- 2. the hard timeout holds whatever the body does ---------------------------------------
+
+
+async def test_a_task_that_swallows_cancellation_times_out_and_does_not_stall_the_queue(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    stubborn_runs = 0
+
+    @asyncjobs.task(name="stubborn", timeout=0.3, max_tries=2, backoff=0.01)
+    async def stubborn(ctx: Context) -> str:
+        nonlocal stubborn_runs
+        stubborn_runs += 1
+        for _ in range(3):  # swallows the first cancellations, then gives up
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+        return "finished anyway"
+
+    bad = await pool.enqueue(stubborn)
+    good = await pool.enqueue(add, 1, 1)
+    began = time.monotonic()
+    await burst(backend, [stubborn, add], concurrency=1)
+    with pytest.raises(asyncjobs.JobFailed) as caught:
+        await bad.result(timeout=5)
+    assert caught.value.type == "asyncjobs.exceptions.JobTimeout"
+    assert [e.type for e in caught.value.errors] == ["asyncjobs.exceptions.JobTimeout"] * 2
+    assert await good.result(timeout=5) == 2
+    assert stubborn_runs == 2
+    # Two attempts, each abandoned 1 s after its 0.3 s timeout, then cancelled again until
+    # it gave up: well under the old behaviour (recorded complete, or a stalled queue).
+    assert time.monotonic() - began < 10
+
+
+async def test_a_task_that_swallows_its_timeout_and_returns_is_a_timeout(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    @asyncjobs.task(name="sly", timeout=0.2, max_tries=1)
+    async def sly(ctx: Context) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "pretending all went well"
+        return "never"
+
+    job = await pool.enqueue(sly)
+    await burst(backend, [sly])
+    info = await job.info()
+    assert info.state is JobState.FAILED and info.result is None
+    assert info.errors[0].type == "asyncjobs.exceptions.JobTimeout"
+    assert "ignored its cancellation" in info.errors[0].message
+
+
+async def test_an_async_task_that_blocks_the_loop_past_its_timeout_is_a_timeout(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    @asyncjobs.task(name="blocker", timeout=0.3, max_tries=1)
+    async def blocker(ctx: Context) -> str:
+        time.sleep(1.5)  # noqa: ASYNC251 - the point of the test
+        return "done"
+
+    job = await pool.enqueue(blocker)
+    with caplog.at_level(logging.WARNING, logger="asyncjobs.worker"):
+        await burst(backend, [blocker])
+    info = await job.info()
+    assert info.state is JobState.FAILED
+    assert "while the event loop was blocked" in info.errors[0].message
+    assert "event loop blocked for" in caplog.text and f"id={job.id} task=blocker" in caplog.text
+    assert "event loop ran again after being blocked" in caplog.text
+
+
+async def test_a_sync_task_blocked_past_its_timeout_does_not_hold_the_worker(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    release = asyncio.Event()
+
+    @asyncjobs.task(name="stuck_thread", timeout=0.2, max_tries=1)
+    def stuck_thread(ctx: Context) -> str:
+        time.sleep(2)
+        return "late"
+
+    job = await pool.enqueue(stuck_thread)
+    good = await pool.enqueue(add, 2, 3)
+    began = time.monotonic()
+    await burst(backend, [stuck_thread, add], concurrency=1, sync_concurrency=1)
+    assert time.monotonic() - began < 1.8  # did not wait for the thread
+    assert (await job.info()).errors[0].type == "asyncjobs.exceptions.JobTimeout"
+    assert await good.result(timeout=5) == 5
+    release.set()
+
+
+# -- 3. a sync task can report progress ----------------------------------------------------------
+
+
+async def test_a_plain_def_task_reports_progress(backend: Backend, pool: asyncjobs.Pool) -> None:
+    seen: list[Any] = []
+
+    @asyncjobs.task(name="sync_progress")
+    def sync_progress(ctx: Context) -> str:
+        ctx.progress(0.5, "half way")
+        seen.append("reported")
+        return "ok"
+
+    job = await pool.enqueue(sync_progress)
+    await burst(backend, [sync_progress])
+    assert await job.result(timeout=5) == "ok"
+    progress = await job.progress()
+    assert progress is not None and (progress.value, progress.message) == (0.5, "half way")
+    assert seen == ["reported"]
+
+
+# -- 4 and 5. BaseException and unprintable errors ---------------------------------------------
+
+
+class Boom(BaseException):
+    """Not an Exception: the default retry policy does not retry it."""
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+@pytest.mark.parametrize("error", [Boom("boom"), KeyboardInterrupt(), SystemExit(3)],
+                         ids=["custom", "keyboard-interrupt", "system-exit"])
+async def test_a_base_exception_from_a_task_is_a_recorded_failure(
+    backend: Backend, pool: asyncjobs.Pool, error: BaseException
+) -> None:
+    @asyncjobs.task(name="raiser", max_tries=3)
+    async def raiser(ctx: Context) -> None:
+        raise error
+
+    job = await pool.enqueue(raiser)
+    good = await pool.enqueue(add, 4, 4)
+    await burst(backend, [raiser, add])
+    info = await job.info()
+    assert info.state is JobState.FAILED and info.attempts == 1
+    assert info.errors[0].type.endswith(type(error).__qualname__)
+    assert await good.result(timeout=5) == 8
+
+
+async def test_an_exception_whose_str_and_repr_raise_is_recorded_not_an_internal_error(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    @asyncjobs.task(name="unprintable", max_tries=2, backoff=0.01)
+    async def unprintable(ctx: Context) -> None:
+        raise Unprintable()
+
+    job = await pool.enqueue(unprintable)
+    with caplog.at_level(logging.ERROR, logger="asyncjobs"):
+        await burst(backend, [unprintable])
+    info = await job.info()
+    assert info.state is JobState.FAILED and info.attempts == 2
+    assert [e.type for e in info.errors] == ["tests.test_hardening.Unprintable"] * 2
+    assert info.errors[0].message == "<unprintable tests.test_hardening.Unprintable>"
+    assert "internal error" not in caplog.text
+
+
+# -- 6. deep data --------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_deep_arguments_are_refused_at_enqueue(pool: asyncjobs.Pool) -> None:
+    with pytest.raises(asyncjobs.SerializationError, match="nested more than 100 levels"):
+        await pool.enqueue(add, nested(980), 1)  # type: ignore[arg-type]
+    assert await pool.admin.queue_stats() is not None
+    assert (await pool.client.xlen(pool.keys("default").stream)) == 0
+
+
+async def test_a_hand_made_deep_payload_is_dead_lettered_not_retried(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    job = await pool.enqueue(add, 1, 2)
+    # ["add", [[[...5000 levels...0]], 1], {}], written byte by byte (encoding it needs
+    # the stack that decoding it lacks)
+    deep = b"\x93\xa3add\x92" + b"\x91" * 5000 + b"\x00\x01\x80"
+    await pool.client.hset(pool.keys("default").job(job.id), "j", deep)
+    await burst(backend, [add])
+    info = await job.info()  # the record stays readable: the payload shows as undecodable
+    assert info.state is JobState.FAILED and info.task == "<undecodable>"
+    assert [e.type for e in info.errors] == ["asyncjobs.UndecodablePayload"]  # no retries
+
+
+async def test_a_deep_result_fails_the_job_visibly(backend: Backend, pool: asyncjobs.Pool) -> None:
+    @asyncjobs.task(name="deep_result", max_tries=1)
+    async def deep_result(ctx: Context) -> Any:
+        return nested(500)
+
+    job = await pool.enqueue(deep_result)
+    await burst(backend, [deep_result])
+    with pytest.raises(asyncjobs.JobFailed) as caught:
+        await job.result(timeout=5)
+    assert "nested more than 100 levels" in caught.value.remote_message
+
+
+# -- 8. one malformed record never wedges the queue ----------------------------------------------
+
+
+async def test_corrupt_records_in_a_batch_are_dead_lettered_and_the_rest_runs(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = pool.keys("default")
+    goods = [await pool.enqueue(add, i, i) for i in range(5)]
+    bad_attempts = await pool.enqueue(add, 0, 0)
+    await pool.client.hset(keys.job(bad_attempts.id), "a", "not a number")
+    bad_expiry = await pool.enqueue(add, 0, 0)
+    await pool.client.hset(keys.job(bad_expiry.id), "x", "soon")
+    wrong_type = await pool.enqueue(add, 0, 0)
+    await pool.client.delete(keys.job(wrong_type.id))
+    await pool.client.set(keys.job(wrong_type.id), "a string where a hash belongs")
+    goods += [await pool.enqueue(add, i, 1) for i in range(5)]
+    with caplog.at_level(logging.ERROR, logger="asyncjobs"):
+        await burst(backend, [add], concurrency=50)
+    assert [await g.result(timeout=5) for g in goods] == [0, 2, 4, 6, 8, 1, 2, 3, 4, 5]
+    reasons = dict(await letters(pool))
+    assert "attempts field is not a number" in reasons[bad_attempts.id]
+    assert "expiry field is not a time" in reasons[bad_expiry.id]
+    assert "holds something other than a hash" in reasons[wrong_type.id]
+    assert (await bad_attempts.info()).state is JobState.FAILED
+    assert await pool.client.get(keys.job(wrong_type.id)) == b"a string where a hash belongs"
+    assert await pool.client.xlen(keys.stream) == 0
+    assert "internal error" not in caplog.text
+
+
+async def test_a_corrupt_queue_level_key_fails_the_settle_before_writing(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = pool.keys("default")
+    job = await pool.enqueue(add, 1, 1)
+    await pool.client.set(keys.dead, "not a stream")
+    worker = backend.worker([add])
+    async with running(backend, worker):
+        deadline = time.monotonic() + 5
+        while await job.status() is not JobState.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+    # The settle was refused as a whole: nothing half-written (not complete, no letter),
+    # the entry still in the stream: handed back at shutdown, it runs once the key is fixed.
+    assert await job.status() is JobState.QUEUED
+    assert await pool.client.xlen(keys.stream) == 1
+    assert await pool.client.get(keys.dead) == b"not a stream"
+    assert "ASYNCJOBS_CORRUPT" not in caplog.text or "Traceback" not in caplog.text
+    assert f"key {keys.dead} holds a string, not a stream" in caplog.text
+    await pool.client.delete(keys.dead)
+    await burst(backend, [add])
+    assert await job.result(timeout=5) == 2
+
+
+# -- 9. a full connection pool waits ---------------------------------------------------------
+
+
+async def test_a_burst_larger_than_the_pool_waits_for_connections(real: Backend) -> None:
+    async with real.pool(max_connections=10) as pool:
+        jobs = await asyncio.gather(*(pool.enqueue(add, i, 1) for i in range(1000)))
+    assert len({j.id for j in jobs}) == 1000
+
+
+async def test_a_pool_that_stays_full_raises_pool_exhausted(real: Backend) -> None:
+    async with real.pool(max_connections=1, timeout=0.3) as pool:
+        hog = asyncio.create_task(pool.client.blpop(["nothing"], timeout=1))
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncjobs.PoolExhausted):
+            await pool.enqueue(add, 1, 1)
+        with pytest.raises(Exception):  # noqa: B017 - the blocked read times out client-side
+            await hog
+
+
+# -- 10. arguments that cannot bind ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    ((1,), {}, "missing a required argument: 'b'"),
+    ((1, 2, 3), {}, "too many positional arguments"),
+    ((1, 2), {"c": 3}, "unexpected keyword argument 'c'"),
+    ((1,), {"a": 2}, "multiple values for argument 'a'"),
+])
+async def test_arguments_are_bound_at_enqueue(
+    pool: asyncjobs.Pool, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message) as caught:
+        await pool.enqueue(add, *args, **kwargs)
+    assert "add(ctx, a, b" in str(caught.value)
+    assert await pool.client.xlen(pool.keys("default").stream) == 0
+
+
+async def test_arguments_that_cannot_bind_are_dead_lettered_at_once(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    by_name = await pool.enqueue("add", 1, 2, 3)  # the producer does not know the signature
+    await burst(backend, [add])
+    info = await by_name.info()
+    assert info.state is JobState.FAILED
+    assert [e.type for e in info.errors] == ["asyncjobs.BadArguments"]  # no retries
+    assert "too many positional arguments" in info.errors[-1].message
+
+
+# -- 11. one bad pub/sub message ------------------------------------------------------------------
+
+
+async def test_a_non_utf8_abort_message_does_not_stop_aborts(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = asyncio.Event()
+
+    @asyncjobs.task(name="long_one", timeout=30)
+    async def long_one(ctx: Context) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    job = await pool.enqueue(long_one)
+    async with running(backend, backend.worker([long_one])):
+        await asyncio.wait_for(started.wait(), 5)
+        await pool.client.publish(pool.keys("default").abort_channel, b"\xff\xfe\x00")
+        await asyncio.sleep(0.1)
+        began = time.monotonic()
+        await job.abort()
+        with pytest.raises(asyncjobs.JobAborted):
+            await job.result(timeout=5)
+        assert time.monotonic() - began < 2  # the events loop did not restart with backoff
+    assert "internal error in the events loop" not in caplog.text
+
+
+# -- 12. the registry runs on the Redis clock ------------------------------------------------------
+
+
+async def test_heartbeats_are_stamped_with_the_redis_clock(
+    backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncjobs._upkeep as upkeep
+
+    skewed = time.time() - 70  # this host's clock is 70 s behind
+    monkeypatch.setattr(upkeep.time, "time", lambda: skewed)
+    async with running(backend, backend.worker([add])) as worker:
+        await asyncio.sleep(0.2)
+        seconds, micros = await pool.client.time()
+        score = await pool.client.zscore(pool.global_keys.workers, worker.name)
+    assert score is not None
+    assert abs(score - (seconds * 1000 + micros // 1000)) < 5000
+
+
+# -- 14. start.lua checks ownership ---------------------------------------------------------------
+
+
+async def test_start_refuses_an_entry_another_worker_took_over(pool: asyncjobs.Pool) -> None:
+    store = pool.store("default")
+    await store.ensure_group()
+    job = await pool.enqueue(add, 1, 2)
+    [delivery] = await store.read(pool.client, "worker-a", 10, None)
+    await pool.client.xclaim(store.keys.stream, "asyncjobs", "worker-b", 0, [delivery.entry])
+    [started] = await store.start("worker-a", [delivery])
+    assert started.verdict == "lost"
+    info = await job.info()
+    assert (info.state, info.attempts, info.worker) == (JobState.QUEUED, 0, None)
+    [started_b] = await store.start("worker-b", [delivery])
+    assert started_b.verdict == "run" and (await job.info()).worker == "worker-b"
+
+
+# -- item 7 of the fresh-clone issue: hostile job ids in log lines ---------------------------------
+
+
+async def test_job_ids_with_control_characters_cannot_forge_log_lines(
+    backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await pool.enqueue(add.options(job_id="x\nINFO forged line\x1b[31m"), 1, 1)
+    with caplog.at_level(logging.INFO, logger="asyncjobs.worker"):
+        await burst(backend, [add])
+    assert await job.result(timeout=5) == 2
+    lines = [r.getMessage() for r in caplog.records if "job complete" in r.getMessage()]
+    assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
+    assert "id=x\\nINFO forged line\\x1b[31m" in lines[0]
