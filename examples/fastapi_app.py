@@ -1,6 +1,6 @@
 """A FastAPI app that hands slow work to asyncjobs and answers at once.
 
-    pip install "asyncjobs-redis[fastapi]" uvicorn
+    pip install -e ".[fastapi]" uvicorn              # in a clone of asyncjobs
     uvicorn examples.fastapi_app:app                  # the web app
     asyncjobs worker examples.fastapi_app:worker      # the worker (another terminal)
 
