@@ -1,13 +1,33 @@
-"""Import ``package.module:attribute`` the way the command line names a worker."""
+"""What the command line is given, turned into values: the worker's import path, Redis URLs,
+queue names, durations and JSON arguments.
+
+Every check raises ``ConfigurationError`` with one line that says what is wrong and what to
+do; as an option callback (``callback(check)``) it is a usage error instead, which the CLI
+prints as ``asyncjobs: error: ...`` with exit 2. Nothing here talks to Redis.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import typer
+from redis.asyncio.connection import parse_url
+
+from ._connection import redact
+from ._durations import to_seconds
+from ._keys import check_name
 from .exceptions import ConfigurationError
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_SHOWN_CHARS = 40  # of a bad argument, in an error message
 
 
 def load(path: str) -> Any:
@@ -33,3 +53,107 @@ def load(path: str) -> Any:
                 f"module {module_name!r} has no attribute {attribute!r}"
             ) from None
     return target
+
+
+def redis_url(url: str) -> str:
+    """``url`` if it is a Redis URL redis-py can use (scheme, host, port, db, options)."""
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigurationError(
+            f"{_shown(_redacted(url))} is not a Redis URL: use redis://host:port/db, "
+            "rediss://host:port/db for TLS, or unix:///path/to/redis.sock"
+        )
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {_shown(_redacted(url))}: {exc}") from exc
+    return url
+
+
+def _redacted(url: str) -> str:
+    try:
+        return redact(url)
+    except ValueError:  # not even splittable (a stray '['): show no credentials
+        return url.partition("://")[0] + "://..."
+
+
+def name(kind: str, value: str) -> str:
+    """A queue name or key prefix: 1-200 characters, no braces, no whitespace."""
+    try:
+        return check_name(kind, value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc  # it shows the name with repr()
+
+
+def seconds(value: float, what: str) -> float:
+    """A duration option: a finite number of seconds, 0 or more."""
+    try:
+        found = to_seconds(value, what)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+    assert found is not None
+    return found
+
+
+def json_value(text: str, what: str) -> Any:
+    """``text`` parsed as JSON, for ``--arg`` and ``--kwarg``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"{what} {_shown(text)} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'"
+        ) from None
+    except RecursionError:
+        raise ConfigurationError(
+            f"{what} {_shown(text)} is nested too deeply to be a job argument"
+        ) from None
+
+
+def keyword(text: str) -> tuple[str, Any]:
+    """``name=JSON`` (a ``--kwarg``) as a name and a value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigurationError(f"--kwarg {_shown(text)}: expected name=JSON")
+    return key, json_value(value, f"--kwarg {key}")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error line (``repr``: one line), cut when long."""
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
+def callback(check: Callable[[V], T]) -> Callable[[V | None], T | None]:
+    """An option callback: ``check`` the value (None passes); a bad one is a usage error."""
+
+    def checked(value: V | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ConfigurationError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return checked
+
+
+def seconds_option(what: str) -> Callable[[float | None], float | None]:
+    """The callback of a duration option."""
+    return callback(lambda value: seconds(value, what))
+
+
+def _queue_name(value: str) -> str:
+    return name("queue name", value)
+
+
+def _queue_names(values: list[str]) -> list[str]:
+    return [name("queue name", v) for v in values]
+
+
+def _prefix(value: str) -> str:
+    return name("prefix", value)
+
+
+queue_option = callback(_queue_name)
+queues_option = callback(_queue_names)
+prefix_option = callback(_prefix)

@@ -10,8 +10,28 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
+
+from .exceptions import ConfigurationError
 
 _FIELDS = ("job_id", "task", "queue", "attempt", "duration_s", "outcome")
+
+
+class LogLevel(StrEnum):
+    """The levels ``--log-level`` takes (in any case)."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class LogFormat(StrEnum):
+    """The formats ``--log-format`` takes."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,8 +52,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def check_level(level: str) -> str:
+    """The level's name in capitals; ``ConfigurationError`` unless it is a ``LogLevel``."""
+    names = [m.value for m in LogLevel]
+    if level.upper() not in names:
+        raise ConfigurationError(f"unknown log level {level!r}: use one of {', '.join(names)}")
+    return level.upper()
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` in lower case; ``ConfigurationError`` unless it is 'text' or 'json'."""
+    if fmt.lower() not in [m.value for m in LogFormat]:
+        raise ConfigurationError(f"unknown log format {fmt!r}: use text or json")
+    return fmt.lower()
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Send asyncjobs' logs (and the root logger's) to stderr in ``fmt`` ('text' | 'json')."""
+    """Send asyncjobs' logs (and the root logger's) to stderr in ``fmt`` ('text' | 'json').
+    An unknown level or format raises ``ConfigurationError`` (before anything changes)."""
+    level, fmt = check_level(level), check_format(fmt)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -43,4 +80,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level)
