@@ -7,11 +7,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._admin import DeadLetter, QueueStats, WorkerInfo
+from ._admin import DeadLetter, OnProgress, QueueStats, RequeueReport, WorkerInfo
 from ._model import JobInfo
 from ._pool import create_pool
 from ._task import task_ref
 from .exceptions import JobNotFound, RedisUnavailable
+
+_NAMED_QUEUES = 10  # at most, in a "not found" message
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,22 @@ async def job(target: Target, job_id: str, queue: str | None) -> JobInfo:
                 return await pool.job(job_id, name).info()
             except JobNotFound:
                 continue
-        raise JobNotFound(job_id, queue or "any known queue")
+        if queue:
+            raise JobNotFound(job_id, queue)
+        raise NotInAnyQueue(job_id, candidates)
+
+
+class NotInAnyQueue(JobNotFound):
+    """``asyncjobs job ID`` without ``--queue`` searched every known queue in vain."""
+
+    def __init__(self, job_id: str, searched: list[str]) -> None:
+        super().__init__(job_id, ", ".join(searched))
+        names = ", ".join(repr(q) for q in searched[:_NAMED_QUEUES])
+        if len(searched) > _NAMED_QUEUES:
+            names += f" and {len(searched) - _NAMED_QUEUES} more"
+        where = (f"queue {names} (the only known queue)" if len(searched) == 1 else
+                 f"any of the {len(searched)} known queues ({names})")
+        self.args = (f"no job {job_id!r} in {where}: never enqueued, or its result expired",)
 
 
 async def enqueue(target: Target, task: str, args: list[Any], kwargs: dict[str, Any],
@@ -105,16 +122,20 @@ async def dead_letters(target: Target, queue: str | None, limit: int) -> list[De
         return await pool.admin.dead_letters(queue, limit=limit)
 
 
-async def requeue(target: Target, queue: str | None, job_ids: list[str],
-                  every: bool) -> dict[str, str]:
-    """Requeue dead-lettered jobs (by id, or all); per id, the outcome."""
+async def requeue(target: Target, queue: str | None, job_ids: list[str]) -> dict[str, str]:
+    """Requeue dead-lettered jobs by id; per id, the outcome."""
     async with create_pool(target.url, prefix=target.prefix) as pool:
-        if every:
-            return await pool.admin.requeue_all(queue)
         return await pool.admin.requeue(job_ids, queue)
 
 
-async def purge(target: Target, queue: str | None) -> int:
+async def requeue_all(target: Target, queue: str | None,
+                      on_progress: OnProgress | None = None) -> RequeueReport:
+    """Requeue every dead letter of a queue that has a record; count those left."""
+    async with create_pool(target.url, prefix=target.prefix) as pool:
+        return await pool.admin.requeue_all(queue, on_progress=on_progress)
+
+
+async def purge(target: Target, queue: str | None, on_progress: OnProgress | None = None) -> int:
     """Delete every dead letter of a queue and the records of those jobs."""
     async with create_pool(target.url, prefix=target.prefix) as pool:
-        return await pool.admin.purge_dead(queue)
+        return await pool.admin.purge_dead(queue, on_progress=on_progress)

@@ -1,17 +1,29 @@
-"""Turning records and stats into tables for people, or JSON for scripts (the CLI's output)."""
+"""Turning records and stats into tables for people, or JSON for scripts (the CLI's output).
+
+Everything shown comes from Redis, that is from any producer: it is never read as rich
+markup (cells are ``Text``, not markup strings) and its control characters are escaped
+(``\\x1b``, ``\\n``), so a job's data cannot crash the CLI, restyle the terminal or start a
+line of its own. JSON output is the raw data (``json.dumps`` escapes control characters).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import typer.core
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
-from ._admin import DeadLetter, QueueStats, WorkerInfo
+from ._admin import DeadLetter, QueueStats, RequeueReport, WorkerInfo
 from ._model import JobInfo
+from ._text import clean
 
 
 def to_json(value: Any) -> str:
@@ -33,6 +45,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class Command(typer.core.TyperCommand):
+    """A command whose flags show no ``<bool>`` value in ``--help`` (they take none)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_type(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """A group whose flags show no ``<bool>`` value in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_type(super().get_params(ctx))
+
+
+def _flags_without_type(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # typer shows the metavar, when set, instead of the type
+    return params
+
+
+def safe(text: str) -> str:
+    """``text`` as one line with no control character (escaped as ``\\x1b``, ``\\n``...);
+    text that has none is returned as it is."""
+    return text if text.isprintable() else clean(text)
+
+
+def _cell(text: str, style: str = "") -> Text:
+    """A table cell or a line: never markup, never a control character."""
+    return Text(safe(text), style=style)
+
+
+def _lines(text: str) -> Text:
+    """Several lines (a traceback): each made safe, the line breaks kept."""
+    return Text("\n".join(safe(line) for line in text.split("\n")))
+
+
 def _age(moment: datetime | None) -> str:
     if moment is None:
         return "-"
@@ -50,48 +99,75 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def queues_table(stats: list[QueueStats]) -> Table:
-    """One row per queue."""
-    table = Table(title="queues")
-    for column in ("queue", "waiting", "in flight", "delayed", "dead", "oldest waiting",
-                   "complete", "failed", "retried"):
-        table.add_column(column, justify="left" if column == "queue" else "right")
-    for s in stats:
-        c = s.counters
-        table.add_row(s.queue, str(s.waiting), str(s.in_flight), str(s.delayed), str(s.dead),
-                      _duration(s.oldest_waiting_s), str(c.get("complete", 0)),
-                      str(c.get("failed", 0)), str(c.get("retry", 0)))
+_N = "#"  # marks a column of numbers: right-aligned, never cut or wrapped
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """A table whose text columns fold long values onto more lines, and whose number
+    columns (named with a leading ``#``) are as wide as their widest value: at 80 columns
+    a name and a count stay whole."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        if column.startswith(_N):
+            header = column[1:]
+            widest = max(len(part) for part in [*header.split(), *(row[i] for row in rows)])
+            table.add_column(header, justify="right", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(v if c.startswith(_N) else _cell(v) for c, v in zip(columns, row,
+                                                                          strict=True)))
     return table
+
+
+def queues_table(stats: list[QueueStats]) -> Table:
+    """One row per queue: what waits and runs."""
+    rows = [[s.queue, str(s.waiting), str(s.in_flight), str(s.delayed), str(s.dead),
+             _duration(s.oldest_waiting_s)] for s in stats]
+    return _table("queues", ["queue", "#waiting", "#in flight", "#delayed", "#dead",
+                             "#oldest waiting"], rows)
+
+
+def totals_table(stats: list[QueueStats]) -> Table:
+    """One row per queue: its counters since it was created."""
+    names = ("enqueued", "complete", "failed", "retry")
+    rows = [[s.queue, *(str(s.counters.get(k, 0)) for k in names)] for s in stats]
+    return _table("totals", ["queue", "#enqueued", "#complete", "#failed", "#retried"], rows)
 
 
 def workers_table(workers: list[WorkerInfo]) -> Table:
     """One row per live worker."""
-    table = Table(title="workers")
-    for column in ("name", "host", "pid", "queues", "concurrency", "running", "up",
-                   "last heartbeat"):
-        table.add_column(column)
-    for w in workers:
-        up = _duration((datetime.now(UTC) - w.started_at).total_seconds())
-        table.add_row(w.name, w.host, str(w.pid), ",".join(w.queues), str(w.concurrency),
-                      str(w.running), up, _age(w.last_beat))
-    return table
+    rows = [[w.name, w.host, str(w.pid), ",".join(w.queues), f"{w.running}/{w.concurrency}",
+             _duration((w.last_beat - w.started_at).total_seconds() + w.beat_age_s),
+             _duration(w.beat_age_s) + " ago"] for w in workers]
+    return _table("workers", ["name", "host", "#pid", "queues", "#jobs", "#up", "#last beat"],
+                  rows)
 
 
 def dead_table(letters: list[DeadLetter]) -> Table:
     """One row per dead letter."""
-    table = Table(title="dead letters")
-    for column in ("job id", "when", "reason"):
-        table.add_column(column, overflow="fold")
-    for d in letters:
-        table.add_row(d.job_id or f"(entry {d.entry})", _age(d.at), d.reason)
-    return table
+    rows = [[d.job_id or f"(entry {d.entry})", _age(d.at), d.reason] for d in letters]
+    return _table("dead letters", ["job id", "#when", "reason"], rows)
 
 
 def print_job(console: Console, info: JobInfo) -> None:
     """A job's whole record, for people."""
-    table = Table(show_header=False, title=f"job {info.id}")
+    table = Table(show_header=False, title=_cell(f"job {info.id}"))
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
+    for name, value in _job_rows(info):
+        if value not in (None, "", {}, []) or name in ("args", "state"):
+            table.add_row(name, _cell(_value(value)))
+    console.print(table)
+    for error in info.errors:
+        console.print(Text.assemble(
+            (f"attempt {error.attempt}", "bold"), f" {error.at.isoformat()} ",
+            _cell(error.type, "red"), ": ", _cell(error.message)))
+        if error.traceback:
+            console.print(_lines(error.traceback.rstrip()))
+
+
+def _job_rows(info: JobInfo) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("queue", info.queue), ("task", info.task), ("state", info.state.value),
         ("args", info.args), ("kwargs", info.kwargs), ("attempts", info.attempts),
@@ -102,13 +178,41 @@ def print_job(console: Console, info: JobInfo) -> None:
     ]
     if info.progress:
         rows.append(("progress", f"{info.progress.value:g} {info.progress.message}"))
-    for name, value in rows:
-        if value not in (None, "", {}, []) or name in ("args", "state"):
-            table.add_row(name, value.isoformat() if isinstance(value, datetime) else repr(value)
-                          if not isinstance(value, str) else value)
-    console.print(table)
-    for error in info.errors:
-        console.print(f"[bold]attempt {error.attempt}[/] {error.at.isoformat()} "
-                      f"[red]{error.type}[/]: {error.message}")
-        if error.traceback:
-            console.print(error.traceback.rstrip(), markup=False, highlight=False)
+    return rows
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value)
+
+
+def requeue_lines(report: RequeueReport) -> list[str]:
+    """``dlq requeue --all`` for people: the counts, then why letters were left."""
+    lines = [f"requeued {report.requeued} dead letter(s)"]
+    if report.left:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(report.not_requeued.items()))
+        lines.append(f"not requeued: {report.left} ({reasons})")
+        lines += [f"  {safe(key)}: {why}" for key, why in report.examples.items()]
+        if report.left > len(report.examples):
+            lines.append(f"  ... and {report.left - len(report.examples)} more")
+    return lines
+
+
+@contextmanager
+def progress_bar(what: str, shown: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback ``(done, total)`` drawing a bar on stdout while the block runs,
+    or None when ``shown`` is false (stdout is not a terminal)."""
+    if not shown:
+        yield None
+        return
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(done, total))
+
+        yield update

@@ -1,23 +1,47 @@
-"""The ``asyncjobs`` command. Each command is thin: the work lives in the library."""
+"""The ``asyncjobs`` command. Each command is thin: the work lives in the library.
+
+A command either does its work or prints one line, ``asyncjobs: error: ...``, and exits 2
+for a usage or configuration error (a bad option, URL, name, import path or argument) or 1
+for a failure (Redis unreachable, no such job). Option values are checked where they are
+parsed (``_loader``); only asyncjobs' own errors are caught around the work itself, so a
+bug still shows its traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib
+import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.main
 from rich.console import Console
+from rich.markup import escape
 
+from . import _loader
 from . import _ops as ops
 from ._connection import URL_ENV
-from ._loader import load
-from ._logging import configure
-from ._render import dead_table, print_job, queues_table, to_json, workers_table
+from ._loader import callback as checked
+from ._loader import prefix_option, queue_option, queues_option, seconds_option
+from ._logging import LogFormat, LogLevel, configure
+from ._render import (
+    Command,
+    Group,
+    dead_table,
+    print_job,
+    progress_bar,
+    queues_table,
+    requeue_lines,
+    safe,
+    to_json,
+    totals_table,
+    workers_table,
+)
 from ._version import __version__
 from ._worker import Worker, _loop_factory
-from .exceptions import AsyncJobsError, ConfigurationError
+from .exceptions import AsyncJobsError, ConfigurationError, SerializationError
 
 T = TypeVar("T")
 
@@ -25,21 +49,30 @@ app = typer.Typer(
     name="asyncjobs",
     help="asyncjobs: an asyncio Redis Streams job runner.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line, ``asyncjobs: error: <message>``, to stderr and exit with ``code``."""
+    typer.secho(f"asyncjobs: error: {safe(message)}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
 
 RedisUrl = Annotated[
     str | None,
     typer.Option("--redis-url", envvar=URL_ENV, show_envvar=True,
-                 help="redis://[user:password@]host:port/db, rediss:// for TLS."),
+                 callback=checked(_loader.redis_url),
+                 help=escape("redis://[user:password@]host:port/db, rediss:// for TLS.")),
 ]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one clear line to stderr and exit."""
-    typer.secho(f"asyncjobs: error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+Prefix = Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
+                                     callback=prefix_option, help="Key prefix of the app.")]
+Queue = Annotated[str | None, typer.Option("--queue", "-q", callback=queue_option,
+                                           help="Queue (default: 'default').")]
+Queues = Annotated[list[str] | None, typer.Option(
+    "--queue", "-q", callback=queues_option, help="Queue (repeatable; default: all known).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _version(value: bool) -> None:
@@ -56,64 +89,60 @@ def main_options(
     """asyncjobs: background jobs for asyncio services, on Redis Streams."""
 
 
-@app.command()
+@app.command(cls=Command)
 def worker(
     target: Annotated[str, typer.Argument(help="The Worker to run, as package.module:attribute.")],
     redis_url: RedisUrl = None,
     prefix: Annotated[str | None, typer.Option(
-        "--prefix", envvar="ASYNCJOBS_PREFIX",
+        "--prefix", envvar="ASYNCJOBS_PREFIX", callback=prefix_option,
         help="Key prefix (overrides the Worker's).")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1,
                                                     help="Jobs run at once.")] = None,
-    queue: Annotated[list[str] | None, typer.Option("--queue", "-q",
-                                                    help="Queue to serve (repeatable).")] = None,
+    queue: Annotated[list[str] | None, typer.Option(
+        "--queue", "-q", callback=queues_option, help="Queue to serve (repeatable).")] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
-    grace: Annotated[float | None, typer.Option("--grace", min=0,
+    grace: Annotated[float | None, typer.Option("--grace", callback=seconds_option("grace"),
                                                 help="Shutdown grace period, seconds.")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING...")] = "INFO",
-    log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False,
+                                                help="How much to log.")] = LogLevel.INFO,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", help="Lines of text, or one JSON object per line.")] = LogFormat.TEXT,
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=0, max=65535, envvar="ASYNCJOBS_METRICS_PORT",
-        help="Serve Prometheus metrics on this port (needs the [metrics] extra).")] = None,
+        help=escape("Serve Prometheus metrics on this port (needs the [metrics] extra).")),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
-    configure(log_level, log_format)
     try:
-        found = _load_worker(target)
-        changes: dict[str, object] = {}
-        if concurrency is not None:
-            changes["concurrency"] = concurrency
-        if queue:
-            changes["queues"] = tuple(queue)
-        if burst:
-            changes["burst"] = True
-        if grace is not None:
-            changes["shutdown_grace_s"] = grace
-        if prefix is not None:
-            changes["prefix"] = prefix
-        runner = found.configure(**changes) if changes else found
+        configure(log_level.value, log_format.value)
+        changes: dict[str, object] = {"concurrency": concurrency, "shutdown_grace_s": grace,
+                                      "prefix": prefix, "queues": tuple(queue or ()) or None,
+                                      "burst": burst or None}
+        runner = _worker_for(target, {k: v for k, v in changes.items() if v is not None})
         if metrics_port is not None:
             runner.metrics_port = metrics_port
         runner.run_sync(redis_url=redis_url, use_uvloop=uvloop)
-    except ConfigurationError as exc:
+    except (ConfigurationError, SerializationError) as exc:
         fail(str(exc), 2)
     except AsyncJobsError as exc:
         fail(str(exc))
 
 
-def _load_worker(target: str) -> Worker:
-    found = load(target)
+def _worker_for(target: str, changes: dict[str, object]) -> Worker:
+    """The Worker at ``target``, with the options given on the command line applied."""
+    found = _loader.load(target)
     if not isinstance(found, Worker):
         kind = type(found).__name__
         raise ConfigurationError(f"{target} is a {kind}, not an asyncjobs.Worker")
-    return found
+    return found.configure(**changes) if changes else found
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     redis_url: Annotated[str | None, typer.Option(
-        "--redis-url", help="Use this Redis instead of a throwaway one.")] = None,
+        "--redis-url", callback=checked(_loader.redis_url),
+        help="Use this Redis instead of a throwaway one.")] = None,
 ) -> None:
     """Run a worker and a producer on a throwaway Redis and show a few jobs end to end."""
     from ._demo import run_demo
@@ -127,17 +156,12 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
-Prefix = Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
-                                     help="Key prefix of the app.")]
-Queue = Annotated[str | None, typer.Option("--queue", "-q", help="Queue (default: 'default').")]
-Queues = Annotated[list[str] | None, typer.Option("--queue", "-q",
-                                                  help="Queue (repeatable; default: all known).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one operation; asyncjobs' errors become one line (exit 2 for usage errors)."""
     try:
         return asyncio.run(coro)
+    except (ConfigurationError, SerializationError) as exc:
+        fail(str(exc), 2)
     except AsyncJobsError as exc:
         fail(str(exc))
 
@@ -151,16 +175,16 @@ def _out(as_json: bool, data: Any, *tables: Any) -> None:
             console.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def info(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
          as_json: AsJson = False) -> None:
     """Queues (waiting, in flight, delayed, dead, oldest age) and live workers."""
     stats, workers = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
     _out(as_json, {"queues": stats, "workers": workers}, queues_table(stats),
-         workers_table(workers))
+         totals_table(stats), workers_table(workers) if workers else "no live workers")
 
 
-@app.command()
+@app.command(cls=Command)
 def job(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
         queue: Queue = None, as_json: AsJson = False) -> None:
     """The whole record of one job: state, arguments, attempts, times, errors, result."""
@@ -171,21 +195,25 @@ def job(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
         print_job(Console(), record)
 
 
-@app.command()
+@app.command(cls=Command)
 def enqueue(
     task: Annotated[str, typer.Argument(help="The task's name.")],
-    arg: Annotated[list[str] | None, typer.Option("--arg", help="A positional argument, as "
-                                                  "JSON (repeatable).")] = None,
-    kwarg: Annotated[list[str] | None, typer.Option("--kwarg", help="name=JSON "
-                                                    "(repeatable).")] = None,
+    arg: Annotated[list[str] | None, typer.Option(
+        "--arg", help="A positional argument, as JSON (repeatable).")] = None,
+    kwarg: Annotated[list[str] | None, typer.Option(
+        "--kwarg", help="name=JSON (repeatable).")] = None,
     job_id: Annotated[str | None, typer.Option("--job-id")] = None,
-    delay: Annotated[float | None, typer.Option("--delay", min=0, help="Seconds.")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", callback=seconds_option("delay"),
+                                                help="Seconds.")] = None,
     redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
     as_json: AsJson = False,
 ) -> None:
     """Enqueue a job by task name, with JSON arguments."""
-    args = [_json(a, "--arg") for a in arg or []]
-    kwargs = dict(_pair(k) for k in kwarg or [])
+    try:
+        args = [_loader.json_value(a, "--arg") for a in arg or []]
+        kwargs = dict(_loader.keyword(k) for k in kwarg or [])
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
     options = {k: v for k, v in {"job_id": job_id, "delay": delay, "queue": queue}.items()
                if v is not None}
     jid, where, state = _run(ops.enqueue(ops.Target(redis_url, prefix), task, args, kwargs,
@@ -193,66 +221,59 @@ def enqueue(
     if as_json:
         typer.echo(to_json({"job_id": jid, "queue": where, "state": state}))
     else:
-        typer.echo(f"{jid} {state} on queue {where}")
+        typer.echo(safe(f"{jid} {state} on queue {where}"))
 
 
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(f"{what} {text!r} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'", 2)
-
-
-def _pair(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        fail(f"--kwarg {text!r}: expected name=JSON", 2)
-    return name, _json(value, f"--kwarg {name}")
-
-
-@app.command()
+@app.command(cls=Command)
 def check(
     redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
     this_host: Annotated[bool, typer.Option("--this-host", help="Require a live worker on "
                                             "this host (a liveness probe).")] = False,
     max_waiting: Annotated[int | None, typer.Option("--max-waiting", min=0)] = None,
-    max_age: Annotated[float | None, typer.Option("--max-age", min=0,
-                                                  help="Oldest waiting job, seconds.")] = None,
+    max_age: Annotated[float | None, typer.Option(
+        "--max-age", callback=seconds_option("max-age"),
+        help="Oldest waiting job, seconds.")] = None,
 ) -> None:
-    """Exit 0 when healthy, 1 when not (health and liveness probes). With --this-host an
-    unreachable Redis is not the worker's fault: exit 0 with a warning."""
+    """Exit 0 when healthy, 1 when not (health and liveness probes).
+
+    With --this-host an unreachable Redis is not the worker's fault: exit 0 with a warning.
+    """
     result = _run(ops.check(ops.Target(redis_url, prefix), queue or [], this_host=this_host,
                             max_waiting=max_waiting, max_age_s=max_age))
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {safe(warning)}", err=True)
     for problem in result.problems:
-        typer.echo(f"unhealthy: {problem}", err=True)
+        typer.echo(f"unhealthy: {safe(problem)}", err=True)
     if result.healthy:
         typer.echo("healthy")
     raise typer.Exit(0 if result.healthy else 1)
 
 
-dlq = typer.Typer(help="Dead letters: list, show, requeue, purge.", no_args_is_help=True)
+dlq = typer.Typer(help="Dead letters: list, show, requeue, purge.", no_args_is_help=True,
+                  cls=Group)
 app.add_typer(dlq, name="dlq")
 
 
-@dlq.command("list")
+@dlq.command("list", cls=Command)
 def dlq_list(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
              limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
              as_json: AsJson = False) -> None:
     """The newest dead letters of a queue."""
     letters = _run(ops.dead_letters(ops.Target(redis_url, prefix), queue, limit))
-    _out(as_json, letters, dead_table(letters))
+    if letters or as_json:
+        _out(as_json, letters, dead_table(letters))
+    else:
+        typer.echo(f"no dead letters on queue {queue or 'default'!r}")
 
 
-@dlq.command("show")
+@dlq.command("show", cls=Command)
 def dlq_show(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
              queue: Queue = None, as_json: AsJson = False) -> None:
     """A dead-lettered job's record, with every error and traceback."""
     job(job_id, redis_url, prefix, queue, as_json)
 
 
-@dlq.command("requeue")
+@dlq.command("requeue", cls=Command)
 def dlq_requeue(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids to requeue.")] = None,
     every: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
@@ -260,31 +281,72 @@ def dlq_requeue(
     as_json: AsJson = False,
 ) -> None:
     """Run dead-lettered jobs again: same id, error history kept, attempts reset."""
-    if not job_ids and not every:
+    target = ops.Target(redis_url, prefix)
+    if every and job_ids:
+        fail("give job ids or --all, not both", 2)
+    if every:
+        _requeue_all(target, queue, as_json)
+    if not job_ids:
         fail("give job ids, or --all", 2)
-    outcome = _run(ops.requeue(ops.Target(redis_url, prefix), queue, job_ids or [], every))
+    outcome = _run(ops.requeue(target, queue, job_ids))
     if as_json:
         typer.echo(to_json(outcome))
     else:
         for jid, state in outcome.items():
-            typer.echo(f"{jid}: {'requeued' if state == 'queued' else 'not requeued: ' + state}")
+            done = "requeued" if state == "queued" else f"not requeued: {state}"
+            typer.echo(f"{safe(jid)}: {done}")
     if any(state != "queued" for state in outcome.values()):
         raise typer.Exit(1)
 
 
-@dlq.command("purge")
+def _requeue_all(target: ops.Target, queue: str | None, as_json: bool) -> NoReturn:
+    with progress_bar("requeueing", Console().is_terminal and not as_json) as on_progress:
+        report = _run(ops.requeue_all(target, queue, on_progress))
+    if as_json:
+        typer.echo(to_json(report))
+    else:
+        for line in requeue_lines(report):
+            typer.echo(line)
+    raise typer.Exit(1 if report.left else 0)
+
+
+@dlq.command("purge", cls=Command)
 def dlq_purge(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
               yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
     """Delete every dead letter of a queue and the records of those jobs."""
     if not yes:
         typer.confirm("Delete every dead letter of this queue?", abort=True)
-    count = _run(ops.purge(ops.Target(redis_url, prefix), queue))
+    with progress_bar("purging", Console().is_terminal) as on_progress:
+        count = _run(ops.purge(ops.Target(redis_url, prefix), queue, on_progress))
     typer.echo(f"purged {count} dead letter(s)")
 
 
+def _click_errors() -> Any:
+    """The exceptions module of the click that typer runs on (its own copy since 0.2x)."""
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:  # pragma: no cover - an older typer, on click itself
+        return importlib.import_module("click.exceptions")
+
+
 def main() -> None:
-    """Entry point of the ``asyncjobs`` script."""
-    app(prog_name="asyncjobs")
+    """Entry point of the ``asyncjobs`` script: usage errors are one line too."""
+    errors = _click_errors()
+    try:
+        code = typer.main.get_command(app).main(prog_name="asyncjobs", standalone_mode=False)
+    except errors.NoArgsIsHelpError as exc:
+        if exc.format_message().strip():  # an older typer leaves the help to the error
+            exc.show()
+        sys.exit(exc.exit_code)
+    except errors.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        typer.secho(f"asyncjobs: error: {safe(exc.format_message())}{hint}", err=True,
+                    fg=typer.colors.RED)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("asyncjobs: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,128 @@
+"""Job data is written by any producer: the CLI shows it literally, never as rich markup and
+never with its control characters (a hostile record cannot crash a command, restyle the
+terminal or forge a line). ``--json`` stays the raw data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import asyncjobs
+from asyncjobs._codec import encode_errors, encode_progress, encode_spec
+from asyncjobs._model import ErrorInfo, JobSpec, Progress
+
+from .conftest import Backend
+from .procs import run_cli
+
+pytestmark = [pytest.mark.slow]
+
+EVIL = "[/] [/bold] [red]x\x1b[31mRED\x1b]0;title\x07\nforged line\r\x9b2J"
+SHOWN = r"[/] [/bold] [red]x\x1b[31mRED\x1b]0;title\x07\nforged line\r\x9b2J"
+BAD_UTF8 = b"\xff\xfe"
+ONE_LINE = EVIL.replace("\n", " ")  # a traceback keeps its line breaks, escapes the rest
+WIDE = {"COLUMNS": "400"}  # no folding: each value on one line, to look for it whole
+
+
+def cli(backend: Backend, *args: str) -> tuple[int, str, str]:
+    done = run_cli(*args, "--redis-url", backend.url or "", "--prefix", backend.prefix,
+                   env=WIDE)
+    return done.returncode, done.stdout, done.stderr
+
+
+def clean_run(backend: Backend, *args: str) -> str:
+    """Run a command; it must succeed, print no control character and no traceback."""
+    code, out, err = cli(backend, *args)
+    assert code == 0, (out, err)
+    for text in (out, err):
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
+        assert "\r" not in text and "Traceback (most recent call last)" not in text
+    return out + err
+
+
+async def hostile_job(pool: asyncjobs.Pool) -> str:
+    """A dead-lettered job whose every field carries markup, escapes and bad bytes."""
+    job = await pool.enqueue("add", 1)
+    keys = pool.keys("default")
+    spec = encode_spec(JobSpec(task="task" + EVIL, args=[EVIL], kwargs={"k": EVIL}))
+    error = ErrorInfo("Type" + EVIL, "message" + EVIL, "Traceback line\n  " + ONE_LINE, 1, 1000)
+    letter = await pool.client.xadd(keys.dead, {"i": job.id, "r": ("reason" + EVIL).encode()
+                                                + BAD_UTF8, "t": "1000"})
+    await pool.client.hset(keys.job(job.id), mapping={
+        "s": "failed", "j": spec, "w": b"worker" + BAD_UTF8 + EVIL.encode(),
+        "dl": "reason" + EVIL, "h": encode_errors([error]), "de": letter,
+        "p": encode_progress(Progress(0.5, "progress" + EVIL, 1)),
+    })
+    await pool.client.xadd(keys.dead, {"i": "letter" + EVIL, "r": "r" + EVIL, "t": "soon"})
+    return job.id
+
+
+async def hostile_worker(pool: asyncjobs.Pool, queue: str) -> None:
+    """A registry entry (live, on the Redis clock) whose names carry markup and escapes."""
+    seconds, micros = await pool.client.time()
+    name = "worker" + EVIL
+    info = {"name": name, "host": "host" + EVIL, "pid": 1, "queues": [queue],
+            "concurrency": 1, "running": 0, "started": 0, "beat": 0, "version": EVIL,
+            "tasks": [EVIL]}
+    await pool.client.set(f"{pool.prefix}:worker:{name}", json.dumps(info))
+    await pool.client.zadd(f"{pool.prefix}:workers", {name: seconds * 1000 + micros // 1000})
+
+
+@pytest.mark.asyncio
+async def test_job_and_dlq_show_print_hostile_fields_literally(real: Backend) -> None:
+    async with real.pool() as pool:
+        job_id = await hostile_job(pool)
+    for command in (["job", job_id], ["dlq", "show", job_id]):
+        out = clean_run(real, *command)
+        for field in ("task", "reason", "message", "progress", "Type"):
+            assert field + SHOWN in out, (field, out)
+        assert "worker\ufffd\ufffd" + SHOWN in out  # bad bytes: replacement characters
+        assert f"['{SHOWN}']" in out and f"{{'k': '{SHOWN}'}}" in out
+        assert "  " + SHOWN.replace(r"\n", " ") in out.splitlines()  # the traceback's line
+
+
+@pytest.mark.asyncio
+async def test_dlq_list_prints_hostile_letters_literally(real: Backend) -> None:
+    async with real.pool() as pool:
+        job_id = await hostile_job(pool)
+    out = clean_run(real, "dlq", "list")
+    assert job_id in out and "reason" + SHOWN in out and "letter" + SHOWN in out
+
+
+@pytest.mark.asyncio
+async def test_info_and_check_print_hostile_names_literally(real: Backend) -> None:
+    queue = "q\x1b[31m[bold]"
+    async with real.pool() as pool:
+        await pool.enqueue(asyncjobs.task_ref("add").options(queue=queue), 1)
+        await hostile_worker(pool, queue)
+    out = clean_run(real, "info")
+    assert "worker" + SHOWN in out and "host" + SHOWN in out
+    assert out.count(r"q\x1b[31m[bold]") >= 3  # queues, totals, and the worker's queues
+    out = clean_run(real, "check", "-q", queue)
+    assert out.strip() == "healthy"
+
+
+@pytest.mark.asyncio
+async def test_check_names_a_hostile_queue_literally(real: Backend) -> None:
+    async with real.pool() as pool:
+        await hostile_worker(pool, "q\x1b[31m")
+    code, out, err = cli(real, "check", "-q", "q\x1b[2J")
+    assert code == 1 and "\x1b" not in out + err
+    assert r"unhealthy: queue q\x1b[2J: no live worker" in err
+
+
+def test_enqueue_echoes_a_hostile_job_id_literally(real: Backend) -> None:
+    out = clean_run(real, "enqueue", "add", "--arg", "1", "--job-id", "id\x1b[31m[/]")
+    assert out.strip() == r"id\x1b[31m[/] queued on queue default"
+
+
+@pytest.mark.asyncio
+async def test_json_output_is_the_raw_data(real: Backend) -> None:
+    async with real.pool() as pool:
+        job_id = await hostile_job(pool)
+    record: dict[str, Any] = json.loads(clean_run(real, "job", job_id, "--json"))
+    assert record["task"] == "task" + EVIL and record["args"] == [EVIL]
+    assert record["errors"][0]["message"] == "message" + EVIL
+    letters = json.loads(clean_run(real, "dlq", "list", "--json"))
+    assert {d["reason"] for d in letters} == {"r" + EVIL, "reason" + EVIL + "\ufffd\ufffd"}
