@@ -110,3 +110,31 @@ async def test_health_reports_a_backlog(fresh_redis: RedisServer, web: str) -> N
             assert "jobs waiting (limit 1000)" in health.json()["reason"]
         finally:
             worker.close()
+
+
+@pytest.mark.asyncio
+async def test_the_app_runs_on_the_in_memory_harness_without_redis(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Harness.attach``: the app's lifespan opens no pool; no Redis is reachable."""
+    from fastapi.testclient import TestClient
+
+    from asyncjobs.testing import Harness
+    from examples.fastapi_app import app, build_report, worker
+
+    monkeypatch.setenv("ASYNCJOBS_REDIS_URL", "redis://127.0.0.1:1/0")  # closed port
+    harness = Harness()
+    try:
+        with TestClient(harness.attach(app)) as client:
+            response = client.post("/reports", params={"rows": 10})
+            assert response.status_code == 202
+            job_id = response.json()["job_id"]
+            [job] = await harness.enqueued(build_report)
+            assert job.id == job_id and job.args == [10]
+            assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
+            await harness.run_all(worker)
+            body = client.get(f"/jobs/{job_id}").json()
+            assert body["status"] == "complete" and body["result"] == {"rows": 10}
+            assert client.get("/health").status_code == 503  # no live worker now
+    finally:
+        await harness.close()
+    assert not hasattr(app.state, "asyncjobs")
