@@ -194,8 +194,8 @@ def requeue_lines(report: RequeueReport) -> list[str]:
     lines = [f"requeued {report.requeued} dead letter(s)"]
     if report.left:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(report.not_requeued.items()))
-        lines.append(f"not requeued: {report.left} ({reasons})")
-        lines += [f"  {safe(key)}: {why}" for key, why in report.examples.items()]
+        lines.append(safe(f"not requeued: {report.left} ({reasons})"))
+        lines += [safe(f"  {key}: {why}") for key, why in report.examples.items()]
         if report.left > len(report.examples):
             lines.append(f"  ... and {report.left - len(report.examples)} more")
     return lines

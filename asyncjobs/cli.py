@@ -294,7 +294,7 @@ def dlq_requeue(
     else:
         for jid, state in outcome.items():
             done = "requeued" if state == "queued" else f"not requeued: {state}"
-            typer.echo(f"{safe(jid)}: {done}")
+            typer.echo(safe(f"{jid}: {done}"))
     if any(state != "queued" for state in outcome.values()):
         raise typer.Exit(1)
 

@@ -126,3 +126,17 @@ async def test_json_output_is_the_raw_data(real: Backend) -> None:
     assert record["errors"][0]["message"] == "message" + EVIL
     letters = json.loads(clean_run(real, "dlq", "list", "--json"))
     assert {d["reason"] for d in letters} == {"r" + EVIL, "reason" + EVIL + "\ufffd\ufffd"}
+
+
+@pytest.mark.asyncio
+async def test_requeue_prints_a_hostile_state_literally(real: Backend) -> None:
+    async with real.pool() as pool:
+        job = await pool.enqueue("add", 1)
+        await pool.client.hset(pool.keys("default").job(job.id), "s", "odd\x1b[31m[/]")
+        await pool.client.xadd(pool.keys("default").dead, {"i": job.id, "r": "x"})
+    code, out, err = cli(real, "dlq", "requeue", job.id)
+    assert (code, out.strip()) == (1, rf"{job.id}: not requeued: odd\x1b[31m[/]"), err
+    code, out, err = cli(real, "dlq", "requeue", "--all")
+    assert code == 1 and "\x1b" not in out + err
+    assert out.splitlines()[1:] == [r"not requeued: 1 (1 job is odd\x1b[31m[/])",
+                                    rf"  {job.id}: job is odd\x1b[31m[/]"]
