@@ -293,3 +293,15 @@ def test_testing_section_needs_no_redis(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^1 passed in ", done.stdout, re.MULTILINE), done.stdout  # no warnings
     assert time.monotonic() - started < 30  # no wait for an unreachable Redis either
+
+
+def test_install_lines_name_this_version_and_no_unpublished_package() -> None:
+    """The wheel in the README's install line is the one this checkout builds, and no line
+    installs ``asyncjobs-redis`` by name from PyPI (it is not published yet)."""
+    lines = [line for block in fenced_blocks("bash") for line in block.source.splitlines()]
+    wheels = [line for line in lines if ".whl" in line and line.startswith("pip install")]
+    assert wheels, "the README shows no wheel install line"
+    for line in wheels:
+        assert f"asyncjobs_redis-{asyncjobs.__version__}-py3-none-any.whl" in line, line
+    text = README.read_text()
+    assert not re.search(r"pip install [\"']?asyncjobs-redis", text)
