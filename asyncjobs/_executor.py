@@ -20,6 +20,7 @@ import functools
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -51,6 +52,10 @@ from .exceptions import SerializationError
 
 log = logging.getLogger("asyncjobs.worker")
 
+LEFT_BEHIND: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+"""Attempt tasks that ignored their cancellation when the worker stopped: the process exits
+without waiting for them."""
+
 ESCALATE_S = 1.0
 """How long a cancelled attempt may take to stop before it is abandoned (and the period of
 the repeated cancellations after that)."""
@@ -76,7 +81,7 @@ class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
     __slots__ = ("abandoned", "began", "cancel_reason", "delivery", "entered", "escalation",
-                 "in_thread", "job_id", "plan", "queue", "started", "task")
+                 "holds_entry", "in_thread", "job_id", "plan", "queue", "started", "task")
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -91,6 +96,8 @@ class Running:
         self.escalation: asyncio.TimerHandle | None = None
         self.abandoned = False
         self.in_thread = False
+        self.holds_entry = True
+        """Its stream entry is still pending for this worker (not settled, not lost)."""
 
     def timed_out(self) -> bool:
         """True once the attempt's timer cancelled it."""
@@ -125,14 +132,30 @@ class Executor:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def held(self, queue: str) -> list[Delivery]:
-        """Deliveries this worker holds on ``queue`` (running or being settled)."""
-        return [r.delivery for (q, _), r in self.running.items() if q == queue]
+        """Deliveries this worker holds on ``queue``: running or being settled, and those
+        of bodies that outlived their cancellation (kept fresh until the process exits, so
+        nobody takes over a job whose code still runs here)."""
+        held = [r.delivery for (q, _), r in self.running.items() if q == queue]
+        held += [r.delivery for (q, _), r in self.zombies.items()
+                 if q == queue and r.holds_entry and r.body_alive()]
+        return held
 
     def alive_entries(self, queue: str) -> list[str]:
         """Entries of ``queue`` whose task body may still run in this process."""
         found = {e for (q, e), r in self.running.items() if q == queue and r.body_alive()}
-        found.update(e for (q, e), r in self.zombies.items() if q == queue and r.body_alive())
+        found.update(e for (q, e), r in self.zombies.items()
+                     if q == queue and r.holds_entry and r.body_alive())
         return sorted(found)
+
+    def leave_behind(self) -> int:
+        """Mark every task whose body still runs as left behind (the process exits without
+        waiting for it: see ``close_loop``); returns how many."""
+        count = 0
+        for running in [*self.running.values(), *self.zombies.values()]:
+            if running.task is not None and not running.task.done():
+                LEFT_BEHIND.add(running.task)
+                count += 1
+        return count
 
     def describe(self, task: asyncio.Task[object]) -> str | None:
         """Which job an asyncio task runs (for the loop watchdog, from another thread)."""
@@ -211,6 +234,7 @@ class Executor:
         """The attempt is over for this worker: free its slot and record ``op``."""
         self.slots.give()
         self._executing -= 1
+        running.holds_entry = op is None and running.cancel_reason != "lost"
         if op is None:
             self._forget(running)
         else:

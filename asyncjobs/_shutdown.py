@@ -43,6 +43,7 @@ async def drain(
         count = ex.cancel_all("shutdown")
         log.warning("grace period over: cancelled %d job(s); handing them back", count)
         await ex.wait_idle(CANCEL_WAIT_S)
+    ex.leave_behind()
     settler.close(give_up_after_s=_FLUSH_S)
     await settling
     with anyio.move_on_after(_FLUSH_S):
@@ -72,6 +73,8 @@ async def handback(rt: Runtime, ex: Executor) -> None:
                     "cancellation, or a plain def task's thread): not handed back; they run "
                     "again after the claim timeout, once this process has exited",
                     len(keep), queue)
+                # Fresh now, so the claim timeout counts from (about) the process's exit.
+                await store.touch(rt.consumer, [d for d in ex.held(queue) if d.entry in keep])
         await unregister(rt)
     except OUTAGE_ERRORS as exc:
         log.warning("could not hand back held jobs (%s); they run again after the claim "

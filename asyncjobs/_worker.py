@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from ._config import WorkerConfig
 from ._connection import ClientFactory, default_url, redact, url_factory
 from ._durations import Seconds, to_seconds
-from ._executor import Executor
+from ._executor import LEFT_BEHIND, Executor
 from ._fetcher import Reader, fetch_loop
 from ._keys import Keys
 from ._middleware import Middleware, Observer, compose
@@ -337,8 +337,9 @@ def close_loop(loop: asyncio.AbstractEventLoop, wait_s: float = LEFTOVER_WAIT_S)
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in tasks:
         task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.wait(tasks, timeout=wait_s))
+    awaited = [t for t in tasks if t not in LEFT_BEHIND]  # those ignored cancellation already
+    if awaited:
+        loop.run_until_complete(asyncio.wait(awaited, timeout=wait_s))
     left = [t for t in tasks if not t.done()]
     if left:
         log.warning("%d task(s) still running after the worker stopped (they ignore "
