@@ -1,6 +1,7 @@
 """Prometheus metrics for a worker: job counters, durations, queue depths, worker liveness.
 
-Enable them with ``pip install "asyncjobs-redis[metrics]"`` and a port::
+Enable them with the ``metrics`` extra (``pip install -e ".[metrics]"`` in a clone; see the
+README, Installing) and a port::
 
     worker = asyncjobs.Worker([send_email], metrics_port=9100)
     # scrape http://<host>:9100/metrics
@@ -31,7 +32,8 @@ try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ConfigurationError(
-        'asyncjobs metrics need prometheus_client: pip install "asyncjobs-redis[metrics]"'
+        'asyncjobs metrics need prometheus_client: install asyncjobs with its "metrics" extra '
+        '(pip install -e ".[metrics]" in a clone; see the README, Installing)'
     ) from exc
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """OpenTelemetry tracing: a job's span continues the trace that enqueued it.
 
-Enable it with ``pip install "asyncjobs-redis[otel]"`` (and an OpenTelemetry SDK set up as
-usual)::
+Enable it with the ``otel`` extra (``pip install -e ".[otel]"`` in a clone; see the README,
+Installing), and an OpenTelemetry SDK set up as usual::
 
     from asyncjobs.otel import OpenTelemetryMiddleware, instrument_pool
 
@@ -29,7 +29,8 @@ try:
     from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ConfigurationError(
-        'asyncjobs tracing needs opentelemetry-api: pip install "asyncjobs-redis[otel]"'
+        'asyncjobs tracing needs opentelemetry-api: install asyncjobs with its "otel" extra '
+        '(pip install -e ".[otel]" in a clone; see the README, Installing)'
     ) from exc
 
 if TYPE_CHECKING:

@@ -124,7 +124,7 @@ def test_missing_prometheus_client_says_how_to_install(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     monkeypatch.delitem(sys.modules, "asyncjobs.metrics")
     with pytest.raises(asyncjobs.ConfigurationError,
-                       match=r'pip install "asyncjobs-redis\[metrics\]"'):
+                       match=r'its "metrics" extra \(pip install -e "\.\[metrics\]"'):
         importlib.import_module("asyncjobs.metrics")
 
 

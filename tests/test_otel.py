@@ -84,7 +84,7 @@ def test_missing_opentelemetry_says_how_to_install(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     monkeypatch.delitem(sys.modules, "asyncjobs.otel")
     with pytest.raises(asyncjobs.ConfigurationError,
-                       match=r'pip install "asyncjobs-redis\[otel\]"'):
+                       match=r'its "otel" extra \(pip install -e "\.\[otel\]"'):
         importlib.import_module("asyncjobs.otel")
 
 
