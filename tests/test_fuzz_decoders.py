@@ -187,13 +187,13 @@ near_progress = st.lists(st.one_of(st.floats(), ints, st.text(max_size=4), value
 shaped = st.one_of(values, near_spec, near_errors, near_progress).map(msgspec.msgpack.encode)
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=1000)
 @given(data=st.binary(max_size=64))
 def test_decoders_on_arbitrary_bytes_return_or_raise_an_exception(data: bytes) -> None:
     report(check_decoders(data))
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=600)
 @given(data=st.one_of(shaped, raw_msgpack))
 def test_decoders_on_msgpack_of_any_shape_return_or_raise_an_exception(data: bytes) -> None:
     report(check_decoders(data))
@@ -211,7 +211,7 @@ FRONTS = {
 }
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=100)
 @given(depth=st.one_of(st.integers(1, 2000), st.integers(2000, 200_000)),
        level=st.sampled_from(sorted(LEVELS)), front=st.sampled_from(sorted(FRONTS)),
        tail=st.sampled_from((b"\xc0", b"", b"\x90", b"\xc1")),
@@ -339,7 +339,7 @@ async def handle_errors(backend: Backend, raw: dict[bytes, bytes], kind: str,
             if kind == "hash":
                 await pool.client.hset(key, mapping=raw)  # type: ignore[arg-type,misc]
             elif kind != "none":
-                await pool.client.eval(MAKE_KEY[kind], 1, key)  # type: ignore[misc]
+                await pool.client.eval(MAKE_KEY[kind], 1, key)
             try:
                 await call(job)
             except AsyncJobsError as exc:
@@ -350,7 +350,7 @@ async def handle_errors(backend: Backend, raw: dict[bytes, bytes], kind: str,
     return wrong
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(raw=handle_records)
 def test_the_job_handle_on_a_record_of_garbage_fields_raises_only_asyncjobs_errors(
     backend: Backend, raw: dict[bytes, bytes]

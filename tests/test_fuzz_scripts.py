@@ -33,7 +33,7 @@ import asyncjobs
 from asyncjobs._codec import encode_spec
 from asyncjobs._keys import GROUP, Keys
 from asyncjobs._model import JobSpec
-from asyncjobs._scripts import load, run_pipelined
+from asyncjobs._scripts import _prelude, load, run_pipelined
 from asyncjobs._store import Delivery, NewJob, QueueStore, SettleOp
 
 from .conftest import Backend
@@ -61,16 +61,18 @@ _strtoul.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_
 def lua_tonumber(raw: bytes) -> float | None:
     """Lua 5.1's ``tonumber`` of a string (``luaO_str2d``: strtod on the C string, a hex
     retry with strtoul, trailing white space allowed)."""
-    text = raw.split(b"\0", 1)[0]
-    buf = ctypes.create_string_buffer(text)
+    cstr = raw.split(b"\0", 1)[0]
+    buf = ctypes.create_string_buffer(cstr)
     start = ctypes.addressof(buf)
     end = ctypes.c_void_p()
     value = float(_strtod(start, ctypes.byref(end)))
-    if (end.value or 0) == start:
+    at = (end.value or start) - start
+    if at == 0:
         return None
-    if text[end.value - start:end.value - start + 1] in (b"x", b"X"):
+    if cstr[at:at + 1] in (b"x", b"X"):
         value = float(_strtoul(start, ctypes.byref(end), 16))
-    if text[(end.value or 0) - start:].lstrip(b" \t\n\v\f\r"):
+        at = (end.value or start) - start
+    if cstr[at:].lstrip(b" \t\n\v\f\r"):
         return None
     return value
 
@@ -96,8 +98,9 @@ def num(n: int) -> bytes:
     return b"%d" % n
 
 
-def text(raw: bytes) -> str:
-    return raw.decode(errors="replace")
+def text(raw: bytes | str | None) -> str:
+    """Text of a reply, as ``_store`` decodes it."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 # -- the keyspace of one queue -----------------------------------------------------------------
@@ -120,7 +123,7 @@ Space = dict[bytes, Key]
 
 async def raw_xrange(client: Redis, name: bytes | str) -> list[tuple[bytes, list[bytes]]]:
     """XRANGE with each entry's fields as written (order and repeats kept)."""
-    reply = await client.eval(_RAW_XRANGE, 1, name)  # type: ignore[misc]
+    reply = await client.eval(_RAW_XRANGE, 1, name)
     return [(e, list(f)) for e, f in reply]
 
 
@@ -130,13 +133,13 @@ async def read_key(client: Redis, name: bytes) -> Key | None:
         return None
     content: Any
     if kind == "hash":
-        content = dict(await client.hgetall(name))  # type: ignore[misc]
+        content = dict(await client.hgetall(name))
     elif kind == "string":
         content = await client.get(name)
     elif kind == "list":
-        content = tuple(await client.lrange(name, 0, -1))  # type: ignore[misc]
+        content = tuple(await client.lrange(name, 0, -1))
     elif kind == "set":
-        content = frozenset(await client.smembers(name))  # type: ignore[misc]
+        content = frozenset(await client.smembers(name))
     elif kind == "zset":
         content = tuple(await client.zrange(name, 0, -1, withscores=True))
     else:
@@ -251,15 +254,15 @@ async def make_wrong(client: Redis, name: bytes | str, kind: str) -> None:
     if kind == "string":
         await client.set(name, b"\x00junk")
     elif kind == "list":
-        await client.rpush(name, b"junk")  # type: ignore[misc]
+        await client.rpush(name, b"junk")
     elif kind == "set":
-        await client.sadd(name, b"junk")  # type: ignore[misc]
+        await client.sadd(name, b"junk")
     elif kind == "zset":
         await client.zadd(name, {b"junk": 1})
     elif kind == "stream":
         await client.xadd(name, {b"junk": b"1"})
     else:
-        await client.hset(name, b"junk", b"1")  # type: ignore[misc]
+        await client.hset(name, b"junk", b"1")
 
 
 class Marker:
@@ -342,7 +345,7 @@ async def build(env: Env, batch: Sequence[Case]) -> None:
         assert await store.enqueue([NewJob(job_id, spec)]) == {}
         case.job_id = job_id.encode()
         key = env.job(job_id)
-        case.entry = await client.hget(key, "e")  # type: ignore[misc]
+        case.entry = await client.hget(key, "e")
         await corrupt(env, key, case, now)
 
 
@@ -354,13 +357,37 @@ async def corrupt(env: Env, key: bytes, case: Case, now: int) -> None:
         await client.delete(key)
     for name, value in case.fields.items():
         if value is DELETE:
-            await client.hdel(key, name)  # type: ignore[misc]
+            await client.hdel(key, name)
             continue
         resolved = {ENTRY: case.entry, OTHER_ENTRY: b"1-1", PAST: num(now - 60_000),
                     FUTURE: num(now + 10**9)}.get(value, value)
-        await client.hset(key, name, resolved)  # type: ignore[misc]
+        await client.hset(key, name, resolved)
     if case.ttl and await client.exists(key):
         await client.expire(key, 10_000)
+
+
+_INT_PROBE = """
+local out = {}
+for i, v in ipairs(ARGV) do
+  local n = int(v)
+  out[i] = n and string.format('%.0f', n) or 'nil'
+end
+return out
+"""
+
+
+@settings(FUZZ, max_examples=50)
+@given(values=st.lists(junk, min_size=1, max_size=20))
+def test_the_models_int_is_the_scripts_int(backend: Backend, values: list[bytes]) -> None:
+    """The models below read numbers as the prelude's ``int()`` does, through Lua's
+    tonumber; checked here against the server's Lua itself."""
+
+    async def body(env: Env) -> None:
+        got = await env.client.eval(f"{_prelude()}\n{_INT_PROBE}", 0, *values)  # type: ignore[misc]
+        want = [b"nil" if (n := lua_int(v)) is None else num(n) for v in values]
+        assert got == want, values
+
+    run(backend, body)
 
 
 # -- the model of start_entry() ------------------------------------------------------------
@@ -437,7 +464,7 @@ def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: 
 
 
 @pytest.mark.parametrize("path", ["take", "start"])
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=100)
 @given(batch=batches, data=st.data())
 def test_take_and_start_give_every_entry_its_verdict_and_start_only_good_records(
     backend: Backend, path: str, batch: list[Case], data: st.DataObject
@@ -681,7 +708,7 @@ OWNERSHIP = ("mine", "mine", "mine", "claimed", "acked", "deleted")
 AFTERWARDS = ("", "", "", "gone", *WRONG_TYPES)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=150)
 @given(batch=batches, data=st.data())
 def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_record(
     backend: Backend, batch: list[Case], data: st.DataObject
@@ -809,7 +836,7 @@ def model_enqueue(env: Env, jobs: Sequence[NewJob], before: Space, now: int
     return replies, model
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=100)
 @given(batch=st.lists(plans, min_size=1, max_size=8), data=st.data())
 def test_enqueue_writes_each_job_whole_or_not_at_all(
     backend: Backend, batch: list[Plan], data: st.DataObject
@@ -829,7 +856,7 @@ def test_enqueue_writes_each_job_whole_or_not_at_all(
             if what == "hash":
                 await client.hset(env.job(job_id), mapping={b"s": state, b"j": b"old"})
             elif what == "hash without a state":
-                await client.hset(env.job(job_id), b"p", b"progress")  # type: ignore[misc]
+                await client.hset(env.job(job_id), b"p", b"progress")
             elif what:
                 await make_wrong(client, env.job(job_id), what)
         for name, kind in queue_keys.items():
@@ -926,7 +953,7 @@ def model_promote(env: Env, members: dict[bytes, float], limit: int, ttl: int, b
     return (promoted, expired, None if first is None else int(first)), model
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=100)
 @given(members=st.lists(dues, min_size=1, max_size=8), limit=st.integers(1, 10),
        ttl=st.sampled_from((0, 60)), stats=st.sampled_from(QUEUE_KEY_STATE))
 def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
@@ -942,9 +969,9 @@ def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
                 job = NewJob(f"d{n}", encode_spec(JobSpec("fuzz", [n])), delay_ms=10**9)
                 assert await env.store.enqueue([job]) == {}
                 if due.what == "record":  # no longer scheduled: aborted, requeued...
-                    await client.hset(key, b"s", b"queued")  # type: ignore[misc]
+                    await client.hset(key, b"s", b"queued")
                 for name, value in due.fields:
-                    await client.hset(key, name, times.get(value, value))  # type: ignore[misc]
+                    await client.hset(key, name, times.get(value, value))
             elif due.what != "gone":
                 await make_wrong(client, key, due.what)
             await client.zadd(k.delayed, {f"d{n}": times.get(due.score, due.score)})
@@ -1175,16 +1202,16 @@ async def check_cron(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
         name = f"cron{n}"
         cursor = data.draw(st.one_of(st.none(), junk), f"cursor {n}")
         if cursor is not None:
-            await client.hset(k.cron, name, cursor)  # type: ignore[misc]
+            await client.hset(k.cron, name, cursor)
         if ids and data.draw(st.booleans(), f"has a last job {n}"):
-            await client.hset(k.cron, f"{name}:job", data.draw(st.sampled_from(ids)))  # type: ignore[misc]
+            await client.hset(k.cron, f"{name}:job", data.draw(st.sampled_from(ids)))
         tick = data.draw(st.sampled_from((0, 3, 5, 10**12)), f"tick {n}")
         job_id = f"cron:{name}:{tick}"
         kind = data.draw(st.sampled_from(("", "", "hash", *WRONG_TYPES)), f"key of {job_id}")
         if kind:
             await make_wrong(client, env.job(job_id), kind)
         fire, no_overlap = data.draw(st.booleans()), data.draw(st.booleans())
-        last = await client.hget(k.cron, f"{name}:job")  # type: ignore[misc]
+        last = await client.hget(k.cron, f"{name}:job")
         previous = await record(env, last) if last else None
         reply = await env.store.cron_tick(name, tick, job_id, b"\x91\xa4fuzz", fire=fire,
                                           no_overlap=no_overlap)
@@ -1250,7 +1277,7 @@ async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
     members = data.draw(st.dictionaries(st.binary(max_size=6), st.integers(0, 10**13),
                                         max_size=4), "workers")
     if members:
-        await client.zadd(workers, members)  # type: ignore[arg-type]
+        await client.zadd(workers, members)
     now = await load("beat")(client, [workers], [ME, 60_000])
     left = dict(await client.zrange(workers, 0, -1, withscores=True))
     assert left[ME.encode()] == now
@@ -1265,7 +1292,7 @@ NEVER_RAISE: dict[str, Callable[[Env, Sequence[Case], st.DataObject], Awaitable[
 
 
 @pytest.mark.parametrize("script", sorted(NEVER_RAISE))
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=30)
 @given(batch=batches, data=st.data())
 def test_scripts_never_raise_on_garbage_records(
     backend: Backend, script: str, batch: list[Case], data: st.DataObject
@@ -1302,12 +1329,12 @@ async def typical_queue(env: Env) -> Typical:
     started = await store.take(ME, 2)
     assert [s.verdict for s in started] == ["run", "run"]
     letter = await client.xadd(k.dead, {"i": "j2", "r": "why"})
-    await client.hset(env.job("j2"), mapping={"s": "failed", "de": letter})  # type: ignore[misc]
-    await client.hset(k.cron, mapping={"c": "5", "c:job": "j0"})  # type: ignore[misc]
+    await client.hset(env.job("j2"), mapping={"s": "failed", "de": letter})
+    await client.hset(k.cron, mapping={"c": "5", "c:job": "j0"})
     await client.set(k.leader, "tok", px=10_000)
     workers = f"{k.base}:workers"
     await client.zadd(workers, {"w": 1})
-    entries = {f"j{i}": text(await client.hget(env.job(f"j{i}"), "e"))  # type: ignore[misc]
+    entries = {f"j{i}": text(await client.hget(env.job(f"j{i}"), "e"))
                for i in range(4)}
     return Typical(entries, text(letter), workers)
 
@@ -1452,22 +1479,22 @@ async def write_item(env: Env, n: int, item: Item) -> tuple[str, bytes]:
     change = {"badstate": b"s", "badattempts": b"a", "badexpiry": b"x", "scheduled-badexpiry":
               b"x", "badspec": b"j", "badhistory": b"h", "badq": b"q"}.get(item.kind)
     if change == b"s":
-        await client.hset(key, b"s", item.junk if item.junk not in STATES else b"junk")  # type: ignore[misc]
+        await client.hset(key, b"s", item.junk if item.junk not in STATES else b"junk")
     elif change in (b"a", b"x"):
         value = item.junk if lua_int(item.junk) is None else b"abc"
-        await client.hset(key, change, value if change == b"x" or value != b"" else b"-1")  # type: ignore[misc]
+        await client.hset(key, change, value if change == b"x" or value != b"" else b"-1")
     elif change == b"j":
-        await client.hset(key, b"j", item.junk if undecodable(item.junk) else b"\xc1")  # type: ignore[misc]
+        await client.hset(key, b"j", item.junk if undecodable(item.junk) else b"\xc1")
     elif change is not None:
-        await client.hset(key, change, item.junk)  # type: ignore[misc]
+        await client.hset(key, change, item.junk)
     elif item.kind == "nostate":
-        await client.hdel(key, b"s")  # type: ignore[misc]
+        await client.hdel(key, b"s")
     elif "wrongtype" in item.kind:
         await make_wrong(client, key, item.wrong)
     return job_id, marker
 
 
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=30)
 @given(batch=st.lists(items, min_size=1, max_size=8),
        queue_junk=st.sampled_from(("", "", "stats", "leader")))
 def test_a_worker_runs_every_good_job_once_and_dead_letters_every_bad_entry(
@@ -1486,7 +1513,7 @@ def test_a_worker_runs_every_good_job_once_and_dead_letters_every_bad_entry(
                 if item.kind in FINE]
         assert Counter(good) == RAN, "every good job ran exactly once"
         for job_id in good:
-            assert await client.hget(env.job(job_id), "s") == b"complete"  # type: ignore[misc]
+            assert await client.hget(env.job(job_id), "s") == b"complete"
         letters = await raw_xrange(client, k.dead)
         for (job_id, marker), item in zip(written, batch, strict=True):
             mine = [f for _, f in letters
@@ -1503,5 +1530,71 @@ def test_a_worker_runs_every_good_job_once_and_dead_letters_every_bad_entry(
         assert await client.xlen(k.stream) == 0
         assert (await client.xpending(k.stream, GROUP))["pending"] == 0
         assert await client.zcard(k.delayed) == 0
+
+    run(backend, body)
+
+
+# -- the job id of an entry, whichever path delivers it ---------------------------------------
+
+entry_fields = st.lists(st.tuples(st.sampled_from((b"i", b"i", b"junk", b"I")),
+                                  st.one_of(st.sampled_from((b"j1", b"j2", b"")), junk)),
+                        min_size=1, max_size=4)
+
+
+@settings(FUZZ, max_examples=60)
+@given(fields=entry_fields)
+def test_take_read_and_reclaim_agree_on_the_job_id_of_an_entry(
+    backend: Backend, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """An entry written by hand (repeated fields, no ``i``) names one job, whether it is
+    taken (take.lua), read by a blocking read (then start.lua), or reclaimed (reclaim.lua):
+    the one its first ``i`` field names, as the scripts read it."""
+    flat = [x for pair in fields for x in pair]
+    first = next((v for f, v in fields if f == b"i"), b"")
+
+    async def body(env: Env) -> None:
+        stream = env.keys.stream
+        for _ in range(3):
+            await env.client.execute_command("XADD", stream, "*", *flat)
+        [taken] = await env.store.take(ME, 1)
+        [read] = await env.store.read(env.client, ME, 1, None)
+        [[_, [(left, _)]]] = await env.client.xreadgroup(GROUP, OTHER, {stream: ">"}, count=1)
+        _, got = await env.store.reclaim(ME, 0, 10, "0-0")
+        [reclaimed] = [d for d in got if d.entry == text(left)]
+        ids = {"take": taken.delivery.job_id, "read": read.job_id,
+               "reclaim": reclaimed.job_id}
+        assert ids == dict.fromkeys(ids, text(first))
+
+    run(backend, body)
+
+
+@pytest.mark.parametrize("with_record", [False, True], ids=["no record", "a record"])
+@pytest.mark.parametrize("job_id", [b"\x80", b"job-\xff\xfe"], ids=repr)
+def test_an_entry_whose_job_id_is_not_utf8_is_dead_lettered_and_never_left_running(
+    backend: Backend, job_id: bytes, with_record: bool
+) -> None:
+    """Job ids asyncjobs writes are text; one written by hand that is not UTF-8 cannot be
+    named by the worker (``_store._str`` replaces the bad bytes): such an entry is
+    dead-lettered (``_store`` says so), its task never runs, and no record is left
+    ``running`` or written under another id."""
+
+    async def body(env: Env) -> None:
+        client, k = env.client, env.keys
+        RAN.clear()
+        entry = await client.xadd(k.stream, {b"i": job_id})
+        if with_record:
+            await client.hset(env.job(job_id), mapping={
+                b"j": encode_spec(JobSpec("fuzz_note", ["binary"])), b"s": b"queued",
+                b"a": b"0", b"e": entry})
+        before = await record(env, job_id)
+        worker = backend.worker([note], queues=[k.queue], burst=True, shutdown_grace=5)
+        await asyncio.wait_for(backend.run(worker), 60)
+        letters = await raw_xrange(client, k.dead)
+        assert [entry in f for _, f in letters] == [True], letters
+        assert not RAN, "the task of an entry the worker cannot name never runs"
+        after = await record(env, job_id)
+        assert after is None or after.content.get(b"s") != b"running", after
+        lossy = env.job(text(job_id))
+        assert await client.exists(lossy) == (before is not None and lossy == env.job(job_id))
 
     run(backend, body)
