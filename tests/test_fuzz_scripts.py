@@ -901,11 +901,14 @@ class Due:
 
 dues = st.builds(
     Due,
-    what=st.sampled_from(("scheduled", "scheduled", "record", "gone", *WRONG_TYPES)),
+    what=st.one_of(st.just("scheduled"),
+                   st.sampled_from(("scheduled", "record", "gone", *WRONG_TYPES))),
     score=st.one_of(st.sampled_from((0, 1, 5, PAST, FUTURE)), st.integers(0, 10**6)),
-    fields=st.lists(st.tuples(st.sampled_from((b"s", b"x", b"q", b"e")),
-                              st.one_of(st.sampled_from((PAST, FUTURE)), junk)),
-                    max_size=2).map(tuple),
+    fields=st.one_of(
+        st.just(()), st.just(((b"x", PAST),)), st.just(((b"x", FUTURE),)),
+        st.lists(st.tuples(st.sampled_from((b"s", b"x", b"q", b"e")),
+                           st.one_of(st.sampled_from((PAST, FUTURE)), junk)),
+                 max_size=2).map(tuple)),
 )
 
 
@@ -954,7 +957,7 @@ def model_promote(env: Env, members: dict[bytes, float], limit: int, ttl: int, b
 
 
 @settings(FUZZ, max_examples=100)
-@given(members=st.lists(dues, min_size=1, max_size=8), limit=st.integers(1, 10),
+@given(members=st.lists(dues, min_size=1, max_size=10), limit=st.integers(1, 10),
        ttl=st.sampled_from((0, 60)), stats=st.sampled_from(QUEUE_KEY_STATE))
 def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
     backend: Backend, members: list[Due], limit: int, ttl: int, stats: str
@@ -986,7 +989,7 @@ def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
         assert lo <= got.now_ms <= hi
         want, _ = model_promote(env, scores, limit, ttl, before, got.now_ms)
         assert (got.promoted, got.expired, got.next_due_ms) == want
-        event(f"promoted {got.promoted}, expired {got.expired}")
+        event(f"promoted {min(got.promoted, 2)}+, expired {min(got.expired, 2)}+")
         assert_model(lambda t: model_promote(env, scores, limit, ttl, before, t)[1],
                      got.now_ms, got.now_ms, before, after)
         queued = Counter(f[1] for _, f in added(before, after, k.stream.encode()))
