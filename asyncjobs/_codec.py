@@ -72,7 +72,7 @@ def _check_depth(value: object, what: str) -> None:
         children = _children(item)
         if children is None:
             continue
-        if depth >= MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise SerializationError(
                 f"cannot serialize {what}: nested more than {MAX_DEPTH} levels deep")
         stack.extend((child, depth + 1) for child in children)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from redis.exceptions import ResponseError
 
 from ._codec import decode_errors, decode_progress, decode_spec, decode_value
 from ._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
@@ -44,10 +46,20 @@ class Job(Generic[R]):
     def __repr__(self) -> str:
         return f"<Job {self.id} queue={self.queue}>"
 
+    async def _read(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """One read of the job's key; a key holding something other than a hash is a
+        ``CorruptJob``, not a Redis error."""
+        try:
+            return await self._pool.call(make)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise CorruptJob(self.id, "its key holds something other than a hash") from None
+
     async def status(self) -> JobState:
         """The job's current state; raises ``JobNotFound`` if there is no record."""
         key = self._pool.keys(self.queue).job(self.id)
-        state: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "s"))
+        state: bytes | None = await self._read(lambda: self._pool.client.hget(key, "s"))
         if state is None:
             raise JobNotFound(self.id, self.queue)
         return _state(self.id, state)
@@ -55,7 +67,7 @@ class Job(Generic[R]):
     async def info(self) -> JobInfo:
         """The whole record: task, arguments, state, attempts, times, errors, progress."""
         key = self._pool.keys(self.queue).job(self.id)
-        raw: dict[bytes, bytes] = await self._pool.call(lambda: self._pool.client.hgetall(key))
+        raw: dict[bytes, bytes] = await self._read(lambda: self._pool.client.hgetall(key))
         if not raw:
             raise JobNotFound(self.id, self.queue)
         return parse_record(self.id, self.queue, raw)
@@ -63,7 +75,7 @@ class Job(Generic[R]):
     async def progress(self) -> Progress | None:
         """The latest progress the task reported, if any."""
         key = self._pool.keys(self.queue).job(self.id)
-        data: bytes | None = await self._pool.call(lambda: self._pool.client.hget(key, "p"))
+        data: bytes | None = await self._read(lambda: self._pool.client.hget(key, "p"))
         return _or_default(lambda: decode_progress(data), None)
 
     async def result(self, timeout: Seconds | None = None) -> R:
@@ -94,7 +106,7 @@ class Job(Generic[R]):
 
     async def _final_value(self) -> tuple[Any] | None:
         key = self._pool.keys(self.queue).job(self.id)
-        reply: list[bytes | None] = await self._pool.call(
+        reply: list[bytes | None] = await self._read(
             lambda: self._pool.client.hmget(key, ["s", "r", "h", "dl"])
         )
         state, value, history, reason = reply

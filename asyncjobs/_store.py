@@ -34,11 +34,14 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A stream entry delivered to this consumer."""
+    """A stream entry delivered to this consumer. ``readable`` is False when the job id it
+    carries is not valid UTF-8 (an entry written by hand): it can name no job, and its
+    text here is only a rendering of the bytes."""
 
     entry: str
     job_id: str
     deliveries: int = 1
+    readable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,16 @@ def _str(value: Any) -> str:
     """Text of a reply; bytes that are not UTF-8 (an entry written by hand) are replaced,
     never raised: such an entry is dead-lettered, not allowed to stop a worker."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _delivery(entry: Any, job_id: Any, deliveries: int = 1) -> Delivery:
+    readable = True
+    if isinstance(job_id, bytes):
+        try:
+            job_id.decode()
+        except UnicodeDecodeError:
+            readable = False
+    return Delivery(_str(entry), _str(job_id), deliveries, readable)
 
 
 class QueueStore:
@@ -130,7 +143,7 @@ class QueueStore:
         )
         if not reply:
             return []
-        return [Delivery(_str(entry), _str(fields.get(b"i", b"")) if fields else "")
+        return [_delivery(entry, fields.get(b"i", b"") if fields else b"")
                 for entry, fields in reply[0][1]]
 
     async def take(self, consumer: str, count: int) -> list[Started]:
@@ -146,14 +159,22 @@ class QueueStore:
 
     async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
         """Mark deliveries as started; see start.lua for the verdicts."""
+        readable = [d for d in deliveries if d.readable]
         args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
-        for d in deliveries:
+        for d in readable:
             args += [d.entry, d.job_id]
-        reply = await s.load(s.START)(self.client, [self.keys.stream], args)
-        return [
-            Started(d, _str(v), spec or b"", int(a), hist or b"", int(q or 0), int(now))
-            for d, (v, spec, a, hist, q, now) in zip(deliveries, reply, strict=True)
-        ]
+        reply = await s.load(s.START)(self.client, [self.keys.stream], args) if readable else []
+        rows = iter(reply)
+        started = []
+        for d in deliveries:
+            if not d.readable:  # never sent to a script: the replaced text names no job
+                started.append(Started(d, "unreadable", b"the job id is not valid UTF-8", 0,
+                                       b"", 0, 0))
+                continue
+            v, spec, a, hist, q, now = next(rows)
+            started.append(Started(d, _str(v), spec or b"", int(a), hist or b"", int(q or 0),
+                                   int(now)))
+        return started
 
     def settle_call(self, consumer: str, ops: Sequence[SettleOp]) -> s.Call:
         """The settle.lua call for a batch of finished attempts (the settler pipelines the
@@ -172,7 +193,7 @@ class QueueStore:
         """XAUTOCLAIM idle entries; returns the next cursor and the claimed deliveries."""
         args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, cursor]
         nxt, items = await s.load(s.RECLAIM)(self.client, [self.keys.stream], args)
-        return _str(nxt), [Delivery(_str(e), _str(j), int(n)) for e, j, n in items]
+        return _str(nxt), [_delivery(e, j, int(n)) for e, j, n in items]
 
     async def touch(
         self, consumer: str, held: Sequence[Delivery]

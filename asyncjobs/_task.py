@@ -102,6 +102,8 @@ class Task(Generic[P, R]):
             raise ValueError("expires= needs an aware datetime or a duration")
         if max_tries is not None and max_tries < 1:
             raise ValueError("max_tries must be >= 1")
+        if job_id is not None:
+            check_job_id(job_id)
         exp = expires if isinstance(expires, datetime) else to_seconds(expires, "expires")
         given = {
             "job_id": job_id, "queue": queue, "delay_s": to_seconds(delay, "delay"), "at": at,
@@ -152,6 +154,18 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id is non-empty text of at most 1,024 characters that encodes as UTF-8."""
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 1024:
+        raise ValueError(f"job_id must be a non-empty str of at most 1024 characters, "
+                         f"got {job_id!r:.80}")
+    try:
+        job_id.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"job_id {job_id!r:.80} is not valid text (lone surrogates)") from None
+    return job_id
 
 
 def _copy(task: Task[P, R]) -> Task[P, R]:

@@ -1551,9 +1551,10 @@ def test_take_read_and_reclaim_agree_on_the_job_id_of_an_entry(
 ) -> None:
     """An entry written by hand (repeated fields, no ``i``) names one job, whether it is
     taken (take.lua), read by a blocking read (then start.lua), or reclaimed (reclaim.lua):
-    the one its first ``i`` field names, as the scripts read it."""
+    the one its last ``i`` field names (redis-py reads the fields into a dict, where the
+    last one wins, and the scripts' ``job_id_of`` does the same)."""
     flat = [x for pair in fields for x in pair]
-    first = next((v for f, v in fields if f == b"i"), b"")
+    first = next((v for f, v in reversed(fields) if f == b"i"), b"")
 
     async def body(env: Env) -> None:
         stream = env.keys.stream

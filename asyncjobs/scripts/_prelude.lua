@@ -84,14 +84,53 @@ local function held_by(stream, group, entry, consumer)
   return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
 end
 
--- The job id an entry carries in its `i` field ('' if none).
+-- The job id an entry carries in its `i` field ('' if none). An entry written by hand
+-- may repeat the field: the last one counts, as in redis-py's reading of the same entry.
 local function job_id_of(fields)
+  local id = ''
   if type(fields) == 'table' then
     for f = 1, #fields, 2 do
-      if fields[f] == 'i' then return fields[f + 1] end
+      if fields[f] == 'i' then id = fields[f + 1] end
     end
   end
-  return ''
+  return id
+end
+
+-- True for a stream entry id ('1795276503766-0'); garbage read from a record is not one.
+local function stream_id(v)
+  return type(v) == 'string' and string.match(v, '^%d+%-%d+$') ~= nil
+end
+
+-- True when `s` is valid UTF-8 (job ids are text: one that is not can never be named by a
+-- producer, and workers would read it under another name).
+local function utf8_ok(s)
+  if not string.find(s, '[\128-\255]') then
+    return true
+  end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    local len = 0
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3
+    elseif c >= 0xF0 and c <= 0xF4 then len = 4
+    else return false end
+    if i + len - 1 > n then return false end
+    for k = i + 1, i + len - 1 do
+      local b = string.byte(s, k)
+      if b < 0x80 or b > 0xBF then return false end
+    end
+    if len == 3 then
+      local b = string.byte(s, i + 1)
+      if (c == 0xE0 and b < 0xA0) or (c == 0xED and b > 0x9F) then return false end
+    elseif len == 4 then
+      local b = string.byte(s, i + 1)
+      if (c == 0xF0 and b < 0x90) or (c == 0xF4 and b > 0x8F) then return false end
+    end
+    i = i + len
+  end
+  return true
 end
 
 -- The ms part of a stream entry id ("1795276503766-0" -> 1795276503766), or 0.
@@ -106,6 +145,9 @@ local STATES = {scheduled = true, queued = true, running = true, complete = true
 -- history, enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
 local function start_entry(entry, id, consumer, prefix, now)
   local key = prefix .. id
+  if not utf8_ok(id) then
+    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now}
+  end
   local rec = {}
   if id ~= '' then
     rec = hmget(key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q')

@@ -19,7 +19,7 @@ if state == 'scheduled' or state == 'queued' then
   check_type(KEYS[3], 'zset')
   if state == 'scheduled' then
     redis.call('ZREM', KEYS[3], id)
-  elseif rec[2] then
+  elseif stream_id(rec[2]) then
     redis.call('XDEL', KEYS[2], rec[2])
   end
   count(KEYS[4], 'aborted', 1)

@@ -4,6 +4,7 @@
 -- KEYS[1] dead-letter stream
 -- ARGV[1] job key prefix, ARGV[2..] pairs: dead-letter entry id, job id ('' if none)
 -- Returns the number of letters deleted.
+check_type(KEYS[1], 'stream')
 local deleted = 0
 for i = 2, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
@@ -14,6 +15,8 @@ for i = 2, #ARGV, 2 do
       redis.call('DEL', key)
     end
   end
-  deleted = deleted + redis.call('XDEL', KEYS[1], entry)
+  if stream_id(entry) then
+    deleted = deleted + redis.call('XDEL', KEYS[1], entry)
+  end
 end
 return deleted

@@ -22,7 +22,7 @@ local entry = redis.call('XADD', KEYS[2], '*', 'i', ARGV[1])
 redis.call('HSET', key, 's', 'queued', 'e', entry, 'a', 0)
 redis.call('HDEL', key, 'dl', 'de', 'et', 'w', 'ab', 'r', 'x', 'd')
 redis.call('PERSIST', key)
-if rec[2] then
+if stream_id(rec[2]) then
   redis.call('XDEL', KEYS[3], rec[2])
 end
 return 'queued'
