@@ -4,18 +4,18 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 (``asyncjobs worker module:worker``) run the jobs, retry them, and never lose them.
 """
 
-from ._config import WorkerConfig
 from ._context import Context
-from ._cron import CatchUp
-from ._handle import Job
 from ._middleware import Middleware, Observer
 from ._model import ErrorInfo, JobInfo, JobState, Progress
-from ._pool import Pool, create_pool
+from ._producer.handle import Job
+from ._producer.pool import Pool, create_pool
 from ._retry import RetryPolicy
-from ._scheduler import CronJob, cron
+from ._scheduling.cron import CatchUp
+from ._scheduling.scheduler import CronJob, cron
 from ._task import Call, Task, call, task, task_ref
 from ._version import __version__
-from ._worker import Worker
+from ._worker.config import WorkerConfig
+from ._worker.worker import Worker
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,

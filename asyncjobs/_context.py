@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ._model import ErrorInfo, from_ms
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from ._producer.pool import Pool
 
 
 class Context:

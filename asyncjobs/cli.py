@@ -20,13 +20,12 @@ import typer.main
 from rich.console import Console
 from rich.markup import escape
 
-from . import _loader
-from . import _ops as ops
-from ._connection import URL_ENV
-from ._loader import callback as checked
-from ._loader import prefix_option, queue_option, queues_option, seconds_option
-from ._logging import LogFormat, LogLevel, configure
-from ._render import (
+from ._cli import loader as _loader
+from ._cli import ops
+from ._cli.loader import callback as checked
+from ._cli.loader import prefix_option, queue_option, queues_option, seconds_option
+from ._cli.logs import LogFormat, LogLevel, configure
+from ._cli.render import (
     Command,
     Group,
     dead_table,
@@ -39,8 +38,10 @@ from ._render import (
     totals_table,
     workers_table,
 )
+from ._redis.connection import URL_ENV
 from ._version import __version__
-from ._worker import Worker, _loop_factory
+from ._worker.loop import loop_factory
+from ._worker.worker import Worker
 from .exceptions import AsyncJobsError, ConfigurationError, SerializationError
 
 T = TypeVar("T")
@@ -145,11 +146,11 @@ def demo(
         help="Use this Redis instead of a throwaway one.")] = None,
 ) -> None:
     """Run a worker and a producer on a throwaway Redis and show a few jobs end to end."""
-    from ._demo import run_demo
+    from ._cli.demo import run_demo
 
     configure("ERROR")  # the table shows every outcome
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(True)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(True)) as runner:
             ok = runner.run(run_demo(redis_url))
     except AsyncJobsError as exc:
         fail(str(exc))

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
-from ._pool import Pool, create_pool
+from ._producer.pool import Pool, create_pool
 
 AppLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from ._producer.pool import Pool
 
 log = logging.getLogger("asyncjobs.metrics")
 

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._pool import Pool
+    from ._producer.pool import Pool
 
 MESSAGING_SYSTEM = "asyncjobs"
 """The ``messaging.system`` attribute of job spans."""

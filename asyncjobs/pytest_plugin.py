@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._pool import Pool
+from ._producer.pool import Pool
 from .testing import Harness
 
 

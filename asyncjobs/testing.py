@@ -26,13 +26,13 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ._connection import ClientFactory
-from ._fake import fake_factory, fake_server
-from ._handle import parse_record
 from ._model import JobInfo, JobState
-from ._pool import Pool
+from ._producer.handle import parse_record
+from ._producer.pool import Pool
+from ._redis.connection import ClientFactory
+from ._redis.fake import fake_factory, fake_server
 from ._task import Task, as_task
-from ._worker import Worker
+from ._worker.worker import Worker
 
 __all__ = ["Harness"]
 

@@ -30,7 +30,7 @@ async def redis_py(port: int, n: int) -> dict[str, float]:
 
 async def asyncjobs_client(port: int, n: int) -> dict[str, float]:
     """redis-py as asyncjobs configures it (its connection class packs commands with hiredis)."""
-    from asyncjobs._connection import url_factory
+    from asyncjobs._redis.connection import url_factory
 
     client = url_factory(f"redis://127.0.0.1:{port}/0")(max_connections=10, socket_timeout=None)
     return await _redis_py_rates(client, n)
@@ -101,7 +101,7 @@ def main() -> None:
     kind, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     run, package, module = {
         "redis-py": (redis_py, "redis", "redis.asyncio"),
-        "asyncjobs": (asyncjobs_client, "redis", "asyncjobs._connection"),
+        "asyncjobs": (asyncjobs_client, "redis", "asyncjobs._redis.connection"),
         "coredis": (coredis, "coredis", "coredis"),
     }[kind]
     __import__(module)

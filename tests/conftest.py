@@ -22,9 +22,9 @@ import pytest_asyncio
 import uvloop
 
 import asyncjobs
-from asyncjobs._connection import ClientFactory, url_factory
-from asyncjobs._embedded import RedisServer, redis_server_path
-from asyncjobs._fake import fake_factory
+from asyncjobs._redis.connection import ClientFactory, url_factory
+from asyncjobs._redis.embedded import RedisServer, redis_server_path
+from asyncjobs._redis.fake import fake_factory
 
 IN_CI = bool(os.environ.get("CI"))
 

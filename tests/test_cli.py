@@ -9,7 +9,7 @@ import pytest
 
 import asyncjobs
 from asyncjobs import JobState
-from asyncjobs._embedded import free_port
+from asyncjobs._redis.embedded import free_port
 
 from .apps import basic
 from .conftest import Backend

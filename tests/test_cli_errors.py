@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from asyncjobs import _loader
-from asyncjobs._embedded import free_port
-from asyncjobs._logging import check_format, check_level, configure
+from asyncjobs._cli import loader as _loader
+from asyncjobs._cli.logs import check_format, check_level, configure
+from asyncjobs._redis.embedded import free_port
 from asyncjobs.exceptions import ConfigurationError
 
 from .conftest import Backend

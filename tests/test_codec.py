@@ -28,8 +28,8 @@ from asyncjobs._codec import (
     error_info,
 )
 from asyncjobs._model import ErrorInfo, JobSpec, Progress
-from asyncjobs._runner import run_attempt
 from asyncjobs._signature import ArgConverter, return_type
+from asyncjobs._worker.runner import run_attempt
 from asyncjobs.exceptions import SerializationError
 
 PACKAGE_DIR = str(Path(asyncjobs.__file__).parent)

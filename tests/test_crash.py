@@ -16,7 +16,7 @@ import pytest
 
 import asyncjobs
 from asyncjobs import JobState
-from asyncjobs._embedded import RedisServer
+from asyncjobs._redis.embedded import RedisServer
 
 from .apps import basic
 from .conftest import Backend, need_redis_server
@@ -196,7 +196,7 @@ async def test_a_job_that_kills_its_worker_is_dead_lettered_and_workers_live_on(
     assert [d.job_id for d in await _dead(real)] == [poison.id]
 
 
-async def _dead(backend: Backend) -> list[asyncjobs._admin.DeadLetter]:
+async def _dead(backend: Backend) -> list[asyncjobs._producer.deadletters.DeadLetter]:
     async with backend.pool() as pool:
         return await pool.admin.dead_letters()
 

@@ -1,4 +1,5 @@
-"""Table tests for the pure schedule logic in asyncjobs._cron (no Redis, no clock, no sleeping).
+"""Table tests for the pure schedule logic in asyncjobs._scheduling.cron (no Redis, no clock,
+no sleeping).
 
 Expected instants are worked out by hand from the cron and DST rules and written as literals:
 Europe/Berlin springs forward on 2026-03-29 at 01:00Z (02:00 CET -> 03:00 CEST) and falls back
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from asyncjobs._cron import (
+from asyncjobs._scheduling.cron import (
     DROPPED_CAP,
     CatchUp,
     CronExpr,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from asyncjobs import Worker
-from asyncjobs._loader import load
+from asyncjobs._cli.loader import load
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "examples" / "deploy"

@@ -42,8 +42,8 @@ from asyncjobs._codec import (
     encode_spec,
     encode_value,
 )
-from asyncjobs._handle import parse_record
 from asyncjobs._model import ErrorInfo, JobInfo, JobSpec, JobState, Progress
+from asyncjobs._producer.handle import parse_record
 from asyncjobs.exceptions import AsyncJobsError, CorruptJob, SerializationError
 
 from .conftest import Backend

@@ -31,10 +31,10 @@ from redis.asyncio import Redis
 
 import asyncjobs
 from asyncjobs._codec import encode_spec
-from asyncjobs._keys import GROUP, Keys
 from asyncjobs._model import JobSpec
-from asyncjobs._scripts import _prelude, load, run_pipelined
-from asyncjobs._store import Delivery, NewJob, QueueStore, SettleOp
+from asyncjobs._redis.keys import GROUP, Keys
+from asyncjobs._redis.scripts import _prelude, load, run_pipelined
+from asyncjobs._redis.store import Delivery, NewJob, QueueStore, SettleOp
 
 from .conftest import Backend
 

@@ -372,7 +372,7 @@ async def test_a_non_utf8_abort_message_does_not_stop_aborts(
 async def test_heartbeats_are_stamped_with_the_redis_clock(
     backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncjobs._upkeep as upkeep
+    import asyncjobs._worker.upkeep as upkeep
 
     skewed = time.time() - 70  # this host's clock is 70 s behind
     monkeypatch.setattr(upkeep.time, "time", lambda: skewed)

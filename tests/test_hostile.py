@@ -32,7 +32,7 @@ import pytest_asyncio
 import asyncjobs
 from asyncjobs import JobInfo, JobState
 from asyncjobs._codec import decode_spec
-from asyncjobs._embedded import RedisServer
+from asyncjobs._redis.embedded import RedisServer
 
 from .apps import hostile
 from .conftest import Backend

@@ -19,7 +19,7 @@ import time
 import pytest
 import redis
 
-from asyncjobs._embedded import RedisServer
+from asyncjobs._redis.embedded import RedisServer
 
 from .procs import workers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncjobs._keys import GlobalKeys, Keys, check_name
+from asyncjobs._redis.keys import GlobalKeys, Keys, check_name
 
 
 def crc16_xmodem(data: bytes) -> int:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import asyncjobs
 from asyncjobs import Context
-from asyncjobs._embedded import free_port
+from asyncjobs._redis.embedded import free_port
 from asyncjobs.metrics import (
     EVENT_COUNTERS,
     REFRESH_ENV,

@@ -104,7 +104,7 @@ def test_dead_letter_session(real: Backend) -> None:
 
 
 def test_liveness_check_does_not_blame_the_worker_for_a_redis_outage() -> None:
-    from asyncjobs._embedded import free_port
+    from asyncjobs._redis.embedded import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     this_host = run_cli("check", "--this-host", "--redis-url", url)

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
+from asyncjobs._cli.loader import load
+from asyncjobs._cli.logs import JsonFormatter
 from asyncjobs._codec import encode_errors, encode_progress, encode_spec, encode_value
-from asyncjobs._connection import redact, url_factory
-from asyncjobs._handle import parse_record
-from asyncjobs._loader import load
-from asyncjobs._logging import JsonFormatter
 from asyncjobs._model import ErrorInfo, JobSpec, JobState, Progress, from_ms, to_ms
-from asyncjobs._runtime import Outage, Slots
+from asyncjobs._producer.handle import parse_record
+from asyncjobs._redis.connection import redact, url_factory
+from asyncjobs._worker.runtime import Outage, Slots
 from asyncjobs.exceptions import ConfigurationError
 
 NEW_YEAR_2024 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -388,7 +388,7 @@ def test_outage_is_logged_once_and_recovery_once(caplog: pytest.LogCaptureFixtur
 def test_outage_backoff_grows_and_is_capped(
     monkeypatch: pytest.MonkeyPatch, rand: float, expected: list[float]
 ) -> None:
-    monkeypatch.setattr("asyncjobs._runtime.random.random", lambda: rand)
+    monkeypatch.setattr("asyncjobs._worker.runtime.random.random", lambda: rand)
     outage = Outage()
     delays = [outage.failed(OSError(), "x") for _ in expected]
     assert delays == pytest.approx(expected, rel=1e-5)

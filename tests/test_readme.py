@@ -46,7 +46,7 @@ import httpx
 import pytest
 
 import asyncjobs
-from asyncjobs._embedded import RedisServer, free_port
+from asyncjobs._redis.embedded import RedisServer, free_port
 
 from .procs import ROOT
 

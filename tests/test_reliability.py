@@ -25,7 +25,7 @@ async def burst(backend: Backend, tasks: list[Any], **options: Any) -> None:
     await backend.run(backend.worker(tasks, burst=True, **options))
 
 
-async def dead(pool: asyncjobs.Pool) -> list[asyncjobs._admin.DeadLetter]:
+async def dead(pool: asyncjobs.Pool) -> list[asyncjobs._producer.deadletters.DeadLetter]:
     return await pool.admin.dead_letters(newest_first=False)
 
 
@@ -420,7 +420,7 @@ async def test_a_cancelled_error_raised_by_task_code_is_an_error(backend: Backen
 async def test_a_job_cancelled_before_its_first_step_gives_its_slot_back(
     backend: Backend, pool: asyncjobs.Pool
 ) -> None:
-    from asyncjobs import _executor
+    from asyncjobs._worker import executor as _executor
 
     @asyncjobs.task(name="quick")
     async def quick(ctx: Context) -> int:

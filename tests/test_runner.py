@@ -7,7 +7,7 @@ import traceback
 
 import pytest
 
-from asyncjobs._runner import run_attempt
+from asyncjobs._worker.runner import run_attempt
 from asyncjobs.exceptions import JobTimeout
 
 pytestmark = pytest.mark.asyncio

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio
 
 import asyncjobs
-from asyncjobs._embedded import RedisServer
+from asyncjobs._redis.embedded import RedisServer
 
 from .conftest import IN_CI, need_redis_server
 

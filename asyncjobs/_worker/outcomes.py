@@ -11,12 +11,12 @@ import math
 import time
 from typing import Any
 
-from ._codec import decode_errors, decode_spec, encode_errors, error_info
-from ._model import ENDED_TTL_S, ErrorInfo
-from ._retry import Action, Decision
-from ._runner import Outcome
-from ._store import Delivery, SettleOp, Started
-from ._text import clean
+from .._codec import decode_errors, decode_spec, encode_errors, error_info
+from .._model import ENDED_TTL_S, ErrorInfo
+from .._redis.store import Delivery, SettleOp, Started
+from .._retry import Action, Decision
+from .._text import clean
+from .runner import Outcome
 
 log = logging.getLogger("asyncjobs.worker")
 

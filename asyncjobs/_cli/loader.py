@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import typer
 from redis.asyncio.connection import parse_url
 
-from ._connection import redact
-from ._durations import to_seconds
-from ._keys import check_name
-from .exceptions import ConfigurationError
+from .._durations import to_seconds
+from .._redis.connection import redact
+from .._redis.keys import check_name
+from ..exceptions import ConfigurationError
 
 T = TypeVar("T")
 V = TypeVar("V")

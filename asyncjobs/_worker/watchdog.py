@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._text import clean
+from .._text import clean
 
 log = logging.getLogger("asyncjobs.worker")
 

@@ -16,10 +16,10 @@ import logging
 
 import anyio
 
-from ._executor import Executor
-from ._runtime import OUTAGE_ERRORS, Runtime
-from ._settler import Settler
-from ._upkeep import unregister
+from .executor import Executor
+from .runtime import OUTAGE_ERRORS, Runtime
+from .settler import Settler
+from .upkeep import unregister
 
 log = logging.getLogger("asyncjobs.worker")
 

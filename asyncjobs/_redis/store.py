@@ -14,8 +14,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import _scripts as s
-from ._keys import GROUP, Keys
+from . import scripts as s
+from .keys import GROUP, Keys
 
 _ENQUEUE_BATCH = 500
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._durations import to_seconds
-from ._keys import check_name
-from ._retry import RetryPolicy
-from .exceptions import ConfigurationError
+from .._durations import to_seconds
+from .._redis.keys import check_name
+from .._retry import RetryPolicy
+from ..exceptions import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,30 +23,31 @@ import anyio
 from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
-from ._config import WorkerConfig
-from ._connection import ClientFactory, default_url, redact, url_factory
-from ._durations import Seconds, to_seconds
-from ._executor import LEFT_BEHIND, Executor
-from ._fetcher import Reader, fetch_loop
-from ._keys import Keys
-from ._middleware import Middleware, Observer, compose
-from ._pool import Pool
-from ._retry import RetryPolicy
-from ._runtime import OUTAGE_ERRORS, Runtime, supervised
-from ._scheduler import CronJob, Scheduler
-from ._settler import Settler
-from ._shutdown import drain
-from ._store import QueueStore
-from ._task import Task, as_task
-from ._upkeep import events_loop, heartbeat_loop, keepalive_loop
-from ._version import __version__
-from ._watchdog import LoopWatchdog, describe_with
-from .exceptions import ConfigurationError, RedisUnavailable
+from .._durations import Seconds, to_seconds
+from .._middleware import Middleware, Observer, compose
+from .._producer.pool import Pool
+from .._redis.connection import ClientFactory, default_url, redact, url_factory
+from .._redis.keys import Keys
+from .._redis.store import QueueStore
+from .._retry import RetryPolicy
+from .._scheduling.scheduler import CronJob, Scheduler
+from .._task import Task, as_task
+from .._version import __version__
+from ..exceptions import ConfigurationError, RedisUnavailable
+from .config import WorkerConfig
+from .executor import Executor
+from .fetcher import Reader, fetch_loop
+from .loop import run_in_new_loop
+from .runtime import OUTAGE_ERRORS, Runtime, supervised
+from .settler import Settler
+from .shutdown import drain
+from .upkeep import events_loop, heartbeat_loop, keepalive_loop
+from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
 
 if TYPE_CHECKING:
-    from .metrics import WorkerMetrics
+    from ..metrics import WorkerMetrics
 
 Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
 
@@ -265,7 +266,7 @@ class Worker:
         await drain(rt, ex, settler, settling, now=self._now)
 
     def _metrics(self, rt: Runtime) -> WorkerMetrics:
-        from .metrics import WorkerMetrics
+        from ..metrics import WorkerMetrics
 
         assert self.metrics_port is not None
         metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.queues,
@@ -294,14 +295,7 @@ class Worker:
         Returns once the worker has stopped, within the grace period plus a few seconds,
         whatever task code does: tasks that ignore cancellation are left behind (see
         ``close_loop``), and sync tasks run on daemon threads."""
-        factory = _loop_factory(use_uvloop) or asyncio.new_event_loop
-        loop = factory()
-        try:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._main(redis_url))
-        finally:
-            close_loop(loop)
-            asyncio.set_event_loop(None)
+        run_in_new_loop(self._main(redis_url), use_uvloop=use_uvloop)
 
     async def _main(self, redis_url: str | None) -> None:
         import signal
@@ -323,45 +317,6 @@ class Worker:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
-
-
-LEFTOVER_WAIT_S = 1.0
-"""How long ``run_sync`` waits, after the worker stopped, for tasks still running (task
-code that ignored its cancellation) before it closes the loop without them."""
-
-
-def close_loop(loop: asyncio.AbstractEventLoop, wait_s: float = LEFTOVER_WAIT_S) -> None:
-    """Close an event loop whose main coroutine returned, in bounded time: cancel what still
-    runs, wait at most ``wait_s`` for it, then close. ``asyncio.run`` would wait for ever
-    for a task that swallows every cancellation; such tasks are dropped (and logged)."""
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in tasks:
-        task.cancel()
-    awaited = [t for t in tasks if t not in LEFT_BEHIND]  # those ignored cancellation already
-    if awaited:
-        loop.run_until_complete(asyncio.wait(awaited, timeout=wait_s))
-    left = [t for t in tasks if not t.done()]
-    if left:
-        log.warning("%d task(s) still running after the worker stopped (they ignore "
-                    "cancellation): exiting without them", len(left))
-        for task in left:
-            with contextlib.suppress(AttributeError):  # reported above, not again at exit
-                task._log_destroy_pending = False  # type: ignore[attr-defined]
-    closing = loop.create_task(loop.shutdown_asyncgens())
-    loop.run_until_complete(asyncio.wait([closing], timeout=wait_s))
-    if not closing.done():
-        log.warning("async generators did not close in %.0f s", wait_s)
-    loop.close()
-
-
-def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if not use_uvloop:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _connect(client: Any, where: str) -> str:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
-from ._codec import decode_errors, decode_progress, decode_spec, decode_value
-from ._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
-from ._text import safe_str
-from .exceptions import (
+from .._codec import decode_errors, decode_progress, decode_spec, decode_value
+from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
+from .._text import safe_str
+from ..exceptions import (
     CorruptJob,
     JobAborted,
     JobExpired,
@@ -23,8 +23,8 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from ._durations import Seconds
-    from ._pool import Pool
+    from .._durations import Seconds
+    from .pool import Pool
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class Job(Generic[R]):
         ``JobAborted``, ``JobExpired``, ``ResultTimeout`` when ``timeout`` elapses first, or
         ``JobNotFound``. Waiting uses pub/sub, not polling.
         """
-        from ._durations import to_seconds
+        from .._durations import to_seconds
 
         limit = to_seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit

@@ -16,12 +16,12 @@ from typing import Any, cast
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from . import _scripts
-from ._executor import Executor
-from ._keys import GlobalKeys
-from ._runtime import OUTAGE_ERRORS, Runtime, transient
-from ._text import clean, safe_str
-from ._version import __version__
+from .._redis import scripts as _scripts
+from .._redis.keys import GlobalKeys
+from .._text import clean, safe_str
+from .._version import __version__
+from .executor import Executor
+from .runtime import OUTAGE_ERRORS, Runtime, transient
 
 log = logging.getLogger("asyncjobs.worker")
 

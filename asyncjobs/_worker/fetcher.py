@@ -25,10 +25,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ._executor import Executor
-from ._runtime import OUTAGE_ERRORS, Runtime, transient
-from ._store import Delivery, QueueStore, Started
-from ._text import clean
+from .._redis.store import Delivery, QueueStore, Started
+from .._text import clean
+from .executor import Executor
+from .runtime import OUTAGE_ERRORS, Runtime, transient
 
 log = logging.getLogger("asyncjobs.worker")
 

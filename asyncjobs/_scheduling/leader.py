@@ -13,7 +13,7 @@ import time
 
 from redis.asyncio import Redis
 
-from . import _scripts as s
+from .._redis import scripts as s
 
 _TRUST = 0.8
 

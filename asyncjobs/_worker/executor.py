@@ -24,31 +24,30 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ._codec import decode_spec, encode_progress, encode_value
-from ._context import Context
-from ._middleware import Invoke, Observer
-from ._model import ErrorInfo, JobSpec, Progress
-from ._outcomes import (
+from .._codec import encode_progress, encode_value
+from .._context import Context
+from .._middleware import Invoke, Observer
+from .._model import ErrorInfo, JobSpec, Progress
+from .._redis.store import Delivery, SettleOp, Started
+from .._retry import Action, Decision, RetryPolicy, decide
+from .._task import Task
+from .._text import clean
+from ..exceptions import SerializationError
+from .admission import Refused, admit
+from .attempt import Plan, Running
+from .outcomes import (
     after_attempt,
-    dead,
     ended,
     first,
-    garbage,
-    history_of,
     log_end,
     log_start,
     now_ms,
     task_name,
 )
-from ._retry import Action, Decision, RetryPolicy, decide
-from ._runner import Outcome, await_attempt, timeout_outcome
-from ._runtime import Runtime, Slots
-from ._settler import Settler
-from ._store import Delivery, SettleOp, Started
-from ._task import Task
-from ._text import clean, safe_str
-from ._threads import ThreadRunner
-from .exceptions import SerializationError
+from .runner import Outcome, await_attempt, timeout_outcome
+from .runtime import Runtime, Slots
+from .settler import Settler
+from .threads import ThreadRunner
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -59,53 +58,6 @@ without waiting for them."""
 ESCALATE_S = 1.0
 """How long a cancelled attempt may take to stop before it is abandoned (and the period of
 the repeated cancellations after that)."""
-
-
-class Plan:
-    """What an attempt that started needs to be recorded later, from any path."""
-
-    __slots__ = ("history", "policy", "started", "task", "timeout_s", "ttl_s")
-
-    def __init__(self, started: Started, task: Task[Any, Any], policy: RetryPolicy,
-                 timeout_s: float | None, ttl_s: float | None,
-                 history: tuple[ErrorInfo, ...]) -> None:
-        self.started = started
-        self.task = task
-        self.policy = policy
-        self.timeout_s = timeout_s
-        self.ttl_s = ttl_s
-        self.history = history
-
-
-class Running:
-    """One attempt in flight (or waiting for its settle to be recorded)."""
-
-    __slots__ = ("abandoned", "began", "cancel_reason", "delivery", "entered", "escalation",
-                 "holds_entry", "in_thread", "job_id", "plan", "queue", "started", "task")
-
-    def __init__(self, queue: str, delivery: Delivery) -> None:
-        self.queue = queue
-        self.delivery = delivery
-        self.job_id = delivery.job_id
-        self.task: asyncio.Task[SettleOp | None] | None = None
-        self.cancel_reason = ""
-        self.entered = False
-        self.started = False
-        self.began = time.monotonic()
-        self.plan: Plan | None = None
-        self.escalation: asyncio.TimerHandle | None = None
-        self.abandoned = False
-        self.in_thread = False
-        self.holds_entry = True
-        """Its stream entry is still pending for this worker (not settled, not lost)."""
-
-    def timed_out(self) -> bool:
-        """True once the attempt's timer cancelled it."""
-        return self.cancel_reason == "timeout"
-
-    def body_alive(self) -> bool:
-        """True while the task's code may still run in this process."""
-        return self.in_thread or (self.task is not None and not self.task.done())
 
 
 class Executor:
@@ -330,53 +282,14 @@ class Executor:
         return ended(running.delivery, "aborted")
 
     async def _attempt(self, running: Running, st: Started) -> SettleOp:
-        """Check what start.lua said and what the job carries, then run it."""
-        queue = running.queue
-        if st.verdict == "stale":
-            return SettleOp(st.delivery.entry, st.delivery.job_id, "ack")
-        if st.verdict == "missing":
-            self._emit("failed", queue, "", 0.0)
-            return garbage(st.delivery)
-        if st.verdict == "unreadable":  # the job key is not a hash: leave it as it is
-            self._emit("failed", queue, "", 0.0)
-            return garbage(st.delivery, st.spec.decode(errors="replace"))
-        if st.verdict == "corrupt":  # a hash with a field that cannot be read
-            return self._dead(st, (), "asyncjobs.CorruptRecord",
-                              st.spec.decode(errors="replace"), queue)
-        if st.verdict in ("expired", "aborted"):
-            name = task_name(st)
-            self._emit(st.verdict, queue, name, 0.0)
-            log_end(st.verdict, running.job_id, name, queue, st.attempts, 0.0)
-            return ended(st.delivery, st.verdict)
-        try:
-            spec = decode_spec(st.spec)
-        except Exception as exc:  # corrupt, or too deep for the stack: never runnable
-            return self._dead(st, (), "asyncjobs.UndecodablePayload",
-                              f"the job's payload cannot be decoded: {safe_str(exc, 500)}",
-                              queue)
-        history = history_of(st)
-        task = self.rt.tasks.get(spec.task)
-        if task is None:
-            known = ", ".join(sorted(self.rt.tasks)) or "none"
-            return self._dead(st, history, "asyncjobs.UnknownTask",
-                              f"unknown task {spec.task!r} (this worker knows: {known})", queue)
-        if st.delivery.deliveries > self.rt.config.max_deliveries:
-            return self._dead(st, history, "asyncjobs.PoisonJob",
-                              f"delivered {st.delivery.deliveries} times without finishing: the "
-                              "worker died or was killed each time it ran this job", queue)
-        try:
-            task.converter.check(spec.args, spec.kwargs)
-            args, kwargs = task.converter.convert(spec.args, spec.kwargs)
-        except Exception as exc:  # no attempt can succeed with these arguments
-            return self._dead(st, history, "asyncjobs.BadArguments",
-                              f"arguments do not match task {task.name!r}: "
-                              f"{safe_str(exc, 500)}", queue)
-        return await self._execute(running, st, spec, task, args, kwargs, history)
-
-    def _dead(self, st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
-              queue: str) -> SettleOp:
-        self._emit("failed", queue, task_name(st), 0.0)
-        return dead(st, history, kind, why, queue)
+        """Run the delivery if ``admit`` lets it, else record why not."""
+        verdict = admit(st, self.rt.tasks, self.rt.config.max_deliveries, running.queue)
+        if isinstance(verdict, Refused):
+            if verdict.event:
+                self._emit(verdict.event, running.queue, verdict.task, 0.0)
+            return verdict.op
+        return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
+                                   verdict.kwargs, verdict.history)
 
     async def _execute(
         self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],

@@ -21,9 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from ._admin import DeadLetter, QueueStats, RequeueReport, WorkerInfo
-from ._model import JobInfo
-from ._text import clean
+from .._model import JobInfo
+from .._producer.admin import QueueStats
+from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.registry import WorkerInfo
+from .._text import clean
 
 
 def to_json(value: Any) -> str:

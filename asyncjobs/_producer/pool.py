@@ -21,16 +21,16 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._admin import Admin
-from ._codec import encode_spec
-from ._connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
-from ._handle import Job
-from ._keys import GlobalKeys, Keys, check_name
-from ._model import JobSpec, to_ms
-from ._store import NewJob, QueueStore
-from ._task import AsyncFn, Call, SyncFn, Task, call
-from ._waiter import Waiter
-from .exceptions import EnqueueError, PoolExhausted, RedisUnavailable
+from .._codec import encode_spec
+from .._model import JobSpec, to_ms
+from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
+from .._redis.keys import GlobalKeys, Keys, check_name
+from .._redis.store import NewJob, QueueStore
+from .._task import AsyncFn, Call, SyncFn, Task, call
+from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
+from .admin import Admin
+from .handle import Job
+from .waiter import Waiter
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -74,7 +74,7 @@ def _prelude() -> str:
 
 
 def _read(name: str) -> str:
-    return resources.files("asyncjobs").joinpath(f"scripts/{name}.lua").read_text("utf-8")
+    return resources.files("asyncjobs._redis").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
 @cache

@@ -11,8 +11,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from ._connection import ClientFactory
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
+from .connection import ClientFactory
 
 MISSING = ('the in-memory Redis needs fakeredis and lupa: install the "testing" extra '
            '(pip install -e ".[testing]" in a clone of asyncjobs)')

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 _FIELDS = ("job_id", "task", "queue", "attempt", "duration_s", "outcome")
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from ._codec import encode_spec
-from ._cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
-from ._durations import Seconds, to_seconds
-from ._leader import Lease
-from ._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
-from ._runtime import OUTAGE_ERRORS, Runtime, transient
-from ._task import Task, as_task
+from .._codec import encode_spec
+from .._durations import Seconds, to_seconds
+from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
+from .._task import Task, as_task
+from .._worker.runtime import OUTAGE_ERRORS, Runtime, transient
+from .cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
+from .leader import Lease
 
 log = logging.getLogger("asyncjobs.scheduler")
 

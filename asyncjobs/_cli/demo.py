@@ -21,16 +21,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import _fake
-from ._connection import ClientFactory, redact
-from ._context import Context
-from ._embedded import RedisServer, redis_server_path
-from ._handle import Job
-from ._model import JobState
-from ._pool import Pool, create_pool
-from ._task import task
-from ._worker import Worker
-from .exceptions import AsyncJobsError, ConfigurationError
+from .._context import Context
+from .._model import JobState
+from .._producer.handle import Job
+from .._producer.pool import Pool, create_pool
+from .._redis import fake as _fake
+from .._redis.connection import ClientFactory, redact
+from .._redis.embedded import RedisServer, redis_server_path
+from .._task import task
+from .._worker.worker import Worker
+from ..exceptions import AsyncJobsError, ConfigurationError
 
 NO_REDIS = ("the demo needs a Redis: no redis-server on PATH and no in-memory fake Redis; "
             "install redis-server (apt-get install redis-server, brew install redis) or "

@@ -16,13 +16,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._connection import pool_exhausted
-from ._store import QueueStore
+from .._redis.connection import pool_exhausted
+from .._redis.store import QueueStore
 
 if TYPE_CHECKING:
-    from ._config import WorkerConfig
-    from ._pool import Pool
-    from ._task import Task
+    from .._producer.pool import Pool
+    from .._task import Task
+    from .config import WorkerConfig
 
 log = logging.getLogger("asyncjobs.worker")
 

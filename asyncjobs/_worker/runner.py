@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import JobTimeout
+from ..exceptions import JobTimeout
 
 
 @dataclass(slots=True)

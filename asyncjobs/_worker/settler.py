@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from . import _scripts
-from ._runtime import Runtime, corrupt_key, transient
-from ._store import SettleOp
+from .._redis import scripts as _scripts
+from .._redis.store import SettleOp
+from .runtime import Runtime, corrupt_key, transient
 
 log = logging.getLogger("asyncjobs.worker")
 

@@ -7,11 +7,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._admin import DeadLetter, OnProgress, QueueStats, RequeueReport, WorkerInfo
-from ._model import JobInfo
-from ._pool import create_pool
-from ._task import task_ref
-from .exceptions import JobNotFound, RedisUnavailable
+from .._model import JobInfo
+from .._producer.admin import OnProgress, QueueStats
+from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.pool import create_pool
+from .._producer.registry import WorkerInfo
+from .._task import task_ref
+from ..exceptions import JobNotFound, RedisUnavailable
 
 _NAMED_QUEUES = 10  # at most, in a "not found" message
 

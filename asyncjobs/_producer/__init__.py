@@ -1,0 +1,1 @@
+"""The producer side: the pool, job handles, result waiting, admin."""

@@ -1,0 +1,1 @@
+"""Delayed jobs and cron: the scheduler, its leader lease, cron expressions."""

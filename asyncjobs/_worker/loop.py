@@ -1,0 +1,66 @@
+"""Running a worker in an event loop of its own (``Worker.run_sync``, the CLI) and closing
+that loop in bounded time, whatever task code does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .executor import LEFT_BEHIND
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+def run_in_new_loop(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
+    """Run ``main`` in a new event loop (uvloop when installed and asked for), then close
+    the loop with ``close_loop``."""
+    loop = (loop_factory(use_uvloop) or asyncio.new_event_loop)()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        close_loop(loop)
+        asyncio.set_event_loop(None)
+
+
+LEFTOVER_WAIT_S = 1.0
+"""How long ``run_sync`` waits, after the worker stopped, for tasks still running (task
+code that ignored its cancellation) before it closes the loop without them."""
+
+
+def close_loop(loop: asyncio.AbstractEventLoop, wait_s: float = LEFTOVER_WAIT_S) -> None:
+    """Close an event loop whose main coroutine returned, in bounded time: cancel what still
+    runs, wait at most ``wait_s`` for it, then close. ``asyncio.run`` would wait for ever
+    for a task that swallows every cancellation; such tasks are dropped (and logged)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    awaited = [t for t in tasks if t not in LEFT_BEHIND]  # those ignored cancellation already
+    if awaited:
+        loop.run_until_complete(asyncio.wait(awaited, timeout=wait_s))
+    left = [t for t in tasks if not t.done()]
+    if left:
+        log.warning("%d task(s) still running after the worker stopped (they ignore "
+                    "cancellation): exiting without them", len(left))
+        for task in left:
+            with contextlib.suppress(AttributeError):  # reported above, not again at exit
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+    closing = loop.create_task(loop.shutdown_asyncgens())
+    loop.run_until_complete(asyncio.wait([closing], timeout=wait_s))
+    if not closing.done():
+        log.warning("async generators did not close in %.0f s", wait_s)
+    loop.close()
+
+
+def loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
