@@ -322,6 +322,12 @@ def dlq_purge(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Q
     typer.echo(f"purged {count} dead letter(s)")
 
 
+# Commands of optional parts register here, one line each, their code in their own module
+# under asyncjobs/_cli/ (imported when the command runs, so the CLI never imports them).
+# -- dashboard --
+# -- outbox --
+
+
 def _click_errors() -> Any:
     """The exceptions module of the click that typer runs on (its own copy since 0.2x)."""
     try:

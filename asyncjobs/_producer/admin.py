@@ -29,8 +29,17 @@ from .deadletters import (
     Tally,
     dead_letter,
     not_requeueable,
+    text,
 )
-from .registry import LIVE_WORKER_MS, WorkerInfo, time_ms, valid_queue, worker_info
+from .insight import CronInfo, MinuteCounts, cron_infos, holder, minute_counts
+from .registry import (
+    LIVE_WORKER_MS,
+    WorkerInfo,
+    json_record,
+    time_ms,
+    valid_queue,
+    worker_info,
+)
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -61,10 +70,6 @@ class QueueStats:
     """Totals since the queue was created: enqueued, complete, failed, retry, ..."""
 
 
-def _s(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 class Admin:
     """Inspection and dead-letter handling over a pool's connection."""
 
@@ -75,7 +80,7 @@ class Admin:
     async def queues(self) -> list[str]:
         """Queue names known to this prefix (every queue a job was enqueued on)."""
         names = await self.pool.call(lambda: self.client.smembers(self.pool.global_keys.queues))
-        return sorted(n for n in map(_s, names) if valid_queue(n))
+        return sorted(n for n in map(text, names) if valid_queue(n))
 
     async def queue_stats(self, queue: str | None = None) -> QueueStats:
         """Waiting, in flight, delayed, dead, the oldest waiting job's age, and counters."""
@@ -91,7 +96,7 @@ class Admin:
             queue=name, waiting=max(0, length - in_flight), in_flight=in_flight,
             delayed=delayed, dead=dead,
             oldest_waiting_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
-            counters={_s(k): int(v) for k, v in counters.items() if _s(v).isdigit()},
+            counters={text(k): int(v) for k, v in counters.items() if text(v).isdigit()},
         )
 
     async def _pipe(self, build: Callable[[Any], object], errors: bool = True) -> list[Any]:
@@ -112,8 +117,8 @@ class Admin:
         except ResponseError:  # no stream yet
             return 0, "0-0"
         for group in groups:
-            if _s(group.get("name")) == GROUP:
-                return int(group.get("pending", 0)), _s(group.get("last-delivered-id", "0-0"))
+            if text(group.get("name")) == GROUP:
+                return int(group.get("pending", 0)), text(group.get("last-delivered-id", "0-0"))
         return 0, "0-0"
 
     async def _oldest_waiting(self, stream: str, last_delivered: str) -> int | None:
@@ -122,7 +127,7 @@ class Admin:
         )
         if not entries:
             return None
-        return int(_s(entries[0][0]).split("-")[0])
+        return int(text(entries[0][0]).split("-")[0])
 
     async def dead_letters(self, queue: str | None = None, *, limit: int = 100,
                            newest_first: bool = True) -> list[DeadLetter]:
@@ -146,7 +151,7 @@ class Admin:
         now, entries = await self._pipe(
             lambda p: p.time().zrange(keys.workers, 0, -1, withscores=True))
         now_ms = time_ms(now)
-        live = [(_s(n), min(score, now_ms)) for n, score in entries
+        live = [(text(n), min(score, now_ms)) for n, score in entries
                 if now_ms - score < LIVE_WORKER_MS]
         if not live:
             return []
@@ -155,6 +160,40 @@ class Admin:
         found = [worker_info(name, blob, int(beat_ms), now_ms)
                  for (name, beat_ms), blob in zip(live, blobs, strict=True)]
         return sorted((w for w in found if w is not None), key=lambda w: w.name)
+
+    async def throughput(self, queue: str | None = None, *,
+                         minutes: int = 60) -> list[MinuteCounts]:
+        """Jobs that ended in each of the last ``minutes`` minutes (Redis clock, oldest
+        first, the current minute last), by outcome. Kept two hours."""
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        [now] = await self._pipe(lambda p: p.time())
+        current = time_ms(now) // 60_000
+        span = list(range(current - max(1, min(minutes, 120)) + 1, current + 1))
+        replies = await self._pipe(lambda p: [p.hgetall(keys.minute(m)) for m in span],
+                                   errors=False)
+        return minute_counts(span, replies)
+
+    async def leader(self, queue: str | None = None) -> str | None:
+        """The worker whose scheduler leads ``queue`` (None when none holds the lease)."""
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        [value] = await self._pipe(lambda p: p.get(keys.leader), errors=False)
+        return None if isinstance(value, Exception) else holder(value)
+
+    async def crons(self, queue: str | None = None) -> list[CronInfo]:
+        """The cron jobs the live workers of ``queue`` declare, with their last tick, the
+        next one due, and the last tick's job id."""
+        name = queue or self.pool.default_queue
+        keys, gkeys = self.pool.keys(name), self.pool.global_keys
+        now, entries, cursors = await self._pipe(
+            lambda p: p.time().zrange(gkeys.workers, 0, -1, withscores=True)
+            .hgetall(keys.cron), errors=False)
+        now_ms = time_ms(now)
+        live = [text(n) for n, score in entries if now_ms - score < LIVE_WORKER_MS]
+        blobs = await self.pool.call(
+            lambda: self.client.mget([gkeys.worker(n) for n in live])) if live else []
+        published = [(json_record(blob) or {}).get("crons") for blob in blobs]
+        return cron_infos(name, published, cursors if isinstance(cursors, dict) else {},
+                          now_ms)
 
     async def requeue(self, job_ids: Sequence[str], queue: str | None = None) -> dict[str, str]:
         """Requeue dead-lettered jobs by id (same id, history kept); per id: the outcome
@@ -211,7 +250,7 @@ class Admin:
         calls: list[s.Call] = [(script, [keys.job(i), keys.stream, keys.dead], [i])
                                for i in job_ids]
         replies = await self.pool.call(lambda: s.run_pipelined(self.client, calls))
-        return [_s(r) for r in replies]
+        return [text(r) for r in replies]
 
     async def purge_dead(self, queue: str | None = None, *,
                          on_progress: OnProgress | None = None) -> int:
@@ -236,7 +275,7 @@ class Admin:
         total, newest = await self._pipe(lambda p: p.xlen(dead).xrevrange(dead, count=1))
         if on_progress is not None:
             on_progress(0, int(total))
-        return int(total), self._walk(dead, _s(newest[0][0]) if newest else None)
+        return int(total), self._walk(dead, text(newest[0][0]) if newest else None)
 
     async def _walk(self, dead: str, end: str | None) -> AsyncIterator[list[DeadLetter]]:
         start = "-"
@@ -246,6 +285,5 @@ class Admin:
             if not rows:
                 return
             # Exclusive: the letters just handled may still be there (not requeued).
-            start = f"({_s(rows[-1][0])}"
+            start = f"({text(rows[-1][0])}"
             yield [dead_letter(entry, fields) for entry, fields in rows]
-

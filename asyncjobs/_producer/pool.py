@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from base64 import urlsafe_b64encode
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -157,15 +157,13 @@ class Pool:
         """
         batch = list(calls)
         ids = new_job_ids(len(batch))
-        prepared = [self._prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
+        prepared = [self.prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
         by_queue: dict[str, list[NewJob]] = {}
         for queue, new, _ in prepared:
             by_queue.setdefault(queue, []).append(new)
         refused: dict[str, str] = {}
         for queue, jobs in by_queue.items():
-            await self._register_queue(queue)
-            store = self.store(queue)
-            existing = await self._retrying(lambda s=store, j=jobs: s.enqueue(j))  # type: ignore[misc]
+            existing = await self.write_jobs(queue, jobs)
             refused.update((jobs[i].id, state[7:]) for i, state in existing.items()
                            if state.startswith("error: "))
         handles: list[Job[Any]] = [Job(self, new.id, queue, rtype)
@@ -174,7 +172,20 @@ class Pool:
             raise EnqueueError(refused, [h for h in handles if h.id not in refused])
         return handles
 
-    def _prepare(self, c: Call[Any], new_id: str) -> tuple[str, NewJob, Any]:
+    async def write_jobs(self, queue: str, jobs: Sequence[NewJob]) -> dict[int, str]:
+        """Write jobs prepared by ``prepare`` to ``queue`` (retrying outages like every call);
+        returns those not created, by index: the state of a job that already existed (dedup
+        by job id), or ``'error: <reason>'``. Internal: ``enqueue_many`` and the outbox
+        relay write through it."""
+        await self._register_queue(queue)
+        store = self.store(queue)
+        existing: dict[int, str] = await self._retrying(lambda: store.enqueue(jobs))
+        return existing
+
+    def prepare(self, c: Call[Any], new_id: str | None = None) -> tuple[str, NewJob, Any]:
+        """One call encoded exactly as ``enqueue`` writes it: (queue, the job, the task's
+        result type). Arguments are checked and encoded here; nothing is written."""
+        new_id = new_id or new_job_ids(1)[0]
         task, opts = c.task, c.task.job_options
         if task.fn is not None:  # a task known here: its arguments must bind
             task.converter.check(c.args, c.kwargs)

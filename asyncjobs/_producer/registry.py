@@ -43,6 +43,16 @@ class WorkerInfo:
     """Seconds from ``last_beat`` to when this was read, on the Redis clock."""
 
 
+def json_record(blob: Any) -> dict[str, Any] | None:
+    """A registry record's JSON object; None when gone, not JSON, not UTF-8 or not an
+    object."""
+    try:
+        data = json.loads(blob) if blob else None
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def time_ms(reply: Any) -> int:
     """A ``TIME`` reply in epoch milliseconds."""
     return int(reply[0]) * 1000 + int(reply[1]) // 1000
@@ -59,11 +69,8 @@ def valid_queue(name: str) -> bool:
 def worker_info(name: str, blob: bytes | None, beat_ms: int, now_ms: int) -> WorkerInfo | None:
     """A registry entry as a ``WorkerInfo``; None when its JSON is gone or not an object.
     Fields of the wrong type get placeholders; queue names that are not valid are left out."""
-    try:
-        data = json.loads(blob) if blob else None
-    except (ValueError, RecursionError):  # not JSON, or not UTF-8
-        return None
-    if not isinstance(data, dict):
+    data = json_record(blob)
+    if data is None:
         return None
     started, own_beat = _number(data.get("started")), _number(data.get("beat"))
     up_ms = 0 if started is None or own_beat is None else own_beat - started

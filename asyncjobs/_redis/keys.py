@@ -68,6 +68,16 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def minute_prefix(self) -> str:
+        """Prefix of the per-minute outcome counters; scripts append the minute."""
+        return f"{self.base}:minute:"
+
+    def minute(self, minute: int) -> str:
+        """Hash of one minute's outcomes (complete, failed, retry, expired, aborted), by
+        minutes since the epoch (Redis clock); kept two hours."""
+        return f"{self.base}:minute:{minute}"
+
+    @property
     def leader(self) -> str:
         """The scheduler lease of this queue."""
         return f"{self.base}:leader"

@@ -182,7 +182,7 @@ class QueueStore:
         no longer this consumer's."""
         k = self.keys
         args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),
-                                  k.wake_channel]
+                                  k.wake_channel, k.minute_prefix]
         for op in ops:
             args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
         return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats], args)
@@ -216,7 +216,8 @@ class QueueStore:
     async def promote(self, limit: int, expired_ttl_s: int) -> Promoted:
         """Move up to ``limit`` due jobs into the stream."""
         k = self.keys
-        args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s]
+        args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s,
+                                  k.minute_prefix]
         p, e, nxt, now = await s.load(s.PROMOTE)(self.client,
                                                  [k.stream, k.delayed, k.stats, k.dead], args)
         return Promoted(int(p), int(e), None if int(nxt) < 0 else int(nxt), int(now))

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -294,3 +294,27 @@ def _iso_z(moment: datetime) -> str:
     micros = moment.microsecond
     precision = "microseconds" if micros % 1000 else "milliseconds" if micros else "seconds"
     return f"{moment.replace(tzinfo=None).isoformat(timespec=precision)}Z"
+
+
+def schedule_record(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as plain data (the worker registry publishes it; ``schedule_from`` reads
+    it back, so a dashboard can compute the next run without the worker's code)."""
+    if isinstance(schedule, CronExpr):
+        return {"cron": schedule.expression, "timezone": str(schedule.timezone)}
+    if isinstance(schedule, Every):
+        return {"every_us": _to_microseconds(schedule.interval),
+                "anchor": _iso_z(schedule.anchor)}
+    return {}
+
+
+def schedule_from(record: Any) -> Schedule | None:
+    """The schedule of a ``schedule_record``; None for anything else (never raises)."""
+    try:
+        if isinstance(record.get("cron"), str):
+            return CronExpr(record["cron"], str(record.get("timezone") or "UTC"))
+        if isinstance(record.get("every_us"), int):
+            anchor = datetime.fromisoformat(str(record.get("anchor", "")).replace("Z", "+00:00"))
+            return Every(timedelta(microseconds=record["every_us"]), anchor)
+    except Exception:
+        return None
+    return None

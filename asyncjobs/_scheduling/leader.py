@@ -21,13 +21,15 @@ _TRUST = 0.8
 class Lease:
     """One process's claim on a lease key."""
 
-    def __init__(self, client: Redis, key: str, ttl_s: float) -> None:
+    def __init__(self, client: Redis, key: str, ttl_s: float, holder: str = "") -> None:
         if ttl_s <= 0:
             raise ValueError("lease TTL must be > 0")
         self.client = client
         self.key = key
         self.ttl_s = ttl_s
-        self.token = secrets.token_hex(16)
+        self.token = f"{holder}|{secrets.token_hex(16)}"
+        """The lease's value: who holds it (a worker's name, for people), then a random
+        part that makes it this holder's alone."""
         self.renew_at = 0.0
         self._valid_until = 0.0
 

@@ -25,7 +25,16 @@ from .._durations import Seconds, to_seconds
 from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
 from .._task import Task, as_task
 from .._worker.runtime import OUTAGE_ERRORS, Runtime, transient
-from .cron import CatchUp, CronExpr, Every, Schedule, next_fire, plan_ticks, tick_id
+from .cron import (
+    CatchUp,
+    CronExpr,
+    Every,
+    Schedule,
+    next_fire,
+    plan_ticks,
+    schedule_record,
+    tick_id,
+)
 from .leader import Lease
 
 log = logging.getLogger("asyncjobs.scheduler")
@@ -109,7 +118,8 @@ class Scheduler:
         self.crons = list(crons)
         self.wake = wake
         self.store = rt.stores[queue]
-        self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s)
+        self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s,
+                           holder=rt.consumer)
         self._next_prune = time.monotonic() + 60.0
 
     async def run(self) -> None:
@@ -209,3 +219,10 @@ class Scheduler:
         non-leader that waited on it would return at once, over and over."""
         if seconds > 0 and not self.rt.stopping.is_set():
             await asyncio.sleep(seconds)
+
+
+def cron_record(job: CronJob, queue: str) -> dict[str, Any]:
+    """What a worker publishes about one of its cron jobs in the registry (plain data)."""
+    return {"name": job.name, "task": job.task.name, "queue": queue,
+            "schedule": job.schedule.describe(), "catch_up": job.catch_up.value,
+            "no_overlap": job.no_overlap, **schedule_record(job.schedule)}

@@ -163,6 +163,8 @@ class Runtime:
     """Set to cut the drain's grace period short (a second interrupt)."""
     fetch_beat: dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    crons: list[dict[str, Any]] = field(default_factory=list)
+    """The cron jobs this worker schedules, as published in the registry."""
 
     def __post_init__(self) -> None:
         now = time.monotonic()

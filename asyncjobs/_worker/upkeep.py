@@ -144,6 +144,7 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "beat": int(time.time() * 1000),
         "version": __version__,
         "tasks": sorted(rt.tasks),
+        "crons": rt.crons,
     }
     ttl = max(1, int(cfg.heartbeat_every_s * 3))
     await rt.client.set(keys.worker(rt.consumer), json.dumps(info), ex=ttl)

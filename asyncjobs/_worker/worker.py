@@ -30,7 +30,7 @@ from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.keys import Keys
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
-from .._scheduling.scheduler import CronJob, Scheduler
+from .._scheduling.scheduler import CronJob, Scheduler, cron_record
 from .._task import Task, as_task
 from .._version import __version__
 from ..exceptions import ConfigurationError, RedisUnavailable
@@ -186,7 +186,8 @@ class Worker:
         cfg = self.config
         stores = {q: QueueStore(client, Keys(cfg.prefix, q)) for q in cfg.queues}
         pool = Pool(client, prefix=cfg.prefix, queue=cfg.queues[0], owns_client=False)
-        return Runtime(cfg, self.tasks, client, blocking, stores, self.name, pool)
+        crons = [cron_record(c, self._cron_queue(c)) for c in self.crons]
+        return Runtime(cfg, self.tasks, client, blocking, stores, self.name, pool, crons=crons)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self) -> AsyncIterator[Any]:

@@ -51,6 +51,20 @@ local function count(stats, field, n)
   end
 end
 
+-- Add outcome counts to the current minute's counters (kept two hours: the dashboard's
+-- charts). Best effort, like every counter.
+local function count_minute(prefix, now, counts)
+  local key = prefix .. math.floor(now / 60000)
+  local any = false
+  for outcome, n in pairs(counts) do
+    redis.pcall('HINCRBY', key, outcome, n)
+    any = true
+  end
+  if any then
+    redis.pcall('EXPIRE', key, 7200)
+  end
+end
+
 -- Publish a wake-up for the scheduler when `due` is earlier than every other due time.
 local function wake_if_first(delayed, channel, id, due)
   local first = redis.call('ZRANGE', delayed, 0, 0)

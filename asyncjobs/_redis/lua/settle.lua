@@ -7,8 +7,8 @@
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
--- ARGV[5] wake channel
--- ARGV[6..] six values per job: entry id, job id, outcome, payload, number, history
+-- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix
+-- ARGV[7..] six values per job: entry id, job id, outcome, payload, number, history
 --   outcome 'complete': payload = result, number = result TTL s (0: drop the record)
 --   outcome 'retry':    number = delay ms
 --   outcome 'failed':   payload = dead-letter reason (the record is kept until purged)
@@ -75,7 +75,7 @@ local function settle(entry, id, outcome, payload, number, history)
   return outcome
 end
 
-for b = 6, #ARGV, 6 do
+for b = 7, #ARGV, 6 do
   local entry = ARGV[b]
   if not held_by(stream, group, entry, consumer) then
     out[#out + 1] = 0
@@ -91,4 +91,5 @@ end
 for outcome, n in pairs(counts) do
   count(KEYS[4], outcome, n)
 end
+count_minute(ARGV[6], now, counts)
 return out

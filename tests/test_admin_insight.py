@@ -1,0 +1,80 @@
+"""Outcomes per minute, the scheduler's leader and the cron jobs, as ``Admin`` reports them
+(the dashboard's charts and cron page read these)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context
+
+from .conftest import Backend, running
+
+pytestmark = pytest.mark.asyncio
+
+
+@asyncjobs.task(max_tries=1)
+async def maybe(ctx: Context, ok: bool) -> str:
+    if not ok:
+        raise ValueError("no")
+    return "yes"
+
+
+async def test_outcomes_are_counted_per_minute(backend: Backend, pool: asyncjobs.Pool) -> None:
+    for ok in (True, True, True, False):
+        await pool.enqueue(maybe, ok)
+    expired = await pool.enqueue(maybe.options(delay=0.05, expires=0.01), True)
+    await asyncio.sleep(0.1)
+    await backend.run(backend.worker([maybe], burst=True))
+    assert (await expired.info()).state is asyncjobs.JobState.EXPIRED
+    minutes = await pool.admin.throughput(minutes=60)
+    assert len(minutes) == 60
+    assert [m.minute for m in minutes] == sorted(m.minute for m in minutes)
+    assert minutes[-1].minute - minutes[0].minute == timedelta(minutes=59)
+    total: dict[str, int] = {}
+    for minute in minutes[-2:]:  # the run may straddle a minute boundary
+        for name, n in minute.counts.items():
+            total[name] = total.get(name, 0) + n
+    assert total == {"complete": 3, "failed": 1, "expired": 1}
+    assert sum(sum(m.counts.values()) for m in minutes[:-2]) == 0
+    assert minutes[-1].failure_rate in (None, 0.25) or minutes[-2].failure_rate == 0.25
+
+
+async def test_garbage_minute_counters_are_shown_as_absent(pool: asyncjobs.Pool) -> None:
+    keys = pool.keys("default")
+    seconds, _ = await pool.client.time()
+    await pool.client.hset(keys.minute(int(seconds) // 60), mapping={"complete": "lots",
+                                                                     "failed": "2"})
+    minutes = await pool.admin.throughput(minutes=1)
+    assert minutes[-1].counts == {"failed": 2}
+
+
+async def test_the_leader_and_the_cron_jobs(backend: Backend, pool: asyncjobs.Pool) -> None:
+    worker = backend.worker([maybe], cron=[asyncjobs.cron(maybe, every=3600, args=[True]),
+                                           asyncjobs.cron(maybe, "0 8 * * *", name="daily",
+                                                          args=[True], timezone="Europe/Paris",
+                                                          catch_up="skip")])
+    async with running(backend, worker):
+        for _ in range(100):
+            if await pool.admin.leader() == worker.name:
+                break
+            await asyncio.sleep(0.05)
+        assert await pool.admin.leader() == worker.name
+        await asyncio.sleep(0.2)  # the first ticks and a heartbeat
+        crons = {c.name: c for c in await pool.admin.crons()}
+    assert set(crons) == {"maybe", "daily"}
+    hourly, daily = crons["maybe"], crons["daily"]
+    assert hourly.schedule == "every 3600s" and hourly.workers == 1
+    # A new cron job starts its cursor at "now" (no tick is due yet): the next tick is the
+    # next whole hour (intervals are anchored at the epoch).
+    assert hourly.last_tick is not None and hourly.next_tick is not None
+    assert timedelta(0) < hourly.next_tick - hourly.last_tick <= timedelta(hours=1)
+    assert (hourly.next_tick.minute, hourly.next_tick.second) == (0, 0)
+    assert hourly.last_job_id is None
+    assert daily.schedule == "cron '0 8 * * *' Europe/Paris"
+    assert daily.next_tick is not None and daily.next_tick.astimezone(
+        __import__("zoneinfo").ZoneInfo("Europe/Paris")).hour == 8
+    assert await pool.admin.leader() is None  # released at shutdown
