@@ -32,6 +32,7 @@ from .deadletters import (
     text,
 )
 from .insight import CronInfo, MinuteCounts, cron_infos, holder, minute_counts
+from .listing import DeadRow, JobRow, Listing, Page
 from .registry import (
     LIVE_WORKER_MS,
     WorkerInfo,
@@ -287,3 +288,51 @@ class Admin:
             # Exclusive: the letters just handled may still be there (not requeued).
             start = f"({text(rows[-1][0])}"
             yield [dead_letter(entry, fields) for entry, fields in rows]
+
+    # -- listings (the dashboard's pages); read-only, bounded per page: see ``listing`` --
+
+    async def waiting_jobs(self, queue: str | None = None, *, cursor: str | None = None,
+                           limit: int = 50) -> Page[JobRow]:
+        """Jobs waiting in the stream (not yet delivered), oldest first, a page at a time;
+        pass the page's ``cursor`` back for the next. ``ValueError`` for a bad cursor."""
+        return await Listing(self.pool).waiting(queue or self.pool.default_queue, cursor,
+                                                limit)
+
+    async def in_flight_jobs(self, queue: str | None = None, *, cursor: str | None = None,
+                             limit: int = 50) -> Page[JobRow]:
+        """Jobs delivered to a worker and not settled, oldest delivery first, by page."""
+        return await Listing(self.pool).in_flight(queue or self.pool.default_queue, cursor,
+                                                  limit)
+
+    async def delayed_jobs(self, queue: str | None = None, *, cursor: str | None = None,
+                           limit: int = 50) -> Page[JobRow]:
+        """Jobs waiting for a due time (delays, retries), soonest first, by page."""
+        return await Listing(self.pool).delayed(queue or self.pool.default_queue, cursor,
+                                                limit)
+
+    async def dead_letter_page(self, queue: str | None = None, *, cursor: str | None = None,
+                               limit: int = 50, task: str = "", error: str = "",
+                               scan: int = 1000) -> Page[DeadRow]:
+        """Dead letters newest first, with their job's task and latest error type, by page.
+        ``task`` / ``error`` filter them; at most ``scan`` letters are read per call (the
+        page may then hold fewer rows, and its cursor goes on from there)."""
+        return await Listing(self.pool).dead(queue or self.pool.default_queue, cursor, limit,
+                                             task=task, error=error, scan=scan)
+
+    async def find_job(self, job_id: str) -> list[str]:
+        """The known queues that hold a record of ``job_id`` (one round trip)."""
+        return await Listing(self.pool).find(job_id, await self.queues())
+
+    async def make_due(self, job_ids: Sequence[str], queue: str | None = None) -> list[str]:
+        """Make scheduled jobs due now (a delay or a retry's backoff cut short) and wake
+        the queue's scheduler; returns the ids that were waiting in the delayed set."""
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        if not job_ids:
+            return []
+        changed = await self._pipe(
+            lambda p: [p.zadd(keys.delayed, {i: 0}, xx=True, ch=True) for i in job_ids],
+            errors=False)
+        moved = [i for i, n in zip(job_ids, changed, strict=True) if n == 1]
+        if moved:
+            await self.pool.call(lambda: self.client.publish(keys.wake_channel, 0))
+        return moved
