@@ -24,7 +24,8 @@ from ._cli import loader as _loader
 from ._cli import ops
 from ._cli.loader import callback as checked
 from ._cli.loader import prefix_option, queue_option, queues_option, seconds_option
-from ._cli.logs import LogFormat, LogLevel, configure
+from ._cli.logs import JobLogs, LogFormat, LogLevel, configure
+from ._cli.logs import job_logs as set_job_logs
 from ._cli.render import (
     Command,
     Group,
@@ -108,6 +109,9 @@ def worker(
                                                 help="How much to log.")] = LogLevel.INFO,
     log_format: Annotated[LogFormat, typer.Option(
         "--log-format", help="Lines of text, or one JSON object per line.")] = LogFormat.TEXT,
+    job_logs: Annotated[JobLogs, typer.Option(
+        "--job-logs", help="Per-job lines: both (start and end), end (one per attempt), "
+        "failures (only attempts that did not complete).")] = JobLogs.BOTH,
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=0, max=65535, envvar="ASYNCJOBS_METRICS_PORT",
@@ -117,6 +121,7 @@ def worker(
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
     try:
         configure(log_level.value, log_format.value)
+        set_job_logs(job_logs.value)
         changes: dict[str, object] = {"concurrency": concurrency, "shutdown_grace_s": grace,
                                       "prefix": prefix, "queues": tuple(queue or ()) or None,
                                       "burst": burst or None}

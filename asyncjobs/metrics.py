@@ -160,6 +160,9 @@ class WorkerMetrics:
                           "stream.", q)
         self.oldest = gauge("asyncjobs_queue_oldest_waiting_age_seconds", "Age of the oldest "
                             "waiting job (0 when nothing waits).", q)
+        self.trimmed = gauge("asyncjobs_queue_dead_letters_trimmed", "Dead letters removed "
+                             "by the retention limits (count and age) since the queue was "
+                             "created, with their jobs' records (a total kept in Redis).", q)
         self.running = gauge("asyncjobs_worker_running_jobs", "Attempts this worker is "
                              "running.", "worker")
         self.concurrency = gauge("asyncjobs_worker_concurrency", "Jobs this worker may run "
@@ -221,6 +224,7 @@ class WorkerMetrics:
             self.delayed.labels(queue=queue).set(stats.delayed)
             self.dead.labels(queue=queue).set(stats.dead)
             self.oldest.labels(queue=queue).set(stats.oldest_waiting_s or 0.0)
+            self.trimmed.labels(queue=queue).set(stats.counters.get("trimmed", 0))
 
 
 __all__ = ["DURATION_BUCKETS", "EVENT_COUNTERS", "REFRESH_ENV", "TIMED_EVENTS", "Busy",

@@ -615,9 +615,11 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
                 model.space[key] = Key("hash", ttl > 0, {**rec, b"s": state,
                                                           b"et": num(now), **extra})
 
-        def dead_letter(reason: Any, case: Case = case) -> str:
+        def dead_letter(reason: Any, case: Case = case, raw: bool = True) -> str:
+            # A garbage entry's letter carries its raw fields (read before the entry is
+            # deleted); a job key that turned out unable to hold a record, only the entry id.
             model.add(dead, [b"i", case.job_id, b"r", reason, b"t", num(now), b"entry",
-                             case.entry, *fields.get(case.entry, ())])
+                             case.entry, *(fields.get(case.entry, ()) if raw else ())])
             return "failed"
 
         kind, broken = op.outcome, False
@@ -635,12 +637,12 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
                 zadd(model.space, delayed, case.job_id, due)
         elif op.outcome == "failed":
             letter = model.add(dead, [b"i", case.job_id, b"r", op.payload, b"t", num(now)])
-            if hashable:
-                finish(b"failed", -1, {b"dl": op.payload, b"de": letter, **hist})
+            if hashable:  # kept as long as its letter: a TTL (the longest letter age)
+                finish(b"failed", 1, {b"dl": op.payload, b"de": letter, **hist})
         elif op.outcome == "garbage":
             kind = dead_letter(op.payload)
         if broken:
-            kind = dead_letter(Prefix(BROKEN))
+            kind = dead_letter(Prefix(BROKEN), raw=False)
         if kind != "ack":
             model.counts[kind] += 1
     model.count_into(k.stats.encode())

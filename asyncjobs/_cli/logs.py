@@ -34,6 +34,28 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class JobLogs(StrEnum):
+    """The per-job lines ``--job-logs`` keeps (warnings and errors are always logged)."""
+
+    BOTH = "both"
+    """A line when an attempt starts and one when it ends."""
+    END = "end"
+    """One line per attempt, when it ends."""
+    FAILURES = "failures"
+    """Only attempts that did not complete (retries, failures...)."""
+
+
+def job_logs(choice: str) -> None:
+    """Set the per-job loggers' levels for ``choice`` (see ``JobLogs``)."""
+    from .._worker.outcomes import JOBS_LOGGER
+
+    mode = JobLogs(choice)
+    logging.getLogger(f"{JOBS_LOGGER}.started").setLevel(
+        logging.NOTSET if mode is JobLogs.BOTH else logging.WARNING)
+    logging.getLogger(JOBS_LOGGER).setLevel(
+        logging.WARNING if mode is JobLogs.FAILURES else logging.NOTSET)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, job fields, exception."""
 

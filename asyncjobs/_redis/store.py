@@ -70,6 +70,15 @@ class SettleOp:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterLimits:
+    """How many dead letters a queue keeps, and for how long (its oldest go first, with the
+    records of their jobs)."""
+
+    most: int = 10_000
+    max_age_ms: int = 180 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
 class Promoted:
     """The result of one promotion pass."""
 
@@ -176,13 +185,16 @@ class QueueStore:
                                    int(now)))
         return started
 
-    def settle_call(self, consumer: str, ops: Sequence[SettleOp]) -> s.Call:
+    def settle_call(self, consumer: str, ops: Sequence[SettleOp],
+                    dead_letters: DeadLetterLimits | None = None) -> s.Call:
         """The settle.lua call for a batch of finished attempts (the settler pipelines the
         calls of every queue into one round trip); per op, 1 if settled, 0 if the entry is
         no longer this consumer's."""
         k = self.keys
+        limits = dead_letters or DeadLetterLimits()
         args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),
-                                  k.wake_channel, k.minute_prefix]
+                                  k.wake_channel, k.minute_prefix, limits.most,
+                                  limits.max_age_ms]
         for op in ops:
             args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
         return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats], args)
@@ -213,11 +225,13 @@ class QueueStore:
         moved, left = await s.load(s.HANDBACK)(self.client, [self.keys.stream], args)
         return int(moved), int(left)
 
-    async def promote(self, limit: int, expired_ttl_s: int) -> Promoted:
+    async def promote(self, limit: int, expired_ttl_s: int,
+                      dead_letters: DeadLetterLimits | None = None) -> Promoted:
         """Move up to ``limit`` due jobs into the stream."""
         k = self.keys
+        limits = dead_letters or DeadLetterLimits()
         args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s,
-                                  k.minute_prefix]
+                                  k.minute_prefix, limits.most, limits.max_age_ms]
         p, e, nxt, now = await s.load(s.PROMOTE)(self.client,
                                                  [k.stream, k.delayed, k.stats, k.dead], args)
         return Promoted(int(p), int(e), None if int(nxt) < 0 else int(nxt), int(now))

@@ -162,7 +162,7 @@ class Scheduler:
         while True:
             if not self.lease.held:
                 return 0.0
-            done = await self.store.promote(_PROMOTE_BATCH, ttl)
+            done = await self.store.promote(_PROMOTE_BATCH, ttl, self.rt.config.dead_letters)
             if done.expired:
                 log.info("expired %d job(s) on queue %s before they were due to start",
                          done.expired, self.queue)

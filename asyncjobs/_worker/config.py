@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .._durations import to_seconds
 from .._redis.keys import check_name
+from .._redis.store import DeadLetterLimits
 from .._retry import RetryPolicy
 from ..exceptions import ConfigurationError
 
@@ -26,6 +27,10 @@ class WorkerConfig:
     burst: bool = False
     prefix: str = "asyncjobs"
     lease_ttl_s: float = 5.0
+    dead_letter_limit: int = 10_000
+    """The most dead letters a queue keeps: beyond it the oldest go, with their records."""
+    dead_letter_max_age_s: float = 180 * 24 * 3600.0
+    """How long a dead letter (and its job's record) is kept."""
     block_ms: int = 2000
     heartbeat_every_s: float = 5.0
     redis_url: str | None = None
@@ -42,8 +47,10 @@ class WorkerConfig:
             raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
         if self.max_deliveries < 1:
             raise ConfigurationError("max_deliveries must be >= 1")
+        if self.dead_letter_limit < 1:
+            raise ConfigurationError("dead_letter_limit must be >= 1")
         for name in ("job_timeout_s", "result_ttl_s", "claim_timeout_s", "shutdown_grace_s",
-                     "lease_ttl_s", "heartbeat_every_s"):
+                     "lease_ttl_s", "heartbeat_every_s", "dead_letter_max_age_s"):
             try:
                 to_seconds(getattr(self, name), name.removesuffix("_s"))
             except (TypeError, ValueError) as exc:
@@ -75,6 +82,12 @@ class WorkerConfig:
         """After an outage, no reclaim for this long: live workers refresh their entries
         first (their first refresh comes within one keep-alive interval)."""
         return self.keepalive_every_s * 2 + 1.0
+
+    @property
+    def dead_letters(self) -> DeadLetterLimits:
+        """The dead-letter limits, as the scripts take them."""
+        return DeadLetterLimits(self.dead_letter_limit,
+                                max(1000, round(self.dead_letter_max_age_s * 1000)))
 
     @property
     def read_batch(self) -> int:

@@ -111,19 +111,30 @@ def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: by
     return SettleOp(d.entry, d.job_id, "failed", decision.reason, 0, hist)
 
 
+JOBS_LOGGER = "asyncjobs.worker.jobs"
+"""The logger of the per-job lines: an attempt's end (INFO, WARNING when a job fails), and
+as its child ``asyncjobs.worker.jobs.started`` an attempt's start (INFO). Set their levels
+to choose: both lines, one line per job (``...jobs.started`` at WARNING), or only jobs that
+went wrong (``...jobs`` at WARNING)."""
+
+_ends = logging.getLogger(JOBS_LOGGER)
+_starts = logging.getLogger(f"{JOBS_LOGGER}.started")
+
+
 def log_start(job_id: str, task: str, queue: str, attempt: int) -> None:
     """The line logged when an attempt starts."""
-    if log.isEnabledFor(logging.INFO):
-        log.info("job started id=%s task=%s queue=%s attempt=%d", clean(job_id), clean(task),
-                 queue, attempt,
-                 extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
+    if _starts.isEnabledFor(logging.INFO):
+        _starts.info("job started id=%s task=%s queue=%s attempt=%d", clean(job_id),
+                     clean(task), queue, attempt,
+                     extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
 
 
 def log_end(event: str, job_id: str, task: str, queue: str, attempt: int, duration_s: float,
             tail: str = "", level: int = logging.INFO) -> None:
     """The line logged when an attempt (or a job that never ran) ends."""
-    if log.isEnabledFor(level):
+    if _ends.isEnabledFor(level):
         extra: dict[str, Any] = {"job_id": job_id, "task": task, "queue": queue,
                                  "attempt": attempt, "duration_s": duration_s, "outcome": event}
-        log.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
-                clean(job_id), clean(task) or "-", queue, attempt, duration_s, tail, extra=extra)
+        _ends.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
+                  clean(job_id), clean(task) or "-", queue, attempt, duration_s, tail,
+                  extra=extra)

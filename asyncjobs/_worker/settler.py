@@ -63,7 +63,8 @@ class Settler:
         for queue, op, done in batch:
             by_queue.setdefault(queue, []).append((op, done))
         calls = [
-            self.rt.stores[q].settle_call(self.rt.consumer, [op for op, _ in items])
+            self.rt.stores[q].settle_call(self.rt.consumer, [op for op, _ in items],
+                                          self.rt.config.dead_letters)
             for q, items in by_queue.items()
         ]
         while True:

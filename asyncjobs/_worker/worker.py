@@ -16,6 +16,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,8 @@ class Worker:
         metrics_port: int | None = None,
         prefix: str = "asyncjobs",
         lease_ttl: Seconds = 5.0,
+        dead_letter_limit: int = 10_000,
+        dead_letter_max_age: Seconds = timedelta(days=180),
         redis_url: str | None = None,
     ) -> None:
         self.config = WorkerConfig(
@@ -95,6 +98,8 @@ class Worker:
             burst=burst,
             prefix=prefix,
             lease_ttl_s=to_seconds(lease_ttl, "lease_ttl") or 0.0,
+            dead_letter_limit=dead_letter_limit,
+            dead_letter_max_age_s=to_seconds(dead_letter_max_age, "dead_letter_max_age") or 0.0,
             redis_url=redis_url,
         )
         self.crons = tuple(cron)

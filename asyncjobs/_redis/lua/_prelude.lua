@@ -152,6 +152,37 @@ local function entry_ms(entry)
   return int(type(entry) == 'string' and string.match(entry, '^(%d+)') or 0) or 0
 end
 
+-- Keep the dead-letter stream within `limit` letters, none older than `max_age_ms`: the
+-- oldest letters go, with the records of jobs still dead-lettered as those letters (a job
+-- requeued since keeps its record). At most 1,000 go per call, so a lowered limit takes
+-- several calls rather than one long script. Returns how many letters went.
+local function trim_dead(dead, prefix, limit, max_age_ms, now)
+  local excess = redis.call('XLEN', dead) - limit
+  local cutoff = now - max_age_ms
+  local gone = 0
+  while gone < 1000 do
+    local rows = redis.call('XRANGE', dead, '-', '+', 'COUNT', 100)
+    if #rows == 0 then return gone end
+    for _, row in ipairs(rows) do
+      local entry = row[1]
+      if (excess <= 0 and entry_ms(entry) >= cutoff) or gone >= 1000 then
+        return gone
+      end
+      local id = job_id_of(row[2])
+      if id ~= '' then
+        local rec = hmget(prefix .. id, 's', 'de')
+        if rec and rec[1] == 'failed' and rec[2] == entry then
+          redis.call('DEL', prefix .. id)
+        end
+      end
+      redis.call('XDEL', dead, entry)
+      gone = gone + 1
+      excess = excess - 1
+    end
+  end
+  return gone
+end
+
 local STATES = {scheduled = true, queued = true, running = true, complete = true,
   failed = true, aborted = true, expired = true}
 

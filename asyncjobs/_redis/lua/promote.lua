@@ -8,7 +8,8 @@
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] dead-letter stream
 -- ARGV[1] job key prefix, ARGV[2] batch limit, ARGV[3] done channel prefix,
--- ARGV[4] TTL s for expired records, ARGV[5] per-minute counters key prefix
+-- ARGV[4] TTL s for expired records, ARGV[5] per-minute counters key prefix,
+-- ARGV[6] most dead letters kept, ARGV[7] longest a dead letter is kept (ms)
 -- Returns {promoted, expired, next due ms (-1 if none), now ms}
 check_type(KEYS[1], 'stream')
 check_type(KEYS[4], 'stream')
@@ -37,6 +38,10 @@ for _, id in ipairs(due) do
 end
 count(KEYS[3], 'expired', expired)
 count(KEYS[3], 'failed', dead)
+if dead > 0 then
+  count(KEYS[3], 'trimmed', trim_dead(KEYS[4], ARGV[1], tonumber(ARGV[6]),
+    tonumber(ARGV[7]), now))
+end
 count_minute(ARGV[5], now, {expired = expired > 0 and expired or nil,
   failed = dead > 0 and dead or nil})
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

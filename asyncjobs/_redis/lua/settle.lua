@@ -1,17 +1,23 @@
--- Settle finished attempts, all or nothing per job: record the outcome, then acknowledge
--- and delete the stream entry. An entry no longer pending for this consumer (it was
+-- Settle finished attempts, all or nothing per job: acknowledge and delete the stream
+-- entry, then record the outcome. An entry no longer pending for this consumer (it was
 -- reclaimed by another worker) is left alone: its new owner settles it. A job key that
 -- cannot hold a record (not a hash) dead-letters the entry instead, key untouched.
 -- The delayed set and the dead-letter stream are checked before anything is written: if
 -- either is of the wrong type the call fails and writes nothing.
 --
+-- Memory first: the entry is acknowledged and deleted before anything is written. On a
+-- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
+-- XACK / XDEL are allowed there, so settling frees memory and a full Redis drains.
+--
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
--- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix
--- ARGV[7..] six values per job: entry id, job id, outcome, payload, number, history
+-- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix, ARGV[7] most dead letters
+-- kept, ARGV[8] longest a dead letter is kept (ms)
+-- ARGV[9..] six values per job: entry id, job id, outcome, payload, number, history
 --   outcome 'complete': payload = result, number = result TTL s (0: drop the record)
 --   outcome 'retry':    number = delay ms
---   outcome 'failed':   payload = dead-letter reason (the record is kept until purged)
+--   outcome 'failed':   payload = dead-letter reason; the record is kept as long as its
+--                       letter (deleted when the letter is trimmed; ARGV[8] at most)
 --   outcome 'expired' | 'aborted': number = record TTL s
 --   outcome 'ack':      only acknowledge and delete the entry (stale or duplicate delivery)
 --   outcome 'garbage':  payload = reason; entry fields are copied to the dead letters
@@ -23,14 +29,14 @@ check_type(KEYS[3], 'stream')
 local now = now_ms()
 local out = {}
 local counts = {}
+local lettered = false
 
--- Copy an entry's raw fields into a dead letter, with the reason.
-local function dead_letter_entry(entry, id, reason)
-  local found = redis.call('XRANGE', stream, entry, entry)
-  local letter = {'i', id, 'r', reason, 't', now, 'entry', entry}
-  for _, f in ipairs(found[1] and found[1][2] or {}) do letter[#letter + 1] = f end
-  redis.call('XADD', KEYS[3], '*', unpack(letter))
-  return 'failed'
+-- A dead letter: the job id, the reason, the time, and `extra` fields (the raw entry's).
+local function letter(id, reason, extra)
+  local fields = {'i', id, 'r', reason, 't', now}
+  for _, f in ipairs(extra or {}) do fields[#fields + 1] = f end
+  lettered = true
+  return redis.call('XADD', KEYS[3], '*', unpack(fields))
 end
 
 -- The error history, when the worker sent one, as fields for finish() / HSET.
@@ -45,6 +51,14 @@ end
 local function settle(entry, id, outcome, payload, number, history)
   local key = ARGV[3] .. id
   local done = ARGV[4] .. id
+  local raw = nil
+  if outcome == 'garbage' then  -- read before the entry goes: its fields are the evidence
+    local found = redis.call('XRANGE', stream, entry, entry)
+    raw = {'entry', entry}
+    for _, f in ipairs(found[1] and found[1][2] or {}) do raw[#raw + 1] = f end
+  end
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
   local broken = nil
   if outcome == 'complete' then
     broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history))
@@ -59,23 +73,24 @@ local function settle(entry, id, outcome, payload, number, history)
       wake_if_first(KEYS[2], ARGV[5], id, due)
     end
   elseif outcome == 'failed' then
-    local letter = redis.call('XADD', KEYS[3], '*', 'i', id, 'r', payload, 't', now)
+    local de = letter(id, payload)
     -- A job key that cannot hold a record keeps the letter just written, and no record.
-    finish(key, done, 'failed', now, -1, with_history({'dl', payload, 'de', letter}, history))
+    finish(key, done, 'failed', now, math.ceil(tonumber(ARGV[8]) / 1000),
+      with_history({'dl', payload, 'de', de}, history))
   elseif outcome == 'expired' or outcome == 'aborted' then
     broken = finish(key, done, outcome, now, number, with_history({}, history))
   elseif outcome == 'garbage' then
-    outcome = dead_letter_entry(entry, id, payload)
+    letter(id, payload, raw)
+    outcome = 'failed'
   end
   if broken then
-    outcome = dead_letter_entry(entry, id, broken)
+    letter(id, broken, {'entry', entry})
+    outcome = 'failed'
   end
-  redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
   return outcome
 end
 
-for b = 7, #ARGV, 6 do
+for b = 9, #ARGV, 6 do
   local entry = ARGV[b]
   if not held_by(stream, group, entry, consumer) then
     out[#out + 1] = 0
@@ -88,8 +103,13 @@ for b = 7, #ARGV, 6 do
     out[#out + 1] = 1
   end
 end
+if lettered then
+  counts['trimmed'] = trim_dead(KEYS[3], ARGV[3], tonumber(ARGV[7]), tonumber(ARGV[8]), now)
+  if counts['trimmed'] == 0 then counts['trimmed'] = nil end
+end
 for outcome, n in pairs(counts) do
   count(KEYS[4], outcome, n)
 end
+counts['trimmed'] = nil
 count_minute(ARGV[6], now, counts)
 return out
