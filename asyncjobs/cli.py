@@ -331,6 +331,7 @@ def dlq_purge(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Q
 # under asyncjobs/_cli/ (imported when the command runs, so the CLI never imports them).
 # -- dashboard --
 # -- outbox --
+importlib.import_module("asyncjobs._cli.outbox_command").register(app)
 
 
 def _click_errors() -> Any:

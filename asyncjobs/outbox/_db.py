@@ -1,0 +1,100 @@
+"""The relay's statements on the outbox table: claim a batch, mark it, purge old rows.
+
+PostgreSQL claims with ``SELECT ... FOR UPDATE SKIP LOCKED``: relays running at once take
+different rows, and a relay that dies mid-batch releases its rows with its connection. SQLite
+has no row locks (``FOR UPDATE`` compiles to nothing there): relays may read the same rows,
+and the job id makes the second write a no-op in Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._rows import Row
+from ._schema import FAILED, PENDING, RELAYED, now_ms
+
+MAX_ERROR = 2000
+"""A failed row's reason is cut to this many characters."""
+_PURGE_BATCH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A batch read from the table, with the database's clock at the read."""
+
+    rows: list[Row]
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a batch: rows relayed (or found in Redis already) and rows failed."""
+
+    relayed: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class OutboxStore:
+    """The relay's statements on one outbox table."""
+
+    def __init__(self, table: sa.Table, batch_size: int) -> None:
+        self.table = table
+        t = table.c
+        self._claim = (
+            sa.select(t.id, t.queue, t.job_id, t.spec, t.delay_ms, t.due_at_ms,
+                      t.expires_in_ms, t.expires_at_ms, t.created_at_ms,
+                      now_ms().label("now_ms"))
+            .where(t.status == PENDING).order_by(t.id).limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        self._fail = (sa.update(table).where(t.id == sa.bindparam("row_id"))
+                      .values(status=FAILED, error=sa.bindparam("reason"), done_at_ms=now_ms()))
+
+    async def claim(self, conn: AsyncConnection) -> Claimed:
+        """Up to a batch of pending rows, oldest first (locked until the transaction ends,
+        on PostgreSQL)."""
+        result = await conn.execute(self._claim)
+        rows, now = [], 0
+        for r in result:
+            rows.append(Row(*r[:9]))
+            now = r[9]
+        return Claimed(rows, int(now))
+
+    async def mark(self, conn: AsyncConnection, outcome: Outcome, keep: bool) -> None:
+        """Delete the relayed rows (or, with ``keep``, mark them relayed with the time) and
+        mark the failed ones with their reason."""
+        t = self.table.c
+        if outcome.relayed:
+            where = t.id.in_(outcome.relayed)
+            if keep:
+                await conn.execute(sa.update(self.table).where(where)
+                                   .values(status=RELAYED, done_at_ms=now_ms()))
+            else:
+                await conn.execute(sa.delete(self.table).where(where))
+        if outcome.failed:
+            await conn.execute(self._fail, _reasons(outcome.failed))
+
+    async def purge(self, conn: AsyncConnection, older_than_ms: int) -> int:
+        """Delete up to a bounded batch of relayed rows done more than ``older_than_ms``
+        ago; returns how many."""
+        t = self.table.c
+        old = (sa.select(t.id).where(t.status == RELAYED,
+                                     t.done_at_ms < now_ms() - older_than_ms)
+               .limit(_PURGE_BATCH).scalar_subquery())
+        result = await conn.execute(sa.delete(self.table).where(t.id.in_(old)))
+        return int(result.rowcount)
+
+    async def count(self, conn: AsyncConnection) -> dict[str, int]:
+        """Rows by status (for tests, the CLI and health checks)."""
+        t = self.table.c
+        result = await conn.execute(sa.select(t.status, sa.func.count()).group_by(t.status))
+        return {str(status): int(n) for status, n in result}
+
+
+def _reasons(failed: Mapping[int, str]) -> Sequence[dict[str, object]]:
+    return [{"row_id": row_id, "reason": reason[:MAX_ERROR]}
+            for row_id, reason in failed.items()]

@@ -1,0 +1,247 @@
+"""One running relay: lead (lease), drain the table in batches, sleep until woken, repeat.
+
+A batch: claim up to ``batch_size`` pending rows; turn each into its job (``_rows``); write
+the jobs of each queue with ``Pool.write_jobs`` (one pipelined round trip per queue, dedup by
+job id); then delete the rows, or mark them relayed (``keep``), and mark the rows that could
+not be moved as failed with their reason. On PostgreSQL all of it is one transaction that
+holds the rows' locks; on SQLite the read and the marking are two short transactions and no
+lock is held while Redis is written. A relay that dies anywhere in a batch leaves its rows
+pending: the next relay writes them again and Redis, seeing their job ids, creates nothing.
+
+Correctness never depends on the lease; it only keeps the other workers from doing the work
+twice (and from holding a listening connection each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .._producer.pool import Pool
+from .._redis.store import NewJob
+from .._scheduling.leader import Lease
+from .._text import clean, safe_str
+from .._worker.runtime import transient
+from ..exceptions import PoolExhausted, RedisUnavailable
+from ._db import Claimed, OutboxStore, Outcome
+from ._rows import BadRow, to_job
+from ._schema import channel
+from ._wake import Listener
+
+log = logging.getLogger("asyncjobs.outbox")
+
+_MIN_PAUSE_S = 0.05  # a relay that does not lead never retries the lease faster than this
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a relay loop needs of its ``Relay``."""
+
+    store: OutboxStore
+    batch_size: int
+    keep_ms: int
+    poll_s: float | None
+    queues: frozenset[str] | None
+    lease_key: str | None
+    lease_ttl_s: float
+
+
+class RelayLoop:
+    """One relay at work on one engine and one pool, until ``stopped`` is set."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, pool: Pool, holder: str,
+                 stopped: asyncio.Event) -> None:
+        self.s = settings
+        self.engine = engine
+        self.pool = pool
+        self.stopped = stopped
+        self.wake = asyncio.Event()
+        self.listener = Listener(engine, channel(settings.store.table), self.wake)
+        self.lease = (Lease(pool.client, settings.lease_key, settings.lease_ttl_s, holder)
+                      if settings.lease_key else None)
+        self.locking = engine.dialect.name != "sqlite"
+        self.relayed = 0
+        self.failed = 0
+        self._failures = 0
+        self._down_since: float | None = None
+        self._next_purge = 0.0
+
+    async def run(self) -> None:
+        """Relay until stopped; errors are logged and retried with backoff, never raised."""
+        try:
+            while not self.stopped.is_set():
+                try:
+                    await self._step()
+                except Exception as exc:
+                    await self._failed(exc)
+                else:
+                    self._recovered()
+        finally:
+            await self.listener.close()
+            if self.lease is not None and self.lease.held:
+                with contextlib.suppress(Exception):
+                    await self.lease.release()
+
+    async def _step(self) -> None:
+        if not await self._lead():
+            return
+        self.wake.clear()
+        await self.drain()
+        await self._purge_if_due()
+        await self._sleep(self.wake, self._idle_s())
+
+    async def _lead(self) -> bool:
+        """Take or renew the lease (when there is one); True if this relay may act."""
+        lease = self.lease
+        if lease is not None:
+            if not lease.held:
+                if not await lease.acquire():
+                    wait = min(max(await lease.remaining_s() + 0.005, _MIN_PAUSE_S),
+                               lease.ttl_s / 3)
+                    await self._sleep(self.stopped, wait)
+                    return False
+                log.info("outbox relay leads (lease %s)", lease.key)
+            if time.monotonic() >= lease.renew_at and not await lease.renew():
+                log.warning("outbox relay lost its lease %s", lease.key)
+                await self.listener.close()
+                return False
+        await self.listener.open()
+        return True
+
+    def _idle_s(self) -> float:
+        wait = self.s.poll_s if self.s.poll_s is not None else (
+            1.0 if self.listener.listening else 0.05)
+        if self.lease is not None:
+            wait = min(wait, max(0.0, self.lease.renew_at - time.monotonic()))
+        return wait
+
+    async def drain(self) -> int:
+        """Relay batches until one comes back short (or the lease is lost); returns the
+        number of rows handled."""
+        total = 0
+        while not self.stopped.is_set():
+            if self.lease is not None and time.monotonic() >= self.lease.renew_at:
+                await self.lease.renew()
+            if self.lease is not None and not self.lease.held:
+                break
+            done = await self.batch()
+            total += done
+            if done < self.s.batch_size:
+                break
+        return total
+
+    async def batch(self) -> int:
+        """Claim, write and mark one batch; returns its size."""
+        keep = self.s.keep_ms > 0
+        if self.locking:  # the rows stay locked until the marks commit
+            async with self.engine.begin() as conn:
+                claimed = await self.s.store.claim(conn)
+                if claimed.rows:
+                    outcome = await self._move(claimed)
+                    await self.s.store.mark(conn, outcome, keep)
+        else:
+            async with self.engine.connect() as conn:
+                claimed = await self.s.store.claim(conn)
+            if claimed.rows:
+                outcome = await self._move(claimed)
+                async with self.engine.begin() as conn:
+                    await self.s.store.mark(conn, outcome, keep)
+        if claimed.rows:
+            self._count(outcome)
+        return len(claimed.rows)
+
+    async def _move(self, claimed: Claimed) -> Outcome:
+        """Write the batch's jobs to Redis, per queue; what became of each row."""
+        outcome = Outcome()
+        by_queue: dict[str, list[tuple[int, NewJob]]] = {}
+        for row in claimed.rows:
+            try:
+                queue, job = to_job(row, claimed.now_ms, self.s.queues)
+            except BadRow as exc:
+                outcome.failed[row.row_id] = str(exc)
+                continue
+            by_queue.setdefault(queue, []).append((row.row_id, job))
+        for queue, items in by_queue.items():
+            existing = await self.pool.write_jobs(queue, [job for _, job in items])
+            for index, (row_id, _) in enumerate(items):
+                state = existing.get(index, "")
+                if state.startswith("error: "):
+                    outcome.failed[row_id] = f"Redis refused the job: {state[7:]}"
+                else:
+                    outcome.relayed.append(row_id)
+        return outcome
+
+    def _count(self, outcome: Outcome) -> None:
+        self.relayed += len(outcome.relayed)
+        self.failed += len(outcome.failed)
+        for row_id, reason in outcome.failed.items():
+            log.warning("outbox row %d failed: %s", row_id, clean(reason))
+        log.debug("outbox relayed %d row(s), %d failed", len(outcome.relayed),
+                  len(outcome.failed))
+
+    async def _purge_if_due(self) -> None:
+        if self.s.keep_ms <= 0 or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + min(60.0, max(1.0, self.s.keep_ms / 2000))
+        while not self.stopped.is_set():
+            async with self.engine.begin() as conn:
+                purged = await self.s.store.purge(conn, self.s.keep_ms)
+            if purged:
+                log.info("outbox purged %d relayed row(s)", purged)
+            if purged < 10_000:
+                break
+
+    async def _sleep(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait up to ``seconds`` for ``event`` (``stop`` sets every event waited on)."""
+        if seconds <= 0 or self.stopped.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    async def _failed(self, exc: Exception) -> None:
+        if self.lease is not None:
+            self.lease.drop()
+        await self.listener.close()
+        what = _unavailable(exc)
+        self._failures += 1
+        cap = 5.0 if what else 30.0
+        pause = min(cap, 0.1 * 2.0 ** min(self._failures, 9)) * (0.5 + random.random() / 2)
+        if what and self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("outbox relay: %s unavailable (%s); retrying with backoff", what,
+                        safe_str(exc, 500))
+        elif isinstance(exc, sa_exc.DBAPIError) and not what:
+            log.error("outbox relay: the database refused: %s; retrying in %.1f s",
+                      clean(safe_str(exc.orig, 500)), pause)
+        elif not what:
+            log.exception("outbox relay: internal error; retrying in %.1f s", pause)
+        await self._sleep(self.stopped, pause)
+
+    def _recovered(self) -> None:
+        self._failures = 0
+        if self._down_since is not None:
+            log.warning("outbox relay working again after %.1f s",
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+
+
+def _unavailable(exc: BaseException) -> str:
+    """'redis' or 'the database' when ``exc`` means it cannot serve now; '' otherwise."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        lost = exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError
+                                                        | sa_exc.InterfaceError)
+        return "the database" if lost else ""
+    if isinstance(exc, RedisUnavailable | PoolExhausted) or (
+            isinstance(exc, RedisError) and transient(exc)):
+        return "redis"
+    if isinstance(exc, OSError | TimeoutError):  # a database driver's own connection error
+        return "the database"
+    return ""
