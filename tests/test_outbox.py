@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 import asyncjobs
 from asyncjobs import Context, outbox
+from asyncjobs._redis.embedded import RedisServer
 
 from .conftest import IN_CI, Backend, running
 
@@ -299,6 +300,19 @@ async def test_a_row_relayed_twice_creates_one_job(db: Database, real: Backend) 
         assert await redis_jobs(pool) == {"created": 1, "stream": ["once"], "records": 1}
     [row] = await db.rows()
     assert row.status == outbox.RELAYED and row.done_at_ms
+
+
+async def test_a_full_redis_leaves_the_rows_pending(db: Database,
+                                                    fresh_redis: RedisServer) -> None:
+    await db.execute(sa.insert(db.table), [_row("a"), _row("b")])
+    async with asyncjobs.create_pool(fresh_redis.url, retry_for=0.1) as pool:
+        await pool.client.config_set("maxmemory", 1)
+        with pytest.raises(Exception, match=r"(?i)maxmemory|full"):
+            await db.relay().relay_pending(pool)
+        assert await db.statuses() == {outbox.PENDING: 2}
+        await pool.client.config_set("maxmemory", 0)
+        assert await db.relay().relay_pending(pool) == 2
+        assert (await redis_jobs(pool))["stream"] == ["a", "b"]
 
 
 # -- time -------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from .._redis.store import NewJob
 from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient
-from ..exceptions import PoolExhausted, RedisUnavailable
+from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
 from ._db import Claimed, OutboxStore, Outcome
 from ._rows import BadRow, to_job
 from ._schema import channel
@@ -82,8 +82,6 @@ class RelayLoop:
                     await self._step()
                 except Exception as exc:
                     await self._failed(exc)
-                else:
-                    self._recovered()
         finally:
             await self.listener.close()
             if self.lease is not None and self.lease.held:
@@ -96,6 +94,7 @@ class RelayLoop:
         self.wake.clear()
         await self.drain()
         await self._purge_if_due()
+        self._recovered()
         await self._sleep(self.wake, self._idle_s())
 
     async def _lead(self) -> bool:
@@ -106,6 +105,7 @@ class RelayLoop:
                 if not await lease.acquire():
                     wait = min(max(await lease.remaining_s() + 0.005, _MIN_PAUSE_S),
                                lease.ttl_s / 3)
+                    self._recovered()  # Redis answers; another relay leads
                     await self._sleep(self.stopped, wait)
                     return False
                 log.info("outbox relay leads (lease %s)", lease.key)
@@ -173,6 +173,8 @@ class RelayLoop:
             existing = await self.pool.write_jobs(queue, [job for _, job in items])
             for index, (row_id, _) in enumerate(items):
                 state = existing.get(index, "")
+                if state.startswith("error: ") and _full(state[7:]):
+                    raise RedisFullError(state[7:])  # not the row's fault: the batch waits
                 if state.startswith("error: "):
                     outcome.failed[row_id] = f"Redis refused the job: {state[7:]}"
                 else:
@@ -200,11 +202,17 @@ class RelayLoop:
                 break
 
     async def _sleep(self, event: asyncio.Event, seconds: float) -> None:
-        """Wait up to ``seconds`` for ``event`` (``stop`` sets every event waited on)."""
+        """Wait up to ``seconds`` for ``event``, or until stopped."""
         if seconds <= 0 or self.stopped.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+        waits = {asyncio.ensure_future(self.stopped.wait())}
+        if event is not self.stopped:
+            waits.add(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _failed(self, exc: Exception) -> None:
         if self.lease is not None:
@@ -233,13 +241,21 @@ class RelayLoop:
             self._down_since = None
 
 
+class RedisFullError(Exception):
+    """Redis refused a job for want of memory: the batch stays pending and is retried."""
+
+
+def _full(reason: str) -> bool:
+    return reason.startswith("OOM") or "maxmemory" in reason
+
+
 def _unavailable(exc: BaseException) -> str:
     """'redis' or 'the database' when ``exc`` means it cannot serve now; '' otherwise."""
     if isinstance(exc, sa_exc.DBAPIError):
         lost = exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError
                                                         | sa_exc.InterfaceError)
         return "the database" if lost else ""
-    if isinstance(exc, RedisUnavailable | PoolExhausted) or (
+    if isinstance(exc, RedisUnavailable | PoolExhausted | EnqueueError | RedisFullError) or (
             isinstance(exc, RedisError) and transient(exc)):
         return "redis"
     if isinstance(exc, OSError | TimeoutError):  # a database driver's own connection error

@@ -45,7 +45,7 @@ def database_url(url: str) -> sa.URL:
     ``ConfigurationError`` for anything but PostgreSQL and SQLite."""
     try:
         parsed = sa.make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         shown = f"{url.partition('://')[0]}://..." if "://" in url else repr(url[:40])
         raise ConfigurationError(f"{shown} is not a database URL: use "
                                  "postgresql://user@host/db or sqlite:///path.db") from None
