@@ -113,3 +113,22 @@ def test_relay_options_are_checked() -> None:
                              ({"queues": ["a b"]}, "queue name")]:
         with pytest.raises((asyncjobs.ConfigurationError, ValueError), match=message):
             outbox.Relay("sqlite:///x.db", **options)
+
+
+def test_the_public_api_changes_only_on_purpose() -> None:
+    assert sorted(outbox.__all__) == [
+        "FAILED", "Outbox", "OutboxJob", "PENDING", "RELAYED", "Relay", "Session", "TABLE",
+        "create_all", "database_url", "enqueue", "enqueue_many", "outbox_table"]
+    for name in outbox.__all__:
+        assert getattr(outbox, name) is not None
+
+
+def test_importing_asyncjobs_does_not_import_the_outbox() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, asyncjobs, asyncjobs.cli; "
+            "print(any(m.startswith(('sqlalchemy', 'asyncjobs.outbox')) for m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
