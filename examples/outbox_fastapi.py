@@ -65,6 +65,7 @@ async def send_welcome_email(ctx: Context, user_id: int, address: str) -> str:
 @contextlib.asynccontextmanager
 async def worker_lifespan(worker: asyncjobs.Worker) -> AsyncIterator[dict[str, Any]]:
     yield {"sessions": Session}
+    await engine.dispose()  # after the relay inside this lifespan has stopped
 
 
 relay = outbox.Relay(engine)  # moves committed jobs from the table to Redis

@@ -144,17 +144,18 @@ class Relay:
         return self._beside(worker)
 
     def wrap(self, lifespan: Lifespan | None) -> Lifespan:
-        """Your worker lifespan with this relay running around it; what yours yields is
-        still ``ctx.state``."""
+        """Your worker lifespan with this relay running inside it: the relay starts once
+        yours has opened its resources (an engine it may share) and stops before yours
+        closes them; what yours yields is still ``ctx.state``."""
 
         @contextlib.asynccontextmanager
         async def both(worker: Worker) -> AsyncIterator[Any]:
-            async with self._beside(worker):
-                if lifespan is None:
+            if lifespan is None:
+                async with self._beside(worker):
                     yield None
-                else:
-                    async with lifespan(worker) as state:
-                        yield state
+                return
+            async with lifespan(worker) as state, self._beside(worker):
+                yield state
 
         return both
 
