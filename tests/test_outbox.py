@@ -220,8 +220,10 @@ async def test_the_default_outbox_writes_to_asyncjobs_outbox(tmp_path: Any,
         async with AsyncSession(engine) as session, session.begin():
             job = await outbox.enqueue(session, greet, 1, "a@x")
             await outbox.enqueue_many(session, [asyncjobs.call(greet, 2, "b@x")])
+        async with engine.begin() as conn:  # a Core connection works as well
+            await outbox.enqueue(conn, greet, 3, "c@x")
         async with real.pool() as pool:
-            assert await outbox.Relay(engine).relay_pending(pool) == 2
+            assert await outbox.Relay(engine).relay_pending(pool) == 3
             assert (await job.handle(pool).info()).args == [1, "a@x"]
     finally:
         await engine.dispose()
