@@ -75,6 +75,8 @@ Queue = Annotated[str | None, typer.Option("--queue", "-q", callback=queue_optio
 Queues = Annotated[list[str] | None, typer.Option(
     "--queue", "-q", callback=queues_option, help="Queue (repeatable; default: all known).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AllowEviction = Annotated[bool, typer.Option(
+    "--allow-eviction", help="Accept a Redis whose maxmemory-policy may evict (delete) jobs.")]
 
 
 def _version(value: bool) -> None:
@@ -113,6 +115,7 @@ def worker(
         "--job-logs", help="Per-job lines: both (start and end), end (one per attempt), "
         "failures (only attempts that did not complete).")] = JobLogs.BOTH,
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
+    allow_eviction: AllowEviction = False,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=0, max=65535, envvar="ASYNCJOBS_METRICS_PORT",
         help=escape("Serve Prometheus metrics on this port (needs the [metrics] extra).")),
@@ -124,7 +127,8 @@ def worker(
         set_job_logs(job_logs.value)
         changes: dict[str, object] = {"concurrency": concurrency, "shutdown_grace_s": grace,
                                       "prefix": prefix, "queues": tuple(queue or ()) or None,
-                                      "burst": burst or None}
+                                      "burst": burst or None,
+                                      "allow_eviction": allow_eviction or None}
         runner = _worker_for(target, {k: v for k, v in changes.items() if v is not None})
         if metrics_port is not None:
             runner.metrics_port = metrics_port
@@ -212,7 +216,7 @@ def enqueue(
     delay: Annotated[float | None, typer.Option("--delay", callback=seconds_option("delay"),
                                                 help="Seconds.")] = None,
     redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
-    as_json: AsJson = False,
+    as_json: AsJson = False, allow_eviction: AllowEviction = False,
 ) -> None:
     """Enqueue a job by task name, with JSON arguments."""
     try:
@@ -222,7 +226,8 @@ def enqueue(
         fail(str(exc), 2)
     options = {k: v for k, v in {"job_id": job_id, "delay": delay, "queue": queue}.items()
                if v is not None}
-    jid, where, state = _run(ops.enqueue(ops.Target(redis_url, prefix), task, args, kwargs,
+    jid, where, state = _run(ops.enqueue(ops.Target(redis_url, prefix, allow_eviction), task,
+                                         args, kwargs,
                                          options))
     if as_json:
         typer.echo(to_json({"job_id": jid, "queue": where, "state": state}))
@@ -239,12 +244,14 @@ def check(
     max_age: Annotated[float | None, typer.Option(
         "--max-age", callback=seconds_option("max-age"),
         help="Oldest waiting job, seconds.")] = None,
+    allow_eviction: AllowEviction = False,
 ) -> None:
     """Exit 0 when healthy, 1 when not (health and liveness probes).
 
     With --this-host an unreachable Redis is not the worker's fault: exit 0 with a warning.
     """
-    result = _run(ops.check(ops.Target(redis_url, prefix), queue or [], this_host=this_host,
+    result = _run(ops.check(ops.Target(redis_url, prefix, allow_eviction), queue or [],
+                            this_host=this_host,
                             max_waiting=max_waiting, max_age_s=max_age))
     for warning in result.warnings:
         typer.echo(f"warning: {safe(warning)}", err=True)

@@ -6,6 +6,7 @@
     ├── ConfigurationError      bad settings, a wrong import path, an unknown task option
     ├── SerializationError      an argument or a result that msgspec cannot encode
     ├── EnqueueError            some jobs of an enqueue could not be written (``.reasons``)
+    │   └── RedisFull           Redis is at its maxmemory: nothing more can be enqueued
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptJob",
     "EnqueueError",
+    "RedisFull",
     "JobAborted",
     "JobError",
     "JobExpired",
@@ -70,12 +72,28 @@ class EnqueueError(AsyncJobsError):
     (or already existed). Each job is written whole or not at all.
     """
 
-    def __init__(self, reasons: dict[str, str], enqueued: list[Any]) -> None:
-        first = next(iter(reasons.items()))
-        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
-        super().__init__(f"job {first[0]!r} was not enqueued: {first[1]}{more}")
+    def __init__(self, reasons: dict[str, str], enqueued: list[Any],
+                 message: str | None = None) -> None:
+        if message is None:
+            first = next(iter(reasons.items()))
+            more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+            message = f"job {first[0]!r} was not enqueued: {first[1]}{more}"
+        super().__init__(message)
         self.reasons = reasons
         self.enqueued = enqueued
+
+
+class RedisFull(EnqueueError):
+    """Redis reached its ``maxmemory`` (with the ``noeviction`` policy): the jobs in
+    ``reasons`` were not written (``enqueued`` says which were). Let workers drain the
+    queues (settling frees memory) or raise ``maxmemory``; retrying later is safe with the
+    same job ids."""
+
+    def __init__(self, reasons: dict[str, str], enqueued: list[Any]) -> None:
+        super().__init__(reasons, enqueued, (
+            f"Redis is full (maxmemory reached): {len(reasons) or 'the'} job(s) not enqueued"
+            f"{f', {len(enqueued)} enqueued' if enqueued else ''}; workers drain the queues "
+            "(settling frees memory), or raise maxmemory"))
 
 
 class RedisUnavailable(AsyncJobsError, ConnectionError):

@@ -165,6 +165,9 @@ class WorkerMetrics:
                              "created, with their jobs' records (a total kept in Redis).", q)
         self.running = gauge("asyncjobs_worker_running_jobs", "Attempts this worker is "
                              "running.", "worker")
+        self.memory = gauge("asyncjobs_redis_memory_used_ratio", "Redis used_memory over "
+                            "maxmemory (0 without a maxmemory): at 1 enqueues fail with "
+                            "RedisFull until workers drain the queues.", "worker")
         self.concurrency = gauge("asyncjobs_worker_concurrency", "Jobs this worker may run "
                                  "at once.", "worker")
         self.heartbeat = gauge("asyncjobs_worker_last_heartbeat_timestamp_seconds", "Unix "
@@ -213,6 +216,12 @@ class WorkerMetrics:
         """Set the worker gauges, then the queue gauges from ``pool.admin.queue_stats``."""
         self.running.labels(worker=self.worker).set(executor.active)
         self.heartbeat.labels(worker=self.worker).set(time.time())
+        try:
+            used = await pool.admin.memory_used()
+        except (RedisUnavailable, RedisError, OSError) as exc:
+            log.debug("metrics: cannot read Redis's memory: %s", exc)
+        else:
+            self.memory.labels(worker=self.worker).set(used or 0.0)
         for queue in self.queues:
             try:
                 stats = await pool.admin.queue_stats(queue)

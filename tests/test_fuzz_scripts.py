@@ -1286,10 +1286,13 @@ async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
                                         max_size=4), "workers")
     if members:
         await client.zadd(workers, members)
-    now = await load("beat")(client, [workers], [ME, 60_000])
+    record = f"{env.keys.base}:worker:{ME}"
+    now = await load("beat")(client, [workers, record], [ME, 60_000, '{"name": "me"}', 15])
     left = dict(await client.zrange(workers, 0, -1, withscores=True))
     assert left[ME.encode()] == now
     assert all(score >= now - 60_000 for score in left.values())
+    assert await client.get(record) == b'{"name": "me"}'
+    assert 0 < await client.ttl(record) <= 15
 
 
 NEVER_RAISE: dict[str, Callable[[Env, Sequence[Case], st.DataObject], Awaitable[None]]] = {
@@ -1371,7 +1374,8 @@ def calls(env: Env, q: Typical) -> dict[str, Callable[[], Awaitable[Any]]]:
         "lease_renew": lambda: load("lease_renew")(client, [env.keys.leader], ["tok", 5000]),
         "lease_release": lambda: load("lease_release")(client, [env.keys.leader], ["tok"]),
         "lease_clear": lambda: load("lease_clear")(client, [env.keys.leader], []),
-        "beat": lambda: load("beat")(client, [q.workers], [ME, 60_000]),
+        "beat": lambda: load("beat")(client, [q.workers, f"{q.workers}:{ME}"],
+                                     [ME, 60_000, "{}", 15]),
     }
 
 

@@ -133,10 +133,13 @@ class DownPool:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.admin = SimpleNamespace(queue_stats=self.queue_stats)
+        self.admin = SimpleNamespace(queue_stats=self.queue_stats, memory_used=self.memory_used)
 
     async def queue_stats(self, queue: str) -> Any:
         self.calls += 1
+        raise asyncjobs.RedisUnavailable("Redis unavailable for 5 s (test)")
+
+    async def memory_used(self) -> Any:
         raise asyncjobs.RedisUnavailable("Redis unavailable for 5 s (test)")
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from .._model import JobInfo
 from .._producer.admin import OnProgress, QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
-from .._producer.pool import create_pool
+from .._producer.pool import _PoolOpener, create_pool
 from .._producer.registry import WorkerInfo
+from .._redis.health import judge, read_settings
 from .._task import task_ref
 from ..exceptions import JobNotFound, RedisUnavailable
 
@@ -24,11 +25,19 @@ class Target:
 
     url: str | None
     prefix: str
+    allow_eviction: bool = False
+    """Enqueue into a Redis whose eviction policy may delete jobs (inspecting never asks)."""
+
+
+def _inspect(target: Target, **options: Any) -> _PoolOpener:
+    """A pool for looking and repairing: opened whatever Redis's eviction policy (check
+    reports it)."""
+    return create_pool(target.url, prefix=target.prefix, allow_eviction=True, **options)
 
 
 async def info(target: Target, queues: list[str]) -> tuple[list[QueueStats], list[WorkerInfo]]:
     """Stats of the given queues (all known queues if none) and the live workers."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         names = queues or await pool.admin.queues() or [pool.default_queue]
         stats = [await pool.admin.queue_stats(q) for q in names]
         return stats, await pool.admin.workers()
@@ -36,7 +45,7 @@ async def info(target: Target, queues: list[str]) -> tuple[list[QueueStats], lis
 
 async def job(target: Target, job_id: str, queue: str | None) -> JobInfo:
     """The record of a job; without a queue, every known queue is searched."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         candidates = [queue] if queue else await pool.admin.queues() or [pool.default_queue]
         for name in candidates:
             try:
@@ -64,7 +73,8 @@ class NotInAnyQueue(JobNotFound):
 async def enqueue(target: Target, task: str, args: list[Any], kwargs: dict[str, Any],
                   options: dict[str, Any]) -> tuple[str, str, str]:
     """Enqueue a task by name; returns (job id, queue, state)."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with create_pool(target.url, prefix=target.prefix,
+                           allow_eviction=target.allow_eviction) as pool:
         handle = await pool.enqueue(task_ref(task).options(**options), *args, **kwargs)
         return handle.id, handle.queue, (await handle.status()).value
 
@@ -97,14 +107,20 @@ async def check(target: Target, queues: list[str], *, this_host: bool, max_waiti
 
 async def _check(target: Target, queues: list[str], *, this_host: bool,
                  max_waiting: int | None, max_age_s: float | None) -> CheckResult:
-    async with create_pool(target.url, prefix=target.prefix, retry_for=2.0,
+    async with _inspect(target, retry_for=2.0,
                            timeout=2.0) as pool:
         workers = await pool.admin.workers()
         if this_host:
             host = socket.gethostname()
             workers = [w for w in workers if w.host == host]
         names = queues or sorted({q for w in workers for q in w.queues}) or [pool.default_queue]
-        problems = []
+        problems: list[str] = []
+        warnings: list[str] = []
+        verdict = judge(await read_settings(pool.client), allow_eviction=target.allow_eviction)
+        # A liveness probe (this host) must not fail for Redis's settings: restarting the
+        # worker would not change them.
+        (warnings if this_host else problems).extend(verdict.errors)
+        warnings.extend(verdict.warnings)
         for name in names:
             if not any(name in w.queues for w in workers):
                 where = " on this host" if this_host else ""
@@ -115,29 +131,29 @@ async def _check(target: Target, queues: list[str], *, this_host: bool,
             age = stats.oldest_waiting_s
             if max_age_s is not None and age is not None and age > max_age_s:
                 problems.append(f"queue {name}: oldest waited {age:.0f}s > {max_age_s:g}s")
-        return CheckResult(not problems, problems)
+        return CheckResult(not problems, problems, warnings)
 
 
 async def dead_letters(target: Target, queue: str | None, limit: int) -> list[DeadLetter]:
     """The newest dead letters of a queue."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         return await pool.admin.dead_letters(queue, limit=limit)
 
 
 async def requeue(target: Target, queue: str | None, job_ids: list[str]) -> dict[str, str]:
     """Requeue dead-lettered jobs by id; per id, the outcome."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         return await pool.admin.requeue(job_ids, queue)
 
 
 async def requeue_all(target: Target, queue: str | None,
                       on_progress: OnProgress | None = None) -> RequeueReport:
     """Requeue every dead letter of a queue that has a record; count those left."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         return await pool.admin.requeue_all(queue, on_progress=on_progress)
 
 
 async def purge(target: Target, queue: str | None, on_progress: OnProgress | None = None) -> int:
     """Delete every dead letter of a queue and the records of those jobs."""
-    async with create_pool(target.url, prefix=target.prefix) as pool:
+    async with _inspect(target) as pool:
         return await pool.admin.purge_dead(queue, on_progress=on_progress)

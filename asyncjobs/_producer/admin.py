@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from .._model import JobInfo
 from .._redis import scripts as s
+from .._redis.health import memory_used
 from .._redis.keys import GROUP
 from .deadletters import (
     REPLIES,
@@ -173,6 +174,12 @@ class Admin:
         replies = await self._pipe(lambda p: [p.hgetall(keys.minute(m)) for m in span],
                                    errors=False)
         return minute_counts(span, replies)
+
+    async def memory_used(self) -> float | None:
+        """Redis's used_memory over its maxmemory (None without a maxmemory, or when the
+        server hides INFO): at 1, enqueues fail with ``RedisFull``."""
+        used: float | None = await self.pool.call(lambda: memory_used(self.client))
+        return used
 
     async def leader(self, queue: str | None = None) -> str | None:
         """The worker whose scheduler leads ``queue`` (None when none holds the lease)."""

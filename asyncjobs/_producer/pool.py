@@ -19,15 +19,23 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._codec import encode_spec
 from .._model import JobSpec, to_ms
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
+from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
 from .._redis.store import NewJob, QueueStore
 from .._task import AsyncFn, Call, SyncFn, Task, call
-from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
+from ..exceptions import (
+    ConfigurationError,
+    EnqueueError,
+    PoolExhausted,
+    RedisFull,
+    RedisUnavailable,
+)
 from .admin import Admin
 from .handle import Job
 from .waiter import Waiter
@@ -39,6 +47,10 @@ T = TypeVar("T")
 log = logging.getLogger("asyncjobs.pool")
 
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _oom(reason: str) -> bool:
+    return reason.startswith("OOM") or "maxmemory" in reason
 
 
 def new_job_ids(count: int) -> list[str]:
@@ -114,6 +126,8 @@ class Pool:
         while True:
             try:
                 return await make()
+            except OutOfMemoryError as exc:
+                raise RedisFull({}, []) from exc
             except _OUTAGE as exc:
                 if pool_exhausted(exc):
                     raise PoolExhausted(
@@ -169,7 +183,8 @@ class Pool:
         handles: list[Job[Any]] = [Job(self, new.id, queue, rtype)
                                    for queue, new, rtype in prepared]
         if refused:
-            raise EnqueueError(refused, [h for h in handles if h.id not in refused])
+            error = RedisFull if any(_oom(r) for r in refused.values()) else EnqueueError
+            raise error(refused, [h for h in handles if h.id not in refused])
         return handles
 
     async def write_jobs(self, queue: str, jobs: Sequence[NewJob]) -> dict[int, str]:
@@ -266,6 +281,13 @@ class _PoolOpener:
             await self._pool.close()
 
 
+async def _check_settings(client: Redis, allow_eviction: bool) -> None:
+    """Refuse a Redis that may evict jobs (see ``asyncjobs._redis.health``)."""
+    verdict = judge(await read_settings(client), allow_eviction=allow_eviction)
+    if verdict.errors:
+        raise ConfigurationError(verdict.errors[0])
+
+
 def create_pool(
     url: str | None = None,
     *,
@@ -276,12 +298,15 @@ def create_pool(
     timeout: float = 5.0,
     client_factory: ClientFactory | None = None,
     check: bool = True,
+    allow_eviction: bool = False,
 ) -> _PoolOpener:
     """Open a pool: ``pool = await create_pool(url)`` or ``async with create_pool(url) as p``.
 
     ``url`` defaults to ``$ASYNCJOBS_REDIS_URL``, then ``redis://localhost:6379/0``; it may
     carry a password, an ACL user, a database number, and ``rediss://`` for TLS. With
-    ``check`` the pool pings Redis once and raises ``RedisUnavailable`` if it cannot.
+    ``check`` the pool pings Redis once and raises ``RedisUnavailable`` if it cannot, and
+    ``ConfigurationError`` if Redis may evict keys (a ``maxmemory-policy`` other than
+    ``noeviction`` can delete jobs) unless ``allow_eviction``.
     Each Redis call waits at most ``timeout`` seconds; a call that cannot reach Redis is
     retried for up to ``retry_for`` seconds, then raises ``RedisUnavailable``.
     """
@@ -295,6 +320,7 @@ def create_pool(
         if check:
             try:
                 await pool._retrying(client.ping)
+                await _check_settings(client, allow_eviction)
             except BaseException:
                 await client.aclose()
                 raise

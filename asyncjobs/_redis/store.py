@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from . import scripts as s
 from .keys import GROUP, Keys
@@ -113,11 +112,7 @@ class QueueStore:
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group at id 0 (so nothing queued is skipped)."""
-        try:
-            await self.client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await s.load(s.GROUP)(self.client, [self.keys.stream], [GROUP])
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> dict[int, str]:
         """Write jobs (pipelined batches of 500), each all or nothing. Returns the jobs not

@@ -27,6 +27,8 @@ class WorkerConfig:
     burst: bool = False
     prefix: str = "asyncjobs"
     lease_ttl_s: float = 5.0
+    allow_eviction: bool = False
+    """Run on a Redis whose eviction policy may delete jobs (refused otherwise)."""
     dead_letter_limit: int = 10_000
     """The most dead letters a queue keeps: beyond it the oldest go, with their records."""
     dead_letter_max_age_s: float = 180 * 24 * 3600.0

@@ -121,7 +121,9 @@ async def heartbeat_loop(rt: Runtime, ex: Executor) -> None:
             try:
                 await _beat(rt, ex, keys)
                 rt.outage.ok()
-            except OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    raise
                 rt.outage.failed(exc, "heartbeat")
         else:
             log.error("fetch loop stalled for over %.0f s; heartbeat withheld", stale_after)
@@ -147,9 +149,8 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "crons": rt.crons,
     }
     ttl = max(1, int(cfg.heartbeat_every_s * 3))
-    await rt.client.set(keys.worker(rt.consumer), json.dumps(info), ex=ttl)
-    await _scripts.load(_scripts.BEAT)(rt.client, [keys.workers],
-                                       [rt.consumer, _REGISTRY_PRUNE_MS])
+    await _scripts.load(_scripts.BEAT)(rt.client, [keys.workers, keys.worker(rt.consumer)],
+                                       [rt.consumer, _REGISTRY_PRUNE_MS, json.dumps(info), ttl])
 
 
 async def unregister(rt: Runtime) -> None:

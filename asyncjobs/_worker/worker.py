@@ -28,6 +28,7 @@ from .._durations import Seconds, to_seconds
 from .._middleware import Middleware, Observer, compose
 from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
+from .._redis.health import judge, read_settings
 from .._redis.keys import Keys
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
@@ -39,7 +40,7 @@ from .config import WorkerConfig
 from .executor import Executor
 from .fetcher import Reader, fetch_loop
 from .loop import run_in_new_loop
-from .runtime import OUTAGE_ERRORS, Runtime, supervised
+from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
 from .shutdown import drain
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
@@ -83,6 +84,7 @@ class Worker:
         lease_ttl: Seconds = 5.0,
         dead_letter_limit: int = 10_000,
         dead_letter_max_age: Seconds = timedelta(days=180),
+        allow_eviction: bool = False,
         redis_url: str | None = None,
     ) -> None:
         self.config = WorkerConfig(
@@ -99,6 +101,7 @@ class Worker:
             prefix=prefix,
             lease_ttl_s=to_seconds(lease_ttl, "lease_ttl") or 0.0,
             dead_letter_limit=dead_letter_limit,
+            allow_eviction=allow_eviction,
             dead_letter_max_age_s=to_seconds(dead_letter_max_age, "dead_letter_max_age") or 0.0,
             redis_url=redis_url,
         )
@@ -161,10 +164,15 @@ class Worker:
                            socket_timeout=cfg.block_ms / 1000 + 10.0)
         try:
             version = await _connect(client, where)
+            verdict = judge(await read_settings(client), allow_eviction=cfg.allow_eviction)
+            if verdict.errors:
+                raise ConfigurationError(verdict.errors[0])
             rt = self._runtime(client, blocking)
             self._banner(where, version)
+            for warning in verdict.warnings:
+                log.warning("redis   %s", warning)
             for store in rt.stores.values():
-                await store.ensure_group()
+                await _ensure_group(rt, store)
             self._live = rt
             if self._now:
                 rt.hurry.set()
@@ -323,6 +331,20 @@ class Worker:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
+    """Create the queue's consumer group, retrying through outages and a full Redis (it
+    may be full of this very queue's jobs: the worker must start to drain it)."""
+    while True:
+        try:
+            await store.ensure_group()
+            rt.outage.ok()
+            return
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            await asyncio.sleep(rt.outage.failed(exc, f"create group {store.keys.queue}"))
 
 
 async def _connect(client: Any, where: str) -> str:

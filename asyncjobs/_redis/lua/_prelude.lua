@@ -20,7 +20,7 @@ end
 local function int(v)
   local n = tonumber(v)
   if n and n == n and n > -1e15 and n < 1e15 and n == math.floor(n) then
-    return n
+    return n + 0.0 == 0 and 0 or n  -- '-0' reads as 0
   end
   return nil
 end

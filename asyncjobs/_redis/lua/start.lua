@@ -14,8 +14,23 @@
 --   aborted while queued: acknowledge, do not run)
 local now = now_ms()
 local out = {}
+local held = {}
 for i = 4, #ARGV, 2 do
-  if held_by(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) then
+  held[i] = held_by(KEYS[1], ARGV[1], ARGV[i], ARGV[2])
+end
+-- Refresh the entries about to start (their idle time counts from now). This write comes
+-- first on purpose: on a Redis at its maxmemory a script may go on writing once it has
+-- written, and XCLAIM is allowed there, so jobs still start and a full Redis drains.
+local mine = {KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 4, #ARGV, 2 do
+  if held[i] then mine[#mine + 1] = ARGV[i] end
+end
+if #mine > 4 then
+  mine[#mine + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(mine))
+end
+for i = 4, #ARGV, 2 do
+  if held[i] then
     out[#out + 1] = start_entry(ARGV[i], ARGV[i + 1], ARGV[2], ARGV[3], now)
   else
     out[#out + 1] = {'lost', '', 0, '', 0, now}
