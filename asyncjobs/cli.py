@@ -337,6 +337,9 @@ def dlq_purge(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Q
 # Commands of optional parts register here, one line each, their code in their own module
 # under asyncjobs/_cli/ (imported when the command runs, so the CLI never imports them).
 # -- dashboard --
+from ._cli.dashboard_command import dashboard  # noqa: E402
+
+app.command(cls=Command)(dashboard)
 # -- outbox --
 importlib.import_module("asyncjobs._cli.outbox_command").register(app)
 

@@ -1,0 +1,204 @@
+"""The dashboard as an ASGI app (Starlette): ``create_app(...)``.
+
+Pages are drawn on the server by Jinja templates with autoescaping on, so every value that
+came from Redis is text, never markup. The page's own small script (``static/dashboard.js``;
+no inline script is allowed by the Content-Security-Policy) reloads parts of the page for
+live updates, loads more rows, and posts the actions as JSON with the CSRF token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.resources
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from .._producer.pool import Pool, create_pool
+from .._version import __version__
+from ..exceptions import JobNotFound, PoolExhausted, RedisUnavailable
+from . import _actions
+from ._format import FILTERS
+from ._pages import PAGES, PageSpec, View, now
+from ._redact import ArgsRedactor, Redaction, TaskKey, redactors
+from ._security import Auth, Guard, SecureHeaders, csrf_token, set_csrf_cookie
+
+PoolSource = Pool | Callable[[], Pool]
+"""A pool, or a function returning one (e.g. ``lambda: app.state.asyncjobs``)."""
+
+STATIC = {"dashboard.js": "text/javascript; charset=utf-8",
+          "dashboard.css": "text/css; charset=utf-8"}
+
+
+@dataclass
+class Settings:
+    """What ``create_app`` was given, checked."""
+
+    read_only: bool
+    refresh_s: float
+    page_size: int
+    title: str
+    redactors: dict[str, ArgsRedactor]
+    opener: Callable[[], Pool] | None
+    url: str | None
+    prefix: str
+    opened: Pool | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def pool(self) -> Pool:
+        """The pool to read from (opened on first use when made from a URL)."""
+        if self.opener is not None:
+            return self.opener()
+        async with self.lock:
+            if self.opened is None:
+                self.opened = await create_pool(self.url, prefix=self.prefix, retry_for=2.0,
+                                                check=False)
+            return self.opened
+
+
+def _assets() -> dict[str, tuple[bytes, str]]:
+    """The static files (read once from the package), with a version tag each."""
+    root = importlib.resources.files(__package__) / "static"
+    found = {}
+    for name in STATIC:
+        data = (root / name).read_bytes()
+        found[name] = (data, hashlib.sha256(data).hexdigest()[:12])
+    return found
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader(__package__, "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(FILTERS)
+    return env
+
+
+class Dashboard:
+    """The request handlers, sharing the settings, templates and assets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = _environment()
+        self.assets = _assets()
+
+    def common(self, request: Request, token: str) -> dict[str, Any]:
+        base = request.scope.get("root_path", "").rstrip("/") + "/"
+
+        def url(path: str = "", **params: Any) -> str:
+            query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
+            return f"{base}{path}" + (f"?{query}" if query else "")
+
+        return {"base": base, "url": url, "csrf": token, "now": now(),
+                "read_only": self.settings.read_only, "title": self.settings.title,
+                "refresh_ms": int(self.settings.refresh_s * 1000), "version": __version__,
+                "asset": lambda name: url(f"static/{name}", v=self.assets[name][1])}
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(self.env.get_template(template).render(**context), status)
+
+    def page(self, name: str) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of one page (and its parts)."""
+
+        async def handle(request: Request) -> Response:
+            return await self._respond(request, name)
+
+        return handle
+
+    async def _respond(self, request: Request, name: str) -> Response:
+        spec = PAGES[name]
+        token, new = csrf_token(request)
+        context = self.common(request, token)
+        try:
+            response = await self._page(request, name, spec, context)
+        except ValueError as exc:
+            response = self.render("error.html", 400, **context, problem=str(exc))
+        except JobNotFound as exc:
+            response = self.render("error.html", 404, **context, problem=str(exc))
+        except (RedisUnavailable, PoolExhausted) as exc:
+            response = self.render("error.html", 503, **context, problem=str(exc))
+        if new:
+            set_csrf_cookie(response, request, token, context["base"])
+        return response
+
+    async def _page(self, request: Request, name: str, spec: PageSpec,
+                    context: dict[str, Any]) -> Response:
+        view = View(request, await self.settings.pool(), self.settings.page_size,
+                    self.settings.redactors)
+        part = view.param("part")
+        if part:
+            loader = spec.parts.get((spec.rows or "") if part == "rows" else part)
+            if loader is None:
+                raise ValueError(f"no part {part!r} on this page")
+            data = await loader(view)
+            return self.render(f"parts/{name}_{part}.html", **context, **data, view=view)
+        data = {}
+        for loader in spec.parts.values():
+            data.update(await loader(view))
+        return self.render(spec.template, **context, **data, view=view, page_name=name,
+                           spec=spec, where=view.pool.description)
+
+    async def action(self, request: Request) -> Response:
+        pool = await self.settings.pool()
+        return await _actions.run(request, pool, request.path_params["name"],
+                                  self.settings.read_only)
+
+    async def static(self, request: Request) -> Response:
+        found = self.assets.get(str(request.path_params["name"]))
+        if found is None:
+            return Response("not found", 404)
+        data, tag = found
+        return Response(data, media_type=STATIC[request.path_params["name"]],
+                        headers={"cache-control": "public, max-age=86400", "etag": tag})
+
+
+PATHS = {"overview": "/", "queue": "/queue", "dead": "/dead", "job": "/job",
+         "workers": "/workers", "crons": "/crons", "search": "/search"}
+
+
+def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
+               prefix: str = "asyncjobs", read_only: bool = False,
+               redact: Mapping[TaskKey, Redaction] | None = None, auth: Auth | None = None,
+               refresh_s: float = 2.0, page_size: int = 50,
+               title: str = "asyncjobs") -> Starlette:
+    """The dashboard, an ASGI app to serve (``asyncjobs dashboard``) or mount in yours.
+
+    It reads through ``pool`` (a ``Pool``, or a function returning the app's pool), or opens
+    its own on ``redis_url`` (default ``$ASYNCJOBS_REDIS_URL``) and ``prefix`` at its first
+    request. ``read_only`` switches every action off, server-side. ``redact`` hides job
+    arguments per task. ``auth`` is called with every request: it returns the user (for the
+    action log) or raises an ``HTTPException`` to refuse. ``refresh_s``: how often the
+    pages update themselves; ``page_size``: rows per page of a list.
+    """
+    if not (isinstance(refresh_s, int | float) and math.isfinite(refresh_s) and
+            0.2 <= refresh_s <= 3600):
+        raise ValueError(f"refresh_s must be between 0.2 and 3600 seconds, not {refresh_s!r}")
+    if not 1 <= page_size <= 500:
+        raise ValueError(f"page_size must be between 1 and 500, not {page_size!r}")
+    opener = None if pool is None else pool if not isinstance(pool, Pool) else lambda: pool
+    settings = Settings(read_only, float(refresh_s), page_size, title, redactors(redact),
+                        opener, redis_url, prefix)
+    handlers = Dashboard(settings)
+    routes = [Route(path, handlers.page(name), name=name) for name, path in PATHS.items()]
+    routes += [Route("/static/{name}", handlers.static),
+               Route("/actions/{name}", handlers.action, methods=["POST"])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if settings.opened is not None:
+            await settings.opened.close()
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(SecureHeaders), Middleware(Guard, auth=auth)])
