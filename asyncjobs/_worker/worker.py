@@ -136,6 +136,13 @@ class Worker:
         clone._check_crons()
         return clone
 
+    @property
+    def pool(self) -> Pool | None:
+        """While the worker runs (its lifespan included): a pool on the worker's own Redis
+        connection and prefix, for code that runs beside it (``ctx.pool`` in tasks is the
+        same); None before it connects and after it stops."""
+        return self._live.pool if self._live is not None else None
+
     def stop(self, now: bool = False) -> None:
         """Ask the worker to shut down gracefully; ``now`` (or a second call with it, e.g. a
         second Ctrl-C) cuts the grace period short: running jobs are cancelled and handed
@@ -180,6 +187,7 @@ class Worker:
                 rt.state = state
                 await self._serve(rt, task_status)
         finally:
+            self._live = None
             await blocking.aclose()
             await client.aclose()
 

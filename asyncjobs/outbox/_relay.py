@@ -162,8 +162,8 @@ class Relay:
     @contextlib.asynccontextmanager
     async def _beside(self, worker: Worker) -> AsyncIterator[None]:
         prefix = self.prefix or worker.config.prefix
-        live = getattr(worker, "_live", None)  # the running worker's Runtime, if any
-        pool: Pool | None = live.pool if live is not None else None
+        pool: Pool | None = worker.pool  # the running worker's own connection
+
         if self.redis_url is not None or (pool is not None and pool.prefix != prefix):
             pool = None  # Redis or a prefix of the relay's own
         stopped = asyncio.Event()
