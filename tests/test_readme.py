@@ -19,6 +19,9 @@ of its own: it starts on Redis (its lifespan opens and closes) and stops. Where 
 for anything). A block is either run or listed in ``ILLUSTRATION_ONLY`` with the reason;
 ``test_every_python_block_is_run`` fails otherwise.
 
+**Databases**: the outbox block's ``sqlite+aiosqlite:///app.db`` becomes a file of the test's
+own (its engine is disposed after the block).
+
 **Redis**: the literal ``redis://localhost:6379/0`` in the blocks is replaced by the URL of a
 ``redis-server`` the test started on a free port (``fresh_redis``), and
 ``$ASYNCJOBS_REDIS_URL`` points there too (code that takes the default URL goes there). A
@@ -44,6 +47,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import asyncjobs
 from asyncjobs._redis.embedded import RedisServer, free_port
@@ -52,6 +56,7 @@ from .procs import ROOT
 
 README = ROOT / "README.md"
 README_URL = "redis://localhost:6379/0"
+README_DB_URL = "sqlite+aiosqlite:///app.db"  # the outbox block's database
 CLOSED_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 FILE_RE = re.compile(r"^# ((?:[\w.-]+/)*[\w.-]+\.py)\b")
@@ -163,10 +168,11 @@ async def run_repl_style(source: str, namespace: dict[str, Any], name: str) -> N
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("block", snippets(), ids=lambda b: f"line{b.line}")
-async def test_snippet(block: Block, fresh_redis: RedisServer,
+async def test_snippet(block: Block, fresh_redis: RedisServer, tmp_path: Path,
                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCJOBS_REDIS_URL", fresh_redis.url)
-    source = block.on(fresh_redis.url)
+    source = block.on(fresh_redis.url).replace(README_DB_URL,
+                                               f"sqlite+aiosqlite:///{tmp_path}/app.db")
     namespace: dict[str, Any] = {"__name__": "__main__"}
     opening = "".join(line for line in source.splitlines() if line.startswith("#"))
     async with contextlib.AsyncExitStack() as stack:
@@ -188,6 +194,9 @@ async def test_snippet(block: Block, fresh_redis: RedisServer,
         if isinstance(worker, asyncjobs.Worker):
             await asyncio.wait_for(worker.configure(burst=True, prefix="readme-check").run(),
                                    30)
+        engine = namespace.get("engine")  # a database the block opened (the outbox's)
+        if isinstance(engine, AsyncEngine):
+            await engine.dispose()
 
 
 # -- the Quickstart as files, used as the README says ---------------------------------------
