@@ -364,3 +364,24 @@ async def test_options_are_checked() -> None:
                 {"page_size": 501}):
         with pytest.raises(ValueError):
             create_app(**bad)  # type: ignore[arg-type]
+
+
+async def test_the_charts_geometry() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from asyncjobs._producer.insight import MinuteCounts
+    from asyncjobs.dashboard._charts import HEIGHT, chart
+
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    minutes = [MinuteCounts(start + timedelta(minutes=i), c) for i, c in enumerate(
+        [{}, {"complete": 6, "failed": 2}, {"complete": 1, "retry": 1, "aborted": 2}])]
+    drawn = chart(minutes)
+    assert drawn.peak == 8 and drawn.total["complete"] == 7
+    assert drawn.failure_rate == 3 / 10
+    first = [b for b in drawn.bars if b.minute == "12:01"]
+    assert [(b.outcome, b.count) for b in first] == [("complete", 6), ("failed", 2)]
+    assert sum(b.height for b in first) == pytest.approx(HEIGHT)
+    assert [text for _, _, text in drawn.rate_dots] == ["12:01: 25.0 %", "12:02: 50.0 %"]
+    assert drawn.labels[0] == (0.0, "12:00")
+    empty = chart([])
+    assert empty.bars == [] and empty.failure_rate is None and empty.rate_points == ""

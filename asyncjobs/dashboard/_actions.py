@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -124,8 +123,3 @@ async def run(request: Request, pool: Pool, name: str, read_only: bool) -> JSONR
     log.info("dashboard action %s by %s queue=%s ids=%s: %s", name, clean(who(request)),
              queue, clean(shown) or "-", clean(message))
     return JSONResponse({"ok": True, "message": message})
-
-
-def describe(name: str) -> dict[str, Any]:
-    """For the templates: whether ``name`` takes ids."""
-    return {"name": name, "ids": ACTIONS[name][1]}

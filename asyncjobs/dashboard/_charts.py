@@ -36,6 +36,8 @@ class Chart:
     """The busiest minute's total (the top of the throughput chart's scale)."""
     rate_points: str
     """The failure rate as an SVG polyline (minutes with no finished attempt left out)."""
+    rate_dots: list[tuple[float, float, str]]
+    """(x, y, "HH:MM 12.5 %") of each point of that line."""
     labels: list[tuple[float, str]]
     """(x, "HH:MM") along the time axis."""
     total: dict[str, int]
@@ -47,7 +49,8 @@ def chart(minutes: list[MinuteCounts]) -> Chart:
     """The charts of ``minutes`` (oldest first)."""
     step = WIDTH / max(1, len(minutes))
     peak = max([sum(m.counts.get(o, 0) for o in OUTCOMES) for m in minutes] + [1])
-    bars, points = [], []
+    bars: list[Bar] = []
+    dots: list[tuple[float, float, str]] = []
     total = dict.fromkeys(OUTCOMES, 0)
     for i, minute in enumerate(minutes):
         label = minute.minute.strftime("%H:%M")
@@ -62,10 +65,12 @@ def chart(minutes: list[MinuteCounts]) -> Chart:
                                 round(max(step - 2, 1), 1), round(height, 1), count, label))
         rate = minute.failure_rate
         if rate is not None:
-            points.append(f"{round(i * step + step / 2, 1)},{round(HEIGHT * (1 - rate), 1)}")
+            dots.append((round(i * step + step / 2, 1), round(HEIGHT * (1 - rate), 1),
+                         f"{label}: {rate * 100:.1f} %"))
     labels = [(round(i * step, 1), minutes[i].minute.strftime("%H:%M"))
               for i in range(0, len(minutes), 15)] if minutes else []
     failed = total["failed"] + total["retry"]
     finished = failed + total["complete"]
-    return Chart(bars, peak, " ".join(points), labels, total,
+    points = " ".join(f"{x},{y}" for x, y, _ in dots)
+    return Chart(bars, peak, points, dots, labels, total,
                  failed / finished if finished else None)
