@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from .._codec import decode_errors, decode_progress, decode_spec, decode_value
 from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
+from .._redis import scripts as _scripts
 from .._text import safe_str
 from ..exceptions import (
     CorruptJob,
@@ -30,6 +32,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _RECHECK_S = 5.0  # re-read the record this often while waiting, in case a notice was lost
+_REGISTERED_MS = 15_000  # a waiter's registration lasts this long (renewed at each re-read)
 
 
 class Job(Generic[R]):
@@ -90,10 +93,12 @@ class Job(Generic[R]):
         limit = to_seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
         keys = self._pool.keys(self.queue)
-        async with self._pool.waiter.watch(keys.done_channel(self.id)) as notice:
+        token = secrets.token_hex(8)
+        async with self._pool.waiter.watch(keys.done_channel(self.id)) as notice, \
+                self._registered(token):
             while True:
                 notice.clear()
-                found = await self._final_value()
+                found = await self._final_value(token)
                 if found is not None:
                     return found[0]  # type: ignore[no-any-return]
                 wait = _RECHECK_S
@@ -104,11 +109,23 @@ class Job(Generic[R]):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(notice.wait(), wait)
 
-    async def _final_value(self) -> tuple[Any] | None:
-        key = self._pool.keys(self.queue).job(self.id)
-        reply: list[bytes | None] = await self._read(
-            lambda: self._pool.client.hmget(key, ["s", "r", "h", "dl"])
-        )
+    @contextlib.asynccontextmanager
+    async def _registered(self, token: str) -> AsyncIterator[None]:
+        """While inside: ``_final_value(token)`` registers this waiter on the queue (settles
+        then publish job ends); the registration is removed on the way out (and lapses on
+        its own if this process dies)."""
+        try:
+            yield
+        finally:
+            waiting = self._pool.keys(self.queue).waiting
+            with contextlib.suppress(RedisError, OSError):
+                await self._pool.client.zrem(waiting, token)
+
+    async def _final_value(self, token: str) -> tuple[Any] | None:
+        keys = self._pool.keys(self.queue)
+        final = _scripts.load(_scripts.FINAL)
+        reply: list[bytes | None] = await self._read(lambda: final(
+            self._pool.client, [keys.job(self.id), keys.waiting], [token, _REGISTERED_MS]))
         state, value, history, reason = reply
         if state is None:
             raise JobNotFound(self.id, self.queue)

@@ -68,6 +68,12 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def waiting(self) -> str:
+        """Sorted set of the ``Job.result()`` calls waiting on this queue, scored with when
+        each registration lapses: settles publish a job's end only while it is not empty."""
+        return f"{self.base}:waiting"
+
+    @property
     def minute_prefix(self) -> str:
         """Prefix of the per-minute outcome counters; scripts append the minute."""
         return f"{self.base}:minute:"

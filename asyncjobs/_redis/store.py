@@ -192,7 +192,7 @@ class QueueStore:
                                   limits.max_age_ms]
         for op in ops:
             args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
-        return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats], args)
+        return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats, k.waiting], args)
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"

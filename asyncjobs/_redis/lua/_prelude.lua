@@ -75,9 +75,9 @@ end
 
 -- End a job: its final state and end time, plus `fields` (a list of field, value: the
 -- result, the error history...); the record's TTL (0: drop it at once; negative: keep it
--- until purged); a notice to whoever waits. Returns nil, or an error text when the job
--- key cannot hold a record (then nothing was written).
-local function finish(key, channel, state, now, ttl, fields)
+-- until purged); a notice to whoever waits (unless `quiet`: nobody does). Returns nil, or
+-- an error text when the job key cannot hold a record (then nothing was written).
+local function finish(key, channel, state, now, ttl, fields, quiet)
   local ok = redis.pcall('HSET', key, 's', state, 'et', now, unpack(fields or {}))
   if type(ok) == 'table' and ok.err then
     return 'the job key cannot hold a record: ' .. tostring(ok.err)
@@ -89,13 +89,73 @@ local function finish(key, channel, state, now, ttl, fields)
   else
     redis.call('PERSIST', key)
   end
-  redis.call('PUBLISH', channel, state)
+  if not quiet then
+    redis.call('PUBLISH', channel, state)
+  end
   return nil
+end
+
+-- True when someone waits for jobs of the queue (Job.result() registers in `waiting`, a
+-- sorted set scored with when its registration lapses): only then do settles publish.
+local function anyone_waiting(waiting, now)
+  return redis.call('ZCOUNT', waiting, now, '+inf') > 0
+end
+
+-- True for a stream entry id ('1795276503766-0'); garbage read from a record is not one.
+local function stream_id(v)
+  return type(v) == 'string' and string.match(v, '^%d+%-%d+$') ~= nil
 end
 
 -- True while `entry` is pending for `consumer` (nobody has taken it over).
 local function held_by(stream, group, entry, consumer)
   return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
+end
+
+-- A stream entry id as two numbers (ms, sequence); {0, 0} for anything else.
+local function id_parts(entry)
+  local ms, seq = string.match(tostring(entry), '^(%d+)%-(%d+)$')
+  return {tonumber(ms) or 0, tonumber(seq) or 0}
+end
+
+local function id_less(a, b)
+  local x, y = id_parts(a), id_parts(b)
+  return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2])
+end
+
+-- Which of `entries` are pending for `consumer`, as a set, in one XPENDING over the range
+-- they span (it returns at most what this consumer holds there); entry by entry only if
+-- that range holds more than `most`.
+local function held_set(stream, group, consumer, entries, most)
+  local held = {}
+  if #entries == 0 then return held end
+  local lo, hi = entries[1], entries[1]
+  for _, e in ipairs(entries) do
+    if not stream_id(e) then
+      lo = nil
+      break
+    end
+    if id_less(e, lo) then lo = e end
+    if id_less(hi, e) then hi = e end
+  end
+  local rows = lo and redis.call('XPENDING', stream, group, lo, hi, most, consumer) or nil
+  if rows and #rows < most then
+    for _, row in ipairs(rows) do held[row[1]] = true end
+    return held
+  end
+  for _, e in ipairs(entries) do
+    if stream_id(e) and held_by(stream, group, e, consumer) then held[e] = true end
+  end
+  return held
+end
+
+-- XACK and XDEL of many entries, a few hundred per call.
+local function ack_and_delete(stream, group, entries)
+  for first = 1, #entries, 500 do
+    local chunk = {}
+    for j = first, math.min(first + 499, #entries) do chunk[#chunk + 1] = entries[j] end
+    redis.call('XACK', stream, group, unpack(chunk))
+    redis.call('XDEL', stream, unpack(chunk))
+  end
 end
 
 -- The job id an entry carries in its `i` field ('' if none). An entry written by hand
@@ -108,11 +168,6 @@ local function job_id_of(fields)
     end
   end
   return id
-end
-
--- True for a stream entry id ('1795276503766-0'); garbage read from a record is not one.
-local function stream_id(v)
-  return type(v) == 'string' and string.match(v, '^%d+%-%d+$') ~= nil
 end
 
 -- True when `s` is valid UTF-8 (job ids are text: one that is not can never be named by a

@@ -1,15 +1,21 @@
 -- Settle finished attempts, all or nothing per job: acknowledge and delete the stream
--- entry, then record the outcome. An entry no longer pending for this consumer (it was
+-- entries, then record the outcomes. An entry no longer pending for this consumer (it was
 -- reclaimed by another worker) is left alone: its new owner settles it. A job key that
 -- cannot hold a record (not a hash) dead-letters the entry instead, key untouched.
 -- The delayed set and the dead-letter stream are checked before anything is written: if
 -- either is of the wrong type the call fails and writes nothing.
 --
--- Memory first: the entry is acknowledged and deleted before anything is written. On a
+-- Per batch, not per job: one XPENDING tells which entries are still this consumer's, one
+-- XACK and one XDEL remove them, and a job's end is published only when someone waits for
+-- jobs of the queue (Job.result() registers in the `waiting` set). Per job there remain
+-- the record's writes (HSET, and EXPIRE for a kept result).
+--
+-- Memory first: the entries are acknowledged and deleted before anything is written. On a
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
 -- XACK / XDEL are allowed there, so settling frees memory and a full Redis drains.
 --
--- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash
+-- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash,
+-- KEYS[5] waiting set
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
 -- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix, ARGV[7] most dead letters
 -- kept, ARGV[8] longest a dead letter is kept (ms)
@@ -48,20 +54,13 @@ local function with_history(fields, history)
   return fields
 end
 
-local function settle(entry, id, outcome, payload, number, history)
+local function record(entry, id, outcome, payload, number, history, raw, quiet)
   local key = ARGV[3] .. id
   local done = ARGV[4] .. id
-  local raw = nil
-  if outcome == 'garbage' then  -- read before the entry goes: its fields are the evidence
-    local found = redis.call('XRANGE', stream, entry, entry)
-    raw = {'entry', entry}
-    for _, f in ipairs(found[1] and found[1][2] or {}) do raw[#raw + 1] = f end
-  end
-  redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
   local broken = nil
   if outcome == 'complete' then
-    broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history))
+    broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history),
+      quiet)
   elseif outcome == 'retry' then
     local due = now + number
     local ok = redis.pcall('HSET', key, unpack(with_history({'s', 'scheduled', 'd', due},
@@ -76,9 +75,9 @@ local function settle(entry, id, outcome, payload, number, history)
     local de = letter(id, payload)
     -- A job key that cannot hold a record keeps the letter just written, and no record.
     finish(key, done, 'failed', now, math.ceil(tonumber(ARGV[8]) / 1000),
-      with_history({'dl', payload, 'de', de}, history))
+      with_history({'dl', payload, 'de', de}, history), quiet)
   elseif outcome == 'expired' or outcome == 'aborted' then
-    broken = finish(key, done, outcome, now, number, with_history({}, history))
+    broken = finish(key, done, outcome, now, number, with_history({}, history), quiet)
   elseif outcome == 'garbage' then
     letter(id, payload, raw)
     outcome = 'failed'
@@ -90,13 +89,34 @@ local function settle(entry, id, outcome, payload, number, history)
   return outcome
 end
 
+local entries = {}
+for b = 9, #ARGV, 6 do entries[#entries + 1] = ARGV[b] end
+local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
+-- A garbage entry's fields are the evidence: read them before the entry goes.
+local raws = {}
+local mine = {}
 for b = 9, #ARGV, 6 do
   local entry = ARGV[b]
-  if not held_by(stream, group, entry, consumer) then
+  if held[entry] and not raws[entry] then
+    if ARGV[b + 2] == 'garbage' then
+      local found = redis.call('XRANGE', stream, entry, entry)
+      local raw = {'entry', entry}
+      for _, f in ipairs(found[1] and found[1][2] or {}) do raw[#raw + 1] = f end
+      raws[entry] = raw
+    end
+    mine[#mine + 1] = entry
+  end
+end
+ack_and_delete(stream, group, mine)
+local quiet = not anyone_waiting(KEYS[5], now)
+for b = 9, #ARGV, 6 do
+  local entry = ARGV[b]
+  if not held[entry] then
     out[#out + 1] = 0
   else
-    local outcome = settle(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-      tonumber(ARGV[b + 4]) or 0, ARGV[b + 5])
+    held[entry] = nil  -- an entry listed twice is settled once
+    local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+      tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], quiet)
     if outcome ~= 'ack' then
       counts[outcome] = (counts[outcome] or 0) + 1
     end

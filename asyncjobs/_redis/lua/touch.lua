@@ -1,15 +1,19 @@
 -- Keep this consumer's in-flight entries fresh (reset their idle time without counting a
--- delivery), and report entries it lost and jobs whose abort was requested.
+-- delivery), and report entries it lost and jobs whose abort was requested. Which entries
+-- are still this consumer's is one XPENDING over their range, not one per entry.
 --
 -- KEYS[1] stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix
 -- ARGV[4..] pairs: entry id, job id
 -- Returns {{lost entry ids...}, {job ids to abort...}}
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local entries = {}
+for i = 4, #ARGV, 2 do entries[#entries + 1] = ARGV[i] end
+local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
 local owned, lost, aborted = {}, {}, {}
 for i = 4, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
-  if not held_by(stream, group, entry, consumer) then
+  if not held[entry] then
     lost[#lost + 1] = entry
   else
     owned[#owned + 1] = entry
