@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -21,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ._cli import loader as _loader
-from ._cli import ops
+from ._cli import ops, supervisor
 from ._cli.loader import callback as checked
 from ._cli.loader import prefix_option, queue_option, queues_option, seconds_option
 from ._cli.logs import JobLogs, LogFormat, LogLevel, configure
@@ -120,16 +122,24 @@ def worker(
         "--metrics-port", min=0, max=65535, envvar="ASYNCJOBS_METRICS_PORT",
         help=escape("Serve Prometheus metrics on this port (needs the [metrics] extra).")),
     ] = None,
+    processes: Annotated[str, typer.Option(
+        "--processes", callback=_processes_option,
+        help="Worker processes under one supervisor: a number, or auto (one per CPU).")] = "1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
     try:
         configure(log_level.value, log_format.value)
         set_job_logs(job_logs.value)
+        if os.environ.get(supervisor.INDEX_ENV, "0") != "0":  # one banner per supervisor
+            logging.getLogger("asyncjobs.worker.banner").setLevel(logging.ERROR)
         changes: dict[str, object] = {"concurrency": concurrency, "shutdown_grace_s": grace,
                                       "prefix": prefix, "queues": tuple(queue or ()) or None,
                                       "burst": burst or None,
                                       "allow_eviction": allow_eviction or None}
         runner = _worker_for(target, {k: v for k, v in changes.items() if v is not None})
+        count = supervisor.processes(processes)
+        if count > 1:
+            _supervise(runner, count, metrics_port)
         if metrics_port is not None:
             runner.metrics_port = metrics_port
         runner.run_sync(redis_url=redis_url, use_uvloop=uvloop)
@@ -137,6 +147,26 @@ def worker(
         fail(str(exc), 2)
     except AsyncJobsError as exc:
         fail(str(exc))
+
+
+def _supervise(runner: Worker, count: int, metrics_port: int | None) -> NoReturn:
+    """Run ``count`` worker processes under a supervisor (see ``_cli.supervisor``)."""
+    if metrics_port:
+        raise ConfigurationError("--metrics-port with --processes: the processes cannot "
+                                 "share one port; give --metrics-port 0 (each picks one)")
+    code = supervisor.Supervisor(supervisor.child_argv(sys.argv), count,
+                                 runner.config.shutdown_grace_s,
+                                 burst=runner.config.burst).run()
+    raise typer.Exit(code)
+
+
+def _processes_option(value: str) -> str:
+    try:
+        supervisor.processes(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: a number of processes (1 or more), or auto"
+                                 ) from None
+    return value
 
 
 def _worker_for(target: str, changes: dict[str, object]) -> Worker:

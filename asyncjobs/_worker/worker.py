@@ -47,6 +47,8 @@ from .upkeep import events_loop, heartbeat_loop, keepalive_loop
 from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
+banner = logging.getLogger("asyncjobs.worker.banner")
+"""The start-up banner's logger (under ``--processes N`` only the first process logs it)."""
 
 if TYPE_CHECKING:
     from ..metrics import WorkerMetrics
@@ -177,7 +179,7 @@ class Worker:
             rt = self._runtime(client, blocking)
             self._banner(where, version)
             for warning in verdict.warnings:
-                log.warning("redis   %s", warning)
+                banner.warning("redis   %s", warning)
             for store in rt.stores.values():
                 await _ensure_group(rt, store)
             self._live = rt
@@ -193,15 +195,16 @@ class Worker:
 
     def _banner(self, where: str, redis_version: str) -> None:
         cfg = self.config
-        log.info("asyncjobs %s worker %s (pid %d)", __version__, self.name, os.getpid())
-        log.info("redis   %s (Redis %s), prefix %s", where, redis_version, cfg.prefix)
-        log.info("queues  %s: concurrency %d, job timeout %s, claim timeout %g s, grace %g s%s",
-                 ", ".join(cfg.queues), cfg.concurrency,
-                 f"{cfg.job_timeout_s:g} s" if cfg.job_timeout_s else "none",
-                 cfg.claim_timeout_s, cfg.shutdown_grace_s, ", burst" if cfg.burst else "")
-        log.info("tasks   %s", ", ".join(sorted(self.tasks)) or "(none)")
+        banner.info("asyncjobs %s worker %s (pid %d)", __version__, self.name, os.getpid())
+        banner.info("redis   %s (Redis %s), prefix %s", where, redis_version, cfg.prefix)
+        banner.info("queues  %s: concurrency %d, job timeout %s, claim timeout %g s, "
+                    "grace %g s%s", ", ".join(cfg.queues), cfg.concurrency,
+                    f"{cfg.job_timeout_s:g} s" if cfg.job_timeout_s else "none",
+                    cfg.claim_timeout_s, cfg.shutdown_grace_s, ", burst" if cfg.burst else "")
+        banner.info("tasks   %s", ", ".join(sorted(self.tasks)) or "(none)")
         for job in self.crons:
-            log.info("cron    %s: %s -> %s", job.name, job.schedule.describe(), job.task.name)
+            banner.info("cron    %s: %s -> %s", job.name, job.schedule.describe(),
+                        job.task.name)
 
     def _runtime(self, client: Any, blocking: Any) -> Runtime:
         cfg = self.config

@@ -1,0 +1,111 @@
+"""``asyncjobs worker ... --processes N``: N worker processes under one supervisor that
+restarts the ones that die, forwards SIGTERM so each drains, and gives up on a crash loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import time
+
+import pytest
+
+import asyncjobs
+from asyncjobs._redis.embedded import RedisServer
+
+from .procs import WorkerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
+
+
+async def live_pids(url: str, prefix: str, count: int, timeout_s: float = 20.0) -> set[int]:
+    async with asyncjobs.create_pool(url, prefix=prefix) as pool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            workers = await pool.admin.workers()
+            if len(workers) >= count:
+                return {w.pid for w in workers}
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {count} live workers after {timeout_s} s")
+
+
+def test_processes_run_restart_and_stop_together(redis_server: RedisServer) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    sup = WorkerProcess("tests.apps.basic:worker", redis_server.url, prefix, "--processes",
+                        "2", "--grace", "2")
+    try:
+        pids = asyncio.run(live_pids(redis_server.url, prefix, 2))
+        assert len(pids) == 2 and sup.proc.pid not in pids
+
+        async def work() -> list[int]:
+            async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
+                jobs = [await pool.enqueue("add", i, 1) for i in range(40)]
+                return [await j.result(timeout=20) for j in jobs]
+
+        assert asyncio.run(work()) == [i + 1 for i in range(40)]
+        assert sup.output.count("asyncjobs.worker.banner: asyncjobs ") == 1  # one banner
+        # Kill the second process (the first one's replacement would print the banner).
+        victim = int(re.search(r"worker process 1 started \(pid (\d+)\)", sup.output)[1])
+        os.kill(victim, signal.SIGKILL)
+        sup.wait_for("worker process 1 died (exit -9); restarting it in 1 s")
+
+        async def replaced() -> set[int]:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                now = await live_pids(redis_server.url, prefix, 2)
+                if victim not in now and len(now - pids) == 1:
+                    return now
+                await asyncio.sleep(0.2)
+            raise AssertionError("the killed process was not replaced")
+
+        asyncio.run(replaced())
+        assert sup.output.count("asyncjobs.worker.banner: asyncjobs ") == 1
+        began = time.monotonic()
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(10) == 0
+        assert time.monotonic() - began < 2 + 5
+        assert sup.output.count("stopped") >= 2
+    finally:
+        sup.close()
+
+
+def test_a_crash_loop_stops_the_supervisor(redis_server: RedisServer) -> None:
+    sup = WorkerProcess("tests.apps.crashing:worker", redis_server.url,
+                        f"t{secrets.token_hex(4)}", "--processes", "4")
+    try:
+        assert sup.wait(60) == 1
+        assert "worker processes keep crashing" in sup.output
+    finally:
+        sup.close()
+
+
+def test_burst_mode_ends_when_every_process_has_drained(redis_server: RedisServer) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+
+    async def enqueue() -> list[str]:
+        async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
+            return [(await pool.enqueue("add", i, 1)).id for i in range(30)]
+
+    ids = asyncio.run(enqueue())
+    sup = WorkerProcess("tests.apps.basic:worker", redis_server.url, prefix, "--processes",
+                        "2", "--burst")
+    try:
+        assert sup.wait(60) == 0
+
+        async def states() -> set[str]:
+            async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
+                return {(await pool.job(i).status()).value for i in ids}
+
+        assert asyncio.run(states()) == {"complete"}
+    finally:
+        sup.close()
+
+
+def test_a_bad_processes_value_is_one_line() -> None:
+    from .procs import run_cli
+
+    done = run_cli("worker", "tests.apps.basic:worker", "--processes", "zero")
+    assert done.returncode == 2
+    assert done.stderr.startswith("asyncjobs: error:") and "--processes" in done.stderr
