@@ -18,6 +18,8 @@ from asyncjobs import Context
 from asyncjobs.dashboard import create_app
 from asyncjobs.testing import Harness
 
+from .test_dashboard_listing import dead_letters, fail
+
 pytestmark = pytest.mark.asyncio
 
 XSS = "<script>alert(1)</script>"
@@ -104,9 +106,7 @@ def numbers(html: str, attr: str = "data-stat") -> dict[str, str]:
 
 async def test_every_page_answers_and_numbers_match_redis(harness: Harness) -> None:
     pool = harness.pool
-    for i in range(3):
-        await pool.enqueue(boom, i)
-    await harness.run_all([boom])
+    await dead_letters(pool, 3, 0)
     for i in range(4):
         await pool.enqueue("t", i)
     await pool.enqueue(asyncjobs.task_ref("t").options(delay=600), 9)
@@ -145,9 +145,10 @@ async def test_large_lists_paginate(harness: Harness) -> None:
 async def test_redis_data_is_shown_as_text(harness: Harness) -> None:
     pool = harness.pool
     job = await pool.enqueue(boom.options(job_id=f"id{XSS}"), 1)
+    await fail(pool, job, f"error{XSS}", f"message {XSS}")
     xjob = await pool.enqueue(asyncjobs.task_ref(f"task{XSS}"), XSS,
                               note='"><img src=x onerror=alert(1)>')
-    await harness.run_all([boom])
+    await fail(pool, xjob)
     await pool.client.xadd(pool.keys("default").dead, {"i": XSS, "r": f"reason {XSS}"})
     await pool.enqueue(asyncjobs.task_ref("t", queue=XSS), 1)
     async with client(create_app(pool)) as http:
@@ -170,13 +171,13 @@ async def test_redis_data_is_shown_as_text(harness: Harness) -> None:
 
 async def test_a_job_page_shows_the_record(harness: Harness) -> None:
     job = await harness.pool.enqueue(boom, 7)
-    await harness.run_all([boom])
+    await fail(harness.pool, job, message="boom 7")
     await harness.pool.client.hset(harness.pool.keys("default").job(job.id), "p",
                                    b"\x93\xcb?\xe0\x00\x00\x00\x00\x00\x00\xa4half\x00")
     async with client(create_app(harness.pool)) as http:
         html = (await http.get("/job", params={"id": job.id})).text
     assert 'data-field="state">failed<' in html and "boom 7" in html
-    assert "Traceback (most recent call last)" in html
+    assert "Traceback ...\nbuiltins.ValueError: boom 7" in html
     assert '<progress max="1" value="0.5">' in html and "half" in html
     assert "attempt 1 failed" in html and "enqueued" in html  # the timeline
     assert 'data-action="requeue"' in html and 'data-action="abort"' not in html
@@ -258,7 +259,7 @@ async def test_the_csrf_cookie_is_strict_and_scoped(harness: Harness) -> None:
 
 async def test_read_only_mode_removes_the_actions(harness: Harness) -> None:
     job = await harness.pool.enqueue(boom, 1)
-    await harness.run_all([boom])
+    await fail(harness.pool, job)
     await harness.pool.enqueue(asyncjobs.task_ref("t").options(delay=60), 1)
     async with client(create_app(harness.pool, read_only=True)) as http:
         for path in ("/dead", f"/job?id={job.id}", "/queue?list=delayed"):
@@ -275,7 +276,8 @@ async def test_every_action_does_what_it_says_and_is_logged(
         harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     pool = harness.pool
     dead = [await pool.enqueue(boom, i) for i in range(4)]
-    await harness.run_all([boom])
+    for job in dead:
+        await fail(pool, job)
     later = await pool.enqueue(asyncjobs.task_ref("t").options(delay=600), 1)
     queued = await pool.enqueue("t", 2)
     caplog.set_level(logging.INFO, "asyncjobs.dashboard")
@@ -293,10 +295,11 @@ async def test_every_action_does_what_it_says_and_is_logged(
         [(_, due)] = await pool.client.zrange(pool.keys("default").delayed, 0, -1,
                                               withscores=True)
         assert due == 0
-        # The 4 requeued jobs fail again; the job made due runs now (an unknown task here).
-        await harness.run_all([boom], fast_forward=False)
+        for job in dead:  # the 4 requeued jobs fail again
+            assert await job.status() is asyncjobs.JobState.QUEUED
+            await fail(pool, job)
         purge = await post(http, "purge", token, queue="default")
-        assert purge.json()["message"] == "purged 5 dead letter(s)"
+        assert purge.json()["message"] == "purged 4 dead letter(s)"
         assert (await post(http, "abort", token, queue="default", ids=[])).status_code == 400
         assert (await post(http, "explode", token, queue="default")).status_code == 404
     assert (await queued.status()) is asyncjobs.JobState.ABORTED
@@ -308,11 +311,7 @@ async def test_every_action_does_what_it_says_and_is_logged(
 
 
 async def test_dead_letter_filters_over_http(harness: Harness) -> None:
-    for i in range(3):
-        await harness.pool.enqueue(boom, i)
-    for i in range(2):
-        await harness.pool.enqueue(crash, i)
-    await harness.run_all([boom, crash])
+    await dead_letters(harness.pool, 3, 2)
     async with client(create_app(harness.pool)) as http:
         crashes = (await http.get("/dead", params={"task": "crash"})).text
         values = (await http.get("/dead", params={"error": "ValueError"})).text
@@ -385,3 +384,26 @@ async def test_the_charts_geometry() -> None:
     assert drawn.labels[0] == (0.0, "12:00")
     empty = chart([])
     assert empty.bars == [] and empty.failure_rate is None and empty.rate_points == ""
+
+
+
+async def test_workers_and_cron_pages_show_a_live_worker(harness: Harness) -> None:
+    import asyncio
+
+    from .conftest import Backend, running
+
+    backend = Backend("fake", None, harness.client_factory, harness.prefix)
+    worker = harness.worker([boom], concurrency=7,
+                            cron=[asyncjobs.cron(boom, every=3600, name="hourly", args=[1])])
+    async with running(backend, worker), client(create_app(harness.pool)) as http:
+        for _ in range(100):
+            if await harness.pool.admin.leader() == worker.name:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a heartbeat with the cron jobs
+        workers = (await http.get("/workers")).text
+        crons = (await http.get("/crons")).text
+    assert f'<tr data-worker="{worker.name}">' in workers
+    assert '<td class="num">7</td>' in workers  # its concurrency
+    assert f'data-field="leader">{worker.name}<' in crons
+    assert '<tr data-cron="hourly">' in crons and "every 3600s" in crons

@@ -4,15 +4,16 @@ filters, bounded scans, and cursors that were tampered with."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 
 import asyncjobs
 from asyncjobs import Context
+from asyncjobs._codec import encode_errors
+from asyncjobs._model import ErrorInfo
 from asyncjobs._producer.listing import MAX_LIMIT, decode_cursor, encode_cursor
 from asyncjobs._redis.keys import GROUP
-
-from .conftest import Backend
 
 pytestmark = pytest.mark.asyncio
 
@@ -76,18 +77,36 @@ async def test_delayed_pages_survive_ties_and_departures(pool: asyncjobs.Pool) -
     assert [r.job_id for r in after.items] == [r.job_id for r in third.items]
 
 
-async def dead_letters(backend: Backend, pool: asyncjobs.Pool, booms: int,
-                       crashes: int) -> None:
+async def fail(pool: asyncjobs.Pool, job: asyncjobs.Job[Any], error: str = "builtins.ValueError",
+               message: str = "boom") -> None:
+    """Dead-letter a queued job the way settle.lua does after its last attempt failed:
+    a letter, and the record failed with its error history (no worker needed)."""
+    keys = pool.keys(job.queue)
+    seconds, micros = await pool.client.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    reason = f"raised {error.rpartition('.')[2]} on try 1 of 1"
+    letter = await pool.client.xadd(keys.dead, {"i": job.id, "r": reason, "t": now})
+    entry = await pool.client.hget(keys.job(job.id), "e")
+    if entry:
+        await pool.client.xdel(keys.stream, entry)
+    history = encode_errors([ErrorInfo(error, message, f"Traceback ...\n{error}: {message}\n",
+                                       1, now)])
+    await pool.client.hset(keys.job(job.id), mapping={
+        "s": "failed", "a": 1, "st": now, "et": now, "w": "test:1:x", "h": history,
+        "dl": reason, "de": letter})
+    await pool.client.hdel(keys.job(job.id), "e")
+    await pool.client.hincrby(keys.minute(now // 60_000), "failed", 1)
+
+
+async def dead_letters(pool: asyncjobs.Pool, booms: int, crashes: int) -> None:
     for i in range(booms):
-        await pool.enqueue(boom, i)
+        await fail(pool, await pool.enqueue(boom, i), message=f"boom {i}")
     for i in range(crashes):
-        await pool.enqueue(crash, i)
-    await backend.run(backend.worker([boom, crash], burst=True))
+        await fail(pool, await pool.enqueue(crash, i), "builtins.KeyError", str(i))
 
 
-async def test_dead_letters_newest_first_with_filters(backend: Backend,
-                                                      pool: asyncjobs.Pool) -> None:
-    await dead_letters(backend, pool, 5, 3)
+async def test_dead_letters_newest_first_with_filters(pool: asyncjobs.Pool) -> None:
+    await dead_letters(pool, 5, 3)
     page = await pool.admin.dead_letter_page(limit=4)
     assert len(page.items) == 4 and page.cursor
     rest = await pool.admin.dead_letter_page(cursor=page.cursor, limit=4)
@@ -104,12 +123,9 @@ async def test_dead_letters_newest_first_with_filters(backend: Backend,
     assert (await pool.admin.dead_letter_page(task="nothing")).items == []
 
 
-async def test_a_filtered_scan_is_bounded_and_resumes(backend: Backend,
-                                                      pool: asyncjobs.Pool) -> None:
-    await dead_letters(backend, pool, 6, 0)
-    await pool.enqueue(crash, 99)  # the oldest letter
-    await backend.run(backend.worker([crash], burst=True))
-    # newest first: the crash is the newest letter now; the booms come after it.
+async def test_a_filtered_scan_is_bounded_and_resumes(pool: asyncjobs.Pool) -> None:
+    await dead_letters(pool, 6, 1)
+    # newest first: the crash is the newest letter; the booms come after it.
     page = await pool.admin.dead_letter_page(error="ValueError", limit=10, scan=4)
     assert page.scanned == 4 and len(page.items) == 3 and page.cursor
     rest = await pool.admin.dead_letter_page(error="ValueError", limit=10, scan=4,

@@ -1,11 +1,13 @@
 """The dashboard mounted inside a FastAPI app under /admin/jobs, behind the app's own auth:
 the host's check refuses anonymous requests, links and cookies stay under the mount, and
-the actions log the host's user. Plus the ``asyncjobs dashboard`` command's checks."""
+the actions log the host's user. Plus the ``asyncjobs dashboard`` command's checks, and
+the templates and assets the package ships."""
 
 from __future__ import annotations
 
 import logging
 import re
+import subprocess
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +19,7 @@ import asyncjobs
 from asyncjobs.dashboard import create_app
 from asyncjobs.testing import Harness
 
-from .procs import run_cli
+from .procs import ROOT, run_cli
 
 
 def admin_user(request: Request) -> str:
@@ -128,3 +130,30 @@ def test_the_command_refuses_bad_options() -> None:
     assert bad_refresh.returncode == 2
     assert bad_refresh.stderr.startswith("asyncjobs: error: refresh_s must be between")
     assert "dashboard" in run_cli("--help").stdout
+
+
+def _shipped() -> list[str]:
+    import importlib.resources
+
+    root = importlib.resources.files("asyncjobs.dashboard")
+    found = []
+    for folder in ("templates", "templates/parts", "static"):
+        found += [f"{folder}/{f.name}" for f in (root / folder).iterdir() if f.is_file()]
+    return found
+
+
+def test_templates_and_assets_ship_in_the_package() -> None:
+    """The wheel (hatch) takes every file under asyncjobs/ that git does not ignore: each
+    template and asset is found through importlib.resources, compiles, and is not ignored."""
+    from asyncjobs.dashboard._app import _environment
+
+    files = _shipped()
+    assert {"static/dashboard.js", "static/dashboard.css", "templates/base.html"} <= set(files)
+    env = _environment()
+    for name in files:
+        if name.startswith("templates/"):
+            env.get_template(name.removeprefix("templates/"))
+    paths = [f"asyncjobs/dashboard/{name}" for name in files]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert ignored.stdout == ""
