@@ -32,6 +32,7 @@ from ._producer.pool import Pool
 from ._redis.connection import ClientFactory
 from ._redis.fake import fake_factory, fake_server
 from ._task import Task, as_task
+from ._tasks import cancel_and_wait
 from ._worker.worker import Worker
 
 __all__ = ["Harness"]
@@ -111,14 +112,16 @@ class Harness:
         test never waits for a delay or a backoff."""
         worker = tasks if isinstance(tasks, Worker) else self.worker(tasks, **options)
         runner = worker.configure(burst=True)
-        forward = asyncio.create_task(self._fast_forward(runner)) if fast_forward else None
+        stop = asyncio.Event()
+        forward = (asyncio.create_task(self._fast_forward(runner, stop)) if fast_forward
+                   else None)
         try:
             await runner.run(client_factory=self.client_factory)
         finally:
+            stop.set()
             if forward is not None:
-                forward.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forward
+                await asyncio.wait([forward], timeout=1.0)
+                await cancel_and_wait(forward)
 
     async def make_due(self, queue: str | None = None) -> int:
         """Make every delayed job of ``queue`` due now; returns how many."""
@@ -129,11 +132,13 @@ class Harness:
             await self.pool.client.zadd(delayed, due, xx=True)
         return len(members)
 
-    async def _fast_forward(self, worker: Worker) -> None:
-        while True:
+    async def _fast_forward(self, worker: Worker, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             for queue in worker.config.queues:
                 await self.make_due(queue)
-            await asyncio.sleep(0.005)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.005):
+                    await stop.wait()
 
     async def close(self) -> None:
         """Detach from the apps and close the pool."""

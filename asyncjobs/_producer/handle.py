@@ -107,7 +107,8 @@ class Job(Generic[R]):
                     if wait <= 0:
                         raise ResultTimeout(f"job {self.id} did not finish within {limit} s")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(notice.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await notice.wait()
 
     @contextlib.asynccontextmanager
     async def _registered(self, token: str) -> AsyncIterator[None]:

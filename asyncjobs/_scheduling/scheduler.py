@@ -211,7 +211,8 @@ class Scheduler:
         if seconds <= 0 or self.rt.stopping.is_set():
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: it can lose a cancellation
+                await self.wake.wait()
 
     async def _pause(self, seconds: float) -> None:
         """Any other wait (not leading, or backing off): wake-ups do not cut it short.

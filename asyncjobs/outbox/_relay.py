@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .._durations import Seconds, to_seconds
 from .._producer.pool import Pool, create_pool
 from .._redis.keys import check_name
+from .._tasks import cancel_and_wait
 from ..exceptions import ConfigurationError
 from ._db import OutboxStore
 from ._loop import RelayLoop, Settings, log
@@ -174,12 +175,8 @@ class Relay:
             yield None
         finally:
             stopped.set()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), _STOP_WAIT_S)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait([task], timeout=_STOP_WAIT_S)
+            await cancel_and_wait(task)
 
     def _loop(self, pool: Pool, holder: str, stopped: asyncio.Event, *,
               lease: bool | None = None) -> RelayLoop:
