@@ -160,6 +160,10 @@ class WorkerMetrics:
                           "stream.", q)
         self.oldest = gauge("asyncjobs_queue_oldest_waiting_age_seconds", "Age of the oldest "
                             "waiting job (0 when nothing waits).", q)
+        self.leader = gauge("asyncjobs_scheduler_leader", "1 while this worker's scheduler "
+                            "leads the queue (promotes delayed jobs and retries, fires cron "
+                            "ticks), else 0: across workers, max is 1 when a leader exists.",
+                            q)
         self.trimmed = gauge("asyncjobs_queue_dead_letters_trimmed", "Dead letters removed "
                              "by the retention limits (count and age) since the queue was "
                              "created, with their jobs' records (a total kept in Redis).", q)
@@ -234,6 +238,11 @@ class WorkerMetrics:
             self.dead.labels(queue=queue).set(stats.dead)
             self.oldest.labels(queue=queue).set(stats.oldest_waiting_s or 0.0)
             self.trimmed.labels(queue=queue).set(stats.counters.get("trimmed", 0))
+            try:
+                leads = await pool.admin.leader(queue) == self.worker
+            except (RedisUnavailable, RedisError, OSError):
+                continue
+            self.leader.labels(queue=queue).set(1 if leads else 0)
 
 
 __all__ = ["DURATION_BUCKETS", "EVENT_COUNTERS", "REFRESH_ENV", "TIMED_EVENTS", "Busy",

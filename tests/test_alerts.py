@@ -32,7 +32,7 @@ def exported() -> set[str]:
     for event in EVENT_COUNTERS:
         metrics.job_event(event, "q", "t", 0.1)
     for gauge in (metrics.waiting, metrics.in_flight, metrics.delayed, metrics.dead,
-                  metrics.oldest):
+                  metrics.oldest, metrics.leader, metrics.trimmed):
         gauge.labels(queue="q").set(1)
     metrics.heartbeat.labels(worker="w").set(1)
     return {s.name for family in metrics.registry.collect() for s in family.samples}
@@ -112,6 +112,10 @@ tests:
         values: '5x5 _x30'
       - series: 'asyncjobs_queue_delayed_jobs{{queue="mail",instance="w1"}}'
         values: '0x40'
+      - series: 'asyncjobs_scheduler_leader{{queue="stuck",instance="w1"}}'
+        values: '0x40'
+      - series: 'asyncjobs_scheduler_leader{{queue="stuck",instance="w3"}}'
+        values: '0x40'
     alert_rule_test:
       - eval_time: 10m
         alertname: AsyncjobsQueueBacklogOld
@@ -127,13 +131,18 @@ tests:
         exp_alerts: [{{exp_labels: {{severity: critical}}}}]
       - eval_time: 20m
         alertname: AsyncjobsSchedulerLeaderMissing
-        exp_alerts: [{{exp_labels: {{severity: critical, queue: gone}}}}]
+        exp_alerts: [{{exp_labels: {{severity: critical, queue: gone}}}},
+                     {{exp_labels: {{severity: critical, queue: stuck}}}}]
   - interval: 1m  # a healthy queue and a live worker: nothing fires
     input_series:
       - series: 'asyncjobs_worker_last_heartbeat_timestamp_seconds{{worker="w1"}}'
         values: '0+60x40'
       - series: 'asyncjobs_queue_delayed_jobs{{queue="mail",instance="w1"}}'
         values: '3x40'
+      - series: 'asyncjobs_scheduler_leader{{queue="mail",instance="w1"}}'
+        values: '1x40'
+      - series: 'asyncjobs_scheduler_leader{{queue="mail",instance="w2"}}'
+        values: '0x40'
       - series: 'asyncjobs_queue_dead_letters{{queue="mail",instance="w1"}}'
         values: '7x40'
       - series: 'asyncjobs_queue_oldest_waiting_age_seconds{{queue="mail",instance="w1"}}'
