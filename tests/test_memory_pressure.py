@@ -41,12 +41,15 @@ async def fill(pool: asyncjobs.Pool) -> list[str]:
         try:
             jobs = await pool.enqueue_many(batch)
         except asyncjobs.RedisFull as full:
-            assert all(r.startswith("OOM") for r in full.reasons.values()), full.reasons
-            accepted += [j.id for j in full.enqueued]
-            if not full.enqueued:
-                return accepted
+            refused = full
+        else:
+            accepted += [j.id for j in jobs]
             continue
-        accepted += [j.id for j in jobs]
+        reasons = refused.reasons.values()
+        assert all(r.startswith("OOM") for r in reasons), refused.reasons
+        accepted += [j.id for j in refused.enqueued]
+        if not refused.enqueued:
+            return accepted
     raise AssertionError("Redis never filled up")
 
 
@@ -89,7 +92,7 @@ async def _lru_redis(server: RedisServer) -> None:
 @pytest.mark.asyncio
 async def test_a_pool_refuses_a_redis_that_may_evict_jobs(fresh_redis: RedisServer) -> None:
     await _lru_redis(fresh_redis)
-    with pytest.raises(asyncjobs.ConfigurationError, match="allkeys-lru.*noeviction"):
+    with pytest.raises(asyncjobs.ConfigurationError, match=r"allkeys-lru.*noeviction"):
         await asyncjobs.create_pool(fresh_redis.url)
     pool = await asyncjobs.create_pool(fresh_redis.url, allow_eviction=True)
     await pool.close()
