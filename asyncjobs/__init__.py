@@ -5,9 +5,11 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 """
 
 from ._context import Context
+from ._events import JobEvent
 from ._middleware import Middleware, Observer
 from ._model import ErrorInfo, JobInfo, JobState, Progress
 from ._producer.handle import Job
+from ._producer.listing import JobRow, Page
 from ._producer.pool import Pool, create_pool
 from ._retry import RetryPolicy
 from ._scheduling.cron import CatchUp
@@ -48,13 +50,16 @@ __all__ = [
     "Job",
     "JobAborted",
     "JobError",
+    "JobEvent",
     "JobExpired",
     "JobFailed",
     "JobInfo",
     "JobNotFound",
+    "JobRow",
     "JobTimeout",
     "Middleware",
     "Observer",
+    "Page",
     "JobState",
     "Pool",
     "PoolExhausted",

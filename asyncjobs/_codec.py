@@ -158,9 +158,31 @@ def decode_errors(data: bytes | None) -> tuple[ErrorInfo, ...]:
     return tuple(_errors_decoder.decode(data)) if data else ()
 
 
+MAX_PROGRESS = 8192
+"""The largest progress report (encoded bytes) a task may send."""
+
+
 def encode_progress(progress: Progress) -> bytes:
     """Encode a progress report."""
     return _encoder.encode(progress)
+
+
+def progress_report(value: float, detail: object, at_ms: int) -> bytes:
+    """A task's progress report, encoded: ``detail`` text is the message (500 characters
+    kept), anything else is data. ``ValueError`` for a value that is not a finite number or
+    a report over ``MAX_PROGRESS`` bytes; ``SerializationError`` for data msgspec cannot
+    encode."""
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"progress must be a finite number, got {value!r}")
+    if isinstance(detail, str):
+        report = Progress(number, detail[:500], at_ms)
+    else:
+        report = Progress(number, "", at_ms, detail)
+    data = encode_value(report, "progress")
+    if len(data) > MAX_PROGRESS:
+        raise ValueError(f"progress report of {len(data)} bytes: at most {MAX_PROGRESS}")
+    return data
 
 
 def decode_progress(data: bytes | None) -> Progress | None:

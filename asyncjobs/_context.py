@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._codec import progress_report
 from ._model import ErrorInfo, from_ms
 
 if TYPE_CHECKING:
@@ -23,11 +25,14 @@ class Context:
     __slots__ = (
         "_loop",
         "_report",
+        "args",
         "attempt",
         "enqueued_ms",
         "errors",
         "headers",
         "job_id",
+        "kwargs",
+        "log_context",
         "max_tries",
         "pool",
         "queue",
@@ -50,8 +55,10 @@ class Context:
         state: Any,
         pool: Pool,
         worker: str,
-        report: Callable[[str, str, float, str], Coroutine[Any, Any, None]],
+        report: Callable[[str, str, bytes], Coroutine[Any, Any, None]],
         loop: asyncio.AbstractEventLoop | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.job_id = job_id
         """The job's id: the natural idempotency key for calls to other systems."""
@@ -69,6 +76,14 @@ class Context:
         self.worker = worker
         self._report = report
         self._loop = loop
+        self.args = args
+        """The job's positional arguments, as the task receives them (for middleware:
+        tracing, auditing, a log context)."""
+        self.kwargs = dict(kwargs or {})
+        """The job's keyword arguments (a copy: changing it changes nothing)."""
+        self.log_context: dict[str, object] = {}
+        """Fields added to this attempt's log lines (``tenant=acme``; in JSON logs, fields
+        of their own): set them here, or for every job with ``Worker(log_context=...)``."""
 
     @property
     def enqueued_at(self) -> datetime:
@@ -80,13 +95,16 @@ class Context:
         """True when a failure now will not be retried because tries are used up."""
         return self.attempt >= self.max_tries
 
-    def progress(self, value: float, message: str = "") -> Awaitable[None]:
-        """Report progress (e.g. 0.0 to 1.0, or items done) and a short message.
+    def progress(self, value: float, detail: object = "") -> Awaitable[None]:
+        """Report progress: a number (0.0 to 1.0, or items done) and a message, or data
+        (``{"current": 40, "total": 100, "status": "..."}``: anything msgspec encodes, at
+        most 8 KiB; ``SerializationError`` / ``ValueError`` beyond, nothing recorded).
 
         In an ``async def`` task, ``await ctx.progress(...)``. In a plain ``def`` task (it
         runs in a thread), call ``ctx.progress(...)`` without ``await``: it is recorded on
         the worker's event loop before the call returns (waiting at most 10 s)."""
-        report = self._report(self.queue, self.job_id, float(value), message)
+        data = progress_report(value, detail, int(time.time() * 1000))
+        report = self._report(self.queue, self.job_id, data)
         loop = self._loop
         if loop is None or _running_loop() is loop:
             return report

@@ -5,16 +5,23 @@ logging context or metrics, ``around`` to hold a resource (a DB session, a traci
 for the attempt's duration. Middleware run in the order given; ``after`` in reverse.
 
 An ``Observer`` hears what the worker decided about each job (started, complete, retry,
-failed, expired, aborted, interrupted) with its duration: that is where metrics live,
-because it also sees jobs that never reach a task (dead-lettered, expired, aborted).
+failed, expired, aborted, interrupted) as a ``JobEvent``: the job's id, task, queue,
+attempt, duration, error, and its arguments on demand. That is where metrics and alerts
+live, because it also sees jobs that never reach a task (dead-lettered, expired, aborted).
+
+A ``LogContext`` hook (``Worker(log_context=...)``) returns fields for a job's log lines,
+e.g. ``lambda ctx: {"tenant": ctx.headers.get("tenant", "-")}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ._context import Context
+from ._events import JobEvent
+from .exceptions import ConfigurationError
 
 Call = Callable[[], Awaitable[Any]]
 
@@ -34,10 +41,33 @@ class Middleware:
 
 
 class Observer(Protocol):
-    """Receives job events: ``event`` is 'started', 'complete', 'retry', 'failed',
-    'expired', 'aborted' or 'interrupted'; ``duration_s`` is 0 for 'started'."""
+    """Receives every job event (see ``JobEvent`` for the kinds). Called on the worker's
+    event loop: keep it quick (hand slow work to a task or a queue); an exception it raises
+    is logged and never breaks a job."""
 
-    def job_event(self, event: str, queue: str, task: str, duration_s: float) -> None: ...
+    def job_event(self, event: JobEvent) -> None: ...
+
+
+def check_observers(observers: Sequence[object]) -> None:
+    """``ConfigurationError`` for an observer that cannot take ``job_event(event)``: none
+    at all, or the four-argument form of earlier releases (one line saying how to port it)."""
+    for observer in observers:
+        hook = getattr(observer, "job_event", None)
+        if not callable(hook):
+            raise ConfigurationError(f"observer {observer!r} has no job_event(event) method")
+        try:
+            inspect.signature(hook).bind(None)
+        except TypeError:
+            raise ConfigurationError(
+                f"observer {observer!r}: job_event must take one JobEvent "
+                "(event.kind, event.queue, event.task, event.duration_s...), not "
+                "(event, queue, task, duration_s)") from None
+        except ValueError:  # no signature to read (a builtin): trust it
+            continue
+
+
+LogContext = Callable[[Context], Mapping[str, object]]
+"""Fields for a job's log lines, from its context (headers, task, queue...)."""
 
 
 Invoke = Callable[[Context, Call], Awaitable[Any]]

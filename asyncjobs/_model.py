@@ -97,11 +97,14 @@ class JobSpec(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 class Progress(msgspec.Struct, array_like=True, frozen=True):
-    """The latest progress a task reported."""
+    """The latest progress a task reported: a number, and a message or structured data."""
 
     value: float
     message: str = ""
     at_ms: int = 0
+    data: Any = None
+    """What the task reported besides the number, when it is not text (a dict such as
+    ``{"current": 40, "total": 100}``); None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ bug still shows its traceback.
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib
 import logging
 import os
@@ -32,6 +33,7 @@ from ._cli.render import (
     Command,
     Group,
     dead_table,
+    jobs_table,
     print_job,
     progress_bar,
     queues_table,
@@ -233,6 +235,66 @@ def job(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
         typer.echo(to_json(record))
     else:
         print_job(Console(), record)
+
+
+class State(enum.StrEnum):
+    """The states ``asyncjobs jobs`` lists."""
+
+    running = "running"
+    queued = "queued"
+    scheduled = "scheduled"
+    failed = "failed"
+    dead = "dead"
+    complete = "complete"
+
+
+class Order(enum.StrEnum):
+    """Which jobs come first."""
+
+    oldest = "oldest"
+    newest = "newest"
+
+
+@app.command(cls=Command)
+def jobs(
+    state: Annotated[State, typer.Option("--state", "-s", case_sensitive=False,
+                                         help="Which jobs to list.")],
+    redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
+    task: Annotated[str, typer.Option("--task", help="Only this task's jobs.")] = "",
+    order: Annotated[Order | None, typer.Option(
+        "--order", case_sensitive=False,
+        help="oldest or newest first [default: oldest for running, queued, scheduled]")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
+    cursor: Annotated[str | None, typer.Option(
+        "--cursor", help="Go on from where the previous page ended.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """A page of a queue's jobs in one state: id, task, attempts, times, worker, progress.
+
+    complete and failed (failed, expired or aborted) list the latest ended jobs while their
+    records last; dead lists the dead letters."""
+    page = _run(_listing(ops.jobs(ops.Target(redis_url, prefix), state.value, queue,
+                                  order=order.value if order else None, task=task,
+                                  cursor=cursor, limit=limit)))
+    if as_json:
+        typer.echo(to_json({"jobs": page.items, "cursor": page.cursor}))
+        return
+    where = f"queue {queue or 'default'!r}"
+    if page.items:
+        _out(False, None, jobs_table(f"{state.value} jobs on {where}", page.items,
+                                     worker=state is State.running))
+    else:
+        typer.echo(f"no {state.value} jobs on {safe(where)}")
+    if page.cursor:
+        typer.echo(f"more: add --cursor {page.cursor}")
+
+
+async def _listing(listing: Coroutine[Any, Any, T]) -> T:
+    """A listing's bad input (an altered cursor) is a usage error: one line, exit 2."""
+    try:
+        return await listing
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 @app.command(cls=Command)

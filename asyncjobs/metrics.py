@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 if TYPE_CHECKING:
+    from ._events import JobEvent
     from ._producer.pool import Pool
 
 log = logging.getLogger("asyncjobs.metrics")
@@ -177,13 +178,17 @@ class WorkerMetrics:
         self.heartbeat = gauge("asyncjobs_worker_last_heartbeat_timestamp_seconds", "Unix "
                                "time of this worker's last metrics refresh.", "worker")
 
-    def job_event(self, event: str, queue: str, task: str, duration_s: float) -> None:
+    def job_event(self, event: JobEvent) -> None:
         """Count one job event (the worker's executor calls this; see ``EVENT_COUNTERS``)."""
+        self.count(event.kind, event.queue, event.task, event.duration_s)
+
+    def count(self, kind: str, queue: str, task: str, duration_s: float = 0.0) -> None:
+        """Count one event of ``kind`` for ``task`` on ``queue``."""
         if self.tasks is not None and task not in self.tasks:
             task = UNKNOWN_TASK
-        for name in counters_for(event):
+        for name in counters_for(kind):
             self.counters[name].labels(queue=queue, task=task).inc()
-        if event in TIMED_EVENTS and duration_s > 0:
+        if kind in TIMED_EVENTS and duration_s > 0:
             self.duration.labels(queue=queue, task=task).observe(duration_s)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

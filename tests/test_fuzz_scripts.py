@@ -249,6 +249,10 @@ junk = st.one_of(
     st.integers(-(10**16), 10**16).map(num),
 )
 WRONG_TYPES = ("string", "list", "set", "zset", "stream")
+LAST_ID = b"18446744073709551615-18446744073709551615"
+ENDED_STATES = ("", "", "", *WRONG_TYPES, "exhausted stream")
+"""What the ended index may hold before a call: nothing, garbage of any type, a stream of
+garbage, or a stream holding the last possible id (XADD * fails there)."""
 
 
 async def make_wrong(client: Redis, name: bytes | str, kind: str) -> None:
@@ -264,6 +268,8 @@ async def make_wrong(client: Redis, name: bytes | str, kind: str) -> None:
         await client.zadd(name, {b"junk": 1})
     elif kind == "stream":
         await client.xadd(name, {b"junk": b"1"})
+    elif kind == "exhausted stream":
+        await client.xadd(name, {b"junk": b"1"}, id=LAST_ID)
     else:
         await client.hset(name, b"junk", b"1")
 
@@ -570,6 +576,16 @@ class Model:
         added.append(fields)
         return Ref(stream, len(added) - 1)
 
+    def note_ended(self, index: bytes, ended: list[bytes]) -> None:
+        """One ended-index entry for the jobs a call ended, unless the index cannot take
+        it (not a stream, or a stream that holds the last possible id): best effort."""
+        old = self.space.get(index)
+        if not ended or (old is not None and (old.kind != "stream" or (old.content.entries
+                                              and old.content.entries[-1][0] == LAST_ID))):
+            return
+        self.space.pop(index, None)
+        self.add(index, ended)
+
     def count_into(self, stats: bytes) -> None:
         """The counters, unless the stats key is of the wrong type (best effort)."""
         old = self.space.get(stats)
@@ -595,6 +611,7 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
     fields = stream_fields(before, k.stream)
     replies = []
     delayed = k.delayed.encode()
+    ended: list[bytes] = []
     for op in ops:
         case = batch[op.case]
         if case.entry not in held:
@@ -628,6 +645,7 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
             if hashable:
                 extra = {b"r": op.payload} if op.outcome == "complete" else {}
                 finish(op.outcome.encode(), op.number, {**extra, **hist})
+                ended += [case.job_id, num(now)]
         elif op.outcome == "retry":
             broken = not hashable
             if hashable:
@@ -639,6 +657,7 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
             letter = model.add(dead, [b"i", case.job_id, b"r", op.payload, b"t", num(now)])
             if hashable:  # kept as long as its letter: a TTL (the longest letter age)
                 finish(b"failed", 1, {b"dl": op.payload, b"de": letter, **hist})
+                ended += [case.job_id, num(now)]
         elif op.outcome == "garbage":
             kind = dead_letter(op.payload)
         if broken:
@@ -646,6 +665,7 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
         if kind != "ack":
             model.counts[kind] += 1
     model.count_into(k.stats.encode())
+    model.note_ended(k.ended.encode(), ended)
     return replies, model
 
 
@@ -724,6 +744,7 @@ def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_re
     later = data.draw(st.lists(st.sampled_from(AFTERWARDS), min_size=len(batch),
                                max_size=len(batch)), "job keys after the start")
     broken_stats = data.draw(st.sampled_from(("", "", *WRONG_TYPES)), "stats key")
+    ended_index = data.draw(st.sampled_from(ENDED_STATES), "ended index")
 
     async def body(env: Env) -> None:
         client, k = env.client, env.keys
@@ -745,6 +766,8 @@ def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_re
                 await make_wrong(client, env.job(case.job_id), then)
         if broken_stats:
             await make_wrong(client, k.stats, broken_stats)
+        if ended_index:
+            await make_wrong(client, k.ended, ended_index)
         before = await snapshot(client, k)
         call = env.store.settle_call(ME, [
             SettleOp(text(batch[op.case].entry), text(batch[op.case].job_id), op.outcome,
@@ -932,6 +955,7 @@ def model_promote(env: Env, members: dict[bytes, float], limit: int, ttl: int, b
     else:
         model.space.pop(delayed, None)
     promoted = expired = 0
+    ended: list[bytes] = []
     for job_id in due:
         key = env.job(job_id)
         cur = model.space.get(key)
@@ -946,6 +970,7 @@ def model_promote(env: Env, members: dict[bytes, float], limit: int, ttl: int, b
         if expires is not None and now >= expires:
             expired += 1
             model.counts["expired"] += 1
+            ended += [job_id, num(now)]
             if ttl == 0:
                 del model.space[key]
             else:
@@ -957,15 +982,17 @@ def model_promote(env: Env, members: dict[bytes, float], limit: int, ttl: int, b
             model.space[key] = Key("hash", cur.ttl, {**cur.content, b"s": b"queued",
                                                      b"e": entry})
     model.count_into(k.stats.encode())
+    model.note_ended(k.ended.encode(), ended)
     first = min(left.values()) if left else None
     return (promoted, expired, None if first is None else int(first)), model
 
 
 @settings(FUZZ, max_examples=100)
 @given(members=st.lists(dues, min_size=1, max_size=10), limit=st.integers(1, 10),
-       ttl=st.sampled_from((0, 60)), stats=st.sampled_from(QUEUE_KEY_STATE))
+       ttl=st.sampled_from((0, 60)), stats=st.sampled_from(QUEUE_KEY_STATE),
+       ended_index=st.sampled_from(ENDED_STATES))
 def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
-    backend: Backend, members: list[Due], limit: int, ttl: int, stats: str
+    backend: Backend, members: list[Due], limit: int, ttl: int, stats: str, ended_index: str
 ) -> None:
     async def body(env: Env) -> None:
         client, k = env.client, env.keys
@@ -985,6 +1012,8 @@ def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
             await client.zadd(k.delayed, {f"d{n}": times.get(due.score, due.score)})
         if stats:
             await make_wrong(client, k.stats, stats)
+        if ended_index:
+            await make_wrong(client, k.ended, ended_index)
         before = await snapshot(client, k)
         scores = dict(before[k.delayed.encode()].content)
         lo = await redis_ms(client)

@@ -70,7 +70,7 @@ def test_job_events_count_and_time() -> None:
     for event, duration in [("started", 0.0), ("retry", 0.02), ("started", 0.0),
                             ("failed", 0.3), ("failed", 0.0), ("complete", 2.0),
                             ("expired", 0.0), ("bogus", 1.0)]:
-        m.job_event(event, "q", "t", duration)
+        m.count(event, "q", "t", duration)
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"queue": "q", "task": "t", **labels})
@@ -287,8 +287,8 @@ def test_unknown_task_names_share_one_metrics_label() -> None:
 
     metrics = WorkerMetrics(worker="w", queues=["default"], concurrency=1, tasks=["add"])
     for i in range(2000):
-        metrics.job_event("failed", "default", f"task-{i}", 0.0)
-    metrics.job_event("complete", "default", "add", 0.01)
+        metrics.count("failed", "default", f"task-{i}", 0.0)
+    metrics.count("complete", "default", "add", 0.01)
     labels = {s.labels["task"] for m in metrics.registry.collect() for s in m.samples
               if "task" in s.labels}
     assert labels == {UNKNOWN_TASK, "add"}

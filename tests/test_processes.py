@@ -71,6 +71,30 @@ def test_processes_run_restart_and_stop_together(redis_server: RedisServer) -> N
         sup.close()
 
 
+def test_no_worker_outlives_a_killed_supervisor(redis_server: RedisServer) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    sup = WorkerProcess("tests.apps.basic:worker", redis_server.url, prefix, "--processes",
+                        "2", "--grace", "1")
+    try:
+        pids = asyncio.run(live_pids(redis_server.url, prefix, 2))
+        sup.kill()  # SIGKILL: no chance to forward anything
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "a worker process was orphaned"
+    finally:
+        sup.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting to be reaped is gone
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_a_crash_loop_stops_the_supervisor(redis_server: RedisServer) -> None:
     sup = WorkerProcess("tests.apps.crashing:worker", redis_server.url,
                         f"t{secrets.token_hex(4)}", "--processes", "4")

@@ -57,7 +57,8 @@ def job_logs(choice: str) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, job fields, exception."""
+    """One JSON object per record: time, level, logger, message, job fields (with the
+    job's log context, which never replaces a field of asyncjobs' own), exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -69,6 +70,10 @@ class JsonFormatter(logging.Formatter):
         for name in _FIELDS:
             if hasattr(record, name):
                 out[name] = getattr(record, name)
+        context = getattr(record, "context", None)
+        if isinstance(context, dict):  # the job's log context: fields of its own
+            for key, value in context.items():
+                out.setdefault(str(key), value)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

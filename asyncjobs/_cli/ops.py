@@ -10,6 +10,7 @@ from typing import Any
 from .._model import JobInfo
 from .._producer.admin import OnProgress, QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.listing import JobRow, Page
 from .._producer.pool import _PoolOpener, create_pool
 from .._producer.registry import WorkerInfo
 from .._redis.health import judge, read_settings
@@ -138,6 +139,14 @@ async def dead_letters(target: Target, queue: str | None, limit: int) -> list[De
     """The newest dead letters of a queue."""
     async with _inspect(target) as pool:
         return await pool.admin.dead_letters(queue, limit=limit)
+
+
+async def jobs(target: Target, state: str, queue: str | None, *, order: str | None,
+               task: str, cursor: str | None, limit: int) -> Page[JobRow]:
+    """A page of a queue's jobs in a state (see ``Admin.jobs``)."""
+    async with _inspect(target) as pool:
+        return await pool.admin.jobs(state, queue, order=order, task=task, cursor=cursor,
+                                     limit=limit)
 
 
 async def requeue(target: Target, queue: str | None, job_ids: list[str]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from rich.text import Text
 from .._model import JobInfo
 from .._producer.admin import QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.listing import JobRow
 from .._producer.registry import WorkerInfo
 from .._text import clean
 
@@ -150,6 +151,26 @@ def dead_table(letters: list[DeadLetter]) -> Table:
     """One row per dead letter."""
     rows = [[d.job_id or f"(entry {d.entry})", _age(d.at), d.reason] for d in letters]
     return _table("dead letters", ["job id", "#when", "reason"], rows)
+
+
+def jobs_table(title: str, rows: list[JobRow], *, worker: bool = False) -> Table:
+    """One row per listed job: id, task, state, tries, when, progress, error (and the
+    worker holding it, for running jobs)."""
+    def progress(job: JobRow) -> str:
+        p = job.progress
+        if p is None:
+            return ""
+        detail = p.message or (json.dumps(p.data, separators=(",", ":"), default=str)
+                               if p.data is not None else "")
+        detail = detail if len(detail) <= 40 else detail[:39] + "\u2026"
+        return f"{p.value:g} {detail}".strip()
+
+    columns = ["job id", "task", "state", "#tries", "#when", *(["worker"] if worker else []),
+               "progress", "error"]
+    cells = [[j.job_id, j.task, j.state, str(j.attempts), _age(j.ended_at or j.at),
+              *([j.worker or ""] if worker else []), progress(j),
+              j.reason or j.error_type or ""] for j in rows]
+    return _table(title, columns, cells)
 
 
 def print_job(console: Console, info: JobInfo) -> None:

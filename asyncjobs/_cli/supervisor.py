@@ -12,13 +12,15 @@ process with threads or an event loop), then:
   would hit it) stops everything at once with exit 2;
 - forwards SIGTERM and SIGINT to every child, so each drains within its grace period, and
   waits for them (a second SIGINT reaches them too: they cancel at once); a child still
-  running ``grace + STOP_MARGIN_S`` after the stop is killed;
+  running ``grace + STOP_MARGIN_S`` after the stop is killed; and a child whose supervisor
+  died (even by SIGKILL) gets SIGTERM, so no worker is ever left orphaned;
 - in burst mode a child that exits 0 is done and not restarted; the supervisor exits when
   all are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -135,7 +137,8 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         env = {**os.environ, INDEX_ENV: str(slot.index)}
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncjobs", "worker", *self.argv], env=env)
+            [sys.executable, "-m", "asyncjobs", "worker", *self.argv], env=env,
+            preexec_fn=_die_with_parent)
         slot.started, slot.restart_at = time.monotonic(), None
         log.info("worker process %d started (pid %d)", slot.index, slot.proc.pid)
 
@@ -150,6 +153,19 @@ class Supervisor:
         for slot in self._slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: get SIGTERM (a graceful stop) if the supervisor dies,
+    even by SIGKILL, so no worker process is ever orphaned (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _pid(slot: _Slot) -> int:

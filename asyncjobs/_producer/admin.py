@@ -298,24 +298,38 @@ class Admin:
 
     # -- listings (the dashboard's pages); read-only, bounded per page: see ``listing`` --
 
+    async def jobs(self, state: str, queue: str | None = None, *, order: str | None = None,
+                   task: str = "", cursor: str | None = None, limit: int = 50,
+                   scan: int = 1000) -> Page[JobRow]:
+        """A page of the jobs of a queue in ``state``: 'queued' (waiting for a worker),
+        'running' (delivered, not settled), 'scheduled' (delayed, or a retry's backoff),
+        'dead' (dead letters), 'complete', or 'failed' (ended failed, expired or aborted;
+        the latest ended jobs, at least 2,000 per queue, while their records last).
+
+        ``order`` is 'oldest' or 'newest' first (default: oldest for queued, running and
+        scheduled, newest for the rest); ``task`` keeps one task's jobs. Pass the page's
+        ``cursor`` back for the next page. Each call reads at most ``scan`` jobs (under a
+        filter the page may hold fewer rows than ``limit``; its cursor goes on). One
+        ``ValueError`` line for an unknown state or order, a limit outside 1..500, or a
+        cursor that was altered or made for another listing."""
+        return await Listing(self.pool).jobs(queue or self.pool.default_queue, state,
+                                             order=order, cursor=cursor, limit=limit,
+                                             task=task, scan=scan)
+
     async def waiting_jobs(self, queue: str | None = None, *, cursor: str | None = None,
                            limit: int = 50) -> Page[JobRow]:
-        """Jobs waiting in the stream (not yet delivered), oldest first, a page at a time;
-        pass the page's ``cursor`` back for the next. ``ValueError`` for a bad cursor."""
-        return await Listing(self.pool).waiting(queue or self.pool.default_queue, cursor,
-                                                limit)
+        """``jobs("queued")``: waiting in the stream, oldest first."""
+        return await self.jobs("queued", queue, cursor=cursor, limit=limit)
 
     async def in_flight_jobs(self, queue: str | None = None, *, cursor: str | None = None,
                              limit: int = 50) -> Page[JobRow]:
-        """Jobs delivered to a worker and not settled, oldest delivery first, by page."""
-        return await Listing(self.pool).in_flight(queue or self.pool.default_queue, cursor,
-                                                  limit)
+        """``jobs("running")``: delivered to a worker and not settled, oldest first."""
+        return await self.jobs("running", queue, cursor=cursor, limit=limit)
 
     async def delayed_jobs(self, queue: str | None = None, *, cursor: str | None = None,
                            limit: int = 50) -> Page[JobRow]:
-        """Jobs waiting for a due time (delays, retries), soonest first, by page."""
-        return await Listing(self.pool).delayed(queue or self.pool.default_queue, cursor,
-                                                limit)
+        """``jobs("scheduled")``: waiting for a due time (delays, retries), soonest first."""
+        return await self.jobs("scheduled", queue, cursor=cursor, limit=limit)
 
     async def dead_letter_page(self, queue: str | None = None, *, cursor: str | None = None,
                                limit: int = 50, task: str = "", error: str = "",

@@ -1,15 +1,25 @@
-"""Listing a queue's jobs a page at a time: waiting, in flight, delayed, dead letters, and
-finding a job by id. Read-only; what the dashboard shows.
+"""Listing a queue's jobs by state a page at a time, and finding a job by id. Read-only;
+what ``Admin.jobs``, ``asyncjobs jobs`` and the dashboard show.
 
-Every page costs a bounded number of commands whatever the queue holds (never a KEYS scan):
+Every page costs a bounded number of commands whatever the queue holds (never a KEYS scan,
+never a pass over the whole queue), oldest or newest first:
 
-- waiting: the stream entries after the consumer group's last-delivered id (XRANGE with an
-  exclusive start);
-- in flight: XPENDING ranges, then each entry's job id (XRANGE of that one entry);
-- delayed: the delayed set by due time (ZRANGE by rank, resumed from the last member's rank);
-- dead: the dead-letter stream newest first (XREVRANGE). A filter (task, error type) is
-  applied to at most ``scan`` letters per call; the cursor resumes where the scan stopped,
-  so 100,000 letters are never read at once.
+- queued: the stream entries after the consumer group's last-delivered id (XRANGE /
+  XREVRANGE, bounded by that id);
+- running: delivered and not settled: oldest first, XPENDING ranges and each entry's job
+  id; newest first, the stream entries up to the last-delivered id (XREVRANGE: settling
+  deletes an entry, so what is left there is pending) and each one's XPENDING row;
+- scheduled: the delayed set by due time (ZRANGE by rank, resumed from the last member);
+- dead: the dead-letter stream (XREVRANGE / XRANGE);
+- complete, failed (failed, expired or aborted): the ended index, a capped stream the
+  scripts that end jobs write in the same step (see ``index_ended`` in ``_prelude.lua``),
+  so it is never out of step with the records, whatever crashes. A job is shown while its
+  record still ends there (not requeued, ended again, or expired since); the index keeps at
+  least the latest ``ENDED_KEEP`` ended jobs per queue.
+
+Each record is read with one HMGET (pipelined per page). A filter (a task, or the state
+check of complete / failed) is applied to at most ``scan`` jobs per call; the cursor
+resumes where the scan stopped, so a million jobs are never read at once.
 
 Each page comes with an opaque cursor for the next one (None at the end). A cursor that
 was altered raises ``ValueError`` with one line saying so, and nothing else.
@@ -31,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
-from .._codec import decode_errors, decode_spec
-from .._model import from_ms
+from .._codec import decode_errors, decode_progress, decode_spec
+from .._model import Progress, from_ms
 from .._redis.keys import GROUP
 from .deadletters import DeadLetter, dead_letter, text
 
@@ -45,7 +55,13 @@ MAX_LIMIT = 500
 """The most rows one page may hold."""
 
 _ENTRY = re.compile(r"\d{1,20}-\d{1,20}")
-_FIELDS = ["j", "s", "a", "st", "w", "h"]
+_FIELDS = ["j", "s", "a", "st", "w", "h", "et", "p", "dl"]
+
+STATES = ("queued", "running", "scheduled", "dead", "complete", "failed")
+"""The states ``Admin.jobs`` lists."""
+_ENDED = {"complete": frozenset({"complete"}),
+          "failed": frozenset({"failed", "expired", "aborted"})}
+_NEWEST_FIRST = frozenset({"dead", "complete", "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +93,13 @@ class JobRow:
     deliveries: int | None = None
     error_type: str | None = None
     """The latest error's type, if an attempt failed."""
+    started_at: datetime | None = None
+    """When its latest attempt started."""
+    ended_at: datetime | None = None
+    progress: Progress | None = None
+    """The latest progress its task reported."""
+    reason: str | None = None
+    """Why it was dead-lettered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,19 +170,32 @@ def row(job_id: str, raw: Any, **known: Any) -> JobRow:
     if not isinstance(raw, list) or raw[1] is None:
         return JobRow(job_id, state="unreadable" if isinstance(raw, Exception) else "missing",
                       **known)
-    spec, state, attempts, started, worker, history = raw
-    task, error = "<undecodable>", None
+    spec, state, attempts, started, worker, history, ended, progress, reason = raw
+    task, error, report = "<undecodable>", None, None
     with contextlib.suppress(Exception):  # garbage is shown as such
         task = decode_spec(spec).task
     with contextlib.suppress(Exception):
         errors = decode_errors(history)
         error = errors[-1].type if errors else None
+    with contextlib.suppress(Exception):
+        report = decode_progress(progress)
     number = text(attempts or b"0")
     known.setdefault("worker", text(worker) if worker else None)
-    if "at" not in known and started and text(started).isdigit():
-        known["at"] = from_ms(int(text(started)))
+    known.setdefault("reason", text(reason) if reason is not None else None)
+    started_at, ended_at = _time(started), _time(ended)
+    if "at" not in known:
+        known["at"] = started_at
     return JobRow(job_id, task=task, state=text(state),
-                  attempts=int(number) if number.isdigit() else 0, error_type=error, **known)
+                  attempts=int(number) if number.isdigit() else 0, error_type=error,
+                  started_at=started_at, ended_at=ended_at, progress=report, **known)
+
+
+def _time(raw: Any) -> datetime | None:
+    """A time field (ms) of a record; None when absent or garbage."""
+    value = text(raw) if raw is not None else ""
+    if value.isdigit() and len(value) <= 15:
+        return from_ms(int(value))
+    return None
 
 
 class Listing:
@@ -169,7 +205,7 @@ class Listing:
         self.pool = pool
         self.client = pool.client
 
-    async def _pipe(self, build: Any) -> list[Any]:
+    async def pipe(self, build: Any) -> list[Any]:
         async def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             build(pipe)
@@ -183,7 +219,7 @@ class Listing:
         if not job_ids:
             return []
         keys = self.pool.keys(queue)
-        return await self._pipe(lambda p: [p.hmget(keys.job(i), _FIELDS) for i in job_ids])
+        return await self.pipe(lambda p: [p.hmget(keys.job(i), _FIELDS) for i in job_ids])
 
     async def last_delivered(self, queue: str) -> str:
         """The consumer group's last-delivered entry id ('0-0' without a group)."""
@@ -198,68 +234,44 @@ class Listing:
                 return found if _ENTRY.fullmatch(found) else "0-0"
         return "0-0"
 
-    async def waiting(self, queue: str, cursor: str | None, limit: int) -> Page[JobRow]:
-        """Jobs in the stream not yet delivered, oldest first."""
+    async def jobs(self, queue: str, state: str, *, order: str | None = None,
+                   cursor: str | None = None, limit: int = 50, task: str = "",
+                   scan: int = 1000) -> Page[JobRow]:
+        """One page of the jobs of ``queue`` in ``state`` (see ``STATES``), ``order``
+        'oldest' or 'newest' first (default: oldest for queued, running and scheduled,
+        newest for the rest); ``task`` keeps only that task's jobs. ``ValueError`` for an
+        unknown state or order, a bad limit, or a cursor not made by this same listing."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}: one of {', '.join(STATES)}")
+        order = order or ("newest" if state in _NEWEST_FIRST else "oldest")
+        if order not in ("oldest", "newest"):
+            raise ValueError(f"unknown order {order!r}: oldest or newest")
         check_limit(limit)
-        after = entry_id(decode_cursor(cursor, "w", 1)[0]) if cursor else "0-0"
-        delivered = await self.last_delivered(queue)
-        start = max(after, delivered, key=_entry_key)
-        stream = self.pool.keys(queue).stream
-        entries = await self.pool.call(
-            lambda: self.client.xrange(stream, min=f"({start}", max="+", count=limit))
-        ids = [(text(e), text(f.get(b"i", b"")) if f else "") for e, f in entries]
-        records = await self.records(queue, [i for _, i in ids])
-        items = [row(i, r, entry=e, at=from_ms(_entry_key(e)[0]))
-                 for (e, i), r in zip(ids, records, strict=True)]
-        nxt = encode_cursor("w", ids[-1][0]) if len(ids) == limit else None
-        return Page(items, nxt, len(ids))
-
-    async def in_flight(self, queue: str, cursor: str | None, limit: int) -> Page[JobRow]:
-        """Jobs delivered to a worker and not settled, oldest delivery first."""
-        check_limit(limit)
-        start = f"({entry_id(decode_cursor(cursor, 'f', 1)[0])}" if cursor else "-"
-        stream = self.pool.keys(queue).stream
-        try:
-            pending = await self.pool.call(lambda: self.client.xpending_range(
-                stream, GROUP, min=start, max="+", count=limit))
-        except ResponseError:  # no stream or no group yet
-            pending = []
-        entries = [text(p["message_id"]) for p in pending]
-        found = await self._pipe(lambda p: [p.xrange(stream, e, e) for e in entries])
-        ids = [text(f[0][1].get(b"i", b"")) if isinstance(f, list) and f and f[0][1] else ""
-               for f in found]
-        records = await self.records(queue, ids)
-        items = [row(i, r, entry=e, at=from_ms(_entry_key(e)[0]),
-                     worker=text(p["consumer"]), idle_s=int(p["time_since_delivered"]) / 1000,
-                     deliveries=int(p["times_delivered"]))
-                 for i, r, e, p in zip(ids, records, entries, pending, strict=True)]
-        nxt = encode_cursor("f", entries[-1]) if len(entries) == limit else None
-        return Page(items, nxt, len(entries))
-
-    async def delayed(self, queue: str, cursor: str | None, limit: int) -> Page[JobRow]:
-        """Jobs waiting for a due time, soonest first."""
-        check_limit(limit)
-        key = self.pool.keys(queue).delayed
-        rank, score = 0, ""
+        if scan < 1:
+            raise ValueError(f"scan must be at least 1, not {scan}")
+        kind = f"{state}.{order}"
+        source = _Source(self, queue, state, order == "newest")
+        at: list[str] | None = None
         if cursor:
-            score, member = decode_cursor(cursor, "d", 2)
-            if not score.lstrip("-").isdigit():
-                raise ValueError("invalid cursor: it was not made by this listing")
-            [found] = await self._pipe(lambda p: p.zrank(key, member))
-            # It left the set meanwhile (promoted, aborted): resume after its due time.
-            rank = found + 1 if isinstance(found, int) else -1
-        if rank >= 0:
-            rows = await self.pool.call(lambda: self.client.zrange(
-                key, rank, rank + limit - 1, withscores=True))
-        else:
-            rows = await self.pool.call(lambda: self.client.zrangebyscore(
-                key, f"({score}", "+inf", start=0, num=limit, withscores=True))
-        members = [(text(m), int(s)) for m, s in rows]
-        records = await self.records(queue, [m for m, _ in members])
-        items = [row(m, r, at=from_ms(s)) for (m, s), r in zip(members, records, strict=True)]
-        nxt = (encode_cursor("d", str(members[-1][1]), members[-1][0])
-               if len(members) == limit else None)
-        return Page(items, nxt, len(members))
+            at = decode_cursor(cursor, kind, 2 if state in ("scheduled", *_ENDED) else 1)
+            source.check(at)
+        filtered = bool(task) or state in _ENDED
+        items: list[JobRow] = []
+        scanned, more = 0, True
+        while more and len(items) < limit and scanned < scan:
+            want = min(limit, scan - scanned) if filtered else limit - len(items)
+            found, more = await source.read(at, want)
+            records = await self.records(queue, [f.job_id for f in found])
+            for n, (spot, record) in enumerate(zip(found, records, strict=True)):
+                job = row(spot.job_id, record, **spot.known)
+                at, scanned = spot.cursor, scanned + 1
+                if (not task or job.task == task) and source.shows(job, spot):
+                    items.append(job)
+                if len(items) == limit:
+                    more = more or n + 1 < len(found)
+                    break
+        nxt = encode_cursor(kind, *at) if more and at else None
+        return Page(items, nxt, scanned)
 
     async def dead(self, queue: str, cursor: str | None, limit: int, *, task: str = "",
                    error: str = "", scan: int = 1000) -> Page[DeadRow]:
@@ -295,9 +307,186 @@ class Listing:
         """The queues (of ``queues``) that hold a record of ``job_id``."""
         if not job_id or len(job_id) > 1024 or not queues:
             return []
-        found = await self._pipe(
+        found = await self.pipe(
             lambda p: [p.exists(self.pool.keys(q).job(job_id)) for q in queues])
         return [q for q, n in zip(queues, found, strict=True) if n == 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Spot:
+    """A job met along a listing: where to resume after it, its id, what the source knew."""
+
+    cursor: list[str]
+    job_id: str
+    known: dict[str, Any] = field(default_factory=dict)
+    ended_ms: int | None = None
+
+
+class _Source:
+    """Where the jobs of one state come from, read in order from a cursor position (parts
+    of an opaque cursor, checked before use)."""
+
+    def __init__(self, listing: Listing, queue: str, state: str, newest: bool) -> None:
+        self.listing = listing
+        self.pool = listing.pool
+        self.client = listing.client
+        self.queue = queue
+        self.keys = listing.pool.keys(queue)
+        self.state = state
+        self.newest = newest
+
+    def check(self, at: list[str]) -> None:
+        """``ValueError`` unless ``at`` is a position this source made."""
+        if self.state == "scheduled":
+            if not at[0].lstrip("-").isdigit() or len(at[0]) > 20:
+                raise ValueError("invalid cursor: it was not made by this listing")
+        elif self.state in _ENDED:
+            entry_id(at[0])
+            if not at[1].isdigit() or len(at[1]) > 6:
+                raise ValueError("invalid cursor: it was not made by this listing")
+        else:
+            entry_id(at[0])
+
+    def shows(self, job: JobRow, spot: _Spot) -> bool:
+        """Whether a job read from the source is (still) in the listed state."""
+        wanted = _ENDED.get(self.state)
+        if wanted is None:
+            return True
+        ended = job.ended_at
+        return (job.state in wanted and ended is not None and spot.ended_ms is not None
+                and round(ended.timestamp() * 1000) == spot.ended_ms)
+
+    async def read(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        """Up to ``count`` positions after ``at`` (more for the ended index, whose entries
+        hold several jobs), and whether there may be more after them."""
+        reader = {"queued": self._queued, "running": self._running,
+                  "scheduled": self._scheduled, "dead": self._dead}.get(self.state, self._ended)
+        return await reader(at, count)
+
+    async def _range(self, key: str, low: str, high: str, count: int) -> list[Any]:
+        """XRANGE (XREVRANGE newest first) of ``key`` between ``low`` and ``high``."""
+        if self.newest:
+            found = await self.pool.call(lambda: self.client.xrevrange(
+                key, max=high, min=low, count=count))
+        else:
+            found = await self.pool.call(lambda: self.client.xrange(
+                key, min=low, max=high, count=count))
+        rows: list[Any] = found
+        return rows
+
+    async def _queued(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        delivered = await self.listing.last_delivered(self.queue)
+        if self.newest:
+            low, high = f"({delivered}", f"({at[0]}" if at else "+"
+        else:
+            low = f"({max(at[0], delivered, key=_entry_key) if at else delivered}"
+            high = "+"
+        rows = await self._range(self.keys.stream, low, high, count)
+        spots = [_Spot([text(e)], _job_id(f), {"entry": text(e),
+                                               "at": from_ms(_entry_key(text(e))[0])})
+                 for e, f in rows]
+        return spots, len(rows) == count
+
+    async def _running(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        stream = self.keys.stream
+        if self.newest:  # what is left up to last-delivered is pending: settling deletes
+            delivered = await self.listing.last_delivered(self.queue)
+            high = f"({at[0]}" if at else delivered
+            rows = [] if delivered == "0-0" else await self._range(stream, "-", high, count)
+            entries = [(text(e), _job_id(f)) for e, f in rows]
+            found = await self.listing.pipe(lambda p: [
+                p.xpending_range(stream, GROUP, min=e, max=e, count=1) for e, _ in entries])
+            pending = [f[0] if isinstance(f, list) and f else None for f in found]
+            more = len(rows) == count
+        else:
+            start = f"({at[0]}" if at else "-"
+            try:
+                rows = await self.pool.call(lambda: self.client.xpending_range(
+                    stream, GROUP, min=start, max="+", count=count))
+            except ResponseError:  # no stream or no group yet
+                rows = []
+            got = await self.listing.pipe(lambda p: [
+                p.xrange(stream, r["message_id"], r["message_id"]) for r in rows])
+            entries = [(text(r["message_id"]),
+                        _job_id(g[0][1]) if isinstance(g, list) and g else "")
+                       for r, g in zip(rows, got, strict=True)]
+            pending, more = list(rows), len(rows) == count
+        spots = []
+        for (entry, job_id), p in zip(entries, pending, strict=True):
+            known: dict[str, Any] = {"entry": entry, "at": from_ms(_entry_key(entry)[0])}
+            if p is not None:
+                known.update(worker=text(p["consumer"]),
+                             idle_s=int(p["time_since_delivered"]) / 1000,
+                             deliveries=int(p["times_delivered"]))
+            spots.append(_Spot([entry], job_id, known))
+        return spots, more
+
+    async def _scheduled(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        key = self.keys.delayed
+        rank, score = 0, ""
+        if at:
+            score, member = at
+            [found] = await self.listing.pipe(
+                lambda p: p.zrevrank(key, member) if self.newest else p.zrank(key, member))
+            # It left the set meanwhile (promoted, aborted): resume after its due time.
+            rank = found + 1 if isinstance(found, int) else -1
+        if rank >= 0:
+            rows = await self.pool.call(lambda: self.client.zrange(
+                key, rank, rank + count - 1, desc=self.newest, withscores=True))
+        elif self.newest:
+            rows = await self.pool.call(lambda: self.client.zrevrangebyscore(
+                key, f"({score}", "-inf", start=0, num=count, withscores=True))
+        else:
+            rows = await self.pool.call(lambda: self.client.zrangebyscore(
+                key, f"({score}", "+inf", start=0, num=count, withscores=True))
+        members = [(text(m), int(s)) for m, s in rows]
+        spots = [_Spot([str(s), m], m, {"at": from_ms(s)}) for m, s in members]
+        return spots, len(rows) == count
+
+    async def _dead(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        rows = await self._range(self.keys.dead, f"({at[0]}" if at and not self.newest
+                                 else "-", f"({at[0]}" if at and self.newest else "+", count)
+        spots = []
+        for e, f in rows:
+            letter = dead_letter(e, f)
+            spots.append(_Spot([letter.entry], letter.job_id,
+                               {"entry": letter.entry, "at": letter.at,
+                                "reason": letter.reason}))
+        return spots, len(rows) == count
+
+    async def _ended(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
+        """The ended index: entries of job id -> ended ms. A cursor is an entry and how
+        many of its jobs were read; reading resumes inside that entry."""
+        key = self.keys.ended
+        skip = 0
+        if at:
+            skip = int(at[1])
+            low, high = ("-", at[0]) if self.newest else (at[0], "+")
+        else:
+            low, high = "-", "+"
+        try:
+            rows = await self._range(key, low, high, count)
+        except ResponseError:  # the index key holds something else: nothing to list
+            return [], False
+        spots: list[_Spot] = []
+        for e, f in rows:
+            entry = text(e)
+            pairs = list((f or {}).items())
+            if self.newest:
+                pairs.reverse()
+            start = skip if at and entry == at[0] else 0
+            for n, (job_id, ms) in enumerate(pairs[start:], start + 1):
+                if len(spots) == count:  # a big entry: the cursor resumes inside it
+                    return spots, True
+                ended = text(ms)
+                spots.append(_Spot([entry, str(n)], text(job_id),
+                                   ended_ms=int(ended) if ended.isdigit() else None))
+        return spots, len(rows) == count
+
+
+def _job_id(fields: Any) -> str:
+    """The job id of a stream entry's fields ('' when it has none)."""
+    return text(fields.get(b"i", b"")) if isinstance(fields, dict) else ""
 
 
 def matches(found: DeadRow, task: str, error: str) -> bool:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GROUP = "asyncjobs"
+ENDED_KEEP = 2000
+"""Entries the ended index keeps (``index_ended`` in ``_prelude.lua`` says the same): each
+holds at least one job, so at least the 2,000 latest ended jobs of a queue stay listed."""
 """The consumer group every worker of a queue reads through."""
 
 _FORBIDDEN = set("{}") | {" ", "\n", "\r", "\t"}
@@ -51,6 +54,12 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream: one entry per dead-lettered job, with its reason."""
         return f"{self.base}:dead"
+
+    @property
+    def ended(self) -> str:
+        """The ended index: a stream capped near ``ENDED_KEEP`` entries, one per script call
+        that ended jobs, fields job id -> ended-at ms (what lists complete / failed jobs)."""
+        return f"{self.base}:ended"
 
     @property
     def job_prefix(self) -> str:

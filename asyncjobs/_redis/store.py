@@ -192,7 +192,8 @@ class QueueStore:
                                   limits.max_age_ms]
         for op in ops:
             args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
-        return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats, k.waiting], args)
+        return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats, k.waiting,
+                                      k.ended], args)
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"
@@ -228,13 +229,14 @@ class QueueStore:
         args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s,
                                   k.minute_prefix, limits.most, limits.max_age_ms]
         p, e, nxt, now = await s.load(s.PROMOTE)(self.client,
-                                                 [k.stream, k.delayed, k.stats, k.dead], args)
+                                                 [k.stream, k.delayed, k.stats, k.dead,
+                                                  k.ended], args)
         return Promoted(int(p), int(e), None if int(nxt) < 0 else int(nxt), int(now))
 
     async def abort(self, job_id: str, record_ttl_s: int) -> str:
         """Abort a job; returns its state before the call, or 'missing'."""
         k = self.keys
-        keys = [k.job(job_id), k.stream, k.delayed, k.stats]
+        keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended]
         args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s]
         return _str(await s.load(s.ABORT)(self.client, keys, args))
 

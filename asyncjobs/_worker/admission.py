@@ -40,6 +40,8 @@ class Refused:
     op: SettleOp
     event: str = ""
     task: str = ""
+    error: ErrorInfo | None = None
+    """Why it was dead-lettered, as recorded in its history."""
 
 
 def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
@@ -49,9 +51,13 @@ def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
     if st.verdict == "stale":
         return Refused(SettleOp(d.entry, d.job_id, "ack"))
     if st.verdict == "missing":
-        return Refused(garbage(d), "failed")
+        op = garbage(d)
+        return Refused(op, "failed", error=ErrorInfo("asyncjobs.NoRecord", str(op.payload),
+                                                      "", 0, st.now_ms))
     if st.verdict == "unreadable":  # the job key is not a hash: leave it as it is
-        return Refused(garbage(d, st.spec.decode(errors="replace")), "failed")
+        why = st.spec.decode(errors="replace")
+        return Refused(garbage(d, why), "failed",
+                       error=ErrorInfo("asyncjobs.UnreadableRecord", why, "", 0, st.now_ms))
     if st.verdict == "corrupt":  # a hash with a field that cannot be read
         return _dead(st, (), "asyncjobs.CorruptRecord", st.spec.decode(errors="replace"),
                      queue)
@@ -85,4 +91,5 @@ def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
 
 def _dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
           queue: str) -> Refused:
-    return Refused(dead(st, history, kind, why, queue), "failed", task_name(st))
+    return Refused(dead(st, history, kind, why, queue), "failed", task_name(st),
+                   ErrorInfo(kind, why, "", st.attempts, st.now_ms))

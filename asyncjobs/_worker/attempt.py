@@ -21,17 +21,30 @@ from .._task import Task
 class Plan:
     """What an attempt that started needs to be recorded later, from any path."""
 
-    __slots__ = ("history", "policy", "started", "task", "timeout_s", "ttl_s")
+    __slots__ = (
+        "fields",
+        "headers",
+        "history",
+        "policy",
+        "started",
+        "task",
+        "timeout_s",
+        "ttl_s",
+    )
 
     def __init__(self, started: Started, task: Task[Any, Any], policy: RetryPolicy,
                  timeout_s: float | None, ttl_s: float | None,
-                 history: tuple[ErrorInfo, ...]) -> None:
+                 history: tuple[ErrorInfo, ...], fields: dict[str, object] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.started = started
         self.task = task
         self.policy = policy
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
         self.history = history
+        self.fields = fields if fields is not None else {}
+        """The attempt's log context (``ctx.log_context``), on its log lines."""
+        self.headers = headers or {}
 
 
 class Running:

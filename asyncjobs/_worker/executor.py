@@ -24,10 +24,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .._codec import encode_progress, encode_value
+from .._codec import encode_value
 from .._context import Context
-from .._middleware import Invoke, Observer
-from .._model import ErrorInfo, JobSpec, Progress
+from .._events import JobEvent
+from .._middleware import Invoke, LogContext, Observer
+from .._model import ErrorInfo, JobSpec
 from .._redis.store import Delivery, SettleOp, Started
 from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
@@ -37,11 +38,11 @@ from .admission import Refused, admit
 from .attempt import Plan, Running
 from .outcomes import (
     after_attempt,
+    attempt_error,
     ended,
     first,
     log_end,
     log_start,
-    now_ms,
     task_name,
 )
 from .runner import Outcome, await_attempt, timeout_outcome
@@ -64,7 +65,8 @@ class Executor:
     """Owns the running attempts of a worker."""
 
     def __init__(self, rt: Runtime, settler: Settler, invoke: Invoke | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (),
+                 log_context: LogContext | None = None) -> None:
         self.rt = rt
         self.settler = settler
         self.slots = Slots(rt.config.concurrency)
@@ -78,6 +80,7 @@ class Executor:
         self._policies: dict[tuple[str, int | None, float | None],
                              tuple[RetryPolicy, float | None]] = {}
         self._observers = tuple(observers)
+        self._log_context = log_context
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -268,17 +271,19 @@ class Executor:
             return self._aborted(running, started)
         name = task_name(started)
         duration = time.monotonic() - running.began
-        self._emit("interrupted", running.queue, name, duration)
+        self._emit("interrupted", running, started, duration_s=duration)
         log_end("interrupted", running.job_id, name, running.queue, started.attempts, duration,
-                f" reason={running.cancel_reason or 'cancelled'}")
+                f" reason={running.cancel_reason or 'cancelled'}",
+                fields=running.plan.fields if running.plan else None)
         return None
 
     def _aborted(self, running: Running, started: Started | None) -> SettleOp:
         name = task_name(started) if started else ""
         duration = time.monotonic() - running.began
-        self._emit("aborted", running.queue, name, duration)
+        self._emit("aborted", running, started, duration_s=duration)
         log_end("aborted", running.job_id, name, running.queue,
-                started.attempts if started else 0, duration)
+                started.attempts if started else 0, duration,
+                fields=running.plan.fields if running.plan else None)
         return ended(running.delivery, "aborted")
 
     async def _attempt(self, running: Running, st: Started) -> SettleOp:
@@ -286,7 +291,8 @@ class Executor:
         verdict = admit(st, self.rt.tasks, self.rt.config.max_deliveries, running.queue)
         if isinstance(verdict, Refused):
             if verdict.event:
-                self._emit(verdict.event, running.queue, verdict.task, 0.0)
+                self._emit(verdict.event, running, st, task=verdict.task, error=verdict.error,
+                           reason=verdict.error.message if verdict.error else None)
             return verdict.op
         return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
                                    verdict.kwargs, verdict.history)
@@ -297,17 +303,20 @@ class Executor:
     ) -> SettleOp:
         policy, timeout = self._policy(task, spec)
         ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
-        plan = running.plan = Plan(st, task, policy, timeout, ttl, history)
         ctx = Context(
             job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
             max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
             headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
             worker=self.rt.consumer, report=self._report_progress, loop=self._loop,
+            args=tuple(args), kwargs=kwargs,
         )
+        self._add_log_context(ctx)
+        plan = running.plan = Plan(st, task, policy, timeout, ttl, history, ctx.log_context,
+                                   spec.headers)
         running.started = True
         running.began = time.monotonic()
-        self._emit("started", running.queue, task.name, 0.0)
-        log_start(running.job_id, task.name, running.queue, st.attempts)
+        self._emit("started", running, st)
+        log_start(running.job_id, task.name, running.queue, st.attempts, ctx.log_context)
         call = functools.partial(self._call, running, task, ctx, args, kwargs)
         timer = None
         if timeout:
@@ -331,10 +340,25 @@ class Executor:
             except SerializationError as exc:
                 outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
                 decision = Decision(Action.FAIL, reason="the result cannot be serialized")
-        event = "complete" if decision.action is Action.COMPLETE else decision.action.value
-        self._emit(event, running.queue, plan.task.name, outcome.duration_s)
+        kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
+        error = attempt_error(outcome, st.attempts)
+        self._emit(kind, running, st, duration_s=outcome.duration_s, error=error,
+                   has_result=decision.action is Action.COMPLETE,
+                   retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
+                   reason=decision.reason if decision.action is Action.FAIL else None)
         return after_attempt(st, outcome, decision, payload, plan.history, plan.ttl_s,
-                             running.queue, plan.task.name)
+                             running.queue, plan.task.name, error, plan.fields)
+
+    def _add_log_context(self, ctx: Context) -> None:
+        """``Worker(log_context=...)``'s fields for this attempt; a hook that fails is
+        logged, never allowed to stop the job."""
+        hook = self._log_context
+        if hook is None:
+            return
+        try:
+            ctx.log_context.update(hook(ctx))
+        except Exception:
+            log.exception("log_context hook failed for job id=%s", clean(ctx.job_id))
 
     async def _call(
         self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
@@ -370,13 +394,21 @@ class Executor:
             self._policies[key] = found
         return found
 
-    def _emit(self, event: str, queue: str, task: str, duration_s: float) -> None:
+    def _emit(self, kind: str, running: Running, st: Started | None, **details: Any) -> None:
+        """Tell the observers (if any) about a decision on the job ``running`` holds."""
+        if not self._observers:
+            return
+        plan = running.plan
+        event = JobEvent(
+            kind, job_id=running.job_id, queue=running.queue,
+            task=details.pop("task", plan.task.name if plan else (task_name(st) if st else "")),
+            attempt=st.attempts if st else 0, spec=st.spec if st else b"",
+            headers=plan.headers if plan else None, **details)
         for observer in self._observers:
             try:
-                observer.job_event(event, queue, task, duration_s)
+                observer.job_event(event)
             except Exception:  # an observer must never break a job
-                log.exception("observer %r failed on %s", observer, event)
+                log.exception("observer %r failed on %s", observer, kind)
 
-    async def _report_progress(self, queue: str, job_id: str, value: float, message: str) -> None:
-        data = encode_progress(Progress(value, message[:500], now_ms()))
+    async def _report_progress(self, queue: str, job_id: str, data: bytes) -> None:
         await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .._codec import decode_errors, decode_spec, encode_errors, error_info
 from .._model import ENDED_TTL_S, ErrorInfo
 from .._redis.store import Delivery, SettleOp, Started
 from .._retry import Action, Decision
-from .._text import clean
+from .._text import clean, safe_str
 from .runner import Outcome
 
 log = logging.getLogger("asyncjobs.worker")
@@ -91,24 +92,32 @@ def dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
 
 def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: bytes,
                   history: tuple[ErrorInfo, ...], result_ttl_s: float | None,
-                  queue: str, task: str) -> SettleOp:
-    """Record an attempt that ran: complete, retry later, or dead-letter."""
+                  queue: str, task: str, error: ErrorInfo | None = None,
+                  fields: Mapping[str, object] | None = None) -> SettleOp:
+    """Record an attempt that ran: complete, retry later, or dead-letter. ``error`` is the
+    attempt's error as captured (``attempt_error``); ``fields`` go on the log line."""
     d = st.delivery
-    if outcome.error is not None:
-        history += (error_info(outcome.error, st.attempts, now_ms()),)
+    if error is None and outcome.error is not None:
+        error = attempt_error(outcome, st.attempts)
+    if error is not None:
+        history += (error,)
     hist = encode_errors(history) if history else b""
-    err = f" error={clean(history[-1].type)}: {clean(history[-1].message)}" if outcome.error \
-        else ""
+    err = f" error={clean(error.type)}: {clean(error.message)}" if error else ""
     line = (d.job_id, task, queue, st.attempts, outcome.duration_s)
     if decision.action is Action.COMPLETE:
-        log_end("complete", *line)
+        log_end("complete", *line, fields=fields)
         return SettleOp(d.entry, d.job_id, "complete", payload, record_ttl(result_ttl_s), hist)
     if decision.action is Action.RETRY:
-        log_end("retry", *line, tail=f" retry_in={decision.delay_s:.3f}s{err}")
+        log_end("retry", *line, tail=f" retry_in={decision.delay_s:.3f}s{err}", fields=fields)
         return SettleOp(d.entry, d.job_id, "retry", b"", round(decision.delay_s * 1000), hist)
     log_end("failed", *line, tail=f" reason={clean(decision.reason)!r}{err}",
-            level=logging.WARNING)
+            level=logging.WARNING, fields=fields)
     return SettleOp(d.entry, d.job_id, "failed", decision.reason, 0, hist)
+
+
+def attempt_error(outcome: Outcome, attempt: int) -> ErrorInfo | None:
+    """The attempt's error as it is recorded (type, message, traceback), if it failed."""
+    return None if outcome.error is None else error_info(outcome.error, attempt, now_ms())
 
 
 JOBS_LOGGER = "asyncjobs.worker.jobs"
@@ -121,20 +130,32 @@ _ends = logging.getLogger(JOBS_LOGGER)
 _starts = logging.getLogger(f"{JOBS_LOGGER}.started")
 
 
-def log_start(job_id: str, task: str, queue: str, attempt: int) -> None:
-    """The line logged when an attempt starts."""
+def log_start(job_id: str, task: str, queue: str, attempt: int,
+              fields: Mapping[str, object] | None = None) -> None:
+    """The line logged when an attempt starts (``fields``: the job's log context)."""
     if _starts.isEnabledFor(logging.INFO):
-        _starts.info("job started id=%s task=%s queue=%s attempt=%d", clean(job_id),
-                     clean(task), queue, attempt,
-                     extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
+        _starts.info("job started id=%s task=%s queue=%s attempt=%d%s", clean(job_id),
+                     clean(task), queue, attempt, _context(fields),
+                     extra={"job_id": job_id, "task": task, "queue": queue, "attempt": attempt,
+                            "context": dict(fields or {})})
 
 
 def log_end(event: str, job_id: str, task: str, queue: str, attempt: int, duration_s: float,
-            tail: str = "", level: int = logging.INFO) -> None:
+            tail: str = "", level: int = logging.INFO,
+            fields: Mapping[str, object] | None = None) -> None:
     """The line logged when an attempt (or a job that never ran) ends."""
     if _ends.isEnabledFor(level):
         extra: dict[str, Any] = {"job_id": job_id, "task": task, "queue": queue,
-                                 "attempt": attempt, "duration_s": duration_s, "outcome": event}
-        _ends.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s", event,
-                  clean(job_id), clean(task) or "-", queue, attempt, duration_s, tail,
-                  extra=extra)
+                                 "attempt": attempt, "duration_s": duration_s, "outcome": event,
+                                 "context": dict(fields or {})}
+        _ends.log(level, "job %s id=%s task=%s queue=%s attempt=%d duration=%.3fs%s%s", event,
+                  clean(job_id), clean(task) or "-", queue, attempt, duration_s,
+                  _context(fields), tail, extra=extra)
+
+
+def _context(fields: Mapping[str, object] | None) -> str:
+    """A job's log context as ` key=value` pairs, one line whatever they hold."""
+    if not fields:
+        return ""
+    return "".join(f" {clean(safe_str(k, 64))}={clean(safe_str(v, 200))}"
+                   for k, v in fields.items())

@@ -25,7 +25,7 @@ from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from .._durations import Seconds, to_seconds
-from .._middleware import Middleware, Observer, compose
+from .._middleware import LogContext, Middleware, Observer, check_observers, compose
 from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
@@ -87,6 +87,7 @@ class Worker:
         dead_letter_limit: int = 10_000,
         dead_letter_max_age: Seconds = timedelta(days=180),
         allow_eviction: bool = False,
+        log_context: LogContext | None = None,
         redis_url: str | None = None,
     ) -> None:
         self.config = WorkerConfig(
@@ -111,7 +112,9 @@ class Worker:
         self.tasks = _registry([*tasks, *(c.task for c in self.crons if c.task.fn is not None)])
         self.lifespan = lifespan
         self.middleware = tuple(middleware)
+        check_observers(observers)
         self.observers = list(observers)
+        self.log_context = log_context
         self.metrics_port = metrics_port
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._live: Runtime | None = None
@@ -233,7 +236,7 @@ class Worker:
                          metrics: WorkerMetrics | None) -> None:
         settler = Settler(rt)
         observers = [*self.observers, *([metrics] if metrics else [])]
-        ex = Executor(rt, settler, compose(self.middleware), observers)
+        ex = Executor(rt, settler, compose(self.middleware), observers, self.log_context)
         wake = {q: asyncio.Event() for q in rt.config.queues}
         readers = {q: Reader(rt.blocking) for q in rt.config.queues}
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")

@@ -238,6 +238,18 @@ local function trim_dead(dead, prefix, limit, max_age_ms, now)
   return gone
 end
 
+-- The ended index: a capped stream where the scripts that end jobs (settle, abort,
+-- promote) note them, one entry per call, fields job id -> ended-at ms (the record's `et`).
+-- Listings of complete and failed jobs read it newest first, and show a job only while its
+-- record still ends there. Best effort: a wrong-typed key (or a full Redis) loses the note,
+-- never the job's end. `ended` is a flat list {id, ms, id, ms, ...}.
+local ENDED_KEEP = 2000
+local function index_ended(key, ended)
+  if #ended > 0 then
+    redis.pcall('XADD', key, 'MAXLEN', '~', ENDED_KEEP, '*', unpack(ended))
+  end
+end
+
 local STATES = {scheduled = true, queued = true, running = true, complete = true,
   failed = true, aborted = true, expired = true}
 

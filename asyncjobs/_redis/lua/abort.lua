@@ -2,7 +2,8 @@
 -- stream entry is deleted; a worker that already read it acknowledges it without running
 -- it). A running job gets an abort flag and a message to the workers, which cancel it.
 --
--- KEYS[1] job key, KEYS[2] stream, KEYS[3] delayed set, KEYS[4] stats hash
+-- KEYS[1] job key, KEYS[2] stream, KEYS[3] delayed set, KEYS[4] stats hash,
+-- KEYS[5] ended index
 -- ARGV[1] job id, ARGV[2] done channel, ARGV[3] abort channel, ARGV[4] record TTL s
 -- Returns the state before the call, 'missing', or 'unreadable' (the job key is not a hash).
 local key, id = KEYS[1], ARGV[1]
@@ -23,7 +24,9 @@ if state == 'scheduled' or state == 'queued' then
     redis.call('XDEL', KEYS[2], rec[2])
   end
   count(KEYS[4], 'aborted', 1)
-  finish(key, ARGV[2], 'aborted', now_ms(), tonumber(ARGV[4]))
+  local now = now_ms()
+  finish(key, ARGV[2], 'aborted', now, tonumber(ARGV[4]))
+  index_ended(KEYS[5], {id, now})
 elseif state == 'running' then
   redis.call('HSET', key, 'ab', '1')
   redis.call('PUBLISH', ARGV[3], id)

@@ -6,7 +6,8 @@
 -- job is no longer scheduled, is dropped (it was aborted, purged or requeued meanwhile).
 -- The stream and the dead-letter stream are checked before anything is written.
 --
--- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] dead-letter stream
+-- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] dead-letter stream,
+-- KEYS[5] ended index (expired jobs are noted there)
 -- ARGV[1] job key prefix, ARGV[2] batch limit, ARGV[3] done channel prefix,
 -- ARGV[4] TTL s for expired records, ARGV[5] per-minute counters key prefix,
 -- ARGV[6] most dead letters kept, ARGV[7] longest a dead letter is kept (ms)
@@ -16,6 +17,7 @@ check_type(KEYS[4], 'stream')
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local promoted, expired, dead = 0, 0, 0
+local ended = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
   local key = ARGV[1] .. id
@@ -28,6 +30,8 @@ for _, id in ipairs(due) do
     local expires = int(rec[2])
     if expires and now >= expires then
       finish(key, ARGV[3] .. id, 'expired', now, tonumber(ARGV[4]))
+      ended[#ended + 1] = id
+      ended[#ended + 1] = now
       expired = expired + 1
     else
       local entry = redis.call('XADD', KEYS[1], '*', 'i', id)
@@ -44,6 +48,7 @@ if dead > 0 then
 end
 count_minute(ARGV[5], now, {expired = expired > 0 and expired or nil,
   failed = dead > 0 and dead or nil})
+index_ended(KEYS[5], ended)
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local next_due = first[2] and tonumber(first[2]) or -1
 return {promoted, expired, next_due, now}

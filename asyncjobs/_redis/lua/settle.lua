@@ -14,8 +14,11 @@
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
 -- XACK / XDEL are allowed there, so settling frees memory and a full Redis drains.
 --
+-- Jobs that end (complete, failed with a record, expired, aborted) are noted in the ended
+-- index (see index_ended).
+--
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash,
--- KEYS[5] waiting set
+-- KEYS[5] waiting set, KEYS[6] ended index
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
 -- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix, ARGV[7] most dead letters
 -- kept, ARGV[8] longest a dead letter is kept (ms)
@@ -36,6 +39,7 @@ local now = now_ms()
 local out = {}
 local counts = {}
 local lettered = false
+local ended = {}
 
 -- A dead letter: the job id, the reason, the time, and `extra` fields (the raw entry's).
 local function letter(id, reason, extra)
@@ -74,8 +78,11 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
   elseif outcome == 'failed' then
     local de = letter(id, payload)
     -- A job key that cannot hold a record keeps the letter just written, and no record.
-    finish(key, done, 'failed', now, math.ceil(tonumber(ARGV[8]) / 1000),
-      with_history({'dl', payload, 'de', de}, history), quiet)
+    if not finish(key, done, 'failed', now, math.ceil(tonumber(ARGV[8]) / 1000),
+        with_history({'dl', payload, 'de', de}, history), quiet) then
+      ended[#ended + 1] = id
+      ended[#ended + 1] = now
+    end
   elseif outcome == 'expired' or outcome == 'aborted' then
     broken = finish(key, done, outcome, now, number, with_history({}, history), quiet)
   elseif outcome == 'garbage' then
@@ -85,6 +92,9 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
   if broken then
     letter(id, broken, {'entry', entry})
     outcome = 'failed'
+  elseif outcome == 'complete' or outcome == 'expired' or outcome == 'aborted' then
+    ended[#ended + 1] = id
+    ended[#ended + 1] = now
   end
   return outcome
 end
@@ -132,4 +142,5 @@ for outcome, n in pairs(counts) do
 end
 counts['trimmed'] = nil
 count_minute(ARGV[6], now, counts)
+index_ended(KEYS[6], ended)
 return out
