@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -24,11 +23,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from ._cli import loader as _loader
-from ._cli import ops, supervisor
+from ._cli import ops, supervisor, worker_run
 from ._cli.loader import callback as checked
 from ._cli.loader import prefix_option, queue_option, queues_option, seconds_option
 from ._cli.logs import JobLogs, LogFormat, LogLevel, configure
-from ._cli.logs import job_logs as set_job_logs
 from ._cli.render import (
     Command,
     Group,
@@ -46,7 +44,6 @@ from ._cli.render import (
 from ._redis.connection import URL_ENV
 from ._version import __version__
 from ._worker.loop import loop_factory
-from ._worker.worker import Worker
 from .exceptions import AsyncJobsError, ConfigurationError, SerializationError
 
 T = TypeVar("T")
@@ -129,37 +126,16 @@ def worker(
         help="Worker processes under one supervisor: a number, or auto (one per CPU).")] = "1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or until drained, with --burst)."""
-    try:
-        configure(log_level.value, log_format.value)
-        set_job_logs(job_logs.value)
-        if os.environ.get(supervisor.INDEX_ENV, "0") != "0":  # one banner per supervisor
-            logging.getLogger("asyncjobs.worker.banner").setLevel(logging.ERROR)
-        changes: dict[str, object] = {"concurrency": concurrency, "shutdown_grace_s": grace,
-                                      "prefix": prefix, "queues": tuple(queue or ()) or None,
-                                      "burst": burst or None,
-                                      "allow_eviction": allow_eviction or None}
-        runner = _worker_for(target, {k: v for k, v in changes.items() if v is not None})
-        count = supervisor.processes(processes)
-        if count > 1:
-            _supervise(runner, count, metrics_port)
-        if metrics_port is not None:
-            runner.metrics_port = metrics_port
-        runner.run_sync(redis_url=redis_url, use_uvloop=uvloop)
-    except (ConfigurationError, SerializationError) as exc:
-        fail(str(exc), 2)
-    except AsyncJobsError as exc:
-        fail(str(exc))
-
-
-def _supervise(runner: Worker, count: int, metrics_port: int | None) -> NoReturn:
-    """Run ``count`` worker processes under a supervisor (see ``_cli.supervisor``)."""
-    if metrics_port:
-        raise ConfigurationError("--metrics-port with --processes: the processes cannot "
-                                 "share one port; give --metrics-port 0 (each picks one)")
-    code = supervisor.Supervisor(supervisor.child_argv(sys.argv), count,
-                                 runner.config.shutdown_grace_s,
-                                 burst=runner.config.burst).run()
-    raise typer.Exit(code)
+    options = worker_run.Options(
+        target=target, argv=list(sys.argv), redis_url=redis_url, uvloop=uvloop,
+        log_level=log_level.value, log_format=log_format.value, job_logs=job_logs.value,
+        metrics_port=metrics_port, processes=supervisor.processes(processes),
+        changes=worker_run.Changes(concurrency=concurrency, shutdown_grace_s=grace,
+                                   prefix=prefix, queues=list(queue or ()) or None,
+                                   burst=burst or None, allow_eviction=allow_eviction or None))
+    if _lean_exec and hasattr(os, "execv"):
+        worker_run.exec_worker(options)  # the worker process keeps no parser in memory
+    raise typer.Exit(worker_run.run(options))
 
 
 def _processes_option(value: str) -> str:
@@ -171,13 +147,9 @@ def _processes_option(value: str) -> str:
     return value
 
 
-def _worker_for(target: str, changes: dict[str, object]) -> Worker:
-    """The Worker at ``target``, with the options given on the command line applied."""
-    found = _loader.load(target)
-    if not isinstance(found, Worker):
-        kind = type(found).__name__
-        raise ConfigurationError(f"{target} is a {kind}, not an asyncjobs.Worker")
-    return found.configure(**changes) if changes else found
+_lean_exec = False
+"""Set by ``main()``: ``asyncjobs worker`` run as a program execs into a lean process (see
+``_cli.worker_run``); called in-process (typer's test runner) it runs where it is."""
 
 
 @app.command(cls=Command)
@@ -434,6 +406,8 @@ from ._cli.dashboard_command import dashboard  # noqa: E402
 app.command(cls=Command)(dashboard)
 # -- outbox --
 importlib.import_module("asyncjobs._cli.outbox_command").register(app)
+# -- backpressure --
+importlib.import_module("asyncjobs._cli.queue_limit").register(app)
 
 
 def _click_errors() -> Any:
@@ -446,6 +420,8 @@ def _click_errors() -> Any:
 
 def main() -> None:
     """Entry point of the ``asyncjobs`` script: usage errors are one line too."""
+    global _lean_exec
+    _lean_exec = True
     errors = _click_errors()
     try:
         code = typer.main.get_command(app).main(prog_name="asyncjobs", standalone_mode=False)

@@ -8,10 +8,7 @@ prints as ``asyncjobs: error: ...`` with exit 2. Nothing here talks to Redis.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,37 +19,13 @@ from .._durations import to_seconds
 from .._redis.connection import redact
 from .._redis.keys import check_name
 from ..exceptions import ConfigurationError
+from .target import load as load
 
 T = TypeVar("T")
 V = TypeVar("V")
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _SHOWN_CHARS = 40  # of a bad argument, in an error message
-
-
-def load(path: str) -> Any:
-    """Import the object at ``module:attribute`` (the current directory is importable)."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"expected 'package.module:attribute', got {path!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
-            raise ConfigurationError(f"cannot import {module_name!r}: no such module") from exc
-        raise
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigurationError(
-                f"module {module_name!r} has no attribute {attribute!r}"
-            ) from None
-    return target
 
 
 def redis_url(url: str) -> str:

@@ -1,0 +1,132 @@
+"""The worker process behind ``asyncjobs worker``, without the command line's parser.
+
+``asyncjobs worker`` parses and checks its options with typer, then replaces itself
+(``exec``, same pid, same signals, same file descriptors) with ``python -m asyncjobs
+worker ...`` carrying the parsed options in ``OPTIONS_ENV``; ``asyncjobs/__main__.py`` sees
+that variable and comes here, so the process that runs jobs for days never imports typer,
+click, rich or pydantic (about 12 MiB of its resident memory). Under ``typer``'s test
+runner, or where ``exec`` is missing, the command calls ``run()`` in its own process.
+
+This module imports only what a worker needs; errors are the command line's one line,
+``asyncjobs: error: ...``, exit 2 for configuration and 1 for other asyncjobs errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import NoReturn
+
+import msgspec
+
+from .._text import clean
+from .._worker.worker import Worker
+from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
+from . import supervisor
+from .logs import configure, job_logs
+from .target import load
+
+OPTIONS_ENV = "ASYNCJOBS_WORKER_OPTIONS"
+"""Set by ``asyncjobs worker`` for the process it execs into; removed at once there, so
+nothing the worker starts inherits it."""
+
+
+class Changes(msgspec.Struct, forbid_unknown_fields=True):
+    """The Worker settings given on the command line (None: the Worker's own)."""
+
+    concurrency: int | None = None
+    shutdown_grace_s: float | None = None
+    prefix: str | None = None
+    queues: list[str] | None = None
+    burst: bool | None = None
+    allow_eviction: bool | None = None
+
+
+class Options(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``asyncjobs worker`` parsed and checked."""
+
+    target: str
+    argv: list[str]
+    changes: Changes
+    redis_url: str | None = None
+    uvloop: bool = True
+    log_level: str = "INFO"
+    log_format: str = "text"
+    job_logs: str = "both"
+    metrics_port: int | None = None
+    processes: int = 1
+
+
+def error_line(message: str) -> str:
+    """The command line's one-line error."""
+    text = message if message.isprintable() else clean(message)
+    return f"asyncjobs: error: {text}"
+
+
+def run(options: Options) -> int:
+    """Run the worker ``options`` describe (as ``asyncjobs worker`` parsed them); the exit
+    code."""
+    try:
+        return _run(options)
+    except (ConfigurationError, SerializationError) as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return 2
+    except AsyncJobsError as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return 1
+
+
+def _run(options: Options) -> int:
+    configure(options.log_level, options.log_format)
+    job_logs(options.job_logs)
+    if os.environ.get(supervisor.INDEX_ENV, "0") != "0":  # one banner per supervisor
+        logging.getLogger("asyncjobs.worker.banner").setLevel(logging.ERROR)
+    runner = _worker(options.target, options.changes)
+    count, metrics_port = options.processes, options.metrics_port
+    if count > 1:
+        if metrics_port:
+            raise ConfigurationError(
+                "--metrics-port with --processes: the processes cannot share one port; "
+                "give --metrics-port 0 (each picks one)")
+        return supervisor.Supervisor(supervisor.child_argv(options.argv), count,
+                                     runner.config.shutdown_grace_s,
+                                     burst=runner.config.burst).run()
+    if metrics_port is not None:
+        runner.metrics_port = metrics_port
+    runner.run_sync(redis_url=options.redis_url, use_uvloop=options.uvloop)
+    return 0
+
+
+def _worker(target: str, given: Changes) -> Worker:
+    """The Worker at ``target``, with the options given on the command line applied."""
+    found = load(target)
+    if not isinstance(found, Worker):
+        raise ConfigurationError(f"{target} is a {type(found).__name__}, not an "
+                                 "asyncjobs.Worker")
+    changes = {k: v for k, v in msgspec.structs.asdict(given).items() if v is not None}
+    if "queues" in changes:
+        changes["queues"] = tuple(changes["queues"])
+    return found.configure(**changes) if changes else found
+
+
+def exec_worker(options: Options) -> NoReturn:
+    """Replace this process with a lean one running ``options`` (see the module docstring):
+    ``python [its interpreter flags] -m asyncjobs worker <the same arguments>``."""
+    os.environ[OPTIONS_ENV] = msgspec.json.encode(options).decode()
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    argv = [sys.executable, *flags, "-m", "asyncjobs", *options.argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def main(encoded: str) -> NoReturn:
+    """``python -m asyncjobs`` with ``OPTIONS_ENV`` set: run the worker and exit."""
+    try:
+        options = msgspec.json.decode(encoded, type=Options)
+    except msgspec.DecodeError as exc:
+        print(error_line(f"{OPTIONS_ENV} holds no worker options ({exc})"), file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(options))

@@ -1,0 +1,22 @@
+"""A worker whose one task reports what its process holds: which parser modules are
+imported, its pid, and whether the exec hand-over variable leaked into its environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import asyncjobs
+from asyncjobs import Context
+
+PARSERS = ("typer", "click", "rich", "pydantic", "shellingham")
+
+
+@asyncjobs.task
+async def inspect_process(ctx: Context) -> dict[str, object]:
+    return {"parsers": sorted(m for m in PARSERS if m in sys.modules), "pid": os.getpid(),
+            "options_env": os.environ.get("ASYNCJOBS_WORKER_OPTIONS"),
+            "argv": sys.argv}
+
+
+worker = asyncjobs.Worker([inspect_process], prefix=os.environ.get("TEST_PREFIX", "asyncjobs"))

@@ -1,0 +1,93 @@
+"""``asyncjobs worker`` parses its options with typer, then execs into a process that runs
+the worker without the parser: same pid (signals and supervisors see one process), no
+typer/click/rich/pydantic in memory, the hand-over variable gone from the environment, and
+garbage in that variable one line, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import asyncjobs
+from asyncjobs._cli.worker_run import OPTIONS_ENV
+from asyncjobs._redis.embedded import RedisServer
+
+from .procs import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
+
+
+async def inspect(url: str, prefix: str) -> dict[str, object]:
+    async with asyncjobs.create_pool(url, prefix=prefix) as pool:
+        job = await pool.enqueue("inspect_process")
+        result: dict[str, object] = await job.result(timeout=30)
+        return result
+
+
+SCRIPT = str(Path(sys.executable).parent / "asyncjobs")  # the console script pip installs
+WAYS = {"script": [SCRIPT], "module": [sys.executable, "-m", "asyncjobs"],
+        "main": [sys.executable, "-c", "from asyncjobs.cli import main; main()"]}
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    env = {**os.environ, "TEST_PREFIX": prefix, "ASYNCJOBS_REDIS_URL": redis_server.url}
+    proc = subprocess.Popen([*WAYS[how], "worker", "tests.apps.lean:worker",
+                             "--grace", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = asyncio.run(inspect(redis_server.url, prefix))
+        assert seen["parsers"] == []
+        assert seen["pid"] == proc.pid  # exec: the process the caller started runs the jobs
+        assert seen["options_env"] is None
+        assert seen["argv"][1:3] == ["worker", "tests.apps.lean:worker"]  # type: ignore[index]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+
+
+def test_options_reach_the_exec_worker(redis_server: RedisServer) -> None:
+    """Every option survives the hand-over: the banner shows them."""
+    prefix = f"t{secrets.token_hex(4)}"
+    worker = WorkerProcess("tests.apps.lean:worker", redis_server.url, prefix, "-c", "7",
+                           "-q", "alpha", "-q", "beta", "--grace", "3", "--prefix", prefix,
+                           "--log-format", "json", "--burst")
+    try:
+        assert worker.wait(30) == 0, worker.output
+        messages = [json.loads(line)["message"] for line in worker.output.splitlines()]
+        assert f"prefix {prefix}" in messages[1]
+        assert messages[2] == ("queues  alpha, beta: concurrency 7, job timeout 300 s, "
+                               "claim timeout 15 s, grace 3 s, burst")
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("value", ["garbage", "{}", '{"target": 1}', '{"target": "x", '
+                                   '"argv": [], "changes": {"nope": 1}}', "[]"])
+def test_garbage_in_the_hand_over_variable_is_one_line(value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "asyncjobs"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, OPTIONS_ENV: value})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asyncjobs: error: "), done.stderr
+    assert OPTIONS_ENV in lines[0]
+
+
+def test_a_bad_target_after_the_hand_over_is_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "asyncjobs", "worker", "tests.apps.lean:nope"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "asyncjobs: error: module 'tests.apps.lean' has no attribute 'nope'"]
