@@ -20,6 +20,20 @@ def text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def when(ms: Any) -> datetime | None:
+    """The time of a value read from Redis (ms since the epoch, as text or a number); None
+    when it is not one: garbage, or beyond the years a ``datetime`` can hold."""
+    if isinstance(ms, (bytes, str)):
+        value = text(ms)
+        if not (value.isascii() and value.isdigit() and len(value) <= 15):
+            return None
+        ms = int(value)
+    try:
+        return from_ms(int(ms))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """One entry of a queue's dead-letter stream."""
@@ -54,7 +68,7 @@ def dead_letter(entry: Any, raw: dict[Any, Any]) -> DeadLetter:
     at = fields.get("t")
     return DeadLetter(
         entry=text(entry), job_id=fields.get("i", ""), reason=fields.get("r", ""),
-        at=from_ms(int(at)) if at and at.isdigit() else None, fields=fields,
+        at=when(at) if at else None, fields=fields,
     )
 
 

@@ -8,7 +8,8 @@ never a pass over the whole queue), oldest or newest first:
   XREVRANGE, bounded by that id);
 - running: delivered and not settled: oldest first, XPENDING ranges and each entry's job
   id; newest first, the stream entries up to the last-delivered id (XREVRANGE: settling
-  deletes an entry, so what is left there is pending) and each one's XPENDING row;
+  deletes an entry, so what is left there is pending) and each one's XPENDING row; an entry
+  settled between the two reads is left out;
 - scheduled: the delayed set by due time (ZRANGE by rank, resumed from the last member);
 - dead: the dead-letter stream (XREVRANGE / XRANGE);
 - complete, failed (failed, expired or aborted): the ended index, a capped stream the
@@ -42,9 +43,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from redis.exceptions import ResponseError
 
 from .._codec import decode_errors, decode_progress, decode_spec
-from .._model import Progress, from_ms
+from .._model import Progress
 from .._redis.keys import GROUP
-from .deadletters import DeadLetter, dead_letter, text
+from .deadletters import DeadLetter, dead_letter, text, when
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -54,7 +55,9 @@ T = TypeVar("T")
 MAX_LIMIT = 500
 """The most rows one page may hold."""
 
-_ENTRY = re.compile(r"\d{1,20}-\d{1,20}")
+_LONGEST_CURSOR = 8192
+"""A scheduled job's cursor holds its id: up to 1,024 characters, 4 KiB of UTF-8."""
+_ENTRY = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
 _FIELDS = ["j", "s", "a", "st", "w", "h", "et", "p", "dl"]
 
 STATES = ("queued", "running", "scheduled", "dead", "complete", "failed")
@@ -135,7 +138,7 @@ def decode_cursor(cursor: str, kind: str, count: int) -> list[str]:
 
 def _checked(cursor: str) -> str | None:
     """A cursor's text if it is exactly what ``encode_cursor`` made, else None."""
-    if not isinstance(cursor, str) or len(cursor) > 2048:
+    if not isinstance(cursor, str) or len(cursor) > _LONGEST_CURSOR:
         return None
     try:
         blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -186,16 +189,24 @@ def row(job_id: str, raw: Any, **known: Any) -> JobRow:
     if "at" not in known:
         known["at"] = started_at
     return JobRow(job_id, task=task, state=text(state),
-                  attempts=int(number) if number.isdigit() else 0, error_type=error,
+                  attempts=_whole(number) or 0, error_type=error,
                   started_at=started_at, ended_at=ended_at, progress=report, **known)
 
 
 def _time(raw: Any) -> datetime | None:
     """A time field (ms) of a record; None when absent or garbage."""
-    value = text(raw) if raw is not None else ""
-    if value.isdigit() and len(value) <= 15:
-        return from_ms(int(value))
-    return None
+    return None if raw is None else when(raw)
+
+
+def _whole(value: str, digits: int = 15) -> int | None:
+    """A whole number written in ASCII digits (at most ``digits``), else None."""
+    ok = value.isascii() and value.isdigit() and len(value) <= digits
+    return int(value) if ok else None
+
+
+def _score(score: float) -> int:
+    """A delayed-set score as whole ms a cursor holds (a garbage score is clamped)."""
+    return int(max(-1e18, min(1e18, score)))
 
 
 class Listing:
@@ -320,6 +331,8 @@ class _Spot:
     job_id: str
     known: dict[str, Any] = field(default_factory=dict)
     ended_ms: int | None = None
+    gone: bool = False
+    """It left the state between the source's reads (settled, aborted): not shown."""
 
 
 class _Source:
@@ -338,11 +351,11 @@ class _Source:
     def check(self, at: list[str]) -> None:
         """``ValueError`` unless ``at`` is a position this source made."""
         if self.state == "scheduled":
-            if not at[0].lstrip("-").isdigit() or len(at[0]) > 20:
+            if _whole(at[0].removeprefix("-"), 19) is None:
                 raise ValueError("invalid cursor: it was not made by this listing")
         elif self.state in _ENDED:
             entry_id(at[0])
-            if not at[1].isdigit() or len(at[1]) > 6:
+            if _whole(at[1], 6) is None:
                 raise ValueError("invalid cursor: it was not made by this listing")
         else:
             entry_id(at[0])
@@ -351,7 +364,7 @@ class _Source:
         """Whether a job read from the source is (still) in the listed state."""
         wanted = _ENDED.get(self.state)
         if wanted is None:
-            return True
+            return not spot.gone
         ended = job.ended_at
         return (job.state in wanted and ended is not None and spot.ended_ms is not None
                 and round(ended.timestamp() * 1000) == spot.ended_ms)
@@ -383,7 +396,7 @@ class _Source:
             high = "+"
         rows = await self._range(self.keys.stream, low, high, count)
         spots = [_Spot([text(e)], _job_id(f), {"entry": text(e),
-                                               "at": from_ms(_entry_key(text(e))[0])})
+                                               "at": when(_entry_key(text(e))[0])})
                  for e, f in rows]
         return spots, len(rows) == count
 
@@ -397,6 +410,7 @@ class _Source:
             found = await self.listing.pipe(lambda p: [
                 p.xpending_range(stream, GROUP, min=e, max=e, count=1) for e, _ in entries])
             pending = [f[0] if isinstance(f, list) and f else None for f in found]
+            gone = [p is None for p in pending]  # settled since the XREVRANGE
             more = len(rows) == count
         else:
             start = f"({at[0]}" if at else "-"
@@ -410,15 +424,16 @@ class _Source:
             entries = [(text(r["message_id"]),
                         _job_id(g[0][1]) if isinstance(g, list) and g else "")
                        for r, g in zip(rows, got, strict=True)]
+            gone = [g == [] for g in got]  # settled since the XPENDING (or its job aborted)
             pending, more = list(rows), len(rows) == count
         spots = []
-        for (entry, job_id), p in zip(entries, pending, strict=True):
-            known: dict[str, Any] = {"entry": entry, "at": from_ms(_entry_key(entry)[0])}
+        for (entry, job_id), p, left in zip(entries, pending, gone, strict=True):
+            known: dict[str, Any] = {"entry": entry, "at": when(_entry_key(entry)[0])}
             if p is not None:
                 known.update(worker=text(p["consumer"]),
                              idle_s=int(p["time_since_delivered"]) / 1000,
                              deliveries=int(p["times_delivered"]))
-            spots.append(_Spot([entry], job_id, known))
+            spots.append(_Spot([entry], job_id, known, gone=left))
         return spots, more
 
     async def _scheduled(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
@@ -439,8 +454,7 @@ class _Source:
         else:
             rows = await self.pool.call(lambda: self.client.zrangebyscore(
                 key, f"({score}", "+inf", start=0, num=count, withscores=True))
-        members = [(text(m), int(s)) for m, s in rows]
-        spots = [_Spot([str(s), m], m, {"at": from_ms(s)}) for m, s in members]
+        spots = [_Spot([str(_score(s)), text(m)], text(m), {"at": when(s)}) for m, s in rows]
         return spots, len(rows) == count
 
     async def _dead(self, at: list[str] | None, count: int) -> tuple[list[_Spot], bool]:
@@ -458,14 +472,15 @@ class _Source:
         """The ended index: entries of job id -> ended ms. A cursor is an entry and how
         many of its jobs were read; reading resumes inside that entry."""
         key = self.keys.ended
-        skip = 0
+        skip, wanted = 0, count
         if at:
             skip = int(at[1])
             low, high = ("-", at[0]) if self.newest else (at[0], "+")
+            wanted += 1  # the cursor's own entry may be used up: never read only that
         else:
             low, high = "-", "+"
         try:
-            rows = await self._range(key, low, high, count)
+            rows = await self._range(key, low, high, wanted)
         except ResponseError:  # the index key holds something else: nothing to list
             return [], False
         spots: list[_Spot] = []
@@ -478,10 +493,8 @@ class _Source:
             for n, (job_id, ms) in enumerate(pairs[start:], start + 1):
                 if len(spots) == count:  # a big entry: the cursor resumes inside it
                     return spots, True
-                ended = text(ms)
-                spots.append(_Spot([entry, str(n)], text(job_id),
-                                   ended_ms=int(ended) if ended.isdigit() else None))
-        return spots, len(rows) == count
+                spots.append(_Spot([entry, str(n)], text(job_id), ended_ms=_whole(text(ms))))
+        return spots, len(rows) == wanted
 
 
 def _job_id(fields: Any) -> str:
