@@ -12,6 +12,7 @@ task raises can break the capture: a ``__str__`` that raises, a message of megab
 from __future__ import annotations
 
 import dataclasses
+import math
 import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -172,9 +173,7 @@ def progress_report(value: float, detail: object, at_ms: int) -> bytes:
     kept), anything else is data. ``ValueError`` for a value that is not a finite number or
     a report over ``MAX_PROGRESS`` bytes; ``SerializationError`` for data msgspec cannot
     encode."""
-    number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"progress must be a finite number, got {value!r}")
+    number = _finite(value)
     if isinstance(detail, str):
         report = Progress(number, detail[:500], at_ms)
     else:
@@ -183,6 +182,18 @@ def progress_report(value: float, detail: object, at_ms: int) -> bytes:
     if len(data) > MAX_PROGRESS:
         raise ValueError(f"progress report of {len(data)} bytes: at most {MAX_PROGRESS}")
     return data
+
+
+def _finite(value: object) -> float:
+    """``value`` as a float; ``ValueError`` unless it is a finite number (text, None, NaN,
+    infinities and ints too large for a float are not)."""
+    try:
+        number = math.nan if isinstance(value, str | bytes) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"progress must be a finite number, got {safe_str(value, 100)}")
+    return number
 
 
 def decode_progress(data: bytes | None) -> Progress | None:

@@ -49,7 +49,8 @@ async def job_status(job_id: str, pool: PoolDep) -> dict[str, Any]:
     body: dict[str, Any] = {"job_id": job_id, "status": info.state.value,
                             "attempts": info.attempts}
     if info.progress:
-        body["progress"] = {"value": info.progress.value, "message": info.progress.message}
+        body["progress"] = {"value": info.progress.value, "message": info.progress.message,
+                            "data": info.progress.data}
     if info.state is JobState.COMPLETE:
         body["result"] = info.result
     elif info.error:

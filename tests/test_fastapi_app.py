@@ -69,7 +69,8 @@ def test_enqueue_then_status_with_progress_then_result(fresh_redis: RedisServer,
             assert time.monotonic() < deadline, body
             time.sleep(0.02)
         assert body["result"] == {"rows": 3000}
-        assert body["progress"] == {"value": 1.0, "message": "3000 of 3000 rows"}
+        assert body["progress"] == {"value": 1.0, "message": "3000 of 3000 rows",
+                                    "data": None}
         assert any(0 < v < 1 for v in seen_progress)  # watched it move
         health = httpx.get(f"{web}/health")
         assert health.status_code == 200 and health.json()["workers"] == 1
@@ -138,3 +139,35 @@ async def test_the_app_runs_on_the_in_memory_harness_without_redis(
     finally:
         await harness.close()
     assert not hasattr(app.state, "asyncjobs")
+
+
+@asyncjobs.task(name="fastapi_app_structured")
+async def structured(ctx: asyncjobs.Context, note: str) -> None:
+    await ctx.progress(0.4, {"current": 40, "total": 100, "files": ["a.csv", note],
+                             "meta": {"ok": True, "skipped": None}})
+
+
+@pytest.mark.asyncio
+async def test_job_status_returns_structured_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /jobs/{id}`` returns the progress data a task reported, as it was reported."""
+    from fastapi.testclient import TestClient
+
+    from asyncjobs.testing import Harness
+    from examples.fastapi_app import app
+
+    monkeypatch.setenv("ASYNCJOBS_REDIS_URL", "redis://127.0.0.1:1/0")  # closed port
+    note = "b.csv\n\x1b[31m\u2028é"
+    harness = Harness()
+    try:
+        job = await harness.pool.enqueue(structured, note)
+        await harness.run_all([structured])
+        with TestClient(harness.attach(app)) as client:
+            body = client.get(f"/jobs/{job.id}").json()
+    finally:
+        await harness.close()
+    assert body["status"] == "complete"
+    assert body["progress"] == {
+        "value": 0.4, "message": "",
+        "data": {"current": 40, "total": 100, "files": ["a.csv", note],
+                 "meta": {"ok": True, "skipped": None}},
+    }

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from .._text import safe_str
 from ..exceptions import ConfigurationError
 
 _FIELDS = ("job_id", "task", "queue", "attempt", "duration_s", "outcome")
+_RESERVED = frozenset({*_FIELDS, "time", "level", "logger", "message", "exception"})
+"""Names a job's log context cannot take, on any line (whether or not the line has them)."""
 
 
 class LogLevel(StrEnum):
@@ -70,13 +74,27 @@ class JsonFormatter(logging.Formatter):
         for name in _FIELDS:
             if hasattr(record, name):
                 out[name] = getattr(record, name)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
         context = getattr(record, "context", None)
         if isinstance(context, dict):  # the job's log context: fields of its own
             for key, value in context.items():
-                out.setdefault(str(key), value)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+                name = safe_str(key, 64)
+                if name not in _RESERVED:
+                    out.setdefault(name, _context_value(value))
+        return json.dumps(out, default=safe_str)
+
+
+def _context_value(value: object) -> object:
+    """A log context value as JSON: a bool, null, an int (64-bit) or a finite float as it
+    is; anything else as text cut at 200 characters, whatever its ``__str__`` does."""
+    if value is None or type(value) is bool:
+        return value
+    if type(value) is int and -(2**63) <= value < 2**64:
+        return value
+    if type(value) is float and math.isfinite(value):
+        return value
+    return safe_str(value, 200)
 
 
 def check_level(level: str) -> str:

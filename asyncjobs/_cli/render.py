@@ -200,8 +200,19 @@ def _job_rows(info: JobInfo) -> list[tuple[str, Any]]:
         ("result", info.result),
     ]
     if info.progress:
-        rows.append(("progress", f"{info.progress.value:g} {info.progress.message}"))
+        p = info.progress
+        data = "" if p.data is None else _one_line_json(p.data)
+        rows.append(("progress", " ".join(t for t in (f"{p.value:g}", p.message, data) if t)))
     return rows
+
+
+def _one_line_json(value: Any) -> str:
+    """Compact JSON on one line, readable (``é`` stays ``é``) and safe: a character that is
+    not printable (a control character, a line separator) is written as JSON's ``\\uXXXX``."""
+    text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), default=str)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _value(value: Any) -> str:

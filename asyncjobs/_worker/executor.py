@@ -316,7 +316,6 @@ class Executor:
         running.started = True
         running.began = time.monotonic()
         self._emit("started", running, st)
-        log_start(running.job_id, task.name, running.queue, st.attempts, ctx.log_context)
         call = functools.partial(self._call, running, task, ctx, args, kwargs)
         timer = None
         if timeout:
@@ -371,9 +370,15 @@ class Executor:
         else:
             sync = functools.partial(fn, ctx, *args, **kwargs)
             call = functools.partial(self._in_thread, running, sync)
-        if self._invoke is None:
+        attempt, fields = ctx.attempt, ctx.log_context  # as they are before middleware runs
+
+        async def logged() -> Any:  # innermost: the start line has what middleware added
+            log_start(running.job_id, task.name, running.queue, attempt, fields)
             return await call()
-        return await self._invoke(ctx, call)
+
+        if self._invoke is None:
+            return await logged()
+        return await self._invoke(ctx, logged)
 
     async def _in_thread(self, running: Running, sync: Callable[[], Any]) -> Any:
         def body_done() -> None:
