@@ -67,7 +67,9 @@ RedisUrl = Annotated[
     str | None,
     typer.Option("--redis-url", envvar=URL_ENV, show_envvar=True,
                  callback=checked(_loader.redis_url),
-                 help=escape("redis://[user:password@]host:port/db, rediss:// for TLS.")),
+                 help=escape("redis://[user:password@]host:port/db, rediss:// for TLS, "
+                             "redis+sentinel://host:26379,host2:26379/service/db for "
+                             "Sentinel.")),
 ]
 Prefix = Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
                                      callback=prefix_option, help="Key prefix of the app.")]

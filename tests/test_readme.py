@@ -26,6 +26,8 @@ own (its engine is disposed after the block).
 ``redis-server`` the test started on a free port (``fresh_redis``), and
 ``$ASYNCJOBS_REDIS_URL`` points there too (code that takes the default URL goes there). A
 block that still mentions port 6379 after that fails the test: these tests never touch 6379.
+A block naming the README's Sentinel URL (``redis+sentinel://sentinel-1:26379,...``) gets a
+master, a replica and three Sentinels of its own (``tests/sentinel.py``) in its place.
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ import asyncjobs
 from asyncjobs._redis.embedded import RedisServer, free_port
 
 from .procs import ROOT
+from .sentinel import sentinel_setup
 
 README = ROOT / "README.md"
 README_URL = "redis://localhost:6379/0"
+README_SENTINEL_URL = ("redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/"
+                      "mymaster/0")
 README_DB_URL = "sqlite+aiosqlite:///app.db"  # the outbox block's database
 CLOSED_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -85,9 +90,11 @@ class Block:
         found = FILE_RE.match(self.first)
         return found.group(1) if found else None
 
-    def on(self, url: str) -> str:
-        """The source, its Redis URLs pointing at ``url``."""
+    def on(self, url: str, sentinel_url: str = "") -> str:
+        """The source, its Redis URLs pointing at ``url`` (and ``sentinel_url``)."""
         source = self.source.replace(README_URL, url)
+        if sentinel_url:
+            source = source.replace(README_SENTINEL_URL, sentinel_url)
         assert "6379" not in source, f"README.md:{self.line} names port 6379 in another form"
         return source
 
@@ -170,9 +177,18 @@ async def run_repl_style(source: str, namespace: dict[str, Any], name: str) -> N
 @pytest.mark.parametrize("block", snippets(), ids=lambda b: f"line{b.line}")
 async def test_snippet(block: Block, fresh_redis: RedisServer, tmp_path: Path,
                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with contextlib.ExitStack() as servers:
+        sentinel_url = ""
+        if README_SENTINEL_URL in block.source:
+            sentinel_url = servers.enter_context(sentinel_setup()).url
+        source = block.on(fresh_redis.url, sentinel_url).replace(
+            README_DB_URL, f"sqlite+aiosqlite:///{tmp_path}/app.db")
+        await run_snippet(block, source, fresh_redis, monkeypatch)
+
+
+async def run_snippet(block: Block, source: str, fresh_redis: RedisServer,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCJOBS_REDIS_URL", fresh_redis.url)
-    source = block.on(fresh_redis.url).replace(README_DB_URL,
-                                               f"sqlite+aiosqlite:///{tmp_path}/app.db")
     namespace: dict[str, Any] = {"__name__": "__main__"}
     opening = "".join(line for line in source.splitlines() if line.startswith("#"))
     async with contextlib.AsyncExitStack() as stack:

@@ -16,7 +16,7 @@ import typer
 from redis.asyncio.connection import parse_url
 
 from .._durations import to_seconds
-from .._redis.connection import redact
+from .._redis.connection import SENTINEL_SCHEME, parse_sentinel_url, redact
 from .._redis.keys import check_name
 from ..exceptions import ConfigurationError
 from .target import load as load
@@ -24,19 +24,24 @@ from .target import load as load
 T = TypeVar("T")
 V = TypeVar("V")
 
-URL_SCHEMES = ("redis://", "rediss://", "unix://")
+URL_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 _SHOWN_CHARS = 40  # of a bad argument, in an error message
 
 
 def redis_url(url: str) -> str:
-    """``url`` if it is a Redis URL redis-py can use (scheme, host, port, db, options)."""
-    if not url.startswith(URL_SCHEMES):
+    """``url`` if it is a Redis URL redis-py can use (scheme, host, port, db, options), or a
+    Sentinel URL (``redis+sentinel://host:26379,host2:26379/service/db``)."""
+    if not url.lower().startswith(URL_SCHEMES):
         raise ConfigurationError(
             f"{_shown(_redacted(url))} is not a Redis URL: use redis://host:port/db, "
-            "rediss://host:port/db for TLS, or unix:///path/to/redis.sock"
+            "rediss://host:port/db for TLS, unix:///path/to/redis.sock, or "
+            "redis+sentinel://host:26379,host2:26379/service/db"
         )
     try:
-        parse_url(url)
+        if url.lower().startswith(SENTINEL_SCHEME):
+            parse_sentinel_url(url)
+        else:
+            parse_url(url)
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {_shown(_redacted(url))}: {exc}") from exc
     return url
