@@ -12,6 +12,8 @@ failed         the job is dead-lettered: out of tries, a non-retryable error, or
 expired        it reached its expiry before an attempt could start
 aborted        ``Job.abort()`` stopped it (before or while it ran)
 interrupted    a shutdown stopped the attempt; the job is handed back and runs again
+rate_limited   its task's rate limit deferred it to a later slot (``retry_in_s``); not an
+               attempt: it was never called, and its attempt count is unchanged
 =============  ======================================================================
 
 The job's arguments are decoded only when an observer reads ``args`` / ``kwargs``.

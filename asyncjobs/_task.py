@@ -21,6 +21,7 @@ import anyio.to_thread
 
 from ._context import Context
 from ._durations import Seconds, to_seconds
+from ._limits import RateKey, RateLimit, parse_rate
 from ._retry import RetryPolicy
 from ._signature import ArgConverter, return_type
 from .exceptions import ConfigurationError
@@ -61,6 +62,8 @@ class Task(Generic[P, R]):
         retry_timeouts: bool | None = None,
         backoff: Seconds | None = None,
         backoff_cap: Seconds | None = None,
+        rate_limit: str | None = None,
+        rate_key: RateKey | None = None,
     ) -> None:
         if fn is None and not name:
             raise ConfigurationError("a task reference needs a name")
@@ -81,6 +84,17 @@ class Task(Generic[P, R]):
         self.is_async = fn is not None and _is_async(fn)
         if max_tries is not None and max_tries < 1:
             raise ConfigurationError(f"task {self.name!r}: max_tries must be >= 1")
+        self.rate_limit: RateLimit | None = None
+        """The limit shared by every worker of the queue (see ``_limits``), or None."""
+        self.rate_key = rate_key
+        if rate_limit is not None:
+            try:
+                self.rate_limit = parse_rate(rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from None
+        if rate_key is not None and (self.rate_limit is None or not callable(rate_key)):
+            raise ConfigurationError(f"task {self.name!r}: rate_key needs a rate_limit and "
+                                     "must be a function of the task's arguments")
 
     def options(
         self,
@@ -218,13 +232,17 @@ def task(
     retry_timeouts: bool | None = None,
     backoff: Seconds | None = None,
     backoff_cap: Seconds | None = None,
+    rate_limit: str | None = None,
+    rate_key: RateKey | None = None,
 ) -> TaskDecorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, Any] | TaskDecorator:
     """Declare a task, bare (``@task``) or with options (``@task(timeout=30, max_tries=5)``).
 
     Options: ``name`` (default: the function's name), ``queue`` (where producers send it),
     ``timeout``, ``max_tries``, ``result_ttl``, ``retry_on`` / ``dont_retry_on`` (exception
-    types), ``retry_timeouts``, ``backoff`` / ``backoff_cap`` (seconds or timedelta).
+    types), ``retry_timeouts``, ``backoff`` / ``backoff_cap`` (seconds or timedelta),
+    ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"5/h"``: shared by every worker of the queue)
+    and ``rate_key`` (a function of the job's arguments: one such limit per key).
     """
     if fn is None:
         return TaskDecorator(**options)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import typer.main
+from redis.exceptions import ResponseError
 from rich.console import Console
 from rich.markup import escape
 
@@ -180,6 +181,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(exc), 2)
     except AsyncJobsError as exc:
         fail(str(exc))
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        fail("a key of asyncjobs in Redis holds another type of value than asyncjobs writes "
+             f"(written by hand, or by another program on the same prefix?): {exc}")
 
 
 def _out(as_json: bool, data: Any, *tables: Any) -> None:
@@ -433,7 +439,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except errors.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        typer.secho(f"asyncjobs: error: {safe(exc.format_message())}{hint}", err=True,
+        message = " ".join(exc.format_message().split())  # click's choice lists: one line
+        typer.secho(f"asyncjobs: error: {safe(message)}{hint}", err=True,
                     fg=typer.colors.RED)
         sys.exit(2)
     except typer.Abort:

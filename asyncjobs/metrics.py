@@ -59,6 +59,7 @@ EVENT_COUNTERS: Mapping[str, tuple[str, ...]] = {
     "expired": ("expired",),
     "aborted": ("aborted",),
     "interrupted": ("interrupted",),
+    "rate_limited": ("rate_limited",),
 }
 """Which ``asyncjobs_jobs_<name>_total`` counters each job event increments.
 
@@ -79,6 +80,8 @@ _COUNTER_HELP = {
     "expired": "Jobs dropped because they were not started before their expiry.",
     "aborted": "Jobs aborted (before or while running).",
     "interrupted": "Attempts cancelled by a shutdown or a lost entry (the job runs again).",
+    "rate_limited": "Jobs deferred by their task's rate limit to a later slot (not counted "
+                    "as attempts; each runs at its slot).",
 }
 
 

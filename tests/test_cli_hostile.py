@@ -143,3 +143,29 @@ async def test_requeue_prints_a_hostile_state_literally(real: Backend) -> None:
     assert code == 1 and "\x1b" not in out + err
     assert out.splitlines()[1:] == [r"not requeued: 1 (1 job is odd\x1b[31m[/])",
                                     rf"  {job.id}: job is odd\x1b[31m[/]"]
+
+
+@pytest.mark.parametrize("key", ["stream", "dead", "delayed", "ended"])
+@pytest.mark.asyncio
+async def test_a_queue_key_of_the_wrong_type_is_one_line(real: Backend, key: str) -> None:
+    """A queue key holding a string (written by hand, or another program): every command
+    that reads it says so in one line, exit 1, never a traceback."""
+    async with real.pool() as pool:
+        await pool.enqueue("add", 1)
+        await pool.client.delete(getattr(pool.keys("default"), key))
+        await pool.client.set(getattr(pool.keys("default"), key), "not asyncjobs'")
+    commands = [("info",), ("dlq", "list"), *(("jobs", "-s", s) for s in
+                ("queued", "running", "scheduled", "dead", "complete", "failed"))]
+    broken = 0
+    for command in commands:
+        code, out, err = cli(real, *command)
+        assert "Traceback" not in out + err, (command, err)
+        if code != 0:
+            broken += 1
+            assert code == 1 and out == "", (command, code, out, err)
+            lines = err.splitlines()
+            assert len(lines) == 1 and "another type of value" in lines[0], (command, err)
+    if key == "ended":  # the ended index is best effort: listings show nothing from it
+        assert broken == 0
+    else:
+        assert broken > 0  # the commands that read that key said so

@@ -299,6 +299,7 @@ field_value = {
     b"h": st.binary(max_size=12),
     b"w": st.sampled_from((ME.encode(), OTHER.encode(), b"")),
     b"de": st.one_of(junk, st.just(OTHER_ENTRY)),
+    b"rs": st.one_of(st.sampled_from((PAST, FUTURE)), junk),
 }
 
 
@@ -409,11 +410,11 @@ def model_start(env: Env, case: Case, before: Space, now: int
     found = before.get(key) if case.job_id else None
     if found is not None and found.kind != "hash":
         why = f"the job key {text(key)} holds something other than a hash".encode()
-        return ("unreadable", why, 0, b"", entry_ms(case.entry)), None
+        return ("unreadable", why, 0, b"", entry_ms(case.entry), 0), None
     rec: dict[bytes, bytes] = dict(found.content) if found else {}
     state = rec.get(b"s")
     if state is None:
-        return ("missing", b"", 0, b"", entry_ms(case.entry)), None
+        return ("missing", b"", 0, b"", entry_ms(case.entry), 0), None
     attempts = lua_int(rec[b"a"]) if b"a" in rec else 0
     expires = lua_int(rec.get(b"x"))
     bad = None
@@ -426,7 +427,7 @@ def model_start(env: Env, case: Case, before: Space, now: int
     if bad:
         shown = lua_int(rec.get(b"a"))
         return ("corrupt", f"the job record cannot be read: {bad}".encode(),
-                0 if shown is None else shown, b"", entry_ms(case.entry)), None
+                0 if shown is None else shown, b"", entry_ms(case.entry), 0), None
     assert attempts is not None
     q = lua_int(rec.get(b"q"))
     enqueued = q if q is not None else entry_ms(rec.get(b"e", case.entry))
@@ -438,13 +439,17 @@ def model_start(env: Env, case: Case, before: Space, now: int
     elif expires is not None and now >= expires:
         verdict = "expired"
     new = None
+    reserved = 0
     if verdict == "run":
         attempts += 1
         new = {**rec, b"a": num(attempts), b"s": b"running", b"st": num(now),
                b"w": ME.encode()}
         if q is None:
             new[b"q"] = num(enqueued)
-    return (verdict, rec.get(b"j", b""), attempts, rec.get(b"h", b""), enqueued), new
+        if b"rs" in rec:  # a rate limit's reserved slot: handed back once, then cleared
+            reserved = lua_int(new.pop(b"rs")) or 0
+    return (verdict, rec.get(b"j", b""), attempts, rec.get(b"h", b""), enqueued,
+            reserved), new
 
 
 def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: Space,
@@ -457,10 +462,13 @@ def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: 
     expected = {name: k for name, k in before.items() if name != env.keys.stream.encode()}
     for case, row in zip(batch, rows, strict=True):
         assert row.delivery.entry == text(case.entry)
-        got = (row.verdict, row.spec, row.attempts, row.history, row.enqueued_ms)
+        got = (row.verdict, row.spec, row.attempts, row.history, row.enqueued_ms,
+               row.reserved_ms)
         event(f"verdict {row.verdict}")
+        if row.reserved_ms:
+            event("reserved slot handed back")
         if case.entry in lost:
-            assert got == ("lost", b"", 0, b"", 0), case
+            assert got == ("lost", b"", 0, b"", 0, 0), case
             continue
         assert row.delivery.job_id == text(case.job_id)
         want, record = model_start(env, case, before, now)

@@ -57,6 +57,7 @@ def test_event_table() -> None:
         "expired": ("expired",),
         "aborted": ("aborted",),
         "interrupted": ("interrupted",),
+        "rate_limited": ("rate_limited",),
     }
     assert counters_for("retry") == ("failed", "retried")
     assert counters_for("no-such-event") == ()

@@ -55,6 +55,18 @@ class Started:
     enqueued_ms: int
     now_ms: int
 
+    reserved_ms: int = 0
+    """The slot a rate limit reserved for this job when it deferred it (0: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    """A started job to check against its task's rate limit: its delivery, the limit's key
+    and its interval (µs)."""
+
+    delivery: Delivery
+    limit_key: str
+    interval_us: int
 
 @dataclass(frozen=True, slots=True)
 class SettleOp:
@@ -157,8 +169,8 @@ class QueueStore:
         reply = await s.load(s.TAKE)(self.client, [self.keys.stream], args)
         return [
             Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
-                    int(q or 0), int(now))
-            for e, j, v, spec, a, hist, q, now in reply
+                    int(q or 0), int(now), int(rs or 0))
+            for e, j, v, spec, a, hist, q, now, rs in reply
         ]
 
     async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
@@ -175,9 +187,9 @@ class QueueStore:
                 started.append(Started(d, "unreadable", b"the job id is not valid UTF-8", 0,
                                        b"", 0, 0))
                 continue
-            v, spec, a, hist, q, now = next(rows)
+            v, spec, a, hist, q, now, rs = next(rows)
             started.append(Started(d, _str(v), spec or b"", int(a), hist or b"", int(q or 0),
-                                   int(now)))
+                                   int(now), int(rs or 0)))
         return started
 
     def settle_call(self, consumer: str, ops: Sequence[SettleOp],
@@ -218,6 +230,24 @@ class QueueStore:
         """Hand back up to ``most`` held entries, all but ``keep``; deletes the consumer
         once it holds nothing. Returns (handed back, still held and not kept)."""
         args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix, most, *keep]
+    def rate_call(self, consumer: str, checks: Sequence[RateCheck]) -> s.Call:
+        """The rate.lua call for started jobs under a rate limit (the worker pipelines
+        the calls of every queue into one round trip); read its reply with
+        ``rate_reply``."""
+        k = self.keys
+        keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats]
+        args: list[s.KeyOrArg] = [GROUP, consumer, k.wake_channel]
+        for c in checks:
+            keys += [c.limit_key, k.job(c.delivery.job_id)]
+            args += [c.delivery.entry, c.delivery.job_id, c.interval_us]
+        return (s.load(s.RATE), keys, args)
+
+    @staticmethod
+    def rate_reply(reply: Any) -> list[tuple[str, int]]:
+        """Each job's verdict ('run', 'deferred', 'lost', 'aborted', 'expired') and the
+        slot (ms) it got, in the order of the checks."""
+        return [(_str(verdict), int(slot)) for verdict, slot in reply[:-1]]
+
         moved, left = await s.load(s.HANDBACK)(self.client, [self.keys.stream], args)
         return int(moved), int(left)
 

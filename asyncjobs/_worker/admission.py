@@ -1,10 +1,11 @@
 """Whether a started delivery may run: one pure decision, no Redis, no clock.
 
 ``admit`` reads what start.lua said about a delivery and what the job carries (its spec,
-its task, its arguments) and returns either ``Admitted`` (run it) or ``Refused``: the one
-settle operation that records why it does not run (acknowledged as stale, dead-lettered,
-expired or aborted), with the job event to report. Every refusal is final: none of these
-jobs could succeed on another try, so none is retried.
+its task, its arguments) and returns either ``Admitted`` (run it; first check its task's
+rate limit when ``rate_key`` says so) or ``Refused``: the one settle operation that records
+why it does not run (acknowledged as stale, dead-lettered, expired or aborted), with the
+job event to report. Every refusal is final: none of these jobs could succeed on another
+try, so none is retried.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._codec import decode_spec
+from .._limits import RateKeyError, keeps_slot, limit_key
 from .._model import ErrorInfo, JobSpec
 from .._redis.store import SettleOp, Started
 from .._task import Task
@@ -30,6 +32,9 @@ class Admitted:
     args: list[Any]
     kwargs: dict[str, Any]
     history: tuple[ErrorInfo, ...]
+    rate_key: str | None = None
+    """The key to check the task's rate limit under ('' for the task-wide limit) before
+    running; None: no check (no limit, or the job comes back to the slot it was given)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,16 @@ def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
     except Exception as exc:  # no attempt can succeed with these arguments
         return _dead(st, history, "asyncjobs.BadArguments",
                      f"arguments do not match task {task.name!r}: {safe_str(exc, 500)}", queue)
-    return Admitted(spec, task, args, kwargs, history)
+    limit, rate_key = task.rate_limit, None
+    if limit is not None:
+        try:
+            key = limit_key(task.rate_key, args, kwargs)
+        except RateKeyError as exc:
+            return _dead(st, history, "asyncjobs.BadRateKey",
+                         f"task {task.name!r}: {exc}", queue)
+        if not keeps_slot(st.reserved_ms, st.now_ms, limit.interval_us):
+            rate_key = key
+    return Admitted(spec, task, args, kwargs, history, rate_key)
 
 
 def _dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,

@@ -2,7 +2,9 @@
 
 The executor never talks to Redis itself. It turns what start.lua said about a delivery,
 and how the attempt went, into exactly one settle operation; a job cancelled by shutdown
-or by losing its entry produces none (its entry stays pending and runs again).
+or by losing its entry produces none (its entry stays pending and runs again). A job of a
+task with a rate limit is first checked through ``RateChecks`` (batched, like the
+settler); one the limit defers produces none either (rate.lua moved it to its slot).
 
 Task code is not trusted to cooperate. A cancelled attempt (timeout, abort, lost entry)
 whose body is still running ``ESCALATE_S`` later ignored its cancellation: it is
@@ -36,6 +38,7 @@ from .._text import clean
 from ..exceptions import SerializationError
 from .admission import Refused, admit
 from .attempt import Plan, Running
+from .limiter import RateChecks
 from .outcomes import (
     after_attempt,
     attempt_error,
@@ -71,6 +74,7 @@ class Executor:
         self.settler = settler
         self.slots = Slots(rt.config.concurrency)
         self.threads = ThreadRunner(rt.config.sync_concurrency)
+        self.rate_checks = RateChecks(rt)
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
         self.zombies: dict[tuple[str, str], Running] = {}
         """Attempts no longer tracked as running whose body may still run here."""
@@ -286,16 +290,54 @@ class Executor:
                 fields=running.plan.fields if running.plan else None)
         return ended(running.delivery, "aborted")
 
-    async def _attempt(self, running: Running, st: Started) -> SettleOp:
-        """Run the delivery if ``admit`` lets it, else record why not."""
+    async def _attempt(self, running: Running, st: Started) -> SettleOp | None:
+        """Run the delivery if ``admit`` (and its rate limit) lets it, else record why not
+        (None: a rate limit deferred it, or the entry is no longer ours)."""
         verdict = admit(st, self.rt.tasks, self.rt.config.max_deliveries, running.queue)
         if isinstance(verdict, Refused):
             if verdict.event:
                 self._emit(verdict.event, running, st, task=verdict.task, error=verdict.error,
                            reason=verdict.error.message if verdict.error else None)
             return verdict.op
+        if verdict.rate_key is not None:
+            go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
+            if not go:
+                return op
         return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
                                    verdict.kwargs, verdict.history)
+
+    async def _check_rate(self, running: Running, st: Started, task: Task[Any, Any],
+                          key: str) -> tuple[bool, SettleOp | None]:
+        """Ask rate.lua whether the job may start now (one round trip, shared with the
+        checks of the jobs started with it): (True, None) to run it; else (False, the
+        operation recording why not, or None when nothing is left to record: the script
+        deferred the job, or the entry is no longer ours)."""
+        assert task.rate_limit is not None
+        d = st.delivery
+        limit_key = self.rt.stores[running.queue].keys.rate(task.name, key)
+        try:
+            verdict, slot_ms = await self.rate_checks.check(running.queue, d, limit_key,
+                                                            task.rate_limit.interval_us)
+        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
+            log.warning("rate limit check failed for job id=%s task=%s queue=%s: %s",
+                        running.job_id, task.name, running.queue, exc)
+            return False, None
+        if verdict == "run":
+            return True, None
+        if verdict == "deferred":
+            self._emit("rate_limited", running, st, task=task.name,
+                       retry_in_s=max(0, slot_ms - st.now_ms) / 1000)
+            log.debug("job deferred id=%s task=%s queue=%s: rate limit %s, its slot is in "
+                      "%d ms", running.job_id, task.name, running.queue,
+                      task.rate_limit.spec, slot_ms - st.now_ms)
+            return False, None
+        if verdict == "aborted":
+            return False, self._aborted(running, st)
+        if verdict == "expired":
+            self._emit("expired", running, st, task=task.name)
+            log_end("expired", running.job_id, task.name, running.queue, st.attempts, 0.0)
+            return False, ended(d, "expired")
+        return False, None  # lost: its new owner starts it
 
     async def _execute(
         self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],

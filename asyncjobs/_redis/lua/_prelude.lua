@@ -254,23 +254,25 @@ local STATES = {scheduled = true, queued = true, running = true, complete = true
   failed = true, aborted = true, expired = true}
 
 -- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
--- history, enqueued ms, now ms}; a runnable job becomes `running` with attempts + 1.
+-- history, enqueued ms, now ms, reserved slot ms}; a runnable job becomes `running` with
+-- attempts + 1. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
+-- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
 local function start_entry(entry, id, consumer, prefix, now)
   local key = prefix .. id
   if not utf8_ok(id) then
-    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now}
+    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0}
   end
   local rec = {}
   if id ~= '' then
-    rec = hmget(key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q')
+    rec = hmget(key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs')
   end
   if not rec then
     return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',
-      0, '', entry_ms(entry), now}
+      0, '', entry_ms(entry), now, 0}
   end
   local state = rec[1]
   if not state then
-    return {'missing', '', 0, '', entry_ms(entry), now}
+    return {'missing', '', 0, '', entry_ms(entry), now, 0}
   end
   local attempts, expires = int(rec[6] or 0), rec[3] and int(rec[3])
   local bad = nil
@@ -283,7 +285,7 @@ local function start_entry(entry, id, consumer, prefix, now)
   end
   if bad then
     return {'corrupt', 'the job record cannot be read: ' .. bad, int(rec[6]) or 0, '',
-      entry_ms(entry), now}
+      entry_ms(entry), now, 0}
   end
   local enqueued = int(rec[8]) or entry_ms(rec[2] or entry)
   local verdict = 'run'
@@ -294,6 +296,7 @@ local function start_entry(entry, id, consumer, prefix, now)
   elseif expires and now >= expires then
     verdict = 'expired'
   end
+  local reserved = 0
   if verdict == 'run' then
     attempts = attempts + 1
     if int(rec[8]) then
@@ -302,6 +305,10 @@ local function start_entry(entry, id, consumer, prefix, now)
       redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer,
         'q', enqueued)
     end
+    if rec[9] then
+      reserved = int(rec[9]) or 0
+      redis.call('HDEL', key, 'rs')
+    end
   end
-  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now}
+  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved}
 end

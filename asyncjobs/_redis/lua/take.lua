@@ -6,7 +6,7 @@
 --
 -- KEYS[1] stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] job key prefix
--- Returns one array per entry: {entry id, job id, then start.lua's six values}
+-- Returns one array per entry: {entry id, job id, then start.lua's seven values}
 local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], '>')
 -- Redis replies {{stream, entries}}; fakeredis (the in-memory test server) {stream, entries}.
@@ -19,6 +19,6 @@ local out = {}
 for _, item in ipairs(entries) do
   local entry, id = item[1], job_id_of(item[2])
   local row = start_entry(entry, id, ARGV[2], ARGV[4], now)
-  out[#out + 1] = {entry, id, row[1], row[2], row[3], row[4], row[5], row[6]}
+  out[#out + 1] = {entry, id, row[1], row[2], row[3], row[4], row[5], row[6], row[7]}
 end
 return out
