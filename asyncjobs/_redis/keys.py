@@ -92,18 +92,18 @@ class Keys:
         minutes since the epoch (Redis clock); kept two hours."""
         return f"{self.base}:minute:{minute}"
 
-    @property
-    def leader(self) -> str:
-        """The scheduler lease of this queue."""
-        return f"{self.base}:leader"
-
-    @property
     def rate(self, task: str, key: str = "") -> str:
         """A rate limit's theoretical arrival time (µs, Redis clock) for ``task`` and the
         job's rate key ('' for the task-wide limit); the task name's length keeps any two
         (task, key) pairs apart. Expires once that time has passed."""
         return f"{self.base}:rate:{len(task)}:{task}:{key}"
 
+    @property
+    def leader(self) -> str:
+        """The scheduler lease of this queue."""
+        return f"{self.base}:leader"
+
+    @property
     def cron(self) -> str:
         """Hash of cron cursors (name -> last tick ms) and last tick job ids."""
         return f"{self.base}:cron"
