@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
 import pytest
 
 import asyncjobs
 from asyncjobs import Context, JobState
+from asyncjobs._redis.store import QueueStore
 
 from .apps import crons
 from .conftest import Backend, running
-from .procs import WorkerProcess
+from .procs import ROOT, WorkerProcess
 from .procs import workers as procs_workers
 
 pytestmark = [pytest.mark.asyncio]
@@ -110,35 +113,114 @@ async def test_five_thousand_delayed_jobs_run_exactly_once_across_three_workers(
     assert [int(r or 0) for r in runs] == [1] * 5000
 
 
-async def test_racing_promotions_neither_duplicate_nor_lose(backend: Backend,
-                                                            pool: asyncjobs.Pool) -> None:
-    n = 3000
+async def promote_all(store: QueueStore, limit: int = 50) -> int:
+    """Promote due jobs ``limit`` at a time until none is left; returns how many it moved."""
+    total = 0
+    while True:
+        done = await store.promote(limit, 60)
+        total += done.promoted
+        if done.promoted == 0:
+            return total
+
+
+async def assert_each_due_job_queued_once(pool: asyncjobs.Pool, jobs: list[asyncjobs.Job[Any]],
+                                          promoted: list[int]) -> None:
+    """The guarantee of racing promoters: every due job reached the stream exactly once,
+    none was left behind, and the promoters' counts add up. Which promoter moved how many
+    is left to the scheduling of the race (on the in-memory fake, one may move them all)."""
+    store = pool.store("default")
+    assert sum(promoted) == len(jobs), promoted
+    entries = await pool.client.xrange(store.keys.stream)
+    ids = [fields[b"i"].decode() for _, fields in entries]
+    assert len(ids) == len(set(ids)), "a job was promoted twice"
+    assert sorted(ids) == sorted(j.id for j in jobs), "a job was lost"
+    assert await pool.client.zcard(store.keys.delayed) == 0
+    for job in jobs[:: max(1, len(jobs) // 30)]:
+        assert await job.status() is JobState.QUEUED
+
+
+async def enqueue_due(pool: asyncjobs.Pool, n: int) -> list[asyncjobs.Job[Any]]:
+    """``n`` delayed jobs, all due once this returns."""
     jobs = await pool.enqueue_many(
         asyncjobs.call(crons.delayed.options(delay=0.2), i) for i in range(n)
     )
     await asyncio.sleep(0.3)
-    store = pool.store("default")
+    return jobs
+
+
+async def test_racing_promotions_neither_duplicate_nor_lose(backend: Backend,
+                                                            pool: asyncjobs.Pool) -> None:
+    jobs = await enqueue_due(pool, 3000)
     others = [asyncjobs.Pool(backend.factory(max_connections=4, socket_timeout=5),
                              prefix=backend.prefix) for _ in range(2)]
+    go = asyncio.Event()
+
+    async def promoter(p: asyncjobs.Pool) -> int:
+        store = p.store("default")
+        await p.client.ping()  # connected before the start
+        await go.wait()
+        return await promote_all(store)
+
     try:
-        async def promote_all(p: asyncjobs.Pool) -> int:
-            total = 0
-            while True:
-                done = await p.store("default").promote(100, 60)
-                total += done.promoted
-                if done.promoted == 0:
-                    return total
-        counts = await asyncio.gather(*(promote_all(p) for p in others))
+        racing = [asyncio.create_task(promoter(p)) for p in others]
+        await asyncio.sleep(0.05)
+        go.set()  # both leave together: on real Redis their script calls interleave
+        counts = await asyncio.gather(*racing)
     finally:
         for p in others:
             await p.close()
-    assert sum(counts) == n and all(c > 0 for c in counts)  # both took part
-    entries = await pool.client.xrange(store.keys.stream)
-    ids = [fields[b"i"].decode() for _, fields in entries]
-    assert sorted(ids) == sorted(j.id for j in jobs)  # each exactly once
-    for job in jobs[:: n // 30]:
-        assert await job.status() is JobState.QUEUED
-    assert await pool.client.zcard(store.keys.delayed) == 0
+    await assert_each_due_job_queued_once(pool, jobs, counts)
+
+
+# One promoter process: connects, says it is ready, waits for the start signal, then
+# promotes 50 at a time until nothing is due and prints how many it moved.
+PROMOTER = """
+import asyncio, sys
+import asyncjobs
+
+async def main(url: str, prefix: str) -> None:
+    async with asyncjobs.create_pool(url, prefix=prefix) as pool:
+        store = pool.store("default")
+        await pool.client.incr(f"{prefix}:ready")
+        await pool.client.blpop([f"{prefix}:go"], timeout=60)
+        total = 0
+        while (done := await store.promote(50, 60)).promoted:
+            total += done.promoted
+        print(total)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+async def test_promoter_processes_released_together_neither_duplicate_nor_lose(
+    real: Backend,
+) -> None:
+    """The race forced: three processes, each on its own connection, held at a barrier in
+    Redis (BLPOP) until all are connected, then promoting the same 6,000 due jobs at once."""
+    assert real.url is not None
+    count = 3
+    async with real.pool() as pool:
+        jobs = await enqueue_due(pool, 6000)
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROMOTER, real.url, real.prefix, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        ) for _ in range(count)]
+        try:
+            deadline = time.monotonic() + 60
+            while int(await pool.client.get(f"{real.prefix}:ready") or 0) < count:
+                assert all(p.returncode is None for p in procs), "a promoter died at start"
+                assert time.monotonic() < deadline, "the promoters never got ready"
+                await asyncio.sleep(0.05)
+            await pool.client.rpush(f"{real.prefix}:go", *["go"] * count)
+            outputs = await asyncio.gather(*(p.communicate() for p in procs))
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+        assert [p.returncode for p in procs] == [0] * count, outputs
+        await assert_each_due_job_queued_once(pool, jobs, [int(out) for out, _ in outputs])
 
 
 async def test_expired_at_promotion_is_logged_and_counted(
