@@ -19,9 +19,10 @@ from rich.console import Console
 
 import asyncjobs
 from asyncjobs import Context, JobState, SerializationError
-from asyncjobs._cli.render import print_job
+from asyncjobs._cli.render import jobs_table, print_job
 from asyncjobs._codec import MAX_PROGRESS, decode_progress, progress_report
 from asyncjobs._model import JobInfo, Progress
+from asyncjobs._producer.listing import JobRow
 
 from .conftest import Backend
 from .procs import run_cli
@@ -300,3 +301,19 @@ async def test_asyncjobs_job_shows_the_data(real: Backend) -> None:
     record = json.loads(done.stdout)
     assert record["progress"]["data"] == {**DATA, "note": HOSTILE}
     assert (record["progress"]["value"], record["progress"]["message"]) == (0.5, "")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({7: "x", (1, 2): b"\xff"}, '0.5 {"7":"x","(1, 2)":"b\'\\\\xff\'"}'),
+    ({"note": "a\nb\x1b[31m"}, r'0.5 {"note":"a\nb\u001b[31m"}'),
+])
+def test_the_jobs_listing_shows_any_data_on_one_line_escaped(data: Any, expected: str) -> None:
+    """``asyncjobs jobs`` cuts the progress cell at 40 characters; it never fails on data
+    msgspec decoded with keys JSON has no form for."""
+    row = JobRow("j1", task="t", state="running", progress=Progress(0.5, "", 1, data))
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None).print(jobs_table("running", [row]))
+    for char in "\x1b\x07\x9b\r":
+        assert char not in out.getvalue()
+    [line] = [line for line in out.getvalue().splitlines() if "j1" in line]
+    assert expected[:40] in line, line

@@ -126,9 +126,10 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
 def queues_table(stats: list[QueueStats]) -> Table:
     """One row per queue: what waits and runs."""
     rows = [[s.queue, str(s.waiting), str(s.in_flight), str(s.delayed), str(s.dead),
-             _duration(s.oldest_waiting_s)] for s in stats]
+             _duration(s.oldest_waiting_s), "-" if s.max_length is None else str(s.max_length)]
+            for s in stats]
     return _table("queues", ["queue", "#waiting", "#in flight", "#delayed", "#dead",
-                             "#oldest waiting"], rows)
+                             "#oldest waiting", "#max"], rows)
 
 
 def totals_table(stats: list[QueueStats]) -> Table:
@@ -160,7 +161,7 @@ def jobs_table(title: str, rows: list[JobRow], *, worker: bool = False) -> Table
         p = job.progress
         if p is None:
             return ""
-        detail = p.message or (json.dumps(p.data, separators=(",", ":"), default=str)
+        detail = p.message or (_one_line_json(p.data)
                                if p.data is not None else "")
         detail = detail if len(detail) <= 40 else detail[:39] + "\u2026"
         return f"{p.value:g} {detail}".strip()
