@@ -32,7 +32,7 @@ class Context:
         "headers",
         "job_id",
         "kwargs",
-        "log_context",
+        "_log_context",
         "max_tries",
         "pool",
         "queue",
@@ -81,9 +81,19 @@ class Context:
         tracing, auditing, a log context)."""
         self.kwargs = dict(kwargs or {})
         """The job's keyword arguments (a copy: changing it changes nothing)."""
-        self.log_context: dict[str, object] = {}
+        self._log_context: dict[str, object] = {}
+
+    @property
+    def log_context(self) -> dict[str, object]:
         """Fields added to this attempt's log lines (``tenant=acme``; in JSON logs, fields
-        of their own): set them here, or for every job with ``Worker(log_context=...)``."""
+        of their own): set them here, or for every job with ``Worker(log_context=...)``.
+        Assigning a new mapping replaces the fields (the attempt's lines see it)."""
+        return self._log_context
+
+    @log_context.setter
+    def log_context(self, fields: dict[str, object]) -> None:
+        self._log_context.clear()
+        self._log_context.update(fields)
 
     @property
     def enqueued_at(self) -> datetime:

@@ -174,6 +174,12 @@ def work_sync(ctx: Context, note: str) -> str:
     return "done"
 
 
+@asyncjobs.task(name="lc_replace", max_tries=1)
+async def replaces(ctx: Context) -> str:
+    ctx.log_context = {"only": "this"}  # a new mapping replaces the fields
+    return "done"
+
+
 @asyncjobs.task(name="lc_hostile", max_tries=1)
 async def hostile(ctx: Context) -> str:
     ctx.log_context.update({1: 2, "raising": RaisingStr(), "unprintable": Unprintable(),
@@ -222,6 +228,18 @@ async def test_hook_fields_are_on_both_lines_task_fields_on_the_end(
     assert end.startswith("job complete ") and end.endswith(" tenant=acme order=o-1")
     start, end = job_lines(caplog, sync.id)
     assert start.endswith(" tenant=-") and end.endswith(r" tenant=- order=o\n2")
+
+
+@pytest.mark.asyncio
+async def test_assigning_a_new_mapping_replaces_the_fields(
+        backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    job = await pool.enqueue(replaces.options(headers={"tenant": "acme"}))
+    await run_logged(backend, caplog, [replaces], log_context=tenant)
+    assert await job.result(timeout=5) == "done"
+    start, end = job_lines(caplog, job.id)
+    assert start.endswith(" tenant=acme")
+    assert end.endswith(" attempt=1 duration=" + end.split(" duration=")[1].split(" ")[0]
+                        + " only=this")
 
 
 @pytest.mark.asyncio
