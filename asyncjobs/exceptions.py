@@ -6,7 +6,8 @@
     ├── ConfigurationError      bad settings, a wrong import path, an unknown task option
     ├── SerializationError      an argument or a result that msgspec cannot encode
     ├── EnqueueError            some jobs of an enqueue could not be written (``.reasons``)
-    │   └── RedisFull           Redis is at its maxmemory: nothing more can be enqueued
+    │   ├── RedisFull           Redis is at its maxmemory: nothing more can be enqueued
+    │   └── QueueFull           the queue is at its maximum length (backpressure)
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
@@ -38,6 +39,7 @@ __all__ = [
     "CorruptJob",
     "EnqueueError",
     "RedisFull",
+    "QueueFull",
     "JobAborted",
     "JobError",
     "JobExpired",
@@ -94,6 +96,23 @@ class RedisFull(EnqueueError):
             f"Redis is full (maxmemory reached): {len(reasons) or 'the'} job(s) not enqueued"
             f"{f', {len(enqueued)} enqueued' if enqueued else ''}; workers drain the queues "
             "(settling frees memory), or raise maxmemory"))
+
+
+class QueueFull(EnqueueError):
+    """A queue is at its maximum length (``Admin.set_max_length``): the jobs in ``reasons``
+    were not written, each with why (``"queue 'emails' is full (max 1000 jobs)"``), and
+    ``enqueued`` holds the handles of those that were. ``queues`` maps each full queue to
+    its maximum. Nothing already accepted was dropped; enqueueing the refused jobs again
+    (the same job ids) once workers have made room is safe."""
+
+    def __init__(self, reasons: dict[str, str], enqueued: list[Any],
+                 queues: dict[str, int]) -> None:
+        names = ", ".join(f"{q!r} (max {n} jobs)" for q, n in queues.items())
+        which = f"queues {names} are" if len(queues) > 1 else f"queue {names} is"
+        got = f", {len(enqueued)} enqueued" if enqueued else ""
+        super().__init__(reasons, enqueued, (
+            f"{which} full: {len(reasons)} job(s) not enqueued{got}"))
+        self.queues = queues
 
 
 class RedisUnavailable(AsyncJobsError, ConnectionError):

@@ -171,6 +171,11 @@ class WorkerMetrics:
         self.trimmed = gauge("asyncjobs_queue_dead_letters_trimmed", "Dead letters removed "
                              "by the retention limits (count and age) since the queue was "
                              "created, with their jobs' records (a total kept in Redis).", q)
+        self.max_length = gauge("asyncjobs_queue_max_length", "The queue's maximum length "
+                                "(waiting, in flight and delayed jobs; 0: no maximum).", q)
+        self.refused = gauge("asyncjobs_queue_enqueues_refused", "Jobs a full queue refused "
+                             "(QueueFull) since the queue was created (a total kept in "
+                             "Redis, like trimmed dead letters: rate() it).", q)
         self.running = gauge("asyncjobs_worker_running_jobs", "Attempts this worker is "
                              "running.", "worker")
         self.memory = gauge("asyncjobs_redis_memory_used_ratio", "Redis used_memory over "
@@ -246,6 +251,8 @@ class WorkerMetrics:
             self.dead.labels(queue=queue).set(stats.dead)
             self.oldest.labels(queue=queue).set(stats.oldest_waiting_s or 0.0)
             self.trimmed.labels(queue=queue).set(stats.counters.get("trimmed", 0))
+            self.max_length.labels(queue=queue).set(stats.max_length or 0)
+            self.refused.labels(queue=queue).set(stats.counters.get("refused", 0))
             try:
                 leads = await pool.admin.leader(queue) == self.worker
             except (RedisUnavailable, RedisError, OSError):

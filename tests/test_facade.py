@@ -10,8 +10,8 @@ PUBLIC = [
     "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CorruptJob",
     "CronJob", "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobExpired",
     "JobFailed", "JobInfo", "JobNotFound", "JobState", "JobTimeout", "Middleware", "Observer",
-    "Pool", "PoolExhausted", "Progress", "RedisFull", "RedisUnavailable", "ResultTimeout",
-    "Retry", "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig",
+    "Pool", "PoolExhausted", "Progress", "QueueFull", "RedisFull", "RedisUnavailable",
+    "ResultTimeout", "Retry", "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig",
     "__version__", "call", "create_pool", "cron", "task", "task_ref",
 ]
 

@@ -827,16 +827,39 @@ plans = st.builds(
 )
 EXISTING = ("", "", "", "hash", "hash", "hash without a state", *WRONG_TYPES)
 QUEUE_KEY_STATE = ("", "", "", "", *WRONG_TYPES)
+MAX_LENGTHS = st.one_of(
+    st.integers(1, 6).map(num), st.just(None), st.integers(1, 6).map(num), st.just(None),
+    junk, st.sampled_from(WRONG_TYPES))
+"""The settings hash's max_length: none, a small maximum (the queue starts with one
+delayed job), garbage, or a settings key of the wrong type."""
 
 
-def model_enqueue(env: Env, jobs: Sequence[NewJob], before: Space, now: int
-                  ) -> tuple[dict[int, Any], Model]:
+def model_room(env: Env, before: Space) -> tuple[int | None, int | None]:
+    """The maximum enqueue.lua reads, and the room it finds: the maximum less XLEN of the
+    stream and ZCARD of the delayed set (a key of the wrong type counts 0)."""
+    k = env.keys
+    settings = before.get(k.settings.encode())
+    most = None
+    if settings is not None and settings.kind == "hash":
+        most = lua_int(settings.content.get(b"max_length"))
+    if most is None or most <= 0:
+        return None, None
+    held = before.get(k.stream.encode())
+    later = before.get(k.delayed.encode())
+    length = len(held.content.entries) if held is not None and held.kind == "stream" else 0
+    length += len(later.content) if later is not None and later.kind == "zset" else 0
+    return most, most - length
+
+
+def model_enqueue(env: Env, jobs: Sequence[NewJob], before: Space, now: int,
+                  count_refused: bool = True) -> tuple[dict[int, Any], Model]:
     k = env.keys
     stream, delayed = k.stream.encode(), k.delayed.encode()
     is_stream = stream not in before or before[stream].kind == "stream"
     model = Model({n: v for n, v in before.items() if n != stream or not is_stream},
                   {stream: []} if is_stream else {})
     replies: dict[int, Any] = {}
+    most, room = model_room(env, before)
     for i, job in enumerate(jobs):
         key = env.job(job.id)
         cur = model.space.get(key)
@@ -845,6 +868,10 @@ def model_enqueue(env: Env, jobs: Sequence[NewJob], before: Space, now: int
             continue
         if cur is not None and b"s" in cur.content:
             replies[i] = text(cur.content[b"s"])
+            continue
+        if room is not None and room <= 0:
+            replies[i] = f"full: {most}"
+            model.counts["refused"] += count_refused
             continue
         due = job.due_at_ms or (now + job.delay_ms if job.delay_ms else 0)
         expires = job.expires_at_ms or (now + job.expires_in_ms if job.expires_in_ms else 0)
@@ -868,21 +895,26 @@ def model_enqueue(env: Env, jobs: Sequence[NewJob], before: Space, now: int
         model.space[key] = Key("hash", cur.ttl if cur else False,
                                {**(cur.content if cur else {}), **fields})
         model.counts["enqueued"] += 1
+        room = None if room is None else room - 1
     model.count_into(k.stats.encode())
     return replies, model
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=150)
 @given(batch=st.lists(plans, min_size=1, max_size=8), data=st.data())
 def test_enqueue_writes_each_job_whole_or_not_at_all(
     backend: Backend, batch: list[Plan], data: st.DataObject
 ) -> None:
+    """...and never past the queue's maximum length: a new job that finds no room is not
+    written at all (``full: <max>``); a dedup'd one takes no room."""
     existing = {i: data.draw(st.sampled_from(EXISTING), f"key of {i}")
                 for i in sorted({p.id for p in batch})}
     state = data.draw(st.one_of(st.sampled_from(STATES), junk), "state of existing records")
     queue_keys = data.draw(st.fixed_dictionaries(
         {"stream": st.sampled_from(QUEUE_KEY_STATE), "delayed": st.sampled_from(QUEUE_KEY_STATE),
          "stats": st.sampled_from(QUEUE_KEY_STATE)}), "queue keys")
+    most = data.draw(MAX_LENGTHS, "settings: max_length")
+    count_refused = data.draw(st.booleans(), "count refused")
 
     async def body(env: Env) -> None:
         client, k = env.client, env.keys
@@ -898,23 +930,33 @@ def test_enqueue_writes_each_job_whole_or_not_at_all(
         for name, kind in queue_keys.items():
             if kind:
                 await make_wrong(client, getattr(k, name), kind)
+        if most in WRONG_TYPES:
+            await make_wrong(client, k.settings, str(most))
+        elif most is not None:
+            await client.hset(k.settings, b"max_length", most)
         times = {PAST: now - 60_000, FUTURE: now + 10**9}
         jobs = [NewJob(p.id, p.spec, p.delay, times.get(p.at, p.at), p.expires_in,
                        times.get(p.expires_at, p.expires_at)) for p in batch]
         before = await snapshot(client, k)
         lo = await redis_ms(client)
-        replies = await env.store.enqueue(jobs)
+        replies = await env.store.enqueue(jobs, count_refused=count_refused)
         hi = await redis_ms(client)
         after = await snapshot(client, k)
-        want, _ = model_enqueue(env, jobs, before, lo)
+        want, _ = model_enqueue(env, jobs, before, lo, count_refused)
         assert set(replies) == set(want)
         for i, reply in replies.items():
             assert same(want[i], reply.encode()) if isinstance(want[i], Prefix) \
                 else reply == want[i], (i, jobs[i])
-            event(f"enqueue reply {reply.split(':')[0] if reply.startswith('error') else 'ok'}")
+            event(f"enqueue reply {reply.split(':')[0] if ':' in reply else 'ok'}")
         if len(replies) < len(jobs):
             event("enqueue created some")
-        assert_model(lambda t: model_enqueue(env, jobs, before, t)[1], lo, hi, before, after)
+        assert_model(lambda t: model_enqueue(env, jobs, before, t, count_refused)[1], lo, hi,
+                     before, after)
+        room = model_room(env, before)[1]
+        if room is not None:
+            event("enqueue with a maximum")
+            created = len(jobs) - len(replies)
+            assert created <= max(room, 0), "never past the maximum"
         stream = after.get(k.stream.encode())
         if stream is not None and stream.kind == "stream":
             old = before[k.stream.encode()].content if k.stream.encode() in before else None

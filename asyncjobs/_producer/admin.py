@@ -23,6 +23,8 @@ from .._model import JobInfo
 from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
+from .._redis.store import MAX_LENGTH_MOST, max_length
+from ..exceptions import ConfigurationError
 from .deadletters import (
     REPLIES,
     DeadLetter,
@@ -70,6 +72,10 @@ class QueueStats:
     """Age of the oldest waiting job, None when nothing waits."""
     counters: dict[str, int]
     """Totals since the queue was created: enqueued, complete, failed, retry, ..."""
+    max_length: int | None = None
+    """The most jobs the queue takes (waiting, in flight and delayed; see
+    ``Admin.set_max_length``), None when it has no maximum. ``counters['refused']`` counts
+    the jobs refused for it."""
 
 
 class Admin:
@@ -88,9 +94,9 @@ class Admin:
         """Waiting, in flight, delayed, dead, the oldest waiting job's age, and counters."""
         name = queue or self.pool.default_queue
         keys = self.pool.keys(name)
-        length, delayed, dead, counters, now = await self._pipe(
+        length, delayed, dead, counters, now, most = await self._pipe(
             lambda p: p.xlen(keys.stream).zcard(keys.delayed).xlen(keys.dead)
-            .hgetall(keys.stats).time())
+            .hgetall(keys.stats).time().hget(keys.settings, "max_length"))
         in_flight, last_delivered = await self._group(keys.stream)
         oldest = await self._oldest_waiting(keys.stream, last_delivered)
         now_ms = time_ms(now)
@@ -99,7 +105,37 @@ class Admin:
             delayed=delayed, dead=dead,
             oldest_waiting_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
             counters={text(k): int(v) for k, v in counters.items() if text(v).isdigit()},
+            max_length=max_length(most),
         )
+
+    async def set_max_length(self, queue: str, most: int | None) -> None:
+        """Give ``queue`` a maximum length (backpressure), or take it away with None.
+
+        The queue's length is every job it holds: waiting, in flight and delayed (retries
+        included). An enqueue that would take it past ``most`` is refused with
+        ``QueueFull`` (or waits for room, see ``create_pool(wait_for_room=...)``); nothing
+        already in the queue is ever dropped, so lowering the maximum below the length only
+        refuses new jobs until workers have drained it. Stored in Redis with the queue, so
+        every producer enforces the same maximum from its next enqueue. Retries, delayed
+        jobs coming due and cron ticks are never refused; nor are dead-letter requeues.
+        ``ConfigurationError`` for anything but a whole number from 1 to 10**12."""
+        keys = self.pool.keys(queue)
+        if most is None:
+            await self.pool.call(lambda: self.client.hdel(keys.settings, "max_length"))
+            return
+        if isinstance(most, bool) or not isinstance(most, int) or not (
+                0 < most <= MAX_LENGTH_MOST):
+            raise ConfigurationError(
+                f"a queue's maximum length must be a whole number from 1 to 10**12 (or None "
+                f"for no maximum), not {most!r}")
+        await self._pipe(lambda p: p.hset(keys.settings, "max_length", most)
+                         .sadd(self.pool.global_keys.queues, queue))
+
+    async def max_length(self, queue: str | None = None) -> int | None:
+        """The queue's maximum length (``set_max_length``), None when it has none."""
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        [most] = await self._pipe(lambda p: p.hget(keys.settings, "max_length"), errors=False)
+        return max_length(most)
 
     async def _pipe(self, build: Callable[[Any], object], errors: bool = True) -> list[Any]:
         """The commands ``build(pipeline)`` adds, in one round trip; with ``errors`` false,

@@ -3,6 +3,12 @@
 Enqueue is one script call (``enqueue.lua``): the record and the stream entry (or the delayed
 set entry) are written together, or not at all. The job id is chosen before the first try,
 so retrying an enqueue after a lost reply cannot create a second job.
+
+Backpressure: a queue may have a maximum length, stored in Redis with the queue
+(``Admin.set_max_length``) so every producer enforces the same one. enqueue.lua checks it and
+writes in one step, so producers racing each other never take the queue past it; a job
+that finds no room is refused (``QueueFull`` names it), or tried again until
+``wait_for_room`` seconds have passed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._codec import encode_spec
+from .._durations import Seconds, to_seconds
 from .._model import JobSpec, to_ms
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from .._redis.health import judge, read_settings
@@ -33,6 +40,7 @@ from ..exceptions import (
     ConfigurationError,
     EnqueueError,
     PoolExhausted,
+    QueueFull,
     RedisFull,
     RedisUnavailable,
 )
@@ -51,6 +59,23 @@ _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 def _oom(reason: str) -> bool:
     return reason.startswith("OOM") or "maxmemory" in reason
+
+
+_FULL = "full: "
+_ROOM_POLL_S = (0.01, 0.2)
+"""While waiting for room: the first pause between looks, and the longest (doubling)."""
+
+
+def _refusal(refused: dict[str, str], handles: list[Job[Any]], full: dict[str, int],
+             full_ids: set[str]) -> EnqueueError:
+    """The error for the jobs not written: ``RedisFull`` if Redis was out of memory,
+    ``QueueFull`` when a full queue is the reason for each, else ``EnqueueError``."""
+    enqueued = [h for h in handles if h.id not in refused]
+    if any(_oom(r) for r in refused.values()):
+        return RedisFull(refused, enqueued)
+    if full_ids == refused.keys():
+        return QueueFull(refused, enqueued, full)
+    return EnqueueError(refused, enqueued)
 
 
 def new_job_ids(count: int) -> list[str]:
@@ -77,12 +102,17 @@ class Pool:
         retry_for: float = 5.0,
         owns_client: bool = True,
         description: str = "",
+        wait_for_room: Seconds | None = None,
     ) -> None:
         self.client = client
         self.prefix = check_name("prefix", prefix)
         self.default_queue = check_name("queue name", queue)
         self.retry_for_s = retry_for
         self.description = description
+        self.wait_for_room_s: float = to_seconds(wait_for_room, "wait_for_room") or 0.0
+        """How long an enqueue waits for room in a full queue before raising ``QueueFull``
+        (0: it does not wait); ``enqueue_many(wait_for_room=...)`` overrides it."""
+
         self.global_keys = GlobalKeys(prefix)
         self._owns_client = owns_client
         self._stores: dict[str, QueueStore] = {}
@@ -160,41 +190,94 @@ class Pool:
         per-job options with ``task.options(job_id=..., queue=..., delay=..., ...)``. If the
         job id already names a queued, scheduled or running job, or one whose result is
         still kept, that job's handle is returned and nothing new is enqueued.
+
+        A queue at its maximum length raises ``QueueFull`` (after waiting up to the pool's
+        ``wait_for_room`` for a worker to make room).
         """
         (job,) = await self.enqueue_many([call(task, *args, **kwargs)])
         return job
 
-    async def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
+    async def enqueue_many(self, calls: Iterable[Call[Any]], *,
+                           wait_for_room: Seconds | None = None) -> list[Job[Any]]:
         """Enqueue many jobs in few round trips (batches of 500 per script call, pipelined).
 
-        Every argument of every job is encoded before anything is written.
+        Every argument of every job is encoded before anything is written. Each job is
+        written whole or not at all; jobs that were not raise ``EnqueueError`` (or a
+        subclass), whose ``reasons`` name them and whose ``enqueued`` holds the others.
+
+        A queue with a maximum length (``Admin.set_max_length``) takes jobs in order while
+        it has room; the rest raise ``QueueFull``. With ``wait_for_room`` (seconds or a
+        timedelta; default: the pool's), those are tried again, with the same job ids,
+        until they fit or the time is up. Jobs already in a queue (dedup by job id) take
+        no room and are never refused.
         """
+        wait_s = (self.wait_for_room_s if wait_for_room is None
+                  else to_seconds(wait_for_room, "wait_for_room") or 0.0)
         batch = list(calls)
         ids = new_job_ids(len(batch))
         prepared = [self.prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
         by_queue: dict[str, list[NewJob]] = {}
         for queue, new, _ in prepared:
             by_queue.setdefault(queue, []).append(new)
+        deadline = time.monotonic() + wait_s
         refused: dict[str, str] = {}
+        full: dict[str, int] = {}
+        full_ids: set[str] = set()
         for queue, jobs in by_queue.items():
-            existing = await self.write_jobs(queue, jobs)
-            refused.update((jobs[i].id, state[7:]) for i, state in existing.items()
-                           if state.startswith("error: "))
+            existing = await self._write_until(queue, jobs, deadline)
+            for i, state in existing.items():
+                if state.startswith(_FULL):
+                    full[queue] = int(state[len(_FULL):])
+                    refused[jobs[i].id] = f"queue {queue!r} is full (max {full[queue]} jobs)"
+                    full_ids.add(jobs[i].id)
+                elif state.startswith("error: "):
+                    refused[jobs[i].id] = state[7:]
         handles: list[Job[Any]] = [Job(self, new.id, queue, rtype)
                                    for queue, new, rtype in prepared]
         if refused:
-            error = RedisFull if any(_oom(r) for r in refused.values()) else EnqueueError
-            raise error(refused, [h for h in handles if h.id not in refused])
+            raise _refusal(refused, handles, full, full_ids)
         return handles
 
-    async def write_jobs(self, queue: str, jobs: Sequence[NewJob]) -> dict[int, str]:
+    async def _write_until(self, queue: str, jobs: Sequence[NewJob], deadline: float
+                           ) -> dict[int, str]:
+        """``write_jobs``, trying the jobs a full queue refused again (same ids) until they
+        fit or ``deadline`` (monotonic) passes; the last try counts its refusals."""
+        pending, replies = list(range(len(jobs))), dict[int, str]()
+        pause = _ROOM_POLL_S[0]
+        while True:
+            last = time.monotonic() >= deadline
+            got = await self.write_jobs(queue, [jobs[i] for i in pending], count_refused=last)
+            retry = {pending[k] for k, state in got.items()
+                     if state.startswith(_FULL) and not last}
+            replies.update((pending[k], state) for k, state in got.items()
+                           if pending[k] not in retry)
+            if not retry:
+                return replies
+            pending = sorted(retry)
+            await self._wait_for_room(queue, deadline, pause)
+            pause = min(pause * 2, _ROOM_POLL_S[1])
+
+    async def _wait_for_room(self, queue: str, deadline: float, pause: float) -> None:
+        """Sleep until the queue has room (looked at every ``pause`` seconds, one cheap
+        pipelined read) or the deadline passes."""
+        store = self.store(queue)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(pause, left))
+            room = await self._retrying(store.room)
+            if room is None or room > 0:
+                return
+
+    async def write_jobs(self, queue: str, jobs: Sequence[NewJob], *,
+                         count_refused: bool = True) -> dict[int, str]:
         """Write jobs prepared by ``prepare`` to ``queue`` (retrying outages like every call);
         returns those not created, by index: the state of a job that already existed (dedup
-        by job id), or ``'error: <reason>'``. Internal: ``enqueue_many`` and the outbox
-        relay write through it."""
+        by job id), ``'full: <max>'`` for one a full queue refused, or
+        ``'error: <reason>'``. Internal: ``enqueue_many`` and the outbox relay write
+        through it."""
         await self._register_queue(queue)
         store = self.store(queue)
-        existing: dict[int, str] = await self._retrying(lambda: store.enqueue(jobs))
+        existing: dict[int, str] = await self._retrying(
+            lambda: store.enqueue(jobs, count_refused=count_refused))
         return existing
 
     def prepare(self, c: Call[Any], new_id: str | None = None) -> tuple[str, NewJob, Any]:
@@ -299,6 +382,7 @@ def create_pool(
     client_factory: ClientFactory | None = None,
     check: bool = True,
     allow_eviction: bool = False,
+    wait_for_room: Seconds | None = None,
 ) -> _PoolOpener:
     """Open a pool: ``pool = await create_pool(url)`` or ``async with create_pool(url) as p``.
 
@@ -309,14 +393,18 @@ def create_pool(
     ``noeviction`` can delete jobs) unless ``allow_eviction``.
     Each Redis call waits at most ``timeout`` seconds; a call that cannot reach Redis is
     retried for up to ``retry_for`` seconds, then raises ``RedisUnavailable``.
+    ``wait_for_room``: how long an enqueue into a full queue (``Admin.set_max_length``)
+    waits for room before raising ``QueueFull`` (default 0: at once).
     """
     target = url or default_url()
     factory = client_factory or url_factory(target)
+    to_seconds(wait_for_room, "wait_for_room")  # a bad value fails here, not when awaited
 
     async def open_() -> Pool:
         client = factory(max_connections=max_connections, socket_timeout=timeout)
         pool = Pool(client, prefix=prefix, queue=queue, retry_for=retry_for,
-                    description=redact(target) if client_factory is None else "custom client")
+                    description=redact(target) if client_factory is None else "custom client",
+                    wait_for_room=wait_for_room)
         if check:
             try:
                 await pool._retrying(client.ping)

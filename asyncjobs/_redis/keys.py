@@ -77,6 +77,12 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def settings(self) -> str:
+        """Hash of the queue's settings, shared by every producer and worker: ``max_length``
+        (the most jobs waiting, running and delayed; enqueue.lua refuses new jobs past it)."""
+        return f"{self.base}:settings"
+
+    @property
     def waiting(self) -> str:
         """Sorted set of the ``Job.result()`` calls waiting on this queue, scored with when
         each registration lapses: settles publish a job's end only while it is not empty."""

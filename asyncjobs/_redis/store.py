@@ -99,6 +99,20 @@ class Promoted:
     now_ms: int
 
 
+MAX_LENGTH_MOST = 10**12
+"""The largest maximum length a queue takes (enqueue.lua reads whole numbers below 1e15)."""
+
+
+def max_length(raw: Any) -> int | None:
+    """A queue's maximum length as stored in its settings hash (None: no maximum, or a
+    value enqueue.lua would not read as one)."""
+    if isinstance(raw, bytes | str):
+        value = _str(raw)
+        if value.isascii() and value.isdigit() and 0 < int(value) <= MAX_LENGTH_MOST:
+            return int(value)
+    return None
+
+
 def _str(value: Any) -> str:
     """Text of a reply; bytes that are not UTF-8 (an entry written by hand) are replaced,
     never raised: such an entry is dead-lettered, not allowed to stop a worker."""
@@ -126,11 +140,15 @@ class QueueStore:
         """Create the stream and its consumer group at id 0 (so nothing queued is skipped)."""
         await s.load(s.GROUP)(self.client, [self.keys.stream], [GROUP])
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> dict[int, str]:
+    async def enqueue(self, jobs: Sequence[NewJob], *, count_refused: bool = True
+                      ) -> dict[int, str]:
         """Write jobs (pipelined batches of 500), each all or nothing. Returns the jobs not
         created, by index in ``jobs``: the state of a job that already existed (dedup by job
-        id), or ``'error: <reason>'`` for one that could not be written."""
-        calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH])
+        id), ``'full: <max>'`` for one refused because the queue is at its maximum length,
+        or ``'error: <reason>'`` for one that could not be written. ``count_refused``: add
+        refused jobs to the queue's ``refused`` counter (not while a caller will retry)."""
+        calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH], count_refused)
+
                  for i in range(0, len(jobs), _ENQUEUE_BATCH)]
         if len(calls) == 1:
             replies = [await calls[0][0](self.client, calls[0][1], calls[0][2])]
@@ -142,10 +160,25 @@ class QueueStore:
                 existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = _str(reply[k + 1])
         return existing
 
-    def _enqueue_call(self, jobs: Sequence[NewJob]) -> s.Call:
+    async def room(self) -> int | None:
+        """Jobs the queue can still take before its maximum length (None: no maximum), as
+        enqueue.lua counts: the maximum less the stream's and the delayed set's lengths."""
         k = self.keys
-        keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, *(k.job(j.id) for j in jobs)]
-        args: list[s.KeyOrArg] = [k.wake_channel]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.settings, "max_length")
+        pipe.xlen(k.stream)
+        pipe.zcard(k.delayed)
+        most, length, delayed = await pipe.execute(raise_on_error=False)
+        limit = max_length(most)
+        if limit is None:
+            return None
+        return limit - sum(n for n in (length, delayed) if isinstance(n, int))
+
+    def _enqueue_call(self, jobs: Sequence[NewJob], count_refused: bool) -> s.Call:
+        k = self.keys
+        keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, k.settings,
+                                  *(k.job(j.id) for j in jobs)]
+        args: list[s.KeyOrArg] = [k.wake_channel, int(count_refused)]
         for j in jobs:
             args += [j.id, j.spec, j.delay_ms, j.due_at_ms, j.expires_in_ms, j.expires_at_ms]
         return (s.load(s.ENQUEUE), keys, args)

@@ -173,6 +173,8 @@ class RelayLoop:
             existing = await self.pool.write_jobs(queue, [job for _, job in items])
             for index, (row_id, _) in enumerate(items):
                 state = existing.get(index, "")
+                if state.startswith("full: "):  # at the queue's maximum length: it waits
+                    raise RedisFullError(f"queue {queue!r} is full (max {state[6:]} jobs)")
                 if state.startswith("error: ") and _full(state[7:]):
                     raise RedisFullError(state[7:])  # not the row's fault: the batch waits
                 if state.startswith("error: "):
@@ -242,7 +244,8 @@ class RelayLoop:
 
 
 class RedisFullError(Exception):
-    """Redis refused a job for want of memory: the batch stays pending and is retried."""
+    """Redis refused a job for want of memory, or its queue is at its maximum length: the
+    batch stays pending and is retried."""
 
 
 def _full(reason: str) -> bool:

@@ -5,19 +5,41 @@
 -- hash, or the stream or delayed set is of the wrong type) is not written at all and its
 -- reason is returned; the rest of the batch is written.
 --
--- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4..] one job key per job
+-- Backpressure: when the settings hash holds a `max_length` (a whole number > 0), the
+-- queue's length -- XLEN of the stream (waiting and running jobs) plus ZCARD of the delayed
+-- set -- never goes above it through this script: a new job that finds no room is not
+-- written and 'full: <max>' is returned for it; the jobs before it in the batch are in, and
+-- once the queue is full the rest of the batch finds no room either. A dedup'd job takes no
+-- room. Without a maximum (or with garbage there) nothing is counted: one HGET is the whole
+-- cost.
+--
+-- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] settings hash,
+-- KEYS[5..] one job key per job
 -- ARGV[1] wake channel
--- ARGV[2..] six values per job: job id, spec (msgpack), delay ms (0 = none),
+-- ARGV[2] 1 to add refused jobs to the stats' `refused` counter (0: a caller that will try
+--         them again, waiting for room)
+-- ARGV[3..] six values per job: job id, spec (msgpack), delay ms (0 = none),
 --           due at ms (0 = none), expires in ms (0 = none), expires at ms (0 = none)
--- Returns the jobs not created, as a flat list: index (1-based), then their state, or
--- 'error: <reason>' for a job that could not be written (empty when every job was new,
--- the usual case: a small reply for a large batch).
+-- Returns the jobs not created, as a flat list: index (1-based), then their state,
+-- 'full: <max>' for a job refused for want of room, or 'error: <reason>' for a job that
+-- could not be written (empty when every job was new, the usual case: a small reply for a
+-- large batch).
+local function size(cmd, key)  -- a wrong-typed key counts 0 (its writes fail on their own)
+  local n = redis.pcall(cmd, key)
+  return type(n) == 'number' and n or 0
+end
+
 local now = now_ms()
 local out = {}
-local created = 0
-for i = 1, #KEYS - 3 do
-  local key = KEYS[3 + i]
-  local b = 1 + (i - 1) * 6
+local created, refused = 0, 0
+local max = int(redis.pcall('HGET', KEYS[4], 'max_length'))
+local room = nil
+if max and max > 0 then
+  room = max - size('XLEN', KEYS[1]) - size('ZCARD', KEYS[2])
+end
+for i = 1, #KEYS - 4 do
+  local key = KEYS[4 + i]
+  local b = 2 + (i - 1) * 6
   local id = ARGV[b + 1]
   local rec = hmget(key, 's')
   if not rec then
@@ -26,6 +48,10 @@ for i = 1, #KEYS - 3 do
   elseif rec[1] then
     out[#out + 1] = i
     out[#out + 1] = rec[1]
+  elseif room and room <= 0 then
+    out[#out + 1] = i
+    out[#out + 1] = 'full: ' .. string.format('%d', max)
+    refused = refused + 1
   else
     local delay, at = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
     local exp_in, exp_at = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
@@ -55,8 +81,10 @@ for i = 1, #KEYS - 3 do
         wake_if_first(KEYS[2], ARGV[1], id, due)
       end
       created = created + 1
+      if room then room = room - 1 end
     end
   end
 end
 count(KEYS[3], 'enqueued', created)
+if ARGV[2] == '1' then count(KEYS[3], 'refused', refused) end
 return out
