@@ -23,6 +23,7 @@ class Context:
     """
 
     __slots__ = (
+        "_log_context",
         "_loop",
         "_report",
         "args",
@@ -32,7 +33,6 @@ class Context:
         "headers",
         "job_id",
         "kwargs",
-        "_log_context",
         "max_tries",
         "pool",
         "queue",
