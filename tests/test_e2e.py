@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -209,10 +210,15 @@ async def test_job_id_dedup_returns_the_existing_job(backend: Backend,
 
 async def test_same_id_runs_again_once_its_result_expired(backend: Backend,
                                                           pool: asyncjobs.Pool) -> None:
-    job = await pool.enqueue(add.options(job_id="nightly", result_ttl=1), 1, 1)
+    # A TTL the result outlives while the test reads it, even on a loaded machine; then wait
+    # for it to expire (a fixed sleep raced a 1 s TTL against the read).
+    job = await pool.enqueue(add.options(job_id="nightly", result_ttl=3), 1, 1)
     await burst(backend, [add])
     assert await job.result(timeout=5) == 2
-    await asyncio.sleep(1.2)
+    deadline = time.monotonic() + 20
+    while await pool.client.exists(pool.keys("default").job("nightly")):
+        assert time.monotonic() < deadline, "the result never expired"
+        await asyncio.sleep(0.1)
     with pytest.raises(asyncjobs.JobNotFound):
         await job.status()
     rerun = await pool.enqueue(add.options(job_id="nightly"), 2, 2)

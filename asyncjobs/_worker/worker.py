@@ -265,7 +265,8 @@ class Worker:
             if metrics is not None:
                 tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
             fetching = anyio.CancelScope()
-            tg.start_soon(self._fetch_all, rt, ex, fetching, readers)
+            fetched = anyio.Event()
+            tg.start_soon(self._fetch_all, rt, ex, fetching, readers, fetched)
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
                      ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
             task_status.started(self)
@@ -277,18 +278,17 @@ class Worker:
                 rt.stopping.set()
                 rt.hurry.set()
                 with anyio.CancelScope(shield=True):
-                    await self._wind_down(rt, ex, settler, settling, fetching, schedulers,
-                                          readers)
+                    await self._wind_down(rt, ex, settler, settling, fetching, fetched,
+                                          schedulers)
                 raise
-            await self._wind_down(rt, ex, settler, settling, fetching, schedulers, readers)
+            await self._wind_down(rt, ex, settler, settling, fetching, fetched, schedulers)
             tg.cancel_scope.cancel()
 
     async def _wind_down(self, rt: Runtime, ex: Executor, settler: Settler,
                          settling: asyncio.Task[None], fetching: anyio.CancelScope,
-                         schedulers: list[Scheduler], readers: dict[str, Reader]) -> None:
-        for reader in readers.values():  # no read of ours may stay blocked in Redis
-            await reader.unblock(rt.client)
+                         fetched: anyio.Event, schedulers: list[Scheduler]) -> None:
         fetching.cancel()
+        await fetched.wait()  # no read of ours is left blocked in Redis (see _fetch_all)
         for scheduler in schedulers:
             await scheduler.release()
         await drain(rt, ex, settler, settling, now=self._now)
@@ -304,7 +304,7 @@ class Worker:
         return metrics
 
     async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope,
-                         readers: dict[str, Reader]) -> None:
+                         readers: dict[str, Reader], fetched: anyio.Event) -> None:
         try:
             with scope:
                 async with anyio.create_task_group() as fetchers:
@@ -313,9 +313,14 @@ class Worker:
                                             partial(fetch_loop, rt, ex, queue, readers[queue]))
             rt.stopping.set()  # all fetchers returned: burst mode drained every queue
         finally:
+            # Only once no fetcher is left to send another read: a read sent before the
+            # cancel may still be blocked in Redis, and would take the entries the shutdown
+            # hands back. Unblocked, then closed; then the hand-back may start.
             with anyio.CancelScope(shield=True):
                 for reader in readers.values():
+                    await reader.unblock(rt.client)
                     await reader.close()
+            fetched.set()
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
         """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling.
