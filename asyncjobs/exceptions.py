@@ -8,6 +8,7 @@
     ├── EnqueueError            some jobs of an enqueue could not be written (``.reasons``)
     │   ├── RedisFull           Redis is at its maxmemory: nothing more can be enqueued
     │   └── QueueFull           the queue is at its maximum length (backpressure)
+    ├── NotReplicated           jobs written on the master, not acknowledged by enough replicas
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
@@ -46,6 +47,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
+    "NotReplicated",
     "PoolExhausted",
     "RedisUnavailable",
     "ResultTimeout",
@@ -113,6 +115,28 @@ class QueueFull(EnqueueError):
         super().__init__(reasons, enqueued, (
             f"{which} full: {len(reasons)} job(s) not enqueued{got}"))
         self.queues = queues
+
+
+class NotReplicated(AsyncJobsError):
+    """The jobs *are* in Redis, on the master, and will run; but fewer replicas than
+    ``create_pool(wait_replicas=...)`` asked for acknowledged them within ``wait_timeout``,
+    so a failover now could lose them. ``job_ids`` names the jobs of the call (any of them
+    also refused for another reason, a full queue or a damaged key, is not in Redis);
+    ``acknowledged`` and ``wanted`` count replicas. The caller decides: go on, wait and
+    look again (``pool.job(job_id)``), or enqueue again with the same job ids (safe: a job
+    already there is not enqueued twice)."""
+
+    def __init__(self, job_ids: list[str], acknowledged: int, wanted: int,
+                 timeout_s: float) -> None:
+        more = f" (and {len(job_ids) - 1} more)" if len(job_ids) > 1 else ""
+        super().__init__(
+            f"job {job_ids[0]!r}{more} is in Redis on the master, but only {acknowledged} of "
+            f"the {wanted} replica(s) asked for acknowledged it within {timeout_s:g} s: "
+            "a failover now could lose it" if job_ids else
+            f"only {acknowledged} of {wanted} replica(s) acknowledged within {timeout_s:g} s")
+        self.job_ids = job_ids
+        self.acknowledged = acknowledged
+        self.wanted = wanted
 
 
 class RedisUnavailable(AsyncJobsError, ConnectionError):

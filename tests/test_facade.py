@@ -8,11 +8,12 @@ import asyncjobs
 
 PUBLIC = [
     "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CorruptJob",
-    "CronJob", "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobExpired",
-    "JobFailed", "JobInfo", "JobNotFound", "JobState", "JobTimeout", "Middleware", "Observer",
-    "Pool", "PoolExhausted", "Progress", "QueueFull", "RedisFull", "RedisUnavailable",
-    "ResultTimeout", "Retry", "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig",
-    "__version__", "call", "create_pool", "cron", "task", "task_ref",
+    "CronJob", "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobEvent",
+    "JobExpired", "JobFailed", "JobInfo", "JobNotFound", "JobRow", "JobState", "JobTimeout",
+    "Middleware", "NotReplicated", "Observer", "Page", "Pool", "PoolExhausted", "Progress",
+    "QueueFull", "RedisFull", "RedisUnavailable", "ResultTimeout", "Retry", "RetryPolicy",
+    "SerializationError", "Task", "Worker", "WorkerConfig", "__version__", "call",
+    "create_pool", "cron", "task", "task_ref",
 ]
 
 

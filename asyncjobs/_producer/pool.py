@@ -34,6 +34,7 @@ from .._model import JobSpec, to_ms
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
+from .._redis.replication import Replication
 from .._redis.store import NewJob, QueueStore
 from .._task import AsyncFn, Call, SyncFn, Task, call
 from ..exceptions import (
@@ -103,8 +104,11 @@ class Pool:
         owns_client: bool = True,
         description: str = "",
         wait_for_room: Seconds | None = None,
+        replication: Replication | None = None,
     ) -> None:
         self.client = client
+        self.replication = replication
+        """WAIT after each enqueue (``create_pool(wait_replicas=...)``), or None."""
         self.prefix = check_name("prefix", prefix)
         self.default_queue = check_name("queue name", queue)
         self.retry_for_s = retry_for
@@ -112,7 +116,6 @@ class Pool:
         self.wait_for_room_s: float = to_seconds(wait_for_room, "wait_for_room") or 0.0
         """How long an enqueue waits for room in a full queue before raising ``QueueFull``
         (0: it does not wait); ``enqueue_many(wait_for_room=...)`` overrides it."""
-
         self.global_keys = GlobalKeys(prefix)
         self._owns_client = owns_client
         self._stores: dict[str, QueueStore] = {}
@@ -130,6 +133,7 @@ class Pool:
         store = self._stores.get(queue)
         if store is None:
             store = self._stores[queue] = QueueStore(self.client, Keys(self.prefix, queue))
+            store.replication = self.replication
         return store
 
     @property
@@ -383,6 +387,8 @@ def create_pool(
     check: bool = True,
     allow_eviction: bool = False,
     wait_for_room: Seconds | None = None,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
 ) -> _PoolOpener:
     """Open a pool: ``pool = await create_pool(url)`` or ``async with create_pool(url) as p``.
 
@@ -395,16 +401,20 @@ def create_pool(
     retried for up to ``retry_for`` seconds, then raises ``RedisUnavailable``.
     ``wait_for_room``: how long an enqueue into a full queue (``Admin.set_max_length``)
     waits for room before raising ``QueueFull`` (default 0: at once).
+    ``wait_replicas``: each enqueue returns only once that many replicas acknowledged it
+    (Redis ``WAIT``, at most ``wait_timeout`` seconds, less than ``timeout``), else raises
+    ``NotReplicated``: the job is on the master, not yet safe from a failover.
     """
     target = url or default_url()
     factory = client_factory or url_factory(target)
     to_seconds(wait_for_room, "wait_for_room")  # a bad value fails here, not when awaited
+    replication = Replication.of(wait_replicas, wait_timeout, timeout, prefix)
 
     async def open_() -> Pool:
         client = factory(max_connections=max_connections, socket_timeout=timeout)
         pool = Pool(client, prefix=prefix, queue=queue, retry_for=retry_for,
                     description=redact(target) if client_factory is None else "custom client",
-                    wait_for_room=wait_for_room)
+                    wait_for_room=wait_for_room, replication=replication)
         if check:
             try:
                 await pool._retrying(client.ping)

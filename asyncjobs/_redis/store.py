@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from . import scripts as s
 from .keys import GROUP, Keys
+from .replication import Replication
 
 _ENQUEUE_BATCH = 500
 
@@ -54,7 +55,6 @@ class Started:
     history: bytes
     enqueued_ms: int
     now_ms: int
-
     reserved_ms: int = 0
     """The slot a rate limit reserved for this job when it deferred it (0: none)."""
 
@@ -67,6 +67,7 @@ class RateCheck:
     delivery: Delivery
     limit_key: str
     interval_us: int
+
 
 @dataclass(frozen=True, slots=True)
 class SettleOp:
@@ -132,6 +133,9 @@ def _delivery(entry: Any, job_id: Any, deliveries: int = 1) -> Delivery:
 class QueueStore:
     """Redis operations on one queue's keys."""
 
+    replication: Replication | None = None
+    """Set on the stores of a pool made with ``wait_replicas``: enqueues wait for replicas."""
+
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
@@ -148,9 +152,10 @@ class QueueStore:
         or ``'error: <reason>'`` for one that could not be written. ``count_refused``: add
         refused jobs to the queue's ``refused`` counter (not while a caller will retry)."""
         calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH], count_refused)
-
                  for i in range(0, len(jobs), _ENQUEUE_BATCH)]
-        if len(calls) == 1:
+        if self.replication is not None:
+            replies = await self.replication.run(self.client, calls, [j.id for j in jobs])
+        elif len(calls) == 1:
             replies = [await calls[0][0](self.client, calls[0][1], calls[0][2])]
         else:
             replies = await s.run_pipelined(self.client, calls)
