@@ -26,6 +26,7 @@ class Context:
         "_log_context",
         "_loop",
         "_report",
+        "_soft",
         "args",
         "attempt",
         "enqueued_ms",
@@ -82,6 +83,7 @@ class Context:
         self.kwargs = dict(kwargs or {})
         """The job's keyword arguments (a copy: changing it changes nothing)."""
         self._log_context: dict[str, object] = {}
+        self._soft: asyncio.Event | None = None
 
     @property
     def log_context(self) -> dict[str, object]:
@@ -99,6 +101,21 @@ class Context:
     def enqueued_at(self) -> datetime:
         """When the job was enqueued (UTC, Redis clock)."""
         return from_ms(self.enqueued_ms)
+
+    @property
+    def soft_timeout(self) -> asyncio.Event:
+        """Set when the task's ``soft_timeout`` has passed (never, without one): the hard
+        timeout comes next. ``await ctx.soft_timeout.wait()`` in an async task, or check
+        ``ctx.soft_timed_out`` between steps (in a plain ``def`` task too), to save partial
+        work and return before the attempt is cancelled."""
+        if self._soft is None:
+            self._soft = asyncio.Event()
+        return self._soft
+
+    @property
+    def soft_timed_out(self) -> bool:
+        """True once the task's ``soft_timeout`` has passed (see ``soft_timeout``)."""
+        return self._soft is not None and self._soft.is_set()
 
     @property
     def is_last_try(self) -> bool:

@@ -64,6 +64,7 @@ class Task(Generic[P, R]):
         backoff_cap: Seconds | None = None,
         rate_limit: str | None = None,
         rate_key: RateKey | None = None,
+        soft_timeout: Seconds | None = None,
     ) -> None:
         if fn is None and not name:
             raise ConfigurationError("a task reference needs a name")
@@ -71,6 +72,14 @@ class Task(Generic[P, R]):
         self.name: str = name or getattr(fn, "__name__", "") or repr(fn)
         self.queue = queue
         self.timeout_s = to_seconds(timeout, "timeout")
+        self.soft_timeout_s = to_seconds(soft_timeout, "soft_timeout")
+        """When ``ctx.soft_timeout`` is set, before the hard timeout (None: never)."""
+        if self.soft_timeout_s is not None and (
+                self.soft_timeout_s <= 0
+                or (self.timeout_s and self.soft_timeout_s >= self.timeout_s)):
+            raise ConfigurationError(
+                f"task {self.name!r}: soft_timeout must be more than 0 and less than the "
+                f"timeout ({self.soft_timeout_s:g} s, timeout {self.timeout_s or 'default'})")
         self.max_tries = max_tries
         self.result_ttl_s = to_seconds(result_ttl, "result_ttl")
         self._retry = {
@@ -234,6 +243,7 @@ def task(
     backoff_cap: Seconds | None = None,
     rate_limit: str | None = None,
     rate_key: RateKey | None = None,
+    soft_timeout: Seconds | None = None,
 ) -> TaskDecorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, Any] | TaskDecorator:
     """Declare a task, bare (``@task``) or with options (``@task(timeout=30, max_tries=5)``).
@@ -242,7 +252,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, A
     ``timeout``, ``max_tries``, ``result_ttl``, ``retry_on`` / ``dont_retry_on`` (exception
     types), ``retry_timeouts``, ``backoff`` / ``backoff_cap`` (seconds or timedelta),
     ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"5/h"``: shared by every worker of the queue)
-    and ``rate_key`` (a function of the job's arguments: one such limit per key).
+    and ``rate_key`` (a function of the job's arguments: one such limit per key),
+    ``soft_timeout`` (seconds, less than ``timeout``: when it passes, ``ctx.soft_timeout``
+    is set so the task can save partial work before the hard timeout cancels it).
     """
     if fn is None:
         return TaskDecorator(**options)

@@ -359,14 +359,19 @@ class Executor:
         running.began = time.monotonic()
         self._emit("started", running, st)
         call = functools.partial(self._call, running, task, ctx, args, kwargs)
-        timer = None
+        timer = soft = None
         if timeout:
             timer = self._loop.call_later(timeout, self.cancel, running, "timeout")
+        if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
+            soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
+                                         task.soft_timeout_s)
         try:
             outcome = await await_attempt(call, timeout, running.timed_out)
         finally:
             if timer is not None:
                 timer.cancel()
+            if soft is not None:
+                soft.cancel()
         return self._record(running, plan, outcome)
 
     def _record(self, running: Running, plan: Plan, outcome: Outcome) -> SettleOp:
@@ -459,3 +464,11 @@ class Executor:
 
     async def _report_progress(self, queue: str, job_id: str, data: bytes) -> None:
         await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
+
+
+def _soft_timeout(ctx: Context, after_s: float) -> None:
+    """The task's soft timeout passed: tell it (``ctx.soft_timeout``), and the log."""
+    ctx.soft_timeout.set()
+    log.warning("job soft timeout id=%s task=%s queue=%s attempt=%d after %gs: the hard "
+                "timeout comes next", clean(ctx.job_id), clean(ctx.task), ctx.queue,
+                ctx.attempt, after_s)
