@@ -301,9 +301,18 @@ async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str
         await asyncio.gather(*tasks)
         after_failover = await durable.enqueue(asyncjobs.task_ref("add"), 2, 2)
         assert await after_failover.result(timeout=10) == 4
-        pubsub = durable.waiter._pubsub  # the same pub/sub client, now on the new master
-        assert pubsub is not None and pubsub.connection is not None
-        assert pubsub.connection.port == new
+        # The waiter's pub/sub client follows too: it reconnects when next used, so a few
+        # more result waits (bounded) find it on the new master.
+        deadline = time.monotonic() + 15
+        while True:
+            pubsub = durable.waiter._pubsub
+            assert pubsub is not None and pubsub.connection is not None
+            if pubsub.connection.port == new:
+                break
+            assert time.monotonic() < deadline, (
+                f"pub/sub still on port {pubsub.connection.port}, the master is on {new}")
+            probe = await durable.enqueue(asyncjobs.task_ref("add"), 3, 3)
+            assert await probe.result(timeout=10) == 6
 
         lost_durable = await _complete(durable, [j for _, j in waiting.acked], 40)
         after = [j for t, j in plain.acked if t > settled_at]
