@@ -26,8 +26,9 @@ from rich.markup import escape
 from ._cli import loader as _loader
 from ._cli import ops, supervisor, worker_run
 from ._cli.loader import callback as checked
-from ._cli.loader import prefix_option, queue_option, queues_option, seconds_option
+from ._cli.loader import prefix_option, queues_option, seconds_option
 from ._cli.logs import JobLogs, LogFormat, LogLevel, configure
+from ._cli.options import AllowEviction, AsJson, Prefix, Queue, Queues, RedisUrl
 from ._cli.render import (
     Command,
     Group,
@@ -42,7 +43,6 @@ from ._cli.render import (
     totals_table,
     workers_table,
 )
-from ._redis.connection import URL_ENV
 from ._version import __version__
 from ._worker.loop import loop_factory
 from .exceptions import AsyncJobsError, ConfigurationError, SerializationError
@@ -62,25 +62,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line, ``asyncjobs: error: <message>``, to stderr and exit with ``code``."""
     typer.secho(f"asyncjobs: error: {safe(message)}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
-
-
-RedisUrl = Annotated[
-    str | None,
-    typer.Option("--redis-url", envvar=URL_ENV, show_envvar=True,
-                 callback=checked(_loader.redis_url),
-                 help=escape("redis://[user:password@]host:port/db, rediss:// for TLS, "
-                             "redis+sentinel://host:26379,host2:26379/service/db for "
-                             "Sentinel.")),
-]
-Prefix = Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
-                                     callback=prefix_option, help="Key prefix of the app.")]
-Queue = Annotated[str | None, typer.Option("--queue", "-q", callback=queue_option,
-                                           help="Queue (default: 'default').")]
-Queues = Annotated[list[str] | None, typer.Option(
-    "--queue", "-q", callback=queues_option, help="Queue (repeatable; default: all known).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-AllowEviction = Annotated[bool, typer.Option(
-    "--allow-eviction", help="Accept a Redis whose maxmemory-policy may evict (delete) jobs.")]
 
 
 def _version(value: bool) -> None:

@@ -11,12 +11,11 @@ import signal
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
-from .._redis.connection import URL_ENV
 from ..exceptions import AsyncJobsError, ConfigurationError
 from . import loader
 from .logs import LogFormat, LogLevel, configure
+from .options import Prefix, RedisUrl
 from .render import Command
 
 if TYPE_CHECKING:
@@ -43,13 +42,8 @@ def outbox_relay(
         "--database-url", envvar=DATABASE_URL_ENV, show_envvar=True,
         callback=loader.callback(_database_url),
         help="postgresql://user@host/db or sqlite:///path.db (async drivers filled in).")],
-    redis_url: Annotated[str | None, typer.Option(
-        "--redis-url", envvar=URL_ENV, show_envvar=True,
-        callback=loader.callback(loader.redis_url),
-        help=escape("redis://[user:password@]host:port/db, rediss:// for TLS."))] = None,
-    prefix: Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
-                                        callback=loader.prefix_option,
-                                        help="Key prefix of the app.")] = "asyncjobs",
+    redis_url: RedisUrl = None,
+    prefix: Prefix = "asyncjobs",
     table: Annotated[str, typer.Option("--table", help="The outbox table.")] = (
         "asyncjobs_outbox"),
     schema: Annotated[str | None, typer.Option("--schema", help="Its schema.")] = None,

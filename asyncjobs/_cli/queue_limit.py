@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from .._producer.pool import create_pool
-from .._redis.connection import URL_ENV
 from .._redis.store import MAX_LENGTH_MOST
 from . import loader
+from .options import AsJson, Prefix, RedisUrl
 from .render import Command, safe, to_json
 
 
@@ -38,14 +37,9 @@ def queue_limit(
         help="The most jobs it may hold: waiting, in flight and delayed. Omit to show the "
              "current maximum.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Take the maximum away.")] = False,
-    redis_url: Annotated[str | None, typer.Option(
-        "--redis-url", envvar=URL_ENV, show_envvar=True,
-        callback=loader.callback(loader.redis_url),
-        help=escape("redis://[user:password@]host:port/db, rediss:// for TLS."))] = None,
-    prefix: Annotated[str, typer.Option("--prefix", envvar="ASYNCJOBS_PREFIX",
-                                        callback=loader.prefix_option,
-                                        help="Key prefix of the app.")] = "asyncjobs",
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    redis_url: RedisUrl = None,
+    prefix: Prefix = "asyncjobs",
+    as_json: AsJson = False,
 ) -> None:
     """Show, set or clear a queue's maximum length: enqueues past it raise QueueFull."""
     from ..cli import _run, fail
