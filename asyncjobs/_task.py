@@ -23,6 +23,7 @@ from ._context import Context
 from ._durations import Seconds, to_seconds
 from ._limits import RateKey, RateLimit, parse_rate
 from ._retry import RetryPolicy
+from ._routing import Priority, check_priority, level_queue
 from ._signature import ArgConverter, return_type
 from .exceptions import ConfigurationError
 
@@ -43,6 +44,7 @@ class JobOptions:
     max_tries: int | None = None
     result_ttl_s: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    priority: Priority | None = None
 
 
 class Task(Generic[P, R]):
@@ -65,12 +67,21 @@ class Task(Generic[P, R]):
         rate_limit: str | None = None,
         rate_key: RateKey | None = None,
         soft_timeout: Seconds | None = None,
+        priority: Priority | None = None,
     ) -> None:
         if fn is None and not name:
             raise ConfigurationError("a task reference needs a name")
         self.fn = fn
         self.name: str = name or getattr(fn, "__name__", "") or repr(fn)
         self.queue = queue
+        self.priority: Priority | None = None
+        """The level its jobs are enqueued at unless ``options(priority=...)`` says else."""
+        if priority is not None:
+            try:
+                self.priority = check_priority(priority)
+                level_queue(queue or "default", priority)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from None
         self.timeout_s = to_seconds(timeout, "timeout")
         self.soft_timeout_s = to_seconds(soft_timeout, "soft_timeout")
         """When ``ctx.soft_timeout`` is set, before the hard timeout (None: never)."""
@@ -117,8 +128,11 @@ class Task(Generic[P, R]):
         max_tries: int | None = None,
         result_ttl: Seconds | None = None,
         headers: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
     ) -> Task[P, R]:
-        """A copy of this task that enqueues with these per-job options."""
+        """A copy of this task that enqueues with these per-job options. ``priority``
+        (``"high"``, ``"normal"`` or ``"low"``) orders jobs within their queue: a worker
+        starts a job only when no job of a higher level waits there."""
         if at is not None and at.tzinfo is None:
             raise ValueError("at= needs an aware datetime (e.g. tzinfo=UTC)")
         if isinstance(expires, datetime) and expires.tzinfo is None:
@@ -133,6 +147,7 @@ class Task(Generic[P, R]):
             "expires": exp, "timeout_s": to_seconds(timeout, "timeout"), "max_tries": max_tries,
             "result_ttl_s": to_seconds(result_ttl, "result_ttl"),
             "headers": dict(headers) if headers is not None else None,
+            "priority": check_priority(priority) if priority is not None else None,
         }
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         clone = _copy(self)
@@ -244,6 +259,7 @@ def task(
     rate_limit: str | None = None,
     rate_key: RateKey | None = None,
     soft_timeout: Seconds | None = None,
+    priority: Priority | None = None,
 ) -> TaskDecorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, Any] | TaskDecorator:
     """Declare a task, bare (``@task``) or with options (``@task(timeout=30, max_tries=5)``).
@@ -254,16 +270,19 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, A
     ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"5/h"``: shared by every worker of the queue)
     and ``rate_key`` (a function of the job's arguments: one such limit per key),
     ``soft_timeout`` (seconds, less than ``timeout``: when it passes, ``ctx.soft_timeout``
-    is set so the task can save partial work before the hard timeout cancels it).
+    is set so the task can save partial work before the hard timeout cancels it),
+    ``priority`` (``"high"``, ``"normal"`` or ``"low"``: the level of its jobs within their
+    queue, unless ``options(priority=...)`` says else).
     """
     if fn is None:
         return TaskDecorator(**options)
     return Task(fn, **options)
 
 
-def task_ref(name: str, *, queue: str | None = None) -> Task[..., Any]:
+def task_ref(name: str, *, queue: str | None = None,
+             priority: Priority | None = None) -> Task[..., Any]:
     """A reference to a task by name, for producers that do not import the worker's code."""
-    return Task(None, name=name, queue=queue)
+    return Task(None, name=name, queue=queue, priority=priority)
 
 
 _wrapped: weakref.WeakKeyDictionary[Callable[..., Any], Task[Any, Any]] = (

@@ -134,7 +134,7 @@ class Harness:
 
     async def _fast_forward(self, worker: Worker, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            for queue in worker.config.queues:
+            for queue in worker.config.served:  # every priority level
                 await self.make_due(queue)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.005):

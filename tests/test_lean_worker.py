@@ -67,8 +67,8 @@ def test_options_reach_the_exec_worker(redis_server: RedisServer) -> None:
         assert worker.wait(30) == 0, worker.output
         messages = [json.loads(line)["message"] for line in worker.output.splitlines()]
         assert f"prefix {prefix}" in messages[1]
-        assert messages[2] == ("queues  alpha, beta: concurrency 7, job timeout 300 s, "
-                               "claim timeout 15 s, grace 3 s, burst")
+        assert messages[2] == ("queues  alpha > beta (strict order): concurrency 7, "
+                               "job timeout 300 s, claim timeout 15 s, grace 3 s, burst")
     finally:
         worker.close()
 

@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import msgspec
 
+from .._routing import parse_queues
 from .._text import clean
 from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
@@ -106,8 +107,8 @@ def _worker(target: str, given: Changes) -> Worker:
         raise ConfigurationError(f"{target} is a {type(found).__name__}, not an "
                                  "asyncjobs.Worker")
     changes = {k: v for k, v in msgspec.structs.asdict(given).items() if v is not None}
-    if "queues" in changes:
-        changes["queues"] = tuple(changes["queues"])
+    if "queues" in changes:  # -q critical=6 -q default=3: weighted
+        changes["queues"], changes["weights"] = parse_queues(changes["queues"])
     return found.configure(**changes) if changes else found
 
 

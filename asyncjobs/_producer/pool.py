@@ -36,6 +36,7 @@ from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
 from .._redis.replication import Replication
 from .._redis.store import NewJob, QueueStore
+from .._routing import level_queue
 from .._task import AsyncFn, Call, SyncFn, Task, call
 from ..exceptions import (
     ConfigurationError,
@@ -291,7 +292,8 @@ class Pool:
         task, opts = c.task, c.task.job_options
         if task.fn is not None:  # a task known here: its arguments must bind
             task.converter.check(c.args, c.kwargs)
-        queue = opts.queue or task.queue or self.default_queue
+        queue = level_queue(opts.queue or task.queue or self.default_queue,
+                            opts.priority or task.priority)
         spec = JobSpec(
             task=task.name,
             args=list(c.args),

@@ -1,7 +1,9 @@
 """Every Redis key name, derived in one place. No I/O.
 
 All keys of one queue carry the same hash tag, ``{<queue>}``, so they live in one
-Redis Cluster slot and every Lua script touching them works on Cluster unchanged. Keys that
+Redis Cluster slot and every Lua script touching them works on Cluster unchanged. A priority
+level's queue (``emails@high``, see ``_routing``) shares its base queue's tag:
+``<prefix>:{emails}@high:...``, so one script can take from every level of a queue. Keys that
 span queues (the worker registry) carry no tag and are never used inside a script.
 """
 
@@ -9,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._routing import SEPARATOR, split_level
+
 GROUP = "asyncjobs"
+"""The consumer group every worker of a queue reads through."""
+
 ENDED_KEEP = 2000
 """Entries the ended index keeps (``index_ended`` in ``_prelude.lua`` says the same): each
 holds at least one job, so at least the 2,000 latest ended jobs of a queue stay listed."""
-"""The consumer group every worker of a queue reads through."""
 
 _FORBIDDEN = set("{}") | {" ", "\n", "\r", "\t"}
 
@@ -34,11 +39,16 @@ class Keys:
     prefix: str
     queue: str
     base: str = field(init=False, repr=False)
+    shared: str = field(init=False, repr=False)
+    """The base of the keys every priority level of the queue shares (its limits)."""
 
     def __post_init__(self) -> None:
         check_name("prefix", self.prefix)
         check_name("queue name", self.queue)
-        object.__setattr__(self, "base", f"{self.prefix}:{{{self.queue}}}")
+        name, level = split_level(self.queue)
+        suffix = "" if level == "normal" else f"{SEPARATOR}{level}"
+        object.__setattr__(self, "base", f"{self.prefix}:{{{name}}}{suffix}")
+        object.__setattr__(self, "shared", f"{self.prefix}:{{{name}}}")
 
     @property
     def stream(self) -> str:
@@ -101,8 +111,9 @@ class Keys:
     def rate(self, task: str, key: str = "") -> str:
         """A rate limit's theoretical arrival time (µs, Redis clock) for ``task`` and the
         job's rate key ('' for the task-wide limit); the task name's length keeps any two
-        (task, key) pairs apart. Expires once that time has passed."""
-        return f"{self.base}:rate:{len(task)}:{task}:{key}"
+        (task, key) pairs apart. Expires once that time has passed. One for all the
+        queue's priority levels: the limit holds whatever the jobs' priorities."""
+        return f"{self.shared}:rate:{len(task)}:{task}:{key}"
 
     @property
     def leader(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from . import scripts as s
 from .keys import GROUP, Keys
@@ -130,6 +131,33 @@ def _delivery(entry: Any, job_id: Any, deliveries: int = 1) -> Delivery:
     return Delivery(_str(entry), _str(job_id), deliveries, readable)
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What take.lua started, by level (an index into the stores it was given); when it
+    started nothing, each level stream's newest entry id ('' for one that cannot be read;
+    see take.lua); and the levels Redis refused to read, with its error."""
+
+    rows: list[tuple[int, Started]]
+    last: list[str]
+    errors: list[tuple[int, str]]
+
+
+async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:
+    """Read up to ``count`` new entries from the stores (the levels of one queue, highest
+    first: their keys share one hash tag) without blocking, and start them, in one round
+    trip; see take.lua."""
+    keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
+    args: list[s.KeyOrArg] = [GROUP, consumer, count, *(st.keys.job_prefix for st in stores)]
+    rows, last, errors = await s.load(s.TAKE)(stores[0].client, keys, args)
+    return Taken(
+        [(int(level) - 1,
+          Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
+                  int(q or 0), int(now), int(rs or 0)))
+         for level, e, j, v, spec, a, hist, q, now, rs in rows],
+        [_str(x) for x in last],
+        [(int(level) - 1, _str(why)) for level, why in errors])
+
+
 class QueueStore:
     """Redis operations on one queue's keys."""
 
@@ -202,14 +230,11 @@ class QueueStore:
 
     async def take(self, consumer: str, count: int) -> list[Started]:
         """Read up to ``count`` new entries without blocking and start them (one round
-        trip); empty when nothing is waiting."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, count, self.keys.job_prefix]
-        reply = await s.load(s.TAKE)(self.client, [self.keys.stream], args)
-        return [
-            Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
-                    int(q or 0), int(now), int(rs or 0))
-            for e, j, v, spec, a, hist, q, now, rs in reply
-        ]
+        trip); empty when nothing is waiting. Raises Redis's refusal to read the stream."""
+        taken = await take_levels([self], consumer, count)
+        if taken.errors:
+            raise ResponseError(taken.errors[0][1])
+        return [started for _, started in taken.rows]
 
     async def start(self, consumer: str, deliveries: Sequence[Delivery]) -> list[Started]:
         """Mark deliveries as started; see start.lua for the verdicts."""

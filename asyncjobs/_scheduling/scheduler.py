@@ -23,6 +23,7 @@ from typing import Any
 from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
+from .._redis.store import QueueStore
 from .._task import Task, as_task
 from .._worker.runtime import OUTAGE_ERRORS, Runtime, transient
 from .cron import (
@@ -110,17 +111,27 @@ def cron(
 
 
 class Scheduler:
-    """Leader election, promotion and cron for one queue."""
+    """Leader election, promotion and cron for one queue and its priority levels, under one
+    lease (the queue's own). ``crons`` pairs each cron job with the queue (level) it
+    enqueues to, one of ``queues``, which must include ``queue``."""
 
-    def __init__(self, rt: Runtime, queue: str, crons: Sequence[CronJob], wake: asyncio.Event):
+    def __init__(self, rt: Runtime, queue: str, queues: Sequence[str],
+                 crons: Sequence[tuple[CronJob, str]], wake: asyncio.Event):
         self.rt = rt
         self.queue = queue
         self.crons = list(crons)
         self.wake = wake
         self.store = rt.stores[queue]
+        self.stores = [rt.stores[q] for q in queues]
         self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s,
                            holder=rt.consumer)
         self._next_prune = time.monotonic() + 60.0
+        self._now_ms, self._now_at = 0, 0.0
+        self._cron_at = 0.0
+        self._next_check = [0.0] * len(self.stores)
+        """When each level's delayed set is next promoted (monotonic): when something there
+        is due, after a wake-up, and at least once per lease renewal (the queue's own level,
+        as before levels existed) or per lease period (the others)."""
 
     async def run(self) -> None:
         """Run until the worker stops (the lease is released by ``release``)."""
@@ -149,43 +160,83 @@ class Scheduler:
                                       self.lease.ttl_s / 3))
                 return
             log.info("scheduler leads queue %s", self.queue)
+            self._next_check = [0.0] * len(self.stores)  # a new leader checks every level
         if time.monotonic() >= self.lease.renew_at and not await self.lease.renew():
             log.warning("scheduler lost the lease of queue %s", self.queue)
             return
+        if self.wake.is_set():  # an earlier due time somewhere: check every level
+            self._next_check = [0.0] * len(self.stores)
         self.wake.clear()
         wait_s = await self._act()
         await self._sleep(min(wait_s, max(0.0, self.lease.renew_at - time.monotonic())))
 
     async def _act(self) -> float:
         """Promote due jobs and fire due cron ticks; returns seconds until the next due."""
-        ttl = ENDED_TTL_S
-        while True:
-            if not self.lease.held:
-                return 0.0
-            done = await self.store.promote(_PROMOTE_BATCH, ttl, self.rt.config.dead_letters)
-            if done.expired:
-                log.info("expired %d job(s) on queue %s before they were due to start",
-                         done.expired, self.queue)
-            if done.promoted + done.expired < _PROMOTE_BATCH:
-                break
         wait = math.inf
-        if done.next_due_ms is not None:
-            wait = (done.next_due_ms - done.now_ms) / 1000
+        own_checked = False
+        for i, store in enumerate(self.stores):
+            if time.monotonic() < self._next_check[i]:
+                # Nothing due on this level yet (a wake-up would have said otherwise)
+                wait = min(wait, self._next_check[i] - time.monotonic())
+                continue
+            due = await self._promote(store)
+            if due is None:
+                return 0.0
+            # Checked again when due, when woken, and at least once per lease renewal
+            # (the queue's own level) or lease period (the others): a lost wake-up costs
+            # little.
+            own_checked = own_checked or store is self.store
+            period = self.lease.ttl_s / 3 if store is self.store else self.lease.ttl_s
+            self._next_check[i] = time.monotonic() + min(due, period)
+            wait = min(wait, due)
         if self.crons and not self.rt.config.burst:
-            wait = min(wait, await self._cron(done.now_ms))
+            # at the queue's own cadence, or when a tick is due
+            if own_checked or time.monotonic() >= self._cron_at:
+                self._cron_at = time.monotonic() + await self._cron()
+            wait = min(wait, self._cron_at - time.monotonic())
         if time.monotonic() >= self._next_prune and self.lease.held:
             self._next_prune = time.monotonic() + _PRUNE_EVERY_S
-            pruned = await self.store.prune_consumers(_PRUNE_IDLE_MS, self.rt.consumer)
-            if pruned:
-                log.info("removed %d idle consumer(s) of stopped workers from queue %s",
-                         pruned, self.queue)
+            for store in self.stores:
+                pruned = await store.prune_consumers(_PRUNE_IDLE_MS, self.rt.consumer)
+                if pruned:
+                    log.info("removed %d idle consumer(s) of stopped workers from queue %s",
+                             pruned, store.keys.queue)
         return max(0.0, wait)
 
-    async def _cron(self, now_ms: int) -> float:
-        cursors = await self.store.cron_cursors()
+    async def _promote(self, store: QueueStore) -> float | None:
+        """Promote a level's due jobs; seconds until its next due (inf: none), or None if
+        the lease was lost on the way."""
+        while True:
+            if not self.lease.held:
+                return None
+            done = await store.promote(_PROMOTE_BATCH, ENDED_TTL_S, self.rt.config.dead_letters)
+            if done.expired:
+                log.info("expired %d job(s) on queue %s before they were due to start",
+                         done.expired, store.keys.queue)
+            if done.promoted + done.expired < _PROMOTE_BATCH:
+                break
+        # Redis's clock, for the cron ticks that follow (moved on by our own clock when no
+        # promotion ran in a step)
+        self._now_ms, self._now_at = done.now_ms, time.monotonic()
+        if done.next_due_ms is None:
+            return math.inf
+        return (done.next_due_ms - done.now_ms) / 1000
+
+    async def _cron(self) -> float:
+        wait = math.inf
+        by_queue: dict[str, list[CronJob]] = {}
+        for job, queue in self.crons:
+            by_queue.setdefault(queue, []).append(job)
+        for queue, jobs in by_queue.items():
+            wait = min(wait, await self._cron_queue(self.rt.stores[queue], jobs))
+        return wait
+
+    async def _cron_queue(self, store: QueueStore, jobs: list[CronJob]) -> float:
+        cursors = await store.cron_cursors()
+        now_ms = self._now_ms + round((time.monotonic() - self._now_at) * 1000)
         now = from_ms(now_ms)
         wait = math.inf
-        for job in self.crons:
+        for job in jobs:
             cursor_ms = cursors.get(job.name)
             cursor = from_ms(cursor_ms) if cursor_ms is not None else None
             plan = plan_ticks(job.schedule, cursor, now, policy=job.catch_up,
@@ -193,15 +244,15 @@ class Scheduler:
             for tick in plan.fire:
                 if not self.lease.held:
                     return 0.0
-                reply = await self.store.cron_tick(job.name, to_ms(tick), tick_id(job.name, tick),
-                                                   job.spec, fire=True, no_overlap=job.no_overlap)
+                reply = await store.cron_tick(job.name, to_ms(tick), tick_id(job.name, tick),
+                                              job.spec, fire=True, no_overlap=job.no_overlap)
                 log.info("cron %s tick %s: %s", job.name, tick.isoformat(), reply)
             if plan.dropped:
                 log.warning("cron %s: %d missed tick(s) not run (catch_up=%s)",
                             job.name, plan.dropped, job.catch_up.value)
             if plan.cursor != cursor and (not plan.fire or plan.cursor > plan.fire[-1]):
-                await self.store.cron_tick(job.name, to_ms(plan.cursor), "", b"",
-                                           fire=False, no_overlap=False)
+                await store.cron_tick(job.name, to_ms(plan.cursor), "", b"",
+                                      fire=False, no_overlap=False)
             nxt = next_fire(job.schedule, plan.cursor, now)
             wait = min(wait, (to_ms(nxt) - now_ms) / 1000)
         return wait

@@ -8,6 +8,7 @@ from .._durations import to_seconds
 from .._redis.keys import check_name
 from .._redis.store import DeadLetterLimits
 from .._retry import RetryPolicy
+from .._routing import check_unique, members, parse_queues
 from ..exceptions import ConfigurationError
 
 
@@ -16,6 +17,9 @@ class WorkerConfig:
     """Every tunable of a worker, in seconds unless the name says otherwise."""
 
     queues: tuple[str, ...] = ("default",)
+    """The queues as given, in order; each is served with its priority levels."""
+    weights: tuple[int, ...] | None = None
+    """Each queue's weight (same order), or None to serve them strictly in order."""
     concurrency: int = 100
     sync_concurrency: int = 20
     job_timeout_s: float | None = 300.0
@@ -43,6 +47,11 @@ class WorkerConfig:
         check_name("prefix", self.prefix)
         if not self.queues:
             raise ConfigurationError("a worker needs at least one queue")
+        check_unique(self.queues)
+        if self.weights is not None:
+            if len(self.weights) != len(self.queues):
+                raise ConfigurationError("give every queue a weight or none")
+            parse_queues(dict(zip(self.queues, self.weights, strict=True)))
         if self.concurrency < 1 or self.sync_concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
         if not 1.0 <= self.claim_timeout_s <= 3600:
@@ -59,6 +68,16 @@ class WorkerConfig:
                 raise ConfigurationError(str(exc)) from exc
         if self.lease_ttl_s < 0.1:
             raise ConfigurationError("lease_ttl must be at least 0.1 s")
+
+    @property
+    def groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each queue served and the queues of its levels, highest first."""
+        return tuple((q, members(q)) for q in self.queues)
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """Every queue (level) this worker takes jobs from."""
+        return tuple(m for _, levels in self.groups for m in levels)
 
     # A dead worker's last refresh is at most C/6 before it died; its entries are claimable
     # C/2 after that refresh; a scan runs at most C/4 after it is due, and a blocking read

@@ -1,18 +1,20 @@
-"""Getting work, one loop per queue: take the free slots, then either reclaim entries a dead
-worker left idle past the claim timeout (XAUTOCLAIM, when a scan is due) or read new ones
-(XREADGROUP, COUNT = free slots, BLOCK; no timer polling for new work).
+"""Getting work: one loop for all the worker's queues. It takes the free slots, then
+either reclaims entries a dead worker left idle past the claim timeout (XAUTOCLAIM, when a
+scan of a queue is due), or takes new ones in the worker's queue order (take.lua: read and
+start in one round trip, one call per queue covering its priority levels), or, when no
+queue has work, waits in one blocking XREAD on every level stream of every queue, from the
+newest entry ids take.lua returned: it wakes at once when any of them gets a job, and no
+timer polls for new work.
 
-Both go through this loop because it is the one place that takes slots: the concurrency
-limit holds, and a worker with free slots always reclaims. The read's block time is capped
-by the reclaim interval, so an idle worker scans for a dead worker's jobs on time.
-What it gets is started with one start.lua call per batch and handed to the executor.
+Both reclaiming and taking go through this loop because it is the one place that takes
+slots: the concurrency limit holds, a slot freed while a queue earlier in the order has
+work goes to that queue, and a worker with free slots always reclaims. The wait's block
+time is capped by the reclaim interval, so an idle worker scans for a dead worker's jobs on
+time.
 
-Each queue's blocking reads go through a ``Reader``: one connection of its own whose
-server-side client id is known, so a shutdown can end a read that is still blocked in Redis
-(``CLIENT UNBLOCK``) before it hands entries back. Cancelling the read on our side is not
-enough: until Redis has seen the connection close, an entry handed back could still be
-delivered to the read that nobody waits for any more, and sit held by a stopped worker
-until the claim timeout.
+The wait uses XREAD, not XREADGROUP: it delivers nothing, so a wait cut short by a shutdown
+leaves no entry held by a read nobody listens to. Its connection is the ``Reader``'s own,
+whose server-side client id is known, so a shutdown ends it at once (``CLIENT UNBLOCK``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from .._redis.store import Delivery, QueueStore, Started
+from .._redis.store import Delivery, QueueStore, Started, take_levels
+from .._routing import WeightedOrder, plan
 from .._text import clean
 from .executor import Executor
 from .runtime import OUTAGE_ERRORS, Runtime, transient
@@ -33,8 +38,18 @@ from .runtime import OUTAGE_ERRORS, Runtime, transient
 log = logging.getLogger("asyncjobs.worker")
 
 
+@dataclass
+class Group:
+    """One queue as the worker was given it, and the queues of its priority levels that it
+    takes from, highest first (their stores share a hash tag: one take.lua call each)."""
+
+    name: str
+    queues: tuple[str, ...]
+    stores: list[QueueStore] = field(default_factory=list)
+
+
 class Reader:
-    """A queue's blocking connection, and its client id on the server."""
+    """The worker's blocking connection, and its client id on the server."""
 
     def __init__(self, blocking: Redis) -> None:
         self.client = Redis(connection_pool=blocking.connection_pool,
@@ -49,16 +64,18 @@ class Reader:
         except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
             self.client_id = None
 
-    async def read(self, store: QueueStore, consumer: str, count: int,
-                   block_ms: int) -> list[Delivery]:
-        """XREADGROUP on this connection, blocking up to ``block_ms``."""
+    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
+        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
+        seen) gets an entry after that id; True when one did. Nothing is delivered."""
         if not self._hooked:
             await self.client.initialize()
             connection: Any = self.client.connection
             await self._on_connect(connection)
             connection.register_connect_callback(self._on_connect)  # a new id per reconnect
             self._hooked = True
-        return await store.read(self.client, consumer, count, block_ms)
+        streams: Any = newest
+        reply: Any = await self.client.xread(streams, count=1, block=block_ms)
+        return bool(reply)
 
     async def unblock(self, client: Redis) -> None:
         """End a read of this connection still blocked in Redis (best effort)."""
@@ -101,107 +118,285 @@ class _Reclaimer:
         return got
 
 
-async def fetch_loop(rt: Runtime, ex: Executor, queue: str, reader: Reader) -> None:
-    """Reclaim and read entries of one queue until stopped (or, in burst mode, drained)."""
-    store = rt.stores[queue]
+async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
+                     weights: Sequence[int] | None, reader: Reader) -> None:
+    """Reclaim and take entries of the worker's queues until stopped (or, in burst mode,
+    drained); ``weights`` None serves ``groups`` in strict order."""
     cfg = rt.config
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
-    reclaimer = _Reclaimer(rt)
+    reclaimers = {q: _Reclaimer(rt) for g in groups for q in g.queues}
+    order = WeightedOrder(tuple(weights)) if weights else None
+    idle, bad = _Idle(), _Quarantine()
     while not rt.stopping.is_set():
         if ex.slots.free == 0:
-            rt.fetch_beat[queue] = float("inf")  # waiting for slots is healthy
+            _beat(rt, float("inf"))  # waiting for slots is healthy
         taken = await ex.slots.take_some(cfg.read_batch)
-        began = rt.fetch_beat[queue] = time.monotonic()
+        _beat(rt, time.monotonic())
         try:
-            started, got = await _fetch(rt, store, reader, reclaimer, taken, block_ms, began)
+            started, claimed, found_none = await _fetch(rt, groups, order, reclaimers,
+                                                        reader, idle, bad, taken, block_ms)
         except BaseException as exc:
             ex.slots.give(taken)  # whatever happened, the slots are free again
+            idle.newest = None
             if transient(exc):
-                await asyncio.sleep(rt.outage.failed(exc, f"read {queue}"))
+                await asyncio.sleep(rt.outage.failed(exc, "read"))
                 continue
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                log.warning("consumer group of queue %s is gone (Redis lost its data?); "
-                            "recreating", queue)
-                await _recreate(rt, store)
+                log.warning("a consumer group of queues %s is gone (Redis lost its data?); "
+                            "recreating", ", ".join(rt.stores))
+                await _recreate(rt)
                 continue
             raise  # shutdown's cancellation, or a bug (the supervisor logs it)
         try:
-            await _start(rt, ex, queue, got, taken, started)
+            await _start(rt, ex, started, claimed, taken)
             rt.outage.ok()
         except Exception as exc:
             if not transient(exc):
                 raise
             # The entries stay pending for us; nobody touches them, so after the claim
             # timeout they are reclaimed (by us or another worker) and run.
-            await asyncio.sleep(rt.outage.failed(exc, f"start {queue}"))
+            await asyncio.sleep(rt.outage.failed(exc, "start"))
             continue
-        if cfg.burst and not got and not started and await _drained(rt, ex, store):
-            log.info("burst: queue %s is drained", queue)
+        if cfg.burst and found_none and await _drained(rt, ex):
+            log.info("burst: queues %s are drained", ", ".join(g.name for g in groups))
             return
 
 
-async def _fetch(rt: Runtime, store: QueueStore, reader: Reader, reclaimer: _Reclaimer,
-                 count: int, block_ms: int, began: float
-                 ) -> tuple[list[Started], list[Delivery]]:
-    """Reclaimed entries when a scan is due and finds some; else entries already waiting,
-    read and started in one round trip; else a blocking read (started by the caller)."""
-    got = await reclaimer.claim(store, count) if reclaimer.is_due() else []
-    if got:
-        return [], got
-    started = await store.take(rt.consumer, count)
+def _beat(rt: Runtime, value: float) -> None:
+    for queue in rt.fetch_beat:
+        rt.fetch_beat[queue] = value
+
+
+async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
+                 reclaimers: dict[str, _Reclaimer], reader: Reader, idle: _Idle,
+                 bad: _Quarantine, count: int, block_ms: int
+                 ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
+    """Reclaimed entries when scans are due and find some; else entries already waiting,
+    taken and started in queue order; else a wait for new ones. Returns (started,
+    reclaimed by queue, whether it found nothing at all)."""
+    claimed: dict[str, list[Delivery]] = {}
+    left = count
+    for queue, reclaimer in reclaimers.items():
+        if left > 0 and not bad.holds(queue) and reclaimer.is_due():
+            try:
+                got = await reclaimer.claim(rt.stores[queue], left)
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                bad.add(queue, str(exc))
+                continue
+            if got:
+                claimed[queue] = got
+                left -= len(got)
+    if claimed:
+        idle.newest = None
+        return [], claimed, False
+    if idle.newest is not None and not bad.until \
+            and time.monotonic() - idle.since < IDLE_RETAKE_S:
+        # Nothing new since the last take found nothing (the wait would have woken):
+        # wait again without asking.
+        if await _wait(rt, reader, idle.newest, reclaimers, bad, block_ms):
+            idle.newest = None
+        return [], {}, True
+    started, newest = await _take(rt, groups, order, bad, count)
     if started:
-        return started, []
-    got = await reader.read(store, rt.consumer, count, block_ms)
-    if not got and time.monotonic() - began < block_ms / 2000:
-        # The server did not block (an in-memory fake does not): don't spin.
-        await asyncio.sleep(0.005)
-    return [], got
+        idle.newest = None
+        return started, {}, False
+    if not rt.config.burst:
+        idle.newest, idle.since = newest, time.monotonic()
+    if await _wait(rt, reader, newest, reclaimers, bad, block_ms):
+        idle.newest = None
+    return [], {}, True
 
 
-async def _start(rt: Runtime, ex: Executor, queue: str, got: list[Delivery], taken: int,
-                 started: list[Started] | None = None) -> None:
-    """Start deliveries (unless already started) and dispatch them; give back the slots
-    not used. Once the worker is stopping nothing new starts: what was read stays held
-    and is handed back."""
+IDLE_RETAKE_S = 60.0
+"""An idle worker takes (finding nothing) at least this often, beside its waits."""
+
+
+@dataclass
+class _Idle:
+    """The newest entry ids of the last take that found nothing, while nothing new came
+    (None: take before waiting), and when that take was."""
+
+    newest: dict[str, str] | None = None
+    since: float = 0.0
+
+
+QUARANTINE_MOST_S = 30.0
+"""The longest a queue that cannot be read is left alone before it is tried again."""
+
+
+class _Quarantine:
+    """Queues whose keys Redis refuses to read (a stream key holding a string, say): each
+    is left alone for a while (1 s, doubling to 30 s), logged once per try, so that one
+    corrupt queue never stops the worker's other queues."""
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}
+        self._pause: dict[str, float] = {}
+
+    def holds(self, name: str) -> bool:
+        """Whether queue ``name`` is left alone now."""
+        return time.monotonic() < self.until.get(name, 0.0)
+
+    def add(self, name: str, why: str) -> None:
+        pause = min(QUARANTINE_MOST_S, self._pause.get(name, 0.5) * 2)
+        self._pause[name] = pause
+        self.until[name] = time.monotonic() + pause
+        log.error("queue %s cannot be read (%s); the worker's other queues go on, this one is "
+                  "tried again in %.0f s", name, clean(why.splitlines()[0][:300]), pause)
+
+    def cleared(self, name: str) -> None:
+        """Queue ``name`` was read again: forget its backoff."""
+        if self._pause.pop(name, None) is not None:
+            self.until.pop(name, None)
+            log.warning("queue %s can be read again", name)
+
+    def next_end(self) -> float:
+        """When the next queue left alone is tried again (inf: none is)."""
+        now = time.monotonic()
+        return min((t for t in self.until.values() if t > now), default=float("inf"))
+
+
+def refused(exc: BaseException) -> bool:
+    """Redis refused a read of one queue's keys for what they hold (wrong type, corrupt),
+    not for an outage or a missing consumer group."""
+    return isinstance(exc, ResponseError) and "NOGROUP" not in str(exc)
+
+
+async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
+                reclaimers: dict[str, _Reclaimer], bad: _Quarantine, block_ms: int) -> bool:
+    """Wait until a stream gets an entry after ``newest`` (True), or a reclaim scan is due
+    (False). A wait that times out is sent again from the same ids: an idle worker sends
+    one command per ``block_ms``, and takes again only when woken, when a reclaim scan is
+    due, or after ``IDLE_RETAKE_S``. Nothing can become waiting without the XREAD seeing
+    it (entries handed back are added anew) but a consumer group made again at id 0 after
+    Redis lost its data, which the failed commands of that outage (or the next reclaim
+    scan's NOGROUP) reveal: every failure forgets ``newest``."""
+    due = min(min(r.due for r in reclaimers.values()), bad.next_end())
+    if not newest:  # every queue is left alone for now
+        await asyncio.sleep(max(0.0, min(due - time.monotonic(), block_ms / 1000)))
+        return False
+    while True:
+        began = time.monotonic()
+        try:
+            if await reader.wait(newest, block_ms):
+                return True
+        except ResponseError as exc:  # a stream turned into something else meanwhile:
+            if not refused(exc):      # the next take leaves it alone
+                raise
+            return False
+        if rt.stopping.is_set() or rt.config.burst:
+            return False
+        now = time.monotonic()
+        _beat(rt, now)
+        if now - began < block_ms / 2000:
+            # The server did not block (an in-memory fake does not): don't spin.
+            await asyncio.sleep(0.005)
+            return False
+        if now >= due:
+            return False
+
+
+async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
+                bad: _Quarantine, count: int
+                ) -> tuple[list[tuple[str, Started]], dict[str, str]]:
+    """Take up to ``count`` waiting entries: strictly in the groups' order (each asked for
+    all that is left), or by weight (each first asked for its share of ``count``, then the
+    groups that had more get what the others could not use). When nothing was taken, also
+    returns each level stream's newest entry id (stream key -> id) for the wait."""
+    started: list[tuple[str, Started]] = []
+    newest: dict[str, str] = {}
+    shares = order.allocate(count) if order is not None else None
+    sequence = plan(shares) if shares is not None else range(len(groups))
+    emptied: set[int] = set()
+    rounds = (True, False) if shares is not None else (False,)
+    for by_share in rounds:
+        for i in sequence:
+            left = count - len(started)
+            if left <= 0:
+                return started, newest
+            if by_share:
+                assert shares is not None
+                ask = min(shares[i], left)
+            else:
+                ask = 0 if i in emptied else left
+            group = groups[i]
+            levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+            if ask <= 0 or not levels:
+                continue
+            taken = await take_levels([group.stores[k] for k in levels], rt.consumer, ask)
+            if len(taken.rows) < ask:
+                emptied.add(i)
+            started.extend((group.queues[levels[level]], st) for level, st in taken.rows)
+            for level, last in enumerate(taken.last):
+                if last:  # '' for a stream that cannot be read: not waited on
+                    newest[group.stores[levels[level]].keys.stream] = last
+            failed = {levels[level]: why for level, why in taken.errors}
+            for k in levels:
+                if k not in failed:
+                    bad.cleared(group.queues[k])
+                elif "NOGROUP" in failed[k]:
+                    await _regroup(group.stores[k])
+                else:
+                    bad.add(group.queues[k], failed[k])
+    return started, newest
+
+
+async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
+                 claimed: dict[str, list[Delivery]], taken: int) -> None:
+    """Start reclaimed deliveries, dispatch what may run, and give back the slots not
+    used. Once the worker is stopping nothing new starts: what was read stays held and is
+    handed back."""
     if rt.stopping.is_set():
         ex.slots.give(taken)
         return
-    # A reclaim can return this worker's own entries (a reply it never got): one that
-    # already runs here is not started twice.
-    got = [d for d in got if (queue, d.entry) not in ex.running]
     try:
-        if not started:
-            started = await rt.stores[queue].start(rt.consumer, got) if got else []
+        for queue, got in claimed.items():
+            # A reclaim can return this worker's own entries (a reply it never got): one
+            # that already runs here is not started twice.
+            got = [d for d in got if (queue, d.entry) not in ex.running]
+            if got:
+                started.extend((queue, st) for st in await rt.stores[queue].start(
+                    rt.consumer, got))
     except BaseException:
         ex.slots.give(taken)
         raise
-    lost = [s for s in started if s.verdict == "lost"]
+    lost = [(q, s) for q, s in started if s.verdict == "lost"]
     if lost:
-        log.warning("%d job(s) on queue %s were taken over by another worker before they "
-                    "started here; not started: %s", len(lost), queue,
-                    ", ".join(clean(s.delivery.job_id) for s in lost[:10]))
-    runnable = [s for s in started if s.verdict != "lost"]
+        log.warning("%d job(s) were taken over by another worker before they started here; "
+                    "not started: %s", len(lost),
+                    ", ".join(f"{clean(s.delivery.job_id)} ({q})" for q, s in lost[:10]))
+    runnable = [(q, s) for q, s in started if s.verdict != "lost"]
     ex.slots.give(taken - len(runnable))
-    for item in runnable:
+    for queue, item in runnable:
         ex.start(queue, item)
 
 
-async def _recreate(rt: Runtime, store: QueueStore) -> None:
+async def _regroup(store: QueueStore) -> None:
+    """A level's consumer group is gone (Redis lost its data?): make it again."""
+    log.warning("the consumer group of queue %s is gone (Redis lost its data?); recreating",
+                store.keys.queue)
+    await store.ensure_group()
+
+
+async def _recreate(rt: Runtime) -> None:
     try:
-        await store.ensure_group()
+        for store in rt.stores.values():
+            await store.ensure_group()
     except OUTAGE_ERRORS as exc:
         await asyncio.sleep(rt.outage.failed(exc, "create group"))
 
 
-async def _drained(rt: Runtime, ex: Executor, store: QueueStore) -> bool:
-    """Burst mode: nothing running or to settle here, and nothing left in the stream (waiting,
-    or held by any consumer: a stopped worker's entries are reclaimed and run first) or in
-    the delayed set."""
+async def _drained(rt: Runtime, ex: Executor) -> bool:
+    """Burst mode: nothing running or to settle here, and nothing left in any stream
+    (waiting, or held by any consumer: a stopped worker's entries are reclaimed and run
+    first) or delayed set of the worker's queues."""
     if ex.running or not ex.settler.idle:
         return False
-    keys = store.keys
     pipe = rt.client.pipeline(transaction=False)
-    pipe.zcard(keys.delayed)
-    pipe.xlen(keys.stream)
-    delayed, length = await pipe.execute()
-    return bool(delayed == 0 and length == 0)
+    for store in rt.stores.values():
+        pipe.zcard(store.keys.delayed)
+        pipe.xlen(store.keys.stream)
+    counts = await pipe.execute()
+    return all(n == 0 for n in counts)

@@ -138,7 +138,7 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "name": rt.consumer,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "queues": list(cfg.queues),
+        "queues": list(cfg.served),  # every level: what `asyncjobs check` looks for
         "concurrency": cfg.concurrency,
         "running": ex.active,
         "stopping": rt.stopping.is_set(),

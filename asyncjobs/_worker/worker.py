@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from functools import partial
@@ -32,13 +32,14 @@ from .._redis.health import judge, read_settings
 from .._redis.keys import Keys
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
+from .._routing import describe_order, level_queue, parse_queues
 from .._scheduling.scheduler import CronJob, Scheduler, cron_record
 from .._task import Task, as_task
 from .._version import __version__
 from ..exceptions import ConfigurationError, RedisUnavailable
 from .config import WorkerConfig
 from .executor import Executor
-from .fetcher import Reader, fetch_loop
+from .fetcher import Group, Reader, fetch_loop
 from .loop import run_in_new_loop
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
@@ -67,7 +68,7 @@ class Worker:
         self,
         tasks: Iterable[Task[Any, Any] | Callable[..., Any]],
         *,
-        queues: Sequence[str] | str = ("default",),
+        queues: Sequence[str] | Mapping[str, int] | str = ("default",),
         concurrency: int = 100,
         sync_concurrency: int = 20,
         job_timeout: Seconds | None = 300.0,
@@ -90,8 +91,10 @@ class Worker:
         log_context: LogContext | None = None,
         redis_url: str | None = None,
     ) -> None:
+        names, weights = parse_queues(queues)
         self.config = WorkerConfig(
-            queues=(queues,) if isinstance(queues, str) else tuple(queues),
+            queues=names,
+            weights=weights,
             concurrency=concurrency,
             sync_concurrency=sync_concurrency,
             job_timeout_s=to_seconds(job_timeout, "job_timeout") or None,
@@ -126,12 +129,14 @@ class Worker:
             if job.task.name not in self.tasks:
                 raise ConfigurationError(
                     f"cron {job.name!r}: task {job.task.name!r} is not registered")
-            if self._cron_queue(job) not in self.config.queues:
+            if self._cron_queue(job) not in self.config.served:
                 raise ConfigurationError(
                     f"cron {job.name!r} targets a queue this worker does not serve")
 
     def _cron_queue(self, job: CronJob) -> str:
-        return job.queue or job.task.queue or self.config.queues[0]
+        """The queue (level) a cron job's ticks are enqueued to."""
+        return level_queue(job.queue or job.task.queue or self.config.queues[0],
+                           job.task.priority)
 
     def configure(self, **changes: Any) -> Worker:
         """A copy with some ``WorkerConfig`` fields changed (the CLI's overrides)."""
@@ -172,7 +177,7 @@ class Worker:
         factory = client_factory or url_factory(url)
         where = redact(url) if client_factory is None else "custom client"
         client = factory(max_connections=cfg.concurrency + 20, socket_timeout=15.0)
-        blocking = factory(max_connections=len(cfg.queues) + 2,
+        blocking = factory(max_connections=3,
                            socket_timeout=cfg.block_ms / 1000 + 10.0)
         try:
             version = await _connect(client, where)
@@ -201,7 +206,7 @@ class Worker:
         banner.info("asyncjobs %s worker %s (pid %d)", __version__, self.name, os.getpid())
         banner.info("redis   %s (Redis %s), prefix %s", where, redis_version, cfg.prefix)
         banner.info("queues  %s: concurrency %d, job timeout %s, claim timeout %g s, "
-                    "grace %g s%s", ", ".join(cfg.queues), cfg.concurrency,
+                    "grace %g s%s", describe_order(cfg.queues, cfg.weights), cfg.concurrency,
                     f"{cfg.job_timeout_s:g} s" if cfg.job_timeout_s else "none",
                     cfg.claim_timeout_s, cfg.shutdown_grace_s, ", burst" if cfg.burst else "")
         banner.info("tasks   %s", ", ".join(sorted(self.tasks)) or "(none)")
@@ -211,7 +216,7 @@ class Worker:
 
     def _runtime(self, client: Any, blocking: Any) -> Runtime:
         cfg = self.config
-        stores = {q: QueueStore(client, Keys(cfg.prefix, q)) for q in cfg.queues}
+        stores = {q: QueueStore(client, Keys(cfg.prefix, q)) for q in cfg.served}
         pool = Pool(client, prefix=cfg.prefix, queue=cfg.queues[0], owns_client=False)
         crons = [cron_record(c, self._cron_queue(c)) for c in self.crons]
         return Runtime(cfg, self.tasks, client, blocking, stores, self.name, pool, crons=crons)
@@ -237,36 +242,41 @@ class Worker:
         settler = Settler(rt)
         observers = [*self.observers, *([metrics] if metrics else [])]
         ex = Executor(rt, settler, compose(self.middleware), observers, self.log_context)
+        groups = [Group(name, levels, [rt.stores[q] for q in levels])
+                  for name, levels in rt.config.groups]
         wake = {q: asyncio.Event() for q in rt.config.queues}
-        readers = {q: Reader(rt.blocking) for q in rt.config.queues}
+        reader = Reader(rt.blocking)
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
         watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
         watchdog.start()
         try:
-            await self._supervise(rt, ex, settler, settling, readers, wake, metrics,
+            await self._supervise(rt, ex, settler, settling, groups, reader, wake, metrics,
                                   task_status)
         finally:
             watchdog.stop()
 
     async def _supervise(self, rt: Runtime, ex: Executor, settler: Settler,
-                         settling: asyncio.Task[None], readers: dict[str, Reader],
+                         settling: asyncio.Task[None], groups: list[Group], reader: Reader,
                          wake: dict[str, asyncio.Event], metrics: WorkerMetrics | None,
                          task_status: TaskStatus[Worker]) -> None:
         schedulers = [
-            Scheduler(rt, q, [c for c in self.crons if self._cron_queue(c) == q], wake[q])
-            for q in rt.config.queues
+            Scheduler(rt, g.name, g.queues,
+                      [(c, self._cron_queue(c)) for c in self.crons
+                       if self._cron_queue(c) in g.queues], wake[g.name])
+            for g in groups
         ]
         async with anyio.create_task_group() as tg:
             for scheduler in schedulers:
                 tg.start_soon(supervised, f"scheduler {scheduler.queue}", scheduler.run)
             tg.start_soon(supervised, "keep-alive", partial(keepalive_loop, rt, ex))
-            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wake))
+            wakes = {q: wake[g.name] for g in groups for q in g.queues}
+            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wakes))
             tg.start_soon(supervised, "heartbeat", partial(heartbeat_loop, rt, ex))
             if metrics is not None:
                 tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
             fetching = anyio.CancelScope()
             fetched = anyio.Event()
-            tg.start_soon(self._fetch_all, rt, ex, fetching, readers, fetched)
+            tg.start_soon(self._fetch_all, rt, ex, fetching, groups, reader, fetched)
             log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
                      ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
             task_status.started(self)
@@ -297,29 +307,25 @@ class Worker:
         from ..metrics import WorkerMetrics
 
         assert self.metrics_port is not None
-        metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.queues,
+        metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.served,
                                 concurrency=rt.config.concurrency, tasks=rt.tasks)
         metrics.serve(self.metrics_port)
         log.info("metrics served on port %s", metrics.port)
         return metrics
 
     async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope,
-                         readers: dict[str, Reader], fetched: anyio.Event) -> None:
+                         groups: list[Group], reader: Reader, fetched: anyio.Event) -> None:
         try:
             with scope:
-                async with anyio.create_task_group() as fetchers:
-                    for queue in rt.config.queues:
-                        fetchers.start_soon(supervised, f"fetch {queue}",
-                                            partial(fetch_loop, rt, ex, queue, readers[queue]))
-            rt.stopping.set()  # all fetchers returned: burst mode drained every queue
+                await supervised("fetch", partial(fetch_loop, rt, ex, groups,
+                                                  rt.config.weights, reader))
+            rt.stopping.set()  # the fetcher returned: burst mode drained every queue
         finally:
-            # Only once no fetcher is left to send another read: a read sent before the
-            # cancel may still be blocked in Redis, and would take the entries the shutdown
-            # hands back. Unblocked, then closed; then the hand-back may start.
+            # Only once no fetch is left to send another read: then the reader's wait is
+            # ended in Redis and its connection closed before the hand-back starts.
             with anyio.CancelScope(shield=True):
-                for reader in readers.values():
-                    await reader.unblock(rt.client)
-                    await reader.close()
+                await reader.unblock(rt.client)
+                await reader.close()
             fetched.set()
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
@@ -354,13 +360,20 @@ class Worker:
 
 async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
     """Create the queue's consumer group, retrying through outages and a full Redis (it
-    may be full of this very queue's jobs: the worker must start to drain it)."""
+    may be full of this very queue's jobs: the worker must start to drain it). A stream key
+    holding something else is logged and left: the fetch loop leaves that queue alone and
+    tries it again now and then (it makes the group once the key is repaired), and the
+    worker's other queues are served."""
     while True:
         try:
             await store.ensure_group()
             rt.outage.ok()
             return
         except Exception as exc:
+            if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
+                log.error("queue %s cannot be read (its stream key %s holds another type); "
+                          "serving the other queues", store.keys.queue, store.keys.stream)
+                return
             if not transient(exc):
                 raise
             await asyncio.sleep(rt.outage.failed(exc, f"create group {store.keys.queue}"))

@@ -1,0 +1,180 @@
+"""Routing: priority levels within a queue and the order a worker serves its queues in.
+All pure (no Redis, no clock).
+
+**Levels.** A job has one of three priorities: ``high``, ``normal`` (the default) or
+``low``. Each level of a queue is a queue of its own in Redis: ``emails@high``, ``emails``
+and ``emails@low``, whose keys share the hash tag ``{emails}`` (one Cluster slot, so one
+script can take from all three). A worker serving ``emails`` serves its three levels, and
+takes from them in one script call, strictly in level order: a ``normal`` job starts only
+when no ``high`` job waits, FIFO within a level. Delayed jobs and retries stay at their
+level (each level has its own delayed set).
+
+**Queue order.** A worker serving several queues either serves them *strictly* in the order
+given (a free slot always goes to the first queue with work) or by *weight* (``critical=6,
+default=3, bulk=1``: with work everywhere, six of every ten slots go to ``critical``; no
+queue with a weight starves). Strict is the default for a list of names: the order the
+names are written in is read as the order of importance, as in Sidekiq's and Celery's
+worker options; weights are opt-in, given as a mapping (or ``-q name=weight``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .exceptions import ConfigurationError
+
+Priority = Literal["high", "normal", "low"]
+"""A job's priority within its queue."""
+
+LEVELS: tuple[Priority, ...] = ("high", "normal", "low")
+"""The levels, highest first (the order a worker takes them in)."""
+
+SEPARATOR = "@"
+"""Between a queue's name and its level, in the name of a level's queue."""
+
+MAX_WEIGHT = 1000
+"""The largest weight a queue may have."""
+
+_WEIGHTED = re.compile(r"(.+)=\s*(\d{1,4})\s*")
+
+
+def split_level(name: str) -> tuple[str, Priority]:
+    """A queue name's base queue and level: ``emails@high`` -> (``emails``, ``high``);
+    any other name is a ``normal`` level of its own (a name with ``@`` followed by anything
+    but ``high`` or ``low`` is an ordinary queue name)."""
+    base, sep, level = name.rpartition(SEPARATOR)
+    if sep and base and level in ("high", "low"):
+        return base, level  # type: ignore[return-value]
+    return name, "normal"
+
+
+def level_queue(queue: str, priority: str | None) -> str:
+    """The queue a job of ``priority`` on ``queue`` goes to; a ``ConfigurationError`` for a
+    priority that is not a level, or one that contradicts a level already in the name."""
+    if priority is None:
+        return queue
+    check_priority(priority)
+    base, level = split_level(queue)
+    if level != "normal" and priority != level:
+        raise ConfigurationError(
+            f"queue {queue!r} is the {level} level of {base!r}: priority {priority!r} "
+            "contradicts it")
+    return base if priority == "normal" else f"{base}{SEPARATOR}{priority}"
+
+
+def check_priority(priority: object) -> Priority:
+    """``priority`` if it names a level, else a one-line ``ConfigurationError``."""
+    if priority not in LEVELS:
+        raise ConfigurationError(
+            f"priority must be one of {', '.join(LEVELS)}, not {priority!r:.60}")
+    return priority
+
+
+def members(queue: str) -> tuple[str, ...]:
+    """The queues a worker serving ``queue`` takes from, in order: its three levels, or
+    only the named level when the name is a level's (``emails@high``)."""
+    base, level = split_level(queue)
+    if level != "normal":
+        return (queue,)
+    return (f"{base}{SEPARATOR}high", base, f"{base}{SEPARATOR}low")
+
+
+def parse_queues(queues: Sequence[str] | Mapping[str, int] | str
+                 ) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """A worker's queues as given (a name, a list in strict order, or a mapping name ->
+    weight) -> (names, weights or None for strict order). ``name=weight`` items in a list
+    (the CLI's ``-q critical=6``) make it weighted; every queue then needs a weight."""
+    if isinstance(queues, str):
+        queues = (queues,)
+    if isinstance(queues, Mapping):
+        pairs: list[tuple[str, object]] = [(str(n), w) for n, w in queues.items()]
+        return _weighted(pairs)
+    items = list(queues)
+    if not items:
+        raise ConfigurationError("a worker needs at least one queue")
+    found = [_WEIGHTED.fullmatch(q) if isinstance(q, str) else None for q in items]
+    if not any(found):
+        names = tuple(items)
+        check_unique(names)
+        return names, None
+    if not all(found):
+        plain = [q for q, m in zip(items, found, strict=True) if m is None]
+        raise ConfigurationError(
+            f"give every queue a weight or none: {', '.join(map(repr, plain[:5]))} "
+            "has none (e.g. critical=6 default=3 bulk=1)")
+    return _weighted([(m.group(1).strip(), int(m.group(2)))
+                      for m in found if m is not None])
+
+
+def describe_order(queues: Sequence[str], weights: Sequence[int] | None) -> str:
+    """How a worker serves its queues, in one phrase: ``a=6, b=1 (weighted)`` or
+    ``a > b (strict order)``; each with its levels."""
+    if weights is None:
+        return f"{' > '.join(queues)} (strict order)" if len(queues) > 1 else queues[0]
+    pairs = ", ".join(f"{q}={w}" for q, w in zip(queues, weights, strict=True))
+    return f"{pairs} (weighted)"
+
+
+def _weighted(pairs: Sequence[tuple[str, object]]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    if not pairs:
+        raise ConfigurationError("a worker needs at least one queue")
+    for name, weight in pairs:
+        if isinstance(weight, bool) or not isinstance(weight, int) \
+                or not 1 <= weight <= MAX_WEIGHT:
+            raise ConfigurationError(
+                f"queue {name!r}: a weight must be a whole number from 1 to {MAX_WEIGHT}, "
+                f"not {weight!r:.40}")
+    names = tuple(name for name, _ in pairs)
+    check_unique(names)
+    return names, tuple(int(w) for _, w in pairs)  # type: ignore[call-overload]
+
+
+def check_unique(names: Sequence[str]) -> None:
+    """A ``ConfigurationError`` if two of ``names`` serve one queue (level) twice."""
+    served: dict[str, str] = {}
+    for name in names:
+        for member in members(name):
+            if member in served:
+                raise ConfigurationError(
+                    f"queue {member!r} is served twice (by {served[member]!r} and {name!r})")
+            served[member] = name
+
+
+@dataclass
+class WeightedOrder:
+    """Smooth weighted round robin over queues, slot by slot: with work everywhere, queue
+    *i* gets ``weights[i] / sum(weights)`` of the slots, spread evenly (6,3,1 gives
+    ``a b a c a b a a b a``-like runs, never ten of one in a row when another is due)."""
+
+    weights: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self._current = [0] * len(self.weights)
+        self._total = sum(self.weights)
+
+    def pick(self) -> int:
+        """The queue the next slot goes to."""
+        best = 0
+        for i, weight in enumerate(self.weights):
+            self._current[i] += weight
+            if self._current[i] > self._current[best]:
+                best = i
+        self._current[best] -= self._total
+        return best
+
+    def allocate(self, slots: int) -> list[int]:
+        """How many of ``slots`` free slots each queue gets, by ``pick``."""
+        shares = [0] * len(self.weights)
+        for _ in range(slots):
+            shares[self.pick()] += 1
+        return shares
+
+
+def plan(shares: Sequence[int]) -> list[int]:
+    """The order to ask queues for work in, given the slots each was allotted: those with
+    slots first (most first; ties by position), then the others by position, which get
+    what the first ones could not use."""
+    return sorted(range(len(shares)), key=lambda i: (shares[i] == 0, -shares[i], i))
