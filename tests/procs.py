@@ -38,8 +38,10 @@ class WorkerProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, text: str, timeout_s: float = 20.0) -> None:
-        """Wait until ``text`` appears in the output."""
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+        """Wait until ``text`` appears in the output. The default deadline is generous: a
+        worker took 7 s to be ready on a loaded two-core machine (0.4-1.1 s idle), and no
+        test here is about start-up time; a process that exits fails at once."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if text in self.output:
