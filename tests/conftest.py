@@ -5,6 +5,11 @@ that the suite starts itself on a free port (never the machine's 6379). In CI (`
 a missing ``redis-server`` fails the run instead of skipping the real-Redis half.
 Every test gets its own key prefix, so tests never see each other's keys.
 Async tests run on both asyncio's loop and uvloop, except ``slow`` ones (subprocesses).
+
+``--shuffle SEED`` runs the tests in a random order drawn from SEED: the modules shuffled, and
+the tests within each module (kept together, so module fixtures start once). The same seed
+gives the same order, in every xdist worker process too. ``.ci/repeat`` uses it to find tests
+that pass or fail by the order they run in.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -35,6 +41,31 @@ def collect_garbage() -> Iterator[None]:
     leaked is reported against that test rather than a later one."""
     yield
     gc.collect()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shuffle", type=int, metavar="SEED", default=None,
+                     help="run modules, and the tests within each, in an order drawn from SEED")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = config.getoption("shuffle")
+    return None if seed is None else f"test order shuffled: --shuffle {seed}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = config.getoption("shuffle")
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    groups = list(modules.values())
+    rng.shuffle(groups)
+    for group in groups:
+        rng.shuffle(group)
+    items[:] = [item for group in groups for item in group]
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

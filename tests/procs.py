@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +38,10 @@ class WorkerProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, text: str, timeout_s: float = 20.0) -> None:
-        """Wait until ``text`` appears in the output."""
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+        """Wait until ``text`` appears in the output. The default deadline is generous: a
+        worker took 7 s to be ready on a loaded two-core machine (0.4-1.1 s idle), and no
+        test here is about start-up time; a process that exits fails at once."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if text in self.output:
@@ -88,3 +93,56 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60
         [sys.executable, "-m", "asyncjobs", *args], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout_s, env={**os.environ, **(env or {})},
     )
+
+
+@contextmanager
+def uvicorn(app: str, env: dict[str, str], *, cwd: Path = ROOT, probe: str = "/docs",
+            timeout_s: float = 60.0) -> Iterator[str]:
+    """``app`` under ``python -m uvicorn`` in a subprocess; yields its base URL once it
+    answers HTTP on ``probe`` (any status). Terminated on the way out.
+
+    The port is the one the kernel gives uvicorn's own bind (``--port 0``, read from its
+    "running on" line): a port picked free beforehand can be taken by another process (a
+    server, or a client's outgoing connection) while uvicorn imports the app, and then the
+    probe could even reach someone else's server. Start-up is waited for as an event, up
+    to ``timeout_s`` (imports take seconds on a loaded machine); a uvicorn that exits
+    fails at once, with its output."""
+    log_path = Path("/tmp") / f"uvicorn-{os.getpid()}-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0",
+             "--log-level", "info", "--no-access-log"],
+            cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = _wait_for_http(proc, log_path, probe, timeout_s)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            log_path.unlink(missing_ok=True)  # a failure has shown its output already
+
+
+def _wait_for_http(proc: subprocess.Popen[bytes], log_path: Path, probe: str,
+                   timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    base = ""
+    while True:
+        output = log_path.read_text(errors="replace")
+        if proc.poll() is not None:
+            raise AssertionError(f"uvicorn exited ({proc.returncode}):\n{output[-4000:]}")
+        if not base and (found := re.search(r"running on (http://[\d.]+:\d+)", output)):
+            base = found[1]
+        if base:
+            try:
+                httpx.get(f"{base}{probe}", timeout=5)
+                return base
+            except httpx.TransportError:
+                pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"uvicorn did not answer within {timeout_s:g} s:\n"
+                                 f"{output[-4000:]}")
+        time.sleep(0.05)

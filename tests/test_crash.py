@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from contextlib import AbstractContextManager
@@ -17,6 +18,7 @@ import pytest
 import asyncjobs
 from asyncjobs import JobState
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.keys import GROUP
 
 from .apps import basic
 from .conftest import Backend, need_redis_server
@@ -157,14 +159,22 @@ async def test_sigterm_under_load_hands_jobs_back_without_the_claim_timeout(
     env = {"TEST_CLAIM_TIMEOUT": "60", "TEST_CONCURRENCY": "20", "TEST_SHORT_S": "0.3",
            "TEST_GRACE": "0.1"}
     async with real.pool() as pool:
+        # The worker that takes this job is the one stopped, while the job still runs: it
+        # surely holds something then. (Stopping a worker picked in advance after a fixed
+        # sleep sometimes caught it between two waves of short jobs, holding nothing, so
+        # that it rightly handed nothing back.)
+        held = await pool.enqueue(basic.slow, 5.0)
         jobs = await pool.enqueue_many(asyncjobs.call(basic.short, i) for i in range(400))
-        ids = [j.id for j in jobs]
-        with workers(real.url or "", real.prefix, 2, **env) as (leaving, _staying):
-            await asyncio.sleep(1.0)
+        ids = [held.id, *(j.id for j in jobs)]
+        with workers(real.url or "", real.prefix, 2, **env) as procs:
+            await until(lambda: _started(pool, real.prefix, held.id), 20, "the slow job")
+            await asyncio.sleep(1.0)  # under load: both workers run short jobs meanwhile
+            [leaving] = [p for p in procs if f"job started id={held.id}" in p.output]
+            consumer = re.search(r"worker (\S+) ready:", leaving.output)[1]
             leaving.signal(signal.SIGTERM)
             assert leaving.wait(20) == 0
-            handed = leaving.output.count("handed back")
             stopped_at = time.monotonic()
+            group = await pool.client.xinfo_consumers(pool.keys("default").stream, GROUP)
 
             async def all_done() -> bool:
                 return (await states_of(pool, ids)).get("complete", 0) == len(ids)
@@ -172,9 +182,18 @@ async def test_sigterm_under_load_hands_jobs_back_without_the_claim_timeout(
             await until(all_done, 40, "every job to complete")
             finished_s = time.monotonic() - stopped_at
         runs = await runs_of(pool, real.prefix, ids)
-    assert handed == 1 and "cancelled" in leaving.output
+        slow_info = await held.info()
+    out = leaving.output
+    cancelled = int(re.search(r"grace period over: cancelled (\d+) job", out)[1])
+    handed = [int(n) for n in re.findall(r"handed back (\d+) job\(s\)", out)]
+    assert cancelled >= 1, out[-3000:]  # the slow job at least
+    assert len(handed) == 1 and handed[0] >= cancelled, out[-3000:]  # one queue, all it held
+    assert consumer not in {c["name"].decode() for c in group}  # it left holding nothing
     assert min(runs) >= 1
-    # 400 x 0.3 s over 20 slots is about 6 s of work: far less than the 60 s claim timeout.
+    # The interrupted attempt is not counted: the slow job ran twice, as attempt 1 both times.
+    assert runs[0] == 2 and slow_info.attempts == 1, (runs[0], slow_info.attempts)
+    # 400 x 0.3 s over 20 slots is about 6 s of work, and the slow job's 5 s: far less than
+    # the 60 s claim timeout after which jobs left pending would come back.
     assert finished_s < 30, f"took {finished_s:.1f} s: were the jobs only reclaimed?"
 
 

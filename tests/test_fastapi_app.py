@@ -4,8 +4,6 @@ real Redis, driven over HTTP as a client would."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -13,9 +11,9 @@ import httpx
 import pytest
 
 import asyncjobs
-from asyncjobs._redis.embedded import RedisServer, free_port
+from asyncjobs._redis.embedded import RedisServer
 
-from .procs import ROOT, WorkerProcess
+from .procs import WorkerProcess, uvicorn
 
 pytestmark = [pytest.mark.slow]
 
@@ -24,26 +22,9 @@ pytestmark = [pytest.mark.slow]
 def web(fresh_redis: RedisServer) -> Iterator[str]:
     """The example app under uvicorn, on a Redis of this test's own (the app uses the
     default prefix)."""
-    port = free_port()
     env = {**os.environ, "ASYNCJOBS_REDIS_URL": fresh_redis.url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port),
-         "--log-level", "warning"], cwd=ROOT, env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.05)
+    with uvicorn("examples.fastapi_app:app", env, probe="/health") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_enqueue_then_status_with_progress_then_result(fresh_redis: RedisServer,

@@ -6,7 +6,8 @@ Real redis-server, real ``asyncjobs worker tests.apps.hostile:...`` subprocesses
 concurrency 1, so one stalled slot would stall the whole worker. The tasks are in
 tests/apps/hostile.py; each attempt counts itself in Redis. Scenarios whose timing matters
 (cancellation, blocking, SIGTERM, poison pills) get a worker of their own; the others share
-one worker for the module, which must then still exit promptly (the last test).
+one worker for the module, which must then still exit promptly (checked as the
+module's shared worker is torn down, after the last of them).
 
 Each test prints its measured figures on a ``FIGURES`` line (``pytest -rP`` shows them).
 """
@@ -168,17 +169,29 @@ class Shared:
     url: str
     prefix: str
     proc: WorkerProcess
-    stopped: bool = False
 
 
 @pytest.fixture(scope="module")
 def shared(redis_server: RedisServer) -> Iterator[Shared]:
+    """The shared worker. After the last of the shared scenarios (whatever order they ran
+    in: its teardown, not a test, so no order of the tests can put a scenario after it),
+    it still serves an ordinary job and exits promptly on SIGTERM."""
     prefix = f"h{secrets.token_hex(4)}"
     proc = start(redis_server.url, prefix)
     try:
-        yield Shared(redis_server.url, prefix, proc)
+        yield (shared := Shared(redis_server.url, prefix, proc))
+        asyncio.run(_still_serves_then_stops(shared))
     finally:
         proc.close()
+
+
+async def _still_serves_then_stops(shared: Shared) -> None:
+    async with asyncjobs.create_pool(shared.url, prefix=shared.prefix) as pool:
+        normal = await pool.enqueue(hostile.ordinary, 9)
+        await serves(pool, normal, time.monotonic(), 3.0, shared.proc)
+    no_internal_errors(shared.proc)
+    took = await sigterm(shared.proc)
+    figures("shared worker SIGTERM", exit_s=took)
 
 
 @pytest_asyncio.fixture
@@ -186,8 +199,7 @@ async def spool(shared: Shared) -> AsyncIterator[asyncjobs.Pool]:
     """A pool on the shared worker's prefix; the worker must still run after the test."""
     async with asyncjobs.create_pool(shared.url, prefix=shared.prefix) as pool:
         yield pool
-    if not shared.stopped:
-        assert shared.proc.proc.poll() is None, f"the worker died:\n{shared.proc.output[-6000:]}"
+    assert shared.proc.proc.poll() is None, f"the worker died:\n{shared.proc.output[-6000:]}"
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["async", "def"])
@@ -397,18 +409,6 @@ async def test_a_leaking_task_is_retried_and_the_worker_serves_on(
                             shared.proc)
     figures("10 MB leak per attempt", terminal_s=took, attempts=info.attempts,
             later_ordinary_s=normal_s)
-
-
-async def test_the_shared_worker_exits_promptly_on_sigterm(
-    shared: Shared, spool: asyncjobs.Pool,
-) -> None:
-    """Last of the shared scenarios: after all of them, SIGTERM still ends the process."""
-    normal = await spool.enqueue(hostile.ordinary, 9)
-    await serves(spool, normal, time.monotonic(), 3.0, shared.proc)
-    no_internal_errors(shared.proc)
-    shared.stopped = True
-    took = await sigterm(shared.proc)
-    figures("shared worker SIGTERM", exit_s=took)
 
 
 # -- cancellation, blocking, SIGTERM: a worker each --------------------------------------------

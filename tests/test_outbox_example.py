@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +14,9 @@ import httpx
 import pytest
 
 import asyncjobs
-from asyncjobs._redis.embedded import RedisServer, free_port
+from asyncjobs._redis.embedded import RedisServer
 
-from .procs import ROOT, WorkerProcess
+from .procs import WorkerProcess, uvicorn
 from .test_outbox import redis_jobs
 
 pytestmark = [pytest.mark.slow]
@@ -32,26 +30,10 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def web(database_url: str) -> Iterator[str]:
     """The example app under uvicorn; no Redis URL leads anywhere (it needs none)."""
-    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url,
            "ASYNCJOBS_REDIS_URL": "redis://127.0.0.1:1/0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.outbox_fastapi:app", "--port", str(port),
-         "--log-level", "warning"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no uvicorn"
-                time.sleep(0.05)
+    with uvicorn("examples.outbox_fastapi:app", env) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def relayed(pool: asyncjobs.Pool, job_id: str, within: float = 20) -> None:

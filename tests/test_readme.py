@@ -52,9 +52,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import asyncjobs
-from asyncjobs._redis.embedded import RedisServer, free_port
+from asyncjobs._redis.embedded import RedisServer
 
-from .procs import ROOT
+from .procs import ROOT, uvicorn
 from .sentinel import sentinel_setup
 
 README = ROOT / "README.md"
@@ -241,18 +241,6 @@ def user_env(url: str) -> dict[str, str]:
             "ASYNCJOBS_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
 
 
-def wait_for_http(base: str, process: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{base}/docs", timeout=1)
-            return
-        except httpx.TransportError:
-            assert process.poll() is None, "uvicorn exited"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-
-
 async def result_of(url: str, job_id: str) -> Any:
     async with asyncjobs.create_pool(url) as pool:
         return await pool.job(job_id).result(timeout=20)
@@ -271,7 +259,6 @@ def test_quickstart_runs_as_a_user_would(tmp_path: Path, fresh_redis: RedisServe
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = (tmp_path / "worker.log").open("w")
     worker: subprocess.Popen[Any] | None = None
-    web: subprocess.Popen[Any] | None = None
     try:
         assert producer.stdout is not None
         # No worker runs yet: the job waits in the queue.
@@ -283,19 +270,14 @@ def test_quickstart_runs_as_a_user_would(tmp_path: Path, fresh_redis: RedisServe
         assert producer.returncode == 0, rest
         assert_printed(f"{shown[0]}\n{rest}", enqueue.source)
 
-        port = free_port()
-        web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-             "--log-level", "warning"], cwd=project, env=env)
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(base, web)
-        response = httpx.post(f"{base}/signup",
-                              params={"user_id": 7, "address": "grace@example.com"})
-        assert response.status_code == 202, response.text
-        result = asyncio.run(result_of(url, response.json()["job_id"]))
-        assert result == "welcomed user 7 <grace@example.com> on attempt 1"
+        with uvicorn("app.main:app", env, cwd=project) as base:
+            response = httpx.post(f"{base}/signup",
+                                  params={"user_id": 7, "address": "grace@example.com"})
+            assert response.status_code == 202, response.text
+            result = asyncio.run(result_of(url, response.json()["job_id"]))
+            assert result == "welcomed user 7 <grace@example.com> on attempt 1"
     finally:
-        for process in (producer, web, worker):
+        for process in (producer, worker):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(30)
