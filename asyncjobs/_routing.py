@@ -41,6 +41,21 @@ MAX_WEIGHT = 1000
 _WEIGHTED = re.compile(r"(.+)=\s*(\d{1,4})\s*")
 
 
+def check_queue(name: object) -> str:
+    """``name`` if it is a queue name whose levels' names are valid too, else a one-line
+    ``ConfigurationError``."""
+    from ._redis.keys import check_name  # keys.py reads this module's names
+
+    if not isinstance(name, str):
+        raise ConfigurationError(f"a queue name must be a str, not {type(name).__name__}")
+    try:
+        for served in (name, *members(name)):
+            check_name("queue name", served)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return name
+
+
 def split_level(name: str) -> tuple[str, Priority]:
     """A queue name's base queue and level: ``emails@high`` -> (``emails``, ``high``);
     any other name is a ``normal`` level of its own (a name with ``@`` followed by anything
@@ -54,6 +69,7 @@ def split_level(name: str) -> tuple[str, Priority]:
 def level_queue(queue: str, priority: str | None) -> str:
     """The queue a job of ``priority`` on ``queue`` goes to; a ``ConfigurationError`` for a
     priority that is not a level, or one that contradicts a level already in the name."""
+    check_queue(queue)
     if priority is None:
         return queue
     check_priority(priority)
@@ -95,7 +111,11 @@ def parse_queues(queues: Sequence[str] | Mapping[str, int] | str
     items = list(queues)
     if not items:
         raise ConfigurationError("a worker needs at least one queue")
-    found = [_WEIGHTED.fullmatch(q) if isinstance(q, str) else None for q in items]
+    given: list[object] = list(items)
+    for q in given:
+        if not isinstance(q, str):
+            check_queue(q)  # raises: a name must be a str
+    found = [_WEIGHTED.fullmatch(q) for q in items]
     if not any(found):
         names = tuple(items)
         check_unique(names)
@@ -133,9 +153,11 @@ def _weighted(pairs: Sequence[tuple[str, object]]) -> tuple[tuple[str, ...], tup
 
 
 def check_unique(names: Sequence[str]) -> None:
-    """A ``ConfigurationError`` if two of ``names`` serve one queue (level) twice."""
+    """A ``ConfigurationError`` if a name is not a valid queue name, or two of ``names``
+    serve one queue (level) twice."""
     served: dict[str, str] = {}
     for name in names:
+        check_queue(name)
         for member in members(name):
             if member in served:
                 raise ConfigurationError(

@@ -409,3 +409,103 @@ async def test_jobs_of_every_level_share_their_tasks_rate_limit(real: Backend) -
     # 10/s across both levels: no second holds more than 10 starts (+1 for the edges)
     for i, t in enumerate(times):
         assert sum(1 for u in times[i:] if u - t < 1.0) <= 11, times
+
+
+# -- what an adversarial review of the routing found (each failed before its fix) ----------
+
+
+@pytest.mark.parametrize("bad", [[1], [None], [b"q"], [""], [" a"], ["x" * 196]])
+def test_queue_names_that_cannot_be_served_are_a_configuration_error(bad: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        asyncjobs.Worker([], queues=bad)
+    with pytest.raises(ConfigurationError):
+        level_queue(bad[0], "high")
+
+
+ticked: list[str] = []
+
+
+@asyncjobs.task
+async def tick(ctx: Context) -> None:
+    ticked.append(ctx.queue)
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_level_stops_neither_cron_nor_the_other_levels_delayed_jobs(
+        real: Backend) -> None:
+    ticked.clear()
+    async with real.pool(queue="q") as pool:
+        await pool.client.set(pool.keys("q@high").delayed, "a string where a set belongs")
+        later = await pool.enqueue(note.options(delay=1), "later")
+        worker = real.worker([note, tick], queues=["q"],
+                             cron=[asyncjobs.cron(tick, every=1, name="tick")])
+        async with running(real, worker):
+            assert await later.result(timeout=20) == "later"
+            while not ticked:
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_after_redis_lost_its_data_a_new_job_starts_at_once(real: Backend) -> None:
+    worker = real.worker([note], queues=["q"], claim_timeout=3600)
+    async with real.pool(queue="q") as pool, running(real, worker):
+        first = await pool.enqueue(note, "first")
+        assert await first.result(timeout=20) == "first"
+        await asyncio.sleep(0.3)  # idle, waiting on the streams
+        await pool.client.flushdb()
+        began = time.monotonic()
+        job = await pool.enqueue(note.options(priority="low"), "after-loss")
+        assert await job.result(timeout=45) == "after-loss"
+        # the reclaim scans are 15 minutes apart: only the wait from id 0 starts it soon
+        assert time.monotonic() - began < 30
+
+
+@pytest.mark.asyncio
+async def test_jobs_taken_before_a_failing_call_still_run_at_once(
+        real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asyncjobs._worker import fetcher
+
+    real_take = fetcher.take_levels
+    failed: list[str] = []
+
+    async def flaky_take(stores: Any, consumer: str, count: int) -> Any:
+        if stores[0].keys.queue.startswith("b") and not failed:
+            failed.append("b")
+            raise ConnectionError("injected: the connection dropped")
+        return await real_take(stores, consumer, count)
+
+    monkeypatch.setattr(fetcher, "take_levels", flaky_take)
+    async with real.pool(queue="a") as pool:
+        job = await pool.enqueue(note, "on-a")
+        await pool.enqueue(note.options(queue="b"), "on-b")
+        worker = real.worker([note], queues=["a", "b"], claim_timeout=3600)
+        async with running(real, worker):
+            assert await job.result(timeout=20) == "on-a"
+            info = await job.info()
+    assert failed == ["b"] and info.attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_a_level_turning_corrupt_while_idle_does_not_spin(real: Backend) -> None:
+    worker = real.worker([note], queues=["q"], claim_timeout=3600)
+    async with real.pool(queue="q") as pool, running(real, worker):
+        await asyncio.sleep(0.5)
+        await pool.client.set(pool.keys("q@low").stream, "garbage")
+        await asyncio.sleep(0.2)
+        before = (await pool.client.info("commandstats")).get("cmdstat_xread", {})
+        await asyncio.sleep(2)
+        after = (await pool.client.info("commandstats")).get("cmdstat_xread", {})
+        xreads = after.get("calls", 0) - before.get("calls", 0)
+        assert xreads < 20, f"{xreads} XREADs in 2 s"
+        job = await pool.enqueue(note.options(priority="high"), "still-served")
+        assert await job.result(timeout=20) == "still-served"
+
+
+@pytest.mark.asyncio
+async def test_burst_mode_ends_and_shutdown_hands_back_with_a_corrupt_level(
+        real: Backend) -> None:
+    async with real.pool(queue="q") as pool:
+        await pool.client.set(pool.keys("q@low").stream, "garbage")
+        job = await pool.enqueue(note, "one")
+        await asyncio.wait_for(real.run(real.worker([note], queues=["q"], burst=True)), 30)
+        assert await job.result(timeout=5) == "one"

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
 from .._redis.store import QueueStore
 from .._task import Task, as_task
-from .._worker.runtime import OUTAGE_ERRORS, Runtime, transient
+from .._text import clean
+from .._worker.runtime import OUTAGE_ERRORS, Runtime, refused, transient
 from .cron import (
     CatchUp,
     CronExpr,
@@ -128,6 +131,7 @@ class Scheduler:
         self._next_prune = time.monotonic() + 60.0
         self._now_ms, self._now_at = 0, 0.0
         self._cron_at = 0.0
+        self._pauses: dict[str, float] = {}
         self._next_check = [0.0] * len(self.stores)
         """When each level's delayed set is next promoted (monotonic): when something there
         is due, after a wake-up, and at least once per lease renewal (the queue's own level,
@@ -179,7 +183,16 @@ class Scheduler:
                 # Nothing due on this level yet (a wake-up would have said otherwise)
                 wait = min(wait, self._next_check[i] - time.monotonic())
                 continue
-            due = await self._promote(store)
+            try:
+                due = await self._promote(store)
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                # One level's keys are refused (a key of the wrong type): the other levels
+                # and the cron jobs go on; this one is tried again later.
+                self._next_check[i] = time.monotonic() + self._refused(store, exc)
+                continue
+            self._pauses.pop(store.keys.queue, None)
             if due is None:
                 return 0.0
             # Checked again when due, when woken, and at least once per lease renewal
@@ -197,7 +210,12 @@ class Scheduler:
         if time.monotonic() >= self._next_prune and self.lease.held:
             self._next_prune = time.monotonic() + _PRUNE_EVERY_S
             for store in self.stores:
-                pruned = await store.prune_consumers(_PRUNE_IDLE_MS, self.rt.consumer)
+                try:
+                    pruned = await store.prune_consumers(_PRUNE_IDLE_MS, self.rt.consumer)
+                except ResponseError as exc:
+                    if not refused(exc):
+                        raise
+                    continue
                 if pruned:
                     log.info("removed %d idle consumer(s) of stopped workers from queue %s",
                              pruned, store.keys.queue)
@@ -228,11 +246,29 @@ class Scheduler:
         for job, queue in self.crons:
             by_queue.setdefault(queue, []).append(job)
         for queue, jobs in by_queue.items():
-            wait = min(wait, await self._cron_queue(self.rt.stores[queue], jobs))
+            store = self.rt.stores[queue]
+            try:
+                wait = min(wait, await self._cron_queue(store, jobs))
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                wait = min(wait, self._refused(store, exc))
         return wait
+
+    def _refused(self, store: QueueStore, exc: ResponseError) -> float:
+        """Log a level whose keys Redis refuses; seconds until it is tried again (1 s,
+        doubling to 30 s)."""
+        pause = min(30.0, self._pauses.get(store.keys.queue, 0.5) * 2)
+        self._pauses[store.keys.queue] = pause
+        log.error("scheduler of queue %s cannot use queue %s (%s); trying it again in "
+                  "%.0f s", self.queue, store.keys.queue, clean(str(exc)[:300]), pause)
+        return pause
 
     async def _cron_queue(self, store: QueueStore, jobs: list[CronJob]) -> float:
         cursors = await store.cron_cursors()
+        if time.monotonic() - self._now_at > self.lease.ttl_s:  # no recent promotion
+            seconds, micros = await self.rt.client.time()
+            self._now_ms, self._now_at = seconds * 1000 + micros // 1000, time.monotonic()
         now_ms = self._now_ms + round((time.monotonic() - self._now_at) * 1000)
         now = from_ms(now_ms)
         wait = math.inf

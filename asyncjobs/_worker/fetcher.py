@@ -33,7 +33,7 @@ from .._redis.store import Delivery, QueueStore, Started, take_levels
 from .._routing import WeightedOrder, plan
 from .._text import clean
 from .executor import Executor
-from .runtime import OUTAGE_ERRORS, Runtime, transient
+from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -176,21 +176,31 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
     reclaimed by queue, whether it found nothing at all)."""
     claimed: dict[str, list[Delivery]] = {}
     left = count
+    scanned = False
     for queue, reclaimer in reclaimers.items():
         if left > 0 and not bad.holds(queue) and reclaimer.is_due():
+            scanned = True
             try:
                 got = await reclaimer.claim(rt.stores[queue], left)
             except ResponseError as exc:
                 if not refused(exc):
+                    if claimed:  # keep what was claimed: it is ours now
+                        break
                     raise
                 bad.add(queue, str(exc))
                 continue
+            except Exception:
+                if claimed:
+                    break
+                raise
             if got:
                 claimed[queue] = got
                 left -= len(got)
     if claimed:
         idle.newest = None
         return [], claimed, False
+    if scanned:  # take again at each reclaim scan, whatever the waits said
+        idle.newest = None
     if idle.newest is not None and not bad.until \
             and time.monotonic() - idle.since < IDLE_RETAKE_S:
         # Nothing new since the last take found nothing (the wait would have woken):
@@ -258,12 +268,6 @@ class _Quarantine:
         return min((t for t in self.until.values() if t > now), default=float("inf"))
 
 
-def refused(exc: BaseException) -> bool:
-    """Redis refused a read of one queue's keys for what they hold (wrong type, corrupt),
-    not for an outage or a missing consumer group."""
-    return isinstance(exc, ResponseError) and "NOGROUP" not in str(exc)
-
-
 async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
                 reclaimers: dict[str, _Reclaimer], bad: _Quarantine, block_ms: int) -> bool:
     """Wait until a stream gets an entry after ``newest`` (True), or a reclaim scan is due
@@ -283,9 +287,9 @@ async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
             if await reader.wait(newest, block_ms):
                 return True
         except ResponseError as exc:  # a stream turned into something else meanwhile:
-            if not refused(exc):      # the next take leaves it alone
-                raise
-            return False
+            if not refused(exc):      # the next take (forced: newest is forgotten) leaves
+                raise                 # it alone
+            return True
         if rt.stopping.is_set() or rt.config.burst:
             return False
         now = time.monotonic()
@@ -325,7 +329,13 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
             levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
             if ask <= 0 or not levels:
                 continue
-            taken = await take_levels([group.stores[k] for k in levels], rt.consumer, ask)
+            try:
+                taken = await take_levels([group.stores[k] for k in levels], rt.consumer,
+                                          ask)
+            except Exception:
+                if started:  # what was taken is ours (started): run it, fail next time
+                    return started, {}
+                raise
             if len(taken.rows) < ask:
                 emptied.add(i)
             started.extend((group.queues[levels[level]], st) for level, st in taken.rows)
@@ -337,7 +347,15 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                 if k not in failed:
                     bad.cleared(group.queues[k])
                 elif "NOGROUP" in failed[k]:
-                    await _regroup(group.stores[k])
+                    # Made again at id 0: what the stream holds is waiting (not new to an
+                    # XREAD from its newest id), so the wait starts from the beginning.
+                    newest[group.stores[k].keys.stream] = "0-0"
+                    try:
+                        await _regroup(group.stores[k])
+                    except Exception:
+                        if started:
+                            return started, {}
+                        raise
                 else:
                     bad.add(group.queues[k], failed[k])
     return started, newest
@@ -398,5 +416,6 @@ async def _drained(rt: Runtime, ex: Executor) -> bool:
     for store in rt.stores.values():
         pipe.zcard(store.keys.delayed)
         pipe.xlen(store.keys.stream)
-    counts = await pipe.execute()
-    return all(n == 0 for n in counts)
+    counts = await pipe.execute(raise_on_error=False)
+    # a key Redis refuses (of the wrong type) holds nothing any worker could run
+    return all(n == 0 or (isinstance(n, ResponseError) and refused(n)) for n in counts)

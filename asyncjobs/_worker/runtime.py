@@ -63,6 +63,13 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             pause = min(pause * 2, 30.0)
 
 
+def refused(exc: BaseException) -> bool:
+    """Redis refused a read of one queue's keys for what they hold (wrong type, corrupt),
+    not for an outage (BUSY, READONLY, ...) or a missing consumer group."""
+    return (isinstance(exc, ResponseError) and "NOGROUP" not in str(exc)
+            and not transient(exc))
+
+
 def corrupt_key(exc: BaseException) -> str:
     """The reason, when a script refused to run because a queue's key holds the wrong type
     (``check_type`` in the scripts' prelude); '' for any other error."""

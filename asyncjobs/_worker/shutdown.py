@@ -15,9 +15,11 @@ import asyncio
 import logging
 
 import anyio
+from redis.exceptions import ResponseError
 
+from .._text import clean
 from .executor import Executor
-from .runtime import OUTAGE_ERRORS, Runtime
+from .runtime import OUTAGE_ERRORS, Runtime, transient
 from .settler import Settler
 from .upkeep import unregister
 
@@ -60,11 +62,18 @@ async def handback(rt: Runtime, ex: Executor) -> None:
         for queue, store in rt.stores.items():
             keep = ex.alive_entries(queue)
             total = 0
-            for _ in range(_ROUNDS):  # a read served late can add entries: look again
-                moved, left = await store.handback(rt.consumer, keep)
-                total += moved
-                if not left:
-                    break
+            try:
+                for _ in range(_ROUNDS):  # a read served late can add entries: look again
+                    moved, left = await store.handback(rt.consumer, keep)
+                    total += moved
+                    if not left:
+                        break
+            except ResponseError as exc:  # this queue's keys are refused: the others go on
+                if transient(exc):
+                    raise
+                log.error("could not hand back the jobs held on queue %s (%s); they run "
+                          "again after the claim timeout", queue, clean(str(exc)[:300]))
+                continue
             if total:
                 log.info("handed back %d job(s) on queue %s", total, queue)
             if keep:
