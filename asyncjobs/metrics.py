@@ -60,6 +60,7 @@ EVENT_COUNTERS: Mapping[str, tuple[str, ...]] = {
     "aborted": ("aborted",),
     "interrupted": ("interrupted",),
     "rate_limited": ("rate_limited",),
+    "concurrency_limited": ("concurrency_limited",),
 }
 """Which ``asyncjobs_jobs_<name>_total`` counters each job event increments.
 
@@ -82,6 +83,8 @@ _COUNTER_HELP = {
     "interrupted": "Attempts cancelled by a shutdown or a lost entry (the job runs again).",
     "rate_limited": "Jobs deferred by their task's rate limit to a later slot (not counted "
                     "as attempts; each runs at its slot).",
+    "concurrency_limited": "Jobs that found their task's concurrency limit full and wait "
+                           "for a lease (not counted as attempts).",
 }
 
 
