@@ -569,3 +569,48 @@ def test_a_sigkilled_workers_slot_comes_back_within_the_claim_timeout(
 async def _infos(url: str, prefix: str, ids: list[str]) -> list[asyncjobs.JobInfo]:
     async with asyncjobs.create_pool(url, prefix=prefix) as pool:
         return [await pool.job(i).info() for i in ids]
+
+
+# -- visibility: the CLI and the metrics -----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_info_job_and_metrics_show_a_limit_and_its_waiters(real: Backend) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from asyncjobs.metrics import WorkerMetrics
+
+    from .test_ops_cli import as_json, cli
+
+    gate = asyncio.Event()
+
+    @asyncjobs.task(concurrency_limit=1, concurrency_key=lambda c: c)
+    async def report(ctx: Context, c: str) -> str:
+        await gate.wait()
+        return c
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(worker="w", queues=["default"], concurrency=4, registry=registry,
+                            tasks=["report"])
+    async with real.pool() as pool:
+        first = await pool.enqueue(report, "acme")
+        async with running(real, real.worker([report])):
+            await until(lambda: state_is(pool, first.id, JobState.RUNNING), "the first job")
+            second = await pool.enqueue(report, "acme")
+            await until(lambda: state_is(pool, second.id, JobState.SCHEDULED), "the wait")
+            info = await asyncio.to_thread(lambda: as_json(cli(real, "info", "--json")))
+            code, shown, _ = await asyncio.to_thread(cli, real, "job", second.id)
+            await metrics.refresh(pool, type("Idle", (), {"active": 0})())
+            held = registry.get_sample_value("asyncjobs_concurrency_running_jobs",
+                                             {"queue": "default", "task": "report"})
+            waiting = registry.get_sample_value("asyncjobs_concurrency_waiting_jobs",
+                                                {"queue": "default", "task": "report"})
+            gate.set()
+            assert await second.result(timeout=20) == "acme"
+            await metrics.refresh(pool, type("Idle", (), {"active": 0})())
+        after = registry.get_sample_value("asyncjobs_concurrency_running_jobs",
+                                          {"queue": "default", "task": "report"})
+    assert info["concurrency"] == {"default": [
+        {"task": "report", "key": "acme", "limit": 1, "running": 1, "waiting": 1}]}
+    assert code == 0 and "waiting on" in shown and "'report' for key 'acme'" in shown
+    assert (held, waiting, after) == (1, 1, 0)
