@@ -308,6 +308,47 @@ async def test_a_shutdown_hands_back_the_lease_and_lets_the_waiter_go(backend: B
 
 
 @pytest.mark.asyncio
+async def test_a_waiting_job_can_be_aborted_and_leaves_the_wait_list(backend: Backend
+                                                                      ) -> None:
+    async with backend.pool() as pool:
+        j = await pool.enqueue(ending, "sleep")
+        async with running(backend, backend.worker([ending], claim_timeout=60)):
+            await until(lambda: state_is(pool, j.id, JobState.RUNNING), "J to start")
+            k = await pool.enqueue(ending, "ok")
+            await until(lambda: state_is(pool, k.id, JobState.SCHEDULED), "K waits")
+            before = [(c.running, c.waiting) for c in await pool.admin.concurrency()]
+            assert await k.abort()
+            after = [(c.running, c.waiting) for c in await pool.admin.concurrency()]
+            assert await j.abort()
+            await until(lambda: state_is(pool, j.id, JobState.ABORTED), "J aborted")
+        stats = await pool.admin.queue_stats()
+        k_state = await k.status()
+    assert (before, after) == ([(1, 1)], [(1, 0)])
+    assert k_state is JobState.ABORTED and stats.delayed == 0
+
+
+@pytest.mark.asyncio
+async def test_a_job_longer_than_the_claim_timeout_keeps_its_lease(backend: Backend) -> None:
+    """The keep-alive renews the lease: K, waiting, starts only once J (2.5 claim timeouts
+    long) has ended."""
+    @asyncjobs.task(concurrency_limit=1)
+    async def long(ctx: Context, s: float) -> float:
+        await asyncio.sleep(s)
+        return s
+
+    async with backend.pool() as pool:
+        j = await pool.enqueue(long, 2.5)
+        async with running(backend, backend.worker([long], claim_timeout=1)):
+            await until(lambda: state_is(pool, j.id, JobState.RUNNING), "J to start")
+            k = await pool.enqueue(long, 0)
+            assert await k.result(timeout=20) == 0
+        j_info, k_info = await j.info(), await k.info()
+    assert j_info.ended_at is not None and k_info.started_at is not None
+    assert k_info.started_at >= j_info.ended_at
+    assert (j_info.attempts, k_info.attempts) == (1, 1)
+
+
+@pytest.mark.asyncio
 async def test_a_dead_holders_lease_lapses_and_the_waiter_starts(backend: Backend) -> None:
     """A lease held by a job whose worker died (its record still says running under the
     limit, nobody renews it) blocks the limit until it lapses, then the waiting job starts

@@ -343,7 +343,8 @@ class QueueStore:
         """Abort a job; returns its state before the call, or 'missing'."""
         k = self.keys
         keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended]
-        args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s]
+        args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s,
+                                  k.concurrency_wait_prefix]
         return _str(await s.load(s.ABORT)(self.client, keys, args))
 
     async def cron_tick(
