@@ -406,9 +406,10 @@ async def test_a_key_function_that_fails_dead_letters_the_job(
 @pytest.mark.parametrize("garbage", ["string", "ghost", "wait-string", "record"])
 async def test_garbage_in_the_limit_keys_is_repaired_and_jobs_run(backend: Backend,
                                                                   garbage: str) -> None:
-    """A lease or wait key of the wrong type, a lease no job backs (a far-future 'ghost'
-    member), a holder whose record is not a hash: each is dropped when it is in the way,
-    counted as repaired, and the jobs run; nothing raises or loops."""
+    """A lease or wait key of the wrong type, a lease no worker could have written (a
+    'ghost' member expiring in 3,000 years), a holder whose record is not a hash: each is
+    dropped when it is in the way, counted as repaired, and the jobs run; nothing raises or
+    loops."""
     @asyncjobs.task(concurrency_limit=1)
     async def pay(ctx: Context, i: int) -> int:
         return i
@@ -422,8 +423,8 @@ async def test_garbage_in_the_limit_keys_is_repaired_and_jobs_run(backend: Backe
             await pool.client.zadd(keys.concurrency(name), {"ghost": 1e14})
         elif garbage == "wait-string":
             await pool.client.set(keys.concurrency_wait(name), "garbage")
-        else:
-            await pool.client.zadd(keys.concurrency(name), {"rec": 1e14})
+        else:  # a lease that looks real, but its job key holds no record
+            await pool.client.zadd(keys.concurrency(name), {"rec": await redis_ms(pool) + 9e5})
             await pool.client.set(keys.job("rec"), "not a hash")
         jobs = await pool.enqueue_many([asyncjobs.call(pay, i) for i in range(3)])
         await backend.run(backend.worker([pay], burst=True))

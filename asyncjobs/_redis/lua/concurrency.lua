@@ -2,9 +2,11 @@
 -- a limit is a sorted set of leases, job id -> lease expiry (ms, Redis clock). Expired
 -- leases are dropped first (their worker died: the slot comes back within the claim
 -- timeout). A job that already holds a lease (delivered again) renews it and runs; one
--- that finds fewer than N leases takes one and runs; when the set is full, each holder is
--- checked (its record must say it runs under this limit) and leases nothing backs are
--- dropped. Any other job waits: its entry is acknowledged and deleted, its record goes
+-- that finds fewer than N leases takes one and runs. When the set is full, leases that
+-- no worker could have written are dropped (expiring more than MAX_LEASE_MS from now: the
+-- longest claim timeout is an hour), then the 20 holders whose leases expire first are
+-- checked (each record must say it runs under this limit) and leases nothing backs are
+-- dropped; any others lapse within the claim timeout. Any other job waits: its entry is acknowledged and deleted, its record goes
 -- back to `scheduled` with its attempt count as before start.lua counted this attempt and
 -- `cw` = the limit's name (what it waits on), it enters the delayed set at its safety-net
 -- due time (the earliest lease expiry, or its own expiry if sooner) and the limit's wait
@@ -37,9 +39,14 @@ local function repair(key)
   end
 end
 
--- Drop the leases no running job of this limit backs (a record gone, ended, or moved on).
+local MAX_LEASE_MS = 3600 * 1000
+
+-- Drop the leases no worker wrote (too far ahead), then those of the first 20 holders that
+-- no running job of this limit backs (a record gone, ended, or moved on).
 local function drop_unbacked(leases, name)
-  for _, holder in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+  repaired = repaired + redis.call('ZREMRANGEBYSCORE', leases,
+    '(' .. string.format('%.0f', now + MAX_LEASE_MS), '+inf')
+  for _, holder in ipairs(redis.call('ZRANGE', leases, 0, 19)) do
     local rec = hmget(ARGV[5] .. holder, 's', 'cl')
     if not rec or rec[1] ~= 'running' or rec[2] ~= name then
       redis.call('ZREM', leases, holder)
