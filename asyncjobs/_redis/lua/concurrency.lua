@@ -30,12 +30,21 @@ local lease_ms = tonumber(ARGV[4])
 local out = {}
 local waited, repaired = 0, 0
 
+-- Delete a limit key of the wrong type (it holds no lease): counted, never raised.
 local function repair(key)
   local t = redis.call('TYPE', key)
   t = type(t) == 'table' and t.ok or t
   if t ~= 'none' and t ~= 'zset' then
     redis.call('DEL', key)
     repaired = repaired + 1
+  end
+end
+
+-- Drop the expired leases (repairing a lease set of the wrong type).
+local function clear_expired(leases)
+  local gone = redis.pcall('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if type(gone) == 'table' and gone.err then
+    repair(leases)
   end
 end
 
@@ -55,12 +64,18 @@ local function drop_unbacked(leases, name)
   end
 end
 
-local function take(leases, waiters, key, id, n, name)
+-- The job takes (or renews) its lease. `had_waited`: it waited on a limit before (its `cw`);
+-- `first`: the limit held no lease (it enters the limits hash Admin lists).
+local function take(leases, waiters, key, id, n, name, had_waited, first)
   redis.call('ZADD', leases, now + lease_ms, id)
   redis.call('HSET', key, 'cl', name)
-  redis.call('HDEL', key, 'cw')
-  redis.call('ZREM', waiters, id)
-  redis.pcall('HSET', KEYS[4], name, n)
+  if had_waited then
+    redis.call('HDEL', key, 'cw')
+    redis.pcall('ZREM', waiters, id)
+  end
+  if first then
+    redis.pcall('HSET', KEYS[4], name, n)
+  end
   return {'run', now + lease_ms}
 end
 
@@ -68,22 +83,22 @@ local function check(leases, waiters, key, entry, id, n, name)
   if not held_by(KEYS[1], ARGV[1], entry, ARGV[2]) then
     return {'lost', 0}
   end
-  local rec = hmget(key, 's', 'e', 'ab', 'x', 'a')
+  local rec = hmget(key, 's', 'e', 'ab', 'x', 'a', 'cw')
   if not rec or rec[1] ~= 'running' or rec[2] ~= entry then
     return {'lost', 0}
   end
   if rec[3] then
     return {'aborted', 0}
   end
-  repair(leases)
-  repair(waiters)
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if redis.call('ZSCORE', leases, id) or redis.call('ZCARD', leases) < n then
-    return take(leases, waiters, key, id, n, name)
+  local had_waited = rec[6] and true or false
+  clear_expired(leases)
+  local held = redis.call('ZCARD', leases)
+  if held < n or redis.call('ZSCORE', leases, id) then
+    return take(leases, waiters, key, id, n, name, had_waited, held == 0)
   end
   drop_unbacked(leases, name)
   if redis.call('ZCARD', leases) < n then
-    return take(leases, waiters, key, id, n, name)
+    return take(leases, waiters, key, id, n, name, had_waited, false)
   end
   local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
   local due = math.max(tonumber(first[2]), now)
@@ -95,8 +110,8 @@ local function check(leases, waiters, key, entry, id, n, name)
   local attempts = int(rec[5]) or 1
   redis.call('HSET', key, 's', 'scheduled', 'd', due, 'cw', name,
     'a', attempts > 0 and attempts - 1 or 0)
-  redis.call('HDEL', key, 'cl')
   redis.call('ZADD', KEYS[2], due, id)
+  repair(waiters)
   redis.call('ZADD', waiters, 'NX', now, id)
   redis.pcall('HSET', KEYS[4], name, n)
   wake_if_first(KEYS[2], ARGV[3], id, due)
