@@ -14,6 +14,8 @@ aborted        ``Job.abort()`` stopped it (before or while it ran)
 interrupted    a shutdown stopped the attempt; the job is handed back and runs again
 rate_limited   its task's rate limit deferred it to a later slot (``retry_in_s``); not an
                attempt: it was never called, and its attempt count is unchanged
+concurrency_   its task's concurrency limit was full: it waits (not an attempt) until a
+limited        lease is released, at the latest ``retry_in_s`` (the safety net)
 =============  ======================================================================
 
 The job's arguments are decoded only when an observer reads ``args`` / ``kwargs``.

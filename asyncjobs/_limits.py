@@ -13,6 +13,14 @@ interval), is moved to the delayed set until that slot with the slot noted on it
 noted slot back and clears it; ``keeps_slot`` then lets it run without asking Redis again.
 So a flood of N jobs costs N checks, once each, and the scheduler releases them at the
 allowed rate.
+
+Shared concurrency limits (``concurrency_limit=N``, ``concurrency_key=``) are held as
+*leases*: one sorted set per (task, key), job id -> lease expiry on the Redis clock.
+concurrency.lua applies ``acquire`` atomically; the worker's keep-alive renews the leases
+of the jobs it runs, settle.lua and handback.lua release them, and a lease whose worker
+died expires within the claim timeout. A job that finds no free lease waits (deferred,
+not counted as an attempt) until a release lets it go, or until ``acquire``'s ``due_ms``,
+the safety net for a holder that died.
 """
 
 from __future__ import annotations
@@ -55,8 +63,13 @@ than the limit says (at 10/s, none: the interval is 100 ms)."""
 _SPEC = re.compile(r"\s*(\d{1,7})\s*/\s*([a-z]+)\s*")
 
 
+MAX_CONCURRENCY = 100_000
+"""The largest ``concurrency_limit`` a task may declare."""
+
+
 class RateKeyError(Exception):
-    """A job's rate key could not be computed (the reason is the message)."""
+    """A job's rate or concurrency key could not be computed (the reason is the
+    message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,21 +132,61 @@ def keeps_slot(reserved_ms: int, now_ms: int, interval_us: int) -> bool:
     return now_ms - reserved_ms <= max(LATE_GRACE_MS, interval_us // 1000)
 
 
-def limit_key(key_fn: RateKey | None, args: Sequence[Any], kwargs: Mapping[str, Any]
-              ) -> str:
+def limit_key(key_fn: RateKey | None, args: Sequence[Any], kwargs: Mapping[str, Any],
+              what: str = "rate_key") -> str:
     """The key a job is counted under ('' for the task-wide limit). Raises ``RateKeyError``
-    with the reason when the key function fails or returns something other than a str or
-    an int (the job is dead-lettered with it)."""
+    with the reason (naming the option, ``what``) when the key function fails or returns
+    something other than a str or an int (the job is dead-lettered with it)."""
     if key_fn is None:
         return ""
     try:
         key = key_fn(*args, **kwargs)
     except Exception as exc:
-        raise RateKeyError(f"rate_key raised {type(exc).__name__}: {safe_str(exc, 300)}"
+        raise RateKeyError(f"{what} raised {type(exc).__name__}: {safe_str(exc, 300)}"
                          ) from exc
     if isinstance(key, bool) or not isinstance(key, str | int):
-        raise RateKeyError(f"rate_key must return a str or an int, not {type(key).__name__}")
+        raise RateKeyError(f"{what} must return a str or an int, not {type(key).__name__}")
     text = str(key)
     if len(text) > 200:
-        raise RateKeyError(f"rate_key returned {len(text)} characters (at most 200)")
+        raise RateKeyError(f"{what} returned {len(text)} characters (at most 200)")
     return text
+
+
+def parse_concurrency(limit: object) -> int:
+    """A ``concurrency_limit``: an int from 1 to ``MAX_CONCURRENCY`` (not a bool); anything
+    else is a ``ConfigurationError`` with a one-line message."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ConfigurationError(
+            f"concurrency_limit must be an int, not {type(limit).__name__} {limit!r:.80}")
+    if not 1 <= limit <= MAX_CONCURRENCY:
+        raise ConfigurationError(
+            f"concurrency_limit must be between 1 and {MAX_CONCURRENCY:,}, not {limit}")
+    return limit
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One acquisition: run now (the lease is held until ``leases[job] ``), or wait until
+    a release lets the job go, at the latest ``due_ms``."""
+
+    run: bool
+    due_ms: int
+    leases: Mapping[str, int]
+    """The limit's leases afterwards: job id -> expiry (ms)."""
+
+
+def acquire(leases: Mapping[str, int], job_id: str, now_ms: int, limit: int, lease_ms: int,
+            expires_ms: int | None = None) -> Lease:
+    """The rule concurrency.lua applies. Expired leases are dropped; a job that holds a
+    lease already (delivered again) renews it and runs; one that finds fewer than ``limit``
+    leases takes one and runs. Any other waits: it is looked at again when the earliest
+    lease expires (the safety net if its holder died; a release comes sooner), or at its
+    own expiry if that is earlier."""
+    live = {job: until for job, until in leases.items() if until > now_ms}
+    if job_id in live or len(live) < limit:
+        live[job_id] = now_ms + lease_ms
+        return Lease(True, now_ms, live)
+    due = min(live.values())
+    if expires_ms is not None:
+        due = min(due, expires_ms)
+    return Lease(False, max(due, now_ms), live)

@@ -132,6 +132,9 @@ class JobInfo:
     headers: dict[str, str]
     result: Any = None
     """The value, once complete (decoded without the task's types)."""
+    waiting_on: str | None = None
+    """Why a scheduled job waits, when a concurrency limit made it wait (which limit, and
+    that it starts when a lease is released); None otherwise."""
 
     @property
     def error(self) -> ErrorInfo | None:

@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from ._context import Context
 from ._durations import Seconds, to_seconds
-from ._limits import RateKey, RateLimit, parse_rate
+from ._limits import RateKey, RateLimit, parse_concurrency, parse_rate
 from ._retry import RetryPolicy
 from ._routing import Priority, check_priority, level_queue
 from ._signature import ArgConverter, return_type
@@ -68,6 +68,8 @@ class Task(Generic[P, R]):
         rate_key: RateKey | None = None,
         soft_timeout: Seconds | None = None,
         priority: Priority | None = None,
+        concurrency_limit: int | None = None,
+        concurrency_key: RateKey | None = None,
     ) -> None:
         if fn is None and not name:
             raise ConfigurationError("a task reference needs a name")
@@ -115,6 +117,20 @@ class Task(Generic[P, R]):
         if rate_key is not None and (self.rate_limit is None or not callable(rate_key)):
             raise ConfigurationError(f"task {self.name!r}: rate_key needs a rate_limit and "
                                      "must be a function of the task's arguments")
+        self.concurrency_limit: int | None = None
+        """How many jobs of this task (per ``concurrency_key``) run at once across every
+        worker of the queue, or None: no limit."""
+        self.concurrency_key = concurrency_key
+        if concurrency_limit is not None:
+            try:
+                self.concurrency_limit = parse_concurrency(concurrency_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from None
+        if concurrency_key is not None and (self.concurrency_limit is None
+                                            or not callable(concurrency_key)):
+            raise ConfigurationError(
+                f"task {self.name!r}: concurrency_key needs a concurrency_limit and must be "
+                "a function of the task's arguments")
 
     def options(
         self,
@@ -260,6 +276,8 @@ def task(
     rate_key: RateKey | None = None,
     soft_timeout: Seconds | None = None,
     priority: Priority | None = None,
+    concurrency_limit: int | None = None,
+    concurrency_key: RateKey | None = None,
 ) -> TaskDecorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, Any] | TaskDecorator:
     """Declare a task, bare (``@task``) or with options (``@task(timeout=30, max_tries=5)``).
@@ -272,7 +290,10 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Task[Any, A
     ``soft_timeout`` (seconds, less than ``timeout``: when it passes, ``ctx.soft_timeout``
     is set so the task can save partial work before the hard timeout cancels it),
     ``priority`` (``"high"``, ``"normal"`` or ``"low"``: the level of its jobs within their
-    queue, unless ``options(priority=...)`` says else).
+    queue, unless ``options(priority=...)`` says else),
+    ``concurrency_limit`` (an int: at most that many jobs of the task run at once across
+    every worker of the queue) and ``concurrency_key`` (a function of the job's arguments:
+    one such limit per key).
     """
     if fn is None:
         return TaskDecorator(**options)

@@ -32,6 +32,7 @@ from ._cli.options import AllowEviction, AsJson, Prefix, Queue, Queues, RedisUrl
 from ._cli.render import (
     Command,
     Group,
+    concurrency_table,
     dead_table,
     jobs_table,
     print_job,
@@ -182,9 +183,11 @@ def _out(as_json: bool, data: Any, *tables: Any) -> None:
 def info(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
          as_json: AsJson = False) -> None:
     """Queues (waiting, in flight, delayed, dead, oldest age) and live workers."""
-    stats, workers = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
-    _out(as_json, {"queues": stats, "workers": workers}, queues_table(stats),
-         totals_table(stats), workers_table(workers) if workers else "no live workers")
+    stats, workers, limits = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
+    _out(as_json, {"queues": stats, "workers": workers, "concurrency": limits},
+         queues_table(stats), totals_table(stats),
+         *([concurrency_table(limits)] if limits else []),
+         workers_table(workers) if workers else "no live workers")
 
 
 @app.command(cls=Command)

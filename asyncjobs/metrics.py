@@ -60,6 +60,7 @@ EVENT_COUNTERS: Mapping[str, tuple[str, ...]] = {
     "aborted": ("aborted",),
     "interrupted": ("interrupted",),
     "rate_limited": ("rate_limited",),
+    "concurrency_limited": ("concurrency_limited",),
 }
 """Which ``asyncjobs_jobs_<name>_total`` counters each job event increments.
 
@@ -82,6 +83,8 @@ _COUNTER_HELP = {
     "interrupted": "Attempts cancelled by a shutdown or a lost entry (the job runs again).",
     "rate_limited": "Jobs deferred by their task's rate limit to a later slot (not counted "
                     "as attempts; each runs at its slot).",
+    "concurrency_limited": "Jobs that found their task's concurrency limit full and wait "
+                           "for a lease (not counted as attempts).",
 }
 
 
@@ -176,6 +179,15 @@ class WorkerMetrics:
         self.refused = gauge("asyncjobs_queue_enqueues_refused", "Jobs a full queue refused "
                              "(QueueFull) since the queue was created (a total kept in "
                              "Redis, like trimmed dead letters: rate() it).", q)
+        self.limit_running = Gauge(
+            "asyncjobs_concurrency_running_jobs", "Leases held of the concurrency limits of a "
+            "task (summed over its concurrency keys): jobs running under them.",
+            ["queue", "task"], registry=self.registry)
+        self.limit_waiting = Gauge(
+            "asyncjobs_concurrency_waiting_jobs", "Jobs waiting for a lease of a task's "
+            "concurrency limits (summed over its concurrency keys).", ["queue", "task"],
+            registry=self.registry)
+        self._limit_labels: set[tuple[str, str]] = set()
         self.running = gauge("asyncjobs_worker_running_jobs", "Attempts this worker is "
                              "running.", "worker")
         self.memory = gauge("asyncjobs_redis_memory_used_ratio", "Redis used_memory over "
@@ -253,11 +265,33 @@ class WorkerMetrics:
             self.trimmed.labels(queue=queue).set(stats.counters.get("trimmed", 0))
             self.max_length.labels(queue=queue).set(stats.max_length or 0)
             self.refused.labels(queue=queue).set(stats.counters.get("refused", 0))
+            await self._refresh_limits(pool, queue)
             try:
                 leads = await pool.admin.leader(queue) == self.worker
             except (RedisUnavailable, RedisError, OSError):
                 continue
             self.leader.labels(queue=queue).set(1 if leads else 0)
+
+    async def _refresh_limits(self, pool: Pool, queue: str) -> None:
+        """Set the concurrency gauges of ``queue``; a limit gone since the last refresh
+        reads 0."""
+        try:
+            limits = await pool.admin.concurrency(queue)
+        except (RedisUnavailable, RedisError, OSError) as exc:
+            log.debug("metrics: cannot read the concurrency limits of %s: %s", queue, exc)
+            return
+        sums: dict[tuple[str, str], tuple[int, int]] = {}
+        for c in limits:
+            task = c.task if self.tasks is None or c.task in self.tasks else UNKNOWN_TASK
+            held, waiting = sums.get((queue, task), (0, 0))
+            sums[(queue, task)] = (held + c.running, waiting + c.waiting)
+        gone = {k for k in self._limit_labels if k[0] == queue} - set(sums)
+        for q, task in gone:
+            sums[(q, task)] = (0, 0)
+        for (q, task), (held, waiting) in sums.items():
+            self.limit_running.labels(queue=q, task=task).set(held)
+            self.limit_waiting.labels(queue=q, task=task).set(waiting)
+        self._limit_labels = (self._limit_labels | set(sums)) - gone
 
 
 __all__ = ["DURATION_BUCKETS", "EVENT_COUNTERS", "REFRESH_ENV", "TIMED_EVENTS", "Busy",

@@ -34,7 +34,7 @@ from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
 from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
-from asyncjobs._redis.store import Delivery, NewJob, QueueStore, SettleOp
+from asyncjobs._redis.store import Delivery, LeaseAsk, NewJob, QueueStore, SettleOp
 
 from .conftest import Backend
 
@@ -1398,7 +1398,8 @@ def test_scripts_never_raise_on_garbage_records(
 
 ALL_TYPES = ("string", "list", "set", "zset", "stream", "hash")
 RIGHT_TYPE = {"stream": "stream", "delayed": "zset", "dead": "stream", "stats": "hash",
-              "cron": "hash", "leader": "string", "workers": "zset"}
+              "cron": "hash", "leader": "string", "workers": "zset",
+              "concurrency_limits": "hash"}
 SPEC = encode_spec(JobSpec("fuzz", [1]))
 
 
@@ -1436,12 +1437,16 @@ def calls(env: Env, q: Typical) -> dict[str, Callable[[], Awaitable[Any]]]:
         "take": lambda: store.take(ME, 10),
         "start": lambda: store.start(ME, [Delivery(e["j0"], "j0"), Delivery(e["j1"], "j1")]),
         "settle": lambda: run_pipelined(client, [store.settle_call(ME, [
-            SettleOp(e["j0"], "j0", "retry"), SettleOp(e["j1"], "j1", "failed", "why"),
+            SettleOp(e["j0"], "j0", "retry", lease="4:fuzz:"),
+            SettleOp(e["j1"], "j1", "failed", "why"),
             SettleOp(e["j3"], "j3", "garbage", "junk")])]),
         "enqueue": lambda: store.enqueue([NewJob("n1", SPEC), NewJob("n2", SPEC, 10**8)]),
         "promote": lambda: store.promote(10, 60),
         "handback": lambda: store.handback(ME, [], 1000),
         "touch": lambda: store.touch(ME, [Delivery(e["j0"], "j0")]),
+        "concurrency": lambda: run_pipelined(client, [store.lease_call(ME, [
+            LeaseAsk(Delivery(e["j0"], "j0"), "4:fuzz:", 1),
+            LeaseAsk(Delivery(e["j1"], "j1"), "4:fuzz:", 1)], 15_000)]),
         "abort queued": lambda: store.abort("j3", 60),
         "abort scheduled": lambda: store.abort("j4", 60),
         "requeue": lambda: store.requeue("j2"),
@@ -1464,7 +1469,8 @@ QUEUE_KEYS = {
     "handback": ("stream",), "touch": ("stream",), "abort queued": ("stream", "delayed", "stats"),
     "abort scheduled": ("stream", "delayed", "stats"), "requeue": ("stream", "dead"),
     "purge": ("dead",), "cron": ("cron", "stream", "stats"), "reclaim": ("stream",),
-    "prune": ("stream",), "lease_renew": ("leader",), "lease_release": ("leader",),
+    "prune": ("stream",), "concurrency": ("stream", "delayed", "stats", "concurrency_limits"),
+    "lease_renew": ("leader",), "lease_release": ("leader",),
     "lease_clear": ("leader",), "beat": ("workers",),
 }
 

@@ -58,6 +58,7 @@ def test_event_table() -> None:
         "aborted": ("aborted",),
         "interrupted": ("interrupted",),
         "rate_limited": ("rate_limited",),
+        "concurrency_limited": ("concurrency_limited",),
     }
     assert counters_for("retry") == ("failed", "retried")
     assert counters_for("no-such-event") == ()

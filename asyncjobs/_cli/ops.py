@@ -10,6 +10,7 @@ from typing import Any
 from .._model import JobInfo
 from .._producer.admin import OnProgress, QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.insight import ConcurrencyInfo
 from .._producer.listing import JobRow, Page
 from .._producer.pool import _PoolOpener, create_pool
 from .._producer.registry import WorkerInfo
@@ -36,12 +37,15 @@ def _inspect(target: Target, **options: Any) -> _PoolOpener:
     return create_pool(target.url, prefix=target.prefix, allow_eviction=True, **options)
 
 
-async def info(target: Target, queues: list[str]) -> tuple[list[QueueStats], list[WorkerInfo]]:
-    """Stats of the given queues (all known queues if none) and the live workers."""
+async def info(target: Target, queues: list[str]
+               ) -> tuple[list[QueueStats], list[WorkerInfo], dict[str, list[ConcurrencyInfo]]]:
+    """Stats of the given queues (all known queues if none), the live workers, and the
+    concurrency limits in use per queue (queues without any left out)."""
     async with _inspect(target) as pool:
         names = queues or await pool.admin.queues() or [pool.default_queue]
         stats = [await pool.admin.queue_stats(q) for q in names]
-        return stats, await pool.admin.workers()
+        limits = {q: found for q in names if (found := await pool.admin.concurrency(q))}
+        return stats, await pool.admin.workers(), limits
 
 
 async def job(target: Target, job_id: str, queue: str | None) -> JobInfo:

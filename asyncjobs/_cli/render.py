@@ -24,6 +24,7 @@ from rich.text import Text
 from .._model import JobInfo
 from .._producer.admin import QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
+from .._producer.insight import ConcurrencyInfo
 from .._producer.listing import JobRow
 from .._producer.registry import WorkerInfo
 from .._text import clean
@@ -139,6 +140,14 @@ def totals_table(stats: list[QueueStats]) -> Table:
     return _table("totals", ["queue", "#enqueued", "#complete", "#failed", "#retried"], rows)
 
 
+def concurrency_table(limits: dict[str, list[ConcurrencyInfo]]) -> Table:
+    """One row per concurrency limit in use: leases held of N, jobs waiting."""
+    rows = [[queue, c.task, c.key, f"{c.running}/{c.limit}", str(c.waiting)]
+            for queue, found in limits.items() for c in found]
+    return _table("concurrency limits", ["queue", "task", "key", "#running", "#waiting"],
+                  rows)
+
+
 def workers_table(workers: list[WorkerInfo]) -> Table:
     """One row per live worker."""
     rows = [[w.name, w.host, str(w.pid), ",".join(w.queues), f"{w.running}/{w.concurrency}",
@@ -197,7 +206,8 @@ def _job_rows(info: JobInfo) -> list[tuple[str, Any]]:
         ("args", info.args), ("kwargs", info.kwargs), ("attempts", info.attempts),
         ("enqueued", info.enqueued_at), ("scheduled for", info.scheduled_for),
         ("started", info.started_at), ("ended", info.ended_at), ("expires", info.expires_at),
-        ("worker", info.worker), ("dead-letter reason", info.dead_letter_reason),
+        ("worker", info.worker), ("waiting on", info.waiting_on),
+        ("dead-letter reason", info.dead_letter_reason),
         ("result", info.result),
     ]
     if info.progress:

@@ -34,7 +34,15 @@ from .deadletters import (
     not_requeueable,
     text,
 )
-from .insight import CronInfo, MinuteCounts, cron_infos, holder, minute_counts
+from .insight import (
+    ConcurrencyInfo,
+    CronInfo,
+    MinuteCounts,
+    concurrency_infos,
+    cron_infos,
+    holder,
+    minute_counts,
+)
 from .listing import DeadRow, JobRow, Listing, Page
 from .registry import (
     LIVE_WORKER_MS,
@@ -238,6 +246,26 @@ class Admin:
         published = [(json_record(blob) or {}).get("crons") for blob in blobs]
         return cron_infos(name, published, cursors if isinstance(cursors, dict) else {},
                           now_ms)
+
+    async def concurrency(self, queue: str | None = None) -> list[ConcurrencyInfo]:
+        """The concurrency limits in use on a queue: per (task, key), the leases held (not
+        expired, on the Redis clock) and the jobs waiting for one. A limit nothing holds
+        or waits on is not listed."""
+        keys = self.pool.keys(queue or self.pool.default_queue)
+        limits_hash = keys.concurrency_limits
+        names, now = await self._pipe(lambda p: p.hgetall(limits_hash).time(), errors=False)
+        if not isinstance(names, dict) or not names:
+            return []
+        now_ms = time_ms(now)
+
+        def counts(p: Any) -> None:
+            for name in names:
+                label = text(name)
+                p.zcount(keys.concurrency(label), f"({now_ms}", "+inf")
+                p.zcard(keys.concurrency_wait(label))
+
+        replies = await self._pipe(counts, errors=False)
+        return concurrency_infos(names, replies)
 
     async def requeue(self, job_ids: Sequence[str], queue: str | None = None) -> dict[str, str]:
         """Requeue dead-lettered jobs by id (same id, history kept); per id: the outcome

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from .._codec import decode_errors, decode_progress, decode_spec, decode_value
 from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
 from .._redis import scripts as _scripts
+from .._redis.keys import split_limit_name
 from .._text import safe_str
 from ..exceptions import (
     CorruptJob,
@@ -226,4 +227,17 @@ def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
         max_tries=spec.max_tries if spec else None,
         headers=dict(spec.headers) if spec else {},
         result=_or_default(lambda: decode_value(raw[b"r"]), None) if b"r" in raw else None,
+        waiting_on=_waiting_on(state, raw.get(b"cw")),
     )
+
+
+def _waiting_on(state: JobState, raw: bytes | None) -> str | None:
+    """Why a scheduled job waits, when a concurrency limit deferred it (its ``cw``)."""
+    if state is not JobState.SCHEDULED or not raw:
+        return None
+    task, key = split_limit_name(_text(raw))
+    if not task:
+        return None
+    where = f" for key {key!r}" if key else ""
+    return (f"concurrency limit of task {task!r}{where}: every lease is held; it starts "
+            "when one is released")

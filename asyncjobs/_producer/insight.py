@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from .._model import from_ms
+from .._redis.keys import split_limit_name
 from .._scheduling.cron import next_fire, schedule_from
 from .deadletters import text
 
@@ -28,6 +29,39 @@ class MinuteCounts:
         failed = self.counts.get("failed", 0) + self.counts.get("retry", 0)
         total = failed + self.counts.get("complete", 0)
         return failed / total if total else None
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyInfo:
+    """One concurrency limit in use (``@task(concurrency_limit=N, concurrency_key=...)``):
+    how many leases are held (jobs running under it, or held by a worker that died until
+    their leases expire) and how many jobs wait for one."""
+
+    task: str
+    key: str
+    """The job's ``concurrency_key`` ('' for the task-wide limit)."""
+    limit: int
+    """The N the last worker to use it declared."""
+    running: int
+    """Leases held and not expired."""
+    waiting: int
+    """Jobs deferred by the limit, waiting for a lease."""
+
+
+def concurrency_infos(names: dict[Any, Any], counts: list[Any]) -> list[ConcurrencyInfo]:
+    """The limits of a queue from its limits hash (name -> N) and, per name in its order,
+    the live lease count and the waiting count; unreadable entries are skipped."""
+    found = []
+    for (raw_name, raw_limit), held, waiting in zip(names.items(), counts[::2], counts[1::2],
+                                                    strict=True):
+        task, key = split_limit_name(text(raw_name))
+        limit = text(raw_limit)
+        if not task or not (limit.isascii() and limit.isdigit()):
+            continue
+        found.append(ConcurrencyInfo(task, key, int(limit),
+                                     held if isinstance(held, int) else 0,
+                                     waiting if isinstance(waiting, int) else 0))
+    return sorted(found, key=lambda c: (c.task, c.key))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,21 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def limit_name(task: str, key: str = "") -> str:
+    """A concurrency limit's name inside its queue, ``<len(task)>:<task>:<key>``: the task
+    name's length keeps any two (task, key) pairs apart; ``key`` is '' for the task-wide
+    limit."""
+    return f"{len(task)}:{task}:{key}"
+
+
+def split_limit_name(name: str) -> tuple[str, str]:
+    """(task, key) of a limit name; ('', name) when it is not one (written by hand)."""
+    size, _, rest = name.partition(":")
+    if size.isascii() and size.isdigit() and len(rest) > int(size) and rest[int(size)] == ":":
+        return rest[: int(size)], rest[int(size) + 1 :]
+    return "", name
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """The keys of one queue under one prefix."""
@@ -114,6 +129,34 @@ class Keys:
         (task, key) pairs apart. Expires once that time has passed. One for all the
         queue's priority levels: the limit holds whatever the jobs' priorities."""
         return f"{self.shared}:rate:{len(task)}:{task}:{key}"
+
+    @property
+    def concurrency_prefix(self) -> str:
+        """Prefix of the concurrency-limit lease sets; scripts append a limit's name
+        (``limit_name``)."""
+        return f"{self.base}:conc:"
+
+    @property
+    def concurrency_wait_prefix(self) -> str:
+        """Prefix of the sets of jobs waiting on a concurrency limit; scripts append a
+        limit's name."""
+        return f"{self.base}:concwait:"
+
+    def concurrency(self, name: str) -> str:
+        """Sorted set of the leases of one concurrency limit: job id -> lease expiry (ms,
+        Redis clock). ``name`` is ``limit_name(task, key)``."""
+        return f"{self.concurrency_prefix}{name}"
+
+    def concurrency_wait(self, name: str) -> str:
+        """Sorted set of the jobs deferred by one concurrency limit: job id -> when it
+        started waiting (ms), oldest first: a released lease lets the oldest go."""
+        return f"{self.concurrency_wait_prefix}{name}"
+
+    @property
+    def concurrency_limits(self) -> str:
+        """Hash of the concurrency limits in use: limit name -> its N (what ``Admin``
+        lists); a limit leaves it once nothing holds or waits on it."""
+        return f"{self.base}:conclimits"
 
     @property
     def leader(self) -> str:

@@ -71,6 +71,16 @@ class RateCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """A started job asking for a lease of its task's concurrency limit: its delivery, the
+    limit's name (``keys.limit_name``) and its N."""
+
+    delivery: Delivery
+    name: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class SettleOp:
     """One finished attempt to record. See settle.lua for the outcomes."""
 
@@ -80,6 +90,8 @@ class SettleOp:
     payload: bytes | str = b""
     number: int = 0
     history: bytes = b""
+    lease: str = ""
+    """The concurrency limit whose lease the attempt held ('' for none): released."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +285,24 @@ class QueueStore:
         slot (ms) it got, in the order of the checks."""
         return [(_str(verdict), int(slot)) for verdict, slot in reply[:-1]]
 
+    def lease_call(self, consumer: str, asks: Sequence[LeaseAsk], lease_ms: int) -> s.Call:
+        """The concurrency.lua call for started jobs under a concurrency limit (pipelined
+        with the other queues' like ``rate_call``); read its reply with ``lease_reply``."""
+        k = self.keys
+        keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, k.concurrency_limits]
+        args: list[s.KeyOrArg] = [GROUP, consumer, k.wake_channel, lease_ms, k.job_prefix]
+        for a in asks:
+            keys += [k.concurrency(a.name), k.concurrency_wait(a.name),
+                     k.job(a.delivery.job_id)]
+            args += [a.delivery.entry, a.delivery.job_id, a.limit, a.name]
+        return (s.load(s.CONCURRENCY), keys, args)
+
+    @staticmethod
+    def lease_reply(reply: Any) -> list[tuple[str, int]]:
+        """Each job's verdict ('run', 'waiting', 'lost', 'aborted') and its due time (ms:
+        when the lease expires, or the waiting job's safety-net due time)."""
+        return [(_str(verdict), int(due)) for verdict, due in reply[:-1]]
+
     def settle_call(self, consumer: str, ops: Sequence[SettleOp],
                     dead_letters: DeadLetterLimits | None = None) -> s.Call:
         """The settle.lua call for a batch of finished attempts (the settler pipelines the
@@ -282,11 +312,13 @@ class QueueStore:
         limits = dead_letters or DeadLetterLimits()
         args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),
                                   k.wake_channel, k.minute_prefix, limits.most,
-                                  limits.max_age_ms]
+                                  limits.max_age_ms, k.concurrency_prefix,
+                                  k.concurrency_wait_prefix]
         for op in ops:
-            args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history]
+            args += [op.entry, op.job_id, op.outcome, op.payload, op.number, op.history,
+                     op.lease]
         return (s.load(s.SETTLE), [k.stream, k.delayed, k.dead, k.stats, k.waiting,
-                                      k.ended], args)
+                                      k.ended, k.concurrency_limits], args)
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"
@@ -297,10 +329,12 @@ class QueueStore:
         return _str(nxt), [_delivery(e, j, int(n)) for e, j, n in items]
 
     async def touch(
-        self, consumer: str, held: Sequence[Delivery]
+        self, consumer: str, held: Sequence[Delivery], lease_ms: int = 15_000
     ) -> tuple[list[str], list[str]]:
-        """Refresh held entries; returns (lost entry ids, job ids whose abort was requested)."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix]
+        """Refresh held entries and renew their jobs' concurrency leases to ``lease_ms``
+        from now; returns (lost entry ids, job ids whose abort was requested)."""
+        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix,
+                                  self.keys.concurrency_prefix, lease_ms]
         for d in held:
             args += [d.entry, d.job_id]
         lost, aborted = await s.load(s.TOUCH)(self.client, [self.keys.stream], args)
@@ -308,10 +342,14 @@ class QueueStore:
 
     async def handback(self, consumer: str, keep: Sequence[str], most: int = 1000
                        ) -> tuple[int, int]:
-        """Hand back up to ``most`` held entries, all but ``keep``; deletes the consumer
-        once it holds nothing. Returns (handed back, still held and not kept)."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix, most, *keep]
-        moved, left = await s.load(s.HANDBACK)(self.client, [self.keys.stream], args)
+        """Hand back up to ``most`` held entries, all but ``keep`` (releasing their
+        concurrency leases); deletes the consumer once it holds nothing. Returns (handed
+        back, still held and not kept)."""
+        k = self.keys
+        args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, most, k.concurrency_prefix,
+                                  k.concurrency_wait_prefix, *keep]
+        moved, left = await s.load(s.HANDBACK)(
+            self.client, [k.stream, k.delayed, k.concurrency_limits], args)
         return int(moved), int(left)
 
     async def promote(self, limit: int, expired_ttl_s: int,
@@ -330,7 +368,8 @@ class QueueStore:
         """Abort a job; returns its state before the call, or 'missing'."""
         k = self.keys
         keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended]
-        args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s]
+        args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s,
+                                  k.concurrency_wait_prefix]
         return _str(await s.load(s.ABORT)(self.client, keys, args))
 
     async def cron_tick(

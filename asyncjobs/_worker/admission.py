@@ -2,7 +2,8 @@
 
 ``admit`` reads what start.lua said about a delivery and what the job carries (its spec,
 its task, its arguments) and returns either ``Admitted`` (run it; first check its task's
-rate limit when ``rate_key`` says so) or ``Refused``: the one settle operation that records
+rate limit when ``rate_key`` says so, and take a lease of its concurrency limit when
+``lease`` names one) or ``Refused``: the one settle operation that records
 why it does not run (acknowledged as stale, dead-lettered, expired or aborted), with the
 job event to report. Every refusal is final: none of these jobs could succeed on another
 try, so none is retried.
@@ -17,6 +18,7 @@ from typing import Any
 from .._codec import decode_spec
 from .._limits import RateKeyError, keeps_slot, limit_key
 from .._model import ErrorInfo, JobSpec
+from .._redis.keys import limit_name
 from .._redis.store import SettleOp, Started
 from .._task import Task
 from .._text import safe_str
@@ -35,6 +37,9 @@ class Admitted:
     rate_key: str | None = None
     """The key to check the task's rate limit under ('' for the task-wide limit) before
     running; None: no check (no limit, or the job comes back to the slot it was given)."""
+    lease: str | None = None
+    """The concurrency limit to take a lease of before running (``limit_name``); None:
+    the task has no concurrency limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,15 @@ def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
                          f"task {task.name!r}: {exc}", queue)
         if not keeps_slot(st.reserved_ms, st.now_ms, limit.interval_us):
             rate_key = key
-    return Admitted(spec, task, args, kwargs, history, rate_key)
+    lease = None
+    if task.concurrency_limit is not None:
+        try:
+            key = limit_key(task.concurrency_key, args, kwargs, "concurrency_key")
+        except RateKeyError as exc:
+            return _dead(st, history, "asyncjobs.BadConcurrencyKey",
+                         f"task {task.name!r}: {exc}", queue)
+        lease = limit_name(task.name, key)
+    return Admitted(spec, task, args, kwargs, history, rate_key, lease)
 
 
 def _dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,

@@ -51,7 +51,8 @@ class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
     __slots__ = ("abandoned", "began", "cancel_reason", "delivery", "entered", "escalation",
-                 "holds_entry", "in_thread", "job_id", "plan", "queue", "started", "task")
+                 "holds_entry", "in_thread", "job_id", "lease", "plan", "queue", "started",
+                 "task")
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -68,6 +69,9 @@ class Running:
         self.in_thread = False
         self.holds_entry = True
         """Its stream entry is still pending for this worker (not settled, not lost)."""
+        self.lease = ""
+        """The concurrency limit whose lease it asked for ('' for none): its settle
+        releases it."""
 
     def timed_out(self) -> bool:
         """True once the attempt's timer cancelled it."""

@@ -4,7 +4,10 @@ The executor never talks to Redis itself. It turns what start.lua said about a d
 and how the attempt went, into exactly one settle operation; a job cancelled by shutdown
 or by losing its entry produces none (its entry stays pending and runs again). A job of a
 task with a rate limit is first checked through ``RateChecks`` (batched, like the
-settler); one the limit defers produces none either (rate.lua moved it to its slot).
+settler); one the limit defers produces none either (rate.lua moved it to its slot). A job
+of a task with a concurrency limit then takes a lease through ``LeaseChecks`` (batched the
+same way); one that finds the limit full produces none (concurrency.lua made it wait), and
+whatever op records an attempt that asked for a lease releases it.
 
 Task code is not trusted to cooperate. A cancelled attempt (timeout, abort, lost entry)
 whose body is still running ``ESCALATE_S`` later ignored its cancellation: it is
@@ -18,6 +21,7 @@ jobs back (they run again after the claim timeout, once this process is gone).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -38,7 +42,7 @@ from .._text import clean
 from ..exceptions import SerializationError
 from .admission import Refused, admit
 from .attempt import Plan, Running
-from .limiter import RateChecks
+from .limiter import LeaseChecks, RateChecks
 from .outcomes import (
     after_attempt,
     attempt_error,
@@ -75,6 +79,7 @@ class Executor:
         self.slots = Slots(rt.config.concurrency)
         self.threads = ThreadRunner(rt.config.sync_concurrency)
         self.rate_checks = RateChecks(rt)
+        self.lease_checks = LeaseChecks(rt)
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
         self.zombies: dict[tuple[str, str], Running] = {}
         """Attempts no longer tracked as running whose body may still run here."""
@@ -194,6 +199,8 @@ class Executor:
         self.slots.give()
         self._executing -= 1
         running.holds_entry = op is None and running.cancel_reason != "lost"
+        if op is not None and running.lease:
+            op = dataclasses.replace(op, lease=running.lease)
         if op is None:
             self._forget(running)
         else:
@@ -303,6 +310,10 @@ class Executor:
             go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
             if not go:
                 return op
+        if verdict.lease is not None:
+            go, op = await self._take_lease(running, st, verdict.task, verdict.lease)
+            if not go:
+                return op
         return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
                                    verdict.kwargs, verdict.history)
 
@@ -337,6 +348,36 @@ class Executor:
             self._emit("expired", running, st, task=task.name)
             log_end("expired", running.job_id, task.name, running.queue, st.attempts, 0.0)
             return False, ended(d, "expired")
+        return False, None  # lost: its new owner starts it
+
+    async def _take_lease(self, running: Running, st: Started, task: Task[Any, Any],
+                          name: str) -> tuple[bool, SettleOp | None]:
+        """Ask concurrency.lua for a lease of the task's limit (one round trip, shared
+        with the jobs started with it): (True, None) to run; else (False, the operation
+        recording why not, or None: the job waits for a slot, or the entry is no longer
+        ours). ``running.lease`` is set first, so an attempt cancelled while it asks still
+        releases whatever it got."""
+        assert task.concurrency_limit is not None
+        running.lease = name
+        try:
+            verdict, due_ms = await self.lease_checks.acquire(
+                running.queue, st.delivery, name, task.concurrency_limit)
+        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
+            log.warning("concurrency lease failed for job id=%s task=%s queue=%s: %s",
+                        running.job_id, task.name, running.queue, exc)
+            return False, None
+        if verdict == "run":
+            return True, None
+        running.lease = ""
+        if verdict == "waiting":
+            self._emit("concurrency_limited", running, st, task=task.name,
+                       retry_in_s=max(0, due_ms - st.now_ms) / 1000)
+            log.debug("job waits id=%s task=%s queue=%s: concurrency limit %d of %s is "
+                      "full", running.job_id, task.name, running.queue,
+                      task.concurrency_limit, clean(name))
+            return False, None
+        if verdict == "aborted":
+            return False, self._aborted(running, st)
         return False, None  # lost: its new owner starts it
 
     async def _execute(

@@ -177,6 +177,12 @@ class Runtime:
         now = time.monotonic()
         self.fetch_beat = dict.fromkeys(self.stores, now)
 
+    @property
+    def lease_ms(self) -> int:
+        """How long a concurrency lease lasts unless renewed: the claim timeout, so a dead
+        worker's slots come back within it (the keep-alive renews every sixth of it)."""
+        return round(self.config.claim_timeout_s * 1000)
+
     def fetching(self, within_s: float) -> bool:
         """True if every fetch loop made progress (or waited for slots) within ``within_s``."""
         now = time.monotonic()

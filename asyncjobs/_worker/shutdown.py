@@ -83,7 +83,8 @@ async def handback(rt: Runtime, ex: Executor) -> None:
                     "again after the claim timeout, once this process has exited",
                     len(keep), queue)
                 # Fresh now, so the claim timeout counts from (about) the process's exit.
-                await store.touch(rt.consumer, [d for d in ex.held(queue) if d.entry in keep])
+                await store.touch(rt.consumer, [d for d in ex.held(queue) if d.entry in keep],
+                                  rt.lease_ms)
         await unregister(rt)
     except OUTAGE_ERRORS as exc:
         log.warning("could not hand back held jobs (%s); they run again after the claim "

@@ -41,7 +41,7 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
             if not held:
                 continue
             try:
-                lost, aborted = await store.touch(rt.consumer, held)
+                lost, aborted = await store.touch(rt.consumer, held, rt.lease_ms)
             except Exception as exc:
                 if not transient(exc):
                     raise

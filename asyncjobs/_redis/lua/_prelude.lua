@@ -312,3 +312,39 @@ local function start_entry(entry, id, consumer, prefix, now)
   end
   return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved}
 end
+
+-- Release the lease job `id` holds on the concurrency limit `name` (see concurrency.lua)
+-- and let the oldest job waiting on that limit go at once: it moves from the delayed set
+-- to the stream's end, queued, so a waiting job starts as soon as a slot frees rather than
+-- at its safety-net due time. Waiters that no longer wait there (aborted, expired, started
+-- meanwhile) are dropped on the way, at most 50 per call. Keys of the wrong type are left
+-- alone (concurrency.lua repairs them). A limit nothing holds or waits on leaves the
+-- `limits` hash (what Admin lists). Returns the id let go, or nil.
+local function release_lease(lease_prefix, wait_prefix, limits, stream, delayed, prefix,
+                             name, id)
+  redis.pcall('HDEL', prefix .. id, 'cl')
+  local gone = redis.pcall('ZREM', lease_prefix .. name, id)
+  if gone ~= 1 then
+    return nil
+  end
+  local waiters = wait_prefix .. name
+  for _ = 1, 50 do
+    local top = redis.pcall('ZPOPMIN', waiters)
+    if type(top) ~= 'table' or top.err or #top == 0 then
+      if redis.pcall('ZCARD', lease_prefix .. name) == 0 then
+        redis.pcall('HDEL', limits, name)
+      end
+      return nil
+    end
+    local next_id = top[1]
+    local key = prefix .. next_id
+    local rec = hmget(key, 's', 'cw')
+    if rec and rec[1] == 'scheduled' and rec[2] == name and
+        redis.call('ZREM', delayed, next_id) == 1 then
+      local entry = redis.call('XADD', stream, '*', 'i', next_id)
+      redis.call('HSET', key, 's', 'queued', 'e', entry)
+      return next_id
+    end
+  end
+  return nil
+end

@@ -4,10 +4,12 @@
 --
 -- KEYS[1] job key, KEYS[2] stream, KEYS[3] delayed set, KEYS[4] stats hash,
 -- KEYS[5] ended index
--- ARGV[1] job id, ARGV[2] done channel, ARGV[3] abort channel, ARGV[4] record TTL s
+-- ARGV[1] job id, ARGV[2] done channel, ARGV[3] abort channel, ARGV[4] record TTL s,
+-- ARGV[5] concurrency wait set prefix (a job waiting on a concurrency limit, `cw`, leaves
+-- that limit's wait set)
 -- Returns the state before the call, 'missing', or 'unreadable' (the job key is not a hash).
 local key, id = KEYS[1], ARGV[1]
-local rec = hmget(key, 's', 'e')
+local rec = hmget(key, 's', 'e', 'cw')
 if not rec then
   return 'unreadable'
 end
@@ -20,6 +22,9 @@ if state == 'scheduled' or state == 'queued' then
   check_type(KEYS[3], 'zset')
   if state == 'scheduled' then
     redis.call('ZREM', KEYS[3], id)
+    if rec[3] and ARGV[5] then
+      redis.pcall('ZREM', ARGV[5] .. rec[3], id)
+    end
   elseif stream_id(rec[2]) then
     redis.call('XDEL', KEYS[2], rec[2])
   end

@@ -5,13 +5,17 @@
 -- counted against the job's tries. Once the consumer holds nothing it is deleted from the
 -- group, in the same step (deleting a consumer drops what it holds, so never earlier).
 --
--- KEYS[1] stream
+-- A job handed back releases the concurrency lease its attempt held (the record's `cl`),
+-- letting the limit's oldest waiter go (release_lease).
+--
+-- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] concurrency limits hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] most entries to hand
--- back in this call, ARGV[5..] entry ids to keep (their task still runs in this process)
+-- back in this call, ARGV[5] concurrency lease set prefix, ARGV[6] concurrency wait set
+-- prefix, ARGV[7..] entry ids to keep (their task still runs in this process)
 -- Returns {entries handed back, entries still held that are not kept (call again)}
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local keep, kept = {}, 0
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   keep[ARGV[i]] = true
   kept = kept + 1
 end
@@ -21,7 +25,7 @@ local function hand_back(entry)
   local fields = found[1] and found[1][2] or {}
   local id = job_id_of(fields)
   local key = ARGV[3] .. id
-  local rec = id ~= '' and hmget(key, 'e', 's', 'w', 'q', 'a') or {}
+  local rec = id ~= '' and hmget(key, 'e', 's', 'w', 'q', 'a', 'cl') or {}
   local live = rec and rec[1] == entry and (rec[2] == 'running' or rec[2] == 'queued')
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
@@ -42,6 +46,9 @@ local function hand_back(entry)
         change[#change + 1] = attempts - 1
       end
       redis.call('HSET', key, unpack(change))
+      if rec[2] == 'running' and rec[3] == consumer and rec[6] then
+        release_lease(ARGV[5], ARGV[6], KEYS[3], stream, KEYS[2], ARGV[3], rec[6], id)
+      end
     end
   end
 end

@@ -18,11 +18,15 @@
 -- index (see index_ended).
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] dead-letter stream, KEYS[4] stats hash,
--- KEYS[5] waiting set, KEYS[6] ended index
+-- KEYS[5] waiting set, KEYS[6] ended index, KEYS[7] concurrency limits hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
 -- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix, ARGV[7] most dead letters
--- kept, ARGV[8] longest a dead letter is kept (ms)
--- ARGV[9..] six values per job: entry id, job id, outcome, payload, number, history
+-- kept, ARGV[8] longest a dead letter is kept (ms), ARGV[9] concurrency lease set prefix,
+-- ARGV[10] concurrency wait set prefix
+-- ARGV[11..] seven values per job: entry id, job id, outcome, payload, number, history,
+--   lease: the concurrency limit whose lease the attempt held ('' for none); whatever the
+--   outcome, a settled job releases it and lets the limit's oldest waiter go
+--   (release_lease); a job no longer this consumer's keeps it (its new owner settles)
 --   outcome 'complete': payload = result, number = result TTL s (0: drop the record)
 --   outcome 'retry':    number = delay ms
 --   outcome 'failed':   payload = dead-letter reason; the record is kept as long as its
@@ -100,12 +104,12 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
 end
 
 local entries = {}
-for b = 9, #ARGV, 6 do entries[#entries + 1] = ARGV[b] end
+for b = 11, #ARGV, 7 do entries[#entries + 1] = ARGV[b] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
 -- A garbage entry's fields are the evidence: read them before the entry goes.
 local raws = {}
 local mine = {}
-for b = 9, #ARGV, 6 do
+for b = 11, #ARGV, 7 do
   local entry = ARGV[b]
   if held[entry] and not raws[entry] then
     if ARGV[b + 2] == 'garbage' then
@@ -119,7 +123,7 @@ for b = 9, #ARGV, 6 do
 end
 ack_and_delete(stream, group, mine)
 local quiet = not anyone_waiting(KEYS[5], now)
-for b = 9, #ARGV, 6 do
+for b = 11, #ARGV, 7 do
   local entry = ARGV[b]
   if not held[entry] then
     out[#out + 1] = 0
@@ -127,6 +131,10 @@ for b = 9, #ARGV, 6 do
     held[entry] = nil  -- an entry listed twice is settled once
     local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
       tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], quiet)
+    if ARGV[b + 6] ~= '' then
+      release_lease(ARGV[9], ARGV[10], KEYS[7], stream, KEYS[2], ARGV[3], ARGV[b + 6],
+        ARGV[b + 1])
+    end
     if outcome ~= 'ack' then
       counts[outcome] = (counts[outcome] or 0) + 1
     end

@@ -2,24 +2,34 @@
 -- delivery), and report entries it lost and jobs whose abort was requested. Which entries
 -- are still this consumer's is one XPENDING over their range, not one per entry.
 --
+-- The concurrency lease of each job still held (the record's `cl`, see concurrency.lua)
+-- is renewed to now + ARGV[5] ms; a lease that is gone (expired and dropped) is not
+-- taken again here.
+--
 -- KEYS[1] stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix
--- ARGV[4..] pairs: entry id, job id
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] concurrency lease set
+-- prefix, ARGV[5] lease ms
+-- ARGV[6..] pairs: entry id, job id
 -- Returns {{lost entry ids...}, {job ids to abort...}}
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local entries = {}
-for i = 4, #ARGV, 2 do entries[#entries + 1] = ARGV[i] end
+for i = 6, #ARGV, 2 do entries[#entries + 1] = ARGV[i] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
 local owned, lost, aborted = {}, {}, {}
-for i = 4, #ARGV, 2 do
+local until_ms = nil
+for i = 6, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   if not held[entry] then
     lost[#lost + 1] = entry
   else
     owned[#owned + 1] = entry
-    local rec = id ~= '' and hmget(ARGV[3] .. id, 'ab')
+    local rec = id ~= '' and hmget(ARGV[3] .. id, 'ab', 'cl')
     if rec and rec[1] then
       aborted[#aborted + 1] = id
+    end
+    if rec and rec[2] then
+      until_ms = until_ms or now_ms() + tonumber(ARGV[5])
+      redis.pcall('ZADD', ARGV[4] .. rec[2], 'XX', until_ms, id)
     end
   end
 end
