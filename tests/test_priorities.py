@@ -509,3 +509,38 @@ async def test_burst_mode_ends_and_shutdown_hands_back_with_a_corrupt_level(
         job = await pool.enqueue(note, "one")
         await asyncio.wait_for(real.run(real.worker([note], queues=["q"], burst=True)), 30)
         assert await job.result(timeout=5) == "one"
+
+
+running_now: list[int] = [0]
+most_at_once: list[int] = [0]
+
+
+@asyncjobs.task(concurrency_limit=1)
+async def one_at_a_time(ctx: Context, tag: str) -> None:
+    running_now[0] += 1
+    most_at_once[0] = max(most_at_once[0], running_now[0])
+    ran.append((ctx.queue, tag))
+    await asyncio.sleep(0.05)
+    running_now[0] -= 1
+
+
+@pytest.mark.asyncio
+async def test_jobs_of_every_level_share_their_tasks_concurrency_limit(
+        backend: Backend) -> None:
+    running_now[0], most_at_once[0] = 0, 0
+    async with backend.pool(queue="q") as pool:
+        jobs = []
+        for i in range(4):
+            jobs.append(await pool.enqueue(one_at_a_time.options(priority="low"), f"l{i}"))
+            jobs.append(await pool.enqueue(one_at_a_time.options(priority="high"), f"h{i}"))
+        # claim timeout 60 s: a waiter let go only by its safety net would take that long
+        worker = backend.worker([one_at_a_time], queues=["q"], concurrency=10,
+                                claim_timeout=60)
+        began = time.monotonic()
+        async with running(backend, worker):
+            for job in jobs:
+                await job.result(timeout=30)
+        took = time.monotonic() - began
+    assert most_at_once[0] == 1
+    assert sorted(tag for _, tag in ran) == sorted(f"{p}{i}" for p in "lh" for i in range(4))
+    assert took < 30  # each release let the next waiter go, whatever its level

@@ -134,7 +134,7 @@ class Keys:
     def concurrency_prefix(self) -> str:
         """Prefix of the concurrency-limit lease sets; scripts append a limit's name
         (``limit_name``)."""
-        return f"{self.base}:conc:"
+        return f"{self.shared}:conc:"
 
     @property
     def concurrency_wait_prefix(self) -> str:
@@ -156,7 +156,7 @@ class Keys:
     def concurrency_limits(self) -> str:
         """Hash of the concurrency limits in use: limit name -> its N (what ``Admin``
         lists); a limit leaves it once nothing holds or waits on it."""
-        return f"{self.base}:conclimits"
+        return f"{self.shared}:conclimits"
 
     @property
     def leader(self) -> str:

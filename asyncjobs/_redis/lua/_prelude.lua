@@ -313,38 +313,57 @@ local function start_entry(entry, id, consumer, prefix, now)
   return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved}
 end
 
--- Release the lease job `id` holds on the concurrency limit `name` (see concurrency.lua)
--- and let the oldest job waiting on that limit go at once: it moves from the delayed set
--- to the stream's end, queued, so a waiting job starts as soon as a slot frees rather than
+-- The key base of the queue every priority level shares, from a key prefix under it that
+-- ends with `suffix` (e.g. the lease prefix '<prefix>:{q}:conc:').
+local function shared_base(key_prefix, suffix)
+  return string.sub(key_prefix, 1, #key_prefix - #suffix)
+end
+
+-- The key bases of a queue's priority levels, highest first, from its shared base: the
+-- layout of asyncjobs/_redis/keys.py (Keys.base) for asyncjobs/_routing.py's LEVELS.
+local function level_bases(shared)
+  return {shared .. '@high', shared, shared .. '@low'}
+end
+
+-- Release the lease job `id` holds on the concurrency limit `name` (see concurrency.lua;
+-- `prefix` is the job's own level's job key prefix) and let the oldest job of the highest
+-- priority level waiting on that limit go at once (the lease set is one for all the
+-- queue's levels; each level has its wait set): it moves from its level's delayed set to
+-- its level's stream's end, queued, so a waiting job starts as soon as a slot frees rather than
 -- at its safety-net due time. Waiters that no longer wait there (aborted, expired, started
 -- meanwhile) are dropped on the way, at most 50 per call. Keys of the wrong type are left
 -- alone (concurrency.lua repairs them). A limit nothing holds or waits on leaves the
 -- `limits` hash (what Admin lists). Returns the id let go, or nil.
-local function release_lease(lease_prefix, wait_prefix, limits, stream, delayed, prefix,
-                             name, id)
+local function release_lease(lease_prefix, limits, prefix, name, id)
   redis.pcall('HDEL', prefix .. id, 'cl')
   local gone = redis.pcall('ZREM', lease_prefix .. name, id)
   if gone ~= 1 then
     return nil
   end
-  local waiters = wait_prefix .. name
-  for _ = 1, 50 do
-    local top = redis.pcall('ZPOPMIN', waiters)
-    if type(top) ~= 'table' or top.err or #top == 0 then
-      if redis.pcall('ZCARD', lease_prefix .. name) == 0 then
-        redis.pcall('HDEL', limits, name)
+  -- The limit is one for every priority level of the queue: the waiters of the highest
+  -- level go first, each into its own level's stream.
+  local budget = 50
+  for _, base in ipairs(level_bases(shared_base(lease_prefix, ':conc:'))) do
+    local waiters = base .. ':concwait:' .. name
+    while budget > 0 do
+      budget = budget - 1
+      local top = redis.pcall('ZPOPMIN', waiters)
+      if type(top) ~= 'table' or top.err or #top == 0 then
+        break
       end
-      return nil
+      local next_id = top[1]
+      local key = base .. ':job:' .. next_id
+      local rec = hmget(key, 's', 'cw')
+      if rec and rec[1] == 'scheduled' and rec[2] == name and
+          redis.call('ZREM', base .. ':delayed', next_id) == 1 then
+        local entry = redis.call('XADD', base .. ':stream', '*', 'i', next_id)
+        redis.call('HSET', key, 's', 'queued', 'e', entry)
+        return next_id
+      end
     end
-    local next_id = top[1]
-    local key = prefix .. next_id
-    local rec = hmget(key, 's', 'cw')
-    if rec and rec[1] == 'scheduled' and rec[2] == name and
-        redis.call('ZREM', delayed, next_id) == 1 then
-      local entry = redis.call('XADD', stream, '*', 'i', next_id)
-      redis.call('HSET', key, 's', 'queued', 'e', entry)
-      return next_id
-    end
+  end
+  if redis.pcall('ZCARD', lease_prefix .. name) == 0 then
+    redis.pcall('HDEL', limits, name)
   end
   return nil
 end

@@ -17,7 +17,8 @@
 -- wait (the worker ends it). Jobs of one call are decided in order.
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] limits hash (name -> N)
--- KEYS[5..] triples: lease set, wait set, job key
+-- KEYS[5..] triples: lease set (one for every priority level of the queue), wait set (the
+--   job's level's), job key
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] wake channel, ARGV[4] lease ms,
 -- ARGV[5] job key prefix
 -- ARGV[6..] quads: entry id, job id, N, limit name
@@ -56,7 +57,15 @@ local function drop_unbacked(leases, name)
   repaired = repaired + redis.call('ZREMRANGEBYSCORE', leases,
     '(' .. string.format('%.0f', now + MAX_LEASE_MS), '+inf')
   for _, holder in ipairs(redis.call('ZRANGE', leases, 0, 19)) do
-    local rec = hmget(ARGV[5] .. holder, 's', 'cl')
+    -- the holder may be a job of any priority level of the queue (one lease set for all)
+    local rec = nil
+    for _, base in ipairs(level_bases(shared_base(leases, ':conc:' .. name))) do
+      local found = hmget(base .. ':job:' .. holder, 's', 'cl')
+      if found and found[1] then
+        rec = found
+        break
+      end
+    end
     if not rec or rec[1] ~= 'running' or rec[2] ~= name then
       redis.call('ZREM', leases, holder)
       repaired = repaired + 1

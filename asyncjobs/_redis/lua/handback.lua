@@ -10,7 +10,7 @@
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] concurrency limits hash
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] most entries to hand
--- back in this call, ARGV[5] concurrency lease set prefix, ARGV[6] concurrency wait set
+-- back in this call, ARGV[5] concurrency lease set prefix, ARGV[6] (unused) concurrency wait set
 -- prefix, ARGV[7..] entry ids to keep (their task still runs in this process)
 -- Returns {entries handed back, entries still held that are not kept (call again)}
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
@@ -47,7 +47,7 @@ local function hand_back(entry)
       end
       redis.call('HSET', key, unpack(change))
       if rec[2] == 'running' and rec[3] == consumer and rec[6] then
-        release_lease(ARGV[5], ARGV[6], KEYS[3], stream, KEYS[2], ARGV[3], rec[6], id)
+        release_lease(ARGV[5], KEYS[3], ARGV[3], rec[6], id)
       end
     end
   end

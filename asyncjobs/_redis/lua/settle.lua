@@ -22,7 +22,7 @@
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] done channel prefix,
 -- ARGV[5] wake channel, ARGV[6] per-minute counters key prefix, ARGV[7] most dead letters
 -- kept, ARGV[8] longest a dead letter is kept (ms), ARGV[9] concurrency lease set prefix,
--- ARGV[10] concurrency wait set prefix
+-- ARGV[10] concurrency wait set prefix (unused: release_lease finds every level's wait set)
 -- ARGV[11..] seven values per job: entry id, job id, outcome, payload, number, history,
 --   lease: the concurrency limit whose lease the attempt held ('' for none); whatever the
 --   outcome, a settled job releases it and lets the limit's oldest waiter go
@@ -132,7 +132,7 @@ for b = 11, #ARGV, 7 do
     local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
       tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], quiet)
     if ARGV[b + 6] ~= '' then
-      release_lease(ARGV[9], ARGV[10], KEYS[7], stream, KEYS[2], ARGV[3], ARGV[b + 6],
+      release_lease(ARGV[9], KEYS[7], ARGV[3], ARGV[b + 6],
         ARGV[b + 1])
     end
     if outcome ~= 'ack' then
