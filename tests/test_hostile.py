@@ -114,10 +114,12 @@ async def runs_of(pool: asyncjobs.Pool, job_id: str) -> int:
     return int(await pool.client.get(f"{pool.prefix}:runs:{job_id}") or 0)
 
 
-async def starts_of(pool: asyncjobs.Pool, job_id: str) -> list[tuple[int, float]]:
-    """(pid, unix time) of every attempt that entered the body, in order."""
+async def starts_of(pool: asyncjobs.Pool, job_id: str) -> list[tuple[int, float, list[int]]]:
+    """(pid, unix time, pids of earlier attempts still alive then) of every attempt that
+    entered the body, in order."""
     raw = await pool.client.lrange(f"{pool.prefix}:starts:{job_id}", 0, -1)
-    return [(int(pid), float(at)) for pid, at in (r.decode().split() for r in raw)]
+    return [(int(pid), float(at), [] if alive == "-" else [int(a) for a in alive.split(",")])
+            for pid, at, alive in (r.decode().split() for r in raw)]
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
@@ -565,22 +567,12 @@ async def test_sigterm_while_a_body_outlives_its_cancellation(
             procs.append(second)
             exit_s = await sigterm(first)
             exited_at, gone = time.time(), time.monotonic()
-            runs_at_exit = [await runs_of(pool, job.id) for job in jobs]
             out = first.output
             assert f"{len(jobs)} job(s) on queue default still run in this process" in out, out
             assert "not handed back" in out and "handed back 1 job" not in out, out
-            for job, kind, runs in zip(jobs, kinds, runs_at_exit, strict=True):
-                if runs != 1:
-                    starts = await starts_of(pool, job.id)
-                    raise AssertionError(
-                        f"another worker started the {kind} job {job.id} while the first "
-                        f"lived: starts (pid, unix time) {starts}; the first worker (pid "
-                        f"{first.proc.pid}) was seen gone at {exited_at:.3f}; a swallowing "
-                        f"body last printed at {last_alive(out):.3f}\nfirst worker:\n"
-                        f"{out[-6000:]}\nsecond worker:\n{second.output[-3000:]}")
             bound = claim_s + 2.0
             reclaim_s = 0.0
-            for job in jobs:
+            for job, kind in zip(jobs, kinds, strict=True):
                 info, took = await final(job, gone, bound, second)
                 within(took, bound, "the reclaim", second)
                 reclaim_s = max(reclaim_s, took)
@@ -588,8 +580,19 @@ async def test_sigterm_while_a_body_outlives_its_cancellation(
                 assert info.attempts == 2 and await runs_of(pool, job.id) == 2  # max_tries=2
                 assert [e.type for e in info.errors] == ["asyncjobs.WorkerLost"]
                 starts = await starts_of(pool, job.id)
-                assert [pid for pid, _ in starts] == [first.proc.pid, second.proc.pid]
-                assert starts[1][1] >= exited_at - 0.05, (starts, exited_at)
+                assert [pid for pid, _, _ in starts] == [first.proc.pid, second.proc.pid]
+                # Whether the first process still lived is checked by the second attempt
+                # itself as its body starts (tests/apps/hostile.py): this test sees the
+                # exit only later (its wait for the exit is a thread, late on a loaded
+                # machine), so comparing with its own clock blamed the worker for that delay.
+                if starts[1][2]:
+                    raise AssertionError(
+                        f"another worker started the {kind} job {job.id} while the first "
+                        f"lived: starts (pid, unix time, earlier pids alive) {starts}; the "
+                        f"first worker (pid {first.proc.pid}) was seen gone at "
+                        f"{exited_at:.3f}; a swallowing body last printed at "
+                        f"{last_alive(out):.3f}\nfirst worker:\n{out[-6000:]}\nsecond "
+                        f"worker:\n{second.output[-3000:]}")
             normal_s = await serves(pool, await pool.enqueue(hostile.ordinary, 1),
                                     time.monotonic(), 3.0, second)
             second_exit_s = await sigterm(second)

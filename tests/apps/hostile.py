@@ -5,7 +5,7 @@ cancellation, blocks the event loop or its thread, raises a ``BaseException``, r
 exception that cannot be printed, returns what cannot be stored, leaks memory, or kills its
 own process. Every attempt records itself in Redis, so tests count attempts across
 processes: ``<prefix>:runs:<job id>`` (a counter) and ``<prefix>:starts:<job id>`` (a list
-of ``"<pid> <unix time>"``, one per attempt).
+of ``"<pid> <unix time> <earlier attempts' pids still alive>"``, one per attempt).
 """
 
 from __future__ import annotations
@@ -56,15 +56,31 @@ BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
 LEAKED: list[bytes] = []
 
 
-def _mark() -> str:
-    return f"{os.getpid()} {time.time():.3f}"
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has exited: it only awaits its reaping)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _mark(earlier: list[bytes]) -> str:
+    """``<pid> <unix time> <pids of earlier attempts' processes still alive, or ->``: checked
+    here, as the body starts, so a test needs no clock of its own to tell whether two
+    processes ran the job at once."""
+    pids = {int(line.split()[0]) for line in earlier} - {os.getpid()}
+    alive = ",".join(str(pid) for pid in sorted(pids) if _alive(pid)) or "-"
+    return f"{os.getpid()} {time.time():.3f} {alive}"
 
 
 async def _count(ctx: Context) -> None:
     """Record this attempt (async tasks)."""
+    key = f"{PREFIX}:starts:{ctx.job_id}"
+    earlier = await ctx.pool.client.lrange(key, 0, -1)
     pipe = ctx.pool.client.pipeline(transaction=False)
     pipe.incr(f"{PREFIX}:runs:{ctx.job_id}")
-    pipe.rpush(f"{PREFIX}:starts:{ctx.job_id}", _mark())
+    pipe.rpush(key, _mark(earlier))
     await pipe.execute()
 
 
@@ -75,9 +91,11 @@ def _sync_client() -> redis.Redis:
 
 def _count_sync(ctx: Context) -> None:
     """Record this attempt (plain ``def`` tasks, on their thread)."""
+    key = f"{PREFIX}:starts:{ctx.job_id}"
+    earlier = _sync_client().lrange(key, 0, -1)
     pipe = _sync_client().pipeline(transaction=False)
     pipe.incr(f"{PREFIX}:runs:{ctx.job_id}")
-    pipe.rpush(f"{PREFIX}:starts:{ctx.job_id}", _mark())
+    pipe.rpush(key, _mark(earlier))
     pipe.execute()
 
 
