@@ -1,6 +1,7 @@
 """What routing and limits cost: no-op jobs processed by one worker with one plain queue,
 with three queues served in strict order and by weight (jobs spread over the queues and the
-three priority levels), and with a rate limit that is never exceeded. Each mode runs in a
+three priority levels), and with a rate limit and a concurrency limit (1,000, above the
+worker's 100 slots) that are never exceeded. Each mode runs in a
 fresh redis-server: N jobs are enqueued (untimed), then a burst worker (concurrency 100,
 uvloop) drains them; jobs/s = N / time to drain, and Redis commands per job from
 ``INFO commandstats`` (every command, those run inside scripts included). Medians of
@@ -41,6 +42,11 @@ async def limited(ctx: Context, i: int) -> None:
     return None
 
 
+@asyncjobs.task(concurrency_limit=1000)
+async def leased(ctx: Context, i: int) -> None:
+    return None
+
+
 QUEUES = ["critical", "default", "bulk"]
 LEVELS = ["high", "normal", "low"]
 
@@ -50,6 +56,8 @@ def calls(mode: str, n: int) -> list[asyncjobs.Call[Any]]:
         return [asyncjobs.call(noop.options(queue="default"), i) for i in range(n)]
     if mode == "rate_limit":
         return [asyncjobs.call(limited.options(queue="default"), i) for i in range(n)]
+    if mode == "concurrency_limit":
+        return [asyncjobs.call(leased.options(queue="default"), i) for i in range(n)]
     # spread over 3 queues x 3 levels, interleaved
     return [asyncjobs.call(noop.options(queue=QUEUES[i % 3], priority=LEVELS[(i // 3) % 3]),
                            i)  # type: ignore[arg-type]
@@ -57,7 +65,7 @@ def calls(mode: str, n: int) -> list[asyncjobs.Call[Any]]:
 
 
 def worker_for(mode: str) -> asyncjobs.Worker:
-    tasks = [noop, limited]
+    tasks = [noop, limited, leased]
     if mode == "strict":
         return asyncjobs.Worker(tasks, queues=QUEUES, burst=True)
     if mode == "weighted":
@@ -95,7 +103,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    modes = ["plain", "strict", "weighted", "rate_limit"]
+    modes = ["plain", "strict", "weighted", "rate_limit", "concurrency_limit"]
     cells: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     factory = loop_factory(True) or asyncio.new_event_loop
     for run in range(args.runs):
