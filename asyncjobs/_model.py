@@ -133,8 +133,9 @@ class JobInfo:
     result: Any = None
     """The value, once complete (decoded without the task's types)."""
     waiting_on: str | None = None
-    """Why a scheduled job waits, when a concurrency limit made it wait (which limit, and
-    that it starts when a lease is released); None otherwise."""
+    """Why a scheduled job waits, when a limit made it wait: a concurrency limit (which
+    limit, and that it starts when a lease is released) or a rate limit (its task, and the
+    slot it was given); None otherwise."""
 
     @property
     def error(self) -> ErrorInfo | None:

@@ -251,6 +251,7 @@ async def test_a_job_over_its_limit_waits_scheduled_for_its_own_slot(backend: Ba
 
             await until(all_waiting, "the other jobs to be deferred")
         infos = [await job.info() for job in jobs[1:]]
+        first = await jobs[0].info()
         stats = await pool.admin.queue_stats()
         now = await redis_now_ms(pool)
     assert [i.attempts for i in infos] == [0] * 5
@@ -259,6 +260,12 @@ async def test_a_job_over_its_limit_waits_scheduled_for_its_own_slot(backend: Ba
     assert due[0] > now + 59 * 60_000  # the first free slot is an hour after the first job
     assert all(round((b - a) / 1000) == 3600 for a, b in itertools.pairwise(due))
     assert stats.delayed == 5 and stats.counters.get("rate_limited") == 5
+    # each says why it waits, and for which slot
+    for info in infos:
+        assert info.scheduled_for is not None and info.waiting_on == (
+            f"rate limit of task 'mail': its slot is at "
+            f"{info.scheduled_for.isoformat(timespec='milliseconds')}")
+    assert first.waiting_on is None  # it ran
     assert sum(1 for kind, _, _ in seen.kinds if kind == "rate_limited") == 5
     assert sum(1 for kind, _, _ in seen.kinds if kind == "started") == 1
 

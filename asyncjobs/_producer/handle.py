@@ -227,8 +227,19 @@ def parse_record(job_id: str, queue: str, raw: dict[bytes, bytes]) -> JobInfo:
         max_tries=spec.max_tries if spec else None,
         headers=dict(spec.headers) if spec else {},
         result=_or_default(lambda: decode_value(raw[b"r"]), None) if b"r" in raw else None,
-        waiting_on=_waiting_on(state, raw.get(b"cw")),
+        waiting_on=(_waiting_on(state, raw.get(b"cw"))
+                    or _rate_wait(state, spec.task if spec else "", raw.get(b"rs"))),
     )
+
+
+def _rate_wait(state: JobState, task: str, raw: bytes | None) -> str | None:
+    """Why a scheduled job waits, when its task's rate limit deferred it to a slot (its
+    ``rs``, ms)."""
+    slot = _ms(raw) if state is JobState.SCHEDULED and raw else None
+    if slot is None:
+        return None
+    return (f"rate limit of task {task!r}: its slot is at "
+            f"{slot.isoformat(timespec='milliseconds')}")
 
 
 def _waiting_on(state: JobState, raw: bytes | None) -> str | None:
