@@ -82,9 +82,12 @@ def _refusal(refused: dict[str, str], handles: list[Job[Any]], full: dict[str, i
 
 def new_job_ids(count: int) -> list[str]:
     """Random job ids: 128 bits each from the OS's CSPRNG (one call per batch), in base64url,
-    22 characters. Unguessable, so an id can be shown to whoever enqueued the job."""
+    22 characters. Unguessable, so an id can be shown to whoever enqueued the job. Never
+    starting with '-' (one id in 64 would, and a command line would read it as an option):
+    a leading '-' becomes 'x'."""
     data = os.urandom(16 * count)
-    return [urlsafe_b64encode(data[i : i + 16])[:22].decode() for i in range(0, len(data), 16)]
+    ids = (urlsafe_b64encode(data[i : i + 16])[:22].decode() for i in range(0, len(data), 16))
+    return [f"x{i[1:]}" if i.startswith("-") else i for i in ids]
 
 
 class Pool:
