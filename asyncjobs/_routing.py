@@ -167,9 +167,10 @@ def check_unique(names: Sequence[str]) -> None:
 
 @dataclass
 class WeightedOrder:
-    """Smooth weighted round robin over queues, slot by slot: with work everywhere, queue
-    *i* gets ``weights[i] / sum(weights)`` of the slots, spread evenly (6,3,1 gives
-    ``a b a c a b a a b a``-like runs, never ten of one in a row when another is due)."""
+    """Smooth weighted round robin over queues, counted in jobs: with work everywhere,
+    queue *i* gets ``weights[i] / sum(weights)`` of the jobs, spread evenly (batches of one
+    slot at 6,3,1 give ``a b a c a b a a b a``-like runs, never ten of one in a row when
+    another is due); a batch goes to the queue with the most credit first."""
 
     weights: tuple[int, ...]
 
@@ -177,26 +178,23 @@ class WeightedOrder:
         self._current = [0] * len(self.weights)
         self._total = sum(self.weights)
 
-    def pick(self) -> int:
-        """The queue the next slot goes to."""
-        best = 0
+    def rank(self, slots: int) -> list[int]:
+        """The order to ask the queues in for a batch of ``slots`` free slots: each queue is
+        credited its weight's share of them, most credit first (ties by position). Charge
+        each with what it gave (``charge``), so that over many batches of any sizes each
+        queue with work gets its weight's share of the jobs, and a batch usually goes to one
+        queue (one round trip) rather than being split."""
         for i, weight in enumerate(self.weights):
-            self._current[i] += weight
-            if self._current[i] > self._current[best]:
-                best = i
-        self._current[best] -= self._total
-        return best
+            self._current[i] += weight * slots
+        return sorted(range(len(self.weights)), key=lambda i: (-self._current[i], i))
 
-    def allocate(self, slots: int) -> list[int]:
-        """How many of ``slots`` free slots each queue gets, by ``pick``."""
-        shares = [0] * len(self.weights)
-        for _ in range(slots):
-            shares[self.pick()] += 1
-        return shares
+    def charge(self, i: int, jobs: int, dry: bool = False) -> None:
+        """Queue ``i`` gave ``jobs`` jobs of a batch ``rank`` ordered; ``dry``: it had no
+        more (or was not asked: known to have none). A queue without work banks no credit,
+        so it cannot crowd the others out for long when work comes back."""
+        # A queue owes at most one batch: one that took the jobs others had no work for
+        # is not crowded out for as long when they come back.
+        self._current[i] = max(self._current[i] - self._total * jobs, -self._total * jobs)
+        if dry:
+            self._current[i] = min(self._current[i], 0)
 
-
-def plan(shares: Sequence[int]) -> list[int]:
-    """The order to ask queues for work in, given the slots each was allotted: those with
-    slots first (most first; ties by position), then the others by position, which get
-    what the first ones could not use."""
-    return sorted(range(len(shares)), key=lambda i: (shares[i] == 0, -shares[i], i))

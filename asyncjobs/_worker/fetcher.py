@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .._redis.store import Delivery, QueueStore, Started, take_levels
-from .._routing import WeightedOrder, plan
+from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
@@ -65,21 +64,15 @@ class Reader:
         except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
             self.client_id = None
 
-    async def ready(self) -> None:
-        """Take the connection from the pool and learn its client id (once). A read cancelled
-        later only drops the connection, which this client makes again by itself: it never
-        goes back to the pool half made."""
+    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
+        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
+        seen) gets an entry after that id; True when one did. Nothing is delivered."""
         if not self._hooked:
             await self.client.initialize()
             connection: Any = self.client.connection
             await self._on_connect(connection)
             connection.register_connect_callback(self._on_connect)  # a new id per reconnect
             self._hooked = True
-
-    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
-        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
-        seen) gets an entry after that id; True when one did. Nothing is delivered."""
-        await self.ready()
         streams: Any = newest
         reply: Any = await self.client.xread(streams, count=1, block=block_ms)
         return bool(reply)
@@ -133,19 +126,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
     reclaimers = {q: _Reclaimer(rt) for g in groups for q in g.queues}
     order = WeightedOrder(tuple(weights)) if weights else None
-    idle, bad, watch = _Idle(), _Quarantine(), _Watch(rt, block_ms)
-    try:
-        await _loop(rt, ex, groups, order, reclaimers, reader, idle, bad, watch, block_ms)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await watch.close()
-
-
-async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
-                order: WeightedOrder | None, reclaimers: dict[str, _Reclaimer],
-                reader: Reader, idle: _Idle, bad: _Quarantine, watch: _Watch,
-                block_ms: int) -> None:
-    cfg = rt.config
+    idle, bad = _Idle(), _Quarantine()
     while not rt.stopping.is_set():
         if ex.slots.free == 0:
             _beat(rt, float("inf"))  # waiting for slots is healthy
@@ -153,13 +134,10 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
         _beat(rt, time.monotonic())
         try:
             started, claimed, found_none = await _fetch(rt, groups, order, reclaimers,
-                                                        reader, idle, bad, watch, taken,
-                                                        block_ms)
+                                                        reader, idle, bad, taken, block_ms)
         except BaseException as exc:
             ex.slots.give(taken)  # whatever happened, the slots are free again
             idle.newest = None
-            if isinstance(exc, Exception):
-                await watch.forget()
             if transient(exc):
                 await asyncio.sleep(rt.outage.failed(exc, "read"))
                 continue
@@ -191,7 +169,7 @@ def _beat(rt: Runtime, value: float) -> None:
 
 async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
                  reclaimers: dict[str, _Reclaimer], reader: Reader, idle: _Idle,
-                 bad: _Quarantine, watch: _Watch, count: int, block_ms: int
+                 bad: _Quarantine, count: int, block_ms: int
                  ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Reclaimed entries when scans are due and find some; else entries already waiting,
     taken and started in queue order; else a wait for new ones. Returns (started,
@@ -223,7 +201,6 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
         return [], claimed, False
     if scanned:  # take again at each reclaim scan, whatever the waits said
         idle.newest = None
-        await watch.forget()
     if idle.newest is not None and not bad.until \
             and time.monotonic() - idle.since < IDLE_RETAKE_S:
         # Nothing new since the last take found nothing (the wait would have woken):
@@ -231,7 +208,7 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
         if await _wait(rt, reader, idle.newest, reclaimers, bad, block_ms):
             idle.newest = None
         return [], {}, True
-    started, newest = await _take(rt, groups, order, bad, watch, count)
+    started, newest = await _take(rt, groups, order, bad, count)
     if started:
         idle.newest = None
         return started, {}, False
@@ -253,71 +230,6 @@ class _Idle:
 
     newest: dict[str, str] | None = None
     since: float = 0.0
-
-
-class _Watch:
-    """The queues (groups) whose last take found nothing while another kept the worker
-    busy: the takes skip them, and a blocking XREAD of their level streams (from the newest
-    ids that take saw), on a connection of its own, forgets them the moment any of them gets
-    an entry. So a worker busy on a lower queue does not ask each dry higher queue again
-    before every batch (a round trip each), and still turns to one as soon as it has work:
-    nothing polls. Any failure of the watch forgets every queue (they are asked again)."""
-
-    def __init__(self, rt: Runtime, block_ms: int) -> None:
-        self.rt = rt
-        self.block_ms = block_ms
-        self.dry: dict[int, dict[str, str]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._reader: Reader | None = None
-
-    def skips(self, i: int) -> bool:
-        """Whether group ``i`` is known to have nothing waiting."""
-        return i in self.dry
-
-    async def watch(self, dry: dict[int, dict[str, str]]) -> None:
-        """Add groups found dry (index -> their streams' newest ids) and watch them all."""
-        if not dry:
-            return
-        self.dry.update(dry)
-        if self._task is not None and not self._task.done():
-            await self._stop()  # blocked on fewer streams: start again with all of them
-        streams = {k: v for ids in self.dry.values() for k, v in ids.items()}
-        if self._reader is None:
-            self._reader = Reader(self.rt.blocking)
-        await self._reader.ready()  # here, not in the task a cancel may cut short
-        self._task = asyncio.ensure_future(self._run(self._reader, streams))
-
-    async def forget(self) -> None:
-        """Ask every group again from now on; stop watching."""
-        self.dry.clear()
-        await self._stop()
-
-    async def close(self) -> None:
-        """Stop watching and give the connection back."""
-        await self.forget()
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await reader.close()
-
-    async def _stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()  # the client drops a connection whose read it cancels
-            await asyncio.wait([task])  # (a cancel of our own still reaches us)
-
-    async def _run(self, reader: Reader, streams: dict[str, str]) -> None:
-        try:
-            while True:
-                began = time.monotonic()
-                if await reader.wait(streams, self.block_ms):
-                    break
-                if time.monotonic() - began < self.block_ms / 2000:
-                    await asyncio.sleep(0.005)  # an in-memory fake does not block
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # an outage, a key turned bad: ask every group again
-            log.debug("watch of dry queues ended: %s", exc)
-        self.dry.clear()
 
 
 QUARANTINE_MOST_S = 30.0
@@ -391,84 +303,52 @@ async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
 
 
 async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                bad: _Quarantine, watch: _Watch, count: int
+                bad: _Quarantine, count: int
                 ) -> tuple[list[tuple[str, Started]], dict[str, str]]:
-    """``_take_groups``, then: groups found dry while another had work are watched (and
-    skipped until one gets work); when nothing was taken at all, the watch stops (the
-    worker's own wait covers every stream)."""
-    dry: dict[int, dict[str, str]] = {}
-    started, newest = await _take_groups(rt, groups, order, bad, watch, dry, count)
-    if started:
-        await watch.watch(dry)
-    else:
-        for ids in watch.dry.values():
-            newest.update(ids)
-        await watch.forget()
-    return started, newest
-
-
-async def _take_groups(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                       bad: _Quarantine, watch: _Watch, dry: dict[int, dict[str, str]],
-                       count: int) -> tuple[list[tuple[str, Started]], dict[str, str]]:
-    """Take up to ``count`` waiting entries: strictly in the groups' order (each asked for
-    all that is left), or by weight (each first asked for its share of ``count``, then the
-    groups that had more get what the others could not use). When nothing was taken, also
-    returns each level stream's newest entry id (stream key -> id) for the wait."""
+    """Take up to ``count`` waiting entries, asking each group for all that is left: in the
+    groups' order (strict), or in the order of their weighted credit (``WeightedOrder.rank``;
+    each charged with what it gave), so that a batch usually costs one round trip either
+    way. When nothing was taken, also returns each level stream's newest entry id (stream
+    key -> id) for the wait."""
     started: list[tuple[str, Started]] = []
     newest: dict[str, str] = {}
-    shares = order.allocate(count) if order is not None else None
-    sequence = plan(shares) if shares is not None else range(len(groups))
-    emptied: set[int] = set()
-    rounds = (True, False) if shares is not None else (False,)
-    for by_share in rounds:
-        for i in sequence:
-            left = count - len(started)
-            if left <= 0:
-                return started, newest
-            if by_share:
-                assert shares is not None
-                ask = min(shares[i], left)
+    sequence = order.rank(count) if order is not None else range(len(groups))
+    for i in sequence:
+        left = count - len(started)
+        if left <= 0:
+            return started, newest
+        group = groups[i]
+        levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+        if not levels:
+            continue
+        try:
+            taken = await take_levels([group.stores[k] for k in levels], rt.consumer, left)
+        except Exception:
+            if started:  # what was taken is ours (started): run it, fail next time
+                return started, {}
+            raise
+        if order is not None:
+            order.charge(i, len(taken.rows), dry=len(taken.rows) < left)
+        started.extend((group.queues[levels[level]], st) for level, st in taken.rows)
+        for level, last in enumerate(taken.last):
+            if last:  # '' for a stream that cannot be read: not waited on
+                newest[group.stores[levels[level]].keys.stream] = last
+        failed = {levels[level]: why for level, why in taken.errors}
+        for k in levels:
+            if k not in failed:
+                bad.cleared(group.queues[k])
+            elif "NOGROUP" in failed[k]:
+                # Made again at id 0: what the stream holds is waiting (not new to an
+                # XREAD from its newest id), so the wait starts from the beginning.
+                newest[group.stores[k].keys.stream] = "0-0"
+                try:
+                    await _regroup(group.stores[k])
+                except Exception:
+                    if started:
+                        return started, {}
+                    raise
             else:
-                ask = 0 if i in emptied else left
-            group = groups[i]
-            levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
-            if watch.skips(i):
-                emptied.add(i)
-                continue
-            if ask <= 0 or not levels:
-                continue
-            try:
-                taken = await take_levels([group.stores[k] for k in levels], rt.consumer,
-                                          ask)
-            except Exception:
-                if started:  # what was taken is ours (started): run it, fail next time
-                    return started, {}
-                raise
-            if len(taken.rows) < ask:
-                emptied.add(i)
-            started.extend((group.queues[levels[level]], st) for level, st in taken.rows)
-            ids = {group.stores[levels[level]].keys.stream: last
-                   for level, last in enumerate(taken.last)
-                   if last}  # '' for a stream that cannot be read: not waited on
-            newest.update(ids)
-            if not taken.rows and ids and not taken.errors:
-                dry[i] = ids
-            failed = {levels[level]: why for level, why in taken.errors}
-            for k in levels:
-                if k not in failed:
-                    bad.cleared(group.queues[k])
-                elif "NOGROUP" in failed[k]:
-                    # Made again at id 0: what the stream holds is waiting (not new to an
-                    # XREAD from its newest id), so the wait starts from the beginning.
-                    newest[group.stores[k].keys.stream] = "0-0"
-                    try:
-                        await _regroup(group.stores[k])
-                    except Exception:
-                        if started:
-                            return started, {}
-                        raise
-                else:
-                    bad.add(group.queues[k], failed[k])
+                bad.add(group.queues[k], failed[k])
     return started, newest
 
 
