@@ -600,7 +600,7 @@ class Model:
         if not +self.counts or (old is not None and old.kind != "hash"):
             return
         rec = dict(old.content) if old else {}
-        for name, n in self.counts.items():
+        for name, n in (+self.counts).items():  # a count of 0 writes nothing (count())
             rec[name.encode()] = num(int(rec.get(name.encode(), b"0")) + n)
         self.space[stats] = Key("hash", old.ttl if old else False, rec)
 
