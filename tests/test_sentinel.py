@@ -305,12 +305,12 @@ async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str
         # more result waits (bounded) find it on the new master.
         deadline = time.monotonic() + 15
         while True:
-            pubsub = durable.waiter._pubsub
-            assert pubsub is not None and pubsub.connection is not None
-            if pubsub.connection.port == new:
+            pubsub = durable.waiter._pubsub  # None while the waiter replaces it
+            port = pubsub.connection.port if pubsub and pubsub.connection else None
+            if port == new:
                 break
             assert time.monotonic() < deadline, (
-                f"pub/sub still on port {pubsub.connection.port}, the master is on {new}")
+                f"pub/sub still on port {port}, the master is on {new}")
             probe = await durable.enqueue(asyncjobs.task_ref("add"), 3, 3)
             assert await probe.result(timeout=10) == 6
 

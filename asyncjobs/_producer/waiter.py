@@ -3,6 +3,12 @@
 ``watch(channel)`` subscribes before the caller checks the job's state, so a notice sent in
 between is not missed. Notices can still be lost (a dropped connection), so callers re-check
 the record now and then (``Job.result`` does so every few seconds), never in a tight loop.
+
+When the pub/sub connection drops, redis-py reconnects it in place on its next read (asking
+the Sentinels first, for a Sentinel pool) and subscribes it again. When that fails too, the
+waiter drops the PubSub and opens a new one from the pool, subscribed to every channel still
+watched, backing off while Redis is out of reach. Either way every watcher is woken once the
+connection is back, so each re-checks at once what it may have missed meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +25,13 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("asyncjobs.pool")
 
+_RETRY_S = (0.1, 0.5, 1.0, 2.0)
+"""Waits between attempts to open a new pub/sub connection (the last one repeats)."""
+
+_FAILURES = (RedisError, OSError, RuntimeError)
+"""What a pub/sub call raises when its connection is gone (redis-py raises RuntimeError for
+a PubSub that never got a connection)."""
+
 
 class Waiter:
     """Routes pub/sub messages to the waiters of each channel."""
@@ -26,13 +39,15 @@ class Waiter:
     def __init__(self, client: Redis) -> None:
         self._client = client
         self._pubsub: PubSub | None = None
+        self._broken = False  # the pub/sub connection failed: the reader opens a new one
         self._events: dict[bytes, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever a message arrives on ``channel`` while inside the block."""
+        """An event set whenever a message arrives on ``channel`` while inside the block
+        (and, spuriously, when the pub/sub connection was replaced)."""
         key = channel.encode()
         event = asyncio.Event()
         async with self._lock:
@@ -53,40 +68,94 @@ class Waiter:
     async def _subscribe(self, key: bytes) -> None:
         if self._pubsub is None:
             self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await self._pubsub.subscribe(key)
-        except (RedisError, OSError) as exc:  # the caller's periodic re-check covers this
-            log.debug("subscribe failed: %s", exc)
+        if not self._broken:  # a broken connection is replaced, subscribed to every key
+            try:
+                await self._pubsub.subscribe(key)
+            except _FAILURES as exc:  # the caller's periodic re-check covers the gap
+                log.debug("subscribe failed: %s", exc)
+                self._broken = True
+            else:
+                self._track(self._pubsub)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="asyncjobs-waiter")
 
     async def _unsubscribe(self, key: bytes) -> None:
-        if self._pubsub is None:
+        if self._pubsub is None or self._broken:
             return
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._pubsub.unsubscribe(key)
+        except _FAILURES:
+            self._broken = True
 
     async def _read(self) -> None:
-        pubsub = self._pubsub
-        assert pubsub is not None
+        failures = 0
         while self._events:
+            if self._broken and not await self._replace():
+                await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                failures += 1
+                continue
+            pubsub = self._pubsub
+            assert pubsub is not None
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            except (RedisError, OSError) as exc:
-                log.debug("pub/sub read failed, retrying: %s", exc)
-                await asyncio.sleep(0.5)
+            except _FAILURES as exc:
+                log.debug("pub/sub read failed, opening a new connection: %s", exc)
+                self._broken = True
                 continue
+            failures = 0
             if message and message.get("type") == "message":
                 for event in self._events.get(message["channel"], ()):
                     event.set()
+
+    async def _replace(self) -> bool:
+        """Swap the broken pub/sub for a new one subscribed to every watched channel, and
+        wake every watcher (a notice may have been missed); False if that failed."""
+        async with self._lock:
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
+                await _close(old)
+            if not self._events:
+                self._broken = False
+                return True
+            fresh = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await fresh.subscribe(*self._events)
+            except _FAILURES as exc:
+                log.debug("pub/sub reconnect failed: %s", exc)
+                await _close(fresh)
+                return False
+            self._pubsub, self._broken = fresh, False
+            self._track(fresh)
+            self._wake_all()
+            return True
+
+    def _track(self, pubsub: PubSub) -> None:
+        """Be told when redis-py reconnects this PubSub's connection in place."""
+        connection: Any = pubsub.connection  # None until a subscribe connected it
+        if connection is not None:  # held weakly; registered once per connection
+            connection.register_connect_callback(self._reconnected)
+
+    def _reconnected(self, _connection: object) -> None:
+        log.debug("pub/sub connection reconnected")
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiters in self._events.values():
+            for event in waiters:
+                event.set()
 
     async def close(self) -> None:
         """Stop reading and close the pub/sub connection."""
         self._events.clear()
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
                 await self._reader
         if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await cast(Any, self._pubsub).aclose()
+            await _close(self._pubsub)
+            self._pubsub = None
+
+
+async def _close(pubsub: PubSub) -> None:
+    with contextlib.suppress(*_FAILURES):
+        await cast(Any, pubsub).aclose()
