@@ -16,6 +16,7 @@ printed (``-s``), not asserted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -253,7 +254,9 @@ async def _complete(pool: asyncjobs.Pool, job_ids: list[str], timeout_s: float) 
 @pytest.mark.slow
 @pytest.mark.asyncio
 @pytest.mark.parametrize("how", ["sentinel-failover", "sigkill"])
-async def test_a_failover_mid_run_loses_no_acknowledged_job(how: str) -> None:
+async def test_a_failover_mid_run_loses_no_acknowledged_job(
+        how: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncjobs.pool")  # the waiter's story, if it fails
     need_redis_server()
     # SIGKILL leaves no old master to become a replica: a second replica is there to
     # acknowledge WAIT once the first is promoted.
@@ -266,6 +269,14 @@ async def test_a_failover_mid_run_loses_no_acknowledged_job(how: str) -> None:
             await _run_failover(setup, worker, prefix, how)
         finally:
             worker.close()
+
+
+def _roles(setup: SentinelSetup) -> dict[int, str]:
+    """Each live server's ROLE, each Sentinel's master (what a failing test shows)."""
+    seen = {s.port: command(s.port, "ROLE")[:40] for s in setup.servers if s.process}
+    seen.update({s.port: command(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+                 for s in setup.sentinels if s.process})
+    return seen
 
 
 async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str,
@@ -301,16 +312,21 @@ async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str
         await asyncio.gather(*tasks)
         after_failover = await durable.enqueue(asyncjobs.task_ref("add"), 2, 2)
         assert await after_failover.result(timeout=10) == 4
-        # The waiter's pub/sub client follows too: it reconnects when next used, so a few
-        # more result waits (bounded) find it on the new master.
+        # The waiter's pub/sub client follows too: it reconnects when next used, and moves
+        # when the Sentinels name another master than the one it reached (a reconnect in
+        # the middle of the failover reached a replica promoted, then demoted, 1 run in 4
+        # under load), so a few more result waits (bounded) find it on the new master.
         deadline = time.monotonic() + 15
         while True:
             pubsub = durable.waiter._pubsub  # None while the waiter replaces it
             port = pubsub.connection.port if pubsub and pubsub.connection else None
             if port == new:
                 break
+            if time.monotonic() >= deadline:  # what a failure needs explained
+                print("servers and Sentinels:", _roles(setup))
             assert time.monotonic() < deadline, (
-                f"pub/sub still on port {port}, the master is on {new}")
+                f"pub/sub still on port {port}, the master is on {new} (was {old}; servers "
+                f"{[s.port for s in setup.servers]})")
             probe = await durable.enqueue(asyncjobs.task_ref("add"), 3, 3)
             assert await probe.result(timeout=10) == 6
 

@@ -7,8 +7,12 @@ the record now and then (``Job.result`` does so every few seconds), never in a t
 When the pub/sub connection drops, redis-py reconnects it in place on its next read (asking
 the Sentinels first, for a Sentinel pool) and subscribes it again. When that fails too, the
 waiter drops the PubSub and opens a new one from the pool, subscribed to every channel still
-watched, backing off while Redis is out of reach. Either way every watcher is woken once the
-connection is back, so each re-checks at once what it may have missed meanwhile.
+watched, backing off while Redis is out of reach. It does the same when, with a Sentinel
+pool, the Sentinels name another master than the one the connection is on (checked after
+each second without a message): a failover does not always cut a pub/sub connection, and one
+that reconnected during a failover may have reached a server promoted and then demoted.
+Either way every watcher is woken once the connection is back, so each re-checks at once what
+it may have missed meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from .._redis.connection import off_the_master
 
 log = logging.getLogger("asyncjobs.pool")
 
@@ -106,6 +112,20 @@ class Waiter:
             if message and message.get("type") == "message":
                 for event in self._events.get(message["channel"], ()):
                     event.set()
+            elif message is None and await self._misplaced(pubsub):
+                self._broken = True
+
+    async def _misplaced(self, pubsub: PubSub) -> bool:
+        """True when the Sentinels name another master than the one this PubSub is on (a
+        failover it was not cut off by, or one it reconnected in the middle of)."""
+        try:
+            moved = await off_the_master(self._client, pubsub.connection)
+        except _FAILURES as exc:
+            log.debug("master check failed: %s", exc)
+            return False
+        if moved:
+            log.debug("pub/sub connection is not on the master any more: opening a new one")
+        return moved
 
     async def _replace(self) -> bool:
         """Swap the broken pub/sub for a new one subscribed to every watched channel, and
@@ -135,8 +155,9 @@ class Waiter:
         if connection is not None:  # held weakly; registered once per connection
             connection.register_connect_callback(self._reconnected)
 
-    def _reconnected(self, _connection: object) -> None:
-        log.debug("pub/sub connection reconnected")
+    def _reconnected(self, connection: Any) -> None:
+        log.debug("pub/sub connection reconnected to %s:%s", getattr(connection, "host", "?"),
+                  getattr(connection, "port", "?"))
         self._wake_all()
 
     def _wake_all(self) -> None:

@@ -307,6 +307,21 @@ class _SentinelClient(Redis):
                 await self.manager.aclose()
 
 
+async def off_the_master(client: Redis, connection: Any) -> bool:
+    """True when ``client`` is a Sentinel client whose Sentinels now name a master other than
+    the server ``connection`` (one held outside the pool, like a pub/sub connection) is on:
+    it should be replaced. The Sentinels are asked at most every ``_MASTER_RECHECK_S``; a
+    plain client, or Sentinels out of reach, say False."""
+    pool = client.connection_pool
+    if not isinstance(pool, _SentinelPool) or connection is None:
+        return False
+    await pool._recheck_master()
+    master = pool.master_address
+    if master is None:
+        return False
+    return (str(connection.host), int(connection.port)) != (str(master[0]), int(master[1]))
+
+
 def _sentinel_factory(target: SentinelTarget, options: dict[str, Any]) -> ClientFactory:
     sentinel_settings = {
         "socket_connect_timeout": _SENTINEL_TIMEOUT_S,
