@@ -12,7 +12,7 @@ import asyncjobs
 from asyncjobs import Context
 from asyncjobs._codec import encode_errors
 from asyncjobs._model import ErrorInfo
-from asyncjobs._producer.listing import MAX_LIMIT, decode_cursor, encode_cursor
+from asyncjobs._producer.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from asyncjobs._redis.keys import GROUP
 
 pytestmark = pytest.mark.asyncio

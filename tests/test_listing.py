@@ -18,7 +18,8 @@ import pytest_asyncio
 
 import asyncjobs
 from asyncjobs import Context
-from asyncjobs._producer.listing import STATES, JobRow, encode_cursor
+from asyncjobs._producer.cursor import encode_cursor
+from asyncjobs._producer.listing import STATES, JobRow
 from asyncjobs._redis.keys import ENDED_KEEP, GROUP
 
 from .apps import basic

@@ -29,12 +29,7 @@ Records read along the way may be garbage: a field that cannot be read is shown 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
-import hmac
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +40,7 @@ from redis.exceptions import ResponseError
 from .._codec import decode_errors, decode_progress, decode_spec
 from .._model import Progress
 from .._redis.keys import GROUP
+from .cursor import ENTRY, check_limit, decode_cursor, encode_cursor, entry_id, entry_key
 from .deadletters import DeadLetter, dead_letter, text, when
 
 if TYPE_CHECKING:
@@ -52,12 +48,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MAX_LIMIT = 500
-"""The most rows one page may hold."""
-
-_LONGEST_CURSOR = 8192
-"""A scheduled job's cursor holds its id: up to 1,024 characters, 4 KiB of UTF-8."""
-_ENTRY = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
 _FIELDS = ["j", "s", "a", "st", "w", "h", "et", "p", "dl"]
 
 STATES = ("queued", "running", "scheduled", "dead", "complete", "failed")
@@ -111,61 +101,6 @@ class DeadRow:
 
     letter: DeadLetter
     job: JobRow = field(default_factory=lambda: JobRow(""))
-
-
-def encode_cursor(kind: str, *parts: str) -> str:
-    """An opaque cursor: base64url of ``kind|part|...`` and a checksum of it. Not a secret
-    (a forged cursor can only start a listing somewhere else); the checksum makes any
-    change to one a ``ValueError``."""
-    raw = "|".join((kind, *parts)).encode()
-    return base64.urlsafe_b64encode(_digest(raw) + raw).decode().rstrip("=")
-
-
-def _digest(raw: bytes) -> bytes:
-    return hashlib.blake2b(raw, digest_size=6, person=b"asyncjobs-cur").digest()
-
-
-def decode_cursor(cursor: str, kind: str, count: int) -> list[str]:
-    """The parts of a cursor made by ``encode_cursor(kind, ...)``; ``ValueError`` if it was
-    made for another listing or altered."""
-    raw = _checked(cursor)
-    found, _, rest = (raw or "").partition("|")
-    parts = rest.split("|", count - 1) if count else []
-    if raw is None or found != kind or len(parts) != count:
-        raise ValueError("invalid cursor: it was not made by this listing")
-    return parts
-
-
-def _checked(cursor: str) -> str | None:
-    """A cursor's text if it is exactly what ``encode_cursor`` made, else None."""
-    if not isinstance(cursor, str) or len(cursor) > _LONGEST_CURSOR:
-        return None
-    try:
-        blob = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        raw = blob[6:].decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    same = base64.urlsafe_b64encode(blob).decode().rstrip("=") == cursor
-    return raw if same and hmac.compare_digest(blob[:6], _digest(blob[6:])) else None
-
-
-def entry_id(value: str) -> str:
-    """A stream entry id from a cursor, checked."""
-    if not _ENTRY.fullmatch(value):
-        raise ValueError("invalid cursor: it was not made by this listing")
-    return value
-
-
-def _entry_key(entry: str) -> tuple[int, int]:
-    ms, _, seq = entry.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def check_limit(limit: int) -> int:
-    """A page size between 1 and ``MAX_LIMIT``."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    return limit
 
 
 def row(job_id: str, raw: Any, **known: Any) -> JobRow:
@@ -242,7 +177,7 @@ class Listing:
         for group in groups:
             if text(group.get("name")) == GROUP:
                 found = text(group.get("last-delivered-id", "0-0"))
-                return found if _ENTRY.fullmatch(found) else "0-0"
+                return found if ENTRY.fullmatch(found) else "0-0"
         return "0-0"
 
     async def jobs(self, queue: str, state: str, *, order: str | None = None,
@@ -392,11 +327,11 @@ class _Source:
         if self.newest:
             low, high = f"({delivered}", f"({at[0]}" if at else "+"
         else:
-            low = f"({max(at[0], delivered, key=_entry_key) if at else delivered}"
+            low = f"({max(at[0], delivered, key=entry_key) if at else delivered}"
             high = "+"
         rows = await self._range(self.keys.stream, low, high, count)
         spots = [_Spot([text(e)], _job_id(f), {"entry": text(e),
-                                               "at": when(_entry_key(text(e))[0])})
+                                               "at": when(entry_key(text(e))[0])})
                  for e, f in rows]
         return spots, len(rows) == count
 
@@ -428,7 +363,7 @@ class _Source:
             pending, more = list(rows), len(rows) == count
         spots = []
         for (entry, job_id), p, left in zip(entries, pending, gone, strict=True):
-            known: dict[str, Any] = {"entry": entry, "at": when(_entry_key(entry)[0])}
+            known: dict[str, Any] = {"entry": entry, "at": when(entry_key(entry)[0])}
             if p is not None:
                 known.update(worker=text(p["consumer"]),
                              idle_s=int(p["time_since_delivered"]) / 1000,

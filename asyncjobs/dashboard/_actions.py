@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .._producer.listing import MAX_LIMIT
+from .._producer.cursor import MAX_LIMIT
 from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._task import check_job_id

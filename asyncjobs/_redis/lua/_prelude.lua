@@ -158,6 +158,19 @@ local function ack_and_delete(stream, group, entries)
   end
 end
 
+-- Put a started job back to wait until `due` without counting the attempt: its entry leaves
+-- the stream (XACK, XDEL), its record says scheduled at `due` with `attempts` undone and
+-- `why_field` = `why` (what it waits for), and it joins the delayed set, waking the
+-- scheduler if it is now the first due. The caller has checked the record's type.
+local function defer_to(stream, group, entry, key, attempts, delayed, channel, id, due,
+                        why_field, why)
+  ack_and_delete(stream, group, {entry})
+  redis.call('HSET', key, 's', 'scheduled', 'd', due, why_field, why,
+    'a', attempts > 0 and attempts - 1 or 0)
+  redis.call('ZADD', delayed, due, id)
+  wake_if_first(delayed, channel, id, due)
+end
+
 -- The job id an entry carries in its `i` field ('' if none). An entry written by hand
 -- may repeat the field: the last one counts, as in redis-py's reading of the same entry.
 local function job_id_of(fields)

@@ -115,15 +115,11 @@ local function check(leases, waiters, key, entry, id, n, name)
   if expires and expires < due then
     due = math.max(expires, now)
   end
-  ack_and_delete(KEYS[1], ARGV[1], {entry})
-  local attempts = int(rec[5]) or 1
-  redis.call('HSET', key, 's', 'scheduled', 'd', due, 'cw', name,
-    'a', attempts > 0 and attempts - 1 or 0)
-  redis.call('ZADD', KEYS[2], due, id)
+  defer_to(KEYS[1], ARGV[1], entry, key, int(rec[5]) or 1, KEYS[2], ARGV[3], id, due,
+    'cw', name)
   repair(waiters)
   redis.call('ZADD', waiters, 'NX', now, id)
   redis.pcall('HSET', KEYS[4], name, n)
-  wake_if_first(KEYS[2], ARGV[3], id, due)
   waited = waited + 1
   return {'waiting', due}
 end

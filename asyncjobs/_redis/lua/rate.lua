@@ -63,12 +63,8 @@ local function check(limit, key, entry, id, interval)
     return {'expired', slot}
   end
   keep(limit, tat + interval)
-  ack_and_delete(KEYS[1], ARGV[1], {entry})
-  local attempts = int(rec[5]) or 1
-  redis.call('HSET', key, 's', 'scheduled', 'd', slot, 'rs', slot,
-    'a', attempts > 0 and attempts - 1 or 0)
-  redis.call('ZADD', KEYS[2], slot, id)
-  wake_if_first(KEYS[2], ARGV[3], id, slot)
+  defer_to(KEYS[1], ARGV[1], entry, key, int(rec[5]) or 1, KEYS[2], ARGV[3], id, slot,
+    'rs', slot)
   deferred = deferred + 1
   return {'deferred', slot}
 end
