@@ -518,8 +518,10 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
     nothing (group index -> their streams' newest ids), for the watch."""
     started: list[tuple[str, Started]] = []
     newest: dict[str, str] = {}
-    sequence = order.rank(count) if order is not None else range(len(groups))
-    for i in sequence:
+    sequence = list(order.rank(count) if order is not None else range(len(groups)))
+    regrouped: set[int] = set()
+    while sequence:
+        i = sequence.pop(0)
         left = count - len(started)
         if left <= 0:
             return started, newest
@@ -561,6 +563,12 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                     if started:
                         return started, {}
                     raise
+                if i not in regrouped:
+                    # Asked again at once (its jobs come before the next group's): a
+                    # stream deleted while the group was watched is made again only when
+                    # a job comes, and that job is then waiting.
+                    regrouped.add(i)
+                    sequence.insert(0, i)
             else:
                 bad.add(group.queues[k], failed[k])
     return started, newest
