@@ -12,6 +12,11 @@ work goes to that queue, and a worker with free slots always reclaims. The wait'
 time is capped by the reclaim interval, so an idle worker scans for a dead worker's jobs on
 time.
 
+While the worker is busy on a later queue, the queues before it that ran dry are not asked
+again before every batch: a blocking XREAD of their streams, on a second connection in a
+task of its own, watches them, and any entry it reports makes every queue asked again
+(``_Watch``). That read is never cancelled: it is ended by ``CLIENT UNBLOCK`` and a flag.
+
 The wait uses XREAD, not XREADGROUP: it delivers nothing, so a wait cut short by a shutdown
 leaves no entry held by a read nobody listens to. Its connection is the ``Reader``'s own,
 whose server-side client id is known, so a shutdown ends it at once (``CLIENT UNBLOCK``).
