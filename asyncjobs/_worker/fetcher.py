@@ -12,6 +12,11 @@ work goes to that queue, and a worker with free slots always reclaims. The wait'
 time is capped by the reclaim interval, so an idle worker scans for a dead worker's jobs on
 time.
 
+While the worker is busy on a later queue, the queues before it that ran dry are not asked
+again before every batch: a blocking XREAD of their streams, on a second connection in a
+task of its own, watches them, and any entry it reports makes every queue asked again
+(``_Watch``). That read is never cancelled: it is ended by ``CLIENT UNBLOCK`` and a flag.
+
 The wait uses XREAD, not XREADGROUP: it delivers nothing, so a wait cut short by a shutdown
 leaves no entry held by a read nobody listens to. Its connection is the ``Reader``'s own,
 whose server-side client id is known, so a shutdown ends it at once (``CLIENT UNBLOCK``).
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -64,26 +70,37 @@ class Reader:
         except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
             self.client_id = None
 
-    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
-        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
-        seen) gets an entry after that id; True when one did. Nothing is delivered."""
+    async def ready(self) -> None:
+        """Take the connection from the pool, connected, and learn its client id (again
+        after a reconnect): done before a read, so that no blocking read ever waits on a
+        connection still being set up."""
         if not self._hooked:
             await self.client.initialize()
             connection: Any = self.client.connection
             await self._on_connect(connection)
             connection.register_connect_callback(self._on_connect)  # a new id per reconnect
             self._hooked = True
+        elif not self.client.connection.is_connected:  # type: ignore[union-attr]
+            await self.client.connection.connect()  # type: ignore[union-attr]
+
+    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
+        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
+        seen) gets an entry after that id; True when one did. Nothing is delivered."""
+        if not self._hooked:
+            await self.ready()
         streams: Any = newest
         reply: Any = await self.client.xread(streams, count=1, block=block_ms)
         return bool(reply)
 
-    async def unblock(self, client: Redis) -> None:
-        """End a read of this connection still blocked in Redis (best effort)."""
+    async def unblock(self, client: Redis) -> bool:
+        """End a read of this connection still blocked in Redis (best effort); True when
+        one was."""
         if self.client_id is not None:
             try:
-                await client.client_unblock(self.client_id)
+                return bool(await client.client_unblock(self.client_id))
             except (RedisError, OSError) as exc:
                 log.debug("could not unblock reader %s: %s", self.client_id, exc)
+        return False
 
     async def close(self) -> None:
         """Give the connection back."""
@@ -126,7 +143,21 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
     reclaimers = {q: _Reclaimer(rt) for g in groups for q in g.queues}
     order = WeightedOrder(tuple(weights)) if weights else None
-    idle, bad = _Idle(), _Quarantine()
+    idle, bad, watch = _Idle(), _Quarantine(), _Watch(rt)
+    try:
+        await _loop(rt, ex, groups, order, reclaimers, reader, idle, bad, watch, block_ms)
+    finally:
+        # Ended by its stop flag and a CLIENT UNBLOCK, never by cancelling its read; shielded
+        # from the shutdown's cancellation of this loop.
+        with anyio.CancelScope(shield=True):
+            await watch.close(rt.client)
+
+
+async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
+                order: WeightedOrder | None, reclaimers: dict[str, _Reclaimer],
+                reader: Reader, idle: _Idle, bad: _Quarantine, watch: _Watch,
+                block_ms: int) -> None:
+    cfg = rt.config
     while not rt.stopping.is_set():
         if ex.slots.free == 0:
             _beat(rt, float("inf"))  # waiting for slots is healthy
@@ -134,10 +165,12 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
         _beat(rt, time.monotonic())
         try:
             started, claimed, found_none = await _fetch(rt, groups, order, reclaimers,
-                                                        reader, idle, bad, taken, block_ms)
+                                                        reader, idle, bad, watch, taken,
+                                                        block_ms)
         except BaseException as exc:
             ex.slots.give(taken)  # whatever happened, the slots are free again
             idle.newest = None
+            watch.forget()
             if transient(exc):
                 await asyncio.sleep(rt.outage.failed(exc, "read"))
                 continue
@@ -157,6 +190,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             # timeout they are reclaimed (by us or another worker) and run.
             await asyncio.sleep(rt.outage.failed(exc, "start"))
             continue
+        await watch.settle(rt.client)  # after the start: the batch is not held up
         if cfg.burst and found_none and await _drained(rt, ex):
             log.info("burst: queues %s are drained", ", ".join(g.name for g in groups))
             return
@@ -169,7 +203,7 @@ def _beat(rt: Runtime, value: float) -> None:
 
 async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
                  reclaimers: dict[str, _Reclaimer], reader: Reader, idle: _Idle,
-                 bad: _Quarantine, count: int, block_ms: int
+                 bad: _Quarantine, watch: _Watch, count: int, block_ms: int
                  ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Reclaimed entries when scans are due and find some; else entries already waiting,
     taken and started in queue order; else a wait for new ones. Returns (started,
@@ -201,6 +235,7 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
         return [], claimed, False
     if scanned:  # take again at each reclaim scan, whatever the waits said
         idle.newest = None
+        watch.forget()
     if idle.newest is not None and not bad.until \
             and time.monotonic() - idle.since < IDLE_RETAKE_S:
         # Nothing new since the last take found nothing (the wait would have woken):
@@ -208,10 +243,16 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
         if await _wait(rt, reader, idle.newest, reclaimers, bad, block_ms):
             idle.newest = None
         return [], {}, True
-    started, newest = await _take(rt, groups, order, bad, count)
+    dry: dict[int, dict[str, str]] = {}
+    started, newest = await _take(rt, groups, order, bad, watch, dry, count)
     if started:
         idle.newest = None
+        watch.add(dry)
         return started, {}, False
+    # Nothing taken: the worker's own wait covers every stream, those watched included
+    # (from the ids they were found dry at), so the watch is not needed until it is busy.
+    newest.update(watch.covered_ids())
+    watch.forget()
     if not rt.config.burst:
         idle.newest, idle.since = newest, time.monotonic()
     if await _wait(rt, reader, newest, reclaimers, bad, block_ms):
@@ -230,6 +271,174 @@ class _Idle:
 
     newest: dict[str, str] | None = None
     since: float = 0.0
+
+
+WATCH_BLOCK_MS = 2000
+"""The longest one read of the watch blocks; it is sent again after that (one command per
+2 s while the worker is busy). A ``CLIENT UNBLOCK`` that misses its read (sent before the
+read reached Redis, or after a reconnect gave the connection a new id) delays the end of
+a watch by at most this much."""
+
+WATCH_PAUSE_MOST_S = 30.0
+"""After a read of the watch fails, the longest the worker goes without one (asking every
+queue before each batch instead) before it tries again."""
+
+
+class _Watch:
+    """Queues (groups) whose last take found nothing while another kept the worker busy,
+    watched by a blocking XREAD of their level streams (from the newest ids that take saw)
+    on a connection of its own, in a task of its own: the takes skip a group only while a
+    read of the watch covers it, and any entry the read reports makes every group asked
+    again. So a worker busy on a lower queue does not ask each dry higher queue before
+    every batch (a round trip each), and turns to one as soon as it gets work: nothing
+    polls, and the window in which a slot can go to a lower queue is the round trip of the
+    read's reply, as when the take itself is in flight.
+
+    A read is never cancelled (cancelling one left connections half closed under uvloop):
+    it blocks at most ``WATCH_BLOCK_MS``, and a read that must end sooner (the groups to
+    watch changed, or the worker stops) is ended by ``CLIENT UNBLOCK`` of the connection's
+    id, sent from the worker's ordinary client; the task then sees its flags and reads
+    again or returns, and the connection is closed normally. A read that fails (an outage,
+    a watched key turned into something else) forgets every group, and the watch pauses
+    (1 s, doubling to 30 s; logged once): meanwhile every queue is asked before each batch,
+    as without a watch, so strict order never depends on it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.groups: dict[int, dict[str, str]] = {}
+        """Groups found dry, to watch (group index -> stream key -> newest id seen)."""
+        self.covered: frozenset[int] = frozenset()
+        """The groups the read under way (or about to be sent) covers: only these are
+        skipped."""
+        self.unblocks = 0
+        """CLIENT UNBLOCK commands sent (for tests)."""
+        self._reader: Reader | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._more = asyncio.Event()
+        self._closing = False
+        self._reads = 0
+        self._reading = 0  # the number of the read under way (0: none)
+        self._unblocked = 0  # the number of the last read a CLIENT UNBLOCK ended
+        self._pause = 0.0
+        self._paused_until = 0.0
+        self._usable = True  # False when Redis gives no client id (CLIENT denied)
+
+    def skips(self, i: int) -> bool:
+        """Whether group ``i`` is known to have nothing waiting (a read watches it)."""
+        return i in self.covered
+
+    def covered_ids(self) -> dict[str, str]:
+        """The streams of the skipped groups, from the ids they were found dry at."""
+        return {k: v for i in self.covered for k, v in self.groups.get(i, {}).items()}
+
+    def add(self, dry: dict[int, dict[str, str]]) -> None:
+        """Watch these groups too (index -> their streams' newest ids), unless the watch is
+        paused after a failure; they are skipped once a read covers them."""
+        if not dry or self._closing or not self._usable \
+                or time.monotonic() < self._paused_until:
+            return
+        self.groups.update(dry)
+        if self._task is None or self._task.done():
+            if self._reader is None:
+                self._reader = Reader(self.rt.blocking)
+            self._task = asyncio.create_task(self._run(self._reader), name="asyncjobs-watch")
+        self._more.set()
+
+    def forget(self) -> None:
+        """Ask every group again from now on. A read under way goes on until it times out,
+        or until ``settle`` ends it because other groups are to be watched."""
+        self.groups.clear()
+        self.covered = frozenset()
+
+    async def settle(self, client: Redis) -> None:
+        """When groups wait to be watched that the read under way does not cover, end that
+        read (one CLIENT UNBLOCK, at most once per batch), so that the task reads again
+        with all of them."""
+        n = self._reading
+        if n and n != self._unblocked and not self.groups.keys() <= self.covered:
+            await self._unblock(client, n)
+
+    async def close(self, client: Redis) -> None:
+        """Stop the task (its flag, then CLIENT UNBLOCK of a read under way, sent again
+        until it takes), then close the connection."""
+        self._closing = True
+        self.forget()
+        self._more.set()
+        task = self._task
+        if task is not None:
+            deadline = time.monotonic() + WATCH_BLOCK_MS / 1000 + 3.0
+            while not task.done() and time.monotonic() < deadline:
+                n = self._reading
+                if n and n != self._unblocked:
+                    await self._unblock(client, n)
+                await asyncio.wait([task], timeout=0.05)
+            if not task.done():  # pragma: no cover - a read longer than its block and 3 s
+                log.warning("the watch of dry queues did not end; cancelling it")
+                task.cancel()
+                await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:  # pragma: no cover
+                log.debug("the watch of dry queues failed: %s", task.exception())
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+
+    async def _unblock(self, client: Redis, n: int) -> None:
+        assert self._reader is not None
+        self.unblocks += 1
+        if await self._reader.unblock(client) and self._reading == n:
+            self._unblocked = n
+
+    async def _run(self, reader: Reader) -> None:
+        try:
+            await reader.ready()  # connected, id known: before any blocking read
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if reader.client_id is None:
+            # No CLIENT ID, so no CLIENT UNBLOCK: a read could only be ended by a cancel.
+            log.info("Redis refuses CLIENT ID: every queue is asked before each batch")
+            self._usable = False
+            self.forget()
+            return
+        while not self._closing:
+            if not self.groups:
+                self._more.clear()
+                await self._more.wait()
+                continue
+            streams = {k: v for ids in self.groups.values() for k, v in ids.items()}
+            self._reads += 1
+            n = self._reading = self._reads
+            self.covered = frozenset(self.groups)
+            began = time.monotonic()
+            try:
+                woke = await reader.wait(streams, WATCH_BLOCK_MS)
+            except Exception as exc:
+                self.forget()
+                self._failed(exc)
+                return
+            finally:
+                self._reading = 0
+            if woke:
+                self.forget()  # some group got work: ask them all again
+            self._worked()
+            if not woke and n != self._unblocked \
+                    and time.monotonic() - began < WATCH_BLOCK_MS / 2000:
+                await asyncio.sleep(0.005)  # the server did not block: don't spin
+
+    def _failed(self, exc: Exception) -> None:
+        self._pause = min(WATCH_PAUSE_MOST_S, max(1.0, self._pause * 2))
+        self._paused_until = time.monotonic() + self._pause
+        if self._pause == 1.0:
+            log.warning("watching queues that ran dry failed (%s): every queue is asked "
+                        "before each batch meanwhile", clean(str(exc).splitlines()[0][:300])
+                        if str(exc) else type(exc).__name__)
+        else:
+            log.debug("watching queues that ran dry failed again: %s", exc)
+
+    def _worked(self) -> None:
+        if self._pause:
+            self._pause = 0.0
+            log.info("watching queues that ran dry works again")
 
 
 QUARANTINE_MOST_S = 30.0
@@ -303,20 +512,28 @@ async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
 
 
 async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                bad: _Quarantine, count: int
+                bad: _Quarantine, watch: _Watch, dry: dict[int, dict[str, str]], count: int
                 ) -> tuple[list[tuple[str, Started]], dict[str, str]]:
     """Take up to ``count`` waiting entries, asking each group for all that is left: in the
     groups' order (strict), or in the order of their weighted credit (``WeightedOrder.rank``;
     each charged with what it gave), so that a batch usually costs one round trip either
-    way. When nothing was taken, also returns each level stream's newest entry id (stream
-    key -> id) for the wait."""
+    way. Groups the watch covers are known to have nothing and are not asked. When nothing
+    was taken, also returns each level stream's newest entry id (stream key -> id) for the
+    wait. Fills ``dry`` with the groups that were asked, could be read whole, and had
+    nothing (group index -> their streams' newest ids), for the watch."""
     started: list[tuple[str, Started]] = []
     newest: dict[str, str] = {}
-    sequence = order.rank(count) if order is not None else range(len(groups))
-    for i in sequence:
+    sequence = list(order.rank(count) if order is not None else range(len(groups)))
+    regrouped: set[int] = set()
+    while sequence:
+        i = sequence.pop(0)
         left = count - len(started)
         if left <= 0:
             return started, newest
+        if watch.skips(i):
+            if order is not None:
+                order.charge(i, 0, dry=True)
+            continue
         group = groups[i]
         levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
         if not levels:
@@ -333,6 +550,10 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
         for level, last in enumerate(taken.last):
             if last:  # '' for a stream that cannot be read: not waited on
                 newest[group.stores[levels[level]].keys.stream] = last
+        if not taken.rows and not taken.errors and len(levels) == len(group.queues) \
+                and len(taken.last) == len(levels) and all(taken.last):
+            dry[i] = {group.stores[k].keys.stream: last
+                      for k, last in zip(levels, taken.last, strict=True)}
         failed = {levels[level]: why for level, why in taken.errors}
         for k in levels:
             if k not in failed:
@@ -347,6 +568,12 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                     if started:
                         return started, {}
                     raise
+                if i not in regrouped:
+                    # Asked again at once (its jobs come before the next group's): a
+                    # stream deleted while the group was watched is made again only when
+                    # a job comes, and that job is then waiting.
+                    regrouped.add(i)
+                    sequence.insert(0, i)
             else:
                 bad.add(group.queues[k], failed[k])
     return started, newest
