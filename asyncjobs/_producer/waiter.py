@@ -140,9 +140,11 @@ class Waiter:
             fresh = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await fresh.subscribe(*self._events)
-            except _FAILURES as exc:
-                log.debug("pub/sub reconnect failed: %s", exc)
+            except BaseException as exc:  # cancelled too (a close): never left unclosed
                 await _close(fresh)
+                if not isinstance(exc, _FAILURES):
+                    raise
+                log.debug("pub/sub reconnect failed: %s", exc)
                 return False
             self._pubsub, self._broken = fresh, False
             self._track(fresh)
