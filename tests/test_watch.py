@@ -1,4 +1,4 @@
-"""The watch of dry queues (``asyncjobs/_worker/fetcher.py``, ``_Watch``): a worker busy on a
+"""The watch of dry queues (``asyncjobs/_worker/watch.py``, ``Watch``): a worker busy on a
 lower queue skips the higher queues that ran dry while a blocking XREAD on a connection of
 its own covers them, instead of asking each before every batch.
 
@@ -26,7 +26,7 @@ import asyncjobs
 from asyncjobs import Context
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
-from asyncjobs._worker import fetcher
+from asyncjobs._worker import watch
 
 from .conftest import Backend, running
 
@@ -51,6 +51,13 @@ def _clear() -> None:
 
 
 QUEUES = ["critical", "default", "bulk"]
+
+
+def _worker(backend: Backend, task: Any = busy, concurrency: int = 2,
+            **options: Any) -> asyncjobs.Worker:
+    """A worker of the three queues, strict order, that never reclaims during a test."""
+    return backend.worker([task], queues=QUEUES, concurrency=concurrency,
+                          claim_timeout=3600, **options)
 
 
 async def _busy_on_bulk(pool: Any, n: int, task: Any = busy) -> None:
@@ -100,7 +107,7 @@ async def test_a_watched_queue_getting_work_is_served_before_more_lower_jobs(
         backend: Backend) -> None:
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 900)
-        worker = backend.worker([busy], queues=QUEUES, concurrency=2, claim_timeout=3600)
+        worker = _worker(backend)
         async with running(backend, worker):
             await _until(lambda: len(ran) >= 10)
             for round_, pause in enumerate([0.0, 0.3, 2.3]):  # the last after a re-read
@@ -126,7 +133,7 @@ async def test_a_busy_worker_does_not_ask_its_dry_queues_before_every_batch(
     async with real.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, n)
         before = await _calls(pool.client)
-        worker = real.worker([busy], queues=QUEUES, concurrency=1, claim_timeout=3600)
+        worker = _worker(real, concurrency=1)
         async with running(real, worker):
             await _until(lambda: len(ran) >= n, timeout=60)
         after = await _calls(pool.client)
@@ -146,7 +153,7 @@ async def test_a_watched_stream_deleted_or_turned_into_a_string(
     caplog.set_level(logging.INFO, logger="asyncjobs")
     async with real.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 1500)
-        worker = real.worker([busy], queues=QUEUES, concurrency=2, claim_timeout=3600)
+        worker = _worker(real)
         async with running(real, worker):
             await _until(lambda: len(ran) >= 10)
             await _watched(real, pool)
@@ -185,7 +192,7 @@ async def test_a_stop_while_a_watch_read_is_blocked_is_prompt_and_leaves_nothing
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 2000)
         before = await _calls(pool.client) if backend.url else {}
-        worker = backend.worker([busy], queues=QUEUES, concurrency=2, claim_timeout=3600)
+        worker = _worker(backend)
         began = 0.0
         async with running(backend, worker):
             await _until(lambda: len(ran) >= 10)
@@ -213,8 +220,7 @@ async def test_a_stop_with_a_watch_under_way_keeps_to_the_grace_period(
         backend: Backend) -> None:
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 10, task=long)
-        worker = backend.worker([long], queues=QUEUES, concurrency=2, claim_timeout=3600,
-                                shutdown_grace=1)
+        worker = _worker(backend, long, shutdown_grace=1)
         async with running(backend, worker):
             await _until(lambda: len(ran) >= 2)
             await _watched(backend, pool)
@@ -225,7 +231,7 @@ async def test_a_stop_with_a_watch_under_way_keeps_to_the_grace_period(
         assert await pool.client.xlen(pool.keys("bulk").stream) >= 8
 
 
-class _FailingReader(fetcher.Reader):
+class _FailingReader(watch.Reader):
     reads = 0
 
     async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
@@ -237,11 +243,11 @@ class _FailingReader(fetcher.Reader):
 async def test_a_failing_watch_falls_back_to_asking_every_queue(
         backend: Backend, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(fetcher, "Reader", _FailingReader)  # the watch's reader only
+    monkeypatch.setattr(watch, "Reader", _FailingReader)  # the watch's reader only
     _FailingReader.reads = 0
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 900)
-        worker = backend.worker([busy], queues=QUEUES, concurrency=2, claim_timeout=3600)
+        worker = _worker(backend)
         async with running(backend, worker):
             await _until(lambda: len(ran) >= 10)
             for round_ in range(3):
@@ -264,7 +270,7 @@ async def test_a_redis_restart_under_a_watch(fresh_redis: RedisServer,
     backend = Backend("real", fresh_redis.url, url_factory(fresh_redis.url), "trestart")
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 900)
-        worker = backend.worker([busy], queues=QUEUES, concurrency=2, claim_timeout=3600)
+        worker = _worker(backend)
         async with running(backend, worker):
             await _until(lambda: len(ran) >= 10)
             await _watched(backend, pool)
