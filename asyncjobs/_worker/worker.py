@@ -39,12 +39,13 @@ from .._version import __version__
 from ..exceptions import ConfigurationError, RedisUnavailable
 from .config import WorkerConfig
 from .executor import Executor
-from .fetcher import Group, Reader, fetch_loop
+from .fetcher import Group, fetch_loop
 from .loop import run_in_new_loop
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
 from .shutdown import drain
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
+from .watch import Reader
 from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
