@@ -147,6 +147,13 @@ async def state_is(pool: asyncjobs.Pool, job_id: str, *states: JobState) -> bool
     return await pool.job(job_id).status() in states
 
 
+async def body_ran(pool: asyncjobs.Pool, prefix: str, job_id: str) -> bool:
+    """Whether the job's body has run (``concurrent.tracked`` counted it), so it holds its
+    lease. Its record says `running` earlier, before the lease is asked for: a job
+    enqueued in between may win the lease, and the first one then waits."""
+    return bool(int(await pool.client.get(f"{prefix}:runs:{job_id}") or 0))
+
+
 def use(pool: asyncjobs.Pool) -> Any:
     return pool.keys("default")
 
@@ -154,11 +161,12 @@ def use(pool: asyncjobs.Pool) -> Any:
 @pytest.mark.asyncio
 async def test_a_waiting_job_is_visible_and_not_counted_as_an_attempt(backend: Backend
                                                                        ) -> None:
-    gate = asyncio.Event()
+    gate, holding = asyncio.Event(), asyncio.Event()
 
     @asyncjobs.task(concurrency_limit=1)
     async def export(ctx: Context, i: int) -> tuple[int, int]:
         if i == 0:
+            holding.set()
             await gate.wait()
         return i, ctx.attempt
 
@@ -166,12 +174,16 @@ async def test_a_waiting_job_is_visible_and_not_counted_as_an_attempt(backend: B
     async with backend.pool() as pool:
         first = await pool.enqueue(export, 0)
         async with running(backend, backend.worker([export], observers=[seen])):
-            await until(lambda: state_is(pool, first.id, JobState.RUNNING), "the first job")
-            second = await pool.enqueue(export, 1)
-            await until(lambda: state_is(pool, second.id, JobState.SCHEDULED), "the wait")
-            info = await second.info()
-            limits = await pool.admin.concurrency()
-            gate.set()
+            try:
+                # The body runs: the lease is held. (The record says `running` from the
+                # start, before the lease is asked for: a job enqueued then may win it.)
+                await asyncio.wait_for(holding.wait(), 20)
+                second = await pool.enqueue(export, 1)
+                await until(lambda: state_is(pool, second.id, JobState.SCHEDULED), "the wait")
+                info = await second.info()
+                limits = await pool.admin.concurrency()
+            finally:
+                gate.set()
             assert await second.result(timeout=20) == (1, 1)
             assert await first.result(timeout=20) == (0, 1)
             after = await pool.admin.concurrency()
@@ -228,14 +240,16 @@ async def test_per_key_limits_are_independent(backend: Backend) -> None:
     async with backend.pool() as pool:
         a1 = await pool.enqueue(report, "acme", 1)
         async with running(backend, backend.worker([report], concurrency=4)):
-            await until(lambda: state_is(pool, a1.id, JobState.RUNNING), "acme1")
-            a2 = await pool.enqueue(report, "acme", 2)
-            b1 = await pool.enqueue(report, "globex", 1)
-            await until(lambda: state_is(pool, a2.id, JobState.SCHEDULED), "acme2 waits")
-            await until(lambda: state_is(pool, b1.id, JobState.RUNNING), "globex1 runs")
-            limits = await pool.admin.concurrency()
-            waiting_on = (await a2.info()).waiting_on
-            gate.set()
+            try:
+                await until(lambda: body_ran(pool, backend.prefix, a1.id), "acme1 runs")
+                a2 = await pool.enqueue(report, "acme", 2)
+                b1 = await pool.enqueue(report, "globex", 1)
+                await until(lambda: state_is(pool, a2.id, JobState.SCHEDULED), "acme2 waits")
+                await until(lambda: body_ran(pool, backend.prefix, b1.id), "globex1 runs")
+                limits = await pool.admin.concurrency()
+                waiting_on = (await a2.info()).waiting_on
+            finally:
+                gate.set()
             assert await a2.result(timeout=20) == "acme2"
             assert await b1.result(timeout=20) == "globex1"
     assert [(c.key, c.running, c.waiting) for c in limits] == [("acme", 1, 1),
@@ -577,7 +591,7 @@ def test_a_sigkilled_workers_slot_comes_back_within_the_claim_timeout(
         async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
             with workers(TARGET, redis_server.url, prefix, 1, **env) as [first]:
                 a = await pool.enqueue(concurrent.call_api, 0, 0.05, 60.0)
-                await wait_for(pool, [a.id], JobState.RUNNING)
+                await until(lambda: body_ran(pool, prefix, a.id), "A runs", 30)
                 b = await pool.enqueue(concurrent.call_api, 1, 0.05)
                 c = await pool.enqueue(concurrent.call_api, 2, 0.05)
                 await wait_for(pool, [b.id, c.id], JobState.SCHEDULED)
@@ -626,10 +640,11 @@ async def test_info_job_and_metrics_show_a_limit_and_its_waiters(real: Backend) 
 
     from .test_ops_cli import as_json, cli
 
-    gate = asyncio.Event()
+    gate, holding = asyncio.Event(), asyncio.Event()
 
     @asyncjobs.task(concurrency_limit=1, concurrency_key=lambda c: c)
     async def report(ctx: Context, c: str) -> str:
+        holding.set()
         await gate.wait()
         return c
 
@@ -637,20 +652,22 @@ async def test_info_job_and_metrics_show_a_limit_and_its_waiters(real: Backend) 
     metrics = WorkerMetrics(worker="w", queues=["default"], concurrency=4, registry=registry,
                             tasks=["report"])
     async with real.pool() as pool:
-        first = await pool.enqueue(report, "acme")
+        await pool.enqueue(report, "acme")
         async with running(real, real.worker([report])):
-            await until(lambda: state_is(pool, first.id, JobState.RUNNING), "the first job")
-            # An id of our own: a random one may start with '-' (an option to the CLI).
-            second = await pool.enqueue(report.options(job_id="second"), "acme")
-            await until(lambda: state_is(pool, second.id, JobState.SCHEDULED), "the wait")
-            info = await asyncio.to_thread(lambda: as_json(cli(real, "info", "--json")))
-            code, shown, err = await asyncio.to_thread(cli, real, "job", second.id)
-            await metrics.refresh(pool, type("Idle", (), {"active": 0})())
-            held = registry.get_sample_value("asyncjobs_concurrency_running_jobs",
-                                             {"queue": "default", "task": "report"})
-            waiting = registry.get_sample_value("asyncjobs_concurrency_waiting_jobs",
-                                                {"queue": "default", "task": "report"})
-            gate.set()
+            try:
+                await asyncio.wait_for(holding.wait(), 20)  # it holds the lease (body_ran)
+                # An id of our own: a random one may start with '-' (an option to the CLI).
+                second = await pool.enqueue(report.options(job_id="second"), "acme")
+                await until(lambda: state_is(pool, second.id, JobState.SCHEDULED), "the wait")
+                info = await asyncio.to_thread(lambda: as_json(cli(real, "info", "--json")))
+                code, shown, err = await asyncio.to_thread(cli, real, "job", second.id)
+                await metrics.refresh(pool, type("Idle", (), {"active": 0})())
+                held = registry.get_sample_value("asyncjobs_concurrency_running_jobs",
+                                                 {"queue": "default", "task": "report"})
+                waiting = registry.get_sample_value("asyncjobs_concurrency_waiting_jobs",
+                                                    {"queue": "default", "task": "report"})
+            finally:
+                gate.set()
             assert await second.result(timeout=20) == "acme"
             await metrics.refresh(pool, type("Idle", (), {"active": 0})())
         after = registry.get_sample_value("asyncjobs_concurrency_running_jobs",
