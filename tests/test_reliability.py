@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,10 +168,11 @@ async def test_abort_a_queued_and_a_scheduled_job_before_they_start(
 
 
 async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.Pool) -> None:
-    cancelled = asyncio.Event()
+    began, cancelled = asyncio.Event(), asyncio.Event()
 
     @asyncjobs.task(name="long")
     async def long(ctx: Context) -> None:
+        began.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -179,8 +181,8 @@ async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.
 
     job = await pool.enqueue(long)
     async with running(backend, backend.worker([long])):
-        while await job.status() is not JobState.RUNNING:
-            await asyncio.sleep(0.02)
+        # The body runs (its record says `running` a little before).
+        await asyncio.wait_for(began.wait(), 10)
         assert await job.abort() is True
         await asyncio.wait_for(cancelled.wait(), 2)
         with pytest.raises(asyncjobs.JobAborted):
@@ -260,10 +262,11 @@ async def test_a_slow_job_on_a_live_worker_is_never_taken(backend: Backend,
 async def test_a_worker_that_lost_its_entry_cancels_and_does_not_settle(
     backend: Backend, pool: asyncjobs.Pool
 ) -> None:
-    cancelled = asyncio.Event()
+    began, cancelled = asyncio.Event(), asyncio.Event()
 
     @asyncjobs.task(name="held", timeout=30)
     async def held(ctx: Context) -> str:
+        began.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -274,8 +277,7 @@ async def test_a_worker_that_lost_its_entry_cancels_and_does_not_settle(
     job = await pool.enqueue(held)
     keys = pool.keys("default")
     async with running(backend, backend.worker([held], claim_timeout=1.5)):
-        while await job.status() is not JobState.RUNNING:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(began.wait(), 10)  # the body runs
         entry = (await pool.client.hget(keys.job(job.id), "e")).decode()
         # Another consumer takes the entry (as a reclaim after a stall would).
         await pool.client.xclaim(keys.stream, "asyncjobs", "thief", 0, [entry], justid=True)
@@ -356,7 +358,9 @@ async def test_a_draining_worker_keeps_its_entries_so_nobody_steals_them(
     leaving = backend.worker([long_drain], claim_timeout=1.5, shutdown_grace=20)
     staying = running(backend, backend.worker([long_drain], claim_timeout=1.5))
     async with running(backend, leaving):
-        while await job.status() is not JobState.RUNNING:
+        # The body runs (its record says `running` a little before).
+        deadline = time.monotonic() + 10
+        while not starts and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert starts == [leaving.name]
         await staying.__aenter__()  # another worker with free slots, scanning to reclaim
