@@ -94,6 +94,46 @@ async def test_leader_killed_another_leads_within_the_ttl_and_no_tick_is_lost(
 
 
 @pytest.mark.slow
+async def test_a_stopped_leader_hands_over_at_once_and_followers_wait_out_the_lease(
+    real: Backend,
+) -> None:
+    """A follower tries the lease when the leader's would expire (SET NX, then PTTL to
+    learn when), not every third of a TTL; a leader that stops gives its lease up and says
+    so on the wake channel: the follower leads within a moment, not when the lease would
+    have expired."""
+    ttl = 6.0  # renewed every 2 s: the follower reads 4-6 s left at each try
+    async with real.pool() as pool:
+        with workers(real, 2, TEST_LEASE_TTL=str(ttl)) as procs:
+            await asyncio.sleep(2)
+            leader = _leader(procs)
+            [follower] = [p for p in procs if p is not leader]
+            before = await pool.client.info("commandstats")
+            await asyncio.sleep(8)
+            after = await pool.client.info("commandstats")
+            # A false notice (anyone can publish): one more try, then the wait goes on.
+            await pool.client.publish(pool.keys("default").wake_channel, "leader")
+            await asyncio.sleep(1)
+            noticed = await pool.client.info("commandstats")
+            leader.signal()
+            stopped = time.monotonic()
+            while "scheduler leads queue default" not in follower.output:
+                assert time.monotonic() - stopped < 3 * ttl, "no new leader"
+                await asyncio.sleep(0.02)
+            took_over_s = time.monotonic() - stopped
+            assert leader.wait() == 0
+    # Only the follower's tries send PTTL: 1-2 in 8 s (every third of the TTL: 4).
+    tries = after["cmdstat_pttl"]["calls"] - before.get("cmdstat_pttl", {"calls": 0})["calls"]
+    assert 1 <= tries <= 2, tries
+    # The notice's try (and the natural one, should it fall in that second); a spin on the
+    # notice would be thousands.
+    assert 1 <= noticed["cmdstat_pttl"]["calls"] - after["cmdstat_pttl"]["calls"] <= 2
+    # Waiting out the lease would take 4-6 s after the stop.
+    assert took_over_s < 2.5, f"took over {took_over_s:.2f} s after the stop"
+    print(f"\nfollower: {tries} lease tries in 8 s; leader stopped -> new leader in "
+          f"{took_over_s:.2f} s (TTL {ttl} s)")
+
+
+@pytest.mark.slow
 async def test_five_thousand_delayed_jobs_run_exactly_once_across_three_workers(
     real: Backend,
 ) -> None:

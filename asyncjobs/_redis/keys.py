@@ -179,8 +179,14 @@ class Keys:
 
     @property
     def wake_channel(self) -> str:
-        """Pub/sub channel that wakes the scheduler when an earlier due time arrives."""
+        """Pub/sub channel that wakes the scheduler when an earlier due time arrives (the
+        message: that due time, ms), or when the leader gave its lease up (``VACATED``)."""
         return f"{self.base}:wake"
+
+
+VACATED = b"leader"
+"""The message on a queue's wake channel that says its leader lease was given up: the
+workers waiting for it try to take it at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,15 @@ _TRUST = 0.8
 class Lease:
     """One process's claim on a lease key."""
 
-    def __init__(self, client: Redis, key: str, ttl_s: float, holder: str = "") -> None:
+    def __init__(self, client: Redis, key: str, ttl_s: float, holder: str = "",
+                 vacated: tuple[str, bytes] | None = None) -> None:
         if ttl_s <= 0:
             raise ValueError("lease TTL must be > 0")
         self.client = client
         self.key = key
         self.ttl_s = ttl_s
+        self.vacated = vacated
+        """(channel, message) published when this holder releases the lease, if any."""
         self.token = f"{holder}|{secrets.token_hex(16)}"
         """The lease's value: who holds it (a worker's name, for people), then a random
         part that makes it this holder's alone."""
@@ -72,7 +75,8 @@ class Lease:
     async def release(self) -> None:
         """Give the lease up if still ours, so another process can take it at once."""
         self.drop()
-        await s.load(s.LEASE_RELEASE)(self.client, [self.key], [self.token])
+        channel, message = self.vacated or ("", b"")
+        await s.load(s.LEASE_RELEASE)(self.client, [self.key], [self.token, channel, message])
 
     async def remaining_s(self) -> float:
         """Seconds until the current holder's lease expires (0 if none). A key without an

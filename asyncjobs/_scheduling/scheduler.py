@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
+from .._redis.keys import VACATED
 from .._redis.store import QueueStore
 from .._task import Task, as_task
 from .._text import clean
@@ -119,15 +120,19 @@ class Scheduler:
     enqueues to, one of ``queues``, which must include ``queue``."""
 
     def __init__(self, rt: Runtime, queue: str, queues: Sequence[str],
-                 crons: Sequence[tuple[CronJob, str]], wake: asyncio.Event):
+                 crons: Sequence[tuple[CronJob, str]], wake: asyncio.Event,
+                 vacated: asyncio.Event | None = None):
         self.rt = rt
         self.queue = queue
         self.crons = list(crons)
         self.wake = wake
+        self.vacated = vacated or asyncio.Event()
+        """Set when the leader said it gave the lease up (``VACATED`` on the wake channel):
+        cuts a non-leader's wait for the lease short. Only this scheduler clears it."""
         self.store = rt.stores[queue]
         self.stores = [rt.stores[q] for q in queues]
         self.lease = Lease(rt.client, self.store.keys.leader, rt.config.lease_ttl_s,
-                           holder=rt.consumer)
+                           holder=rt.consumer, vacated=(self.store.keys.wake_channel, VACATED))
         self._next_prune = time.monotonic() + 60.0
         self._now_ms, self._now_at = 0, 0.0
         self._cron_at = 0.0
@@ -158,10 +163,13 @@ class Scheduler:
 
     async def _step(self) -> None:
         if not self.lease.held:
+            self.vacated.clear()  # a notice from now on is about the lease seen below
             if not await self.lease.acquire():
+                # Try again when the holder's lease expires, or at once when it says it
+                # gave the lease up: an idle follower costs two commands per lease period.
                 remaining = await self.lease.remaining_s()
-                await self._pause(min(max(remaining + 0.005, _MIN_PAUSE_S),
-                                      self.lease.ttl_s / 3))
+                await self._await_vacancy(min(max(remaining + 0.005, _MIN_PAUSE_S),
+                                              self.lease.ttl_s))
                 return
             log.info("scheduler leads queue %s", self.queue)
             self._next_check = [0.0] * len(self.stores)  # a new leader checks every level
@@ -300,6 +308,15 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):  # not wait_for: it can lose a cancellation
                 await self.wake.wait()
+
+    async def _await_vacancy(self, seconds: float) -> None:
+        """A non-leader's wait for the lease: ``seconds``, or until the leader says it gave
+        the lease up."""
+        if seconds <= 0 or self.rt.stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.vacated.wait()
 
     async def _pause(self, seconds: float) -> None:
         """Any other wait (not leading, or backing off): wake-ups do not cut it short.

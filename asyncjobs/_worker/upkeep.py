@@ -17,7 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from .._redis import scripts as _scripts
-from .._redis.keys import GlobalKeys
+from .._redis.keys import VACATED, GlobalKeys
 from .._text import clean, safe_str
 from .._version import __version__
 from .executor import Executor
@@ -58,19 +58,24 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                     ex.cancel(running, "abort")
 
 
-async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event]) -> None:
-    """Listen for abort requests and scheduler wake-ups; resubscribe after outages. Runs
-    until the worker has drained (an abort may arrive during the grace period)."""
+async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
+                      vacated: dict[str, asyncio.Event] | None = None) -> None:
+    """Listen for abort requests, scheduler wake-ups (``wake``, by queue) and leader
+    leases given up (``vacated``, by queue); resubscribe after outages. Runs until the
+    worker has drained (an abort may arrive during the grace period)."""
+    vacated = vacated or {}
     handlers: dict[bytes, Callable[[bytes], None]] = {}
     for queue, store in rt.stores.items():
         handlers[store.keys.abort_channel.encode()] = _on_abort(ex, queue)
         if queue in wake:
-            handlers[store.keys.wake_channel.encode()] = _on_wake(wake[queue])
+            handlers[store.keys.wake_channel.encode()] = _on_wake(wake[queue],
+                                                                  vacated.get(queue))
     while True:
         pubsub = rt.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*handlers)
-            for event in wake.values():  # a wake-up may have been missed while away
+            # A wake-up or a lease given up may have been missed while away.
+            for event in (*wake.values(), *vacated.values()):
                 event.set()
             await _listen(pubsub, handlers)
         except OUTAGE_ERRORS as exc:
@@ -103,9 +108,14 @@ def _on_abort(ex: Executor, queue: str) -> Callable[[bytes], None]:
     return handle
 
 
-def _on_wake(event: asyncio.Event) -> Callable[[bytes], None]:
-    def handle(_: bytes) -> None:
-        event.set()
+def _on_wake(event: asyncio.Event, vacated: asyncio.Event | None
+             ) -> Callable[[bytes], None]:
+    def handle(data: bytes) -> None:
+        if data == VACATED:
+            if vacated is not None:
+                vacated.set()
+        else:
+            event.set()
 
     return handle
 

@@ -260,10 +260,11 @@ class Worker:
                          settling: asyncio.Task[None], groups: list[Group], reader: Reader,
                          wake: dict[str, asyncio.Event], metrics: WorkerMetrics | None,
                          task_status: TaskStatus[Worker]) -> None:
+        vacated = {g.name: asyncio.Event() for g in groups}
         schedulers = [
             Scheduler(rt, g.name, g.queues,
                       [(c, self._cron_queue(c)) for c in self.crons
-                       if self._cron_queue(c) in g.queues], wake[g.name])
+                       if self._cron_queue(c) in g.queues], wake[g.name], vacated[g.name])
             for g in groups
         ]
         async with anyio.create_task_group() as tg:
@@ -271,7 +272,7 @@ class Worker:
                 tg.start_soon(supervised, f"scheduler {scheduler.queue}", scheduler.run)
             tg.start_soon(supervised, "keep-alive", partial(keepalive_loop, rt, ex))
             wakes = {q: wake[g.name] for g in groups for q in g.queues}
-            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wakes))
+            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wakes, vacated))
             tg.start_soon(supervised, "heartbeat", partial(heartbeat_loop, rt, ex))
             if metrics is not None:
                 tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
