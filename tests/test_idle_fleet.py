@@ -5,9 +5,15 @@ looped on the leader lease without sleeping (the wake event it waited on was set
 loop and cleared only by the leader): 3 idle workers made ~16,500 Redis commands/s, two of
 them at 67 % and 80 % CPU; with Redis down the same spin ran at ~100 % CPU.
 
-Three real worker processes (one queue, one cron job, defaults) sit idle for 10 s: their
+Three real worker processes (one queue, one cron job, defaults) sit idle for 30 s: their
 Redis commands are counted with INFO commandstats and their CPU read from /proc. A spin
 shows as thousands of commands and most of a core, far from the bounds.
+
+An idle worker's commands come in periodic bursts (a reclaim scan and a take every 3.75 s,
+~20 commands counting Lua's inner ones; a heartbeat every 5 s; lease renewals), so the rate
+of a short window depends on how many bursts fall in it: over 10 s windows three workers
+measured 22 to 31 commands/s around a mean of ~24. Thirty seconds hold eight scans of each
+worker, give or take one: the count's jitter is a third of a 10 s window's.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from .procs import workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
 
-WINDOW_S = 10.0
+WINDOW_S = 30.0
+DOWN_WINDOW_S = 10.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -65,7 +72,7 @@ def test_three_idle_workers_barely_touch_redis_or_the_cpu(fresh_redis: RedisServ
 
         fresh_redis.stop()
         time.sleep(2)  # the outage is noticed, backoffs grow
-        down = cpu_share(pids, WINDOW_S)
+        down = cpu_share(pids, DOWN_WINDOW_S)
         print(f"Redis down: CPU per worker {', '.join(f'{s:.2%}' for s in down)}")
         assert all(s < 0.02 for s in down), down
         assert all(p.proc.poll() is None for p in procs)  # they wait for Redis, not exit

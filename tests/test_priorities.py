@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.exceptions import ResponseError
 
 import asyncjobs
 from asyncjobs import ConfigurationError, Context, Retry
@@ -299,6 +300,54 @@ async def test_a_dead_workers_job_on_a_level_is_reclaimed(real: Backend) -> None
         async with running(real, worker):
             assert await job.result(timeout=20) == "again"
     assert ran == [("q@high", "again")]
+
+
+@pytest.mark.asyncio
+async def test_one_reclaim_call_scans_every_level_in_order_and_skips_a_refused_one(
+        backend: Backend) -> None:
+    """reclaim.lua on a queue's three levels: highest first while the count lasts (a level
+    left unscanned keeps its cursor), and a level whose stream key holds a string is
+    reported while the others are claimed as usual."""
+    from asyncjobs._redis.store import reclaim_levels
+
+    async with backend.pool(queue="q") as pool:
+        stores = [pool.store(q) for q in ("q@high", "q", "q@low")]
+        held: dict[str, list[str]] = {}
+        for store, n in zip(stores, (2, 2, 1), strict=True):
+            jobs = await pool.enqueue_many(
+                [asyncjobs.call(note.options(queue=store.keys.queue), str(i))
+                 for i in range(n)])
+            await pool.client.xgroup_create(store.keys.stream, "asyncjobs", id="0",
+                                            mkstream=True)
+            await pool.client.xreadgroup("asyncjobs", "dead-worker",
+                                         {store.keys.stream: ">"})
+            held[store.keys.queue] = [j.id for j in jobs]
+        got = await reclaim_levels(stores, "me", 0, 3, ["0-0", "0-0", "0-0"])
+        assert [(level, d.job_id) for level, d in got.rows] == [
+            (0, held["q@high"][0]), (0, held["q@high"][1]), (1, held["q"][0])]
+        assert got.errors == []
+        assert got.cursors[1] != "0-0"  # stopped inside the level: more to scan
+        assert got.cursors[2] == "0-0"  # not scanned: the count was used up
+        # The scan goes on from the cursors (the highest level, scanned whole, is left out:
+        # with a minimum idle time of 0 it would claim its entries again).
+        rest = await reclaim_levels(stores[1:], "me", 0, 10, got.cursors[1:])
+        assert [(level, d.job_id) for level, d in rest.rows] == [
+            (0, held["q"][1]), (1, held["q@low"][0])]
+        # The middle level's stream turns into a string: the others are still scanned.
+        await pool.client.delete(stores[1].keys.stream)
+        await pool.client.set(stores[1].keys.stream, "garbage")
+        for store in (stores[0], stores[2]):
+            for entry in await pool.client.xrange(store.keys.stream):
+                await pool.client.xclaim(store.keys.stream, "asyncjobs", "dead-worker", 0,
+                                         [entry[0]])
+        again = await reclaim_levels(stores, "me", 0, 10, ["0-0", "7-0", "0-0"])
+        assert sorted(d.job_id for _, d in again.rows) == sorted([*held["q@high"],
+                                                                  *held["q@low"]])
+        assert [level for level, _ in again.errors] == [1]
+        assert "WRONGTYPE" in again.errors[0][1]
+        assert again.cursors[1] == "7-0"  # refused: its cursor as given
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await stores[1].reclaim("me", 0, 10)
 
 
 @pytest.mark.asyncio

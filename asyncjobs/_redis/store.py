@@ -170,6 +170,29 @@ async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -
         [(int(level) - 1, _str(why)) for level, why in errors])
 
 
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """What reclaim.lua claimed, by level (an index into the stores it was given); each
+    level's next cursor; and the levels Redis refused to scan, with its error."""
+
+    cursors: list[str]
+    rows: list[tuple[int, Delivery]]
+    errors: list[tuple[int, str]]
+
+
+async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_ms: int,
+                         count: int, cursors: Sequence[str]) -> Reclaimed:
+    """Claim up to ``count`` entries idle for ``min_idle_ms`` from the stores (the levels of
+    one queue, highest first: one hash tag), each scanned from its cursor, in one round
+    trip; see reclaim.lua."""
+    keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
+    args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, *cursors]
+    nxt, rows, errors = await s.load(s.RECLAIM)(stores[0].client, keys, args)
+    return Reclaimed([_str(c) for c in nxt],
+                     [(int(level) - 1, _delivery(e, j, int(n))) for level, e, j, n in rows],
+                     [(int(level) - 1, _str(why)) for level, why in errors])
+
+
 class QueueStore:
     """Redis operations on one queue's keys."""
 
@@ -323,10 +346,12 @@ class QueueStore:
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, cursor: str = "0-0"
     ) -> tuple[str, list[Delivery]]:
-        """XAUTOCLAIM idle entries; returns the next cursor and the claimed deliveries."""
-        args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, cursor]
-        nxt, items = await s.load(s.RECLAIM)(self.client, [self.keys.stream], args)
-        return _str(nxt), [_delivery(e, j, int(n)) for e, j, n in items]
+        """XAUTOCLAIM idle entries; returns the next cursor and the claimed deliveries.
+        Raises Redis's refusal to scan the stream."""
+        got = await reclaim_levels([self], consumer, min_idle_ms, count, [cursor])
+        if got.errors:
+            raise ResponseError(got.errors[0][1])
+        return got.cursors[0], [d for _, d in got.rows]
 
     async def touch(
         self, consumer: str, held: Sequence[Delivery], lease_ms: int = 15_000

@@ -139,8 +139,8 @@ class Scheduler:
         self._pauses: dict[str, float] = {}
         self._next_check = [0.0] * len(self.stores)
         """When each level's delayed set is next promoted (monotonic): when something there
-        is due, after a wake-up, and at least once per lease renewal (the queue's own level,
-        as before levels existed) or per lease period (the others)."""
+        is due, after a wake-up, and at least once per lease period (a wake-up is lost only
+        with the pub/sub connection, and its return sets the wake event anyway)."""
 
     async def run(self) -> None:
         """Run until the worker stops (the lease is released by ``release``)."""
@@ -203,12 +203,10 @@ class Scheduler:
             self._pauses.pop(store.keys.queue, None)
             if due is None:
                 return 0.0
-            # Checked again when due, when woken, and at least once per lease renewal
-            # (the queue's own level) or lease period (the others): a lost wake-up costs
-            # little.
+            # Checked again when due, when woken, and at least once per lease period: a
+            # lost wake-up costs little.
             own_checked = own_checked or store is self.store
-            period = self.lease.ttl_s / 3 if store is self.store else self.lease.ttl_s
-            self._next_check[i] = time.monotonic() + min(due, period)
+            self._next_check[i] = time.monotonic() + min(due, self.lease.ttl_s)
             wait = min(wait, due)
         if self.crons and not self.rt.config.burst:
             # at the queue's own cadence, or when a tick is due

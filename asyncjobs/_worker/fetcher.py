@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import anyio
 from redis.exceptions import ResponseError
 
-from .._redis.store import Delivery, QueueStore, Started, take_levels
+from .._redis.store import Delivery, QueueStore, Started, reclaim_levels, take_levels
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
@@ -54,11 +54,13 @@ class Group:
 
 
 class _Reclaimer:
-    """When the next reclaim scan of a queue is due, and where the last one stopped."""
+    """When the next reclaim scan of a group's levels is due, and where the last one
+    stopped on each level. One scan is one reclaim.lua call for all the levels."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, group: Group) -> None:
         self.rt = rt
-        self.cursor = "0-0"
+        self.group = group
+        self.cursors = dict.fromkeys(group.queues, "0-0")
         self.due = time.monotonic() + rt.config.reclaim_every_s
 
     def is_due(self) -> bool:
@@ -68,17 +70,38 @@ class _Reclaimer:
         self.due = time.monotonic() + self.rt.config.reclaim_every_s
         return True
 
-    async def claim(self, store: QueueStore, count: int) -> list[Delivery]:
-        cfg = self.rt.config
-        self.cursor, got = await store.reclaim(
-            self.rt.consumer, int(cfg.reclaim_idle_s * 1000), count, self.cursor
-        )
-        if self.cursor != "0-0":
-            self.due = time.monotonic()  # more to scan: continue on the next turn
-        if got:
-            log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s", len(got),
-                        store.keys.queue, ", ".join(d.job_id or d.entry for d in got[:10]))
-        return got
+    async def claim(self, bad: _Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
+                                                                  ResponseError | None]:
+        """Claim up to ``count`` idle entries from the levels not left alone: by queue,
+        and the first refusal that is not the keys' fault (NOGROUP), if any. A level whose
+        keys Redis refuses is left alone for a while (``bad``)."""
+        group = self.group
+        levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+        if not levels:
+            return {}, None
+        got = await reclaim_levels(
+            [group.stores[k] for k in levels], self.rt.consumer,
+            int(self.rt.config.reclaim_idle_s * 1000), count,
+            [self.cursors[group.queues[k]] for k in levels])
+        claimed: dict[str, list[Delivery]] = {}
+        for level, delivery in got.rows:
+            claimed.setdefault(group.queues[levels[level]], []).append(delivery)
+        for k, cursor in zip(levels, got.cursors, strict=True):
+            self.cursors[group.queues[k]] = cursor
+            if cursor != "0-0":
+                self.due = time.monotonic()  # more to scan: continue on the next turn
+        for queue, deliveries in claimed.items():
+            log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s",
+                        len(deliveries), queue,
+                        ", ".join(d.job_id or d.entry for d in deliveries[:10]))
+        failure = None
+        for level, why in got.errors:
+            exc = ResponseError(why)
+            if refused(exc):
+                bad.add(group.queues[levels[level]], why)
+            elif failure is None:
+                failure = exc
+        return claimed, failure
 
 
 async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
@@ -87,7 +110,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
     drained); ``weights`` None serves ``groups`` in strict order."""
     cfg = rt.config
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
-    reclaimers = {q: _Reclaimer(rt) for g in groups for q in g.queues}
+    reclaimers = {g.name: _Reclaimer(rt, g) for g in groups}
     order = WeightedOrder(tuple(weights)) if weights else None
     idle, bad, watch = _Idle(), _Quarantine(), Watch(rt)
     try:
@@ -157,25 +180,21 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
     claimed: dict[str, list[Delivery]] = {}
     left = count
     scanned = False
-    for queue, reclaimer in reclaimers.items():
-        if left > 0 and not bad.holds(queue) and reclaimer.is_due():
+    for reclaimer in reclaimers.values():
+        if left > 0 and reclaimer.is_due():
             scanned = True
             try:
-                got = await reclaimer.claim(rt.stores[queue], left)
-            except ResponseError as exc:
-                if not refused(exc):
-                    if claimed:  # keep what was claimed: it is ours now
-                        break
-                    raise
-                bad.add(queue, str(exc))
-                continue
+                got, failure = await reclaimer.claim(bad, left)
             except Exception:
-                if claimed:
+                if claimed:  # keep what was claimed: it is ours now
                     break
                 raise
-            if got:
-                claimed[queue] = got
-                left -= len(got)
+            claimed.update(got)
+            left -= sum(len(d) for d in got.values())
+            if failure is not None:
+                if claimed:
+                    break
+                raise failure
     if claimed:
         idle.newest = None
         return [], claimed, False
