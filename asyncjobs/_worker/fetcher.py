@@ -88,8 +88,11 @@ class _Reclaimer:
             claimed.setdefault(group.queues[levels[level]], []).append(delivery)
         for k, cursor in zip(levels, got.cursors, strict=True):
             self.cursors[group.queues[k]] = cursor
-            if cursor != "0-0":
-                self.due = time.monotonic()  # more to scan: continue on the next turn
+        if len(got.rows) >= count or any(c != "0-0" for c in got.cursors):
+            # More to scan: continue on the next turn. The count may have run out at the
+            # end of a level, whose cursor then reads '0-0' like those of the levels after
+            # it, which were not scanned at all.
+            self.due = time.monotonic()
         for queue, deliveries in claimed.items():
             log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s",
                         len(deliveries), queue,

@@ -1,0 +1,80 @@
+"""Reclaiming a dead worker's jobs on the priority levels of a queue: one reclaim.lua
+call scans every level (see asyncjobs/_worker/fetcher.py, _Reclaimer)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context
+
+from .conftest import Backend, running
+
+pytestmark = [pytest.mark.asyncio]
+
+ran: list[tuple[str, str, float]] = []
+
+
+@asyncjobs.task
+async def note(ctx: Context, tag: str) -> str:
+    ran.append((ctx.queue, tag, time.monotonic()))
+    return tag
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+
+
+async def _held_by_dead(pool: asyncjobs.Pool, level: str, tags: list[str]
+                        ) -> list[asyncjobs.Job[str]]:
+    jobs = [await pool.enqueue(note.options(queue=level), t) for t in tags]
+    keys = pool.keys(level)
+    await pool.client.xgroup_create(keys.stream, "asyncjobs", id="0", mkstream=True)
+    got = await pool.client.xreadgroup("asyncjobs", "dead-worker", {keys.stream: ">"})
+    assert got
+    return jobs
+
+
+async def test_nogroup_on_a_middle_level_while_others_are_claimed(backend: Backend) -> None:
+    """Dead worker's entries on q@high and q@low; q's stream vanishes (Redis lost it): the
+    claimed entries must still run."""
+    async with backend.pool(queue="q") as pool:
+        jobs = [*await _held_by_dead(pool, "q@high", ["h1", "h2"]),
+                *await _held_by_dead(pool, "q@low", ["l1"])]
+        worker = backend.worker([note], queues=["q"], claim_timeout=2, concurrency=10)
+        async with running(backend, worker):
+            await pool.client.delete(pool.keys("q").stream)
+            for job in jobs:
+                assert await job.result(timeout=20) in {"h1", "h2", "l1"}
+            late = await pool.enqueue(note.options(queue="q"), "late")
+            assert await late.result(timeout=20) == "late"
+    assert sorted((q, t) for q, t, _ in ran) == [
+        ("q", "late"), ("q@high", "h1"), ("q@high", "h2"), ("q@low", "l1")]
+
+
+async def test_count_used_up_at_a_level_boundary_does_not_delay_the_next_level(
+        backend: Backend) -> None:
+    """A worker with 2 slots: a dead worker held exactly 2 entries on q@high and one on q.
+    The reclaim that takes the two high ones leaves q unscanned with cursor 0-0; the next
+    scan should come on the next turn,
+    not a whole reclaim interval (C/4 = 2 s here) later."""
+    async with backend.pool(queue="q") as pool:
+        keys_h, keys_n = pool.keys("q@high"), pool.keys("q")
+        jobs = [*await _held_by_dead(pool, "q@high", ["h1", "h2"]),
+                *await _held_by_dead(pool, "q", ["n1"])]
+        # already idle for long: claimable at the first scan
+        for keys in (keys_h, keys_n):
+            for entry_id, _ in await pool.client.xrange(keys.stream):
+                await pool.client.xclaim(keys.stream, "asyncjobs", "dead-worker", 0,
+                                         [entry_id], idle=600_000)
+        worker = backend.worker([note], queues=["q"], claim_timeout=8, concurrency=2)
+        async with running(backend, worker):
+            for job in jobs:
+                await job.result(timeout=30)
+    at = {t: when for _, t, when in ran}
+    gap = at["n1"] - max(at["h1"], at["h2"])
+    print(f"\n{backend.name}: n1 ran {gap:.2f} s after the high ones")
+    assert gap < 1.0, f"{backend.name}: the normal level waited {gap:.2f} s for its scan"
