@@ -262,8 +262,17 @@ async def test_per_key_limits_are_independent(backend: Backend) -> None:
 # only if J's ending released the lease (and let K go).
 
 
+ENTERED: set[str] = set()
+"""Jobs whose ``ending`` body has run (so they held the lease: see ``body_ran``)."""
+
+
+async def entered(job_id: str) -> bool:
+    return job_id in ENTERED
+
+
 @asyncjobs.task(concurrency_limit=1, name="ending")
 async def ending(ctx: Context, how: str) -> str:
+    ENTERED.add(ctx.job_id)
     if how == "raise-then-ok" and ctx.attempt == 1:
         raise Retry(delay=300)
     if how in ("raise", "raise-then-ok"):
@@ -286,7 +295,7 @@ async def test_every_ending_releases_the_lease(backend: Backend, how: str, end: 
     async with backend.pool() as pool:
         j = await pool.enqueue(ending.options(**options), how)
         async with running(backend, backend.worker([ending], claim_timeout=60)):
-            await until(lambda: state_is(pool, j.id, JobState.RUNNING, end), "J to start")
+            await until(lambda: entered(j.id), "J to run")
             k = await pool.enqueue(ending, "ok")
             if how == "hang":
                 await until(lambda: state_is(pool, k.id, JobState.SCHEDULED), "K waits")
@@ -306,7 +315,7 @@ async def test_a_shutdown_hands_back_the_lease_and_lets_the_waiter_go(backend: B
         j = await pool.enqueue(ending, "sleep")
         async with running(backend, backend.worker([ending], claim_timeout=60,
                                                     shutdown_grace=0.2)):
-            await until(lambda: state_is(pool, j.id, JobState.RUNNING), "J to start")
+            await until(lambda: entered(j.id), "J to run")
             k = await pool.enqueue(ending, "ok")
             await until(lambda: state_is(pool, k.id, JobState.SCHEDULED), "K waits")
         # Stopped: J was handed back (queued again, its attempt not counted), the lease it
@@ -327,7 +336,7 @@ async def test_a_waiting_job_can_be_aborted_and_leaves_the_wait_list(backend: Ba
     async with backend.pool() as pool:
         j = await pool.enqueue(ending, "sleep")
         async with running(backend, backend.worker([ending], claim_timeout=60)):
-            await until(lambda: state_is(pool, j.id, JobState.RUNNING), "J to start")
+            await until(lambda: entered(j.id), "J to run")
             k = await pool.enqueue(ending, "ok")
             await until(lambda: state_is(pool, k.id, JobState.SCHEDULED), "K waits")
             before = [(c.running, c.waiting) for c in await pool.admin.concurrency()]
@@ -345,15 +354,18 @@ async def test_a_waiting_job_can_be_aborted_and_leaves_the_wait_list(backend: Ba
 async def test_a_job_longer_than_the_claim_timeout_keeps_its_lease(backend: Backend) -> None:
     """The keep-alive renews the lease: K, waiting, starts only once J (2.5 claim timeouts
     long) has ended."""
+    holding = asyncio.Event()
+
     @asyncjobs.task(concurrency_limit=1)
     async def long(ctx: Context, s: float) -> float:
+        holding.set()
         await asyncio.sleep(s)
         return s
 
     async with backend.pool() as pool:
         j = await pool.enqueue(long, 2.5)
         async with running(backend, backend.worker([long], claim_timeout=1)):
-            await until(lambda: state_is(pool, j.id, JobState.RUNNING), "J to start")
+            await asyncio.wait_for(holding.wait(), 20)  # J holds the lease (see body_ran)
             k = await pool.enqueue(long, 0)
             assert await k.result(timeout=20) == 0
         j_info, k_info = await j.info(), await k.info()
