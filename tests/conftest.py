@@ -32,6 +32,8 @@ from asyncjobs._redis.connection import ClientFactory, url_factory
 from asyncjobs._redis.embedded import RedisServer, redis_server_path
 from asyncjobs._redis.fake import fake_factory
 
+from .cluster import ClusterSetup
+
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -54,6 +56,13 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # ``backend``'s cluster case runs only for tests marked ``on_cluster``
+    off = [item for item in items if _backend_of(item) == "cluster"
+           and not item.get_closest_marker("on_cluster")]
+    if off:
+        config.hook.pytest_deselected(items=off)
+        dropped = set(map(id, off))
+        items[:] = [item for item in items if id(item) not in dropped]
     seed = config.getoption("shuffle")
     if seed is None:
         return
@@ -66,6 +75,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for group in groups:
         rng.shuffle(group)
     items[:] = [item for group in groups for item in group]
+
+
+def _backend_of(item: pytest.Item) -> object:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("backend")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -124,12 +138,24 @@ class Backend:
         return asyncjobs.create_pool(client_factory=self.factory, **options)
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSetup]:
+    """One 3-master Redis Cluster for the session (tests isolate themselves by key prefix)."""
+    need_redis_server()
+    with ClusterSetup(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["fake", "real", "cluster"])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """The test's Redis: in-memory fake, then the session's real server."""
+    """The test's Redis: in-memory fake, then the session's real server (and, for tests
+    marked ``on_cluster``, the session's 3-master cluster)."""
     prefix = f"t{secrets.token_hex(4)}"
     if request.param == "fake":
         return Backend("fake", None, fake_factory(), prefix)
+    if request.param == "cluster":
+        cluster: ClusterSetup = request.getfixturevalue("redis_cluster")
+        return Backend("cluster", cluster.url, url_factory(cluster.url), prefix)
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend("real", server.url, url_factory(server.url), prefix)
 

@@ -25,7 +25,7 @@ async def redis_now_ms(pool: asyncjobs.Pool) -> int:
 async def register(pool: asyncjobs.Pool, name: str, score_ms: float, blob: str | bytes) -> None:
     """A registry entry written the way a heartbeat writes it: score and JSON."""
     await pool.client.zadd(f"{pool.prefix}:workers", {name: score_ms})
-    await pool.client.set(f"{pool.prefix}:worker:{name}", blob)
+    await pool.client.set(pool.global_keys.worker(name), blob)
 
 
 def beat_json(name: str, *, beat_ms: int, started_ms: int, **extra: object) -> str:

@@ -65,7 +65,7 @@ async def hostile_worker(pool: asyncjobs.Pool, queue: str) -> None:
     info = {"name": name, "host": "host" + EVIL, "pid": 1, "queues": [queue],
             "concurrency": 1, "running": 0, "started": 0, "beat": 0, "version": EVIL,
             "tasks": [EVIL]}
-    await pool.client.set(f"{pool.prefix}:worker:{name}", json.dumps(info))
+    await pool.client.set(pool.global_keys.worker(name), json.dumps(info))
     await pool.client.zadd(f"{pool.prefix}:workers", {name: seconds * 1000 + micros // 1000})
 
 

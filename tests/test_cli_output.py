@@ -30,7 +30,7 @@ async def live_worker(pool: asyncjobs.Pool, name: str) -> None:
     info = {"name": name, "host": "web-1", "pid": 31337, "queues": ["default"],
             "concurrency": 100, "running": 12, "started": now - 7_200_000, "beat": now,
             "version": asyncjobs.__version__, "tasks": ["add"]}
-    await pool.client.set(f"{pool.prefix}:worker:{name}", json.dumps(info))
+    await pool.client.set(pool.global_keys.worker(name), json.dumps(info))
     await pool.client.zadd(f"{pool.prefix}:workers", {name: now})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from redis.crc import key_slot
 
 from asyncjobs._redis.keys import GlobalKeys, Keys, check_name
 
@@ -110,8 +111,13 @@ def test_check_name_returns_a_valid_name() -> None:
 
 
 @pytest.mark.parametrize("prefix", ["asyncjobs", "myapp"])
-def test_global_keys_carry_no_hash_tag(prefix: str) -> None:
+def test_global_keys_spread_nothing_and_the_registry_shares_one_slot(prefix: str) -> None:
     g = GlobalKeys(prefix)
     keys = [g.queues, g.workers, g.worker("host-1")]
-    assert keys == [f"{prefix}:queues", f"{prefix}:workers", f"{prefix}:worker:host-1"]
-    assert not any("{" in key or "}" in key for key in keys)
+    assert keys == [f"{prefix}:queues", f"{prefix}:workers",
+                    f"{prefix}:worker:{{{prefix}:workers}}host-1"]
+    # no queue's tag: the queue names and the registry are not pinned to any queue's slot
+    assert not any("{" in key for key in keys[:2])
+    # a worker's record hashes like the workers' set (the heartbeat script writes both)
+    assert key_slot(g.worker("host-1").encode()) == key_slot(g.workers.encode())
+    assert key_slot(g.worker("other").encode()) == key_slot(g.workers.encode())

@@ -14,7 +14,7 @@ from asyncjobs import Context, JobState
 
 from .conftest import Backend, running
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 @asyncjobs.task

@@ -21,7 +21,7 @@ from .conftest import Backend, running
 from .procs import ROOT, WorkerProcess
 from .procs import workers as procs_workers
 
-pytestmark = [pytest.mark.asyncio]
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 TARGET = "tests.apps.crons:worker"
 
 

@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import asyncjobs
@@ -27,6 +28,7 @@ from asyncjobs import Context
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._worker import watch
+from asyncjobs._worker.reader import Reader
 
 from .conftest import Backend, running
 
@@ -231,7 +233,7 @@ async def test_a_stop_with_a_watch_under_way_keeps_to_the_grace_period(
         assert await pool.client.xlen(pool.keys("bulk").stream) >= 8
 
 
-class _FailingReader(watch.Reader):
+class _FailingReader(Reader):
     reads = 0
 
     async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
@@ -243,7 +245,9 @@ class _FailingReader(watch.Reader):
 async def test_a_failing_watch_falls_back_to_asking_every_queue(
         backend: Backend, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(watch, "Reader", _FailingReader)  # the watch's reader only
+    monkeypatch.setattr(watch, "reader_for", lambda client, blocking, timeout: _FailingReader(
+        Redis(connection_pool=blocking.connection_pool, single_connection_client=True))
+    )  # the watch's reader only
     _FailingReader.reads = 0
     async with backend.pool(queue="bulk") as pool:
         await _busy_on_bulk(pool, 900)

@@ -16,6 +16,7 @@ import typer
 from redis.asyncio.connection import parse_url
 
 from .._durations import to_seconds
+from .._redis.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
 from .._redis.connection import SENTINEL_SCHEME, parse_sentinel_url, redact
 from .._redis.keys import check_name
 from ..exceptions import ConfigurationError
@@ -24,22 +25,26 @@ from .target import load as load
 T = TypeVar("T")
 V = TypeVar("V")
 
-URL_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+URL_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME, *CLUSTER_SCHEMES)
 _SHOWN_CHARS = 40  # of a bad argument, in an error message
 
 
 def redis_url(url: str) -> str:
-    """``url`` if it is a Redis URL redis-py can use (scheme, host, port, db, options), or a
-    Sentinel URL (``redis+sentinel://host:26379,host2:26379/service/db``)."""
+    """``url`` if it is a Redis URL redis-py can use (scheme, host, port, db, options), a
+    Sentinel URL (``redis+sentinel://host:26379,host2:26379/service/db``) or a Redis
+    Cluster URL (``redis+cluster://host:7000,host2:7001``)."""
     if not url.lower().startswith(URL_SCHEMES):
         raise ConfigurationError(
             f"{_shown(_redacted(url))} is not a Redis URL: use redis://host:port/db, "
-            "rediss://host:port/db for TLS, unix:///path/to/redis.sock, or "
-            "redis+sentinel://host:26379,host2:26379/service/db"
+            "rediss://host:port/db for TLS, unix:///path/to/redis.sock, "
+            "redis+sentinel://host:26379,host2:26379/service/db, or "
+            "redis+cluster://host:7000,host2:7001"
         )
     try:
         if url.lower().startswith(SENTINEL_SCHEME):
             parse_sentinel_url(url)
+        elif is_cluster_url(url):
+            parse_cluster_url(url)
         else:
             parse_url(url)
     except ValueError as exc:

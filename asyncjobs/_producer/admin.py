@@ -104,7 +104,7 @@ class Admin:
         keys = self.pool.keys(name)
         length, delayed, dead, counters, now, most = await self._pipe(
             lambda p: p.xlen(keys.stream).zcard(keys.delayed).xlen(keys.dead)
-            .hgetall(keys.stats).time().hget(keys.settings, "max_length"))
+            .hgetall(keys.stats).execute_command("TIME").hget(keys.settings, "max_length"))
         in_flight, last_delivered = await self._group(keys.stream)
         oldest = await self._oldest_waiting(keys.stream, last_delivered)
         now_ms = time_ms(now)
@@ -147,7 +147,8 @@ class Admin:
 
     async def _pipe(self, build: Callable[[Any], object], errors: bool = True) -> list[Any]:
         """The commands ``build(pipeline)`` adds, in one round trip; with ``errors`` false,
-        a command's error is its reply instead of raised."""
+        a command's error is its reply instead of raised. (``TIME`` is sent as a plain
+        command: redis-py's cluster pipeline refuses its ``time`` method.)"""
 
         async def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
@@ -195,7 +196,7 @@ class Admin:
         clock is off is judged right. Entries that cannot be read are skipped."""
         keys = self.pool.global_keys
         now, entries = await self._pipe(
-            lambda p: p.time().zrange(keys.workers, 0, -1, withscores=True))
+            lambda p: p.execute_command("TIME").zrange(keys.workers, 0, -1, withscores=True))
         now_ms = time_ms(now)
         live = [(text(n), min(score, now_ms)) for n, score in entries
                 if now_ms - score < LIVE_WORKER_MS]
@@ -212,7 +213,7 @@ class Admin:
         """Jobs that ended in each of the last ``minutes`` minutes (Redis clock, oldest
         first, the current minute last), by outcome. Kept two hours."""
         keys = self.pool.keys(queue or self.pool.default_queue)
-        [now] = await self._pipe(lambda p: p.time())
+        [now] = await self._pipe(lambda p: p.execute_command("TIME"))
         current = time_ms(now) // 60_000
         span = list(range(current - max(1, min(minutes, 120)) + 1, current + 1))
         replies = await self._pipe(lambda p: [p.hgetall(keys.minute(m)) for m in span],
@@ -237,7 +238,7 @@ class Admin:
         name = queue or self.pool.default_queue
         keys, gkeys = self.pool.keys(name), self.pool.global_keys
         now, entries, cursors = await self._pipe(
-            lambda p: p.time().zrange(gkeys.workers, 0, -1, withscores=True)
+            lambda p: p.execute_command("TIME").zrange(gkeys.workers, 0, -1, withscores=True)
             .hgetall(keys.cron), errors=False)
         now_ms = time_ms(now)
         live = [text(n) for n, score in entries if now_ms - score < LIVE_WORKER_MS]
@@ -253,7 +254,8 @@ class Admin:
         or waits on is not listed."""
         keys = self.pool.keys(queue or self.pool.default_queue)
         limits_hash = keys.concurrency_limits
-        names, now = await self._pipe(lambda p: p.hgetall(limits_hash).time(), errors=False)
+        names, now = await self._pipe(
+            lambda p: p.hgetall(limits_hash).execute_command("TIME"), errors=False)
         if not isinstance(names, dict) or not names:
             return []
         now_ms = time_ms(now)

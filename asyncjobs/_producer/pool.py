@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import JobSpec, to_ms
+from .._redis.cluster import CLUSTER_OUTAGE, is_cluster
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
@@ -56,7 +57,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("asyncjobs.pool")
 
-_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_OUTAGE)
 
 
 def _oom(reason: str) -> bool:
@@ -417,6 +418,11 @@ def create_pool(
 
     async def open_() -> Pool:
         client = factory(max_connections=max_connections, socket_timeout=timeout)
+        if replication is not None and is_cluster(client):
+            await client.aclose()
+            raise ConfigurationError(
+                "wait_replicas is not supported on a Redis Cluster (WAIT counts the "
+                "replicas of one master, for one connection's writes)")
         pool = Pool(client, prefix=prefix, queue=queue, retry_for=retry_for,
                     description=redact(target) if client_factory is None else "custom client",
                     wait_for_room=wait_for_room, replication=replication)

@@ -44,6 +44,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import is_cluster_url, make_cluster, parse_cluster_url
+
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENV = "ASYNCJOBS_REDIS_URL"
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -125,10 +127,12 @@ _OURS: dict[type[Any], type[Any]] = {
 
 
 def url_factory(url: str, **options: Any) -> ClientFactory:
-    """A factory of clients for ``url`` (``redis://``, ``rediss://``, ``unix://`` or
-    ``redis+sentinel://``)."""
+    """A factory of clients for ``url`` (``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://`` or ``redis+cluster://``)."""
     if _is_sentinel(url):
         return _sentinel_factory(parse_sentinel_url(url), options)
+    if is_cluster_url(url):
+        return _cluster_factory(*parse_cluster_url(url), options)
     parsed: dict[str, Any] = dict(parse_url(url))  # host, port, db, TLS...; raises if bad
     connection_class = _OURS.get(parsed.get("connection_class", Connection), _TcpConnection)
 
@@ -158,6 +162,18 @@ def _settings(connection_class: type[Any], options: dict[str, Any], parsed: dict
         "socket_timeout": socket_timeout,
         "timeout": socket_timeout or 5.0,  # the longest wait for a free connection
     }
+
+
+def _cluster_factory(nodes: list[tuple[str, int]], parsed: dict[str, Any],
+                     options: dict[str, Any]) -> ClientFactory:
+    def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
+        # max_connections is per node; a call waits for a free connection like the pool
+        # of one server does (redis-py's cluster raises at once otherwise)
+        settings = _settings(_TcpConnection, options, parsed, max_connections,
+                             socket_timeout)
+        return make_cluster(nodes, settings, _TcpConnection, _TlsConnection)
+
+    return make
 
 
 # --- Sentinel ----------------------------------------------------------------------------------
@@ -312,7 +328,7 @@ async def off_the_master(client: Redis, connection: Any) -> bool:
     the server ``connection`` (one held outside the pool, like a pub/sub connection) is on:
     it should be replaced. The Sentinels are asked at most every ``_MASTER_RECHECK_S``; a
     plain client, or Sentinels out of reach, say False."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
     if not isinstance(pool, _SentinelPool) or connection is None:
         return False
     await pool._recheck_master()

@@ -4,7 +4,8 @@ All keys of one queue carry the same hash tag, ``{<queue>}``, so they live in on
 Redis Cluster slot and every Lua script touching them works on Cluster unchanged. A priority
 level's queue (``emails@high``, see ``_routing``) shares its base queue's tag:
 ``<prefix>:{emails}@high:...``, so one script can take from every level of a queue. Keys that
-span queues (the worker registry) carry no tag and are never used inside a script.
+span queues (``GlobalKeys``) are used alone, but for the worker registry, whose keys share
+one slot (the sorted set's name is the hash tag of every worker's record).
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ workers waiting for it try to take it at once."""
 
 @dataclass(frozen=True, slots=True)
 class GlobalKeys:
-    """Keys shared by all queues of one prefix (never touched by a script)."""
+    """Keys shared by all queues of one prefix: the set of queue names, and the worker
+    registry (one slot: see ``worker``)."""
 
     prefix: str
 
@@ -206,5 +208,7 @@ class GlobalKeys:
         return f"{self.prefix}:workers"
 
     def worker(self, name: str) -> str:
-        """JSON describing one worker, expiring when its heartbeat stops."""
-        return f"{self.prefix}:worker:{name}"
+        """JSON describing one worker, expiring when its heartbeat stops. Its hash tag is
+        the ``workers`` set's name, so both are in one Redis Cluster slot (the heartbeat
+        writes both in one script)."""
+        return f"{self.prefix}:worker:{{{self.workers}}}{name}"

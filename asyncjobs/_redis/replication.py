@@ -82,7 +82,7 @@ class Replication:
     async def _pipeline(self, client: Redis, calls: Sequence[s.Call]) -> tuple[list[Any], Any]:
         pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         pipe.publish(self.channel, b"")
         pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
         replies = list(await pipe.execute(raise_on_error=False))

@@ -37,8 +37,9 @@ from .._redis.store import Delivery, QueueStore, Started, reclaim_levels, take_l
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
+from .reader import AnyReader
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
-from .watch import Reader, Watch
+from .watch import Watch
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -108,7 +109,7 @@ class _Reclaimer:
 
 
 async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
-                     weights: Sequence[int] | None, reader: Reader) -> None:
+                     weights: Sequence[int] | None, reader: AnyReader) -> None:
     """Reclaim and take entries of the worker's queues until stopped (or, in burst mode,
     drained); ``weights`` None serves ``groups`` in strict order."""
     cfg = rt.config
@@ -127,7 +128,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
 
 async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
                 order: WeightedOrder | None, reclaimers: dict[str, _Reclaimer],
-                reader: Reader, idle: _Idle, bad: _Quarantine, watch: Watch,
+                reader: AnyReader, idle: _Idle, bad: _Quarantine, watch: Watch,
                 block_ms: int) -> None:
     cfg = rt.config
     while not rt.stopping.is_set():
@@ -174,7 +175,7 @@ def _beat(rt: Runtime, value: float) -> None:
 
 
 async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                 reclaimers: dict[str, _Reclaimer], reader: Reader, idle: _Idle,
+                 reclaimers: dict[str, _Reclaimer], reader: AnyReader, idle: _Idle,
                  bad: _Quarantine, watch: Watch, count: int, block_ms: int
                  ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Reclaimed entries when scans are due and find some; else entries already waiting,
@@ -277,7 +278,7 @@ class _Quarantine:
         return min((t for t in self.until.values() if t > now), default=float("inf"))
 
 
-async def _wait(rt: Runtime, reader: Reader, newest: dict[str, str],
+async def _wait(rt: Runtime, reader: AnyReader, newest: dict[str, str],
                 reclaimers: dict[str, _Reclaimer], bad: _Quarantine, block_ms: int) -> bool:
     """Wait until a stream gets an entry after ``newest`` (True), or a reclaim scan is due
     (False). A wait that times out is sent again from the same ids: an idle worker sends

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
 from .._redis.store import QueueStore
 
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncjobs.worker")
 
-OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Errors that mean "Redis is unreachable right now": retry with backoff."""
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_OUTAGE)
+"""Errors that mean "Redis is unreachable right now" (or a cluster's slot is moving):
+retry with backoff."""
 
 _TRANSIENT_REPLIES = frozenset(
     {"READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS",

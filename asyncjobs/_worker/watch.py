@@ -9,68 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
 
+from .._redis.cluster import is_cluster
 from .._text import clean
+from .reader import AnyReader, reader_for
 from .runtime import Runtime
 
 log = logging.getLogger("asyncjobs.worker")
-
-
-class Reader:
-    """The worker's blocking connection, and its client id on the server."""
-
-    def __init__(self, blocking: Redis) -> None:
-        self.client = Redis(connection_pool=blocking.connection_pool,
-                            single_connection_client=True)
-        self.client_id: int | None = None
-        self._hooked = False
-
-    async def _on_connect(self, connection: Any) -> None:
-        try:
-            await connection.send_command("CLIENT", "ID")
-            self.client_id = int(await connection.read_response())
-        except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
-            self.client_id = None
-
-    async def ready(self) -> None:
-        """Take the connection from the pool, connected, and learn its client id (again
-        after a reconnect): done before a read, so that no blocking read ever waits on a
-        connection still being set up."""
-        if not self._hooked:
-            await self.client.initialize()
-            connection: Any = self.client.connection
-            await self._on_connect(connection)
-            connection.register_connect_callback(self._on_connect)  # a new id per reconnect
-            self._hooked = True
-        elif not self.client.connection.is_connected:  # type: ignore[union-attr]
-            await self.client.connection.connect()  # type: ignore[union-attr]
-
-    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
-        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
-        seen) gets an entry after that id; True when one did. Nothing is delivered."""
-        if not self._hooked:
-            await self.ready()
-        streams: Any = newest
-        reply: Any = await self.client.xread(streams, count=1, block=block_ms)
-        return bool(reply)
-
-    async def unblock(self, client: Redis) -> bool:
-        """End a read of this connection still blocked in Redis (best effort); True when
-        one was."""
-        if self.client_id is not None:
-            try:
-                return bool(await client.client_unblock(self.client_id))
-            except (RedisError, OSError) as exc:
-                log.debug("could not unblock reader %s: %s", self.client_id, exc)
-        return False
-
-    async def close(self) -> None:
-        """Give the connection back."""
-        await self.client.aclose()
 
 
 WATCH_BLOCK_MS = 2000
@@ -112,7 +59,7 @@ class Watch:
         skipped."""
         self.unblocks = 0
         """CLIENT UNBLOCK commands sent (for tests)."""
-        self._reader: Reader | None = None
+        self._reader: AnyReader | None = None
         self._task: asyncio.Task[None] | None = None
         self._more = asyncio.Event()
         self._closing = False
@@ -121,7 +68,9 @@ class Watch:
         self._unblocked = 0  # the number of the last read a CLIENT UNBLOCK ended
         self._pause = 0.0
         self._paused_until = 0.0
-        self._usable = True  # False when Redis gives no client id (CLIENT denied)
+        # False when Redis gives no client id (CLIENT denied), and on a cluster, where
+        # one read cannot cover queues of several slots
+        self._usable = not is_cluster(rt.client)
 
     def skips(self, i: int) -> bool:
         """Whether group ``i`` is known to have nothing waiting (a read watches it)."""
@@ -140,7 +89,8 @@ class Watch:
         self.groups.update(dry)
         if self._task is None or self._task.done():
             if self._reader is None:
-                self._reader = Reader(self.rt.blocking)
+                self._reader = reader_for(self.rt.client, self.rt.blocking,
+                                          WATCH_BLOCK_MS / 1000 + 10.0)
             self._task = asyncio.create_task(self._run(self._reader), name="asyncjobs-watch")
         self._more.set()
 
@@ -188,7 +138,7 @@ class Watch:
         if await self._reader.unblock(client) and self._reading == n:
             self._unblocked = n
 
-    async def _run(self, reader: Reader) -> None:
+    async def _run(self, reader: AnyReader) -> None:
         try:
             await reader.ready()  # connected, id known: before any blocking read
         except Exception as exc:

@@ -41,11 +41,11 @@ from .config import WorkerConfig
 from .executor import Executor
 from .fetcher import Group, fetch_loop
 from .loop import run_in_new_loop
+from .reader import AnyReader, reader_for
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
 from .shutdown import drain
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
-from .watch import Reader
 from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
@@ -246,7 +246,7 @@ class Worker:
         groups = [Group(name, levels, [rt.stores[q] for q in levels])
                   for name, levels in rt.config.groups]
         wake = {q: asyncio.Event() for q in rt.config.queues}
-        reader = Reader(rt.blocking)
+        reader = reader_for(rt.client, rt.blocking, rt.config.block_ms / 1000 + 10.0)
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
         watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
         watchdog.start()
@@ -257,7 +257,7 @@ class Worker:
             watchdog.stop()
 
     async def _supervise(self, rt: Runtime, ex: Executor, settler: Settler,
-                         settling: asyncio.Task[None], groups: list[Group], reader: Reader,
+                         settling: asyncio.Task[None], groups: list[Group], reader: AnyReader,
                          wake: dict[str, asyncio.Event], metrics: WorkerMetrics | None,
                          task_status: TaskStatus[Worker]) -> None:
         vacated = {g.name: asyncio.Event() for g in groups}
@@ -316,7 +316,7 @@ class Worker:
         return metrics
 
     async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope,
-                         groups: list[Group], reader: Reader, fetched: anyio.Event) -> None:
+                         groups: list[Group], reader: AnyReader, fetched: anyio.Event) -> None:
         try:
             with scope:
                 await supervised("fetch", partial(fetch_loop, rt, ex, groups,

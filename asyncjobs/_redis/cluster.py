@@ -1,0 +1,140 @@
+"""Redis Cluster: the URL, the client, and what differs from one server.
+
+A ``redis+cluster://`` URL (``rediss+cluster://`` for TLS) names one or more nodes of a
+cluster: ``redis+cluster://[user:password@]host:port[,host2:port2...][/0][?options]``. Any
+reachable node is enough; the client asks it for the slot map, sends each command to the
+master of its key's slot, and follows MOVED and ASK replies and failovers itself (redis-py's
+``RedisCluster``). Options are redis-py's URL options, as in a ``redis://`` URL.
+
+What asyncjobs needs of a cluster, and how it gets it:
+
+- every key of a queue carries the hash tag ``{<queue>}`` (``keys.Keys``), so each script
+  touches one slot; queues spread over the masters by name;
+- the worker registry (the ``workers`` sorted set and each worker's record) shares one slot,
+  the sorted set's own name being the records' hash tag (``keys.GlobalKeys``), so the
+  heartbeat is one script; the set of queue names is one key read alone;
+- pipelines group their commands by slot (redis-py's cluster pipeline; scripts are sent as
+  plain ``EVALSHA`` commands, which it routes by their first key);
+- a blocking read waits on the node of its streams' slot, on a connection of its own
+  (``watch.Reader``); streams of several slots are read one slot at a time
+  (``slot_groups``);
+- pub/sub uses the cluster's own (``PUBLISH`` inside a script reaches subscribers on every
+  node).
+
+One database only (0), as Redis Cluster has; ``create_pool(wait_replicas=...)`` is refused
+on a cluster (``WAIT`` counts the replicas of one master only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+from urllib.parse import unquote
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, MovedError, SlotNotCoveredError, TryAgainError
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+CLUSTER_OUTAGE = (ClusterError, SlotNotCoveredError, MovedError, TryAgainError)
+"""Errors of a cluster in motion (a failover, resharding, a slot with no master yet) that
+redis-py's own retries did not cure: like an outage, tried again later."""
+DEFAULT_PORT = 6379
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.lower().startswith(CLUSTER_SCHEMES)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client."""
+    return isinstance(client, RedisCluster)
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The startup nodes and the connection options of a cluster URL. Raises ``ValueError``
+    saying what is wrong (one line)."""
+    if not is_cluster_url(url):
+        raise ValueError(f"not a {CLUSTER_SCHEMES[0]} URL")
+    scheme, _, rest = url.partition("://")
+    tls = scheme.lower().startswith("rediss")
+    rest = rest.partition("#")[0]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has one database, 0: not {path.strip('/')!r}")
+    nodes = [_address(h) for h in hosts.split(",")]
+    user = f"{userinfo}@" if userinfo else ""
+    base = "rediss" if tls else "redis"
+    options: dict[str, Any] = dict(parse_url(f"{base}://{user}cluster-node:1/0?{query}"))
+    for key in ("host", "port", "db"):
+        options.pop(key, None)
+    options.pop("connection_class", None)
+    if tls:
+        options["ssl"] = True
+    return nodes, options
+
+
+def _address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[ipv6]:port`` as (host, port)."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"bad cluster node address {text!r}")
+        port = port[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError("a cluster node address has no host: list nodes as "
+                         "host:7000,host2:7001")
+    if not port:
+        return unquote(host), DEFAULT_PORT
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"bad port {port!r} for cluster node {host!r}")
+    return unquote(host), int(port)
+
+
+def make_cluster(nodes: list[tuple[str, int]], settings: Mapping[str, Any],
+                 connection_class: type[Any], tls_connection_class: type[Any]) -> Redis:
+    """A cluster client (typed as ``Redis``: it takes the same commands, and the few places
+    that differ check ``is_cluster``). ``settings`` are connection options as a
+    ``redis://`` client gets them; the connections are asyncjobs's own classes."""
+    options = {k: v for k, v in settings.items()
+               if k not in ("retry", "timeout", "connection_class")}
+    tls = bool(options.get("ssl"))
+    ours = tls_connection_class if tls else connection_class
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
+    # redis-py fixes the connection class (Connection or SSLConnection); ours are those
+    # classes with uvloop's write errors translated and hiredis packing: set it before
+    # any node is made from these settings.
+    manager = client.nodes_manager
+    manager.connection_kwargs["connection_class"] = ours
+    for node in manager.startup_nodes.values():
+        node.connection_class = ours
+    return cast(Redis, client)
+
+
+def slot_groups(keys: Mapping[str, str]) -> list[dict[str, str]]:
+    """``keys`` (key -> value) split by cluster slot, in the order each slot first
+    appears: a command may only name keys of one slot."""
+    groups: dict[int, dict[str, str]] = {}
+    for key, value in keys.items():
+        groups.setdefault(key_slot(key.encode()), {})[key] = value
+    return list(groups.values())
+
+
+def node_client(client: Any, key: str, **options: Any) -> Redis:
+    """A client of one connection to the master that holds ``key``'s slot now (by the
+    slot map of ``client``, a connected cluster client), with its connection settings but
+    ``options``: for a blocking read. Closing it closes its connection."""
+    node = client.get_node_from_key(key)
+    pool = ConnectionPool(connection_class=node.connection_class, max_connections=1,
+                          **{**node.connection_kwargs, **options})
+    single = Redis(connection_pool=pool, single_connection_client=True)
+    single.auto_close_connection_pool = True
+    return single

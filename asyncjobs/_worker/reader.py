@@ -1,0 +1,186 @@
+"""The fetch loop's blocking connection: the ``Reader`` (a connection of its own whose
+server-side client id is known, so a blocked read can be ended by ``CLIENT UNBLOCK``
+instead of a cancel), and on a Redis Cluster the ``ClusterReader``: a ``Reader`` per slot
+read, on the node that holds the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from .._redis.cluster import is_cluster, node_client, slot_groups
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+class Reader:
+    """The worker's blocking connection, and its client id on the server. ``single`` is a
+    client of one connection, of its own (``reader_for`` makes the right one)."""
+
+    def __init__(self, single: Redis) -> None:
+        self.client = single
+        self.client_id: int | None = None
+        self._hooked = False
+
+    async def _on_connect(self, connection: Any) -> None:
+        try:
+            await connection.send_command("CLIENT", "ID")
+            self.client_id = int(await connection.read_response())
+        except (ResponseError, ValueError, TypeError):  # CLIENT denied (ACL, proxy)
+            self.client_id = None
+
+    async def ready(self) -> None:
+        """Take the connection from the pool, connected, and learn its client id (again
+        after a reconnect): done before a read, so that no blocking read ever waits on a
+        connection still being set up."""
+        if not self._hooked:
+            await self.client.initialize()
+            connection: Any = self.client.connection
+            await self._on_connect(connection)
+            connection.register_connect_callback(self._on_connect)  # a new id per reconnect
+            self._hooked = True
+        elif not self.client.connection.is_connected:  # type: ignore[union-attr]
+            await self.client.connection.connect()  # type: ignore[union-attr]
+
+    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
+        """Block up to ``block_ms`` until a stream of ``newest`` (key -> newest entry id
+        seen) gets an entry after that id; True when one did. Nothing is delivered."""
+        if not self._hooked:
+            await self.ready()
+        streams: Any = newest
+        reply: Any = await self.client.xread(streams, count=1, block=block_ms)
+        return bool(reply)
+
+    async def unblock(self, client: Redis) -> bool:
+        """End a read of this connection still blocked in Redis (best effort); True when
+        one was."""
+        if self.client_id is not None:
+            try:
+                if is_cluster(client):  # to the node this connection is on
+                    connection: Any = self.client.connection
+                    cluster: Any = client
+                    node = cluster.get_node(host=connection.host, port=connection.port)
+                    return node is not None and bool(await cluster.execute_command(
+                        "CLIENT UNBLOCK", self.client_id, target_nodes=node))
+                return bool(await client.client_unblock(self.client_id))
+            except (RedisError, OSError) as exc:
+                log.debug("could not unblock reader %s: %s", self.client_id, exc)
+        return False
+
+    async def close(self) -> None:
+        """Give the connection back."""
+        await self.client.aclose()
+
+
+class ClusterReader:
+    """The blocking reads of a worker on a Redis Cluster. A read may only name keys of one
+    slot, so streams of several slots (queues) are read by one ``Reader`` each, at once, on
+    a connection to the master of that slot; the first that wakes ends the others (CLIENT
+    UNBLOCK, sent to their node). A read answered MOVED or ASK (its slot moved: resharding,
+    a failover) drops its ``Reader`` and says "woken": the caller takes again through the
+    cluster client, which follows the move, and the next read goes to the new node."""
+
+    def __init__(self, cluster: Redis, socket_timeout: float) -> None:
+        self.cluster = cluster
+        self.socket_timeout = socket_timeout
+        self.readers: dict[str, Reader] = {}
+        """One per slot read, by its first stream key."""
+
+    @property
+    def client_id(self) -> int | None:
+        """Some id (the Watch checks that Redis gives ids): of any connection, or 0."""
+        return next((r.client_id for r in self.readers.values() if r.client_id), 0)
+
+    async def ready(self) -> None:
+        """Nothing to do ahead: each slot's connection is made before its first read."""
+
+    async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
+        """As ``Reader.wait``, for streams of any slots."""
+        groups = slot_groups(newest)
+        if len(groups) == 1:
+            return await self._read(groups[0], block_ms)
+        reads = [asyncio.ensure_future(self._read(g, block_ms)) for g in groups]
+        try:
+            _, pending = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                for group, read in zip(groups, reads, strict=True):
+                    if read in pending:
+                        await self._unblock_one(next(iter(group)))
+                await asyncio.wait(pending)
+        finally:
+            for read in reads:
+                if not read.done():  # only when this wait itself is cancelled
+                    read.cancel()
+        woke = False
+        failure: BaseException | None = None
+        for read in reads:
+            if read.cancelled():
+                continue
+            if read.exception() is not None:
+                failure = failure or read.exception()
+            elif read.result():
+                woke = True
+        if failure is not None and not woke:
+            raise failure
+        return woke
+
+    async def _read(self, streams: dict[str, str], block_ms: int) -> bool:
+        key = next(iter(streams))
+        reader = self.readers.get(key)
+        if reader is None:
+            reader = self.readers[key] = Reader(
+                node_client(self.cluster, key, socket_timeout=self.socket_timeout))
+        try:
+            return await reader.wait(streams, block_ms)
+        except ResponseError as exc:
+            if str(exc).startswith(("MOVED", "ASK")):
+                await self._drop(key)
+                return True
+            raise
+        except (RedisError, OSError):
+            await self._drop(key)  # the next read connects again, to the slot's node then
+            raise
+
+    async def _drop(self, key: str) -> None:
+        reader = self.readers.pop(key, None)
+        if reader is not None:
+            try:
+                await reader.close()
+            except (RedisError, OSError) as exc:  # pragma: no cover - closing a broken one
+                log.debug("closing a cluster reader failed: %s", exc)
+
+    async def _unblock_one(self, key: str) -> None:
+        reader = self.readers.get(key)
+        if reader is not None:
+            await reader.unblock(self.cluster)
+
+    async def unblock(self, client: Redis) -> bool:
+        """End every read still blocked (best effort); True when one was."""
+        ended = False
+        for reader in list(self.readers.values()):
+            ended = await reader.unblock(client) or ended
+        return ended
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for key in list(self.readers):
+            await self._drop(key)
+
+
+AnyReader = Reader | ClusterReader
+
+
+def reader_for(client: Redis, blocking: Redis, socket_timeout: float) -> AnyReader:
+    """A blocking reader: one connection taken from the pool of the worker's ``blocking``
+    client, or, on a cluster, a ``ClusterReader`` that finds the nodes through the
+    worker's own ``client`` (already connected, its slot map known) and gives its
+    connections ``socket_timeout`` (longer than any read blocks)."""
+    if is_cluster(client):
+        return ClusterReader(client, socket_timeout)
+    return Reader(Redis(connection_pool=blocking.connection_pool,
+                        single_connection_client=True))
