@@ -4,12 +4,13 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 (``asyncjobs worker module:worker``) run the jobs, retry them, and never lose them.
 """
 
+from typing import TYPE_CHECKING
+
 from ._context import Context
 from ._events import JobEvent
 from ._middleware import Middleware, Observer
 from ._model import ErrorInfo, JobInfo, JobState, Progress
 from ._producer.handle import Job
-from ._producer.listing import JobRow, Page
 from ._producer.pool import Pool, create_pool
 from ._retry import RetryPolicy
 from ._scheduling.cron import CatchUp
@@ -38,6 +39,25 @@ from .exceptions import (
     Retry,
     SerializationError,
 )
+
+if TYPE_CHECKING:
+    from ._producer.listing import JobRow, Page
+else:
+    # The listings' types (``pool.admin.jobs()`` pages) load on first use, so a worker
+    # process, which lists nothing, never imports the listing code.
+    _LAZY = ("JobRow", "Page")
+
+    def __getattr__(name: str) -> object:
+        if name not in _LAZY:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from ._producer import listing
+
+        value = getattr(listing, name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "AsyncJobsError",

@@ -1,7 +1,12 @@
 """``asyncjobs worker`` parses its options with typer, then execs into a process that runs
 the worker without the parser: same pid (signals and supervisors see one process), no
 typer/click/rich/pydantic in memory, the hand-over variable gone from the environment, and
-garbage in that variable one line, never a traceback."""
+garbage in that variable one line, never a traceback.
+
+What that process imports is pinned too (``WORKER_MODULES``, ``WORKER_PACKAGES``): a module
+new to the worker path is resident in every idle worker, so it fails here until it is either
+imported where it is used or added on purpose. ``benchmarks/worker_rss.py`` measures what the
+worker holds; no memory figure is asserted here."""
 
 from __future__ import annotations
 
@@ -32,6 +37,55 @@ async def inspect(url: str, prefix: str) -> dict[str, object]:
         return result
 
 
+WORKER_MODULES = frozenset({
+    "asyncjobs", "asyncjobs._cli", "asyncjobs._cli.logs", "asyncjobs._cli.supervisor",
+    "asyncjobs._cli.target", "asyncjobs._cli.worker_run", "asyncjobs._codec",
+    "asyncjobs._context", "asyncjobs._durations", "asyncjobs._events", "asyncjobs._limits",
+    "asyncjobs._middleware", "asyncjobs._model", "asyncjobs._producer",
+    "asyncjobs._producer.handle", "asyncjobs._producer.pool", "asyncjobs._producer.waiter",
+    "asyncjobs._redis", "asyncjobs._redis.connection", "asyncjobs._redis.health",
+    "asyncjobs._redis.keys", "asyncjobs._redis.replication", "asyncjobs._redis.scripts",
+    "asyncjobs._redis.store", "asyncjobs._retry", "asyncjobs._routing", "asyncjobs._scheduling",
+    "asyncjobs._scheduling.cron", "asyncjobs._scheduling.leader",
+    "asyncjobs._scheduling.scheduler", "asyncjobs._signature", "asyncjobs._task",
+    "asyncjobs._text", "asyncjobs._version", "asyncjobs._worker", "asyncjobs._worker.admission",
+    "asyncjobs._worker.attempt", "asyncjobs._worker.config", "asyncjobs._worker.executor",
+    "asyncjobs._worker.fetcher", "asyncjobs._worker.limiter", "asyncjobs._worker.loop",
+    "asyncjobs._worker.outcomes", "asyncjobs._worker.runner", "asyncjobs._worker.runtime",
+    "asyncjobs._worker.settler", "asyncjobs._worker.shutdown", "asyncjobs._worker.threads",
+    "asyncjobs._worker.upkeep", "asyncjobs._worker.watch", "asyncjobs._worker.watchdog",
+    "asyncjobs._worker.worker", "asyncjobs.exceptions",
+})
+"""Every asyncjobs module a running worker (no cron job, no metrics port) may have imported.
+Not among them: the command line (``asyncjobs.cli``, ``_cli.render``, ``_cli.ops``...), the
+producer's listings and admin (``_producer.admin``, ``.listing``, ``.insight``...), and the
+optional parts (``asyncjobs.metrics``, ``.otel``, ``.dashboard``, ``.outbox``...)."""
+
+WORKER_PACKAGES = frozenset({"asyncjobs", "anyio", "msgspec", "uvloop", "sniffio",
+                             "typing_extensions", "cython_runtime", "tests", "__main__"})
+"""The top-level packages outside the standard library a worker may import, besides those
+that ``import redis.asyncio`` brings (redis-py 8 imports opentelemetry and cryptography when
+they are installed: that is redis-py's cost, outside asyncjobs' control)."""
+
+
+def redis_packages() -> set[str]:
+    """The top-level packages a process that imports ``redis.asyncio`` holds, here."""
+    done = subprocess.run([sys.executable, "-c", "import sys, redis.asyncio; print(*sys.modules)"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+def assert_lean(modules: list[str]) -> None:
+    own = {m for m in modules if m.split(".")[0] == "asyncjobs"}
+    assert own <= WORKER_MODULES, f"new on the worker path: {sorted(own - WORKER_MODULES)}"
+    packages = {m.split(".")[0] for m in modules} - sys.stdlib_module_names - redis_packages()
+    extra = {p for p in packages - WORKER_PACKAGES  # Cython's runtime; sysconfig's data
+             if not p.startswith(("_cython_", "_sysconfigdata"))}
+    assert extra == set(), f"new packages on the worker path: {sorted(extra)}"
+    # no cron job on this worker: zoneinfo and cronsim stay out
+    assert {"zoneinfo", "cronsim"}.isdisjoint(modules)
+
+
 SCRIPT = str(Path(sys.executable).parent / "asyncjobs")  # the console script pip installs
 WAYS = {"script": [SCRIPT], "module": [sys.executable, "-m", "asyncjobs"],
         "main": [sys.executable, "-c", "from asyncjobs.cli import main; main()"]}
@@ -50,6 +104,7 @@ def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str)
         assert seen["pid"] == proc.pid  # exec: the process the caller started runs the jobs
         assert seen["options_env"] is None
         assert seen["argv"][1:3] == ["worker", "tests.apps.lean:worker"]  # type: ignore[index]
+        assert_lean(seen["modules"])  # type: ignore[arg-type]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

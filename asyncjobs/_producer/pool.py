@@ -21,7 +21,7 @@ from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,9 +47,11 @@ from ..exceptions import (
     RedisFull,
     RedisUnavailable,
 )
-from .admin import Admin
 from .handle import Job
 from .waiter import Waiter
+
+if TYPE_CHECKING:
+    from .admin import Admin
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -144,6 +146,10 @@ class Pool:
     @property
     def admin(self) -> Admin:
         """Queue statistics, live workers, and dead-letter handling."""
+        # Imported here: the listings, insight and dead-letter code behind it (and cron's
+        # zoneinfo) stay out of a worker process, whose pool only enqueues.
+        from .admin import Admin
+
         return Admin(self)
 
     @property

@@ -1,5 +1,6 @@
 """A worker whose one task reports what its process holds: which parser modules are
-imported, its pid, and whether the exec hand-over variable leaked into its environment."""
+imported (and every module, for the check of what a worker imports), its pid, and whether the
+exec hand-over variable leaked into its environment."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ PARSERS = ("typer", "click", "rich", "pydantic", "shellingham")
 async def inspect_process(ctx: Context) -> dict[str, object]:
     return {"parsers": sorted(m for m in PARSERS if m in sys.modules), "pid": os.getpid(),
             "options_env": os.environ.get("ASYNCJOBS_WORKER_OPTIONS"),
-            "argv": sys.argv}
+            "argv": sys.argv, "modules": sorted(sys.modules)}
 
 
 worker = asyncjobs.Worker([inspect_process], prefix=os.environ.get("TEST_PREFIX", "asyncjobs"))
