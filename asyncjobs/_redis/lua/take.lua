@@ -13,8 +13,8 @@
 --
 -- KEYS[1..n] the levels' streams, highest level first (all of one queue: one hash tag)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] scratch list key (the queue's
--- hash tag; made and deleted within the call), ARGV[5] fewest entries of a level read
--- together (0: never), ARGV[6..5+n] the levels' job key prefixes
+-- hash tag; made and deleted within the call), ARGV[5] fewest job ids of a level whose
+-- records are read together (0: never), ARGV[6..5+n] the levels' job key prefixes
 -- Returns {rows, last, errors, refused}: rows holds one array per started entry, {level
 -- (1..n), entry id, job id, then start.lua's seven values}. When rows is empty, last holds
 -- each stream's newest entry id ('0-0' for an empty or missing stream; '' for one that
