@@ -7,6 +7,7 @@ Python values back and never see a Redis reply shape.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from redis.exceptions import ResponseError
 from . import scripts as s
 from .keys import GROUP, Keys
 from .replication import Replication
+
+log = logging.getLogger("asyncjobs.worker")
 
 _ENQUEUE_BATCH = 500
 
@@ -154,13 +157,27 @@ class Taken:
     errors: list[tuple[int, str]]
 
 
+READ_TOGETHER = 4
+"""The fewest jobs of one take whose records take.lua reads together (three commands for
+the batch, see ``read_records`` in _prelude.lua) rather than with one HMGET each."""
+
+
 async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:
     """Read up to ``count`` new entries from the stores (the levels of one queue, highest
     first: their keys share one hash tag) without blocking, and start them, in one round
-    trip; see take.lua."""
+    trip; see take.lua. Once Redis refuses to read records together (Redis Cluster, an ACL
+    user without access to every key), the stores read them one by one."""
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
-    args: list[s.KeyOrArg] = [GROUP, consumer, count, *(st.keys.job_prefix for st in stores)]
-    rows, last, errors = await s.load(s.TAKE)(stores[0].client, keys, args)
+    together = READ_TOGETHER if all(st.read_together for st in stores) else 0
+    args: list[s.KeyOrArg] = [GROUP, consumer, count, stores[0].keys.scratch, together,
+                              *(st.keys.job_prefix for st in stores)]
+    rows, last, errors, refused = await s.load(s.TAKE)(stores[0].client, keys, args)
+    if refused:
+        for st in stores:
+            st.read_together = False
+        log.info("Redis refused to read the records of a batch of jobs of queue %s together "
+                 "(%s); they are read one by one from now on (a command per job more)",
+                 stores[0].keys.queue, _str(refused))
     return Taken(
         [(int(level) - 1,
           Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
@@ -198,6 +215,10 @@ class QueueStore:
 
     replication: Replication | None = None
     """Set on the stores of a pool made with ``wait_replicas``: enqueues wait for replicas."""
+
+    read_together = True
+    """Whether take.lua may read the records of a batch together (False once Redis refused:
+    see ``take_levels``)."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client

@@ -266,18 +266,68 @@ end
 local STATES = {scheduled = true, queued = true, running = true, complete = true,
   failed = true, aborted = true, expired = true}
 
+-- The record fields start_entry() reads, in its order.
+local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs'}
+
+-- The START_FIELDS of many jobs' records in one read instead of one HMGET each: the ids go
+-- into `scratch` (a list under the queue's hash tag, made and deleted here: no other script
+-- call ever sees it), one SORT ... BY nosort GET <prefix>*-><field> reads every field of
+-- every record, and the list goes: three commands for the whole batch. Returns the records
+-- by position in `ids`, nil where a record has no state field (no record, or a key that is
+-- not a hash: start_entry() reads those itself, to tell them apart), and Redis's refusal of
+-- SORT's GET patterns ('' if none: Redis Cluster and ACL users without access to every key
+-- refuse them, and the caller stops asking). Nothing is read this way (every record then
+-- read by start_entry) when the prefix holds a '*' or a NUL (SORT would take it for the
+-- pattern's) or the scratch list cannot be made (a Redis at its maxmemory before this
+-- call's first write, or a key of another type in its place).
+local function read_records(scratch, prefix, ids)
+  if #ids == 0 or string.find(prefix, '[%*%z]') then
+    return {}, ''
+  end
+  local pushed = redis.pcall('RPUSH', scratch, unpack(ids))
+  if type(pushed) ~= 'number' then
+    return {}, ''
+  end
+  if pushed ~= #ids then  -- a list left over (never expected: each call deletes its own)
+    redis.call('DEL', scratch)
+    return {}, ''
+  end
+  local sort = {'SORT', scratch, 'BY', 'nosort'}
+  for _, f in ipairs(START_FIELDS) do
+    sort[#sort + 1] = 'GET'
+    sort[#sort + 1] = prefix .. '*->' .. f
+  end
+  local got = redis.pcall(unpack(sort))
+  redis.call('DEL', scratch)
+  if type(got) == 'table' and got.err then
+    return {}, tostring(got.err)
+  end
+  local width, recs = #START_FIELDS, {}
+  for i = 1, #ids do
+    local base = (i - 1) * width
+    if got[base + 1] then
+      local rec = {}
+      for f = 1, width do rec[f] = got[base + f] end
+      recs[i] = rec
+    end
+  end
+  return recs, ''
+end
+
 -- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
 -- history, enqueued ms, now ms, reserved slot ms}; a runnable job becomes `running` with
 -- attempts + 1. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
 -- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
-local function start_entry(entry, id, consumer, prefix, now)
+-- `known`: the record's START_FIELDS as read_records() read them in this call, before
+-- anything wrote to it (nil: read it here).
+local function start_entry(entry, id, consumer, prefix, now, known)
   local key = prefix .. id
   if not utf8_ok(id) then
     return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0}
   end
   local rec = {}
   if id ~= '' then
-    rec = hmget(key, 's', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs')
+    rec = known or hmget(key, unpack(START_FIELDS))
   end
   if not rec then
     return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',

@@ -1,0 +1,190 @@
+"""What a processed job costs Redis, counted, and the one-round-trip read of a batch's
+records that keeps it there (take.lua reads the records of a batch together: RPUSH, SORT,
+DEL of a scratch list instead of one HMGET per job; see ``read_records`` in _prelude.lua).
+
+Commands are counted with INFO commandstats on a redis-server of the test's own, Lua's inner
+commands included, as the benchmarks count them (benchmarks/_workloads.py, process_noop).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+import asyncjobs
+from asyncjobs import Context, JobState
+from asyncjobs._codec import encode_spec
+from asyncjobs._model import JobSpec
+from asyncjobs._redis.connection import url_factory
+from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.keys import Keys
+from asyncjobs._redis.store import READ_TOGETHER, NewJob, QueueStore, Started
+
+from .conftest import Backend
+
+ME = "c-me"
+
+
+async def command_calls(client: Redis) -> dict[str, int]:
+    stats: dict[str, Any] = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+@pytest.mark.asyncio
+async def test_a_processed_job_costs_at_most_four_redis_commands(
+        fresh_redis: RedisServer) -> None:
+    """500 no-op jobs drained by one worker: at most 4 Redis commands per job in all (every
+    command of the run, the worker's start and stop included). Per job there remain the
+    start's HSET (the record says `running`) and the result's HSET and EXPIRE (the record
+    is kept for the result TTL); the records of a batch are read together, so HMGET is not
+    run at all. The rest is per batch."""
+    @asyncjobs.task
+    async def noop(ctx: Context, i: int) -> None:
+        return None
+
+    n = 500
+    backend = Backend("real", fresh_redis.url, url_factory(fresh_redis.url),
+                      f"t{secrets.token_hex(4)}")
+    async with backend.pool() as pool:
+        jobs = await pool.enqueue_many([asyncjobs.call(noop, i) for i in range(n)])
+        await pool.client.config_resetstat()
+        await backend.run(backend.worker([noop], burst=True))
+        calls = await command_calls(pool.client)
+        counters = (await pool.admin.queue_stats()).counters
+        info = await jobs[0].info()
+        ttl_ms = await pool.client.pttl(Keys(backend.prefix, "default").job(jobs[0].id))
+    assert counters.get("complete") == n
+    assert info.state == JobState.COMPLETE and info.attempts == 1
+    assert 3_500_000 < ttl_ms <= 3_600_000  # the result TTL, from the settle
+    calls.pop("info", None)  # this test's own, above
+    calls.pop("config|resetstat", None)
+    total = sum(calls.values())
+    shown = {k: round(v / n, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+    print(f"\n{total / n:.3f} Redis commands per job: {shown}")
+    assert calls.get("hset", 0) == 2 * n  # running, then the result
+    assert calls.get("hmget", 0) == 0  # read together, a batch at a time
+    assert n <= calls.get("expire", 0) <= n * 1.05  # the result's TTL (+ a counter's)
+    assert calls.get("sort", 0) >= 1
+    assert total <= 4 * n, shown
+
+
+async def enqueue(store: QueueStore, *ids: str) -> dict[str, str]:
+    """Enqueue jobs; returns each one's entry id."""
+    assert await store.enqueue([NewJob(i, encode_spec(JobSpec("t", [i]))) for i in ids]) == {}
+    entries = {}
+    for i in ids:
+        raw = await store.client.hget(store.keys.job(i), "e")
+        assert raw is not None
+        entries[i] = raw.decode()
+    return entries
+
+
+def verdicts(rows: list[Started]) -> list[tuple[str, str, int]]:
+    return [(r.delivery.job_id, r.verdict, r.attempts) for r in rows]
+
+
+@pytest.mark.asyncio
+async def test_records_read_together_give_the_verdicts_read_one_by_one(
+        backend: Backend) -> None:
+    """A batch of good and bad records, and two entries of one job, read together: each
+    entry gets the verdict it gets read one by one. A job's second entry is read after its
+    first one started (its attempts say so), and the start of a job whose record points at
+    its second entry waits for that one."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(backend.prefix, "q"))
+        await store.ensure_group()
+        k = store.keys
+        odd = "a*b->c\x00#"  # SORT's pattern characters, in a job id they are plain text
+        await enqueue(store, "j0", "j1", "j2", "j3", "j4", "j5", odd)
+        await client.delete(k.job("j2"))
+        await client.set(k.job("j2"), "not a hash")
+        await client.delete(k.job("j3"))
+        await client.hdel(k.job("j4"), "s")
+        await client.hset(k.job("j5"), "ab", "1")
+        await client.xadd(k.stream, {"i": "j0"})  # j0 again: its record points at the first
+        again = (await client.xadd(k.stream, {"i": "j1"})).decode()
+        await client.hset(k.job("j1"), "e", again)  # j1's record points at its second entry
+        await client.xadd(k.stream, {"junk": "1"})  # no job id at all
+        before = await command_calls(client) if backend.url else {}
+        rows = await store.take(ME, 100)
+        after = await command_calls(client) if backend.url else {}
+        assert verdicts(rows) == [
+            ("j0", "run", 1), ("j1", "stale", 0), ("j2", "unreadable", 0),
+            ("j3", "missing", 0), ("j4", "missing", 0), ("j5", "aborted", 0),
+            (odd, "run", 1), ("j0", "stale", 1), ("j1", "run", 1), ("", "missing", 0)]
+        assert [r.spec for r in (rows[0], rows[6], rows[8])] == [
+            encode_spec(JobSpec("t", [i])) for i in ("j0", odd, "j1")]
+        for job_id in ("j0", "j1", odd):
+            record = await client.hgetall(k.job(job_id))
+            assert record[b"s"] == b"running" and record[b"a"] == b"1"
+            assert record[b"w"] == ME.encode()
+        assert await client.exists(k.scratch) == 0
+        assert store.read_together
+        if backend.url:
+            # one SORT for the batch; one HMGET each for the second entries of j0 and j1
+            # and for the records SORT cannot tell apart (not a hash, gone, no state)
+            assert after["sort"] - before.get("sort", 0) == 1
+            assert after["hmget"] - before.get("hmget", 0) == 5
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_prefix_holding_a_star_reads_records_one_by_one(backend: Backend) -> None:
+    """SORT's patterns take the first '*' for the job id: under a prefix that holds one the
+    records are read one by one, never through a key the pattern would make of it."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    prefix = f"{backend.prefix}*x"
+    try:
+        store = QueueStore(client, Keys(prefix, "q"))
+        await store.ensure_group()
+        entries = await enqueue(store, "j0", "j1", "j2", "j3")
+        # what GET <prefix>*->s would read for j0, were the prefix's '*' the pattern's
+        decoy = f"{backend.prefix}j0x:{{q}}:job:*"
+        await client.hset(decoy, mapping={"s": "queued", "e": entries["j0"], "j": b"decoy"})
+        rows = await store.take(ME, 100)
+        assert verdicts(rows) == [(f"j{n}", "run", 1) for n in range(4)]
+        assert rows[0].spec == encode_spec(JobSpec("t", ["j0"]))
+        await client.delete(decoy)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_redis_refusing_sort_patterns_reads_records_one_by_one(
+        fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """An ACL user without access to every key may not use SORT's GET patterns (Redis
+    Cluster refuses them too): the batch is read one by one, said once in the log, and the
+    store stops asking."""
+    prefix = f"t{secrets.token_hex(4)}"
+    admin = Redis.from_url(fresh_redis.url)
+    await admin.acl_setuser("limited", enabled=True, passwords=["+pw"],
+                            keys=[f"{prefix}*"], channels=["*"], commands=["+@all"])
+    client = Redis.from_url(fresh_redis.url.replace("redis://", "redis://limited:pw@"))
+    try:
+        store = QueueStore(client, Keys(prefix, "q"))
+        await store.ensure_group()
+        ids = [f"j{n}" for n in range(READ_TOGETHER)]
+        await enqueue(store, *ids)
+        with caplog.at_level(logging.INFO, logger="asyncjobs.worker"):
+            rows = await store.take(ME, 100)
+        assert verdicts(rows) == [(i, "run", 1) for i in ids]
+        assert not store.read_together
+        assert "read one by one" in caplog.text
+        more = [f"k{n}" for n in range(READ_TOGETHER)]
+        await enqueue(store, *more)
+        before = await command_calls(admin)
+        rows = await store.take(ME, 100)
+        after = await command_calls(admin)
+        assert verdicts(rows) == [(i, "run", 1) for i in more]
+        assert after.get("sort", 0) == before.get("sort", 0)  # not asked again
+        assert after["hmget"] - before["hmget"] == READ_TOGETHER
+        assert await admin.exists(store.keys.scratch) == 0
+    finally:
+        await client.aclose()
+        await admin.aclose()
