@@ -16,6 +16,8 @@ from asyncjobs._model import JobSpec
 from .conftest import Backend
 from .procs import run_cli
 
+pytestmark = pytest.mark.on_cluster
+
 SPEC = encode_spec(JobSpec(task="add", args=[1, 2]))
 
 

@@ -13,7 +13,7 @@ from asyncjobs import Context
 
 from .conftest import Backend, running
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 @asyncjobs.task(max_tries=1)

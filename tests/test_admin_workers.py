@@ -14,6 +14,8 @@ from asyncjobs._model import from_ms
 from .conftest import Backend
 from .procs import run_cli
 
+pytestmark = pytest.mark.on_cluster
+
 HOUR_MS = 3_600_000
 
 

@@ -23,7 +23,7 @@ from asyncjobs._task import call
 from .conftest import Backend, running
 from .procs import run_cli
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 @asyncjobs.task

@@ -31,6 +31,8 @@ from .apps import concurrent
 from .conftest import Backend, running
 from .procs import workers
 
+pytestmark = pytest.mark.on_cluster
+
 TARGET = "tests.apps.concurrent:worker"
 
 # -- definition ------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ async def body_ran(pool: asyncjobs.Pool, prefix: str, job_id: str) -> bool:
     """Whether the job's body has run (``concurrent.tracked`` counted it), so it holds its
     lease. Its record says `running` earlier, before the lease is asked for: a job
     enqueued in between may win the lease, and the first one then waits."""
-    return bool(int(await pool.client.get(f"{prefix}:runs:{job_id}") or 0))
+    return bool(int(await pool.client.get(concurrent.key(prefix, f"runs:{job_id}")) or 0))
 
 
 def use(pool: asyncjobs.Pool) -> Any:
@@ -214,8 +216,9 @@ async def test_never_more_than_n_at_once_in_one_worker_and_each_job_runs_once(
         jobs = await pool.enqueue_many([asyncjobs.call(call, i) for i in range(n)])
         concurrent.PREFIX = backend.prefix  # where tracked() counts
         await backend.run(backend.worker([call], concurrency=20, burst=True))
-        peak = int(await pool.client.get(f"{backend.prefix}:max:api") or 0)
-        runs = await pool.client.mget([f"{backend.prefix}:runs:{j.id}" for j in jobs])
+        peak = int(await pool.client.get(concurrent.key(backend.prefix, "max:api")) or 0)
+        runs = await pool.client.mget(
+            [concurrent.key(backend.prefix, f"runs:{j.id}") for j in jobs])
         infos = [await j.info() for j in jobs]
         leases = await pool.client.zcard(use(pool).concurrency(limit_name("call")))
     assert peak == 3  # never more, and the limit is not stricter than it says
@@ -560,9 +563,11 @@ def test_three_processes_never_run_more_than_n_and_run_each_job_once(
                     return [job.id for job in jobs]
 
             ids = asyncio.run(enqueue())
-        peak = int(client.get(f"{prefix}:max:api") or 0)
-        runs = [int(r or 0) for r in client.mget([f"{prefix}:runs:{i}" for i in ids])]
-        starts, ends = records(client, f"{prefix}:starts"), records(client, f"{prefix}:ends")
+        peak = int(client.get(concurrent.key(prefix, "max:api")) or 0)
+        runs = [int(r or 0)
+                for r in client.mget([concurrent.key(prefix, f"runs:{i}") for i in ids])]
+        starts = records(client, concurrent.key(prefix, "starts"))
+        ends = records(client, concurrent.key(prefix, "ends"))
         waited = int(client.hget(f"{prefix}:{{default}}:stats", "concurrency_waited") or 0)
     finally:
         client.close()
@@ -616,7 +621,8 @@ def test_a_sigkilled_workers_slot_comes_back_within_the_claim_timeout(
 
     try:
         ids, killed_ms = asyncio.run(scenario())
-        starts, ends = records(client, f"{prefix}:starts"), records(client, f"{prefix}:ends")
+        starts = records(client, concurrent.key(prefix, "starts"))
+        ends = records(client, concurrent.key(prefix, "ends"))
         infos = asyncio.run(_infos(redis_server.url, prefix, ids))
     finally:
         client.close()

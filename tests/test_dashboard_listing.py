@@ -15,7 +15,7 @@ from asyncjobs._model import ErrorInfo
 from asyncjobs._producer.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from asyncjobs._redis.keys import GROUP
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 @asyncjobs.task(max_tries=1)

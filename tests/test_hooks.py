@@ -12,7 +12,7 @@ from asyncjobs._middleware import Call, Middleware
 
 from .conftest import Backend
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 class Recorder(Middleware):

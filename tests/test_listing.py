@@ -27,7 +27,7 @@ from .conftest import Backend, running
 from .procs import WorkerProcess, run_cli
 from .procs import workers as procs_workers
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 _gate: asyncio.Event | None = None
 

@@ -27,6 +27,8 @@ from asyncjobs.metrics import (
 
 from .conftest import Backend, running
 
+pytestmark = pytest.mark.on_cluster
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

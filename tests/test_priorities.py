@@ -34,6 +34,8 @@ from asyncjobs._routing import (
 from .conftest import Backend, running
 from .procs import run_cli
 
+pytestmark = pytest.mark.on_cluster
+
 # -- the pure rules ------------------------------------------------------------------------
 
 

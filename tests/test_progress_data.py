@@ -27,6 +27,8 @@ from asyncjobs._producer.listing import JobRow
 from .conftest import Backend
 from .procs import run_cli
 
+pytestmark = pytest.mark.on_cluster
+
 DATA = {"step": "resize", "done": [1, 2, 3], "meta": {"ok": True, "n": None, "ratio": 0.25}}
 HOSTILE = "a\nb\x1b[31mred\x1b]0;title\x07\r\x9b2J[bold]x[/]"
 

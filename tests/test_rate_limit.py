@@ -34,6 +34,8 @@ from asyncjobs.exceptions import ConfigurationError
 from .conftest import Backend, running
 from .procs import workers
 
+pytestmark = pytest.mark.on_cluster
+
 # -- the spec parser -------------------------------------------------------------------------
 
 

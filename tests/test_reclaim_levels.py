@@ -12,7 +12,7 @@ from asyncjobs import Context
 
 from .conftest import Backend, running
 
-pytestmark = [pytest.mark.asyncio]
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 ran: list[tuple[str, str, float]] = []
 

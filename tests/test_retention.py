@@ -17,7 +17,7 @@ from asyncjobs import ConfigurationError, Context, JobState
 
 from .conftest import Backend
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
 
 
 @asyncjobs.task(max_tries=1)

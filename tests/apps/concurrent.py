@@ -1,8 +1,8 @@
 """A worker module for the concurrency-limit tests (``tests.apps.concurrent:worker``).
 
-Each attempt records itself on the Redis clock: ``<prefix>:starts`` and ``<prefix>:ends``
-get ``<ms>:<job id>:<attempt>``, ``<prefix>:runs:<job id>`` counts the job's runs, and
-``<prefix>:cur:<limit>`` / ``<prefix>:max:<limit>`` track how many run at once under a
+Each attempt records itself on the Redis clock (keys ``key(prefix, name)``, which share one
+Cluster slot): ``starts`` and ``ends`` get ``<ms>:<job id>:<attempt>``, ``runs:<job id>``
+counts the job's runs, and ``cur:<limit>`` / ``max:<limit>`` track how many run at once under a
 limit (one atomic script each way), so a test checks the limit across processes without
 trusting any process's clock.
 """
@@ -37,17 +37,23 @@ return ms
 """
 
 
+def key(prefix: str, name: str) -> str:
+    """One of these records' keys: they share a hash tag (one Redis Cluster slot), so the
+    scripts above and a test's MGET of them run on a cluster too."""
+    return f"{prefix}:{{tracked}}:{name}"
+
+
 async def tracked(ctx: Context, limit: str, sleep_s: float) -> None:
     """Run ``sleep_s`` seconds, counted as one of the jobs running under ``limit``."""
     client = ctx.pool.client
     me = f"{ctx.job_id}:{ctx.attempt}"
-    await client.eval(_ENTER, 4, f"{PREFIX}:cur:{limit}", f"{PREFIX}:max:{limit}",
-                      f"{PREFIX}:starts", f"{PREFIX}:runs:{ctx.job_id}", me)
+    await client.eval(_ENTER, 4, key(PREFIX, f"cur:{limit}"), key(PREFIX, f"max:{limit}"),
+                      key(PREFIX, "starts"), key(PREFIX, f"runs:{ctx.job_id}"), me)
     try:
         await asyncio.sleep(sleep_s)
     finally:
-        await asyncio.shield(client.eval(_LEAVE, 2, f"{PREFIX}:cur:{limit}",
-                                         f"{PREFIX}:ends", me))
+        await asyncio.shield(client.eval(_LEAVE, 2, key(PREFIX, f"cur:{limit}"),
+                                         key(PREFIX, "ends"), me))
 
 
 @asyncjobs.task(concurrency_limit=LIMIT)
