@@ -1,0 +1,89 @@
+"""Redis Cluster under a hostile environment: what a cluster does that one server does not,
+met by the pool, the worker and the CLI (see ``test_cluster`` for the happy paths)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+import asyncjobs
+from asyncjobs._redis.embedded import free_port
+from asyncjobs._redis.health import judge, memory_used, read_settings
+
+from .cluster import ClusterSetup
+from .procs import run_cli
+from .sentinel import command
+
+
+@pytest.fixture
+def evicting_master(redis_cluster: ClusterSetup, request: pytest.FixtureRequest
+                    ) -> Iterator[int]:
+    """One master of the session's cluster (by index: ``param``) set to evict keys;
+    set back on the way out."""
+    masters = [n.port for n in redis_cluster.nodes
+               if "role:master" in command(n.port, "INFO", "replication")]
+    port = masters[request.param]
+    assert command(port, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru").startswith("+OK")
+    try:
+        yield port
+    finally:
+        command(port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("evicting_master", [0, 1, 2], indirect=True)
+async def test_a_master_that_evicts_is_found_whichever_it_is(
+        redis_cluster: ClusterSetup, evicting_master: int) -> None:
+    """The eviction check reads every master: one evicting master loses the jobs of the
+    queues in its slots, whichever node the client's default node is."""
+    async with asyncjobs.create_pool(redis_cluster.url, allow_eviction=True) as pool:
+        verdict = judge(await read_settings(pool.client))
+        assert verdict.errors and "allkeys-lru" in verdict.errors[0]
+    with pytest.raises(asyncjobs.ConfigurationError, match="allkeys-lru"):
+        async with asyncjobs.create_pool(redis_cluster.url):
+            pass
+
+
+@pytest.mark.asyncio
+async def test_memory_use_is_the_fullest_master(redis_cluster: ClusterSetup) -> None:
+    """``memory_used`` on a cluster is that of its fullest master (enqueues to it fail
+    first): one master with a maxmemory just above its use is seen."""
+    async with asyncjobs.create_pool(redis_cluster.url) as pool:
+        ports = [n.port for n in redis_cluster.nodes]
+        port = ports[-1]
+        used = int(next(line.split(":")[1] for line in command(port, "INFO", "memory")
+                        .splitlines() if line.startswith("used_memory:")))
+        command(port, "CONFIG", "SET", "maxmemory", str(used * 2))
+        try:
+            share = await memory_used(pool.client)
+            assert share is not None and share > 0.3
+        finally:
+            command(port, "CONFIG", "SET", "maxmemory", "0")
+
+
+def test_the_cli_says_in_one_line_that_a_cluster_url_names_only_dead_nodes() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    done = run_cli("info", "--redis-url", url)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "cannot reach Redis" in line or "unavailable" in line, line
+
+
+def test_a_worker_on_a_cluster_url_naming_only_dead_nodes_says_so_in_one_line() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    done = run_cli("worker", "tests.apps.basic:worker", env={"ASYNCJOBS_REDIS_URL": url})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "cannot reach Redis" in done.stderr, done.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_pool_on_a_dead_cluster_raises_redis_unavailable() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    with pytest.raises(asyncjobs.RedisUnavailable):
+        async with asyncjobs.create_pool(url, retry_for=0.5) as pool:
+            await pool.enqueue("anything")
+    await asyncio.sleep(0)
