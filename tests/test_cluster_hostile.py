@@ -4,15 +4,21 @@ met by the pool, the worker and the CLI (see ``test_cluster`` for the happy path
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import asyncjobs
+from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import free_port
 from asyncjobs._redis.health import judge, memory_used, read_settings
+from asyncjobs._redis.keys import Keys
 
 from .cluster import ClusterSetup
+from .conftest import Backend, running
 from .procs import run_cli
 from .sentinel import command
 
@@ -87,3 +93,63 @@ async def test_a_pool_on_a_dead_cluster_raises_redis_unavailable() -> None:
         async with asyncjobs.create_pool(url, retry_for=0.5) as pool:
             await pool.enqueue("anything")
     await asyncio.sleep(0)
+
+
+# --- a worker idle on queues of every master ---------------------------------------------
+
+
+def _spread_queues(cluster: ClusterSetup, prefix: str) -> list[str]:
+    """Three queue names whose slots are on three different masters."""
+    by_master: dict[int, str] = {}
+    for i in range(100):
+        name = f"q{i}"
+        by_master.setdefault(cluster.master_of(Keys(prefix, name).stream).port, name)
+        if len(by_master) == 3:
+            return list(by_master.values())
+    raise AssertionError("no three queues on three masters")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_idle_on_every_master_wakes_for_each_and_stops_at_once(
+        redis_cluster: ClusterSetup, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker serving queues of three masters waits on all three at once (one read per
+    node); a job enqueued on any of them wakes it; asked to stop while its reads are
+    blocked, it stops, leaving no read blocked on any node."""
+    backend = Backend("cluster", redis_cluster.url, url_factory(redis_cluster.url),
+                      f"idle{secrets.token_hex(3)}")
+    queues = _spread_queues(redis_cluster, backend.prefix)
+
+    @asyncjobs.task(name="echo")
+    async def echo(ctx: asyncjobs.Context, i: int) -> int:
+        return i
+
+    async with backend.pool() as pool:
+        worker = backend.worker([echo], queues=queues, concurrency=4,
+                                claim_timeout=3600).configure(block_ms=60_000)
+        async with running(backend, worker):
+            for round_ in range(3):
+                for i, queue in enumerate(queues):
+                    await _blocked_everywhere(redis_cluster, 3)
+                    job = await pool.enqueue(echo.options(queue=queue), 10 * round_ + i)
+                    assert await job.result(timeout=20) == 10 * round_ + i
+            await _blocked_everywhere(redis_cluster, 3)
+        # stopped: no read of the worker is left blocked in any node
+        assert await _blocked_clients(redis_cluster) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _blocked_clients(cluster: ClusterSetup) -> int:
+    total = 0
+    for node in cluster.nodes:
+        text = await asyncio.to_thread(command, node.port, "INFO", "clients")
+        total += int(text.split("blocked_clients:")[1].split()[0])
+    return total
+
+
+async def _blocked_everywhere(cluster: ClusterSetup, n: int, timeout_s: float = 20.0) -> None:
+    """Wait until ``n`` clients are blocked, one per master."""
+    deadline = time.monotonic() + timeout_s
+    while await _blocked_clients(cluster) < n:
+        assert time.monotonic() < deadline, "the worker's reads did not all block"
+        await asyncio.sleep(0.05)
