@@ -17,8 +17,8 @@ from asyncjobs._redis.embedded import free_port
 from asyncjobs._redis.health import judge, memory_used, read_settings
 from asyncjobs._redis.keys import Keys
 
-from .cluster import ClusterSetup
-from .conftest import Backend, running
+from .cluster import ClusterSetup, cluster_info
+from .conftest import Backend, need_redis_server, running
 from .procs import run_cli
 from .sentinel import command
 
@@ -153,3 +153,51 @@ async def _blocked_everywhere(cluster: ClusterSetup, n: int, timeout_s: float = 
     while await _blocked_clients(cluster) < n:
         assert time.monotonic() < deadline, "the worker's reads did not all block"
         await asyncio.sleep(0.05)
+
+
+# --- a master killed under an idle worker, with no replica to take over -------------------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[ClusterSetup]:
+    """A 3-master cluster of the test's own (it kills a master)."""
+    need_redis_server()
+    with ClusterSetup(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_master_down_and_back_under_an_idle_worker(
+        own_cluster: ClusterSetup, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker idle on three masters; one is SIGKILLed (no replica: the cluster is down
+    until it is back) and started again after the cluster has noticed. The worker rides
+    it out as an outage (no internal error, no crash) and runs jobs of every queue after."""
+    backend = Backend("cluster", own_cluster.url, url_factory(own_cluster.url),
+                      f"down{secrets.token_hex(3)}")
+    queues = _spread_queues(own_cluster, backend.prefix)
+
+    @asyncjobs.task(name="echo")
+    async def echo(ctx: asyncjobs.Context, i: int) -> int:
+        return i
+
+    worker = backend.worker([echo], queues=queues, concurrency=4)
+    async with running(backend, worker):
+        await _blocked_everywhere(own_cluster, 3)
+        victim = own_cluster.master_of(Keys(backend.prefix, queues[1]).stream)
+        victim.stop(kill=True)
+        others = [n.port for n in own_cluster.nodes if n is not victim]
+        deadline = time.monotonic() + 30
+        while not all(cluster_info(p).get("cluster_state") == "fail" for p in others):
+            assert time.monotonic() < deadline, "the cluster did not notice"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)  # the worker meets the failed cluster a few times
+        victim.start()
+        await asyncio.to_thread(own_cluster.wait_ok, 30.0)
+        async with backend.pool(retry_for=30.0) as pool:
+            for i, queue in enumerate(queues):
+                job = await pool.enqueue(echo.options(queue=queue), i)
+                assert await job.result(timeout=60) == i
+    bad = [r.getMessage() for r in caplog.records
+           if r.levelno >= logging.ERROR or "internal error" in r.getMessage()]
+    assert not bad, bad
