@@ -16,6 +16,7 @@ from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import free_port
 from asyncjobs._redis.health import judge, memory_used, read_settings
 from asyncjobs._redis.keys import Keys
+from asyncjobs._worker.reader import ClusterReader, Reader
 
 from .cluster import ClusterSetup, cluster_info
 from .conftest import Backend, need_redis_server, running
@@ -201,3 +202,44 @@ async def test_a_master_down_and_back_under_an_idle_worker(
     bad = [r.getMessage() for r in caplog.records
            if r.levelno >= logging.ERROR or "internal error" in r.getMessage()]
     assert not bad, bad
+
+
+# --- the ClusterReader's concurrent reads ------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_read_sent_after_its_unblock_does_not_hold_the_wake_up(
+        redis_cluster: ClusterSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slot's read wakes at once while another slot's read is still on its way (its
+    connection slow to set up): the CLIENT UNBLOCK sent to end the latter finds nothing
+    blocked, and the read then blocks. The wait must still end now, not after the read's
+    whole block (a minute here)."""
+    prefix = f"rd{secrets.token_hex(3)}"
+    queues = _spread_queues(redis_cluster, prefix)
+    async with asyncjobs.create_pool(redis_cluster.url, prefix=prefix) as pool:
+        client = pool.client
+        woken, late = (Keys(prefix, q).stream for q in queues[:2])
+        await client.xadd(woken, {"x": "1"})
+        await client.xadd(late, {"x": "1"})
+        slow = asyncio.Event()  # the late read's connection is ready once this is set
+        real_wait, real_unblock = Reader.wait, ClusterReader._unblock_one
+
+        async def wait(self: Reader, newest: dict[str, str], block_ms: int) -> bool:
+            if late in newest:
+                await slow.wait()
+            return await real_wait(self, newest, block_ms)
+
+        async def unblock_one(self: ClusterReader, key: str) -> None:
+            await real_unblock(self, key)
+            slow.set()  # the unblock went out before the read: it missed it
+
+        monkeypatch.setattr(Reader, "wait", wait)
+        monkeypatch.setattr(ClusterReader, "_unblock_one", unblock_one)
+        reader = ClusterReader(client, socket_timeout=70.0)
+        try:
+            woke = await asyncio.wait_for(
+                reader.wait({woken: "0-0", late: "$"}, 60_000), timeout=20)
+            assert woke
+        finally:
+            await reader.close()
+        assert await _blocked_clients(redis_cluster) == 0
