@@ -17,6 +17,10 @@ from .._redis.cluster import is_cluster, node_client, slot_groups
 
 log = logging.getLogger("asyncjobs.worker")
 
+_UNBLOCK_AGAIN_S = 0.5
+"""How long a ClusterReader waits for its other reads to end after a CLIENT UNBLOCK
+before sending another."""
+
 
 class Reader:
     """The worker's blocking connection, and its client id on the server. ``single`` is a
@@ -90,6 +94,7 @@ class ClusterReader:
         self.socket_timeout = socket_timeout
         self.readers: dict[str, Reader] = {}
         """One per slot read, by its first stream key."""
+        self._ending = False  # a read of this wait woke: the others are not sent
 
     @property
     def client_id(self) -> int | None:
@@ -102,16 +107,21 @@ class ClusterReader:
     async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
         """As ``Reader.wait``, for streams of any slots."""
         groups = slot_groups(newest)
+        self._ending = False
         if len(groups) == 1:
             return await self._read(groups[0], block_ms)
         reads = [asyncio.ensure_future(self._read(g, block_ms)) for g in groups]
         try:
             _, pending = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
-            if pending:
+            # Reads not sent yet are not sent; those sent are unblocked, again each
+            # _UNBLOCK_AGAIN_S while one is left (an UNBLOCK may reach its node before
+            # the read it was meant for).
+            self._ending = True
+            while pending:
                 for group, read in zip(groups, reads, strict=True):
                     if read in pending:
                         await self._unblock_one(next(iter(group)))
-                await asyncio.wait(pending)
+                _, pending = await asyncio.wait(pending, timeout=_UNBLOCK_AGAIN_S)
         finally:
             for read in reads:
                 if not read.done():  # only when this wait itself is cancelled
@@ -136,6 +146,11 @@ class ClusterReader:
             reader = self.readers[key] = Reader(
                 node_client(self.cluster, key, socket_timeout=self.socket_timeout))
         try:
+            await reader.ready()
+            if self._ending:  # another slot's read woke meanwhile
+                return False
+            # nothing yields between this check and the read's write: an UNBLOCK sent
+            # after the check is sent after the read
             return await reader.wait(streams, block_ms)
         except ResponseError as exc:
             if str(exc).startswith(("MOVED", "ASK")):
