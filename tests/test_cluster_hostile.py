@@ -243,3 +243,34 @@ async def test_a_read_sent_after_its_unblock_does_not_hold_the_wake_up(
         finally:
             await reader.close()
         assert await _blocked_clients(redis_cluster) == 0
+
+
+# --- a pool with few connections --------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("on", ["real", "cluster"])
+async def test_a_burst_larger_than_the_pool_waits_for_connections_on_a_cluster_too(
+        on: str, request: pytest.FixtureRequest) -> None:
+    """More calls at once than ``max_connections``: on one server each waits for a free
+    connection (up to a few seconds); on a cluster, where ``max_connections`` is per node,
+    redis-py raises at once when a node's connections are all busy. The burst must
+    succeed on both, not fail with ``PoolExhausted`` on the cluster."""
+    if on == "real":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    async with asyncjobs.create_pool(url, prefix=f"burst{secrets.token_hex(3)}",
+                                     max_connections=2) as pool:
+        jobs = await asyncio.gather(*(pool.enqueue(_anything, i) for i in range(40)))
+        many = await asyncio.gather(*(
+            pool.enqueue_many([asyncjobs.call(_anything.options(queue=f"q{k}"), i)
+                               for k in range(6)]) for i in range(10)))
+        assert len(jobs) == 40 and sum(map(len, many)) == 60
+        stats = await asyncio.gather(*(pool.admin.queue_stats(f"q{k}") for k in range(6)))
+        assert sum(s.waiting for s in stats) == 60
+
+
+@asyncjobs.task(name="anything")
+async def _anything(ctx: asyncjobs.Context, i: int) -> None:
+    raise AssertionError("never run")  # pragma: no cover
