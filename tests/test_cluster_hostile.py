@@ -18,7 +18,7 @@ from asyncjobs._redis.health import judge, memory_used, read_settings
 from asyncjobs._redis.keys import Keys
 from asyncjobs._worker.reader import ClusterReader, Reader
 
-from .cluster import ClusterSetup, cluster_info
+from .cluster import ClusterSetup, cluster_info, key_slot, migrate_slot
 from .conftest import Backend, need_redis_server, running
 from .procs import run_cli
 from .sentinel import command
@@ -274,3 +274,29 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections_on_a_cluster_t
 @asyncjobs.task(name="anything")
 async def _anything(ctx: asyncjobs.Context, i: int) -> None:
     raise AssertionError("never run")  # pragma: no cover
+
+
+@pytest.mark.asyncio
+async def test_a_read_whose_slot_moved_is_woken_and_sent_to_the_new_master(
+        redis_cluster: ClusterSetup) -> None:
+    """After its slot moved to another master, a reader's connection is on the wrong node:
+    the read is answered MOVED. That says "woken" (the caller takes again through the
+    cluster client) and the next read goes to the slot's new master; it is no outage."""
+    prefix = f"mv{secrets.token_hex(3)}"
+    async with asyncjobs.create_pool(redis_cluster.url, prefix=prefix) as pool:
+        client = pool.client
+        stream = Keys(prefix, "moving").stream
+        last = (await client.xadd(stream, {"x": "1"})).decode()
+        reader = ClusterReader(client, socket_timeout=10.0)
+        try:
+            assert not await reader.wait({stream: last}, 100)  # connected to the source
+            source = redis_cluster.master_of(stream)
+            target = next(n for n in redis_cluster.nodes if n is not source)
+            slot = key_slot(source.port, stream)
+            await asyncio.to_thread(migrate_slot, redis_cluster, slot, source, target)
+            assert await reader.wait({stream: last}, 100)  # MOVED: woken, take again
+            assert not await reader.wait({stream: last}, 100)  # on the new master
+            await client.xadd(stream, {"x": "2"})
+            assert await reader.wait({stream: last}, 5000)
+        finally:
+            await reader.close()
