@@ -11,11 +11,14 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from .._redis.cluster import is_cluster, node_client, slot_groups
 
 log = logging.getLogger("asyncjobs.worker")
+
+_ASKED_PAUSE_S = 0.05
+"""The pause before a read answered ASK (its slot half moved) says "woken"."""
 
 _UNBLOCK_AGAIN_S = 0.5
 """How long a ClusterReader waits for its other reads to end after a CLIENT UNBLOCK
@@ -87,7 +90,9 @@ class ClusterReader:
     a connection to the master of that slot; the first that wakes ends the others (CLIENT
     UNBLOCK, sent to their node). A read answered MOVED or ASK (its slot moved: resharding,
     a failover) drops its ``Reader`` and says "woken": the caller takes again through the
-    cluster client, which follows the move, and the next read goes to the new node."""
+    cluster client, which follows the move, and the next read goes to the new node (the
+    client's slot map is told of the move). A read answered ASK (its stream already moved,
+    the slot not yet) says "woken" after a short pause."""
 
     def __init__(self, cluster: Redis, socket_timeout: float) -> None:
         self.cluster = cluster
@@ -152,14 +157,26 @@ class ClusterReader:
             # nothing yields between this check and the read's write: an UNBLOCK sent
             # after the check is sent after the read
             return await reader.wait(streams, block_ms)
-        except ResponseError as exc:
-            if str(exc).startswith(("MOVED", "ASK")):
-                await self._drop(key)
-                return True
-            raise
+        except MovedError as exc:  # the slot is on another master now (its text, as
+            await self._moved(exc)  # redis-py gives it, has no "MOVED" in it)
+            await self._drop(key)
+            return True
+        except AskError:  # the slot is being moved and this stream already went: the
+            await asyncio.sleep(_ASKED_PAUSE_S)  # take (which follows ASK) is tried
+            return True                          # again, not in a tight loop
         except (RedisError, OSError):
             await self._drop(key)  # the next read connects again, to the slot's node then
             raise
+
+    async def _moved(self, exc: MovedError) -> None:
+        """Tell the cluster client's slot map where the slot went, so that the next
+        read's connection is made to the new master (as redis-py does for its own
+        commands)."""
+        try:
+            cluster: Any = self.cluster
+            await cluster.nodes_manager.move_slot(exc)
+        except Exception as failure:  # pragma: no cover - the next take refreshes the map
+            log.debug("could not note a moved slot: %s", failure)
 
     async def _drop(self, key: str) -> None:
         reader = self.readers.pop(key, None)
