@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._codec import encode_spec
@@ -60,6 +60,11 @@ T = TypeVar("T")
 log = logging.getLogger("asyncjobs.pool")
 
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_OUTAGE)
+
+_FREE_CONNECTION_WAIT_S = 5.0
+"""How long a call waits for a free connection of a Redis Cluster node (as long as one
+server's pool waits by default)."""
+_FREE_CONNECTION_POLL_S = 0.002
 
 
 def _oom(reason: str) -> bool:
@@ -166,14 +171,24 @@ class Pool:
         return await self._retrying(make)
 
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
-        deadline = time.monotonic() + self.retry_for_s
+        began = time.monotonic()
+        deadline = began + self.retry_for_s
         delay = 0.05
+        room = _FREE_CONNECTION_POLL_S
         while True:
             try:
                 return await make()
             except OutOfMemoryError as exc:
                 raise RedisFull({}, []) from exc
             except _OUTAGE as exc:
+                if isinstance(exc, MaxConnectionsError) \
+                        and time.monotonic() - began < _FREE_CONNECTION_WAIT_S:
+                    # a Redis Cluster node's connections are all busy: redis-py's
+                    # cluster raises at once (before sending anything), where one
+                    # server's pool waits for a free connection; wait here instead
+                    await asyncio.sleep(room)
+                    room = min(room * 2, 0.05)
+                    continue
                 if pool_exhausted(exc):
                     raise PoolExhausted(
                         f"every connection of the pool ({self.description}) stayed busy: "

@@ -35,7 +35,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, MovedError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -108,7 +115,7 @@ def make_cluster(nodes: list[tuple[str, int]], settings: Mapping[str, Any],
                if k not in ("retry", "timeout", "connection_class")}
     tls = bool(options.get("ssl"))
     ours = tls_connection_class if tls else connection_class
-    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
+    client = _Cluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
     # redis-py fixes the connection class (Connection or SSLConnection); ours are those
     # classes with uvloop's write errors translated and hiredis packing: set it before
     # any node is made from these settings.
@@ -117,6 +124,22 @@ def make_cluster(nodes: list[tuple[str, int]], settings: Mapping[str, Any],
     for node in manager.startup_nodes.values():
         node.connection_class = ours
     return cast(Redis, client)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, but for one error: redis-py raises a bare
+    ``RedisClusterException`` when it cannot learn the slot map (no startup node
+    reachable, slots not all covered, nodes disagreeing). That is an outage, for the pool,
+    the worker and the CLI as for one server out of reach: raised as a ``ConnectionError``
+    (its subclasses, such as ``SlotNotCoveredError``, are left alone)."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            if type(exc) is not RedisClusterException:
+                raise
+            raise RedisConnectionError(str(exc)) from exc
 
 
 def slot_groups(keys: Mapping[str, str]) -> list[dict[str, str]]:

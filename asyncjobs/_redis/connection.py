@@ -167,8 +167,9 @@ def _settings(connection_class: type[Any], options: dict[str, Any], parsed: dict
 def _cluster_factory(nodes: list[tuple[str, int]], parsed: dict[str, Any],
                      options: dict[str, Any]) -> ClientFactory:
     def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
-        # max_connections is per node; a call waits for a free connection like the pool
-        # of one server does (redis-py's cluster raises at once otherwise)
+        # max_connections is per node; redis-py's cluster raises MaxConnectionsError at
+        # once when a node's are all busy (it has no wait): the pool's calls wait and try
+        # again (Pool._retrying), the worker's treat it as pool_exhausted
         settings = _settings(_TcpConnection, options, parsed, max_connections,
                              socket_timeout)
         return make_cluster(nodes, settings, _TcpConnection, _TlsConnection)

@@ -21,6 +21,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .cluster import is_cluster
+
 NEAR_FULL = 0.9
 """The share of maxmemory from which memory use is reported."""
 
@@ -54,18 +56,27 @@ class Verdict:
 
 
 async def read_settings(client: Any) -> RedisSettings:
-    """Read the settings; never raises for a command the server refuses."""
+    """Read the settings; never raises for a command the server refuses. On a Redis
+    Cluster, every master is read and the worst of them is told (one master that evicts
+    loses the jobs of the queues in its slots)."""
+    if is_cluster(client):
+        return _worst([await _read_settings(client, {"target_nodes": node})
+                       for node in client.get_primaries()])
+    return await _read_settings(client, {})
+
+
+async def _read_settings(client: Any, target: dict[str, Any]) -> RedisSettings:
     hidden: list[str] = []
     memory: dict[str, Any] = {}
     persistence: dict[str, Any] = {}
     try:
-        memory = await client.info("memory")
-        persistence = await client.info("persistence")
+        memory = await client.info("memory", **target)
+        persistence = await client.info("persistence", **target)
     except ResponseError:
         hidden.append("INFO")
     save: str | None = None
     try:
-        reply = await client.config_get("save")
+        reply = await client.config_get("save", **target)
         save = _text(reply.get("save", reply.get(b"save"))) if reply else None
     except ResponseError:
         hidden.append("CONFIG GET")
@@ -80,13 +91,38 @@ async def read_settings(client: Any) -> RedisSettings:
 
 
 async def memory_used(client: Any) -> float | None:
-    """used_memory / maxmemory now (None without a maxmemory, or if INFO is refused)."""
-    try:
-        memory = await client.info("memory")
-    except ResponseError:
-        return None
-    return RedisSettings(maxmemory=_int(memory.get("maxmemory")),
-                         used_memory=_int(memory.get("used_memory"))).memory_used
+    """used_memory / maxmemory now (None without a maxmemory, or if INFO is refused); on a
+    Redis Cluster, that of the fullest master (its queues' enqueues fail first)."""
+    targets: list[dict[str, Any]] = (
+        [{"target_nodes": node} for node in client.get_primaries()] if is_cluster(client)
+        else [{}])
+    shares: list[float] = []
+    for target in targets:
+        try:
+            memory = await client.info("memory", **target)
+        except ResponseError:
+            continue
+        share = RedisSettings(maxmemory=_int(memory.get("maxmemory")),
+                              used_memory=_int(memory.get("used_memory"))).memory_used
+        if share is not None:
+            shares.append(share)
+    return max(shares, default=None)
+
+
+def _worst(each: list[RedisSettings]) -> RedisSettings:
+    """One set of settings for many servers (a cluster's masters): an evicting policy if
+    any evicts, the fullest one's memory, the persistence of one that persists nothing if
+    any does, everything any hides."""
+    if not each:
+        return RedisSettings()
+    policy = next((e.policy for e in each if e.policy not in (None, "noeviction")),
+                  next((e.policy for e in each if e.policy is not None), None))
+    fullest = max(each, key=lambda e: e.memory_used or 0.0)
+    bare = next((e for e in each if e.aof is False and e.rdb is False), each[0])
+    hidden = tuple(dict.fromkeys(h for e in each for h in e.hidden))
+    return RedisSettings(policy=policy, maxmemory=fullest.maxmemory,
+                         used_memory=fullest.used_memory, aof=bare.aof, rdb=bare.rdb,
+                         hidden=hidden)
 
 
 def judge(settings: RedisSettings, *, allow_eviction: bool = False,

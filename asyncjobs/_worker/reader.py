@@ -11,11 +11,18 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from .._redis.cluster import is_cluster, node_client, slot_groups
 
 log = logging.getLogger("asyncjobs.worker")
+
+_ASKED_PAUSE_S = 0.05
+"""The pause before a read answered ASK (its slot half moved) says "woken"."""
+
+_UNBLOCK_AGAIN_S = 0.5
+"""How long a ClusterReader waits for its other reads to end after a CLIENT UNBLOCK
+before sending another."""
 
 
 class Reader:
@@ -83,13 +90,16 @@ class ClusterReader:
     a connection to the master of that slot; the first that wakes ends the others (CLIENT
     UNBLOCK, sent to their node). A read answered MOVED or ASK (its slot moved: resharding,
     a failover) drops its ``Reader`` and says "woken": the caller takes again through the
-    cluster client, which follows the move, and the next read goes to the new node."""
+    cluster client, which follows the move, and the next read goes to the new node (the
+    client's slot map is told of the move). A read answered ASK (its stream already moved,
+    the slot not yet) says "woken" after a short pause."""
 
     def __init__(self, cluster: Redis, socket_timeout: float) -> None:
         self.cluster = cluster
         self.socket_timeout = socket_timeout
         self.readers: dict[str, Reader] = {}
         """One per slot read, by its first stream key."""
+        self._ending = False  # a read of this wait woke: the others are not sent
 
     @property
     def client_id(self) -> int | None:
@@ -102,16 +112,21 @@ class ClusterReader:
     async def wait(self, newest: dict[str, str], block_ms: int) -> bool:
         """As ``Reader.wait``, for streams of any slots."""
         groups = slot_groups(newest)
+        self._ending = False
         if len(groups) == 1:
             return await self._read(groups[0], block_ms)
         reads = [asyncio.ensure_future(self._read(g, block_ms)) for g in groups]
         try:
             _, pending = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
-            if pending:
+            # Reads not sent yet are not sent; those sent are unblocked, again each
+            # _UNBLOCK_AGAIN_S while one is left (an UNBLOCK may reach its node before
+            # the read it was meant for).
+            self._ending = True
+            while pending:
                 for group, read in zip(groups, reads, strict=True):
                     if read in pending:
                         await self._unblock_one(next(iter(group)))
-                await asyncio.wait(pending)
+                _, pending = await asyncio.wait(pending, timeout=_UNBLOCK_AGAIN_S)
         finally:
             for read in reads:
                 if not read.done():  # only when this wait itself is cancelled
@@ -136,15 +151,32 @@ class ClusterReader:
             reader = self.readers[key] = Reader(
                 node_client(self.cluster, key, socket_timeout=self.socket_timeout))
         try:
+            await reader.ready()
+            if self._ending:  # another slot's read woke meanwhile
+                return False
+            # nothing yields between this check and the read's write: an UNBLOCK sent
+            # after the check is sent after the read
             return await reader.wait(streams, block_ms)
-        except ResponseError as exc:
-            if str(exc).startswith(("MOVED", "ASK")):
-                await self._drop(key)
-                return True
-            raise
+        except MovedError as exc:  # the slot is on another master now (its text, as
+            await self._moved(exc)  # redis-py gives it, has no "MOVED" in it)
+            await self._drop(key)
+            return True
+        except AskError:  # the slot is being moved and this stream already went: the
+            await asyncio.sleep(_ASKED_PAUSE_S)  # take (which follows ASK) is tried
+            return True                          # again, not in a tight loop
         except (RedisError, OSError):
             await self._drop(key)  # the next read connects again, to the slot's node then
             raise
+
+    async def _moved(self, exc: MovedError) -> None:
+        """Tell the cluster client's slot map where the slot went, so that the next
+        read's connection is made to the new master (as redis-py does for its own
+        commands)."""
+        try:
+            cluster: Any = self.cluster
+            await cluster.nodes_manager.move_slot(exc)
+        except Exception as failure:  # pragma: no cover - the next take refreshes the map
+            log.debug("could not note a moved slot: %s", failure)
 
     async def _drop(self, key: str) -> None:
         reader = self.readers.pop(key, None)
