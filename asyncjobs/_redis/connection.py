@@ -96,6 +96,13 @@ class _Tuned:
                 raise
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise RedisConnectionError(f"connection lost: {exc}") from exc
+        except AttributeError as exc:
+            # redis-py (8.1) writes to ``_writer`` without checking it: a connection that
+            # another task disconnected meanwhile (a cluster node that went away) fails
+            # with "'NoneType' object has no attribute 'writelines'"
+            if getattr(self, "_writer", True) is not None:
+                raise
+            raise RedisConnectionError("connection lost: closed while in use") from exc
 
 
 def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -2,7 +2,9 @@
 
 Each script is prepended with ``_prelude.lua`` (the Redis clock, shared steps). Scripts run
 with EVALSHA; after a Redis restart empties the script cache, a NOSCRIPT reply loads the
-script and the call is repeated, for single calls and for pipelines alike.
+script and the call is repeated, for single calls and for pipelines alike (on a Redis
+Cluster, the call is repeated with EVAL, which loads it on that node only: SCRIPT LOAD
+would go to every master, and fail while one is down).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from .cluster import is_cluster
 
 KeyOrArg = str | bytes | int | float
 
@@ -35,6 +39,8 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
+            if is_cluster(client):  # only the node of these keys lacks it: EVAL there
+                return await client.eval(self.source, len(keys), *keys, *args)
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
@@ -50,9 +56,12 @@ async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {calls[i][0] for i in missing}:
-            await client.script_load(script.source)
-        again = await _pipeline(client, [calls[i] for i in missing])
+        if is_cluster(client):  # only some nodes lack them: EVAL there (SCRIPT LOAD
+            again = await _pipeline(client, [calls[i] for i in missing], source=True)
+        else:                   # goes to every master, one of which may be down)
+            for script in {calls[i][0] for i in missing}:
+                await client.script_load(script.source)
+            again = await _pipeline(client, [calls[i] for i in missing])
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     for result in results:
@@ -61,12 +70,15 @@ async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
     return results
 
 
-async def _pipeline(client: Redis, calls: Sequence[Call]) -> list[Any]:
+async def _pipeline(client: Redis, calls: Sequence[Call], source: bool = False) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         # as a plain command: redis-py's cluster pipeline refuses its evalsha method, and
-        # routes this by its first key
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        # routes this by its first key; with ``source``, EVAL (which caches the script)
+        if source:
+            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
+        else:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     return list(await pipe.execute(raise_on_error=False))
 
 
