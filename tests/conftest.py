@@ -48,6 +48,9 @@ def collect_garbage() -> Iterator[None]:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--shuffle", type=int, metavar="SEED", default=None,
                      help="run modules, and the tests within each, in an order drawn from SEED")
+    parser.addoption("--backends", default="fake,real,cluster", metavar="NAMES",
+                     help="the cases of the `backend` fixture to run (deselects the others); "
+                          "tests of their own backend, like tests/test_cluster.py, still run")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -56,9 +59,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # ``backend``'s cluster case runs only for tests marked ``on_cluster``
-    off = [item for item in items if _backend_of(item) == "cluster"
-           and not item.get_closest_marker("on_cluster")]
+    # ``backend``'s cluster case runs only for tests marked ``on_cluster``; --backends
+    # keeps only the cases it names
+    kept = set(config.getoption("backends").split(","))
+    off = [item for item in items if _backend_of(item) is not None and (
+        _backend_of(item) not in kept
+        or (_backend_of(item) == "cluster" and not item.get_closest_marker("on_cluster")))]
     if off:
         config.hook.pytest_deselected(items=off)
         dropped = set(map(id, off))

@@ -96,12 +96,16 @@ class _Tuned:
                 raise
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise RedisConnectionError(f"connection lost: {exc}") from exc
-        except AttributeError as exc:
-            # redis-py (8.1) writes to ``_writer`` without checking it: a connection that
-            # another task disconnected meanwhile (a cluster node that went away) fails
-            # with "'NoneType' object has no attribute 'writelines'"
-            if getattr(self, "_writer", True) is not None:
+        except (AttributeError, TypeError) as exc:
+            # redis-py (8.1) writes without checking that the connection is still open: one
+            # that another task closed meanwhile (redis-py's cluster client drops a failed
+            # node's connections in the background) fails with "'NoneType' object has no
+            # attribute 'writelines'" (no writer any more) or, on Python 3.13, "'NoneType'
+            # object is not callable" (inside the closed transport)
+            writer = getattr(self, "_writer", None)
+            if writer is not None and not writer.transport.is_closing():
                 raise
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise RedisConnectionError("connection lost: closed while in use") from exc
 
 
