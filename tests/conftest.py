@@ -70,17 +70,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         dropped = set(map(id, off))
         items[:] = [item for item in items if id(item) not in dropped]
     seed = config.getoption("shuffle")
-    if seed is None:
-        return
-    rng = random.Random(seed)
-    modules: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    groups = list(modules.values())
-    rng.shuffle(groups)
-    for group in groups:
-        rng.shuffle(group)
-    items[:] = [item for group in groups for item in group]
+    if seed is not None:
+        rng = random.Random(seed)
+        modules: dict[str, list[pytest.Item]] = {}
+        for item in items:
+            modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+        groups = list(modules.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        items[:] = [item for group in groups for item in group]
+    # The longest tests first: pytest-xdist deals tests out in this order, and one started
+    # last would keep a parallel run going alone for its whole length.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def _backend_of(item: pytest.Item) -> object:

@@ -45,7 +45,8 @@ async def test_worker_command_processes_jobs_with_banner_and_job_lines(real: Bac
 @pytest.mark.asyncio
 async def test_sigterm_mid_job_hands_the_job_back_and_loses_nothing(real: Backend) -> None:
     async with real.pool() as pool:
-        job = await pool.enqueue(basic.slow, 30)
+        # Long enough to outlast the first worker's 0.5 s grace; the second lets it finish.
+        job = await pool.enqueue(basic.slow, 6)
         proc = WorkerProcess("tests.apps.basic:worker", real.url or "", real.prefix,
                              env={"TEST_GRACE": "0.5"})
         try:

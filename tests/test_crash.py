@@ -252,6 +252,7 @@ async def test_enqueue_during_an_outage_raises_within_its_bound(fresh_redis: Red
         assert await job.status() is JobState.QUEUED
 
 
+@pytest.mark.long
 async def test_a_worker_idle_for_a_minute_still_picks_up_at_once(real: Backend) -> None:
     async with real.pool() as pool:
         with workers(real.url or "", real.prefix, 1):

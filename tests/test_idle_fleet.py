@@ -56,6 +56,7 @@ def cpu_share(pids: list[int], seconds: float) -> list[float]:
     return [(cpu_ticks(p) - b) / TICKS / seconds for p, b in zip(pids, before, strict=True)]
 
 
+@pytest.mark.long
 def test_three_idle_workers_barely_touch_redis_or_the_cpu(fresh_redis: RedisServer) -> None:
     prefix = f"t{secrets.token_hex(4)}"
     client = redis.Redis.from_url(fresh_redis.url)
