@@ -1,0 +1,188 @@
+"""What a job costs in Redis, byte by byte: waiting, completed (kept for ``result_ttl``) and
+dead-lettered, on a fresh redis-server.
+
+    .venv/bin/python benchmarks/redis_bytes.py [--jobs 20000] [--out results/redis_bytes.json]
+
+Each figure is Redis' own ``used_memory`` before and after, divided by the number of jobs
+(so allocator rounding and hash-table growth are included, as they are in production):
+
+- ``waiting``: ``pool.enqueue_many`` of no-op jobs (no arguments), nothing else running;
+- ``complete``: the same jobs after a burst worker ran them (the default one-hour
+  ``result_ttl``: each record is kept with its TTL);
+- ``dead``: jobs of a task that raises at once (``max_tries=1``): the record with its error
+  (exception type, message, traceback) and the dead letter.
+
+Then the parts, each measured alone on the same server with key names of the same length:
+a stream entry (``XADD ... i <22-character id>``), an empty key (a hash holding one
+one-byte field: its name, its entry in Redis' keyspace, its headers), a TTL (``EXPIRE`` on
+an existing key), and the record's fields (the rest: listpack bytes, listed field by field
+from one real record). Nothing here depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis.asyncio as aioredis  # noqa: E402
+
+import asyncjobs  # noqa: E402
+from asyncjobs._redis.embedded import RedisServer  # noqa: E402
+
+
+@asyncjobs.task
+async def noop(ctx: asyncjobs.Context) -> None:
+    """Returns None: the smallest record a completed job leaves."""
+
+
+@asyncjobs.task(max_tries=1)
+async def fails(ctx: asyncjobs.Context) -> None:
+    """Raises at once: a dead letter on its first try."""
+    raise ValueError("no")
+
+
+async def used(r: aioredis.Redis) -> int:
+    return int((await r.info("memory"))["used_memory"])
+
+
+def ids(n: int, tag: str) -> list[str]:
+    """n distinct 22-character ids (a job id's length)."""
+    return [f"{tag}{i:0{22 - len(tag)}d}" for i in range(n)]
+
+
+async def per_job(r: aioredis.Redis, n: int, fill: Any) -> float:
+    before = await used(r)
+    pipe = r.pipeline(transaction=False)
+    fill(pipe)
+    await pipe.execute()
+    return round((await used(r) - before) / n, 1)
+
+
+async def shared_keys(r: aioredis.Redis, n: int) -> dict[str, float]:
+    """The keys that are not one job's record, each's MEMORY USAGE per job (1 byte or more:
+    the indexes that grow with the jobs)."""
+    out = {}
+    async for key in r.scan_iter(count=10_000):
+        if b":job:" not in key:
+            each = ((await r.memory_usage(key)) or 0) / n
+            if each >= 1:
+                out[key.decode()] = round(each, 1)
+    return out
+
+
+async def enqueue(url: str, n: int, task: Any) -> None:
+    pool = await asyncjobs.create_pool(url)
+    try:
+        await pool.enqueue_many([asyncjobs.call(task) for _ in range(n)])
+    finally:
+        await pool.close()
+
+
+async def run_worker(url: str, tasks: list[Any]) -> None:
+    await asyncjobs.Worker(tasks, redis_url=url, burst=True).run()
+
+
+async def measure(n: int) -> dict[str, Any]:
+    server = RedisServer()
+    url = server.start()
+    r = aioredis.Redis.from_url(url)
+    try:
+        # A warm-up first loads every script the run uses (Redis' script cache survives
+        # FLUSHALL): a few hundred KB that do not grow with the jobs.
+        for task in (noop, fails):
+            await enqueue(url, 10, task)
+            await run_worker(url, [task])
+        await r.flushall()
+        # Measured with only this idle connection open: a producer's or a worker's
+        # connection holds buffers of its own (a pipelined batch's), which are not the jobs'.
+        base = await used(r)
+        await enqueue(url, n, noop)
+        waiting = round((await used(r) - base) / n, 1)
+        key = (await r.scan(0, match=b"*:job:*", count=10 * n))[1][0]
+        queued_fields = await r.hgetall(key)
+        await run_worker(url, [noop])
+        complete = round((await used(r) - base) / n, 1)
+        done_fields = await r.hgetall(key)
+        done_usage = await r.memory_usage(key)
+        shared = await shared_keys(r, n)
+        await r.flushall()
+
+        base = await used(r)
+        await enqueue(url, n, fails)
+        await run_worker(url, [fails])
+        dead = round((await used(r) - base) / n, 1)
+        await r.flushall()
+
+        job = "asyncjobs:{default}:job:"
+        names = ids(n, "x")
+        parts = {
+            "stream entry": await per_job(r, n, lambda p: [
+                p.xadd("asyncjobs:{default}:stream", {"i": i}) for i in names]),
+            "empty key": await per_job(r, n, lambda p: [
+                p.hset(job + i, "s", "") for i in names]),
+            "TTL": await per_job(r, n, lambda p: [p.expire(job + i, 3600) for i in names]),
+        }
+    finally:
+        await r.aclose()
+        server.stop()
+
+    def fields(raw: dict[bytes, bytes]) -> dict[str, int]:
+        # a listpack entry: its bytes plus about 2 bytes of header; a whole number is
+        # stored as an integer (up to 9 bytes)
+        return {k.decode(): len(k) + 2 + (min(len(v), 9) if v.isdigit() else len(v)) + 2
+                for k, v in raw.items()}
+
+    return {
+        "jobs": n,
+        "per_job_bytes": {"waiting": waiting, "complete": complete, "dead": dead},
+        "parts_bytes": parts,
+        "key_name_bytes": len(job) + 22,
+        "record_fields_waiting": fields(queued_fields),
+        "record_fields_complete": fields(done_fields),
+        "memory_usage_complete_record": done_usage,
+        "indexes_complete": shared,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    per, parts = result["per_job_bytes"], result["parts_bytes"]
+    waiting_fields = sum(result["record_fields_waiting"].values())
+    done_fields = sum(result["record_fields_complete"].values())
+    rows = [
+        "| a job | bytes | made of |",
+        "|---|---:|---|",
+        f"| waiting | {per['waiting']:.0f} | stream entry {parts['stream entry']:.0f} + "
+        f"record key {parts['empty key']:.0f} + fields ~{waiting_fields} "
+        f"({', '.join(result['record_fields_waiting'])}) |",
+        f"| complete (kept `result_ttl`) | {per['complete']:.0f} | record key "
+        f"{parts['empty key']:.0f} + TTL {parts['TTL']:.0f} + fields ~{done_fields} "
+        f"({', '.join(result['record_fields_complete'])})"
+        + "".join(f" + {name.rsplit(':', 1)[-1]} index {size:.0f}"
+                  for name, size in result["indexes_complete"].items()) + " |",
+        f"| dead-lettered | {per['dead']:.0f} | record with its error and traceback, and "
+        "its dead letter |",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                             "redis_bytes.json"))
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.jobs))
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
