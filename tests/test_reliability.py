@@ -12,6 +12,8 @@ import pytest
 import asyncjobs
 from asyncjobs import Context, JobState
 
+from asyncjobs._worker import worker as worker_module
+
 from .conftest import Backend, running
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.on_cluster]
@@ -188,6 +190,42 @@ async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.
         with pytest.raises(asyncjobs.JobAborted):
             await job.result(timeout=3)
     assert (await job.info()).state is JobState.ABORTED
+
+
+async def test_an_abort_no_worker_heard_is_found_as_soon_as_the_worker_listens(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker runs jobs before its pub/sub is subscribed (held back here until `gate`):
+    # an abort published meanwhile reaches nobody. Once it listens, it checks at once.
+    gate = asyncio.Event()
+    subscribe_for_real = worker_module.events_loop
+
+    async def late_events(*args: Any) -> None:
+        await gate.wait()
+        await subscribe_for_real(*args)
+
+    monkeypatch.setattr(worker_module, "events_loop", late_events)
+    began, cancelled = asyncio.Event(), asyncio.Event()
+
+    @asyncjobs.task(name="long")
+    async def long(ctx: Context) -> None:
+        began.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    job = await pool.enqueue(long)
+    # A 60 s claim timeout: the keep-alive's own rounds (which also find aborts) are 10 s apart.
+    async with running(backend, backend.worker([long], claim_timeout=60)):
+        await asyncio.wait_for(began.wait(), 10)
+        assert await job.abort() is True
+        await asyncio.sleep(0.3)
+        assert not cancelled.is_set()  # the notice went to nobody
+        gate.set()
+        await asyncio.wait_for(cancelled.wait(), 3)
+        with pytest.raises(asyncjobs.JobAborted):
+            await job.result(timeout=3)
 
 
 async def test_expired_jobs_never_run(backend: Backend, pool: asyncjobs.Pool) -> None:

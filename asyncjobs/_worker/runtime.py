@@ -170,6 +170,10 @@ class Runtime:
     """Set to stop taking jobs and drain."""
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to cut the drain's grace period short (a second interrupt)."""
+    touch_now: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to run the keep-alive at once: its touch also finds aborts requested while no
+    abort notice could reach this worker (before its pub/sub was subscribed, or while it
+    was cut off)."""
     fetch_beat: dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     crons: list[dict[str, Any]] = field(default_factory=list)

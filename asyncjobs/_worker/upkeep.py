@@ -34,7 +34,9 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     the worker has drained (a draining worker still holds its jobs)."""
     pause = rt.config.keepalive_every_s
     while True:
-        await asyncio.sleep(pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.touch_now.wait(), pause)
+        rt.touch_now.clear()
         pause = rt.config.keepalive_every_s
         for queue, store in rt.stores.items():
             held = ex.held(queue)
@@ -74,8 +76,9 @@ async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
         pubsub = rt.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*handlers)
-            # A wake-up or a lease given up may have been missed while away.
-            for event in (*wake.values(), *vacated.values()):
+            # A wake-up, a lease given up or an abort may have been missed while away (or
+            # before the first subscribe: jobs may already be running).
+            for event in (*wake.values(), *vacated.values(), rt.touch_now):
                 event.set()
             await _listen(pubsub, handlers)
         except OUTAGE_ERRORS as exc:
