@@ -11,7 +11,6 @@ import pytest
 
 import asyncjobs
 from asyncjobs import Context, JobState
-
 from asyncjobs._worker import worker as worker_module
 
 from .conftest import Backend, running
