@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from asyncjobs._cli.logs import JsonFormatter
 from asyncjobs._codec import encode_errors, encode_progress, encode_spec, encode_value
 from asyncjobs._model import ErrorInfo, JobSpec, JobState, Progress, from_ms, to_ms
 from asyncjobs._producer.handle import parse_record
+from asyncjobs._redis.addresses import parse_address
 from asyncjobs._redis.connection import redact, url_factory
 from asyncjobs._worker.runtime import Outage, Slots
 from asyncjobs.exceptions import ConfigurationError
@@ -439,3 +441,22 @@ def test_job_ids_never_start_like_a_command_line_option(
     assert len(set(ids)) == 2000
     monkeypatch.undo()
     assert not any(i.startswith("-") for i in pool_module.new_job_ids(20000))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("h", ("h", 9)), ("h:1", ("h", 1)), ("[::1]:7000", ("::1", 7000)), ("[::1]", ("::1", 9)),
+    ("h%2Fx:65535", ("h/x", 65535)),
+])
+def test_an_address_in_a_list_of_servers(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text, default_port=9, what="node", example="a:1,b:2") == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "a node address has no host: list them as a:1,b:2"), (":1", "has no host"),
+    ("h:0", "bad port '0' for node 'h'"), ("h:65536", "bad port"), ("h:x", "bad port"),
+    ("h:\u0661", "bad port"), ("[::1", "bad node address"), ("[::1]x", "bad node address"),
+])
+def test_a_bad_address_is_one_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        parse_address(text, default_port=9, what="node", example="a:1,b:2")
+    assert "\n" not in str(caught.value)

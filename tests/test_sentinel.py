@@ -27,8 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import asyncjobs
 from asyncjobs._cli import loader as _loader
-from asyncjobs._redis.connection import parse_sentinel_url, redact, url_factory
+from asyncjobs._redis.connection import redact, url_factory
 from asyncjobs._redis.embedded import RedisServer, free_port
+from asyncjobs._redis.sentinel import parse_sentinel_url
 
 from .conftest import need_redis_server
 from .procs import WorkerProcess, run_cli

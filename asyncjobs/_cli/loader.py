@@ -17,8 +17,9 @@ from redis.asyncio.connection import parse_url
 
 from .._durations import to_seconds
 from .._redis.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
-from .._redis.connection import SENTINEL_SCHEME, parse_sentinel_url, redact
+from .._redis.connection import redact
 from .._redis.keys import check_name
+from .._redis.sentinel import SENTINEL_SCHEME, parse_sentinel_url
 from ..exceptions import ConfigurationError
 from .target import load as load
 

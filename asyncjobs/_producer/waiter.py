@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from .._redis.connection import off_the_master
+from .._redis.sentinel import off_the_master
 
 log = logging.getLogger("asyncjobs.pool")
 

@@ -1,0 +1,115 @@
+"""The connections asyncjobs opens, and the settings of their pools.
+
+Two changes to redis-py's asyncio connections, made at the boundary (``Tuned``): a write
+on a connection that was closed meanwhile is an ordinary connection error whatever the event
+loop, and commands are packed by hiredis in C. ``pool_settings`` gives every pool connect and
+socket timeouts, so no call can hang forever, and a wait for a free connection instead of a
+failure at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without
+    _hiredis_pack = None  # type: ignore[assignment]
+
+
+class Tuned:
+    """Two changes to redis-py's asyncio connections, made at the boundary:
+
+    - uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
+      server just closed, where asyncio raises ConnectionError (uvloop issue #506): it is
+      translated, so every caller sees an ordinary connection error;
+    - commands are serialised by hiredis in C, as redis-py's sync client already does;
+      its asyncio client packs them in Python, the largest single cost of a busy worker.
+    """
+
+    if _hiredis_pack is not None:
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            return [_hiredis_pack(_split_name(args))]
+
+        def pack_commands(self, commands: Any) -> list[bytes]:
+            return [b"".join(_hiredis_pack(_split_name(tuple(c))) for c in commands)]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):
+                raise
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(f"connection lost: {exc}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py (8.1) writes without checking that the connection is still open: one
+            # that another task closed meanwhile (redis-py's cluster client drops a failed
+            # node's connections in the background) fails with "'NoneType' object has no
+            # attribute 'writelines'" (no writer any more) or, on Python 3.13, "'NoneType'
+            # object is not callable" (inside the closed transport)
+            writer = getattr(self, "_writer", None)
+            if writer is not None and not writer.transport.is_closing():
+                raise
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError("connection lost: closed while in use") from exc
+
+
+def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """'CONFIG GET' -> 'CONFIG', 'GET': redis-py passes some command names as one string."""
+    name = args[0]
+    if isinstance(name, str) and " " in name:
+        return (*name.split(), *args[1:])
+    if isinstance(name, bytes) and b" " in name:
+        return (*name.split(), *args[1:])
+    return args
+
+
+class TcpConnection(Tuned, Connection):
+    pass
+
+
+class TlsConnection(Tuned, SSLConnection):
+    pass
+
+
+class UnixConnection(Tuned, UnixDomainSocketConnection):
+    pass
+
+
+_OURS: dict[type[Any], type[Any]] = {
+    SSLConnection: TlsConnection,
+    UnixDomainSocketConnection: UnixConnection,
+}
+
+
+def ours(connection_class: type[Any]) -> type[Any]:
+    """Our subclass of one of redis-py's connection classes (TCP for any other)."""
+    return _OURS.get(connection_class, TcpConnection)
+
+
+def pool_settings(connection_class: type[Any], options: dict[str, Any], parsed: dict[str, Any],
+              max_connections: int, socket_timeout: float | None) -> dict[str, Any]:
+    """The connection pool's settings: ours, then the caller's, then the URL's."""
+    return {
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 30,
+        # One immediate retry on a fresh connection cures a stale one (after a Redis
+        # restart, or an idle connection dropped by a proxy). Longer outages are retried
+        # by asyncjobs itself, bounded and logged once. A command whose reply was lost
+        # may run twice: every script tolerates that (job ids, ownership checks).
+        "retry": Retry(NoBackoff(), 1),
+        **({} if connection_class is UnixConnection else {"socket_keepalive": True}),
+        **options,
+        **parsed,
+        "connection_class": connection_class,
+        "max_connections": max_connections,
+        "socket_timeout": socket_timeout,
+        "timeout": socket_timeout or 5.0,  # the longest wait for a free connection
+    }
