@@ -155,7 +155,13 @@ def node_client(client: Any, key: str, **options: Any) -> Redis:
     """A client of one connection to the master that holds ``key``'s slot now (by the
     slot map of ``client``, a connected cluster client), with its connection settings but
     ``options``: for a blocking read. Closing it closes its connection."""
-    node = client.get_node_from_key(key)
+    return client_of(client.get_node_from_key(key), **options)
+
+
+def client_of(node: ClusterNode, **options: Any) -> Redis:
+    """A client of one connection to ``node`` (a ``ClusterNode`` of a connected cluster
+    client's slot map), with its connection settings but ``options``. Closing it closes its
+    connection."""
     pool = ConnectionPool(connection_class=node.connection_class, max_connections=1,
                           **{**node.connection_kwargs, **options})
     single = Redis(connection_pool=pool, single_connection_client=True)
