@@ -114,10 +114,14 @@ _CLASSIC = "local PUBLISH = 'PUBLISH'\n"
 _SHARDED = "local PUBLISH = 'SPUBLISH'\n"
 
 
-@cache
 def load(name: str, sharded: bool = False) -> Script:
     """The script ``scripts/<name>.lua``, with the shared prelude (its sharded variant
-    with ``sharded``)."""
+    with ``sharded``); one object per script and variant."""
+    return _load(name, sharded)
+
+
+@cache
+def _load(name: str, sharded: bool) -> Script:
     prelude = _prelude()
     if sharded:
         if prelude.count(_CLASSIC) != 1:
