@@ -18,8 +18,9 @@ What asyncjobs needs of a cluster, and how it gets it:
 - a blocking read waits on the node of its streams' slot, on a connection of its own
   (``watch.Reader``); streams of several slots are read one slot at a time
   (``slot_groups``);
-- pub/sub uses the cluster's own (``PUBLISH`` inside a script reaches subscribers on every
-  node).
+- pub/sub is sharded when every master runs Redis 7.0 or later (``SPUBLISH`` inside the
+  scripts, ``SSUBSCRIBE`` on the master of each channel's slot: ``pubsub``, ``sharded``),
+  else the cluster's classic one (``PUBLISH`` reaches subscribers on every node).
 
 One database only (0), as Redis Cluster has; ``create_pool(wait_replicas=...)`` is refused
 on a cluster (``WAIT`` counts the replicas of one master only).
