@@ -197,6 +197,70 @@ async def _until_running(job: asyncjobs.Job[Any]) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _pubsub_clients(port: int) -> int:
+    reply = await _ask(port, "CLIENT", "LIST", "TYPE", "pubsub")
+    return len([line for line in reply.decode().splitlines() if line.strip()])
+
+
+@pytest.mark.asyncio
+async def test_one_connection_per_master_every_one_read_at_once(redis_cluster: ClusterSetup
+                                                                ) -> None:
+    """Channels of three queues on three masters: one pub/sub connection per master, each
+    channel subscribed on its own master; a message published on any of them is returned
+    at once (no node waits for another's timeout); unsubscribing a node's last channel
+    closes its connection; a close, even one cancelled at once, leaves no connection and no
+    task behind."""
+    prefix = f"sp{secrets.token_hex(3)}"
+    queues: dict[int, str] = {}
+    for i in range(100):
+        port = (await _master_of(redis_cluster, Keys(prefix, f"q{i}").stream)).port
+        queues.setdefault(port, f"q{i}")
+        if len(queues) == 3:
+            break
+    before = {port: await _pubsub_clients(port) for port in queues}
+    async with asyncjobs.create_pool(redis_cluster.url, prefix=prefix) as pool:
+        assert await pubsub.sharded_pubsub(pool.client)
+        sub = await pubsub.pubsub_for(pool.client)
+        assert isinstance(sub, ShardedPubSub)
+        channels = {port: Keys(prefix, q).abort_channel for port, q in queues.items()}
+        await sub.subscribe(*channels.values())
+        assert {int(node.split(":")[1]) for node in sub.channels.values()} == set(queues)
+        for port, channel in channels.items():
+            assert sub.channels[channel.encode()].endswith(f":{port}")
+            await _until(lambda p=port, c=channel: _subscribed(p, c), 5, "SSUBSCRIBE")
+            assert await _pubsub_clients(port) == before[port] + 1
+        assert await sub.get_message(timeout=0.2) is None
+        for channel in reversed(list(channels.values())):
+            began = time.monotonic()
+            await pool.client.spublish(channel, b"x")
+            message = await sub.get_message(timeout=5.0)
+            assert message is not None and time.monotonic() - began < 0.5
+            assert (message["type"], message["channel"], message["data"]) == (
+                "message", channel.encode(), b"x")
+        first_port, first = next(iter(channels.items()))
+        await sub.unsubscribe(first)
+        await _until(lambda: _pubsub_clients_are(first_port, before[first_port]), 5,
+                     "the connection of a node without channels closed")
+        closing = asyncio.ensure_future(sub.aclose())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        await _until(lambda: _no_sharded_tasks(), 5, "every task of the subscriber ended")
+        for port in queues:
+            await _until(lambda p=port: _pubsub_clients_are(p, before[p]), 5,
+                         "every connection closed")
+
+
+async def _pubsub_clients_are(port: int, n: int) -> bool:
+    return await _pubsub_clients(port) == n
+
+
+async def _no_sharded_tasks() -> bool:
+    return not [t for t in asyncio.all_tasks() if not t.done()
+                and t.get_name() in ("asyncjobs-sharded", "asyncjobs-resubscribe")]
+
+
 @pytest.mark.asyncio
 async def test_a_result_waiter_is_woken_by_a_sharded_notice(redis_cluster: ClusterSetup
                                                             ) -> None:

@@ -83,12 +83,15 @@ def _bytes(channel: str | bytes) -> bytes:
 
 @dataclass(eq=False)
 class _Shard:
-    """One node's pub/sub connection, the channels subscribed on it, and its reader."""
+    """One node's pub/sub connection, the channels subscribed on it, and its reader (which
+    closes the connection when it ends, however it ends: cancelling it closes the shard)."""
 
     name: str
     client: Redis
     pubsub: PubSub
     channels: set[bytes] = field(default_factory=set)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the first SSUBSCRIBE is sent: the reader reads from then on."""
     reader: asyncio.Task[None] | None = None
 
 
@@ -164,16 +167,19 @@ class ShardedPubSub:
             return None
 
     async def aclose(self) -> None:
-        """Stop subscribing again and close every node's connection."""
+        """Stop subscribing again and close every node's connection. Every task is
+        cancelled before the first wait, so a close cancelled itself still closes all."""
         self._closed = True
         self._wanted.clear()
         self._lost.clear()
+        tasks = [s.reader for s in self._shards.values() if s.reader is not None]
         if self._repair is not None:
-            self._repair.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._repair
-        for shard in list(self._shards.values()):
-            await self._close_shard(shard)
+            tasks.append(self._repair)
+        self._shards.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:  # wait() raises nothing of theirs, and a cancel of this close passes
+            await asyncio.wait(tasks)
 
     async def _place(self, channels: Iterable[bytes]) -> None:
         """Subscribe ``channels`` where their slots are now; those that failed are lost.
@@ -185,38 +191,39 @@ class ShardedPubSub:
             return
         for name, slots in nodes.items():
             for group in slots.values():
-                shard = self._shards.get(name)
+                shard = self._shards.get(name) or self._open(name)
+                if shard is None:
+                    self._lose(group, ConnectionError(f"no node {name} in the slot map"))
+                    continue
+                shard.channels.update(group)  # before: a failure meanwhile loses them
                 try:
-                    if shard is None:
-                        shard = await self._open(name)
-                    shard.channels.update(group)  # before: a failure meanwhile loses them
                     await shard.pubsub.ssubscribe(*group)
-                except Exception as exc:
-                    if shard is not None:
-                        shard.channels.difference_update(group)
-                    self._lose(group, exc)
+                except Exception as exc:  # the connection is of no use: the shard goes
+                    self._drop(shard, exc)
                 else:
                     if self._shards.get(name) is not shard:  # its connection failed meanwhile
                         self._lose(group, ConnectionError(f"{name} went away"))
-                    elif shard.reader is None:
-                        shard.reader = asyncio.create_task(self._read(shard),
-                                                           name="asyncjobs-sharded")
+                    shard.started.set()
 
     def _owner(self, slot: int) -> str:
         node = self._cluster.nodes_manager.get_node_from_slot(slot)
         return str(node.name)
 
-    async def _open(self, name: str) -> _Shard:
+    def _open(self, name: str) -> _Shard | None:
+        """A shard for node ``name`` (not connected yet), or None if the slot map has no
+        such node."""
         node = self._cluster.get_node(node_name=name)
         if node is None:
-            raise ConnectionError(f"no node {name} in the slot map")
+            return None
         client = client_of(node, retry=Retry(NoBackoff(), 0))
         shard = _Shard(name, client, client.pubsub())
-        self._shards[name] = shard  # read once its first SSUBSCRIBE is sent
+        self._shards[name] = shard
+        shard.reader = asyncio.create_task(self._read(shard), name="asyncjobs-sharded")
         return shard
 
     async def _read(self, shard: _Shard) -> None:
         try:
+            await shard.started.wait()
             while True:
                 if not shard.pubsub.subscribed:  # every channel moved away: closed soon
                     await asyncio.sleep(0.05)
@@ -235,12 +242,20 @@ class ShardedPubSub:
             raise
         except Exception as exc:
             log.debug("sharded pub/sub connection to %s failed: %s", shard.name, exc)
-            if self._shards.get(shard.name) is shard:
-                del self._shards[shard.name]
-            channels, shard.channels = set(shard.channels), set()
-            self._lose(channels, exc)
-            self._kick()
+            self._drop(shard, exc)
+        finally:
             await _dispose(shard)
+
+    def _drop(self, shard: _Shard, exc: BaseException) -> None:
+        """``shard``'s connection failed: its channels are lost, and it goes (its reader
+        closes the connection)."""
+        if self._shards.get(shard.name) is shard:
+            del self._shards[shard.name]
+        channels, shard.channels = set(shard.channels), set()
+        self._lose(channels, exc)
+        self._kick()
+        if shard.reader is not None and shard.reader is not asyncio.current_task():
+            shard.reader.cancel()
 
     def _moved(self, shard: _Shard, channel: bytes) -> None:
         """Redis unsubscribed ``channel`` (its slot moved away from this node)."""
@@ -295,11 +310,9 @@ class ShardedPubSub:
     async def _close_shard(self, shard: _Shard) -> None:
         if self._shards.get(shard.name) is shard:
             del self._shards[shard.name]
-        if shard.reader is not None and shard.reader is not asyncio.current_task():
+        if shard.reader is not None:
             shard.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await shard.reader
-        await _dispose(shard)
+            await asyncio.wait([shard.reader])
 
 
 async def _dispose(shard: _Shard) -> None:
