@@ -207,9 +207,9 @@ async def test_one_connection_per_master_every_one_read_at_once(redis_cluster: C
                                                                 ) -> None:
     """Channels of three queues on three masters: one pub/sub connection per master, each
     channel subscribed on its own master; a message published on any of them is returned
-    at once (no node waits for another's timeout); unsubscribing a node's last channel
-    closes its connection; a close, even one cancelled at once, leaves no connection and no
-    task behind."""
+    at once (no node waits for another's timeout); a node's connection outlives its last
+    channel and serves the next; a close, even one cancelled at once, leaves no connection
+    and no task behind."""
     prefix = f"sp{secrets.token_hex(3)}"
     queues: dict[int, str] = {}
     for i in range(100):
@@ -238,9 +238,17 @@ async def test_one_connection_per_master_every_one_read_at_once(redis_cluster: C
             assert (message["type"], message["channel"], message["data"]) == (
                 "message", channel.encode(), b"x")
         first_port, first = next(iter(channels.items()))
-        await sub.unsubscribe(first)
-        await _until(lambda: _pubsub_clients_are(first_port, before[first_port]), 5,
-                     "the connection of a node without channels closed")
+        node = sub.channels[first.encode()]
+        connection = sub._shards[node].pubsub.connection
+        await sub.unsubscribe(first)  # the node's only channel: its connection stays
+        await _until(lambda: _not_subscribed(first_port, first), 5, "SUNSUBSCRIBE")
+        await sub.subscribe(first)  # on the same connection, read again
+        await _until(lambda: _subscribed(first_port, first), 5, "SSUBSCRIBE again")
+        assert sub._shards[node].pubsub.connection is connection
+        assert await _pubsub_clients(first_port) == before[first_port] + 1
+        await pool.client.spublish(first, b"again")
+        message = await sub.get_message(timeout=5.0)
+        assert message is not None and message["data"] == b"again"
         closing = asyncio.ensure_future(sub.aclose())
         await asyncio.sleep(0)
         closing.cancel()
@@ -250,6 +258,10 @@ async def test_one_connection_per_master_every_one_read_at_once(redis_cluster: C
         for port in queues:
             await _until(lambda p=port: _pubsub_clients_are(p, before[p]), 5,
                          "every connection closed")
+
+
+async def _not_subscribed(port: int, channel: str) -> bool:
+    return channel not in await _shard_channels(port)
 
 
 async def _pubsub_clients_are(port: int, n: int) -> bool:

@@ -91,7 +91,8 @@ class _Shard:
     pubsub: PubSub
     channels: set[bytes] = field(default_factory=set)
     started: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the first SSUBSCRIBE is sent: the reader reads from then on."""
+    """Set after each SSUBSCRIBE is sent: the reader reads while anything is subscribed,
+    and waits for this event while nothing is."""
     reader: asyncio.Task[None] | None = None
 
 
@@ -133,7 +134,8 @@ class ShardedPubSub:
         self._kick()
 
     async def unsubscribe(self, *channels: str | bytes) -> None:
-        """Unsubscribe from ``channels``; a node left without any is disconnected."""
+        """Unsubscribe from ``channels`` (a node's connection stays open for the next
+        ones)."""
         gone = {_bytes(c) for c in channels}
         self._wanted -= gone
         self._lost -= gone
@@ -143,9 +145,6 @@ class ShardedPubSub:
                 if not mine:
                     continue
                 shard.channels -= mine
-                if not shard.channels:
-                    await self._close_shard(shard)
-                    continue
                 for group in by_slot(mine).values():
                     try:
                         await shard.pubsub.sunsubscribe(*group)
@@ -223,10 +222,10 @@ class ShardedPubSub:
 
     async def _read(self, shard: _Shard) -> None:
         try:
-            await shard.started.wait()
             while True:
-                if not shard.pubsub.subscribed:  # every channel moved away: closed soon
-                    await asyncio.sleep(0.05)
+                if not shard.pubsub.subscribed:  # nothing yet, or nothing any more
+                    shard.started.clear()
+                    await shard.started.wait()
                     continue
                 message = await shard.pubsub.get_message(timeout=_READ_S)
                 if message is None:
@@ -289,7 +288,8 @@ class ShardedPubSub:
                     break
                 await self._place(lost)
                 for shard in [s for s in self._shards.values() if not s.channels]:
-                    await self._close_shard(shard)  # a node that lost every channel
+                    await self._close_shard(shard)  # a node that lost every channel (its
+                    # slots moved away, or it left the cluster)
             if len(self._lost) < len(lost):
                 self._queue.put_nowait({"type": RESUBSCRIBED, "pattern": None,
                                         "channel": None, "data": None})
