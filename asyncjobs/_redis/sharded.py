@@ -7,10 +7,11 @@ part of redis-py's ``PubSub`` that asyncjobs uses (``pubsub.Subscriber``) instea
 
 - channels are grouped by slot (``SSUBSCRIBE`` takes channels of one slot), and each slot's
   channels are subscribed on the master that holds the slot now, by the cluster client's
-  slot map; one pub/sub connection per node (``client_of``), each read by a task of its own
-  that puts every message into one queue: ``get_message`` returns a message from any node
-  as soon as it arrives, as ``{"type": "message", "channel": ..., "data": ...}`` like a
-  classic one;
+  slot map; one pub/sub connection per node (``client_of``; kept when its last channel is
+  unsubscribed, for the next one; closed when it fails, or when a resubscription leaves it
+  without channels), each read by a task of its own that puts every message into one
+  queue: ``get_message`` returns a message from any node as soon as it arrives, as
+  ``{"type": "message", "channel": ..., "data": ...}`` like a classic one;
 - a subscription is lost when Redis unsubscribes it (a server-side ``sunsubscribe``: its
   slot moved to another master), when its node's connection fails (a node killed, a
   failover), or when subscribing failed (a node out of reach, a ``MOVED`` reply). Lost
