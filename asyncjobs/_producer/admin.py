@@ -23,6 +23,7 @@ from .._model import JobInfo
 from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
+from .._redis.pubsub import publish
 from .._redis.store import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
 from .deadletters import (
@@ -421,5 +422,5 @@ class Admin:
             errors=False)
         moved = [i for i, n in zip(job_ids, changed, strict=True) if n == 1]
         if moved:
-            await self.pool.call(lambda: self.client.publish(keys.wake_channel, 0))
+            await self.pool.call(lambda: publish(self.client, keys.wake_channel, 0))
         return moved

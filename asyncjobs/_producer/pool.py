@@ -35,6 +35,7 @@ from .._redis.cluster import CLUSTER_OUTAGE, is_cluster
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
+from .._redis.pubsub import sharded_pubsub
 from .._redis.replication import Replication
 from .._redis.store import NewJob, QueueStore
 from .._routing import level_queue
@@ -396,10 +397,12 @@ class _PoolOpener:
 
 
 async def _check_settings(client: Redis, allow_eviction: bool) -> None:
-    """Refuse a Redis that may evict jobs (see ``asyncjobs._redis.health``)."""
+    """Refuse a Redis that may evict jobs (see ``asyncjobs._redis.health``); learn which
+    pub/sub it takes while every master answers (``asyncjobs._redis.pubsub``)."""
     verdict = judge(await read_settings(client), allow_eviction=allow_eviction)
     if verdict.errors:
         raise ConfigurationError(verdict.errors[0])
+    await sharded_pubsub(client)
 
 
 def create_pool(

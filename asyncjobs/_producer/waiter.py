@@ -13,6 +13,11 @@ each second without a message): a failover does not always cut a pub/sub connect
 that reconnected during a failover may have reached a server promoted and then demoted.
 Either way every watcher is woken once the connection is back, so each re-checks at once what
 it may have missed meanwhile.
+
+On a Redis Cluster that uses sharded pub/sub (``_redis.pubsub``), the PubSub is a
+``ShardedPubSub``: one connection per master, which subscribes lost channels again itself
+(a slot moved, a node failed) and then says ``RESUBSCRIBED``: every watcher is woken then
+too.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
 from .._redis.sentinel import off_the_master
 
 log = logging.getLogger("asyncjobs.pool")
@@ -34,9 +39,10 @@ log = logging.getLogger("asyncjobs.pool")
 _RETRY_S = (0.1, 0.5, 1.0, 2.0)
 """Waits between attempts to open a new pub/sub connection (the last one repeats)."""
 
-_FAILURES = (RedisError, OSError, RuntimeError)
+_FAILURES = (RedisError, RedisClusterException, OSError, RuntimeError)
 """What a pub/sub call raises when its connection is gone (redis-py raises RuntimeError for
-a PubSub that never got a connection)."""
+a PubSub that never got a connection), or opening one when Redis is out of reach (a
+cluster's masters are asked which pub/sub to use)."""
 
 
 class Waiter:
@@ -44,7 +50,7 @@ class Waiter:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
-        self._pubsub: PubSub | None = None
+        self._pubsub: Subscriber | None = None
         self._broken = False  # the pub/sub connection failed: the reader opens a new one
         self._events: dict[bytes, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -72,9 +78,14 @@ class Waiter:
                     await self._unsubscribe(key)
 
     async def _subscribe(self, key: bytes) -> None:
-        if self._pubsub is None:
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        if not self._broken:  # a broken connection is replaced, subscribed to every key
+        if self._pubsub is None and not self._broken:
+            try:
+                self._pubsub = await pubsub_for(self._client)
+            except _FAILURES as exc:  # the rule could not be read: the reader tries again
+                log.debug("pub/sub open failed: %s", exc)
+                self._broken = True
+        # a broken connection is replaced, subscribed to every key
+        if self._pubsub is not None and not self._broken:
             try:
                 await self._pubsub.subscribe(key)
             except _FAILURES as exc:  # the caller's periodic re-check covers the gap
@@ -101,7 +112,9 @@ class Waiter:
                 failures += 1
                 continue
             pubsub = self._pubsub
-            assert pubsub is not None
+            if pubsub is None:  # a watch is opening the first one (it may take a probe)
+                await asyncio.sleep(0.05)
+                continue
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except _FAILURES as exc:
@@ -112,10 +125,12 @@ class Waiter:
             if message and message.get("type") == "message":
                 for event in self._events.get(message["channel"], ()):
                     event.set()
+            elif message and message.get("type") == RESUBSCRIBED:
+                self._wake_all()
             elif message is None and await self._misplaced(pubsub):
                 self._broken = True
 
-    async def _misplaced(self, pubsub: PubSub) -> bool:
+    async def _misplaced(self, pubsub: Subscriber) -> bool:
         """True when the Sentinels name another master than the one this PubSub is on (a
         failover it was not cut off by, or one it reconnected in the middle of)."""
         try:
@@ -137,11 +152,13 @@ class Waiter:
             if not self._events:
                 self._broken = False
                 return True
-            fresh = self._client.pubsub(ignore_subscribe_messages=True)
+            fresh: Subscriber | None = None
             try:
+                fresh = await pubsub_for(self._client)
                 await fresh.subscribe(*self._events)
             except BaseException as exc:  # cancelled too (a close): never left unclosed
-                await _close(fresh)
+                if fresh is not None:
+                    await _close(fresh)
                 if not isinstance(exc, _FAILURES):
                     raise
                 log.debug("pub/sub reconnect failed: %s", exc)
@@ -151,7 +168,7 @@ class Waiter:
             self._wake_all()
             return True
 
-    def _track(self, pubsub: PubSub) -> None:
+    def _track(self, pubsub: Subscriber) -> None:
         """Be told when redis-py reconnects this PubSub's connection in place."""
         connection: Any = pubsub.connection  # None until a subscribe connected it
         if connection is not None:  # held weakly; registered once per connection
@@ -179,6 +196,6 @@ class Waiter:
             self._pubsub = None
 
 
-async def _close(pubsub: PubSub) -> None:
+async def _close(pubsub: Subscriber) -> None:
     with contextlib.suppress(*_FAILURES):
-        await cast(Any, pubsub).aclose()
+        await pubsub.aclose()

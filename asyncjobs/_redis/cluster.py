@@ -18,8 +18,9 @@ What asyncjobs needs of a cluster, and how it gets it:
 - a blocking read waits on the node of its streams' slot, on a connection of its own
   (``watch.Reader``); streams of several slots are read one slot at a time
   (``slot_groups``);
-- pub/sub uses the cluster's own (``PUBLISH`` inside a script reaches subscribers on every
-  node).
+- pub/sub is sharded when every master runs Redis 7.0 or later (``SPUBLISH`` inside the
+  scripts, ``SSUBSCRIBE`` on the master of each channel's slot: ``pubsub``, ``sharded``),
+  else the cluster's classic one (``PUBLISH`` reaches subscribers on every node).
 
 One database only (0), as Redis Cluster has; ``create_pool(wait_replicas=...)`` is refused
 on a cluster (``WAIT`` counts the replicas of one master only).
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, cast
-from urllib.parse import unquote
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -43,6 +43,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .addresses import parse_address
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -75,7 +77,8 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     userinfo, _, hosts = netloc.rpartition("@")
     if path.strip("/") not in ("", "0"):
         raise ValueError(f"a Redis Cluster has one database, 0: not {path.strip('/')!r}")
-    nodes = [_address(h) for h in hosts.split(",")]
+    nodes = [parse_address(h, default_port=DEFAULT_PORT, what="cluster node",
+                           example="host:7000,host2:7001") for h in hosts.split(",")]
     user = f"{userinfo}@" if userinfo else ""
     base = "rediss" if tls else "redis"
     options: dict[str, Any] = dict(parse_url(f"{base}://{user}cluster-node:1/0?{query}"))
@@ -85,25 +88,6 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     if tls:
         options["ssl"] = True
     return nodes, options
-
-
-def _address(text: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[ipv6]:port`` as (host, port)."""
-    if text.startswith("["):
-        host, bracket, port = text[1:].partition("]")
-        if not bracket or (port and not port.startswith(":")):
-            raise ValueError(f"bad cluster node address {text!r}")
-        port = port[1:]
-    else:
-        host, _, port = text.partition(":")
-    if not host:
-        raise ValueError("a cluster node address has no host: list nodes as "
-                         "host:7000,host2:7001")
-    if not port:
-        return unquote(host), DEFAULT_PORT
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"bad port {port!r} for cluster node {host!r}")
-    return unquote(host), int(port)
 
 
 def make_cluster(nodes: list[tuple[str, int]], settings: Mapping[str, Any],
@@ -155,7 +139,13 @@ def node_client(client: Any, key: str, **options: Any) -> Redis:
     """A client of one connection to the master that holds ``key``'s slot now (by the
     slot map of ``client``, a connected cluster client), with its connection settings but
     ``options``: for a blocking read. Closing it closes its connection."""
-    node = client.get_node_from_key(key)
+    return client_of(client.get_node_from_key(key), **options)
+
+
+def client_of(node: ClusterNode, **options: Any) -> Redis:
+    """A client of one connection to ``node`` (a ``ClusterNode`` of a connected cluster
+    client's slot map), with its connection settings but ``options``. Closing it closes its
+    connection."""
     pool = ConnectionPool(connection_class=node.connection_class, max_connections=1,
                           **{**node.connection_kwargs, **options})
     single = Redis(connection_pool=pool, single_connection_client=True)

@@ -5,6 +5,12 @@ with EVALSHA; after a Redis restart empties the script cache, a NOSCRIPT reply l
 script and the call is repeated, for single calls and for pipelines alike (on a Redis
 Cluster, the call is repeated with EVAL, which loads it on that node only: SCRIPT LOAD
 would go to every master, and fail while one is down).
+
+Notices are published with the command the prelude names in one place (``PUBLISH``);
+each script also has a sharded variant, the same but for ``SPUBLISH`` there, which a
+client that uses sharded pub/sub runs instead (``pubsub.sharded_pubsub``: a Redis Cluster
+whose masters all run Redis 7.0 or later). A script's channels share its keys' hash tag,
+so ``SPUBLISH`` stays in the slot the script runs in.
 """
 
 from __future__ import annotations
@@ -20,22 +26,33 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from .cluster import is_cluster
+from .pubsub import sharded_pubsub
 
 KeyOrArg = str | bytes | int | float
 
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """One Lua script: its name, full source and SHA1."""
+    """One Lua script: its name, full source and SHA1; ``sharded``: the variant that
+    publishes with ``SPUBLISH``."""
 
     name: str
     source: str
     sha: str
+    sharded: bool = False
+
+    def variant(self, sharded: bool) -> Script:
+        """This script publishing with ``SPUBLISH`` (``sharded``) or ``PUBLISH``."""
+        return self if sharded == self.sharded else load(self.name, sharded)
 
     async def __call__(
         self, client: Redis, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]
     ) -> Any:
-        """Run the script; load it first if the server does not know it."""
+        """Run the script (the variant for ``client``'s pub/sub); load it first if the
+        server does not know it."""
+        script = self.variant(await sharded_pubsub(client))
+        if script is not self:
+            return await script(client, keys, args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -53,6 +70,8 @@ async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
 
     Other errors are raised (the first one) after every call has been attempted.
     """
+    sharded = await sharded_pubsub(client)
+    calls = [(script.variant(sharded), keys, args) for script, keys, args in calls]
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
@@ -91,11 +110,26 @@ def _read(name: str) -> str:
     return resources.files("asyncjobs._redis").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
+_CLASSIC = "local PUBLISH = 'PUBLISH'\n"
+_SHARDED = "local PUBLISH = 'SPUBLISH'\n"
+
+
+def load(name: str, sharded: bool = False) -> Script:
+    """The script ``scripts/<name>.lua``, with the shared prelude (its sharded variant
+    with ``sharded``); one object per script and variant."""
+    return _load(name, sharded)
+
+
 @cache
-def load(name: str) -> Script:
-    """The script ``scripts/<name>.lua``, with the shared prelude."""
-    source = f"{_prelude()}\n{_read(name)}"
-    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+def _load(name: str, sharded: bool) -> Script:
+    prelude = _prelude()
+    if sharded:
+        if prelude.count(_CLASSIC) != 1:
+            raise RuntimeError("_prelude.lua must name its publish command in one line: "
+                               f"{_CLASSIC.strip()}")
+        prelude = prelude.replace(_CLASSIC, _SHARDED)
+    source = f"{prelude}\n{_read(name)}"
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest(), sharded)
 
 
 ENQUEUE = "enqueue"

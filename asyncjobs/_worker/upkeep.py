@@ -1,5 +1,6 @@
 """The worker's background duties besides fetching: keep held entries fresh, react to abort
-requests and scheduler wake-ups (pub/sub), and heartbeat into the worker registry."""
+requests and scheduler wake-ups (pub/sub: sharded on a Redis Cluster that has it, see
+``_redis.pubsub``), and heartbeat into the worker registry."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
 
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from .._redis import scripts as _scripts
 from .._redis.keys import VACATED, GlobalKeys
+from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
 from .._text import clean, safe_str
 from .._version import __version__
 from .executor import Executor
@@ -63,7 +63,8 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
 async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
                       vacated: dict[str, asyncio.Event] | None = None) -> None:
     """Listen for abort requests, scheduler wake-ups (``wake``, by queue) and leader
-    leases given up (``vacated``, by queue); resubscribe after outages. Runs until the
+    leases given up (``vacated``, by queue); resubscribe after outages (every event is set
+    then: a wake-up or a lease given up may have been missed meanwhile). Runs until the
     worker has drained (an abort may arrive during the grace period)."""
     vacated = vacated or {}
     handlers: dict[bytes, Callable[[bytes], None]] = {}
@@ -72,26 +73,39 @@ async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
         if queue in wake:
             handlers[store.keys.wake_channel.encode()] = _on_wake(wake[queue],
                                                                   vacated.get(queue))
+    # rt.touch_now: the keep-alive's touch finds aborts requested meanwhile
+    events = (*wake.values(), *vacated.values(), rt.touch_now)
+
+    def missed() -> None:
+        """A wake-up, a lease given up or an abort may have been missed while away, or
+        before the first subscribe (jobs may already be running)."""
+        for event in events:
+            event.set()
+
     while True:
-        pubsub = rt.client.pubsub(ignore_subscribe_messages=True)
+        pubsub: Subscriber | None = None
         try:
+            pubsub = await pubsub_for(rt.client,
+                                      on_failure=lambda exc: rt.outage.failed(exc, "pub/sub"),
+                                      on_recovery=rt.outage.ok)
             await pubsub.subscribe(*handlers)
-            # A wake-up, a lease given up or an abort may have been missed while away (or
-            # before the first subscribe: jobs may already be running).
-            for event in (*wake.values(), *vacated.values(), rt.touch_now):
-                event.set()
-            await _listen(pubsub, handlers)
+            missed()
+            await _listen(pubsub, handlers, missed)
         except OUTAGE_ERRORS as exc:
             await asyncio.sleep(rt.outage.failed(exc, "pub/sub"))
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await cast(Any, pubsub).aclose()
+            if pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
 
 
-async def _listen(pubsub: PubSub, handlers: dict[bytes, Callable[[bytes], None]]) -> None:
+async def _listen(pubsub: Subscriber, handlers: dict[bytes, Callable[[bytes], None]],
+                  missed: Callable[[], None]) -> None:
     while True:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-        if message and message.get("type") == "message":
+        if message and message.get("type") == RESUBSCRIBED:
+            missed()
+        elif message and message.get("type") == "message":
             handler = handlers.get(message["channel"])
             if handler is not None:
                 try:

@@ -30,6 +30,7 @@ from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.keys import Keys
+from .._redis.pubsub import sharded_pubsub
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
 from .._routing import describe_order, level_queue, parse_queues
@@ -185,6 +186,7 @@ class Worker:
             verdict = judge(await read_settings(client), allow_eviction=cfg.allow_eviction)
             if verdict.errors:
                 raise ConfigurationError(verdict.errors[0])
+            await sharded_pubsub(client)  # which pub/sub, read while every master answers
             rt = self._runtime(client, blocking)
             self._banner(where, version)
             for warning in verdict.warnings:

@@ -10,6 +10,10 @@
 -- with the reason) and never stops the rest of a batch.
 local unpack = unpack or table.unpack
 
+-- The command every notice is published with: scripts.py loads each script a second time
+-- with 'SPUBLISH' here, for a Redis Cluster that uses sharded pub/sub (see pubsub.py).
+local PUBLISH = 'PUBLISH'
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -69,7 +73,7 @@ end
 local function wake_if_first(delayed, channel, id, due)
   local first = redis.call('ZRANGE', delayed, 0, 0)
   if first[1] == id then
-    redis.call('PUBLISH', channel, due)
+    redis.call(PUBLISH, channel, due)
   end
 end
 
@@ -90,7 +94,7 @@ local function finish(key, channel, state, now, ttl, fields, quiet)
     redis.call('PERSIST', key)
   end
   if not quiet then
-    redis.call('PUBLISH', channel, state)
+    redis.call(PUBLISH, channel, state)
   end
   return nil
 end

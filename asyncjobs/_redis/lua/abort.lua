@@ -34,6 +34,6 @@ if state == 'scheduled' or state == 'queued' then
   index_ended(KEYS[5], {id, now})
 elseif state == 'running' then
   redis.call('HSET', key, 'ab', '1')
-  redis.call('PUBLISH', ARGV[3], id)
+  redis.call(PUBLISH, ARGV[3], id)
 end
 return state

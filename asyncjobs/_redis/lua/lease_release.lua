@@ -6,7 +6,7 @@
 if redis.pcall('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] and ARGV[2] ~= '' then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
+    redis.call(PUBLISH, ARGV[2], ARGV[3])
   end
   return 1
 end
