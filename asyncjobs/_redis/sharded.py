@@ -108,6 +108,8 @@ class ShardedPubSub:
         self._lost: set[bytes] = set()
         self._error: BaseException | None = None  # the latest failure to subscribe
         self._failures = 0
+        self._delay = _RETRY_S[0]  # the wait before the next attempt to subscribe again
+        self._pending: set[bytes] = set()  # subscribed again, not yet confirmed by Redis
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._repair: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -134,6 +136,7 @@ class ShardedPubSub:
         gone = {_bytes(c) for c in channels}
         self._wanted -= gone
         self._lost -= gone
+        self._pending -= gone
         async with self._lock:
             for shard in list(self._shards.values()):
                 mine = shard.channels & gone
@@ -166,6 +169,7 @@ class ShardedPubSub:
         self._closed = True
         self._wanted.clear()
         self._lost.clear()
+        self._pending.clear()
         tasks = [s.reader for s in self._shards.values() if s.reader is not None]
         if self._repair is not None:
             tasks.append(self._repair)
@@ -230,12 +234,19 @@ class ShardedPubSub:
                     self._queue.put_nowait({"type": "message", "pattern": None,
                                             "channel": message["channel"],
                                             "data": message["data"]})
+                elif kind == "ssubscribe" and message["channel"] in self._pending:
+                    self._pending.discard(message["channel"])
+                    if not self._pending and not self._lost:
+                        self._recovered()
                 elif kind == "sunsubscribe" and message["channel"] in shard.channels:
                     self._moved(shard, message["channel"])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.debug("sharded pub/sub connection to %s failed: %s", shard.name, exc)
+            if shard.channels & self._pending:  # refused (NOPERM) or cut before confirmed:
+                self._pending -= shard.channels  # a failed attempt, the next one waits more
+                self._failed(exc)
             self._drop(shard, exc)
         finally:
             await _dispose(shard)
@@ -260,7 +271,9 @@ class ShardedPubSub:
         self._kick()
 
     def _lose(self, channels: Iterable[bytes], exc: BaseException) -> None:
+        channels = set(channels)
         self._lost.update(c for c in channels if c in self._wanted)
+        self._pending -= channels
         self._error = exc
 
     def _kick(self) -> None:
@@ -269,7 +282,7 @@ class ShardedPubSub:
             self._repair = asyncio.create_task(self._repairing(), name="asyncjobs-resubscribe")
 
     async def _repairing(self) -> None:
-        delay = _RETRY_S[0]
+        delay = self._delay
         while self._lost and not self._closed:
             await asyncio.sleep(delay)
             try:
@@ -288,19 +301,26 @@ class ShardedPubSub:
             if len(self._lost) < len(lost):
                 self._queue.put_nowait({"type": RESUBSCRIBED, "pattern": None,
                                         "channel": None, "data": None})
+            # recovered once Redis confirms them (a refused SSUBSCRIBE fails the reader)
+            self._pending |= lost - self._lost
             if self._lost:
                 delay = self._failed(self._error or ConnectionError("subscribe failed"))
-            else:
-                self._failures = 0
-                if self._on_recovery is not None:
-                    self._on_recovery()
+            elif not self._pending:
+                self._recovered()
+
+    def _recovered(self) -> None:
+        self._failures, self._delay = 0, _RETRY_S[0]
+        if self._on_recovery is not None:
+            self._on_recovery()
 
     def _failed(self, exc: BaseException) -> float:
         if self._on_failure is not None:
-            return self._on_failure(exc)
+            self._delay = self._on_failure(exc)
+            return self._delay
         log.debug("sharded pub/sub: subscribing again failed: %s", exc)
         self._failures += 1
-        return _RETRY_S[min(self._failures, len(_RETRY_S) - 1)]
+        self._delay = _RETRY_S[min(self._failures, len(_RETRY_S) - 1)]
+        return self._delay
 
     async def _close_shard(self, shard: _Shard) -> None:
         if self._shards.get(shard.name) is shard:
