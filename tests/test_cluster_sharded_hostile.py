@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from asyncjobs._redis import pubsub
+from asyncjobs._redis import pubsub, sharded
 from asyncjobs._redis.keys import Keys
 from asyncjobs._redis.pubsub import RESUBSCRIBED
 from asyncjobs._redis.sharded import ShardedPubSub
@@ -76,3 +77,121 @@ async def test_a_refused_subscribe_backs_off(redis_cluster: ClusterSetup,
     assert resubscribed <= 6
     assert not recovered
     await _until(_no_sharded_tasks, 5, "every task ended")
+
+
+# --- on fake nodes: races, step by step ---------------------------------------------------------
+
+
+class _FakePubSub:
+    """A node's pub/sub connection: SSUBSCRIBE waits for ``gate`` then confirms each
+    channel; ``fail`` makes the next read raise; ``refuse`` makes SSUBSCRIBE raise."""
+
+    def __init__(self, node: _FakeNode) -> None:
+        self.node = node
+        self.shard_channels: dict[bytes, Any] = {}
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.connection = None
+        self.closed = False
+        node.opened.append(self)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.shard_channels)
+
+    async def ssubscribe(self, *channels: bytes) -> None:
+        await self.node.gate.wait()
+        if self.node.refuse:
+            raise ConnectionError(f"{self.node.name} refuses")
+        self.shard_channels.update(dict.fromkeys(channels))
+        for channel in channels:
+            self.inbox.put_nowait({"type": "ssubscribe", "channel": channel, "data": 1})
+
+    async def sunsubscribe(self, *channels: bytes) -> None:
+        for channel in channels:
+            self.shard_channels.pop(channel, None)
+
+    async def get_message(self, timeout: float | None = 0.0) -> Any:
+        try:  # not wait_for: on 3.11 it may swallow a cancel racing a message
+            async with asyncio.timeout(timeout):
+                item = await self.inbox.get()
+        except TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class _FakeNode:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.refuse = False
+        self.opened: list[_FakePubSub] = []
+
+    def pubsub(self) -> _FakePubSub:
+        return _FakePubSub(self)
+
+    async def aclose(self) -> None:
+        pass
+
+    def fail(self) -> None:
+        """The connection now open on this node fails."""
+        self.opened[-1].inbox.put_nowait(ConnectionError(f"{self.name} went away"))
+
+
+class _FakeCluster:
+    """Two nodes: the slot of ``{a}`` on n1, every other one on n2."""
+
+    def __init__(self) -> None:
+        self.n1, self.n2 = _FakeNode("n1:1"), _FakeNode("n2:2")
+        self.nodes_manager = self
+
+    def get_node_from_slot(self, slot: int) -> _FakeNode:
+        from redis.crc import key_slot
+
+        return self.n1 if slot == key_slot(b"{a}") else self.n2
+
+    def get_node(self, node_name: str) -> _FakeNode | None:
+        return {"n1:1": self.n1, "n2:2": self.n2}.get(node_name)
+
+    async def initialize(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> _FakeCluster:
+    monkeypatch.setattr(sharded, "client_of", lambda node, **options: node)
+    return _FakeCluster()
+
+
+async def _until_true(check: Any, timeout_s: float = 2.0) -> None:
+    async def checked() -> bool:
+        return bool(check())
+
+    await _until(checked, timeout_s, "condition")
+
+
+@pytest.mark.asyncio
+async def test_a_subscribe_waiting_while_closed_opens_nothing(fake_cluster: _FakeCluster
+                                                              ) -> None:
+    """A subscribe that waits for a resubscription under way (its node out of reach) when
+    the subscriber is closed: once the close has cancelled that resubscription, the
+    subscribe must not open a connection and a reader that nobody will close."""
+    sub = ShardedPubSub(fake_cluster)  # type: ignore[arg-type]
+    await sub.subscribe(b"{a}1")
+    fake_cluster.n1.gate.clear()  # connecting to n1 hangs from now on
+    fake_cluster.n1.fail()
+    await _until_true(lambda: sub._repair is not None and sub._lock.locked())
+    waiting = asyncio.ensure_future(sub.subscribe(b"{b}1"))  # a watch starts meanwhile
+    await asyncio.sleep(0.01)
+    await sub.aclose()
+    await asyncio.wait_for(waiting, 2)
+    await asyncio.sleep(0.01)
+    assert not sub._shards
+    assert await _no_sharded_tasks()
+    assert all(p.closed for node in (fake_cluster.n1, fake_cluster.n2) for p in node.opened)
+

@@ -189,6 +189,8 @@ class ShardedPubSub:
             return
         for name, slots in nodes.items():
             for group in slots.values():
+                if self._closed:  # closed meanwhile: nothing opened that none would close
+                    return
                 shard = self._shards.get(name) or self._open(name)
                 if shard is None:
                     self._lose(group, ConnectionError(f"no node {name} in the slot map"))
