@@ -195,3 +195,26 @@ async def test_a_subscribe_waiting_while_closed_opens_nothing(fake_cluster: _Fak
     assert await _no_sharded_tasks()
     assert all(p.closed for node in (fake_cluster.n1, fake_cluster.n2) for p in node.opened)
 
+
+@pytest.mark.asyncio
+async def test_a_resubscription_is_announced_even_when_more_was_lost_meanwhile(
+        fake_cluster: _FakeCluster) -> None:
+    """n1's channel is subscribed again while n2 fails (and stays out of reach): the
+    watchers of n1's channel, which may have missed a notice, are woken at once
+    (RESUBSCRIBED), not only once n2 is back."""
+    sub = ShardedPubSub(fake_cluster)  # type: ignore[arg-type]
+    try:
+        await sub.subscribe(b"{a}1", b"{b}1", b"{c}1")
+        await _until_true(lambda: len(sub.channels) == 3)
+        fake_cluster.n1.gate.clear()
+        fake_cluster.n1.fail()
+        await _until_true(lambda: sub._lock.locked())  # subscribing {a}1 again
+        fake_cluster.n2.refuse = True
+        fake_cluster.n2.fail()  # n2's two channels lost meanwhile
+        await _until_true(lambda: len(sub._lost) == 2)
+        fake_cluster.n1.gate.set()
+        message = await sub.get_message(timeout=2.0)
+        assert message is not None and message["type"] == RESUBSCRIBED
+        assert sub.channels == {b"{a}1": "n1:1"}
+    finally:
+        await sub.aclose()

@@ -300,7 +300,7 @@ class ShardedPubSub:
                 for shard in [s for s in self._shards.values() if not s.channels]:
                     await self._close_shard(shard)  # a node that lost every channel (its
                     # slots moved away, or it left the cluster)
-            if len(self._lost) < len(lost):
+            if lost - self._lost:  # some subscribed again (others may be lost meanwhile)
                 self._queue.put_nowait({"type": RESUBSCRIBED, "pattern": None,
                                         "channel": None, "data": None})
             # recovered once Redis confirms them (a refused SSUBSCRIBE fails the reader)
