@@ -149,6 +149,7 @@ class _FakeCluster:
     def __init__(self) -> None:
         self.n1, self.n2 = _FakeNode("n1:1"), _FakeNode("n2:2")
         self.nodes_manager = self
+        self._asyncjobs_sharded_pubsub = True  # the rule, as pubsub.sharded_pubsub keeps it
 
     def get_node_from_slot(self, slot: int) -> _FakeNode:
         from redis.crc import key_slot
@@ -218,3 +219,37 @@ async def test_a_resubscription_is_announced_even_when_more_was_lost_meanwhile(
         assert sub.channels == {b"{a}1": "n1:1"}
     finally:
         await sub.aclose()
+
+
+async def _watch_briefly(waiter: Any, channel: str) -> None:
+    async with asyncio.timeout(0.05), waiter.watch(channel):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_watch_cancelled_while_subscribing_leaves_nothing_behind(
+        fake_cluster: _FakeCluster) -> None:
+    """``result(timeout=...)`` calls that time out while their node does not answer the
+    subscribe (each cancelled inside ``watch``): no channel stays watched by the Waiter or
+    wanted by the subscriber (each would be subscribed again after every outage, for
+    ever), and a later watch of the same channel works."""
+    from asyncjobs._producer.waiter import Waiter
+
+    waiter = Waiter(fake_cluster)  # type: ignore[arg-type]
+    try:
+        fake_cluster.n1.gate.clear()  # n1 does not answer
+        for i in range(5):
+            with pytest.raises(TimeoutError):
+                await _watch_briefly(waiter, f"{{a}}done{i}")
+        assert waiter._events == {}
+        sub = waiter._pubsub
+        assert isinstance(sub, ShardedPubSub)
+        assert sub._wanted == set()
+        fake_cluster.n1.gate.set()
+        async with waiter.watch("{a}done0") as event:
+            assert sub._wanted == {b"{a}done0"}
+            fake_cluster.n1.opened[-1].inbox.put_nowait(
+                {"type": "smessage", "channel": b"{a}done0", "data": b"ok"})
+            await asyncio.wait_for(event.wait(), 2)
+    finally:
+        await waiter.close()

@@ -66,7 +66,11 @@ class Waiter:
             waiters = self._events.setdefault(key, set())
             waiters.add(event)
             if len(waiters) == 1:
-                await self._subscribe(key)
+                try:
+                    await self._subscribe(key)
+                except BaseException:  # cancelled (a result() timing out): not watched
+                    self._events.pop(key, None)
+                    raise
         try:
             yield event
         finally:

@@ -125,9 +125,15 @@ class ShardedPubSub:
         """Subscribe to ``channels`` on the masters of their slots (those that cannot be now
         are subscribed in the background: see the module docstring)."""
         wanted = [_bytes(c) for c in channels]
+        fresh = set(wanted) - self._wanted
         self._wanted.update(wanted)
-        async with self._lock:
-            await self._place(wanted)
+        try:
+            async with self._lock:
+                await self._place(wanted)
+        except BaseException:  # cancelled: those not wanted before are not wanted now
+            self._wanted -= fresh
+            self._lost -= fresh
+            raise
         self._kick()
 
     async def unsubscribe(self, *channels: str | bytes) -> None:
