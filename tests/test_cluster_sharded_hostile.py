@@ -253,3 +253,34 @@ async def test_a_watch_cancelled_while_subscribing_leaves_nothing_behind(
             await asyncio.wait_for(event.wait(), 2)
     finally:
         await waiter.close()
+
+
+# --- the reply to our own SUNSUBSCRIBE ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_then_subscribe_again_is_no_slot_move(redis_cluster: ClusterSetup
+                                                                ) -> None:
+    """A channel unsubscribed and at once subscribed again (``result()`` called again for
+    the same job): the reply to our own SUNSUBSCRIBE, read after the new SSUBSCRIBE, is not
+    a slot moved away; no resubscription, and no RESUBSCRIBED waking every watcher."""
+    client = RedisCluster.from_url(redis_cluster.url.replace("redis+cluster://", "redis://")
+                                   .split(",")[0])
+    try:
+        assert await pubsub.sharded_pubsub(client)
+        channel = Keys(f"sp{secrets.token_hex(3)}", "default").done_channel("j1")
+        sub = ShardedPubSub(client)
+        try:
+            await sub.subscribe(channel)
+            for _ in range(5):
+                await sub.unsubscribe(channel)
+                await sub.subscribe(channel)
+            message = await sub.get_message(timeout=0.5)
+            assert message is None, message
+            await client.spublish(channel, b"x")
+            message = await sub.get_message(timeout=2.0)
+            assert message is not None and message["data"] == b"x"
+        finally:
+            await sub.aclose()
+    finally:
+        await client.aclose()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,8 @@ class _Shard:
     client: Redis
     pubsub: PubSub
     channels: set[bytes] = field(default_factory=set)
+    leaving: Counter[bytes] = field(default_factory=Counter)
+    """Our SUNSUBSCRIBEs not yet answered, by channel: their replies are no slot move."""
     started: asyncio.Event = field(default_factory=asyncio.Event)
     """Set after each SSUBSCRIBE is sent: the reader reads while anything is subscribed,
     and waits for this event while nothing is."""
@@ -150,6 +153,7 @@ class ShardedPubSub:
                     continue
                 shard.channels -= mine
                 for group in by_slot(mine).values():
+                    shard.leaving.update(group)
                     try:
                         await shard.pubsub.sunsubscribe(*group)
                     except Exception as exc:  # the reader sees the connection fail too
@@ -246,6 +250,10 @@ class ShardedPubSub:
                     self._pending.discard(message["channel"])
                     if not self._pending and not self._lost:
                         self._recovered()
+                elif kind == "sunsubscribe" and shard.leaving[message["channel"]] > 0:
+                    shard.leaving[message["channel"]] -= 1  # the reply to our own
+                    if not shard.leaving[message["channel"]]:
+                        del shard.leaving[message["channel"]]
                 elif kind == "sunsubscribe" and message["channel"] in shard.channels:
                     self._moved(shard, message["channel"])
         except asyncio.CancelledError:
