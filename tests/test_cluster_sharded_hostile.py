@@ -284,3 +284,27 @@ async def test_unsubscribe_then_subscribe_again_is_no_slot_move(redis_cluster: C
             await sub.aclose()
     finally:
         await client.aclose()
+
+
+# --- get_message cancelled ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_get_message_is_cancelled_and_keeps_the_message(
+        fake_cluster: _FakeCluster) -> None:
+    """``get_message(timeout=...)`` cancelled in the very step a message arrives: the
+    cancellation goes through (Python 3.11's ``wait_for`` returned the message instead,
+    swallowing the cancel: a reader told to stop would read on), and the message stays
+    for the next call."""
+    sub = ShardedPubSub(fake_cluster)  # type: ignore[arg-type]
+    try:
+        reading = asyncio.ensure_future(sub.get_message(timeout=5.0))
+        await asyncio.sleep(0.01)
+        notice = {"type": "message", "pattern": None, "channel": b"{a}1", "data": b"x"}
+        sub._queue.put_nowait(notice)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert await sub.get_message(timeout=0.1) == notice
+    finally:
+        await sub.aclose()

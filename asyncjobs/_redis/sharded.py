@@ -168,8 +168,9 @@ class ShardedPubSub:
             return await self._queue.get()
         if timeout <= 0:
             return self._queue.get_nowait() if not self._queue.empty() else None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+        try:  # not wait_for: on 3.11 it swallows a cancel that meets a message
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
