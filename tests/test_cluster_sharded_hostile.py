@@ -149,12 +149,13 @@ class _FakeCluster:
     def __init__(self) -> None:
         self.n1, self.n2 = _FakeNode("n1:1"), _FakeNode("n2:2")
         self.nodes_manager = self
+        self.a_on_n2 = False  # the slot map gives {a} to n2 (a failover)
         self._asyncjobs_sharded_pubsub = True  # the rule, as pubsub.sharded_pubsub keeps it
 
     def get_node_from_slot(self, slot: int) -> _FakeNode:
         from redis.crc import key_slot
 
-        return self.n1 if slot == key_slot(b"{a}") else self.n2
+        return self.n1 if slot == key_slot(b"{a}") and not self.a_on_n2 else self.n2
 
     def get_node(self, node_name: str) -> _FakeNode | None:
         return {"n1:1": self.n1, "n2:2": self.n2}.get(node_name)
@@ -306,5 +307,63 @@ async def test_a_cancelled_get_message_is_cancelled_and_keeps_the_message(
         with pytest.raises(asyncio.CancelledError):
             await reading
         assert await sub.get_message(timeout=0.1) == notice
+    finally:
+        await sub.aclose()
+
+
+# --- a hung node ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_closing_with_a_master_hung_is_prompt(redis_cluster: ClusterSetup) -> None:
+    """The master of a subscribed channel hangs (SIGSTOP): closing the subscriber (a worker
+    stopping) still ends at once, every task gone."""
+    import os
+    import signal
+    import time
+
+    import asyncjobs
+
+    prefix = f"sp{secrets.token_hex(3)}"
+    channel = Keys(prefix, "default").abort_channel
+    async with asyncjobs.create_pool(redis_cluster.url, prefix=prefix) as pool:
+        sub = await pubsub.pubsub_for(pool.client)
+        await sub.subscribe(channel)
+        victim = await _master_of(redis_cluster, channel)
+        await _until(lambda: _subscribed_on(victim.port, channel), 5, "SSUBSCRIBE")
+        assert victim.process is not None
+        os.kill(victim.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.2)
+            began = time.monotonic()
+            await asyncio.wait_for(sub.aclose(), 10)
+            assert time.monotonic() - began < 1.0
+            assert await _no_sharded_tasks()
+        finally:
+            os.kill(victim.process.pid, signal.SIGCONT)
+    await asyncio.to_thread(redis_cluster.wait_ok, 30.0)
+
+
+async def _subscribed_on(port: int, channel: str) -> bool:
+    return channel.encode() in await _ask(port, "PUBSUB", "SHARDCHANNELS")
+
+
+@pytest.mark.asyncio
+async def test_a_failover_behind_a_hung_master_moves_the_subscription(
+        fake_cluster: _FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master of a channel hangs (no reply, no error, no SUNSUBSCRIBE) and its replica
+    takes over: once the slot map names the new master (the cluster client learns it from
+    its own commands), the channel is subscribed there and RESUBSCRIBED wakes its
+    watchers; it does not stay on the hung node, deaf, for as long as that hangs."""
+    monkeypatch.setattr(sharded, "_READ_S", 0.1)
+    sub = ShardedPubSub(fake_cluster)  # type: ignore[arg-type]
+    try:
+        await sub.subscribe(b"{a}1")
+        assert sub.channels == {b"{a}1": "n1:1"}
+        fake_cluster.a_on_n2 = True
+        message = await sub.get_message(timeout=2.0)
+        assert message is not None and message["type"] == RESUBSCRIBED
+        assert sub.channels == {b"{a}1": "n2:2"}
+        assert "n1:1" not in sub._shards and fake_cluster.n1.opened[-1].closed
     finally:
         await sub.aclose()

@@ -241,6 +241,7 @@ class ShardedPubSub:
                     continue
                 message = await shard.pubsub.get_message(timeout=_READ_S)
                 if message is None:
+                    self._check_owners(shard)
                     continue
                 kind = message.get("type")
                 if kind == "smessage":
@@ -278,6 +279,19 @@ class ShardedPubSub:
         self._kick()
         if shard.reader is not None and shard.reader is not asyncio.current_task():
             shard.reader.cancel()
+
+    def _check_owners(self, shard: _Shard) -> None:
+        """Channels whose slot the slot map now gives another master are moved there: a
+        failover this connection never saw (its node hung: no reply, no error, no
+        SUNSUBSCRIBE; the cluster client learns the new master from its own commands)."""
+        for slot, group in by_slot(sorted(shard.channels)).items():
+            try:
+                owner = self._owner(slot)
+            except Exception:  # a slot no master holds now: the next look decides
+                continue
+            if owner != shard.name:
+                for channel in group:
+                    self._moved(shard, channel)
 
     def _moved(self, shard: _Shard, channel: bytes) -> None:
         """Redis unsubscribed ``channel`` (its slot moved away from this node)."""
