@@ -367,3 +367,41 @@ async def test_a_failover_behind_a_hung_master_moves_the_subscription(
         assert "n1:1" not in sub._shards and fake_cluster.n1.opened[-1].closed
     finally:
         await sub.aclose()
+
+
+# --- checks that held ----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_scripts_flushed_and_the_pubsub_connection_killed(redis_cluster: ClusterSetup,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """SCRIPT FLUSH on every node, then the queue master's pub/sub connections killed
+    (CLIENT KILL TYPE pubsub) while a result is awaited: the scripts reloaded are the
+    sharded variants (SPUBLISH only), and the result still comes by a notice."""
+    import time
+
+    from asyncjobs._producer import handle
+
+    from .conftest import running
+    from .test_cluster_sharded import _backend, _publishes, _subscribed, _worker, nap
+
+    monkeypatch.setattr(handle, "_RECHECK_S", 600.0)
+    backend = _backend(redis_cluster)
+    async with backend.pool() as pool, running(backend, _worker(backend)):
+        keys = pool.keys("default")
+        owner = await _master_of(redis_cluster, keys.stream)
+        for port in redis_cluster.ports:
+            await _ask(port, "SCRIPT", "FLUSH")
+        before = await _publishes(redis_cluster)
+        job = await pool.enqueue(nap, 1.5)
+        waiting = asyncio.ensure_future(job.result(timeout=20))
+        done = keys.done_channel(job.id)
+        await _until(lambda: _subscribed(owner.port, done), 5, "SSUBSCRIBE")
+        await _ask(owner.port, "CLIENT", "KILL", "TYPE", "pubsub")
+        began = time.monotonic()
+        assert await waiting == "rested"
+        assert time.monotonic() - began < 4.0
+        after = await _publishes(redis_cluster)
+        assert after["spublish"] > before["spublish"]
+        assert after["publish"] == before["publish"]
