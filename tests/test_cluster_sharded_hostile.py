@@ -24,13 +24,40 @@ from .test_cluster_sharded import _ask, _master_of, _no_sharded_tasks, _until
 
 
 @pytest_asyncio.fixture
-async def no_channels_user(redis_cluster: ClusterSetup) -> AsyncIterator[RedisCluster]:
-    """A cluster client of a user allowed every key and command but no channel
+async def no_channels(redis_cluster: ClusterSetup) -> AsyncIterator[tuple[str, str]]:
+    """A user (name, password) allowed every key and command but no channel
     (``resetchannels``): every SSUBSCRIBE of it gets NOPERM."""
     user, password = f"noch{secrets.token_hex(3)}", secrets.token_hex(8)
     for port in redis_cluster.ports:
         await _ask(port, "ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all",
                    "resetchannels")
+    try:
+        yield user, password
+    finally:
+        for port in redis_cluster.ports:
+            await _ask(port, "ACL", "DELUSER", user)
+
+
+@pytest_asyncio.fixture
+async def no_ssubscribe(redis_cluster: ClusterSetup) -> AsyncIterator[tuple[str, str]]:
+    """A user (name, password) allowed everything but SSUBSCRIBE (``-ssubscribe``): it
+    can run asyncjobs's scripts (SPUBLISH), but its subscriptions are refused."""
+    user, password = f"nosub{secrets.token_hex(3)}", secrets.token_hex(8)
+    for port in redis_cluster.ports:
+        await _ask(port, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all",
+                   "-ssubscribe")
+    try:
+        yield user, password
+    finally:
+        for port in redis_cluster.ports:
+            await _ask(port, "ACL", "DELUSER", user)
+
+
+@pytest_asyncio.fixture
+async def no_channels_user(redis_cluster: ClusterSetup, no_channels: tuple[str, str]
+                           ) -> AsyncIterator[RedisCluster]:
+    """A cluster client of the ``no_channels`` user."""
+    user, password = no_channels
     client = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0], username=user,
                           password=password)
     try:
@@ -38,8 +65,6 @@ async def no_channels_user(redis_cluster: ClusterSetup) -> AsyncIterator[RedisCl
         yield client
     finally:
         await client.aclose()
-        for port in redis_cluster.ports:
-            await _ask(port, "ACL", "DELUSER", user)
 
 
 async def _ssubscribes(port: int) -> int:
@@ -77,6 +102,40 @@ async def test_a_refused_subscribe_backs_off(redis_cluster: ClusterSetup,
     assert resubscribed <= 6
     assert not recovered
     await _until(_no_sharded_tasks, 5, "every task ended")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_whose_subscribe_is_refused_backs_off(
+        redis_cluster: ClusterSetup, no_ssubscribe: tuple[str, str]) -> None:
+    """The same in a worker, whose failures go to its shared outage tracker: its other
+    loops (fetching, settling) succeeding in between must not keep the pub/sub's retries
+    at their first, shortest wait."""
+    from asyncjobs._redis.connection import url_factory
+
+    from .conftest import Backend, running
+    from .test_cluster_sharded import _worker, nap
+
+    user, password = no_ssubscribe
+    url = redis_cluster.url.replace("redis+cluster://", f"redis+cluster://{user}:{password}@")
+    backend = Backend("cluster", url, url_factory(url), f"sp{secrets.token_hex(3)}")
+    channel = Keys(backend.prefix, "default").abort_channel
+    port = (await _master_of(redis_cluster, channel)).port
+    async with backend.pool() as pool, running(backend, _worker(backend)):
+
+        async def busy() -> None:  # jobs flowing: fetch and settle succeed all along
+            while True:
+                await pool.enqueue(nap, 0.0)
+                await asyncio.sleep(0.02)
+
+        feeding = asyncio.ensure_future(busy())
+        try:
+            await asyncio.sleep(1.0)
+            before = await _ssubscribes(port)
+            await asyncio.sleep(4.0)
+            tried = await _ssubscribes(port) - before
+        finally:
+            feeding.cancel()
+    assert tried <= 6, f"{tried} SSUBSCRIBE in 4 s"
 
 
 # --- on fake nodes: races, step by step ---------------------------------------------------------

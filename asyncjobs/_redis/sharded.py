@@ -345,12 +345,13 @@ class ShardedPubSub:
             self._on_recovery()
 
     def _failed(self, exc: BaseException) -> float:
-        if self._on_failure is not None:
-            self._delay = self._on_failure(exc)
-            return self._delay
-        log.debug("sharded pub/sub: subscribing again failed: %s", exc)
         self._failures += 1
         self._delay = _RETRY_S[min(self._failures, len(_RETRY_S) - 1)]
+        if self._on_failure is not None:  # its wait, never shorter than our own: a worker's
+            # outage tracker is reset by its other loops' successes meanwhile
+            self._delay = max(self._delay, self._on_failure(exc))
+        else:
+            log.debug("sharded pub/sub: subscribing again failed: %s", exc)
         return self._delay
 
     async def _close_shard(self, shard: _Shard) -> None:
