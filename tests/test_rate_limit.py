@@ -268,7 +268,7 @@ async def test_a_job_over_its_limit_waits_scheduled_for_its_own_slot(backend: Ba
             f"rate limit of task 'mail': its slot is at "
             f"{info.scheduled_for.isoformat(timespec='milliseconds')}")
     assert first.waiting_on is None  # it ran
-    assert sum(1 for kind, _, _ in seen.kinds if kind == "rate_limited") == 5
+    assert sum(1 for kind, _, _ in seen.kinds if kind == "rate_limited") == 5, seen.kinds
     assert sum(1 for kind, _, _ in seen.kinds if kind == "started") == 1
 
 
@@ -437,3 +437,56 @@ def test_three_processes_together_hold_the_rate_within_ten_percent(
     print(f"\n{in_window} jobs started in the 10 s window at a 10/s limit")
     assert math.isclose(in_window, 100, rel_tol=0.10), in_window
     assert attempts == {1}  # no deferral counted as an attempt
+
+
+@pytest.mark.asyncio
+async def test_a_keepalive_during_a_rate_check_leaves_the_deferral_to_the_check(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rate.lua defers a job and releases its entry; until the worker reads that reply, the
+    attempt still looks held. A keep-alive round in between (every 0.2 s here) must not take
+    the released entry for one another worker took ("lost": the attempt cancelled, its
+    deferral never told to the observers)."""
+    from asyncjobs._redis import scripts
+    from asyncjobs._redis.store import QueueStore
+
+    touches = 0
+    real_touch = QueueStore.touch
+
+    async def counted_touch(self: QueueStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal touches
+        touches += 1
+        return await real_touch(self, *args, **kwargs)
+
+    real_run = scripts.run_pipelined
+
+    async def slow_rate_replies(client: Any, calls: Any) -> list[Any]:
+        replies = await real_run(client, calls)
+        if any(script.name == "rate" for script, _, _ in calls):
+            # the deferrals are done in Redis: give the keep-alive two rounds to see them
+            seen, deadline = touches, time.monotonic() + 1.5
+            while touches < seen + 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        return replies
+
+    monkeypatch.setattr(QueueStore, "touch", counted_touch)
+    monkeypatch.setattr(scripts, "run_pipelined", slow_rate_replies)
+
+    @asyncjobs.task(rate_limit="1/h")
+    async def mail(ctx: Context, i: int) -> int:
+        await asyncio.sleep(3)  # holds its entry: the keep-alive has something to touch
+        return i
+
+    seen = Seen()
+    async with backend.pool() as pool:
+        jobs = [await pool.enqueue(mail, i) for i in range(4)]
+        async with running(backend, backend.worker([mail], observers=[seen],
+                                                   claim_timeout=1.2)):
+            async def all_told() -> bool:
+                return sum(1 for kind, _, _ in seen.kinds if kind == "rate_limited") >= 3
+
+            await until(all_told, "the deferrals to reach the observer", timeout_s=10)
+            assert await jobs[0].result(timeout=10) == 0
+        for job in jobs[1:]:
+            assert await job.status() is JobState.SCHEDULED
+    kinds = [kind for kind, _, _ in seen.kinds]
+    assert kinds.count("rate_limited") == 3 and "interrupted" not in kinds, seen.kinds

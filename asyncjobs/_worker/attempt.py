@@ -50,9 +50,9 @@ class Plan:
 class Running:
     """One attempt in flight (or waiting for its settle to be recorded)."""
 
-    __slots__ = ("abandoned", "began", "cancel_reason", "delivery", "entered", "escalation",
-                 "holds_entry", "in_thread", "job_id", "lease", "plan", "queue", "started",
-                 "task")
+    __slots__ = ("abandoned", "began", "cancel_reason", "checking", "delivery", "entered",
+                 "escalation", "holds_entry", "in_thread", "job_id", "lease", "plan", "queue",
+                 "started", "task")
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -69,6 +69,10 @@ class Running:
         self.in_thread = False
         self.holds_entry = True
         """Its stream entry is still pending for this worker (not settled, not lost)."""
+        self.checking = False
+        """A limit check (rate.lua, concurrency.lua) is deciding it: the script may defer
+        the job and release its entry, and says so itself; the keep-alive leaves it alone
+        meanwhile (it would take the released entry for one another worker took)."""
         self.lease = ""
         """The concurrency limit whose lease it asked for ('' for none): its settle
         releases it."""

@@ -104,6 +104,14 @@ class Executor:
                  if q == queue and r.holds_entry and r.body_alive()]
         return held
 
+    def to_touch(self, queue: str) -> list[Delivery]:
+        """What the keep-alive refreshes on ``queue``: what this worker holds, but the
+        deliveries a limit check is deciding (its script checks the entry is ours, and may
+        release it as it defers the job)."""
+        checking = {r.delivery.entry for (q, _), r in self.running.items()
+                    if q == queue and r.checking}
+        return [d for d in self.held(queue) if d.entry not in checking]
+
     def alive_entries(self, queue: str) -> list[str]:
         """Entries of ``queue`` whose task body may still run in this process."""
         found = {e for (q, e), r in self.running.items() if q == queue and r.body_alive()}
@@ -307,11 +315,19 @@ class Executor:
                            reason=verdict.error.message if verdict.error else None)
             return verdict.op
         if verdict.rate_key is not None:
-            go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
+            running.checking = True
+            try:
+                go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
+            finally:
+                running.checking = False
             if not go:
                 return op
         if verdict.lease is not None:
-            go, op = await self._take_lease(running, st, verdict.task, verdict.lease)
+            running.checking = True
+            try:
+                go, op = await self._take_lease(running, st, verdict.task, verdict.lease)
+            finally:
+                running.checking = False
             if not go:
                 return op
         return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,

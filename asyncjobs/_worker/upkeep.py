@@ -39,7 +39,7 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
         rt.touch_now.clear()
         pause = rt.config.keepalive_every_s
         for queue, store in rt.stores.items():
-            held = ex.held(queue)
+            held = ex.to_touch(queue)
             if not held:
                 continue
             try:
