@@ -4,6 +4,7 @@ refuses, a close racing a subscribe, losses that overlap a resubscription."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,34 +24,34 @@ from .test_cluster_sharded import _ask, _master_of, _no_sharded_tasks, _until
 # --- a subscription Redis refuses ---------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def no_channels(redis_cluster: ClusterSetup) -> AsyncIterator[tuple[str, str]]:
-    """A user (name, password) allowed every key and command but no channel
-    (``resetchannels``): every SSUBSCRIBE of it gets NOPERM."""
-    user, password = f"noch{secrets.token_hex(3)}", secrets.token_hex(8)
+@contextlib.asynccontextmanager
+async def acl_user(redis_cluster: ClusterSetup, name: str, *rules: str
+                   ) -> AsyncIterator[tuple[str, str]]:
+    """A user (name, password) with ``rules`` on every node, deleted on the way out."""
+    user, password = f"{name}{secrets.token_hex(3)}", secrets.token_hex(8)
     for port in redis_cluster.ports:
-        await _ask(port, "ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all",
-                   "resetchannels")
+        await _ask(port, "ACL", "SETUSER", user, "on", f">{password}", *rules)
     try:
         yield user, password
     finally:
         for port in redis_cluster.ports:
             await _ask(port, "ACL", "DELUSER", user)
+
+
+@pytest_asyncio.fixture
+async def no_channels(redis_cluster: ClusterSetup) -> AsyncIterator[tuple[str, str]]:
+    """A user (name, password) allowed every key and command but no channel
+    (``resetchannels``): every SSUBSCRIBE of it gets NOPERM."""
+    async with acl_user(redis_cluster, "noch", "~*", "+@all", "resetchannels") as user:
+        yield user
 
 
 @pytest_asyncio.fixture
 async def no_ssubscribe(redis_cluster: ClusterSetup) -> AsyncIterator[tuple[str, str]]:
     """A user (name, password) allowed everything but SSUBSCRIBE (``-ssubscribe``): it
     can run asyncjobs's scripts (SPUBLISH), but its subscriptions are refused."""
-    user, password = f"nosub{secrets.token_hex(3)}", secrets.token_hex(8)
-    for port in redis_cluster.ports:
-        await _ask(port, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all",
-                   "-ssubscribe")
-    try:
-        yield user, password
-    finally:
-        for port in redis_cluster.ports:
-            await _ask(port, "ACL", "DELUSER", user)
+    async with acl_user(redis_cluster, "nosub", "~*", "&*", "+@all", "-ssubscribe") as user:
+        yield user
 
 
 @pytest_asyncio.fixture

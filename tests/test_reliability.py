@@ -168,9 +168,8 @@ async def test_abort_a_queued_and_a_scheduled_job_before_they_start(
     assert await pool.client.zcard(pool.keys("default").delayed) == 0
 
 
-async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.Pool) -> None:
-    began, cancelled = asyncio.Event(), asyncio.Event()
-
+def sleeper(began: asyncio.Event, cancelled: asyncio.Event) -> asyncjobs.Task[[], None]:
+    """A task ("long") that sets ``began``, sleeps 30 s, and sets ``cancelled`` if it is."""
     @asyncjobs.task(name="long")
     async def long(ctx: Context) -> None:
         began.set()
@@ -179,6 +178,13 @@ async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.
         except asyncio.CancelledError:
             cancelled.set()
             raise
+
+    return long
+
+
+async def test_abort_a_running_job_cancels_it(backend: Backend, pool: asyncjobs.Pool) -> None:
+    began, cancelled = asyncio.Event(), asyncio.Event()
+    long = sleeper(began, cancelled)
 
     job = await pool.enqueue(long)
     async with running(backend, backend.worker([long])):
@@ -204,15 +210,7 @@ async def test_an_abort_no_worker_heard_is_found_as_soon_as_the_worker_listens(
 
     monkeypatch.setattr(worker_module, "events_loop", late_events)
     began, cancelled = asyncio.Event(), asyncio.Event()
-
-    @asyncjobs.task(name="long")
-    async def long(ctx: Context) -> None:
-        began.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    long = sleeper(began, cancelled)
 
     job = await pool.enqueue(long)
     # A 60 s claim timeout: the keep-alive's own rounds (which also find aborts) are 10 s apart.
