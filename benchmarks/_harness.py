@@ -186,19 +186,25 @@ class System:
         expect: int = 0,
         record: bool = False,
         scheduler: bool = False,
+        client: str = "",
+        processes: int = 1,
     ) -> subprocess.Popen:
+        """One worker (`processes` > 1: the system's own multi-process mode, one command)."""
         env = dict(
             os.environ,
             BENCH_REDIS_URL=url,
             BENCH_EXPECT=str(expect),
             BENCH_RECORD="1" if record else "0",
+            BENCH_CLIENT=client,
             PYTHONUNBUFFERED="1",
         )
         log = self.log("worker")
-        log.write(f"\n--- {time.strftime('%H:%M:%S')} worker c={concurrency} expect={expect}\n")
+        log.write(f"\n--- {time.strftime('%H:%M:%S')} worker c={concurrency} expect={expect}"
+                  f" client={client or 'probe'} processes={processes}\n")
         log.flush()
         p = subprocess.Popen(
-            self.cmd("worker", url, concurrency=concurrency, scheduler=scheduler),
+            self.cmd("worker", url, concurrency=concurrency, scheduler=scheduler,
+                     processes=processes if processes > 1 else None),
             stdout=log,
             stderr=log,
             env=env,

@@ -20,6 +20,12 @@ COLUMNS = {
         ("scripts_per_job", "EVAL*/job", 2),
         ("top_cmds_per_job", "top commands/job", None),
     ],
+    "process_incr": [
+        ("jobs_per_s", "jobs/s", 0),
+        ("cmds_per_job", "Redis cmds/job", 1),
+        ("scripts_per_job", "EVAL*/job", 2),
+        ("top_cmds_per_job", "top commands/job", None),
+    ],
     "sleep": [
         ("wall_s", "wall (s)", 2),
         ("ratio_to_floor", "x floor", 2),
@@ -51,6 +57,12 @@ COLUMNS = {
         ("w2_jobs_per_s", "2 workers (jobs/s)", 0),
         ("w4_jobs_per_s", "4 workers (jobs/s)", 0),
     ],
+    "cores": [
+        ("jobs_per_s", "probe jobs (jobs/s)", 0),
+        ("incr_jobs_per_s", "redis-py INCR jobs (jobs/s)", 0),
+        ("per_process_jobs_per_s", "probe jobs per process (jobs/s)", 0),
+        ("how", "how", None),
+    ],
 }
 
 
@@ -59,6 +71,8 @@ def _titles(cfg: dict) -> dict:
         "enqueue": f"1. enqueue: {cfg['n_enqueue']:,} no-op jobs from one producer",
         "process_noop": f"2. process_noop: {cfg['n_process']:,} pre-queued no-op jobs, "
         "1 worker process",
+        "process_incr": f"2b. process_incr: {cfg['n_process']:,} pre-queued no-op jobs that each "
+        "do one INCR through redis-py, 1 worker process",
         "sleep": f"3. sleep: {cfg['n_sleep']:,} jobs of asyncio.sleep(0.05), 1 worker, "
         f"concurrency {cfg['concurrency']}",
         "latency": f"4. latency: {cfg['n_latency']:,} no-op jobs paced at 200/s, start - enqueue",
@@ -72,6 +86,8 @@ def _titles(cfg: dict) -> dict:
         f"{cfg['recovery_sleep']:g} s, worker "
         f"SIGKILLed {cfg['recovery_kill_after']:g} s after they started, 2nd worker at once",
         "scaling": f"8. scaling: {cfg['n_scaling']:,} no-op jobs with 1, 2, 4 worker processes",
+        "cores": f"9. cores: {cfg['n_process']:,} pre-queued no-op jobs on every core (one "
+        "process per core: the system's own multi-process mode where it has one)",
     }
 
 
@@ -190,6 +206,16 @@ def targets(result: dict) -> list[str]:
 
     ratio_row("process no-op, 1 worker: >= 3x fastest peer (jobs/s)", "process_noop",
               "jobs_per_s", peers, 3.0, dec=0)
+    ratio_row("process no-op, 1 process: >= 4x fastest peer (issue 12; jobs/s)",
+              "process_noop", "jobs_per_s", peers, 4.0, dec=0)
+    ratio_row("process redis-py INCR jobs, 1 process: >= 4x fastest peer (jobs/s)",
+              "process_incr", "jobs_per_s", peers, 4.0, dec=0)
+    ratio_row("every core, probe jobs: >= 4x fastest peer on every core (jobs/s)", "cores",
+              "jobs_per_s", peers, 4.0, dec=0)
+    ratio_row("every core, redis-py INCR jobs: >= 4x fastest peer on every core (jobs/s)",
+              "cores", "incr_jobs_per_s", peers, 4.0, dec=0)
+    bound_row("Redis commands per processed job: <= 4 (issue 12)", "process_noop",
+              "cmds_per_job", 4, "")
     ratio_row("bulk enqueue: >= 2x fastest peer (jobs/s)", "enqueue", "bulk_jobs_per_s",
               peers, 2.0, dec=0)
     ratio_row("bulk enqueue: >= 0.5x raw pipelined XADD (jobs/s)", "enqueue",
@@ -197,6 +223,7 @@ def targets(result: dict) -> list[str]:
     ratio_row("latency p50 at 200/s: <= best peer", "latency", "p50_ms", peers, 1.0,
               lowest=True, unit=" ms", dec=2)
     bound_row("latency p99 at 200/s: < 10 ms", "latency", "p99_ms", 10, " ms")
+    bound_row("latency p99 at 200/s: <= 2 ms (issue 12)", "latency", "p99_ms", 2, " ms")
     bound_row("sleep workload: within 10% of its floor (x floor)", "sleep", "ratio_to_floor",
               1.10, "x")
     ratio_row("worker peak RSS: <= leanest async peer", "memory", "worker_peak_rss_mb",
@@ -221,6 +248,8 @@ OVERVIEW = [  # (workload, metric, column title, decimals)
     ("enqueue", "single_jobs_per_s", "enqueue one at a time (jobs/s)", 0),
     ("enqueue", "bulk_jobs_per_s", "enqueue bulk (jobs/s)", 0),
     ("process_noop", "jobs_per_s", "process no-op (jobs/s)", 0),
+    ("process_incr", "jobs_per_s", "process redis-py INCR (jobs/s)", 0),
+    ("cores", "jobs_per_s", "every core, no-op (jobs/s)", 0),
     ("sleep", "ratio_to_floor", "sleep (x floor)", 2),
     ("latency", "p50_ms", "latency p50 (ms)", 2),
     ("latency", "p99_ms", "latency p99 (ms)", 1),
@@ -322,6 +351,8 @@ CHART = [
     ("enqueue", "single_jobs_per_s", "enqueue single (jobs/s)", False),
     ("enqueue", "bulk_jobs_per_s", "enqueue bulk (jobs/s)", False),
     ("process_noop", "jobs_per_s", "process no-op, 1 worker (jobs/s)", False),
+    ("process_incr", "jobs_per_s", "process redis-py INCR jobs, 1 worker (jobs/s)", False),
+    ("cores", "jobs_per_s", "process no-op on every core (jobs/s)", False),
     ("sleep", "ratio_to_floor", "sleep: wall / floor (lower is better)", False),
     ("latency", "p99_ms", "latency p99 (ms, log scale, lower is better)", True),
     ("delayed", "p99_ms", "delayed burst: start error p99 (ms, log, lower is better)", True),

@@ -1,4 +1,4 @@
-"""The eight workloads, each composed from adapter roles the same way for every system.
+"""The workloads, each composed from adapter roles the same way for every system.
 
 Every workload function takes (system, cfg) and returns a flat dict of metrics; it raises
 NotApplicable (reported as N/A with the reason) or BenchError (a crash / did not complete).
@@ -7,6 +7,7 @@ Each call starts its own throwaway redis-server(s).
 
 from __future__ import annotations
 
+import os
 import time
 
 from _harness import (
@@ -64,15 +65,28 @@ def enqueue(system: System, cfg) -> dict:
     }
 
 
-def process(system: System, cfg, n: int | None = None, workers: int = 1) -> dict:
-    """Pre-queue n no-op jobs, start `workers` worker processes, time first start -> last end."""
+def process(
+    system: System,
+    cfg,
+    n: int | None = None,
+    workers: int = 1,
+    client: str = "",
+    processes: int = 1,
+) -> dict:
+    """Pre-queue n no-op jobs, start `workers` worker commands (each with `processes`
+    processes, the system's own way), time first start -> last end. client "redis-py": each
+    job is one INCR through redis-py (systems/_probe.py) instead of the probe's pipeline."""
     n = n or cfg.n_process
     timeout = max(120.0, n / 20)  # generous: RQ forks per job (~50-80 jobs/s here)
     with RedisServer() as r:
         system.role("prequeue", r.url, n=n, timeout=timeout)
         before = r.commandstats()
         sent0 = r.client.sent
-        procs = [system.start_worker(r.url, cfg.concurrency, expect=n) for _ in range(workers)]
+        procs = [
+            system.start_worker(r.url, cfg.concurrency, expect=n, client=client,
+                                processes=processes)
+            for _ in range(workers)
+        ]
         try:
             ok, done = wait_count(r, "bench:done", n, timeout, procs)
             if not ok:
@@ -88,8 +102,11 @@ def process(system: System, cfg, n: int | None = None, workers: int = 1) -> dict
         first = r.get_float("bench:first")
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if not k.startswith("info")}
     delta["get"] = delta.get("get", 0) - harness
-    delta["set"] = delta.get("set", 0) - n - 1  # probe: SET bench:first NX per job + SET bench:last
-    delta["incr"] = delta.get("incr", 0) - n  # probe: INCR bench:done per job
+    if client == "redis-py":  # one INCR per job, SET bench:first and SET bench:last once
+        delta["set"] = delta.get("set", 0) - 2
+    else:  # the probe: SET bench:first NX per job + SET bench:last
+        delta["set"] = delta.get("set", 0) - n - 1
+    delta["incr"] = delta.get("incr", 0) - n  # INCR bench:done per job
     delta = {k: v for k, v in delta.items() if v > 0}
     top = sorted(delta.items(), key=lambda kv: -kv[1])[:6]
     return {
@@ -99,6 +116,31 @@ def process(system: System, cfg, n: int | None = None, workers: int = 1) -> dict
         "scripts_per_job": sum(delta.get(k, 0) for k in SCRIPT_CMDS) / n,
         "top_cmds_per_job": {k: round(v / n, 2) for k, v in top},
         "peak_rss_mb": max(x for x in rss if x is not None) if any(rss) else None,
+    }
+
+
+def process_incr(system: System, cfg) -> dict:
+    """process_noop, each job one INCR through redis-py (as users' jobs talk to Redis)."""
+    return process(system, cfg, client="redis-py")
+
+
+def cores(system: System, cfg) -> dict:
+    """process_noop on every core: the system's own multi-process mode when it has one
+    (asyncjobs --processes, Dramatiq --processes, Celery's prefork pool), else as many worker
+    processes as cores started side by side; with the probe and with redis-py jobs."""
+    k = os.cpu_count() or 1
+    if system.info.get("processes"):
+        shape = {"workers": 1, "processes": k}
+    else:
+        shape = {"workers": k, "processes": 1}
+    probe = process(system, cfg, **shape)
+    incr = process(system, cfg, client="redis-py", **shape)
+    return {
+        "jobs_per_s": probe["jobs_per_s"],
+        "incr_jobs_per_s": incr["jobs_per_s"],
+        "per_process_jobs_per_s": probe["jobs_per_s"] / k,
+        "processes": k,
+        "how": system.info.get("processes") or f"{k} worker processes side by side",
     }
 
 

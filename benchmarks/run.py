@@ -27,6 +27,7 @@ from _harness import HERE, SYSTEMS_DIR, VENVS, BenchError, System, machine_info
 WORKLOADS = [
     "enqueue",
     "process_noop",
+    "process_incr",
     "sleep",
     "latency",
     "delayed",
@@ -34,8 +35,9 @@ WORKLOADS = [
     "memory",
     "recovery",
     "scaling",
+    "cores",
 ]
-PEERS = ["arq", "saq", "streaq", "taskiq", "docket", "bullmq", "rq", "celery"]
+PEERS = ["arq", "saq", "streaq", "taskiq", "docket", "bullmq", "rq", "celery", "dramatiq"]
 BASELINE = "raw_xadd"  # harness-env redis-py pipelined XADD; enqueue workload only
 
 FULL = {

@@ -28,7 +28,8 @@ PEERS: dict[str, list[str]] = {
         "saq[redis,hiredis]==0.26.4",
         "typing_extensions",
     ],  # saq imports it but does not declare it
-    "streaq": ["streaq==7.2.0"],  # uses coredis, not redis-py
+    # streaq uses coredis, not redis-py; redis-py is for the process_incr workload's jobs.
+    "streaq": ["streaq==7.2.0", "redis[hiredis]==8.1.0"],
     "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
     # redis-py 8 caps an asyncio ConnectionPool at 100 connections by default; docket at
     # concurrency 100 then loses jobs to MaxConnectionsError in claim(), so keep redis-py 7.
@@ -36,17 +37,20 @@ PEERS: dict[str, list[str]] = {
     "bullmq": ["bullmq==3.4.4"],
     "rq": ["rq==3.0.0"],
     "celery": ["celery[redis,gevent]==5.7.0"],
+    # Multi-process peer: its worker CLI forks one process per core by default.
+    "dramatiq": ["dramatiq[redis]==2.2.1"],
 }
 # Packages whose installed versions are printed after each install.
 REPORT = {
     "arq": ["arq", "redis", "hiredis"],
     "saq": ["saq", "redis", "hiredis"],
-    "streaq": ["streaq", "coredis"],
+    "streaq": ["streaq", "coredis", "redis"],
     "taskiq": ["taskiq", "taskiq-redis", "redis"],
     "docket": ["pydocket", "redis"],
     "bullmq": ["bullmq", "redis"],
     "rq": ["rq", "redis"],
     "celery": ["celery", "kombu", "redis", "gevent"],
+    "dramatiq": ["dramatiq", "redis"],
 }
 HARNESS = ["redis", "matplotlib", "psutil"]
 

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--spread", type=float, default=0.0,
                     help="enqueue-delayed: job i is due at due + spread * i / n seconds")
     ap.add_argument("--chunk", type=int, default=CHUNK)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="worker: processes, in the system's own multi-process mode")
     ap.add_argument(
         "--scheduler",
         action="store_true",

@@ -16,10 +16,17 @@ Cost per no-op job: one roundtrip carrying SET NX + INCR (+ HSET when recording)
 SET by the final job. The harness subtracts these 2 commands/job when it counts Redis
 commands per job.
 
+The redis-py mode (BENCH_CLIENT=redis-py, the `process_incr` workload) makes a no-op job
+what a user's job is: one INCR bench:done through a redis-py client (redis.asyncio in async
+systems, a sync client per thread in sync ones), so a ratio does not hang on how cheap the
+stdlib client above is. The job whose INCR returns 1 also SETs bench:first (its start time)
+and the one that returns BENCH_EXPECT SETs bench:last: 1 command per job plus 2 per run.
+
 Environment (set by the harness on the worker process, inherited by forks/threads):
   BENCH_REDIS_URL  where to write (defaults to the adapter's --redis-url via set_url())
   BENCH_EXPECT     total number of jobs expected (0 = never write bench:last)
   BENCH_RECORD     "1" to record per-job start times
+  BENCH_CLIENT     "redis-py" for the redis-py mode (no-op jobs only), else the stdlib client
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from _resp import AsyncRedis, SyncRedis
 _URL = os.environ.get("BENCH_REDIS_URL", "")
 EXPECT = int(os.environ.get("BENCH_EXPECT", "0") or 0)
 RECORD = os.environ.get("BENCH_RECORD", "") == "1"
+REDIS_PY = os.environ.get("BENCH_CLIENT", "") == "redis-py"
 
 _async_conns: dict[int, tuple[int, AsyncRedis]] = {}
 _local = threading.local()
@@ -72,9 +80,59 @@ def _end_cmds(i: int, t0: float) -> list[tuple]:
     return cmds
 
 
+# ---- redis-py mode: one INCR per job -------------------------------------------------------
+_rp_async: dict[int, tuple[int, object]] = {}
+
+
+def _rp_aclient():
+    loop = asyncio.get_running_loop()
+    entry = _rp_async.get(id(loop))
+    if entry is None or entry[0] != os.getpid():
+        import redis.asyncio
+
+        entry = (os.getpid(), redis.asyncio.Redis.from_url(_URL or os.environ["BENCH_REDIS_URL"]))
+        _rp_async[id(loop)] = entry
+    return entry[1]
+
+
+def _rp_sclient():
+    client = getattr(_local, "rp", None)
+    if client is None or _local.rp_pid != os.getpid():
+        import redis
+
+        client = redis.Redis.from_url(_URL or os.environ["BENCH_REDIS_URL"])
+        _local.rp, _local.rp_pid = client, os.getpid()
+    return client
+
+
+def _marks(done: int, t0: float) -> list[tuple[str, str]]:
+    """The run's two extra writes: the first job's start, the last job's end."""
+    marks = [("bench:first", repr(t0))] if done == 1 else []
+    if done == EXPECT:
+        marks.append(("bench:last", repr(time.time())))
+    return marks
+
+
+async def _rp_anoop() -> None:
+    t0 = time.time()
+    client = _rp_aclient()
+    for key, value in _marks(await client.incr("bench:done"), t0):
+        await client.set(key, value)
+
+
+def _rp_noop() -> None:
+    t0 = time.time()
+    client = _rp_sclient()
+    for key, value in _marks(client.incr("bench:done"), t0):
+        client.set(key, value)
+
+
 # ---- asyncio jobs -----------------------------------------------------------------------
 async def anoop(i: int) -> None:
     """The whole body of a no-op job: record start time, count completion."""
+    if REDIS_PY and not RECORD:
+        await _rp_anoop()
+        return
     await aend(i, time.time())
 
 
@@ -99,6 +157,9 @@ async def asleeper(i: int, seconds: float) -> None:
 
 # ---- synchronous jobs (rq, celery) --------------------------------------------------------
 def noop(i: int) -> None:
+    if REDIS_PY and not RECORD:
+        _rp_noop()
+        return
     end(i, time.time())
 
 

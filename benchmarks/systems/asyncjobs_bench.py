@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import os
+import sys
 import time
 
 import _common as c
@@ -45,6 +47,7 @@ def info(args):
         "default_concurrency": 100,
         "recovery": "claim timeout 15 s: live workers keep their entries fresh and XAUTOCLAIM "
         "a dead worker's entries idle past 10 s, scanning every 5 s",
+        "processes": "asyncjobs worker --processes",
         "unsupported": {},
     }
 
@@ -103,7 +106,16 @@ async def enqueue_delayed(args):
         return {"n": args.n, "due": due}
 
 
+bench_worker = asyncjobs.Worker([noop, sleeper], queues=[QUEUE])
+"""What `asyncjobs worker asyncjobs_bench:bench_worker` runs (the multi-process mode)."""
+
+
 def worker(args):
+    if args.processes > 1:  # the CLI's supervisor, as a user runs it; it logs failures only
+        os.execv(sys.executable, [
+            sys.executable, "-m", "asyncjobs", "worker", "asyncjobs_bench:bench_worker",
+            "--redis-url", args.redis_url, "--concurrency", str(args.concurrency),
+            "--processes", str(args.processes), "--job-logs", "failures"])
     w = asyncjobs.Worker([noop, sleeper], queues=[QUEUE], concurrency=args.concurrency)
     w.run_sync(redis_url=args.redis_url)
     return {"stopped": True}

@@ -47,6 +47,7 @@ def info(args):
         "default_concurrency": None,
         "recovery": "acks_late=False by default: a task is acked when received, so a killed "
         "worker's tasks are lost (visibility_timeout 1 h only applies to unacked)",
+        "processes": "the prefork pool, -c = CPU count (Celery's default pool and size)",
         "unsupported": {},
         "notes": f"sync tasks; the sleep workload uses time.sleep in the {POOL} pool with "
         "concurrency 100 (the closest equivalent of asyncio.sleep)",
@@ -102,13 +103,14 @@ def enqueue_delayed(args):
 
 def worker(args):
     app, _, _ = make(args)
+    pool, size = (POOL, args.concurrency) if args.processes == 1 else ("prefork", args.processes)
     app.worker_main(
         [
             "worker",
             "-P",
-            POOL,
+            pool,
             "-c",
-            str(args.concurrency),
+            str(size),
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
