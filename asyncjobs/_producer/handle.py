@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from .._codec import decode_errors, decode_progress, decode_spec, decode_value
 from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
@@ -94,12 +93,10 @@ class Job(Generic[R]):
         limit = to_seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
         keys = self._pool.keys(self.queue)
-        token = secrets.token_hex(8)
-        async with self._pool.waiter.watch(keys.done_channel(self.id)) as notice, \
-                self._registered(token):
+        async with self._pool.waiter.watch(keys.done_channel(self.id)) as notice:
             while True:
                 notice.clear()
-                found = await self._final_value(token)
+                found = await self._final_value()
                 if found is not None:
                     return found[0]  # type: ignore[no-any-return]
                 wait = _RECHECK_S
@@ -111,23 +108,14 @@ class Job(Generic[R]):
                     async with asyncio.timeout(wait):
                         await notice.wait()
 
-    @contextlib.asynccontextmanager
-    async def _registered(self, token: str) -> AsyncIterator[None]:
-        """While inside: ``_final_value(token)`` registers this waiter on the queue (settles
-        then publish job ends); the registration is removed on the way out (and lapses on
-        its own if this process dies)."""
-        try:
-            yield
-        finally:
-            waiting = self._pool.keys(self.queue).waiting
-            with contextlib.suppress(RedisError, OSError):
-                await self._pool.client.zrem(waiting, token)
-
-    async def _final_value(self, token: str) -> tuple[Any] | None:
+    async def _final_value(self) -> tuple[Any] | None:
+        """The job's final value (in a 1-tuple), None while it runs; registers the job as
+        waited for (settles publish its end only then; the registration lapses on its own
+        ``_REGISTERED_MS`` after the last read)."""
         keys = self._pool.keys(self.queue)
         final = _scripts.load(_scripts.FINAL)
         reply: list[bytes | None] = await self._read(lambda: final(
-            self._pool.client, [keys.job(self.id), keys.waiting], [token, _REGISTERED_MS]))
+            self._pool.client, [keys.job(self.id), keys.waiting], [self.id, _REGISTERED_MS]))
         state, value, history, reason = reply
         if state is None:
             raise JobNotFound(self.id, self.queue)

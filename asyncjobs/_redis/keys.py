@@ -110,8 +110,8 @@ class Keys:
 
     @property
     def waiting(self) -> str:
-        """Sorted set of the ``Job.result()`` calls waiting on this queue, scored with when
-        each registration lapses: settles publish a job's end only while it is not empty."""
+        """Sorted set of the ids of the jobs a ``Job.result()`` call waits for, scored with
+        when each registration lapses: settles publish a job's end only while it is there."""
         return f"{self.base}:waiting"
 
     @property

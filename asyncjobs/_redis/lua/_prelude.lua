@@ -99,10 +99,31 @@ local function finish(key, channel, state, now, ttl, fields, quiet)
   return nil
 end
 
--- True when someone waits for jobs of the queue (Job.result() registers in `waiting`, a
--- sorted set scored with when its registration lapses): only then do settles publish.
-local function anyone_waiting(waiting, now)
-  return redis.call('ZCOUNT', waiting, now, '+inf') > 0
+-- Which of the jobs `ids` someone waits for: Job.result() registers the job's id in
+-- `waiting`, a sorted set scored with when the registration lapses, and settles publish a
+-- job's end only while it is registered. One ZCOUNT (anyone at all?), then ZMSCORE of the
+-- ids, 500 at a time. Returns a function of a job id. A `waiting` key that is not a sorted
+-- set answers true for every job: a notice nobody hears costs less than one missed.
+local function waited_for(waiting, ids, now)
+  local anyone = redis.pcall('ZCOUNT', waiting, now, '+inf')
+  if type(anyone) ~= 'number' then
+    return function() return true end
+  end
+  local registered = {}
+  if anyone > 0 then
+    for lo = 1, #ids, 500 do
+      local part = {unpack(ids, lo, math.min(lo + 499, #ids))}
+      local scores = redis.pcall('ZMSCORE', waiting, unpack(part))
+      if type(scores) ~= 'table' or scores.err then
+        return function() return true end
+      end
+      for i, id in ipairs(part) do
+        local lapses = tonumber(scores[i])
+        if lapses and lapses >= now then registered[id] = true end
+      end
+    end
+  end
+  return function(id) return registered[id] == true end
 end
 
 -- True for a stream entry id ('1795276503766-0'); garbage read from a record is not one.

@@ -7,8 +7,9 @@
 --
 -- Per batch, not per job: one XPENDING tells which entries are still this consumer's, one
 -- XACK and one XDEL remove them, and a job's end is published only when someone waits for
--- jobs of the queue (Job.result() registers in the `waiting` set). Per job there remain
--- the record's writes (HSET, and EXPIRE for a kept result).
+-- that job (Job.result() registers the job's id in the `waiting` set): one ZCOUNT, and one
+-- ZMSCORE of the batch's ids when anyone waits at all. Per job there remain the record's
+-- writes (HSET, and EXPIRE for a kept result).
 --
 -- Memory first: the entries are acknowledged and deleted before anything is written. On a
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
@@ -122,7 +123,9 @@ for b = 11, #ARGV, 7 do
   end
 end
 ack_and_delete(stream, group, mine)
-local quiet = not anyone_waiting(KEYS[5], now)
+local ids = {}
+for b = 11, #ARGV, 7 do ids[#ids + 1] = ARGV[b + 1] end
+local waited = waited_for(KEYS[5], ids, now)
 for b = 11, #ARGV, 7 do
   local entry = ARGV[b]
   if not held[entry] then
@@ -130,7 +133,7 @@ for b = 11, #ARGV, 7 do
   else
     held[entry] = nil  -- an entry listed twice is settled once
     local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-      tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], quiet)
+      tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], not waited(ARGV[b + 1]))
     if ARGV[b + 6] ~= '' then
       release_lease(ARGV[9], KEYS[7], ARGV[3], ARGV[b + 6],
         ARGV[b + 1])
