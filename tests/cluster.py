@@ -26,12 +26,21 @@ class ClusterNodeServer(RedisServer):
     """One node: ``redis-server`` with cluster mode on and its own nodes.conf."""
 
     def __init__(self) -> None:
-        super().__init__(extra_args=(
+        super().__init__(extra_args=self._cluster_args())
+
+    def new_ports(self) -> None:
+        """The client port and the bus port, both anew (either may have been taken)."""
+        super().new_ports()
+        self.extra_args = self._cluster_args()
+
+    @staticmethod
+    def _cluster_args() -> tuple[str, ...]:
+        return (
             # the bus port given, not port + 10000 (which may be out of range or taken)
             "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-            "--repl-diskless-sync-delay", "0"))
+            "--repl-diskless-sync-delay", "0")
 
 
 def cluster_info(port: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ restarted on the same port (to test outages).
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,33 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+_BELOW_EPHEMERAL = 10_000
+"""The lowest port ``free_port`` picks from, up to the start of the ephemeral range."""
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's range of ports for outgoing connections starts (32768 when it
+    cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
+    """A TCP port that was free a moment ago on 127.0.0.1, picked at random below the
+    ephemeral range when there is room: a port the kernel hands out would otherwise be
+    taken, now and then, by some connection's source port before the server binds it (a
+    server that still loses its port is started again on another: see ``start``)."""
+    top = _ephemeral_start()
+    for _ in range(50 if top > _BELOW_EPHEMERAL + 1000 else 0):
+        port = random.randrange(_BELOW_EPHEMERAL, top)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -37,6 +62,8 @@ class RedisServer:
             raise FileNotFoundError("redis-server is not on PATH")
         self.binary = binary
         self.port = port or free_port()
+        self._port_chosen = port is None
+        self._started = False  # once it has run, it starts again on the same ports only
         self.appendonly = appendonly
         self.extra_args = extra_args
         self._dir = tempfile.TemporaryDirectory(prefix="asyncjobs-redis-")
@@ -53,7 +80,27 @@ class RedisServer:
         return Path(self._dir.name)
 
     def start(self, timeout_s: float = 10.0) -> str:
-        """Start the server and wait until it answers PING; returns its URL."""
+        """Start the server and wait until it answers PING; returns its URL. At its first
+        start, a server on ports this object chose that finds one of them taken (another
+        process bound it since ``free_port`` saw it free) is started on new ones, up to 5
+        times; a restart keeps its ports."""
+        for tries_left in range(4, -1, -1):
+            try:
+                url = self._start_once(timeout_s)
+            except _PortTaken:
+                if not self._port_chosen or self._started or not tries_left:
+                    raise
+                self.new_ports()
+            else:
+                self._started = True
+                return url
+        raise AssertionError("unreachable")
+
+    def new_ports(self) -> None:
+        """Pick new free ports for a server that lost one at start."""
+        self.port = free_port()
+
+    def _start_once(self, timeout_s: float) -> str:
         self.process = subprocess.Popen(
             self.arguments(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -61,7 +108,11 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited at start: {err or self._log_tail()}")
+                err = err or self._log_tail()
+                self.stop()
+                if "Address already in use" in err:
+                    raise _PortTaken(f"redis-server exited at start: {err}")
+                raise RuntimeError(f"redis-server exited at start: {err}")
             if self.ping():
                 return self.url
             time.sleep(0.02)
@@ -131,3 +182,7 @@ class RedisServer:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class _PortTaken(RuntimeError):
+    """redis-server could not listen on a port: another process holds it."""
