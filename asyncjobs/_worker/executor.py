@@ -1,13 +1,13 @@
 """Runs started jobs: one asyncio task per attempt, decided and handed to the settler.
 
-The executor never talks to Redis itself. It turns what start.lua said about a delivery,
-and how the attempt went, into exactly one settle operation; a job cancelled by shutdown
-or by losing its entry produces none (its entry stays pending and runs again). A job of a
-task with a rate limit is first checked through ``RateChecks`` (batched, like the
-settler); one the limit defers produces none either (rate.lua moved it to its slot). A job
-of a task with a concurrency limit then takes a lease through ``LeaseChecks`` (batched the
-same way); one that finds the limit full produces none (concurrency.lua made it wait), and
-whatever op records an attempt that asked for a lease releases it.
+The executor owns the bookkeeping of running attempts: slots, the running and zombie
+tables, cancellation (timeout, abort, lost entry, shutdown) and its escalation, and what
+the keep-alive and the hand-back see. Each attempt's decision path (admission, rate and
+concurrency limits, the task's call, what its outcome means) is ``AttemptPath``'s
+(``attempt_path.py``). The executor never talks to Redis itself. Every attempt ends in
+exactly one settle operation, except a job cancelled by shutdown or by losing its entry
+(its entry stays pending and runs again) and one a limit deferred (the limit's script
+moved it); whatever op records an attempt that asked for a lease releases it.
 
 Task code is not trusted to cooperate. A cancelled attempt (timeout, abort, lost entry)
 whose body is still running ``ESCALATE_S`` later ignored its cancellation: it is
@@ -24,35 +24,21 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .._codec import encode_value
-from .._context import Context
-from .._events import JobEvent
 from .._middleware import Invoke, LogContext, Observer
-from .._model import ErrorInfo, JobSpec
 from .._redis.store import Delivery, SettleOp, Started
-from .._retry import Action, Decision, RetryPolicy, decide
-from .._task import Task
 from .._text import clean
-from ..exceptions import SerializationError
-from .admission import Refused, admit
-from .attempt import Plan, Running
-from .limiter import LeaseChecks, RateChecks
+from .attempt import Running
+from .attempt_path import AttemptPath
 from .outcomes import (
-    after_attempt,
-    attempt_error,
-    ended,
-    first,
     log_end,
-    log_start,
     task_name,
 )
-from .runner import Outcome, await_attempt, timeout_outcome
+from .runner import timeout_outcome
 from .runtime import Runtime, Slots
 from .settler import Settler
 from .threads import ThreadRunner
@@ -78,18 +64,13 @@ class Executor:
         self.settler = settler
         self.slots = Slots(rt.config.concurrency)
         self.threads = ThreadRunner(rt.config.sync_concurrency)
-        self.rate_checks = RateChecks(rt)
-        self.lease_checks = LeaseChecks(rt)
+        self.path = AttemptPath(rt, self.threads, self.cancel, self._zombie_gone, invoke,
+                                observers, log_context)
         self.running: dict[tuple[str, str], Running] = {}  # (queue, entry id)
         self.zombies: dict[tuple[str, str], Running] = {}
         """Attempts no longer tracked as running whose body may still run here."""
-        self._invoke = invoke
         self._executing = 0
         self._loop = asyncio.get_running_loop()
-        self._policies: dict[tuple[str, int | None, float | None],
-                             tuple[RetryPolicy, float | None]] = {}
-        self._observers = tuple(observers)
-        self._log_context = log_context
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -230,7 +211,7 @@ class Executor:
         pending, so the job runs again)."""
         running.entered = True
         try:
-            return await self._attempt(running, started)
+            return await self.path.run(running, started)
         except asyncio.CancelledError:
             return self._cancelled(running, started)
         except Exception:  # a bug of ours: keep the entry pending, it will run again
@@ -280,252 +261,18 @@ class Executor:
             plan = running.plan
             outcome = timeout_outcome(plan.timeout_s, time.monotonic() - running.began,
                                       " and ignored its cancellation")
-            op = self._record(running, plan, outcome)
+            op = self.path.record(running, plan, outcome)
         elif running.cancel_reason == "abort":
-            op = self._aborted(running, running.plan.started if running.plan else None)
+            op = self.path.aborted(running, running.plan.started if running.plan else None)
         self._release(running, op)
 
     def _cancelled(self, running: Running, started: Started) -> SettleOp | None:
         if running.cancel_reason == "abort":
-            return self._aborted(running, started)
+            return self.path.aborted(running, started)
         name = task_name(started)
         duration = time.monotonic() - running.began
-        self._emit("interrupted", running, started, duration_s=duration)
+        self.path.emit("interrupted", running, started, duration_s=duration)
         log_end("interrupted", running.job_id, name, running.queue, started.attempts, duration,
                 f" reason={running.cancel_reason or 'cancelled'}",
                 fields=running.plan.fields if running.plan else None)
         return None
-
-    def _aborted(self, running: Running, started: Started | None) -> SettleOp:
-        name = task_name(started) if started else ""
-        duration = time.monotonic() - running.began
-        self._emit("aborted", running, started, duration_s=duration)
-        log_end("aborted", running.job_id, name, running.queue,
-                started.attempts if started else 0, duration,
-                fields=running.plan.fields if running.plan else None)
-        return ended(running.delivery, "aborted")
-
-    async def _attempt(self, running: Running, st: Started) -> SettleOp | None:
-        """Run the delivery if ``admit`` (and its rate limit) lets it, else record why not
-        (None: a rate limit deferred it, or the entry is no longer ours)."""
-        verdict = admit(st, self.rt.tasks, self.rt.config.max_deliveries, running.queue)
-        if isinstance(verdict, Refused):
-            if verdict.event:
-                self._emit(verdict.event, running, st, task=verdict.task, error=verdict.error,
-                           reason=verdict.error.message if verdict.error else None)
-            return verdict.op
-        if verdict.rate_key is not None:
-            running.checking = True
-            try:
-                go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
-            finally:
-                running.checking = False
-            if not go:
-                return op
-        if verdict.lease is not None:
-            running.checking = True
-            try:
-                go, op = await self._take_lease(running, st, verdict.task, verdict.lease)
-            finally:
-                running.checking = False
-            if not go:
-                return op
-        return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
-                                   verdict.kwargs, verdict.history)
-
-    async def _check_rate(self, running: Running, st: Started, task: Task[Any, Any],
-                          key: str) -> tuple[bool, SettleOp | None]:
-        """Ask rate.lua whether the job may start now (one round trip, shared with the
-        checks of the jobs started with it): (True, None) to run it; else (False, the
-        operation recording why not, or None when nothing is left to record: the script
-        deferred the job, or the entry is no longer ours)."""
-        assert task.rate_limit is not None
-        d = st.delivery
-        limit_key = self.rt.stores[running.queue].keys.rate(task.name, key)
-        try:
-            verdict, slot_ms = await self.rate_checks.check(running.queue, d, limit_key,
-                                                            task.rate_limit.interval_us)
-        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
-            log.warning("rate limit check failed for job id=%s task=%s queue=%s: %s",
-                        running.job_id, task.name, running.queue, exc)
-            return False, None
-        if verdict == "run":
-            return True, None
-        if verdict == "deferred":
-            self._emit("rate_limited", running, st, task=task.name,
-                       retry_in_s=max(0, slot_ms - st.now_ms) / 1000)
-            log.debug("job deferred id=%s task=%s queue=%s: rate limit %s, its slot is in "
-                      "%d ms", running.job_id, task.name, running.queue,
-                      task.rate_limit.spec, slot_ms - st.now_ms)
-            return False, None
-        if verdict == "aborted":
-            return False, self._aborted(running, st)
-        if verdict == "expired":
-            self._emit("expired", running, st, task=task.name)
-            log_end("expired", running.job_id, task.name, running.queue, st.attempts, 0.0)
-            return False, ended(d, "expired")
-        return False, None  # lost: its new owner starts it
-
-    async def _take_lease(self, running: Running, st: Started, task: Task[Any, Any],
-                          name: str) -> tuple[bool, SettleOp | None]:
-        """Ask concurrency.lua for a lease of the task's limit (one round trip, shared
-        with the jobs started with it): (True, None) to run; else (False, the operation
-        recording why not, or None: the job waits for a slot, or the entry is no longer
-        ours). ``running.lease`` is set first, so an attempt cancelled while it asks still
-        releases whatever it got."""
-        assert task.concurrency_limit is not None
-        running.lease = name
-        try:
-            verdict, due_ms = await self.lease_checks.acquire(
-                running.queue, st.delivery, name, task.concurrency_limit)
-        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
-            log.warning("concurrency lease failed for job id=%s task=%s queue=%s: %s",
-                        running.job_id, task.name, running.queue, exc)
-            return False, None
-        if verdict == "run":
-            return True, None
-        running.lease = ""
-        if verdict == "waiting":
-            self._emit("concurrency_limited", running, st, task=task.name,
-                       retry_in_s=max(0, due_ms - st.now_ms) / 1000)
-            log.debug("job waits id=%s task=%s queue=%s: concurrency limit %d of %s is "
-                      "full", running.job_id, task.name, running.queue,
-                      task.concurrency_limit, clean(name))
-            return False, None
-        if verdict == "aborted":
-            return False, self._aborted(running, st)
-        return False, None  # lost: its new owner starts it
-
-    async def _execute(
-        self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
-        args: list[Any], kwargs: dict[str, Any], history: tuple[ErrorInfo, ...],
-    ) -> SettleOp:
-        policy, timeout = self._policy(task, spec)
-        ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
-        ctx = Context(
-            job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
-            max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
-            headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
-            worker=self.rt.consumer, report=self._report_progress, loop=self._loop,
-            args=tuple(args), kwargs=kwargs,
-        )
-        self._add_log_context(ctx)
-        plan = running.plan = Plan(st, task, policy, timeout, ttl, history, ctx.log_context,
-                                   spec.headers)
-        running.started = True
-        running.began = time.monotonic()
-        self._emit("started", running, st)
-        call = functools.partial(self._call, running, task, ctx, args, kwargs)
-        timer = soft = None
-        if timeout:
-            timer = self._loop.call_later(timeout, self.cancel, running, "timeout")
-        if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
-            soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
-                                         task.soft_timeout_s)
-        try:
-            outcome = await await_attempt(call, timeout, running.timed_out)
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if soft is not None:
-                soft.cancel()
-        return self._record(running, plan, outcome)
-
-    def _record(self, running: Running, plan: Plan, outcome: Outcome) -> SettleOp:
-        """Decide what an attempt that ran means and build the operation recording it."""
-        st = plan.started
-        decision = decide(outcome.kind, outcome.error, st.attempts, plan.policy,
-                          random.random())
-        payload = b""
-        if decision.action is Action.COMPLETE:
-            try:
-                payload = encode_value(outcome.value)
-            except SerializationError as exc:
-                outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
-                decision = Decision(Action.FAIL, reason="the result cannot be serialized")
-        kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
-        error = attempt_error(outcome, st.attempts)
-        self._emit(kind, running, st, duration_s=outcome.duration_s, error=error,
-                   has_result=decision.action is Action.COMPLETE,
-                   retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
-                   reason=decision.reason if decision.action is Action.FAIL else None)
-        return after_attempt(st, outcome, decision, payload, plan.history, plan.ttl_s,
-                             running.queue, plan.task.name, error, plan.fields)
-
-    def _add_log_context(self, ctx: Context) -> None:
-        """``Worker(log_context=...)``'s fields for this attempt; a hook that fails is
-        logged, never allowed to stop the job."""
-        hook = self._log_context
-        if hook is None:
-            return
-        try:
-            ctx.log_context.update(hook(ctx))
-        except Exception:
-            log.exception("log_context hook failed for job id=%s", clean(ctx.job_id))
-
-    async def _call(
-        self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        assert task.fn is not None
-        fn = task.fn
-        if task.is_async:
-            call: Callable[[], Awaitable[Any]] = functools.partial(fn, ctx, *args, **kwargs)
-        else:
-            sync = functools.partial(fn, ctx, *args, **kwargs)
-            call = functools.partial(self._in_thread, running, sync)
-        attempt, fields = ctx.attempt, ctx.log_context  # as they are before middleware runs
-
-        async def logged() -> Any:  # innermost: the start line has what middleware added
-            log_start(running.job_id, task.name, running.queue, attempt, fields)
-            return await call()
-
-        if self._invoke is None:
-            return await logged()
-        return await self._invoke(ctx, logged)
-
-    async def _in_thread(self, running: Running, sync: Callable[[], Any]) -> Any:
-        def body_done() -> None:
-            running.in_thread = False
-            self._zombie_gone(running)
-
-        running.in_thread = True
-        return await self.threads.run(sync, body_done)
-
-    def _policy(self, task: Task[Any, Any], spec: JobSpec) -> tuple[RetryPolicy, float | None]:
-        """The retry policy and timeout of a job (cached per task and per-job override)."""
-        key = (task.name, spec.max_tries, spec.timeout_s)
-        found = self._policies.get(key)
-        if found is None:
-            cfg = self.rt.config
-            found = (task.retry_policy(cfg.retry, spec.max_tries),
-                     first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s))
-            self._policies[key] = found
-        return found
-
-    def _emit(self, kind: str, running: Running, st: Started | None, **details: Any) -> None:
-        """Tell the observers (if any) about a decision on the job ``running`` holds."""
-        if not self._observers:
-            return
-        plan = running.plan
-        event = JobEvent(
-            kind, job_id=running.job_id, queue=running.queue,
-            task=details.pop("task", plan.task.name if plan else (task_name(st) if st else "")),
-            attempt=st.attempts if st else 0, spec=st.spec if st else b"",
-            headers=plan.headers if plan else None, **details)
-        for observer in self._observers:
-            try:
-                observer.job_event(event)
-            except Exception:  # an observer must never break a job
-                log.exception("observer %r failed on %s", observer, kind)
-
-    async def _report_progress(self, queue: str, job_id: str, data: bytes) -> None:
-        await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
-
-
-def _soft_timeout(ctx: Context, after_s: float) -> None:
-    """The task's soft timeout passed: tell it (``ctx.soft_timeout``), and the log."""
-    ctx.soft_timeout.set()
-    log.warning("job soft timeout id=%s task=%s queue=%s attempt=%d after %gs: the hard "
-                "timeout comes next", clean(ctx.job_id), clean(ctx.task), ctx.queue,
-                ctx.attempt, after_s)

@@ -1,0 +1,300 @@
+"""One attempt's decision path, from a started delivery to the one operation that records
+it: admit it (``admission.admit``), check its task's rate limit (``RateChecks``), take a
+lease of its concurrency limit (``LeaseChecks``), run the task under its timeout (and soft
+timeout) with the worker's middleware, and decide what the outcome means (``_retry.decide``,
+``outcomes.after_attempt``).
+
+A deferral by a limit, and an entry that is no longer this worker's, produce no operation
+(None); every other path produces exactly one. The bookkeeping of running attempts (slots,
+cancellation, abandoned bodies, hand-back) is the ``Executor``'s; this path calls back into
+it only to cancel an attempt at its timeout and to note a thread body that finally ended.
+Observers hear each decision through ``emit``. Nothing here talks to Redis but through the
+limit checks and the progress report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from .._codec import encode_value
+from .._context import Context
+from .._events import JobEvent
+from .._middleware import Invoke, LogContext, Observer
+from .._model import ErrorInfo, JobSpec
+from .._redis.store import SettleOp, Started
+from .._retry import Action, Decision, RetryPolicy, decide
+from .._task import Task
+from .._text import clean
+from ..exceptions import SerializationError
+from .admission import Refused, admit
+from .attempt import Plan, Running
+from .limiter import LeaseChecks, RateChecks
+from .outcomes import after_attempt, attempt_error, ended, first, log_end, log_start, task_name
+from .runner import Outcome, await_attempt
+from .runtime import Runtime
+from .threads import ThreadRunner
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+class AttemptPath:
+    """Decides and runs one attempt at a time (many at once: it keeps no per-attempt
+    state of its own; each attempt's is its ``Running``)."""
+
+    def __init__(self, rt: Runtime, threads: ThreadRunner,
+                 cancel: Callable[[Running, str], None],
+                 body_ended: Callable[[Running], None], invoke: Invoke | None = None,
+                 observers: Sequence[Observer] = (),
+                 log_context: LogContext | None = None) -> None:
+        self.rt = rt
+        self.threads = threads
+        self.rate_checks = RateChecks(rt)
+        self.lease_checks = LeaseChecks(rt)
+        self._cancel = cancel
+        self._zombie_gone = body_ended
+        self._invoke = invoke
+        self._observers = tuple(observers)
+        self._log_context = log_context
+        self._loop = asyncio.get_running_loop()
+        self._policies: dict[tuple[str, int | None, float | None],
+                             tuple[RetryPolicy, float | None]] = {}
+
+    async def run(self, running: Running, st: Started) -> SettleOp | None:
+        """Run the delivery if ``admit`` (and its rate limit) lets it, else record why not
+        (None: a rate limit deferred it, or the entry is no longer ours)."""
+        verdict = admit(st, self.rt.tasks, self.rt.config.max_deliveries, running.queue)
+        if isinstance(verdict, Refused):
+            if verdict.event:
+                self.emit(verdict.event, running, st, task=verdict.task, error=verdict.error,
+                           reason=verdict.error.message if verdict.error else None)
+            return verdict.op
+        if verdict.rate_key is not None:
+            running.checking = True
+            try:
+                go, op = await self._check_rate(running, st, verdict.task, verdict.rate_key)
+            finally:
+                running.checking = False
+            if not go:
+                return op
+        if verdict.lease is not None:
+            running.checking = True
+            try:
+                go, op = await self._take_lease(running, st, verdict.task, verdict.lease)
+            finally:
+                running.checking = False
+            if not go:
+                return op
+        return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
+                                   verdict.kwargs, verdict.history)
+
+    async def _check_rate(self, running: Running, st: Started, task: Task[Any, Any],
+                          key: str) -> tuple[bool, SettleOp | None]:
+        """Ask rate.lua whether the job may start now (one round trip, shared with the
+        checks of the jobs started with it): (True, None) to run it; else (False, the
+        operation recording why not, or None when nothing is left to record: the script
+        deferred the job, or the entry is no longer ours)."""
+        assert task.rate_limit is not None
+        d = st.delivery
+        limit_key = self.rt.stores[running.queue].keys.rate(task.name, key)
+        try:
+            verdict, slot_ms = await self.rate_checks.check(running.queue, d, limit_key,
+                                                            task.rate_limit.interval_us)
+        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
+            log.warning("rate limit check failed for job id=%s task=%s queue=%s: %s",
+                        running.job_id, task.name, running.queue, exc)
+            return False, None
+        if verdict == "run":
+            return True, None
+        if verdict == "deferred":
+            self.emit("rate_limited", running, st, task=task.name,
+                       retry_in_s=max(0, slot_ms - st.now_ms) / 1000)
+            log.debug("job deferred id=%s task=%s queue=%s: rate limit %s, its slot is in "
+                      "%d ms", running.job_id, task.name, running.queue,
+                      task.rate_limit.spec, slot_ms - st.now_ms)
+            return False, None
+        if verdict == "aborted":
+            return False, self.aborted(running, st)
+        if verdict == "expired":
+            self.emit("expired", running, st, task=task.name)
+            log_end("expired", running.job_id, task.name, running.queue, st.attempts, 0.0)
+            return False, ended(d, "expired")
+        return False, None  # lost: its new owner starts it
+
+    async def _take_lease(self, running: Running, st: Started, task: Task[Any, Any],
+                          name: str) -> tuple[bool, SettleOp | None]:
+        """Ask concurrency.lua for a lease of the task's limit (one round trip, shared
+        with the jobs started with it): (True, None) to run; else (False, the operation
+        recording why not, or None: the job waits for a slot, or the entry is no longer
+        ours). ``running.lease`` is set first, so an attempt cancelled while it asks still
+        releases whatever it got."""
+        assert task.concurrency_limit is not None
+        running.lease = name
+        try:
+            verdict, due_ms = await self.lease_checks.acquire(
+                running.queue, st.delivery, name, task.concurrency_limit)
+        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
+            log.warning("concurrency lease failed for job id=%s task=%s queue=%s: %s",
+                        running.job_id, task.name, running.queue, exc)
+            return False, None
+        if verdict == "run":
+            return True, None
+        running.lease = ""
+        if verdict == "waiting":
+            self.emit("concurrency_limited", running, st, task=task.name,
+                       retry_in_s=max(0, due_ms - st.now_ms) / 1000)
+            log.debug("job waits id=%s task=%s queue=%s: concurrency limit %d of %s is "
+                      "full", running.job_id, task.name, running.queue,
+                      task.concurrency_limit, clean(name))
+            return False, None
+        if verdict == "aborted":
+            return False, self.aborted(running, st)
+        return False, None  # lost: its new owner starts it
+
+    async def _execute(
+        self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
+        args: list[Any], kwargs: dict[str, Any], history: tuple[ErrorInfo, ...],
+    ) -> SettleOp:
+        policy, timeout = self._policy(task, spec)
+        ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
+        ctx = Context(
+            job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
+            max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
+            headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
+            worker=self.rt.consumer, report=self._report_progress, loop=self._loop,
+            args=tuple(args), kwargs=kwargs,
+        )
+        self._add_log_context(ctx)
+        plan = running.plan = Plan(st, task, policy, timeout, ttl, history, ctx.log_context,
+                                   spec.headers)
+        running.started = True
+        running.began = time.monotonic()
+        self.emit("started", running, st)
+        call = functools.partial(self._call, running, task, ctx, args, kwargs)
+        timer = soft = None
+        if timeout:
+            timer = self._loop.call_later(timeout, self._cancel, running, "timeout")
+        if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
+            soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
+                                         task.soft_timeout_s)
+        try:
+            outcome = await await_attempt(call, timeout, running.timed_out)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if soft is not None:
+                soft.cancel()
+        return self.record(running, plan, outcome)
+
+    def record(self, running: Running, plan: Plan, outcome: Outcome) -> SettleOp:
+        """Decide what an attempt that ran means and build the operation recording it."""
+        st = plan.started
+        decision = decide(outcome.kind, outcome.error, st.attempts, plan.policy,
+                          random.random())
+        payload = b""
+        if decision.action is Action.COMPLETE:
+            try:
+                payload = encode_value(outcome.value)
+            except SerializationError as exc:
+                outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
+                decision = Decision(Action.FAIL, reason="the result cannot be serialized")
+        kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
+        error = attempt_error(outcome, st.attempts)
+        self.emit(kind, running, st, duration_s=outcome.duration_s, error=error,
+                   has_result=decision.action is Action.COMPLETE,
+                   retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
+                   reason=decision.reason if decision.action is Action.FAIL else None)
+        return after_attempt(st, outcome, decision, payload, plan.history, plan.ttl_s,
+                             running.queue, plan.task.name, error, plan.fields)
+
+    def aborted(self, running: Running, started: Started | None) -> SettleOp:
+        name = task_name(started) if started else ""
+        duration = time.monotonic() - running.began
+        self.emit("aborted", running, started, duration_s=duration)
+        log_end("aborted", running.job_id, name, running.queue,
+                started.attempts if started else 0, duration,
+                fields=running.plan.fields if running.plan else None)
+        return ended(running.delivery, "aborted")
+
+    def _add_log_context(self, ctx: Context) -> None:
+        """``Worker(log_context=...)``'s fields for this attempt; a hook that fails is
+        logged, never allowed to stop the job."""
+        hook = self._log_context
+        if hook is None:
+            return
+        try:
+            ctx.log_context.update(hook(ctx))
+        except Exception:
+            log.exception("log_context hook failed for job id=%s", clean(ctx.job_id))
+
+    async def _call(
+        self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        assert task.fn is not None
+        fn = task.fn
+        if task.is_async:
+            call: Callable[[], Awaitable[Any]] = functools.partial(fn, ctx, *args, **kwargs)
+        else:
+            sync = functools.partial(fn, ctx, *args, **kwargs)
+            call = functools.partial(self._in_thread, running, sync)
+        attempt, fields = ctx.attempt, ctx.log_context  # as they are before middleware runs
+
+        async def logged() -> Any:  # innermost: the start line has what middleware added
+            log_start(running.job_id, task.name, running.queue, attempt, fields)
+            return await call()
+
+        if self._invoke is None:
+            return await logged()
+        return await self._invoke(ctx, logged)
+
+    async def _in_thread(self, running: Running, sync: Callable[[], Any]) -> Any:
+        def body_done() -> None:
+            running.in_thread = False
+            self._zombie_gone(running)
+
+        running.in_thread = True
+        return await self.threads.run(sync, body_done)
+
+    def _policy(self, task: Task[Any, Any], spec: JobSpec) -> tuple[RetryPolicy, float | None]:
+        """The retry policy and timeout of a job (cached per task and per-job override)."""
+        key = (task.name, spec.max_tries, spec.timeout_s)
+        found = self._policies.get(key)
+        if found is None:
+            cfg = self.rt.config
+            found = (task.retry_policy(cfg.retry, spec.max_tries),
+                     first(spec.timeout_s, task.timeout_s, cfg.job_timeout_s))
+            self._policies[key] = found
+        return found
+
+    def emit(self, kind: str, running: Running, st: Started | None, **details: Any) -> None:
+        """Tell the observers (if any) about a decision on the job ``running`` holds."""
+        if not self._observers:
+            return
+        plan = running.plan
+        event = JobEvent(
+            kind, job_id=running.job_id, queue=running.queue,
+            task=details.pop("task", plan.task.name if plan else (task_name(st) if st else "")),
+            attempt=st.attempts if st else 0, spec=st.spec if st else b"",
+            headers=plan.headers if plan else None, **details)
+        for observer in self._observers:
+            try:
+                observer.job_event(event)
+            except Exception:  # an observer must never break a job
+                log.exception("observer %r failed on %s", observer, kind)
+
+    async def _report_progress(self, queue: str, job_id: str, data: bytes) -> None:
+        await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
+
+
+def _soft_timeout(ctx: Context, after_s: float) -> None:
+    """The task's soft timeout passed: tell it (``ctx.soft_timeout``), and the log."""
+    ctx.soft_timeout.set()
+    log.warning("job soft timeout id=%s task=%s queue=%s attempt=%d after %gs: the hard "
+                "timeout comes next", clean(ctx.job_id), clean(ctx.task), ctx.queue,
+                ctx.attempt, after_s)
