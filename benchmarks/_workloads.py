@@ -102,11 +102,12 @@ def process(
         first = r.get_float("bench:first")
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if not k.startswith("info")}
     delta["get"] = delta.get("get", 0) - harness
-    if client == "redis-py":  # one INCR per job, SET bench:first and SET bench:last once
+    if client == "redis-py":  # redis-py's incr() sends INCRBY 1 (one per job);
+        delta["incrby"] = delta.get("incrby", 0) - n  # SET bench:first, bench:last once
         delta["set"] = delta.get("set", 0) - 2
-    else:  # the probe: SET bench:first NX per job + SET bench:last
+    else:  # the probe: SET bench:first NX + INCR bench:done per job, SET bench:last once
         delta["set"] = delta.get("set", 0) - n - 1
-    delta["incr"] = delta.get("incr", 0) - n  # INCR bench:done per job
+        delta["incr"] = delta.get("incr", 0) - n
     delta = {k: v for k, v in delta.items() if v > 0}
     top = sorted(delta.items(), key=lambda kv: -kv[1])[:6]
     return {

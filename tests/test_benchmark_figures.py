@@ -1,0 +1,95 @@
+"""The README's processing table is what the benchmark run it names measured, and
+``benchmarks/commands.py`` (Redis commands per job, phase by phase) runs and accounts for
+every command.
+
+Nothing here asserts a speed: the suite measures, the README quotes its results file, and
+this checks that the two agree. Commands are counted, which a test may bound."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import need_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "results" / "2026-11-30-vm.json"
+NAMES = {"asyncjobs": "asyncjobs", "Dramatiq": "dramatiq", "SAQ": "saq", "bullmq": "bullmq",
+         "taskiq": "taskiq", "Celery": "celery"}
+
+
+def readme_rows() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| system | no-op, 1 process (jobs/s) |")
+    table = text[start:text.index("\n\n", start)].splitlines()[2:]
+    return {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in row.strip("|").split("|")] for row in table)}
+
+
+def median(summary: dict[str, Any], workload: str, system: str, key: str) -> float:
+    return float(summary[workload][system][key]["median"])
+
+
+def test_the_readme_quotes_the_run_s_medians() -> None:
+    run = json.loads(RUN.read_text())
+    summary = run["summary"]
+    assert run["config"]["runs"] == 3
+    rows = readme_rows()
+    assert set(rows) == set(NAMES)
+    for shown, system in NAMES.items():
+        expected = [
+            f"{median(summary, 'process_noop', system, 'jobs_per_s'):,.0f}",
+            f"{median(summary, 'process_incr', system, 'jobs_per_s'):,.0f}",
+            f"{median(summary, 'cores', system, 'jobs_per_s'):,.0f}",
+            f"{median(summary, 'cores', system, 'incr_jobs_per_s'):,.0f}",
+            f"{median(summary, 'process_noop', system, 'cmds_per_job'):.1f}",
+            f"{median(summary, 'latency', system, 'p50_ms'):.2f} / "
+            f"{median(summary, 'latency', system, 'p99_ms'):.1f}",
+        ]
+        assert rows[shown] == expected, shown
+
+
+@pytest.mark.slow
+@pytest.mark.real_redis
+def test_commands_by_phase_account_for_every_command(tmp_path: Path) -> None:
+    """The phases add up to the total; a producer waiting on one job's result does not make
+    the other jobs' settles publish."""
+    need_redis_server()  # the script starts its own
+    out = tmp_path / "commands.json"
+    run = subprocess.run([sys.executable, "benchmarks/commands.py", "--jobs", "400",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for name in ("enqueue_one_by_one", "enqueue_many", "drain"):
+        part = result[name]
+        assert sum(part["phases_per_job"].values()) == pytest.approx(
+            part["total_per_job"], abs=0.01), name
+    drain = result["drain"]
+    assert {"read and start", "settle and notify"} <= set(drain["phases_per_job"])
+    jobs = 2 * 400 + 2
+    assert drain["by_command_per_job"].get("publish", 0) * jobs < 10  # one waiter, one end
+    assert result["enqueue_one_by_one"]["phases_per_job"] == {"enqueue": pytest.approx(
+        result["enqueue_one_by_one"]["total_per_job"])}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", result["redis"])
+
+
+def test_the_readme_quotes_the_commands_by_phase() -> None:
+    result = json.loads((ROOT / "benchmarks" / "results" / "commands.json").read_text())
+    drain = result["drain"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    quoted = (f"{drain['total_per_job']:.2f} commands per job in the drain, "
+              f"{drain['phases_per_job']['read and start']:.2f} to read and start")
+    assert quoted in text
+    assert f"{drain['phases_per_job']['settle and notify']:.2f} to settle and notify" in text
+    rest = drain["total_per_job"] - drain["phases_per_job"]["read and start"] - \
+        drain["phases_per_job"]["settle and notify"]
+    assert rest < 0.02
+    assert (f"an enqueue costs {result['enqueue_one_by_one']['total_per_job']:.0f} one by one "
+            f"and {result['enqueue_many']['total_per_job']:.0f} in `enqueue_many`") in text
