@@ -338,8 +338,15 @@ async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str
         lost_after = await _complete(fast, after, 20)
         lost_plain = await _complete(fast, [j for _, j in plain.acked], 1)
         first_done = await _first_completion_after(fast, plain, switched_at)
-    print(f"\n{how}: master {old} -> {new} in {switched_at - failed_over_at:.1f} s (old one "
-          f"demoted or dead after {settled_at - failed_over_at:.1f} s); "
+        final = None  # the master the Sentinels name now (None while they disagree)
+        for _ in range(50):
+            final = await asyncio.to_thread(setup.master_port)
+            if final is not None:
+                break
+            await asyncio.sleep(0.1)
+    print(f"\n{how}: master {old} -> {new} (now {final}) in "
+          f"{switched_at - failed_over_at:.1f} s (old one demoted or dead after "
+          f"{settled_at - failed_over_at:.1f} s); "
           f"WAIT producer {len(waiting.acked)} acked, {len(waiting.failed)} refused "
           f"({sorted(set(waiting.failed))}), {len(lost_durable)} lost; plain producer "
           f"{len(plain.acked)} acked, {len(plain.failed)} refused, {len(lost_plain)} lost; "
@@ -347,7 +354,15 @@ async def _run_failover(setup: SentinelSetup, worker: WorkerProcess, prefix: str
     assert worker.proc.poll() is None, worker.output[-3000:]  # the worker did not exit
     assert not lost_durable, (sorted(lost_durable)[:10], worker.output[-3000:],
                               log_of(setup.server(new)))
-    assert not lost_after, (sorted(lost_after)[:10], worker.output[-3000:])
+    if final == new:
+        assert not lost_after, (sorted(lost_after)[:10], worker.output[-3000:])
+    else:
+        # The Sentinels failed over a second time (under load a promoted replica slow to
+        # answer is itself replaced, see above): what `new` acknowledged without WAIT and
+        # had not passed on may be gone, like any job a failover catches, so only the
+        # WAIT-acknowledged jobs are certain here (asserted above).
+        print(f"a second failover ({new} -> {final}): {len(lost_after)} jobs acknowledged "
+              f"by {new} without WAIT lost; servers and Sentinels: {_roles(setup)}")
     if how == "sigkill":
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output[-3000:]
