@@ -53,6 +53,10 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
             f"{median(summary, 'latency', system, 'p99_ms'):.1f}",
         ]
         assert rows[shown] == expected, shown
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{median(summary, 'process_noop', 'asyncjobs', 'cmds_per_job'):.2f} with the "
+            f"probe's jobs and {median(summary, 'process_incr', 'asyncjobs', 'cmds_per_job'):.2f}"
+            " with redis-py jobs") in text
 
 
 @pytest.mark.slow
