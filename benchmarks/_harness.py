@@ -93,6 +93,11 @@ class RedisServer:
             stats[k.removeprefix("cmdstat_")] = calls
         return stats
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the redis-server has used so far."""
+        info = self.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def used_memory(self) -> int:
         return int(self.info("memory")["used_memory"])
 
@@ -224,6 +229,20 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and every live descendant, plus
+    what their exited children used (cutime/cstime of those that were waited for)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid] + [c for c, _ in descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / tick
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:

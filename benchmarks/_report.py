@@ -16,12 +16,16 @@ COLUMNS = {
     ],
     "process_noop": [
         ("jobs_per_s", "jobs/s", 0),
+        ("worker_cpu_us_per_job", "worker CPU µs/job", 0),
+        ("redis_cpu_us_per_job", "Redis CPU µs/job", 0),
         ("cmds_per_job", "Redis cmds/job", 1),
         ("scripts_per_job", "EVAL*/job", 2),
         ("top_cmds_per_job", "top commands/job", None),
     ],
     "process_incr": [
         ("jobs_per_s", "jobs/s", 0),
+        ("worker_cpu_us_per_job", "worker CPU µs/job", 0),
+        ("redis_cpu_us_per_job", "Redis CPU µs/job", 0),
         ("cmds_per_job", "Redis cmds/job", 1),
         ("scripts_per_job", "EVAL*/job", 2),
         ("top_cmds_per_job", "top commands/job", None),
@@ -61,6 +65,8 @@ COLUMNS = {
         ("jobs_per_s", "probe jobs (jobs/s)", 0),
         ("incr_jobs_per_s", "redis-py INCR jobs (jobs/s)", 0),
         ("per_process_jobs_per_s", "probe jobs per process (jobs/s)", 0),
+        ("cpu_us_per_job", "probe jobs, CPU µs/job", 0),
+        ("incr_cpu_us_per_job", "INCR jobs, CPU µs/job", 0),
         ("how", "how", None),
     ],
 }

@@ -17,6 +17,7 @@ from _harness import (
     peak_rss_mb,
     percentile,
     stop_worker,
+    tree_cpu_s,
     wait_count,
 )
 
@@ -88,10 +89,15 @@ def process(
             for _ in range(workers)
         ]
         try:
+            # CPU is counted from the first job done (start-up and imports left out) to
+            # the last one: the workers' process trees and the redis-server
+            wait_count(r, "bench:done", 1, timeout, procs, poll=0.001)
+            cpu0 = [sum(tree_cpu_s(p.pid) for p in procs), r.cpu_s(), r.get_int("bench:done")]
             ok, done = wait_count(r, "bench:done", n, timeout, procs)
             if not ok:
                 raise BenchError(f"only {done}/{n} jobs done after {timeout:.0f} s")
             last = _wait_last(r)
+            cpu1 = [sum(tree_cpu_s(p.pid) for p in procs), r.cpu_s(), r.get_int("bench:done")]
             time.sleep(1.0)  # let acks/result writes of the last in-flight jobs land
             after = r.commandstats()
             harness = r.client.sent - sent0 - 1  # our own polling GETs (INFO is excluded below)
@@ -117,7 +123,19 @@ def process(
         "scripts_per_job": sum(delta.get(k, 0) for k in SCRIPT_CMDS) / n,
         "top_cmds_per_job": {k: round(v / n, 2) for k, v in top},
         "peak_rss_mb": max(x for x in rss if x is not None) if any(rss) else None,
+        **_cpu_per_job(cpu0, cpu1),
     }
+
+
+def _cpu_per_job(before: list[float], after: list[float]) -> dict:
+    """Worker and Redis CPU per job (µs) between two samples of [worker CPU s, Redis CPU
+    s, jobs done]. The two together bound what one machine can process: cores / their sum."""
+    jobs = after[2] - before[2]
+    if jobs <= 0:
+        return {}
+    worker, redis = (after[0] - before[0]) / jobs * 1e6, (after[1] - before[1]) / jobs * 1e6
+    return {"worker_cpu_us_per_job": worker, "redis_cpu_us_per_job": redis,
+            "cpu_us_per_job": worker + redis}
 
 
 def process_incr(system: System, cfg) -> dict:
@@ -140,6 +158,8 @@ def cores(system: System, cfg) -> dict:
         "jobs_per_s": probe["jobs_per_s"],
         "incr_jobs_per_s": incr["jobs_per_s"],
         "per_process_jobs_per_s": probe["jobs_per_s"] / k,
+        "cpu_us_per_job": probe.get("cpu_us_per_job"),
+        "incr_cpu_us_per_job": incr.get("cpu_us_per_job"),
         "processes": k,
         "how": system.info.get("processes") or f"{k} worker processes side by side",
     }
