@@ -305,6 +305,7 @@ def markdown(result: dict) -> str:
         f"{'QUICK sizes' if cfg['quick'] else 'full sizes'}; "
         f"worker concurrency {cfg['concurrency']} "
         f"unless noted; systems alternate within each run.",
+        *[f"\nNote on {w}: {text}." for w, text in result.get("notes", {}).items()],
         "",
         "| system | version | settings used | bulk enqueue |",
         "|---|---|---|---|",

@@ -19,7 +19,8 @@ import pytest
 from .conftest import need_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / "benchmarks" / "results" / "2026-11-30-vm.json"
+RUN = ROOT / "benchmarks" / "results" / "2026-12-01-vm.json"
+EARLIER = ROOT / "benchmarks" / "results" / "2026-11-30-vm.json"
 NAMES = {"asyncjobs": "asyncjobs", "Dramatiq": "dramatiq", "SAQ": "saq", "bullmq": "bullmq",
          "taskiq": "taskiq", "Celery": "celery"}
 
@@ -48,6 +49,8 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
             f"{median(summary, 'process_incr', system, 'jobs_per_s'):,.0f}",
             f"{median(summary, 'cores', system, 'jobs_per_s'):,.0f}",
             f"{median(summary, 'cores', system, 'incr_jobs_per_s'):,.0f}",
+            f"{median(summary, 'process_noop', system, 'worker_cpu_us_per_job'):.0f} + "
+            f"{median(summary, 'process_noop', system, 'redis_cpu_us_per_job'):.0f}",
             f"{median(summary, 'process_noop', system, 'cmds_per_job'):.1f}",
             f"{median(summary, 'latency', system, 'p50_ms'):.2f} / "
             f"{median(summary, 'latency', system, 'p99_ms'):.1f}",
@@ -57,6 +60,29 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
     assert (f"{median(summary, 'process_noop', 'asyncjobs', 'cmds_per_job'):.2f} with the "
             f"probe's jobs and {median(summary, 'process_incr', 'asyncjobs', 'cmds_per_job'):.2f}"
             " with redis-py jobs") in text
+    def ratio(workload: str, key: str) -> tuple[str, str]:
+        """asyncjobs' median over the fastest peer's, and that peer's name as shown."""
+        peers = {shown: median(summary, workload, system, key)
+                 for shown, system in NAMES.items() if system != "asyncjobs"}
+        best = max(peers, key=lambda shown: peers[shown])
+        return f"{median(summary, workload, 'asyncjobs', key) / peers[best]:.2f}x", best
+
+    noop, incr = ratio("process_noop", "jobs_per_s"), ratio("process_incr", "jobs_per_s")
+    assert (f"One process: {noop[0]} the fastest peer ({noop[1]}) on the probe's jobs, "
+            f"{incr[0]} ({incr[1]}) on redis-py jobs") in text
+    cores, cores_incr = ratio("cores", "jobs_per_s"), ratio("cores", "incr_jobs_per_s")
+    assert cores[1] == cores_incr[1] == "Dramatiq"
+    assert (f"Every core: {cores[0]} Dramatiq on the probe's jobs, {cores_incr[0]} on "
+            "redis-py jobs") in text
+    p50 = (median(summary, "latency", "asyncjobs", "p50_ms")
+           / median(summary, "latency", "taskiq", "p50_ms"))
+    assert (f"p50 {p50:.2f}x taskiq's, p99 "
+            f"{median(summary, 'latency', 'asyncjobs', 'p99_ms'):.1f} ms") in text
+    earlier = json.loads(EARLIER.read_text())["summary"]
+    figures = " / ".join(f"{median(earlier, w, 'asyncjobs', k):,.0f}" for w, k in [
+        ("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
+        ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")])
+    assert f"measured asyncjobs at {figures} jobs/s in the same four columns" in text
 
 
 @pytest.mark.slow
