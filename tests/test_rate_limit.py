@@ -490,3 +490,73 @@ async def test_a_keepalive_during_a_rate_check_leaves_the_deferral_to_the_check(
             assert await job.status() is JobState.SCHEDULED
     kinds = [kind for kind, _, _ in seen.kinds]
     assert kinds.count("rate_limited") == 3 and "interrupted" not in kinds, seen.kinds
+
+
+@pytest.mark.asyncio
+async def test_a_keepalive_begun_before_a_rate_check_leaves_the_deferral_to_the_check(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keep-alive leaves out of its touch the attempts being checked, but a touch whose
+    list was made just before the check began (the attempts were started, their tasks had
+    not run yet) can reach Redis after rate.lua deferred the jobs and released their
+    entries: it reports them lost while the check's reply is still on its way. That
+    must not cancel the attempts ("interrupted", their deferrals never told). Here the
+    order is forced: the attempts wait for the touch's list before their check, the touch
+    waits for rate.lua before it runs, and the check's reply waits for the touch's."""
+    from asyncjobs._redis import scripts
+    from asyncjobs._redis.store import QueueStore
+    from asyncjobs._worker.attempt_path import AttemptPath
+
+    listed, rate_ran, touched = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_touch = QueueStore.touch
+
+    async def late_touch(self: QueueStore, consumer: str, held: Any, *args: Any,
+                         **kwargs: Any) -> Any:
+        if not held or listed.is_set():
+            return await real_touch(self, consumer, held, *args, **kwargs)
+        listed.set()  # the list holds the attempts, none of them checked yet
+        await asyncio.wait_for(rate_ran.wait(), 20)
+        try:
+            return await real_touch(self, consumer, held, *args, **kwargs)
+        finally:
+            touched.set()  # the keep-alive reads the reply before the check reads its own
+
+    real_path_run = AttemptPath.run
+
+    async def check_after_the_list(self: AttemptPath, running_: Any, st: Any) -> Any:
+        await asyncio.wait_for(listed.wait(), 20)
+        return await real_path_run(self, running_, st)
+
+    real_run = scripts.run_pipelined
+
+    async def rate_replies_after_the_touch(client: Any, calls: Any) -> list[Any]:
+        replies = await real_run(client, calls)
+        if any(script.name == "rate" for script, _, _ in calls):
+            rate_ran.set()
+            await asyncio.wait_for(touched.wait(), 20)
+        return replies
+
+    monkeypatch.setattr(QueueStore, "touch", late_touch)
+    monkeypatch.setattr(AttemptPath, "run", check_after_the_list)
+    monkeypatch.setattr(scripts, "run_pipelined", rate_replies_after_the_touch)
+
+    @asyncjobs.task(rate_limit="1/h")
+    async def mail(ctx: Context, i: int) -> int:
+        return i
+
+    seen = Seen()
+    async with backend.pool() as pool:
+        jobs = [await pool.enqueue(mail, i) for i in range(4)]
+        async with running(backend, backend.worker([mail], observers=[seen],
+                                                   claim_timeout=1.2)):
+            async def all_decided() -> bool:
+                return sum(1 for kind, _, _ in seen.kinds
+                           if kind in ("rate_limited", "interrupted")) >= 3
+
+            await until(all_decided, "the deferrals (or interruptions) to be told",
+                        timeout_s=30)
+            assert await jobs[0].result(timeout=30) == 0
+        for job in jobs[1:]:
+            assert await job.status() is JobState.SCHEDULED
+    assert touched.is_set()
+    kinds = [kind for kind, _, _ in seen.kinds]
+    assert kinds.count("rate_limited") == 3 and "interrupted" not in kinds, seen.kinds

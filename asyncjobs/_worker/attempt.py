@@ -72,7 +72,9 @@ class Running:
         self.checking = False
         """A limit check (rate.lua, concurrency.lua) is deciding it: the script may defer
         the job and release its entry, and says so itself; the keep-alive leaves it alone
-        meanwhile (it would take the released entry for one another worker took)."""
+        meanwhile (it would take the released entry for one another worker took): it
+        neither touches the entry nor cancels the attempt on the word of a touch that was
+        already on its way when the check began."""
         self.lease = ""
         """The concurrency limit whose lease it asked for ('' for none): its settle
         releases it."""

@@ -53,11 +53,25 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                 pause = min(0.5, rt.config.keepalive_every_s)
                 break
             for entry in lost:
-                ex.cancel_entry(queue, entry, "lost")
+                _lost(ex, queue, entry)
             for job_id in aborted:
                 running = ex.find_job(queue, job_id)
                 if running is not None:
                     ex.cancel(running, "abort")
+
+
+def _lost(ex: Executor, queue: str, entry: str) -> None:
+    """A touch found ``entry`` no longer this worker's: cancel its attempt, unless a limit
+    check is deciding it now. The touch's list was made before that check began (attempts
+    being checked are left out of it: ``Executor.to_touch``), but its script may have run
+    in Redis after the check's (a touch still on its way, or repeated after NOSCRIPT): the
+    entry it missed is then the one the check's script released as it deferred the job,
+    and the check's reply says so. An entry taken by another worker meanwhile, the
+    script finds itself ('lost'); one taken after it, the next touch does."""
+    running = ex.running.get((queue, entry))
+    if running is not None and running.checking:
+        return
+    ex.cancel_entry(queue, entry, "lost")
 
 
 async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
