@@ -388,7 +388,10 @@ async def test_a_dead_holders_lease_lapses_and_the_waiter_starts(backend: Backen
 
     async with backend.pool() as pool:
         keys, name = use(pool), limit_name("sync")
-        lapses_ms = await redis_ms(pool) + 1_500
+        # the job must reach its check, and wait, before the lease lapses: room for a worker
+        # start on a loaded machine (its loop was seen blocked 1.4-1.7 s under heavy load,
+        # and with a 1.5 s lease the job then ran at once, never seen waiting)
+        lapses_ms = await redis_ms(pool) + 4_000
         await pool.client.hset(keys.job("dead"), mapping={"s": "running", "cl": name})
         await pool.client.zadd(keys.concurrency(name), {"dead": lapses_ms})
         job = await pool.enqueue(sync)
