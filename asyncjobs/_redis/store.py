@@ -162,16 +162,22 @@ READ_TOGETHER = 4
 the batch, see ``read_records`` in _prelude.lua) rather than with one HMGET each."""
 
 
-async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:
-    """Read up to ``count`` new entries from the stores (the levels of one queue, highest
-    first: their keys share one hash tag) without blocking, and start them, in one round
-    trip; see take.lua. Once Redis refuses to read records together (Redis Cluster, an ACL
-    user without access to every key), the stores read them one by one."""
+def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call:
+    """The take.lua call that ``take_levels`` makes, for a caller that sends it itself (the
+    fetch loop's wait sends it right behind its blocking read); ``taken_from`` reads the
+    reply."""
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
     together = READ_TOGETHER if all(st.read_together for st in stores) else 0
     args: list[s.KeyOrArg] = [GROUP, consumer, count, stores[0].keys.scratch, together,
                               *(st.keys.job_prefix for st in stores)]
-    rows, last, errors, refused = await s.load(s.TAKE)(stores[0].client, keys, args)
+    return s.load(s.TAKE), keys, args
+
+
+def taken_from(stores: Sequence[QueueStore], reply: Any) -> Taken:
+    """What a take.lua call of ``take_call(stores, ...)`` started, from its reply. Once
+    Redis refuses to read records together (Redis Cluster, an ACL user without access to
+    every key), the stores read them one by one."""
+    rows, last, errors, refused = reply
     if refused:
         for st in stores:
             st.read_together = False
@@ -185,6 +191,14 @@ async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -
          for level, e, j, v, spec, a, hist, q, now, rs in rows],
         [_str(x) for x in last],
         [(int(level) - 1, _str(why)) for level, why in errors])
+
+
+async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:
+    """Read up to ``count`` new entries from the stores (the levels of one queue, highest
+    first: their keys share one hash tag) without blocking, and start them, in one round
+    trip; see take.lua and ``taken_from``."""
+    script, keys, args = take_call(stores, consumer, count)
+    return taken_from(stores, await script(stores[0].client, keys, args))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,10 @@ scan of a queue is due), or takes new ones in the worker's queue order (take.lua
 start in one round trip, one call per queue covering its priority levels), or, when no
 queue has work, waits in one blocking XREAD on every level stream of every queue, from the
 newest entry ids take.lua returned: it wakes at once when any of them gets a job, and no
-timer polls for new work.
+timer polls for new work. A worker of one queue on one server sends that queue's take right
+behind the read, on the same connection: Redis runs it the moment the read ends, so the job
+that wakes the worker is already started when the worker hears of it (one round trip, not
+two, between an idle worker and its next job).
 
 Both reclaiming and taking go through this loop because it is the one place that takes
 slots: the concurrency limit holds, a slot freed while a queue earlier in the order has
@@ -31,13 +34,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
-from .._redis.store import Delivery, QueueStore, Started, reclaim_levels, take_levels
+from .._redis.store import (
+    Delivery,
+    QueueStore,
+    Started,
+    reclaim_levels,
+    take_call,
+    take_levels,
+    taken_from,
+)
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
-from .reader import AnyReader
+from .reader import AnyReader, Reader
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
 from .watch import Watch
 
@@ -209,9 +220,8 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
             and time.monotonic() - idle.since < IDLE_RETAKE_S:
         # Nothing new since the last take found nothing (the wait would have woken):
         # wait again without asking.
-        if await _wait(rt, reader, idle.newest, reclaimers, bad, block_ms):
-            idle.newest = None
-        return [], {}, True
+        return await _idle_wait(rt, reader, groups, order, idle, idle.newest, reclaimers,
+                                bad, count, block_ms)
     dry: dict[int, dict[str, str]] = {}
     started, newest = await _take(rt, groups, order, bad, watch, dry, count)
     if started:
@@ -224,9 +234,27 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
     watch.forget()
     if not rt.config.burst:
         idle.newest, idle.since = newest, time.monotonic()
-    if await _wait(rt, reader, newest, reclaimers, bad, block_ms):
+    return await _idle_wait(rt, reader, groups, order, idle, newest, reclaimers, bad, count,
+                            block_ms)
+
+
+async def _idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
+                     order: WeightedOrder | None, idle: _Idle, newest: dict[str, str],
+                     reclaimers: dict[str, _Reclaimer], bad: _Quarantine, count: int,
+                     block_ms: int
+                     ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
+    """Wait for new entries after ``newest``; ``_fetch``'s answer. A worker of one queue
+    on one server sends its take right behind each read (``_wait_then_take``), and what
+    wakes it is started by then; otherwise the next ``_fetch`` takes."""
+    if isinstance(reader, Reader) and len(groups) == 1 and not rt.config.burst \
+            and not any(bad.holds(q) for q in groups[0].queues):
+        woke, started = await _wait_then_take(rt, reader, groups[0], order, newest,
+                                              reclaimers, bad, count, block_ms)
+    else:
+        woke, started = await _wait(rt, reader, newest, reclaimers, bad, block_ms), []
+    if woke:
         idle.newest = None
-    return [], {}, True
+    return started, {}, not started
 
 
 IDLE_RETAKE_S = 60.0
@@ -310,6 +338,52 @@ async def _wait(rt: Runtime, reader: AnyReader, newest: dict[str, str],
             return False
         if now >= due:
             return False
+
+
+async def _wait_then_take(rt: Runtime, reader: Reader, group: Group,
+                          order: WeightedOrder | None, newest: dict[str, str],
+                          reclaimers: dict[str, _Reclaimer], bad: _Quarantine, count: int,
+                          block_ms: int) -> tuple[bool, list[tuple[str, Started]]]:
+    """``_wait``, each read followed on its connection by the group's take (take.lua for up
+    to ``count`` entries, as ``_take`` would send it next): Redis runs the take the moment
+    the read ends, so a job that wakes the worker is started without another round trip
+    (``Reader.wait_then_run``). Returns (woken, started). A take that finds nothing after
+    a read that woke (another worker was first) or timed out moves ``newest`` to the
+    streams' newest ids, and the wait goes on. Woken with nothing started means "take
+    again": the take was not loaded yet (a Redis restart empties the script cache; the
+    next take loads it), or a level could not be read, which ``_take`` deals with."""
+    due = min(min(r.due for r in reclaimers.values()), bad.next_end())
+    stores = group.stores
+    while True:
+        began = time.monotonic()
+        woke, ran = await reader.wait_then_run(newest, block_ms,
+                                               take_call(stores, rt.consumer, count))
+        if isinstance(ran, NoScriptError):
+            return True, []
+        if isinstance(ran, ResponseError):
+            raise ran  # as the take's own call raises it (an outage reply: retried)
+        taken = taken_from(stores, ran)
+        if order is not None:
+            order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
+        if taken.rows:  # started: whatever the read said, they run
+            return True, [(group.queues[level], st) for level, st in taken.rows]
+        if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
+            return True, []
+        newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
+        if isinstance(woke, ResponseError):  # a stream turned into something else
+            if not refused(woke):
+                raise woke
+            return True, []
+        if rt.stopping.is_set():
+            return False, []
+        now = time.monotonic()
+        _beat(rt, now)
+        if now - began < block_ms / 2000 and not woke:
+            # The server did not block (an in-memory fake does not): don't spin.
+            await asyncio.sleep(0.005)
+            return False, []
+        if now >= due:
+            return False, []
 
 
 async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,

@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from .._redis.cluster import is_cluster, node_client, slot_groups
+from .._redis.pubsub import sharded_pubsub
+from .._redis.scripts import Call
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -62,6 +64,36 @@ class Reader:
         streams: Any = newest
         reply: Any = await self.client.xread(streams, count=1, block=block_ms)
         return bool(reply)
+
+    async def wait_then_run(self, newest: dict[str, str], block_ms: int,
+                            call: Call) -> tuple[bool | ResponseError, Any]:
+        """As ``wait``, with a script call sent right behind the read on the same
+        connection: Redis runs it the moment the read ends (woken, timed out or unblocked),
+        without a round trip back to the worker first. Returns the read's answer (or the
+        error Redis gave it) and the script's reply (or its error, ``NoScriptError``
+        included: it was not loaded). Redis still runs the script when this wait is cut
+        short by ``unblock``; a wait cancelled in the middle closes the connection (as
+        redis-py does), and the script then runs or not: whatever it started stays this
+        consumer's, handed back at shutdown or reclaimed."""
+        if not self._hooked:
+            await self.ready()
+        script, keys, args = call
+        script = script.variant(await sharded_pubsub(self.client))
+        read: list[Any] = ["XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *newest,
+                           *newest.values()]
+        run: list[Any] = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        connection: Any = self.client.connection
+        # The reader's connection serves only the fetch loop: nothing else writes to it
+        # between this write and the two reads.
+        await connection.send_packed_command(connection.pack_commands([read, run]))
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:  # the connection is still in step: read on
+                replies.append(exc)
+        woke, ran = replies
+        return (woke if isinstance(woke, ResponseError) else bool(woke)), ran
 
     async def unblock(self, client: Redis) -> bool:
         """End a read of this connection still blocked in Redis (best effort); True when

@@ -1,0 +1,179 @@
+"""An idle worker of one queue sends its take right behind its blocking read, on the same
+connection (``Reader.wait_then_run``, ``fetcher._wait_then_take``): Redis runs the take the
+moment the read ends, so the job that wakes the worker is started without a round trip
+back to the worker first. Attacked here: the script cache emptied while the worker waits,
+a stop that arrives after the take started a job, two workers woken by one job, and a
+stream replaced by a string while the worker waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context, JobState
+from asyncjobs._redis import store
+from asyncjobs._redis.connection import url_factory
+from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.keys import Keys
+from asyncjobs._worker import fetcher
+from asyncjobs._worker.reader import Reader
+
+from .conftest import Backend, running
+
+pytestmark = pytest.mark.asyncio
+
+ran: list[int] = []
+
+
+@asyncjobs.task
+async def note(ctx: Context, i: int) -> int:
+    ran.append(i)
+    return i
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> Iterator[None]:
+    ran.clear()
+    yield
+    ran.clear()
+
+
+@pytest.fixture
+def takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many entries each take of the fetch loop's own (not the one behind a read)
+    started, in order."""
+    seen: list[int] = []
+    real = store.take_levels
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        taken = await real(*args, **kwargs)
+        seen.append(len(taken.rows))
+        return taken
+
+    monkeypatch.setattr(fetcher, "take_levels", counted)
+    return seen
+
+
+def backend_on(server: RedisServer) -> Backend:
+    return Backend("real", server.url, url_factory(server.url), "idletake")
+
+
+async def blocked(pool: asyncjobs.Pool, n: int = 1, timeout: float = 10.0) -> None:
+    """Wait until ``n`` clients are blocked in Redis (the workers' reads)."""
+    end = time.monotonic() + timeout
+    while int((await pool.client.info("clients"))["blocked_clients"]) < n:
+        assert time.monotonic() < end, f"fewer than {n} blocked reads after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_job_that_wakes_an_idle_worker_is_started_by_the_take_behind_the_read(
+        fresh_redis: RedisServer, takes: list[int]) -> None:
+    backend = backend_on(fresh_redis)
+    async with backend.pool() as pool, running(backend, backend.worker([note])):
+        for i in range(5):
+            await blocked(pool)
+            job = await pool.enqueue(note, i)
+            assert await job.result(timeout=10) == i
+    assert ran == list(range(5))
+    # The loop's own takes ran (after each job, finding nothing), but started nothing: each
+    # job was started by the take that followed the read it woke.
+    assert takes and not any(takes), takes
+
+
+async def test_a_script_cache_emptied_while_the_worker_waits_still_starts_the_job(
+        fresh_redis: RedisServer, takes: list[int], caplog: pytest.LogCaptureFixture) -> None:
+    """The take behind the read is answered NOSCRIPT: the loop's own take loads it and
+    starts the job, with nothing logged as an error (the loop was not restarted)."""
+    caplog.set_level(logging.WARNING, logger="asyncjobs")
+    backend = backend_on(fresh_redis)
+    async with backend.pool() as pool, running(backend, backend.worker([note])):
+        await blocked(pool)
+        await pool.client.script_flush()
+        job = await pool.enqueue(note, 7)
+        assert await job.result(timeout=10) == 7
+    assert ran == [7]
+    assert 1 in takes, takes  # started by the loop's own take
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_stop_after_the_take_behind_the_read_started_a_job_hands_it_back(
+        fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop comes between the take (the job is `running`, held by this worker) and the
+    worker reading its reply: the job is not run there, it is handed back at once, and the
+    next worker runs it, long before the claim timeout."""
+    backend = backend_on(fresh_redis)
+    first = backend.worker([note], claim_timeout=60)
+    real = Reader.wait_then_run
+    stopped_with: list[Any] = []
+
+    async def then_stop(self: Reader, *args: Any) -> Any:
+        woke, reply = await real(self, *args)
+        if not isinstance(reply, Exception) and reply[0] and not stopped_with:
+            stopped_with.append(reply[0])
+            first.stop()
+        return woke, reply
+
+    monkeypatch.setattr(Reader, "wait_then_run", then_stop)
+    async with backend.pool() as pool:
+        async with running(backend, first):
+            await blocked(pool)
+            job = await pool.enqueue(note, 3)
+            end = time.monotonic() + 10
+            while not stopped_with:
+                assert time.monotonic() < end, "the take behind the read never started it"
+                await asyncio.sleep(0.01)
+        assert ran == []  # not run by the worker that was stopping
+        info = await job.info()
+        assert info.state == JobState.QUEUED, info
+        began = time.monotonic()
+        async with running(backend, backend.worker([note], claim_timeout=60)):
+            assert await job.result(timeout=10) == 3
+        assert time.monotonic() - began < 10  # handed back, not reclaimed after 60 s
+        info = await job.info()
+    assert ran == [3]
+    assert info.state == JobState.COMPLETE and info.attempts == 1
+
+
+async def test_two_idle_workers_woken_by_one_job_run_it_once_and_keep_waiting(
+        fresh_redis: RedisServer) -> None:
+    """Both reads wake; one take starts the job, the other finds nothing and its worker
+    waits again from the streams' newest ids (no spin: both are blocked again)."""
+    backend = backend_on(fresh_redis)
+    async with backend.pool() as pool, \
+            running(backend, backend.worker([note])), running(backend, backend.worker([note])):
+        for i in range(10):
+            await blocked(pool, 2)
+            job = await pool.enqueue(note, i)
+            assert await job.result(timeout=10) == i
+        await blocked(pool, 2)
+        before = await pool.client.info("stats")
+        await asyncio.sleep(1.0)
+        after = await pool.client.info("stats")
+    assert sorted(ran) == list(range(10))
+    # two idle workers for a second: a handful of commands, not a loop
+    assert after["total_commands_processed"] - before["total_commands_processed"] < 40
+
+
+async def test_a_stream_turned_into_a_string_while_the_worker_waits_is_left_alone(
+        fresh_redis: RedisServer) -> None:
+    """The read behind which the take was sent fails (WRONGTYPE), and so does the take's
+    read of that stream: the loop's own take quarantines the queue, the worker stays up, and
+    once the stream is a stream again the next job runs."""
+    backend = backend_on(fresh_redis)
+    keys = Keys(backend.prefix, "default")
+    async with backend.pool() as pool, running(backend, backend.worker([note])):
+        await blocked(pool)
+        await pool.client.delete(keys.stream)
+        await pool.client.set(keys.stream, "garbage")
+        await asyncio.sleep(0.5)
+        await pool.client.delete(keys.stream)
+        job = await pool.enqueue(note, 5)  # makes the stream and its group again
+        assert await job.result(timeout=45) == 5
+    assert ran == [5]
