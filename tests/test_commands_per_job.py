@@ -22,7 +22,8 @@ from asyncjobs._model import JobSpec
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._redis.keys import Keys
-from asyncjobs._redis.store import READ_TOGETHER, NewJob, QueueStore, Started
+from asyncjobs._redis.store import READ_TOGETHER, QueueStore
+from asyncjobs._redis.values import NewJob, Started
 
 from .conftest import Backend
 

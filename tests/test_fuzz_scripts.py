@@ -34,7 +34,8 @@ from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
 from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
-from asyncjobs._redis.store import Delivery, LeaseAsk, NewJob, QueueStore, SettleOp
+from asyncjobs._redis.store import QueueStore
+from asyncjobs._redis.values import Delivery, LeaseAsk, NewJob, SettleOp
 
 from .conftest import Backend
 
@@ -1672,7 +1673,7 @@ def test_an_entry_whose_job_id_is_not_utf8_is_dead_lettered_and_never_left_runni
     backend: Backend, job_id: bytes, with_record: bool
 ) -> None:
     """Job ids asyncjobs writes are text; one written by hand that is not UTF-8 cannot be
-    named by the worker (``_store._str`` replaces the bad bytes): such an entry is
+    named by the worker (``values.reply_text`` replaces the bad bytes): such an entry is
     dead-lettered (``_store`` says so), its task never runs, and no record is left
     ``running`` or written under another id."""
 

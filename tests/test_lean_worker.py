@@ -48,7 +48,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._redis.transport",
     "asyncjobs._redis.health",
     "asyncjobs._redis.keys", "asyncjobs._redis.replication", "asyncjobs._redis.scripts",
-    "asyncjobs._redis.store", "asyncjobs._retry", "asyncjobs._routing", "asyncjobs._scheduling",
+    "asyncjobs._redis.store", "asyncjobs._redis.values", "asyncjobs._retry", "asyncjobs._routing", "asyncjobs._scheduling",
     "asyncjobs._scheduling.cron", "asyncjobs._scheduling.leader",
     "asyncjobs._scheduling.scheduler", "asyncjobs._signature", "asyncjobs._task",
     "asyncjobs._text", "asyncjobs._version", "asyncjobs._worker", "asyncjobs._worker.admission",

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from .._producer.pool import create_pool
-from .._redis.store import MAX_LENGTH_MOST
+from .._redis.values import MAX_LENGTH_MOST
 from . import loader
 from .options import AsJson, Prefix, RedisUrl
 from .render import Command, safe, to_json

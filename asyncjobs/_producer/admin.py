@@ -24,7 +24,7 @@ from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
 from .._redis.pubsub import publish
-from .._redis.store import MAX_LENGTH_MOST, max_length
+from .._redis.values import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
 from .deadletters import (
     REPLIES,

@@ -37,7 +37,8 @@ from .._redis.health import judge, read_settings
 from .._redis.keys import GlobalKeys, Keys, check_name
 from .._redis.pubsub import sharded_pubsub
 from .._redis.replication import Replication
-from .._redis.store import NewJob, QueueStore
+from .._redis.store import QueueStore
+from .._redis.values import NewJob
 from .._routing import level_queue
 from .._task import AsyncFn, Call, SyncFn, Task, call
 from ..exceptions import (

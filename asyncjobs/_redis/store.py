@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,143 +17,25 @@ from redis.exceptions import ResponseError
 from . import scripts as s
 from .keys import GROUP, Keys
 from .replication import Replication
+from .values import (
+    DeadLetterLimits,
+    Delivery,
+    LeaseAsk,
+    NewJob,
+    Promoted,
+    RateCheck,
+    Reclaimed,
+    SettleOp,
+    Started,
+    Taken,
+    delivery_of,
+    max_length,
+    reply_text,
+)
 
 log = logging.getLogger("asyncjobs.worker")
 
 _ENQUEUE_BATCH = 500
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A job ready to be written: its id, encoded spec and timing (all ms, 0 = unset)."""
-
-    id: str
-    spec: bytes
-    delay_ms: int = 0
-    due_at_ms: int = 0
-    expires_in_ms: int = 0
-    expires_at_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A stream entry delivered to this consumer. ``readable`` is False when the job id it
-    carries is not valid UTF-8 (an entry written by hand): it can name no job, and its
-    text here is only a rendering of the bytes."""
-
-    entry: str
-    job_id: str
-    deliveries: int = 1
-    readable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """What start.lua said about one delivery."""
-
-    delivery: Delivery
-    verdict: str
-    spec: bytes
-    attempts: int
-    history: bytes
-    enqueued_ms: int
-    now_ms: int
-    reserved_ms: int = 0
-    """The slot a rate limit reserved for this job when it deferred it (0: none)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RateCheck:
-    """A started job to check against its task's rate limit: its delivery, the limit's key
-    and its interval (µs)."""
-
-    delivery: Delivery
-    limit_key: str
-    interval_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseAsk:
-    """A started job asking for a lease of its task's concurrency limit: its delivery, the
-    limit's name (``keys.limit_name``) and its N."""
-
-    delivery: Delivery
-    name: str
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class SettleOp:
-    """One finished attempt to record. See settle.lua for the outcomes."""
-
-    entry: str
-    job_id: str
-    outcome: str
-    payload: bytes | str = b""
-    number: int = 0
-    history: bytes = b""
-    lease: str = ""
-    """The concurrency limit whose lease the attempt held ('' for none): released."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterLimits:
-    """How many dead letters a queue keeps, and for how long (its oldest go first, with the
-    records of their jobs)."""
-
-    most: int = 10_000
-    max_age_ms: int = 180 * 24 * 3600 * 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Promoted:
-    """The result of one promotion pass."""
-
-    promoted: int
-    expired: int
-    next_due_ms: int | None
-    now_ms: int
-
-
-MAX_LENGTH_MOST = 10**12
-"""The largest maximum length a queue takes (enqueue.lua reads whole numbers below 1e15)."""
-
-
-def max_length(raw: Any) -> int | None:
-    """A queue's maximum length as stored in its settings hash (None: no maximum, or a
-    value enqueue.lua would not read as one)."""
-    if isinstance(raw, bytes | str):
-        value = _str(raw)
-        if value.isascii() and value.isdigit() and 0 < int(value) <= MAX_LENGTH_MOST:
-            return int(value)
-    return None
-
-
-def _str(value: Any) -> str:
-    """Text of a reply; bytes that are not UTF-8 (an entry written by hand) are replaced,
-    never raised: such an entry is dead-lettered, not allowed to stop a worker."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _delivery(entry: Any, job_id: Any, deliveries: int = 1) -> Delivery:
-    readable = True
-    if isinstance(job_id, bytes):
-        try:
-            job_id.decode()
-        except UnicodeDecodeError:
-            readable = False
-    return Delivery(_str(entry), _str(job_id), deliveries, readable)
-
-
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """What take.lua started, by level (an index into the stores it was given); when it
-    started nothing, each level stream's newest entry id ('' for one that cannot be read;
-    see take.lua); and the levels Redis refused to read, with its error."""
-
-    rows: list[tuple[int, Started]]
-    last: list[str]
-    errors: list[tuple[int, str]]
 
 
 READ_TOGETHER = 4
@@ -183,14 +64,14 @@ def taken_from(stores: Sequence[QueueStore], reply: Any) -> Taken:
             st.read_together = False
         log.info("Redis refused to read the records of a batch of jobs of queue %s together "
                  "(%s); they are read one by one from now on (a command per job more)",
-                 stores[0].keys.queue, _str(refused))
+                 stores[0].keys.queue, reply_text(refused))
     return Taken(
         [(int(level) - 1,
-          Started(Delivery(_str(e), _str(j)), _str(v), spec or b"", int(a), hist or b"",
-                  int(q or 0), int(now), int(rs or 0)))
+          Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),
+                  hist or b"", int(q or 0), int(now), int(rs or 0)))
          for level, e, j, v, spec, a, hist, q, now, rs in rows],
-        [_str(x) for x in last],
-        [(int(level) - 1, _str(why)) for level, why in errors])
+        [reply_text(x) for x in last],
+        [(int(level) - 1, reply_text(why)) for level, why in errors])
 
 
 async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:
@@ -201,16 +82,6 @@ async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -
     return taken_from(stores, await script(stores[0].client, keys, args))
 
 
-@dataclass(frozen=True, slots=True)
-class Reclaimed:
-    """What reclaim.lua claimed, by level (an index into the stores it was given); each
-    level's next cursor; and the levels Redis refused to scan, with its error."""
-
-    cursors: list[str]
-    rows: list[tuple[int, Delivery]]
-    errors: list[tuple[int, str]]
-
-
 async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_ms: int,
                          count: int, cursors: Sequence[str]) -> Reclaimed:
     """Claim up to ``count`` entries idle for ``min_idle_ms`` from the stores (the levels of
@@ -219,9 +90,9 @@ async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_m
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
     args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, *cursors]
     nxt, rows, errors = await s.load(s.RECLAIM)(stores[0].client, keys, args)
-    return Reclaimed([_str(c) for c in nxt],
-                     [(int(level) - 1, _delivery(e, j, int(n))) for level, e, j, n in rows],
-                     [(int(level) - 1, _str(why)) for level, why in errors])
+    return Reclaimed([reply_text(c) for c in nxt],
+                     [(int(level) - 1, delivery_of(e, j, int(n))) for level, e, j, n in rows],
+                     [(int(level) - 1, reply_text(why)) for level, why in errors])
 
 
 class QueueStore:
@@ -260,7 +131,7 @@ class QueueStore:
         existing: dict[int, str] = {}
         for batch, reply in enumerate(replies):
             for k in range(0, len(reply), 2):
-                existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = _str(reply[k + 1])
+                existing[batch * _ENQUEUE_BATCH + int(reply[k]) - 1] = reply_text(reply[k + 1])
         return existing
 
     async def room(self) -> int | None:
@@ -295,7 +166,7 @@ class QueueStore:
         )
         if not reply:
             return []
-        return [_delivery(entry, fields.get(b"i", b"") if fields else b"")
+        return [delivery_of(entry, fields.get(b"i", b"") if fields else b"")
                 for entry, fields in reply[0][1]]
 
     async def take(self, consumer: str, count: int) -> list[Started]:
@@ -321,7 +192,7 @@ class QueueStore:
                                        b"", 0, 0))
                 continue
             v, spec, a, hist, q, now, rs = next(rows)
-            started.append(Started(d, _str(v), spec or b"", int(a), hist or b"", int(q or 0),
+            started.append(Started(d, reply_text(v), spec or b"", int(a), hist or b"", int(q or 0),
                                    int(now), int(rs or 0)))
         return started
 
@@ -341,7 +212,7 @@ class QueueStore:
     def rate_reply(reply: Any) -> list[tuple[str, int]]:
         """Each job's verdict ('run', 'deferred', 'lost', 'aborted', 'expired') and the
         slot (ms) it got, in the order of the checks."""
-        return [(_str(verdict), int(slot)) for verdict, slot in reply[:-1]]
+        return [(reply_text(verdict), int(slot)) for verdict, slot in reply[:-1]]
 
     def lease_call(self, consumer: str, asks: Sequence[LeaseAsk], lease_ms: int) -> s.Call:
         """The concurrency.lua call for started jobs under a concurrency limit (pipelined
@@ -359,7 +230,7 @@ class QueueStore:
     def lease_reply(reply: Any) -> list[tuple[str, int]]:
         """Each job's verdict ('run', 'waiting', 'lost', 'aborted') and its due time (ms:
         when the lease expires, or the waiting job's safety-net due time)."""
-        return [(_str(verdict), int(due)) for verdict, due in reply[:-1]]
+        return [(reply_text(verdict), int(due)) for verdict, due in reply[:-1]]
 
     def settle_call(self, consumer: str, ops: Sequence[SettleOp],
                     dead_letters: DeadLetterLimits | None = None) -> s.Call:
@@ -398,7 +269,7 @@ class QueueStore:
         for d in held:
             args += [d.entry, d.job_id]
         lost, aborted = await s.load(s.TOUCH)(self.client, [self.keys.stream], args)
-        return [_str(x) for x in lost], [_str(x) for x in aborted]
+        return [reply_text(x) for x in lost], [reply_text(x) for x in aborted]
 
     async def handback(self, consumer: str, keep: Sequence[str], most: int = 1000
                        ) -> tuple[int, int]:
@@ -430,7 +301,7 @@ class QueueStore:
         keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended]
         args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s,
                                   k.concurrency_wait_prefix]
-        return _str(await s.load(s.ABORT)(self.client, keys, args))
+        return reply_text(await s.load(s.ABORT)(self.client, keys, args))
 
     async def cron_tick(
         self, name: str, tick_ms: int, job_id: str, spec: bytes, *, fire: bool, no_overlap: bool
@@ -440,13 +311,13 @@ class QueueStore:
         keys = [k.cron, k.job(job_id), k.stream, k.stats]
         args: list[s.KeyOrArg] = [name, tick_ms, "fire" if fire else "advance", job_id, spec,
                                   int(no_overlap), k.job_prefix]
-        return _str(await s.load(s.CRON)(self.client, keys, args))
+        return reply_text(await s.load(s.CRON)(self.client, keys, args))
 
     async def cron_cursors(self) -> dict[str, int]:
         """Last tick handled (ms) per cron job name."""
         raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.cron)  # type: ignore[assignment]
         # Fields '<name>:job' hold the last tick's job id; the others are cursors.
-        return {_str(k): int(v) for k, v in raw.items() if not _str(k).endswith(":job")}
+        return {reply_text(k): int(v) for k, v in raw.items() if not reply_text(k).endswith(":job")}
 
     async def progress(self, job_id: str, data: bytes, consumer: str) -> bool:
         """Record a running attempt's progress; False if the job no longer runs here."""
@@ -469,4 +340,4 @@ class QueueStore:
         """Requeue a dead-lettered job; see requeue.lua for the replies."""
         k = self.keys
         reply = await s.load(s.REQUEUE)(self.client, [k.job(job_id), k.stream, k.dead], [job_id])
-        return _str(reply)
+        return reply_text(reply)

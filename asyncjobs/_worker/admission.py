@@ -19,7 +19,7 @@ from .._codec import decode_spec
 from .._limits import RateKeyError, keeps_slot, limit_key
 from .._model import ErrorInfo, JobSpec
 from .._redis.keys import limit_name
-from .._redis.store import SettleOp, Started
+from .._redis.values import SettleOp, Started
 from .._task import Task
 from .._text import safe_str
 from .outcomes import dead, ended, garbage, history_of, log_end, task_name

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .._model import ErrorInfo
-from .._redis.store import Delivery, SettleOp, Started
+from .._redis.values import Delivery, SettleOp, Started
 from .._retry import RetryPolicy
 from .._task import Task
 

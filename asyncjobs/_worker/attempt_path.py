@@ -27,7 +27,7 @@ from .._context import Context
 from .._events import JobEvent
 from .._middleware import Invoke, LogContext, Observer
 from .._model import ErrorInfo, JobSpec
-from .._redis.store import SettleOp, Started
+from .._redis.values import SettleOp, Started
 from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
 from .._text import clean

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .._durations import to_seconds
 from .._redis.keys import check_name
-from .._redis.store import DeadLetterLimits
+from .._redis.values import DeadLetterLimits
 from .._retry import RetryPolicy
 from .._routing import check_unique, members, parse_queues
 from ..exceptions import ConfigurationError

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._middleware import Invoke, LogContext, Observer
-from .._redis.store import Delivery, SettleOp, Started
+from .._redis.values import Delivery, SettleOp, Started
 from .._text import clean
 from .attempt import Running
 from .attempt_path import AttemptPath

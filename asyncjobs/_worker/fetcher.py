@@ -36,15 +36,8 @@ from dataclasses import dataclass, field
 import anyio
 from redis.exceptions import NoScriptError, ResponseError
 
-from .._redis.store import (
-    Delivery,
-    QueueStore,
-    Started,
-    reclaim_levels,
-    take_call,
-    take_levels,
-    taken_from,
-)
+from .._redis.store import QueueStore, reclaim_levels, take_call, take_levels, taken_from
+from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor

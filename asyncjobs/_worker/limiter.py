@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .._redis import scripts as _scripts
-from .._redis.store import Delivery, LeaseAsk, QueueStore, RateCheck
+from .._redis.store import QueueStore
+from .._redis.values import Delivery, LeaseAsk, RateCheck
 from .runtime import Runtime
 
 T = TypeVar("T")

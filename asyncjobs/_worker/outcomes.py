@@ -14,7 +14,7 @@ from typing import Any
 
 from .._codec import decode_errors, decode_spec, encode_errors, error_info
 from .._model import ENDED_TTL_S, ErrorInfo
-from .._redis.store import Delivery, SettleOp, Started
+from .._redis.values import Delivery, SettleOp, Started
 from .._retry import Action, Decision
 from .._text import clean, safe_str
 from .runner import Outcome

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from .._redis import scripts as _scripts
-from .._redis.store import SettleOp
+from .._redis.values import SettleOp
 from .runtime import Runtime, corrupt_key, transient
 
 log = logging.getLogger("asyncjobs.worker")

@@ -26,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._producer.pool import Pool
-from .._redis.store import NewJob
+from .._redis.values import NewJob
 from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient

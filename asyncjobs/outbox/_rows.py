@@ -20,7 +20,7 @@ from typing import Any
 from .._codec import decode_spec
 from .._durations import MAX_DURATION_S
 from .._redis.keys import check_name
-from .._redis.store import NewJob
+from .._redis.values import NewJob
 from .._task import check_job_id
 
 MAX_SPAN_MS = int(MAX_DURATION_S * 1000)
