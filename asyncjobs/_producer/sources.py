@@ -1,0 +1,213 @@
+"""Where a listing finds the jobs of each state, read in order from a cursor position: the
+stream after (queued) or up to (running) the group's last-delivered id, the pending entries,
+the delayed set, the dead-letter stream and the ended index (see ``listing`` for what each
+costs). A ``Source`` gives ``Spot``s: a job id, where to resume after it, and what the
+source itself knew of the job; ``Listing.jobs`` reads the records and pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from .._redis.keys import GROUP
+from .cursor import entry_id, entry_key
+from .deadletters import dead_letter, text, when
+
+if TYPE_CHECKING:
+    from .listing import JobRow, Listing
+
+ENDED = {"complete": frozenset({"complete"}),
+         "failed": frozenset({"failed", "expired", "aborted"})}
+"""The states of the ended index, and the record states each one lists."""
+
+
+def whole(value: str, digits: int = 15) -> int | None:
+    """A whole number written in ASCII digits (at most ``digits``), else None."""
+    ok = value.isascii() and value.isdigit() and len(value) <= digits
+    return int(value) if ok else None
+
+
+def score_ms(score: float) -> int:
+    """A delayed-set score as whole ms a cursor holds (a garbage score is clamped)."""
+    return int(max(-1e18, min(1e18, score)))
+
+
+@dataclass(frozen=True, slots=True)
+class Spot:
+    """A job met along a listing: where to resume after it, its id, what the source knew."""
+
+    cursor: list[str]
+    job_id: str
+    known: dict[str, Any] = field(default_factory=dict)
+    ended_ms: int | None = None
+    gone: bool = False
+    """It left the state between the source's reads (settled, aborted): not shown."""
+
+
+class Source:
+    """Where the jobs of one state come from, read in order from a cursor position (parts
+    of an opaque cursor, checked before use)."""
+
+    def __init__(self, listing: Listing, queue: str, state: str, newest: bool) -> None:
+        self.listing = listing
+        self.pool = listing.pool
+        self.client = listing.client
+        self.queue = queue
+        self.keys = listing.pool.keys(queue)
+        self.state = state
+        self.newest = newest
+
+    def check(self, at: list[str]) -> None:
+        """``ValueError`` unless ``at`` is a position this source made."""
+        if self.state == "scheduled":
+            if whole(at[0].removeprefix("-"), 19) is None:
+                raise ValueError("invalid cursor: it was not made by this listing")
+        elif self.state in ENDED:
+            entry_id(at[0])
+            if whole(at[1], 6) is None:
+                raise ValueError("invalid cursor: it was not made by this listing")
+        else:
+            entry_id(at[0])
+
+    def shows(self, job: JobRow, spot: Spot) -> bool:
+        """Whether a job read from the source is (still) in the listed state."""
+        wanted = ENDED.get(self.state)
+        if wanted is None:
+            return not spot.gone
+        ended = job.ended_at
+        return (job.state in wanted and ended is not None and spot.ended_ms is not None
+                and round(ended.timestamp() * 1000) == spot.ended_ms)
+
+    async def read(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        """Up to ``count`` positions after ``at`` (more for the ended index, whose entries
+        hold several jobs), and whether there may be more after them."""
+        reader = {"queued": self._queued, "running": self._running,
+                  "scheduled": self._scheduled, "dead": self._dead}.get(self.state, self._ended)
+        return await reader(at, count)
+
+    async def _range(self, key: str, low: str, high: str, count: int) -> list[Any]:
+        """XRANGE (XREVRANGE newest first) of ``key`` between ``low`` and ``high``."""
+        if self.newest:
+            found = await self.pool.call(lambda: self.client.xrevrange(
+                key, max=high, min=low, count=count))
+        else:
+            found = await self.pool.call(lambda: self.client.xrange(
+                key, min=low, max=high, count=count))
+        rows: list[Any] = found
+        return rows
+
+    async def _queued(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        delivered = await self.listing.last_delivered(self.queue)
+        if self.newest:
+            low, high = f"({delivered}", f"({at[0]}" if at else "+"
+        else:
+            low = f"({max(at[0], delivered, key=entry_key) if at else delivered}"
+            high = "+"
+        rows = await self._range(self.keys.stream, low, high, count)
+        spots = [Spot([text(e)], job_id_of(f), {"entry": text(e),
+                                               "at": when(entry_key(text(e))[0])})
+                 for e, f in rows]
+        return spots, len(rows) == count
+
+    async def _running(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        stream = self.keys.stream
+        if self.newest:  # what is left up to last-delivered is pending: settling deletes
+            delivered = await self.listing.last_delivered(self.queue)
+            high = f"({at[0]}" if at else delivered
+            rows = [] if delivered == "0-0" else await self._range(stream, "-", high, count)
+            entries = [(text(e), job_id_of(f)) for e, f in rows]
+            found = await self.listing.pipe(lambda p: [
+                p.xpending_range(stream, GROUP, min=e, max=e, count=1) for e, _ in entries])
+            pending = [f[0] if isinstance(f, list) and f else None for f in found]
+            gone = [p is None for p in pending]  # settled since the XREVRANGE
+            more = len(rows) == count
+        else:
+            start = f"({at[0]}" if at else "-"
+            try:
+                rows = await self.pool.call(lambda: self.client.xpending_range(
+                    stream, GROUP, min=start, max="+", count=count))
+            except ResponseError:  # no stream or no group yet
+                rows = []
+            got = await self.listing.pipe(lambda p: [
+                p.xrange(stream, r["message_id"], r["message_id"]) for r in rows])
+            entries = [(text(r["message_id"]),
+                        job_id_of(g[0][1]) if isinstance(g, list) and g else "")
+                       for r, g in zip(rows, got, strict=True)]
+            gone = [g == [] for g in got]  # settled since the XPENDING (or its job aborted)
+            pending, more = list(rows), len(rows) == count
+        spots = []
+        for (entry, job_id), p, left in zip(entries, pending, gone, strict=True):
+            known: dict[str, Any] = {"entry": entry, "at": when(entry_key(entry)[0])}
+            if p is not None:
+                known.update(worker=text(p["consumer"]),
+                             idle_s=int(p["time_since_delivered"]) / 1000,
+                             deliveries=int(p["times_delivered"]))
+            spots.append(Spot([entry], job_id, known, gone=left))
+        return spots, more
+
+    async def _scheduled(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        key = self.keys.delayed
+        rank, score = 0, ""
+        if at:
+            score, member = at
+            [found] = await self.listing.pipe(
+                lambda p: p.zrevrank(key, member) if self.newest else p.zrank(key, member))
+            # It left the set meanwhile (promoted, aborted): resume after its due time.
+            rank = found + 1 if isinstance(found, int) else -1
+        if rank >= 0:
+            rows = await self.pool.call(lambda: self.client.zrange(
+                key, rank, rank + count - 1, desc=self.newest, withscores=True))
+        elif self.newest:
+            rows = await self.pool.call(lambda: self.client.zrevrangebyscore(
+                key, f"({score}", "-inf", start=0, num=count, withscores=True))
+        else:
+            rows = await self.pool.call(lambda: self.client.zrangebyscore(
+                key, f"({score}", "+inf", start=0, num=count, withscores=True))
+        spots = [Spot([str(score_ms(s)), text(m)], text(m), {"at": when(s)}) for m, s in rows]
+        return spots, len(rows) == count
+
+    async def _dead(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        rows = await self._range(self.keys.dead, f"({at[0]}" if at and not self.newest
+                                 else "-", f"({at[0]}" if at and self.newest else "+", count)
+        spots = []
+        for e, f in rows:
+            letter = dead_letter(e, f)
+            spots.append(Spot([letter.entry], letter.job_id,
+                               {"entry": letter.entry, "at": letter.at,
+                                "reason": letter.reason}))
+        return spots, len(rows) == count
+
+    async def _ended(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        """The ended index: entries of job id -> ended ms. A cursor is an entry and how
+        many of its jobs were read; reading resumes inside that entry."""
+        key = self.keys.ended
+        skip, wanted = 0, count
+        if at:
+            skip = int(at[1])
+            low, high = ("-", at[0]) if self.newest else (at[0], "+")
+            wanted += 1  # the cursor's own entry may be used up: never read only that
+        else:
+            low, high = "-", "+"
+        try:
+            rows = await self._range(key, low, high, wanted)
+        except ResponseError:  # the index key holds something else: nothing to list
+            return [], False
+        spots: list[Spot] = []
+        for e, f in rows:
+            entry = text(e)
+            pairs = list((f or {}).items())
+            if self.newest:
+                pairs.reverse()
+            start = skip if at and entry == at[0] else 0
+            for n, (job_id, ms) in enumerate(pairs[start:], start + 1):
+                if len(spots) == count:  # a big entry: the cursor resumes inside it
+                    return spots, True
+                spots.append(Spot([entry, str(n)], text(job_id), ended_ms=whole(text(ms))))
+        return spots, len(rows) == wanted
+
+
+def job_id_of(fields: Any) -> str:
+    """The job id of a stream entry's fields ('' when it has none)."""
+    return text(fields.get(b"i", b"")) if isinstance(fields, dict) else ""
