@@ -19,8 +19,9 @@ import pytest
 from .conftest import need_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / "benchmarks" / "results" / "2026-12-01-vm.json"
-EARLIER = ROOT / "benchmarks" / "results" / "2026-11-30-vm.json"
+RUN = ROOT / "benchmarks" / "results" / "2026-12-01-vm-2.json"
+EARLIER = ROOT / "benchmarks" / "results" / "2026-12-01-vm.json"
+LATENCY = ROOT / "benchmarks" / "results" / "2026-12-01-vm-latency.json"
 NAMES = {"asyncjobs": "asyncjobs", "Dramatiq": "dramatiq", "SAQ": "saq", "bullmq": "bullmq",
          "taskiq": "taskiq", "Celery": "celery"}
 
@@ -82,7 +83,21 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
     figures = " / ".join(f"{median(earlier, w, 'asyncjobs', k):,.0f}" for w, k in [
         ("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
         ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")])
-    assert f"measured asyncjobs at {figures} jobs/s in the same four columns" in text
+    assert (f"measured asyncjobs at {figures} jobs/s in the same four columns, and latency "
+            f"p50 {median(earlier, 'latency', 'asyncjobs', 'p50_ms'):.2f} ms against "
+            f"taskiq's {median(earlier, 'latency', 'taskiq', 'p50_ms'):.2f}") in text
+    latency = json.loads(LATENCY.read_text())
+    assert latency["config"]["runs"] == 3 and latency["config"]["workloads"] == ["latency"]
+    alone = latency["summary"]
+    assert set(alone["latency"]) == set(NAMES.values())
+    ours, theirs = (median(alone, "latency", s, "p50_ms") for s in ("asyncjobs", "taskiq"))
+    assert (f"measured p50 {ours:.2f} ms against taskiq's {theirs:.2f} ({ours / theirs:.2f}x), "
+            f"p99 {median(alone, 'latency', 'asyncjobs', 'p99_ms'):.1f} ms") in text
+    incr = summary["process_incr"]
+    assert (f"asyncjobs ranged from {incr['asyncjobs']['jobs_per_s']['min']:,.0f} to "
+            f"{incr['asyncjobs']['jobs_per_s']['max']:,.0f} jobs/s on redis-py jobs (Dramatiq "
+            f"{incr['dramatiq']['jobs_per_s']['min']:,.0f} to "
+            f"{incr['dramatiq']['jobs_per_s']['max']:,.0f})") in text
 
 
 @pytest.mark.slow

@@ -239,7 +239,7 @@ async def _idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
     """Wait for new entries after ``newest``; ``_fetch``'s answer. A worker of one queue
     on one server sends its take right behind each read (``_wait_then_take``), and what
     wakes it is started by then; otherwise the next ``_fetch`` takes."""
-    if isinstance(reader, Reader) and len(groups) == 1 and not rt.config.burst \
+    if isinstance(reader, Reader) and len(groups) == 1 and newest and not rt.config.burst \
             and not any(bad.holds(q) for q in groups[0].queues):
         woke, started = await _wait_then_take(rt, reader, groups[0], order, newest,
                                               reclaimers, bad, count, block_ms)
