@@ -177,3 +177,38 @@ async def test_a_stream_turned_into_a_string_while_the_worker_waits_is_left_alon
         job = await pool.enqueue(note, 5)  # makes the stream and its group again
         assert await job.result(timeout=45) == 5
     assert ran == [5]
+
+
+async def test_after_a_quiet_read_the_worker_waits_with_the_read_alone(
+        fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle worker sends no more than before: once a read with a take behind it timed
+    out with nothing new, the reads go on alone (one command each) until the worker starts
+    a job again; the job that ends the quiet still runs (the loop's own take starts it),
+    and the next idle spell begins with a take behind the read again."""
+    calls = {"with_take": 0, "alone": 0}
+    with_take, alone = Reader.wait_then_run, Reader.wait
+
+    async def counted_with_take(self: Reader, *args: Any) -> Any:
+        calls["with_take"] += 1
+        return await with_take(self, *args)
+
+    async def counted_alone(self: Reader, *args: Any) -> Any:
+        calls["alone"] += 1
+        return await alone(self, *args)
+
+    monkeypatch.setattr(Reader, "wait_then_run", counted_with_take)
+    monkeypatch.setattr(Reader, "wait", counted_alone)
+    backend = backend_on(fresh_redis)
+    worker = backend.worker([note]).configure(block_ms=100)
+    async with backend.pool() as pool, running(backend, worker):
+        await asyncio.sleep(2.0)  # twenty reads' worth of idleness
+        quiet = dict(calls)
+        assert quiet["with_take"] == 1, quiet  # the first read only
+        assert quiet["alone"] >= 5, quiet
+        job = await pool.enqueue(note, 1)
+        assert await job.result(timeout=10) == 1
+        end = time.monotonic() + 5
+        while calls["with_take"] == quiet["with_take"]:
+            assert time.monotonic() < end, "no take behind the read after the job"
+            await asyncio.sleep(0.01)
+    assert ran == [1]

@@ -4,10 +4,11 @@ scan of a queue is due), or takes new ones in the worker's queue order (take.lua
 start in one round trip, one call per queue covering its priority levels), or, when no
 queue has work, waits in one blocking XREAD on every level stream of every queue, from the
 newest entry ids take.lua returned: it wakes at once when any of them gets a job, and no
-timer polls for new work. A worker of one queue on one server sends that queue's take right
-behind the read, on the same connection: Redis runs it the moment the read ends, so the job
-that wakes the worker is already started when the worker hears of it (one round trip, not
-two, between an idle worker and its next job).
+timer polls for new work. A worker of one queue on one server that has just run out of work
+sends that queue's take right behind the read, on the same connection: Redis runs it the
+moment the read ends, so the job that wakes the worker is already started when the worker
+hears of it (one round trip, not two). Once such a read times out with nothing new, the
+reads go on alone until a job starts again, so an idle worker sends one command a read.
 
 Both reclaiming and taking go through this loop because it is the one place that takes
 slots: the concurrency limit holds, a slot freed while a queue earlier in the order has
@@ -204,7 +205,7 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
                     break
                 raise failure
     if claimed:
-        idle.newest = None
+        idle.newest, idle.quiet = None, False
         return [], claimed, False
     if scanned:  # take again at each reclaim scan, whatever the waits said
         idle.newest = None
@@ -218,7 +219,7 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
     dry: dict[int, dict[str, str]] = {}
     started, newest = await _take(rt, groups, order, bad, watch, dry, count)
     if started:
-        idle.newest = None
+        idle.newest, idle.quiet = None, False
         watch.add(dry)
         return started, {}, False
     # Nothing taken: the worker's own wait covers every stream, those watched included
@@ -237,16 +238,19 @@ async def _idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
                      block_ms: int
                      ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Wait for new entries after ``newest``; ``_fetch``'s answer. A worker of one queue
-    on one server sends its take right behind each read (``_wait_then_take``), and what
-    wakes it is started by then; otherwise the next ``_fetch`` takes."""
-    if isinstance(reader, Reader) and len(groups) == 1 and newest and not rt.config.burst \
-            and not any(bad.holds(q) for q in groups[0].queues):
-        woke, started = await _wait_then_take(rt, reader, groups[0], order, newest,
-                                              reclaimers, bad, count, block_ms)
+    on one server that was busy a moment ago sends its take right behind its read
+    (``_wait_then_take``), so that what wakes it is started by then; once such a read
+    timed out with nothing new (``idle.quiet``), it waits with the read alone, one command
+    per ``block_ms`` as before, and the next ``_fetch`` takes."""
+    if not idle.quiet and isinstance(reader, Reader) and len(groups) == 1 and newest \
+            and not rt.config.burst and not any(bad.holds(q) for q in groups[0].queues):
+        woke, started = await _wait_then_take(rt, reader, groups[0], order, idle, newest,
+                                              count, block_ms)
     else:
         woke, started = await _wait(rt, reader, newest, reclaimers, bad, block_ms), []
-    if woke:
+    if woke or started:
         idle.newest = None
+        idle.quiet = False
     return started, {}, not started
 
 
@@ -261,6 +265,9 @@ class _Idle:
 
     newest: dict[str, str] | None = None
     since: float = 0.0
+    quiet: bool = False
+    """A read with a take behind it timed out since the worker last started a job: wait
+    with the read alone (``_idle_wait``)."""
 
 
 QUARANTINE_MOST_S = 30.0
@@ -334,49 +341,46 @@ async def _wait(rt: Runtime, reader: AnyReader, newest: dict[str, str],
 
 
 async def _wait_then_take(rt: Runtime, reader: Reader, group: Group,
-                          order: WeightedOrder | None, newest: dict[str, str],
-                          reclaimers: dict[str, _Reclaimer], bad: _Quarantine, count: int,
-                          block_ms: int) -> tuple[bool, list[tuple[str, Started]]]:
-    """``_wait``, each read followed on its connection by the group's take (take.lua for up
-    to ``count`` entries, as ``_take`` would send it next): Redis runs the take the moment
-    the read ends, so a job that wakes the worker is started without another round trip
-    (``Reader.wait_then_run``). Returns (woken, started). A take that finds nothing after
-    a read that woke (another worker was first) or timed out moves ``newest`` to the
-    streams' newest ids, and the wait goes on. Woken with nothing started means "take
-    again": the take was not loaded yet (a Redis restart empties the script cache; the
-    next take loads it), or a level could not be read, which ``_take`` deals with."""
-    due = min(min(r.due for r in reclaimers.values()), bad.next_end())
+                          order: WeightedOrder | None, idle: _Idle, newest: dict[str, str],
+                          count: int, block_ms: int) -> tuple[bool, list[tuple[str, Started]]]:
+    """One read as ``_wait``'s, followed on its connection by the group's take (take.lua
+    for up to ``count`` entries, as ``_take`` would send it next): Redis runs the take the
+    moment the read ends, so a job that wakes the worker is started without another round
+    trip (``Reader.wait_then_run``). Returns (woken, started). A take that finds nothing
+    moves ``newest`` to the streams' newest ids: after a read another worker won, the wait
+    goes on from there; after a read that timed out, ``idle.quiet`` is set and the waits
+    go on without a take behind them (an idle worker sends no more than before). Woken
+    with nothing started means "take again": the take was not loaded yet (a Redis restart
+    empties the script cache; the next take loads it), or a level could not be read,
+    which ``_take`` deals with."""
     stores = group.stores
-    while True:
-        began = time.monotonic()
-        woke, ran = await reader.wait_then_run(newest, block_ms,
-                                               take_call(stores, rt.consumer, count))
-        if isinstance(ran, NoScriptError):
-            return True, []
-        if isinstance(ran, ResponseError):
-            raise ran  # as the take's own call raises it (an outage reply: retried)
-        taken = taken_from(stores, ran)
-        if order is not None:
-            order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
-        if taken.rows:  # started: whatever the read said, they run
-            return True, [(group.queues[level], st) for level, st in taken.rows]
-        if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
-            return True, []
-        newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
-        if isinstance(woke, ResponseError):  # a stream turned into something else
-            if not refused(woke):
-                raise woke
-            return True, []
-        if rt.stopping.is_set():
-            return False, []
-        now = time.monotonic()
-        _beat(rt, now)
-        if now - began < block_ms / 2000 and not woke:
+    began = time.monotonic()
+    woke, ran = await reader.wait_then_run(newest, block_ms,
+                                           take_call(stores, rt.consumer, count))
+    if isinstance(ran, NoScriptError):
+        return True, []
+    if isinstance(ran, ResponseError):
+        raise ran  # as the take's own call raises it (an outage reply: retried)
+    taken = taken_from(stores, ran)
+    if order is not None:
+        order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
+    if taken.rows:  # started: whatever the read said, they run
+        return True, [(group.queues[level], st) for level, st in taken.rows]
+    if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
+        return True, []
+    newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
+    if isinstance(woke, ResponseError):  # a stream turned into something else
+        if not refused(woke):
+            raise woke
+        return True, []
+    now = time.monotonic()
+    _beat(rt, now)
+    if not woke:
+        idle.quiet = True
+        if now - began < block_ms / 2000:
             # The server did not block (an in-memory fake does not): don't spin.
             await asyncio.sleep(0.005)
-            return False, []
-        if now >= due:
-            return False, []
+    return False, []
 
 
 async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
