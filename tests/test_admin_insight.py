@@ -63,8 +63,13 @@ async def test_the_leader_and_the_cron_jobs(backend: Backend, pool: asyncjobs.Po
                 break
             await asyncio.sleep(0.05)
         assert await pool.admin.leader() == worker.name
-        await asyncio.sleep(0.2)  # the first ticks and a heartbeat
-        crons = {c.name: c for c in await pool.admin.crons()}
+        # The leader's first pass writes each new cron job's cursor (and a heartbeat): up
+        # to 10 s for it under load, rather than a fixed pause (0.2 s was once too short).
+        for _ in range(200):
+            crons = {c.name: c for c in await pool.admin.crons()}
+            if all(c.last_tick is not None for c in crons.values()) and len(crons) == 2:
+                break
+            await asyncio.sleep(0.05)
     assert set(crons) == {"maybe", "daily"}
     hourly, daily = crons["maybe"], crons["daily"]
     assert hourly.schedule == "every 3600s" and hourly.workers == 1
