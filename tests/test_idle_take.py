@@ -1,5 +1,5 @@
 """An idle worker of one queue sends its take right behind its blocking read, on the same
-connection (``Reader.wait_then_run``, ``fetcher._wait_then_take``): Redis runs the take the
+connection (``Reader.wait_then_run``, ``waiting.wait_then_take``): Redis runs the take the
 moment the read ends, so the job that wakes the worker is started without a round trip
 back to the worker first. Attacked here: the script cache emptied while the worker waits,
 a stop that arrives after the take started a job, two workers woken by one job, and a

@@ -59,6 +59,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._worker.outcomes", "asyncjobs._worker.reader", "asyncjobs._worker.runner",
     "asyncjobs._worker.runtime",
     "asyncjobs._worker.settler", "asyncjobs._worker.shutdown", "asyncjobs._worker.threads",
+    "asyncjobs._worker.waiting",
     "asyncjobs._worker.upkeep", "asyncjobs._worker.watch", "asyncjobs._worker.watchdog",
     "asyncjobs._worker.worker", "asyncjobs.exceptions",
 })

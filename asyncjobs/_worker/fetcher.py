@@ -35,15 +35,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
-from .._redis.store import QueueStore, reclaim_levels, take_call, take_levels, taken_from
+from .._redis.store import QueueStore, reclaim_levels, take_levels
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
-from .reader import AnyReader, Reader
+from .reader import AnyReader
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
+from .waiting import IDLE_RETAKE_S, Idle, Quarantine, beat, idle_wait
 from .watch import Watch
 
 log = logging.getLogger("asyncjobs.worker")
@@ -76,7 +77,7 @@ class _Reclaimer:
         self.due = time.monotonic() + self.rt.config.reclaim_every_s
         return True
 
-    async def claim(self, bad: _Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
+    async def claim(self, bad: Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
                                                                   ResponseError | None]:
         """Claim up to ``count`` idle entries from the levels not left alone: by queue,
         and the first refusal that is not the keys' fault (NOGROUP), if any. A level whose
@@ -121,7 +122,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
     reclaimers = {g.name: _Reclaimer(rt, g) for g in groups}
     order = WeightedOrder(tuple(weights)) if weights else None
-    idle, bad, watch = _Idle(), _Quarantine(), Watch(rt)
+    idle, bad, watch = Idle(), Quarantine(), Watch(rt)
     try:
         await _loop(rt, ex, groups, order, reclaimers, reader, idle, bad, watch, block_ms)
     finally:
@@ -133,14 +134,14 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
 
 async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
                 order: WeightedOrder | None, reclaimers: dict[str, _Reclaimer],
-                reader: AnyReader, idle: _Idle, bad: _Quarantine, watch: Watch,
+                reader: AnyReader, idle: Idle, bad: Quarantine, watch: Watch,
                 block_ms: int) -> None:
     cfg = rt.config
     while not rt.stopping.is_set():
         if ex.slots.free == 0:
-            _beat(rt, float("inf"))  # waiting for slots is healthy
+            beat(rt, float("inf"))  # waiting for slots is healthy
         taken = await ex.slots.take_some(cfg.read_batch)
-        _beat(rt, time.monotonic())
+        beat(rt, time.monotonic())
         try:
             started, claimed, found_none = await _fetch(rt, groups, order, reclaimers,
                                                         reader, idle, bad, watch, taken,
@@ -174,14 +175,9 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             return
 
 
-def _beat(rt: Runtime, value: float) -> None:
-    for queue in rt.fetch_beat:
-        rt.fetch_beat[queue] = value
-
-
 async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                 reclaimers: dict[str, _Reclaimer], reader: AnyReader, idle: _Idle,
-                 bad: _Quarantine, watch: Watch, count: int, block_ms: int
+                 reclaimers: dict[str, _Reclaimer], reader: AnyReader, idle: Idle,
+                 bad: Quarantine, watch: Watch, count: int, block_ms: int
                  ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Reclaimed entries when scans are due and find some; else entries already waiting,
     taken and started in queue order; else a wait for new ones. Returns (started,
@@ -214,8 +210,8 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
             and time.monotonic() - idle.since < IDLE_RETAKE_S:
         # Nothing new since the last take found nothing (the wait would have woken):
         # wait again without asking.
-        return await _idle_wait(rt, reader, groups, order, idle, idle.newest, reclaimers,
-                                bad, count, block_ms)
+        return await idle_wait(rt, reader, groups, order, idle, idle.newest,
+                               _due(reclaimers, bad), bad, count, block_ms)
     dry: dict[int, dict[str, str]] = {}
     started, newest = await _take(rt, groups, order, bad, watch, dry, count)
     if started:
@@ -228,163 +224,17 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
     watch.forget()
     if not rt.config.burst:
         idle.newest, idle.since = newest, time.monotonic()
-    return await _idle_wait(rt, reader, groups, order, idle, newest, reclaimers, bad, count,
-                            block_ms)
+    return await idle_wait(rt, reader, groups, order, idle, newest, _due(reclaimers, bad), bad,
+                           count, block_ms)
 
 
-async def _idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
-                     order: WeightedOrder | None, idle: _Idle, newest: dict[str, str],
-                     reclaimers: dict[str, _Reclaimer], bad: _Quarantine, count: int,
-                     block_ms: int
-                     ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
-    """Wait for new entries after ``newest``; ``_fetch``'s answer. A worker of one queue
-    on one server that was busy a moment ago sends its take right behind its read
-    (``_wait_then_take``), so that what wakes it is started by then; once such a read
-    timed out with nothing new (``idle.quiet``), it waits with the read alone, one command
-    per ``block_ms`` as before, and the next ``_fetch`` takes."""
-    if not idle.quiet and isinstance(reader, Reader) and len(groups) == 1 and newest \
-            and not rt.config.burst and not any(bad.holds(q) for q in groups[0].queues):
-        woke, started = await _wait_then_take(rt, reader, groups[0], order, idle, newest,
-                                              count, block_ms)
-    else:
-        woke, started = await _wait(rt, reader, newest, reclaimers, bad, block_ms), []
-    if woke or started:
-        idle.newest = None
-        idle.quiet = False
-    return started, {}, not started
-
-
-IDLE_RETAKE_S = 60.0
-"""An idle worker takes (finding nothing) at least this often, beside its waits."""
-
-
-@dataclass
-class _Idle:
-    """The newest entry ids of the last take that found nothing, while nothing new came
-    (None: take before waiting), and when that take was."""
-
-    newest: dict[str, str] | None = None
-    since: float = 0.0
-    quiet: bool = False
-    """A read with a take behind it timed out since the worker last started a job: wait
-    with the read alone (``_idle_wait``)."""
-
-
-QUARANTINE_MOST_S = 30.0
-"""The longest a queue that cannot be read is left alone before it is tried again."""
-
-
-class _Quarantine:
-    """Queues whose keys Redis refuses to read (a stream key holding a string, say): each
-    is left alone for a while (1 s, doubling to 30 s), logged once per try, so that one
-    corrupt queue never stops the worker's other queues."""
-
-    def __init__(self) -> None:
-        self.until: dict[str, float] = {}
-        self._pause: dict[str, float] = {}
-
-    def holds(self, name: str) -> bool:
-        """Whether queue ``name`` is left alone now."""
-        return time.monotonic() < self.until.get(name, 0.0)
-
-    def add(self, name: str, why: str) -> None:
-        pause = min(QUARANTINE_MOST_S, self._pause.get(name, 0.5) * 2)
-        self._pause[name] = pause
-        self.until[name] = time.monotonic() + pause
-        log.error("queue %s cannot be read (%s); the worker's other queues go on, this one is "
-                  "tried again in %.0f s", name, clean(why.splitlines()[0][:300]), pause)
-
-    def cleared(self, name: str) -> None:
-        """Queue ``name`` was read again: forget its backoff."""
-        if self._pause.pop(name, None) is not None:
-            self.until.pop(name, None)
-            log.warning("queue %s can be read again", name)
-
-    def next_end(self) -> float:
-        """When the next queue left alone is tried again (inf: none is)."""
-        now = time.monotonic()
-        return min((t for t in self.until.values() if t > now), default=float("inf"))
-
-
-async def _wait(rt: Runtime, reader: AnyReader, newest: dict[str, str],
-                reclaimers: dict[str, _Reclaimer], bad: _Quarantine, block_ms: int) -> bool:
-    """Wait until a stream gets an entry after ``newest`` (True), or a reclaim scan is due
-    (False). A wait that times out is sent again from the same ids: an idle worker sends
-    one command per ``block_ms``, and takes again only when woken, when a reclaim scan is
-    due, or after ``IDLE_RETAKE_S``. Nothing can become waiting without the XREAD seeing
-    it (entries handed back are added anew) but a consumer group made again at id 0 after
-    Redis lost its data, which the failed commands of that outage (or the next reclaim
-    scan's NOGROUP) reveal: every failure forgets ``newest``."""
-    due = min(min(r.due for r in reclaimers.values()), bad.next_end())
-    if not newest:  # every queue is left alone for now
-        await asyncio.sleep(max(0.0, min(due - time.monotonic(), block_ms / 1000)))
-        return False
-    while True:
-        began = time.monotonic()
-        try:
-            if await reader.wait(newest, block_ms):
-                return True
-        except ResponseError as exc:  # a stream turned into something else meanwhile:
-            if not refused(exc):      # the next take (forced: newest is forgotten) leaves
-                raise                 # it alone
-            return True
-        if rt.stopping.is_set() or rt.config.burst:
-            return False
-        now = time.monotonic()
-        _beat(rt, now)
-        if now - began < block_ms / 2000:
-            # The server did not block (an in-memory fake does not): don't spin.
-            await asyncio.sleep(0.005)
-            return False
-        if now >= due:
-            return False
-
-
-async def _wait_then_take(rt: Runtime, reader: Reader, group: Group,
-                          order: WeightedOrder | None, idle: _Idle, newest: dict[str, str],
-                          count: int, block_ms: int) -> tuple[bool, list[tuple[str, Started]]]:
-    """One read as ``_wait``'s, followed on its connection by the group's take (take.lua
-    for up to ``count`` entries, as ``_take`` would send it next): Redis runs the take the
-    moment the read ends, so a job that wakes the worker is started without another round
-    trip (``Reader.wait_then_run``). Returns (woken, started). A take that finds nothing
-    moves ``newest`` to the streams' newest ids: after a read another worker won, the wait
-    goes on from there; after a read that timed out, ``idle.quiet`` is set and the waits
-    go on without a take behind them (an idle worker sends no more than before). Woken
-    with nothing started means "take again": the take was not loaded yet (a Redis restart
-    empties the script cache; the next take loads it), or a level could not be read,
-    which ``_take`` deals with."""
-    stores = group.stores
-    began = time.monotonic()
-    woke, ran = await reader.wait_then_run(newest, block_ms,
-                                           take_call(stores, rt.consumer, count))
-    if isinstance(ran, NoScriptError):
-        return True, []
-    if isinstance(ran, ResponseError):
-        raise ran  # as the take's own call raises it (an outage reply: retried)
-    taken = taken_from(stores, ran)
-    if order is not None:
-        order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
-    if taken.rows:  # started: whatever the read said, they run
-        return True, [(group.queues[level], st) for level, st in taken.rows]
-    if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
-        return True, []
-    newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
-    if isinstance(woke, ResponseError):  # a stream turned into something else
-        if not refused(woke):
-            raise woke
-        return True, []
-    now = time.monotonic()
-    _beat(rt, now)
-    if not woke:
-        idle.quiet = True
-        if now - began < block_ms / 2000:
-            # The server did not block (an in-memory fake does not): don't spin.
-            await asyncio.sleep(0.005)
-    return False, []
+def _due(reclaimers: dict[str, _Reclaimer], bad: Quarantine) -> float:
+    """When the next reclaim scan is due, or a queue left alone is tried again."""
+    return min(min(r.due for r in reclaimers.values()), bad.next_end())
 
 
 async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                bad: _Quarantine, watch: Watch, dry: dict[int, dict[str, str]], count: int
+                bad: Quarantine, watch: Watch, dry: dict[int, dict[str, str]], count: int
                 ) -> tuple[list[tuple[str, Started]], dict[str, str]]:
     """Take up to ``count`` waiting entries, asking each group for all that is left: in the
     groups' order (strict), or in the order of their weighted credit (``WeightedOrder.rank``;
