@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 import asyncjobs
 from asyncjobs import Context, JobState
@@ -212,3 +214,68 @@ async def test_after_a_quiet_read_the_worker_waits_with_the_read_alone(
             assert time.monotonic() < end, "no take behind the read after the job"
             await asyncio.sleep(0.01)
     assert ran == [1]
+
+
+async def test_a_user_denied_xread_polls_with_takes_instead_of_spinning(
+        fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """An ACL user that may run the scripts but not XREAD: every blocking read is refused
+    while every take works, so nothing gets quarantined. The worker says so once and asks
+    for new jobs once a second or so instead of at once, again and again (about 16,000
+    commands/s before, found by an adversarial review), and a job still runs."""
+    caplog.set_level(logging.WARNING, logger="asyncjobs")
+    async with Redis.from_url(fresh_redis.url) as admin:
+        await admin.execute_command("ACL", "SETUSER", "noxread", "on", ">pw", "~*", "&*",
+                                    "+@all", "-xread")
+        url = f"redis://noxread:pw@127.0.0.1:{fresh_redis.port}/0"
+        backend = Backend("real", url, url_factory(url), "noxread")
+        async with backend.pool() as pool, running(backend, backend.worker([note])):
+            await asyncio.sleep(1.5)
+            before = (await admin.info("stats"))["total_commands_processed"]
+            await asyncio.sleep(2.0)
+            after = (await admin.info("stats"))["total_commands_processed"]
+            job = await pool.enqueue(note, 9)
+            assert await job.result(timeout=10) == 9
+    rate = (after - before) / 2.0
+    assert rate < 60, f"{rate:.0f} commands/s: the refused read spins"
+    assert ran == [9]
+    assert "refused the worker's blocking read" in caplog.text
+
+
+async def test_a_loop_blocked_past_the_read_s_timeout_leaves_the_job_to_the_reclaim(
+        fresh_redis: RedisServer) -> None:
+    """The event loop is blocked (a task's blocking call, say) while the read waits, past
+    the read's socket timeout (the block + 10 s, 12 s here), and a job enqueued meanwhile
+    is started by the take behind the read, whose reply the worker's timed-out read then
+    drops (found by an adversarial review). As for any job of a worker whose loop is blocked
+    past half the claim timeout, the job is reclaimed and runs, its lost attempt counted:
+    neither lost nor stuck."""
+    backend = backend_on(fresh_redis)
+    worker = backend.worker([note], claim_timeout=6)  # reads block 1 s (the reclaim interval)
+    seen: list[str] = []
+    async with backend.pool() as pool, running(backend, worker):
+        assert await (await pool.enqueue(note, 0)).result(timeout=10) == 0
+        await blocked(pool)  # the first read of the idle spell: a take behind it
+        keys = Keys(backend.prefix, "default")
+
+        def enqueue_and_watch() -> None:
+            async def go() -> None:
+                async with backend.pool() as other:
+                    job = await other.enqueue(note, 1)
+                    seen.append(job.id)
+                    for _ in range(100):  # the take behind the read starts it
+                        if await other.client.hget(keys.job(job.id), "s") == b"running":
+                            seen.append("running")
+                            return
+                        await asyncio.sleep(0.05)
+            asyncio.run(go())
+
+        producer = threading.Thread(target=enqueue_and_watch)
+        producer.start()
+        time.sleep(12.5)  # noqa: ASYNC251 - the event loop stalls, past the read's 12 s
+        producer.join()
+        assert seen[1:] == ["running"], seen  # started while the worker could not look
+        job = pool.job(seen[0])
+        assert await job.result(timeout=30) == 1
+        info = await job.info()
+    assert ran == [0, 1]
+    assert info.state == JobState.COMPLETE and info.attempts == 2, info

@@ -50,6 +50,8 @@ class Idle:
     quiet: bool = False
     """A read with a take behind it timed out since the worker last started a job: wait
     with the read alone (``idle_wait``)."""
+    refusal_logged: float = -float("inf")
+    """When a refused blocking read was last logged (``_read_refused``)."""
 
 
 QUARANTINE_MOST_S = 30.0
@@ -89,8 +91,8 @@ class Quarantine:
         return min((t for t in self.until.values() if t > now), default=float("inf"))
 
 
-async def wait(rt: Runtime, reader: AnyReader, newest: dict[str, str], due: float,
-               block_ms: int) -> bool:
+async def wait(rt: Runtime, reader: AnyReader, idle: Idle, newest: dict[str, str],
+               due: float, block_ms: int) -> bool:
     """Wait until a stream gets an entry after ``newest`` (True), or a reclaim scan is due
     (False; ``due``: when the next reclaim scan is due, or a queue left alone is tried
     again). A wait that times out is sent again from the same ids: an idle worker sends
@@ -110,6 +112,7 @@ async def wait(rt: Runtime, reader: AnyReader, newest: dict[str, str], due: floa
         except ResponseError as exc:  # a stream turned into something else meanwhile:
             if not refused(exc):      # the next take (forced: newest is forgotten) leaves
                 raise                 # it alone
+            await _read_refused(idle, exc, block_ms)
             return True
         if rt.stopping.is_set() or rt.config.burst:
             return False
@@ -121,6 +124,25 @@ async def wait(rt: Runtime, reader: AnyReader, newest: dict[str, str], due: floa
             return False
         if now >= due:
             return False
+
+
+REFUSED_READ_PAUSE_S = 1.0
+"""The longest pause after Redis refused a blocking read, before the loop takes again."""
+
+async def _read_refused(idle: Idle, exc: ResponseError, block_ms: int) -> None:
+    """Redis refused the blocking read. Either a stream holds something else, which the
+    take that follows finds and quarantines, or the read itself is denied (an ACL user
+    without XREAD, a proxy without blocking commands), and the takes go on working: pause
+    so that the loop asks at most once per pause instead of spinning, and say so (at most
+    once a minute)."""
+    pause = min(REFUSED_READ_PAUSE_S, block_ms / 1000)
+    now = time.monotonic()
+    if now - idle.refusal_logged >= 60.0:
+        idle.refusal_logged = now
+        log.warning("Redis refused the worker's blocking read (%s); it asks for new jobs "
+                    "every %.1f s instead until the read works (an ACL user needs XREAD)",
+                    clean(str(exc).splitlines()[0][:300]), pause)
+    await asyncio.sleep(pause)
 
 
 async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
@@ -152,9 +174,10 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
     if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
         return True, []
     newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
-    if isinstance(woke, ResponseError):  # a stream turned into something else
-        if not refused(woke):
+    if isinstance(woke, ResponseError):  # the take could read every stream: so not for
+        if not refused(woke):            # what a key holds (an ACL without XREAD, say)
             raise woke
+        await _read_refused(idle, woke, block_ms)
         return True, []
     now = time.monotonic()
     beat(rt, now)
@@ -180,7 +203,7 @@ async def idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
         woke, started = await wait_then_take(rt, reader, groups[0], order, idle, newest,
                                              count, block_ms)
     else:
-        woke, started = await wait(rt, reader, newest, due, block_ms), []
+        woke, started = await wait(rt, reader, idle, newest, due, block_ms), []
     if woke or started:
         idle.newest = None
         idle.quiet = False
