@@ -31,6 +31,7 @@ from ._producer.handle import parse_record
 from ._producer.pool import Pool
 from ._redis.connection import ClientFactory
 from ._redis.fake import fake_factory, fake_server
+from ._redis.kept import decode as kept_record
 from ._task import Task, as_task
 from ._tasks import cancel_and_wait
 from ._worker.worker import Worker
@@ -86,9 +87,16 @@ class Harness:
         wanted = None if states is None else set(states)
         keys = self.pool.keys(queue or self.pool.default_queue)
         found = []
+        records: list[tuple[str, dict[bytes, bytes]]] = []
         async for key in self.pool.client.scan_iter(match=f"{keys.job_prefix}*", count=1000):
             raw: dict[bytes, bytes] = await self.pool.client.hgetall(key)  # type: ignore[assignment]
-            info = parse_record(key.decode()[len(keys.job_prefix):], keys.queue, raw)
+            records.append((key.decode()[len(keys.job_prefix):], raw))
+        # Complete jobs whose results went to a shared hash (see ``kept``).
+        async for key in self.pool.client.scan_iter(match=f"{keys.base}:kept:*", count=1000):
+            kept: dict[bytes, bytes] = await self.pool.client.hgetall(key)  # type: ignore[assignment]
+            records += [(job_id.decode(), kept_record(value)) for job_id, value in kept.items()]
+        for job_id, raw in records:
+            info = parse_record(job_id, keys.queue, raw)
             if (name is None or info.task == name) and (wanted is None or info.state in wanted):
                 found.append(info)
         return sorted(found, key=lambda i: (i.enqueued_at or 0, i.id))

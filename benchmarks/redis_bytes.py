@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import redis.asyncio as aioredis  # noqa: E402
 
 import asyncjobs  # noqa: E402
+from asyncjobs._redis import kept as asyncjobs_kept  # noqa: E402
 from asyncjobs._redis.embedded import RedisServer  # noqa: E402
 
 
@@ -49,7 +50,10 @@ async def fails(ctx: asyncjobs.Context) -> None:
 
 
 async def used(r: aioredis.Redis) -> int:
-    return int((await r.info("memory"))["used_memory"])
+    """Redis' ``used_memory`` without its clients' buffers (a connection that just sent a
+    pipelined batch, or is still closing, holds some: not the jobs')."""
+    clients = (await r.memory_stats()).get("clients.normal", 0)
+    return int((await r.info("memory"))["used_memory"]) - int(clients)
 
 
 def ids(n: int, tag: str) -> list[str]:
@@ -70,7 +74,7 @@ async def shared_keys(r: aioredis.Redis, n: int) -> dict[str, float]:
     the indexes that grow with the jobs)."""
     out = {}
     async for key in r.scan_iter(count=10_000):
-        if b":job:" not in key:
+        if b":job:" not in key and b":kept:" not in key:
             each = ((await r.memory_usage(key)) or 0) / n
             if each >= 1:
                 out[key.decode()] = round(each, 1)
@@ -108,9 +112,18 @@ async def measure(n: int) -> dict[str, Any]:
         key = (await r.scan(0, match=b"*:job:*", count=10 * n))[1][0]
         queued_fields = await r.hgetall(key)
         await run_worker(url, [noop])
+        # The keyspace's table grew for the waiting jobs' keys; Redis shrinks it on its own
+        # a moment after they are gone (serverCron, 10 times a second).
+        await asyncio.sleep(1)
         complete = round((await used(r) - base) / n, 1)
-        done_fields = await r.hgetall(key)
-        done_usage = await r.memory_usage(key)
+        # Each record went into its tag's shared hash (asyncjobs/_redis/kept.py).
+        job_id = key.decode().rsplit(":", 1)[-1]
+        kept_keys = [k async for k in r.scan_iter(match=b"*:kept:*", count=10_000)]
+        kept_hash = (await r.keys(b"*:kept:" + job_id[:10].encode()))[0]
+        packed = await r.hget(kept_hash, job_id)
+        done_fields = asyncjobs_kept.decode(packed)
+        kept_usage = sum([(await r.memory_usage(k)) or 0 for k in kept_keys])
+        encodings = sorted({(await r.object("encoding", k)).decode() for k in kept_keys})
         shared = await shared_keys(r, n)
         await r.flushall()
 
@@ -129,6 +142,13 @@ async def measure(n: int) -> dict[str, Any]:
                 p.hset(job + i, "s", "") for i in names]),
             "TTL": await per_job(r, n, lambda p: [p.expire(job + i, 3600) for i in names]),
         }
+        await r.flushall()
+        # A job alone in its shared hash (a producer enqueueing less than one job in ten
+        # seconds): the hash's key and TTL are all its own.
+        kept = "asyncjobs:{default}:kept:"
+        parts["alone in its hash"] = await per_job(r, n, lambda p: [
+            c for i in names for c in (p.hset(kept + i[:10] + "x", i, packed),
+                                       p.pexpire(kept + i[:10] + "x", 3_610_000))])
     finally:
         await r.aclose()
         server.stop()
@@ -145,8 +165,14 @@ async def measure(n: int) -> dict[str, Any]:
         "parts_bytes": parts,
         "key_name_bytes": len(job) + 22,
         "record_fields_waiting": fields(queued_fields),
-        "record_fields_complete": fields(done_fields),
-        "memory_usage_complete_record": done_usage,
+        "record_fields_complete": sorted(k.decode() for k in done_fields),
+        "kept": {
+            "packed_record_bytes": len(packed),
+            "hashes": len(kept_keys),
+            "jobs_per_hash": round(n / len(kept_keys), 1),
+            "encodings": encodings,
+            "bytes_per_job": round(kept_usage / n, 1),
+        },
         "indexes_complete": shared,
     }
 
@@ -154,18 +180,21 @@ async def measure(n: int) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     per, parts = result["per_job_bytes"], result["parts_bytes"]
     waiting_fields = sum(result["record_fields_waiting"].values())
-    done_fields = sum(result["record_fields_complete"].values())
+    kept = result["kept"]
     rows = [
         "| a job | bytes | made of |",
         "|---|---:|---|",
         f"| waiting | {per['waiting']:.0f} | stream entry {parts['stream entry']:.0f} + "
         f"record key {parts['empty key']:.0f} + fields ~{waiting_fields} "
         f"({', '.join(result['record_fields_waiting'])}) |",
-        f"| complete (kept `result_ttl`) | {per['complete']:.0f} | record key "
-        f"{parts['empty key']:.0f} + TTL {parts['TTL']:.0f} + fields ~{done_fields} "
-        f"({', '.join(result['record_fields_complete'])})"
+        f"| complete (kept `result_ttl`) | {per['complete']:.0f} | its share of a shared "
+        f"hash {kept['bytes_per_job']:.0f} ({kept['jobs_per_hash']:.0f} jobs a hash, "
+        f"{'/'.join(kept['encodings'])}; the id, 22, and the packed record, "
+        f"{kept['packed_record_bytes']})"
         + "".join(f" + {name.rsplit(':', 1)[-1]} index {size:.0f}"
                   for name, size in result["indexes_complete"].items()) + " |",
+        f"| complete, alone in its hash | {parts['alone in its hash']:.0f} | the hash's "
+        "key, its TTL, the one field |",
         f"| dead-lettered | {per['dead']:.0f} | record with its error and traceback, and "
         "its dead letter |",
     ]

@@ -21,6 +21,7 @@ from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.kept import SLACK_MS
 from asyncjobs._redis.keys import Keys
 from asyncjobs._redis.store import READ_TOGETHER, QueueStore
 from asyncjobs._redis.values import NewJob, Started
@@ -40,9 +41,10 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
         fresh_redis: RedisServer) -> None:
     """500 no-op jobs drained by one worker: at most 4 Redis commands per job in all (every
     command of the run, the worker's start and stop included). Per job there remain the
-    start's HSET (the record says `running`) and the result's HSET and EXPIRE (the record
-    is kept for the result TTL); the records of a batch are read together, so HMGET is not
-    run at all. The rest is per batch."""
+    start's HSET (the record says `running`) and, as the result is kept in its tag's shared
+    hash (asyncjobs/_redis/kept.py), that hash's HSET and the job key's DEL; the records of a
+    batch are read together, so HMGET is not run at all. The rest is per batch, or per
+    shared hash (its PTTL and PEXPIRE)."""
     @asyncjobs.task
     async def noop(ctx: Context, i: int) -> None:
         return None
@@ -57,10 +59,13 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
         calls = await command_calls(pool.client)
         counters = (await pool.admin.queue_stats()).counters
         info = await jobs[0].info()
-        ttl_ms = await pool.client.pttl(Keys(backend.prefix, "default").job(jobs[0].id))
+        # A plain result is kept in its tag's shared hash (see asyncjobs/_redis/kept.py).
+        shared = Keys(backend.prefix, "default").kept(jobs[0].id)
+        assert shared is not None
+        ttl_ms = await pool.client.pttl(shared)
     assert counters.get("complete") == n
     assert info.state == JobState.COMPLETE and info.attempts == 1
-    assert 3_500_000 < ttl_ms <= 3_600_000  # the result TTL, from the settle
+    assert 3_500_000 < ttl_ms <= 3_600_000 + SLACK_MS  # the result TTL, from the settle
     calls.pop("info", None)  # this test's own, above
     calls.pop("config|resetstat", None)
     total = sum(calls.values())
@@ -68,7 +73,9 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
     print(f"\n{total / n:.3f} Redis commands per job: {shown}")
     assert calls.get("hset", 0) == 2 * n  # running, then the result
     assert calls.get("hmget", 0) == 0  # read together, a batch at a time
-    assert n <= calls.get("expire", 0) <= n * 1.05  # the result's TTL (+ a counter's)
+    assert n <= calls.get("del", 0) <= n * 1.05  # the job key (+ a batch's scratch list's)
+    assert calls.get("expire", 0) <= n * 0.05  # no record of its own: counters' only
+    assert 0 < calls.get("pexpire", 0) <= n / 64 + 5  # once per shared hash
     assert calls.get("sort", 0) >= 1
     assert total <= 4 * n, shown
 

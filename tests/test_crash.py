@@ -20,6 +20,7 @@ from asyncjobs import JobState
 from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._redis.keys import GROUP
 
+from . import records
 from .apps import basic
 from .conftest import Backend, need_redis_server
 from .procs import WorkerProcess
@@ -41,15 +42,8 @@ async def runs_of(pool: asyncjobs.Pool, prefix: str, ids: list[str]) -> list[int
 
 
 async def states_of(pool: asyncjobs.Pool, ids: list[str]) -> dict[str, int]:
-    async def read() -> list[bytes | None]:
-        pipe = pool.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(pool.keys("default").job(job_id), "s")
-        return list(await pipe.execute())
-
     counts: dict[str, int] = {}
-    for state in await pool.call(read):
-        name = state.decode() if state else "missing"
+    for name in (await records.states(pool, ids)).values():
         counts[name] = counts.get(name, 0) + 1
     return counts
 

@@ -32,6 +32,8 @@ from redis.asyncio import Redis
 import asyncjobs
 from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
+from asyncjobs._redis.kept import MIN_TTL_S as KEPT_MIN_TTL_S
+from asyncjobs._redis.kept import SLACK_MS, _leb128
 from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
 from asyncjobs._redis.store import QueueStore
@@ -47,6 +49,7 @@ FUZZ = settings(
                            HealthCheck.data_too_large],
 )
 ME, OTHER = "c-me", "c-other"
+KEPT_TAG = "FuzzTagAAA"  # the tag of shaped job ids (asyncjobs/_redis/kept.py)
 
 # -- Lua 5.1's tonumber and the prelude's int(), entry_ms() ----------------------------------
 
@@ -301,6 +304,8 @@ field_value = {
     b"w": st.sampled_from((ME.encode(), OTHER.encode(), b"")),
     b"de": st.one_of(junk, st.just(OTHER_ENTRY)),
     b"rs": st.one_of(st.sampled_from((PAST, FUTURE)), junk),
+    # Fields that make a record not plain (see asyncjobs/_redis/kept.py), whatever they hold.
+    b"d": junk, b"p": junk, b"cw": junk, b"dl": junk, b"et": junk,
 }
 
 
@@ -313,6 +318,7 @@ class Case:
     wrong: str = ""
     ttl: bool = False
     raw: dict[bytes, bytes] = field(default_factory=dict)
+    shaped: bool = False  # an id of new_job_ids' shape (its result may be kept shared)
     # Filled in when built:
     entry: bytes = b""
     job_id: bytes = b""
@@ -322,7 +328,7 @@ class Case:
 def cases(draw: st.DrawFn) -> Case:
     kind = draw(st.sampled_from(
         ("good", "fields", "fields", "fields", "wrong", "gone", "noid", "emptyid", "dangling")))
-    case = Case(kind, ttl=draw(st.booleans()))
+    case = Case(kind, ttl=draw(st.booleans()), shaped=draw(st.sampled_from((False, True, True))))
     if kind == "fields":
         names = draw(st.lists(st.sampled_from(sorted(field_value)), min_size=1, max_size=3,
                               unique=True))
@@ -351,7 +357,7 @@ async def build(env: Env, batch: Sequence[Case]) -> None:
             case.entry = await client.xadd(store.keys.stream, fields)  # type: ignore[arg-type]
             case.job_id = fields.get(b"i", b"")
             continue
-        job_id = f"j{n}"
+        job_id = f"{KEPT_TAG}{n:012d}" if case.shaped else f"j{n}"
         spec = encode_spec(JobSpec("fuzz", [n]))
         assert await store.enqueue([NewJob(job_id, spec)]) == {}
         case.job_id = job_id.encode()
@@ -411,11 +417,11 @@ def model_start(env: Env, case: Case, before: Space, now: int
     found = before.get(key) if case.job_id else None
     if found is not None and found.kind != "hash":
         why = f"the job key {text(key)} holds something other than a hash".encode()
-        return ("unreadable", why, 0, b"", entry_ms(case.entry), 0), None
+        return ("unreadable", why, 0, b"", entry_ms(case.entry), 0, False), None
     rec: dict[bytes, bytes] = dict(found.content) if found else {}
     state = rec.get(b"s")
     if state is None:
-        return ("missing", b"", 0, b"", entry_ms(case.entry), 0), None
+        return ("missing", b"", 0, b"", entry_ms(case.entry), 0, False), None
     attempts = lua_int(rec[b"a"]) if b"a" in rec else 0
     expires = lua_int(rec.get(b"x"))
     bad = None
@@ -428,7 +434,7 @@ def model_start(env: Env, case: Case, before: Space, now: int
     if bad:
         shown = lua_int(rec.get(b"a"))
         return ("corrupt", f"the job record cannot be read: {bad}".encode(),
-                0 if shown is None else shown, b"", entry_ms(case.entry), 0), None
+                0 if shown is None else shown, b"", entry_ms(case.entry), 0, False), None
     assert attempts is not None
     q = lua_int(rec.get(b"q"))
     enqueued = q if q is not None else entry_ms(rec.get(b"e", case.entry))
@@ -449,8 +455,11 @@ def model_start(env: Env, case: Case, before: Space, now: int
             new[b"q"] = num(enqueued)
         if b"rs" in rec:  # a rate limit's reserved slot: handed back once, then cleared
             reserved = lua_int(new.pop(b"rs")) or 0
+    # Plain: nothing a job that ran once through would not hold (see keep in the prelude).
+    plain = verdict == "run" and not rec.get(b"h") and not any(
+        f in rec for f in (b"x", b"ab", b"d", b"p", b"cw", b"dl", b"et"))
     return (verdict, rec.get(b"j", b""), attempts, rec.get(b"h", b""), enqueued,
-            reserved), new
+            reserved, plain), new
 
 
 def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: Space,
@@ -464,12 +473,12 @@ def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: 
     for case, row in zip(batch, rows, strict=True):
         assert row.delivery.entry == text(case.entry)
         got = (row.verdict, row.spec, row.attempts, row.history, row.enqueued_ms,
-               row.reserved_ms)
+               row.reserved_ms, row.plain)
         event(f"verdict {row.verdict}")
         if row.reserved_ms:
             event("reserved slot handed back")
         if case.entry in lost:
-            assert got == ("lost", b"", 0, b"", 0, 0), case
+            assert got == ("lost", b"", 0, b"", 0, 0, False), case
             continue
         assert row.delivery.job_id == text(case.job_id)
         want, record = model_start(env, case, before, now)
@@ -525,7 +534,12 @@ def test_take_and_start_give_every_entry_its_verdict_and_start_only_good_records
 
 # -- settle.lua ------------------------------------------------------------------------------
 
-OUTCOMES = ("complete", "retry", "failed", "expired", "aborted", "ack", "garbage")
+OUTCOMES = ("complete", "keep", "keep", "retry", "failed", "expired", "aborted", "ack",
+            "garbage")
+KEPT_PRESETS = {"": None, "right": 3_605_000, "too long": 3_700_000, "too short": 3_500_000,
+                "no TTL": -1, **dict.fromkeys(WRONG_TYPES, -1)}
+"""What the shared hash of the shaped ids' tag holds before settle: nothing, a hash whose TTL
+fits a one-hour result, one that does not, one without a TTL, or a key of another type."""
 BROKEN = b"the job key cannot hold a record: "
 
 
@@ -545,9 +559,12 @@ def settle_ops(draw: st.DrawFn, n: int) -> list[Op]:
     for i in order[:draw(st.integers(1, n))]:
         outcome = draw(st.sampled_from(OUTCOMES))
         numbers = {"retry": (0, 1, 10**7), "complete": (0, 60, -1), "expired": (0, 60, -1),
-                   "aborted": (0, 60, -1)}.get(outcome, (0,))
+                   "aborted": (0, 60, -1), "keep": (0, 60, 300, 3600, 3600, 3600, 3600, -1)
+                   }.get(outcome, (0,))
+        head = st.binary(min_size=1, max_size=8)  # for a keep, the packed record's head
         ops.append(Op(i, outcome, draw(st.binary(max_size=8)), draw(st.sampled_from(numbers)),
-                      draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=8)))))
+                      draw(st.one_of(st.just(b""), head, head) if outcome == "keep"
+                           else st.one_of(st.just(b""), head))))
     return ops
 
 
@@ -612,7 +629,10 @@ def stream_fields(before: Space, stream: str) -> dict[bytes, tuple[bytes, ...]]:
 
 
 def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Space,
-                 held: set[bytes], now: int) -> tuple[list[int], Model]:
+                 held: set[bytes], now: int, shared_ttl: int | None = None
+                 ) -> tuple[list[int], Model]:
+    """settle.lua's replies and the keyspace it leaves. ``shared_ttl``: the PTTL (ms) of the
+    shaped ids' shared hash before the call (None: absent; -1: none, or not a hash)."""
     k = env.keys
     dead = k.dead.encode()
     model = Model({n: v for n, v in before.items() if n not in (k.stream.encode(), dead)},
@@ -621,6 +641,8 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
     replies = []
     delayed = k.delayed.encode()
     ended: list[bytes] = []
+    shared_ttls = {env.keys.kept(f"{KEPT_TAG}{0:012d}"): shared_ttl}
+    checked: dict[str, int] = {}  # keep()'s `fresh`: hashes this call wrote, by TTL ms
     for op in ops:
         case = batch[op.case]
         if case.entry not in held:
@@ -628,6 +650,11 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
             continue
         replies.append(1)
         key = env.job(case.job_id)
+        if op.outcome == "keep" and keep_model(env, case, op, model, shared_ttls, checked,
+                                                key, now):
+            ended += [case.job_id, num(now)]
+            model.counts["complete"] += 1
+            continue
         cur = model.space.get(key)
         hashable = cur is None or cur.kind == "hash"
         hist = {b"h": op.history} if op.history else {}
@@ -649,11 +676,13 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
             return "failed"
 
         kind, broken = op.outcome, False
-        if op.outcome in ("complete", "expired", "aborted"):
+        if op.outcome == "keep":  # the shared hash could not take it: complete, no history
+            kind, hist = "complete", {}
+        if kind in ("complete", "expired", "aborted"):
             broken = not hashable
             if hashable:
-                extra = {b"r": op.payload} if op.outcome == "complete" else {}
-                finish(op.outcome.encode(), op.number, {**extra, **hist})
+                extra = {b"r": op.payload} if kind == "complete" else {}
+                finish(kind.encode(), op.number, {**extra, **hist})
                 ended += [case.job_id, num(now)]
         elif op.outcome == "retry":
             broken = not hashable
@@ -676,6 +705,33 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
     model.count_into(k.stats.encode())
     model.note_ended(k.ended.encode(), ended)
     return replies, model
+
+
+def keep_model(env: Env, case: Case, op: Op, model: Model, ttls: dict[str | None, int | None],
+               checked: dict[str, int], key: bytes, now: int) -> bool:
+    """keep() of the prelude: whether the result went to its tag's shared hash (the job key
+    deleted, whatever it held), and the hash as it leaves it."""
+    shared = env.keys.kept(text(case.job_id)) if case.job_id else None
+    ttl_ms = op.number * 1000
+    if op.number < KEPT_MIN_TTL_S or not op.history or shared is None:
+        return False
+    create = False
+    if checked.get(shared) != ttl_ms:
+        left = ttls.get(shared)
+        if left is None:
+            create = True
+        elif not ttl_ms <= left <= ttl_ms + SLACK_MS:
+            return False
+    name = shared.encode()
+    old = model.space.get(name)
+    content = dict(old.content) if old else {}
+    content[case.job_id] = op.history + _leb128(now) + op.payload
+    model.space[name] = Key("hash", True, content)
+    if create:
+        ttls[shared] = ttl_ms + SLACK_MS
+    checked[shared] = ttl_ms
+    model.space.pop(key, None)
+    return True
 
 
 def zadd(space: Space, name: bytes, member: bytes, score: int) -> None:
@@ -754,6 +810,8 @@ def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_re
                                max_size=len(batch)), "job keys after the start")
     broken_stats = data.draw(st.sampled_from(("", "", *WRONG_TYPES)), "stats key")
     ended_index = data.draw(st.sampled_from(ENDED_STATES), "ended index")
+    shared_hash = data.draw(st.sampled_from(("", "", "right", "right", *sorted(KEPT_PRESETS))),
+                            "shared hash")
 
     async def body(env: Env) -> None:
         client, k = env.client, env.keys
@@ -777,6 +835,15 @@ def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_re
             await make_wrong(client, k.stats, broken_stats)
         if ended_index:
             await make_wrong(client, k.ended, ended_index)
+        shared = k.kept(f"{KEPT_TAG}{0:012d}")
+        assert shared is not None
+        shared_ttl = KEPT_PRESETS[shared_hash]
+        if shared_hash in WRONG_TYPES:
+            await make_wrong(client, shared, shared_hash)
+        elif shared_hash:
+            await client.hset(shared, b"other", b"x")
+            if shared_ttl is not None and shared_ttl > 0:
+                await client.pexpire(shared, shared_ttl)
         before = await snapshot(client, k)
         call = env.store.settle_call(ME, [
             SettleOp(text(batch[op.case].entry), text(batch[op.case].job_id), op.outcome,
@@ -785,12 +852,16 @@ def test_settle_is_all_or_nothing_per_job_and_dead_letters_what_cannot_hold_a_re
         [replies] = await run_pipelined(client, [call])
         hi = await redis_ms(client)
         after = await snapshot(client, k)
-        want, _ = model_settle(env, batch, ops, before, held, lo)
+        want, _ = model_settle(env, batch, ops, before, held, lo, shared_ttl)
         assert replies == want
         for op in ops:
             event(f"settle {op.outcome} {'held' if batch[op.case].entry in held else 'lost'}")
-        assert_model(lambda now: model_settle(env, batch, ops, before, held, now)[1], lo, hi,
-                     before, after)
+        kept_now = after.get(shared.encode())
+        if kept_now is not None and kept_now.kind == "hash" and len(kept_now.content) > (
+                1 if shared_hash else 0):
+            event("a result kept in the shared hash")
+        assert_model(lambda now: model_settle(env, batch, ops, before, held, now,
+                                              shared_ttl)[1], lo, hi, before, after)
         stream = after[k.stream.encode()].content
         settled = {batch[op.case].entry for op in ops} & held
         old = before[k.stream.encode()].content

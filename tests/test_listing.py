@@ -22,6 +22,7 @@ from asyncjobs._producer.cursor import encode_cursor
 from asyncjobs._producer.listing import STATES, JobRow
 from asyncjobs._redis.keys import ENDED_KEEP, GROUP
 
+from . import records
 from .apps import basic
 from .conftest import Backend, running
 from .procs import WorkerProcess, run_cli
@@ -117,11 +118,7 @@ async def index(pool: asyncjobs.Pool, queue: str = "default") -> list[tuple[str,
 
 async def states(pool: asyncjobs.Pool, ids: list[str]) -> dict[str, str]:
     """Each job's state as its record says ('missing' without one), in one round trip."""
-    pipe = pool.client.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(pool.keys("default").job(job_id), "s")
-    found = await pipe.execute()
-    return {i: s.decode() if s else "missing" for i, s in zip(ids, found, strict=True)}
+    return await records.states(pool, ids)
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
@@ -315,7 +312,7 @@ async def test_jobs_without_a_record_are_not_listed(backend: Backend) -> None:
         assert noted == {*gone, kept}  # noted in the index, but result_ttl=0 left no record
         assert await walk_ids(pool, "complete") == [kept]
         assert await walk_ids(pool, "complete", order="oldest", limit=1) == [kept]
-        await pool.client.delete(pool.keys("default").job(kept))  # expired, or purged
+        await records.forget(pool, kept)  # expired, or purged
         assert await walk_ids(pool, "complete") == []
 
 

@@ -425,24 +425,6 @@ async def test_a_write_on_a_closed_transport_is_a_connection_error(
         await conn.send_packed_command(b"PING")
 
 
-def test_job_ids_never_start_like_a_command_line_option(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import os as _os
-
-    from asyncjobs._producer import pool as pool_module
-
-    real_urandom = _os.urandom
-    # 16 bytes whose base64url starts with '-' (0xF8: '-Pj4-Pj4...'), then random ones
-    monkeypatch.setattr(pool_module.os, "urandom",
-                        lambda n: b"\xf8" * 16 + real_urandom(n - 16))
-    ids = pool_module.new_job_ids(2000)
-    assert ids[0] == "xPj4-Pj4-Pj4-Pj4-Pj4-A"  # only the leading '-' is replaced
-    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
-    assert len(set(ids)) == 2000
-    monkeypatch.undo()
-    assert not any(i.startswith("-") for i in pool_module.new_job_ids(20000))
-
-
 @pytest.mark.parametrize(("text", "expected"), [
     ("h", ("h", 9)), ("h:1", ("h", 1)), ("[::1]:7000", ("::1", 7000)), ("[::1]", ("::1", 9)),
     ("h%2Fx:65535", ("h/x", 65535)),

@@ -71,9 +71,11 @@ async def test_pool_and_worker_through_a_sentinel_url(setup: SentinelSetup) -> N
             waiting = tg.create_task(job.result(timeout=10))
             await asyncjobs.Worker([mul], burst=True, prefix="s1").run(redis_url=setup.url)
         assert waiting.result() == 42
-        key = pool.keys("default").job(job.id)
-    # The job went to the master the Sentinels name (and on to its replica).
-    assert command(setup.master.port, "HGET", key, "s").endswith("complete\r\n")
+        shared = pool.keys("default").kept(job.id)
+    assert shared is not None
+    # The job went to the master the Sentinels name (and on to its replica): its result is
+    # kept in its tag's shared hash (asyncjobs/_redis/kept.py).
+    assert command(setup.master.port, "HEXISTS", shared, job.id).endswith(":1\r\n")
 
 
 @pytest.mark.asyncio

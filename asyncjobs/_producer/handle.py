@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 from .._codec import decode_errors, decode_progress, decode_spec, decode_value
 from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_ms
 from .._redis import scripts as _scripts
+from .._redis.kept import decode as kept_record
 from .._redis.keys import split_limit_name
 from .._text import safe_str
 from ..exceptions import (
@@ -59,20 +60,52 @@ class Job(Generic[R]):
                 raise
             raise CorruptJob(self.id, "its key holds something other than a hash") from None
 
+    async def _lookup(self, own: Callable[[Any, str], Any]) -> tuple[Any, bytes | None]:
+        """One round trip: ``own(pipeline, job key)``'s reply, and the job's kept result
+        (packed, see ``kept``; None when it has none). A job key holding something other
+        than a hash is a ``CorruptJob``; a shared hash of another type holds nothing."""
+        keys = self._pool.keys(self.queue)
+        kept = keys.kept(self.id)
+
+        async def read() -> list[Any]:
+            pipe = self._pool.client.pipeline(transaction=False)
+            own(pipe, keys.job(self.id))
+            if kept is not None:
+                pipe.hget(kept, self.id)
+            return list(await pipe.execute(raise_on_error=False))
+
+        replies = await self._pool.call(read)
+        first = replies[0]
+        if isinstance(first, ResponseError) and "WRONGTYPE" in str(first):
+            raise CorruptJob(self.id, "its key holds something other than a hash")
+        if isinstance(first, Exception):
+            raise first
+        packed = replies[1] if len(replies) > 1 else None
+        return first, packed if isinstance(packed, bytes) else None
+
+    def _unpack(self, packed: bytes) -> dict[bytes, bytes]:
+        """A kept result's record fields; ``CorruptJob`` for garbage in the shared hash."""
+        try:
+            return kept_record(packed)
+        except ValueError as exc:
+            raise CorruptJob(self.id, f"its kept result cannot be read: {exc}") from None
+
     async def status(self) -> JobState:
         """The job's current state; raises ``JobNotFound`` if there is no record."""
-        key = self._pool.keys(self.queue).job(self.id)
-        state: bytes | None = await self._read(lambda: self._pool.client.hget(key, "s"))
+        state, packed = await self._lookup(lambda p, key: p.hget(key, "s"))
         if state is None:
-            raise JobNotFound(self.id, self.queue)
+            if packed is None:
+                raise JobNotFound(self.id, self.queue)
+            state = self._unpack(packed)[b"s"]
         return _state(self.id, state)
 
     async def info(self) -> JobInfo:
         """The whole record: task, arguments, state, attempts, times, errors, progress."""
-        key = self._pool.keys(self.queue).job(self.id)
-        raw: dict[bytes, bytes] = await self._read(lambda: self._pool.client.hgetall(key))
+        raw, packed = await self._lookup(lambda p, key: p.hgetall(key))
         if not raw:
-            raise JobNotFound(self.id, self.queue)
+            if packed is None:
+                raise JobNotFound(self.id, self.queue)
+            raw = self._unpack(packed)
         return parse_record(self.id, self.queue, raw)
 
     async def progress(self) -> Progress | None:
@@ -119,6 +152,8 @@ class Job(Generic[R]):
         state, value, history, reason = reply
         if state is None:
             raise JobNotFound(self.id, self.queue)
+        if state == b"kept":  # in a shared hash: value is the packed record
+            state, value = b"complete", self._unpack(value or b"")[b"r"]
         current = _state(self.id, state)
         if current is JobState.COMPLETE:
             try:

@@ -39,6 +39,7 @@ from redis.exceptions import ResponseError
 
 from .._codec import decode_errors, decode_progress, decode_spec
 from .._model import Progress
+from .._redis.kept import decode as kept_record
 from .._redis.keys import GROUP
 from .cursor import ENTRY, check_limit, decode_cursor, encode_cursor, entry_id
 from .deadletters import DeadLetter, dead_letter, text, when
@@ -127,6 +128,16 @@ def row(job_id: str, raw: Any, **known: Any) -> JobRow:
                   started_at=started_at, ended_at=ended_at, progress=report, **known)
 
 
+def _kept_fields(packed: bytes) -> list[bytes | None] | ValueError:
+    """A kept result's ``_FIELDS``, as HMGET gives them; the ValueError for garbage (the
+    row says unreadable)."""
+    try:
+        fields = kept_record(packed)
+    except ValueError as exc:
+        return exc
+    return [fields.get(f.encode()) for f in _FIELDS]
+
+
 def _time(raw: Any) -> datetime | None:
     """A time field (ms) of a record; None when absent or garbage."""
     return None if raw is None else when(raw)
@@ -153,7 +164,17 @@ class Listing:
         if not job_ids:
             return []
         keys = self.pool.keys(queue)
-        return await self.pipe(lambda p: [p.hmget(keys.job(i), _FIELDS) for i in job_ids])
+        found = await self.pipe(lambda p: [p.hmget(keys.job(i), _FIELDS) for i in job_ids])
+        # A job whose own key is gone may have its result kept in a shared hash (``kept``):
+        # a second round trip, only for those.
+        gone = [(n, kept) for n, (i, raw) in enumerate(zip(job_ids, found, strict=True))
+                if isinstance(raw, list) and raw[1] is None and (kept := keys.kept(i))]
+        if gone:
+            packed = await self.pipe(lambda p: [p.hget(k, job_ids[n]) for n, k in gone])
+            for (n, _), value in zip(gone, packed, strict=True):
+                if isinstance(value, bytes):
+                    found[n] = _kept_fields(value)
+        return found
 
     async def last_delivered(self, queue: str) -> str:
         """The consumer group's last-delivered entry id ('0-0' without a group)."""
@@ -241,9 +262,19 @@ class Listing:
         """The queues (of ``queues``) that hold a record of ``job_id``."""
         if not job_id or len(job_id) > 1024 or not queues:
             return []
-        found = await self.pipe(
-            lambda p: [p.exists(self.pool.keys(q).job(job_id)) for q in queues])
-        return [q for q, n in zip(queues, found, strict=True) if n == 1]
+        def build(pipe: Any) -> None:  # per queue: the job's own key, its kept result
+            for q in queues:
+                keys = self.pool.keys(q)
+                kept = keys.kept(job_id)
+                pipe.exists(keys.job(job_id))
+                if kept is None:
+                    pipe.exists(keys.job(job_id))
+                else:
+                    pipe.hexists(kept, job_id)
+
+        found = await self.pipe(build)
+        return [q for n, q in enumerate(queues)
+                if found[2 * n] == 1 or found[2 * n + 1] in (1, True)]
 
 
 def matches(found: DeadRow, task: str, error: str) -> bool:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -34,6 +32,7 @@ from .._model import JobSpec, to_ms
 from .._redis.cluster import CLUSTER_OUTAGE, is_cluster
 from .._redis.connection import ClientFactory, default_url, pool_exhausted, redact, url_factory
 from .._redis.health import judge, read_settings
+from .._redis.kept import new_job_ids
 from .._redis.keys import GlobalKeys, Keys, check_name
 from .._redis.pubsub import sharded_pubsub
 from .._redis.replication import Replication
@@ -88,16 +87,6 @@ def _refusal(refused: dict[str, str], handles: list[Job[Any]], full: dict[str, i
     if full_ids == refused.keys():
         return QueueFull(refused, enqueued, full)
     return EnqueueError(refused, enqueued)
-
-
-def new_job_ids(count: int) -> list[str]:
-    """Random job ids: 128 bits each from the OS's CSPRNG (one call per batch), in base64url,
-    22 characters. Unguessable, so an id can be shown to whoever enqueued the job. Never
-    starting with '-' (one id in 64 would, and a command line would read it as an option):
-    a leading '-' becomes 'x'."""
-    data = os.urandom(16 * count)
-    ids = (urlsafe_b64encode(data[i : i + 16])[:22].decode() for i in range(0, len(data), 16))
-    return [f"x{i[1:]}" if i.startswith("-") else i for i in ids]
 
 
 class Pool:
@@ -308,8 +297,16 @@ class Pool:
         through it."""
         await self._register_queue(queue)
         store = self.store(queue)
-        existing: dict[int, str] = await self._retrying(
-            lambda: store.enqueue(jobs, count_refused=count_refused))
+        tries = 0
+
+        def write() -> Awaitable[dict[int, str]]:
+            # Only a first try is known not to have written anything (a retry follows a
+            # reply that was lost: its jobs may be in, and even done by now).
+            nonlocal tries
+            tries += 1
+            return store.enqueue(jobs, count_refused=count_refused, first_try=tries == 1)
+
+        existing: dict[int, str] = await self._retrying(write)
         return existing
 
     def prepare(self, c: Call[Any], new_id: str | None = None) -> tuple[str, NewJob, Any]:
@@ -339,6 +336,7 @@ class Pool:
             due_at_ms=to_ms(opts.at) if opts.at else 0,
             expires_in_ms=round(exp * 1000) if isinstance(exp, float) else 0,
             expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
+            fresh=not opts.job_id,
         )
         return queue, new, task.result_type
 

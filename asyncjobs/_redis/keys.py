@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .._routing import SEPARATOR, split_level
+from .kept import tag_of
 
 GROUP = "asyncjobs"
 """The consumer group every worker of a queue reads through."""
@@ -95,6 +96,12 @@ class Keys:
     def job(self, job_id: str) -> str:
         """The hash holding one job's record."""
         return f"{self.base}:job:{job_id}"
+
+    def kept(self, job_id: str) -> str | None:
+        """The hash that may hold the job's kept result once its own key is gone (see
+        ``kept``); None for an id that never has one."""
+        tag = tag_of(job_id)
+        return None if tag is None else f"{self.base}:kept:{tag}"
 
     @property
     def stats(self) -> str:

@@ -18,6 +18,9 @@ class NewJob:
     due_at_ms: int = 0
     expires_in_ms: int = 0
     expires_at_ms: int = 0
+    fresh: bool = False
+    """The id was made for this job here and now (``new_job_ids``): no record of it can
+    exist yet, so the first write need not look for a kept result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,9 @@ class Started:
     now_ms: int
     reserved_ms: int = 0
     """The slot a rate limit reserved for this job when it deferred it (0: none)."""
+    plain: bool = False
+    """The job runs with a plain record: if it completes without an error or a progress
+    report, its result can be kept in a shared hash (see ``kept``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ class Running:
 
     __slots__ = ("abandoned", "began", "cancel_reason", "checking", "delivery", "entered",
                  "escalation", "holds_entry", "in_thread", "job_id", "lease", "plan", "queue",
-                 "started", "task")
+                 "reported", "started", "task")
 
     def __init__(self, queue: str, delivery: Delivery) -> None:
         self.queue = queue
@@ -78,6 +78,8 @@ class Running:
         self.lease = ""
         """The concurrency limit whose lease it asked for ('' for none): its settle
         releases it."""
+        self.reported = False
+        """The task reported progress (the record holds it: not plain, see ``kept``)."""
 
     def timed_out(self) -> bool:
         """True once the attempt's timer cancelled it."""

@@ -27,6 +27,7 @@ from .._context import Context
 from .._events import JobEvent
 from .._middleware import Invoke, LogContext, Observer
 from .._model import ErrorInfo, JobSpec
+from .._redis import kept
 from .._redis.values import SettleOp, Started
 from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
@@ -35,7 +36,16 @@ from ..exceptions import SerializationError
 from .admission import Refused, admit
 from .attempt import Plan, Running
 from .limiter import LeaseChecks, RateChecks
-from .outcomes import after_attempt, attempt_error, ended, first, log_end, log_start, task_name
+from .outcomes import (
+    after_attempt,
+    attempt_error,
+    ended,
+    first,
+    log_end,
+    log_start,
+    record_ttl,
+    task_name,
+)
 from .runner import Outcome, await_attempt
 from .runtime import Runtime
 from .threads import ThreadRunner
@@ -166,7 +176,8 @@ class AttemptPath:
             job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
             max_tries=policy.max_tries, enqueued_ms=st.enqueued_ms, errors=history,
             headers=spec.headers, state=self.rt.state, pool=self.rt.pool,
-            worker=self.rt.consumer, report=self._report_progress, loop=self._loop,
+            worker=self.rt.consumer, report=functools.partial(self._report_progress, running),
+            loop=self._loop,
             args=tuple(args), kwargs=kwargs,
         )
         self._add_log_context(ctx)
@@ -209,8 +220,13 @@ class AttemptPath:
                    has_result=decision.action is Action.COMPLETE,
                    retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
                    reason=decision.reason if decision.action is Action.FAIL else None)
+        head = b""
+        if (decision.action is Action.COMPLETE and st.plain and not running.reported
+                and record_ttl(plan.ttl_s) >= kept.MIN_TTL_S and kept.tag_of(running.job_id)):
+            head = kept.packed_head(st.attempts, st.enqueued_ms, st.now_ms, st.spec,
+                                    self.rt.consumer.encode())
         return after_attempt(st, outcome, decision, payload, plan.history, plan.ttl_s,
-                             running.queue, plan.task.name, error, plan.fields)
+                             running.queue, plan.task.name, error, plan.fields, head)
 
     def aborted(self, running: Running, started: Started | None) -> SettleOp:
         name = task_name(started) if started else ""
@@ -288,7 +304,9 @@ class AttemptPath:
             except Exception:  # an observer must never break a job
                 log.exception("observer %r failed on %s", observer, kind)
 
-    async def _report_progress(self, queue: str, job_id: str, data: bytes) -> None:
+    async def _report_progress(self, running: Running, queue: str, job_id: str,
+                               data: bytes) -> None:
+        running.reported = True
         await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
 
 

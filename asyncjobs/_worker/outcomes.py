@@ -93,9 +93,11 @@ def dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
 def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: bytes,
                   history: tuple[ErrorInfo, ...], result_ttl_s: float | None,
                   queue: str, task: str, error: ErrorInfo | None = None,
-                  fields: Mapping[str, object] | None = None) -> SettleOp:
+                  fields: Mapping[str, object] | None = None, head: bytes = b"") -> SettleOp:
     """Record an attempt that ran: complete, retry later, or dead-letter. ``error`` is the
-    attempt's error as captured (``attempt_error``); ``fields`` go on the log line."""
+    attempt's error as captured (``attempt_error``); ``fields`` go on the log line.
+    ``head``: the packed head of a plain record (``kept.packed_head``), whose result may
+    then be kept in a shared hash (settle.lua's 'keep')."""
     d = st.delivery
     if error is None and outcome.error is not None:
         error = attempt_error(outcome, st.attempts)
@@ -106,6 +108,8 @@ def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: by
     line = (d.job_id, task, queue, st.attempts, outcome.duration_s)
     if decision.action is Action.COMPLETE:
         log_end("complete", *line, fields=fields)
+        if head and not history:
+            return SettleOp(d.entry, d.job_id, "keep", payload, record_ttl(result_ttl_s), head)
         return SettleOp(d.entry, d.job_id, "complete", payload, record_ttl(result_ttl_s), hist)
     if decision.action is Action.RETRY:
         log_end("retry", *line, tail=f" retry_in={decision.delay_s:.3f}s{err}", fields=fields)

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from .._producer.handle import Job
-from .._producer.pool import Pool, new_job_ids
+from .._producer.pool import Pool
+from .._redis.kept import new_job_ids
 from .._task import AsyncFn, Call, SyncFn, Task, call
 from ._schema import PENDING, TABLE, channel, now_ms
 

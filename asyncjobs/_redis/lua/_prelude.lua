@@ -99,6 +99,85 @@ local function finish(key, channel, state, now, ttl, fields, quiet)
   return nil
 end
 
+-- Kept results (asyncjobs/_redis/kept.py has the rules and the format): the hash that may
+-- keep the result of job `id` whose own key is `key` ('<base>:job:<id>' ->
+-- '<base>:kept:<first 10 characters of the id>'), nil for an id of another shape.
+local KEPT_SLACK_MS = 10000
+local KEPT_MIN_TTL_S = 300
+local function kept_key(key, id)
+  if #id ~= 22 or string.find(id, '[^A-Za-z0-9_%-]')
+      or string.sub(key, -(#id + 5)) ~= ':job:' .. id then
+    return nil
+  end
+  return string.sub(key, 1, #key - #id - 4) .. 'kept:' .. string.sub(id, 1, 10)
+end
+
+-- A job's kept result, packed (see kept.decode), or nil: none, or the hash is not one.
+local function kept_value(key, id)
+  local kept = kept_key(key, id)
+  if not kept then
+    return nil
+  end
+  local v = redis.pcall('HGET', kept, id)
+  if type(v) == 'string' then
+    return v
+  end
+  return nil
+end
+
+-- Whether job `id` has a kept result in a shared hash (one HEXISTS; false for an id of
+-- another shape, or a hash that is not one).
+local function kept_exists(key, id)
+  local kept = kept_key(key, id)
+  return kept ~= nil and redis.pcall('HEXISTS', kept, id) == 1
+end
+
+local function varint(n)  -- a whole number from 0 to 2^53, unsigned LEB128
+  local out = {}
+  repeat
+    local low = n % 128
+    n = (n - low) / 128
+    out[#out + 1] = string.char(n > 0 and low + 128 or low)
+  until n == 0
+  return table.concat(out)
+end
+
+-- Keep the result of job `id`, which just completed at `now` with `result` (msgpack),
+-- for `ttl` s in its tag's shared hash instead of its own key `key` (deleted). `head` is
+-- the worker's part of the packed value (kept.packed_head: the record as the start left
+-- it, which said it was plain); the end time and the result complete it. Only with a TTL of
+-- KEPT_MIN_TTL_S or more, and only into a hash that is absent (created with ttl +
+-- KEPT_SLACK_MS) or expires between ttl and ttl + KEPT_SLACK_MS from now: the result stays
+-- readable at least `ttl` s, at most KEPT_SLACK_MS longer. `fresh` (one table per script
+-- call) remembers the hashes this call already checked. Returns true when kept there,
+-- false when the caller keeps the record in its own key (nothing was written).
+local function keep(key, id, now, ttl, head, result, fresh)
+  local kept = ttl >= KEPT_MIN_TTL_S and head ~= '' and kept_key(key, id)
+  if not kept then
+    return false
+  end
+  local ttl_ms = ttl * 1000
+  local create = false
+  if fresh[kept] ~= ttl_ms then
+    local left = redis.pcall('PTTL', kept)
+    if left == -2 then
+      create = true
+    elseif not (type(left) == 'number' and left >= ttl_ms
+        and left <= ttl_ms + KEPT_SLACK_MS) then
+      return false
+    end
+  end
+  if type(redis.pcall('HSET', kept, id, head .. varint(now) .. result)) ~= 'number' then
+    return false
+  end
+  if create then
+    redis.call('PEXPIRE', kept, ttl_ms + KEPT_SLACK_MS)
+  end
+  fresh[kept] = ttl_ms
+  redis.call('DEL', key)
+  return true
+end
+
 -- Which of the jobs `ids` someone waits for: Job.result() registers the job's id in
 -- `waiting`, a sorted set scored with when the registration lapses, and settles publish a
 -- job's end only while it is registered. One ZCOUNT (anyone at all?), then ZMSCORE of the
@@ -291,8 +370,10 @@ end
 local STATES = {scheduled = true, queued = true, running = true, complete = true,
   failed = true, aborted = true, expired = true}
 
--- The record fields start_entry() reads, in its order.
-local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs'}
+-- The record fields start_entry() reads, in its order. The last five only tell whether
+-- the record is plain (see keep).
+local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs', 'd', 'p', 'cw', 'dl',
+  'et'}
 
 -- The START_FIELDS of many jobs' records in one read instead of one HMGET each: the ids go
 -- into `scratch` (a list under the queue's hash tag, made and deleted here: no other script
@@ -340,15 +421,16 @@ local function read_records(scratch, prefix, ids)
 end
 
 -- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
--- history, enqueued ms, now ms, reserved slot ms}; a runnable job becomes `running` with
+-- history, enqueued ms, now ms, reserved slot ms, plain}; a runnable job becomes `running` with
 -- attempts + 1. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
 -- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
 -- `known`: the record's START_FIELDS as read_records() read them in this call, before
--- anything wrote to it (nil: read it here).
+-- anything wrote to it (nil: read it here). `plain` is 1 for a job that runs with a plain
+-- record (none of x, ab, h, d, p, cw, dl, et: see keep), 0 otherwise.
 local function start_entry(entry, id, consumer, prefix, now, known)
   local key = prefix .. id
   if not utf8_ok(id) then
-    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0}
+    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0, 0}
   end
   local rec = {}
   if id ~= '' then
@@ -356,11 +438,11 @@ local function start_entry(entry, id, consumer, prefix, now, known)
   end
   if not rec then
     return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',
-      0, '', entry_ms(entry), now, 0}
+      0, '', entry_ms(entry), now, 0, 0}
   end
   local state = rec[1]
   if not state then
-    return {'missing', '', 0, '', entry_ms(entry), now, 0}
+    return {'missing', '', 0, '', entry_ms(entry), now, 0, 0}
   end
   local attempts, expires = int(rec[6] or 0), rec[3] and int(rec[3])
   local bad = nil
@@ -373,7 +455,7 @@ local function start_entry(entry, id, consumer, prefix, now, known)
   end
   if bad then
     return {'corrupt', 'the job record cannot be read: ' .. bad, int(rec[6]) or 0, '',
-      entry_ms(entry), now, 0}
+      entry_ms(entry), now, 0, 0}
   end
   local enqueued = int(rec[8]) or entry_ms(rec[2] or entry)
   local verdict = 'run'
@@ -398,7 +480,12 @@ local function start_entry(entry, id, consumer, prefix, now, known)
       redis.call('HDEL', key, 'rs')
     end
   end
-  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved}
+  local plain = 0
+  if verdict == 'run' and not (rec[3] or rec[4] or (rec[7] and rec[7] ~= '') or rec[10]
+      or rec[11] or rec[12] or rec[13] or rec[14]) then
+    plain = 1
+  end
+  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved, plain}
 end
 
 -- The key base of the queue every priority level shares, from a key prefix under it that

@@ -15,7 +15,7 @@ if not rec then
 end
 local state = rec[1]
 if not state then
-  return 'missing'
+  return kept_exists(key, id) and 'complete' or 'missing'
 end
 if state == 'scheduled' or state == 'queued' then
   check_type(KEYS[2], 'stream')

@@ -8,7 +8,8 @@
 --
 -- KEYS[1] job key, KEYS[2] waiting set
 -- ARGV[1] the job's id, ARGV[2] how long the registration lasts (ms)
--- Returns the record's {state, result, history, dead-letter reason} (false when absent);
+-- Returns the record's {state, result, history, dead-letter reason} (false when absent),
+-- or {'kept', packed record, false, false} for a result kept in a shared hash (see keep);
 -- a job key of the wrong type is a WRONGTYPE error.
 local now = now_ms()
 if type(redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)) == 'number' then
@@ -17,5 +18,11 @@ end
 local rec = redis.pcall('HMGET', KEYS[1], 's', 'r', 'h', 'dl')
 if type(rec) == 'table' and rec.err then
   return redis.error_reply(tostring(rec.err))
+end
+if not rec[1] then
+  local kept = kept_value(KEYS[1], ARGV[1])
+  if kept then
+    return {'kept', kept, false, false}
+  end
 end
 return rec

@@ -11,7 +11,7 @@ if not rec then
   return 'unreadable'
 end
 if not rec[1] then
-  return 'missing'
+  return kept_exists(key, ARGV[1]) and 'complete' or 'missing'
 end
 if rec[1] ~= 'failed' then
   return rec[1]

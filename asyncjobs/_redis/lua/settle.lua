@@ -9,7 +9,8 @@
 -- XACK and one XDEL remove them, and a job's end is published only when someone waits for
 -- that job (Job.result() registers the job's id in the `waiting` set): one ZCOUNT, and one
 -- ZMSCORE of the batch's ids when anyone waits at all. Per job there remain the record's
--- writes (HSET, and EXPIRE for a kept result).
+-- writes: HSET and EXPIRE for a result kept in its own key, or for 'keep' HSET of the
+-- shared hash and DEL of the job key (and once per shared hash, PTTL and PEXPIRE).
 --
 -- Memory first: the entries are acknowledged and deleted before anything is written. On a
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
@@ -29,6 +30,9 @@
 --   outcome, a settled job releases it and lets the limit's oldest waiter go
 --   (release_lease); a job no longer this consumer's keeps it (its new owner settles)
 --   outcome 'complete': payload = result, number = result TTL s (0: drop the record)
+--   outcome 'keep':     complete, the result kept in its tag's shared hash (see keep in the
+--                       prelude): history = the head of the packed record; where the hash
+--                       cannot take it, the same as 'complete' (without a history)
 --   outcome 'retry':    number = delay ms
 --   outcome 'failed':   payload = dead-letter reason; the record is kept as long as its
 --                       letter (deleted when the letter is trimmed; ARGV[8] at most)
@@ -45,6 +49,7 @@ local out = {}
 local counts = {}
 local lettered = false
 local ended = {}
+local kept = {}  -- the kept-result hashes this call wrote to (see keep)
 
 -- A dead letter: the job id, the reason, the time, and `extra` fields (the raw entry's).
 local function letter(id, reason, extra)
@@ -67,6 +72,18 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
   local key = ARGV[3] .. id
   local done = ARGV[4] .. id
   local broken = nil
+  if outcome == 'keep' then  -- complete, its result kept in a shared hash if it can be
+    outcome = 'complete'
+    if keep(key, id, now, number, history, payload, kept) then
+      if not quiet then
+        redis.call(PUBLISH, done, 'complete')
+      end
+      ended[#ended + 1] = id
+      ended[#ended + 1] = now
+      return outcome
+    end
+    history = ''
+  end
   if outcome == 'complete' then
     broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history),
       quiet)

@@ -16,7 +16,7 @@
 -- hash tag; made and deleted within the call), ARGV[5] fewest job ids of a level whose
 -- records are read together (0: never), ARGV[6..5+n] the levels' job key prefixes
 -- Returns {rows, last, errors, refused}: rows holds one array per started entry, {level
--- (1..n), entry id, job id, then start.lua's seven values}. When rows is empty, last holds
+-- (1..n), entry id, job id, then start.lua's eight values}. When rows is empty, last holds
 -- each stream's newest entry id ('0-0' for an empty or missing stream; '' for one that
 -- cannot be read): every entry after it is new, so a blocking XREAD from these ids wakes for
 -- exactly the entries this call could not see. errors holds {level, message} for each level
@@ -67,7 +67,7 @@ for level = 1, #KEYS do
         local entry, id = item[1], job_id_of(item[2])
         local row = start_entry(entry, id, ARGV[2], prefix, now, at[n] and known[at[n]])
         out[#out + 1] = {level, entry, id, row[1], row[2], row[3], row[4], row[5], row[6],
-          row[7]}
+          row[7], row[8]}
         want = want - 1
       end
     end
