@@ -35,6 +35,7 @@ from ._redis.kept import decode as kept_record
 from ._task import Task, as_task
 from ._tasks import cancel_and_wait
 from ._worker.worker import Worker
+from .exceptions import CorruptJob
 
 __all__ = ["Harness"]
 
@@ -94,7 +95,13 @@ class Harness:
         # Complete jobs whose results went to a shared hash (see ``kept``).
         async for key in self.pool.client.scan_iter(match=f"{keys.base}:kept:*", count=1000):
             kept: dict[bytes, bytes] = await self.pool.client.hgetall(key)  # type: ignore[assignment]
-            records += [(job_id.decode(), kept_record(value)) for job_id, value in kept.items()]
+            for job_id, value in kept.items():
+                try:
+                    records.append((job_id.decode(), kept_record(value)))
+                except ValueError as exc:
+                    raise CorruptJob(job_id.decode(errors="replace"),
+                                     f"its kept result in {key.decode()} cannot be read: "
+                                     f"{exc}") from None
         for job_id, raw in records:
             info = parse_record(job_id, keys.queue, raw)
             if (name is None or info.task == name) and (wanted is None or info.state in wanted):

@@ -8,9 +8,10 @@ the queue drains, and every job is accounted for. Printed as JSON (and to --out)
 The mix, per enqueued job: 74 % fast (one pipelined INCR + RPUSH through the task's own
 redis-py client), 10 % slow (``asyncio.sleep`` 0.2-1 s), 5 % blocking (a plain ``def``,
 ``time.sleep(0.01)`` in a thread), 10 % delayed by 1-5 s, 1 % failing (two tries, then a
-dead letter); plus a cron job every second. Results live 60 s (``SOAK_RESULT_TTL``) and
-dead letters are capped at 1,000 (``SOAK_DEAD_LETTER_LIMIT``), so that Redis reaches its
-steady state within minutes: with the defaults (1 h, 10,000) it would grow for an hour.
+dead letter); plus a cron job every second. Results live 5 minutes (``SOAK_RESULT_TTL``:
+the shortest TTL whose results share hashes, see asyncjobs/_redis/kept.py) and dead letters
+are capped at 1,000 (``SOAK_DEAD_LETTER_LIMIT``), so that Redis reaches its steady state
+within the warm-up: with the defaults (1 h, 10,000) it would grow for an hour.
 
 What it reports: per window, RSS (MiB), Redis ``used_memory`` (MiB), fast-job start delay
 p50/p99 (ms), jobs run; after the warm-up (the first fifth of the windows, at least 2

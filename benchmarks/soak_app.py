@@ -22,7 +22,7 @@ import asyncjobs
 from asyncjobs import Context
 
 URL = os.environ.get("SOAK_REDIS_URL", "redis://127.0.0.1:6379/0")
-RESULT_TTL = float(os.environ.get("SOAK_RESULT_TTL", "60"))
+RESULT_TTL = float(os.environ.get("SOAK_RESULT_TTL", "300"))
 DEAD_LETTER_LIMIT = int(os.environ.get("SOAK_DEAD_LETTER_LIMIT", "1000"))
 
 

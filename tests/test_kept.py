@@ -10,7 +10,12 @@ the overhead of its own key."""
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import re
+import signal
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -20,9 +25,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import asyncjobs
 from asyncjobs import Context, CorruptJob, JobState
+from asyncjobs._codec import encode_spec
+from asyncjobs._durations import MAX_DURATION_S
+from asyncjobs._model import JobSpec
 from asyncjobs._redis import kept
 from asyncjobs._redis.keys import Keys
 from asyncjobs._redis.scripts import _prelude
+from asyncjobs._redis.values import NewJob
 
 from .conftest import Backend
 
@@ -332,15 +341,15 @@ async def test_many_jobs_fill_small_hashes(real: Backend) -> None:
 @pytest.mark.asyncio
 async def test_a_retry_after_a_lost_reply_finds_a_result_kept_meanwhile(
         backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first write of ids made for the batch skips the lookup of kept results; a retry
-    (its reply was lost: the jobs may be in, and even done) does not, so the job is not
-    enqueued a second time."""
+    """A retry of the pool's after a lost reply: the job was written, run and done (its
+    result moved to its shared hash) before the reply came back; the retry finds it there
+    and does not enqueue it a second time."""
     store = pool.store("default")
     real = store.enqueue
-    tries: list[bool] = []
+    tries: list[int] = []
 
     async def lossy(jobs: Any, **options: Any) -> dict[int, str]:
-        tries.append(options.get("first_try", False))
+        tries.append(len(jobs))
         written = await real(jobs, **options)
         if len(tries) == 1:  # written, run and done before the reply came back
             await burst(backend, [noop])
@@ -349,8 +358,84 @@ async def test_a_retry_after_a_lost_reply_finds_a_result_kept_meanwhile(
 
     monkeypatch.setattr(store, "enqueue", lossy)
     job = await pool.enqueue(noop)
-    assert tries == [True, False]
+    assert tries == [1, 1]
     assert await where(pool, job) == "kept"
     keys = pool.keys("default")
     assert await pool.client.xlen(keys.stream) == 0  # not queued again
     assert (await pool.admin.queue_stats()).counters["enqueued"] == 1
+
+
+@pytest.mark.asyncio
+async def test_the_same_enqueue_sent_again_after_the_job_ended_writes_nothing(
+        backend: Backend, pool: asyncjobs.Pool) -> None:
+    """redis-py sends a command again when its reply was lost: the enqueue script then runs
+    twice with the same arguments, ids just made included. When the job ran and its result
+    moved to its shared hash in between, the second run finds it there."""
+    store = pool.store("default")
+    ids = kept.new_job_ids(3)
+    jobs = [NewJob(i, encode_spec(JobSpec(noop.name))) for i in ids]
+    assert await store.enqueue(jobs) == {}
+    await burst(backend, [noop])
+    assert await store.enqueue(jobs) == {0: "complete", 1: "complete", 2: "complete"}
+    keys = pool.keys("default")
+    assert await pool.client.xlen(keys.stream) == 0
+    assert (await pool.admin.queue_stats()).counters["enqueued"] == 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ttl", [1e15, math.inf, math.nan, -5.0])
+async def test_a_result_ttl_of_any_number_in_a_spec_ends_the_job_and_its_batch(
+        backend: Backend, pool: asyncjobs.Pool, ttl: float) -> None:
+    """A spec read from Redis may hold any result TTL (written by hand, by another
+    producer): the job still completes, with a TTL Redis takes (at most 10 years), and so
+    does every job settled with it. (A TTL of 1e15 s once failed the settle script halfway,
+    leaving the whole batch running for ever.)"""
+    store = pool.store("default")
+    odd, plain = kept.new_job_ids(2)
+    assert await store.enqueue([
+        NewJob(odd, encode_spec(JobSpec(noop.name, result_ttl_s=ttl))),
+        NewJob(plain, encode_spec(JobSpec(noop.name)))]) == {}
+    await burst(backend, [noop])
+    for job_id in (odd, plain):
+        assert await pool.job(job_id).status() is JobState.COMPLETE
+    keys = pool.keys("default")
+    own, shared = keys.job(odd), keys.kept(odd)
+    assert shared is not None
+    left = max(await pool.client.pttl(own), await pool.client.pttl(shared))
+    assert 0 < left <= (MAX_DURATION_S + 10) * 1000
+
+
+def test_a_child_forked_while_a_thread_holds_the_lock_makes_ids() -> None:
+    kept.new_job_ids(1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with kept._TAGS.lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(5)
+    parent_prefix = kept._TAGS.prefix
+    pid = os.fork()
+    if pid == 0:  # the child: the lock was held when it was forked
+        code = 3
+        try:
+            ids = kept.new_job_ids(3)
+            code = 0 if len(ids) == 3 and ids[0][:6] != parent_prefix else 1
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung making job ids")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0

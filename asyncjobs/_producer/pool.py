@@ -297,16 +297,8 @@ class Pool:
         through it."""
         await self._register_queue(queue)
         store = self.store(queue)
-        tries = 0
-
-        def write() -> Awaitable[dict[int, str]]:
-            # Only a first try is known not to have written anything (a retry follows a
-            # reply that was lost: its jobs may be in, and even done by now).
-            nonlocal tries
-            tries += 1
-            return store.enqueue(jobs, count_refused=count_refused, first_try=tries == 1)
-
-        existing: dict[int, str] = await self._retrying(write)
+        existing: dict[int, str] = await self._retrying(
+            lambda: store.enqueue(jobs, count_refused=count_refused))
         return existing
 
     def prepare(self, c: Call[Any], new_id: str | None = None) -> tuple[str, NewJob, Any]:
@@ -336,7 +328,6 @@ class Pool:
             due_at_ms=to_ms(opts.at) if opts.at else 0,
             expires_in_ms=round(exp * 1000) if isinstance(exp, float) else 0,
             expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
-            fresh=not opts.job_id,
         )
         return queue, new, task.result_type
 

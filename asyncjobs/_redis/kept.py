@@ -75,9 +75,14 @@ def tag_of(job_id: str) -> str | None:
 
 class _Tags:
     """Hands out tags: a random 6-character prefix per process, then a 24-bit counter,
-    a new tag every ``PER_TAG`` ids or ``TAG_SECONDS``, whichever comes first."""
+    a new tag every ``PER_TAG`` ids or ``TAG_SECONDS``, whichever comes first. A forked
+    child starts over (a new lock, a new prefix)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh start (at creation, and in a forked child)."""
         self.lock = threading.Lock()
         self.pid = -1
         self.prefix = ""
@@ -118,6 +123,8 @@ class _Tags:
 
 
 _TAGS = _Tags()
+if hasattr(os, "register_at_fork"):  # a child forked while a thread held the lock
+    os.register_at_fork(after_in_child=_TAGS.reset)
 
 
 def new_job_ids(count: int) -> list[str]:

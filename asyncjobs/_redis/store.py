@@ -113,16 +113,14 @@ class QueueStore:
         """Create the stream and its consumer group at id 0 (so nothing queued is skipped)."""
         await s.load(s.GROUP)(self.client, [self.keys.stream], [GROUP])
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, count_refused: bool = True,
-                      first_try: bool = False) -> dict[int, str]:
+    async def enqueue(self, jobs: Sequence[NewJob], *, count_refused: bool = True
+                      ) -> dict[int, str]:
         """Write jobs (pipelined batches of 500), each all or nothing. Returns the jobs not
         created, by index in ``jobs``: the state of a job that already existed (dedup by job
         id), ``'full: <max>'`` for one refused because the queue is at its maximum length,
         or ``'error: <reason>'`` for one that could not be written. ``count_refused``: add
-        refused jobs to the queue's ``refused`` counter (not while a caller will retry).
-        ``first_try``: nothing wrote these jobs before (a batch of ``fresh`` jobs then skips
-        the lookup of kept results, see enqueue.lua)."""
-        calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH], count_refused, first_try)
+        refused jobs to the queue's ``refused`` counter (not while a caller will retry)."""
+        calls = [self._enqueue_call(jobs[i : i + _ENQUEUE_BATCH], count_refused)
                  for i in range(0, len(jobs), _ENQUEUE_BATCH)]
         if self.replication is not None:
             replies = await self.replication.run(self.client, calls, [j.id for j in jobs])
@@ -150,13 +148,11 @@ class QueueStore:
             return None
         return limit - sum(n for n in (length, delayed) if isinstance(n, int))
 
-    def _enqueue_call(self, jobs: Sequence[NewJob], count_refused: bool,
-                      first_try: bool = False) -> s.Call:
+    def _enqueue_call(self, jobs: Sequence[NewJob], count_refused: bool) -> s.Call:
         k = self.keys
         keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, k.settings,
                                   *(k.job(j.id) for j in jobs)]
-        fresh = first_try and all(j.fresh for j in jobs)
-        args: list[s.KeyOrArg] = [k.wake_channel, int(count_refused) + 2 * fresh]
+        args: list[s.KeyOrArg] = [k.wake_channel, int(count_refused)]
         for j in jobs:
             args += [j.id, j.spec, j.delay_ms, j.due_at_ms, j.expires_in_ms, j.expires_at_ms]
         return (s.load(s.ENQUEUE), keys, args)

@@ -18,9 +18,6 @@ class NewJob:
     due_at_ms: int = 0
     expires_in_ms: int = 0
     expires_at_ms: int = 0
-    fresh: bool = False
-    """The id was made for this job here and now (``new_job_ids``): no record of it can
-    exist yet, so the first write need not look for a kept result."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._codec import decode_errors, decode_spec, encode_errors, error_info
+from .._durations import MAX_DURATION_S
 from .._model import ENDED_TTL_S, ErrorInfo
 from .._redis.values import Delivery, SettleOp, Started
 from .._retry import Action, Decision
@@ -39,8 +40,15 @@ def first(*values: float | None) -> float | None:
 
 
 def record_ttl(seconds: float | None) -> int:
-    """A record TTL in whole seconds: 0 (drop the record at once) stays 0."""
-    return 0 if not seconds else max(1, math.ceil(seconds))
+    """A record TTL in whole seconds: 0 (drop the record at once) stays 0; anything else is
+    held between 1 s and 10 years (``MAX_DURATION_S``), whatever a job's spec says (a spec
+    read from Redis may hold any number: infinite, not a number, 1e300), so that the
+    settle's EXPIRE always takes it."""
+    if not seconds:
+        return 0
+    if not seconds <= MAX_DURATION_S:  # longer, infinite, or not a number
+        return math.floor(MAX_DURATION_S)
+    return max(1, math.ceil(seconds))
 
 
 def task_name(st: Started) -> str:

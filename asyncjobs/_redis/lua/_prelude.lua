@@ -104,6 +104,7 @@ end
 -- '<base>:kept:<first 10 characters of the id>'), nil for an id of another shape.
 local KEPT_SLACK_MS = 10000
 local KEPT_MIN_TTL_S = 300
+local KEPT_MAX_TTL_S = 315576000  -- 10 years, the longest duration any option takes
 local function kept_key(key, id)
   if #id ~= 22 or string.find(id, '[^A-Za-z0-9_%-]')
       or string.sub(key, -(#id + 5)) ~= ':job:' .. id then
@@ -125,11 +126,20 @@ local function kept_value(key, id)
   return nil
 end
 
--- Whether job `id` has a kept result in a shared hash (one HEXISTS; false for an id of
--- another shape, or a hash that is not one).
-local function kept_exists(key, id)
+-- Whether job `id` has a kept result in a shared hash (false for an id of another shape,
+-- or a hash that is not one). `absent` (optional, one table per script call) remembers the
+-- hashes found absent: their other ids need no look (one EXISTS per hash, not one
+-- HEXISTS per job, for a batch of new ids).
+local function kept_exists(key, id, absent)
   local kept = kept_key(key, id)
-  return kept ~= nil and redis.pcall('HEXISTS', kept, id) == 1
+  if kept == nil or (absent and absent[kept]) then
+    return false
+  end
+  if absent and redis.call('EXISTS', kept) == 0 then
+    absent[kept] = true
+    return false
+  end
+  return redis.pcall('HEXISTS', kept, id) == 1
 end
 
 local function varint(n)  -- a whole number from 0 to 2^53, unsigned LEB128
@@ -143,16 +153,18 @@ local function varint(n)  -- a whole number from 0 to 2^53, unsigned LEB128
 end
 
 -- Keep the result of job `id`, which just completed at `now` with `result` (msgpack),
--- for `ttl` s in its tag's shared hash instead of its own key `key` (deleted). `head` is
--- the worker's part of the packed value (kept.packed_head: the record as the start left
--- it, which said it was plain); the end time and the result complete it. Only with a TTL of
--- KEPT_MIN_TTL_S or more, and only into a hash that is absent (created with ttl +
--- KEPT_SLACK_MS) or expires between ttl and ttl + KEPT_SLACK_MS from now: the result stays
--- readable at least `ttl` s, at most KEPT_SLACK_MS longer. `fresh` (one table per script
--- call) remembers the hashes this call already checked. Returns true when kept there,
--- false when the caller keeps the record in its own key (nothing was written).
+-- for `ttl` s in its tag's shared hash instead of its own key `key`, which is deleted
+-- (whatever it holds: the record is rebuilt from the worker's part). `head` is the
+-- worker's part of the packed value (kept.packed_head: the record as the start left it,
+-- which said it was plain); the end time and the result complete it. Only with a TTL from
+-- KEPT_MIN_TTL_S to KEPT_MAX_TTL_S, and only into a hash that is absent (created with
+-- ttl + KEPT_SLACK_MS) or expires between ttl and ttl + KEPT_SLACK_MS from now: the result
+-- stays readable at least `ttl` s, at most KEPT_SLACK_MS longer. `fresh` (one table per
+-- script call) remembers the hashes this call already checked. Returns true when kept
+-- there, false when the caller keeps the record in its own key (nothing was written).
 local function keep(key, id, now, ttl, head, result, fresh)
-  local kept = ttl >= KEPT_MIN_TTL_S and head ~= '' and kept_key(key, id)
+  local kept = ttl >= KEPT_MIN_TTL_S and ttl <= KEPT_MAX_TTL_S and head ~= ''
+    and kept_key(key, id)
   if not kept then
     return false
   end
@@ -171,7 +183,11 @@ local function keep(key, id, now, ttl, head, result, fresh)
     return false
   end
   if create then
-    redis.call('PEXPIRE', kept, ttl_ms + KEPT_SLACK_MS)
+    local set = redis.pcall('PEXPIRE', kept, string.format('%.0f', ttl_ms + KEPT_SLACK_MS))
+    if type(set) ~= 'number' then  -- never seen: undo, and keep the record in its own key
+      redis.call('DEL', kept)
+      return false
+    end
   end
   fresh[kept] = ttl_ms
   redis.call('DEL', key)

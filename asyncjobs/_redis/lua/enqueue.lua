@@ -1,7 +1,10 @@
 -- Enqueue a batch of jobs, all or nothing per job: store each record and either XADD it to
 -- the stream or ZADD it to the delayed set. A job id whose record exists (queued,
 -- scheduled, running, or a kept result, in its own key or a shared hash: see keep) is not
--- enqueued again: the existing job's state is returned instead. A job that cannot be written (its key holds something other than a
+-- enqueued again: the existing job's state is returned instead. (Looked for even for ids
+-- just made: redis-py sends a call again when its reply is lost, and by then the job may
+-- have run and moved to its shared hash. One EXISTS per tag and call, while the hash is
+-- absent; one HEXISTS per job once it exists.) A job that cannot be written (its key holds something other than a
 -- hash, or the stream or delayed set is of the wrong type) is not written at all and its
 -- reason is returned; the rest of the batch is written.
 --
@@ -16,9 +19,8 @@
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] settings hash,
 -- KEYS[5..] one job key per job
 -- ARGV[1] wake channel
--- ARGV[2] flags: + 1 to add refused jobs to the stats' `refused` counter (not for a caller
---         that will try them again, waiting for room); + 2 when every id is new (made for
---         these jobs, first try): no kept result can exist, none is looked for
+-- ARGV[2] 1 to add refused jobs to the stats' `refused` counter (0: a caller that will try
+--         them again, waiting for room)
 -- ARGV[3..] six values per job: job id, spec (msgpack), delay ms (0 = none),
 --           due at ms (0 = none), expires in ms (0 = none), expires at ms (0 = none)
 -- Returns the jobs not created, as a flat list: index (1-based), then their state,
@@ -31,8 +33,7 @@ local function size(cmd, key)  -- a wrong-typed key counts 0 (its writes fail on
 end
 
 local now = now_ms()
-local flags = tonumber(ARGV[2]) or 0
-local fresh = flags >= 2
+local tags = {}  -- kept_exists()'s cache: shared hashes known absent in this call
 local out = {}
 local created, refused = 0, 0
 local max = int(redis.pcall('HGET', KEYS[4], 'max_length'))
@@ -51,7 +52,7 @@ for i = 1, #KEYS - 4 do
   elseif rec[1] then
     out[#out + 1] = i
     out[#out + 1] = rec[1]
-  elseif not fresh and kept_exists(key, id) then
+  elseif kept_exists(key, id, tags) then
     out[#out + 1] = i
     out[#out + 1] = 'complete'
   elseif room and room <= 0 then
@@ -92,5 +93,5 @@ for i = 1, #KEYS - 4 do
   end
 end
 count(KEYS[3], 'enqueued', created)
-if flags % 2 == 1 then count(KEYS[3], 'refused', refused) end
+if ARGV[2] == '1' then count(KEYS[3], 'refused', refused) end
 return out

@@ -1,7 +1,9 @@
 -- Settle finished attempts, all or nothing per job: acknowledge and delete the stream
 -- entries, then record the outcomes. An entry no longer pending for this consumer (it was
 -- reclaimed by another worker) is left alone: its new owner settles it. A job key that
--- cannot hold a record (not a hash) dead-letters the entry instead, key untouched.
+-- cannot hold a record (not a hash) dead-letters the entry instead, key untouched; but a
+-- 'keep' whose shared hash takes the result deletes the job key whatever it holds (the
+-- record is rebuilt from the worker's part, see keep).
 -- The delayed set and the dead-letter stream are checked before anything is written: if
 -- either is of the wrong type the call fails and writes nothing.
 --
