@@ -95,11 +95,11 @@ class Harness:
         # Complete jobs whose results went to a shared hash (see ``kept``).
         async for key in self.pool.client.scan_iter(match=f"{keys.base}:kept:*", count=1000):
             kept: dict[bytes, bytes] = await self.pool.client.hgetall(key)  # type: ignore[assignment]
-            for job_id, value in kept.items():
+            for field, value in kept.items():
                 try:
-                    records.append((job_id.decode(), kept_record(value)))
+                    records.append((field.decode(), kept_record(value)))
                 except ValueError as exc:
-                    raise CorruptJob(job_id.decode(errors="replace"),
+                    raise CorruptJob(field.decode(errors="replace"),
                                      f"its kept result in {key.decode()} cannot be read: "
                                      f"{exc}") from None
         for job_id, raw in records:
