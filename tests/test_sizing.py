@@ -80,3 +80,27 @@ def test_the_script_measures_parts_that_add_up(tmp_path: Path) -> None:
     # Alone in its hash (a producer enqueueing rarely), a job pays a key of its own again.
     assert parts["alone in its hash"] - kept["bytes_per_job"] >= 40
     assert per_job["dead"] > per_job["complete"]  # the error history and the letter
+
+
+@pytest.mark.real_redis
+def test_a_packed_record_over_64_bytes_costs_its_hash_about_60_bytes_a_job() -> None:
+    """The README's *Sizing*: a shared hash whose packed records all fit in 64 bytes stays
+    a listpack; one record over it makes the hash a regular one, about 60 bytes more for
+    each of its jobs (Redis' own MEMORY USAGE, every field counted)."""
+    need_redis_server()
+    import redis
+
+    from asyncjobs._redis.embedded import RedisServer
+
+    with RedisServer() as server:
+        r = redis.Redis.from_url(server.url)
+        per_job = {}
+        for size in (64, 65):
+            name = f"asyncjobs:{{default}}:kept:t{size}"
+            r.hset(name, mapping={f"{size:010d}{i:012d}": b"v" * size for i in range(64)})
+            r.pexpire(name, 3_600_000)
+            per_job[size] = (r.memory_usage(name, samples=0), r.object("encoding", name))
+        r.close()
+    (small, small_kind), (big, big_kind) = per_job[64], per_job[65]
+    assert (small_kind, big_kind) == (b"listpack", b"hashtable")
+    assert 40 <= (big - small) / 64 <= 80, per_job
