@@ -39,6 +39,7 @@ in a hash of its own.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -64,6 +65,7 @@ cost little memory, and their TTL stays exact."""
 
 _SHAPE = re.compile(r"[A-Za-z0-9_-]{22}")
 _VERSION = 1
+_VERSION_BYTE = bytes([_VERSION])
 
 
 def tag_of(job_id: str) -> str | None:
@@ -153,6 +155,8 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
 
 
 def _leb128(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _ONE_BYTE[n]
     if n < 0:
         raise ValueError("a kept record holds no negative number")
     out = bytearray()
@@ -161,6 +165,15 @@ def _leb128(n: int) -> bytes:
         out.append(low | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+_ONE_BYTE = [bytes([n]) for n in range(128)]
+
+
+@functools.lru_cache(maxsize=16)
+def _sized(name: bytes) -> bytes:
+    """A worker name with its length in front (the same few names, job after job)."""
+    return _leb128(len(name)) + name
 
 
 def _zigzag(n: int) -> int:
@@ -176,9 +189,10 @@ def packed_head(attempts: int, enqueued_ms: int, started_ms: int, spec: bytes,
     """What the worker knows of a plain record when its job completes (``name``: the
     worker's), packed: the start of the kept value, to which settle.lua appends the end
     time and the result."""
-    return (bytes([_VERSION]) + _leb128(max(0, attempts)) + _leb128(max(0, enqueued_ms))
-            + _leb128(_zigzag(started_ms - max(0, enqueued_ms))) + _leb128(len(spec)) + spec
-            + _leb128(len(name)) + name)
+    enqueued_ms = max(0, enqueued_ms)
+    return b"".join((_VERSION_BYTE, _leb128(max(0, attempts)), _leb128(enqueued_ms),
+                     _leb128(_zigzag(started_ms - enqueued_ms)), _leb128(len(spec)), spec,
+                     _sized(name)))
 
 
 def decode(value: bytes) -> dict[bytes, bytes]:
