@@ -25,8 +25,11 @@ settle.lua appends the end time and the result, and moves the record only into a
 is absent (created with TTL + ``SLACK_MS``) or expires between the TTL and TTL + ``SLACK_MS``
 from now; otherwise (a hash of another type, one too old or too young) the job completes in
 its own key as before. So a kept result is readable at least ``result_ttl`` and gone at most
-``SLACK_MS`` later. Per job this costs the same two commands as a record in its own key (the
-shared hash's HSET and the job key's DEL, instead of HSET and EXPIRE). Everything that reads
+``SLACK_MS`` later. What lands in the job key between the worker's decision and the settle
+goes with it: an abort requested as the job completed (nothing reads it on a complete job),
+or a progress report the task sent without awaiting it. Per job this costs the same two
+commands as a record in its own key (the shared hash's HSET and the job key's DEL, instead
+of HSET and EXPIRE). Everything that reads
 a record by id (``Job.status/info/result``, listings, abort, re-queue, dedup at enqueue)
 looks in the shared hash when the job's own key is gone.
 
