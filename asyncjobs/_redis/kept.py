@@ -29,9 +29,9 @@ its own key as before. So a kept result is readable at least ``result_ttl`` and 
 goes with it: an abort requested as the job completed (nothing reads it on a complete job),
 or a progress report the task sent without awaiting it. Per job this costs the same two
 commands as a record in its own key (the shared hash's HSET and the job key's DEL, instead
-of HSET and EXPIRE). Everything that reads
-a record by id (``Job.status/info/result``, listings, abort, re-queue, dedup at enqueue)
-looks in the shared hash when the job's own key is gone.
+of HSET and EXPIRE). Everything that reads a record by id (``Job.status/info/result``,
+listings, abort, re-queue, dedup at enqueue) looks in the shared hash when the job's own
+key is gone.
 
 The packed value: a version byte (1), then unsigned LEB128 varints: attempts, the enqueue
 time (ms), zigzag(start - enqueue), the spec's length, the spec, the worker name's length,
