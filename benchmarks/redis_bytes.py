@@ -49,16 +49,46 @@ async def fails(ctx: asyncjobs.Context) -> None:
     raise ValueError("no")
 
 
-async def used(r: aioredis.Redis) -> int:
+async def used(r: aioredis.Redis, timeout_s: float = 30) -> int:
     """Redis' ``used_memory`` without its clients' buffers (a connection that just sent a
-    pipelined batch, or is still closing, holds some: not the jobs')."""
-    clients = (await r.memory_stats()).get("clients.normal", 0)
-    return int((await r.info("memory"))["used_memory"]) - int(clients)
+    pipelined batch holds some: not the jobs') or its script cache, read once this
+    connection is the only one (a worker's connections may still be closing, on a loaded
+    machine)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < timeout_s:
+        if int((await r.info("clients"))["connected_clients"]) <= 1:
+            break
+        await asyncio.sleep(0.1)
+    memory = await r.info("memory")  # every figure from one reply
+    # Nor the script cache: a script a worker loads for the first time mid-run (one its
+    # warm-up did not need) is not the jobs' either.
+    return (int(memory["used_memory"]) - int(memory.get("mem_clients_normal", 0))
+            - int(memory.get("used_memory_scripts", 0)))
 
 
 def ids(n: int, tag: str) -> list[str]:
     """n distinct 22-character ids (a job id's length)."""
     return [f"{tag}{i:0{22 - len(tag)}d}" for i in range(n)]
+
+
+async def keyspace_overhead(r: aioredis.Redis) -> int:
+    """The bytes of db 0's keyspace tables (their slots, not the keys)."""
+    db = (await r.memory_stats()).get("db.0") or {}
+    return int(db.get("overhead.hashtable.main", 0)) + int(db.get("overhead.hashtable.expires", 0))
+
+
+async def settle_keyspace(r: aioredis.Redis, before: int, timeout_s: float = 30) -> float:
+    """Wait until the keyspace tables have shrunk back to within 4 KiB of ``before`` (or
+    ``timeout_s``); returns the seconds waited."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < timeout_s:
+        if await keyspace_overhead(r) <= before + 4096:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)
+    return round(loop.time() - start, 1)
 
 
 async def per_job(r: aioredis.Redis, n: int, fill: Any) -> float:
@@ -75,7 +105,7 @@ async def shared_keys(r: aioredis.Redis, n: int) -> dict[str, float]:
     out = {}
     async for key in r.scan_iter(count=10_000):
         if b":job:" not in key and b":kept:" not in key:
-            each = ((await r.memory_usage(key)) or 0) / n
+            each = ((await r.memory_usage(key, samples=0)) or 0) / n
             if each >= 1:
                 out[key.decode()] = round(each, 1)
     return out
@@ -107,14 +137,16 @@ async def measure(n: int) -> dict[str, Any]:
         # Measured with only this idle connection open: a producer's or a worker's
         # connection holds buffers of its own (a pipelined batch's), which are not the jobs'.
         base = await used(r)
+        table = await keyspace_overhead(r)
         await enqueue(url, n, noop)
         waiting = round((await used(r) - base) / n, 1)
         key = (await r.scan(0, match=b"*:job:*", count=10 * n))[1][0]
         queued_fields = await r.hgetall(key)
         await run_worker(url, [noop])
         # The keyspace's table grew for the waiting jobs' keys; Redis shrinks it on its own
-        # a moment after they are gone (serverCron, 10 times a second).
-        await asyncio.sleep(1)
+        # after they are gone (serverCron, 10 times a second; later on a loaded machine):
+        # measured once the table's overhead is back near where it started.
+        settled = await settle_keyspace(r, table)
         complete = round((await used(r) - base) / n, 1)
         # Each record went into its tag's shared hash (asyncjobs/_redis/kept.py).
         job_id = key.decode().rsplit(":", 1)[-1]
@@ -122,7 +154,7 @@ async def measure(n: int) -> dict[str, Any]:
         kept_hash = (await r.keys(b"*:kept:" + job_id[:10].encode()))[0]
         packed = await r.hget(kept_hash, job_id)
         done_fields = asyncjobs_kept.decode(packed)
-        kept_usage = sum([(await r.memory_usage(k)) or 0 for k in kept_keys])
+        kept_usage = sum([(await r.memory_usage(k, samples=0)) or 0 for k in kept_keys])
         encodings = sorted({(await r.object("encoding", k)).decode() for k in kept_keys})
         shared = await shared_keys(r, n)
         await r.flushall()
@@ -174,6 +206,7 @@ async def measure(n: int) -> dict[str, Any]:
             "bytes_per_job": round(kept_usage / n, 1),
         },
         "indexes_complete": shared,
+        "keyspace_settled_after_s": settled,
     }
 
 

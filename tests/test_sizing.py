@@ -54,8 +54,10 @@ def test_the_readme_quotes_the_last_measurement() -> None:
 @pytest.mark.real_redis
 def test_the_script_measures_parts_that_add_up(tmp_path: Path) -> None:
     need_redis_server()  # the script starts its own
+    # 10,000 jobs: what is not the jobs' (allocator rounding, a table's growth) is a few tens
+    # of KB whatever their number, which 2,000 jobs of 120 bytes could not absorb.
     out = tmp_path / "bytes.json"
-    run = subprocess.run([sys.executable, "benchmarks/redis_bytes.py", "--jobs", "2000",
+    run = subprocess.run([sys.executable, "benchmarks/redis_bytes.py", "--jobs", "10000",
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -74,7 +76,7 @@ def test_the_script_measures_parts_that_add_up(tmp_path: Path) -> None:
     kept = result["kept"]
     explained = kept["bytes_per_job"] + sum(result["indexes_complete"].values())
     assert abs(per_job["complete"] - explained) <= 0.15 * explained, (per_job, explained)
-    assert kept["encodings"] == ["listpack"] and 2000 / 64 <= kept["hashes"] <= 40
+    assert kept["encodings"] == ["listpack"] and 10000 / 64 <= kept["hashes"] <= 170
     assert kept["packed_record_bytes"] < 64  # Redis' hash-max-listpack-value
     assert kept["bytes_per_job"] <= 22 + kept["packed_record_bytes"] + 24
     # Alone in its hash (a producer enqueueing rarely), a job pays a key of its own again.
