@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 from .._codec import decode_errors, decode_progress, decode_spec
 from .._model import Progress
 from .._redis.kept import decode as kept_record
+from .._redis.kept import tag_of
 from .._redis.keys import GROUP
 from .cursor import ENTRY, check_limit, decode_cursor, encode_cursor, entry_id
 from .deadletters import DeadLetter, dead_letter, text, when
@@ -262,19 +263,19 @@ class Listing:
         """The queues (of ``queues``) that hold a record of ``job_id``."""
         if not job_id or len(job_id) > 1024 or not queues:
             return []
-        def build(pipe: Any) -> None:  # per queue: the job's own key, its kept result
+        shaped = tag_of(job_id) is not None  # then it may have a kept result
+
+        def build(pipe: Any) -> None:  # per queue: the job's own key (and kept result)
             for q in queues:
                 keys = self.pool.keys(q)
-                kept = keys.kept(job_id)
                 pipe.exists(keys.job(job_id))
-                if kept is None:
-                    pipe.exists(keys.job(job_id))
-                else:
-                    pipe.hexists(kept, job_id)
+                if shaped:
+                    pipe.hexists(keys.kept(job_id), job_id)
 
         found = await self.pipe(build)
+        width = 2 if shaped else 1
         return [q for n, q in enumerate(queues)
-                if found[2 * n] == 1 or found[2 * n + 1] in (1, True)]
+                if found[width * n] == 1 or (shaped and found[width * n + 1] in (1, True))]
 
 
 def matches(found: DeadRow, task: str, error: str) -> bool:
