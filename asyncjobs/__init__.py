@@ -11,7 +11,8 @@ from ._events import JobEvent
 from ._middleware import Middleware, Observer
 from ._model import ErrorInfo, JobInfo, JobState, Progress
 from ._producer.handle import Job
-from ._producer.pool import Pool, create_pool
+from ._producer.opening import create_pool
+from ._producer.pool import Pool
 from ._retry import RetryPolicy
 from ._scheduling.cron import CatchUp
 from ._scheduling.scheduler import CronJob, cron

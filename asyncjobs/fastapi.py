@@ -27,7 +27,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
-from ._producer.pool import Pool, create_pool
+from ._producer.opening import create_pool
+from ._producer.pool import Pool
 
 AppLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 

@@ -24,7 +24,8 @@ from rich.table import Table
 from .._context import Context
 from .._model import JobState
 from .._producer.handle import Job
-from .._producer.pool import Pool, create_pool
+from .._producer.opening import create_pool
+from .._producer.pool import Pool
 from .._redis import fake as _fake
 from .._redis.connection import ClientFactory, redact
 from .._redis.embedded import RedisServer, redis_server_path

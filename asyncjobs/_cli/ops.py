@@ -12,7 +12,7 @@ from .._producer.admin import OnProgress, QueueStats
 from .._producer.deadletters import DeadLetter, RequeueReport
 from .._producer.insight import ConcurrencyInfo
 from .._producer.listing import JobRow, Page
-from .._producer.pool import _PoolOpener, create_pool
+from .._producer.opening import _PoolOpener, create_pool
 from .._producer.registry import WorkerInfo
 from .._redis.health import judge, read_settings
 from .._task import task_ref

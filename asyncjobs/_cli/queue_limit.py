@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .._producer.pool import create_pool
+from .._producer.opening import create_pool
 from .._redis.values import MAX_LENGTH_MOST
 from . import loader
 from .options import AsJson, Prefix, RedisUrl

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from .._producer.pool import Pool, create_pool
+from .._producer.opening import create_pool
+from .._producer.pool import Pool
 from .._version import __version__
 from ..exceptions import JobNotFound, PoolExhausted, RedisUnavailable
 from . import _actions

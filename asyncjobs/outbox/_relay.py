@@ -23,7 +23,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .._durations import Seconds, to_seconds
-from .._producer.pool import Pool, create_pool
+from .._producer.opening import create_pool
+from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._tasks import cancel_and_wait
 from ..exceptions import ConfigurationError
