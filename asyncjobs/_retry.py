@@ -57,6 +57,9 @@ class Decision:
     reason: str = ""
 
 
+_COMPLETE = Decision(Action.COMPLETE)
+
+
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
 
@@ -75,7 +78,7 @@ def decide(
 ) -> Decision:
     """Decide after an attempt. ``kind`` is 'ok', 'error' or 'timeout'."""
     if kind == "ok":
-        return Decision(Action.COMPLETE)
+        return _COMPLETE
     left = attempt < policy.max_tries
     if isinstance(error, Retry):
         if not left:

@@ -180,8 +180,15 @@ async def test_sigterm_under_load_hands_jobs_back_without_the_claim_timeout(
     out = leaving.output
     cancelled = int(re.search(r"grace period over: cancelled (\d+) job", out)[1])
     handed = [int(n) for n in re.findall(r"handed back (\d+) job\(s\)", out)]
+    # What the cancellation ended, each one way: interrupted (its entry handed back), or
+    # complete when the body returned all the same (a short job whose cancellation landed
+    # as it finished: seen once, 5 of 16 within an INCR's reply; recorded, not re-run).
+    after = out[out.index("grace period over"):]
+    interrupted = after.count("job interrupted id=")
+    finished = after[:after.index("handed back")].count("job complete id=")
     assert cancelled >= 1, out[-3000:]  # the slow job at least
-    assert len(handed) == 1 and handed[0] >= cancelled, out[-3000:]  # one queue, all it held
+    assert interrupted + finished == cancelled, out[-3000:]
+    assert len(handed) == 1 and handed[0] >= interrupted, out[-3000:]  # one queue, all it held
     assert consumer not in {c["name"].decode() for c in group}  # it left holding nothing
     assert min(runs) >= 1
     # The interrupted attempt is not counted: the slow job ran twice, as attempt 1 both times.

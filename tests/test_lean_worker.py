@@ -11,6 +11,7 @@ worker holds; no memory figure is asserted here."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -25,6 +26,8 @@ import asyncjobs
 from asyncjobs._cli.worker_run import OPTIONS_ENV
 from asyncjobs._redis.embedded import RedisServer
 
+from .apps.lean import inspect_process
+from .conftest import Backend, running
 from .procs import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
@@ -56,7 +59,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._scheduling.scheduler", "asyncjobs._signature", "asyncjobs._task",
     "asyncjobs._text", "asyncjobs._version", "asyncjobs._worker", "asyncjobs._worker.admission",
     "asyncjobs._worker.attempt", "asyncjobs._worker.attempt_path", "asyncjobs._worker.config",
-    "asyncjobs._worker.executor",
+    "asyncjobs._worker.deadlines", "asyncjobs._worker.executor",
     "asyncjobs._worker.fetcher", "asyncjobs._worker.limiter", "asyncjobs._worker.loop",
     "asyncjobs._worker.outcomes", "asyncjobs._worker.reader", "asyncjobs._worker.runner",
     "asyncjobs._worker.runtime",
@@ -114,11 +117,24 @@ def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str)
         assert seen["options_env"] is None
         assert seen["argv"][1:3] == ["worker", "tests.apps.lean:worker"]  # type: ignore[index]
         assert_lean(seen["modules"])  # type: ignore[arg-type]
+        # the process is the worker's: what start-up made is out of the collector's scans
+        assert seen["frozen"] > 10_000, seen["frozen"]  # type: ignore[operator]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "stopped" in out
+
+
+@pytest.mark.asyncio
+async def test_an_embedded_worker_leaves_the_host_collector_alone(real: Backend) -> None:
+    """``Worker.run`` in someone else's process freezes nothing (``gc.freeze`` is the
+    process owner's call; ``run_sync`` and the CLI make it)."""
+    before = gc.get_freeze_count()
+    async with real.pool() as pool, running(real, real.worker([inspect_process])):
+        job = await pool.enqueue(inspect_process)
+        seen = await job.result(timeout=30)
+    assert seen["frozen"] == before == gc.get_freeze_count()
 
 
 def test_options_reach_the_exec_worker(redis_server: RedisServer) -> None:

@@ -163,11 +163,11 @@ def _leb128(n: int) -> bytes:
     if n < 0:
         raise ValueError("a kept record holds no negative number")
     out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 _ONE_BYTE = [bytes([n]) for n in range(128)]

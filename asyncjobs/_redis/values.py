@@ -20,7 +20,7 @@ class NewJob:
     expires_at_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """A stream entry delivered to this consumer. ``readable`` is False when the job id it
     carries is not valid UTF-8 (an entry written by hand): it can name no job, and its
@@ -32,7 +32,7 @@ class Delivery:
     readable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Started:
     """What start.lua said about one delivery."""
 
@@ -70,7 +70,7 @@ class LeaseAsk:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SettleOp:
     """One finished attempt to record. See settle.lua for the outcomes."""
 

@@ -25,7 +25,7 @@ from .._text import safe_str
 from .outcomes import dead, ended, garbage, history_of, log_end, task_name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admitted:
     """A delivery to run: its spec, task, converted arguments and error history."""
 

@@ -35,6 +35,7 @@ from .._text import clean
 from ..exceptions import SerializationError
 from .admission import Refused, admit
 from .attempt import Plan, Running
+from .deadlines import Deadlines
 from .limiter import LeaseChecks, RateChecks
 from .outcomes import (
     after_attempt,
@@ -72,6 +73,7 @@ class AttemptPath:
         self._observers = tuple(observers)
         self._log_context = log_context
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop, self._timed_out)
         self._policies: dict[tuple[str, int | None, float | None],
                              tuple[RetryPolicy, float | None]] = {}
 
@@ -185,19 +187,20 @@ class AttemptPath:
                                    spec.headers)
         running.started = True
         running.began = time.monotonic()
-        self.emit("started", running, st)
+        if self._observers:
+            self.emit("started", running, st)
         call = functools.partial(self._call, running, task, ctx, args, kwargs)
-        timer = soft = None
+        soft = None
         if timeout:
-            timer = self._loop.call_later(timeout, self._cancel, running, "timeout")
+            self._deadlines.add(running, timeout)
         if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
             soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
                                          task.soft_timeout_s)
         try:
             outcome = await await_attempt(call, timeout, running.timed_out)
         finally:
-            if timer is not None:
-                timer.cancel()
+            if timeout:
+                self._deadlines.discard(running)
             if soft is not None:
                 soft.cancel()
         return self.record(running, plan, outcome)
@@ -216,10 +219,11 @@ class AttemptPath:
                 decision = Decision(Action.FAIL, reason="the result cannot be serialized")
         kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
         error = attempt_error(outcome, st.attempts)
-        self.emit(kind, running, st, duration_s=outcome.duration_s, error=error,
-                   has_result=decision.action is Action.COMPLETE,
-                   retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
-                   reason=decision.reason if decision.action is Action.FAIL else None)
+        if self._observers:
+            self.emit(kind, running, st, duration_s=outcome.duration_s, error=error,
+                      has_result=decision.action is Action.COMPLETE,
+                      retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
+                      reason=decision.reason if decision.action is Action.FAIL else None)
         head = b""
         if (decision.action is Action.COMPLETE and st.plain and not running.reported
                 and record_ttl(plan.ttl_s) >= kept.MIN_TTL_S and kept.tag_of(running.job_id)):
@@ -260,13 +264,14 @@ class AttemptPath:
             sync = functools.partial(fn, ctx, *args, **kwargs)
             call = functools.partial(self._in_thread, running, sync)
         attempt, fields = ctx.attempt, ctx.log_context  # as they are before middleware runs
+        if self._invoke is None:
+            log_start(running.job_id, task.name, running.queue, attempt, fields)
+            return await call()
 
         async def logged() -> Any:  # innermost: the start line has what middleware added
             log_start(running.job_id, task.name, running.queue, attempt, fields)
             return await call()
 
-        if self._invoke is None:
-            return await logged()
         return await self._invoke(ctx, logged)
 
     async def _in_thread(self, running: Running, sync: Callable[[], Any]) -> Any:
@@ -303,6 +308,9 @@ class AttemptPath:
                 observer.job_event(event)
             except Exception:  # an observer must never break a job
                 log.exception("observer %r failed on %s", observer, kind)
+
+    def _timed_out(self, running: Running) -> None:
+        self._cancel(running, "timeout")
 
     async def _report_progress(self, running: Running, queue: str, job_id: str,
                                data: bytes) -> None:
