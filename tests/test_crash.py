@@ -181,16 +181,20 @@ async def test_sigterm_under_load_hands_jobs_back_without_the_claim_timeout(
     cancelled = int(re.search(r"grace period over: cancelled (\d+) job", out)[1])
     handed = [int(n) for n in re.findall(r"handed back (\d+) job\(s\)", out)]
     # What the cancellation ended, each one way: interrupted (its entry handed back), or
-    # complete when the body returned all the same (a short job whose cancellation landed
-    # as it finished: seen once, 5 of 16 within an INCR's reply; recorded, not re-run).
+    # complete when the body returned all the same. On Python 3.11 a cancellation can be
+    # lost inside the task's own code: asyncio.wait_for (which redis-py's send uses) returns
+    # the inner result when the cancel lands as the inner call finishes (seen once: 5 of 16
+    # short jobs inside their INCR). Such a job is recorded complete and never runs again.
     after = out[out.index("grace period over"):]
     interrupted = after.count("job interrupted id=")
-    finished = after[:after.index("handed back")].count("job complete id=")
+    finished = re.findall(r"job complete id=(\S+)", after[:after.index("handed back")])
     assert cancelled >= 1, out[-3000:]  # the slow job at least
-    assert interrupted + finished == cancelled, out[-3000:]
+    assert interrupted + len(finished) == cancelled, out[-3000:]
     assert len(handed) == 1 and handed[0] >= interrupted, out[-3000:]  # one queue, all it held
     assert consumer not in {c["name"].decode() for c in group}  # it left holding nothing
     assert min(runs) >= 1
+    for job_id in finished:  # recorded complete: not handed back as well
+        assert runs[ids.index(job_id)] == 1, job_id
     # The interrupted attempt is not counted: the slow job ran twice, as attempt 1 both times.
     assert runs[0] == 2 and slow_info.attempts == 1, (runs[0], slow_info.attempts)
     # 400 x 0.3 s over 20 slots is about 6 s of work, and the slow job's 5 s: far less than

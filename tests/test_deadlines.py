@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +21,10 @@ from hypothesis import strategies as st
 
 import asyncjobs
 from asyncjobs import JobState
-from asyncjobs._redis.values import Delivery
+from asyncjobs._codec import encode_spec
+from asyncjobs._model import JobSpec
+from asyncjobs._redis import kept
+from asyncjobs._redis.values import Delivery, NewJob
 from asyncjobs._worker.attempt import Running
 from asyncjobs._worker.deadlines import CLOCK_SLACK_S, Deadlines
 
@@ -160,6 +164,36 @@ def test_a_timer_run_early_expires_what_it_was_set_for_once_without_spinning(
     assert loop.fired == (2 if early <= CLOCK_SLACK_S / 2 else 3)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_timeout_that_is_no_number_is_refused_and_changes_nothing(bad: float) -> None:
+    """A NaN deadline once poisoned the earliest-deadline search: every later timeout of
+    the worker was lost (NaN < x is false both ways)."""
+    loop, log = HandLoop(), []
+    d = deadlines(loop, log)
+    d.add(running(1), 5)
+    with pytest.raises(ValueError, match="finite"):
+        d.add(running(2), bad)
+    d.add(running(3), 1)
+    loop.advance(100)
+    assert log == [(1.0, "job3"), (5.0, "job1")]
+
+
+def test_ended_attempts_do_not_pile_up_whatever_the_mix_of_timeouts() -> None:
+    """One attempt stays; 10,000 others come and go, each with a shorter timeout than the
+    last (the earliest deadline is discarded again and again): what is kept stays bounded
+    by the attempts tracked, and each timer run does little."""
+    loop, log = HandLoop(), []
+    d = deadlines(loop, log)
+    d.add(running(0), 300)
+    for n in range(1, 10_001):
+        r = running(n)
+        d.add(r, 200 - n / 100)
+        d.discard(r)
+        assert len(d._heap) <= 2 * (len(d) + 1) + 64  # the bound is the point
+    loop.advance(1000)
+    assert log == [(300.0, "job0")]
+
+
 ops = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(0, 7), st.floats(0.001, 50)),
     st.tuples(st.just("discard"), st.integers(0, 7), st.just(0.0)),
@@ -223,5 +257,28 @@ async def test_a_short_timeout_among_long_ones_ends_on_time_on_a_real_loop(
     info = await short.info()
     assert info.state is JobState.FAILED, info
     assert [e.type for e in info.errors] == ["asyncjobs.exceptions.JobTimeout"]
+    # cancelled at its deadline, not found late when its 30 s body ended
+    assert "and was cancelled" in info.errors[0].message, info.errors[0].message
     assert [await j.result(timeout=5) for j in long] == ["done"] * 5
     assert [(await j.info()).attempts for j in long] == [1] * 5
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, 1e12])
+async def test_a_spec_whose_timeout_is_no_duration_is_dead_lettered_and_others_time_out(
+        backend: Backend, pool: asyncjobs.Pool, bad: float) -> None:
+    """A spec written by hand may say any timeout. It is dead-lettered with the reason
+    (once, a NaN one made every later timeout of the worker silently never fire); the job
+    after it still ends at its own deadline."""
+    [odd] = kept.new_job_ids(1)
+    assert await pool.store("default").enqueue(
+        [NewJob(odd, encode_spec(JobSpec(patient.name, args=[0.1], timeout_s=bad)))]) == {}
+    short = await pool.enqueue(stuck)
+    await backend.run(backend.worker([stuck, patient], burst=True, concurrency=10))
+    info = await pool.job(odd).info()
+    assert info.state is JobState.FAILED and info.attempts == 1, info
+    assert [e.type for e in info.errors] == ["asyncjobs.BadTimeout"]
+    assert "the job's timeout is not a duration" in info.errors[0].message
+    later = await short.info()
+    assert [e.type for e in later.errors] == ["asyncjobs.exceptions.JobTimeout"]
+    assert "and was cancelled" in later.errors[0].message

@@ -171,3 +171,43 @@ def test_a_bad_target_after_the_hand_over_is_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "asyncjobs: error: module 'tests.apps.lean' has no attribute 'nope'"]
+
+
+RUN_TWICE = r'''
+import gc, json, os, sys
+import asyncio
+
+import asyncjobs
+
+seen = []
+
+
+@asyncjobs.task
+async def probe(ctx: asyncjobs.Context) -> int:
+    seen.append(gc.get_freeze_count())
+    return 1
+
+
+url, prefix = sys.argv[1], sys.argv[2]
+after = []
+for _ in range(2):  # a script that runs its worker twice (burst: until the queue is empty)
+    async def enqueue() -> None:
+        async with asyncjobs.create_pool(url, prefix=prefix) as pool:
+            await pool.enqueue(probe)
+    asyncio.run(enqueue())
+    asyncjobs.Worker([probe], prefix=prefix, burst=True).run_sync(redis_url=url)
+    after.append(gc.get_freeze_count())
+print(json.dumps({"during": seen, "after": after}))
+'''
+
+
+def test_run_sync_freezes_for_the_run_only(redis_server: RedisServer) -> None:
+    """Each ``run_sync`` freezes what its start-up made while it runs and unfreezes when
+    it returns: a process that runs its worker again collects the old run's objects."""
+    done = subprocess.run([sys.executable, "-c", RUN_TWICE, redis_server.url,
+                           f"t{secrets.token_hex(4)}"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert len(seen["during"]) == 2 and min(seen["during"]) > 10_000, seen
+    assert seen["after"] == [0, 0], seen

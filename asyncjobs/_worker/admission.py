@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._codec import decode_spec
+from .._durations import MAX_DURATION_S
 from .._limits import RateKeyError, keeps_slot, limit_key
 from .._model import ErrorInfo, JobSpec
 from .._redis.keys import limit_name
@@ -86,6 +87,10 @@ def admit(st: Started, tasks: Mapping[str, Task[Any, Any]], max_deliveries: int,
         known = ", ".join(sorted(tasks)) or "none"
         return _dead(st, history, "asyncjobs.UnknownTask",
                      f"unknown task {spec.task!r} (this worker knows: {known})", queue)
+    if spec.timeout_s is not None and not 0 <= spec.timeout_s <= MAX_DURATION_S:
+        # NaN, infinite or negative (a spec written by hand): no timer can be set for it
+        return _dead(st, history, "asyncjobs.BadTimeout",
+                     f"the job's timeout is not a duration: {spec.timeout_s!r} s", queue)
     if d.deliveries > max_deliveries:
         return _dead(st, history, "asyncjobs.PoisonJob",
                      f"delivered {d.deliveries} times without finishing: the worker died or "

@@ -191,12 +191,12 @@ class AttemptPath:
             self.emit("started", running, st)
         call = functools.partial(self._call, running, task, ctx, args, kwargs)
         soft = None
-        if timeout:
-            self._deadlines.add(running, timeout)
-        if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
-            soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
-                                         task.soft_timeout_s)
         try:
+            if timeout:
+                self._deadlines.add(running, timeout)
+            if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
+                soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
+                                             task.soft_timeout_s)
             outcome = await await_attempt(call, timeout, running.timed_out)
         finally:
             if timeout:

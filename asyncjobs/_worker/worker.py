@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from functools import partial
@@ -125,8 +125,6 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._live: Runtime | None = None
         self._now = False
-        self._owns_process = False
-        """Set by ``run_sync`` (and so the CLI): the process is the worker's."""
         self._check_crons()
 
     def _check_crons(self) -> None:
@@ -177,6 +175,12 @@ class Worker:
     ) -> None:
         """Run until stopped (or drained, in burst mode). Use ``tg.start(worker.run)`` to
         wait until it is ready."""
+        await self._run(redis_url, client_factory, task_status, owns_process=False)
+
+    async def _run(self, redis_url: str | None, client_factory: ClientFactory | None,
+                   task_status: TaskStatus[Worker], *, owns_process: bool) -> None:
+        """``run``; ``owns_process``: the process is the worker's (``run_sync``), which
+        freezes what start-up made for the run's length (``_frozen``)."""
         cfg = self.config
         url = redis_url or cfg.redis_url or default_url()
         factory = client_factory or url_factory(url)
@@ -201,9 +205,8 @@ class Worker:
                 rt.hurry.set()
             async with self._lifespan() as state:
                 rt.state = state
-                if self._owns_process:
-                    _freeze_heap()
-                await self._serve(rt, task_status)
+                with _frozen(owns_process):
+                    await self._serve(rt, task_status)
         finally:
             self._live = None
             await blocking.aclose()
@@ -358,22 +361,31 @@ class Worker:
                 log.warning("second interrupt: cancelling running jobs now")
             self.stop(now=interrupts > 1)
 
-        self._owns_process = True
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
         try:
-            await self.run(redis_url=redis_url)
+            await self._run(redis_url, None, anyio.TASK_STATUS_IGNORED, owns_process=True)
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
 
 
-def _freeze_heap() -> None:
-    """What start-up made (modules, tasks, the lifespan's state) lives as long as the
-    process: collect once, then move it out of the cyclic collector's reach (gc.freeze),
-    so that a full collection scans what jobs allocate, not the whole heap."""
+@contextlib.contextmanager
+def _frozen(owns_process: bool) -> Iterator[None]:
+    """While a worker that owns its process runs: what start-up made (modules, tasks, the
+    lifespan's state) is collected once, then moved out of the cyclic collector's reach
+    (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
+    heap. Unfrozen when the run ends, so a process that runs a worker again (or goes on
+    to other work) collects the old run's objects as usual."""
+    if not owns_process:
+        yield
+        return
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
