@@ -65,21 +65,13 @@ def taken_from(stores: Sequence[QueueStore], reply: Any) -> Taken:
         log.info("Redis refused to read the records of a batch of jobs of queue %s together "
                  "(%s); they are read one by one from now on (a command per job more)",
                  stores[0].keys.queue, reply_text(refused))
-    text = _text
     return Taken(
         [(int(level) - 1,
-          Started(Delivery(text(e), text(j)), text(v), spec or b"", int(a),
+          Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),
                   hist or b"", int(q or 0), int(now), int(rs or 0), plain == 1))
          for level, e, j, v, spec, a, hist, q, now, rs, plain in rows],
         [reply_text(x) for x in last],
         [(int(level) - 1, reply_text(why)) for level, why in errors])
-
-
-def _text(value: Any) -> str:
-    """``reply_text``, its common case (bytes) first."""
-    if value.__class__ is bytes:
-        return value.decode("utf-8", "replace")
-    return reply_text(value)
 
 
 async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -> Taken:

@@ -1,13 +1,15 @@
 """Running a worker in an event loop of its own (``Worker.run_sync``, the CLI) and closing
-that loop in bounded time, whatever task code does.
+that loop in bounded time, whatever task code does; while such a worker runs, what its
+start-up made is kept out of the cyclic collector's scans (``frozen``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from .executor import LEFT_BEHIND
@@ -64,3 +66,21 @@ def loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | 
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+@contextlib.contextmanager
+def frozen(owns_process: bool) -> Iterator[None]:
+    """While a worker that owns its process runs: what start-up made (modules, tasks, the
+    lifespan's state) is collected once, then moved out of the cyclic collector's reach
+    (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
+    heap. Unfrozen when the run ends, so a process that runs a worker again (or goes on
+    to other work) collects the old run's objects as usual."""
+    if not owns_process:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

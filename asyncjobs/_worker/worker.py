@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from functools import partial
@@ -42,7 +41,7 @@ from ..exceptions import ConfigurationError, RedisUnavailable
 from .config import WorkerConfig
 from .executor import Executor
 from .fetcher import Group, fetch_loop
-from .loop import run_in_new_loop
+from .loop import frozen, run_in_new_loop
 from .reader import AnyReader, reader_for
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
@@ -180,7 +179,7 @@ class Worker:
     async def _run(self, redis_url: str | None, client_factory: ClientFactory | None,
                    task_status: TaskStatus[Worker], *, owns_process: bool) -> None:
         """``run``; ``owns_process``: the process is the worker's (``run_sync``), which
-        freezes what start-up made for the run's length (``_frozen``)."""
+        freezes what start-up made for the run's length (``loop.frozen``)."""
         cfg = self.config
         url = redis_url or cfg.redis_url or default_url()
         factory = client_factory or url_factory(url)
@@ -205,7 +204,7 @@ class Worker:
                 rt.hurry.set()
             async with self._lifespan() as state:
                 rt.state = state
-                with _frozen(owns_process):
+                with frozen(owns_process):
                     await self._serve(rt, task_status)
         finally:
             self._live = None
@@ -368,24 +367,6 @@ class Worker:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _frozen(owns_process: bool) -> Iterator[None]:
-    """While a worker that owns its process runs: what start-up made (modules, tasks, the
-    lifespan's state) is collected once, then moved out of the cyclic collector's reach
-    (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
-    heap. Unfrozen when the run ends, so a process that runs a worker again (or goes on
-    to other work) collects the old run's objects as usual."""
-    if not owns_process:
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
