@@ -49,20 +49,37 @@ class HandLoop:
         self._timers: list[tuple[float, int, Handle]] = []
         self._seq = itertools.count()
         self.fired = 0
+        self._soon: list[Handle] = []
+        self.armed_count = 0
 
     def time(self) -> float:
         return self.now
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Handle:
         handle = Handle(self, when, callback)
+        self.armed_count += 1
         heapq.heappush(self._timers, (when, next(self._seq), handle))
         return handle
 
+    def call_soon(self, callback: Callable[[], None]) -> Handle:
+        handle = Handle(self, self.now, callback)
+        self._soon.append(handle)
+        return handle
+
+    def turn(self) -> None:
+        """Run what ``call_soon`` scheduled (the end of this loop iteration)."""
+        soon, self._soon = self._soon, []
+        for handle in soon:
+            if not handle.cancelled:
+                handle.callback()
+
     @property
     def pending(self) -> int:
-        return sum(not h.cancelled for _, _, h in self._timers)
+        return (sum(not h.cancelled for _, _, h in self._timers)
+                + sum(not h.cancelled for h in self._soon))
 
     def advance(self, to: float) -> None:
+        self.turn()
         while self._timers and self._timers[0][0] - self.early <= to:
             when, _, handle = heapq.heappop(self._timers)
             if handle.cancelled:
@@ -113,6 +130,20 @@ def test_a_discarded_attempt_never_expires_and_the_next_one_still_does() -> None
     assert log == [(10.0, "job2")]
 
 
+def test_attempts_that_end_without_awaiting_share_one_timer() -> None:
+    loop, log = HandLoop(), []
+    d = deadlines(loop, log)
+    for n in range(100):  # each attempt ends before the next starts, in one iteration
+        r = running(n)
+        d.add(r, 300)
+        d.discard(r)
+    assert loop.armed_count == 1
+    loop.turn()
+    assert not d.armed and loop.pending == 0
+    loop.advance(1000)
+    assert log == []
+
+
 def test_nothing_stays_on_the_loop_once_no_attempt_is_tracked() -> None:
     loop, log = HandLoop(), []
     d = deadlines(loop, log)
@@ -122,6 +153,7 @@ def test_nothing_stays_on_the_loop_once_no_attempt_is_tracked() -> None:
     assert d.armed and loop.pending == 1  # one timer, not fifty
     for r in rs:
         d.discard(r)
+    loop.turn()  # the timer goes at the end of the loop iteration
     assert not d.armed and loop.pending == 0
     d.discard(rs[0])  # twice: harmless
     d.add(rs[0], 1)

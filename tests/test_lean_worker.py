@@ -25,6 +25,7 @@ import pytest
 import asyncjobs
 from asyncjobs._cli.worker_run import OPTIONS_ENV
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._worker.loop import YOUNG_THRESHOLD
 
 from .apps.lean import inspect_process
 from .conftest import Backend, running
@@ -119,6 +120,7 @@ def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str)
         assert_lean(seen["modules"])  # type: ignore[arg-type]
         # the process is the worker's: what start-up made is out of the collector's scans
         assert seen["frozen"] > 10_000, seen["frozen"]  # type: ignore[operator]
+        assert seen["young_threshold"] == YOUNG_THRESHOLD  # young passes less often
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -130,11 +132,12 @@ def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str)
 async def test_an_embedded_worker_leaves_the_host_collector_alone(real: Backend) -> None:
     """``Worker.run`` in someone else's process freezes nothing (``gc.freeze`` is the
     process owner's call; ``run_sync`` and the CLI make it)."""
-    before = gc.get_freeze_count()
+    before, threshold = gc.get_freeze_count(), gc.get_threshold()
     async with real.pool() as pool, running(real, real.worker([inspect_process])):
         job = await pool.enqueue(inspect_process)
         seen = await job.result(timeout=30)
     assert seen["frozen"] == before == gc.get_freeze_count()
+    assert seen["young_threshold"] == threshold[0] and gc.get_threshold() == threshold
 
 
 def test_options_reach_the_exec_worker(redis_server: RedisServer) -> None:
@@ -179,12 +182,14 @@ import asyncio
 
 import asyncjobs
 
-seen = []
+seen, young = [], []
+gc.set_threshold(900, 11, 12)  # the script's own setting, which each run must restore
 
 
 @asyncjobs.task
 async def probe(ctx: asyncjobs.Context) -> int:
     seen.append(gc.get_freeze_count())
+    young.append(gc.get_threshold())
     return 1
 
 
@@ -196,18 +201,20 @@ for _ in range(2):  # a script that runs its worker twice (burst: until the queu
             await pool.enqueue(probe)
     asyncio.run(enqueue())
     asyncjobs.Worker([probe], prefix=prefix, burst=True).run_sync(redis_url=url)
-    after.append(gc.get_freeze_count())
-print(json.dumps({"during": seen, "after": after}))
+    after.append([gc.get_freeze_count(), gc.get_threshold()])
+print(json.dumps({"during": seen, "young": young, "after": after}))
 '''
 
 
 def test_run_sync_freezes_for_the_run_only(redis_server: RedisServer) -> None:
     """Each ``run_sync`` freezes what its start-up made while it runs and unfreezes when
-    it returns: a process that runs its worker again collects the old run's objects."""
+    it returns: a process that runs its worker again collects the old run's objects. The
+    young-generation threshold is raised for the run and the process's own put back."""
     done = subprocess.run([sys.executable, "-c", RUN_TWICE, redis_server.url,
                            f"t{secrets.token_hex(4)}"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert len(seen["during"]) == 2 and min(seen["during"]) > 10_000, seen
-    assert seen["after"] == [0, 0], seen
+    assert seen["young"] == [[YOUNG_THRESHOLD, 11, 12]] * 2, seen
+    assert seen["after"] == [[0, [900, 11, 12]]] * 2, seen

@@ -10,7 +10,10 @@ deadline given to ``add`` (or a later one), as ``loop.call_later`` would, unless
 came first; a deadline up to ``CLOCK_SLACK_S`` after the timer's is taken with it. ``add``
 refuses a timeout that is not a finite number (``ValueError``, nothing changed). An
 ``expire`` that raises is logged and does not keep the others due at the same time from
-expiring. Nothing is left on the loop once no attempt is tracked.
+expiring. Nothing is left on the loop by the end of the loop iteration in which the last
+tracked attempt was discarded (not at once: attempts that end without awaiting, one after
+the other in one iteration, then share one timer instead of setting and cancelling one
+each).
 
 A discarded deadline stays in the heap until it reaches the top (then it is dropped) or
 until stale entries outnumber live ones (then the heap is rebuilt): each operation costs
@@ -46,6 +49,7 @@ class Deadlines:
         self._seq = itertools.count()  # ties: never compare two Running
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
+        self._idle_check: asyncio.Handle | None = None
 
     def __len__(self) -> int:
         return len(self._due)
@@ -72,9 +76,19 @@ class Deadlines:
     def discard(self, running: Running) -> None:
         """Forget ``running`` (its attempt ended in time): the timer's ``cancel``."""
         self._due.pop(running, None)
-        if not self._due:
+        if self._due:
+            return
+        if self._timer is None:
+            self._heap.clear()
+        elif self._idle_check is None:
             # Nothing left to time: leave nothing on the loop (an embedded worker that
-            # stopped must not be kept alive by its timer until the longest timeout).
+            # stopped must not be kept alive by its timer until the longest timeout), once
+            # this loop iteration is over (see the module).
+            self._idle_check = self._loop.call_soon(self._disarm_if_idle)
+
+    def _disarm_if_idle(self) -> None:
+        self._idle_check = None
+        if not self._due:
             self._heap.clear()
             self._disarm()
 

@@ -68,19 +68,31 @@ def loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | 
     return uvloop.new_event_loop
 
 
+YOUNG_THRESHOLD = 5000
+"""The collector's young-generation threshold while a worker owns its process (``frozen``;
+Python's default is 700)."""
+
+
 @contextlib.contextmanager
 def frozen(owns_process: bool) -> Iterator[None]:
     """While a worker that owns its process runs: what start-up made (modules, tasks, the
     lifespan's state) is collected once, then moved out of the cyclic collector's reach
     (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
-    heap. Unfrozen when the run ends, so a process that runs a worker again (or goes on
+    heap; and young-generation passes run less often (``YOUNG_THRESHOLD``). Both are
+    undone when the run ends, so a process that runs a worker again (or goes on
     to other work) collects the old run's objects as usual."""
     if not owns_process:
         yield
         return
     gc.collect()
     gc.freeze()
+    # A job allocates a few dozen container objects (its asyncio Task, coroutines, Context,
+    # partials), nearly all freed by reference counting: at the default threshold (700) a
+    # young-generation pass runs every few jobs and rescans the live attempts each time.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
