@@ -24,7 +24,7 @@ from asyncjobs._redis import store
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._redis.keys import Keys
-from asyncjobs._worker import fetcher
+from asyncjobs._worker import fetcher, waiting
 from asyncjobs._worker.reader import Reader
 
 from .conftest import Backend, running
@@ -87,6 +87,44 @@ async def test_a_job_that_wakes_an_idle_worker_is_started_by_the_take_behind_the
     # The loop's own takes ran (after each job, finding nothing), but started nothing: each
     # job was started by the take that followed the read it woke.
     assert takes and not any(takes), takes
+
+
+@pytest.mark.parametrize("read", ["with the take behind", "alone"])
+async def test_a_job_that_wakes_an_idle_worker_runs_before_the_worker_asks_for_more(
+        fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+    """Latency: the body of a job that woke an idle worker has run by the time the loop
+    sends its next take (it does not wait behind the loop's own round trip). Both ways a
+    wait can wake: the take behind the read started it, or the read woke alone and the
+    loop's own take starts it."""
+    ran_before_take: list[list[int]] = []
+    real = store.take_levels
+
+    async def seen(*args: Any, **kwargs: Any) -> Any:
+        ran_before_take.append(list(ran))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fetcher, "take_levels", seen)
+    if read == "alone":
+        async def read_alone(rt: Any, reader: Any, group: Any, order: Any, idle: Any,
+                             newest: Any, count: int, block_ms: int) -> Any:
+            return await waiting.wait(rt, reader, idle, newest, float("inf"), block_ms), []
+
+        monkeypatch.setattr(waiting, "wait_then_take", read_alone)
+    backend = backend_on(fresh_redis)
+    async with backend.pool() as pool, running(backend, backend.worker([note])):
+        for i in range(3):
+            await blocked(pool)
+            ran_before_take.clear()
+            job = await pool.enqueue(note, i)
+            assert await job.result(timeout=10) == i
+            await blocked(pool)  # the worker took again (finding nothing) and waits
+            if read == "alone":  # the loop's own take started it: the takes after it ran
+                assert ran_before_take[0] == list(range(i)), ran_before_take
+                later = ran_before_take[1:]
+            else:
+                later = ran_before_take
+            assert later and all(i in r for r in later), ran_before_take
+    assert ran == [0, 1, 2]
 
 
 async def test_a_script_cache_emptied_while_the_worker_waits_still_starts_the_job(

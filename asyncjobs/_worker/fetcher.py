@@ -4,7 +4,9 @@ scan of a queue is due), or takes new ones in the worker's queue order (take.lua
 start in one round trip, one call per queue covering its priority levels), or, when no
 queue has work, waits in one blocking XREAD on every level stream of every queue, from the
 newest entry ids take.lua returned: it wakes at once when any of them gets a job, and no
-timer polls for new work. A worker of one queue on one server that has just run out of work
+timer polls for new work. The jobs such a wait brings take their first step before the loop
+asks Redis for anything else (a busy worker sends its next take first, so that Redis works
+while the batch runs). A worker of one queue on one server that has just run out of work
 sends that queue's take right behind the read, on the same connection: Redis runs it the
 moment the read ends, so the job that wakes the worker is already started when the worker
 hears of it (one round trip, not two). Once such a read times out with nothing new, the
@@ -169,6 +171,12 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             # timeout they are reclaimed (by us or another worker) and run.
             await asyncio.sleep(rt.outage.failed(exc, "start"))
             continue
+        if started and idle.woken:
+            # Jobs that woke an idle worker start before it asks Redis for more (one loop
+            # turn: a plain job's body runs in its first step). A busy worker asks first
+            # instead, so that Redis works on its next batch while this one runs.
+            idle.woken = False
+            await asyncio.sleep(0)
         await watch.settle(rt.client)  # after the start: the batch is not held up
         if cfg.burst and found_none and await _drained(rt, ex):
             log.info("burst: queues %s are drained", ", ".join(g.name for g in groups))

@@ -52,6 +52,10 @@ class Idle:
     with the read alone (``idle_wait``)."""
     refusal_logged: float = -float("inf")
     """When a refused blocking read was last logged (``_read_refused``)."""
+    woken: bool = False
+    """A wait of an idle worker woke (or its take behind the read started jobs) since the
+    fetch loop last started jobs: the jobs it starts next take their first step before
+    the loop asks Redis for more (``fetcher._loop``)."""
 
 
 QUARANTINE_MOST_S = 30.0
@@ -207,4 +211,5 @@ async def idle_wait(rt: Runtime, reader: AnyReader, groups: Sequence[Group],
     if woke or started:
         idle.newest = None
         idle.quiet = False
+        idle.woken = True
     return started, {}, not started
