@@ -19,9 +19,10 @@ import pytest
 from .conftest import need_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / "benchmarks" / "results" / "2026-12-01-vm-3.json"
-EARLIER = ROOT / "benchmarks" / "results" / "2026-12-01-vm-2.json"
-LATENCY = ROOT / "benchmarks" / "results" / "2026-12-01-vm-latency.json"
+RUN = ROOT / "benchmarks" / "results" / "2026-12-01-vm-4.json"
+EARLIER = ROOT / "benchmarks" / "results" / "2026-12-01-vm-3.json"
+LATENCY = ROOT / "benchmarks" / "results" / "2026-12-01-vm-latency-2.json"
+JOB_CPU = ROOT / "benchmarks" / "results" / "job_cpu.json"
 NAMES = {"asyncjobs": "asyncjobs", "Dramatiq": "dramatiq", "SAQ": "saq", "bullmq": "bullmq",
          "taskiq": "taskiq", "Celery": "celery"}
 
@@ -72,13 +73,31 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
     assert (f"One process: {noop[0]} the fastest peer ({noop[1]}) on the probe's jobs, "
             f"{incr[0]} ({incr[1]}) on redis-py jobs") in text
     cores, cores_incr = ratio("cores", "jobs_per_s"), ratio("cores", "incr_jobs_per_s")
-    assert cores[1] == cores_incr[1] == "Dramatiq"
-    assert (f"Every core: {cores[0]} Dramatiq on the probe's jobs, {cores_incr[0]} on "
-            "redis-py jobs") in text
+    assert (f"Every core: {cores[0]} the fastest peer ({cores[1]}) on the probe's jobs, "
+            f"{cores_incr[0]} ({cores_incr[1]}) on redis-py jobs") in text
+    best = NAMES[cores_incr[1]]
+    fastest = median(summary, "cores", best, "incr_jobs_per_s")
+    budget = 2 / (4 * fastest) * 1e6  # µs a job for everything on 2 cores at 4x
+    ours, ours_cpu = (median(summary, "cores", "asyncjobs", k)
+                      for k in ("incr_jobs_per_s", "incr_cpu_us_per_job"))
+    assert (f"4x {cores_incr[1]}'s {fastest:,.0f} redis-py jobs/s would be {4 * fastest:,.0f} "
+            f"jobs/s: at most {budget:.0f} µs a job") in text
+    assert f"at {ours:,.0f} jobs/s asyncjobs kept them {ours * ours_cpu / 1e6 / 2:.0%}" \
+        .replace("%", " %") in text
+    one, both = (median(summary, w, "asyncjobs", "jobs_per_s") for w in ("process_noop", "cores"))
+    assert both < one  # "on both cores the probe's jobs ran no faster than on one"
+    assert (f"one process the two kinds of job are far apart ({one:,.0f} and "
+            f"{median(summary, 'process_incr', 'asyncjobs', 'jobs_per_s'):,.0f} jobs/s)") in text
     p50 = (median(summary, "latency", "asyncjobs", "p50_ms")
            / median(summary, "latency", "taskiq", "p50_ms"))
     assert (f"p50 {p50:.2f}x taskiq's, p99 "
             f"{median(summary, 'latency', 'asyncjobs', 'p99_ms'):.1f} ms") in text
+    runs = [c["metrics"]["p50_ms"] for c in run["cells"]
+            if c["workload"] == "latency" and c["system"] == "asyncjobs"]
+    assert ("asyncjobs' p50 went " + ", ".join(f"{x:.2f}" for x in runs[:-1])
+            + f" and {runs[-1]:.2f} ms run by run") in text
+    lat = summary["latency"]["taskiq"]["p50_ms"]
+    assert f"taskiq's {lat['min']:.2f} to {lat['max']:.2f}" in text
     earlier = json.loads(EARLIER.read_text())["summary"]
     figures = " / ".join(f"{median(earlier, w, 'asyncjobs', k):,.0f}" for w, k in [
         ("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
@@ -97,23 +116,50 @@ def test_the_readme_quotes_the_run_s_medians() -> None:
             f"job, against {cpu[2]} and {cpu[3]} in the run before") in text
     assert (f"Dramatiq used {cpu[4]} µs a probe job where the run before measured "
             f"{cpu[5]}") in text
-    cores = run["summary"]["cores"]
+    core = summary["cores"]
     assert (f"used {median(summary, 'cores', 'asyncjobs', 'cpu_us_per_job'):.0f} µs a probe "
             f"job and {median(summary, 'cores', 'asyncjobs', 'incr_cpu_us_per_job'):.0f} µs a "
             "redis-py job") in text
-    assert (f"Dramatiq used {cores['dramatiq']['cpu_us_per_job']['median']:.0f} and "
-            f"{cores['dramatiq']['incr_cpu_us_per_job']['median']:.0f}.") in text
+    assert (f"{cores_incr[1]} used {core[best]['cpu_us_per_job']['median']:.0f} and "
+            f"{core[best]['incr_cpu_us_per_job']['median']:.0f}, Dramatiq "
+            f"{core['dramatiq']['cpu_us_per_job']['median']:.0f} and "
+            f"{core['dramatiq']['incr_cpu_us_per_job']['median']:.0f}.") in text
     latency = json.loads(LATENCY.read_text())
     assert latency["config"]["runs"] == 3 and latency["config"]["workloads"] == ["latency"]
     alone = latency["summary"]
     assert set(alone["latency"]) == set(NAMES.values())
-    ours, theirs = (median(alone, "latency", s, "p50_ms") for s in ("asyncjobs", "taskiq"))
-    assert f"measured {ours / theirs:.2f}x, the run before" in text
-    incr = summary["process_incr"]
-    assert (f"asyncjobs ranged from {incr['asyncjobs']['jobs_per_s']['min']:,.0f} to "
-            f"{incr['asyncjobs']['jobs_per_s']['max']:,.0f} jobs/s on redis-py jobs (Dramatiq "
-            f"{incr['dramatiq']['jobs_per_s']['min']:,.0f} to "
-            f"{incr['dramatiq']['jobs_per_s']['max']:,.0f})") in text
+    ours_p50, theirs = (median(alone, "latency", s, "p50_ms") for s in ("asyncjobs", "taskiq"))
+    assert f"measured {ours_p50 / theirs:.2f}x, the run before" in text
+    assert (f"taskiq's own p50 was {median(summary, 'latency', 'taskiq', 'p50_ms'):.2f} ms in "
+            f"this run and {theirs:.2f} ms in that one") in text
+    incr_runs = summary["process_incr"]
+    peer = NAMES[incr[1]]
+    assert (f"asyncjobs ranged from {incr_runs['asyncjobs']['jobs_per_s']['min']:,.0f} to "
+            f"{incr_runs['asyncjobs']['jobs_per_s']['max']:,.0f} jobs/s on redis-py jobs "
+            f"({incr[1]} {incr_runs[peer]['jobs_per_s']['min']:,.0f} to "
+            f"{incr_runs[peer]['jobs_per_s']['max']:,.0f})") in text
+
+
+def test_the_readme_quotes_where_a_job_s_cpu_goes() -> None:
+    """The README's split of a job's CPU is ``benchmarks/job_cpu.py``'s medians."""
+    result = json.loads(JOB_CPU.read_text())
+    assert result["runs"] == 3 and result["jobs"] == 40_000
+    m = result["medians"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"is {m['bare x1']['worker_cpu_us_per_job']:.1f} µs of worker CPU with one process "
+            f"({m['bare x1']['jobs_per_s']:,.0f} jobs/s) and "
+            f"{m['bare x2']['worker_cpu_us_per_job']:.1f} µs with `--processes 2`, and Redis "
+            f"{m['bare x1']['redis_cpu_us_per_job']:.1f} µs") in text
+    assert (f"costs the worker {m['incr x1']['worker_cpu_us_per_job']:.1f} µs with one process "
+            f"({m['incr x1']['jobs_per_s']:,.0f} jobs/s) and "
+            f"{m['incr x2']['worker_cpu_us_per_job']:.1f} µs with two "
+            f"({m['incr x2']['jobs_per_s']:,.0f} jobs/s), Redis "
+            f"{m['incr x1']['redis_cpu_us_per_job']:.1f} and "
+            f"{m['incr x2']['redis_cpu_us_per_job']:.1f}") in text
+    # "costs more than asyncjobs' whole work on the job"
+    for p in ("x1", "x2"):
+        extra = m[f"incr {p}"]["worker_cpu_us_per_job"] - m[f"bare {p}"]["worker_cpu_us_per_job"]
+        assert extra > m[f"bare {p}"]["worker_cpu_us_per_job"]
 
 
 @pytest.mark.slow
@@ -154,3 +200,23 @@ def test_the_readme_quotes_the_commands_by_phase() -> None:
     assert rest < 0.02
     assert (f"an enqueue costs {result['enqueue_one_by_one']['total_per_job']:.0f} one by one "
             f"and {result['enqueue_many']['total_per_job']:.0f} in `enqueue_many`") in text
+
+
+@pytest.mark.slow
+@pytest.mark.real_redis
+def test_job_cpu_runs_and_counts_every_job(tmp_path: Path) -> None:
+    """``benchmarks/job_cpu.py`` runs each cell (it exits non-zero unless every job of the
+    cell is done) and measures over the jobs after the first tenth at least (the worker's
+    start-up left out)."""
+    need_redis_server()  # the harness starts its own
+    out = tmp_path / "job_cpu.json"
+    run = subprocess.run([sys.executable, "benchmarks/job_cpu.py", "--jobs", "2000", "--runs",
+                          "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["medians"]) == {"bare x1", "bare x2", "incr x1", "incr x2"}
+    for cell, samples in result["samples"].items():
+        (sample,) = samples
+        assert 0 < sample["jobs"] <= 2000 - 2000 // 10, cell
+        assert sample["worker_cpu_us_per_job"] > 0 and sample["redis_cpu_us_per_job"] > 0
