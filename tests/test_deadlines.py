@@ -13,7 +13,10 @@ import heapq
 import itertools
 import logging
 import math
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -24,11 +27,14 @@ from asyncjobs import JobState
 from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
 from asyncjobs._redis import kept
+from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._redis.values import Delivery, NewJob
 from asyncjobs._worker.attempt import Running
 from asyncjobs._worker.deadlines import CLOCK_SLACK_S, Deadlines
 
 from .conftest import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Handle:
@@ -54,6 +60,9 @@ class HandLoop:
 
     def time(self) -> float:
         return self.now
+
+    def is_closed(self) -> bool:
+        return False
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Handle:
         handle = Handle(self, when, callback)
@@ -160,6 +169,65 @@ def test_nothing_stays_on_the_loop_once_no_attempt_is_tracked() -> None:
     assert d.armed and loop.pending == 1
     loop.advance(2)
     assert log == [(1.0, "job0")]
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_the_last_discard_after_the_loop_closed_disarms_at_once(use_uvloop: bool) -> None:
+    """A task left behind at shutdown (it ignored its cancellation) ends when its coroutine
+    is finalized, after its loop was closed: its discard can schedule nothing there."""
+    import uvloop
+
+    loop = uvloop.new_event_loop() if use_uvloop else asyncio.new_event_loop()
+    d = Deadlines(loop, lambda r: None)
+    r = running(1)
+    d.add(r, 300)
+    loop.close()
+    d.discard(r)
+    assert not d.armed and len(d) == 0
+
+
+LEFT_BEHIND = r"""
+import asyncio, gc, secrets, sys
+import asyncjobs
+
+worker = None
+
+
+@asyncjobs.task(name="stubborn", timeout=300, max_tries=1)
+async def stubborn(ctx):
+    asyncio.get_running_loop().call_later(0.3, worker.stop)
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass
+
+
+url, prefix = sys.argv[1], "t" + secrets.token_hex(4)
+
+
+async def enqueue():
+    async with asyncjobs.create_pool(url, prefix=prefix) as pool:
+        await pool.enqueue(stubborn)
+
+
+asyncio.run(enqueue())
+worker = asyncjobs.Worker([stubborn], prefix=prefix, shutdown_grace=0.2)
+worker.run_sync(redis_url=url)
+gc.collect()  # the left-behind task's coroutine is finalized: its finally blocks run
+print("done", file=sys.stderr)
+"""
+
+
+def test_a_task_left_behind_at_shutdown_ends_without_an_internal_error(
+        redis_server: RedisServer) -> None:
+    done = subprocess.run([sys.executable, "-c", LEFT_BEHIND, redis_server.url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.rstrip().endswith("done"), done.stderr[-3000:]
+    assert "still running after the worker stopped" in done.stderr  # it was left behind
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, \
+        done.stderr[-3000:]
 
 
 def test_a_failing_expiry_is_logged_and_the_others_due_with_it_still_expire(

@@ -206,6 +206,20 @@ print(json.dumps({"during": seen, "young": young, "after": after}))
 '''
 
 
+def test_a_process_without_automatic_collection_keeps_it_off(
+        redis_server: RedisServer) -> None:
+    """``gc.set_threshold(0)`` is the process's choice: the run does not turn collection
+    back on."""
+    script = RUN_TWICE.replace("gc.set_threshold(900, 11, 12)", "gc.set_threshold(0, 11, 12)")
+    done = subprocess.run([sys.executable, "-c", script, redis_server.url,
+                           f"t{secrets.token_hex(4)}"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["young"] == [[0, 11, 12]] * 2, seen
+    assert seen["after"] == [[0, [0, 11, 12]]] * 2, seen
+
+
 def test_run_sync_freezes_for_the_run_only(redis_server: RedisServer) -> None:
     """Each ``run_sync`` freezes what its start-up made while it runs and unfreezes when
     it returns: a process that runs its worker again collects the old run's objects. The

@@ -10,10 +10,10 @@ deadline given to ``add`` (or a later one), as ``loop.call_later`` would, unless
 came first; a deadline up to ``CLOCK_SLACK_S`` after the timer's is taken with it. ``add``
 refuses a timeout that is not a finite number (``ValueError``, nothing changed). An
 ``expire`` that raises is logged and does not keep the others due at the same time from
-expiring. Nothing is left on the loop by the end of the loop iteration in which the last
-tracked attempt was discarded (not at once: attempts that end without awaiting, one after
-the other in one iteration, then share one timer instead of setting and cancelling one
-each).
+expiring. Nothing is left on the loop once no attempt is tracked: the timer goes in the
+loop iteration after the last tracked attempt was discarded (one ``call_soon``; at once
+when the loop is closed already), so that attempts that end without awaiting, one after
+the other in one iteration, share one timer instead of setting and cancelling one each.
 
 A discarded deadline stays in the heap until it reaches the top (then it is dropped) or
 until stale entries outnumber live ones (then the heap is rebuilt): each operation costs
@@ -78,8 +78,11 @@ class Deadlines:
         self._due.pop(running, None)
         if self._due:
             return
-        if self._timer is None:
+        if self._timer is None or self._loop.is_closed():
+            # (closed: a task left behind at shutdown, ended when its coroutine is
+            # finalized; nothing can be scheduled on the loop any more)
             self._heap.clear()
+            self._disarm()
         elif self._idle_check is None:
             # Nothing left to time: leave nothing on the loop (an embedded worker that
             # stopped must not be kept alive by its timer until the longest timeout), once

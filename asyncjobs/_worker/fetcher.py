@@ -162,7 +162,7 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
                 continue
             raise  # shutdown's cancellation, or a bug (the supervisor logs it)
         try:
-            await _start(rt, ex, started, claimed, taken)
+            ran = await _start(rt, ex, started, claimed, taken)
             rt.outage.ok()
         except Exception as exc:
             if not transient(exc):
@@ -171,7 +171,7 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             # timeout they are reclaimed (by us or another worker) and run.
             await asyncio.sleep(rt.outage.failed(exc, "start"))
             continue
-        if started and idle.woken:
+        if ran and idle.woken:
             # Jobs that woke an idle worker start before it asks Redis for more (one loop
             # turn: a plain job's body runs in its first step). A busy worker asks first
             # instead, so that Redis works on its next batch while this one runs.
@@ -310,13 +310,13 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
 
 
 async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
-                 claimed: dict[str, list[Delivery]], taken: int) -> None:
+                 claimed: dict[str, list[Delivery]], taken: int) -> int:
     """Start reclaimed deliveries, dispatch what may run, and give back the slots not
-    used. Once the worker is stopping nothing new starts: what was read stays held and is
-    handed back."""
+    used; returns how many jobs it dispatched. Once the worker is stopping nothing new
+    starts: what was read stays held and is handed back."""
     if rt.stopping.is_set():
         ex.slots.give(taken)
-        return
+        return 0
     try:
         for queue, got in claimed.items():
             # A reclaim can return this worker's own entries (a reply it never got): one
@@ -337,6 +337,7 @@ async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
     ex.slots.give(taken - len(runnable))
     for queue, item in runnable:
         ex.start(queue, item)
+    return len(runnable)
 
 
 async def _regroup(store: QueueStore) -> None:

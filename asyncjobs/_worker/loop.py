@@ -78,9 +78,10 @@ def frozen(owns_process: bool) -> Iterator[None]:
     """While a worker that owns its process runs: what start-up made (modules, tasks, the
     lifespan's state) is collected once, then moved out of the cyclic collector's reach
     (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
-    heap; and young-generation passes run less often (``YOUNG_THRESHOLD``). Both are
-    undone when the run ends, so a process that runs a worker again (or goes on
-    to other work) collects the old run's objects as usual."""
+    heap; and young-generation passes run less often (``YOUNG_THRESHOLD``, unless the
+    process turned automatic collection off). Both are undone when the run ends (the
+    threshold put back as it was when the run started), so a process that runs a worker
+    again (or goes on to other work) collects the old run's objects as usual."""
     if not owns_process:
         yield
         return
@@ -89,8 +90,10 @@ def frozen(owns_process: bool) -> Iterator[None]:
     # A job allocates a few dozen container objects (its asyncio Task, coroutines, Context,
     # partials), nearly all freed by reference counting: at the default threshold (700) a
     # young-generation pass runs every few jobs and rescans the live attempts each time.
+    # A threshold of 0 is the process's "no automatic collection": left alone.
     thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
+    if thresholds[0]:
+        gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
     try:
         yield
     finally:
