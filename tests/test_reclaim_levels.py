@@ -1,5 +1,5 @@
 """Reclaiming a dead worker's jobs on the priority levels of a queue: one reclaim.lua
-call scans every level (see asyncjobs/_worker/fetcher.py, _Reclaimer)."""
+call scans every level (see asyncjobs/_worker/reclaimer.py, Reclaimer)."""
 
 from __future__ import annotations
 

@@ -81,8 +81,7 @@ class Deadlines:
         if self._timer is None or self._loop.is_closed():
             # (closed: a task left behind at shutdown, ended when its coroutine is
             # finalized; nothing can be scheduled on the loop any more)
-            self._heap.clear()
-            self._disarm()
+            self._disarm_if_idle()
         elif self._idle_check is None:
             # Nothing left to time: leave nothing on the loop (an embedded worker that
             # stopped must not be kept alive by its timer until the longest timeout), once
@@ -90,7 +89,9 @@ class Deadlines:
             self._idle_check = self._loop.call_soon(self._disarm_if_idle)
 
     def _disarm_if_idle(self) -> None:
-        self._idle_check = None
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+            self._idle_check = None
         if not self._due:
             self._heap.clear()
             self._disarm()

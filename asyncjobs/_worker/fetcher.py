@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 import anyio
 from redis.exceptions import ResponseError
 
-from .._redis.store import QueueStore, reclaim_levels, take_levels
+from .._redis.store import QueueStore, take_levels
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
 from .reader import AnyReader
+from .reclaimer import Reclaimer
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
 from .waiting import IDLE_RETAKE_S, Idle, Quarantine, beat, idle_wait
 from .watch import Watch
@@ -62,67 +63,13 @@ class Group:
     stores: list[QueueStore] = field(default_factory=list)
 
 
-class _Reclaimer:
-    """When the next reclaim scan of a group's levels is due, and where the last one
-    stopped on each level. One scan is one reclaim.lua call for all the levels."""
-
-    def __init__(self, rt: Runtime, group: Group) -> None:
-        self.rt = rt
-        self.group = group
-        self.cursors = dict.fromkeys(group.queues, "0-0")
-        self.due = time.monotonic() + rt.config.reclaim_every_s
-
-    def is_due(self) -> bool:
-        # After an outage, let live workers refresh their entries before taking any.
-        if time.monotonic() < self.due or self.rt.outage.recent(self.rt.config.reclaim_hold_s):
-            return False
-        self.due = time.monotonic() + self.rt.config.reclaim_every_s
-        return True
-
-    async def claim(self, bad: Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
-                                                                  ResponseError | None]:
-        """Claim up to ``count`` idle entries from the levels not left alone: by queue,
-        and the first refusal that is not the keys' fault (NOGROUP), if any. A level whose
-        keys Redis refuses is left alone for a while (``bad``)."""
-        group = self.group
-        levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
-        if not levels:
-            return {}, None
-        got = await reclaim_levels(
-            [group.stores[k] for k in levels], self.rt.consumer,
-            int(self.rt.config.reclaim_idle_s * 1000), count,
-            [self.cursors[group.queues[k]] for k in levels])
-        claimed: dict[str, list[Delivery]] = {}
-        for level, delivery in got.rows:
-            claimed.setdefault(group.queues[levels[level]], []).append(delivery)
-        for k, cursor in zip(levels, got.cursors, strict=True):
-            self.cursors[group.queues[k]] = cursor
-        if len(got.rows) >= count or any(c != "0-0" for c in got.cursors):
-            # More to scan: continue on the next turn. The count may have run out at the
-            # end of a level, whose cursor then reads '0-0' like those of the levels after
-            # it, which were not scanned at all.
-            self.due = time.monotonic()
-        for queue, deliveries in claimed.items():
-            log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s",
-                        len(deliveries), queue,
-                        ", ".join(d.job_id or d.entry for d in deliveries[:10]))
-        failure = None
-        for level, why in got.errors:
-            exc = ResponseError(why)
-            if refused(exc):
-                bad.add(group.queues[levels[level]], why)
-            elif failure is None:
-                failure = exc
-        return claimed, failure
-
-
 async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
                      weights: Sequence[int] | None, reader: AnyReader) -> None:
     """Reclaim and take entries of the worker's queues until stopped (or, in burst mode,
     drained); ``weights`` None serves ``groups`` in strict order."""
     cfg = rt.config
     block_ms = 100 if cfg.burst else max(10, min(cfg.block_ms, int(cfg.reclaim_every_s * 1000)))
-    reclaimers = {g.name: _Reclaimer(rt, g) for g in groups}
+    reclaimers = {g.name: Reclaimer(rt, g) for g in groups}
     order = WeightedOrder(tuple(weights)) if weights else None
     idle, bad, watch = Idle(), Quarantine(), Watch(rt)
     try:
@@ -135,7 +82,7 @@ async def fetch_loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
 
 
 async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
-                order: WeightedOrder | None, reclaimers: dict[str, _Reclaimer],
+                order: WeightedOrder | None, reclaimers: dict[str, Reclaimer],
                 reader: AnyReader, idle: Idle, bad: Quarantine, watch: Watch,
                 block_ms: int) -> None:
     cfg = rt.config
@@ -184,7 +131,7 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
 
 
 async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | None,
-                 reclaimers: dict[str, _Reclaimer], reader: AnyReader, idle: Idle,
+                 reclaimers: dict[str, Reclaimer], reader: AnyReader, idle: Idle,
                  bad: Quarantine, watch: Watch, count: int, block_ms: int
                  ) -> tuple[list[tuple[str, Started]], dict[str, list[Delivery]], bool]:
     """Reclaimed entries when scans are due and find some; else entries already waiting,
@@ -236,7 +183,7 @@ async def _fetch(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | No
                            count, block_ms)
 
 
-def _due(reclaimers: dict[str, _Reclaimer], bad: Quarantine) -> float:
+def _due(reclaimers: dict[str, Reclaimer], bad: Quarantine) -> float:
     """When the next reclaim scan is due, or a queue left alone is tried again."""
     return min(min(r.due for r in reclaimers.values()), bad.next_end())
 
