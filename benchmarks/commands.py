@@ -9,10 +9,10 @@ waiting on one job's result. Each command a script runs inside Redis (``MONITOR`
 the client sent, with everything it cost Redis:
 
 - enqueue: ``enqueue.lua`` (the record, the stream entry, dedup);
-- read and start: ``take.lua`` (``XREADGROUP``, the batch's records read together, each
-  record marked running) and the worker's wait for work (blocking ``XREAD``);
-- settle and notify: ``settle.lua`` (the result, the TTL, the stream entry acknowledged and
-  deleted, counters, the ``PUBLISH`` to a producer that waits);
+- read and start: ``take.lua`` (``XREADGROUP``, each record read with ``HMGET`` and marked
+  running) and the worker's wait for work (blocking ``XREAD``);
+- settle and notify: ``settle.lua`` (the result kept, the stream entries acknowledged and
+  deleted, the batch's job keys deleted, counters, the ``PUBLISH`` to a producer that waits);
 - the rest: keep-alive (``touch.lua``), the worker's heartbeat and registry, leadership,
   start-up and shut-down, each named.
 

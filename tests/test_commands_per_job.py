@@ -1,6 +1,6 @@
-"""What a processed job costs Redis, counted, and the one-round-trip read of a batch's
-records that keeps it there (take.lua reads the records of a batch together: RPUSH, SORT,
-DEL of a scratch list instead of one HMGET per job; see ``read_records`` in _prelude.lua).
+"""What a processed job costs Redis, counted: per job, take.lua's HMGET and HSET of its
+record and settle.lua's HSET of its kept result; the rest is per batch (settle.lua deletes
+the job keys of a batch's kept results with one DEL, see ``keep`` in _prelude.lua).
 
 Commands are counted with INFO commandstats on a redis-server of the test's own, Lua's inner
 commands included, as the benchmarks count them (benchmarks/_workloads.py, process_noop).
@@ -21,10 +21,11 @@ from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
-from asyncjobs._redis.kept import SLACK_MS
+from asyncjobs._redis.kept import SLACK_MS, new_job_ids, packed_head
 from asyncjobs._redis.keys import Keys
-from asyncjobs._redis.store import READ_TOGETHER, QueueStore
-from asyncjobs._redis.values import NewJob, Started
+from asyncjobs._redis.scripts import run_pipelined
+from asyncjobs._redis.store import QueueStore
+from asyncjobs._redis.values import NewJob, SettleOp, Started
 
 from .conftest import Backend
 
@@ -41,10 +42,9 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
         fresh_redis: RedisServer) -> None:
     """500 no-op jobs drained by one worker: at most 4 Redis commands per job in all (every
     command of the run, the worker's start and stop included). Per job there remain the
-    start's HSET (the record says `running`) and, as the result is kept in its tag's shared
-    hash (asyncjobs/_redis/kept.py), that hash's HSET and the job key's DEL; the records of a
-    batch are read together, so HMGET is not run at all. The rest is per batch, or per
-    shared hash (its PTTL and PEXPIRE)."""
+    start's HMGET and HSET (the record says `running`) and, as the result is kept in its
+    tag's shared hash (asyncjobs/_redis/kept.py), that hash's HSET. The rest is per batch:
+    the job keys of a settled batch go in one DEL; per shared hash, its PTTL and PEXPIRE."""
     @asyncjobs.task
     async def noop(ctx: Context, i: int) -> None:
         return None
@@ -63,7 +63,10 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
         shared = Keys(backend.prefix, "default").kept(jobs[0].id)
         assert shared is not None
         ttl_ms = await pool.client.pttl(shared)
+        keys = Keys(backend.prefix, "default")
+        own_keys_left = await pool.client.exists(*(keys.job(j.id) for j in jobs))
     assert counters.get("complete") == n
+    assert own_keys_left == 0  # every job key went, in the batches' DELs
     assert info.state == JobState.COMPLETE and info.attempts == 1
     assert 3_500_000 < ttl_ms <= 3_600_000 + SLACK_MS  # the result TTL, from the settle
     calls.pop("info", None)  # this test's own, above
@@ -72,11 +75,11 @@ async def test_a_processed_job_costs_at_most_four_redis_commands(
     shown = {k: round(v / n, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
     print(f"\n{total / n:.3f} Redis commands per job: {shown}")
     assert calls.get("hset", 0) == 2 * n  # running, then the result
-    assert calls.get("hmget", 0) == 0  # read together, a batch at a time
-    assert n <= calls.get("del", 0) <= n * 1.05  # the job key (+ a batch's scratch list's)
+    assert calls.get("hmget", 0) == n  # the start reads the record
+    scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
+    assert 0 < calls.get("del", 0) <= scripts  # the job keys: at most one DEL per call
     assert calls.get("expire", 0) <= n * 0.05  # no record of its own: counters' only
     assert 0 < calls.get("pexpire", 0) <= n / 64 + 5  # once per shared hash
-    assert calls.get("sort", 0) >= 1
     assert total <= 4 * n, shown
 
 
@@ -96,18 +99,18 @@ def verdicts(rows: list[Started]) -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.asyncio
-async def test_records_read_together_give_the_verdicts_read_one_by_one(
+async def test_a_batch_of_good_and_bad_records_gives_each_entry_its_verdict(
         backend: Backend) -> None:
-    """A batch of good and bad records, and two entries of one job, read together: each
-    entry gets the verdict it gets read one by one. A job's second entry is read after its
-    first one started (its attempts say so), and the start of a job whose record points at
-    its second entry waits for that one."""
+    """A batch of good and bad records, and two entries of one job, in one take: each entry
+    gets its own verdict. A job's second entry is read after its first one started (its
+    attempts say so), and the start of a job whose record points at its second entry waits
+    for that one. One HMGET per entry that names a job."""
     client = backend.factory(max_connections=4, socket_timeout=None)
     try:
         store = QueueStore(client, Keys(backend.prefix, "q"))
         await store.ensure_group()
         k = store.keys
-        odd = "a*b->c\x00#"  # SORT's pattern characters, in a job id they are plain text
+        odd = "a*b->c\x00#"  # pattern characters, in a job id they are plain text
         await enqueue(store, "j0", "j1", "j2", "j3", "j4", "j5", odd)
         await client.delete(k.job("j2"))
         await client.set(k.job("j2"), "not a hash")
@@ -131,21 +134,17 @@ async def test_records_read_together_give_the_verdicts_read_one_by_one(
             record = await client.hgetall(k.job(job_id))
             assert record[b"s"] == b"running" and record[b"a"] == b"1"
             assert record[b"w"] == ME.encode()
-        assert await client.exists(k.scratch) == 0
-        assert store.read_together
-        if backend.url:
-            # one SORT for the batch; one HMGET each for the second entries of j0 and j1
-            # and for the records SORT cannot tell apart (not a hash, gone, no state)
-            assert after["sort"] - before.get("sort", 0) == 1
-            assert after["hmget"] - before.get("hmget", 0) == 5
+        if backend.url:  # every entry with a job id: 9 of the 10
+            assert after["hmget"] - before.get("hmget", 0) == 9
     finally:
         await client.aclose()
 
 
 @pytest.mark.asyncio
-async def test_a_prefix_holding_a_star_reads_records_one_by_one(backend: Backend) -> None:
-    """SORT's patterns take the first '*' for the job id: under a prefix that holds one the
-    records are read one by one, never through a key the pattern would make of it."""
+async def test_a_prefix_holding_a_star_reads_each_record_by_its_own_key(
+        backend: Backend) -> None:
+    """Under a prefix that holds a '*' (a pattern character for SORT and KEYS) the records are
+    read by their own keys, never through a key a pattern would make of it."""
     client = backend.factory(max_connections=4, socket_timeout=None)
     prefix = f"{backend.prefix}*x"
     try:
@@ -164,11 +163,10 @@ async def test_a_prefix_holding_a_star_reads_records_one_by_one(backend: Backend
 
 
 @pytest.mark.asyncio
-async def test_a_redis_refusing_sort_patterns_reads_records_one_by_one(
+async def test_an_acl_user_limited_to_its_prefix_takes_jobs_like_any_other(
         fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    """An ACL user without access to every key may not use SORT's GET patterns (Redis
-    Cluster refuses them too): the batch is read one by one, said once in the log, and the
-    store stops asking."""
+    """An ACL user with access to the keys of its prefix only (what Redis Cluster allows too):
+    a take starts every job, with one HMGET per job, nothing refused and nothing logged."""
     prefix = f"t{secrets.token_hex(4)}"
     admin = Redis.from_url(fresh_redis.url)
     await admin.acl_setuser("limited", enabled=True, passwords=["+pw"],
@@ -177,22 +175,52 @@ async def test_a_redis_refusing_sort_patterns_reads_records_one_by_one(
     try:
         store = QueueStore(client, Keys(prefix, "q"))
         await store.ensure_group()
-        ids = [f"j{n}" for n in range(READ_TOGETHER)]
+        ids = [f"j{n}" for n in range(8)]
         await enqueue(store, *ids)
+        before = await command_calls(admin)
         with caplog.at_level(logging.INFO, logger="asyncjobs.worker"):
             rows = await store.take(ME, 100)
-        assert verdicts(rows) == [(i, "run", 1) for i in ids]
-        assert not store.read_together
-        assert "read one by one" in caplog.text
-        more = [f"k{n}" for n in range(READ_TOGETHER)]
-        await enqueue(store, *more)
-        before = await command_calls(admin)
-        rows = await store.take(ME, 100)
         after = await command_calls(admin)
-        assert verdicts(rows) == [(i, "run", 1) for i in more]
-        assert after.get("sort", 0) == before.get("sort", 0)  # not asked again
-        assert after["hmget"] - before["hmget"] == READ_TOGETHER
-        assert await admin.exists(store.keys.scratch) == 0
+        assert verdicts(rows) == [(i, "run", 1) for i in ids]
+        assert after["hmget"] - before.get("hmget", 0) == len(ids)
+        assert after.get("sort", 0) == before.get("sort", 0) == 0
+        assert caplog.text == ""
+        info = await admin.acl_log()
+        assert info == []  # nothing was refused to the limited user
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_job_settled_twice_in_one_batch_keeps_its_later_record(
+        backend: Backend) -> None:
+    """settle.lua deletes the job keys of kept results together, after the batch; a job whose
+    key is written again later in the same batch (two entries of one job: the first kept, the
+    second retried) has its key deleted before that write, as one DEL per job would: the
+    retry's record stays, and the kept results are in their shared hash."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(backend.prefix, "q"))
+        await store.ensure_group()
+        k = store.keys
+        job, other = new_job_ids(2)
+        entries = await enqueue(store, job, other)
+        second = (await client.xadd(k.stream, {"i": job})).decode()
+        rows = await store.take(ME, 10)
+        assert [r.delivery.entry for r in rows] == [entries[job], entries[other], second]
+        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
+        [settled] = await run_pipelined(client, [store.settle_call(ME, [
+            SettleOp(entries[job], job, "keep", b"\xc0", 3600, head),
+            SettleOp(entries[other], other, "keep", b"\xc0", 3600, head),
+            SettleOp(second, job, "retry", number=60_000),
+        ])])
+        assert settled == [1, 1, 1]
+        record = await client.hgetall(k.job(job))
+        assert record.get(b"s") == b"scheduled"  # the retry's write, not deleted after it
+        assert await client.exists(k.job(other)) == 0  # kept: its key went
+        kept_job, kept_other = k.kept(job), k.kept(other)
+        assert kept_job is not None and kept_other is not None
+        assert await client.hexists(kept_job, job) and await client.hexists(kept_other, other)
+    finally:
+        await client.aclose()

@@ -34,7 +34,7 @@ def all_keys(keys: Keys) -> list[str]:
     return [
         keys.stream, keys.delayed, keys.dead, keys.job("abc123"), keys.job_prefix + "x",
         keys.stats, keys.leader, keys.cron, keys.done_channel("abc123"), keys.abort_channel,
-        keys.wake_channel, keys.settings, keys.scratch,
+        keys.wake_channel, keys.settings,
     ]
 
 

@@ -167,12 +167,6 @@ class Keys:
         return f"{self.shared}:conclimits"
 
     @property
-    def scratch(self) -> str:
-        """A list take.lua makes and deletes within one call (the ids whose records it reads
-        together): never seen outside a script. One for all the queue's priority levels."""
-        return f"{self.shared}:scratch"
-
-    @property
     def leader(self) -> str:
         """The scheduler lease of this queue."""
         return f"{self.base}:leader"

@@ -7,7 +7,6 @@ Python values back and never see a Redis reply shape.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,14 +32,7 @@ from .values import (
     reply_text,
 )
 
-log = logging.getLogger("asyncjobs.worker")
-
 _ENQUEUE_BATCH = 500
-
-
-READ_TOGETHER = 4
-"""The fewest jobs of one take whose records take.lua reads together (three commands for
-the batch, see ``read_records`` in _prelude.lua) rather than with one HMGET each."""
 
 
 def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call:
@@ -48,23 +40,13 @@ def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call
     fetch loop's wait sends it right behind its blocking read); ``taken_from`` reads the
     reply."""
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
-    together = READ_TOGETHER if all(st.read_together for st in stores) else 0
-    args: list[s.KeyOrArg] = [GROUP, consumer, count, stores[0].keys.scratch, together,
-                              *(st.keys.job_prefix for st in stores)]
+    args: list[s.KeyOrArg] = [GROUP, consumer, count, *(st.keys.job_prefix for st in stores)]
     return s.load(s.TAKE), keys, args
 
 
-def taken_from(stores: Sequence[QueueStore], reply: Any) -> Taken:
-    """What a take.lua call of ``take_call(stores, ...)`` started, from its reply. Once
-    Redis refuses to read records together (Redis Cluster, an ACL user without access to
-    every key), the stores read them one by one."""
-    rows, last, errors, refused = reply
-    if refused:
-        for st in stores:
-            st.read_together = False
-        log.info("Redis refused to read the records of a batch of jobs of queue %s together "
-                 "(%s); they are read one by one from now on (a command per job more)",
-                 stores[0].keys.queue, reply_text(refused))
+def taken_from(reply: Any) -> Taken:
+    """What a take.lua call (``take_call``) started, from its reply."""
+    rows, last, errors = reply
     return Taken(
         [(int(level) - 1,
           Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),
@@ -79,7 +61,7 @@ async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -
     first: their keys share one hash tag) without blocking, and start them, in one round
     trip; see take.lua and ``taken_from``."""
     script, keys, args = take_call(stores, consumer, count)
-    return taken_from(stores, await script(stores[0].client, keys, args))
+    return taken_from(await script(stores[0].client, keys, args))
 
 
 async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_ms: int,
@@ -100,10 +82,6 @@ class QueueStore:
 
     replication: Replication | None = None
     """Set on the stores of a pool made with ``wait_replicas``: enqueues wait for replicas."""
-
-    read_together = True
-    """Whether take.lua may read the records of a batch together (False once Redis refused:
-    see ``take_levels``)."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client

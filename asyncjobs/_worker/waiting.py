@@ -170,7 +170,7 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
         return True, []
     if isinstance(ran, ResponseError):
         raise ran  # as the take's own call raises it (an outage reply: retried)
-    taken = taken_from(stores, ran)
+    taken = taken_from(ran)
     if order is not None:
         order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
     if taken.rows:  # started: whatever the read said, they run

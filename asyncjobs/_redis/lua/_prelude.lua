@@ -19,6 +19,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A whole number (a time in ms, attempts) as the text Redis stores for it: the same digits
+-- a number passed to redis.call becomes, without the float formatting Redis does for one
+-- ('%.17g', costly for a 13-digit time); the last time formatted is remembered, as a batch
+-- writes the same `now` many times.
+local last_ms, last_ms_text = nil, nil
+local function ms_text(n)
+  if n ~= last_ms then
+    last_ms, last_ms_text = n, string.format('%d', n)
+  end
+  return last_ms_text
+end
+
 -- A whole number (attempts, a time in ms) from a field; nil when missing or garbage
 -- ('abc', 'inf', 'nan', '1.5', absurdly large).
 local function int(v)
@@ -82,7 +94,7 @@ end
 -- until purged); a notice to whoever waits (unless `quiet`: nobody does). Returns nil, or
 -- an error text when the job key cannot hold a record (then nothing was written).
 local function finish(key, channel, state, now, ttl, fields, quiet)
-  local ok = redis.pcall('HSET', key, 's', state, 'et', now, unpack(fields or {}))
+  local ok = redis.pcall('HSET', key, 's', state, 'et', ms_text(now), unpack(fields or {}))
   if type(ok) == 'table' and ok.err then
     return 'the job key cannot hold a record: ' .. tostring(ok.err)
   end
@@ -160,9 +172,12 @@ end
 -- KEPT_MIN_TTL_S to KEPT_MAX_TTL_S, and only into a hash that is absent (created with
 -- ttl + KEPT_SLACK_MS) or expires between ttl and ttl + KEPT_SLACK_MS from now: the result
 -- stays readable at least `ttl` s, at most KEPT_SLACK_MS longer. `fresh` (one table per
--- script call) remembers the hashes this call already checked. Returns true when kept
--- there, false when the caller keeps the record in its own key (nothing was written).
-local function keep(key, id, now, ttl, head, result, fresh)
+-- script call) remembers the hashes this call already checked. `key` is not deleted here
+-- but added to `gone` (one table per script call: the keys in order, and each key -> true),
+-- whose keys the caller deletes together before it writes to any of them again
+-- (settle.lua's delete_gone). Returns true when kept there, false when the caller keeps the
+-- record in its own key (nothing was written).
+local function keep(key, id, now, ttl, head, result, fresh, gone)
   local kept = ttl >= KEPT_MIN_TTL_S and ttl <= KEPT_MAX_TTL_S and head ~= ''
     and kept_key(key, id)
   if not kept then
@@ -190,7 +205,8 @@ local function keep(key, id, now, ttl, head, result, fresh)
     end
   end
   fresh[kept] = ttl_ms
-  redis.call('DEL', key)
+  gone[#gone + 1] = key
+  gone[key] = true
   return true
 end
 
@@ -231,31 +247,29 @@ local function held_by(stream, group, entry, consumer)
   return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
 end
 
--- A stream entry id as two numbers (ms, sequence); {0, 0} for anything else.
-local function id_parts(entry)
-  local ms, seq = string.match(tostring(entry), '^(%d+)%-(%d+)$')
-  return {tonumber(ms) or 0, tonumber(seq) or 0}
-end
-
-local function id_less(a, b)
-  local x, y = id_parts(a), id_parts(b)
-  return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2])
-end
-
 -- Which of `entries` are pending for `consumer`, as a set, in one XPENDING over the range
 -- they span (it returns at most what this consumer holds there); entry by entry only if
--- that range holds more than `most`.
+-- that range holds more than `most`, or if one of `entries` is not a stream entry id.
 local function held_set(stream, group, consumer, entries, most)
   local held = {}
   if #entries == 0 then return held end
-  local lo, hi = entries[1], entries[1]
-  for _, e in ipairs(entries) do
-    if not stream_id(e) then
+  local lo, hi, lo_ms, lo_seq, hi_ms, hi_seq
+  for _, e in ipairs(entries) do  -- each id read once: its two numbers, then compared
+    local ms, seq = nil, nil
+    if type(e) == 'string' then
+      ms, seq = string.match(e, '^(%d+)%-(%d+)$')
+    end
+    if not ms then
       lo = nil
       break
     end
-    if id_less(e, lo) then lo = e end
-    if id_less(hi, e) then hi = e end
+    ms, seq = tonumber(ms), tonumber(seq)
+    if not lo or ms < lo_ms or (ms == lo_ms and seq < lo_seq) then
+      lo, lo_ms, lo_seq = e, ms, seq
+    end
+    if not hi or ms > hi_ms or (ms == hi_ms and seq > hi_seq) then
+      hi, hi_ms, hi_seq = e, ms, seq
+    end
   end
   local rows = lo and redis.call('XPENDING', stream, group, lo, hi, most, consumer) or nil
   if rows and #rows < most then
@@ -378,6 +392,7 @@ end
 -- never the job's end. `ended` is a flat list {id, ms, id, ms, ...}.
 local ENDED_KEEP = 2000
 local function index_ended(key, ended)
+  for i = 2, #ended, 2 do ended[i] = ms_text(ended[i]) end
   if #ended > 0 then
     redis.pcall('XADD', key, 'MAXLEN', '~', ENDED_KEEP, '*', unpack(ended))
   end
@@ -386,71 +401,25 @@ end
 local STATES = {scheduled = true, queued = true, running = true, complete = true,
   failed = true, aborted = true, expired = true}
 
--- The record fields start_entry() reads, in its order. The last five only tell whether
--- the record is plain (see keep).
+-- The record fields start_entry() reads (one HMGET), in its order. The last five only
+-- tell whether the record is plain (see keep).
 local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs', 'd', 'p', 'cw', 'dl',
   'et'}
-
--- The START_FIELDS of many jobs' records in one read instead of one HMGET each: the ids go
--- into `scratch` (a list under the queue's hash tag, made and deleted here: no other script
--- call ever sees it), one SORT ... BY nosort GET <prefix>*-><field> reads every field of
--- every record, and the list goes: three commands for the whole batch. Returns the records
--- by position in `ids`, nil where a record has no state field (no record, or a key that is
--- not a hash: start_entry() reads those itself, to tell them apart), and Redis's refusal of
--- SORT's GET patterns ('' if none: Redis Cluster and ACL users without access to every key
--- refuse them, and the caller stops asking). Nothing is read this way (every record then
--- read by start_entry) when the prefix holds a '*' or a NUL (SORT would take it for the
--- pattern's) or the scratch list cannot be made (a Redis at its maxmemory before this
--- call's first write, or a key of another type in its place).
-local function read_records(scratch, prefix, ids)
-  if #ids == 0 or string.find(prefix, '[%*%z]') then
-    return {}, ''
-  end
-  local pushed = redis.pcall('RPUSH', scratch, unpack(ids))
-  if type(pushed) ~= 'number' then
-    return {}, ''
-  end
-  if pushed ~= #ids then  -- a list left over (never expected: each call deletes its own)
-    redis.call('DEL', scratch)
-    return {}, ''
-  end
-  local sort = {'SORT', scratch, 'BY', 'nosort'}
-  for _, f in ipairs(START_FIELDS) do
-    sort[#sort + 1] = 'GET'
-    sort[#sort + 1] = prefix .. '*->' .. f
-  end
-  local got = redis.pcall(unpack(sort))
-  redis.call('DEL', scratch)
-  if type(got) == 'table' and got.err then
-    return {}, tostring(got.err)
-  end
-  local width, recs = #START_FIELDS, {}
-  for i = 1, #ids do
-    local base = (i - 1) * width
-    if got[base + 1] then
-      local rec = {}
-      for f = 1, width do rec[f] = got[base + f] end
-      recs[i] = rec
-    end
-  end
-  return recs, ''
-end
 
 -- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
 -- history, enqueued ms, now ms, reserved slot ms, plain}; a runnable job becomes `running` with
 -- attempts + 1. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
 -- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
--- `known`: the record's START_FIELDS as read_records() read them in this call, before
--- anything wrote to it (nil: read it here). `plain` is 1 for a job that runs with a plain
--- record (none of x, ab, h, d, p, cw, dl, et: see keep), 0 otherwise.
-local function start_entry(entry, id, consumer, prefix, now, known)
+-- `plain` is 1 for a job that runs with a plain record (none of x, ab, h, d, p, cw, dl, et:
+-- see keep), 0 otherwise.
+local function start_entry(entry, id, consumer, prefix, now)
   local key = prefix .. id
   if not utf8_ok(id) then
     return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0, 0}
   end
   local rec = {}
   if id ~= '' then
-    rec = known or hmget(key, unpack(START_FIELDS))
+    rec = hmget(key, unpack(START_FIELDS))
   end
   if not rec then
     return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',
@@ -485,11 +454,12 @@ local function start_entry(entry, id, consumer, prefix, now, known)
   local reserved = 0
   if verdict == 'run' then
     attempts = attempts + 1
+    local a = string.format('%d', attempts)
     if int(rec[8]) then
-      redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer)
+      redis.call('HSET', key, 'a', a, 's', 'running', 'st', ms_text(now), 'w', consumer)
     else  -- keep the enqueue time before the entry id can change (retry, hand-back)
-      redis.call('HSET', key, 'a', attempts, 's', 'running', 'st', now, 'w', consumer,
-        'q', enqueued)
+      redis.call('HSET', key, 'a', a, 's', 'running', 'st', ms_text(now), 'w', consumer,
+        'q', string.format('%d', enqueued))
     end
     if rec[9] then
       reserved = int(rec[9]) or 0

@@ -12,7 +12,9 @@
 -- that job (Job.result() registers the job's id in the `waiting` set): one ZCOUNT, and one
 -- ZMSCORE of the batch's ids when anyone waits at all. Per job there remain the record's
 -- writes: HSET and EXPIRE for a result kept in its own key, or for 'keep' HSET of the
--- shared hash and DEL of the job key (and once per shared hash, PTTL and PEXPIRE).
+-- shared hash (and once per shared hash, PTTL and PEXPIRE); the job keys of the kept
+-- results are deleted together, one DEL for the batch (delete_gone), before anything else
+-- writes to one of them.
 --
 -- Memory first: the entries are acknowledged and deleted before anything is written. On a
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
@@ -52,6 +54,15 @@ local counts = {}
 local lettered = false
 local ended = {}
 local kept = {}  -- the kept-result hashes this call wrote to (see keep)
+local gone = {}  -- the job keys of results kept in a shared hash, not deleted yet (see keep)
+
+-- Delete the keys in `gone`, 500 per DEL; nothing is pending deletion after.
+local function delete_gone()
+  for first = 1, #gone, 500 do
+    redis.call('DEL', unpack(gone, first, math.min(first + 499, #gone)))
+  end
+  gone = {}
+end
 
 -- A dead letter: the job id, the reason, the time, and `extra` fields (the raw entry's).
 local function letter(id, reason, extra)
@@ -76,7 +87,7 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
   local broken = nil
   if outcome == 'keep' then  -- complete, its result kept in a shared hash if it can be
     outcome = 'complete'
-    if keep(key, id, now, number, history, payload, kept) then
+    if keep(key, id, now, number, history, payload, kept, gone) then
       if not quiet then
         redis.call(PUBLISH, done, 'complete')
       end
@@ -151,9 +162,13 @@ for b = 11, #ARGV, 7 do
     out[#out + 1] = 0
   else
     held[entry] = nil  -- an entry listed twice is settled once
+    if gone[ARGV[3] .. ARGV[b + 1]] then  -- the same job settled again in this batch
+      delete_gone()
+    end
     local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
       tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], not waited(ARGV[b + 1]))
     if ARGV[b + 6] ~= '' then
+      delete_gone()  -- the waiter it lets go is written to: no key of ours is left behind
       release_lease(ARGV[9], KEYS[7], ARGV[3], ARGV[b + 6],
         ARGV[b + 1])
     end
@@ -163,6 +178,7 @@ for b = 11, #ARGV, 7 do
     out[#out + 1] = 1
   end
 end
+delete_gone()
 if lettered then
   counts['trimmed'] = trim_dead(KEYS[3], ARGV[3], tonumber(ARGV[7]), tonumber(ARGV[8]), now)
   if counts['trimmed'] == 0 then counts['trimmed'] = nil end

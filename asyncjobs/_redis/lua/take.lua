@@ -3,33 +3,23 @@
 -- when the levels before it had fewer entries waiting than were asked for, so a job starts
 -- ahead of every job of a lower level that waits with it (FIFO within a level).
 -- Entries read here are this consumer's (no ownership check needed); each is started as
--- start.lua does, and a bad record only gives its own entry a 'corrupt' or 'unreadable'
--- verdict: the rest of the batch starts normally.
--- When a level gives at least ARGV[5] job ids, their records are read together
--- (read_records: RPUSH, SORT, DEL of the scratch list ARGV[4], whatever the batch's size)
--- instead of one HMGET each; a job id met twice in one batch is read again by its second
--- entry, after its first one's writes. Per started job there remain the start's HSET (and
--- an HDEL of a reserved rate slot).
+-- start.lua does (one HMGET of its record, one HSET, and an HDEL of a reserved rate slot),
+-- and a bad record only gives its own entry a 'corrupt' or 'unreadable' verdict: the rest
+-- of the batch starts normally. A job id met twice in one batch is read again by its second
+-- entry, after its first one's writes.
 --
 -- KEYS[1..n] the levels' streams, highest level first (all of one queue: one hash tag)
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] scratch list key (the queue's
--- hash tag; made and deleted within the call), ARGV[5] fewest job ids of a level whose
--- records are read together (0: never), ARGV[6..5+n] the levels' job key prefixes
--- Returns {rows, last, errors, refused}: rows holds one array per started entry, {level
--- (1..n), entry id, job id, then start.lua's eight values}. When rows is empty, last holds
--- each stream's newest entry id ('0-0' for an empty or missing stream; '' for one that
--- cannot be read): every entry after it is new, so a blocking XREAD from these ids wakes for
--- exactly the entries this call could not see. errors holds {level, message} for each level
--- Redis refused to read (NOGROUP, or a key of the wrong type): the other levels are read as
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4..3+n] the levels' job key prefixes
+-- Returns {rows, last, errors}: rows holds one array per started entry, {level (1..n),
+-- entry id, job id, then start.lua's eight values}. When rows is empty, last holds each
+-- stream's newest entry id ('0-0' for an empty or missing stream; '' for one that cannot be
+-- read): every entry after it is new, so a blocking XREAD from these ids wakes for exactly
+-- the entries this call could not see. errors holds {level, message} for each level Redis
+-- refused to read (NOGROUP, or a key of the wrong type): the other levels are read as
 -- usual, and nothing is written for a refused level (the read is its first command).
--- refused is Redis's refusal of the reading together ('' if none; Redis Cluster, an ACL
--- user without access to every key): those records were read one by one, and the caller
--- passes 0 as ARGV[5] from then on.
 local want = tonumber(ARGV[3])
-local together = tonumber(ARGV[5]) or 0
 local now = now_ms()
 local out, errors = {}, {}
-local refused = ''
 for level = 1, #KEYS do
   if want <= 0 then
     break
@@ -43,29 +33,10 @@ for level = 1, #KEYS do
     -- {stream, entries}.
     local entries = got and got[1] and (type(got[1]) == 'table' and got[1][2] or got[2])
     if entries then
-      local prefix = ARGV[5 + level]
-      local ids, at, seen, known = {}, {}, {}, {}
-      if together > 0 and #entries >= together then
-        for n, item in ipairs(entries) do
-          local id = job_id_of(item[2])
-          if id ~= '' and not seen[id] and utf8_ok(id) then
-            seen[id] = true
-            ids[#ids + 1] = id
-            at[n] = #ids
-          end
-        end
-      end
-      if together > 0 and #ids >= together then
-        local why
-        known, why = read_records(ARGV[4], prefix, ids)
-        if why ~= '' then
-          refused = why
-          together = 0
-        end
-      end
-      for n, item in ipairs(entries) do
+      local prefix = ARGV[3 + level]
+      for _, item in ipairs(entries) do
         local entry, id = item[1], job_id_of(item[2])
-        local row = start_entry(entry, id, ARGV[2], prefix, now, at[n] and known[at[n]])
+        local row = start_entry(entry, id, ARGV[2], prefix, now)
         out[#out + 1] = {level, entry, id, row[1], row[2], row[3], row[4], row[5], row[6],
           row[7], row[8]}
         want = want - 1
@@ -84,4 +55,4 @@ if #out == 0 then
     end
   end
 end
-return {out, last, errors, refused}
+return {out, last, errors}
