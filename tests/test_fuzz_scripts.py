@@ -407,6 +407,44 @@ def test_the_models_int_is_the_scripts_int(backend: Backend, values: list[bytes]
     run(backend, body)
 
 
+_UTF8_PROBE = """
+local out = {}
+for i, v in ipairs(ARGV) do out[i] = utf8_ok(v) and 1 or 0 end
+return out
+"""
+
+_UTF8_EDGES = (b"", b"\x00", b"\x7f", b"\x80", b"\xc0\x80", b"\xc2\x80", b"\xdf\xbf",
+               b"\xe0\x9f\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xed\xa0\x80",
+               b"\xef\xbf\xbf", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80",
+               b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff",
+               b"abc\xe2\x82", "h\u00e9llo \u20ac \U0001f600".encode())
+
+
+@settings(FUZZ, max_examples=60)
+@given(values=st.lists(st.one_of(
+    st.binary(max_size=12), st.sampled_from(_UTF8_EDGES),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.tuples(st.sampled_from(_UTF8_EDGES), st.binary(max_size=3)).map(b"".join)),
+    min_size=1, max_size=20))
+def test_the_scripts_utf8_check_is_pythons(backend: Backend, values: list[bytes]) -> None:
+    """The prelude's ``utf8_ok()`` (a job id that is not UTF-8 is never started: see
+    start_entry) accepts exactly what Python decodes as UTF-8, NUL and surrogates included;
+    checked against the server's Lua itself."""
+
+    def python_ok(raw: bytes) -> int:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return 0
+        return 1
+
+    async def body(env: Env) -> None:
+        got = await env.client.eval(f"{_prelude()}\n{_UTF8_PROBE}", 0, *values)  # type: ignore[misc]
+        assert got == [python_ok(v) for v in values], values
+
+    run(backend, body)
+
+
 # -- the model of start_entry() ------------------------------------------------------------
 
 

@@ -46,7 +46,8 @@ def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call
 
 def taken_from(reply: Any) -> Taken:
     """What a take.lua call (``take_call``) started, from its reply."""
-    rows, last, errors = reply
+    flat, last, errors = reply
+    rows = [flat[i:i + 11] for i in range(0, len(flat), 11)]  # 11 values a started entry
     return Taken(
         [(int(level) - 1,
           Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),

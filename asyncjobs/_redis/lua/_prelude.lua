@@ -118,7 +118,7 @@ local KEPT_SLACK_MS = 10000
 local KEPT_MIN_TTL_S = 300
 local KEPT_MAX_TTL_S = 315576000  -- 10 years, the longest duration any option takes
 local function kept_key(key, id)
-  if #id ~= 22 or string.find(id, '[^A-Za-z0-9_%-]')
+  if #id ~= 22 or not string.find(id, '^[A-Za-z0-9_%-]+$')  -- anchored: one pass
       or string.sub(key, -(#id + 5)) ~= ':job:' .. id then
     return nil
   end
@@ -154,14 +154,20 @@ local function kept_exists(key, id, absent)
   return redis.pcall('HEXISTS', kept, id) == 1
 end
 
+local last_varint_n, last_varint = nil, nil  -- a batch packs the same `now` many times
 local function varint(n)  -- a whole number from 0 to 2^53, unsigned LEB128
+  if n == last_varint_n then
+    return last_varint
+  end
+  last_varint_n = n
   local out = {}
   repeat
     local low = n % 128
     n = (n - low) / 128
     out[#out + 1] = string.char(n > 0 and low + 128 or low)
   until n == 0
-  return table.concat(out)
+  last_varint = table.concat(out)
+  return last_varint
 end
 
 -- Keep the result of job `id`, which just completed at `now` with `result` (msgpack),
@@ -320,7 +326,7 @@ end
 -- True when `s` is valid UTF-8 (job ids are text: one that is not can never be named by a
 -- producer, and workers would read it under another name).
 local function utf8_ok(s)
-  if not string.find(s, '[\128-\255]') then
+  if string.find(s, '^[\1-\127]*$') then  -- ASCII but NUL (anchored: one pass)
     return true
   end
   local i, n = 1, #s
