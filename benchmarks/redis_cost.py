@@ -2,16 +2,18 @@
 redis-server, so the figure is the same run after run on one binary (CPU time on a shared VM
 swings by 20 % or more; instructions do not).
 
-    .venv/bin/python benchmarks/redis_cost.py [--jobs 4000] [--runs 2]
+    .venv/bin/python benchmarks/redis_cost.py [--jobs 4000] [--single 1000] [--runs 2]
         [--out benchmarks/results/redis_cost.json]
 
-Each run starts a fresh redis-server under ``valgrind --tool=callgrind`` and counts two
+Each run starts a fresh redis-server under ``valgrind --tool=callgrind`` and counts three
 phases, zeroing the counters before each and dumping them after (``callgrind_control``):
 
+- ``enqueue``: --single no-op jobs enqueued one at a time (``Pool.enqueue``: one script
+  call each, as a web request enqueues its job);
 - ``enqueue_many``: --jobs no-op jobs enqueued in chunks of 1,000 (``Pool.enqueue_many``);
 - ``drain``: one ``asyncjobs worker app:worker --burst`` (a task that returns None) runs
-  them all; its start-up (the scripts loaded, the consumer group) and its stop are counted
-  too, spread over the jobs.
+  them all (the --single jobs too); its start-up (the scripts loaded, the consumer group)
+  and its stop are counted too, spread over the jobs.
 
 Instructions per job of each phase, every run kept, medians reported. Redis runs some 50
 times slower under valgrind, so the worker's batches are fuller than at full speed; compare
@@ -73,6 +75,13 @@ def _dumped(out_dir: Path, n: int) -> int:
     raise SystemExit(f"callgrind wrote no {path.name}")
 
 
+async def _enqueue_single(url: str, n: int) -> None:
+    ref = asyncjobs.task_ref("bare", queue=QUEUE)
+    async with asyncjobs.create_pool(url, queue=QUEUE) as pool:
+        for i in range(n):
+            await pool.enqueue(ref, -1 - i)
+
+
 async def _enqueue(url: str, n: int) -> None:
     ref = asyncjobs.task_ref("bare", queue=QUEUE)
     async with asyncjobs.create_pool(url, queue=QUEUE) as pool:
@@ -92,7 +101,7 @@ def _ping(port: int, timeout: float) -> None:
     raise SystemExit("redis-server did not answer under valgrind")
 
 
-def one_run(app_dir: str, n: int) -> dict[str, float]:
+def one_run(app_dir: str, n: int, single: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         port = free_port()
@@ -104,10 +113,15 @@ def one_run(app_dir: str, n: int) -> dict[str, float]:
         try:
             _ping(port, 60)
             url = f"redis://127.0.0.1:{port}"
+            asyncio.run(_enqueue_single(url, 1))  # the scripts loaded: not counted
+            _control("-z", server.pid)
+            asyncio.run(_enqueue_single(url, single))
+            _control("-d", server.pid)
+            one_by_one = _dumped(out_dir, 1)
             _control("-z", server.pid)
             asyncio.run(_enqueue(url, n))
             _control("-d", server.pid)
-            enqueued = _dumped(out_dir, 1)
+            enqueued = _dumped(out_dir, 2)
             _control("-z", server.pid)
             subprocess.run(
                 [sys.executable, "-m", "asyncjobs", "worker", "app:worker", "--redis-url", url,
@@ -116,21 +130,24 @@ def one_run(app_dir: str, n: int) -> dict[str, float]:
                 env={**os.environ, "PYTHONPATH": os.pathsep.join([app_dir, str(HERE.parent)])},
                 stdout=subprocess.DEVNULL, timeout=max(300.0, n / 20))
             _control("-d", server.pid)
-            drained = _dumped(out_dir, 2)
+            drained = _dumped(out_dir, 3)
             done = subprocess.run(["redis-cli", "-p", str(port), "hget",
                                    Keys("asyncjobs", QUEUE).stats, "complete"],
                                   capture_output=True, text=True).stdout.strip()
-            if done != str(n):
-                raise SystemExit(f"only {done or 0}/{n} jobs complete")
+            total = n + single + 1
+            if done != str(total):
+                raise SystemExit(f"only {done or 0}/{total} jobs complete")
         finally:
             server.terminate()
             server.wait(60)
-    return {"enqueue_many_per_job": enqueued / n, "drain_per_job": drained / n}
+    return {"enqueue_per_job": one_by_one / single, "enqueue_many_per_job": enqueued / n,
+            "drain_per_job": drained / total}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=4000)
+    ap.add_argument("--single", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "redis_cost.json"))
     args = ap.parse_args()
@@ -141,13 +158,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as app_dir:
         Path(app_dir, "app.py").write_text(APP)
         for k in range(args.runs):
-            got = one_run(app_dir, args.jobs)
+            got = one_run(app_dir, args.jobs, args.single)
             runs.append(got)
             print(f"[run {k + 1}/{args.runs}] " + ", ".join(
                 f"{key} {value:,.0f}" for key, value in got.items()), flush=True)
     version = subprocess.run(["redis-server", "--version"], capture_output=True,
                              text=True).stdout.strip()
     result = {"machine": machine_info(), "redis": version, "jobs": args.jobs,
+              "single": args.single,
               "runs": runs,
               "medians": {key: statistics.median(r[key] for r in runs) for key in runs[0]}}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 import asyncjobs
 from asyncjobs import Context, JobState
@@ -222,5 +223,67 @@ async def test_a_job_settled_twice_in_one_batch_keeps_its_later_record(
         kept_job, kept_other = k.kept(job), k.kept(other)
         assert kept_job is not None and kept_other is not None
         assert await client.hexists(kept_job, job) and await client.hexists(kept_other, other)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_settle_that_fails_midway_leaves_no_running_record_beside_a_kept_result(
+        backend: Backend) -> None:
+    """A batch whose second job's dead letter cannot be written (the letters stream is at the
+    last possible id, so XADD '*' fails) fails after the first job's result was kept: the
+    first job's own key is gone as it was before the batch deleted its keys together (a
+    record saying `running` beside the kept result would be read as running for ever)."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(backend.prefix, "q"))
+        await store.ensure_group()
+        k = store.keys
+        kept_job, failed_job = new_job_ids(2)
+        entries = await enqueue(store, kept_job, failed_job)
+        assert len(await store.take(ME, 10)) == 2
+        await client.xadd(k.dead, {"x": "1"}, id="18446744073709551615-18446744073709551615")
+        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
+        with pytest.raises(ResponseError, match="exhausted the last possible ID"):
+            await run_pipelined(client, [store.settle_call(ME, [
+                SettleOp(entries[kept_job], kept_job, "keep", b"\xc0", 3600, head),
+                SettleOp(entries[failed_job], failed_job, "failed", "boom"),
+            ])])
+        shared = k.kept(kept_job)
+        assert shared is not None and await client.hexists(shared, kept_job)
+        assert await client.exists(k.job(kept_job)) == 0
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_one_settle_of_five_thousand_jobs_records_every_one(backend: Backend) -> None:
+    """A worker of high concurrency can settle thousands of jobs in one call (all that ended
+    while the previous settle was in flight). Every one is recorded: its result kept, the
+    queue's `complete` counter, and the ended index (noted 500 jobs an entry: Lua's unpack
+    takes a few thousand values at most, and one entry for the whole batch failed the call
+    after its results were written)."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(backend.prefix, "q"))
+        await store.ensure_group()
+        k = store.keys
+        n = 5000
+        ids = new_job_ids(n)
+        assert await store.enqueue([NewJob(i, encode_spec(JobSpec("t", []))) for i in ids]) \
+            == {}
+        rows = await store.take(ME, n)
+        assert len(rows) == n
+        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
+        [settled] = await run_pipelined(client, [store.settle_call(ME, [
+            SettleOp(r.delivery.entry, r.delivery.job_id, "keep", b"\xc0", 3600, head)
+            for r in rows])])
+        assert settled == [1] * n
+        assert int(await client.hget(k.stats, "complete") or 0) == n
+        noted = set()
+        for _, fields in await client.xrange(k.ended):
+            noted.update(f.decode() for f in fields)
+        assert noted == set(ids)
+        assert await client.xlen(k.stream) == 0
     finally:
         await client.aclose()

@@ -53,7 +53,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._redis.transport",
     "asyncjobs._redis.health",
     "asyncjobs._redis.keys", "asyncjobs._redis.kept", "asyncjobs._redis.replication",
-    "asyncjobs._redis.scripts",
+    "asyncjobs._redis.prelude", "asyncjobs._redis.scripts",
     "asyncjobs._redis.store", "asyncjobs._redis.values", "asyncjobs._retry",
     "asyncjobs._routing", "asyncjobs._scheduling",
     "asyncjobs._scheduling.cron", "asyncjobs._scheduling.leader",

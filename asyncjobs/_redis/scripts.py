@@ -1,6 +1,7 @@
 """Loads the Lua scripts in ``scripts/`` and runs them by SHA.
 
-Each script is prepended with ``_prelude.lua`` (the Redis clock, shared steps). Scripts run
+Each script is prepended with the part of ``_prelude.lua`` it uses (the Redis clock, shared
+steps: see ``prelude``). Scripts run
 with EVALSHA; after a Redis restart empties the script cache, a NOSCRIPT reply loads the
 script and the call is repeated, for single calls and for pipelines alike (on a Redis
 Cluster, the call is repeated with EVAL, which loads it on that node only: SCRIPT LOAD
@@ -26,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from .cluster import is_cluster
+from .prelude import used_part
 from .pubsub import sharded_pubsub
 
 KeyOrArg = str | bytes | int | float
@@ -115,8 +117,8 @@ _SHARDED = "local PUBLISH = 'SPUBLISH'\n"
 
 
 def load(name: str, sharded: bool = False) -> Script:
-    """The script ``scripts/<name>.lua``, with the shared prelude (its sharded variant
-    with ``sharded``); one object per script and variant."""
+    """The script ``scripts/<name>.lua``, with what it uses of the shared prelude (its
+    sharded variant with ``sharded``); one object per script and variant."""
     return _load(name, sharded)
 
 
@@ -128,7 +130,8 @@ def _load(name: str, sharded: bool) -> Script:
             raise RuntimeError("_prelude.lua must name its publish command in one line: "
                                f"{_CLASSIC.strip()}")
         prelude = prelude.replace(_CLASSIC, _SHARDED)
-    source = f"{prelude}\n{_read(name)}"
+    body = _read(name)
+    source = f"{used_part(prelude, body)}\n{body}"
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest(), sharded)
 
 

@@ -19,14 +19,33 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A whole number (a time in ms, attempts) as the text Redis stores for it: the same digits
--- a number passed to redis.call becomes, without the float formatting Redis does for one
--- ('%.17g', costly for a 13-digit time); the last time formatted is remembered, as a batch
--- writes the same `now` many times.
+-- A whole number below 2^53 in magnitude (a time in ms, attempts) as the text Redis stores
+-- for it: the same digits a number passed to redis.call becomes, without the float
+-- formatting Redis does for one ('%.17g', costly for a 13-digit time). '%d' takes a C long,
+-- 32 bits on some platforms: a number of 10 digits or more is written as two parts below
+-- 10^9.
+local function digits(n)
+  if n < 0 then
+    return '-' .. digits(-n)
+  end
+  if n < 1e9 then
+    return string.format('%d', n)
+  end
+  local high = math.floor(n / 1e9)
+  local low = n - high * 1e9
+  if low < 0 then  -- the division rounded up (only near 2^53)
+    high, low = high - 1, low + 1e9
+  elseif low >= 1e9 then
+    high, low = high + 1, low - 1e9
+  end
+  return string.format('%d%09d', high, low)
+end
+
+-- digits() of a time, remembering the last one: a batch writes the same `now` many times.
 local last_ms, last_ms_text = nil, nil
 local function ms_text(n)
   if n ~= last_ms then
-    last_ms, last_ms_text = n, string.format('%d', n)
+    last_ms, last_ms_text = n, digits(n)
   end
   return last_ms_text
 end
@@ -392,15 +411,18 @@ local function trim_dead(dead, prefix, limit, max_age_ms, now)
 end
 
 -- The ended index: a capped stream where the scripts that end jobs (settle, abort,
--- promote) note them, one entry per call, fields job id -> ended-at ms (the record's `et`).
--- Listings of complete and failed jobs read it newest first, and show a job only while its
--- record still ends there. Best effort: a wrong-typed key (or a full Redis) loses the note,
--- never the job's end. `ended` is a flat list {id, ms, id, ms, ...}.
+-- promote) note them, one entry per call and 500 jobs, fields job id -> ended-at ms (the
+-- record's `et`): Lua's unpack takes a few thousand values at most, and a worker of high
+-- concurrency may settle thousands of jobs in one call. Listings of complete and failed
+-- jobs read it newest first, and show a job only while its record still ends there. Best
+-- effort: a wrong-typed key (or a full Redis) loses the note, never the job's end.
+-- `ended` is a flat list {id, ms, id, ms, ...}.
 local ENDED_KEEP = 2000
 local function index_ended(key, ended)
   for i = 2, #ended, 2 do ended[i] = ms_text(ended[i]) end
-  if #ended > 0 then
-    redis.pcall('XADD', key, 'MAXLEN', '~', ENDED_KEEP, '*', unpack(ended))
+  for first = 1, #ended, 1000 do
+    redis.pcall('XADD', key, 'MAXLEN', '~', ENDED_KEEP, '*',
+      unpack(ended, first, math.min(first + 999, #ended)))
   end
 end
 
@@ -460,12 +482,12 @@ local function start_entry(entry, id, consumer, prefix, now)
   local reserved = 0
   if verdict == 'run' then
     attempts = attempts + 1
-    local a = string.format('%d', attempts)
+    local a = digits(attempts)
     if int(rec[8]) then
       redis.call('HSET', key, 'a', a, 's', 'running', 'st', ms_text(now), 'w', consumer)
     else  -- keep the enqueue time before the entry id can change (retry, hand-back)
       redis.call('HSET', key, 'a', a, 's', 'running', 'st', ms_text(now), 'w', consumer,
-        'q', string.format('%d', enqueued))
+        'q', digits(enqueued))
     end
     if rec[9] then
       reserved = int(rec[9]) or 0

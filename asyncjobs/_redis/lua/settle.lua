@@ -65,7 +65,11 @@ local function delete_gone()
 end
 
 -- A dead letter: the job id, the reason, the time, and `extra` fields (the raw entry's).
+-- The keys of the results kept so far are deleted first: the XADD can fail (a letters
+-- stream at the last possible id), and a call that fails midway must not leave a job key
+-- saying `running` beside its kept result.
 local function letter(id, reason, extra)
+  delete_gone()
   local fields = {'i', id, 'r', reason, 't', now}
   for _, f in ipairs(extra or {}) do fields[#fields + 1] = f end
   lettered = true
