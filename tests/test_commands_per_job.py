@@ -8,8 +8,10 @@ commands included, as the benchmarks count them (benchmarks/_workloads.py, proce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,6 +33,21 @@ from asyncjobs._redis.values import NewJob, SettleOp, Started
 from .conftest import Backend
 
 ME = "c-me"
+HEAD = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
+"""A kept result's head as a worker sends it (``kept.packed_head``)."""
+
+
+@contextlib.asynccontextmanager
+async def queue_store(backend: Backend) -> AsyncIterator[QueueStore]:
+    """A store of queue "q" on the backend, its consumer group made; its client closed
+    after."""
+    client = backend.factory(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(backend.prefix, "q"))
+        await store.ensure_group()
+        yield store
+    finally:
+        await client.aclose()
 
 
 async def command_calls(client: Redis) -> dict[str, int]:
@@ -200,20 +217,17 @@ async def test_a_job_settled_twice_in_one_batch_keeps_its_later_record(
     key is written again later in the same batch (two entries of one job: the first kept, the
     second retried) has its key deleted before that write, as one DEL per job would: the
     retry's record stays, and the kept results are in their shared hash."""
-    client = backend.factory(max_connections=4, socket_timeout=None)
-    try:
-        store = QueueStore(client, Keys(backend.prefix, "q"))
-        await store.ensure_group()
+    async with queue_store(backend) as store:
+        client = store.client
         k = store.keys
         job, other = new_job_ids(2)
         entries = await enqueue(store, job, other)
         second = (await client.xadd(k.stream, {"i": job})).decode()
         rows = await store.take(ME, 10)
         assert [r.delivery.entry for r in rows] == [entries[job], entries[other], second]
-        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
         [settled] = await run_pipelined(client, [store.settle_call(ME, [
-            SettleOp(entries[job], job, "keep", b"\xc0", 3600, head),
-            SettleOp(entries[other], other, "keep", b"\xc0", 3600, head),
+            SettleOp(entries[job], job, "keep", b"\xc0", 3600, HEAD),
+            SettleOp(entries[other], other, "keep", b"\xc0", 3600, HEAD),
             SettleOp(second, job, "retry", number=60_000),
         ])])
         assert settled == [1, 1, 1]
@@ -223,8 +237,6 @@ async def test_a_job_settled_twice_in_one_batch_keeps_its_later_record(
         kept_job, kept_other = k.kept(job), k.kept(other)
         assert kept_job is not None and kept_other is not None
         assert await client.hexists(kept_job, job) and await client.hexists(kept_other, other)
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.asyncio
@@ -234,26 +246,21 @@ async def test_a_settle_that_fails_midway_leaves_no_running_record_beside_a_kept
     last possible id, so XADD '*' fails) fails after the first job's result was kept: the
     first job's own key is gone as it was before the batch deleted its keys together (a
     record saying `running` beside the kept result would be read as running for ever)."""
-    client = backend.factory(max_connections=4, socket_timeout=None)
-    try:
-        store = QueueStore(client, Keys(backend.prefix, "q"))
-        await store.ensure_group()
+    async with queue_store(backend) as store:
+        client = store.client
         k = store.keys
         kept_job, failed_job = new_job_ids(2)
         entries = await enqueue(store, kept_job, failed_job)
         assert len(await store.take(ME, 10)) == 2
         await client.xadd(k.dead, {"x": "1"}, id="18446744073709551615-18446744073709551615")
-        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
         with pytest.raises(ResponseError, match="exhausted the last possible ID"):
             await run_pipelined(client, [store.settle_call(ME, [
-                SettleOp(entries[kept_job], kept_job, "keep", b"\xc0", 3600, head),
+                SettleOp(entries[kept_job], kept_job, "keep", b"\xc0", 3600, HEAD),
                 SettleOp(entries[failed_job], failed_job, "failed", "boom"),
             ])])
         shared = k.kept(kept_job)
         assert shared is not None and await client.hexists(shared, kept_job)
         assert await client.exists(k.job(kept_job)) == 0
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.asyncio
@@ -263,10 +270,8 @@ async def test_one_settle_of_five_thousand_jobs_records_every_one(backend: Backe
     queue's `complete` counter, and the ended index (noted 500 jobs an entry: Lua's unpack
     takes a few thousand values at most, and one entry for the whole batch failed the call
     after its results were written)."""
-    client = backend.factory(max_connections=4, socket_timeout=None)
-    try:
-        store = QueueStore(client, Keys(backend.prefix, "q"))
-        await store.ensure_group()
+    async with queue_store(backend) as store:
+        client = store.client
         k = store.keys
         n = 5000
         ids = new_job_ids(n)
@@ -274,9 +279,8 @@ async def test_one_settle_of_five_thousand_jobs_records_every_one(backend: Backe
             == {}
         rows = await store.take(ME, n)
         assert len(rows) == n
-        head = packed_head(1, 1, 2, encode_spec(JobSpec("t", [])), ME.encode())
         [settled] = await run_pipelined(client, [store.settle_call(ME, [
-            SettleOp(r.delivery.entry, r.delivery.job_id, "keep", b"\xc0", 3600, head)
+            SettleOp(r.delivery.entry, r.delivery.job_id, "keep", b"\xc0", 3600, HEAD)
             for r in rows])])
         assert settled == [1] * n
         assert int(await client.hget(k.stats, "complete") or 0) == n
@@ -285,5 +289,3 @@ async def test_one_settle_of_five_thousand_jobs_records_every_one(backend: Backe
             noted.update(f.decode() for f in fields)
         assert noted == set(ids)
         assert await client.xlen(k.stream) == 0
-    finally:
-        await client.aclose()
