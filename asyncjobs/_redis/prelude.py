@@ -54,11 +54,9 @@ def definitions(prelude: str) -> list[Definition]:
     lines = prelude.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.startswith("local ")]
     for i, line in enumerate(lines):
-        stripped = line.strip()
-        if line[:1] not in ("", " ", "\t", "\n") and not line.startswith(("local ", "end", "--",
-                                                                           "}")):
+        if not line[:1].isspace() and not line.startswith(("local ", "end", "--", "}")):
             raise ValueError(f"_prelude.lua line {i + 1} is a top-level statement that is "
-                             f"not a local definition: {stripped!r}")
+                             f"not a local definition: {line.strip()!r}")
     firsts = []  # where each statement's text starts: the comment lines right above it
     for k, start in enumerate(starts):
         first = start

@@ -44,10 +44,15 @@ def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call
     return s.load(s.TAKE), keys, args
 
 
+TAKE_ROW = 11
+"""Values take.lua returns per started entry, one after the other in one flat array: level,
+entry id, job id, then start_entry()'s eight."""
+
+
 def taken_from(reply: Any) -> Taken:
     """What a take.lua call (``take_call``) started, from its reply."""
     flat, last, errors = reply
-    rows = [flat[i:i + 11] for i in range(0, len(flat), 11)]  # 11 values a started entry
+    rows = [flat[i:i + TAKE_ROW] for i in range(0, len(flat), TAKE_ROW)]
     return Taken(
         [(int(level) - 1,
           Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),
