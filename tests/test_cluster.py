@@ -224,22 +224,29 @@ async def _short_placeholder(ctx: asyncjobs.Context, i: int) -> int:
 
 
 def _wait_replicated(cluster: ClusterSetup, timeout_s: float = 10.0) -> None:
-    """Wait until every replica has acknowledged its master's whole replication stream."""
+    """Wait until every replica has acknowledged what its master had written when this was
+    called. Running workers keep writing (heartbeats, leases, jobs), so the master's offset
+    moves on while the replicas' acknowledgements (sent once a second) trail it: the wait is
+    for the offsets read at the start, not for a moment when nothing is behind."""
     from .sentinel import info
 
+    targets: dict[int, int] = {}
+    for node in cluster.nodes:
+        replication = info(node.port, "replication")
+        if replication.get("role") == "master":
+            targets[node.port] = int(replication.get("master_repl_offset", "0"))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        behind = 0
-        for node in cluster.nodes:
-            replication = info(node.port, "replication")
-            if replication.get("role") != "master":
-                continue
-            offset = int(replication.get("master_repl_offset", "0"))
-            for key, value in replication.items():
-                if key.startswith("slave") and "offset=" in value:
-                    acked = int(value.split("offset=")[1].split(",")[0])
-                    behind += offset - acked
-        if behind == 0:
+        if all(_replicas_acked(info(port, "replication"), offset)
+               for port, offset in targets.items()):
             return
         time.sleep(0.05)
     raise TimeoutError("replicas did not catch up")
+
+
+def _replicas_acked(replication: dict[str, str], offset: int) -> bool:
+    """Whether every replica a master lists (and at least one) acknowledged ``offset``."""
+    acked = [int(value.split("offset=")[1].split(",")[0])
+             for key, value in replication.items()
+             if key.startswith("slave") and "offset=" in value]
+    return bool(acked) and min(acked) >= offset
