@@ -39,7 +39,8 @@ from .apps import hostile
 from .conftest import Backend
 from .procs import WorkerProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_redis, pytest.mark.asyncio]
+pytestmark = [pytest.mark.slow, pytest.mark.python_sensitive, pytest.mark.real_redis,
+              pytest.mark.asyncio]
 
 TARGET = "tests.apps.hostile:worker"
 POISON_TARGET = "tests.apps.hostile:poison_worker"

@@ -17,7 +17,7 @@ from asyncjobs._redis.embedded import RedisServer
 
 from .procs import WorkerProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
+pytestmark = [pytest.mark.slow, pytest.mark.python_sensitive, pytest.mark.real_redis]
 
 
 async def live_pids(url: str, prefix: str, count: int, timeout_s: float = 60.0) -> set[int]:

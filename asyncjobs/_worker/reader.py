@@ -22,6 +22,9 @@ log = logging.getLogger("asyncjobs.worker")
 _ASKED_PAUSE_S = 0.05
 """The pause before a read answered ASK (its slot half moved) says "woken"."""
 
+_CLOSE_WAIT_S = 5.0
+"""How long ``ClusterReader.close`` waits for its cancelled reads to end."""
+
 _UNBLOCK_AGAIN_S = 0.5
 """How long a ClusterReader waits for its other reads to end after a CLIENT UNBLOCK
 before sending another."""
@@ -132,6 +135,9 @@ class ClusterReader:
         self.readers: dict[str, Reader] = {}
         """One per slot read, by its first stream key."""
         self._ending = False  # a read of this wait woke: the others are not sent
+        self._live: set[asyncio.Future[bool]] = set()
+        """Reads of several slots at once (tasks) not yet ended: a wait cancelled midway
+        leaves them ending, and ``close`` waits for them."""
 
     @property
     def client_id(self) -> int | None:
@@ -148,6 +154,9 @@ class ClusterReader:
         if len(groups) == 1:
             return await self._read(groups[0], block_ms)
         reads = [asyncio.ensure_future(self._read(g, block_ms)) for g in groups]
+        for read in reads:
+            self._live.add(read)
+            read.add_done_callback(self._ended)
         try:
             _, pending = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
             # Reads not sent yet are not sent; those sent are unblocked, again each
@@ -175,6 +184,13 @@ class ClusterReader:
         if failure is not None and not woke:
             raise failure
         return woke
+
+    def _ended(self, read: asyncio.Future[bool]) -> None:
+        """A read's task ended. Its outcome is retrieved here: ``wait`` reads it too, but a
+        wait cancelled midway does not, and asyncio would log an error for it."""
+        self._live.discard(read)
+        if not read.cancelled():
+            read.exception()
 
     async def _read(self, streams: dict[str, str], block_ms: int) -> bool:
         key = next(iter(streams))
@@ -231,7 +247,15 @@ class ClusterReader:
         return ended
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, once no read is left running: a read of a wait cancelled
+        midway is cancelled, not yet ended, and one still connecting would otherwise make
+        its connection after the close and leave it open."""
+        if self._live:
+            for read in self._live:
+                read.cancel()
+            _, left = await asyncio.wait(list(self._live), timeout=_CLOSE_WAIT_S)
+            if left:  # pragma: no cover - a cancelled read ends at its next step
+                log.debug("%d cluster reads did not end on their cancellation", len(left))
         for key in list(self.readers):
             await self._drop(key)
 
