@@ -135,20 +135,32 @@ def keeps_slot(reserved_ms: int, now_ms: int, interval_us: int) -> bool:
 def limit_key(key_fn: RateKey | None, args: Sequence[Any], kwargs: Mapping[str, Any],
               what: str = "rate_key") -> str:
     """The key a job is counted under ('' for the task-wide limit). Raises ``RateKeyError``
-    with the reason (naming the option, ``what``) when the key function fails or returns
-    something other than a str or an int (the job is dead-lettered with it)."""
+    with the reason (naming the option, ``what``) when the key function fails (whatever it
+    raises, ``BaseException`` included: it is the task's code, not the worker's) or returns
+    something other than a str or an int of at most 200 characters that UTF-8 can encode
+    (the job is dead-lettered with it)."""
     if key_fn is None:
         return ""
     try:
         key = key_fn(*args, **kwargs)
-    except Exception as exc:
+    except BaseException as exc:  # the task's code: its job's reason, never the worker's
         raise RateKeyError(f"{what} raised {type(exc).__name__}: {safe_str(exc, 300)}"
                          ) from exc
     if isinstance(key, bool) or not isinstance(key, str | int):
         raise RateKeyError(f"{what} must return a str or an int, not {type(key).__name__}")
-    text = str(key)
+    # The value itself, not what a subclass's __str__ makes of it (which may raise); an int
+    # too long to be a key is refused before Python is asked for its digits.
+    if isinstance(key, int) and key.bit_length() > 700:
+        raise RateKeyError(f"{what} returned an int of more than 200 digits (at most 200)")
+    text = str.__str__(key) if isinstance(key, str) else int.__repr__(key)
     if len(text) > 200:
         raise RateKeyError(f"{what} returned {len(text)} characters (at most 200)")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise RateKeyError(f"{what} returned a str that is not valid UTF-8 (it holds a lone "
+                           f"surrogate: {text.encode(errors='backslashreplace').decode()!r:.80})"
+                           ) from None
     return text
 
 

@@ -310,6 +310,26 @@ async def test_garbage_in_the_settings_is_no_maximum(pool: asyncjobs.Pool) -> No
     assert await length(pool, "bp") == 4
 
 
+@pytest.mark.parametrize("stored", ["1e1", "0x0a", " 10", "10.0", "+10", "-10", "0",
+                                    "1000000000001", "9" * 30, "010", "10"])
+async def test_a_maximum_is_enforced_exactly_when_it_is_shown(pool: asyncjobs.Pool,
+                                                              stored: str) -> None:
+    """Whatever was written by hand: enqueue.lua enforces a maximum exactly when
+    ``max_length`` (and so ``queue_stats``, ``queue-limit``, ``info``) shows one, and the
+    same one."""
+    keys = pool.keys("bp")
+    await pool.client.hset(keys.settings, "max_length", stored)
+    shown = await pool.admin.max_length("bp")
+    assert (await pool.admin.queue_stats("bp")).max_length == shown
+    try:
+        await pool.enqueue_many([call(echo.options(queue="bp"), i) for i in range(12)])
+        enforced = None
+    except QueueFull as full:
+        enforced = full.queues["bp"]
+    assert enforced == shown
+    assert shown == (10 if stored in ("010", "10") else None)
+
+
 class _Idle:
     active = 0
 

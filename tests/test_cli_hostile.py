@@ -115,6 +115,27 @@ async def test_check_names_a_hostile_queue_literally(real: Backend) -> None:
     assert r"unhealthy: queue q\x1b[2J: no live worker" in err
 
 
+@pytest.mark.parametrize("args", [
+    ("queue-limit", "\udcff", "5"),  # a command line's bytes that are not UTF-8
+    ("queue-limit", "q\udcff"),
+    ("info", "-q", "\udcff"),
+    ("enqueue", "add", "-q", "\udcff"),
+])
+def test_a_name_that_is_not_text_is_one_line(real: Backend, args: tuple[str, ...]) -> None:
+    """Python decodes such an argument with lone surrogates, which no Redis command can
+    carry: refused as the option's bad value, never a traceback."""
+    code, out, err = cli(real, *args)
+    assert code == 2 and out == "", (out, err)
+    assert err.startswith("asyncjobs: error: Invalid value for ") and err.count("\n") == 1
+    assert r"invalid queue name '" in err and "not valid text" in err
+
+
+def test_a_prefix_that_is_not_text_is_one_line(real: Backend) -> None:
+    done = run_cli("queue-limit", "q", "--redis-url", real.url or "", "--prefix", "a\udcff")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "invalid prefix 'a\\udcff'" in done.stderr
+
+
 def test_enqueue_echoes_a_hostile_job_id_literally(real: Backend) -> None:
     out = clean_run(real, "enqueue", "add", "--arg", "1", "--job-id", "id\x1b[31m[/]")
     assert out.strip() == r"id\x1b[31m[/] queued on queue default"

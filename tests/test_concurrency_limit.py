@@ -84,6 +84,21 @@ def test_limit_names_keep_task_and_key_apart(task: str, key: str) -> None:
     assert split_limit_name("9:ab:c") == ("", "9:ab:c")
 
 
+def test_a_limit_name_with_thousands_of_digits_is_not_one() -> None:
+    """Written by hand: Python would refuse to read the number (ValueError past 4,300
+    digits), which crashed ``pool.admin.concurrency()``, ``job.info()`` and ``info``."""
+    for name in ("9" * 5000 + ":x", "0" * 5000 + "1:t:k", "1" * 10 + ":" + "t" * 20):
+        assert split_limit_name(name) == ("", name)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text() | st.builds(lambda n, rest: f"{n}:{rest}", st.integers(0, 10**30),
+                               st.text()))
+def test_any_text_splits_as_a_limit_name_or_as_itself(name: str) -> None:
+    task, key = split_limit_name(name)
+    assert (task, key) == ("", name) or limit_name(task, key) == name
+
+
 # -- the lease rule --------------------------------------------------------------------------
 
 
@@ -417,6 +432,10 @@ async def redis_ms(pool: asyncjobs.Pool) -> int:
 @pytest.mark.parametrize(("key_fn", "why"), [
     (lambda customer: {}["nope"], "concurrency_key raised KeyError"),
     (lambda customer: [customer], "concurrency_key must return a str or an int, not list"),
+    (lambda customer: "\ud800", "concurrency_key returned a str that is not valid UTF-8"),
+    (lambda customer: (_ for _ in ()).throw(SystemExit(3)),
+     "concurrency_key raised SystemExit: 3"),
+    (lambda customer: 10 ** 5000, "concurrency_key returned an int of more than 200 digits"),
 ])
 async def test_a_key_function_that_fails_dead_letters_the_job(
         backend: Backend, key_fn: Any, why: str) -> None:

@@ -94,6 +94,9 @@ def test_prefixes_keep_queues_apart() -> None:
         pytest.param("a\nb", "no whitespace", id="newline"),
         pytest.param("a\rb", "no whitespace", id="carriage-return"),
         pytest.param("a" * 201, "1-200 characters", id="too-long"),
+        # bytes that are not UTF-8, as Python decodes a command line's argument
+        pytest.param("q\udcff", "not valid text", id="lone-surrogate"),
+        pytest.param("\ud800", "not valid text", id="lone-high-surrogate"),
     ],
 )
 @pytest.mark.parametrize("field", ["prefix", "queue"])

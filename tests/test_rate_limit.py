@@ -168,6 +168,34 @@ def boom(customer: str) -> str:
     raise LookupError("no such customer")
 
 
+def exit_now() -> str:
+    raise SystemExit(3)
+
+
+def interrupt() -> str:
+    raise KeyboardInterrupt
+
+
+class Loud(str):
+    """A str whose __str__ raises: the key is its value all the same."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class Odd(int):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+def test_a_subclass_s_own_text_is_not_asked_for() -> None:
+    key = limit_key(lambda customer: Loud(customer), ["acme"], {})
+    assert key == "acme" and type(key) is str
+    assert limit_key(lambda customer: Odd(42), ["acme"], {}) == "42"
+
+
 @pytest.mark.parametrize(("fn", "why"), [
     (boom, "rate_key raised LookupError: no such customer"),
     (lambda customer: None, "rate_key must return a str or an int, not NoneType"),
@@ -175,6 +203,13 @@ def boom(customer: str) -> str:
     (lambda customer: True, "rate_key must return a str or an int, not bool"),
     (lambda customer: "x" * 201, "rate_key returned 201 characters (at most 200)"),
     (lambda: "x", "rate_key raised TypeError"),
+    # Python refuses the digits of an int this long (ValueError past 4,300 digits)
+    (lambda customer: 10 ** 5000, "rate_key returned an int of more than 200 digits"),
+    (lambda customer: 10 ** 200, "rate_key returned 201 characters (at most 200)"),
+    # e.g. bytes decoded with errors="surrogateescape": Redis could never be sent it
+    (lambda customer: "acme\udcff", "rate_key returned a str that is not valid UTF-8"),
+    (lambda customer: exit_now(), "rate_key raised SystemExit: 3"),
+    (lambda customer: interrupt(), "rate_key raised KeyboardInterrupt"),
 ])
 def test_a_key_that_cannot_be_computed_says_why(fn: Any, why: str) -> None:
     with pytest.raises(RateKeyError) as caught:
@@ -347,6 +382,48 @@ async def test_a_key_function_that_fails_dead_letters_the_job(
     assert info.state == JobState.FAILED and info.attempts == 1
     assert info.dead_letter_reason is not None
     assert info.dead_letter_reason.startswith(f"task 'mail': {why}")
+
+
+def surrogate_for_bad(customer: str) -> str:
+    return "\udcff" if customer == "bad" else customer
+
+
+def exit_for_bad(customer: str) -> str:
+    if customer == "bad":
+        raise SystemExit(3)
+    return customer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("key_fn", "why"), [
+    (surrogate_for_bad, "rate_key returned a str that is not valid UTF-8"),
+    (exit_for_bad, "rate_key raised SystemExit: 3"),
+])
+async def test_a_bad_key_dead_letters_its_job_alone(backend: Backend, key_fn: Any,
+                                                    why: str) -> None:
+    """The limit checks of jobs started together go to Redis in one round trip: a key that
+    could not be sent (or a key function raising a BaseException) must fail its own job,
+    once, not the batch, not the worker. Burst mode: the worker ends once all are done."""
+    @asyncjobs.task(rate_limit="1000/s", rate_key=key_fn)
+    async def mail(ctx: Context, customer: str) -> str:
+        return customer
+
+    @asyncjobs.task(rate_limit="1000/s")
+    async def other(ctx: Context, i: int) -> int:
+        return i
+
+    async with backend.pool() as pool:
+        bad = await pool.enqueue(mail, "bad")
+        good = [await pool.enqueue(mail, f"c{i}") for i in range(3)]
+        others = [await pool.enqueue(other, i) for i in range(3)]
+        await backend.run(backend.worker([mail, other], burst=True, concurrency=10))
+        info = await bad.info()
+        assert [await job.result(timeout=1) for job in good] == ["c0", "c1", "c2"]
+        assert [await job.result(timeout=1) for job in others] == [0, 1, 2]
+    assert info.state == JobState.FAILED and info.attempts == 1
+    assert info.dead_letter_reason is not None
+    assert info.dead_letter_reason.startswith(f"task 'mail': {why}")
+    assert [e.type for e in info.errors] == ["asyncjobs.BadRateKey"]
 
 
 @pytest.mark.asyncio

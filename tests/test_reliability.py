@@ -294,6 +294,84 @@ async def test_a_slow_job_on_a_live_worker_is_never_taken(backend: Backend,
     assert (await job.info()).attempts == 1
 
 
+async def test_a_shorter_claim_timeout_never_takes_a_live_worker_s_job(
+        backend: Backend, pool: asyncjobs.Pool) -> None:
+    """A deploy that lowers ``claim_timeout``: the worker that runs the job refreshes its
+    entry every 2 s (a sixth of its 12 s), the new one would take over an entry idle for
+    0.5 s (half of its 1 s). Each heartbeat tells every worker the largest claim timeout a
+    live one declares, and nobody takes over an entry idle for less than half of that."""
+    starts: list[str] = []
+    began = asyncio.Event()
+
+    @asyncjobs.task(name="steady", timeout=30, concurrency_limit=1)
+    async def steady(ctx: Context) -> str:
+        starts.append(ctx.worker)
+        began.set()
+        await asyncio.sleep(4)
+        return "done"
+
+    job = await pool.enqueue(steady)
+    old = backend.worker([steady], claim_timeout=12)
+    new = backend.worker([steady], claim_timeout=1)
+    async with running(backend, old):
+        await asyncio.wait_for(began.wait(), 10)
+        async with running(backend, new):
+            assert await job.result(timeout=15) == "done"
+    assert starts == [old.name]
+    info = await job.info()
+    assert info.attempts == 1 and info.errors == ()
+
+
+async def test_the_fleet_s_claim_timeouts_lapse_with_their_workers(pool: asyncjobs.Pool) -> None:
+    """beat.lua: the answer is the largest claim timeout declared by a worker whose
+    declaration has not lapsed (its record's TTL), this one's included; garbage in the key
+    is replaced, members that are not claim timeouts are ignored."""
+    from asyncjobs._redis import scripts
+
+    keys = pool.global_keys
+    beat = scripts.load(scripts.BEAT)
+
+    async def declare(name: str, claim_ms: int, ttl_s: int = 1) -> int:
+        _, most = await beat(pool.client, [keys.workers, keys.worker(name), keys.claim_timeouts],
+                             [name, 86_400_000, "{}", ttl_s, claim_ms])
+        return int(most)
+
+    await pool.client.set(keys.claim_timeouts, "garbage")
+    assert await declare("old", 60_000) == 60_000
+    assert await declare("new", 2_000, ttl_s=5) == 60_000  # the old worker still declares
+    await pool.client.zadd(keys.claim_timeouts, {"abc": 10**15, "3600001": 10**15,
+                                                 "1e300": 10**15})
+    assert await declare("new", 2_000, ttl_s=5) == 60_000
+    await asyncio.sleep(1.1)  # the old worker's declaration lapses: it beats no more
+    assert await declare("new", 2_000, ttl_s=5) == 2_000
+    left = await pool.client.zrange(keys.claim_timeouts, 0, -1)
+    assert b"60000" not in left and b"2000" in left
+
+
+async def test_a_worker_whose_heartbeat_fails_still_reclaims(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an answer from the registry (here an ACL refusing its keys) a worker waits
+    three heartbeats, then takes over entries by its own claim timeout: a dead worker's job
+    is never left stuck."""
+    from redis.exceptions import NoPermissionError
+
+    import asyncjobs._worker.upkeep as upkeep
+
+    async def refused(*_: Any) -> None:
+        raise NoPermissionError("NOPERM this user has no permissions to access one of the "
+                                "keys used as arguments")
+
+    monkeypatch.setattr(upkeep, "_beat", refused)
+    job = await pool.enqueue(add, 20, 22)
+    keys = pool.keys("default")
+    await pool.client.xgroup_create(keys.stream, "asyncjobs", id="0", mkstream=True)
+    await pool.client.xreadgroup("asyncjobs", "ghost", {keys.stream: ">"}, count=10)
+    worker = backend.worker([add], claim_timeout=1.5).configure(heartbeat_every_s=0.3)
+    async with running(backend, worker):
+        assert await job.result(timeout=6) == 42
+    assert (await job.info()).errors[0].type == "asyncjobs.WorkerLost"
+
+
 async def test_a_worker_that_lost_its_entry_cancels_and_does_not_settle(
     backend: Backend, pool: asyncjobs.Pool
 ) -> None:

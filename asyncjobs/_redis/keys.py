@@ -26,11 +26,18 @@ _FORBIDDEN = set("{}") | {" ", "\n", "\r", "\t"}
 
 
 def check_name(kind: str, name: str) -> str:
-    """Validate a queue name or key prefix and return it."""
+    """Validate a queue name or key prefix and return it: 1-200 characters of text that
+    UTF-8 encodes (no lone surrogate: Redis could never be sent it), no braces and no
+    whitespace."""
     if not name or any(ch in _FORBIDDEN for ch in name) or len(name) > 200:
         raise ValueError(
             f"invalid {kind} {name!r}: 1-200 characters, no braces and no whitespace"
         )
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid {kind} {name!r}: not valid text (a lone surrogate, e.g. "
+                         "bytes that are not UTF-8)") from None
     return name
 
 
@@ -44,7 +51,9 @@ def limit_name(task: str, key: str = "") -> str:
 def split_limit_name(name: str) -> tuple[str, str]:
     """(task, key) of a limit name; ('', name) when it is not one (written by hand)."""
     size, _, rest = name.partition(":")
-    if size.isascii() and size.isdigit() and len(rest) > int(size) and rest[int(size)] == ":":
+    # at most 9 digits: Python refuses to read an int of thousands (ValueError)
+    if (size.isascii() and size.isdigit() and len(size) < 10 and len(rest) > int(size)
+            and rest[int(size)] == ":"):
         return rest[: int(size)], rest[int(size) + 1 :]
     return "", name
 
@@ -219,3 +228,9 @@ class GlobalKeys:
         the ``workers`` set's name, so both are in one Redis Cluster slot (the heartbeat
         writes both in one script)."""
         return f"{self.prefix}:worker:{{{self.workers}}}{name}"
+
+    @property
+    def claim_timeouts(self) -> str:
+        """Sorted set: a claim timeout a live worker declares (ms) -> when that declaration
+        lapses (ms); in the ``workers`` set's slot (the heartbeat writes it, beat.lua)."""
+        return f"{self.prefix}:claims:{{{self.workers}}}"

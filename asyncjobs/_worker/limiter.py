@@ -59,9 +59,9 @@ class _Batched(Generic[T]):
         for ask in batch:
             by_queue.setdefault(ask.queue, []).append(ask)
         rt = self.rt
-        calls = [self._call(rt.stores[q], [a.check for a in asks])
-                 for q, asks in by_queue.items()]
         try:
+            calls = [self._call(rt.stores[q], [a.check for a in asks])
+                     for q, asks in by_queue.items()]
             replies = await _scripts.run_pipelined(rt.client, calls)
         except BaseException as exc:  # every job waiting here hears of it
             for ask in batch:

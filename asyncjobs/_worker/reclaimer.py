@@ -31,13 +31,28 @@ class Reclaimer:
         self.group = group
         self.cursors = dict.fromkeys(group.queues, "0-0")
         self.due = time.monotonic() + rt.config.reclaim_every_s
+        # Until the first heartbeat has said which claim timeouts the fleet uses (or, if
+        # the registry cannot be reached, for three heartbeats), take nothing over.
+        self._unheard_until = time.monotonic() + rt.config.heartbeat_every_s * 3
 
     def is_due(self) -> bool:
         # After an outage, let live workers refresh their entries before taking any.
         if time.monotonic() < self.due or self.rt.outage.recent(self.rt.config.reclaim_hold_s):
             return False
+        if self.rt.fleet_claim_timeout_s is None and time.monotonic() < self._unheard_until:
+            return False
         self.due = time.monotonic() + self.rt.config.reclaim_every_s
         return True
+
+    @property
+    def idle_ms(self) -> int:
+        """How long an entry must have been idle to be taken over: half the largest claim
+        timeout a live worker declares (this one's when none is known). A worker refreshes
+        its entries every sixth of its own claim timeout, so three of its refreshes fit in
+        the threshold whichever worker looks."""
+        cfg = self.rt.config
+        fleet = self.rt.fleet_claim_timeout_s or cfg.claim_timeout_s
+        return int(max(cfg.reclaim_idle_s, fleet / 2) * 1000)
 
     async def claim(self, bad: Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
                                                                   ResponseError | None]:
@@ -49,8 +64,7 @@ class Reclaimer:
         if not levels:
             return {}, None
         got = await reclaim_levels(
-            [group.stores[k] for k in levels], self.rt.consumer,
-            int(self.rt.config.reclaim_idle_s * 1000), count,
+            [group.stores[k] for k in levels], self.rt.consumer, self.idle_ms, count,
             [self.cursors[group.queues[k]] for k in levels])
         claimed: dict[str, list[Delivery]] = {}
         for level, delivery in got.rows:

@@ -178,6 +178,9 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     crons: list[dict[str, Any]] = field(default_factory=list)
     """The cron jobs this worker schedules, as published in the registry."""
+    fleet_claim_timeout_s: float | None = None
+    """The largest claim timeout a live worker of the prefix declares, this one's included
+    (its last heartbeat's answer, beat.lua); None before its first heartbeat."""
 
     def __post_init__(self) -> None:
         now = time.monotonic()

@@ -190,8 +190,11 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "crons": rt.crons,
     }
     ttl = max(1, int(cfg.heartbeat_every_s * 3))
-    await _scripts.load(_scripts.BEAT)(rt.client, [keys.workers, keys.worker(rt.consumer)],
-                                       [rt.consumer, _REGISTRY_PRUNE_MS, json.dumps(info), ttl])
+    _, most_ms = await _scripts.load(_scripts.BEAT)(
+        rt.client, [keys.workers, keys.worker(rt.consumer), keys.claim_timeouts],
+        [rt.consumer, _REGISTRY_PRUNE_MS, json.dumps(info), ttl,
+         round(cfg.claim_timeout_s * 1000)])
+    rt.fleet_claim_timeout_s = max(cfg.claim_timeout_s, int(most_ms) / 1000)
 
 
 async def unregister(rt: Runtime) -> None:

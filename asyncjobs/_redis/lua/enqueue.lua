@@ -8,7 +8,7 @@
 -- hash, or the stream or delayed set is of the wrong type) is not written at all and its
 -- reason is returned; the rest of the batch is written.
 --
--- Backpressure: when the settings hash holds a `max_length` (a whole number > 0), the
+-- Backpressure: when the settings hash holds a `max_length` (digits, from 1 to 10^12), the
 -- queue's length -- XLEN of the stream (waiting and running jobs) plus ZCARD of the delayed
 -- set -- never goes above it through this script: a new job that finds no room is not
 -- written and 'full: <max>' is returned for it; the jobs before it in the batch are in, and
@@ -36,9 +36,13 @@ local now = now_ms()
 local tags = {}  -- kept_exists()'s cache: shared hashes known absent in this call
 local out = {}
 local created, refused = 0, 0
-local max = int(redis.pcall('HGET', KEYS[4], 'max_length'))
+-- Only digits, from 1 to 10^12: exactly what every reader of it shows (values.max_length
+-- in Python), so that a value written by hand ('1e1', '0x0a', ' 10', '10.0') is no maximum
+-- for anyone rather than one that is enforced but never shown.
+local raw_max = redis.pcall('HGET', KEYS[4], 'max_length')
+local max = type(raw_max) == 'string' and string.match(raw_max, '^%d+$') and tonumber(raw_max)
 local room = nil
-if max and max > 0 then
+if max and max > 0 and max <= 1e12 then
   room = max - size('XLEN', KEYS[1]) - size('ZCARD', KEYS[2])
 end
 for i = 1, #KEYS - 4 do
