@@ -11,7 +11,11 @@ report nothing. Two tasks:
 - ``bare``: ``async def bare(ctx, i): return None``; the worker's CPU per job is then
   asyncjobs' own work, all of it (take, start, the attempt, its timeout, the settle);
 - ``incr``: one ``INCR`` through a module-level ``redis.asyncio`` client, what the benchmarks'
-  ``process_incr`` job does without the harness's first/last marks.
+  ``process_incr`` job does without the harness's first/last marks;
+- ``alone``: the same ``INCR`` with no job runner at all: a plain uvloop program (P of them
+  for P processes) that runs each ``INCR`` in a Task of its own, 100 at once (a worker's
+  default concurrency), until it has sent its share. What this costs is the floor of a
+  redis-py job: the part of ``incr`` that no job runner can take away.
 
 For each task, count of processes P and run (the cells alternate, so drift on a shared VM
 hits each alike): a fresh redis-server (the harness's), --jobs jobs enqueued with
@@ -72,6 +76,39 @@ async def incr(ctx: asyncjobs.Context, i: int) -> None:
 worker = asyncjobs.Worker([bare, incr], queues=["cpu"])
 '''
 
+ALONE = '''
+import asyncio
+import os
+import sys
+
+import redis.asyncio
+import uvloop
+
+
+async def main(n: int, concurrency: int) -> None:
+    client = redis.asyncio.Redis.from_url(os.environ["JOB_CPU_REDIS_URL"])
+    free = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
+
+    async def one() -> None:
+        try:
+            await client.incr("job_cpu:done")
+        finally:
+            free.release()
+
+    for _ in range(n):
+        await free.acquire()
+        task = asyncio.create_task(one())
+        running.add(task)
+        task.add_done_callback(running.discard)
+    while running:
+        await asyncio.wait(set(running))
+    await client.aclose()
+
+
+uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
+'''
+
 
 async def _enqueue(url: str, task: str, n: int) -> None:
     ref = asyncjobs.task_ref(task, queue=QUEUE)
@@ -87,6 +124,8 @@ def _done(r: RedisServer) -> int:
 
 
 def one_run(app_dir: str, task: str, processes: int, n: int) -> dict[str, float]:
+    if task == "alone":
+        return _alone_run(app_dir, processes, n)
     with RedisServer() as r:
         asyncio.run(_enqueue(r.url, task, n))
         worker = subprocess.Popen(
@@ -116,6 +155,50 @@ def one_run(app_dir: str, task: str, processes: int, n: int) -> dict[str, float]
             "redis_cpu_us_per_job": (redis1 - redis0) / jobs * 1e6}
 
 
+def _alone_run(app_dir: str, processes: int, n: int) -> dict[str, float]:
+    """The ``alone`` cell: ``processes`` plain programs send ``n`` INCRs between them,
+    measured over the same span as a worker's (from a tenth done to the last)."""
+    with RedisServer() as r:
+        env = {**os.environ, "JOB_CPU_REDIS_URL": r.url}
+        shares = [n // processes + (1 if k < n % processes else 0) for k in range(processes)]
+        procs = [subprocess.Popen([sys.executable, "alone.py", str(share), "100"], cwd=app_dir,
+                                  env=env, stderr=subprocess.PIPE, text=True)
+                 for share in shares]
+
+        def done() -> int:
+            value = r.client.call("GET", "job_cpu:done")
+            return int(value) if value is not None else 0
+
+        def cpu() -> float:
+            return sum(tree_cpu_s(p.pid) for p in procs)
+
+        try:
+            deadline = time.monotonic() + max(120.0, n / 500)
+            while (done0 := done()) < n // 10:
+                if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                    raise SystemExit("the INCR programs did not start: "
+                                     + "".join(p.stderr.read()[-2000:] for p in procs
+                                               if p.poll() not in (None, 0) and p.stderr))
+                time.sleep(0.001)
+            cpu0, redis0, t0 = cpu(), r.cpu_s(), time.monotonic()
+            while (done1 := done()) < n:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"only {done1}/{n} INCRs done")
+                time.sleep(0.002)
+            cpu1, redis1, t1 = cpu(), r.cpu_s(), time.monotonic()
+        finally:
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    jobs = done1 - done0
+    return {"jobs": jobs, "jobs_per_s": jobs / (t1 - t0),
+            "worker_cpu_us_per_job": (cpu1 - cpu0) / jobs * 1e6,
+            "redis_cpu_us_per_job": (redis1 - redis0) / jobs * 1e6}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=40_000)
@@ -124,10 +207,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "job_cpu.json"))
     args = ap.parse_args()
     counts = [int(p) for p in args.processes.split(",")]
-    cells = [(task, p) for task in ("bare", "incr") for p in counts]
+    cells = [(task, p) for task in ("bare", "incr", "alone") for p in counts]
     runs: dict[str, list[dict[str, float]]] = {f"{t} x{p}": [] for t, p in cells}
     with tempfile.TemporaryDirectory() as app_dir:
         Path(app_dir, "app.py").write_text(APP)
+        Path(app_dir, "alone.py").write_text(ALONE)
         for k in range(args.runs):
             for task, p in cells:
                 got = one_run(app_dir, task, p, args.jobs)

@@ -9,7 +9,11 @@ started in turn against one fresh redis-server, alternating over --runs runs:
   this checkout installed as users install it (`pip install -c constraints.txt .`, no extra);
 - `asyncjobs (dev venv)`: the same command in the checkout's .venv (the dev extra: redis-py
   8.x then imports the opentelemetry SDK it finds installed; --no-dev leaves it out);
-- `arq`: `arq app.WorkerSettings` (max_jobs=100) in benchmarks/.venvs/rss-arq.
+- `arq`: `arq app.WorkerSettings` (max_jobs=100) in benchmarks/.venvs/rss-arq;
+- `stack floor`: no job runner, only what asyncjobs' design fixes for any worker of it, in
+  the runtime venv: redis-py (with hiredis), msgspec and uvloop imported, a uvloop loop
+  running and one redis-py connection waiting in a blocking XREAD. No asyncjobs code, so
+  no asyncjobs worker can hold less (it runs no jobs: its burst readings are left out).
 
 For each: VmRSS after --idle seconds idle; then --burst no-op jobs are enqueued (by a script
 in the same venv that waits for every result), and once they are done and --idle seconds more
@@ -69,6 +73,21 @@ class WorkerSettings:
     functions = [noop]
     max_jobs = 100
     redis_settings = RedisSettings.from_dsn(os.environ["RSS_REDIS_URL"])
+''',
+    "floor.py": '''
+import os
+
+import msgspec  # noqa: F401  (the payload codec: imported, as any worker of ours imports it)
+import redis.asyncio
+import uvloop
+
+
+async def main():
+    client = redis.asyncio.Redis.from_url(os.environ["RSS_REDIS_URL"])
+    while True:
+        await client.xread({"rss:floor": "$"}, block=1000)
+
+uvloop.run(main())
 ''',
     "enqueue_ours.py": '''
 import asyncio, os, sys
@@ -153,6 +172,8 @@ class Subject:
         bindir = self.python.parent
         if self.kind == "asyncjobs":
             return [str(bindir / "asyncjobs"), "worker", "ourapp:worker"]
+        if self.kind == "floor":
+            return [str(self.python), "floor.py"]
         return [str(bindir / "arq"), "arqapp.WorkerSettings"]
 
     def measure(self, app: Path, url: str, server: RedisServer, idle: float,
@@ -168,7 +189,7 @@ class Subject:
             if proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {log.name}")
             result = {"idle": status(proc.pid)["VmRSS"]}
-            if burst:
+            if burst and self.kind != "floor":
                 script = "enqueue_ours.py" if self.kind == "asyncjobs" else "enqueue_arq.py"
                 # the script returns once every job's result is in
                 subprocess.run([str(self.python), script, str(burst)], cwd=app, env=env,
@@ -187,6 +208,8 @@ class Subject:
             log.close()
 
     def steps(self) -> list[list[object]]:
+        if self.kind == "floor":  # its imports are the first steps of asyncjobs' own
+            return []
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         steps = list(STEPS[self.kind])
         if self.name.endswith("(dev venv)"):  # what redis-py imports when it finds it
@@ -222,6 +245,7 @@ def main() -> int:
                        check=True)
         subjects.append(Subject("asyncjobs (dev venv)", dev, "asyncjobs"))
     subjects.append(Subject("arq", make_venv("rss-arq", ARQ_PIN), "arq"))
+    subjects.append(Subject("stack floor", ours, "floor"))
 
     samples: dict[str, list[dict[str, float]]] = {s.name: [] for s in subjects}
     with tempfile.TemporaryDirectory(prefix="worker-rss-") as tmp, RedisServer() as server:
@@ -237,7 +261,7 @@ def main() -> int:
 
     medians = {name: {k: median([s[k] for s in runs]) for k in runs[0]}
                for name, runs in samples.items()}
-    steps = {s.name: s.steps() for s in subjects}
+    steps = {s.name: s.steps() for s in subjects if s.kind != "floor"}
     arq_idle = medians["arq"]["idle"]
     print(f"\nworker RSS, MiB (medians of {args.runs}; idle {args.idle:g} s, burst "
           f"{args.burst} jobs)\n")
@@ -245,7 +269,7 @@ def main() -> int:
     print("| worker | " + " | ".join(columns) + " | idle / arq |")
     print("|---|" + "---|" * (len(columns) + 1))
     for name, m in medians.items():
-        print(f"| {name} | " + " | ".join(f"{m[c]:.1f}" for c in columns)
+        print(f"| {name} | " + " | ".join(f"{m[c]:.1f}" if c in m else "-" for c in columns)
               + f" | {m['idle'] / arq_idle:.2f}x |")
     for name, rows in steps.items():
         print(f"\nimports, {name}: MiB after each step (+ what it adds)\n")

@@ -159,10 +159,20 @@ def test_the_readme_quotes_where_a_job_s_cpu_goes() -> None:
             f"({m['incr x2']['jobs_per_s']:,.0f} jobs/s), Redis "
             f"{m['incr x1']['redis_cpu_us_per_job']:.1f} and "
             f"{m['incr x2']['redis_cpu_us_per_job']:.1f}") in text
-    # "costs more than asyncjobs' whole work on the job"
-    for p in ("x1", "x2"):
-        extra = m[f"incr {p}"]["worker_cpu_us_per_job"] - m[f"bare {p}"]["worker_cpu_us_per_job"]
-        assert extra > m[f"bare {p}"]["worker_cpu_us_per_job"]
+    assert (f"cost {m['alone x1']['worker_cpu_us_per_job']:.1f} µs of process CPU and "
+            f"{m['alone x1']['redis_cpu_us_per_job']:.1f} µs of Redis with one program, "
+            f"{m['alone x2']['worker_cpu_us_per_job']:.1f} and "
+            f"{m['alone x2']['redis_cpu_us_per_job']:.1f} with two") in text
+
+    def total(cell: str) -> float:
+        return m[cell]["worker_cpu_us_per_job"] + m[cell]["redis_cpu_us_per_job"]
+
+    ours = total("incr x2") - total("alone x2")
+    assert (f"a redis-py job cost the machine {total('incr x2'):.1f} µs, "
+            f"{total('alone x2'):.1f} of it that floor: asyncjobs' part was {ours:.1f} µs, "
+            f"where its whole work on a bare job cost {total('bare x2'):.1f} µs") in text
+    more = ours - total("bare x2")
+    assert more > 0 and f"costs asyncjobs about {more:.0f} µs more than one that does not" in text
 
 
 @pytest.mark.slow
@@ -209,8 +219,8 @@ def test_the_readme_quotes_the_commands_by_phase() -> None:
 @pytest.mark.real_redis
 def test_job_cpu_runs_and_counts_every_job(tmp_path: Path) -> None:
     """``benchmarks/job_cpu.py`` runs each cell (it exits non-zero unless every job of the
-    cell is done) and measures over the jobs after the first tenth at least (the worker's
-    start-up left out)."""
+    cell is done, or every INCR of the runner-free ``alone`` cells is sent) and measures
+    over the jobs after the first tenth at least (the worker's start-up left out)."""
     need_redis_server()  # the harness starts its own
     out = tmp_path / "job_cpu.json"
     run = subprocess.run([sys.executable, "benchmarks/job_cpu.py", "--jobs", "2000", "--runs",
@@ -218,7 +228,8 @@ def test_job_cpu_runs_and_counts_every_job(tmp_path: Path) -> None:
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["medians"]) == {"bare x1", "bare x2", "incr x1", "incr x2"}
+    assert set(result["medians"]) == {"bare x1", "bare x2", "incr x1", "incr x2",
+                                      "alone x1", "alone x2"}
     for cell, samples in result["samples"].items():
         (sample,) = samples
         assert 0 < sample["jobs"] <= 2000 - 2000 // 10, cell
