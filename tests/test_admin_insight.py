@@ -52,6 +52,49 @@ async def test_garbage_minute_counters_are_shown_as_absent(pool: asyncjobs.Pool)
     assert minutes[-1].counts == {"failed": 2}
 
 
+# Python's int() refuses both: '²' passes str.isdigit(), 5,000 digits pass Python's limit.
+UNREADABLE = ["lots", "\u00b2", "9" * 5000, "-3", "1.5", ""]
+
+
+@pytest.mark.parametrize("garbage", UNREADABLE)
+async def test_unreadable_numbers_are_shown_as_absent_never_raised(
+        pool: asyncjobs.Pool, garbage: str) -> None:
+    """A stats counter, a minute counter, a maximum length or a limit written by hand that
+    is not a number: every view leaves it out (the README: the admin views never raise on
+    what they read)."""
+    keys = pool.keys("default")
+    await pool.enqueue("anything")
+    seconds, _ = await pool.client.time()
+    await pool.client.hset(keys.minute(int(seconds) // 60),
+                           mapping={"complete": garbage, "failed": "2"})
+    await pool.client.hset(keys.stats, mapping={"complete": garbage, "failed": "2"})
+    await pool.client.hset(keys.settings, "max_length", garbage)
+    await pool.client.hset(keys.concurrency_limits, mapping={"5:limit:": garbage})
+    assert (await pool.admin.throughput(minutes=1))[-1].counts == {"failed": 2}
+    stats = await pool.admin.queue_stats()
+    assert stats.counters.get("complete") is None and stats.counters["failed"] == 2
+    assert stats.max_length is None and await pool.admin.max_length() is None
+    assert await pool.admin.concurrency() == []
+
+
+@pytest.mark.parametrize("cursor", [*UNREADABLE, "9" * 30, "999999999999999"])
+async def test_an_unreadable_cron_cursor_is_no_last_tick(cursor: str) -> None:
+    """``crons()``'s reading of a cursor: garbage, or a time no datetime can hold (a 15-
+    and a 30-digit number of ms: past the year 9999), is a job whose last tick is
+    unknown."""
+    from asyncjobs._producer.insight import cron_infos
+
+    record = {"name": "hourly", "queue": "q", "schedule": "every 3600s",
+              "every_us": 3_600_000_000, "anchor": "1970-01-01T00:00:00Z"}
+    [info] = cron_infos("q", [[record]], {b"hourly": cursor.encode()}, 1_700_000_000_000)
+    assert info.last_tick is None and info.next_tick is not None
+
+
+async def test_crons_with_a_registry_of_the_wrong_type_lists_none(pool: asyncjobs.Pool) -> None:
+    await pool.client.set(pool.global_keys.workers, "not a sorted set")
+    assert await pool.admin.crons() == []
+
+
 async def test_the_leader_and_the_cron_jobs(backend: Backend, pool: asyncjobs.Pool) -> None:
     worker = backend.worker([maybe], cron=[asyncjobs.cron(maybe, every=3600, args=[True]),
                                            asyncjobs.cron(maybe, "0 8 * * *", name="daily",

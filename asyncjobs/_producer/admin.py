@@ -53,6 +53,7 @@ from .registry import (
     valid_queue,
     worker_info,
 )
+from .sources import whole
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -113,7 +114,8 @@ class Admin:
             queue=name, waiting=max(0, length - in_flight), in_flight=in_flight,
             delayed=delayed, dead=dead,
             oldest_waiting_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
-            counters={text(k): int(v) for k, v in counters.items() if text(v).isdigit()},
+            counters={text(k): n for k, v in counters.items()
+                      if (n := whole(text(v))) is not None},
             max_length=max_length(most),
         )
 
@@ -242,6 +244,8 @@ class Admin:
             lambda p: p.execute_command("TIME").zrange(gkeys.workers, 0, -1, withscores=True)
             .hgetall(keys.cron), errors=False)
         now_ms = time_ms(now)
+        if not isinstance(entries, list):  # the registry holds something else: no worker
+            entries = []
         live = [text(n) for n, score in entries if now_ms - score < LIVE_WORKER_MS]
         blobs = await self.pool.call(
             lambda: self.client.mget([gkeys.worker(n) for n in live])) if live else []

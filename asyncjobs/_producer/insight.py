@@ -12,7 +12,8 @@ from typing import Any
 from .._model import from_ms
 from .._redis.keys import split_limit_name
 from .._scheduling.cron import next_fire, schedule_from
-from .deadletters import text
+from .deadletters import text, when
+from .sources import whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +56,10 @@ def concurrency_infos(names: dict[Any, Any], counts: list[Any]) -> list[Concurre
     for (raw_name, raw_limit), held, waiting in zip(names.items(), counts[::2], counts[1::2],
                                                     strict=True):
         task, key = split_limit_name(text(raw_name))
-        limit = text(raw_limit)
-        if not task or not (limit.isascii() and limit.isdigit()):
+        limit = whole(text(raw_limit))
+        if not task or limit is None:
             continue
-        found.append(ConcurrencyInfo(task, key, int(limit),
+        found.append(ConcurrencyInfo(task, key, limit,
                                      held if isinstance(held, int) else 0,
                                      waiting if isinstance(waiting, int) else 0))
     return sorted(found, key=lambda c: (c.task, c.key))
@@ -89,9 +90,9 @@ def minute_counts(minutes: list[int], replies: list[Any]) -> list[MinuteCounts]:
         counts = {}
         if isinstance(raw, dict):
             for key, value in raw.items():
-                number = text(value)
-                if number.isdigit():
-                    counts[text(key)] = int(number)
+                number = whole(text(value))
+                if number is not None:
+                    counts[text(key)] = number
         out.append(MinuteCounts(from_ms(minute * 60_000), counts))
     return out
 
@@ -120,7 +121,7 @@ def cron_infos(queue: str, published: list[Any], cursors: dict[Any, Any],
     out = []
     for name, (record, workers) in sorted(seen.items()):
         cursor_ms = fields.get(name, "")
-        last = from_ms(int(cursor_ms)) if cursor_ms.isdigit() else None
+        last = when(cursor_ms)  # None for garbage, or a time no datetime can hold
         schedule = schedule_from(record)
         nxt = None
         if schedule is not None:

@@ -80,7 +80,8 @@ def parse_version(text: object) -> tuple[int, int] | None:
     if not isinstance(text, str):
         return None
     parts = text.strip().split(".")
-    if len(parts) < 2 or not all(p.isascii() and p.isdigit() for p in parts[:2]):
+    if len(parts) < 2 or not all(p.isascii() and p.isdigit() and len(p) < 10
+                                 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1])
 

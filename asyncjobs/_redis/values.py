@@ -112,7 +112,8 @@ def max_length(raw: Any) -> int | None:
     value enqueue.lua would not read as one)."""
     if isinstance(raw, bytes | str):
         value = reply_text(raw)
-        if value.isascii() and value.isdigit() and 0 < int(value) <= MAX_LENGTH_MOST:
+        if (value.isascii() and value.isdigit() and len(value) <= 13
+                and 0 < int(value) <= MAX_LENGTH_MOST):
             return int(value)
     return None
 
