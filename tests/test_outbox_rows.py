@@ -57,6 +57,8 @@ def test_a_clock_that_went_back_counts_no_wait() -> None:
     ({"queue": None}, "its queue is not text: None"),
     ({"queue": "a b"}, "invalid queue name 'a b'"),
     ({"queue": "x" * 201}, "invalid queue name"),
+    ({"queue": "x" * 200}, "no producer or worker can use it"),  # 'x' * 200 + '@high'
+    ({"queue": "x" * 196 + "@low"}, "no producer or worker can use it"),
     ({"job_id": ""}, "job_id must be a non-empty str"),
     ({"job_id": 5}, "job_id must be a non-empty str"),
     ({"job_id": "\ud800"}, "is not valid text"),
@@ -77,8 +79,18 @@ def test_rows_that_cannot_be_jobs_say_why(changes: dict[str, Any], reason: str) 
     assert len(str(caught.value)) < 500
 
 
+def test_a_queue_is_valid_exactly_when_its_priority_levels_are() -> None:
+    for queue in ("x" * 195, "x" * 195 + "@high", "x" * 195 + "@low", "a@b"):
+        assert to_job(row(queue=queue), 0)[0] == queue
+
+
 def test_only_the_queues_a_relay_serves() -> None:
     assert to_job(row(queue="mail"), 0, queues={"mail"})[0] == "mail"
+    # a relay of a queue serves its priority levels, as a worker of it takes from them
+    assert to_job(row(queue="mail@high"), 0, queues={"mail"})[0] == "mail@high"
+    assert to_job(row(queue="mail@low"), 0, queues={"mail"})[0] == "mail@low"
+    with pytest.raises(BadRow, match="unknown queue 'mail@high': this relay serves mail@low"):
+        to_job(row(queue="mail@high"), 0, queues={"mail@low"})
     with pytest.raises(BadRow, match="unknown queue 'default': this relay serves a, mail"):
         to_job(row(), 0, queues={"mail", "a"})
 

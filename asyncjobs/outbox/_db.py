@@ -8,18 +8,54 @@ and the job id makes the second write a no-op in Redis.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..exceptions import ConfigurationError
 from ._rows import Row
 from ._schema import FAILED, PENDING, RELAYED, now_ms
 
 MAX_ERROR = 2000
 """A failed row's reason is cut to this many characters."""
 _PURGE_BATCH = 10_000
+
+
+class UnusableDatabase(ConfigurationError):
+    """The database URL can never work: its driver rejects it on every connect (a query
+    argument it does not know, or a value of the wrong kind). Retrying cannot help."""
+
+
+async def connect(engine: AsyncEngine) -> AsyncConnection:
+    """A connection of ``engine``'s pool, started. An outage raises as usual (the caller
+    retries); a ``TypeError`` or ``ValueError`` from the driver's ``connect`` (asyncpg's
+    "connect() got an unexpected keyword argument", from a URL's ``?sslmode=...``) is
+    ``UnusableDatabase``, with one line saying why."""
+    conn = engine.connect()
+    try:
+        await conn.start()
+    except (TypeError, ValueError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise UnusableDatabase(f"the database URL {where} cannot be used: its driver "
+                               f"{engine.url.drivername} refuses it ({exc})") from None
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def connected(engine: AsyncEngine, *, begin: bool) -> AsyncIterator[AsyncConnection]:
+    """``engine.connect()`` (or ``engine.begin()``, with ``begin``) through ``connect``."""
+    conn = await connect(engine)
+    try:
+        if begin:
+            async with conn.begin():
+                yield conn
+        else:
+            yield conn
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +90,13 @@ class OutboxStore:
         self._fail = (sa.update(table).where(t.id == sa.bindparam("row_id"))
                       .values(status=FAILED, error=sa.bindparam("reason"), done_at_ms=now_ms()))
 
-    async def claim(self, conn: AsyncConnection) -> Claimed:
+    async def claim(self, conn: AsyncConnection, skip: Collection[str] = ()) -> Claimed:
         """Up to a batch of pending rows, oldest first (locked until the transaction ends,
-        on PostgreSQL)."""
-        result = await conn.execute(self._claim)
+        on PostgreSQL), leaving out the rows of the queues in ``skip`` (full ones)."""
+        query = self._claim
+        if skip:
+            query = query.where(self.table.c.queue.not_in(sorted(skip)))
+        result = await conn.execute(query)
         rows, now = [], 0
         for r in result:
             rows.append(Row(*r[:9]))

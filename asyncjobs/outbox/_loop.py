@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,7 +31,7 @@ from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient
 from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
-from ._db import Claimed, OutboxStore, Outcome
+from ._db import Claimed, OutboxStore, Outcome, UnusableDatabase, connected
 from ._rows import BadRow, to_job
 from ._schema import channel
 from ._wake import Listener
@@ -39,6 +39,7 @@ from ._wake import Listener
 log = logging.getLogger("asyncjobs.outbox")
 
 _MIN_PAUSE_S = 0.05  # a relay that does not lead never retries the lease faster than this
+_FULL_PAUSE_S = (0.5, 5.0)  # a full queue's rows are tried again after this, doubling
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,17 @@ class RelayLoop:
         self._failures = 0
         self._down_since: float | None = None
         self._next_purge = 0.0
+        self._full: dict[str, tuple[float, float]] = {}  # queue -> (retry at, pause)
 
     async def run(self) -> None:
-        """Relay until stopped; errors are logged and retried with backoff, never raised."""
+        """Relay until stopped; errors are logged and retried with backoff, never raised,
+        but for ``UnusableDatabase`` (a database URL its driver refuses: no retry can help)."""
         try:
             while not self.stopped.is_set():
                 try:
                     await self._step()
+                except UnusableDatabase:
+                    raise
                 except Exception as exc:
                     await self._failed(exc)
         finally:
@@ -125,34 +130,35 @@ class RelayLoop:
 
     async def drain(self) -> int:
         """Relay batches until one comes back short (or the lease is lost); returns the
-        number of rows handled."""
-        total = 0
+        number of rows handled (relayed or failed; not those a full queue left pending)."""
+        before = self.relayed + self.failed
         while not self.stopped.is_set():
             if self.lease is not None and time.monotonic() >= self.lease.renew_at:
                 await self.lease.renew()
             if self.lease is not None and not self.lease.held:
                 break
-            done = await self.batch()
-            total += done
-            if done < self.s.batch_size:
+            if await self.batch() < self.s.batch_size:
                 break
-        return total
+        return self.relayed + self.failed - before
 
     async def batch(self) -> int:
-        """Claim, write and mark one batch; returns its size."""
+        """Claim, write and mark one batch; returns its size. The rows of a queue found
+        full stay pending, and are left out of the batches claimed until it is tried again."""
         keep = self.s.keep_ms > 0
+        now = time.monotonic()
+        skip = {queue for queue, (retry_at, _) in self._full.items() if retry_at > now}
         if self.locking:  # the rows stay locked until the marks commit
-            async with self.engine.begin() as conn:
-                claimed = await self.s.store.claim(conn)
+            async with connected(self.engine, begin=True) as conn:
+                claimed = await self.s.store.claim(conn, skip)
                 if claimed.rows:
                     outcome = await self._move(claimed)
                     await self.s.store.mark(conn, outcome, keep)
         else:
-            async with self.engine.connect() as conn:
-                claimed = await self.s.store.claim(conn)
+            async with connected(self.engine, begin=False) as conn:
+                claimed = await self.s.store.claim(conn, skip)
             if claimed.rows:
                 outcome = await self._move(claimed)
-                async with self.engine.begin() as conn:
+                async with connected(self.engine, begin=True) as conn:
                     await self.s.store.mark(conn, outcome, keep)
         if claimed.rows:
             self._count(outcome)
@@ -170,18 +176,69 @@ class RelayLoop:
                 continue
             by_queue.setdefault(queue, []).append((row.row_id, job))
         for queue, items in by_queue.items():
-            existing = await self.pool.write_jobs(queue, [job for _, job in items])
-            for index, (row_id, _) in enumerate(items):
-                state = existing.get(index, "")
-                if state.startswith("full: "):  # at the queue's maximum length: it waits
-                    raise RedisFullError(f"queue {queue!r} is full (max {state[6:]} jobs)")
-                if state.startswith("error: ") and _full(state[7:]):
-                    raise RedisFullError(state[7:])  # not the row's fault: the batch waits
-                if state.startswith("error: "):
-                    outcome.failed[row_id] = f"Redis refused the job: {state[7:]}"
-                else:
-                    outcome.relayed.append(row_id)
+            await self._write(queue, items, outcome)
         return outcome
+
+    async def _write(self, queue: str, items: list[tuple[int, NewJob]], outcome: Outcome,
+                     tries: int = 1) -> None:
+        """Write one queue's jobs of the batch and record what became of their rows.
+
+        An outage raises: the whole batch stays pending. A write Redis rejects as a whole
+        (a protocol error: a job larger than ``proto-max-bulk-len``), or whose connection it
+        drops while it still answers a PING, is tried again job by job, so that only the
+        job at fault fails (a dropped one after a second try); the others' second write is
+        a no-op where the first one took them (dedup by job id)."""
+        try:
+            existing = await self.pool.write_jobs(queue, [job for _, job in items])
+        except (RedisError, RedisUnavailable) as exc:
+            dropped = isinstance(exc, RedisUnavailable)
+            if (not dropped and (_unavailable(exc) or isinstance(exc, NoPermissionError))) \
+                    or (dropped and not await self._answers()):
+                raise  # Redis cannot serve now (down, loading, full, ACL): the batch waits
+            if len(items) > 1:
+                for item in items:
+                    await self._write(queue, [item], outcome)
+            elif dropped and tries < 2:  # once more before blaming the job
+                await self._write(queue, items, outcome, tries + 1)
+            elif dropped:
+                outcome.failed[items[0][0]] = (
+                    "Redis dropped the connection on this job, twice, while answering "
+                    f"otherwise (is it larger than proto-max-bulk-len?): {safe_str(exc, 300)}")
+            else:
+                outcome.failed[items[0][0]] = f"Redis refused the job: {safe_str(exc, 500)}"
+            return
+        most = ""  # the queue's maximum length when it refused a job
+        for index, (row_id, _) in enumerate(items):
+            state = existing.get(index, "")
+            if state.startswith("full: "):  # at the queue's maximum length: the row waits
+                most = state[6:]
+            elif state.startswith("error: ") and _full(state[7:]):
+                raise RedisFullError(state[7:])  # not the row's fault: the batch waits
+            elif state.startswith("error: "):
+                outcome.failed[row_id] = f"Redis refused the job: {state[7:]}"
+            else:
+                outcome.relayed.append(row_id)
+        if most:
+            self._queue_full(queue, most)
+        elif self._full.pop(queue, None) is not None:
+            log.warning("outbox relay: queue %r takes jobs again", queue)
+
+    async def _answers(self) -> bool:
+        """Whether Redis answers a PING now."""
+        try:
+            return bool(await asyncio.wait_for(self.pool.client.ping(), 5.0))
+        except Exception:
+            return False
+
+    def _queue_full(self, queue: str, most: str) -> None:
+        """``queue`` refused a row for its maximum length: its rows stay pending, left out
+        of the next batches until they are tried again (after a pause that doubles)."""
+        was = self._full.get(queue)
+        if was is None:
+            log.warning("outbox relay: queue %r is full (max %s jobs): its rows stay pending "
+                        "and are retried; other queues' rows go on", queue, clean(most))
+        pause = _FULL_PAUSE_S[0] if was is None else min(was[1] * 2, _FULL_PAUSE_S[1])
+        self._full[queue] = (time.monotonic() + pause, pause)
 
     def _count(self, outcome: Outcome) -> None:
         self.relayed += len(outcome.relayed)
@@ -196,7 +253,7 @@ class RelayLoop:
             return
         self._next_purge = time.monotonic() + min(60.0, max(1.0, self.s.keep_ms / 2000))
         while not self.stopped.is_set():
-            async with self.engine.begin() as conn:
+            async with connected(self.engine, begin=True) as conn:
                 purged = await self.s.store.purge(conn, self.s.keep_ms)
             if purged:
                 log.info("outbox purged %d relayed row(s)", purged)
@@ -244,8 +301,7 @@ class RelayLoop:
 
 
 class RedisFullError(Exception):
-    """Redis refused a job for want of memory, or its queue is at its maximum length: the
-    batch stays pending and is retried."""
+    """Redis refused a job for want of memory: the batch stays pending and is retried."""
 
 
 def _full(reason: str) -> bool:

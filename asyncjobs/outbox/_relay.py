@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import sqlalchemy as sa
 from anyio.abc import TaskStatus
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .._durations import Seconds, to_seconds
@@ -60,6 +60,25 @@ def database_url(url: str) -> sa.URL:
     return parsed
 
 
+def _engine(url: sa.URL) -> AsyncEngine:
+    """An async engine on ``url`` (no connection yet); a driver that is not installed,
+    unknown, or not async is a ``ConfigurationError``, in one line."""
+    shown = f"{url.drivername}://..."
+    try:
+        return create_async_engine(url)
+    except ImportError as exc:
+        why = f"its driver is not installed ({exc})"
+    except NoSuchModuleError:
+        why = "SQLAlchemy has no such driver"
+    except InvalidRequestError:  # "The asyncio extension requires an async driver"
+        why = "its driver is not async"
+    except (ArgumentError, TypeError, ValueError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise ConfigurationError(
+        f"{shown} cannot be used: {why} (postgresql://user@host/db uses asyncpg, "
+        "sqlite:///path.db aiosqlite)")
+
+
 class Relay:
     """Moves committed outbox rows to Redis, in batches, with their job ids.
 
@@ -84,7 +103,7 @@ class Relay:
         if not to_seconds(lease_ttl, "lease_ttl"):
             raise ConfigurationError("lease_ttl must be more than 0 s")
         self._own_engine = isinstance(database, str)
-        self.engine = (create_async_engine(database_url(database))
+        self.engine = (_engine(database_url(database))
                        if isinstance(database, str) else database)
         self.table = table
         self.redis_url = redis_url
@@ -114,7 +133,8 @@ class Relay:
         """Relay until ``stop()`` (or cancellation: a batch cut short is written again by
         the next relay, never twice in Redis). ``pool``: write through it instead of
         opening one on ``redis_url``. Outages of Redis or the database are logged and
-        retried; nothing is raised."""
+        retried; a database URL that can never work (its driver refuses it on every
+        connect: ``?sslmode=bogus``) raises ``ConfigurationError``."""
         await self._run(pool, self.prefix or "asyncjobs", holder, asyncio.Event(),
                         task_status)
 
@@ -169,9 +189,14 @@ class Relay:
         if self.redis_url is not None or (pool is not None and pool.prefix != prefix):
             pool = None  # Redis or a prefix of the relay's own
         stopped = asyncio.Event()
-        task = asyncio.create_task(
-            self._run(pool, prefix, worker.name, stopped, anyio.TASK_STATUS_IGNORED),
-            name="asyncjobs-outbox-relay")
+
+        async def relay() -> None:
+            try:
+                await self._run(pool, prefix, worker.name, stopped, anyio.TASK_STATUS_IGNORED)
+            except ConfigurationError as exc:  # retrying cannot help: say so, once
+                log.error("outbox relay stopped: %s", exc)
+
+        task = asyncio.create_task(relay(), name="asyncjobs-outbox-relay")
         try:
             yield None
         finally:

@@ -21,7 +21,9 @@ from .._codec import decode_spec
 from .._durations import MAX_DURATION_S
 from .._redis.keys import check_name
 from .._redis.values import NewJob
+from .._routing import check_queue, split_level
 from .._task import check_job_id
+from ..exceptions import ConfigurationError
 
 MAX_SPAN_MS = int(MAX_DURATION_S * 1000)
 """The longest delay or expiry a row may hold (10 years, as everywhere)."""
@@ -88,7 +90,14 @@ def _queue(value: Any, queues: Collection[str] | None) -> str:
         check_name("queue name", value)
     except ValueError as exc:
         raise BadRow(str(exc)) from None
-    if queues is not None and value not in queues:
+    base = split_level(value)[0]
+    try:  # as the producer does: the queue and its priority levels must all be valid
+        check_queue(base)
+    except ConfigurationError:
+        raise BadRow(f"invalid queue name {_shown(value)}: no producer or worker can use it "
+                     "(its priority levels, with '@high' and '@low' added, must be 1-200 "
+                     "characters too)") from None
+    if queues is not None and value not in queues and base not in queues:  # its levels too
         raise BadRow(f"unknown queue {_shown(value)}: this relay serves "
                      f"{', '.join(sorted(queues)) or 'no queue'}")
     return value

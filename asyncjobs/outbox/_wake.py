@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._db import connect
+
 log = logging.getLogger("asyncjobs.outbox")
 
 
@@ -38,7 +40,7 @@ class Listener:
         if not self.supported or self.listening:
             return
         await self.close()
-        conn = await self.engine.connect()
+        conn = await connect(self.engine)
         try:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection

@@ -1,0 +1,284 @@
+"""The outbox relay against hostile input: database URLs that can never work, a job Redis
+refuses at the protocol level, a full queue beside others, a queue name no worker can serve.
+Bad input gets one clear error and breaks nothing; rows are never lost or stuck."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+
+import asyncjobs
+from asyncjobs import outbox
+from asyncjobs._redis.embedded import RedisServer
+
+from .conftest import Backend
+from .procs import run_cli
+from .test_outbox import (
+    POSTGRES_URL,
+    Database,
+    _row,
+    database,
+    greet,
+    need_postgres,
+    redis_jobs,
+)
+
+UNUSABLE_DRIVERS = [
+    ("postgresql+psycopg2://u@127.0.0.1/db", "its driver is not installed"),  # not installed
+    ("sqlite+pysqlite:///x.db", "its driver is not async"),
+    ("postgresql+nosuchdriver://u@127.0.0.1/db", "SQLAlchemy has no such driver"),
+]
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Database]:
+    """The test's database: SQLite, then PostgreSQL."""
+    async with database(request.param, tmp_path) as opened:
+        yield opened
+
+
+def _refused_url() -> str:
+    """The test database with a query argument asyncpg refuses on every connect."""
+    return (sa.make_url(POSTGRES_URL).set(drivername="postgresql", query={"sslmode": "bogus"})
+            .render_as_string(hide_password=False))
+
+
+# -- database URLs that can never work -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "reason"), UNUSABLE_DRIVERS)
+def test_a_driver_that_cannot_be_used_is_a_configuration_error(url: str, reason: str) -> None:
+    with pytest.raises(asyncjobs.ConfigurationError, match=reason) as caught:
+        outbox.Relay(url)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_command_refuses_an_unusable_driver_in_one_line() -> None:
+    for url, reason in UNUSABLE_DRIVERS:
+        done = run_cli("outbox-relay", "--database-url", url, "--no-uvloop")
+        assert done.returncode == 2, (url, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("asyncjobs: error: "), done.stderr
+        assert reason in lines[0]
+
+
+@pytest.mark.asyncio
+async def test_a_url_its_driver_refuses_stops_the_relay_instead_of_retrying(
+        real: Backend) -> None:
+    need_postgres()
+    relay = outbox.Relay(_refused_url(), lease=False)
+    async with real.pool() as pool:
+        with pytest.raises(asyncjobs.ConfigurationError,
+                           match=r"cannot be used: .*unexpected keyword argument 'sslmode'"):
+            await asyncio.wait_for(relay.run(pool=pool), 10)
+
+
+@pytest.mark.asyncio
+async def test_a_database_that_is_down_is_still_retried(
+        real: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "asyncjobs.outbox")
+    relay = outbox.Relay("postgresql://postgres@127.0.0.1:1/nothing", lease=False)
+    async with real.pool() as pool:
+        task = asyncio.create_task(relay.run(pool=pool))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+    assert "the database unavailable" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_url_its_driver_refuses_stops_the_relay_in_a_worker_with_one_line(
+        real: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    need_postgres()
+    relay = outbox.Relay(_refused_url(), redis_url=real.url, prefix=real.prefix)
+    caplog.set_level(logging.INFO, "asyncjobs.outbox")
+    async with relay.lifespan(real.worker([greet], burst=True)):
+        for _ in range(200):
+            if "outbox relay stopped" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+    stopped = [r for r in caplog.records if "outbox relay stopped" in r.getMessage()]
+    assert len(stopped) == 1 and stopped[0].levelno == logging.ERROR
+    assert "unexpected keyword argument 'sslmode'" in stopped[0].getMessage()
+    assert "internal error" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_the_command_stops_on_a_url_its_driver_refuses_in_one_line(
+        redis_server: RedisServer) -> None:
+    need_postgres()
+    done = run_cli("outbox-relay", "--database-url", _refused_url(), "--no-uvloop",
+                   "--prefix", "refused", env={"ASYNCJOBS_REDIS_URL": redis_server.url},
+                   timeout_s=30)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("asyncjobs: error: "), done.stderr
+    assert "unexpected keyword argument 'sslmode'" in errors[0]
+
+
+# -- rows that hold up no other ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_job_redis_refuses_at_the_protocol_level_fails_alone(
+        db: Database, fresh_redis: RedisServer) -> None:
+    big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 2_000_000), "big")
+    await db.execute(sa.insert(db.table),
+                     [_row("ok-1"), _row("big", spec=big[1].spec), _row("ok-2")])
+    async with asyncjobs.create_pool(fresh_redis.url) as pool:
+        await pool.client.config_set("proto-max-bulk-len", str(1024 * 1024))
+        assert await asyncio.wait_for(db.relay().relay_pending(pool), 30) == 3
+        assert await redis_jobs(pool) == {"created": 2, "stream": ["ok-1", "ok-2"],
+                                          "records": 2}
+    [row] = await db.rows()
+    assert (row.job_id, row.status) == ("big", outbox.FAILED)
+    assert row.error.startswith("Redis refused the job: ")
+
+
+@pytest.mark.asyncio
+async def test_a_job_whose_write_redis_drops_fails_alone(
+        db: Database, fresh_redis: RedisServer) -> None:
+    """Far over ``proto-max-bulk-len``, Redis closes the connection while the job is being
+    sent: that looks like an outage, but Redis still answers, so the job fails alone."""
+    big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 40_000_000), "big")
+    await db.execute(sa.insert(db.table),
+                     [_row("ok-1"), _row("big", spec=big[1].spec), _row("ok-2")])
+    async with asyncjobs.create_pool(fresh_redis.url, retry_for=0.5) as pool:
+        await pool.client.config_set("proto-max-bulk-len", str(1024 * 1024))
+        assert await asyncio.wait_for(db.relay().relay_pending(pool), 60) == 3
+        assert await redis_jobs(pool) == {"created": 2, "stream": ["ok-1", "ok-2"],
+                                          "records": 2}
+    [row] = await db.rows()
+    assert (row.job_id, row.status) == ("big", outbox.FAILED)
+    assert row.error.startswith("Redis dropped the connection on this job, twice")
+
+
+@pytest.mark.asyncio
+async def test_an_outage_fails_no_row(db: Database, fresh_redis: RedisServer) -> None:
+    """A write that loses its connection while Redis does not answer either is an outage:
+    the rows stay pending, none is blamed."""
+    await db.execute(sa.insert(db.table), [_row("a"), _row("b")])
+    async with asyncjobs.create_pool(fresh_redis.url, retry_for=0.3) as pool:
+        await pool.client.ping()
+        fresh_redis.stop()
+        with pytest.raises(asyncjobs.RedisUnavailable):
+            await db.relay(lease=False).relay_pending(pool)
+        assert await db.statuses() == {outbox.PENDING: 2}
+        fresh_redis.start()
+        assert await db.relay().relay_pending(pool) == 2
+        assert (await redis_jobs(pool))["stream"] == ["a", "b"]
+
+
+@pytest.mark.asyncio
+async def test_a_job_redis_refuses_in_a_big_batch_never_creates_the_others_twice(
+        db: Database, fresh_redis: RedisServer) -> None:
+    """600 jobs of one queue are two enqueue scripts in one pipeline: the first is written,
+    the second refused; relayed again one by one, the first's jobs are found, not created."""
+    big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 2_000_000), "big")
+    good = [f"g{i}" for i in range(600)]
+    await db.execute(sa.insert(db.table),
+                     [*(_row(j) for j in good[:550]), _row("big", spec=big[1].spec),
+                      *(_row(j) for j in good[550:])])
+    async with asyncjobs.create_pool(fresh_redis.url) as pool:
+        await pool.client.config_set("proto-max-bulk-len", str(1024 * 1024))
+        assert await asyncio.wait_for(db.relay().relay_pending(pool), 60) == 601
+        found = await redis_jobs(pool)
+    assert found["created"] == found["records"] == 600
+    assert sorted(found["stream"]) == sorted(good)
+    assert [(r.job_id, r.status) for r in await db.rows()] == [("big", outbox.FAILED)]
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_holds_up_no_other_queue(
+        db: Database, real: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "asyncjobs.outbox")
+    await db.execute(sa.insert(db.table), [
+        _row("full-1", queue="full"), _row("full-2", queue="full"),
+        _row("other-1", queue="other"), _row("full-3", queue="full"),
+        _row("other-2", queue="other")])
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        relay = db.relay(batch_size=2)  # the first batch is all the full queue's
+        assert await relay.relay_pending(pool) == 2
+        assert (await redis_jobs(pool, "other"))["stream"] == ["other-1", "other-2"]
+        assert (await redis_jobs(pool, "full"))["stream"] == ["already"]
+        assert sorted(r.job_id for r in await db.rows()) == ["full-1", "full-2", "full-3"]
+        assert await db.statuses() == {outbox.PENDING: 3}
+        assert "queue 'full' is full (max 1 jobs)" in caplog.text
+        assert "unavailable" not in caplog.text
+
+        await pool.admin.set_max_length("full", None)  # room again: the rows follow, once
+        assert await relay.relay_pending(pool) == 3
+        found = await redis_jobs(pool, "full")
+    assert found["stream"] == ["already", "full-1", "full-2", "full-3"]
+    assert found["created"] == 4
+    assert await db.rows() == []
+
+
+@pytest.mark.asyncio
+async def test_a_running_relay_retries_a_full_queue_and_relays_the_others_meanwhile(
+        db: Database, real: Backend) -> None:
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        await db.execute(sa.insert(db.table), [_row("full-1", queue="full"),
+                                               _row("other-1", queue="other")])
+        relay = db.relay(poll=0.05, redis_url=real.url, prefix=real.prefix, lease=False)
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(200):
+                if (await redis_jobs(pool, "other"))["stream"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await redis_jobs(pool, "other"))["stream"] == ["other-1"]
+            await db.execute(sa.insert(db.table), [_row("other-2", queue="other")])
+            for _ in range(200):
+                if len((await redis_jobs(pool, "other"))["stream"]) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await redis_jobs(pool, "other"))["stream"] == ["other-1", "other-2"]
+            assert await db.statuses() == {outbox.PENDING: 1}
+            await pool.admin.set_max_length("full", None)
+            for _ in range(200):
+                if await db.statuses() == {}:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await redis_jobs(pool, "full"))["stream"] == ["already", "full-1"]
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
+
+
+# -- queue names no worker can serve ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_row_for_a_queue_no_worker_can_serve_ends_failed(db: Database,
+                                                                 real: Backend) -> None:
+    unservable = "q" * 200  # valid alone, but 'q' * 200 + '@high' is not
+    with pytest.raises(asyncjobs.ConfigurationError):
+        real.worker([greet], queues=[unservable])
+    rows: list[dict[str, Any]] = [_row("bad", queue=unservable),
+                                  _row("low", queue="q" * 196 + "@low"),
+                                  _row("high", queue="q" * 195 + "@high")]
+    await db.execute(sa.insert(db.table), rows)
+    async with real.pool() as pool:
+        assert await db.relay().relay_pending(pool) == 3
+        assert (await redis_jobs(pool, "q" * 195 + "@high"))["stream"] == ["high"]
+        assert await redis_jobs(pool, unservable) == {"created": 0, "stream": [],
+                                                      "records": 0}
+    failed = {r.job_id: r for r in await db.rows()}
+    assert set(failed) == {"bad", "low"}
+    assert all(r.status == outbox.FAILED for r in failed.values())
+    assert "no producer or worker can use it" in failed["bad"].error
