@@ -146,11 +146,12 @@ def limit_key(key_fn: RateKey | None, args: Sequence[Any], kwargs: Mapping[str, 
     except BaseException as exc:  # the task's code: its job's reason, never the worker's
         raise RateKeyError(f"{what} raised {type(exc).__name__}: {safe_str(exc, 300)}"
                          ) from exc
-    if isinstance(key, bool) or not isinstance(key, str | int):
-        raise RateKeyError(f"{what} must return a str or an int, not {type(key).__name__}")
-    # The value itself, not what a subclass's __str__ makes of it (which may raise); an int
-    # too long to be a key is refused before Python is asked for its digits.
-    if isinstance(key, int) and key.bit_length() > 700:
+    kind = type(key)  # not isinstance: a mock can claim to be a str
+    if kind is bool or not issubclass(kind, str | int):
+        raise RateKeyError(f"{what} must return a str or an int, not {kind.__name__}")
+    # The value itself, through str's and int's own methods, never a subclass's (which may
+    # raise); an int too long to be a key is refused before Python is asked for its digits.
+    if isinstance(key, int) and int.bit_length(key) > 700:
         raise RateKeyError(f"{what} returned an int of more than 200 digits (at most 200)")
     text = str.__str__(key) if isinstance(key, str) else int.__repr__(key)
     if len(text) > 200:

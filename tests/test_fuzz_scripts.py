@@ -1505,24 +1505,27 @@ async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
         await client.zadd(workers, members)
     claims = f"{env.keys.base}:claims"
     declared = data.draw(st.dictionaries(
-        st.integers(0, 5_000_000).map(str) | st.sampled_from(["", "abc", "1e300", "-5"]),
+        st.integers(0, 5_000_000).map(str)
+        | st.sampled_from(["", "abc", "1e300", "-5", "0x36EE80", " 3000", "3.6e6"]),
         st.integers(0, 10**13), max_size=4), "claims")
     if declared:
         await client.zadd(claims, declared)
     record = f"{env.keys.base}:worker:{ME}"
-    now, most = await load("beat")(client, [workers, record, claims],
-                                   [ME, 60_000, '{"name": "me"}', 15, 2_000])
+    now, most, least = await load("beat")(client, [workers, record, claims],
+                                          [ME, 60_000, '{"name": "me"}', 15, 2_000])
     left = dict(await client.zrange(workers, 0, -1, withscores=True))
     assert left[ME.encode()] == now
     assert all(score >= now - 60_000 for score in left.values())
     assert await client.get(record) == b'{"name": "me"}'
     assert 0 < await client.ttl(record) <= 15
-    # the largest claim timeout declared and not lapsed, ours included; garbage ignored
+    # the largest and smallest claim timeouts declared and not lapsed (nor lapsing over 10
+    # minutes ahead), ours included; garbage ignored
     alive = [int(m) for m, score in declared.items()
-             if score > now and m.isdigit() and int(m) <= 3_600_000]
-    assert most == max([2_000, *alive])
+             if now < score <= now + 600_000 and m.isdigit() and 1_000 <= int(m) <= 3_600_000]
+    assert (most, least) == (max([2_000, *alive]), min([2_000, *alive]))
     kept = dict(await client.zrange(claims, 0, -1, withscores=True))
-    assert kept[b"2000"] >= now + 15_000 and all(score > now for score in kept.values())
+    assert kept[b"2000"] >= now + 15_000
+    assert all(now < score <= now + 600_000 for score in kept.values())
 
 
 NEVER_RAISE: dict[str, Callable[[Env, Sequence[Case], st.DataObject], Awaitable[None]]] = {

@@ -129,9 +129,21 @@ def test_the_command_stops_on_a_url_its_driver_refuses_in_one_line(
 # -- rows that hold up no other ----------------------------------------------------------------
 
 
+def limit_read_before_it_was_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay reads proto-max-bulk-len once a minute: as if it had read it before the
+    limit was lowered, so that Redis itself refuses the job."""
+    from asyncjobs.outbox._loop import RelayLoop
+
+    async def stale(self: RelayLoop) -> int:
+        return 512 * 1024 * 1024
+
+    monkeypatch.setattr(RelayLoop, "_largest_value", stale)
+
+
 @pytest.mark.asyncio
 async def test_a_job_redis_refuses_at_the_protocol_level_fails_alone(
-        db: Database, fresh_redis: RedisServer) -> None:
+        db: Database, fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit_read_before_it_was_lowered(monkeypatch)
     big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 2_000_000), "big")
     await db.execute(sa.insert(db.table),
                      [_row("ok-1"), _row("big", spec=big[1].spec), _row("ok-2")])
@@ -146,10 +158,11 @@ async def test_a_job_redis_refuses_at_the_protocol_level_fails_alone(
 
 
 @pytest.mark.asyncio
-async def test_a_job_whose_write_redis_drops_fails_alone(
+async def test_a_job_larger_than_redis_takes_fails_alone_before_it_is_sent(
         db: Database, fresh_redis: RedisServer) -> None:
-    """Far over ``proto-max-bulk-len``, Redis closes the connection while the job is being
-    sent: that looks like an outage, but Redis still answers, so the job fails alone."""
+    """Far over ``proto-max-bulk-len``, Redis would close the connection while the job is
+    being sent, which looks like an outage (the batch would wait for ever): the relay
+    reads the limit and fails such a row before sending it."""
     big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 40_000_000), "big")
     await db.execute(sa.insert(db.table),
                      [_row("ok-1"), _row("big", spec=big[1].spec), _row("ok-2")])
@@ -160,7 +173,38 @@ async def test_a_job_whose_write_redis_drops_fails_alone(
                                           "records": 2}
     [row] = await db.rows()
     assert (row.job_id, row.status) == ("big", outbox.FAILED)
-    assert row.error.startswith("Redis dropped the connection on this job, twice")
+    assert row.error.startswith("the job is larger than Redis takes: ")
+    assert row.error.endswith("over its proto-max-bulk-len of 1,048,576")
+
+
+@pytest.mark.asyncio
+async def test_a_replica_after_a_failover_fails_no_row(db: Database,
+                                                       fresh_redis: RedisServer) -> None:
+    """A relay pointed at a replica (a failover it has not followed yet): every write is
+    refused with READONLY, which is not the rows' fault; they stay pending."""
+    with RedisServer() as replica:
+        async with asyncjobs.create_pool(replica.url) as pool:
+            host, port = fresh_redis.url.removeprefix("redis://").split("/")[0].split(":")
+            await pool.client.replicaof(host, int(port))
+            await db.execute(sa.insert(db.table), [_row("a"), _row("b")])
+            with pytest.raises(Exception, match="read only replica"):
+                await db.relay(lease=False).relay_pending(pool)
+            assert await db.statuses() == {outbox.PENDING: 2}
+
+
+@pytest.mark.asyncio
+async def test_a_key_of_ours_of_the_wrong_type_fails_no_row(db: Database,
+                                                            fresh_redis: RedisServer) -> None:
+    """The registry of queue names holding something else: Redis refuses the whole write,
+    for no fault of the rows'; they stay pending (and are relayed once it is repaired)."""
+    await db.execute(sa.insert(db.table), [_row("a"), _row("b")])
+    async with asyncjobs.create_pool(fresh_redis.url) as pool:
+        await pool.client.set(pool.global_keys.queues, "garbage")
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            await db.relay(lease=False).relay_pending(pool)
+        assert await db.statuses() == {outbox.PENDING: 2}
+        await pool.client.delete(pool.global_keys.queues)
+        assert await db.relay().relay_pending(pool) == 2
 
 
 @pytest.mark.asyncio
@@ -181,9 +225,10 @@ async def test_an_outage_fails_no_row(db: Database, fresh_redis: RedisServer) ->
 
 @pytest.mark.asyncio
 async def test_a_job_redis_refuses_in_a_big_batch_never_creates_the_others_twice(
-        db: Database, fresh_redis: RedisServer) -> None:
+        db: Database, fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """600 jobs of one queue are two enqueue scripts in one pipeline: the first is written,
     the second refused; relayed again one by one, the first's jobs are found, not created."""
+    limit_read_before_it_was_lowered(monkeypatch)
     big = outbox.Outbox()._encoder.prepare(asyncjobs.call(greet, 1, "x" * 2_000_000), "big")
     good = [f"g{i}" for i in range(600)]
     await db.execute(sa.insert(db.table),

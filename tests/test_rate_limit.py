@@ -190,10 +190,23 @@ class Odd(int):
     __repr__ = __str__
 
 
+class Sly(int):
+    def bit_length(self) -> int:
+        raise RuntimeError("no length")
+
+
 def test_a_subclass_s_own_text_is_not_asked_for() -> None:
     key = limit_key(lambda customer: Loud(customer), ["acme"], {})
     assert key == "acme" and type(key) is str
     assert limit_key(lambda customer: Odd(42), ["acme"], {}) == "42"
+    assert limit_key(lambda customer: Sly(7), ["acme"], {}) == "7"
+
+
+def test_a_mock_that_claims_to_be_a_str_is_not_a_key() -> None:
+    from unittest.mock import Mock
+
+    with pytest.raises(RateKeyError, match="must return a str or an int, not Mock"):
+        limit_key(lambda customer: Mock(spec=str), ["acme"], {})
 
 
 @pytest.mark.parametrize(("fn", "why"), [

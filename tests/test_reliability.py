@@ -322,6 +322,41 @@ async def test_a_shorter_claim_timeout_never_takes_a_live_worker_s_job(
     assert info.attempts == 1 and info.errors == ()
 
 
+async def test_a_longer_claim_timeout_joining_refreshes_at_the_fleet_s_pace(
+        backend: Backend, pool: asyncjobs.Pool) -> None:
+    """The other way round: a worker with 2 s runs first, so until its next heartbeat (5 s
+    away) it takes over entries idle for 1 s; then one with 60 s joins and takes a job. The
+    newcomer's first heartbeat tells it a shorter claim timeout is live: it refreshes its
+    entries every sixth of that, not every 10 s, and nothing is taken from it."""
+    starts: list[str] = []
+    busy, began = asyncio.Event(), asyncio.Event()
+
+    @asyncjobs.task(name="blocker", timeout=30)
+    async def blocker(ctx: Context) -> None:
+        busy.set()
+        await asyncio.sleep(1)
+
+    @asyncjobs.task(name="long_one", timeout=30)
+    async def long_one(ctx: Context) -> str:
+        starts.append(ctx.worker)
+        began.set()
+        await asyncio.sleep(4)
+        return "done"
+
+    await pool.enqueue(blocker)
+    short = backend.worker([blocker, long_one], claim_timeout=2, concurrency=1)
+    joining = backend.worker([blocker, long_one], claim_timeout=60)
+    async with running(backend, short):
+        await asyncio.wait_for(busy.wait(), 10)  # its one slot is taken for a second
+        job = await pool.enqueue(long_one)
+        async with running(backend, joining):
+            await asyncio.wait_for(began.wait(), 10)
+            assert await job.result(timeout=15) == "done"
+    assert starts == [joining.name]
+    info = await job.info()
+    assert info.attempts == 1 and info.errors == ()
+
+
 async def test_the_fleet_s_claim_timeouts_lapse_with_their_workers(pool: asyncjobs.Pool) -> None:
     """beat.lua: the answer is the largest claim timeout declared by a worker whose
     declaration has not lapsed (its record's TTL), this one's included; garbage in the key
@@ -332,15 +367,22 @@ async def test_the_fleet_s_claim_timeouts_lapse_with_their_workers(pool: asyncjo
     beat = scripts.load(scripts.BEAT)
 
     async def declare(name: str, claim_ms: int, ttl_s: int = 1) -> int:
-        _, most = await beat(pool.client, [keys.workers, keys.worker(name), keys.claim_timeouts],
-                             [name, 86_400_000, "{}", ttl_s, claim_ms])
+        _, most, _ = await beat(pool.client,
+                                [keys.workers, keys.worker(name), keys.claim_timeouts],
+                                [name, 86_400_000, "{}", ttl_s, claim_ms])
         return int(most)
 
     await pool.client.set(keys.claim_timeouts, "garbage")
     assert await declare("old", 60_000) == 60_000
     assert await declare("new", 2_000, ttl_s=5) == 60_000  # the old worker still declares
-    await pool.client.zadd(keys.claim_timeouts, {"abc": 10**15, "3600001": 10**15,
-                                                 "1e300": 10**15})
+    seconds, _ = await pool.client.time()
+    soon = seconds * 1000 + 60_000
+    await pool.client.zadd(keys.claim_timeouts, {"abc": soon, "3600001": soon, "1e300": soon,
+                                                 "0x36EE80": soon, " 3000000": soon})
+    assert await declare("new", 2_000, ttl_s=5) == 60_000
+    # a declaration lapsing more than 10 minutes ahead (written by hand, or a clock that
+    # stepped back) is not one: a dead worker's jobs never wait on it
+    await pool.client.zadd(keys.claim_timeouts, {"3600000": float("inf")})
     assert await declare("new", 2_000, ttl_s=5) == 60_000
     await asyncio.sleep(1.1)  # the old worker's declaration lapses: it beats no more
     assert await declare("new", 2_000, ttl_s=5) == 2_000

@@ -112,9 +112,10 @@ def max_length(raw: Any) -> int | None:
     value enqueue.lua would not read as one)."""
     if isinstance(raw, bytes | str):
         value = reply_text(raw)
-        if (value.isascii() and value.isdigit() and len(value) <= 13
-                and 0 < int(value) <= MAX_LENGTH_MOST):
-            return int(value)
+        digits = value.lstrip("0")  # leading zeros count for nothing, in Lua too
+        if (value.isascii() and value.isdigit() and len(digits) <= 13
+                and 0 < int(digits or "0") <= MAX_LENGTH_MOST):
+            return int(digits)
     return None
 
 

@@ -181,10 +181,20 @@ class Runtime:
     fleet_claim_timeout_s: float | None = None
     """The largest claim timeout a live worker of the prefix declares, this one's included
     (its last heartbeat's answer, beat.lua); None before its first heartbeat."""
+    fleet_least_claim_s: float | None = None
+    """The smallest one, likewise (None: this worker's own, as far as it knows)."""
 
     def __post_init__(self) -> None:
         now = time.monotonic()
         self.fetch_beat = dict.fromkeys(self.stores, now)
+
+    @property
+    def keepalive_every_s(self) -> float:
+        """Held entries are refreshed this often: a sixth of the smallest claim timeout a
+        live worker declares (this one's until it has heard), so that a worker that takes
+        over entries idle for half of its own never finds one of ours idle that long."""
+        least = self.fleet_least_claim_s or self.config.claim_timeout_s
+        return min(least, self.config.claim_timeout_s) / 6
 
     @property
     def lease_ms(self) -> int:

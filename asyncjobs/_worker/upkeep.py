@@ -32,12 +32,12 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     """Reset the idle time of every held entry well inside the claim timeout; cancel jobs
     whose entry was taken by another worker, and jobs whose abort was requested. Runs until
     the worker has drained (a draining worker still holds its jobs)."""
-    pause = rt.config.keepalive_every_s
+    pause = rt.keepalive_every_s
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.touch_now.wait(), pause)
         rt.touch_now.clear()
-        pause = rt.config.keepalive_every_s
+        pause = rt.keepalive_every_s
         for queue, store in rt.stores.items():
             held = ex.to_touch(queue)
             if not held:
@@ -50,7 +50,7 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                 rt.outage.failed(exc, "keep-alive")
                 # Try again soon, not after a long backoff: the first touch after Redis
                 # comes back must come before other workers' reclaim scans resume.
-                pause = min(0.5, rt.config.keepalive_every_s)
+                pause = min(0.5, rt.keepalive_every_s)
                 break
             for entry in lost:
                 _lost(ex, queue, entry)
@@ -190,11 +190,15 @@ async def _beat(rt: Runtime, ex: Executor, keys: GlobalKeys) -> None:
         "crons": rt.crons,
     }
     ttl = max(1, int(cfg.heartbeat_every_s * 3))
-    _, most_ms = await _scripts.load(_scripts.BEAT)(
+    _, most_ms, least_ms = await _scripts.load(_scripts.BEAT)(
         rt.client, [keys.workers, keys.worker(rt.consumer), keys.claim_timeouts],
         [rt.consumer, _REGISTRY_PRUNE_MS, json.dumps(info), ttl,
          round(cfg.claim_timeout_s * 1000)])
     rt.fleet_claim_timeout_s = max(cfg.claim_timeout_s, int(most_ms) / 1000)
+    before = rt.keepalive_every_s
+    rt.fleet_least_claim_s = min(cfg.claim_timeout_s, int(least_ms) / 1000)
+    if rt.keepalive_every_s < before:  # a worker with a shorter claim timeout is here:
+        rt.touch_now.set()  # refresh now, then at its pace
 
 
 async def unregister(rt: Runtime) -> None:

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -75,6 +75,7 @@ class RelayLoop:
         self._down_since: float | None = None
         self._next_purge = 0.0
         self._full: dict[str, tuple[float, float]] = {}  # queue -> (retry at, pause)
+        self._bulk_most, self._bulk_read_at = 512 * 1024 * 1024, float("-inf")
 
     async def run(self) -> None:
         """Relay until stopped; errors are logged and retried with backoff, never raised,
@@ -168,42 +169,57 @@ class RelayLoop:
         """Write the batch's jobs to Redis, per queue; what became of each row."""
         outcome = Outcome()
         by_queue: dict[str, list[tuple[int, NewJob]]] = {}
+        most = await self._largest_value()
         for row in claimed.rows:
             try:
                 queue, job = to_job(row, claimed.now_ms, self.s.queues)
             except BadRow as exc:
                 outcome.failed[row.row_id] = str(exc)
                 continue
+            if len(job.spec) > most:
+                outcome.failed[row.row_id] = (
+                    f"the job is larger than Redis takes: {len(job.spec):,} bytes, over its "
+                    f"proto-max-bulk-len of {most:,}")
+                continue
             by_queue.setdefault(queue, []).append((row.row_id, job))
         for queue, items in by_queue.items():
             await self._write(queue, items, outcome)
         return outcome
 
-    async def _write(self, queue: str, items: list[tuple[int, NewJob]], outcome: Outcome,
-                     tries: int = 1) -> None:
+    async def _largest_value(self) -> int:
+        """Redis's ``proto-max-bulk-len`` (read once a minute; 512 MB, Redis's default, when
+        ``CONFIG GET`` is refused). A job over it would make Redis refuse the write, or drop
+        the connection while it is being sent, which looks like an outage: such a row is
+        failed before it is sent, and never holds up the rows behind it."""
+        now = time.monotonic()
+        if now >= self._bulk_read_at + 60:
+            self._bulk_read_at = now
+            try:
+                reply = await self.pool.client.config_get("proto-max-bulk-len")
+                self._bulk_most = int(str(next(iter(reply.values()))))
+            except Exception:  # refused (ACL, a managed Redis), or garbage: the default
+                self._bulk_most = 512 * 1024 * 1024
+        return self._bulk_most
+
+    async def _write(self, queue: str, items: list[tuple[int, NewJob]],
+                     outcome: Outcome) -> None:
         """Write one queue's jobs of the batch and record what became of their rows.
 
-        An outage raises: the whole batch stays pending. A write Redis rejects as a whole
-        (a protocol error: a job larger than ``proto-max-bulk-len``), or whose connection it
-        drops while it still answers a PING, is tried again job by job, so that only the
-        job at fault fails (a dropped one after a second try); the others' second write is
-        a no-op where the first one took them (dedup by job id)."""
+        An outage, or any error that is not Redis refusing a job (a failover's READONLY, a
+        full disk, a key of ours of the wrong type, an ACL), raises: the whole batch stays
+        pending and is retried. A write Redis answers with a protocol error (a value over
+        ``proto-max-bulk-len`` that the check before the write did not catch: the limit
+        lowered since it was read) is tried again job by job, so that only the job at
+        fault fails; the others' second write is a no-op where the first one took them
+        (dedup by job id)."""
         try:
             existing = await self.pool.write_jobs(queue, [job for _, job in items])
-        except (RedisError, RedisUnavailable) as exc:
-            dropped = isinstance(exc, RedisUnavailable)
-            if (not dropped and (_unavailable(exc) or isinstance(exc, NoPermissionError))) \
-                    or (dropped and not await self._answers()):
-                raise  # Redis cannot serve now (down, loading, full, ACL): the batch waits
+        except ResponseError as exc:
+            if not str(exc).startswith("Protocol error"):
+                raise
             if len(items) > 1:
                 for item in items:
                     await self._write(queue, [item], outcome)
-            elif dropped and tries < 2:  # once more before blaming the job
-                await self._write(queue, items, outcome, tries + 1)
-            elif dropped:
-                outcome.failed[items[0][0]] = (
-                    "Redis dropped the connection on this job, twice, while answering "
-                    f"otherwise (is it larger than proto-max-bulk-len?): {safe_str(exc, 300)}")
             else:
                 outcome.failed[items[0][0]] = f"Redis refused the job: {safe_str(exc, 500)}"
             return
@@ -212,7 +228,7 @@ class RelayLoop:
             state = existing.get(index, "")
             if state.startswith("full: "):  # at the queue's maximum length: the row waits
                 most = state[6:]
-            elif state.startswith("error: ") and _full(state[7:]):
+            elif state.startswith("error: ") and _cannot_write(state[7:]):
                 raise RedisFullError(state[7:])  # not the row's fault: the batch waits
             elif state.startswith("error: "):
                 outcome.failed[row_id] = f"Redis refused the job: {state[7:]}"
@@ -222,13 +238,6 @@ class RelayLoop:
             self._queue_full(queue, most)
         elif self._full.pop(queue, None) is not None:
             log.warning("outbox relay: queue %r takes jobs again", queue)
-
-    async def _answers(self) -> bool:
-        """Whether Redis answers a PING now."""
-        try:
-            return bool(await asyncio.wait_for(self.pool.client.ping(), 5.0))
-        except Exception:
-            return False
 
     def _queue_full(self, queue: str, most: str) -> None:
         """``queue`` refused a row for its maximum length: its rows stay pending, left out
@@ -301,11 +310,18 @@ class RelayLoop:
 
 
 class RedisFullError(Exception):
-    """Redis refused a job for want of memory: the batch stays pending and is retried."""
+    """Redis cannot write now (out of memory, a replica after a failover, a failing disk,
+    ...): the batch stays pending and is retried."""
 
 
-def _full(reason: str) -> bool:
-    return reason.startswith("OOM") or "maxmemory" in reason
+# Replies by which Redis refuses any write for now, not this job: the batch waits.
+_CANNOT_WRITE = ("OOM", "READONLY", "MISCONF", "NOPERM", "LOADING", "BUSY", "MASTERDOWN",
+                 "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def _cannot_write(reason: str) -> bool:
+    return reason.startswith(_CANNOT_WRITE) or "maxmemory" in reason or (
+        "read only replica" in reason)
 
 
 def _unavailable(exc: BaseException) -> str:
@@ -315,7 +331,8 @@ def _unavailable(exc: BaseException) -> str:
                                                         | sa_exc.InterfaceError)
         return "the database" if lost else ""
     if isinstance(exc, RedisUnavailable | PoolExhausted | EnqueueError | RedisFullError) or (
-            isinstance(exc, RedisError) and transient(exc)):
+            isinstance(exc, RedisError) and transient(exc)) or (
+            isinstance(exc, ResponseError) and _cannot_write(str(exc))):
         return "redis"
     if isinstance(exc, OSError | TimeoutError):  # a database driver's own connection error
         return "the database"
