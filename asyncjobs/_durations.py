@@ -28,14 +28,17 @@ def to_seconds(value: Seconds | None, what: str) -> float | None:
     if isinstance(value, timedelta):
         secs = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        secs = float(value)
+        try:
+            secs = float(value)
+        except OverflowError:  # an int too large for a float: far over 10 years
+            secs = math.inf if value > 0 else -math.inf
     else:
         raise TypeError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
-    if math.isnan(secs) or math.isinf(secs):
-        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+    if math.isnan(secs) or (math.isinf(secs) and not isinstance(value, int)):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r:.80}")
     if secs < 0:
-        raise ValueError(f"{what} must be >= 0, got {value!r}")
+        raise ValueError(f"{what} must be >= 0, got {value!r:.80}")
     if secs > MAX_DURATION_S:
         raise ValueError(f"{what} must be at most 10 years ({MAX_DURATION_S:.0f} s), got "
-                         f"{value!r}: a timestamp passed as a duration?")
+                         f"{value!r:.80}: a timestamp passed as a duration?")
     return secs

@@ -104,8 +104,11 @@ class Task(Generic[P, R]):
         }
         self.job_options = JobOptions()
         self.is_async = fn is not None and _is_async(fn)
-        if max_tries is not None and max_tries < 1:
-            raise ConfigurationError(f"task {self.name!r}: max_tries must be >= 1")
+        if max_tries is not None:
+            try:
+                check_max_tries(max_tries)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from None
         self.rate_limit: RateLimit | None = None
         """The limit shared by every worker of the queue (see ``_limits``), or None."""
         self.rate_key = rate_key
@@ -149,12 +152,16 @@ class Task(Generic[P, R]):
         """A copy of this task that enqueues with these per-job options. ``priority``
         (``"high"``, ``"normal"`` or ``"low"``) orders jobs within their queue: a worker
         starts a job only when no job of a higher level waits there."""
+        if at is not None and not isinstance(at, datetime):
+            raise TypeError(f"at= needs an aware datetime, not {type(at).__name__} {at!r:.80}")
         if at is not None and at.tzinfo is None:
             raise ValueError("at= needs an aware datetime (e.g. tzinfo=UTC)")
         if isinstance(expires, datetime) and expires.tzinfo is None:
             raise ValueError("expires= needs an aware datetime or a duration")
-        if max_tries is not None and max_tries < 1:
-            raise ValueError("max_tries must be >= 1")
+        if max_tries is not None:
+            check_max_tries(max_tries)
+        if headers is not None:
+            check_headers(headers)
         if job_id is not None:
             check_job_id(job_id)
         exp = expires if isinstance(expires, datetime) else to_seconds(expires, "expires")
@@ -208,6 +215,34 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+MAX_TRIES_MOST = 1_000_000
+"""The most ``max_tries`` a task or a job may have."""
+
+
+def check_max_tries(value: object) -> int:
+    """A ``max_tries``: an int from 1 to ``MAX_TRIES_MOST`` (not a bool); ``TypeError`` or
+    ``ValueError`` naming it otherwise (a float would be written to Redis and found
+    undecodable by every worker)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_tries must be an int, not {type(value).__name__} {value!r:.80}")
+    if value < 1:
+        raise ValueError(f"max_tries must be >= 1, not {value}")
+    if value > MAX_TRIES_MOST:
+        raise ValueError(f"max_tries must be at most {MAX_TRIES_MOST:,}, not {value:.3g}")
+    return value
+
+
+def check_headers(headers: object) -> None:
+    """Per-job headers: a mapping of str to str; ``TypeError`` otherwise (a worker could
+    never decode the job)."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"headers must map str to str, not {type(key).__name__} "
+                            f"{key!r:.40} to {type(value).__name__} {value!r:.40}")
 
 
 def check_job_id(job_id: str) -> str:

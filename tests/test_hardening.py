@@ -206,6 +206,40 @@ def nested(depth: int) -> Any:
     return value
 
 
+@pytest.mark.parametrize("item", ["add", None, ("add", 1), add])
+async def test_enqueue_many_refuses_what_is_not_a_call_and_writes_nothing(
+        pool: asyncjobs.Pool, item: Any) -> None:
+    with pytest.raises(TypeError, match=r"enqueue_many takes asyncjobs\.call\(task, \.\.\.\)"):
+        await pool.enqueue_many([asyncjobs.call(add, 1, 2), item])
+    assert (await pool.admin.queue_stats()).waiting == 0
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"timeout": float("nan")}, "timeout must be a finite number"),
+    ({"timeout": float("inf")}, "timeout must be a finite number"),
+    ({"timeout": 0}, "timeout must be a number of seconds above 0"),
+    ({"timeout": -1}, "timeout must be >= 0"),
+    ({"timeout": 10**400}, "timeout must be at most 10 years"),
+    ({"retry_for": float("nan")}, "retry_for must be a finite number"),
+    ({"retry_for": -1}, "retry_for must be >= 0"),
+    ({"retry_for": "5"}, "retry_for must be a number of seconds"),
+    ({"max_connections": 0}, "max_connections must be a whole number"),
+    ({"max_connections": 2.5}, "max_connections must be a whole number"),
+])
+async def test_bad_pool_options_are_refused_at_once(options: dict[str, Any], says: str) -> None:
+    """A NaN timeout made every call against a Redis that never answers wait for ever."""
+    with pytest.raises(asyncjobs.ConfigurationError, match=says):
+        asyncjobs.create_pool("redis://127.0.0.1:1/0", **options)
+
+
+async def test_a_huge_int_timeout_is_a_value_error(pool: asyncjobs.Pool) -> None:
+    job = await pool.enqueue(add, 1, 2)
+    with pytest.raises(ValueError, match="timeout must be at most 10 years"):
+        await job.result(timeout=10**400)
+    with pytest.raises(ValueError, match="wait_for_room must be at most 10 years"):
+        await pool.enqueue_many([asyncjobs.call(add, 1, 2)], wait_for_room=10**400)
+
+
 async def test_deep_arguments_are_refused_at_enqueue(pool: asyncjobs.Pool) -> None:
     with pytest.raises(asyncjobs.SerializationError, match="nested more than 100 levels"):
         await pool.enqueue(add, nested(980), 1)  # type: ignore[arg-type]

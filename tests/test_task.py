@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -75,6 +76,10 @@ def test_decorator_syntax_with_and_without_parentheses() -> None:
     ("options", "error", "message"),
     [
         pytest.param({"max_tries": 0}, ConfigurationError, "max_tries must be >= 1", id="tries"),
+        pytest.param({"max_tries": 1.5}, ConfigurationError, "max_tries must be an int",
+                     id="float-tries"),
+        pytest.param({"max_tries": True}, ConfigurationError, "max_tries must be an int",
+                     id="bool-tries"),
         pytest.param({"timeout": -1}, ValueError, "timeout must be >= 0", id="timeout"),
         pytest.param({"result_ttl": timedelta(seconds=-5)}, ValueError,
                      "result_ttl must be >= 0", id="result-ttl"),
@@ -170,11 +175,42 @@ def test_options_copy_headers() -> None:
         pytest.param({"expires": -5}, "expires must be >= 0", id="negative-expires"),
         pytest.param({"max_tries": 0}, "max_tries must be >= 1", id="zero-tries"),
         pytest.param({"max_tries": -1}, "max_tries must be >= 1", id="negative-tries"),
+        pytest.param({"max_tries": 10**30}, "max_tries must be at most 1,000,000",
+                     id="huge-tries"),
+        # an int too large for a float is far over 10 years, not an OverflowError
+        pytest.param({"delay": 10**400}, "delay must be at most 10 years", id="huge-int-delay"),
+        pytest.param({"timeout": -(10**400)}, "timeout must be >= 0", id="huge-negative"),
+        pytest.param({"expires": 10**400}, "expires must be at most 10 years",
+                     id="huge-int-expires"),
     ],
 )
 def test_options_refuse_bad_values(given: dict[str, Any], message: str) -> None:
     original = task(send)
     with pytest.raises(ValueError, match=message):
+        original.options(**given)
+    assert original.job_options == JobOptions()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        # each of these was written to Redis and found undecodable by every worker
+        pytest.param({"max_tries": 1.5}, "max_tries must be an int, not float", id="float"),
+        pytest.param({"max_tries": math.nan}, "max_tries must be an int, not float", id="nan"),
+        pytest.param({"max_tries": True}, "max_tries must be an int, not bool", id="bool"),
+        pytest.param({"max_tries": "3"}, "max_tries must be an int, not str", id="str"),
+        pytest.param({"headers": {"a": 1}}, "headers must map str to str", id="int-value"),
+        pytest.param({"headers": {1: "a"}}, "headers must map str to str", id="int-key"),
+        pytest.param({"headers": ["a"]}, "headers must be a mapping", id="list"),
+        pytest.param({"at": date(2030, 1, 1)}, "at= needs an aware datetime, not date",
+                     id="date-at"),
+        pytest.param({"at": 1_893_456_000}, "at= needs an aware datetime, not int",
+                     id="timestamp-at"),
+    ],
+)
+def test_options_refuse_values_of_the_wrong_type(given: dict[str, Any], message: str) -> None:
+    original = task(send)
+    with pytest.raises(TypeError, match=message):
         original.options(**given)
     assert original.job_options == JobOptions()
 

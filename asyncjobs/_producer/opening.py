@@ -82,6 +82,12 @@ def create_pool(
     target = url or default_url()
     factory = client_factory or url_factory(target)
     to_seconds(wait_for_room, "wait_for_room")  # a bad value fails here, not when awaited
+    _seconds(timeout, "timeout", above_zero=True)  # NaN or inf: a call that never ends
+    _seconds(retry_for, "retry_for", above_zero=False)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
+            max_connections < 1):
+        raise ConfigurationError(f"max_connections must be a whole number, 1 or more, not "
+                                 f"{max_connections!r:.80}")
     replication = Replication.of(wait_replicas, wait_timeout, timeout, prefix)
 
     async def open_() -> Pool:
@@ -104,6 +110,18 @@ def create_pool(
         return pool
 
     return _PoolOpener(open_)
+
+
+def _seconds(value: object, what: str, *, above_zero: bool) -> None:
+    """A pool's duration option: a finite number of seconds, 0 or more (above 0 with
+    ``above_zero``); ``ConfigurationError`` naming it otherwise."""
+    try:
+        secs = to_seconds(value, what)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    if secs is None or (above_zero and secs <= 0):
+        raise ConfigurationError(f"{what} must be a number of seconds above 0, not "
+                                 f"{value!r:.80}")
 
 
 __all__ = ["create_pool"]

@@ -232,6 +232,10 @@ class Pool:
         wait_s = (self.wait_for_room_s if wait_for_room is None
                   else to_seconds(wait_for_room, "wait_for_room") or 0.0)
         batch = list(calls)
+        for c in batch:
+            if not isinstance(c, Call):
+                raise TypeError(f"enqueue_many takes asyncjobs.call(task, ...) items, not "
+                                f"{type(c).__name__} {c!r:.80}")
         ids = new_job_ids(len(batch))
         prepared = [self.prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
         by_queue: dict[str, list[NewJob]] = {}
