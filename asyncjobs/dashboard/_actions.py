@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import ResponseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -18,7 +19,8 @@ from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._task import check_job_id
 from .._text import clean
-from ..exceptions import JobNotFound
+from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
+from ._pages import wrong_type
 from ._security import csrf_problem, who
 
 log = logging.getLogger("asyncjobs.dashboard")
@@ -94,7 +96,10 @@ async def parse(request: Request, needs_ids: bool) -> tuple[str, list[str]]:
         raise ValueError("the body is not JSON") from None
     if not isinstance(data, dict) or data.get("confirm") is not True:
         raise ValueError('actions need {"confirm": true}')
-    queue = check_name("queue name", str(data.get("queue", "")))
+    queue = data.get("queue", "")
+    if not isinstance(queue, str) or not queue:  # null or ["q"] is no queue, not "None"
+        raise ValueError("give the queue: a queue name (a string)")
+    queue = check_name("queue name", queue)
     ids = data.get("ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValueError("ids must be a list of job ids")
@@ -103,8 +108,13 @@ async def parse(request: Request, needs_ids: bool) -> tuple[str, list[str]]:
     return queue, [check_job_id(i) for i in ids]
 
 
-async def run(request: Request, pool: Pool, name: str, read_only: bool) -> JSONResponse:
-    """Run one action from its request (already authenticated by the app's guard)."""
+async def run(request: Request, pool: Callable[[], Awaitable[Pool]], name: str,
+              read_only: bool) -> JSONResponse:
+    """Run one action from its request (already authenticated by the app's guard).
+
+    ``pool`` opens (or returns) the pool. Redis down or the pool exhausted answers 503, as
+    pages do; data that asyncjobs never writes (a corrupt job record, a queue's key of the
+    wrong type) answers 409 with what is wrong. Either is logged as a failed action."""
     if read_only:
         return refuse(403, "the dashboard is read-only: actions are switched off")
     if name not in ACTIONS:
@@ -118,8 +128,23 @@ async def run(request: Request, pool: Pool, name: str, read_only: bool) -> JSONR
         queue, ids = await parse(request, needs_ids)
     except ValueError as exc:
         return refuse(400, str(exc))
-    message = await action(pool, queue, ids)
     shown = ",".join(ids[:20]) + (f",... ({len(ids)} ids)" if len(ids) > 20 else "")
-    log.info("dashboard action %s by %s queue=%s ids=%s: %s", name, clean(who(request)),
-             queue, clean(shown) or "-", clean(message))
+    done = (f"dashboard action {name} by {clean(who(request))} queue={clean(queue)} "
+            f"ids={clean(shown) or '-'}")
+    status, message = 200, ""
+    try:
+        message = await action(await pool(), queue, ids)
+    except (RedisUnavailable, PoolExhausted) as exc:
+        status, message = 503, str(exc)
+    except CorruptJob as exc:
+        status, message = 409, str(exc)
+    except ResponseError as exc:
+        damage = wrong_type(exc)
+        if damage is None:
+            raise
+        status, message = 409, damage
+    if status != 200:
+        log.warning("%s failed: %s", done, clean(message))
+        return refuse(status, message)
+    log.info("%s: %s", done, clean(message))
     return JSONResponse({"ok": True, "message": message})

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,10 +29,10 @@ from starlette.routing import Route
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._version import __version__
-from ..exceptions import JobNotFound, PoolExhausted, RedisUnavailable
+from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
 from . import _actions
 from ._format import FILTERS
-from ._pages import PAGES, PageSpec, View, now
+from ._pages import PAGES, PageSpec, View, now, wrong_type
 from ._redact import ArgsRedactor, Redaction, TaskKey, redactors
 from ._security import Auth, Guard, SecureHeaders, csrf_token, set_csrf_cookie
 
@@ -129,6 +130,13 @@ class Dashboard:
             response = self.render("error.html", 404, **context, problem=str(exc))
         except (RedisUnavailable, PoolExhausted) as exc:
             response = self.render("error.html", 503, **context, problem=str(exc))
+        except CorruptJob as exc:  # data in Redis that asyncjobs never writes: 409, as actions
+            response = self.render("error.html", 409, **context, problem=str(exc))
+        except ResponseError as exc:
+            problem = wrong_type(exc)
+            if problem is None:
+                raise
+            response = self.render("error.html", 409, **context, problem=problem)
         if new:
             set_csrf_cookie(response, request, token, context["base"])
         return response
@@ -151,8 +159,7 @@ class Dashboard:
                            spec=spec, where=view.pool.description)
 
     async def action(self, request: Request) -> Response:
-        pool = await self.settings.pool()
-        return await _actions.run(request, pool, request.path_params["name"],
+        return await _actions.run(request, self.settings.pool, request.path_params["name"],
                                   self.settings.read_only)
 
     async def static(self, request: Request) -> Response:

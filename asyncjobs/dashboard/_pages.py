@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import ResponseError
 from starlette.requests import Request
 
+from .._producer.admin import QueueStats
 from .._producer.pool import Pool
 from .._redis.keys import check_name
+from .._text import clean
 from ..exceptions import CorruptJob
 from ._charts import chart
 from ._format import timeline
@@ -53,10 +56,37 @@ class View:
 Loader = Callable[[View], Awaitable[dict[str, Any]]]
 
 
+def wrong_type(exc: BaseException) -> str | None:
+    """What is wrong, when ``exc`` is Redis refusing a command on a key of the wrong type
+    (a queue's key overwritten by hand, or by another program on the same prefix)."""
+    if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
+        return f"a key of this queue holds the wrong type: {clean(str(exc))}"
+    return None
+
+
+@dataclass(frozen=True)
+class DamagedQueue:
+    """A row of the overview for a queue whose numbers cannot be read."""
+
+    queue: str
+    problem: str
+
+
+async def _queue_row(view: View, queue: str) -> QueueStats | DamagedQueue:
+    try:
+        return await view.pool.admin.queue_stats(queue)
+    except ResponseError as exc:
+        problem = wrong_type(exc)
+        if problem is None:
+            raise
+        return DamagedQueue(queue, problem)
+
+
 async def queues_part(view: View) -> dict[str, Any]:
+    """Every known queue: one damaged queue is a row saying so, the others are shown."""
     admin = view.pool.admin
     names = await admin.queues() or [view.pool.default_queue]
-    return {"queues": [await admin.queue_stats(q) for q in names],
+    return {"queues": [await _queue_row(view, q) for q in names],
             "worker_count": len(await admin.workers())}
 
 
