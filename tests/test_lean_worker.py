@@ -45,7 +45,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs", "asyncjobs._cli", "asyncjobs._cli.logs", "asyncjobs._cli.supervisor",
     "asyncjobs._cli.target", "asyncjobs._cli.worker_run", "asyncjobs._codec",
     "asyncjobs._context", "asyncjobs._durations", "asyncjobs._events", "asyncjobs._limits",
-    "asyncjobs._middleware", "asyncjobs._model", "asyncjobs._producer",
+    "asyncjobs._middleware", "asyncjobs._model", "asyncjobs._options", "asyncjobs._producer",
     "asyncjobs._producer.handle", "asyncjobs._producer.opening", "asyncjobs._producer.pool",
     "asyncjobs._producer.waiter",
     "asyncjobs._redis", "asyncjobs._redis.addresses", "asyncjobs._redis.cluster",

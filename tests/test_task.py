@@ -177,6 +177,9 @@ def test_options_copy_headers() -> None:
         pytest.param({"max_tries": -1}, "max_tries must be >= 1", id="negative-tries"),
         pytest.param({"max_tries": 10**30}, "max_tries must be at most 1,000,000",
                      id="huge-tries"),
+        # an int no float can hold must not raise OverflowError while being described
+        pytest.param({"max_tries": 10**400}, "max_tries must be at most 1,000,000",
+                     id="huger-tries"),
         # an int too large for a float is far over 10 years, not an OverflowError
         pytest.param({"delay": 10**400}, "delay must be at most 10 years", id="huge-int-delay"),
         pytest.param({"timeout": -(10**400)}, "timeout must be >= 0", id="huge-negative"),

@@ -14,10 +14,10 @@ from redis.exceptions import ResponseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .._options import check_job_id
 from .._producer.cursor import MAX_LIMIT
 from .._producer.pool import Pool
 from .._redis.keys import check_name
-from .._task import check_job_id
 from .._text import clean
 from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
 from ._pages import wrong_type

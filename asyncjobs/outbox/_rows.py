@@ -19,10 +19,10 @@ from typing import Any
 
 from .._codec import decode_spec
 from .._durations import MAX_DURATION_S
+from .._options import check_job_id
 from .._redis.keys import check_name
 from .._redis.values import NewJob
 from .._routing import check_queue, split_level
-from .._task import check_job_id
 from ..exceptions import ConfigurationError
 
 MAX_SPAN_MS = int(MAX_DURATION_S * 1000)
