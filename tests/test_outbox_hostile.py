@@ -131,13 +131,33 @@ def test_the_command_stops_on_a_url_its_driver_refuses_in_one_line(
 
 def limit_read_before_it_was_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay reads proto-max-bulk-len once a minute: as if it had read it before the
-    limit was lowered, so that Redis itself refuses the job."""
+    limit (1 MB here) was lowered, so that Redis itself refuses the job. Redis's real
+    refusal races its closing of the connection (while the rest of the value is still
+    being sent, a reset can lose the reply, and the write then looks like an outage: CI
+    saw it), so the refusal is played here as Redis makes it: the script calls before the
+    one holding the job (500 jobs each) are run, then "Protocol error"."""
+    from redis.exceptions import ResponseError
+
+    from asyncjobs._producer.pool import Pool
     from asyncjobs.outbox._loop import RelayLoop
 
     async def stale(self: RelayLoop) -> int:
         return 512 * 1024 * 1024
 
+    write = Pool.write_jobs
+
+    async def refusing(self: Pool, queue: str, jobs: Any, *,
+                       count_refused: bool = True) -> dict[int, str]:
+        for at, job in enumerate(jobs):
+            if len(job.spec) > 1024 * 1024:
+                if at >= 500:
+                    await write(self, queue, jobs[: at // 500 * 500],
+                                count_refused=count_refused)
+                raise ResponseError("Protocol error: invalid bulk length")
+        return await write(self, queue, jobs, count_refused=count_refused)
+
     monkeypatch.setattr(RelayLoop, "_largest_value", stale)
+    monkeypatch.setattr(Pool, "write_jobs", refusing)
 
 
 @pytest.mark.asyncio
