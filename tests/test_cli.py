@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 
 import pytest
@@ -100,6 +101,9 @@ def test_demo_exits_zero() -> None:
     result = run_cli("demo", timeout_s=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 6 complete, 2 failed" in result.stdout
+    # Each row shows its own job's id end (ids made together share their start).
+    shown = re.findall(r"…([A-Za-z0-9_-]{8})", result.stdout)
+    assert len(shown) == 8 and len(set(shown)) == 8, result.stdout
 
 
 @pytest.mark.parametrize(

@@ -137,13 +137,14 @@ async def _refresh(row: Row) -> None:
 def _table(rows: list[Row], title: str) -> Table:
     table = Table(title=title)
     table.add_column("job")
-    table.add_column("id", style="dim")
+    # The id's end: its start is a tag shared by ids made together (every job here).
+    table.add_column("id (end)", style="dim")
     table.add_column("state")
     table.add_column("detail", overflow="fold")
     colour = {"complete": "green", "failed": "red", "running": "yellow", "scheduled": "cyan"}
     for row in rows:
         style = colour.get(row.state, "")
-        table.add_row(row.label, row.job.id[:8], f"[{style}]{row.state}[/]" if style else row.state,
+        table.add_row(row.label, "…" + row.job.id[-8:], f"[{style}]{row.state}[/]" if style else row.state,
                       row.detail)
     return table
 
