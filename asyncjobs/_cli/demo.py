@@ -144,8 +144,8 @@ def _table(rows: list[Row], title: str) -> Table:
     colour = {"complete": "green", "failed": "red", "running": "yellow", "scheduled": "cyan"}
     for row in rows:
         style = colour.get(row.state, "")
-        table.add_row(row.label, "…" + row.job.id[-8:], f"[{style}]{row.state}[/]" if style else row.state,
-                      row.detail)
+        state = f"[{style}]{row.state}[/]" if style else row.state
+        table.add_row(row.label, "…" + row.job.id[-8:], state, row.detail)
     return table
 
 
