@@ -71,16 +71,20 @@ async def take_levels(stores: Sequence[QueueStore], consumer: str, count: int) -
 
 
 async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_ms: int,
-                         count: int, cursors: Sequence[str]) -> Reclaimed:
+                         count: int, cursors: Sequence[str], latest_ms: int | None = None
+                         ) -> Reclaimed:
     """Claim up to ``count`` entries idle for ``min_idle_ms`` from the stores (the levels of
     one queue, highest first: one hash tag), each scanned from its cursor, in one round
-    trip; see reclaim.lua."""
+    trip; see reclaim.lua. With ``latest_ms``, claim nothing if the server's clock reads
+    later than that (it stepped forward: ``stepped``)."""
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
-    args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count, *cursors]
-    nxt, rows, errors = await s.load(s.RECLAIM)(stores[0].client, keys, args)
+    args: list[s.KeyOrArg] = [GROUP, consumer, min_idle_ms, count,
+                              "" if latest_ms is None else latest_ms, *cursors]
+    nxt, rows, errors, now, stepped = await s.load(s.RECLAIM)(stores[0].client, keys, args)
     return Reclaimed([reply_text(c) for c in nxt],
                      [(int(level) - 1, delivery_of(e, j, int(n))) for level, e, j, n in rows],
-                     [(int(level) - 1, reply_text(why)) for level, why in errors])
+                     [(int(level) - 1, reply_text(why)) for level, why in errors],
+                     int(now), bool(int(stepped)))
 
 
 class QueueStore:

@@ -150,8 +150,12 @@ class Taken:
 @dataclass(frozen=True, slots=True)
 class Reclaimed:
     """What reclaim.lua claimed, by level (an index into the stores it was given); each
-    level's next cursor; and the levels Redis refused to scan, with its error."""
+    level's next cursor; the levels Redis refused to scan, with its error; the server's
+    time (ms); and whether that time was past the latest the caller allowed (its clock
+    stepped forward: then nothing was scanned)."""
 
     cursors: list[str]
     rows: list[tuple[int, Delivery]]
     errors: list[tuple[int, str]]
+    now_ms: int = 0
+    stepped: bool = False

@@ -1,7 +1,15 @@
 """When a queue's levels are scanned for entries a stopped worker left idle past the claim
 timeout, and the scan itself (reclaim.lua, XAUTOCLAIM on each level, one call for all of
 them): one ``Reclaimer`` per queue the worker serves, driven by the fetch loop (``fetcher``),
-the one place that takes slots."""
+the one place that takes slots.
+
+An entry's idle time is counted on the clock of the Redis server holding it. A step forward
+of that clock (an NTP step) makes every entry look idle by the step, the entries live
+workers refresh too: taken over, their jobs would run twice. So each scan tells the server
+the latest time its clock may read (``ServerClock``): the time it read at the previous scan,
+plus what this worker's monotonic clock counted since, plus a margin; a server past that
+claims nothing, and the scans wait until live workers have refreshed their entries on the
+new time (as after an outage). A worker's first scan of a queue only reads the clock."""
 
 from __future__ import annotations
 
@@ -22,6 +30,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("asyncjobs.worker")
 
 
+class ServerClock:
+    """The last time a Redis server's clock was read, against this process's monotonic
+    clock when the read was sent (so the read's own latency never counts as a step)."""
+
+    def __init__(self) -> None:
+        self.server_ms: int | None = None
+        self.sent_at = 0.0
+
+    def latest_ms(self, now: float, margin_ms: int) -> int:
+        """The latest time the server's clock may read at monotonic time ``now`` without
+        having stepped forward: 0 (any time is past it) before the first reading."""
+        if self.server_ms is None:
+            return 0
+        return self.server_ms + round((now - self.sent_at) * 1000) + margin_ms
+
+    def read(self, server_ms: int, sent_at: float) -> int | None:
+        """Record a reading; returns how far (ms) it is past the previous one's forecast
+        (None for the first reading)."""
+        before = None if self.server_ms is None else self.latest_ms(sent_at, 0)
+        self.server_ms, self.sent_at = server_ms, sent_at
+        return None if before is None else server_ms - before
+
+
 class Reclaimer:
     """When the next reclaim scan of a group's levels is due, and where the last one
     stopped on each level. One scan is one reclaim.lua call for all the levels."""
@@ -34,6 +65,7 @@ class Reclaimer:
         # Until the first heartbeat has said which claim timeouts the fleet uses (or, if
         # the registry cannot be reached, for three heartbeats), take nothing over.
         self._unheard_until = time.monotonic() + rt.config.heartbeat_every_s * 3
+        self.clock = ServerClock()
 
     def is_due(self) -> bool:
         # After an outage, let live workers refresh their entries before taking any.
@@ -54,6 +86,28 @@ class Reclaimer:
         fleet = self.rt.fleet_claim_timeout_s or cfg.claim_timeout_s
         return int(max(cfg.reclaim_idle_s, fleet / 2) * 1000)
 
+    @property
+    def step_margin_ms(self) -> int:
+        """How far past its forecast the server's clock may read before the scan counts it
+        as stepped: half of what separates a live worker's entry from being taken over
+        (the threshold, less the refresh interval), so every step that could make a live
+        entry look abandoned is caught; a smaller one is harmless."""
+        return max(1, (self.idle_ms - round(self.rt.keepalive_every_s * 1000)) // 2)
+
+    def _stepped(self, ahead_ms: int | None) -> None:
+        """The scan claimed nothing: its first (which only read the server's clock: scan
+        again at once), or the server's clock stepped forward (scan again once live
+        workers, this one first, have refreshed their entries on the new time)."""
+        if ahead_ms is None:
+            self.due = time.monotonic()
+            return
+        hold = self.rt.config.reclaim_hold_s
+        self.due = time.monotonic() + hold
+        self.rt.touch_now.set()
+        log.warning("the Redis clock of queue %s stepped forward by about %.1f s: no job is "
+                    "taken over for %.1f s, until live workers have refreshed theirs",
+                    self.group.name, ahead_ms / 1000, hold)
+
     async def claim(self, bad: Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
                                                                   ResponseError | None]:
         """Claim up to ``count`` idle entries from the levels not left alone: by queue,
@@ -63,9 +117,15 @@ class Reclaimer:
         levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
         if not levels:
             return {}, None
+        sent = time.monotonic()
         got = await reclaim_levels(
             [group.stores[k] for k in levels], self.rt.consumer, self.idle_ms, count,
-            [self.cursors[group.queues[k]] for k in levels])
+            [self.cursors[group.queues[k]] for k in levels],
+            self.clock.latest_ms(sent, self.step_margin_ms))
+        ahead_ms = self.clock.read(got.now_ms, sent)
+        if got.stepped:
+            self._stepped(ahead_ms)
+            return {}, None
         claimed: dict[str, list[Delivery]] = {}
         for level, delivery in got.rows:
             claimed.setdefault(group.queues[levels[level]], []).append(delivery)
