@@ -31,7 +31,7 @@ from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient
 from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
-from ._db import Claimed, OutboxStore, Outcome, UnusableDatabase, connected
+from ._db import Claimed, ConnectFailed, OutboxStore, Outcome, UnusableDatabase, connected
 from ._rows import BadRow, to_job
 from ._schema import channel
 from ._wake import Listener
@@ -294,6 +294,9 @@ class RelayLoop:
             self._down_since = time.monotonic()
             log.warning("outbox relay: %s unavailable (%s); retrying with backoff", what,
                         safe_str(exc, 500))
+        elif isinstance(exc, ConnectFailed):  # user code's error: its traceback helps
+            log.error("outbox relay: %s; retrying in %.1f s", exc, pause,
+                      exc_info=exc.__cause__)
         elif isinstance(exc, sa_exc.DBAPIError) and not what:
             log.error("outbox relay: the database refused: %s; retrying in %.1f s",
                       clean(safe_str(exc.orig, 500)), pause)
