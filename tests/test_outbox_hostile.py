@@ -19,6 +19,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import asyncjobs
 from asyncjobs import outbox
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._scheduling.leader import Lease
+from asyncjobs.outbox._db import OutboxStore
+from asyncjobs.outbox._loop import RelayLoop
 
 from .conftest import Backend
 from .procs import run_cli
@@ -413,6 +416,79 @@ async def test_a_running_relay_retries_a_full_queue_and_relays_the_others_meanwh
         finally:
             relay.stop()
             await asyncio.wait_for(task, 15)
+
+
+def _count_claims_and_renewals(monkeypatch: pytest.MonkeyPatch
+                               ) -> tuple[list[list[str]], list[float]]:
+    """Record each claim of a batch (the queues it leaves out) and each renewal of a lease."""
+    claims: list[list[str]] = []
+    renewals: list[float] = []
+    claim, renew = OutboxStore.claim, Lease.renew
+
+    async def counted_claim(self: OutboxStore, conn: Any, skip: Any = ()) -> Any:
+        claims.append(sorted(skip))
+        return await claim(self, conn, skip)
+
+    async def counted_renew(self: Lease) -> bool:
+        renewals.append(self.ttl_s)
+        return await renew(self)
+
+    monkeypatch.setattr(OutboxStore, "claim", counted_claim)
+    monkeypatch.setattr(Lease, "renew", counted_renew)
+    return claims, renewals
+
+
+@pytest.mark.asyncio
+async def test_a_leading_relay_reads_the_table_at_its_poll_interval_not_at_each_renewal(
+        db: Database, real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``poll=30`` and a lease renewed every 0.1 s: the relay read the table (and tried a
+    full queue's rows again) at every renewal, 300 times as often as asked."""
+    claims, renewals = _count_claims_and_renewals(monkeypatch)
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        await db.execute(sa.insert(db.table), [_row("full-1", queue="full"),
+                                               _row("other-1", queue="other")])
+        relay = db.relay(poll=30, lease_ttl=0.3)
+        task = asyncio.create_task(relay.run(pool=pool))
+        try:
+            for _ in range(400):
+                if len(renewals) >= 10 or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert len(renewals) >= 10, task
+            assert (await redis_jobs(pool, "other"))["stream"] == ["other-1"]
+            assert claims == [[]]  # the first read, of both rows; none at the renewals
+            assert await db.statuses() == {outbox.PENDING: 1}
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_never_wakes_the_relay_sooner_than_its_poll(
+        db: Database, real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full queue's pause (0.5 s, doubling to 5 s) only keeps its rows out of the
+    batches read before it ends; the relay still sleeps its whole ``poll``."""
+    claims, _ = _count_claims_and_renewals(monkeypatch)
+    sleeps: list[float] = []
+    sleep = RelayLoop._sleep
+
+    async def counted_sleep(self: RelayLoop, event: asyncio.Event, seconds: float) -> None:
+        if event is self.wake:
+            sleeps.append(seconds)
+            self.stopped.set()  # one sleep is enough to know its length
+            return
+        await sleep(self, event, seconds)
+
+    monkeypatch.setattr(RelayLoop, "_sleep", counted_sleep)
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        await db.execute(sa.insert(db.table), [_row("full-1", queue="full")])
+        await asyncio.wait_for(db.relay(poll=30, lease=False).run(pool=pool), 15)
+    assert claims == [[]] and len(sleeps) == 1 and 29 < sleeps[0] <= 30, (claims, sleeps)
+    assert await db.statuses() == {outbox.PENDING: 1}
 
 
 # -- queue names no worker can serve ----------------------------------------------------------
