@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, ResponseError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -30,10 +30,10 @@ from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._redis.connection import default_url, url_factory
 from .._version import __version__
-from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
+from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisFull, RedisUnavailable
 from . import _actions
 from ._format import FILTERS
-from ._pages import PAGES, PageSpec, View, now, wrong_type
+from ._pages import PAGES, PageSpec, View, now, refusal
 from ._redact import ArgsRedactor, Redaction, TaskKey, redactors
 from ._security import Auth, Guard, SecureHeaders, csrf_token, set_csrf_cookie
 
@@ -133,11 +133,11 @@ class Dashboard:
             response = self.render("error.html", 503, **context, problem=str(exc))
         except CorruptJob as exc:  # data in Redis that asyncjobs never writes: 409, as actions
             response = self.render("error.html", 409, **context, problem=str(exc))
-        except ResponseError as exc:
-            problem = wrong_type(exc)
-            if problem is None:
+        except (ResponseError, BusyLoadingError, RedisFull) as exc:
+            refused = refusal(exc)  # a key of the wrong type, an ACL, Redis busy...
+            if refused is None:
                 raise
-            response = self.render("error.html", 409, **context, problem=problem)
+            response = self.render("error.html", refused[0], **context, problem=refused[1])
         if new:
             set_csrf_cookie(response, request, token, context["base"])
         return response
