@@ -9,13 +9,19 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiosqlite
+import asyncpg
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import asyncjobs
 from asyncjobs import outbox
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._scheduling.leader import Lease
+from asyncjobs.outbox._db import OutboxStore
+from asyncjobs.outbox._loop import RelayLoop
 
 from .conftest import Backend
 from .procs import run_cli
@@ -124,6 +130,93 @@ def test_the_command_stops_on_a_url_its_driver_refuses_in_one_line(
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("asyncjobs: error: "), done.stderr
     assert "unexpected keyword argument 'sslmode'" in errors[0]
+
+
+REFUSED_QUERIES = ["sslmode=bogus", "ssl=bogus", "command_timeout=abc"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("query", REFUSED_QUERIES)
+async def test_every_argument_asyncpg_refuses_stops_the_relay(real: Backend, query: str) -> None:
+    """An unknown argument (TypeError), a value asyncpg's own check refuses (its
+    ClientConfigurationError, under SQLAlchemy's InterfaceError) or one of the wrong kind:
+    none was ever going to work."""
+    need_postgres()
+    name, _, value = query.partition("=")
+    url = sa.make_url(_refused_url()).set(query={name: value})
+    relay = outbox.Relay(url.render_as_string(hide_password=False), lease=False)
+    async with real.pool() as pool:
+        with pytest.raises(asyncjobs.ConfigurationError, match=r"cannot be used: ") as caught:
+            await asyncio.wait_for(relay.run(pool=pool), 10)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def _failing_hook(db: Database, how: str, times: int) -> list[int]:
+    """Make ``db``'s engine raise a TypeError or ValueError from code of the user's on its
+    next ``times`` connects (a ``connect`` listener, or an ``async_creator`` replacing the
+    engine); returns the list the hook appends to on each call (the test empties it to
+    disarm the hook)."""
+    calls: list[int] = []
+    if how == "listener":
+        @sa.event.listens_for(db.engine.sync_engine, "connect")
+        def hook(*_: Any) -> None:
+            if calls == [0]:  # disarmed
+                return
+            calls.append(1)
+            if len(calls) <= times:
+                raise TypeError("a bug in the user's connect hook")
+        return calls
+    url = db.engine.url
+
+    async def creator() -> Any:
+        calls.append(1)
+        if len(calls) <= times:
+            raise ValueError("a bug in the user's creator")
+        if url.get_backend_name() == "sqlite":
+            return await aiosqlite.connect(url.database or "")
+        return await asyncpg.connect(host=url.host, port=url.port, user=url.username,
+                                     password=url.password, database=url.database)
+
+    db.engine = create_async_engine(url, async_creator=creator)
+    return calls
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["listener", "creator"])
+async def test_a_connect_hook_of_the_users_that_raises_is_retried_not_blamed_on_the_url(
+        db: Database, real: Backend, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """A TypeError or ValueError raised by the user's code while connecting is not the
+    driver refusing the URL: the relay logs it for what it is and retries."""
+    await db.execute(sa.insert(db.table), [_row("after-the-hook")])
+    original = db.engine
+    await original.dispose()  # a pooled connection would never call the hook
+    calls = _failing_hook(db, how, times=3)
+    caplog.set_level(logging.INFO, "asyncjobs.outbox")
+    try:
+        relay = db.relay(lease=False, poll=0.05)
+        async with real.pool() as pool:
+            task = asyncio.create_task(relay.run(pool=pool))
+            try:
+                for _ in range(200):
+                    if task.done() or (await redis_jobs(pool))["stream"]:
+                        break
+                    await asyncio.sleep(0.05)
+                assert not task.done(), task.exception()
+                assert (await redis_jobs(pool))["stream"] == ["after-the-hook"]
+            finally:
+                relay.stop()
+                await asyncio.wait_for(task, 10)
+    finally:
+        called, calls[:] = len(calls), [0]
+        if db.engine is not original:
+            await db.engine.dispose()
+            db.engine = original
+    assert called > 3
+    assert "cannot be used" not in caplog.text
+    raised = [r.getMessage() for r in caplog.records if "connecting to the database raised"
+              in r.getMessage()]
+    assert len(raised) >= 3 and "a bug in the user's" in raised[0], caplog.text
+    assert "not the URL's doing" in raised[0]
 
 
 # -- rows that hold up no other ----------------------------------------------------------------
@@ -323,6 +416,79 @@ async def test_a_running_relay_retries_a_full_queue_and_relays_the_others_meanwh
         finally:
             relay.stop()
             await asyncio.wait_for(task, 15)
+
+
+def _count_claims_and_renewals(monkeypatch: pytest.MonkeyPatch
+                               ) -> tuple[list[list[str]], list[float]]:
+    """Record each claim of a batch (the queues it leaves out) and each renewal of a lease."""
+    claims: list[list[str]] = []
+    renewals: list[float] = []
+    claim, renew = OutboxStore.claim, Lease.renew
+
+    async def counted_claim(self: OutboxStore, conn: Any, skip: Any = ()) -> Any:
+        claims.append(sorted(skip))
+        return await claim(self, conn, skip)
+
+    async def counted_renew(self: Lease) -> bool:
+        renewals.append(self.ttl_s)
+        return await renew(self)
+
+    monkeypatch.setattr(OutboxStore, "claim", counted_claim)
+    monkeypatch.setattr(Lease, "renew", counted_renew)
+    return claims, renewals
+
+
+@pytest.mark.asyncio
+async def test_a_leading_relay_reads_the_table_at_its_poll_interval_not_at_each_renewal(
+        db: Database, real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``poll=30`` and a lease renewed every 0.1 s: the relay read the table (and tried a
+    full queue's rows again) at every renewal, 300 times as often as asked."""
+    claims, renewals = _count_claims_and_renewals(monkeypatch)
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        await db.execute(sa.insert(db.table), [_row("full-1", queue="full"),
+                                               _row("other-1", queue="other")])
+        relay = db.relay(poll=30, lease_ttl=0.3)
+        task = asyncio.create_task(relay.run(pool=pool))
+        try:
+            for _ in range(400):
+                if len(renewals) >= 10 or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert len(renewals) >= 10, task
+            assert (await redis_jobs(pool, "other"))["stream"] == ["other-1"]
+            assert claims == [[]]  # the first read, of both rows; none at the renewals
+            assert await db.statuses() == {outbox.PENDING: 1}
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_never_wakes_the_relay_sooner_than_its_poll(
+        db: Database, real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full queue's pause (0.5 s, doubling to 5 s) only keeps its rows out of the
+    batches read before it ends; the relay still sleeps its whole ``poll``."""
+    claims, _ = _count_claims_and_renewals(monkeypatch)
+    sleeps: list[float] = []
+    sleep = RelayLoop._sleep
+
+    async def counted_sleep(self: RelayLoop, event: asyncio.Event, seconds: float) -> None:
+        if event is self.wake:
+            sleeps.append(seconds)
+            self.stopped.set()  # one sleep is enough to know its length
+            return
+        await sleep(self, event, seconds)
+
+    monkeypatch.setattr(RelayLoop, "_sleep", counted_sleep)
+    async with real.pool() as pool:
+        await pool.admin.set_max_length("full", 1)
+        await pool.enqueue(greet.options(queue="full", job_id="already"), 0, "a@x")
+        await db.execute(sa.insert(db.table), [_row("full-1", queue="full")])
+        await asyncio.wait_for(db.relay(poll=30, lease=False).run(pool=pool), 15)
+    assert claims == [[]] and len(sleeps) == 1 and 29 < sleeps[0] <= 30, (claims, sleeps)
+    assert await db.statuses() == {outbox.PENDING: 1}
 
 
 # -- queue names no worker can serve ----------------------------------------------------------

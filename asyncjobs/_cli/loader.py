@@ -13,13 +13,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from redis.asyncio.connection import parse_url
 
 from .._durations import to_seconds
-from .._redis.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
-from .._redis.connection import redact
+from .._redis.cluster import CLUSTER_SCHEMES
+from .._redis.connection import check_url, shown_url
 from .._redis.keys import check_name
-from .._redis.sentinel import SENTINEL_SCHEME, parse_sentinel_url
+from .._redis.sentinel import SENTINEL_SCHEME
 from ..exceptions import ConfigurationError
 from .target import load as load
 
@@ -36,28 +35,16 @@ def redis_url(url: str) -> str:
     Cluster URL (``redis+cluster://host:7000,host2:7001``)."""
     if not url.lower().startswith(URL_SCHEMES):
         raise ConfigurationError(
-            f"{_shown(_redacted(url))} is not a Redis URL: use redis://host:port/db, "
+            f"{_shown(shown_url(url))} is not a Redis URL: use redis://host:port/db, "
             "rediss://host:port/db for TLS, unix:///path/to/redis.sock, "
             "redis+sentinel://host:26379,host2:26379/service/db, or "
             "redis+cluster://host:7000,host2:7001"
         )
     try:
-        if url.lower().startswith(SENTINEL_SCHEME):
-            parse_sentinel_url(url)
-        elif is_cluster_url(url):
-            parse_cluster_url(url)
-        else:
-            parse_url(url)
+        check_url(url)
     except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {_shown(_redacted(url))}: {exc}") from exc
+        raise ConfigurationError(f"bad Redis URL {_shown(shown_url(url))}: {exc}") from exc
     return url
-
-
-def _redacted(url: str) -> str:
-    try:
-        return redact(url)
-    except ValueError:  # not even splittable (a stray '['): show no credentials
-        return url.partition("://")[0] + "://..."
 
 
 def name(kind: str, value: str) -> str:

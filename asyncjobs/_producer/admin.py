@@ -24,6 +24,7 @@ from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
 from .._redis.pubsub import publish
+from .._redis.refusals import refused
 from .._redis.values import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
 from .deadletters import (
@@ -150,8 +151,10 @@ class Admin:
 
     async def _pipe(self, build: Callable[[Any], object], errors: bool = True) -> list[Any]:
         """The commands ``build(pipeline)`` adds, in one round trip; with ``errors`` false,
-        a command's error is its reply instead of raised. (``TIME`` is sent as a plain
-        command: redis-py's cluster pipeline refuses its ``time`` method.)"""
+        a command's error is its reply instead of raised (a key of the wrong type), but for
+        Redis refusing the command itself (NOPERM, BUSY, READONLY...: ``refusals``), which
+        is raised still. (``TIME`` is sent as a plain command: redis-py's cluster pipeline
+        refuses its ``time`` method.)"""
 
         async def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
@@ -159,6 +162,9 @@ class Admin:
             return list(await pipe.execute(raise_on_error=errors))
 
         replies: list[Any] = await self.pool.call(run)
+        for reply in replies:
+            if isinstance(reply, Exception) and refused(reply):
+                raise reply
         return replies
 
     async def _group(self, stream: str) -> tuple[int, str]:

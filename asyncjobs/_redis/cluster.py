@@ -45,6 +45,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .addresses import parse_address
+from .url_options import check_query
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -81,7 +82,10 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
                            example="host:7000,host2:7001") for h in hosts.split(",")]
     user = f"{userinfo}@" if userinfo else ""
     base = "rediss" if tls else "redis"
+    check_query(query, "cluster-tls" if tls else "cluster")
     options: dict[str, Any] = dict(parse_url(f"{base}://{user}cluster-node:1/0?{query}"))
+    if options.get("db", 0) != 0:
+        raise ValueError(f"a Redis Cluster has one database, 0: not {options['db']}")
     for key in ("host", "port", "db"):
         options.pop(key, None)
     options.pop("connection_class", None)

@@ -26,9 +26,11 @@ from redis.asyncio.connection import BlockingConnectionPool, Connection, parse_u
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
+from ..exceptions import ConfigurationError
 from .cluster import is_cluster_url, make_cluster, parse_cluster_url
 from .sentinel import is_sentinel_url, parse_sentinel_url, sentinel_factory
 from .transport import TcpConnection, TlsConnection, ours, pool_settings
+from .url_options import check_query
 
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENV = "ASYNCJOBS_REDIS_URL"
@@ -43,14 +45,23 @@ def default_url() -> str:
     return os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+class BadRedisUrl(ConfigurationError, ValueError):
+    """A Redis URL that can never work: its scheme, a host or port, an option or an option's
+    value. A ``ValueError`` too, as redis-py's own refusals are."""
+
+
 def url_factory(url: str, **options: Any) -> ClientFactory:
     """A factory of clients for ``url`` (``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://`` or ``redis+cluster://``)."""
-    if is_sentinel_url(url):
-        return sentinel_factory(parse_sentinel_url(url), options)
-    if is_cluster_url(url):
-        return _cluster_factory(*parse_cluster_url(url), options)
-    parsed: dict[str, Any] = dict(parse_url(url))  # host, port, db, TLS...; raises if bad
+    ``redis+sentinel://`` or ``redis+cluster://``). A URL that can never work raises
+    ``BadRedisUrl`` (a ``ConfigurationError``) here, in one line, before any connect."""
+    try:
+        if is_sentinel_url(url):
+            return sentinel_factory(parse_sentinel_url(url), options)
+        if is_cluster_url(url):
+            return _cluster_factory(*parse_cluster_url(url), options)
+        parsed = parse_plain_url(url)  # host, port, db, TLS...
+    except ValueError as exc:
+        raise BadRedisUrl(f"bad Redis URL {shown_url(url)}: {exc}") from None
     connection_class = ours(parsed.get("connection_class", Connection))
 
     def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
@@ -60,6 +71,34 @@ def url_factory(url: str, **options: Any) -> ClientFactory:
 
     return make
 
+
+def parse_plain_url(url: str) -> dict[str, Any]:
+    """The connection options of a ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's
+    ``parse_url``), its query's options checked first (``url_options``). Raises
+    ``ValueError`` saying what is wrong (one line)."""
+    scheme = url.partition("://")[0].lower()
+    check_query(urlsplit(url).query, {"rediss": "tls", "unix": "unix"}.get(scheme, "tcp"))
+    return dict(parse_url(url))
+
+
+def check_url(url: str) -> None:
+    """Parse ``url`` as ``url_factory`` does, opening nothing; raises ``ValueError`` saying
+    what is wrong (one line)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    elif is_cluster_url(url):
+        parse_cluster_url(url)
+    else:
+        parse_plain_url(url)
+
+
+def shown_url(url: str) -> str:
+    """``url`` for an error line: without its passwords (``redact``), or only its scheme
+    when it cannot even be split (a stray ``[``)."""
+    try:
+        return redact(url)
+    except ValueError:
+        return url.partition("://")[0] + "://..."
 
 
 def _cluster_factory(nodes: list[tuple[str, int]], parsed: dict[str, Any],

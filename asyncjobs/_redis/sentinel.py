@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .addresses import parse_address
 from .transport import Tuned, pool_settings
+from .url_options import check_option
 
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
@@ -79,6 +80,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
                 if f"sentinel_{key}" in options}
     if any(key.startswith("ssl") for key in options):
         raise ValueError("TLS through Sentinel is not supported yet")
+    for key, value in options.items():
+        if value:  # an option with no value is left out, as redis-py leaves it out
+            check_option(key, value, "sentinel")
     db = names[1] if len(names) == 2 else ""
     if db and not (db.isascii() and db.isdigit()):
         raise ValueError(f"bad database number {db!r}: a whole number, 0 or more")

@@ -113,6 +113,8 @@ class Worker:
             dead_letter_max_age_s=to_seconds(dead_letter_max_age, "dead_letter_max_age") or 0.0,
             redis_url=redis_url,
         )
+        if redis_url is not None:
+            url_factory(redis_url)  # a URL that can never work: ConfigurationError here
         self.crons = tuple(cron)
         self.tasks = _registry([*tasks, *(c.task for c in self.crons if c.task.fn is not None)])
         self.lifespan = lifespan

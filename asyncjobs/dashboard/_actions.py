@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, ResponseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -19,8 +19,8 @@ from .._producer.cursor import MAX_LIMIT
 from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._text import clean
-from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
-from ._pages import wrong_type
+from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisFull, RedisUnavailable
+from ._pages import refusal
 from ._security import csrf_problem, who
 
 log = logging.getLogger("asyncjobs.dashboard")
@@ -114,7 +114,9 @@ async def run(request: Request, pool: Callable[[], Awaitable[Pool]], name: str,
 
     ``pool`` opens (or returns) the pool. Redis down or the pool exhausted answers 503, as
     pages do; data that asyncjobs never writes (a corrupt job record, a queue's key of the
-    wrong type) answers 409 with what is wrong. Either is logged as a failed action."""
+    wrong type) answers 409 with what is wrong; Redis refusing the command answers 403 for
+    an ACL (NOPERM) and 503 for a refusal for now (READONLY, BUSY, MISCONF, OOM...), as
+    pages do (``refusal``). Each is logged as a failed action."""
     if read_only:
         return refuse(403, "the dashboard is read-only: actions are switched off")
     if name not in ACTIONS:
@@ -138,11 +140,11 @@ async def run(request: Request, pool: Callable[[], Awaitable[Pool]], name: str,
         status, message = 503, str(exc)
     except CorruptJob as exc:
         status, message = 409, str(exc)
-    except ResponseError as exc:
-        damage = wrong_type(exc)
-        if damage is None:
+    except (ResponseError, BusyLoadingError, RedisFull) as exc:
+        refused = refusal(exc)  # a key of the wrong type, an ACL, Redis busy...
+        if refused is None:
             raise
-        status, message = 409, damage
+        status, message = refused
     if status != 200:
         log.warning("%s failed: %s", done, clean(message))
         return refuse(status, message)

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, ResponseError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,11 +28,12 @@ from starlette.routing import Route
 
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
+from .._redis.connection import default_url, url_factory
 from .._version import __version__
-from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisUnavailable
+from ..exceptions import CorruptJob, JobNotFound, PoolExhausted, RedisFull, RedisUnavailable
 from . import _actions
 from ._format import FILTERS
-from ._pages import PAGES, PageSpec, View, now, wrong_type
+from ._pages import PAGES, PageSpec, View, now, refusal
 from ._redact import ArgsRedactor, Redaction, TaskKey, redactors
 from ._security import Auth, Guard, SecureHeaders, csrf_token, set_csrf_cookie
 
@@ -132,11 +133,11 @@ class Dashboard:
             response = self.render("error.html", 503, **context, problem=str(exc))
         except CorruptJob as exc:  # data in Redis that asyncjobs never writes: 409, as actions
             response = self.render("error.html", 409, **context, problem=str(exc))
-        except ResponseError as exc:
-            problem = wrong_type(exc)
-            if problem is None:
+        except (ResponseError, BusyLoadingError, RedisFull) as exc:
+            refused = refusal(exc)  # a key of the wrong type, an ACL, Redis busy...
+            if refused is None:
                 raise
-            response = self.render("error.html", 409, **context, problem=problem)
+            response = self.render("error.html", refused[0], **context, problem=refused[1])
         if new:
             set_csrf_cookie(response, request, token, context["base"])
         return response
@@ -184,16 +185,19 @@ def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
 
     It reads through ``pool`` (a ``Pool``, or a function returning the app's pool), or opens
     its own on ``redis_url`` (default ``$ASYNCJOBS_REDIS_URL``) and ``prefix`` at its first
-    request. ``read_only`` switches every action off, server-side. ``redact`` hides job
-    arguments per task. ``auth`` is called with every request: it returns the user (for the
-    action log) or raises an ``HTTPException`` to refuse. ``refresh_s``: how often the
-    pages update themselves; ``page_size``: rows per page of a list.
+    request (a URL that can never work raises ``ConfigurationError`` here). ``read_only``
+    switches every action off, server-side. ``redact`` hides job arguments per task.
+    ``auth`` is called with every request: it returns the user (for the action log) or
+    raises an ``HTTPException`` to refuse. ``refresh_s``: how often the pages update
+    themselves; ``page_size``: rows per page of a list.
     """
     if not (isinstance(refresh_s, int | float) and math.isfinite(refresh_s) and
             0.2 <= refresh_s <= 3600):
         raise ValueError(f"refresh_s must be between 0.2 and 3600 seconds, not {refresh_s!r}")
     if not 1 <= page_size <= 500:
         raise ValueError(f"page_size must be between 1 and 500, not {page_size!r}")
+    if pool is None:
+        url_factory(redis_url or default_url())  # a URL that can never work: raised here
     opener = None if pool is None else pool if not isinstance(pool, Pool) else lambda: pool
     settings = Settings(read_only, float(refresh_s), page_size, title, redactors(redact),
                         opener, redis_url, prefix)

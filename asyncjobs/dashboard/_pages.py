@@ -17,8 +17,9 @@ from starlette.requests import Request
 from .._producer.admin import QueueStats
 from .._producer.pool import Pool
 from .._redis.keys import check_name
+from .._redis.refusals import refused, reply_code
 from .._text import clean
-from ..exceptions import CorruptJob
+from ..exceptions import CorruptJob, RedisFull
 from ._charts import chart
 from ._format import timeline
 from ._redact import ArgsRedactor, apply
@@ -62,6 +63,29 @@ def wrong_type(exc: BaseException) -> str | None:
     if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
         return f"a key of this queue holds the wrong type: {clean(str(exc))}"
     return None
+
+
+def refusal(exc: BaseException) -> tuple[int, str] | None:
+    """The status and the one-line reason a page or an action answers when Redis refuses
+    its command; None for any other error.
+
+    409: a key of the wrong type (data asyncjobs never writes). 403: Redis's ACL forbids
+    the command to the dashboard's Redis user (NOPERM): no retry changes that, as no retry
+    runs an action on a read-only dashboard, also 403; and it says nothing of Redis's
+    health. 503: Redis cannot serve the command now (a read-only replica after a failover,
+    loading its data, a busy script, a failing disk, out of memory...): try again later."""
+    damage = wrong_type(exc)
+    if damage is not None:
+        return 409, damage
+    if isinstance(exc, RedisFull) and exc.__cause__ is not None:  # the pool's OOM
+        exc = exc.__cause__
+    if not refused(exc):
+        return None
+    code, reply = reply_code(exc)
+    if code == "NOPERM":
+        return 403, f"Redis refused the dashboard's Redis user (NOPERM): {reply}"
+    named = "" if reply.startswith(code) else f" ({code})"  # redis-py took it off
+    return 503, f"Redis cannot serve this now{named}: {reply}"
 
 
 @dataclass(frozen=True)

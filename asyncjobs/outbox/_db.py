@@ -13,8 +13,11 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
+from .._text import clean, safe_str
 from ..exceptions import ConfigurationError
 from ._rows import Row
 from ._schema import FAILED, PENDING, RELAYED, now_ms
@@ -29,19 +32,64 @@ class UnusableDatabase(ConfigurationError):
     argument it does not know, or a value of the wrong kind). Retrying cannot help."""
 
 
+class ConnectFailed(Exception):
+    """Connecting raised a ``TypeError`` or ``ValueError`` that is not the URL's doing: the
+    driver takes the URL's own arguments (a connect hook, a creator or ``connect_args`` of
+    yours raised it). The relay logs it and retries."""
+
+
 async def connect(engine: AsyncEngine) -> AsyncConnection:
     """A connection of ``engine``'s pool, started. An outage raises as usual (the caller
-    retries); a ``TypeError`` or ``ValueError`` from the driver's ``connect`` (asyncpg's
-    "connect() got an unexpected keyword argument", from a URL's ``?sslmode=...``) is
-    ``UnusableDatabase``, with one line saying why."""
+    retries). A ``TypeError`` or ``ValueError`` (asyncpg's "connect() got an unexpected
+    keyword argument", from a URL's ``?sslmode=...``; its ``ClientConfigurationError``, from
+    ``?ssl=bogus``) is ``UnusableDatabase``, in one line, only if the driver refuses the
+    URL's own arguments again on a connect of its own, which no pool event, creator or
+    ``connect_args`` takes part in; if the driver takes them, it is ``ConnectFailed``."""
     conn = engine.connect()
     try:
         await conn.start()
-    except (TypeError, ValueError) as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise UnusableDatabase(f"the database URL {where} cannot be used: its driver "
-                               f"{engine.url.drivername} refuses it ({exc})") from None
+    except (TypeError, ValueError, sa_exc.DBAPIError) as exc:
+        if _refusal(exc) is None:
+            raise
+        refused = await _url_refusal(engine)
+        if refused is not None:
+            where = engine.url.render_as_string(hide_password=True)
+            raise UnusableDatabase(
+                f"the database URL {where} cannot be used: its driver "
+                f"{engine.url.drivername} refuses it ({clean(safe_str(refused, 500))})") from None
+        if isinstance(exc, sa_exc.DBAPIError):
+            raise
+        raise ConnectFailed(
+            f"connecting to the database raised {type(exc).__name__}: {clean(safe_str(exc, 500))} "
+            "(not the URL's doing: its driver takes the URL; a connect hook, creator or "
+            "connect_args of yours?)") from exc
     return conn
+
+
+def _refusal(exc: BaseException) -> BaseException | None:
+    """The ``TypeError`` or ``ValueError`` that ``exc`` is, or that the driver raised under
+    it (SQLAlchemy's ``DBAPIError`` and the driver adapter's errors wrap asyncpg's
+    ``ClientConfigurationError``, a ValueError); None if there is none."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the exception, the adapter's, the driver's
+        if seen is None or isinstance(seen, TypeError | ValueError):
+            return seen
+        seen = seen.orig if isinstance(seen, sa_exc.DBAPIError) else seen.__cause__
+    return None
+
+
+async def _url_refusal(engine: AsyncEngine) -> BaseException | None:
+    """The driver's refusal of the URL's own connect arguments, tried on a connection of
+    its own (closed at once); None if the driver takes them, or fails otherwise (down)."""
+    dialect = engine.sync_engine.dialect
+    try:
+        cargs, cparams = dialect.create_connect_args(engine.url)
+        raw = await greenlet_spawn(dialect.connect, *cargs, **cparams)
+    except Exception as exc:
+        return _refusal(exc)
+    with contextlib.suppress(Exception):
+        await greenlet_spawn(raw.close)
+    return None
 
 
 @contextlib.asynccontextmanager

@@ -31,7 +31,7 @@ from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient
 from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
-from ._db import Claimed, OutboxStore, Outcome, UnusableDatabase, connected
+from ._db import Claimed, ConnectFailed, OutboxStore, Outcome, UnusableDatabase, connected
 from ._rows import BadRow, to_job
 from ._schema import channel
 from ._wake import Listener
@@ -74,6 +74,7 @@ class RelayLoop:
         self._failures = 0
         self._down_since: float | None = None
         self._next_purge = 0.0
+        self._poll_at = 0.0  # the table is read when woken, or at this time (monotonic)
         self._full: dict[str, tuple[float, float]] = {}  # queue -> (retry at, pause)
         self._bulk_most, self._bulk_read_at = 512 * 1024 * 1024, float("-inf")
 
@@ -95,10 +96,14 @@ class RelayLoop:
                     await self.lease.release()
 
     async def _step(self) -> None:
+        """Lead; read the table when woken (a notice, a new lease) or when the poll interval
+        is up, not at every renewal of the lease; then sleep until one of them is due."""
         if not await self._lead():
             return
-        self.wake.clear()
-        await self.drain()
+        if self.wake.is_set() or time.monotonic() >= self._poll_at:
+            self.wake.clear()
+            await self.drain()
+            self._poll_at = time.monotonic() + self._poll_s()
         await self._purge_if_due()
         self._recovered()
         await self._sleep(self.wake, self._idle_s())
@@ -115,6 +120,7 @@ class RelayLoop:
                     await self._sleep(self.stopped, wait)
                     return False
                 log.info("outbox relay leads (lease %s)", lease.key)
+                self._poll_at = 0.0  # rows may have waited for a leader: read them now
             if time.monotonic() >= lease.renew_at and not await lease.renew():
                 log.warning("outbox relay lost its lease %s", lease.key)
                 await self.listener.close()
@@ -122,12 +128,19 @@ class RelayLoop:
         await self.listener.open()
         return True
 
+    def _poll_s(self) -> float:
+        """How long the table may go unread without a wake: ``poll``, else 1 s while
+        NOTIFY is heard and 0.05 s without it."""
+        if self.s.poll_s is not None:
+            return self.s.poll_s
+        return 1.0 if self.listener.listening else 0.05
+
     def _idle_s(self) -> float:
-        wait = self.s.poll_s if self.s.poll_s is not None else (
-            1.0 if self.listener.listening else 0.05)
+        """How long to sleep: until the next poll, or the lease's renewal if sooner."""
+        wait = self._poll_at
         if self.lease is not None:
-            wait = min(wait, max(0.0, self.lease.renew_at - time.monotonic()))
-        return wait
+            wait = min(wait, self.lease.renew_at)
+        return max(0.0, wait - time.monotonic())
 
     async def drain(self) -> int:
         """Relay batches until one comes back short (or the lease is lost); returns the
@@ -283,6 +296,7 @@ class RelayLoop:
                 waiting.cancel()
 
     async def _failed(self, exc: Exception) -> None:
+        self._poll_at = 0.0  # after the pause, the batch is tried again at once
         if self.lease is not None:
             self.lease.drop()
         await self.listener.close()
@@ -294,6 +308,9 @@ class RelayLoop:
             self._down_since = time.monotonic()
             log.warning("outbox relay: %s unavailable (%s); retrying with backoff", what,
                         safe_str(exc, 500))
+        elif isinstance(exc, ConnectFailed):  # user code's error: its traceback helps
+            log.error("outbox relay: %s; retrying in %.1f s", exc, pause,
+                      exc_info=exc.__cause__)
         elif isinstance(exc, sa_exc.DBAPIError) and not what:
             log.error("outbox relay: the database refused: %s; retrying in %.1f s",
                       clean(safe_str(exc.orig, 500)), pause)

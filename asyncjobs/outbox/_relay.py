@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .._durations import Seconds, to_seconds
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
+from .._redis.connection import url_factory
 from .._redis.keys import check_name
 from .._tasks import cancel_and_wait
 from ..exceptions import ConfigurationError
@@ -106,6 +107,8 @@ class Relay:
         self.engine = (_engine(database_url(database))
                        if isinstance(database, str) else database)
         self.table = table
+        if redis_url is not None:
+            url_factory(redis_url)  # a URL that can never work: ConfigurationError here
         self.redis_url = redis_url
         self.prefix = check_name("prefix", prefix) if prefix is not None else None
         self.name = name or table.fullname
