@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
+from .._redis.refusals import reply_code
 from .._redis.store import QueueStore
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def transient(exc: BaseException) -> bool:
     failover, a server loading its data, a busy script, out of memory): retry later."""
     if isinstance(exc, OUTAGE_ERRORS):
         return True
-    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
+    # (redis-py takes some codes off the text: a ReadOnlyError reads "You can't write...")
+    return isinstance(exc, ResponseError) and reply_code(exc)[0] in _TRANSIENT_REPLIES
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
