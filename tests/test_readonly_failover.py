@@ -94,3 +94,33 @@ async def test_a_server_turned_replica_mid_job_records_it_once_back(
     messages = [r.getMessage() for r in caplog.records]
     assert any("redis unavailable" in m for m in messages), messages
     assert not any("internal error" in m or "could not record" in m for m in messages), messages
+
+
+@pytest.mark.real_redis
+@pytest.mark.asyncio
+async def test_an_enqueue_to_a_server_turned_replica_waits_for_it_within_retry_for(
+        fresh_redis: RedisServer) -> None:
+    """A producer's call retries READONLY as it retries an outage: the enqueue returns once
+    the server takes writes again (one job written), and past ``retry_for`` it raises
+    ``RedisUnavailable`` naming READONLY (it raised redis-py's ``ReadOnlyError`` at once)."""
+    admin = aioredis.Redis.from_url(fresh_redis.url)
+    prefix = f"t{secrets.token_hex(4)}"
+    try:
+        async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix, retry_for=0.3) as pool:
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            with pytest.raises(asyncjobs.RedisUnavailable, match="READONLY You can't write"):
+                await pool.enqueue(slow)
+        async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix, retry_for=10) as pool:
+
+            async def promote() -> None:
+                await asyncio.sleep(0.5)
+                await admin.execute_command("REPLICAOF", "NO", "ONE")
+
+            promoting = asyncio.create_task(promote())
+            job = await pool.enqueue(slow)
+            await promoting
+            assert (await job.info()).state is asyncjobs.JobState.QUEUED
+            assert await admin.xlen(pool.keys("default").stream) == 1
+    finally:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        await admin.aclose()

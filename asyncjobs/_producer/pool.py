@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, OutOfMemoryError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._codec import encode_spec
@@ -33,6 +33,7 @@ from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
 from .._redis.kept import new_job_ids
 from .._redis.keys import GlobalKeys, Keys, check_name
+from .._redis.refusals import not_now, reply_code
 from .._redis.replication import Replication
 from .._redis.store import QueueStore
 from .._redis.values import NewJob
@@ -58,11 +59,23 @@ T = TypeVar("T")
 log = logging.getLogger("asyncjobs.pool")
 
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_OUTAGE)
+_RETRIED = (*_OUTAGE, ResponseError)
+"""What a call may be retried for: an outage, or a reply refusing any command for now
+(``not_now``: READONLY from a server that turned replica in a failover, BUSY...)."""
 
 _FREE_CONNECTION_WAIT_S = 5.0
 """How long a call waits for a free connection of a Redis Cluster node (as long as one
 server's pool waits by default)."""
 _FREE_CONNECTION_POLL_S = 0.002
+
+
+def _reason(exc: BaseException) -> str:
+    """What Redis said, its code included (redis-py takes some off: a ReadOnlyError reads
+    "You can't write against a read only replica.")."""
+    if isinstance(exc, ResponseError):
+        code, text = reply_code(exc)
+        return text if text.startswith(code) else f"{code} {text}"
+    return str(exc)
 
 
 def _oom(reason: str) -> bool:
@@ -168,7 +181,9 @@ class Pool:
                 return await make()
             except OutOfMemoryError as exc:
                 raise RedisFull({}, []) from exc
-            except _OUTAGE as exc:
+            except _RETRIED as exc:
+                if not isinstance(exc, _OUTAGE) and not not_now(exc):
+                    raise
                 if isinstance(exc, MaxConnectionsError) \
                         and time.monotonic() - began < _FREE_CONNECTION_WAIT_S:
                     # a Redis Cluster node's connections are all busy: redis-py's
@@ -185,7 +200,7 @@ class Pool:
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(
                         f"Redis unavailable for {self.retry_for_s:g} s "
-                        f"({self.description}): {exc}"
+                        f"({self.description}): {_reason(exc)}"
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -44,3 +44,9 @@ def refused(exc: BaseException) -> bool:
         return False
     code = reply_code(exc)[0]
     return code == "NOPERM" or code in NOT_NOW
+
+
+def not_now(exc: BaseException) -> bool:
+    """True when ``exc`` is Redis refusing any command for now (a code of ``NOT_NOW``:
+    a replica after a failover, a busy script...): the same call may succeed later."""
+    return isinstance(exc, ResponseError | BusyLoadingError) and reply_code(exc)[0] in NOT_NOW
