@@ -442,11 +442,6 @@ async def test_later_jobs_run_and_the_reclaim_scan_does_not_spin_after_the_strea
         assert trap.tracebacks_since(recovered) == []  # no traceback loop
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: after XGROUP DESTROY the group is made again at id 0 and take.lua delivers the "
-    "entries of jobs already running in this worker again; fetcher._start starts them a "
-    "second time beside the first (only reclaimed entries are checked against "
-    "Executor.running), so the same job runs twice at once in one worker"))
 @pytest.mark.timeout(60)
 async def test_a_destroyed_group_does_not_make_a_worker_run_its_running_job_twice_at_once(
     fresh_redis: RedisServer, trap: LogTrap
@@ -468,11 +463,6 @@ async def _live(job_id: str) -> bool:
     return LIVE[job_id] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: a running job whose stream entry is deleted (DEL of the stream, XTRIM) is "
-    "cancelled as 'lost' by the next keep-alive (touch.lua: not pending for this consumer) "
-    "and nobody ever records it: its record says 'running' for ever (settle.lua would "
-    "drop its result too: held_set finds no pending entry)"))
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["DEL", "XTRIM MAXLEN 0"])
 async def test_a_running_job_whose_entry_is_deleted_still_ends_visibly(
@@ -805,13 +795,6 @@ async def _started_some(pool: asyncjobs.Pool, jobs: list[Any]) -> bool:
     return "complete" in (await states(pool, [j.id for j in jobs])).values()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: on a full Redis (maxmemory, noeviction) the scheduler loop logs 'internal "
-    "error in the scheduler ... loop' with a traceback at every try (1, 2, 4... 30 s apart, "
-    "for as long as Redis is full): runtime.transient() looks for the 'OOM' code in the "
-    "message, but redis-py raises OutOfMemoryError with that code stripped ('command not "
-    "allowed when used memory > maxmemory'), so a full Redis is taken for a bug, not an "
-    "outage (READONLY, as ReadOnlyError, is stripped the same way)"))
 @pytest.mark.timeout(60)
 async def test_a_full_redis_is_an_outage_to_the_scheduler_not_an_internal_error(
     fresh_redis: RedisServer, trap: LogTrap

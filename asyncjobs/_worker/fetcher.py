@@ -281,6 +281,14 @@ async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
                     "not started: %s", len(lost),
                     ", ".join(f"{clean(s.delivery.job_id)} ({q})" for q, s in lost[:10]))
     runnable = [(q, s) for q, s in started if s.verdict != "lost"]
+    # An entry that already runs here, delivered again (its consumer group was made again
+    # at id 0 after it was destroyed): the attempt running it records it; not started twice.
+    again = [(q, s) for q, s in runnable if (q, s.delivery.entry) in ex.running]
+    if again:
+        log.warning("%d job(s) were delivered again while they run here (their consumer "
+                    "group was made again?); not started twice: %s", len(again),
+                    ", ".join(f"{clean(s.delivery.job_id)} ({q})" for q, s in again[:10]))
+        runnable = [(q, s) for q, s in runnable if (q, s.delivery.entry) not in ex.running]
     ex.slots.give(taken - len(runnable))
     for queue, item in runnable:
         ex.start(queue, item)

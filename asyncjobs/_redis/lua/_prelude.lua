@@ -296,7 +296,16 @@ local function held_set(stream, group, consumer, entries, most)
       hi, hi_ms, hi_seq = e, ms, seq
     end
   end
-  local rows = lo and redis.call('XPENDING', stream, group, lo, hi, most, consumer) or nil
+  local rows = nil
+  if lo then
+    rows = redis.pcall('XPENDING', stream, group, lo, hi, most, consumer)
+    if type(rows) == 'table' and rows.err then
+      if string.find(rows.err, 'NOGROUP', 1, true) then
+        return held  -- no group (the stream was deleted, or the group): nothing is held
+      end
+      error(rows)
+    end
+  end
   if rows and #rows < most then
     for _, row in ipairs(rows) do held[row[1]] = true end
     return held
@@ -305,6 +314,34 @@ local function held_set(stream, group, consumer, entries, most)
     if stream_id(e) and held_by(stream, group, e, consumer) then held[e] = true end
   end
   return held
+end
+
+-- Which of `entries` (none held by this consumer) are orphans: pending for no consumer
+-- of the group (deleted with the stream, trimmed, or the group destroyed) while the
+-- record of their job (`ids`, the same order; under `job_prefix`) says it runs on that very
+-- entry. Nobody else can ever take or settle such a job: the worker whose attempt runs it
+-- keeps it and records its outcome (touch.lua, settle.lua). One XPENDING per entry: only
+-- entries a worker no longer holds are asked about, which is rare.
+local function orphans(stream, group, entries, ids, job_prefix)
+  local found = {}
+  for i, e in ipairs(entries) do
+    if stream_id(e) and ids[i] ~= '' then
+      local rows = redis.pcall('XPENDING', stream, group, e, e, 1)
+      if type(rows) == 'table' and rows.err then
+        if not string.find(rows.err, 'NOGROUP', 1, true) then
+          error(rows)
+        end
+        rows = {}
+      end
+      if #rows == 0 then
+        local rec = hmget(job_prefix .. ids[i], 's', 'e')
+        if rec and rec[1] == 'running' and rec[2] == e then
+          found[e] = true
+        end
+      end
+    end
+  end
+  return found
 end
 
 -- XACK and XDEL of many entries, a few hundred per call.

@@ -1,6 +1,9 @@
 -- Settle finished attempts, all or nothing per job: acknowledge and delete the stream
 -- entries, then record the outcomes. An entry no longer pending for this consumer (it was
--- reclaimed by another worker) is left alone: its new owner settles it. A job key that
+-- reclaimed by another worker) is left alone: its new owner settles it. An orphan (pending
+-- for nobody, its record running on it: the stream was deleted or trimmed, the group
+-- destroyed; see `orphans`) is deleted (if still in the stream) and recorded as if held:
+-- nobody else ever could. A job key that
 -- cannot hold a record (not a hash) dead-letters the entry instead, key untouched; but a
 -- 'keep' whose shared hash takes the result deletes the job key whatever it holds (the
 -- record is rebuilt from the worker's part, see keep).
@@ -141,6 +144,13 @@ end
 local entries = {}
 for b = 11, #ARGV, 7 do entries[#entries + 1] = ARGV[b] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
+local loose, loose_ids = {}, {}
+for b = 11, #ARGV, 7 do
+  if not held[ARGV[b]] then
+    loose[#loose + 1], loose_ids[#loose_ids + 1] = ARGV[b], ARGV[b + 1]
+  end
+end
+local orphan = orphans(stream, group, loose, loose_ids, ARGV[3])
 -- A garbage entry's fields are the evidence: read them before the entry goes.
 local raws = {}
 local mine = {}
@@ -157,15 +167,20 @@ for b = 11, #ARGV, 7 do
   end
 end
 ack_and_delete(stream, group, mine)
+local strays = {}
+for entry in pairs(orphan) do strays[#strays + 1] = entry end
+for first = 1, #strays, 500 do  -- an orphan still in the stream (acknowledged) goes too
+  redis.call('XDEL', stream, unpack(strays, first, math.min(first + 499, #strays)))
+end
 local ids = {}
 for b = 11, #ARGV, 7 do ids[#ids + 1] = ARGV[b + 1] end
 local waited = waited_for(KEYS[5], ids, now)
 for b = 11, #ARGV, 7 do
   local entry = ARGV[b]
-  if not held[entry] then
+  if not held[entry] and not orphan[entry] then
     out[#out + 1] = 0
   else
-    held[entry] = nil  -- an entry listed twice is settled once
+    held[entry], orphan[entry] = nil, nil  -- an entry listed twice is settled once
     if gone[ARGV[3] .. ARGV[b + 1]] then  -- the same job settled again in this batch
       delete_gone()
     end

@@ -1,6 +1,10 @@
 -- Keep this consumer's in-flight entries fresh (reset their idle time without counting a
 -- delivery), and report entries it lost and jobs whose abort was requested. Which entries
--- are still this consumer's is one XPENDING over their range, not one per entry.
+-- are still this consumer's is one XPENDING over their range, not one per entry. An entry
+-- pending for nobody whose job's record says it runs on that entry (an orphan: the stream
+-- was deleted or trimmed, the group destroyed; see `orphans`) is not lost: its attempt
+-- goes on here (nothing to refresh), and settle.lua records it. No group at all: nothing
+-- is held.
 --
 -- The concurrency lease of each job still held (the record's `cl`, see concurrency.lua)
 -- is renewed to now + ARGV[5] ms; a lease that is gone (expired and dropped) is not
@@ -15,14 +19,23 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local entries = {}
 for i = 6, #ARGV, 2 do entries[#entries + 1] = ARGV[i] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
+local loose, loose_ids = {}, {}
+for i = 6, #ARGV, 2 do
+  if not held[ARGV[i]] then
+    loose[#loose + 1], loose_ids[#loose_ids + 1] = ARGV[i], ARGV[i + 1]
+  end
+end
+local orphan = orphans(stream, group, loose, loose_ids, ARGV[3])
 local owned, lost, aborted = {}, {}, {}
 local until_ms = nil
 for i = 6, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
-  if not held[entry] then
+  if not held[entry] and not orphan[entry] then
     lost[#lost + 1] = entry
   else
-    owned[#owned + 1] = entry
+    if held[entry] then
+      owned[#owned + 1] = entry
+    end
     local rec = id ~= '' and hmget(ARGV[3] .. id, 'ab', 'cl')
     if rec and rec[1] then
       aborted[#aborted + 1] = id
