@@ -944,13 +944,6 @@ def _refusal(client: redis.Redis) -> object:
         return exc
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: SIGTERM while Redis is paused (CLIENT PAUSE ALL, or any stall) leaves the "
-    "grace period unenforced: before drain() starts, Worker._wind_down waits for "
-    "reader.unblock (CLIENT UNBLOCK) and Scheduler.release (the lease script), each "
-    "without a deadline (up to the 15 s socket timeout, or the stall's end), so a 12 s "
-    "job ran to completion on a worker with a 2 s grace, and drain began 25 s after "
-    "SIGTERM"))
 @pytest.mark.long
 @pytest.mark.timeout(120)
 async def test_sigterm_while_redis_is_paused_keeps_to_the_grace_period(

@@ -5,8 +5,10 @@ workers start those jobs at once instead of after the claim timeout.
 A job whose body may still be running in this process (a task that ignores cancellation,
 a plain ``def`` task's thread) is never handed back: that would run it twice at once. Its
 entry stays pending and is reclaimed after the claim timeout, once this process has exited.
-The whole sequence is bounded: grace + ``CANCEL_WAIT_S`` + the settle and hand-back calls
-(each at most ``_FLUSH_S`` during an outage).
+The whole sequence is bounded: grace + ``CANCEL_WAIT_S`` (``finish_running``: counted from
+the stop, needing no Redis, while the worker ends its fetch loop and gives up its leases,
+each wait on Redis bounded too), then the settle and hand-back calls (``wrap_up``: each at
+most ``_FLUSH_S`` during an outage).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from .._text import clean
 from .executor import Executor
-from .runtime import OUTAGE_ERRORS, Runtime, transient
+from .runtime import Runtime, transient
 from .settler import Settler
 from .upkeep import unregister
 
@@ -33,11 +35,10 @@ _FLUSH_S = 10.0
 _ROUNDS = 5
 
 
-async def drain(
-    rt: Runtime, ex: Executor, settler: Settler, settling: asyncio.Task[None], *, now: bool
-) -> None:
-    """Let running jobs finish within the grace period (none with ``now``), cancel the rest,
-    record every outcome, then hand back what this worker still holds."""
+async def finish_running(rt: Runtime, ex: Executor, *, now: bool) -> None:
+    """Let running jobs finish within the grace period (none with ``now``), then cancel the
+    rest and give them ``CANCEL_WAIT_S`` to stop. Needs no Redis: the grace counts from the
+    call, whatever Redis does meanwhile."""
     grace = 0.0 if now or rt.hurry.is_set() else rt.config.shutdown_grace_s
     log.info("worker %s stopping: %d job(s) running, grace %.0f s", rt.consumer,
              ex.active, grace)
@@ -45,6 +46,12 @@ async def drain(
         count = ex.cancel_all("shutdown")
         log.warning("grace period over: cancelled %d job(s); handing them back", count)
         await ex.wait_idle(CANCEL_WAIT_S)
+
+
+async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
+                  settling: asyncio.Task[None]) -> None:
+    """Once nothing runs (or what still runs is left behind): record every outcome, then
+    hand back what this worker still holds, each step bounded by ``_FLUSH_S``."""
     ex.leave_behind()
     settler.close(give_up_after_s=_FLUSH_S)
     await settling
@@ -86,6 +93,8 @@ async def handback(rt: Runtime, ex: Executor) -> None:
                 await store.touch(rt.consumer, [d for d in ex.held(queue) if d.entry in keep],
                                   rt.lease_ms)
         await unregister(rt)
-    except OUTAGE_ERRORS as exc:
+    except Exception as exc:
+        if not transient(exc):  # (a Redis that cannot serve now: BUSY, READONLY...)
+            raise
         log.warning("could not hand back held jobs (%s); they run again after the claim "
                     "timeout", exc)

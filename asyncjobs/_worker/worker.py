@@ -45,11 +45,16 @@ from .loop import frozen, run_in_new_loop
 from .reader import AnyReader, reader_for
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
-from .shutdown import drain
+from .shutdown import finish_running, wrap_up
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
 from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
+
+_RELEASE_S = 5.0
+"""At shutdown, the longest wait for Redis to end this worker's blocking read and to take
+back its scheduler leases (a Redis that does not answer would hold each up to the socket
+timeout)."""
 banner = logging.getLogger("asyncjobs.worker.banner")
 """The start-up banner's logger (under ``--processes N`` only the first process logs it)."""
 
@@ -311,10 +316,16 @@ class Worker:
                          settling: asyncio.Task[None], fetching: anyio.CancelScope,
                          fetched: anyio.Event, schedulers: list[Scheduler]) -> None:
         fetching.cancel()
-        await fetched.wait()  # no read of ours is left blocked in Redis (see _fetch_all)
-        for scheduler in schedulers:
-            await scheduler.release()
-        await drain(rt, ex, settler, settling, now=self._now)
+        # The grace period counts from now, whatever Redis does: the running jobs finish
+        # (or are cancelled) while the fetch loop ends and the leases are given up, which
+        # wait on Redis (each bounded: a stalled Redis costs the shutdown no more).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(finish_running, rt, ex, now=self._now))
+            await fetched.wait()  # no read of ours is left blocked in Redis (see _fetch_all)
+            for scheduler in schedulers:
+                with anyio.move_on_after(_RELEASE_S):
+                    await scheduler.release()
+        await wrap_up(rt, ex, settler, settling)
 
     def _metrics(self, rt: Runtime) -> WorkerMetrics:
         from ..metrics import WorkerMetrics
@@ -337,7 +348,11 @@ class Worker:
             # Only once no fetch is left to send another read: then the reader's wait is
             # ended in Redis and its connection closed before the hand-back starts.
             with anyio.CancelScope(shield=True):
-                await reader.unblock(rt.client)
+                # Bounded: a Redis that does not answer (paused, stalled) would hold the
+                # shutdown up to the socket timeout. A wait left in Redis delivers nothing
+                # (XREAD) and ends at its block time.
+                with anyio.move_on_after(_RELEASE_S):
+                    await reader.unblock(rt.client)
                 await reader.close()
             fetched.set()
 
