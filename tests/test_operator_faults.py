@@ -822,15 +822,6 @@ STALL_MS = 2500
 STALLS = 4
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "defect (racy: seen in 9 of 10 runs, hence not strict): a Redis that stalls (DEBUG "
-    "SLEEP, CLIENT PAUSE) for more than a third of the claim timeout makes a live worker's "
-    "entries look abandoned; another worker's reclaim scan, run right after the stall and "
-    "before the holder's refresh or settle (commands queued in the stall run in an order "
-    "nobody controls), XAUTOCLAIMs them (idle > C/2), so jobs run twice and the first "
-    "result is dropped as 'lost'; the guard for outages (no reclaim for two refresh "
-    "intervals after one: Reclaimer.is_due / Outage.recent) is never armed by a stall, "
-    "since no command failed"))
 @pytest.mark.long
 @pytest.mark.timeout(90)
 async def test_a_stalled_redis_does_not_hand_a_live_workers_jobs_to_another(
