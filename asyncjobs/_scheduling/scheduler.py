@@ -29,7 +29,7 @@ from .._redis.keys import VACATED
 from .._redis.store import QueueStore
 from .._task import Task, as_task
 from .._text import clean
-from .._worker.runtime import OUTAGE_ERRORS, Runtime, refused, transient
+from .._worker.runtime import Runtime, refused, transient
 from .cron import (
     CatchUp,
     CronExpr,
@@ -154,12 +154,19 @@ class Scheduler:
                 await self._pause(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
 
     async def release(self) -> None:
-        """Give up leadership so another worker takes over at once (at shutdown)."""
+        """Give up leadership so another worker takes over at once (at shutdown). Redis
+        unreachable, or refusing commands for now (BUSY, READONLY, LOADING...), is no reason
+        to fail the shutdown: the lease is dropped here and expires on its own."""
         if self.lease.held:
             try:
                 await self.lease.release()
-            except OUTAGE_ERRORS:
+            except Exception as exc:
                 self.lease.drop()
+                if not transient(exc):
+                    raise
+                log.info("scheduler of queue %s could not give its lease up (%s); it "
+                         "expires within %g s", self.queue, clean(str(exc)[:200]),
+                         self.lease.ttl_s)
 
     async def _step(self) -> None:
         if not self.lease.held:
