@@ -38,6 +38,7 @@ from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
 from asyncjobs._redis.store import QueueStore
 from asyncjobs._redis.values import Delivery, LeaseAsk, NewJob, SettleOp
+from asyncjobs._scheduling.leader import MAX_TTL_S as MAX_LEASE_TTL_S
 
 from .conftest import Backend
 
@@ -1475,25 +1476,89 @@ async def check_reclaim(env: Env, batch: Sequence[Case], data: st.DataObject) ->
     event(f"reclaimed {len(got)}")
 
 
-async def check_lease(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
+LEASE_TOKEN = b"me|" + b"0123456789abcdef" * 2
+"""A holder's value (leader.py's Lease: '<holder>|<32 hex digits>')."""
+LEASE_VALUES = {
+    "ours": LEASE_TOKEN,
+    "theirs": b"w:1|" + b"fedcba9876543210" * 2,
+    "theirs, upper case": b"|" + b"FEDCBA9876543210" * 2,
+    "stray": b"stray-script-value",
+    "31 digits": b"w|" + b"f" * 31,
+    "33 digits": b"w|" + b"f" * 33,
+    "no bar": b"w" + b"f" * 32,
+    "a line after": b"w|" + b"f" * 32 + b"\n",
+    "empty": b"",
+}
+"""What a lease key may hold as a string; the first three are values a holder writes (a
+33-digit tail ends with 32 digits after a character that is not a bar: not one)."""
+LEASE_MAX_MS = int(MAX_LEASE_TTL_S * 1000)
+
+
+async def set_lease(env: Env, kind: str, expiry: int | None) -> Key | None:
+    """Make the lease key hold ``kind`` (a key of LEASE_VALUES, "none" or a wrong type),
+    expiring in ``expiry`` ms (None: never); returns it as read back."""
     client, k = env.client, env.keys
+    await client.delete(k.leader)
+    if kind in LEASE_VALUES:
+        await client.set(k.leader, LEASE_VALUES[kind])
+    elif kind != "none":
+        await make_wrong(client, k.leader, kind)
+    if expiry is not None and kind != "none":
+        await client.pexpire(k.leader, expiry)
+    return await read_key(client, k.leader.encode())
+
+
+async def check_lease_clear(env: Env, kind: str, expiry: int | None) -> str:
+    """lease_clear.lua on a lease key holding ``kind``: a stray key is removed (and the
+    reason said), a holder's lease is left as it was and its time left returned."""
+    before = await set_lease(env, kind, expiry)
+    ms, why = await load("lease_clear")(env.client, [env.keys.leader], [LEASE_MAX_MS])
+    after = await read_key(env.client, env.keys.leader.encode())
+    if kind == "none":
+        want = ""
+    elif expiry is None:
+        want = "no expiry"
+    elif kind not in ("ours", "theirs", "theirs, upper case"):
+        want = "not a holder's value"
+    elif expiry > LEASE_MAX_MS:
+        want = "an expiry longer than any holder sets"
+    else:
+        want = ""
+    assert text(why) == want, (kind, expiry, why)
+    if want or kind == "none":
+        assert (ms, after) == (0, None), "a stray lease is removed"
+    else:
+        assert expiry is not None and 0 < ms <= expiry
+        assert after == before, "a holder's lease is never touched"
+    return want or ("none" if kind == "none" else "kept")
+
+
+LEASE_KINDS = (*LEASE_VALUES, "none", *WRONG_TYPES, "hash")
+LEASE_EXPIRIES = (None, 10_000, LEASE_MAX_MS, LEASE_MAX_MS + 5_000)
+
+
+async def check_lease(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
     for step in ("renew", "release", "clear"):
-        kind = data.draw(st.sampled_from(("none", "ours", "theirs", *WRONG_TYPES)), step)
-        expires = data.draw(st.booleans(), f"{step} expires")
-        await client.delete(k.leader)
-        if kind in ("ours", "theirs"):
-            await client.set(k.leader, b"tok" if kind == "ours" else b"other")
-        elif kind != "none":
-            await make_wrong(client, k.leader, kind)
-        if expires and kind != "none":
-            await client.pexpire(k.leader, 10_000)
-        args: list[Any] = {"renew": [b"tok", 5000], "release": [b"tok"], "clear": []}[step]
-        reply = await load(f"lease_{step}")(client, [k.leader], args)
+        kind = data.draw(st.sampled_from(LEASE_KINDS), step)
+        expiry = data.draw(st.sampled_from(LEASE_EXPIRIES), f"{step} expiry")
         if step == "clear":
-            assert reply == int(kind != "none" and not expires)
-        else:
-            assert reply == int(kind == "ours")
+            event(f"lease clear {await check_lease_clear(env, kind, expiry)}")
+            continue
+        await set_lease(env, kind, expiry)
+        args: list[Any] = [LEASE_TOKEN, 5000] if step == "renew" else [LEASE_TOKEN]
+        reply = await load(f"lease_{step}")(env.client, [env.keys.leader], args)
+        assert reply == int(kind == "ours")
         event(f"lease {step} {reply}")
+
+
+def test_lease_clear_removes_every_stray_lease_and_no_holders(backend: Backend) -> None:
+    """Every kind of lease key with every kind of expiry, not only those drawn above."""
+    async def body(env: Env) -> None:
+        for kind in LEASE_KINDS:
+            for expiry in LEASE_EXPIRIES:
+                await check_lease_clear(env, kind, expiry)
+
+    run(backend, body)
 
 
 async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
@@ -1611,7 +1676,8 @@ def calls(env: Env, q: Typical) -> dict[str, Callable[[], Awaitable[Any]]]:
         "prune": lambda: store.prune_consumers(0, OTHER),
         "lease_renew": lambda: load("lease_renew")(client, [env.keys.leader], ["tok", 5000]),
         "lease_release": lambda: load("lease_release")(client, [env.keys.leader], ["tok"]),
-        "lease_clear": lambda: load("lease_clear")(client, [env.keys.leader], []),
+        "lease_clear": lambda: load("lease_clear")(client, [env.keys.leader],
+                                                   [LEASE_MAX_MS]),
         "beat": lambda: load("beat")(client, [q.workers, f"{q.workers}:{ME}",
                                               f"{q.workers}:claims"],
                                      [ME, 60_000, "{}", 15, 2_000]),

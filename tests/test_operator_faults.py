@@ -621,11 +621,6 @@ async def _exists(client: aredis.Redis, key: str) -> bool:
     return bool(await client.exists(key))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: a lease key overwritten with a foreign value that has an expiry (SET ... EX "
-    "3600) is taken for a live leader's: no worker leads the queue until it expires, so "
-    "delayed jobs, retries and cron ticks wait the whole TTL (Lease.remaining_s clears "
-    "only keys without an expiry)"))
 @pytest.mark.timeout(60)
 async def test_a_stray_lease_with_a_long_expiry_does_not_stall_delayed_jobs(
     fresh_redis: RedisServer
