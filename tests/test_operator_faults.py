@@ -534,10 +534,6 @@ async def test_a_running_jobs_record_deleted_or_overwritten_mid_run_ends_visibly
         assert trap.with_traceback == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: DEL of the delayed set orphans every delayed job and waiting retry: their "
-    "records say 'scheduled' (with their due time) for ever, and nothing reconciles "
-    "records with the delayed set (the scheduler only reads the set: promote.lua)"))
 @pytest.mark.timeout(60)
 async def test_delayed_jobs_still_run_after_the_delayed_set_is_deleted(
     fresh_redis: RedisServer
