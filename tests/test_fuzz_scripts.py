@@ -37,8 +37,10 @@ from asyncjobs._redis.kept import MIN_TTL_S as KEPT_MIN_TTL_S
 from asyncjobs._redis.kept import SLACK_MS, _leb128
 from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
-from asyncjobs._redis.store import QueueStore
+from asyncjobs._redis.store import QueueStore, reschedule_levels
 from asyncjobs._redis.values import Delivery, LeaseAsk, NewJob, SettleOp
+from asyncjobs._routing import members
+from asyncjobs._scheduling.leader import MAX_TTL_S as MAX_LEASE_TTL_S
 
 from .conftest import Backend
 
@@ -1222,6 +1224,109 @@ def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
     run(backend, body)
 
 
+# -- reschedule.lua --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One job record of a level, and whether its level's delayed set still holds it."""
+
+    what: str  # a state, "no state", or one of WRONG_TYPES (the job key's type)
+    due: Any  # the record's `d`: PAST, FUTURE, junk, or DELETE (none)
+    in_set: bool
+
+
+RECORD_STATES = ("scheduled", "queued", "running", "complete", "failed", "no state",
+                 "Scheduled", "scheduled ")
+waitings = st.builds(
+    Waiting,
+    what=st.one_of(st.just("scheduled"), st.sampled_from((*RECORD_STATES, *WRONG_TYPES))),
+    due=st.one_of(st.sampled_from((PAST, FUTURE, DELETE)), junk),
+    in_set=st.booleans(),
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(levels=st.lists(st.lists(waitings, max_size=6), min_size=1, max_size=3),
+       sets=st.lists(st.sampled_from(("", "", "", *WRONG_TYPES, "hash")), min_size=3,
+                     max_size=3),
+       count=st.sampled_from((1, 2, 10, 1000)), decoy=st.booleans())
+def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
+    backend: Backend, levels: list[list[Waiting]], sets: list[str], count: int, decoy: bool
+) -> None:
+    """A SCAN of the levels' job keys, step by step: a record that says scheduled and is not
+    in its level's delayed set goes back in, at its due time (now if that is not a time);
+    nothing else in the queue changes, and a delayed set of the wrong type is left alone."""
+    async def body(env: Env) -> None:
+        client = env.client
+        stores = [QueueStore(client, Keys(env.keys.prefix, name))
+                  for name in members(env.keys.queue)[:len(levels)]]
+        now = await redis_ms(client)
+        times = {PAST: now - 60_000, FUTURE: now + 10**9}
+        want: dict[bytes, dict[bytes, int | None]] = {}  # delayed set -> id -> score (None: now)
+        for store, jobs, kind in zip(stores, levels, sets, strict=False):
+            delayed = store.keys.delayed
+            if kind:  # of the wrong type, or ("zset") a set holding a junk member already
+                await make_wrong(client, delayed, kind)
+            for n, w in enumerate(jobs):
+                job_id, key = f"r{n}", store.keys.job(f"r{n}")
+                if w.what in WRONG_TYPES:
+                    await make_wrong(client, key, w.what)
+                    continue
+                fields: dict[bytes, bytes] = {b"j": SPEC, b"a": b"0"}
+                if w.what != "no state":
+                    fields[b"s"] = w.what.encode()
+                if w.due is not DELETE:
+                    fields[b"d"] = num(times[w.due]) if w.due in times else w.due
+                await client.hset(key, mapping=fields)
+                if kind not in ("", "zset"):
+                    continue
+                if w.in_set:
+                    await client.zadd(delayed, {job_id: 7})
+                elif w.what == "scheduled":
+                    due = lua_int(fields.get(b"d"))
+                    want.setdefault(delayed.encode(), {})[job_id.encode()] = (
+                        due if due is not None and due >= 0 else None)
+        if decoy:  # matches the pattern of several levels, under no job key prefix
+            await client.hset(f"{env.keys.shared}:conc:5:x:job:r0",
+                              mapping={b"s": b"scheduled", b"d": b"5"})
+        before = await snapshot(client, env.keys)
+        lo = await redis_ms(client)
+        cursor, restored, earliest, steps = "0", 0, [], 0
+        while True:
+            step = await reschedule_levels(stores, cursor, count)
+            restored += step.restored
+            earliest += [] if step.earliest_ms is None else [step.earliest_ms]
+            cursor, steps = step.cursor, steps + 1
+            if cursor == "0" or steps > 10_000:
+                break
+        hi = await redis_ms(client)
+        after = await snapshot(client, env.keys)
+        assert cursor == "0"
+        sets_ = {st_.keys.delayed.encode() for st_ in stores}
+        assert {n: k for n, k in after.items() if n not in sets_} == \
+            {n: k for n, k in before.items() if n not in sets_}, "nothing else is written"
+        scores: list[float] = []
+        for name in sets_:
+            if name in before and before[name].kind != "zset":
+                assert after.get(name) == before[name]
+                continue
+            old = dict(before[name].content) if name in before else {}
+            new = dict(after[name].content) if name in after else {}
+            added = {m: sc for m, sc in new.items() if m not in old}
+            assert {m: new[m] for m in old} == old, "members already there keep their score"
+            assert set(added) == set(want.get(name, {}))
+            for member, score in added.items():
+                due = want[name][member]
+                assert score == due if due is not None else lo <= score <= hi, (member, score)
+                scores.append(score)
+        assert restored == len(scores)
+        assert (min(earliest) if earliest else None) == (min(scores) if scores else None)
+        event(f"put back {min(restored, 3)}+ in {min(steps, 3)}+ steps")
+
+    run(backend, body)
+
+
 # -- the other scripts on garbage records ---------------------------------------------------
 
 record_fields = st.dictionaries(st.sampled_from(sorted(field_value)), st.none(), min_size=1,
@@ -1501,25 +1606,89 @@ async def check_reclaim(env: Env, batch: Sequence[Case], data: st.DataObject) ->
     event(f"reclaimed {len(got)}")
 
 
-async def check_lease(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
+LEASE_TOKEN = b"me|" + b"0123456789abcdef" * 2
+"""A holder's value (leader.py's Lease: '<holder>|<32 hex digits>')."""
+LEASE_VALUES = {
+    "ours": LEASE_TOKEN,
+    "theirs": b"w:1|" + b"fedcba9876543210" * 2,
+    "theirs, upper case": b"|" + b"FEDCBA9876543210" * 2,
+    "stray": b"stray-script-value",
+    "31 digits": b"w|" + b"f" * 31,
+    "33 digits": b"w|" + b"f" * 33,
+    "no bar": b"w" + b"f" * 32,
+    "a line after": b"w|" + b"f" * 32 + b"\n",
+    "empty": b"",
+}
+"""What a lease key may hold as a string; the first three are values a holder writes (a
+33-digit tail ends with 32 digits after a character that is not a bar: not one)."""
+LEASE_MAX_MS = int(MAX_LEASE_TTL_S * 1000)
+
+
+async def set_lease(env: Env, kind: str, expiry: int | None) -> Key | None:
+    """Make the lease key hold ``kind`` (a key of LEASE_VALUES, "none" or a wrong type),
+    expiring in ``expiry`` ms (None: never); returns it as read back."""
     client, k = env.client, env.keys
+    await client.delete(k.leader)
+    if kind in LEASE_VALUES:
+        await client.set(k.leader, LEASE_VALUES[kind])
+    elif kind != "none":
+        await make_wrong(client, k.leader, kind)
+    if expiry is not None and kind != "none":
+        await client.pexpire(k.leader, expiry)
+    return await read_key(client, k.leader.encode())
+
+
+async def check_lease_clear(env: Env, kind: str, expiry: int | None) -> str:
+    """lease_clear.lua on a lease key holding ``kind``: a stray key is removed (and the
+    reason said), a holder's lease is left as it was and its time left returned."""
+    before = await set_lease(env, kind, expiry)
+    ms, why = await load("lease_clear")(env.client, [env.keys.leader], [LEASE_MAX_MS])
+    after = await read_key(env.client, env.keys.leader.encode())
+    if kind == "none":
+        want = ""
+    elif expiry is None:
+        want = "no expiry"
+    elif kind not in ("ours", "theirs", "theirs, upper case"):
+        want = "not a holder's value"
+    elif expiry > LEASE_MAX_MS:
+        want = "an expiry longer than any holder sets"
+    else:
+        want = ""
+    assert text(why) == want, (kind, expiry, why)
+    if want or kind == "none":
+        assert (ms, after) == (0, None), "a stray lease is removed"
+    else:
+        assert expiry is not None and 0 < ms <= expiry
+        assert after == before, "a holder's lease is never touched"
+    return want or ("none" if kind == "none" else "kept")
+
+
+LEASE_KINDS = (*LEASE_VALUES, "none", *WRONG_TYPES, "hash")
+LEASE_EXPIRIES = (None, 10_000, LEASE_MAX_MS, LEASE_MAX_MS + 5_000)
+
+
+async def check_lease(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
     for step in ("renew", "release", "clear"):
-        kind = data.draw(st.sampled_from(("none", "ours", "theirs", *WRONG_TYPES)), step)
-        expires = data.draw(st.booleans(), f"{step} expires")
-        await client.delete(k.leader)
-        if kind in ("ours", "theirs"):
-            await client.set(k.leader, b"tok" if kind == "ours" else b"other")
-        elif kind != "none":
-            await make_wrong(client, k.leader, kind)
-        if expires and kind != "none":
-            await client.pexpire(k.leader, 10_000)
-        args: list[Any] = {"renew": [b"tok", 5000], "release": [b"tok"], "clear": []}[step]
-        reply = await load(f"lease_{step}")(client, [k.leader], args)
+        kind = data.draw(st.sampled_from(LEASE_KINDS), step)
+        expiry = data.draw(st.sampled_from(LEASE_EXPIRIES), f"{step} expiry")
         if step == "clear":
-            assert reply == int(kind != "none" and not expires)
-        else:
-            assert reply == int(kind == "ours")
+            event(f"lease clear {await check_lease_clear(env, kind, expiry)}")
+            continue
+        await set_lease(env, kind, expiry)
+        args: list[Any] = [LEASE_TOKEN, 5000] if step == "renew" else [LEASE_TOKEN]
+        reply = await load(f"lease_{step}")(env.client, [env.keys.leader], args)
+        assert reply == int(kind == "ours")
         event(f"lease {step} {reply}")
+
+
+def test_lease_clear_removes_every_stray_lease_and_no_holders(backend: Backend) -> None:
+    """Every kind of lease key with every kind of expiry, not only those drawn above."""
+    async def body(env: Env) -> None:
+        for kind in LEASE_KINDS:
+            for expiry in LEASE_EXPIRIES:
+                await check_lease_clear(env, kind, expiry)
+
+    run(backend, body)
 
 
 async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
@@ -1554,10 +1723,32 @@ async def check_beat(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
     assert all(now < score <= now + 600_000 for score in kept.values())
 
 
+async def check_reschedule(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:
+    client, k = env.client, env.keys
+    before = await snapshot(client, k)
+    had = dict(before[k.delayed.encode()].content) if k.delayed.encode() in before else {}
+    lost = {i for i in job_ids(batch)
+            if (rec := before.get(env.job(i))) is not None and rec.kind == "hash"
+            and rec.content.get(b"s") == b"scheduled" and i not in had}
+    cursor, restored = "0", 0
+    while True:
+        step = await reschedule_levels([env.store], cursor, data.draw(st.integers(1, 20)))
+        cursor, restored = step.cursor, restored + step.restored
+        if cursor == "0":
+            break
+    after = await snapshot(client, k)
+    now = dict(after[k.delayed.encode()].content) if k.delayed.encode() in after else {}
+    assert restored == len(lost) and set(now) == set(had) | lost
+    assert {n: v for n, v in after.items() if n != k.delayed.encode()} == \
+        {n: v for n, v in before.items() if n != k.delayed.encode()}
+    event(f"reschedule put back {min(restored, 2)}+")
+
+
 NEVER_RAISE: dict[str, Callable[[Env, Sequence[Case], st.DataObject], Awaitable[None]]] = {
     "touch": check_touch, "handback": check_handback, "abort": check_abort,
     "requeue": check_requeue, "purge": check_purge, "progress": check_progress,
     "cron": check_cron, "reclaim": check_reclaim, "lease": check_lease, "beat": check_beat,
+    "reschedule": check_reschedule,
 }
 
 
@@ -1635,9 +1826,11 @@ def calls(env: Env, q: Typical) -> dict[str, Callable[[], Awaitable[Any]]]:
                                         no_overlap=False),
         "reclaim": lambda: store.reclaim(OTHER, 0, 10),
         "prune": lambda: store.prune_consumers(0, OTHER),
+        "reschedule": lambda: reschedule_levels([store], "0", 1000),
         "lease_renew": lambda: load("lease_renew")(client, [env.keys.leader], ["tok", 5000]),
         "lease_release": lambda: load("lease_release")(client, [env.keys.leader], ["tok"]),
-        "lease_clear": lambda: load("lease_clear")(client, [env.keys.leader], []),
+        "lease_clear": lambda: load("lease_clear")(client, [env.keys.leader],
+                                                   [LEASE_MAX_MS]),
         "beat": lambda: load("beat")(client, [q.workers, f"{q.workers}:{ME}",
                                               f"{q.workers}:claims"],
                                      [ME, 60_000, "{}", 15, 2_000]),
@@ -1650,7 +1843,8 @@ QUEUE_KEYS = {
     "handback": ("stream",), "touch": ("stream",), "abort queued": ("stream", "delayed", "stats"),
     "abort scheduled": ("stream", "delayed", "stats"), "requeue": ("stream", "dead"),
     "purge": ("dead",), "cron": ("cron", "stream", "stats"), "reclaim": ("stream",),
-    "prune": ("stream",), "concurrency": ("stream", "delayed", "stats", "concurrency_limits"),
+    "prune": ("stream",), "reschedule": ("delayed",),
+    "concurrency": ("stream", "delayed", "stats", "concurrency_limits"),
     "lease_renew": ("leader",), "lease_release": ("leader",),
     "lease_clear": ("leader",), "beat": ("workers",),
 }

@@ -524,10 +524,6 @@ async def test_a_running_jobs_record_deleted_or_overwritten_mid_run_ends_visibly
         assert trap.with_traceback == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: DEL of the delayed set orphans every delayed job and waiting retry: their "
-    "records say 'scheduled' (with their due time) for ever, and nothing reconciles "
-    "records with the delayed set (the scheduler only reads the set: promote.lua)"))
 @pytest.mark.timeout(60)
 async def test_delayed_jobs_still_run_after_the_delayed_set_is_deleted(
     fresh_redis: RedisServer
@@ -611,11 +607,6 @@ async def _exists(client: aredis.Redis, key: str) -> bool:
     return bool(await client.exists(key))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: a lease key overwritten with a foreign value that has an expiry (SET ... EX "
-    "3600) is taken for a live leader's: no worker leads the queue until it expires, so "
-    "delayed jobs, retries and cron ticks wait the whole TTL (Lease.remaining_s clears "
-    "only keys without an expiry)"))
 @pytest.mark.timeout(60)
 async def test_a_stray_lease_with_a_long_expiry_does_not_stall_delayed_jobs(
     fresh_redis: RedisServer

@@ -121,7 +121,8 @@ def test_relay_options_are_checked() -> None:
     engine = outbox.Relay("sqlite:///x.db").engine
     assert engine.url.drivername == "sqlite+aiosqlite"
     for options, message in [({"batch_size": 0}, "batch_size"), ({"poll": 0}, "poll"),
-                             ({"lease_ttl": 0}, "lease_ttl"), ({"keep": -1}, "keep"),
+                             ({"lease_ttl": 0}, "lease_ttl"), ({"lease_ttl": 3601}, "1 h"),
+                             ({"keep": -1}, "keep"),
                              ({"queues": ["a b"]}, "queue name")]:
         with pytest.raises((asyncjobs.ConfigurationError, ValueError), match=message):
             outbox.Relay("sqlite:///x.db", **options)

@@ -10,6 +10,7 @@ one slot (the sorted set's name is the hash tag of every worker's record).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._routing import SEPARATOR, split_level
@@ -56,6 +57,24 @@ def split_limit_name(name: str) -> tuple[str, str]:
             and rest[int(size)] == ":"):
         return rest[: int(size)], rest[int(size) + 1 :]
     return "", name
+
+
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern (SCAN MATCH) that matches it alone: its ``*``, ``?``,
+    ``[``, ``]`` and ``\\`` escaped (a prefix or queue name may hold any of them)."""
+    return text.translate(_GLOB_SPECIAL)
+
+
+def job_pattern(levels: Sequence[Keys]) -> str:
+    """A SCAN MATCH pattern that the job keys of these levels of one queue all match:
+    exactly one level's, or for several every key of the queue with ``:job:`` in it (a
+    caller checks each key against the levels' ``job_prefix``)."""
+    if len(levels) == 1:
+        return f"{glob_escape(levels[0].job_prefix)}*"
+    return f"{glob_escape(levels[0].shared)}*:job:*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """The Redis I/O of one queue's job path: enqueue, read, start, settle, reclaim, touch,
-hand back, promote, abort, cron ticks. Everything here is one round trip.
+hand back, promote, abort, cron ticks, the delayed sets' repair. Everything here is one
+round trip.
 
 Each method is the one typed wrapper of its script (see ``scripts/``); callers get plain
 Python values back and never see a Redis reply shape.
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import scripts as s
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, job_pattern
 from .replication import Replication
 from .values import (
     DeadLetterLimits,
@@ -24,6 +25,7 @@ from .values import (
     Promoted,
     RateCheck,
     Reclaimed,
+    Rescheduled,
     SettleOp,
     Started,
     Taken,
@@ -85,6 +87,19 @@ async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_m
                      [(int(level) - 1, delivery_of(e, j, int(n))) for level, e, j, n in rows],
                      [(int(level) - 1, reply_text(why)) for level, why in errors],
                      int(now), bool(int(stepped)))
+
+
+async def reschedule_levels(stores: Sequence[QueueStore], cursor: str, count: int
+                            ) -> Rescheduled:
+    """One step of the delayed sets' repair over the stores (the levels of one queue: one
+    hash tag): SCAN from ``cursor`` (COUNT ``count``) for job records that say scheduled but
+    whose level's delayed set lacks them, and put them back; see reschedule.lua."""
+    keys: list[s.KeyOrArg] = [st.keys.delayed for st in stores]
+    args: list[s.KeyOrArg] = [cursor, job_pattern([st.keys for st in stores]), count,
+                              *(st.keys.job_prefix for st in stores)]
+    nxt, restored, earliest = await s.load(s.RESCHEDULE)(stores[0].client, keys, args)
+    return Rescheduled(reply_text(nxt), int(restored),
+                       None if int(earliest) < 0 else int(earliest))
 
 
 class QueueStore:

@@ -103,6 +103,18 @@ class Promoted:
     now_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rescheduled:
+    """The result of one step of the delayed sets' repair (reschedule.lua)."""
+
+    cursor: str
+    """Where the next step goes on ('0': the scan is over)."""
+    restored: int
+    """Scheduled jobs put back in their delayed set."""
+    earliest_ms: int | None
+    """The earliest due time among them (None: none)."""
+
+
 MAX_LENGTH_MOST = 10**12
 """The largest maximum length a queue takes (enqueue.lua reads whole numbers below 1e15)."""
 

@@ -4,18 +4,31 @@ Acquire with ``SET NX PX`` and a random token; renew with a compare-and-expire s
 release with compare-and-delete. The holder counts its lease from the moment it *sent* the
 request and trusts it for only 80% of the TTL, so a renewal that fails or comes late stops
 it acting before anyone else can acquire the lease.
+
+A process that fails to take the lease learns when it expires (``remaining_s``) and removes
+it at once if no holder can have written it (lease_clear.lua): no expiry, a value that is not
+a holder's token, or an expiry longer than ``MAX_TTL_S``. A holder's lease is never removed
+by anyone else, so two holders never act at once through it.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 
 from redis.asyncio import Redis
 
 from .._redis import scripts as s
+from .._redis.values import reply_text
+
+log = logging.getLogger("asyncjobs.scheduler")
 
 _TRUST = 0.8
+
+MAX_TTL_S = 3600.0
+"""The longest lease TTL (the longest claim timeout too): no holder sets a longer expiry, so
+a lease key expiring later than this was written by something else and is removed."""
 
 
 class Lease:
@@ -23,8 +36,8 @@ class Lease:
 
     def __init__(self, client: Redis, key: str, ttl_s: float, holder: str = "",
                  vacated: tuple[str, bytes] | None = None) -> None:
-        if ttl_s <= 0:
-            raise ValueError("lease TTL must be > 0")
+        if not 0 < ttl_s <= MAX_TTL_S:
+            raise ValueError(f"lease TTL must be > 0 and at most {MAX_TTL_S:g} s, got {ttl_s!r}")
         self.client = client
         self.key = key
         self.ttl_s = ttl_s
@@ -79,11 +92,13 @@ class Lease:
         await s.load(s.LEASE_RELEASE)(self.client, [self.key], [self.token, channel, message])
 
     async def remaining_s(self) -> float:
-        """Seconds until the current holder's lease expires (0 if none). A key without an
-        expiry is no lease anybody holds (every holder sets one): it is removed, so that a
-        stray key can never keep the queue without a scheduler."""
-        ms = await self.client.pttl(self.key)
-        if ms == -1:
-            await s.load(s.LEASE_CLEAR)(self.client, [self.key], [])
-            return 0.0
-        return max(0.0, ms / 1000) if ms and ms > 0 else 0.0
+        """Seconds until the current holder's lease expires (0 if none). A key no holder can
+        have written (no expiry, not a holder's token, an expiry past ``MAX_TTL_S``) is
+        removed, in one atomic step with the read, and logged: a stray key never keeps the
+        lease from every process until it expires."""
+        ms, why = await s.load(s.LEASE_CLEAR)(self.client, [self.key],
+                                              [int(MAX_TTL_S * 1000)])
+        if why:
+            log.warning("removed the lease %s, which no holder wrote: %s", self.key,
+                        reply_text(why))
+        return max(0.0, int(ms) / 1000)

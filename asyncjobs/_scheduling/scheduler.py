@@ -5,7 +5,8 @@ Every worker runs it; one leads. Correctness never depends on the lease: promoti
 atomic script and each cron tick goes in under a deterministic job id behind a cursor that
 only moves forward, so two leaders overlapping for a moment still run nothing twice. The
 lease only saves work. The leader sleeps until the earliest due time or cron tick, and a
-pub/sub wake-up cuts the sleep short when an earlier job arrives.
+pub/sub wake-up cuts the sleep short when an earlier job arrives. Now and then the leader
+also puts back the scheduled jobs a delayed set lost (see ``repair``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import ENDED_TTL_S, JobSpec, from_ms, to_ms
 from .._redis.keys import VACATED
-from .._redis.store import QueueStore
+from .._redis.store import QueueStore, reschedule_levels
 from .._task import Task, as_task
 from .._text import clean
-from .._worker.runtime import OUTAGE_ERRORS, Runtime, refused, transient
+from .._worker.runtime import Runtime, refused, transient
 from .cron import (
     CatchUp,
     CronExpr,
@@ -41,6 +42,7 @@ from .cron import (
     tick_id,
 )
 from .leader import Lease
+from .repair import STEP_COUNT, Repair
 
 log = logging.getLogger("asyncjobs.scheduler")
 
@@ -141,6 +143,8 @@ class Scheduler:
         """When each level's delayed set is next promoted (monotonic): when something there
         is due, after a wake-up, and at least once per lease period (a wake-up is lost only
         with the pub/sub connection, and its return sets the wake event anyway)."""
+        self.repair = Repair()
+        """When the delayed sets are next checked against the job records, and how far."""
 
     async def run(self) -> None:
         """Run until the worker stops (the lease is released by ``release``)."""
@@ -154,12 +158,19 @@ class Scheduler:
                 await self._pause(self.rt.outage.failed(exc, f"scheduler {self.queue}"))
 
     async def release(self) -> None:
-        """Give up leadership so another worker takes over at once (at shutdown)."""
+        """Give up leadership so another worker takes over at once (at shutdown). Redis
+        unreachable, or refusing commands for now (BUSY, READONLY, LOADING...), is no reason
+        to fail the shutdown: the lease is dropped here and expires on its own."""
         if self.lease.held:
             try:
                 await self.lease.release()
-            except OUTAGE_ERRORS:
+            except Exception as exc:
                 self.lease.drop()
+                if not transient(exc):
+                    raise
+                log.info("scheduler of queue %s could not give its lease up (%s); it "
+                         "expires within %g s", self.queue, clean(str(exc)[:200]),
+                         self.lease.ttl_s)
 
     async def _step(self) -> None:
         if not self.lease.held:
@@ -173,6 +184,7 @@ class Scheduler:
                 return
             log.info("scheduler leads queue %s", self.queue)
             self._next_check = [0.0] * len(self.stores)  # a new leader checks every level
+            self.repair.lead(time.monotonic())
         if time.monotonic() >= self.lease.renew_at and not await self.lease.renew():
             log.warning("scheduler lost the lease of queue %s", self.queue)
             return
@@ -213,6 +225,11 @@ class Scheduler:
             if own_checked or time.monotonic() >= self._cron_at:
                 self._cron_at = time.monotonic() + await self._cron()
             wait = min(wait, self._cron_at - time.monotonic())
+        if self.lease.held:  # the delayed sets against the job records, now and then
+            if self.repair.next_at() <= time.monotonic():
+                wait = min(wait, await self._repair())
+            else:
+                wait = min(wait, self.repair.next_at() - time.monotonic())
         if time.monotonic() >= self._next_prune and self.lease.held:
             self._next_prune = time.monotonic() + _PRUNE_EVERY_S
             for store in self.stores:
@@ -230,6 +247,7 @@ class Scheduler:
     async def _promote(self, store: QueueStore) -> float | None:
         """Promote a level's due jobs; seconds until its next due (inf: none), or None if
         the lease was lost on the way."""
+        handled = 0
         while True:
             if not self.lease.held:
                 return None
@@ -237,14 +255,37 @@ class Scheduler:
             if done.expired:
                 log.info("expired %d job(s) on queue %s before they were due to start",
                          done.expired, store.keys.queue)
+            handled += done.promoted + done.expired
             if done.promoted + done.expired < _PROMOTE_BATCH:
                 break
+        self.repair.promoted(store.keys.queue, done.next_due_ms, done.now_ms, handled)
         # Redis's clock, for the cron ticks that follow (moved on by our own clock when no
         # promotion ran in a step)
         self._now_ms, self._now_at = done.now_ms, time.monotonic()
         if done.next_due_ms is None:
             return math.inf
         return (done.next_due_ms - done.now_ms) / 1000
+
+    async def _repair(self) -> float:
+        """One step of the delayed sets' repair (``repair``); seconds until the next."""
+        cursor = self.repair.begin(time.monotonic())
+        try:
+            step = await reschedule_levels(self.stores, cursor, STEP_COUNT)
+        except ResponseError as exc:
+            if not refused(exc):
+                raise
+            self.repair.stepped("0", 0, time.monotonic())  # this pass is given up
+            log.error("scheduler of queue %s cannot check its delayed sets against the job "
+                      "records (%s); trying again later", self.queue, clean(str(exc)[:300]))
+            return max(0.0, self.repair.next_at() - time.monotonic())
+        if step.restored:  # jobs of a delayed set deleted by hand: promote what is due now
+            self._next_check = [0.0] * len(self.stores)
+        if not self.repair.stepped(step.cursor, step.restored, time.monotonic()):
+            return 0.0  # the next step at once
+        if self.repair.restored:
+            log.warning("put back %d scheduled job(s) missing from the delayed sets of queue "
+                        "%s", self.repair.restored, self.queue)
+        return 0.0 if step.restored else max(0.0, self.repair.next_at() - time.monotonic())
 
     async def _cron(self) -> float:
         wait = math.inf

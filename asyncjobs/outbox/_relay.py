@@ -27,6 +27,7 @@ from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._redis.connection import url_factory
 from .._redis.keys import check_name
+from .._scheduling.leader import MAX_TTL_S as MAX_LEASE_TTL_S
 from .._tasks import cancel_and_wait
 from ..exceptions import ConfigurationError
 from ._db import OutboxStore
@@ -101,8 +102,8 @@ class Relay:
             raise ConfigurationError(f"batch_size must be from 1 to 10000, got {batch_size}")
         if poll is not None and not to_seconds(poll, "poll"):
             raise ConfigurationError("poll must be more than 0 s")
-        if not to_seconds(lease_ttl, "lease_ttl"):
-            raise ConfigurationError("lease_ttl must be more than 0 s")
+        if not 0 < (to_seconds(lease_ttl, "lease_ttl") or 0) <= MAX_LEASE_TTL_S:
+            raise ConfigurationError("lease_ttl must be more than 0 s and at most 1 h")
         self._own_engine = isinstance(database, str)
         self.engine = (_engine(database_url(database))
                        if isinstance(database, str) else database)
