@@ -452,3 +452,12 @@ async def test_job_ids_with_control_characters_cannot_forge_log_lines(
     lines = [r.getMessage() for r in caplog.records if "job complete" in r.getMessage()]
     assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
     assert "id=x\\nINFO forged line\\x1b[31m" in lines[0]
+
+
+@pytest.mark.parametrize("ttl", [0.05, 3601, 7200])
+async def test_a_lease_ttl_outside_what_a_lease_may_hold_is_refused_at_once(ttl: float) -> None:
+    """A lease expiring more than an hour ahead is taken for a stray key and removed
+    (lease_clear.lua): a worker asking for one is refused when it is made, not when it
+    starts leading."""
+    with pytest.raises(asyncjobs.ConfigurationError, match="lease_ttl must be between"):
+        asyncjobs.Worker([add], lease_ttl=ttl)

@@ -882,12 +882,6 @@ async def _marked(pool: asyncjobs.Pool, job_id: str) -> bool:
     return bool(await pool.client.scard(f"{pool.prefix}:opsruns:{job_id}"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: SIGTERM while Redis answers BUSY (another client's slow script) crashes the "
-    "worker (exit 1, an ExceptionGroup traceback) at once, without its grace period or "
-    "hand-back: Worker._wind_down calls Scheduler.release, which catches only "
-    "OUTAGE_ERRORS, and the BUSY ResponseError escapes (shutdown.handback re-raises it "
-    "too); the running job is cancelled unrecorded and waits for the claim timeout"))
 @pytest.mark.timeout(90)
 async def test_sigterm_while_redis_is_busy_drains_and_exits_cleanly(
     fresh_redis: RedisServer

@@ -66,8 +66,8 @@ class WorkerConfig:
                 to_seconds(getattr(self, name), name.removesuffix("_s"))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(str(exc)) from exc
-        if self.lease_ttl_s < 0.1:
-            raise ConfigurationError("lease_ttl must be at least 0.1 s")
+        if not 0.1 <= self.lease_ttl_s <= 3600:  # (a longer lease is taken for a stray key)
+            raise ConfigurationError("lease_ttl must be between 0.1 s and 1 h")
 
     @property
     def groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
