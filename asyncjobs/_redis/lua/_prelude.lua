@@ -316,16 +316,18 @@ local function held_set(stream, group, consumer, entries, most)
   return held
 end
 
--- Which of `entries` (none held by this consumer) are orphans: pending for no consumer
--- of the group (deleted with the stream, trimmed, or the group destroyed) while the
--- record of their job (`ids`, the same order; under `job_prefix`) says it runs on that very
--- entry. Nobody else can ever take or settle such a job: the worker whose attempt runs it
--- keeps it and records its outcome (touch.lua, settle.lua). One XPENDING per entry: only
--- entries a worker no longer holds are asked about, which is rare.
-local function orphans(stream, group, entries, ids, job_prefix)
+-- Which entries this consumer no longer holds are orphans: pending for no consumer of the
+-- group (deleted with the stream, trimmed, or the group destroyed) while the record of
+-- their job (under `job_prefix`) says it runs on that very entry. Nobody else can ever
+-- take or settle such a job: the worker whose attempt runs it keeps it and records its
+-- outcome (touch.lua, settle.lua). The entries are ARGV[first], ARGV[first + step]...,
+-- each followed by its job id; those in `held` are skipped. One XPENDING per entry not
+-- held: rare.
+local function orphans(stream, group, held, first, step, job_prefix)
   local found = {}
-  for i, e in ipairs(entries) do
-    if stream_id(e) and ids[i] ~= '' then
+  for i = first, #ARGV, step do
+    local e, id = ARGV[i], ARGV[i + 1]
+    if not held[e] and stream_id(e) and id ~= '' then
       local rows = redis.pcall('XPENDING', stream, group, e, e, 1)
       if type(rows) == 'table' and rows.err then
         if not string.find(rows.err, 'NOGROUP', 1, true) then
@@ -334,7 +336,7 @@ local function orphans(stream, group, entries, ids, job_prefix)
         rows = {}
       end
       if #rows == 0 then
-        local rec = hmget(job_prefix .. ids[i], 's', 'e')
+        local rec = hmget(job_prefix .. id, 's', 'e')
         if rec and rec[1] == 'running' and rec[2] == e then
           found[e] = true
         end

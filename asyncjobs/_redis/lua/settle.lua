@@ -144,13 +144,7 @@ end
 local entries = {}
 for b = 11, #ARGV, 7 do entries[#entries + 1] = ARGV[b] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
-local loose, loose_ids = {}, {}
-for b = 11, #ARGV, 7 do
-  if not held[ARGV[b]] then
-    loose[#loose + 1], loose_ids[#loose_ids + 1] = ARGV[b], ARGV[b + 1]
-  end
-end
-local orphan = orphans(stream, group, loose, loose_ids, ARGV[3])
+local orphan = orphans(stream, group, held, 11, 7, ARGV[3])
 -- A garbage entry's fields are the evidence: read them before the entry goes.
 local raws = {}
 local mine = {}

@@ -19,13 +19,7 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local entries = {}
 for i = 6, #ARGV, 2 do entries[#entries + 1] = ARGV[i] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
-local loose, loose_ids = {}, {}
-for i = 6, #ARGV, 2 do
-  if not held[ARGV[i]] then
-    loose[#loose + 1], loose_ids[#loose_ids + 1] = ARGV[i], ARGV[i + 1]
-  end
-end
-local orphan = orphans(stream, group, loose, loose_ids, ARGV[3])
+local orphan = orphans(stream, group, held, 6, 2, ARGV[3])
 local owned, lost, aborted = {}, {}, {}
 local until_ms = nil
 for i = 6, #ARGV, 2 do
