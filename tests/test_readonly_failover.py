@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,9 +26,10 @@ import asyncjobs
 from asyncjobs import Context
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer, free_port
+from asyncjobs._redis.refusals import NOT_NOW, not_now
 from asyncjobs._worker.runtime import transient
 
-from .conftest import Backend, running
+from .conftest import Backend, need_redis_server, running
 
 
 @pytest.mark.parametrize(("exc", "expected"), [
@@ -41,10 +43,22 @@ from .conftest import Backend, running
     (NoPermissionError("this user has no permissions to run the 'xadd' command"), False),
     (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
     (ResponseError("NOGROUP No such key 'q' or consumer group 'g'"), False),
+    (ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently "
+                   "unable to persist to disk."), True),
+    (ResponseError("NOREPLICAS Not enough good replicas to write."), True),
 ])
 def test_transient_reads_the_codes_redis_py_takes_off(exc: BaseException,
                                                      expected: bool) -> None:
     assert transient(exc) is expected
+
+
+@pytest.mark.parametrize("code", sorted(NOT_NOW))
+def test_the_worker_and_the_producer_agree_on_what_is_not_now(code: str) -> None:
+    """A reply the producer retries (``not_now``) is one the worker waits out as an
+    outage (``transient``): MISCONF was once missing from the worker's list, so a server
+    whose disk failed made the worker log tracebacks instead of an outage."""
+    exc = ResponseError(f"{code} the server cannot serve this now")
+    assert not_now(exc) and transient(exc)
 
 
 runs: list[str] = []
@@ -124,3 +138,66 @@ async def test_an_enqueue_to_a_server_turned_replica_waits_for_it_within_retry_f
     finally:
         await admin.execute_command("REPLICAOF", "NO", "ONE")
         await admin.aclose()
+
+
+async def _fail_snapshots(admin: aioredis.Redis, snapshots: Path) -> None:
+    """Make the server refuse writes with MISCONF: its snapshot directory is gone, a save
+    point is set and a snapshot fails (``stop-writes-on-bgsave-error``, the default)."""
+    snapshots.rmdir()  # noqa: ASYNC240 (a test directory, gone at once)
+    await admin.config_set("save", "3600 1")
+    await admin.bgsave()
+    for _ in range(100):
+        if (await admin.info("persistence"))["rdb_last_bgsave_status"] == "err":
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(ResponseError, match=r"^MISCONF"):
+        await admin.set("probe", 1)
+
+
+@pytest.mark.real_redis
+@pytest.mark.asyncio
+async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real server that cannot write its snapshot (its directory is gone) refuses every
+    write, and PING, with MISCONF. A worker on it meanwhile: the job that was running ends
+    and its settle waits; a delayed job falls due and is not moved; takes are refused. All
+    of it is an outage, logged as one, with no internal error and no traceback; once the
+    server takes writes again each job runs, once. A worker started on such a server stops
+    at once with ``RedisUnavailable`` naming MISCONF."""
+    need_redis_server()
+    runs.clear()
+    began["slow"] = asyncio.Event()
+    caplog.set_level(logging.WARNING, "asyncjobs")
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
+        backend = Backend("real", server.url, url_factory(server.url),
+                          f"t{secrets.token_hex(4)}")
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            async with backend.pool() as pool:
+                first = await pool.enqueue(slow)
+                later = await pool.enqueue(slow.options(delay=1.0))
+                worker = backend.worker([slow], claim_timeout=2)
+                async with running(backend, worker):
+                    await asyncio.wait_for(began["slow"].wait(), 10)
+                    await _fail_snapshots(admin, snapshots)
+                    await asyncio.sleep(2.5)  # the first ended, the later fell due: refused
+                    assert runs == [first.id]
+                    await admin.config_set("save", "")  # no save points: writes taken again
+                    assert await first.result(timeout=10) == "done"
+                    assert await later.result(timeout=10) == "done"
+                    await asyncio.sleep(2.5)  # past the claim timeout: nothing runs again
+                infos = [await first.info(), await later.info()]
+                await admin.config_set("save", "3600 1")  # the snapshot still fails
+                with pytest.raises(asyncjobs.RedisUnavailable, match=r"refuses .* MISCONF"):
+                    await asyncio.wait_for(backend.worker([slow]).run(redis_url=server.url), 10)
+        finally:
+            await admin.aclose()
+    assert runs == [first.id, later.id]
+    assert all(i is not None and i.attempts == 1 and i.errors == () for i in infos), infos
+    messages = [r.getMessage() for r in caplog.records]
+    outages = [m for m in messages if "redis unavailable" in m]
+    assert len(outages) == 1 and "MISCONF" in outages[0], messages  # one outage, no flapping
+    assert not any("internal error" in m for m in messages), messages
+    assert not any(r.exc_info for r in caplog.records), messages

@@ -232,6 +232,13 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
             dry[i] = {group.stores[k].keys.stream: last
                       for k, last in zip(levels, taken.last, strict=True)}
         failed = {levels[level]: why for level, why in taken.errors}
+        for why in failed.values():
+            if transient(refusal := ResponseError(why)):
+                # Redis refusing any write for now (MISCONF, READONLY...), not this queue's
+                # keys: an outage for the whole worker, not a queue to leave alone.
+                if started:
+                    return started, {}
+                raise refusal
         for k in levels:
             if k not in failed:
                 bad.cleared(group.queues[k])

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
-from .._redis.refusals import reply_code
+from .._redis.refusals import not_now
 from .._redis.store import QueueStore
 
 if TYPE_CHECKING:
@@ -32,19 +32,13 @@ OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_OUTA
 """Errors that mean "Redis is unreachable right now" (or a cluster's slot is moving):
 retry with backoff."""
 
-_TRANSIENT_REPLIES = frozenset(
-    {"READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS",
-     "CLUSTERDOWN"}
-)
 
 
 def transient(exc: BaseException) -> bool:
     """True for an outage, or a reply saying Redis cannot serve right now (a replica after a
-    failover, a server loading its data, a busy script, out of memory): retry later."""
-    if isinstance(exc, OUTAGE_ERRORS):
-        return True
-    # (redis-py takes some codes off the text: a ReadOnlyError reads "You can't write...")
-    return isinstance(exc, ResponseError) and reply_code(exc)[0] in _TRANSIENT_REPLIES
+    failover, a server loading its data, a busy script, out of memory, a failing disk: the
+    codes of ``refusals.NOT_NOW``, the producer's too): retry later."""
+    return isinstance(exc, OUTAGE_ERRORS) or not_now(exc)
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:

@@ -31,6 +31,7 @@ from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.keys import Keys
 from .._redis.pubsub import sharded_pubsub
+from .._redis.refusals import not_now, reply_code
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
 from .._routing import describe_order, level_queue, parse_queues
@@ -413,6 +414,13 @@ async def _connect(client: Any, where: str) -> str:
         await client.ping()
     except OUTAGE_ERRORS as exc:
         raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+    except ResponseError as exc:
+        if not not_now(exc):
+            raise
+        # A server that refuses even PING for now (MISCONF: its disk fails): no worker
+        # starts on it, as none starts on a server it cannot reach.
+        raise RedisUnavailable(
+            f"Redis at {where} refuses commands for now: {reply_code(exc)[1]}") from exc
     try:
         info = await client.info("server")
     except ResponseError:  # servers that hide INFO (or in-memory fakes)
