@@ -189,17 +189,22 @@ class Lease:
 
 
 def acquire(leases: Mapping[str, int], job_id: str, now_ms: int, limit: int, lease_ms: int,
-            expires_ms: int | None = None) -> Lease:
+            expires_ms: int | None = None, stepped: bool = False) -> Lease:
     """The rule concurrency.lua applies. Expired leases are dropped; a job that holds a
     lease already (delivered again) renews it and runs; one that finds fewer than ``limit``
     leases takes one and runs. Any other waits: it is looked at again when the earliest
     lease expires (the safety net if its holder died; a release comes sooner), or at its
-    own expiry if that is earlier."""
-    live = {job: until for job, until in leases.items() if until > now_ms}
+    own expiry if that is earlier. ``stepped``: the server's clock is past the worker's
+    forecast (a step forward): no lease is dropped for its expiry, and a job that waits is
+    looked at again one lease period on at the earliest (or at its own expiry)."""
+    live = dict(leases) if stepped else {
+        job: until for job, until in leases.items() if until > now_ms}
     if job_id in live or len(live) < limit:
         live[job_id] = now_ms + lease_ms
         return Lease(True, now_ms, live)
     due = min(live.values())
+    if stepped:
+        due = max(due, now_ms + lease_ms)
     if expires_ms is not None:
         due = min(due, expires_ms)
     return Lease(False, max(due, now_ms), live)

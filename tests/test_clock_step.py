@@ -1,11 +1,15 @@
 """A Redis server whose clock steps forward (an NTP step) makes every pending entry look
 idle by the step, those of live workers too. Reclaim scans tell the server the latest time
 its clock may read (reclaimer.py, ``ServerClock``; reclaim.lua): past it, nothing is taken
-over until live workers have refreshed their entries on the new time."""
+over until live workers have refreshed their entries on the new time. Concurrency leases
+expire on the same clock: lease checks tell it the same (limiter.LeaseChecks;
+concurrency.lua), and past it no lease expires, so a step lets no more jobs run than the
+limit."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -14,9 +18,13 @@ import pytest
 
 import asyncjobs
 from asyncjobs import Context
+from asyncjobs._limits import acquire
 from asyncjobs._redis.fake import fake_factory
+from asyncjobs._redis.keys import limit_name
+from asyncjobs._redis.scripts import run_pipelined
 from asyncjobs._redis.store import reclaim_levels
-from asyncjobs._worker.reclaimer import ServerClock
+from asyncjobs._redis.values import Delivery, LeaseAsk
+from asyncjobs._worker.server_clock import ServerClock
 
 from .conftest import Backend, running
 
@@ -125,3 +133,115 @@ async def test_a_clock_step_forward_takes_no_live_worker_s_job(
         for job in (dead, live):
             assert [e.type for e in (await job.info()).errors] == ["asyncjobs.WorkerLost"]
     assert any("stepped forward by about 6" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lease_rule_after_a_step_drops_no_lease_and_waits_a_lease_period() -> None:
+    """``acquire(stepped=True)``: leases that only look expired (the clock jumped from ~1 s
+    to 70 s) are held; the waiter is looked at again one lease period on, or at its own
+    expiry; a holder still renews and a free slot is still free."""
+    full = {"a": 1_500, "b": 2_000}
+    assert acquire(full, "c", 70_000, 2, 10_000).run  # no step known: both have lapsed
+    waits = acquire(full, "c", 70_000, 2, 10_000, stepped=True)
+    assert not waits.run and dict(waits.leases) == full and waits.due_ms == 80_000
+    assert acquire(full, "c", 70_000, 2, 10_000, expires_ms=75_000,
+                   stepped=True).due_ms == 75_000
+    assert acquire(full, "a", 70_000, 2, 10_000, stepped=True).run
+    assert acquire({"a": 1_500}, "c", 70_000, 2, 10_000, stepped=True).run
+
+
+async def _started_under(pool: asyncjobs.Pool, name: str) -> Delivery:
+    """A job of ``add`` taken by consumer "me" and running, as start.lua leaves it."""
+    job = await pool.enqueue(add, 1, 2)
+    keys = pool.keys("default")
+    with contextlib.suppress(Exception):
+        await pool.client.xgroup_create(keys.stream, "asyncjobs", id="0", mkstream=True)
+    [(_, [(entry, _)])] = await pool.client.xreadgroup("asyncjobs", "me", {keys.stream: ">"},
+                                                       count=1)
+    await pool.client.hset(keys.job(job.id), "s", "running")
+    entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+    return Delivery(entry_id, job.id)
+
+
+@pytest.mark.asyncio
+@pytest.mark.on_cluster
+async def test_a_lease_check_past_the_latest_time_expires_no_lease(pool: asyncjobs.Pool
+                                                                   ) -> None:
+    """concurrency.lua's contract: a limit of 1 held by a running job whose lease expired
+    a second ago. Past ARGV[6] the lease counts as held: the job waits a lease period, and
+    the reply says the clock stepped; '' (no check) or a later bound drops it and runs."""
+    keys, name = pool.keys("default"), limit_name("add")
+    store = pool.store("default")
+    seconds, micros = await pool.client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    await pool.client.hset(keys.job("holder"), mapping={"s": "running", "cl": name})
+    await pool.client.zadd(keys.concurrency(name), {"holder": now_ms - 1_000})
+
+    async def check(delivery: Delivery, latest: int | None) -> tuple[str, int, int, bool]:
+        [reply] = await run_pipelined(pool.client, [store.lease_call(
+            "me", [LeaseAsk(delivery, name, 1)], 15_000, latest)])
+        [(verdict, due)] = store.lease_reply(reply)
+        return (verdict, due, *store.lease_clock(reply))
+
+    verdict, due, server_ms, stepped = await check(await _started_under(pool, name), 1)
+    assert (verdict, stepped) == ("waiting", True) and due >= server_ms + 15_000
+    assert await pool.client.zscore(keys.concurrency(name), "holder") == now_ms - 1_000
+    verdict, due, server_ms, stepped = await check(await _started_under(pool, name),
+                                                   server_ms + 3_600_000)
+    assert (verdict, stepped) == ("run", False) and due == server_ms + 15_000
+    assert await pool.client.zscore(keys.concurrency(name), "holder") is None
+    third = await _started_under(pool, name)
+    await pool.client.delete(keys.concurrency(name))  # the second's live lease, too
+    await pool.client.zadd(keys.concurrency(name), {"holder": now_ms - 1_000})
+    verdict, _, _, stepped = await check(third, None)
+    assert (verdict, stepped) == ("run", False)
+
+
+concurrent: list[int] = [0, 0]  # running now, most at once
+gate = {"release": asyncio.Event(), "began": asyncio.Event()}
+
+
+@asyncjobs.task(concurrency_limit=1)
+async def one_at_a_time(ctx: Context, hold: bool) -> None:
+    concurrent[0] += 1
+    concurrent[1] = max(concurrent)
+    try:
+        gate["began"].set()
+        if hold:
+            await gate["release"].wait()
+    finally:
+        concurrent[0] -= 1
+
+
+@pytest.mark.asyncio
+async def test_a_clock_step_forward_lets_no_more_jobs_run_than_the_limit(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The fake server's clock is Python's ``time.time``. A job holds the only lease of a
+    limit of 1 (leases of 12 s, renewed every 2 s); the clock steps 60 s forward and a
+    second job of the limit comes at once: its lease check finds the holder's lease
+    expired on the new time, before any renewal. It waits; once the holder ends (its
+    release lets the waiter go) it runs: never two at once, each job once."""
+    backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    caplog.set_level(logging.WARNING, "asyncjobs.worker")
+    concurrent[:] = [0, 0]
+    gate["release"], gate["began"] = asyncio.Event(), asyncio.Event()
+    async with backend.pool() as pool:
+        worker = backend.worker([one_at_a_time], claim_timeout=12)
+        async with running(backend, worker):
+            first = await pool.enqueue(one_at_a_time, True)
+            await asyncio.wait_for(gate["began"].wait(), 10)
+            gate["began"].clear()
+            offset[0] = 60.0
+            second = await pool.enqueue(one_at_a_time, False)
+            await asyncio.sleep(1.0)  # its lease check has come and gone: it waits
+            assert not gate["began"].is_set()
+            assert (await second.info()).state is asyncjobs.JobState.SCHEDULED
+            gate["release"].set()
+            assert await first.result(timeout=10) is None
+            assert await second.result(timeout=10) is None
+        infos = [await first.info(), await second.info()]
+    assert concurrent[1] == 1
+    assert [i.attempts for i in infos] == [1, 1]
+    assert any("no concurrency lease expires" in r.getMessage() for r in caplog.records)

@@ -66,7 +66,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._worker.fetcher", "asyncjobs._worker.limiter", "asyncjobs._worker.loop",
     "asyncjobs._worker.outcomes", "asyncjobs._worker.reader", "asyncjobs._worker.reclaimer",
     "asyncjobs._worker.runner",
-    "asyncjobs._worker.runtime",
+    "asyncjobs._worker.runtime", "asyncjobs._worker.server_clock",
     "asyncjobs._worker.settler", "asyncjobs._worker.shutdown", "asyncjobs._worker.threads",
     "asyncjobs._worker.waiting",
     "asyncjobs._worker.upkeep", "asyncjobs._worker.watch", "asyncjobs._worker.watchdog",

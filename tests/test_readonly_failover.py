@@ -154,6 +154,7 @@ async def _fail_snapshots(admin: aioredis.Redis, snapshots: Path) -> None:
         await admin.set("probe", 1)
 
 
+@pytest.mark.slow  # ~18 s: two waits past the claim timeout and the refused writes' backoff
 @pytest.mark.real_redis
 @pytest.mark.asyncio
 async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_once(

@@ -217,12 +217,16 @@ class QueueStore:
         slot (ms) it got, in the order of the checks."""
         return [(reply_text(verdict), int(slot)) for verdict, slot in reply[:-1]]
 
-    def lease_call(self, consumer: str, asks: Sequence[LeaseAsk], lease_ms: int) -> s.Call:
+    def lease_call(self, consumer: str, asks: Sequence[LeaseAsk], lease_ms: int,
+                   latest_ms: int | None = None) -> s.Call:
         """The concurrency.lua call for started jobs under a concurrency limit (pipelined
-        with the other queues' like ``rate_call``); read its reply with ``lease_reply``."""
+        with the other queues' like ``rate_call``); read its reply with ``lease_reply`` and
+        ``lease_clock``. ``latest_ms``: the latest time the server's clock may read without
+        having stepped forward (None: no check); past it, no lease expires in this call."""
         k = self.keys
         keys: list[s.KeyOrArg] = [k.stream, k.delayed, k.stats, k.concurrency_limits]
-        args: list[s.KeyOrArg] = [GROUP, consumer, k.wake_channel, lease_ms, k.job_prefix]
+        args: list[s.KeyOrArg] = [GROUP, consumer, k.wake_channel, lease_ms, k.job_prefix,
+                                  "" if latest_ms is None else latest_ms]
         for a in asks:
             keys += [k.concurrency(a.name), k.concurrency_wait(a.name),
                      k.job(a.delivery.job_id)]
@@ -233,7 +237,13 @@ class QueueStore:
     def lease_reply(reply: Any) -> list[tuple[str, int]]:
         """Each job's verdict ('run', 'waiting', 'lost', 'aborted') and its due time (ms:
         when the lease expires, or the waiting job's safety-net due time)."""
-        return [(reply_text(verdict), int(due)) for verdict, due in reply[:-1]]
+        return [(reply_text(verdict), int(due)) for verdict, due in reply[:-2]]
+
+    @staticmethod
+    def lease_clock(reply: Any) -> tuple[int, bool]:
+        """What the server's clock read in a concurrency.lua call (ms), and whether it was
+        past the call's ``latest_ms`` (a step forward: no lease expired)."""
+        return int(reply[-2]), int(reply[-1]) == 1
 
     def settle_call(self, consumer: str, ops: Sequence[SettleOp],
                     dead_letters: DeadLetterLimits | None = None) -> s.Call:

@@ -7,6 +7,8 @@ rule), ``LeaseChecks`` asks concurrency.lua for concurrency-limit leases.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,6 +17,9 @@ from .._redis import scripts as _scripts
 from .._redis.store import QueueStore
 from .._redis.values import Delivery, LeaseAsk, RateCheck
 from .runtime import Runtime
+from .server_clock import ServerClock
+
+log = logging.getLogger("asyncjobs.worker")
 
 T = TypeVar("T")
 
@@ -97,7 +102,23 @@ class RateChecks(_Batched[RateCheck]):
 
 
 class LeaseChecks(_Batched[LeaseAsk]):
-    """Concurrency-limit lease acquisitions (concurrency.lua), batched."""
+    """Concurrency-limit lease acquisitions (concurrency.lua), batched.
+
+    Leases expire on the Redis server's clock: a step of it forward would make the leases
+    of running jobs look expired, and let more jobs run than the limit. Each call tells
+    the server the latest time its clock may read, forecast from the previous call's
+    reading of the same queue's server (``ServerClock``) plus a margin of half what
+    separates a live lease from expiring (the lease period less the keep-alive interval):
+    a step that could end a live lease is past it, a smaller one ends none. A server past
+    it expires no lease in that call, and none expires in this worker's calls until live
+    workers have renewed their leases on the new time (``reclaim_hold_s``). A worker's
+    first call to a queue's server has nothing to forecast from and checks nothing."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self._clocks: dict[str, ServerClock] = {}
+        self._sent: dict[str, tuple[float, bool]] = {}
+        self._hold_until: dict[str, float] = {}
 
     async def acquire(self, queue: str, delivery: Delivery, name: str,
                       limit: int) -> tuple[str, int]:
@@ -105,9 +126,34 @@ class LeaseChecks(_Batched[LeaseAsk]):
         'aborted') and its due time (ms); raises what the round trip raised."""
         return await self._ask(queue, LeaseAsk(delivery, name, limit))
 
+    @property
+    def margin_ms(self) -> int:
+        """How far past its forecast the server's clock may read before it counts as
+        stepped."""
+        return max(1, (self.rt.lease_ms - round(self.rt.keepalive_every_s * 1000)) // 2)
+
     def _call(self, store: QueueStore, checks: Sequence[LeaseAsk]) -> _scripts.Call:
-        return store.lease_call(self.rt.consumer, checks,
-                                self.rt.lease_ms)
+        queue = store.keys.queue
+        clock = self._clocks.setdefault(queue, ServerClock())
+        sent = time.monotonic()
+        if clock.server_ms is None:
+            latest: int | None = None  # nothing to forecast from yet
+        elif sent < self._hold_until.get(queue, 0.0):
+            latest = 0  # after a step: no lease expires until live ones were renewed
+        else:
+            latest = clock.latest_ms(sent, self.margin_ms)
+        self._sent[queue] = (sent, bool(latest))
+        return store.lease_call(self.rt.consumer, checks, self.rt.lease_ms, latest)
 
     def _reply(self, store: QueueStore, reply: Any) -> list[tuple[str, int]]:
+        queue = store.keys.queue
+        now_ms, stepped = store.lease_clock(reply)
+        sent, forecast = self._sent.get(queue, (time.monotonic(), False))
+        ahead_ms = self._clocks.setdefault(queue, ServerClock()).read(now_ms, sent)
+        if stepped and forecast:
+            hold = self.rt.config.reclaim_hold_s
+            self._hold_until[queue] = time.monotonic() + hold
+            log.warning("the Redis clock of queue %s stepped forward by about %.1f s: no "
+                        "concurrency lease expires for %.1f s, until live workers have "
+                        "renewed theirs", queue, (ahead_ms or 0) / 1000, hold)
         return store.lease_reply(reply)

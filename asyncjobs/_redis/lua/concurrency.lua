@@ -16,18 +16,29 @@
 -- over meanwhile is left to its new owner; a job whose abort was requested is not made to
 -- wait (the worker ends it). Jobs of one call are decided in order.
 --
+--
+-- Leases expire on the server's clock, so a step of that clock forward (an NTP step) would
+-- make the leases of running jobs look expired and let more than N run. ARGV[6] is the
+-- latest time the clock may read (the worker's forecast from its previous call, see
+-- limiter.LeaseChecks; '' checks nothing): a clock past it drops no lease by its expiry in
+-- this call (every lease counts as held), and a job that waits is looked at again one lease
+-- period on at the earliest (a release lets it go sooner), not at once for a lease that only
+-- looks expired.
+--
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] limits hash (name -> N)
 -- KEYS[5..] triples: lease set (one for every priority level of the queue), wait set (the
 --   job's level's), job key
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] wake channel, ARGV[4] lease ms,
--- ARGV[5] job key prefix
--- ARGV[6..] quads: entry id, job id, N, limit name
--- Returns one {verdict, due ms} per job, then the time (ms); verdict: 'run' (lease held
---   until due ms) | 'waiting' (until a release, at the latest due ms) | 'lost' (not this
---   consumer's entry, or no longer this entry's running job: leave it) | 'aborted'
+-- ARGV[5] job key prefix, ARGV[6] latest ms the clock may read ('' no check)
+-- ARGV[7..] quads: entry id, job id, N, limit name
+-- Returns one {verdict, due ms} per job, then the time (ms), then 1 if the clock was past
+--   ARGV[6] (else 0); verdict: 'run' (lease held until due ms) | 'waiting' (until a release,
+--   at the latest due ms) | 'lost' (not this consumer's entry, or no longer this entry's
+--   running job: leave it) | 'aborted'
 check_type(KEYS[2], 'zset')
 local now = now_ms()
 local lease_ms = tonumber(ARGV[4])
+local stepped = ARGV[6] ~= '' and now > (tonumber(ARGV[6]) or 0)
 local out = {}
 local waited, repaired = 0, 0
 
@@ -100,7 +111,9 @@ local function check(leases, waiters, key, entry, id, n, name)
     return {'aborted', 0}
   end
   local had_waited = rec[6] and true or false
-  clear_expired(leases)
+  if not stepped then
+    clear_expired(leases)
+  end
   local held = redis.call('ZCARD', leases)
   if held < n or redis.call('ZSCORE', leases, id) then
     return take(leases, waiters, key, id, n, name, had_waited, held == 0)
@@ -111,6 +124,9 @@ local function check(leases, waiters, key, entry, id, n, name)
   end
   local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
   local due = math.max(tonumber(first[2]), now)
+  if stepped then
+    due = math.max(due, now + lease_ms)
+  end
   local expires = int(rec[4])
   if expires and expires < due then
     due = math.max(expires, now)
@@ -124,12 +140,13 @@ local function check(leases, waiters, key, entry, id, n, name)
   return {'waiting', due}
 end
 
-for i = 6, #ARGV, 4 do
-  local k = 5 + (i - 6) / 4 * 3
+for i = 7, #ARGV, 4 do
+  local k = 5 + (i - 7) / 4 * 3
   out[#out + 1] = check(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[i], ARGV[i + 1],
     tonumber(ARGV[i + 2]), ARGV[i + 3])
 end
 count(KEYS[3], 'concurrency_waited', waited)
 count(KEYS[3], 'concurrency_repaired', repaired)
 out[#out + 1] = now
+out[#out + 1] = stepped and 1 or 0
 return out
