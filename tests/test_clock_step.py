@@ -13,6 +13,8 @@ import contextlib
 import logging
 import secrets
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -20,10 +22,12 @@ import asyncjobs
 from asyncjobs import Context
 from asyncjobs._limits import acquire
 from asyncjobs._redis.fake import fake_factory
-from asyncjobs._redis.keys import limit_name
+from asyncjobs._redis.keys import Keys, limit_name
 from asyncjobs._redis.scripts import run_pipelined
-from asyncjobs._redis.store import reclaim_levels
+from asyncjobs._redis.store import QueueStore, reclaim_levels
 from asyncjobs._redis.values import Delivery, LeaseAsk
+from asyncjobs._worker.config import WorkerConfig
+from asyncjobs._worker.limiter import LeaseChecks
 from asyncjobs._worker.server_clock import ServerClock
 
 from .conftest import Backend, running
@@ -197,7 +201,7 @@ async def test_a_lease_check_past_the_latest_time_expires_no_lease(pool: asyncjo
 
 
 concurrent: list[int] = [0, 0]  # running now, most at once
-gate = {"release": asyncio.Event(), "began": asyncio.Event()}
+gate = {"release": asyncio.Event(), "began": asyncio.Event(), "unblock": asyncio.Event()}
 
 
 @asyncjobs.task(concurrency_limit=1)
@@ -212,21 +216,30 @@ async def one_at_a_time(ctx: Context, hold: bool) -> None:
         concurrent[0] -= 1
 
 
+@asyncjobs.task
+async def blocker(ctx: Context) -> None:
+    await gate["unblock"].wait()
+
+
 @pytest.mark.asyncio
+@pytest.mark.parametrize("priority", ["", "high"])
 async def test_a_clock_step_forward_lets_no_more_jobs_run_than_the_limit(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        priority: str) -> None:
     """The fake server's clock is Python's ``time.time``. A job holds the only lease of a
     limit of 1 (leases of 12 s, renewed every 2 s); the clock steps 60 s forward and a
     second job of the limit comes at once: its lease check finds the holder's lease
     expired on the new time, before any renewal. It waits; once the holder ends (its
-    release lets the waiter go) it runs: never two at once, each job once."""
+    release lets the waiter go) it runs: never two at once, each job once. The second job
+    may be of another priority level (its first check on that level: the levels share
+    one lease set, and one forecast)."""
     backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
     offset = [0.0]
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
     caplog.set_level(logging.WARNING, "asyncjobs.worker")
     concurrent[:] = [0, 0]
-    gate["release"], gate["began"] = asyncio.Event(), asyncio.Event()
+    gate.update(release=asyncio.Event(), began=asyncio.Event(), unblock=asyncio.Event())
     async with backend.pool() as pool:
         worker = backend.worker([one_at_a_time], claim_timeout=12)
         async with running(backend, worker):
@@ -234,7 +247,8 @@ async def test_a_clock_step_forward_lets_no_more_jobs_run_than_the_limit(
             await asyncio.wait_for(gate["began"].wait(), 10)
             gate["began"].clear()
             offset[0] = 60.0
-            second = await pool.enqueue(one_at_a_time, False)
+            second = await pool.enqueue(one_at_a_time.options(priority=priority or None),
+                                        False)
             await asyncio.sleep(1.0)  # its lease check has come and gone: it waits
             assert not gate["began"].is_set()
             assert (await second.info()).state is asyncjobs.JobState.SCHEDULED
@@ -245,3 +259,72 @@ async def test_a_clock_step_forward_lets_no_more_jobs_run_than_the_limit(
     assert concurrent[1] == 1
     assert [i.attempts for i in infos] == [1, 1]
     assert any("no concurrency lease expires" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_with_long_leases_sees_a_step_that_ends_short_ones(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Two workers of one slot each: ``long`` with a claim timeout of 120 s (its own leases
+    would survive a 30 s step), ``short`` with 12 s (whose leases a 30 s step ends), joined
+    a moment ago (``long`` has not heard of it). ``short`` runs the limit's holder; the
+    clock steps 30 s; the next job of the limit reaches ``long``, whose forecast allows at
+    most 5 s: it sees the step and waits. Never two at once."""
+    backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    caplog.set_level(logging.WARNING, "asyncjobs.worker")
+    concurrent[:] = [0, 0]
+    gate.update(release=asyncio.Event(), began=asyncio.Event(), unblock=asyncio.Event())
+    async with backend.pool() as pool:
+        long = backend.worker([one_at_a_time, blocker], claim_timeout=120, concurrency=1)
+        short = backend.worker([one_at_a_time, blocker], claim_timeout=12, concurrency=1)
+        async with running(backend, long):
+            assert await (await pool.enqueue(one_at_a_time, False)).result(timeout=10) is None
+            await pool.enqueue(blocker)  # keeps ``long`` busy while ``short`` takes the holder
+            await asyncio.sleep(0.5)
+            async with running(backend, short):
+                gate["began"].clear()
+                held = await pool.enqueue(one_at_a_time, True)
+                await asyncio.wait_for(gate["began"].wait(), 10)
+                gate["began"].clear()
+                offset[0] = 30.0
+                gate["unblock"].set()  # ``long`` is free: the next job is its
+                second = await pool.enqueue(one_at_a_time, False)
+                await asyncio.sleep(1.5)
+                assert not gate["began"].is_set()
+                gate["release"].set()
+                assert await held.result(timeout=20) is None
+                assert await second.result(timeout=20) is None
+    assert concurrent[1] == 1
+    assert any("no concurrency lease expires" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_check_sent_during_the_hold_does_not_prolong_it() -> None:
+    """Two checks of one queue in flight at the end of a hold: the first sent inside it
+    (which any server clock is past), the second after it with a forecast. The first's
+    reply says "past", which is no news: the hold is not started again, and the next
+    check forecasts as usual."""
+    client = fake_factory()(max_connections=10, socket_timeout=None)
+    store = QueueStore(client, Keys("t" + secrets.token_hex(4), "default"))
+    config = WorkerConfig()
+    rt = SimpleNamespace(consumer="me", lease_ms=15_000, keepalive_every_s=2.5,
+                         fleet_least_claim_s=None, config=config, client=client,
+                         stores={"default": store})
+    checks = LeaseChecks(rt)  # type: ignore[arg-type]
+
+    async def round_trip(prepared: tuple[Any, Any]) -> list[tuple[str, int]]:
+        [reply] = await run_pipelined(client, [prepared[0]])
+        return checks._reply(store, reply, prepared[1])
+
+    await round_trip(checks._call(store, []))  # the first reading
+    checks._hold_until[store.keys.shared] = time.monotonic() + 0.05  # as after a step
+    inside = checks._call(store, [])
+    await asyncio.sleep(0.1)
+    after = checks._call(store, [])
+    assert inside[0][2][5] == 0 and after[0][2][5] > 0  # ARGV[6]: past / a forecast
+    await round_trip(inside)
+    await round_trip(after)
+    assert checks._hold_until[store.keys.shared] < time.monotonic()
+    assert checks._call(store, [])[0][2][5] > 0

@@ -236,7 +236,8 @@ class QueueStore:
     @staticmethod
     def lease_reply(reply: Any) -> list[tuple[str, int]]:
         """Each job's verdict ('run', 'waiting', 'lost', 'aborted') and its due time (ms:
-        when the lease expires, or the waiting job's safety-net due time)."""
+        when the lease expires, or the waiting job's safety-net due time); the reply's last
+        two items are the clock's (``lease_clock``)."""
         return [(reply_text(verdict), int(due)) for verdict, due in reply[:-2]]
 
     @staticmethod

@@ -21,6 +21,12 @@ from .server_clock import ServerClock
 
 log = logging.getLogger("asyncjobs.worker")
 
+MAX_STEP_MARGIN_MS = 5_000
+"""The most a lease check's forecast allows for: a worker that has not yet heard of a
+fleet member with a shorter claim timeout (heartbeats tell it) still sees every step that
+could end that member's live leases, for claim timeouts of 6 s and more (a live lease has
+five sixths of one left)."""
+
 T = TypeVar("T")
 
 
@@ -39,10 +45,12 @@ class _Batched(Generic[T]):
         self._pending: list[_Ask[T]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    def _call(self, store: QueueStore, checks: Sequence[T]) -> _scripts.Call:
+    def _call(self, store: QueueStore, checks: Sequence[T]) -> tuple[_scripts.Call, Any]:
+        """The script call for ``checks`` of one queue, and what ``_reply`` is to be
+        given back with its reply (each call its own: batches may be in flight at once)."""
         raise NotImplementedError
 
-    def _reply(self, store: QueueStore, reply: Any) -> list[tuple[str, int]]:
+    def _reply(self, store: QueueStore, reply: Any, sent: Any) -> list[tuple[str, int]]:
         raise NotImplementedError
 
     async def _ask(self, queue: str, check: T) -> tuple[str, int]:
@@ -67,7 +75,7 @@ class _Batched(Generic[T]):
         try:
             calls = [self._call(rt.stores[q], [a.check for a in asks])
                      for q, asks in by_queue.items()]
-            replies = await _scripts.run_pipelined(rt.client, calls)
+            replies = await _scripts.run_pipelined(rt.client, [call for call, _ in calls])
         except BaseException as exc:  # every job waiting here hears of it
             for ask in batch:
                 if not ask.answer.done():
@@ -78,8 +86,8 @@ class _Batched(Generic[T]):
             if not isinstance(exc, Exception):
                 raise
             return
-        for asks, reply in zip(by_queue.values(), replies, strict=True):
-            for ask, verdict in zip(asks, self._reply(rt.stores[asks[0].queue], reply),
+        for asks, reply, (_, sent) in zip(by_queue.values(), replies, calls, strict=True):
+            for ask, verdict in zip(asks, self._reply(rt.stores[asks[0].queue], reply, sent),
                                     strict=True):
                 if not ask.answer.done():
                     ask.answer.set_result(verdict)
@@ -94,10 +102,11 @@ class RateChecks(_Batched[RateCheck]):
         round trip raised."""
         return await self._ask(queue, RateCheck(delivery, limit_key, interval_us))
 
-    def _call(self, store: QueueStore, checks: Sequence[RateCheck]) -> _scripts.Call:
-        return store.rate_call(self.rt.consumer, checks)
+    def _call(self, store: QueueStore, checks: Sequence[RateCheck]
+              ) -> tuple[_scripts.Call, Any]:
+        return store.rate_call(self.rt.consumer, checks), None
 
-    def _reply(self, store: QueueStore, reply: Any) -> list[tuple[str, int]]:
+    def _reply(self, store: QueueStore, reply: Any, sent: Any) -> list[tuple[str, int]]:
         return store.rate_reply(reply)
 
 
@@ -106,18 +115,19 @@ class LeaseChecks(_Batched[LeaseAsk]):
 
     Leases expire on the Redis server's clock: a step of it forward would make the leases
     of running jobs look expired, and let more jobs run than the limit. Each call tells
-    the server the latest time its clock may read, forecast from the previous call's
-    reading of the same queue's server (``ServerClock``) plus a margin of half what
-    separates a live lease from expiring (the lease period less the keep-alive interval):
-    a step that could end a live lease is past it, a smaller one ends none. A server past
-    it expires no lease in that call, and none expires in this worker's calls until live
-    workers have renewed their leases on the new time (``reclaim_hold_s``). A worker's
-    first call to a queue's server has nothing to forecast from and checks nothing."""
+    the server the latest time its clock may read, forecast from the previous reading of
+    the same queue's server (``ServerClock``; one per queue, whose priority levels share
+    their lease sets and their server) plus a margin: half of what separates a live lease
+    from expiring, for the shortest leases any live worker writes (the least claim timeout
+    of the fleet, less its keep-alive interval), at most 5 s. A step that could end a live
+    lease is past it; a smaller one ends none. A server past it expires no lease in that
+    call, and none expires in this worker's calls to that queue until live workers have
+    renewed their leases on the new time (``reclaim_hold_s``). A worker's first call to a
+    queue has nothing to forecast from and checks nothing."""
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self._clocks: dict[str, ServerClock] = {}
-        self._sent: dict[str, tuple[float, bool]] = {}
         self._hold_until: dict[str, float] = {}
 
     async def acquire(self, queue: str, delivery: Delivery, name: str,
@@ -129,31 +139,37 @@ class LeaseChecks(_Batched[LeaseAsk]):
     @property
     def margin_ms(self) -> int:
         """How far past its forecast the server's clock may read before it counts as
-        stepped."""
-        return max(1, (self.rt.lease_ms - round(self.rt.keepalive_every_s * 1000)) // 2)
+        stepped: half the least claim timeout of the fleet less its keep-alive interval
+        (a lease lasts one claim timeout and is renewed every keep-alive), and at most
+        ``MAX_STEP_MARGIN_MS``."""
+        cfg = self.rt.config
+        least_s = min(self.rt.fleet_least_claim_s or cfg.claim_timeout_s, cfg.claim_timeout_s)
+        gap_ms = round((least_s - self.rt.keepalive_every_s) * 1000)
+        return max(1, min(gap_ms // 2, MAX_STEP_MARGIN_MS))
 
-    def _call(self, store: QueueStore, checks: Sequence[LeaseAsk]) -> _scripts.Call:
-        queue = store.keys.queue
-        clock = self._clocks.setdefault(queue, ServerClock())
+    def _call(self, store: QueueStore, checks: Sequence[LeaseAsk]
+              ) -> tuple[_scripts.Call, Any]:
+        scope = store.keys.shared
+        clock = self._clocks.setdefault(scope, ServerClock())
         sent = time.monotonic()
         if clock.server_ms is None:
             latest: int | None = None  # nothing to forecast from yet
-        elif sent < self._hold_until.get(queue, 0.0):
+        elif sent < self._hold_until.get(scope, 0.0):
             latest = 0  # after a step: no lease expires until live ones were renewed
         else:
             latest = clock.latest_ms(sent, self.margin_ms)
-        self._sent[queue] = (sent, bool(latest))
-        return store.lease_call(self.rt.consumer, checks, self.rt.lease_ms, latest)
+        call = store.lease_call(self.rt.consumer, checks, self.rt.lease_ms, latest)
+        return call, (sent, bool(latest))
 
-    def _reply(self, store: QueueStore, reply: Any) -> list[tuple[str, int]]:
-        queue = store.keys.queue
+    def _reply(self, store: QueueStore, reply: Any, sent: Any) -> list[tuple[str, int]]:
+        scope = store.keys.shared
+        sent_at, forecast = sent
         now_ms, stepped = store.lease_clock(reply)
-        sent, forecast = self._sent.get(queue, (time.monotonic(), False))
-        ahead_ms = self._clocks.setdefault(queue, ServerClock()).read(now_ms, sent)
-        if stepped and forecast:
+        ahead_ms = self._clocks.setdefault(scope, ServerClock()).read(now_ms, sent_at)
+        if stepped and forecast:  # (a call sent during a hold says stepped: no news)
             hold = self.rt.config.reclaim_hold_s
-            self._hold_until[queue] = time.monotonic() + hold
+            self._hold_until[scope] = time.monotonic() + hold
             log.warning("the Redis clock of queue %s stepped forward by about %.1f s: no "
                         "concurrency lease expires for %.1f s, until live workers have "
-                        "renewed theirs", queue, (ahead_ms or 0) / 1000, hold)
+                        "renewed theirs", store.keys.queue, (ahead_ms or 0) / 1000, hold)
         return store.lease_reply(reply)

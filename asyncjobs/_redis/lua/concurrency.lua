@@ -20,10 +20,10 @@
 -- Leases expire on the server's clock, so a step of that clock forward (an NTP step) would
 -- make the leases of running jobs look expired and let more than N run. ARGV[6] is the
 -- latest time the clock may read (the worker's forecast from its previous call, see
--- limiter.LeaseChecks; '' checks nothing): a clock past it drops no lease by its expiry in
--- this call (every lease counts as held), and a job that waits is looked at again one lease
--- period on at the earliest (a release lets it go sooner), not at once for a lease that only
--- looks expired.
+-- limiter.LeaseChecks; '' checks nothing): a clock past it drops no lease for its expiry
+-- in this call (a lease nothing backs, or written too far ahead, is still dropped), and a
+-- job that waits is looked at again one lease period on at the earliest (a release lets it
+-- go sooner), not at once for a lease that only looks expired.
 --
 -- KEYS[1] stream, KEYS[2] delayed set, KEYS[3] stats hash, KEYS[4] limits hash (name -> N)
 -- KEYS[5..] triples: lease set (one for every priority level of the queue), wait set (the
