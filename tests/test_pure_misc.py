@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import ResponseError
 
 from asyncjobs._cli.loader import load
 from asyncjobs._cli.logs import JsonFormatter
@@ -379,39 +378,6 @@ def test_outage_is_logged_once_and_recovery_once(caplog: pytest.LogCaptureFixtur
     assert not outage.recent(0)
     outage.failed(OSError("reset"), "fetch")
     assert len(outage_messages(caplog)) == 3
-
-
-def test_an_outage_ends_when_every_loop_that_failed_is_well(
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Redis that serves reads and refuses writes (MISCONF, a replica): the loops that
-    write fail, those that read succeed. The outage ends when the failed loops succeed (or
-    have not failed for ``QUIET_S``: each retries within 5 s), not at a reader's success;
-    each loop's backoff grows on its own failures."""
-    import asyncjobs._worker.runtime as runtime
-
-    now = [1000.0]
-    monkeypatch.setattr(runtime.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(runtime.random, "random", lambda: 0.0)
-    caplog.set_level(logging.WARNING, "asyncjobs.worker")
-    outage = Outage()
-    assert outage.failed(ResponseError("MISCONF no disk"), "heartbeat") == pytest.approx(0.1)
-    assert outage.failed(ResponseError("MISCONF no disk"), "keep-alive") == pytest.approx(0.1)
-    assert outage.failed(ResponseError("MISCONF no disk"), "heartbeat") == pytest.approx(0.2)
-    outage.ok("read", "start")  # the fetch loop's reads go through
-    assert outage.recent(0) and len(outage_messages(caplog)) == 1
-    outage.ok("heartbeat")
-    assert outage.recent(0)  # the keep-alive failed a moment ago
-    now[0] += runtime.QUIET_S - 0.1
-    outage.ok("read")
-    assert outage.recent(0)
-    now[0] += 0.2  # the keep-alive has not failed for QUIET_S (it had nothing to touch)
-    assert not outage.recent(0)
-    messages = outage_messages(caplog)
-    assert len(messages) == 2 and messages[1].startswith("redis reachable again after 6.1 s")
-    outage.failed(ResponseError("MISCONF no disk"), "heartbeat")
-    outage.ok("keep-alive")
-    assert outage.recent(0)  # a new outage of its own, its backoff from the start
-    assert outage.failed(ResponseError("MISCONF no disk"), "heartbeat") == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -203,80 +202,3 @@ async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_onc
     assert len(outages) == 1 and "MISCONF" in outages[0], messages  # one outage, no flapping
     assert not any("internal error" in m for m in messages), messages
     assert not any(r.exc_info for r in caplog.records), messages
-
-
-@asyncjobs.task(queue="b")
-async def on_b(ctx: Context) -> str:
-    return "ran"
-
-
-@pytest.mark.slow  # ~10 s: four seconds of refused writes, then the recovery
-@pytest.mark.real_redis
-@pytest.mark.asyncio
-async def test_an_idle_worker_logs_a_write_refusing_server_as_one_outage(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """An idle worker of two queues (its waits are reads, which a MISCONF server still
-    serves; its heartbeat and its scheduler's lease are writes, refused) logs one outage
-    and one recovery, not one of each per wait: an outage ends when every loop that failed
-    is well again, not when any loop succeeds."""
-    need_redis_server()
-    caplog.set_level(logging.WARNING, "asyncjobs")
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
-    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
-        backend = Backend("real", server.url, url_factory(server.url),
-                          f"t{secrets.token_hex(4)}")
-        admin = aioredis.Redis.from_url(server.url)
-        try:
-            worker = backend.worker([on_b], queues=["a", "b"]).configure(heartbeat_every_s=0.5)
-            async with running(backend, worker):
-                await asyncio.sleep(1.0)  # idle: its waits are plain reads
-                await _fail_snapshots(admin, snapshots)
-                await asyncio.sleep(4.0)
-                await admin.config_set("save", "")
-                for _ in range(100):
-                    if any("reachable again" in r.getMessage() for r in caplog.records):
-                        break
-                    await asyncio.sleep(0.1)
-                async with backend.pool() as pool:
-                    assert await (await pool.enqueue(on_b)).result(timeout=10) == "ran"
-        finally:
-            await admin.aclose()
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("redis unavailable" in m for m in messages) == 1, messages
-    assert sum("reachable again" in m for m in messages) == 1, messages
-
-
-@pytest.mark.asyncio
-async def test_a_node_refusing_one_queue_leaves_the_others_served(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """On a Redis Cluster each master has its own disk: one whose snapshots fail refuses
-    the queues in its slots (take.lua reports MISCONF for each of their levels), not the
-    others. Queue ``a`` is refused (simulated: its takes answer MISCONF), ``b`` comes after
-    it in strict order: ``b``'s job runs, and ``a`` is logged once per level as refused for
-    now (a warning, not "cannot be read")."""
-    import asyncjobs._worker.fetcher as fetcher
-    from asyncjobs._redis.fake import fake_factory
-    from asyncjobs._redis.values import Taken
-
-    real_take = fetcher.take_levels
-    misconf = "MISCONF Redis is configured to save RDB snapshots, but it's unable to persist"
-
-    async def take_levels(stores: Any, consumer: str, count: int) -> Taken:
-        if stores[0].keys.queue.split("@")[0] == "a":
-            return Taken([], ["" for _ in stores], [(i, misconf) for i in range(len(stores))])
-        return await real_take(stores, consumer, count)
-
-    monkeypatch.setattr(fetcher, "take_levels", take_levels)
-    caplog.set_level(logging.WARNING, "asyncjobs")
-    backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
-    async with backend.pool() as pool, running(backend,
-                                               backend.worker([on_b], queues=["a", "b"])):
-        job = await pool.enqueue(on_b)
-        assert await job.result(timeout=10) == "ran"
-        await asyncio.sleep(1.5)  # a few more tries of ``a``
-    messages = [r.getMessage() for r in caplog.records]
-    refused_now = [m for m in messages if "refuses it for now" in m]
-    assert sorted(m.split(":")[0] for m in refused_now) == ["queue a", "queue a@high",
-                                                             "queue a@low"], messages
-    assert not any("cannot be read" in m for m in messages), messages

@@ -151,7 +151,6 @@ class Scheduler:
         while not self.rt.stopping.is_set():
             try:
                 await self._step()
-                self.rt.outage.ok(f"scheduler {self.queue}")
             except Exception as exc:
                 if not transient(exc):
                     raise

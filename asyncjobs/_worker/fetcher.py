@@ -110,7 +110,7 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             raise  # shutdown's cancellation, or a bug (the supervisor logs it)
         try:
             ran = await _start(rt, ex, started, claimed, taken)
-            rt.outage.ok("read", "start", "create group")
+            rt.outage.ok()
         except Exception as exc:
             if not transient(exc):
                 raise
@@ -232,6 +232,13 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
             dry[i] = {group.stores[k].keys.stream: last
                       for k, last in zip(levels, taken.last, strict=True)}
         failed = {levels[level]: why for level, why in taken.errors}
+        for why in failed.values():
+            if transient(refusal := ResponseError(why)):
+                # Redis refusing any write for now (MISCONF, READONLY...), not this queue's
+                # keys: an outage for the whole worker, not a queue to leave alone.
+                if started:
+                    return started, {}
+                raise refusal
         for k in levels:
             if k not in failed:
                 bad.cleared(group.queues[k])
@@ -252,10 +259,7 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                     regrouped.add(i)
                     sequence.insert(0, i)
             else:
-                # A refusal for now (MISCONF, READONLY...) is its server's, and on a Redis
-                # Cluster that server holds only some queues: the others go on.
-                bad.add(group.queues[k], failed[k],
-                        for_now=transient(ResponseError(failed[k])))
+                bad.add(group.queues[k], failed[k])
     return started, newest
 
 

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from .._redis.store import reclaim_levels
 from .._redis.values import Delivery
-from .runtime import Runtime, refused, transient
+from .runtime import Runtime, refused
 from .server_clock import ServerClock
 from .waiting import Quarantine
 
@@ -121,8 +121,8 @@ class Reclaimer:
         failure = None
         for level, why in got.errors:
             exc = ResponseError(why)
-            if refused(exc) or transient(exc):  # a refusal for now: its server's (a node's)
-                bad.add(group.queues[levels[level]], why, for_now=transient(exc))
+            if refused(exc):
+                bad.add(group.queues[levels[level]], why)
             elif failure is None:
                 failure = exc
         return claimed, failure

@@ -114,26 +114,13 @@ class Slots:
         return self.size - self.free
 
 
-QUIET_S = 6.0
-"""A loop that failed and has not failed again for this long is taken to be well (each
-retries within its backoff, at most 5 s), whether or not it has said so."""
-
-
 class Outage:
-    """Tracks Redis reachability for the whole worker; logs once per outage.
-
-    Each loop reports its failures under its own name (``where``) and its successes under
-    the same (``ok(where)``): the outage ends once no loop is failing, so a Redis that
-    serves reads but refuses writes for a while (a replica after a failover, ``MISCONF``)
-    is one outage, not one per success of a loop that only reads. A loop that stopped
-    failing without saying so counts as well after ``QUIET_S``."""
+    """Tracks Redis reachability for the whole worker; logs once per outage."""
 
     def __init__(self) -> None:
         self.down_since: float | None = None
         self.recovered_at = 0.0
-        self._failing: dict[str, float] = {}
-        """Loop name -> when it last failed, during an outage."""
-        self._failures: dict[str, int] = {}
+        self._failures = 0
 
     def failed(self, exc: BaseException, where: str) -> float:
         """Record a failure; returns how long the caller should back off (seconds)."""
@@ -141,43 +128,25 @@ class Outage:
             log.warning("connection pool exhausted (%s); retrying: tasks hold the worker's "
                         "connections too long, or concurrency is too high for them", where)
             return 0.05 + random.random() * 0.1
-        now = time.monotonic()
         if self.down_since is None:
-            self.down_since = now
+            self.down_since = time.monotonic()
             log.warning("redis unavailable (%s: %s); retrying with backoff", where, exc)
-        self._failing[where] = now
-        failures = self._failures[where] = self._failures.get(where, 0) + 1
-        return float(min(5.0, 0.1 * 2.0 ** min(failures, 6)) * (0.5 + random.random() / 2))
+        self._failures += 1
+        return float(min(5.0, 0.1 * 2.0 ** min(self._failures, 6)) * (0.5 + random.random() / 2))
 
-    def ok(self, *where: str) -> None:
-        """Record a success of the loops named ``where`` (all of them when none is named);
-        logs recovery once no loop is failing."""
-        if not where:
-            self._failing.clear()
-            self._failures.clear()
-        for name in where:
-            self._failing.pop(name, None)
-            self._failures.pop(name, None)
-        self._end_if_over()
+    def ok(self) -> None:
+        """Record a success; logs recovery once."""
+        if self.down_since is not None:
+            log.warning("redis reachable again after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
+            self.recovered_at = time.monotonic()
+        self._failures = 0
 
     def recent(self, within_s: float) -> bool:
         """True while Redis is down, or came back less than ``within_s`` ago."""
-        self._end_if_over()
         if self.down_since is not None:
             return True
         return time.monotonic() - self.recovered_at < within_s
-
-    def _end_if_over(self) -> None:
-        if self.down_since is None:
-            return
-        now = time.monotonic()
-        if any(now - t < QUIET_S for t in self._failing.values()):
-            return
-        log.warning("redis reachable again after %.1f s", now - self.down_since)
-        self.down_since = None
-        self.recovered_at = now
-        self._failing.clear()
-        self._failures.clear()
 
 
 @dataclass

@@ -70,7 +70,7 @@ class Settler:
         while True:
             try:
                 replies = await _scripts.run_pipelined(self.rt.client, calls)
-                self.rt.outage.ok("settle")
+                self.rt.outage.ok()
                 break
             except Exception as exc:
                 if not transient(exc):

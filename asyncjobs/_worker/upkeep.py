@@ -44,7 +44,6 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                 continue
             try:
                 lost, aborted = await store.touch(rt.consumer, held, rt.lease_ms)
-                rt.outage.ok("keep-alive")
             except Exception as exc:
                 if not transient(exc):
                     raise
@@ -102,9 +101,8 @@ async def events_loop(rt: Runtime, ex: Executor, wake: dict[str, asyncio.Event],
         try:
             pubsub = await pubsub_for(rt.client,
                                       on_failure=lambda exc: rt.outage.failed(exc, "pub/sub"),
-                                      on_recovery=lambda: rt.outage.ok("pub/sub"))
+                                      on_recovery=rt.outage.ok)
             await pubsub.subscribe(*handlers)
-            rt.outage.ok("pub/sub")
             missed()
             await _listen(pubsub, handlers, missed)
         except OUTAGE_ERRORS as exc:
@@ -163,7 +161,7 @@ async def heartbeat_loop(rt: Runtime, ex: Executor) -> None:
         if rt.stopping.is_set() or rt.fetching(stale_after):
             try:
                 await _beat(rt, ex, keys)
-                rt.outage.ok("heartbeat")
+                rt.outage.ok()
             except Exception as exc:
                 if not transient(exc):
                     raise

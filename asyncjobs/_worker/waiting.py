@@ -21,7 +21,7 @@ from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .reader import AnyReader, Reader
-from .runtime import Runtime, refused
+from .runtime import Runtime, refused, transient
 
 if TYPE_CHECKING:
     from .fetcher import Group
@@ -60,8 +60,6 @@ class Idle:
 
 QUARANTINE_MOST_S = 30.0
 """The longest a queue that cannot be read is left alone before it is tried again."""
-FOR_NOW_MOST_S = 5.0
-"""The longest a queue whose server refuses it for now is left alone (an outage's most)."""
 
 
 class Quarantine:
@@ -77,24 +75,13 @@ class Quarantine:
         """Whether queue ``name`` is left alone now."""
         return time.monotonic() < self.until.get(name, 0.0)
 
-    def add(self, name: str, why: str, for_now: bool = False) -> None:
-        """Leave queue ``name`` alone for its next pause, and log ``why``. ``for_now``: its
-        server refuses writes for now (``MISCONF``, ``READONLY``...), nothing is wrong with
-        its keys: tried again within at most 5 s, as after an outage, and logged once until
-        it can be read again."""
-        first = name not in self._pause
-        pause = min(FOR_NOW_MOST_S if for_now else QUARANTINE_MOST_S,
-                    self._pause.get(name, 0.5) * 2)
+    def add(self, name: str, why: str) -> None:
+        """Leave queue ``name`` alone for its next pause, and log ``why``."""
+        pause = min(QUARANTINE_MOST_S, self._pause.get(name, 0.5) * 2)
         self._pause[name] = pause
         self.until[name] = time.monotonic() + pause
-        reason = clean(why.splitlines()[0][:300])
-        if for_now:
-            if first:
-                log.warning("queue %s: Redis refuses it for now (%s); the worker's other "
-                            "queues go on, this one is tried again with backoff", name, reason)
-            return
         log.error("queue %s cannot be read (%s); the worker's other queues go on, this one is "
-                  "tried again in %.0f s", name, reason, pause)
+                  "tried again in %.0f s", name, clean(why.splitlines()[0][:300]), pause)
 
     def cleared(self, name: str) -> None:
         """Queue ``name`` was read again: forget its backoff."""
@@ -188,6 +175,9 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
         order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
     if taken.rows:  # started: whatever the read said, they run
         return True, [(group.queues[level], st) for level, st in taken.rows]
+    for _, why in taken.errors:
+        if transient(refusal := ResponseError(why)):
+            raise refusal  # Redis refuses writes for now (MISCONF...): an outage, waited out
     if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
         return True, []
     newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))

@@ -396,7 +396,7 @@ async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
     while True:
         try:
             await store.ensure_group()
-            rt.outage.ok(f"create group {store.keys.queue}")
+            rt.outage.ok()
             return
         except Exception as exc:
             if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
