@@ -162,7 +162,7 @@ async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_onc
     """A real server that cannot write its snapshot (its directory is gone) refuses every
     write, and PING, with MISCONF. A worker on it meanwhile: the job that was running ends
     and its settle waits; a delayed job falls due and is not moved; takes are refused. All
-    of it is an outage, logged as one, with no internal error and no traceback; once the
+    of it is an outage, with no internal error and no traceback; once the
     server takes writes again each job runs, once. A worker started on such a server stops
     at once with ``RedisUnavailable`` naming MISCONF."""
     need_redis_server()
@@ -199,6 +199,8 @@ async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_onc
     assert all(i is not None and i.attempts == 1 and i.errors == () for i in infos), infos
     messages = [r.getMessage() for r in caplog.records]
     outages = [m for m in messages if "redis unavailable" in m]
-    assert len(outages) == 1 and "MISCONF" in outages[0], messages  # one outage, no flapping
+    # One outage in this run: the worker was busy when it began, and its take after each
+    # wait is refused too (an idle worker's plain reads may end and begin it again).
+    assert len(outages) == 1 and "MISCONF" in outages[0], messages
     assert not any("internal error" in m for m in messages), messages
     assert not any(r.exc_info for r in caplog.records), messages
