@@ -461,3 +461,27 @@ async def test_a_lease_ttl_outside_what_a_lease_may_hold_is_refused_at_once(ttl:
     starts leading."""
     with pytest.raises(asyncjobs.ConfigurationError, match="lease_ttl must be between"):
         asyncjobs.Worker([add], lease_ttl=ttl)
+
+
+async def test_a_registry_key_of_another_type_is_replaced_by_the_first_heartbeat(
+        backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker registry (a sorted set of heartbeats) holding a string, written by hand:
+    the heartbeat failed for ever ("internal error in the heartbeat loop", a traceback
+    each time) and the stop raised from the deregistration. beat.lua now replaces it (it
+    holds nothing but heartbeats); the worker is listed, runs jobs and stops cleanly."""
+    caplog.set_level(logging.WARNING, "asyncjobs")
+    async with backend.pool() as pool:
+        registry = pool.global_keys.workers
+        await pool.client.set(registry, "written by hand")
+        worker = backend.worker([add])
+        async with running(backend, worker):
+            assert await (await pool.enqueue(add, 2, 3)).result(timeout=10) == 5
+            for _ in range(100):
+                if [w.name for w in await pool.admin.workers()] == [worker.name]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [w.name for w in await pool.admin.workers()] == [worker.name]
+        assert await pool.client.type(registry) in (b"none", "none", b"zset", "zset")
+        assert await pool.client.zscore(registry, worker.name) is None  # deregistered
+    assert not any(r.exc_info or "internal error" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -14,7 +14,9 @@
 -- record's TTL after the beat); lapsed ones are pruned, and so are those lapsing more than
 -- 10 minutes ahead (written by hand, or under a clock that has since stepped back).
 -- Garbage in that key is replaced; a member that is not a claim timeout (digits, 1 s to
--- 1 h) is ignored.
+-- 1 h) is ignored. A registry key of another type (written by hand, or by another program)
+-- is replaced too: it holds nothing but heartbeats, which every live worker writes again
+-- within one beat.
 --
 -- KEYS[1] workers sorted set, KEYS[2] the worker's record key, KEYS[3] the declared claim
 -- timeouts (the same slot as KEYS[1])
@@ -23,6 +25,11 @@
 -- Returns {the Redis time (ms) of the beat, the largest and the smallest claim timeout (ms)
 -- declared by a worker whose declaration has not lapsed, this one's included}.
 local now = now_ms()
+local registry = redis.call('TYPE', KEYS[1])
+registry = type(registry) == 'table' and registry.ok or registry
+if registry ~= 'zset' and registry ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local kind = redis.call('TYPE', KEYS[3])
 kind = type(kind) == 'table' and kind.ok or kind
