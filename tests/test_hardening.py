@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -485,3 +486,59 @@ async def test_a_registry_key_of_another_type_is_replaced_by_the_first_heartbeat
         assert await pool.client.zscore(registry, worker.name) is None  # deregistered
     assert not any(r.exc_info or "internal error" in r.getMessage()
                    for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+KEEPALIVE_RUNS: list[str] = []
+
+
+@asyncjobs.task(queue="a", timeout=60)
+async def long_on_a(ctx: Context) -> str:
+    KEEPALIVE_RUNS.append("a")
+    await asyncio.sleep(5)
+    return "a"
+
+
+@asyncjobs.task(queue="b", timeout=60)
+async def long_on_b(ctx: Context) -> str:
+    KEEPALIVE_RUNS.append("b")
+    await asyncio.sleep(5)
+    return "b"
+
+
+async def test_a_queue_whose_touch_fails_does_not_stop_the_others_being_kept_alive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Redis Cluster, queue ``a``'s master goes down (simulated: its touches raise a
+    connection error) while worker 1 runs a job of ``a`` and one of ``b``, whose master is
+    fine. The keep-alive stopped at the first failed touch, so ``b``'s entry went stale and
+    worker 2 (of ``b`` only, which sees no outage) took it over and ran the job a second
+    time. Every queue's touch now goes on its own: ``b``'s job runs once."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from asyncjobs._redis.fake import fake_factory
+    from asyncjobs._redis.store import QueueStore
+
+    real_touch = QueueStore.touch
+    down = {"a": False}
+
+    async def touch(self: QueueStore, *args: Any, **kwargs: Any) -> Any:
+        if down["a"] and self.keys.queue.split("@")[0] == "a":
+            raise RedisConnectionError("the master of queue a is down")
+        return await real_touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueueStore, "touch", touch)
+    KEEPALIVE_RUNS.clear()
+    backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
+    async with backend.pool() as pool:
+        first = backend.worker([long_on_a, long_on_b], queues=["a", "b"], claim_timeout=1.5)
+        async with running(backend, first):
+            on_a, on_b = await pool.enqueue(long_on_a), await pool.enqueue(long_on_b)
+            while sorted(KEEPALIVE_RUNS) != ["a", "b"]:
+                await asyncio.sleep(0.02)
+            down["a"] = True
+            second = backend.worker([long_on_b], queues=["b"], claim_timeout=1.5)
+            async with running(backend, second):
+                assert await on_b.result(timeout=15) == "b"
+                await asyncio.sleep(1.0)
+            down["a"] = False
+            assert await on_a.result(timeout=15) == "a"
+    assert KEEPALIVE_RUNS.count("b") == 1, KEEPALIVE_RUNS

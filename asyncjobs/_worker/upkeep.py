@@ -18,6 +18,8 @@ from redis.exceptions import RedisError
 from .._redis import scripts as _scripts
 from .._redis.keys import VACATED, GlobalKeys
 from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
+from .._redis.store import QueueStore
+from .._redis.values import Delivery
 from .._text import clean, safe_str
 from .._version import __version__
 from .executor import Executor
@@ -26,6 +28,8 @@ from .runtime import OUTAGE_ERRORS, Runtime, transient
 log = logging.getLogger("asyncjobs.worker")
 
 _REGISTRY_PRUNE_MS = 24 * 3600 * 1000  # registry entries of workers gone this long go
+_TOUCHES_AT_ONCE = 4
+"""The keep-alive's touches of different queues in flight at once (connections it takes)."""
 
 
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
@@ -38,26 +42,41 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
             await asyncio.wait_for(rt.touch_now.wait(), pause)
         rt.touch_now.clear()
         pause = rt.keepalive_every_s
-        for queue, store in rt.stores.items():
-            held = ex.to_touch(queue)
-            if not held:
-                continue
-            try:
-                lost, aborted = await store.touch(rt.consumer, held, rt.lease_ms)
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                rt.outage.failed(exc, "keep-alive")
+        touched = [(queue, store, held) for queue, store in rt.stores.items()
+                   if (held := ex.to_touch(queue))]
+        # Every queue's touch at once, each on its own: on a Redis Cluster a master that is
+        # down (or refuses writes) must not keep the entries of queues on the other masters
+        # from being refreshed, where workers that see no outage would take them over.
+        room = asyncio.Semaphore(_TOUCHES_AT_ONCE)
+        results = await asyncio.gather(*(_touch(rt, room, store, held)
+                                         for _, store, held in touched),
+                                       return_exceptions=True)
+        failure: BaseException | None = None
+        for (queue, _, _), result in zip(touched, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception) or not transient(result):
+                    failure = failure or result
+                    continue
+                rt.outage.failed(result, "keep-alive")
                 # Try again soon, not after a long backoff: the first touch after Redis
                 # comes back must come before other workers' reclaim scans resume.
                 pause = min(0.5, rt.keepalive_every_s)
-                break
+                continue
+            lost, aborted = result
             for entry in lost:
                 _lost(ex, queue, entry)
             for job_id in aborted:
                 running = ex.find_job(queue, job_id)
                 if running is not None:
                     ex.cancel(running, "abort")
+        if failure is not None:
+            raise failure
+
+
+async def _touch(rt: Runtime, room: asyncio.Semaphore, store: QueueStore,
+                 held: list[Delivery]) -> tuple[list[str], list[str]]:
+    async with room:
+        return await store.touch(rt.consumer, held, rt.lease_ms)
 
 
 def _lost(ex: Executor, queue: str, entry: str) -> None:
