@@ -33,6 +33,15 @@ from asyncjobs._worker.server_clock import ServerClock
 from .conftest import Backend, running
 
 
+def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The fake server's clock (Python's ``time.time``) from now on runs ``offset[0]``
+    seconds ahead: set it to step the clock."""
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    return offset
+
+
 def test_the_forecast_counts_from_when_the_read_was_sent() -> None:
     clock = ServerClock()
     assert clock.latest_ms(100.0, 500) == 0  # nothing read yet: any time is past it
@@ -93,9 +102,7 @@ async def test_a_clock_step_forward_takes_no_live_worker_s_job(
     find both entries idle for a minute. It takes neither at once; once the wait is over,
     the dead consumer's job is taken over and the live one's is not."""
     backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
-    offset = [0.0]
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    offset = stepped_clock(monkeypatch)
     caplog.set_level(logging.WARNING, "asyncjobs.worker")
     async with backend.pool() as pool:
         stream = pool.keys("default").stream
@@ -216,6 +223,11 @@ async def one_at_a_time(ctx: Context, hold: bool) -> None:
         concurrent[0] -= 1
 
 
+def reset_one_at_a_time() -> None:
+    concurrent[:] = [0, 0]
+    gate.update(release=asyncio.Event(), began=asyncio.Event(), unblock=asyncio.Event())
+
+
 @asyncjobs.task
 async def blocker(ctx: Context) -> None:
     await gate["unblock"].wait()
@@ -234,12 +246,9 @@ async def test_a_clock_step_forward_lets_no_more_jobs_run_than_the_limit(
     may be of another priority level (its first check on that level: the levels share
     one lease set, and one forecast)."""
     backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
-    offset = [0.0]
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    offset = stepped_clock(monkeypatch)
     caplog.set_level(logging.WARNING, "asyncjobs.worker")
-    concurrent[:] = [0, 0]
-    gate.update(release=asyncio.Event(), began=asyncio.Event(), unblock=asyncio.Event())
+    reset_one_at_a_time()
     async with backend.pool() as pool:
         worker = backend.worker([one_at_a_time], claim_timeout=12)
         async with running(backend, worker):
@@ -270,12 +279,9 @@ async def test_a_worker_with_long_leases_sees_a_step_that_ends_short_ones(
     clock steps 30 s; the next job of the limit reaches ``long``, whose forecast allows at
     most 5 s: it sees the step and waits. Never two at once."""
     backend = Backend("fake", None, fake_factory(), f"t{secrets.token_hex(4)}")
-    offset = [0.0]
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    offset = stepped_clock(monkeypatch)
     caplog.set_level(logging.WARNING, "asyncjobs.worker")
-    concurrent[:] = [0, 0]
-    gate.update(release=asyncio.Event(), began=asyncio.Event(), unblock=asyncio.Event())
+    reset_one_at_a_time()
     async with backend.pool() as pool:
         long = backend.worker([one_at_a_time, blocker], claim_timeout=120, concurrency=1)
         short = backend.worker([one_at_a_time, blocker], claim_timeout=12, concurrency=1)

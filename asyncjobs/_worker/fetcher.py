@@ -46,7 +46,7 @@ from .._text import clean
 from .executor import Executor
 from .reader import AnyReader
 from .reclaimer import Reclaimer
-from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
+from .runtime import OUTAGE_ERRORS, Runtime, refused, refused_for_now, transient
 from .waiting import IDLE_RETAKE_S, Idle, Quarantine, beat, idle_wait
 from .watch import Watch
 
@@ -231,14 +231,11 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                 and len(taken.last) == len(levels) and all(taken.last):
             dry[i] = {group.stores[k].keys.stream: last
                       for k, last in zip(levels, taken.last, strict=True)}
+        if (refusal := refused_for_now(taken.errors)) is not None:
+            if started:  # what was taken is ours (started): run it, wait out the rest next
+                return started, {}
+            raise refusal
         failed = {levels[level]: why for level, why in taken.errors}
-        for why in failed.values():
-            if transient(refusal := ResponseError(why)):
-                # Redis refusing any write for now (MISCONF, READONLY...), not this queue's
-                # keys: an outage for the whole worker, not a queue to leave alone.
-                if started:
-                    return started, {}
-                raise refusal
         for k in levels:
             if k not in failed:
                 bad.cleared(group.queues[k])

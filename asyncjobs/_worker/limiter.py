@@ -165,7 +165,7 @@ class LeaseChecks(_Batched[LeaseAsk]):
         scope = store.keys.shared
         sent_at, forecast = sent
         now_ms, stepped = store.lease_clock(reply)
-        ahead_ms = self._clocks.setdefault(scope, ServerClock()).read(now_ms, sent_at)
+        ahead_ms = self._clocks[scope].read(now_ms, sent_at)  # (made by ``_call``)
         if stepped and forecast:  # (a call sent during a hold says stepped: no news)
             hold = self.rt.config.reclaim_hold_s
             self._hold_until[scope] = time.monotonic() + hold

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,16 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
                               pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
+
+
+def refused_for_now(errors: Sequence[tuple[int, str]]) -> ResponseError | None:
+    """The first of a script's per-level errors that is Redis refusing writes for now
+    (MISCONF, READONLY...: its server's state, not the level's keys), if any: an outage for
+    the whole worker, not a queue to leave alone."""
+    for _, why in errors:
+        if transient(refusal := ResponseError(why)):
+            return refusal
+    return None
 
 
 def refused(exc: BaseException) -> bool:

@@ -21,7 +21,7 @@ from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .reader import AnyReader, Reader
-from .runtime import Runtime, refused, transient
+from .runtime import Runtime, refused, refused_for_now
 
 if TYPE_CHECKING:
     from .fetcher import Group
@@ -175,9 +175,8 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
         order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
     if taken.rows:  # started: whatever the read said, they run
         return True, [(group.queues[level], st) for level, st in taken.rows]
-    for _, why in taken.errors:
-        if transient(refusal := ResponseError(why)):
-            raise refusal  # Redis refuses writes for now (MISCONF...): an outage, waited out
+    if (refusal := refused_for_now(taken.errors)) is not None:
+        raise refusal  # an outage, waited out
     if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
         return True, []
     newest.update(zip((st.keys.stream for st in stores), taken.last, strict=True))
