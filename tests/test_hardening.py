@@ -542,3 +542,170 @@ async def test_a_queue_whose_touch_fails_does_not_stop_the_others_being_kept_ali
             down["a"] = False
             assert await on_a.result(timeout=15) == "a"
     assert KEEPALIVE_RUNS.count("b") == 1, KEEPALIVE_RUNS
+
+
+# -- settles: one queue's refusal holds back no other queue's, and a settle sent twice ----
+# -- because its reply was lost is not reported as a job lost to another worker ----------
+
+SETTLE_RUNS: list[str] = []
+
+
+@asyncjobs.task(queue="a")
+async def quick_on_a(ctx: Context, n: int) -> str:
+    SETTLE_RUNS.append(f"a{n}")
+    return f"a{n}"
+
+
+@asyncjobs.task(queue="b")
+async def quick_on_b(ctx: Context, n: int) -> str:
+    SETTLE_RUNS.append(f"b{n}")
+    return f"b{n}"
+
+
+class QueueFaults:
+    """Stands in for the scripts' pipeline: the calls of ``script`` for queue ``a`` meet a
+    fault while ``down``: ``refuse`` answers them with a TRYAGAIN error reply (a slot being
+    moved); ``drop`` runs the round's other calls, then loses the whole round trip (a
+    Cluster master that does not answer: redis-py raises for the round). ``lose_reply``
+    runs one round trip, then loses its reply (the connection dropped after sending)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, prefix: str,
+                 script: str = "settle") -> None:
+        from asyncjobs._redis import scripts
+        from asyncjobs._redis.keys import Keys
+
+        self.real = scripts._pipeline
+        self.script = script
+        self.stream_a = Keys(prefix, "a").stream
+        self.down: str | None = None
+        self.shared = 0  # round trips that held a call of queue a and one of another queue
+        self.lose_reply = 0
+        self.refused = 0
+        monkeypatch.setattr(scripts, "_pipeline", self.pipeline)
+
+    def of_a(self, call: Any) -> bool:
+        script, keys, _ = call
+        return bool(script.name == self.script and self.stream_a in keys)
+
+    async def pipeline(self, client: Any, calls: Any, source: bool = False) -> list[Any]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
+
+        if self.lose_reply and any(call[0].name == "settle" for call in calls):
+            replies = await self.real(client, calls, source)
+            if any(isinstance(r, Exception) for r in replies):  # NOSCRIPT: none of it ran
+                return replies
+            self.lose_reply -= 1
+            raise RedisConnectionError("connection lost before the reply")
+        hit = [self.of_a(call) for call in calls] if self.down else [False] * len(calls)
+        if not any(hit):
+            return await self.real(client, calls, source)
+        self.refused += 1
+        self.shared += not all(hit)
+        rest = [call for call, h in zip(calls, hit, strict=True) if not h]
+        done = iter(await self.real(client, rest, source) if rest else [])
+        if self.down == "drop":
+            raise RedisConnectionError("the master of queue a does not answer")
+        return [ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
+                if h else next(done) for h in hit]
+
+
+def lost_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and "job lost" in r.getMessage()]
+
+
+@pytest.mark.parametrize("fault", ["refuse", "drop"])
+async def test_a_queue_whose_settle_fails_holds_back_no_other_queues_settle(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, fault: str) -> None:
+    """Queue ``a``'s settles fail for now (``refuse``: an error reply for its call alone;
+    ``drop``: the whole round trip raises, as redis-py's cluster pipeline does when one
+    master does not answer). The settler retried the whole batch and nothing else until
+    ``a`` was back: a job of ``b`` finished meanwhile waited for ``a``'s master (its
+    result too), and the calls of ``b`` that had run were sent again and reported as jobs
+    lost to another worker. Now each queue's call stands on its own."""
+    caplog.set_level(logging.INFO, logger="asyncjobs")
+    SETTLE_RUNS.clear()
+    faults = QueueFaults(monkeypatch, backend.prefix)
+    worker = backend.worker([quick_on_a, quick_on_b], queues=["a", "b"])
+    async with running(backend, worker):
+        assert await (await pool.enqueue(quick_on_b, 0)).result(timeout=10) == "b0"
+        faults.down = fault
+        on_a = await pool.enqueue(quick_on_a, 1)
+        while faults.refused < 2:  # a's settle has failed and been sent again
+            await asyncio.sleep(0.02)
+        for n in range(1, 4):  # b's jobs finish and are recorded while a's cannot be
+            assert await (await pool.enqueue(quick_on_b, n)).result(timeout=10) == f"b{n}"
+        assert await on_a.status() == JobState.RUNNING  # not recorded yet
+        faults.down = None
+        assert await on_a.result(timeout=15) == "a1"
+    assert sorted(SETTLE_RUNS) == ["a1", "b0", "b1", "b2", "b3"]  # each ran once
+    assert lost_warnings(caplog) == []
+
+
+async def test_a_settle_sent_again_after_its_reply_was_lost_is_not_reported_lost(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The connection drops after a settle was sent and run, before its reply: the settler
+    sends it again, and the script answers 0 (the entry is no longer pending for this
+    worker). That was logged as "job lost: another worker reclaimed it; this result is
+    dropped" although the job had been recorded. It is now logged at INFO as what it most
+    likely is (and may not be)."""
+    caplog.set_level(logging.INFO, logger="asyncjobs")
+    SETTLE_RUNS.clear()
+    faults = QueueFaults(monkeypatch, backend.prefix)
+    worker = backend.worker([quick_on_a], queues=["a"])
+    async with running(backend, worker):
+        faults.lose_reply = 1
+        job = await pool.enqueue(quick_on_a, 7)
+        assert await job.result(timeout=15) == "a7"
+        async with asyncio.timeout(10):  # the settle sent again has answered
+            while not any("reply was lost" in r.getMessage() or "job lost" in r.getMessage()
+                          for r in caplog.records):
+                await asyncio.sleep(0.02)
+    assert faults.lose_reply == 0
+    assert SETTLE_RUNS == ["a7"]
+    assert lost_warnings(caplog) == []
+    assert [r.getMessage() for r in caplog.records if "reply was lost" in r.getMessage()] == [
+        f"job id={job.id} queue=a: recorded by a settle whose reply was lost (or reclaimed "
+        "by another worker)"]
+
+
+LEASE_RUNS: list[str] = []
+
+
+@asyncjobs.task(queue="a", concurrency_limit=1)
+async def limited_on_a(ctx: Context) -> str:
+    LEASE_RUNS.append("a")
+    return "a"
+
+
+@asyncjobs.task(queue="b", concurrency_limit=1)
+async def limited_on_b(ctx: Context) -> str:
+    LEASE_RUNS.append("b")
+    return "b"
+
+
+async def test_a_queue_whose_lease_check_fails_does_not_fail_the_others_in_its_round_trip(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease checks of jobs started together go in one round trip, one concurrency.lua
+    call per queue. Queue ``a``'s call is refused (TRYAGAIN) while ``b``'s runs and gives
+    ``b``'s job its lease: the first error was raised for every job of the round trip, so
+    ``b``'s job was left pending with a lease nobody would release, and ran only after the
+    claim timeout (10 s here). Each queue's call now stands on its own: ``b``'s runs at
+    once, ``a``'s after the claim timeout once its master is back."""
+    LEASE_RUNS.clear()
+    faults = QueueFaults(monkeypatch, backend.prefix, script="concurrency")
+    faults.down = "refuse"
+    on_a = await pool.enqueue(limited_on_a)
+    on_b = await pool.enqueue(limited_on_b)
+    worker = backend.worker([limited_on_a, limited_on_b], queues=["a", "b"],
+                            claim_timeout=10)
+    async with running(backend, worker):
+        assert await on_b.result(timeout=5) == "b"
+        assert faults.shared >= 1  # b's call went in the same round trip as a's refused one
+        assert await on_a.status() != JobState.COMPLETE
+        faults.down = None
+        assert await on_a.result(timeout=30) == "a"
+    assert sorted(LEASE_RUNS) == ["a", "b"]

@@ -616,7 +616,7 @@ async def test_a_keepalive_begun_before_a_rate_check_leaves_the_deferral_to_the_
         await asyncio.wait_for(listed.wait(), 20)
         return await real_path_run(self, running_, st)
 
-    real_run = scripts.run_pipelined
+    real_run = scripts.run_each_pipelined  # the rate checks' round trip
 
     async def rate_replies_after_the_touch(client: Any, calls: Any) -> list[Any]:
         replies = await real_run(client, calls)
@@ -627,7 +627,7 @@ async def test_a_keepalive_begun_before_a_rate_check_leaves_the_deferral_to_the_
 
     monkeypatch.setattr(QueueStore, "touch", late_touch)
     monkeypatch.setattr(AttemptPath, "run", check_after_the_list)
-    monkeypatch.setattr(scripts, "run_pipelined", rate_replies_after_the_touch)
+    monkeypatch.setattr(scripts, "run_each_pipelined", rate_replies_after_the_touch)
 
     @asyncjobs.task(rate_limit="1/h")
     async def mail(ctx: Context, i: int) -> int:

@@ -72,6 +72,18 @@ async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
 
     Other errors are raised (the first one) after every call has been attempted.
     """
+    results = await run_each_pipelined(client, calls)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def run_each_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
+    """``run_pipelined``, but a call's error reply is returned in its place, so the
+    caller can keep what the other calls did. An error that ends the round trip itself
+    (a lost connection, a cluster node that does not answer) is raised: then which calls
+    ran is unknown."""
     sharded = await sharded_pubsub(client)
     calls = [(script.variant(sharded), keys, args) for script, keys, args in calls]
     results = await _pipeline(client, calls)
@@ -85,9 +97,6 @@ async def run_pipelined(client: Redis, calls: Sequence[Call]) -> list[Any]:
             again = await _pipeline(client, [calls[i] for i in missing])
         for i, result in zip(missing, again, strict=True):
             results[i] = result
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
     return results
 
 

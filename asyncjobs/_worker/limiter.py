@@ -75,8 +75,8 @@ class _Batched(Generic[T]):
         try:
             calls = [self._call(rt.stores[q], [a.check for a in asks])
                      for q, asks in by_queue.items()]
-            replies = await _scripts.run_pipelined(rt.client, [call for call, _ in calls])
-        except BaseException as exc:  # every job waiting here hears of it
+            replies = await _scripts.run_each_pipelined(rt.client, [call for call, _ in calls])
+        except BaseException as exc:  # the round trip failed: every job waiting here hears
             for ask in batch:
                 if not ask.answer.done():
                     if isinstance(exc, Exception):
@@ -87,6 +87,11 @@ class _Batched(Generic[T]):
                 raise
             return
         for asks, reply, (_, sent) in zip(by_queue.values(), replies, calls, strict=True):
+            if isinstance(reply, Exception):  # this queue's call failed: its jobs hear; the
+                for ask in asks:              # others' calls ran, their verdicts stand
+                    if not ask.answer.done():
+                        ask.answer.set_exception(reply)
+                continue
             for ask, verdict in zip(asks, self._reply(rt.stores[asks[0].queue], reply, sent),
                                     strict=True):
                 if not ask.answer.done():

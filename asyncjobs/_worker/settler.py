@@ -3,6 +3,15 @@ flight goes in the next round trip (one settle.lua call per queue, pipelined).
 
 A submission is a plain list append, so cancelling a job or the worker after its attempt
 ended cannot lose its settle; the settler is the last loop to stop, after a final flush.
+
+Each queue's call stands on its own: one that Redis refuses for now (a Cluster master
+that is down, a slot being moved) is held and sent again after a back-off, together with
+whatever finished meanwhile, while the other queues' calls are delivered at once. After a
+round that failed as a whole, each queue's call goes in a round trip of its own until one
+succeeds, so a master that does not answer holds back only its own queues. A call that
+is sent again after a round trip whose outcome is unknown (the connection dropped after
+sending) may find its jobs settled already by the first send: that is not reported as a
+job lost to another worker (see ``_deliver``).
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.exceptions import ResponseError
 
 from .._redis import scripts as _scripts
 from .._redis.values import SettleOp
@@ -21,25 +33,40 @@ log = logging.getLogger("asyncjobs.worker")
 Done = Callable[[bool], None]
 
 
+@dataclass(slots=True)
+class _Item:
+    queue: str
+    op: SettleOp
+    done: Done
+    resent: bool = False
+    """Sent before in a round trip whose outcome is unknown: it may be settled already."""
+
+
+Outcome = list[int] | BaseException
+"""A queue's call's reply (per op, 1 if settled, 0 if not this consumer's), or its error."""
+
+
 class Settler:
     """Batches settle operations and retries them through Redis outages."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._pending: list[tuple[str, SettleOp, Done]] = []
+        self._pending: list[_Item] = []
+        self._held: list[_Item] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._give_up_at = float("inf")
+        self._split = False
 
     def submit(self, queue: str, op: SettleOp, done: Done) -> None:
         """Queue an operation; ``done(settled)`` is called once it is recorded."""
-        self._pending.append((queue, op, done))
+        self._pending.append(_Item(queue, op, done))
         self._wake.set()
 
     @property
     def idle(self) -> bool:
         """Nothing waiting to be recorded."""
-        return not self._pending
+        return not self._pending and not self._held
 
     def close(self, give_up_after_s: float) -> None:
         """Flush what is pending, then stop; retry outages for at most ``give_up_after_s``."""
@@ -52,51 +79,88 @@ class Settler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while self._pending or self._held:
+                batch, self._pending, self._held = self._held + self._pending, [], []
                 await self._flush(batch)
             if self._closing:
                 return
 
-    async def _flush(self, batch: list[tuple[str, SettleOp, Done]]) -> None:
-        by_queue: dict[str, list[tuple[SettleOp, Done]]] = {}
-        for queue, op, done in batch:
-            by_queue.setdefault(queue, []).append((op, done))
+    async def _flush(self, batch: list[_Item]) -> None:
+        """One round: every queue's call; what failed for now is held for the next one,
+        which comes after a back-off."""
+        by_queue: dict[str, list[_Item]] = {}
+        for item in batch:
+            by_queue.setdefault(item.queue, []).append(item)
+        outcomes = await self._send(by_queue)
+        failure: BaseException | None = None
+        for (queue, items), outcome in zip(by_queue.items(), outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                _deliver(queue, items, outcome)
+            elif not transient(outcome):
+                _give_up(items, outcome)
+            else:
+                failure = failure or outcome
+                unknown = not isinstance(outcome, ResponseError)  # it may have run
+                for item in items:
+                    item.resent = item.resent or unknown
+                self._held += items
+        if failure is None:
+            self.rt.outage.ok()
+            self._split = False
+            return
+        if time.monotonic() >= self._give_up_at:
+            log.error("could not record %d finished jobs before shutdown (%s); they stay "
+                      "pending and run again after the claim timeout", len(self._held), failure)
+            held, self._held = self._held, []
+            for item in held:
+                item.done(True)
+            return
+        self._split = self._split or len(by_queue) > 1
+        await asyncio.sleep(self.rt.outage.failed(failure, "settle"))
+
+    async def _send(self, by_queue: dict[str, list[_Item]]) -> list[Outcome]:
+        """Each queue's outcome: its calls pipelined in one round trip, or (``_split``) in
+        one round trip per queue."""
         calls = [
-            self.rt.stores[q].settle_call(self.rt.consumer, [op for op, _ in items],
+            self.rt.stores[q].settle_call(self.rt.consumer, [item.op for item in items],
                                           self.rt.config.dead_letters)
             for q, items in by_queue.items()
         ]
-        while True:
-            try:
-                replies = await _scripts.run_pipelined(self.rt.client, calls)
-                self.rt.outage.ok()
-                break
-            except Exception as exc:
-                if not transient(exc):
-                    if corrupt_key(exc):
-                        log.error("could not record %d finished jobs (%s); they stay pending "
-                                  "and run again after the claim timeout", len(batch),
-                                  corrupt_key(exc))
-                    else:
-                        log.exception("could not record %d finished jobs; they stay pending "
-                                      "and run again after the claim timeout", len(batch))
-                    return _release(by_queue)
-                if time.monotonic() >= self._give_up_at:
-                    log.error(
-                        "could not record %d finished jobs before shutdown (%s); they stay "
-                        "pending and run again after the claim timeout", len(batch), exc,
-                    )
-                    return _release(by_queue)
-                await asyncio.sleep(self.rt.outage.failed(exc, "settle"))
-        for items, reply in zip(by_queue.values(), replies, strict=True):
-            for (_, done), settled in zip(items, reply, strict=True):
-                done(bool(settled))
-        return None
+        if self._split and len(calls) > 1:
+            return list(await asyncio.gather(*(self._send_one(call) for call in calls)))
+        try:
+            return list(await _scripts.run_each_pipelined(self.rt.client, calls))
+        except Exception as exc:
+            return [exc] * len(calls)
+
+    async def _send_one(self, call: _scripts.Call) -> Outcome:
+        try:
+            result: list[int] = (await _scripts.run_each_pipelined(self.rt.client, [call]))[0]
+            return result
+        except Exception as exc:
+            return exc
 
 
-def _release(by_queue: dict[str, list[tuple[SettleOp, Done]]]) -> None:
-    """Drop the bookkeeping of operations that could not be recorded (already logged)."""
-    for items in by_queue.values():
-        for _, done in items:
-            done(True)
+def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
+    """Tell each op's owner how it went. A 0 for an op sent before in a round trip whose
+    outcome is unknown most likely means that send settled it (its entry is no longer
+    pending): it is not reported as lost to another worker, which it may also be."""
+    for item, settled in zip(items, reply, strict=True):
+        if not settled and item.resent:
+            log.info("job id=%s queue=%s: recorded by a settle whose reply was lost (or "
+                     "reclaimed by another worker)", item.op.job_id, queue)
+            settled = 1
+        item.done(bool(settled))
+
+
+def _give_up(items: list[_Item], exc: BaseException) -> None:
+    """A queue's call failed for good: log it; its jobs stay pending (they run again after
+    the claim timeout), and their bookkeeping is dropped."""
+    if corrupt_key(exc):
+        log.error("could not record %d finished jobs (%s); they stay pending and run again "
+                  "after the claim timeout", len(items), corrupt_key(exc))
+    else:
+        log.error("could not record %d finished jobs; they stay pending and run again after "
+                  "the claim timeout", len(items), exc_info=exc)
+    for item in items:
+        item.done(True)
