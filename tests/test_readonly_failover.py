@@ -200,7 +200,49 @@ async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_onc
     messages = [r.getMessage() for r in caplog.records]
     outages = [m for m in messages if "redis unavailable" in m]
     # One outage in this run: the worker was busy when it began, and its take after each
-    # wait is refused too (an idle worker's plain reads may end and begin it again).
+    # wait is refused too (an idle worker's plain reads do not end it: the test below).
     assert len(outages) == 1 and "MISCONF" in outages[0], messages
     assert not any("internal error" in m for m in messages), messages
+    assert not any(r.exc_info for r in caplog.records), messages
+
+
+@pytest.mark.real_redis
+@pytest.mark.asyncio
+async def test_an_idle_worker_logs_one_outage_while_the_server_refuses_writes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An idle worker on a server that refuses writes (MISCONF) but serves reads: each of
+    its waits for new jobs (a plain read) went through and was taken as Redis being back,
+    so its log said "redis reachable again" after each wait and "redis unavailable" at the
+    next heartbeat, over and over. Only a call that wrote ends an outage now: one outage,
+    logged once, ended once writes are taken again, and a job enqueued then runs."""
+    need_redis_server()
+    runs.clear()
+    began["slow"] = asyncio.Event()
+    caplog.set_level(logging.WARNING, "asyncjobs")
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
+        backend = Backend("real", server.url, url_factory(server.url),
+                          f"t{secrets.token_hex(4)}")
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            async with backend.pool() as pool:
+                # reclaim scans due every 0.25 s (each held by the outage): the waits end
+                worker = backend.worker([slow], claim_timeout=1).configure(
+                    heartbeat_every_s=0.2, block_ms=100)
+                async with running(backend, worker):
+                    await asyncio.sleep(0.5)  # idle, waiting for jobs
+                    await _fail_snapshots(admin, snapshots)
+                    await asyncio.sleep(3.0)  # fifteen heartbeats refused, thirty waits read
+                    during = [r.getMessage() for r in caplog.records]
+                    await admin.config_set("save", "")  # writes taken again
+                    job = await pool.enqueue(slow)
+                    assert await job.result(timeout=10) == "done"
+        finally:
+            await admin.aclose()
+    assert [m for m in during if "redis unavailable" in m and "MISCONF" in m], during
+    assert len([m for m in during if "redis unavailable" in m]) == 1, during
+    assert not [m for m in during if "reachable again" in m], during
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "reachable again" in m]) == 1, messages
     assert not any(r.exc_info for r in caplog.records), messages

@@ -110,7 +110,8 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             raise  # shutdown's cancellation, or a bug (the supervisor logs it)
         try:
             ran = await _start(rt, ex, started, claimed, taken)
-            rt.outage.ok()
+            if started or claimed:  # writes went through (an idle wait only reads: a
+                rt.outage.ok()      # server refusing writes serves it; the heartbeat tells)
         except Exception as exc:
             if not transient(exc):
                 raise

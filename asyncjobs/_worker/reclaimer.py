@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("asyncjobs.worker")
 
 
+HELD_RECHECK_S = 1.0
+"""A scan that is due but held is looked at again this often (or each reclaim interval)."""
+
+
 class Reclaimer:
     """When the next reclaim scan of a group's levels is due, and where the last one
     stopped on each level. One scan is one reclaim.lua call for all the levels."""
@@ -46,12 +50,19 @@ class Reclaimer:
         self.clock = ServerClock()
 
     def is_due(self) -> bool:
-        # After an outage, let live workers refresh their entries before taking any.
-        if time.monotonic() < self.due or self.rt.outage.recent(self.rt.config.reclaim_hold_s):
+        """Whether a scan is due now; if one is due but held, ``due`` moves on to when to
+        look again, so that a wait until ``due`` still waits (an outage that lasts, during
+        which only a write ends it, would otherwise leave ``due`` in the past)."""
+        now = time.monotonic()
+        if now < self.due:
             return False
-        if self.rt.fleet_claim_timeout_s is None and time.monotonic() < self._unheard_until:
+        # After an outage, let live workers refresh their entries before taking any; and
+        # until the fleet's claim timeouts are known, take nothing over.
+        if self.rt.outage.recent(self.rt.config.reclaim_hold_s) or (
+                self.rt.fleet_claim_timeout_s is None and now < self._unheard_until):
+            self.due = now + min(self.rt.config.reclaim_every_s, HELD_RECHECK_S)
             return False
-        self.due = time.monotonic() + self.rt.config.reclaim_every_s
+        self.due = now + self.rt.config.reclaim_every_s
         return True
 
     @property
