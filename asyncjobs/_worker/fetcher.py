@@ -111,7 +111,8 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
         try:
             ran = await _start(rt, ex, started, claimed, taken)
             if started or claimed:  # writes went through (an idle wait only reads: a
-                rt.outage.ok()      # server refusing writes serves it; the heartbeat tells)
+                rt.outage.ok()      # server refusing writes serves it; the heartbeat, or
+                                    # the next take, tells)
         except Exception as exc:
             if not transient(exc):
                 raise
@@ -236,6 +237,8 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
             if started:  # what was taken is ours (started): run it, wait out the rest next
                 return started, {}
             raise refusal
+        if len(taken.errors) < len(levels):  # a take went through: Redis takes writes
+            rt.outage.ok()
         failed = {levels[level]: why for level, why in taken.errors}
         for k in levels:
             if k not in failed:

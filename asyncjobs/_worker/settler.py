@@ -6,12 +6,16 @@ ended cannot lose its settle; the settler is the last loop to stop, after a fina
 
 Each queue's call stands on its own: one that Redis refuses for now (a Cluster master
 that is down, a slot being moved) is held and sent again after a back-off, together with
-whatever finished meanwhile, while the other queues' calls are delivered at once. After a
-round that failed as a whole, each queue's call goes in a round trip of its own until one
-succeeds, so a master that does not answer holds back only its own queues. A call that
+whatever finished meanwhile, while the other queues' calls of that round are delivered
+(the next round, theirs included, waits for the back-off). After a round trip that failed
+as a whole, each queue's call goes in a round trip of its own until a round has no
+failure, so a master that does not answer holds back the other queues' settles for the
+back-off only, not until it answers. A call that
 is sent again after a round trip whose outcome is unknown (the connection dropped after
 sending) may find its jobs settled already by the first send: that is not reported as a
-job lost to another worker (see ``_deliver``).
+job lost to another worker (see ``_deliver``). redis-py itself sends a pipeline once more
+after a connection dropped (the clients' ``Retry``); a 0 from such a send, which the
+settler never hears of, is still reported as a job lost.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from .._redis import scripts as _scripts
+from .._redis.connection import pool_exhausted
 from .._redis.values import SettleOp
 from .runtime import Runtime, corrupt_key, transient
 
@@ -41,6 +46,9 @@ class _Item:
     resent: bool = False
     """Sent before in a round trip whose outcome is unknown: it may be settled already."""
 
+
+SPLIT_AT_ONCE = 4
+"""Round trips in flight at once when each queue's call goes on its own."""
 
 Outcome = list[int] | BaseException
 """A queue's call's reply (per op, 1 if settled, 0 if not this consumer's), or its error."""
@@ -93,19 +101,23 @@ class Settler:
             by_queue.setdefault(item.queue, []).append(item)
         outcomes = await self._send(by_queue)
         failure: BaseException | None = None
+        wrote = False
         for (queue, items), outcome in zip(by_queue.items(), outcomes, strict=True):
             if not isinstance(outcome, BaseException):
+                wrote = True
                 _deliver(queue, items, outcome)
             elif not transient(outcome):
                 _give_up(items, outcome)
             else:
                 failure = failure or outcome
-                unknown = not isinstance(outcome, ResponseError)  # it may have run
+                # it may have run, unless Redis answered it or nothing was sent
+                unknown = not isinstance(outcome, ResponseError) and not pool_exhausted(outcome)
                 for item in items:
                     item.resent = item.resent or unknown
                 self._held += items
         if failure is None:
-            self.rt.outage.ok()
+            if wrote:
+                self.rt.outage.ok()
             self._split = False
             return
         if time.monotonic() >= self._give_up_at:
@@ -115,7 +127,8 @@ class Settler:
             for item in held:
                 item.done(True)
             return
-        self._split = self._split or len(by_queue) > 1
+        # the round trip failed as a whole (every queue got the same error): one per queue
+        self._split = self._split or (len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes))
         await asyncio.sleep(self.rt.outage.failed(failure, "settle"))
 
     async def _send(self, by_queue: dict[str, list[_Item]]) -> list[Outcome]:
@@ -127,18 +140,22 @@ class Settler:
             for q, items in by_queue.items()
         ]
         if self._split and len(calls) > 1:
-            return list(await asyncio.gather(*(self._send_one(call) for call in calls)))
+            at_once = asyncio.Semaphore(SPLIT_AT_ONCE)
+            return list(await asyncio.gather(*(self._send_one(call, at_once)
+                                               for call in calls)))
         try:
             return list(await _scripts.run_each_pipelined(self.rt.client, calls))
         except Exception as exc:
             return [exc] * len(calls)
 
-    async def _send_one(self, call: _scripts.Call) -> Outcome:
-        try:
-            result: list[int] = (await _scripts.run_each_pipelined(self.rt.client, [call]))[0]
-            return result
-        except Exception as exc:
-            return exc
+    async def _send_one(self, call: _scripts.Call, at_once: asyncio.Semaphore) -> Outcome:
+        async with at_once:
+            try:
+                result: list[int] = (await _scripts.run_each_pipelined(self.rt.client,
+                                                                       [call]))[0]
+                return result
+            except Exception as exc:
+                return exc
 
 
 def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
