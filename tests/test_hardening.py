@@ -709,3 +709,35 @@ async def test_a_queue_whose_lease_check_fails_does_not_fail_the_others_in_its_r
         faults.down = None
         assert await on_a.result(timeout=30) == "a"
     assert sorted(LEASE_RUNS) == ["a", "b"]
+
+
+@asyncjobs.task(rate_limit="100/s")
+async def rated(ctx: Context) -> str:
+    return "rated"
+
+
+async def test_a_limit_check_reply_that_cannot_be_read_leaves_no_job_waiting_for_ever(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Reading a rate check's reply raised (a reply of an unexpected shape): the error
+    escaped the batch's sender, the job's check was never answered, and the job waited
+    for it for ever, kept alive all the while. Its check now fails as a refused one
+    does: logged, the entry left pending, the job run after the claim timeout."""
+    from asyncjobs._worker.limiter import RateChecks
+
+    real_reply = RateChecks._reply
+    broken = {"left": 1}
+
+    def reply(self: RateChecks, store: Any, answer: Any, sent: Any) -> Any:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise ValueError("a reply of an unexpected shape")
+        return real_reply(self, store, answer, sent)
+
+    monkeypatch.setattr(RateChecks, "_reply", reply)
+    job = await pool.enqueue(rated)
+    async with running(backend, backend.worker([rated], claim_timeout=1)):
+        assert await job.result(timeout=15) == "rated"
+    assert broken["left"] == 0
+    assert any("internal error reading the limit checks" in r.getMessage()
+               for r in caplog.records)

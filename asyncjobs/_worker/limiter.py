@@ -92,10 +92,25 @@ class _Batched(Generic[T]):
                     if not ask.answer.done():
                         ask.answer.set_exception(reply)
                 continue
-            for ask, verdict in zip(asks, self._reply(rt.stores[asks[0].queue], reply, sent),
-                                    strict=True):
+            try:
+                verdicts = _one_each(asks, self._reply(rt.stores[asks[0].queue], reply, sent))
+            except Exception as exc:  # a reply it cannot read: its jobs hear, none waits on
+                log.exception("internal error reading the limit checks of queue %s",
+                              asks[0].queue)
+                for ask in asks:
+                    if not ask.answer.done():
+                        ask.answer.set_exception(exc)
+                continue
+            for ask, verdict in zip(asks, verdicts, strict=True):
                 if not ask.answer.done():
                     ask.answer.set_result(verdict)
+
+
+def _one_each(asks: Sequence[Any], verdicts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``verdicts``, checked to hold one verdict for each of ``asks``."""
+    if len(verdicts) != len(asks):
+        raise ValueError(f"{len(verdicts)} verdicts for {len(asks)} checks")
+    return verdicts
 
 
 class RateChecks(_Batched[RateCheck]):
