@@ -8,8 +8,10 @@ record a finished job (which then ran again after the claim timeout)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,23 @@ async def _fail_snapshots(admin: aioredis.Redis, snapshots: Path) -> None:
         await admin.set("probe", 1)
 
 
+@contextlib.asynccontextmanager
+async def snapshotting_server(tmp_path: Path
+                              ) -> AsyncIterator[tuple[Backend, aioredis.Redis, Path]]:
+    """A real server of its own whose snapshots go to a directory ``_fail_snapshots`` can
+    take away; a backend on it and an admin client."""
+    need_redis_server()
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            yield Backend("real", server.url, url_factory(server.url),
+                          f"t{secrets.token_hex(4)}"), admin, snapshots
+        finally:
+            await admin.aclose()
+
+
 @pytest.mark.slow  # ~18 s: two waits past the claim timeout and the refused writes' backoff
 @pytest.mark.real_redis
 @pytest.mark.asyncio
@@ -165,36 +184,27 @@ async def test_a_server_whose_snapshots_fail_is_waited_out_and_each_job_runs_onc
     of it is an outage, with no internal error and no traceback; once the
     server takes writes again each job runs, once. A worker started on such a server stops
     at once with ``RedisUnavailable`` naming MISCONF."""
-    need_redis_server()
     runs.clear()
     began["slow"] = asyncio.Event()
     caplog.set_level(logging.WARNING, "asyncjobs")
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
-    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
-        backend = Backend("real", server.url, url_factory(server.url),
-                          f"t{secrets.token_hex(4)}")
-        admin = aioredis.Redis.from_url(server.url)
-        try:
-            async with backend.pool() as pool:
-                first = await pool.enqueue(slow)
-                later = await pool.enqueue(slow.options(delay=1.0))
-                worker = backend.worker([slow], claim_timeout=2)
-                async with running(backend, worker):
-                    await asyncio.wait_for(began["slow"].wait(), 10)
-                    await _fail_snapshots(admin, snapshots)
-                    await asyncio.sleep(2.5)  # the first ended, the later fell due: refused
-                    assert runs == [first.id]
-                    await admin.config_set("save", "")  # no save points: writes taken again
-                    assert await first.result(timeout=10) == "done"
-                    assert await later.result(timeout=10) == "done"
-                    await asyncio.sleep(2.5)  # past the claim timeout: nothing runs again
-                infos = [await first.info(), await later.info()]
-                await admin.config_set("save", "3600 1")  # the snapshot still fails
-                with pytest.raises(asyncjobs.RedisUnavailable, match=r"refuses .* MISCONF"):
-                    await asyncio.wait_for(backend.worker([slow]).run(redis_url=server.url), 10)
-        finally:
-            await admin.aclose()
+    async with snapshotting_server(tmp_path) as (backend, admin, snapshots), \
+            backend.pool() as pool:
+        first = await pool.enqueue(slow)
+        later = await pool.enqueue(slow.options(delay=1.0))
+        worker = backend.worker([slow], claim_timeout=2)
+        async with running(backend, worker):
+            await asyncio.wait_for(began["slow"].wait(), 10)
+            await _fail_snapshots(admin, snapshots)
+            await asyncio.sleep(2.5)  # the first ended, the later fell due: refused
+            assert runs == [first.id]
+            await admin.config_set("save", "")  # no save points: writes taken again
+            assert await first.result(timeout=10) == "done"
+            assert await later.result(timeout=10) == "done"
+            await asyncio.sleep(2.5)  # past the claim timeout: nothing runs again
+        infos = [await first.info(), await later.info()]
+        await admin.config_set("save", "3600 1")  # the snapshot still fails
+        with pytest.raises(asyncjobs.RedisUnavailable, match=r"refuses .* MISCONF"):
+            await asyncio.wait_for(backend.worker([slow]).run(redis_url=backend.url), 10)
     assert runs == [first.id, later.id]
     assert all(i is not None and i.attempts == 1 and i.errors == () for i in infos), infos
     messages = [r.getMessage() for r in caplog.records]
@@ -215,31 +225,22 @@ async def test_an_idle_worker_logs_one_outage_while_the_server_refuses_writes(
     so its log said "redis reachable again" after each wait and "redis unavailable" at the
     next heartbeat, over and over. Only a call that wrote ends an outage now: one outage,
     logged once, ended once writes are taken again, and a job enqueued then runs."""
-    need_redis_server()
     runs.clear()
     began["slow"] = asyncio.Event()
     caplog.set_level(logging.WARNING, "asyncjobs")
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
-    with RedisServer(extra_args=("--dir", str(snapshots))) as server:
-        backend = Backend("real", server.url, url_factory(server.url),
-                          f"t{secrets.token_hex(4)}")
-        admin = aioredis.Redis.from_url(server.url)
-        try:
-            async with backend.pool() as pool:
-                # reclaim scans due every 0.25 s (each held by the outage): the waits end
-                worker = backend.worker([slow], claim_timeout=1).configure(
-                    heartbeat_every_s=0.2, block_ms=100)
-                async with running(backend, worker):
-                    await asyncio.sleep(0.5)  # idle, waiting for jobs
-                    await _fail_snapshots(admin, snapshots)
-                    await asyncio.sleep(3.0)  # fifteen heartbeats refused, thirty waits read
-                    during = [r.getMessage() for r in caplog.records]
-                    await admin.config_set("save", "")  # writes taken again
-                    job = await pool.enqueue(slow)
-                    assert await job.result(timeout=10) == "done"
-        finally:
-            await admin.aclose()
+    async with snapshotting_server(tmp_path) as (backend, admin, snapshots), \
+            backend.pool() as pool:
+        # reclaim scans due every 0.25 s (each held by the outage): the waits end
+        worker = backend.worker([slow], claim_timeout=1).configure(
+            heartbeat_every_s=0.2, block_ms=100)
+        async with running(backend, worker):
+            await asyncio.sleep(0.5)  # idle, waiting for jobs
+            await _fail_snapshots(admin, snapshots)
+            await asyncio.sleep(3.0)  # fifteen heartbeats refused, thirty waits read
+            during = [r.getMessage() for r in caplog.records]
+            await admin.config_set("save", "")  # writes taken again
+            job = await pool.enqueue(slow)
+            assert await job.result(timeout=10) == "done"
     assert [m for m in during if "redis unavailable" in m and "MISCONF" in m], during
     assert len([m for m in during if "redis unavailable" in m]) == 1, during
     assert not [m for m in during if "reachable again" in m], during
