@@ -741,3 +741,78 @@ async def test_a_limit_check_reply_that_cannot_be_read_leaves_no_job_waiting_for
     assert broken["left"] == 0
     assert any("internal error reading the limit checks" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("fault", ["build", "reply"])
+async def test_a_settle_that_cannot_be_made_or_read_costs_only_its_own_jobs(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, fault: str) -> None:
+    """A bug of ours while recording a finished job (``build``: its settle call cannot be
+    made; ``reply``: the reply is not one 0 or 1 per job) escaped the settler's loop and
+    ended it: no finished job was recorded again, each stayed RUNNING, kept alive by its
+    worker for ever. Now the jobs it touched are logged and given up (they stay pending
+    and run again after the claim timeout, as after a crash), and the rest is recorded."""
+    from asyncjobs._redis import scripts
+    from asyncjobs._redis.store import QueueStore
+
+    SETTLE_RUNS.clear()
+    broken = {"left": 1}
+    if fault == "build":
+        real_call = QueueStore.settle_call
+
+        def settle_call(self: QueueStore, *args: Any, **kwargs: Any) -> Any:
+            if broken["left"]:
+                broken["left"] -= 1
+                raise TypeError("an op that cannot be encoded")
+            return real_call(self, *args, **kwargs)
+
+        monkeypatch.setattr(QueueStore, "settle_call", settle_call)
+    else:
+        real_run = scripts.run_each_pipelined
+
+        async def run_each(client: Any, calls: Any) -> list[Any]:
+            replies = await real_run(client, calls)
+            if broken["left"] and any(call[0].name == "settle" for call in calls):
+                broken["left"] -= 1
+                return [[] for _ in replies]  # ran, but read as no reply per op
+            return replies
+
+        monkeypatch.setattr(scripts, "run_each_pipelined", run_each)
+    worker = backend.worker([quick_on_a], queues=["a"], claim_timeout=1)
+    async with running(backend, worker):
+        first = await pool.enqueue(quick_on_a, 1)
+        assert await first.result(timeout=15) == "a1"
+        assert await (await pool.enqueue(quick_on_a, 2)).result(timeout=10) == "a2"
+    assert broken["left"] == 0
+    # build: nothing was recorded, the job ran again; reply: it was recorded by the call
+    # whose reply could not be read, and ran once
+    assert sorted(SETTLE_RUNS) == (["a1", "a1", "a2"] if fault == "build" else ["a1", "a2"])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+            and "finished jobs" in r.getMessage()] == [
+        "could not record 1 finished jobs; they stay pending and run again after the "
+        "claim timeout"]
+
+
+async def test_a_done_callback_that_raises_does_not_stop_the_settles(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The bookkeeping after a settle raised (a bug of ours): it ended the settler's loop,
+    and no later job was recorded. It is logged now, and the settles go on."""
+    from asyncjobs._worker.executor import Executor
+
+    real_forget = Executor._forget
+    broken = {"left": 1}
+
+    def forget(self: Executor, *args: Any, **kwargs: Any) -> None:
+        real_forget(self, *args, **kwargs)
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("bookkeeping bug")
+
+    monkeypatch.setattr(Executor, "_forget", forget)
+    async with running(backend, backend.worker([add])):
+        assert await (await pool.enqueue(add, 1, 2)).result(timeout=10) == 3
+        assert await (await pool.enqueue(add, 3, 4)).result(timeout=10) == 7
+    assert broken["left"] == 0
+    assert any("internal error after recording job" in r.getMessage()
+               for r in caplog.records)

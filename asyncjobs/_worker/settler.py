@@ -16,6 +16,10 @@ sending) may find its jobs settled already by the first send: that is not report
 job lost to another worker (see ``_deliver``). redis-py itself sends a pipeline once more
 after a connection dropped (the clients' ``Retry``); a 0 from such a send, which the
 settler never hears of, is still reported as a job lost.
+
+A bug of ours met while recording (a call that cannot be built, a reply of an unexpected
+shape, a ``done`` callback that raises) is logged and costs only the jobs it touched: they
+stay pending and run again after the claim timeout, as after a crash; the settler goes on.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ class _Item:
     done: Done
     resent: bool = False
     """Sent before in a round trip whose outcome is unknown: it may be settled already."""
+    finished: bool = False
+    """``done`` has been called."""
+
+    def finish(self, settled: bool) -> None:
+        """Call ``done`` once; an error it raises is logged, not passed on."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.done(settled)
+        except Exception:
+            log.exception("internal error after recording job id=%s queue=%s",
+                          self.op.job_id, self.queue)
 
 
 SPLIT_AT_ONCE = 4
@@ -89,7 +106,15 @@ class Settler:
             self._wake.clear()
             while self._pending or self._held:
                 batch, self._pending, self._held = self._held + self._pending, [], []
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                except Exception:
+                    self._held = []  # (only ever this batch's items)
+                    lost = [item for item in batch if not item.finished]
+                    log.exception("internal error recording %d finished jobs; they stay "
+                                  "pending and run again after the claim timeout", len(lost))
+                    for item in lost:
+                        item.finish(True)
             if self._closing:
                 return
 
@@ -103,6 +128,7 @@ class Settler:
         failure: BaseException | None = None
         wrote = False
         for (queue, items), outcome in zip(by_queue.items(), outcomes, strict=True):
+            outcome = _checked(outcome, len(items))
             if not isinstance(outcome, BaseException):
                 wrote = True
                 _deliver(queue, items, outcome)
@@ -125,7 +151,7 @@ class Settler:
                       "pending and run again after the claim timeout", len(self._held), failure)
             held, self._held = self._held, []
             for item in held:
-                item.done(True)
+                item.finish(True)
             return
         # the round trip failed as a whole (every queue got the same error): one per queue
         self._split = self._split or (len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes))
@@ -134,19 +160,28 @@ class Settler:
     async def _send(self, by_queue: dict[str, list[_Item]]) -> list[Outcome]:
         """Each queue's outcome: its calls pipelined in one round trip, or (``_split``) in
         one round trip per queue."""
-        calls = [
-            self.rt.stores[q].settle_call(self.rt.consumer, [item.op for item in items],
-                                          self.rt.config.dead_letters)
-            for q, items in by_queue.items()
-        ]
+        outcomes: list[Outcome | None] = []
+        calls: list[_scripts.Call] = []
+        for queue, items in by_queue.items():
+            try:
+                calls.append(self.rt.stores[queue].settle_call(
+                    self.rt.consumer, [item.op for item in items], self.rt.config.dead_letters))
+                outcomes.append(None)
+            except Exception as exc:  # a bug of ours: this queue's jobs are given up
+                outcomes.append(_Unsendable(f"cannot build the settle call: {exc!r}"))
         if self._split and len(calls) > 1:
             at_once = asyncio.Semaphore(SPLIT_AT_ONCE)
-            return list(await asyncio.gather(*(self._send_one(call, at_once)
+            sent = list(await asyncio.gather(*(self._send_one(call, at_once)
                                                for call in calls)))
-        try:
-            return list(await _scripts.run_each_pipelined(self.rt.client, calls))
-        except Exception as exc:
-            return [exc] * len(calls)
+        elif calls:
+            try:
+                sent = list(await _scripts.run_each_pipelined(self.rt.client, calls))
+            except Exception as exc:
+                sent = [exc] * len(calls)
+        else:
+            sent = []
+        replies = iter(sent)
+        return [next(replies) if outcome is None else outcome for outcome in outcomes]
 
     async def _send_one(self, call: _scripts.Call, at_once: asyncio.Semaphore) -> Outcome:
         async with at_once:
@@ -158,6 +193,20 @@ class Settler:
                 return exc
 
 
+class _Unsendable(Exception):
+    """A queue's settle call could not be made or its reply not read (a bug of ours)."""
+
+
+def _checked(outcome: Outcome, ops: int) -> Outcome:
+    """The outcome, or an error if a reply is not one 0 or 1 per op."""
+    if isinstance(outcome, BaseException):
+        return outcome
+    if not (isinstance(outcome, list) and len(outcome) == ops
+            and all(isinstance(one, int) for one in outcome)):
+        return _Unsendable(f"a settle reply of an unexpected shape: {outcome!r:.200}")
+    return outcome
+
+
 def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
     """Tell each op's owner how it went. A 0 for an op sent before in a round trip whose
     outcome is unknown most likely means that send settled it (its entry is no longer
@@ -167,7 +216,7 @@ def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
             log.info("job id=%s queue=%s: recorded by a settle whose reply was lost (or "
                      "reclaimed by another worker)", item.op.job_id, queue)
             settled = 1
-        item.done(bool(settled))
+        item.finish(bool(settled))
 
 
 def _give_up(items: list[_Item], exc: BaseException) -> None:
@@ -180,4 +229,4 @@ def _give_up(items: list[_Item], exc: BaseException) -> None:
         log.error("could not record %d finished jobs; they stay pending and run again after "
                   "the claim timeout", len(items), exc_info=exc)
     for item in items:
-        item.done(True)
+        item.finish(True)
