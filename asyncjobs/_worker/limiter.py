@@ -77,33 +77,35 @@ class _Batched(Generic[T]):
                      for q, asks in by_queue.items()]
             replies = await _scripts.run_each_pipelined(rt.client, [call for call, _ in calls])
         except BaseException as exc:  # the round trip failed: every job waiting here hears
-            for ask in batch:
-                if not ask.answer.done():
-                    if isinstance(exc, Exception):
-                        ask.answer.set_exception(exc)
-                    else:
-                        ask.answer.cancel()
+            _fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for asks, reply, (_, sent) in zip(by_queue.values(), replies, calls, strict=True):
             if isinstance(reply, Exception):  # this queue's call failed: its jobs hear; the
-                for ask in asks:              # others' calls ran, their verdicts stand
-                    if not ask.answer.done():
-                        ask.answer.set_exception(reply)
+                _fail(asks, reply)            # others' calls ran, their verdicts stand
                 continue
             try:
                 verdicts = _one_each(asks, self._reply(rt.stores[asks[0].queue], reply, sent))
             except Exception as exc:  # a reply it cannot read: its jobs hear, none waits on
                 log.exception("internal error reading the limit checks of queue %s",
                               asks[0].queue)
-                for ask in asks:
-                    if not ask.answer.done():
-                        ask.answer.set_exception(exc)
+                _fail(asks, exc)
                 continue
             for ask, verdict in zip(asks, verdicts, strict=True):
                 if not ask.answer.done():
                     ask.answer.set_result(verdict)
+
+
+def _fail(asks: Sequence[_Ask[Any]], exc: BaseException) -> None:
+    """Answer the asks not answered yet with ``exc`` (cancel them for a cancellation or
+    other BaseException: it is not theirs to handle)."""
+    for ask in asks:
+        if not ask.answer.done():
+            if isinstance(exc, Exception):
+                ask.answer.set_exception(exc)
+            else:
+                ask.answer.cancel()
 
 
 def _one_each(asks: Sequence[Any], verdicts: list[tuple[str, int]]) -> list[tuple[str, int]]:
