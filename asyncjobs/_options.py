@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ._routing import Priority
+from .exceptions import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,16 @@ class JobOptions:
 
 MAX_TRIES_MOST = 1_000_000
 """The most ``max_tries`` a task or a job may have."""
+
+
+def check_whole(name: str, value: object, least: int = 1) -> int:
+    """A setting that counts something: ``value``, an int (not a bool) of at least
+    ``least``; ``ConfigurationError`` naming ``name`` otherwise (a float slips past a bare
+    ``< least`` test as NaN, which compares false with every bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(f"{name} must be a whole number, {least} or more, not "
+                                 f"{value!r:.80}")
+    return value
 
 
 def check_max_tries(value: object) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ._durations import to_seconds
+from ._options import check_max_tries
 from .exceptions import Retry
 
 
@@ -42,8 +43,7 @@ class RetryPolicy:
     """The longest wait between attempts."""
 
     def __post_init__(self) -> None:
-        if self.max_tries < 1:
-            raise ValueError("max_tries must be >= 1")
+        check_max_tries(self.max_tries)  # (NaN passed a bare "< 1" and retried for ever)
         to_seconds(self.backoff_s, "backoff")
         to_seconds(self.backoff_cap_s, "backoff_cap")
 

@@ -816,3 +816,39 @@ async def test_a_done_callback_that_raises_does_not_stop_the_settles(
     assert broken["left"] == 0
     assert any("internal error after recording job" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("setting", [
+    {"concurrency": 2.5}, {"concurrency": float("nan")}, {"concurrency": "10"},
+    {"sync_concurrency": float("nan")}, {"max_deliveries": float("nan")},
+    {"max_deliveries": 0}, {"dead_letter_limit": float("nan")}, {"dead_letter_limit": True},
+    {"metrics_port": -1}, {"metrics_port": 70_000}, {"metrics_port": 80.5},
+], ids=repr)
+async def test_a_count_setting_that_is_not_a_whole_number_is_refused_at_once(
+        setting: dict[str, Any]) -> None:
+    """Counting settings were checked with a bare ``< 1``, which NaN (and any float)
+    passed: ``dead_letter_limit=nan`` trimmed every dead letter, and every failed job's
+    record with it, as soon as it was written; ``max_deliveries=nan`` never dead-lettered a
+    job that kept killing its worker; ``concurrency=2.5`` failed at start-up inside
+    redis-py with a traceback. Each is now a ``ConfigurationError`` naming the setting."""
+    (name, value), = setting.items()
+    with pytest.raises(asyncjobs.ConfigurationError, match=f"^{name} must be "):
+        asyncjobs.Worker([add], **setting)
+
+
+@pytest.mark.parametrize("tries", [float("nan"), 2.0, 0, True])
+async def test_a_retry_policy_whose_max_tries_is_not_a_whole_number_is_refused(tries: Any) -> None:
+    """``RetryPolicy(max_tries=nan)`` passed its ``< 1`` check: a failing job under it was
+    retried for ever, and never ended visibly."""
+    with pytest.raises((TypeError, ValueError), match="^max_tries must be"):
+        asyncjobs.RetryPolicy(max_tries=tries)
+
+
+@pytest.mark.parametrize("most", [0, -5, float("nan"), 2.0, True])
+async def test_a_cron_whose_max_catch_up_is_not_a_whole_number_is_refused_where_declared(
+        most: Any) -> None:
+    """``cron(..., max_catch_up=0)`` was accepted, and every step of the queue's scheduler
+    then raised: the cron never fired, and its queue's delayed jobs and retries were moved
+    only once per restart of the scheduler's loop (1 s, 2 s ... 30 s apart)."""
+    with pytest.raises(ValueError, match=r"^max_catch_up must be >= 1, not "):
+        asyncjobs.cron(add, every=2, args=(1, 2), max_catch_up=most)

@@ -10,6 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .._durations import Seconds, to_seconds
+from .._options import check_whole
 from .._redis.cluster import is_cluster
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
@@ -84,10 +85,7 @@ def create_pool(
     to_seconds(wait_for_room, "wait_for_room")  # a bad value fails here, not when awaited
     _seconds(timeout, "timeout", above_zero=True)  # NaN or inf: a call that never ends
     _seconds(retry_for, "retry_for", above_zero=False)
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
-            max_connections < 1):
-        raise ConfigurationError(f"max_connections must be a whole number, 1 or more, not "
-                                 f"{max_connections!r:.80}")
+    check_whole("max_connections", max_connections)
     replication = Replication.of(wait_replicas, wait_timeout, timeout, prefix)
 
     async def open_() -> Pool:

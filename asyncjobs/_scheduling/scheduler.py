@@ -100,6 +100,10 @@ def cron(
         when = CronExpr(schedule, timezone)
     else:
         when = Every(timedelta(seconds=to_seconds(every, "every") or 0))
+    if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+        # (checked by every scheduler step too: too late, it stopped the queue's scheduler)
+        raise ValueError(f"max_catch_up must be >= 1, not {max_catch_up!r:.80} (catch_up="
+                         "'skip' runs no missed tick)")
     ref = as_task(task)
     if ref.fn is not None:
         ref.converter.check(tuple(args), dict(kwargs or {}))
@@ -329,10 +333,10 @@ class Scheduler:
                     return 0.0
                 reply = await store.cron_tick(job.name, to_ms(tick), tick_id(job.name, tick),
                                               job.spec, fire=True, no_overlap=job.no_overlap)
-                log.info("cron %s tick %s: %s", job.name, tick.isoformat(), reply)
+                log.info("cron %s tick %s: %s", clean(job.name), tick.isoformat(), reply)
             if plan.dropped:
                 log.warning("cron %s: %d missed tick(s) not run (catch_up=%s)",
-                            job.name, plan.dropped, job.catch_up.value)
+                            clean(job.name), plan.dropped, job.catch_up.value)
             if plan.cursor != cursor and (not plan.fire or plan.cursor > plan.fire[-1]):
                 await store.cron_tick(job.name, to_ms(plan.cursor), "", b"",
                                       fire=False, no_overlap=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .._durations import to_seconds
+from .._options import check_whole
 from .._redis.keys import check_name
 from .._redis.values import DeadLetterLimits
 from .._retry import RetryPolicy
@@ -52,20 +53,19 @@ class WorkerConfig:
             if len(self.weights) != len(self.queues):
                 raise ConfigurationError("give every queue a weight or none")
             parse_queues(dict(zip(self.queues, self.weights, strict=True)))
-        if self.concurrency < 1 or self.sync_concurrency < 1:
-            raise ConfigurationError("concurrency must be >= 1")
-        if not 1.0 <= self.claim_timeout_s <= 3600:
-            raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
-        if self.max_deliveries < 1:
-            raise ConfigurationError("max_deliveries must be >= 1")
-        if self.dead_letter_limit < 1:
-            raise ConfigurationError("dead_letter_limit must be >= 1")
+        # (a float slipped through as NaN compares false with every bound: a NaN dead-letter
+        # limit deleted every letter, a NaN max_deliveries never dead-lettered a poison job)
+        for name in ("concurrency", "sync_concurrency", "max_deliveries", "dead_letter_limit",
+                     "block_ms"):
+            check_whole(name, getattr(self, name))
         for name in ("job_timeout_s", "result_ttl_s", "claim_timeout_s", "shutdown_grace_s",
                      "lease_ttl_s", "heartbeat_every_s", "dead_letter_max_age_s"):
             try:
                 to_seconds(getattr(self, name), name.removesuffix("_s"))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(str(exc)) from exc
+        if not 1.0 <= self.claim_timeout_s <= 3600:
+            raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
         if not 0.1 <= self.lease_ttl_s <= 3600:  # (a longer lease is taken for a stray key)
             raise ConfigurationError("lease_ttl must be between 0.1 s and 1 h")
 
@@ -114,3 +114,4 @@ class WorkerConfig:
     def read_batch(self) -> int:
         """The largest COUNT of one read."""
         return min(self.concurrency, 500)
+

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from .._durations import Seconds, to_seconds
 from .._middleware import LogContext, Middleware, Observer, check_observers, compose
+from .._options import check_whole
 from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
@@ -128,6 +129,8 @@ class Worker:
         check_observers(observers)
         self.observers = list(observers)
         self.log_context = log_context
+        if metrics_port is not None and (check_whole("metrics_port", metrics_port, 0) > 65535):
+            raise ConfigurationError(f"metrics_port must be at most 65535, not {metrics_port}")
         self.metrics_port = metrics_port
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._live: Runtime | None = None
