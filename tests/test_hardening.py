@@ -832,7 +832,7 @@ async def test_a_count_setting_that_is_not_a_whole_number_is_refused_at_once(
     job that kept killing its worker; ``concurrency=2.5`` failed at start-up inside
     redis-py with a traceback. Each is now a ``ConfigurationError`` naming the setting."""
     (name, value), = setting.items()
-    with pytest.raises(asyncjobs.ConfigurationError, match=f"^{name} must be "):
+    with pytest.raises(asyncjobs.ConfigurationError, match=rf"^{name} must be "):
         asyncjobs.Worker([add], **setting)
 
 
@@ -840,7 +840,7 @@ async def test_a_count_setting_that_is_not_a_whole_number_is_refused_at_once(
 async def test_a_retry_policy_whose_max_tries_is_not_a_whole_number_is_refused(tries: Any) -> None:
     """``RetryPolicy(max_tries=nan)`` passed its ``< 1`` check: a failing job under it was
     retried for ever, and never ended visibly."""
-    with pytest.raises((TypeError, ValueError), match="^max_tries must be"):
+    with pytest.raises((TypeError, ValueError), match=r"^max_tries must be"):
         asyncjobs.RetryPolicy(max_tries=tries)
 
 
