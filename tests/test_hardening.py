@@ -831,7 +831,7 @@ async def test_a_count_setting_that_is_not_a_whole_number_is_refused_at_once(
     record with it, as soon as it was written; ``max_deliveries=nan`` never dead-lettered a
     job that kept killing its worker; ``concurrency=2.5`` failed at start-up inside
     redis-py with a traceback. Each is now a ``ConfigurationError`` naming the setting."""
-    (name, value), = setting.items()
+    (name, _), = setting.items()
     with pytest.raises(asyncjobs.ConfigurationError, match=rf"^{name} must be "):
         asyncjobs.Worker([add], **setting)
 
