@@ -747,21 +747,26 @@ async def test_a_limit_check_reply_that_cannot_be_read_leaves_no_job_waiting_for
 async def test_a_settle_that_cannot_be_made_or_read_costs_only_its_own_jobs(
         backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, fault: str) -> None:
-    """A bug of ours while recording a finished job (``build``: its settle call cannot be
-    made; ``reply``: the reply is not one 0 or 1 per job) escaped the settler's loop and
-    ended it: no finished job was recorded again, each stayed RUNNING, kept alive by its
-    worker for ever. Now the jobs it touched are logged and given up (they stay pending
-    and run again after the claim timeout, as after a crash), and the rest is recorded."""
+    """A bug of ours while recording queue ``a``'s finished job (``build``: its settle
+    call cannot be made; ``reply``: the reply is not one 0 or 1 per job), in the round
+    that records queue ``b``'s too, escaped the settler's loop and ended it: no finished
+    job was recorded again, each stayed RUNNING, kept alive by its worker for ever. Now
+    ``b``'s job is recorded in that round; ``a``'s is logged and given up: left pending
+    (``build``: it runs again after the claim timeout, as after a crash) or standing as
+    the call that ran recorded it (``reply``)."""
     from asyncjobs._redis import scripts
+    from asyncjobs._redis.keys import Keys
     from asyncjobs._redis.store import QueueStore
+    from asyncjobs._worker.settler import Settler
 
     SETTLE_RUNS.clear()
     broken = {"left": 1}
+    stream_a = Keys(backend.prefix, "a").stream
     if fault == "build":
         real_call = QueueStore.settle_call
 
         def settle_call(self: QueueStore, *args: Any, **kwargs: Any) -> Any:
-            if broken["left"]:
+            if broken["left"] and self.keys.stream == stream_a:
                 broken["left"] -= 1
                 raise TypeError("an op that cannot be encoded")
             return real_call(self, *args, **kwargs)
@@ -772,25 +777,42 @@ async def test_a_settle_that_cannot_be_made_or_read_costs_only_its_own_jobs(
 
         async def run_each(client: Any, calls: Any) -> list[Any]:
             replies = await real_run(client, calls)
-            if broken["left"] and any(call[0].name == "settle" for call in calls):
-                broken["left"] -= 1
-                return [[] for _ in replies]  # ran, but read as no reply per op
+            for i, (script, keys, _) in enumerate(calls):
+                if broken["left"] and script.name == "settle" and stream_a in keys:
+                    broken["left"] -= 1
+                    replies[i] = [7]  # ran, but read as something else than 0 or 1
             return replies
 
         monkeypatch.setattr(scripts, "run_each_pipelined", run_each)
-    worker = backend.worker([quick_on_a], queues=["a"], claim_timeout=1)
+    rounds: list[list[str]] = []
+    real_send = Settler._send
+
+    async def send(self: Settler, by_queue: dict[str, Any]) -> Any:
+        rounds.append(sorted(by_queue))
+        return await real_send(self, by_queue)
+
+    monkeypatch.setattr(Settler, "_send", send)
+    first_a = await pool.enqueue(quick_on_a, 1)
+    first_b = await pool.enqueue(quick_on_b, 1)
+    worker = backend.worker([quick_on_a, quick_on_b], queues=["a", "b"], claim_timeout=1)
     async with running(backend, worker):
-        first = await pool.enqueue(quick_on_a, 1)
-        assert await first.result(timeout=15) == "a1"
+        assert await first_b.result(timeout=10) == "b1"
+        assert await first_a.result(timeout=15) == "a1"
         assert await (await pool.enqueue(quick_on_a, 2)).result(timeout=10) == "a2"
     assert broken["left"] == 0
-    # build: nothing was recorded, the job ran again; reply: it was recorded by the call
-    # whose reply could not be read, and ran once
-    assert sorted(SETTLE_RUNS) == (["a1", "a1", "a2"] if fault == "build" else ["a1", "a2"])
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
-            and "finished jobs" in r.getMessage()] == [
-        "could not record 1 finished jobs; they stay pending and run again after the "
-        "claim timeout"]
+    assert rounds[0] == ["a", "b"]  # the fault hit a round that held both queues' calls
+    # build: a1 was not recorded and ran again; reply: it was recorded by the call whose
+    # reply could not be read, and ran once
+    again = ["a1"] if fault == "build" else []
+    assert sorted(SETTLE_RUNS) == sorted(["a1", "a2", "b1", *again])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if fault == "build":
+        assert errors == ["could not record 1 finished jobs; they stay pending and run again "
+                          "after the claim timeout"]
+    else:
+        assert errors == ["the settle of 1 finished jobs on queue a ran, but its reply cannot "
+                          "be read (a reply of an unexpected shape: [7]); their outcomes "
+                          "stand as that call recorded them"]
 
 
 async def test_a_done_callback_that_raises_does_not_stop_the_settles(
@@ -814,8 +836,85 @@ async def test_a_done_callback_that_raises_does_not_stop_the_settles(
         assert await (await pool.enqueue(add, 1, 2)).result(timeout=10) == 3
         assert await (await pool.enqueue(add, 3, 4)).result(timeout=10) == 7
     assert broken["left"] == 0
-    assert any("internal error after recording job" in r.getMessage()
+    assert any("internal error in the bookkeeping of job" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_an_error_escaping_a_settle_round_is_logged_and_the_settles_go_on(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Any bug of ours that escapes a round (here: telling the jobs how it went) ended the
+    settler's loop. The round's jobs not yet told are given up (the call had run: the job
+    is recorded), and the next round goes on."""
+    from asyncjobs._worker import settler
+
+    real_deliver = settler._deliver
+    broken = {"left": 1}
+
+    def deliver(*args: Any) -> None:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("delivery bug")
+        real_deliver(*args)
+
+    monkeypatch.setattr(settler, "_deliver", deliver)
+    async with running(backend, backend.worker([add])):
+        assert await (await pool.enqueue(add, 1, 2)).result(timeout=10) == 3
+        assert await (await pool.enqueue(add, 3, 4)).result(timeout=10) == 7
+    assert broken["left"] == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "internal error recording 1 finished jobs; those not recorded stay pending and run "
+        "again after the claim timeout"]
+
+
+async def test_a_cancel_during_the_final_flush_does_not_drop_what_finished(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stopping gracefully flushes its last settles; a cancel of its task then
+    (a second Ctrl-C, an app's task group ending) went into the settler and dropped the
+    settle in flight: the finished job stayed RUNNING and ran again after the claim
+    timeout. The wind-down a cancel cuts short is now done again in a hurry, shielded (it
+    is bounded), as for a cancel before the stop."""
+    from asyncjobs._redis import scripts
+
+    real_run = scripts.run_each_pipelined
+    flushing = asyncio.Event()
+
+    async def slow(client: Any, calls: Any) -> list[Any]:
+        if any(call[0].name == "settle" for call in calls):
+            flushing.set()
+            await asyncio.sleep(0.6)
+        return await real_run(client, calls)
+
+    async def connections() -> set[str]:
+        """The ids of the clients connected to the real Redis, but the asking one (none to
+        tell on fakeredis)."""
+        if not backend.url:
+            return set()
+        import redis.asyncio
+
+        async with redis.asyncio.Redis.from_url(backend.url) as admin:
+            return {c["id"] for c in await admin.client_list()} - {str(await admin.client_id())}
+
+    SETTLE_RUNS.clear()
+    monkeypatch.setattr(scripts, "run_each_pipelined", slow)
+    job = await pool.enqueue(quick_on_a, 1)
+    before = await connections()
+    runner = running(backend, backend.worker([quick_on_a], queues=["a"], claim_timeout=1))
+    worker = await runner.__aenter__()
+    async with asyncio.timeout(10):
+        await flushing.wait()  # the job has finished; its settle is in flight
+    worker.stop()
+    await asyncio.sleep(0.3)  # the worker is winding down, waiting on the flush
+    assert runner._task is not None
+    runner._task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(runner._task, 10)
+    # the worker's connections are closed (they were left open, cancelled too: on uvloop,
+    # closing the event loop then hung for ever)
+    assert await connections() - before == set()
+    assert await job.status() == JobState.COMPLETE
+    assert await job.result(timeout=1) == "a1"
+    assert SETTLE_RUNS == ["a1"]
 
 
 @pytest.mark.parametrize("setting", [

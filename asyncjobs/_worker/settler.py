@@ -17,9 +17,11 @@ job lost to another worker (see ``_deliver``). redis-py itself sends a pipeline 
 after a connection dropped (the clients' ``Retry``); a 0 from such a send, which the
 settler never hears of, is still reported as a job lost.
 
-A bug of ours met while recording (a call that cannot be built, a reply of an unexpected
-shape, a ``done`` callback that raises) is logged and costs only the jobs it touched: they
-stay pending and run again after the claim timeout, as after a crash; the settler goes on.
+A bug of ours met while recording is logged and costs only the jobs it touched; the
+settler goes on. A queue's call that cannot be built leaves its jobs pending: they run
+again after the claim timeout, as after a crash. A reply that cannot be read (not one 0
+or 1 per job) came from a call that ran: its jobs stand as it recorded them. A ``done``
+callback that raises is logged; the other jobs of its round are told all the same.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from redis.exceptions import ResponseError
 from .._redis import scripts as _scripts
 from .._redis.connection import pool_exhausted
 from .._redis.values import SettleOp
+from .._text import clean
 from .runtime import Runtime, corrupt_key, transient
 
 log = logging.getLogger("asyncjobs.worker")
@@ -60,8 +63,8 @@ class _Item:
         try:
             self.done(settled)
         except Exception:
-            log.exception("internal error after recording job id=%s queue=%s",
-                          self.op.job_id, self.queue)
+            log.exception("internal error in the bookkeeping of job id=%s queue=%s",
+                          clean(self.op.job_id), self.queue)
 
 
 SPLIT_AT_ONCE = 4
@@ -111,8 +114,13 @@ class Settler:
                 except Exception:
                     self._held = []  # (only ever this batch's items)
                     lost = [item for item in batch if not item.finished]
-                    log.exception("internal error recording %d finished jobs; they stay "
-                                  "pending and run again after the claim timeout", len(lost))
+                    if lost:
+                        log.exception("internal error recording %d finished jobs; those not "
+                                      "recorded stay pending and run again after the claim "
+                                      "timeout", len(lost))
+                    else:
+                        log.exception("internal error in the settler after a round whose "
+                                      "jobs were all recorded")
                     for item in lost:
                         item.finish(True)
             if self._closing:
@@ -132,6 +140,13 @@ class Settler:
             if not isinstance(outcome, BaseException):
                 wrote = True
                 _deliver(queue, items, outcome)
+            elif isinstance(outcome, _Unreadable):
+                wrote = True
+                log.error("the settle of %d finished jobs on queue %s ran, but its reply "
+                          "cannot be read (%s); their outcomes stand as that call recorded "
+                          "them", len(items), queue, outcome)
+                for item in items:
+                    item.finish(True)
             elif not transient(outcome):
                 _give_up(items, outcome)
             else:
@@ -154,7 +169,8 @@ class Settler:
                 item.finish(True)
             return
         # the round trip failed as a whole (every queue got the same error): one per queue
-        self._split = self._split or (len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes))
+        sent = [o for o in outcomes if not isinstance(o, _Unsendable)]
+        self._split = self._split or (len(sent) > 1 and all(o is sent[0] for o in sent))
         await asyncio.sleep(self.rt.outage.failed(failure, "settle"))
 
     async def _send(self, by_queue: dict[str, list[_Item]]) -> list[Outcome]:
@@ -168,7 +184,9 @@ class Settler:
                     self.rt.consumer, [item.op for item in items], self.rt.config.dead_letters))
                 outcomes.append(None)
             except Exception as exc:  # a bug of ours: this queue's jobs are given up
-                outcomes.append(_Unsendable(f"cannot build the settle call: {exc!r}"))
+                error = _Unsendable(f"cannot build the settle call: {exc!r}")
+                error.__cause__ = exc  # (its traceback is logged)
+                outcomes.append(error)
         if self._split and len(calls) > 1:
             at_once = asyncio.Semaphore(SPLIT_AT_ONCE)
             sent = list(await asyncio.gather(*(self._send_one(call, at_once)
@@ -194,16 +212,20 @@ class Settler:
 
 
 class _Unsendable(Exception):
-    """A queue's settle call could not be made or its reply not read (a bug of ours)."""
+    """A queue's settle call could not be made (a bug of ours): nothing was sent."""
+
+
+class _Unreadable(Exception):
+    """A queue's settle call ran, but its reply is not one 0 or 1 per op (a bug of ours)."""
 
 
 def _checked(outcome: Outcome, ops: int) -> Outcome:
-    """The outcome, or an error if a reply is not one 0 or 1 per op."""
+    """The outcome, or ``_Unreadable`` if a reply is not one 0 or 1 per op."""
     if isinstance(outcome, BaseException):
         return outcome
     if not (isinstance(outcome, list) and len(outcome) == ops
-            and all(isinstance(one, int) for one in outcome)):
-        return _Unsendable(f"a settle reply of an unexpected shape: {outcome!r:.200}")
+            and all(type(one) is int and one in (0, 1) for one in outcome)):
+        return _Unreadable(f"a reply of an unexpected shape: {outcome!r:.200}")
     return outcome
 
 

@@ -54,7 +54,8 @@ async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
     hand back what this worker still holds, each step bounded by ``_FLUSH_S``."""
     ex.leave_behind()
     settler.close(give_up_after_s=_FLUSH_S)
-    await settling
+    with anyio.CancelScope(shield=True):  # a cancel now must not drop what finished: the
+        await settling                    # flush is bounded (``_FLUSH_S`` in an outage)
     with anyio.move_on_after(_FLUSH_S):
         await handback(rt, ex)
     ex.threads.close()

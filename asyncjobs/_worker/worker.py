@@ -54,6 +54,7 @@ from .watchdog import LoopWatchdog, describe_with
 log = logging.getLogger("asyncjobs.worker")
 
 _RELEASE_S = 5.0
+_CLOSE_S = 5.0
 """At shutdown, the longest wait for Redis to end this worker's blocking read and to take
 back its scheduler leases (a Redis that does not answer would hold each up to the socket
 timeout)."""
@@ -219,8 +220,12 @@ class Worker:
                     await self._serve(rt, task_status)
         finally:
             self._live = None
-            await blocking.aclose()
-            await client.aclose()
+            # Shielded: a run cancelled from outside (an app's task group) is cancelled at
+            # every await here too, and the connections were left open (on uvloop, closing
+            # the event loop then hung for ever). Bounded: a close waits on no reply.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
+                await blocking.aclose()
+                await client.aclose()
 
     def _banner(self, where: str, redis_version: str) -> None:
         cfg = self.config
@@ -304,16 +309,19 @@ class Worker:
             task_status.started(self)
             try:
                 await rt.stopping.wait()
+                await self._wind_down(rt, ex, settler, settling, fetching, fetched,
+                                      schedulers)
             except BaseException:
-                # Cancelled from outside (an app's task group, say): stop at once, but still
-                # record what finished and hand back what runs, shielded from the cancel.
+                # Cancelled from outside (an app's task group, say), before or during a
+                # graceful stop: stop at once, but still record what finished and hand back
+                # what runs, shielded from the cancel (each step is bounded; one the cancel
+                # cut short is done again, in a hurry).
                 rt.stopping.set()
                 rt.hurry.set()
                 with anyio.CancelScope(shield=True):
                     await self._wind_down(rt, ex, settler, settling, fetching, fetched,
                                           schedulers)
                 raise
-            await self._wind_down(rt, ex, settler, settling, fetching, fetched, schedulers)
             tg.cancel_scope.cancel()
 
     async def _wind_down(self, rt: Runtime, ex: Executor, settler: Settler,
