@@ -44,8 +44,12 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         check_max_tries(self.max_tries)  # (NaN passed a bare "< 1" and retried for ever)
-        to_seconds(self.backoff_s, "backoff")
-        to_seconds(self.backoff_cap_s, "backoff_cap")
+        # Stored as seconds: a timedelta passed the check, was kept as it was, and every
+        # retry then failed inside backoff_delay (an internal error, the job stuck until
+        # the claim timeout).
+        object.__setattr__(self, "backoff_s", to_seconds(self.backoff_s, "backoff") or 0.0)
+        object.__setattr__(self, "backoff_cap_s",
+                           to_seconds(self.backoff_cap_s, "backoff_cap") or 0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -325,7 +325,7 @@ app.add_typer(dlq, name="dlq")
 
 @dlq.command("list", cls=Command)
 def dlq_list(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queue = None,
-             limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+             limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000)] = 50,
              as_json: AsJson = False) -> None:
     """The newest dead letters of a queue."""
     letters = _run(ops.dead_letters(ops.Target(redis_url, prefix), queue, limit))

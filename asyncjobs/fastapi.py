@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from ._durations import Seconds, to_seconds
 from ._producer.opening import create_pool
 from ._producer.pool import Pool
 
@@ -93,8 +94,17 @@ class Health:
 
 
 async def health(pool: Pool, queue: str | None = None, *, max_waiting: int = 10_000,
-                 max_age_s: float | None = None) -> Health:
-    """Healthy when a live worker serves ``queue`` and the backlog is under the limits."""
+                 max_age_s: Seconds | None = None) -> Health:
+    """Healthy when a live worker serves ``queue`` and the backlog is under the limits:
+    at most ``max_waiting`` jobs waiting (a whole number, 0 or more), the oldest waiting
+    at most ``max_age_s`` (seconds or a ``timedelta``; None: no age limit). A limit that
+    is not one raises ``TypeError`` or ``ValueError`` naming it, before Redis is asked."""
+    if isinstance(max_waiting, bool) or not isinstance(max_waiting, int):
+        raise TypeError(f"max_waiting must be a whole number of jobs, not "
+                        f"{type(max_waiting).__name__} {max_waiting!r:.80}")
+    if max_waiting < 0:
+        raise ValueError(f"max_waiting must be 0 or more, not {max_waiting}")
+    max_age = to_seconds(max_age_s, "max_age_s")
     name = queue or pool.default_queue
     stats = await pool.admin.queue_stats(name)
     workers = [w for w in await pool.admin.workers() if name in w.queues]
@@ -103,6 +113,6 @@ async def health(pool: Pool, queue: str | None = None, *, max_waiting: int = 10_
         reason = f"no live worker serves queue {name!r}"
     elif stats.waiting > max_waiting:
         reason = f"{stats.waiting} jobs waiting (limit {max_waiting})"
-    elif max_age_s is not None and (stats.oldest_waiting_s or 0) > max_age_s:
-        reason = f"oldest job waited {stats.oldest_waiting_s:.0f} s (limit {max_age_s:g} s)"
+    elif max_age is not None and (stats.oldest_waiting_s or 0) > max_age:
+        reason = f"oldest job waited {stats.oldest_waiting_s:.0f} s (limit {max_age:g} s)"
     return Health(not reason, len(workers), stats.waiting, stats.oldest_waiting_s, reason)

@@ -8,9 +8,9 @@ README, Installing) and a port::
 
 Each worker serves its own registry (never prometheus_client's global one). Job counters
 and durations come from the worker's job events; queue and worker gauges are refreshed
-every ``refresh_s`` seconds (5 by default, or ``$ASYNCJOBS_METRICS_REFRESH_S``). Queue
-gauges describe the whole queue, so every worker serving a queue reports the same values:
-aggregate them with ``max``, not ``sum``.
+every ``refresh_s`` seconds (5 by default, or ``$ASYNCJOBS_METRICS_REFRESH_S``; 0.01 s to
+1 h). Queue gauges describe the whole queue, so every worker serving a queue reports the
+same values: aggregate them with ``max``, not ``sum``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from wsgiref.simple_server import WSGIServer
 
 from redis.exceptions import RedisError
 
+from ._durations import Seconds, to_seconds
 from .exceptions import ConfigurationError, RedisUnavailable
 
 try:
@@ -93,16 +94,35 @@ def counters_for(event: str) -> tuple[str, ...]:
     return EVENT_COUNTERS.get(event, ())
 
 
-def refresh_interval(value: float | None = None) -> float:
-    """``value``, else ``$ASYNCJOBS_METRICS_REFRESH_S``, else 5 s; must be positive."""
-    raw = os.environ.get(REFRESH_ENV, "") if value is None else value
-    try:
-        seconds = 5.0 if raw == "" else float(raw)
-    except ValueError:
-        bad = f"{REFRESH_ENV} must be a number of seconds, not {raw!r}"
-        raise ConfigurationError(bad) from None
-    if not seconds > 0:
-        raise ConfigurationError(f"the metrics refresh interval must be positive, not {raw!r}")
+REFRESH_LEAST_S = 0.01
+"""The shortest gauge refresh interval (a shorter one would have the worker refresh in a
+loop, a Redis round trip each time)."""
+
+REFRESH_MOST_S = 3600.0
+"""The longest gauge refresh interval (1 h; ``inf`` would freeze the gauges)."""
+
+
+def refresh_interval(value: Seconds | None = None) -> float:
+    """``value`` (seconds or a ``timedelta``), else ``$ASYNCJOBS_METRICS_REFRESH_S``, else
+    5 s; it must be positive, from 0.01 s to 1 h. A bad value, given or in the environment,
+    raises ``ConfigurationError`` naming ``refresh_s`` or the variable (at the worker's
+    start-up), never falls back to the default."""
+    name = REFRESH_ENV if value is None else "refresh_s"
+    raw: object = os.environ.get(REFRESH_ENV, "") if value is None else value
+    if isinstance(raw, str):
+        try:
+            seconds = 5.0 if raw == "" else float(raw)
+        except ValueError:
+            bad = f"{name} must be a number of seconds, not {raw!r:.80}"
+            raise ConfigurationError(bad) from None
+    else:
+        try:
+            seconds = to_seconds(value, name) or 0.0
+        except (TypeError, ValueError) as exc:  # its message names refresh_s
+            raise ConfigurationError(str(exc)) from None
+    if not REFRESH_LEAST_S <= seconds <= REFRESH_MOST_S:  # NaN fails this too
+        raise ConfigurationError(f"{name} (the metrics refresh interval) must be positive, "
+                                 f"from {REFRESH_LEAST_S:g} s to 1 h, not {raw!r:.80}")
     return seconds
 
 
@@ -125,7 +145,7 @@ class WorkerMetrics:
 
     def __init__(self, *, worker: str, queues: Sequence[str], concurrency: int,
                  registry: CollectorRegistry | None = None,
-                 refresh_s: float | None = None, tasks: Iterable[str] | None = None) -> None:
+                 refresh_s: Seconds | None = None, tasks: Iterable[str] | None = None) -> None:
         self.worker = worker
         self.queues = tuple(queues)
         self.tasks: frozenset[str] | None = None if tasks is None else frozenset(tasks)

@@ -951,3 +951,89 @@ async def test_a_cron_whose_max_catch_up_is_not_a_whole_number_is_refused_where_
     only once per restart of the scheduler's loop (1 s, 2 s ... 30 s apart)."""
     with pytest.raises(ValueError, match=r"^max_catch_up must be >= 1, not "):
         asyncjobs.cron(add, every=2, args=(1, 2), max_catch_up=most)
+
+
+async def test_a_retry_policy_takes_its_backoff_as_a_timedelta() -> None:
+    """``RetryPolicy(backoff_s=timedelta(...))`` passed its check but was kept as it was:
+    every retry then failed inside the back-off (an internal error; the job waited for
+    the claim timeout, its history saying the worker was lost)."""
+    import datetime as dt
+
+    from asyncjobs._retry import backoff_delay
+
+    policy = asyncjobs.RetryPolicy(backoff_s=dt.timedelta(seconds=2),
+                                   backoff_cap_s=dt.timedelta(minutes=1))
+    assert (policy.backoff_s, policy.backoff_cap_s) == (2.0, 60.0)
+    assert backoff_delay(3, policy.backoff_s, policy.backoff_cap_s, 0.5) == 4.0
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"dead_letter_max_age": 0}, "dead_letter_max_age must be at least 1 s"),
+    ({"dead_letter_max_age": 0.5}, "dead_letter_max_age must be at least 1 s"),
+])
+async def test_a_dead_letter_age_under_a_second_is_refused(change: dict[str, Any],
+                                                           says: str) -> None:
+    """It was raised to 1 s without a word: a letter (and its job's record) was deleted
+    at the next dead-lettering, when 0 may well have meant "keep them"."""
+    with pytest.raises(asyncjobs.ConfigurationError, match=says):
+        asyncjobs.Worker([add], **change)
+
+
+@pytest.mark.parametrize("every", [0, 0.01, 7200])
+async def test_a_heartbeat_interval_out_of_bounds_is_refused(every: float) -> None:
+    """``configure(heartbeat_every_s=0)`` spun: an idle worker sent ~80,000 commands a
+    second."""
+    with pytest.raises(asyncjobs.ConfigurationError, match="heartbeat_every must be"):
+        asyncjobs.Worker([add]).configure(heartbeat_every_s=every)
+
+
+@pytest.mark.parametrize("retry_for", [float("nan"), float("inf"), -1, "10"])
+async def test_a_pool_refuses_a_retry_for_it_could_never_end(retry_for: Any) -> None:
+    """``Pool(client, retry_for=nan)`` (or inf) retried an unreachable Redis for ever,
+    although a pool's calls "never hang"; ``create_pool`` checked it, ``Pool`` did not."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis()
+    try:
+        with pytest.raises(asyncjobs.ConfigurationError, match="retry_for"):
+            asyncjobs.Pool(client, retry_for=retry_for)
+    finally:
+        await client.aclose()
+
+
+async def test_listing_counts_that_are_not_whole_numbers_are_refused(
+        pool: asyncjobs.Pool) -> None:
+    """NaN passed ``scan < 1`` and the listing returned an empty page whose missing
+    cursor says "the end"; the dead letters' ``scan`` was not checked at all (0 listed
+    none of five letters); a float or huge ``limit`` reached Redis as a COUNT it
+    refused, with a traceback at the CLI."""
+    admin = pool.admin
+    for bad in (float("nan"), 0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"^scan must be a whole number"):
+            await admin.jobs("queued", scan=bad)
+        with pytest.raises(ValueError, match=r"^scan must be a whole number"):
+            await admin.dead_letter_page(scan=bad)
+        with pytest.raises(ValueError, match=r"^limit must be a whole number"):
+            await admin.dead_letters(limit=bad)
+        with pytest.raises(ValueError, match=r"^minutes must be a whole number"):
+            await admin.throughput(minutes=bad)
+    with pytest.raises(ValueError, match=r"^limit must be a whole number"):
+        await admin.dead_letters(limit=10**20)
+    assert await admin.dead_letters(limit=1_000_000) == []
+
+
+async def test_waiting_for_more_replicas_than_wait_takes_is_refused() -> None:
+    """``wait_replicas=2**63`` was accepted: every enqueue then wrote its job and raised
+    Redis's refusal of the WAIT, so a caller that retried made duplicates."""
+    with pytest.raises(asyncjobs.ConfigurationError, match="wait_replicas must be"):
+        await asyncjobs.create_pool("redis://127.0.0.1:1", wait_replicas=2**63)
+
+
+async def test_an_expiry_shorter_than_a_millisecond_expires(backend: Backend,
+                                                            pool: asyncjobs.Pool) -> None:
+    """``expires=0.0004`` rounded to 0 ms, which the script reads as "never expires": the
+    job ran however late, while ``expires=0.001`` expired."""
+    job = await pool.enqueue(add.options(expires=0.0004), 1, 2)
+    await asyncio.sleep(0.01)
+    await burst(backend, [add])
+    assert await job.status() is JobState.EXPIRED

@@ -27,6 +27,7 @@ from .._redis.pubsub import publish
 from .._redis.refusals import refused
 from .._redis.values import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
+from .cursor import check_count
 from .deadletters import (
     REPLIES,
     DeadLetter,
@@ -187,7 +188,9 @@ class Admin:
 
     async def dead_letters(self, queue: str | None = None, *, limit: int = 100,
                            newest_first: bool = True) -> list[DeadLetter]:
-        """Entries of the dead-letter stream, newest first by default."""
+        """Entries of the dead-letter stream, newest first by default; ``limit`` a whole
+        number from 1 to 1,000,000 (``ValueError`` otherwise)."""
+        check_count("limit", limit, 1_000_000)
         keys = self.pool.keys(queue or self.pool.default_queue)
         if newest_first:
             rows = await self.pool.call(lambda: self.client.xrevrange(keys.dead, count=limit))
@@ -220,7 +223,9 @@ class Admin:
     async def throughput(self, queue: str | None = None, *,
                          minutes: int = 60) -> list[MinuteCounts]:
         """Jobs that ended in each of the last ``minutes`` minutes (Redis clock, oldest
-        first, the current minute last), by outcome. Kept two hours."""
+        first, the current minute last), by outcome. Kept two hours: ``minutes`` is a whole
+        number (``ValueError`` otherwise), 120 at most (a larger one reads 120)."""
+        check_count("minutes", minutes, 10**9)
         keys = self.pool.keys(queue or self.pool.default_queue)
         [now] = await self._pipe(lambda p: p.execute_command("TIME"))
         current = time_ms(now) // 60_000

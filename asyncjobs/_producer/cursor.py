@@ -13,6 +13,8 @@ import hmac
 import re
 
 MAX_LIMIT = 500
+MAX_SCAN = 1_000_000
+"""The most entries one listing call may be told to read."""
 """The most rows one page may hold."""
 
 _LONGEST_CURSOR = 8192
@@ -71,7 +73,20 @@ def entry_key(entry: str) -> tuple[int, int]:
 
 
 def check_limit(limit: int) -> int:
-    """A page size between 1 and ``MAX_LIMIT``."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    return limit
+    """A page size, a whole number between 1 and ``MAX_LIMIT``; ``ValueError`` otherwise."""
+    return check_count("limit", limit, MAX_LIMIT)
+
+
+def check_scan(scan: int) -> int:
+    """How many entries one call may read, a whole number from 1 to ``MAX_SCAN``
+    (``ValueError`` otherwise): NaN passed a bare ``< 1`` and made an empty last page."""
+    return check_count("scan", scan, MAX_SCAN)
+
+
+def check_count(name: str, value: object, most: int) -> int:
+    """``value``, an int (not a bool) between 1 and ``most``; ``ValueError`` naming
+    ``name`` otherwise (a float reached Redis as a COUNT it refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be a whole number between 1 and {most:,}, not "
+                         f"{value!r:.80}")
+    return value

@@ -42,7 +42,7 @@ from .._model import Progress
 from .._redis.kept import decode as kept_record
 from .._redis.kept import tag_of
 from .._redis.keys import GROUP
-from .cursor import ENTRY, check_limit, decode_cursor, encode_cursor, entry_id
+from .cursor import ENTRY, check_limit, check_scan, decode_cursor, encode_cursor, entry_id
 from .deadletters import DeadLetter, dead_letter, text, when
 from .sources import ENDED, Source, whole
 
@@ -203,8 +203,7 @@ class Listing:
         if order not in ("oldest", "newest"):
             raise ValueError(f"unknown order {order!r}: oldest or newest")
         check_limit(limit)
-        if scan < 1:
-            raise ValueError(f"scan must be at least 1, not {scan}")
+        check_scan(scan)
         kind = f"{state}.{order}"
         source = Source(self, queue, state, order == "newest")
         at: list[str] | None = None
@@ -235,6 +234,7 @@ class Listing:
         job has that task, or whose latest error type (or reason) names that error. At most
         ``scan`` letters are read per call; the cursor resumes after the last one read."""
         check_limit(limit)
+        check_scan(scan)
         end = f"({entry_id(decode_cursor(cursor, 'x', 1)[0])}" if cursor else "+"
         items: list[DeadRow] = []
         scanned, last, more = 0, "", True

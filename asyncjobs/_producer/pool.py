@@ -40,6 +40,7 @@ from .._redis.values import NewJob
 from .._routing import level_queue
 from .._task import AsyncFn, Call, SyncFn, Task, call
 from ..exceptions import (
+    ConfigurationError,
     EnqueueError,
     PoolExhausted,
     QueueFull,
@@ -124,7 +125,7 @@ class Pool:
         """WAIT after each enqueue (``create_pool(wait_replicas=...)``), or None."""
         self.prefix = check_name("prefix", prefix)
         self.default_queue = check_name("queue name", queue)
-        self.retry_for_s = retry_for
+        self.retry_for_s: float = _retry_for(retry_for)
         self.description = description
         self.wait_for_room_s: float = to_seconds(wait_for_room, "wait_for_room") or 0.0
         """How long an enqueue waits for room in a full queue before raising ``QueueFull``
@@ -342,7 +343,9 @@ class Pool:
             spec=data,
             delay_ms=round((opts.delay_s or 0) * 1000),
             due_at_ms=to_ms(opts.at) if opts.at else 0,
-            expires_in_ms=round(exp * 1000) if isinstance(exp, float) else 0,
+            # (at least 1 ms: a shorter one rounded to 0, which means "never expires")
+            expires_in_ms=max(1, round(exp * 1000)) if isinstance(exp, float) and exp > 0
+            else 0,
             expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
         )
         return queue, new, task.result_type
@@ -382,3 +385,13 @@ class Pool:
 
 
 __all__ = ["Pool"]
+
+
+def _retry_for(value: object) -> float:
+    """``retry_for`` in seconds: a finite number, 0 or more (NaN or inf retried an
+    unreachable Redis for ever); ``ConfigurationError`` naming it otherwise."""
+    try:
+        seconds = to_seconds(value, "retry_for")  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    return seconds or 0.0

@@ -27,6 +27,8 @@ from redis.exceptions import NoScriptError
 from ..exceptions import ConfigurationError, NotReplicated
 from . import scripts as s
 
+MAX_REPLICAS = 10_000
+"""The most replicas an enqueue may wait for (far more than any deployment has)."""
 
 @dataclass(frozen=True, slots=True)
 class Replication:
@@ -41,9 +43,11 @@ class Replication:
     def of(cls, replicas: int, timeout_s: float, socket_timeout_s: float | None,
            prefix: str) -> Replication | None:
         """The setting for ``create_pool(wait_replicas=, wait_timeout=)``; None for 0."""
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise ConfigurationError(f"wait_replicas must be a whole number, 0 or more, "
-                                     f"not {replicas!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not (
+                0 <= replicas <= MAX_REPLICAS):
+            # (one past what WAIT takes failed every enqueue after writing the job)
+            raise ConfigurationError(f"wait_replicas must be a whole number from 0 to "
+                                     f"{MAX_REPLICAS:,}, not {replicas!r:.80}")
         if not replicas:
             return None
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < float("inf")):

@@ -64,6 +64,11 @@ class WorkerConfig:
                 to_seconds(getattr(self, name), name.removesuffix("_s"))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(str(exc)) from exc
+        if self.dead_letter_max_age_s < 1.0:  # (it was raised to 1 s without a word)
+            raise ConfigurationError("dead_letter_max_age must be at least 1 s (dead letters, "
+                                     "and their jobs' records, are kept that long)")
+        if not 0.1 <= self.heartbeat_every_s <= 3600:  # (0 spun: a beat after each beat)
+            raise ConfigurationError("heartbeat_every must be between 0.1 s and 1 h")
         if not 1.0 <= self.claim_timeout_s <= 3600:
             raise ConfigurationError("claim_timeout must be between 1 s and 1 h")
         if not 0.1 <= self.lease_ttl_s <= 3600:  # (a longer lease is taken for a stray key)
@@ -108,7 +113,7 @@ class WorkerConfig:
     def dead_letters(self) -> DeadLetterLimits:
         """The dead-letter limits, as the scripts take them."""
         return DeadLetterLimits(self.dead_letter_limit,
-                                max(1000, round(self.dead_letter_max_age_s * 1000)))
+                                round(self.dead_letter_max_age_s * 1000))
 
     @property
     def read_batch(self) -> int:

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.resources
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from .._durations import Seconds, to_seconds
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._redis.connection import default_url, url_factory
@@ -176,10 +177,23 @@ PATHS = {"overview": "/", "queue": "/queue", "dead": "/dead", "job": "/job",
          "workers": "/workers", "crons": "/crons", "search": "/search"}
 
 
+def _refresh_seconds(refresh_s: object) -> float:
+    """``refresh_s`` in seconds (a number or a ``timedelta``), from 0.2 s to 1 h;
+    ``ValueError`` naming it otherwise (a bool is not a number of seconds here)."""
+    seconds = None
+    if isinstance(refresh_s, int | float | timedelta) and not isinstance(refresh_s, bool):
+        with contextlib.suppress(ValueError):  # NaN, inf, negative: the message below
+            seconds = to_seconds(refresh_s, "refresh_s")
+    if seconds is None or not 0.2 <= seconds <= 3600:
+        raise ValueError(f"refresh_s must be between 0.2 and 3600 seconds, not "
+                         f"{refresh_s!r:.80}")
+    return seconds
+
+
 def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
                prefix: str = "asyncjobs", read_only: bool = False,
                redact: Mapping[TaskKey, Redaction] | None = None, auth: Auth | None = None,
-               refresh_s: float = 2.0, page_size: int = 50,
+               refresh_s: Seconds = 2.0, page_size: int = 50,
                title: str = "asyncjobs") -> Starlette:
     """The dashboard, an ASGI app to serve (``asyncjobs dashboard``) or mount in yours.
 
@@ -189,17 +203,19 @@ def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
     switches every action off, server-side. ``redact`` hides job arguments per task.
     ``auth`` is called with every request: it returns the user (for the action log) or
     raises an ``HTTPException`` to refuse. ``refresh_s``: how often the pages update
-    themselves; ``page_size``: rows per page of a list.
+    themselves (seconds or a ``timedelta``, 0.2 s to 1 h); ``page_size``: rows per page of a
+    list (a whole number, 1 to 500). Either out of range, or not a number, raises
+    ``ValueError`` naming it.
     """
-    if not (isinstance(refresh_s, int | float) and math.isfinite(refresh_s) and
-            0.2 <= refresh_s <= 3600):
-        raise ValueError(f"refresh_s must be between 0.2 and 3600 seconds, not {refresh_s!r}")
-    if not 1 <= page_size <= 500:
-        raise ValueError(f"page_size must be between 1 and 500, not {page_size!r}")
+    refresh = _refresh_seconds(refresh_s)
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or \
+            not 1 <= page_size <= 500:
+        raise ValueError(f"page_size must be a whole number between 1 and 500, not "
+                         f"{page_size!r:.80}")
     if pool is None:
         url_factory(redis_url or default_url())  # a URL that can never work: raised here
     opener = None if pool is None else pool if not isinstance(pool, Pool) else lambda: pool
-    settings = Settings(read_only, float(refresh_s), page_size, title, redactors(redact),
+    settings = Settings(read_only, refresh, page_size, title, redactors(redact),
                         opener, redis_url, prefix)
     handlers = Dashboard(settings)
     routes = [Route(path, handlers.page(name), name=name) for name, path in PATHS.items()]

@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .._durations import Seconds, to_seconds
+from .._options import check_whole
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._redis.connection import url_factory
@@ -41,6 +42,11 @@ Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
 _DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
             "sqlite": "sqlite+aiosqlite"}
 _STOP_WAIT_S = 10.0  # at a worker's shutdown, for the batch in hand to finish
+MIN_POLL_S = 0.01
+"""The shortest ``poll`` a relay accepts: a shorter one reads the table in a loop."""
+MIN_LEASE_TTL_S = 0.1
+"""The shortest ``lease_ttl`` a relay accepts (as a worker's): Redis sets leases in whole
+milliseconds, and a lease renewed more often than this is mostly round trips."""
 
 
 def database_url(url: str) -> sa.URL:
@@ -91,6 +97,9 @@ class Relay:
     ``queues``, when given, are the only queues rows may name (others fail). With
     ``lease`` (the default) one relay at a time moves rows, among every process relaying
     this outbox (``name``, default the table's full name) under this prefix.
+    ``batch_size``: rows per batch, a whole number from 1 to 10,000; ``poll``: at least
+    0.01 s; ``lease_ttl``: the lease's expiry, 0.1 s to 1 h. A value out of range is a
+    ``ConfigurationError`` here.
     """
 
     def __init__(self, database: AsyncEngine | str, *, table: sa.Table = TABLE,
@@ -98,12 +107,15 @@ class Relay:
                  batch_size: int = 1000, keep: Seconds = 0.0, poll: Seconds | None = None,
                  queues: Collection[str] | None = None, lease: bool = True,
                  lease_ttl: Seconds = 5.0, name: str | None = None) -> None:
-        if not 1 <= batch_size <= 10_000:
+        if check_whole("batch_size", batch_size) > 10_000:
             raise ConfigurationError(f"batch_size must be from 1 to 10000, got {batch_size}")
-        if poll is not None and not to_seconds(poll, "poll"):
-            raise ConfigurationError("poll must be more than 0 s")
-        if not 0 < (to_seconds(lease_ttl, "lease_ttl") or 0) <= MAX_LEASE_TTL_S:
-            raise ConfigurationError("lease_ttl must be more than 0 s and at most 1 h")
+        if poll is not None and (to_seconds(poll, "poll") or 0.0) < MIN_POLL_S:
+            # (a positive but tiny poll read the table in a loop)
+            raise ConfigurationError(f"poll must be at least {MIN_POLL_S:g} s, got {poll!r:.80}")
+        lease_ttl_s = to_seconds(lease_ttl, "lease_ttl") or 0.0
+        if not MIN_LEASE_TTL_S <= lease_ttl_s <= MAX_LEASE_TTL_S:  # Redis takes whole ms
+            raise ConfigurationError(f"lease_ttl must be between {MIN_LEASE_TTL_S:g} s and 1 h, "
+                                     f"got {lease_ttl!r:.80}")
         self._own_engine = isinstance(database, str)
         self.engine = (_engine(database_url(database))
                        if isinstance(database, str) else database)
@@ -119,7 +131,7 @@ class Relay:
             keep_ms=round((to_seconds(keep, "keep") or 0.0) * 1000),
             poll_s=to_seconds(poll, "poll"),
             queues=frozenset(check_name("queue name", q) for q in queues) if queues else None,
-            lease_key=None, lease_ttl_s=to_seconds(lease_ttl, "lease_ttl") or 5.0,
+            lease_key=None, lease_ttl_s=lease_ttl_s,
         )
         self._running: set[asyncio.Event] = set()
 
