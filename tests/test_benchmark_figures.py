@@ -270,3 +270,26 @@ def test_the_readme_quotes_the_redis_cost() -> None:
             f"{m['drain_per_job']:,.0f} a job to drain.") in text
     assert (f"`benchmarks/results/redis_cost-f348ab5.json`): {b['enqueue_per_job']:,.0f}, "
             f"{b['enqueue_many_per_job']:,.0f} and {b['drain_per_job']:,.0f}.") in text
+
+
+def test_the_readme_quotes_the_third_vm_s_run() -> None:
+    """The later run of 2026-12-02 on a third VM of the kind: its medians and ratios."""
+    summary = json.loads((ROOT / "benchmarks/results/2026-12-02-vm-2.json").read_text())[
+        "summary"]
+    ours = [median(summary, w, "asyncjobs", k) for w, k in [
+        ("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
+        ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")]]
+    theirs = [median(summary, w, "dramatiq", k) for w, k in [
+        ("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
+        ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")]]
+    assert all(theirs[i] == max(median(summary, w, s, k) for s in ("dramatiq", "celery", "taskiq"))
+               for i, (w, k) in enumerate([("process_noop", "jobs_per_s"),
+                                           ("process_incr", "jobs_per_s"),
+                                           ("cores", "jobs_per_s"),
+                                           ("cores", "incr_jobs_per_s")]))
+    x = [f"{a / b:.2f}x" for a, b in zip(ours, theirs, strict=True)]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"gave {ours[0]:,.0f} and {ours[1]:,.0f} jobs/s on one process ({x[0]} and "
+            f"{x[1]} Dramatiq), {ours[2]:,.0f} and {ours[3]:,.0f} on every core ({x[2]} and "
+            f"**{x[3]}**), {median(summary, 'process_noop', 'asyncjobs', 'cmds_per_job'):.2f} "
+            "commands a job") in text
