@@ -33,13 +33,32 @@ MAX_TRIES_MOST = 1_000_000
 """The most ``max_tries`` a task or a job may have."""
 
 
-def check_whole(name: str, value: object, least: int = 1) -> int:
-    """A setting that counts something: ``value``, an int (not a bool) of at least
-    ``least``; ``ConfigurationError`` naming ``name`` otherwise (a float slips past a bare
-    ``< least`` test as NaN, which compares false with every bound)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(f"{name} must be a whole number, {least} or more, not "
+def _whole(value: object, least: int, most: int | None) -> bool:
+    """An int (not a bool) from ``least`` to ``most`` (None: no bound). A float slips past
+    a bare ``< least`` test as NaN, which compares false with every bound."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= least
+            and (most is None or value <= most))
+
+
+def check_whole(name: str, value: object, least: int = 1, most: int | None = None) -> int:
+    """A setting that counts something: ``value``, a whole number from ``least`` (to
+    ``most``); ``ConfigurationError`` naming ``name`` otherwise."""
+    if not _whole(value, least, most):
+        bounds = f"{least} or more" if most is None else f"from {least} to {most:,}"
+        raise ConfigurationError(f"{name} must be a whole number, {bounds}, not "
                                  f"{value!r:.80}")
+    assert isinstance(value, int)
+    return value
+
+
+def check_count(name: str, value: object, most: int) -> int:
+    """A call's argument that counts something (a page size, entries to read): a whole
+    number from 1 to ``most``; ``ValueError`` naming ``name`` otherwise (a float reached
+    Redis as a COUNT it refused)."""
+    if not _whole(value, 1, most):
+        raise ValueError(f"{name} must be a whole number between 1 and {most:,}, not "
+                         f"{value!r:.80}")
+    assert isinstance(value, int)
     return value
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from .._model import JobInfo
+from .._options import check_count
 from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
@@ -27,7 +28,6 @@ from .._redis.pubsub import publish
 from .._redis.refusals import refused
 from .._redis.values import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
-from .cursor import check_count
 from .deadletters import (
     REPLIES,
     DeadLetter,

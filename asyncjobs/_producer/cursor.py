@@ -12,10 +12,12 @@ import hashlib
 import hmac
 import re
 
+from .._options import check_count
+
 MAX_LIMIT = 500
+"""The most rows one page may hold."""
 MAX_SCAN = 1_000_000
 """The most entries one listing call may be told to read."""
-"""The most rows one page may hold."""
 
 _LONGEST_CURSOR = 8192
 """A scheduled job's cursor holds its id: up to 1,024 characters, 4 KiB of UTF-8."""
@@ -82,11 +84,3 @@ def check_scan(scan: int) -> int:
     (``ValueError`` otherwise): NaN passed a bare ``< 1`` and made an empty last page."""
     return check_count("scan", scan, MAX_SCAN)
 
-
-def check_count(name: str, value: object, most: int) -> int:
-    """``value``, an int (not a bool) between 1 and ``most``; ``ValueError`` naming
-    ``name`` otherwise (a float reached Redis as a COUNT it refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise ValueError(f"{name} must be a whole number between 1 and {most:,}, not "
-                         f"{value!r:.80}")
-    return value

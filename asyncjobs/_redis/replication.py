@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from .._options import check_whole
 from ..exceptions import ConfigurationError, NotReplicated
 from . import scripts as s
 
@@ -43,11 +44,8 @@ class Replication:
     def of(cls, replicas: int, timeout_s: float, socket_timeout_s: float | None,
            prefix: str) -> Replication | None:
         """The setting for ``create_pool(wait_replicas=, wait_timeout=)``; None for 0."""
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or not (
-                0 <= replicas <= MAX_REPLICAS):
-            # (one past what WAIT takes failed every enqueue after writing the job)
-            raise ConfigurationError(f"wait_replicas must be a whole number from 0 to "
-                                     f"{MAX_REPLICAS:,}, not {replicas!r:.80}")
+        # (one past what WAIT takes failed every enqueue after writing the job)
+        check_whole("wait_replicas", replicas, 0, MAX_REPLICAS)
         if not replicas:
             return None
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < float("inf")):

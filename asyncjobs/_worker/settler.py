@@ -142,11 +142,7 @@ class Settler:
                 _deliver(queue, items, outcome)
             elif isinstance(outcome, _Unreadable):
                 wrote = True
-                log.error("the settle of %d finished jobs on queue %s ran, but its reply "
-                          "cannot be read (%s); their outcomes stand as that call recorded "
-                          "them", len(items), queue, outcome)
-                for item in items:
-                    item.finish(True)
+                _stand(queue, items, outcome)
             elif not transient(outcome):
                 _give_up(items, outcome)
             else:
@@ -239,6 +235,15 @@ def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
                      "reclaimed by another worker)", item.op.job_id, queue)
             settled = 1
         item.finish(bool(settled))
+
+
+def _stand(queue: str, items: list[_Item], exc: _Unreadable) -> None:
+    """A queue's call ran, but its reply cannot be read: log it; its jobs stand as that
+    call recorded them, and their bookkeeping is dropped."""
+    log.error("the settle of %d finished jobs on queue %s ran, but its reply cannot be read "
+              "(%s); their outcomes stand as that call recorded them", len(items), queue, exc)
+    for item in items:
+        item.finish(True)
 
 
 def _give_up(items: list[_Item], exc: BaseException) -> None:

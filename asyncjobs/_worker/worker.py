@@ -130,8 +130,8 @@ class Worker:
         check_observers(observers)
         self.observers = list(observers)
         self.log_context = log_context
-        if metrics_port is not None and (check_whole("metrics_port", metrics_port, 0) > 65535):
-            raise ConfigurationError(f"metrics_port must be at most 65535, not {metrics_port}")
+        if metrics_port is not None:
+            check_whole("metrics_port", metrics_port, 0, 65535)
         self.metrics_port = metrics_port
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._live: Runtime | None = None

@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .._durations import Seconds, to_seconds
+from .._options import check_count
 from .._producer.opening import create_pool
 from .._producer.pool import Pool
 from .._redis.connection import default_url, url_factory
@@ -208,10 +209,7 @@ def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
     ``ValueError`` naming it.
     """
     refresh = _refresh_seconds(refresh_s)
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or \
-            not 1 <= page_size <= 500:
-        raise ValueError(f"page_size must be a whole number between 1 and 500, not "
-                         f"{page_size!r:.80}")
+    check_count("page_size", page_size, 500)
     if pool is None:
         url_factory(redis_url or default_url())  # a URL that can never work: raised here
     opener = None if pool is None else pool if not isinstance(pool, Pool) else lambda: pool

@@ -107,8 +107,7 @@ class Relay:
                  batch_size: int = 1000, keep: Seconds = 0.0, poll: Seconds | None = None,
                  queues: Collection[str] | None = None, lease: bool = True,
                  lease_ttl: Seconds = 5.0, name: str | None = None) -> None:
-        if check_whole("batch_size", batch_size) > 10_000:
-            raise ConfigurationError(f"batch_size must be from 1 to 10000, got {batch_size}")
+        check_whole("batch_size", batch_size, most=10_000)
         if poll is not None and (to_seconds(poll, "poll") or 0.0) < MIN_POLL_S:
             # (a positive but tiny poll read the table in a loop)
             raise ConfigurationError(f"poll must be at least {MIN_POLL_S:g} s, got {poll!r:.80}")
