@@ -17,6 +17,11 @@ report nothing. Two tasks:
   default concurrency), until it has sent its share. What this costs is the floor of a
   redis-py job: the part of ``incr`` that no job runner can take away.
 
+``--job-logs`` picks the per-job log lines the worker writes: ``failures`` (the default here:
+only failed attempts, at log level WARNING, as the processing benchmarks run) or ``both`` /
+``end`` at log level INFO (``both`` is what ``asyncjobs worker`` writes unless told
+otherwise), the lines going to a file as a service's stderr goes to its log collector.
+
 For each task, count of processes P and run (the cells alternate, so drift on a shared VM
 hits each alike): a fresh redis-server (the harness's), --jobs jobs enqueued with
 ``enqueue_many`` (untimed), then ``asyncjobs worker app:worker --processes P --job-logs
@@ -123,28 +128,34 @@ def _done(r: RedisServer) -> int:
     return int(value) if value is not None else 0
 
 
-def one_run(app_dir: str, task: str, processes: int, n: int) -> dict[str, float]:
+def one_run(app_dir: str, task: str, processes: int, n: int,
+            job_logs: str = "failures") -> dict[str, float]:
     if task == "alone":
         return _alone_run(app_dir, processes, n)
-    with RedisServer() as r:
+    level = "warning" if job_logs == "failures" else "info"
+    with RedisServer() as r, tempfile.TemporaryFile("w+") as log:
         asyncio.run(_enqueue(r.url, task, n))
         worker = subprocess.Popen(
             [sys.executable, "-m", "asyncjobs", "worker", "app:worker", "--redis-url", r.url,
-             "--processes", str(processes), "--job-logs", "failures", "--log-level", "warning"],
+             "--processes", str(processes), "--job-logs", job_logs, "--log-level", level],
             cwd=app_dir, env={**os.environ, "JOB_CPU_REDIS_URL": r.url,
-                              "PYTHONPATH": app_dir},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+                              "PYTHONPATH": os.pathsep.join([app_dir, str(ROOT)])},
+            stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True)
+
+        def tail() -> str:
+            log.seek(0)
+            return log.read()[-2000:]
+
         try:
             deadline = time.monotonic() + max(120.0, n / 500)
             while (done0 := _done(r)) < n // 10:
                 if worker.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the worker did not start: {worker.stderr.read()[-2000:]}")
+                    raise SystemExit(f"the worker did not start: {tail()}")
                 time.sleep(0.001)
             cpu0, redis0, t0 = tree_cpu_s(worker.pid), r.cpu_s(), time.monotonic()
             while (done1 := _done(r)) < n:
                 if worker.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"only {done1}/{n} jobs done")
+                    raise SystemExit(f"only {done1}/{n} jobs done: {tail()}")
                 time.sleep(0.002)
             cpu1, redis1, t1 = tree_cpu_s(worker.pid), r.cpu_s(), time.monotonic()
         finally:
@@ -204,17 +215,19 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=40_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--processes", default="1,2")
+    ap.add_argument("--tasks", default="bare,incr,alone")
+    ap.add_argument("--job-logs", choices=["failures", "end", "both"], default="failures")
     ap.add_argument("--out", default=str(HERE / "results" / "job_cpu.json"))
     args = ap.parse_args()
     counts = [int(p) for p in args.processes.split(",")]
-    cells = [(task, p) for task in ("bare", "incr", "alone") for p in counts]
+    cells = [(task, p) for task in args.tasks.split(",") for p in counts]
     runs: dict[str, list[dict[str, float]]] = {f"{t} x{p}": [] for t, p in cells}
     with tempfile.TemporaryDirectory() as app_dir:
         Path(app_dir, "app.py").write_text(APP)
         Path(app_dir, "alone.py").write_text(ALONE)
         for k in range(args.runs):
             for task, p in cells:
-                got = one_run(app_dir, task, p, args.jobs)
+                got = one_run(app_dir, task, p, args.jobs, args.job_logs)
                 runs[f"{task} x{p}"].append(got)
                 print(f"[run {k + 1}/{args.runs}] {task} x{p}: "
                       + ", ".join(f"{key} {value:,.1f}" for key, value in got.items()),
@@ -222,6 +235,7 @@ def main() -> None:
     medians = {cell: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for cell, rs in runs.items()}
     result = {"machine": machine_info(), "jobs": args.jobs, "runs": args.runs,
+              "job_logs": args.job_logs,
               "asyncjobs": asyncjobs.__version__, "medians": medians, "samples": runs}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for cell, m in medians.items():
