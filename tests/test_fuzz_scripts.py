@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 import asyncjobs
 from asyncjobs._codec import encode_spec
-from asyncjobs._model import JobSpec
+from asyncjobs._model import ENDED_TTL_S, JobSpec
 from asyncjobs._redis.kept import MIN_TTL_S as KEPT_MIN_TTL_S
 from asyncjobs._redis.kept import SLACK_MS, _leb128
 from asyncjobs._redis.keys import GROUP, Keys
@@ -745,13 +745,17 @@ def model_settle(env: Env, batch: Sequence[Case], ops: Sequence[Op], before: Spa
             return "failed"
 
         kind, broken = op.outcome, False
+        number = op.number
         if op.outcome == "keep":  # the shared hash could not take it: complete, no history
             kind, hist = "complete", {}
+        if op.outcome == "retry" and hashable and b"ab" in rec:
+            # its abort was requested meanwhile: it ends aborted, not scheduled
+            kind, number = "aborted", ENDED_TTL_S
         if kind in ("complete", "expired", "aborted"):
             broken = not hashable
             if hashable:
                 extra = {b"r": op.payload} if kind == "complete" else {}
-                finish(kind.encode(), op.number, {**extra, **hist})
+                finish(kind.encode(), number, {**extra, **hist})
                 ended += [case.job_id, num(now)]
         elif op.outcome == "retry":
             broken = not hashable

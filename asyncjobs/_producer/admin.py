@@ -323,9 +323,14 @@ class Admin:
                 tally.left_over(letter, why)
             else:
                 ready.append(letter)
-        replies = await self._requeue_page(queue, [d.job_id for d in ready])
+        # The check above only spares the scripts letters that cannot be requeued: each
+        # script checks again, in the step that requeues, that the job is still
+        # dead-lettered as its letter (anyone may have requeued it since, another
+        # requeue_all included, and it may have been dead-lettered again).
+        replies = await self._requeue_page(queue, [d.job_id for d in ready],
+                                           [d.entry for d in ready])
         for letter, reply in zip(ready, replies, strict=True):
-            if reply == "queued":
+            if reply == "requeued":
                 tally.requeued()
             else:
                 tally.left_over(letter, REPLIES.get(reply, f"job is {reply}"))
@@ -333,12 +338,18 @@ class Admin:
             if not letter.job_id:
                 tally.left_over(letter, "no job id")
 
-    async def _requeue_page(self, queue: str, job_ids: Sequence[str]) -> list[str]:
+    async def _requeue_page(self, queue: str, job_ids: Sequence[str],
+                            letters: Sequence[str] | None = None) -> list[str]:
+        """requeue.lua for each job; with ``letters`` (one per job: the dead-letter entry
+        it is requeued from), a job is requeued only while still dead-lettered as its
+        letter ('requeued'; 'stale' when dead-lettered again since)."""
         if not job_ids:
             return []
         keys, script = self.pool.keys(queue), s.load(s.REQUEUE)
-        calls: list[s.Call] = [(script, [keys.job(i), keys.stream, keys.dead], [i])
-                               for i in job_ids]
+        calls: list[s.Call] = [
+            (script, [keys.job(i), keys.stream, keys.dead],
+             [i] if letters is None else [i, letters[n]])
+            for n, i in enumerate(job_ids)]
         replies = await self.pool.call(lambda: s.run_pipelined(self.client, calls))
         return [text(r) for r in replies]
 

@@ -94,7 +94,9 @@ class Tally:
         return RequeueReport(self.done, dict(self.left), self.examples)
 
 
-REPLIES = {"missing": "no record", "unreadable": "unreadable record"}
+STALE = "stale letter (dead-lettered again since)"
+
+REPLIES = {"missing": "no record", "unreadable": "unreadable record", "stale": STALE}
 """requeue.lua's replies that are not a job state, as reasons."""
 
 
@@ -108,4 +110,4 @@ def not_requeueable(letter: DeadLetter, record: Any) -> str:
         return "no record"
     if state != "failed":
         return f"job is {state}"
-    return "" if entry in (None, letter.entry) else "stale letter (dead-lettered again since)"
+    return "" if entry in (None, letter.entry) else STALE

@@ -40,7 +40,8 @@
 --   outcome 'keep':     complete, the result kept in its tag's shared hash (see keep in the
 --                       prelude): history = the head of the packed record; where the hash
 --                       cannot take it, the same as 'complete' (without a history)
---   outcome 'retry':    number = delay ms
+--   outcome 'retry':    number = delay ms; a job whose abort was requested meanwhile (the
+--                       record's `ab`) ends aborted instead (kept ABORTED_TTL_S)
 --   outcome 'failed':   payload = dead-letter reason; the record is kept as long as its
 --                       letter (deleted when the letter is trimmed; ARGV[8] at most)
 --   outcome 'expired' | 'aborted': number = record TTL s
@@ -49,6 +50,7 @@
 --   history: the whole error history (msgpack), '' to leave it unchanged
 -- Returns one 1 (settled) or 0 (not ours any more) per job.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local ABORTED_TTL_S = 86400  -- how long an aborted record is kept: _model.ENDED_TTL_S
 check_type(KEYS[2], 'zset')
 check_type(KEYS[3], 'stream')
 local now = now_ms()
@@ -108,14 +110,23 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
     broken = finish(key, done, 'complete', now, number, with_history({'r', payload}, history),
       quiet)
   elseif outcome == 'retry' then
-    local due = now + number
-    local ok = redis.pcall('HSET', key, unpack(with_history({'s', 'scheduled', 'd', due},
-      history)))
-    if type(ok) == 'table' and ok.err then
-      broken = 'the job key cannot hold a record: ' .. tostring(ok.err)
+    local rec = hmget(key, 'ab')
+    if rec and rec[1] then
+      -- Its abort was requested while the attempt was ending (too late to cancel it): the
+      -- job ends aborted now rather than wait out its retry delay with the abort pending.
+      outcome = 'aborted'
+      broken = finish(key, done, outcome, now, ABORTED_TTL_S, with_history({}, history),
+        quiet)
     else
-      redis.call('ZADD', KEYS[2], due, id)
-      wake_if_first(KEYS[2], ARGV[5], id, due)
+      local due = now + number
+      local ok = redis.pcall('HSET', key, unpack(with_history({'s', 'scheduled', 'd', due},
+        history)))
+      if type(ok) == 'table' and ok.err then
+        broken = 'the job key cannot hold a record: ' .. tostring(ok.err)
+      else
+        redis.call('ZADD', KEYS[2], due, id)
+        wake_if_first(KEYS[2], ARGV[5], id, due)
+      end
     end
   elseif outcome == 'failed' then
     local de = letter(id, payload)
@@ -145,18 +156,20 @@ local entries = {}
 for b = 11, #ARGV, 7 do entries[#entries + 1] = ARGV[b] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
 local orphan = orphans(stream, group, held, 11, 7, ARGV[3])
--- A garbage entry's fields are the evidence: read them before the entry goes.
+-- A garbage entry's fields are the evidence: read them before the entry goes (held, or an
+-- orphan still in the stream).
 local raws = {}
-local mine = {}
+local mine, listed = {}, {}
 for b = 11, #ARGV, 7 do
   local entry = ARGV[b]
-  if held[entry] and not raws[entry] then
-    if ARGV[b + 2] == 'garbage' then
-      local found = redis.call('XRANGE', stream, entry, entry)
-      local raw = {'entry', entry}
-      for _, f in ipairs(found[1] and found[1][2] or {}) do raw[#raw + 1] = f end
-      raws[entry] = raw
-    end
+  if ARGV[b + 2] == 'garbage' and (held[entry] or orphan[entry]) and not raws[entry] then
+    local found = redis.call('XRANGE', stream, entry, entry)
+    local raw = {'entry', entry}
+    for _, f in ipairs(found[1] and found[1][2] or {}) do raw[#raw + 1] = f end
+    raws[entry] = raw
+  end
+  if held[entry] and not listed[entry] then
+    listed[entry] = true
     mine[#mine + 1] = entry
   end
 end
