@@ -19,6 +19,7 @@ import pytest
 
 from asyncjobs._scheduling.cron import (
     DROPPED_CAP,
+    FIRE_CAP,
     CatchUp,
     CronExpr,
     Every,
@@ -410,6 +411,28 @@ def test_plan_ticks_thirty_day_old_cursor(
     assert plan == TickPlan(expected_fire, utc(2026, 11, 21, 14, 52, 30), 1000)
 
 
+def test_one_plan_fires_at_most_fire_cap_on_time_ticks_and_the_next_plans_the_rest() -> None:
+    """A 1 ms schedule with a day's grace, its leader back after an hour: 3.6 million ticks
+    are on time. One plan listed them all (hundreds of MB, then 3.6 million enqueues before
+    the cursor moved); now each plan takes the next FIRE_CAP, in order, none twice."""
+    fast = Every(timedelta(milliseconds=1))
+    cursor, now = NOW - timedelta(hours=1), NOW
+    fired: list[datetime] = []
+    for _ in range(3):
+        plan = plan_ticks(fast, cursor, now, policy=SKIP, grace=timedelta(days=1),
+                          max_catch_up=1)
+        assert len(plan.fire) == FIRE_CAP and plan.cursor == plan.fire[-1]
+        assert plan.dropped == 0
+        assert plan.fire[0] == cursor + timedelta(milliseconds=1)
+        fired += plan.fire
+        cursor = plan.cursor
+    assert len(set(fired)) == 3 * FIRE_CAP
+    assert next_fire(fast, cursor, now) > now  # the scheduler plans again at the next tick
+    last = plan_ticks(fast, NOW - timedelta(milliseconds=5), now, policy=SKIP,
+                      grace=timedelta(days=1), max_catch_up=1)
+    assert len(last.fire) == 5 and last.cursor == now  # under the cap: all of them
+
+
 # --- next_fire ---------------------------------------------------------------------------------
 
 
@@ -476,7 +499,9 @@ def test_tick_id(fire: datetime, expected: str) -> None:
         (lambda: plan_ticks(MINUTELY, None, NOW, policy=SKIP, grace=-S30, max_catch_up=1),
          "grace must be >= 0"),
         (lambda: plan_ticks(MINUTELY, None, NOW, policy=ALL, grace=S30, max_catch_up=0),
-         "max_catch_up must be >= 1"),
+         "max_catch_up must be 1 to 10,000"),
+        (lambda: plan_ticks(MINUTELY, None, NOW, policy=ALL, grace=S30, max_catch_up=10**9),
+         "max_catch_up must be 1 to 10,000"),
         (lambda: next_fire(MINUTELY, datetime(2026, 1, 1), NOW), "cursor must be"),
         (lambda: tick_id("cleanup", datetime(2026, 1, 1)), "fire must be a timezone-aware"),
     ],
@@ -484,7 +509,8 @@ def test_tick_id(fire: datetime, expected: str) -> None:
         "minute-out-of-range", "too-few-fields", "macro", "impossible-date", "unknown-zone",
         "zone-path", "zero-interval", "negative-interval", "zero-timedelta", "below-1ms", "nan",
         "naive-anchor", "naive-cron-moment", "naive-every-moment", "naive-now", "naive-cursor",
-        "negative-grace", "zero-max-catch-up", "naive-next-fire-cursor", "naive-tick",
+        "negative-grace", "zero-max-catch-up", "huge-max-catch-up", "naive-next-fire-cursor",
+        "naive-tick",
     ],
 )
 def test_validation(build: Callable[[], object], message: str) -> None:

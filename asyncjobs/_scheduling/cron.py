@@ -16,6 +16,9 @@ worker was there to fire it) and the `CatchUp` policy decides its fate:
 
 Either way the cursor moves to the latest candidate, so each tick is decided once. A cursor of
 `None` means the job was never evaluated: nothing fires and the cursor becomes `now`.
+One plan fires at most `FIRE_CAP` on-time ticks (a fast schedule with a long grace after an
+outage): the cursor then stops at the last of them, and the next plans fire the rest while
+they are on time. `max_catch_up` is at most `MAX_CATCH_UP`, so no plan holds more than both.
 Nothing here reads the clock, sleeps or talks to Redis; `now` is always an argument.
 """
 
@@ -35,6 +38,12 @@ if TYPE_CHECKING:
 
 DROPPED_CAP = 1000
 """`TickPlan.dropped` saturates here: dropped ticks are counted one by one up to this many."""
+
+FIRE_CAP = 10_000
+"""The most on-time ticks one plan fires (the rest, still on time, go to the next plans)."""
+
+MAX_CATCH_UP = 10_000
+"""The largest `max_catch_up`: missed ticks one plan may fire under `CatchUp.ALL`."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -208,13 +217,13 @@ def plan_ticks(
     policy = CatchUp(policy)
     if grace < timedelta(0):
         raise ValueError(f"grace must be >= 0, got {grace!r}")
-    if max_catch_up < 1:
-        raise ValueError(f"max_catch_up must be >= 1, got {max_catch_up!r}")
+    if not 1 <= max_catch_up <= MAX_CATCH_UP:
+        raise ValueError(f"max_catch_up must be 1 to {MAX_CATCH_UP:,}, got {max_catch_up!r}")
     if cursor is None:
         return TickPlan(fire=(), cursor=now, dropped=0)
     cursor = _as_utc(cursor, "cursor")
     boundary = now - grace
-    on_time = _ticks_through(schedule, max(cursor, boundary - _ONE_US), now)
+    on_time = _ticks_through(schedule, max(cursor, boundary - _ONE_US), now, FIRE_CAP)
     limit = max_catch_up if policy is CatchUp.ALL else 1
     missed = _latest_missed(schedule, cursor, boundary, limit)
     catch_up = policy is CatchUp.ALL or (policy is CatchUp.LATEST and not on_time)

@@ -32,6 +32,7 @@ from .._task import Task, as_task
 from .._text import clean
 from .._worker.runtime import Runtime, refused, transient
 from .cron import (
+    MAX_CATCH_UP,
     CatchUp,
     CronExpr,
     Every,
@@ -100,10 +101,11 @@ def cron(
         when = CronExpr(schedule, timezone)
     else:
         when = Every(timedelta(seconds=to_seconds(every, "every") or 0))
-    if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+    if (isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int)
+            or not 1 <= max_catch_up <= MAX_CATCH_UP):
         # (checked by every scheduler step too: too late, it stopped the queue's scheduler)
-        raise ValueError(f"max_catch_up must be >= 1, not {max_catch_up!r:.80} (catch_up="
-                         "'skip' runs no missed tick)")
+        raise ValueError(f"max_catch_up must be 1 to {MAX_CATCH_UP:,}, not "
+                         f"{max_catch_up!r:.80} (catch_up='skip' runs no missed tick)")
     ref = as_task(task)
     if ref.fn is not None:
         ref.converter.check(tuple(args), dict(kwargs or {}))
