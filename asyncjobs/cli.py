@@ -127,8 +127,8 @@ def _processes_option(value: str) -> str:
     try:
         supervisor.processes(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: a number of processes (1 or more), or auto"
-                                 ) from None
+        raise typer.BadParameter(f"{value!r}: a number of processes (1 to "
+                                 f"{supervisor.MAX_PROCESSES}), or auto") from None
     return value
 
 

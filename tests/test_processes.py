@@ -8,6 +8,8 @@ import os
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -135,3 +137,28 @@ def test_a_bad_processes_value_is_one_line() -> None:
     done = run_cli("worker", "tests.apps.basic:worker", "--processes", "zero")
     assert done.returncode == 2
     assert done.stderr.startswith("asyncjobs: error:") and "--processes" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1025", "100000"])
+def test_a_processes_count_out_of_range_is_one_line(value: str) -> None:
+    """``--processes 100000`` started that many worker processes (each ~40 MiB and its own
+    connections): refused, as 0 is, before anything starts."""
+    from .procs import run_cli
+
+    done = run_cli("worker", "tests.apps.basic:worker", "--processes", value)
+    assert done.returncode == 2
+    assert done.stderr.startswith("asyncjobs: error:")
+    assert "1 to 1024" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_auto_is_one_process_per_cpu_this_process_may_use() -> None:
+    """``auto`` counts the CPUs of the process's affinity (a container's cpuset,
+    ``taskset``), not the host's."""
+    program = ("import os; from asyncjobs._cli.supervisor import processes; "
+               "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+               "print(processes('auto'), os.cpu_count())")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    auto, cpus = map(int, done.stdout.split())
+    assert auto == 1 and cpus >= 1

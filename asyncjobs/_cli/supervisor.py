@@ -187,11 +187,18 @@ def child_argv(argv: list[str]) -> list[str]:
     return out
 
 
+MAX_PROCESSES = 1024
+"""The most worker processes one supervisor runs (each is a whole worker: its connections,
+its ~40 MiB)."""
+
+
 def processes(value: str) -> int:
-    """``--processes``: a number of processes, or 'auto' for one per CPU."""
+    """``--processes``: a number of processes (1 to ``MAX_PROCESSES``), or 'auto' for one per
+    CPU this process may run on (its affinity: a container's cpuset, ``taskset``)."""
     if value == "auto":
-        return os.cpu_count() or 1
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        return min(MAX_PROCESSES, len(usable) if usable else os.cpu_count() or 1)
     count = int(value)
-    if count < 1:
-        raise ValueError("--processes must be at least 1 (or auto)")
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ValueError(f"--processes must be 1 to {MAX_PROCESSES} (or auto)")
     return count
