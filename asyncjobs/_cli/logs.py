@@ -79,18 +79,23 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._text = ""
 
-    def _time(self, created: float, msecs: float) -> str:
-        """``created`` in UTC, to the millisecond (ISO 8601); the date and second built once
-        a second (handlers format under their lock: one writer at a time)."""
-        second = int(created)
+    def _time(self, created: float) -> str:
+        """``created`` in UTC, to the millisecond (ISO 8601), as ``datetime.fromtimestamp(
+        created, UTC).isoformat(timespec="milliseconds")`` writes it (rounded to the
+        microsecond, then cut); the date and second built once a second (handlers format
+        under their lock: one writer at a time)."""
+        second = math.floor(created)
+        micros = round((created - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
         if second != self._second:
             self._text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second = second
-        return "%s.%03d+00:00" % (self._text, msecs)  # noqa: UP031
+        return "%s.%03d+00:00" % (self._text, micros // 1000)  # noqa: UP031
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "time": self._time(record.created, record.msecs),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
