@@ -3,14 +3,19 @@
 PostgreSQL claims with ``SELECT ... FOR UPDATE SKIP LOCKED``: relays running at once take
 different rows, and a relay that dies mid-batch releases its rows with its connection. SQLite
 has no row locks (``FOR UPDATE`` compiles to nothing there): relays may read the same rows,
-and the job id makes the second write a no-op in Redis.
+and the job id makes the second write a no-op in Redis. So there a row is marked by its id
+*and* its job id: SQLite gives a new row the id of the newest row once it is deleted, and a
+relay that read the old row must not delete (or fail) the new one. SQLite text that is not UTF-8
+(a row written by another program) is read with its bad bytes as lone surrogates, which
+``_rows`` refuses, instead of failing the whole claim.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -120,6 +125,14 @@ class Outcome:
 
     relayed: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    job_ids: dict[int, str | None] = field(default_factory=dict)
+    """Each row's job id as read (None: not text), to mark that row and no other."""
+
+    def read(self, row: Row) -> None:
+        """Note the job id ``row`` was read with."""
+        job_id = row.job_id
+        self.job_ids[row.row_id] = job_id if isinstance(job_id, str) and _encodes(job_id) \
+            else None
 
 
 class OutboxStore:
@@ -135,7 +148,12 @@ class OutboxStore:
             .where(t.status == PENDING).order_by(t.id).limit(batch_size)
             .with_for_update(skip_locked=True)
         )
-        self._fail = (sa.update(table).where(t.id == sa.bindparam("row_id"))
+        # A job id that is not text (garbage) cannot be compared: that row is found by its
+        # id alone (no relay relays it, so its id is never freed by another relay).
+        read_id = sa.bindparam("read_job_id", type_=t.job_id.type)
+        self._fail = (sa.update(table)
+                      .where(t.id == sa.bindparam("row_id"), t.status == PENDING,
+                             t.job_id == sa.func.coalesce(read_id, t.job_id))
                       .values(status=FAILED, error=sa.bindparam("reason"), done_at_ms=now_ms()))
 
     async def claim(self, conn: AsyncConnection, skip: Collection[str] = ()) -> Claimed:
@@ -144,11 +162,11 @@ class OutboxStore:
         query = self._claim
         if skip:
             query = query.where(self.table.c.queue.not_in(sorted(skip)))
-        result = await conn.execute(query)
         rows, now = [], 0
-        for r in result:
-            rows.append(Row(*r[:9]))
-            now = r[9]
+        async with _lenient_text(conn):
+            for r in await conn.execute(query):
+                rows.append(Row(*r[:9]))
+                now = r[9]
         return Claimed(rows, int(now))
 
     async def mark(self, conn: AsyncConnection, outcome: Outcome, keep: bool) -> None:
@@ -157,13 +175,17 @@ class OutboxStore:
         t = self.table.c
         if outcome.relayed:
             where = t.id.in_(outcome.relayed)
+            if conn.dialect.name == "sqlite":  # read in another transaction, unlocked: its
+                # id may be another row's by now (a relayed row's job id is always text)
+                where = sa.tuple_(t.id, t.job_id).in_(
+                    [(row_id, outcome.job_ids[row_id]) for row_id in outcome.relayed])
             if keep:
                 await conn.execute(sa.update(self.table).where(where)
                                    .values(status=RELAYED, done_at_ms=now_ms()))
             else:
                 await conn.execute(sa.delete(self.table).where(where))
         if outcome.failed:
-            await conn.execute(self._fail, _reasons(outcome.failed))
+            await conn.execute(self._fail, _reasons(outcome))
 
     async def purge(self, conn: AsyncConnection, older_than_ms: int) -> int:
         """Delete up to a bounded batch of relayed rows done more than ``older_than_ms``
@@ -182,6 +204,41 @@ class OutboxStore:
         return {str(status): int(n) for status, n in result}
 
 
-def _reasons(failed: Mapping[int, str]) -> Sequence[dict[str, object]]:
-    return [{"row_id": row_id, "reason": reason[:MAX_ERROR]}
-            for row_id, reason in failed.items()]
+def _reasons(outcome: Outcome) -> Sequence[dict[str, object]]:
+    return [{"row_id": row_id, "reason": reason[:MAX_ERROR],
+             "read_job_id": outcome.job_ids.get(row_id)}
+            for row_id, reason in outcome.failed.items()]
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogates(data: bytes) -> str:
+    """SQLite text as read by the claim: bytes that are not UTF-8 become lone surrogates."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+@contextlib.asynccontextmanager
+async def _lenient_text(conn: AsyncConnection) -> AsyncIterator[None]:
+    """On SQLite (aiosqlite), read text that is not UTF-8 as ``_surrogates`` does instead of
+    raising (Python's sqlite3 raises for the whole statement, so one such row failed every
+    claim: the relay retried for ever and no row behind it moved). Elsewhere a no-op: the
+    database checks the encoding of the text it stores."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    factory = getattr(driver, "text_factory", None)
+    if factory is None:
+        yield
+        return
+    driver.text_factory = _surrogates
+    try:
+        yield
+    finally:
+        driver.text_factory = factory

@@ -184,6 +184,7 @@ class RelayLoop:
         by_queue: dict[str, list[tuple[int, NewJob]]] = {}
         most = await self._largest_value()
         for row in claimed.rows:
+            outcome.read(row)
             try:
                 queue, job = to_job(row, claimed.now_ms, self.s.queues)
             except BadRow as exc:
@@ -331,9 +332,11 @@ class RedisFullError(Exception):
     ...): the batch stays pending and is retried."""
 
 
-# Replies by which Redis refuses any write for now, not this job: the batch waits.
+# Replies by which Redis refuses any write for now, not this job: the batch waits. WRONGTYPE:
+# a key of ours (the queue's stream or delayed set, the registry of queues) holds something
+# else; a job's own key of the wrong type is refused in other words, and fails its row.
 _CANNOT_WRITE = ("OOM", "READONLY", "MISCONF", "NOPERM", "LOADING", "BUSY", "MASTERDOWN",
-                 "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
+                 "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "WRONGTYPE")
 
 
 def _cannot_write(reason: str) -> bool:
