@@ -95,6 +95,38 @@ async def test_a_client_refuses_a_server_that_is_not_the_master() -> None:
             await client.aclose()
 
 
+@pytest.mark.asyncio
+async def test_tasks_connecting_one_connection_at_once_open_one_socket(
+        setup: SentinelSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection several tasks use (the waiter's pub/sub one, cut by a failover: its
+    reader reconnects it as a ``result()`` subscribes) connected by them at once, each asking
+    the Sentinels first: one socket is opened, and one handshake made on it; the others
+    find it connected. (Each opened one, the last replacing the others in the connection,
+    which were never closed: a ResourceWarning.)"""
+    client = url_factory(setup.url)(max_connections=2, socket_timeout=2)
+    connection = client.connection_pool.make_connection()
+    opened: list[asyncio.StreamWriter] = []
+    connect = connection._connect
+
+    async def counted() -> None:
+        await asyncio.sleep(0.1)  # the other tasks come along meanwhile
+        await connect()
+        opened.append(connection._writer)
+
+    monkeypatch.setattr(connection, "_connect", counted)
+    try:
+        await asyncio.gather(*(connection.connect() for _ in range(3)))
+        assert len(opened) == 1
+        await connection.send_command("PING")
+        assert await connection.read_response() == b"PONG"
+        await connection.disconnect()
+        assert opened[0].transport.is_closing()
+    finally:
+        for writer in opened:  # what the test found left open
+            writer.close()
+        await client.aclose()
+
+
 @pytest.mark.slow
 def test_the_command_line_takes_a_sentinel_url(setup: SentinelSetup) -> None:
     done = run_cli("info", "--redis-url", setup.url, "--prefix", "cli")

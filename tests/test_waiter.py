@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 import asyncjobs
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.transport import TcpConnection
 
 from .conftest import Backend, Running
 
@@ -69,6 +70,44 @@ async def test_a_killed_pubsub_connection_is_replaced_and_every_watcher_woken(
                 print(f"ch-a left {time.monotonic() - started:.3f} s after the block ended")
         finally:
             await admin.aclose()
+
+
+async def test_a_reconnect_and_a_subscribe_at_once_open_one_socket(
+    fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader reconnects a cut pub/sub connection in place (redis-py's retry) while a
+    new watch subscribes on it: two tasks connect the same connection at once. One socket
+    is opened, and closed with the pool. (redis-py let each task open one, the second
+    replacing the first in the connection: the first was left open, never closed, an
+    "unclosed StreamWriter" ResourceWarning. A Sentinel failover cuts the connection.)"""
+    opened: list[asyncio.StreamWriter] = []
+    connecting = asyncio.Event()
+    connect = TcpConnection._connect
+
+    async def slow_connect(self: TcpConnection) -> None:
+        connecting.set()
+        await asyncio.sleep(0.2)  # the other task comes along meanwhile
+        await connect(self)
+        opened.append(self._writer)
+
+    admin = Redis.from_url(fresh_redis.url)  # redis-py's own connection class: not slowed
+    try:
+        async with asyncjobs.create_pool(fresh_redis.url) as pool, pool.waiter.watch("ch-a"):
+            await _until_subscribed(admin, "ch-a")
+            monkeypatch.setattr(TcpConnection, "_connect", slow_connect)
+            assert await admin.client_kill_filter(_type="pubsub") == 1
+            await asyncio.wait_for(connecting.wait(), 10)  # the reader reconnects...
+            async with pool.waiter.watch("ch-b") as b:  # ... as this one subscribes
+                await _until_subscribed(admin, "ch-a", "ch-b")
+                assert len(await admin.client_list(_type="pubsub")) == 1
+                b.clear()
+                assert await admin.publish("ch-b", "done") == 1
+                assert await _set_within(b, 5)
+        assert [writer.transport.is_closing() for writer in opened] == [True]
+    finally:
+        await admin.aclose()
+        for writer in opened:  # a socket left open would hang uvloop's close at the end
+            writer.close()
 
 
 async def test_a_redis_restart_is_waited_out_without_spinning(

@@ -101,12 +101,18 @@ class _SentinelConnection(Tuned, SentinelManagedConnection):
     redis-py (8.1) reconnects a dropped connection, when a command is sent on it, to the
     address it had (``send_packed_command`` calls ``connect_check_health``): here every
     reconnection asks the Sentinels first, or a client would go back to the old master.
+    One task at a time connects it, the Sentinels' answer included (``Tuned``): a pub/sub
+    connection cut by a failover is reconnected by the waiter's reader while a ``result()``
+    subscribes on it.
     """
+
+    async def connect(self) -> None:
+        connect = super().connect  # asks the Sentinels, then connect_to
+        await self._connect_alone(connect)
 
     async def connect_check_health(self, check_health: bool = True,
                                    retry_socket_connect: bool = True) -> None:
-        if not self.is_connected:
-            await self.connect()  # type: ignore[no-untyped-call]  # asks the Sentinels
+        await self.connect()
 
     async def connect_to(self, address: tuple[str, int]) -> None:
         self.host, self.port = address

@@ -1,14 +1,16 @@
 """The connections asyncjobs opens, and the settings of their pools.
 
-Two changes to redis-py's asyncio connections, made at the boundary (``Tuned``): a write
+Three changes to redis-py's asyncio connections, made at the boundary (``Tuned``): a write
 on a connection that was closed meanwhile is an ordinary connection error whatever the event
-loop, and commands are packed by hiredis in C. ``pool_settings`` gives every pool connect and
-socket timeouts, so no call can hang forever, and a wait for a free connection instead of a
-failure at once.
+loop, commands are packed by hiredis in C, and one task at a time connects a connection that
+several share. ``pool_settings`` gives every pool connect and socket timeouts, so no call can
+hang forever, and a wait for a free connection instead of a failure at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
@@ -23,14 +25,53 @@ except ImportError:  # pragma: no cover - hiredis is a dependency, but stay corr
 
 
 class Tuned:
-    """Two changes to redis-py's asyncio connections, made at the boundary:
+    """Three changes to redis-py's asyncio connections, made at the boundary:
 
     - uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
       server just closed, where asyncio raises ConnectionError (uvloop issue #506): it is
       translated, so every caller sees an ordinary connection error;
     - commands are serialised by hiredis in C, as redis-py's sync client already does;
-      its asyncio client packs them in Python, the largest single cost of a busy worker.
+      its asyncio client packs them in Python, the largest single cost of a busy worker;
+    - one task at a time connects the connection (``_connect_alone``). A pub/sub
+      connection is used by several tasks at once: the waiter's reader reconnects it after
+      a drop (a failover) while a ``result()`` subscribes on it, and redis-py (8.1) lets
+      both open a socket, the second replacing the first in the connection: the first was
+      never closed (a ResourceWarning, and a socket left subscribed on the server). Here
+      the second waits, and finds the connection connected, handshake and all.
     """
+
+    _connect_lock: asyncio.Lock | None = None
+    _connecting: asyncio.Task[Any] | None = None
+    """The task connecting, while it is (the connect callbacks, a PubSub subscribing again,
+    run in it, and use the connection before the connect returns)."""
+
+    async def connect_check_health(self, check_health: bool = True,
+                                   retry_socket_connect: bool = True) -> None:
+        connect = super().connect_check_health  # type: ignore[misc]
+        await self._connect_alone(lambda: connect(check_health, retry_socket_connect))
+
+    async def _connect_alone(self, connect: Callable[[], Awaitable[None]]) -> None:
+        """``connect()`` unless the connection is connected, in one task at a time: another
+        task's call waits until that connect ended (and then finds it connected)."""
+        current = asyncio.current_task()
+        if self._connecting is not None and self._connecting is current:
+            if not self.is_connected:  # type: ignore[attr-defined]
+                # within its own connect: a Sentinel connection's connect_to, or a
+                # connect callback (a PubSub subscribing again) finding it cut again
+                await connect()
+            return
+        if self._connecting is None and self.is_connected:  # type: ignore[attr-defined]
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self.is_connected:  # type: ignore[attr-defined]
+                return
+            self._connecting = current
+            try:
+                await connect()
+            finally:
+                self._connecting = None
 
     if _hiredis_pack is not None:
 
