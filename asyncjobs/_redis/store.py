@@ -303,7 +303,8 @@ class QueueStore:
         k = self.keys
         limits = dead_letters or DeadLetterLimits()
         args: list[s.KeyOrArg] = [k.job_prefix, limit, k.done_channel(""), expired_ttl_s,
-                                  k.minute_prefix, limits.most, limits.max_age_ms]
+                                  k.minute_prefix, limits.most, limits.max_age_ms,
+                                  k.concurrency_wait_prefix]
         p, e, nxt, now = await s.load(s.PROMOTE)(self.client,
                                                  [k.stream, k.delayed, k.stats, k.dead,
                                                   k.ended], args)
@@ -312,9 +313,9 @@ class QueueStore:
     async def abort(self, job_id: str, record_ttl_s: int) -> str:
         """Abort a job; returns its state before the call, or 'missing'."""
         k = self.keys
-        keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended]
+        keys = [k.job(job_id), k.stream, k.delayed, k.stats, k.ended, k.concurrency_limits]
         args: list[s.KeyOrArg] = [job_id, k.done_channel(job_id), k.abort_channel, record_ttl_s,
-                                  k.concurrency_wait_prefix]
+                                  k.concurrency_wait_prefix, k.concurrency_prefix]
         return reply_text(await s.load(s.ABORT)(self.client, keys, args))
 
     async def cron_tick(

@@ -553,21 +553,15 @@ local function level_bases(shared)
   return {shared .. '@high', shared, shared .. '@low'}
 end
 
--- Release the lease job `id` holds on the concurrency limit `name` (see concurrency.lua;
--- `prefix` is the job's own level's job key prefix) and let the oldest job of the highest
--- priority level waiting on that limit go at once (the lease set is one for all the
--- queue's levels; each level has its wait set): it moves from its level's delayed set to
--- its level's stream's end, queued, so a waiting job starts as soon as a slot frees rather than
--- at its safety-net due time. Waiters that no longer wait there (aborted, expired, started
+-- Let the oldest job of the highest priority level waiting on the concurrency limit `name`
+-- go at once (the lease set, under `lease_prefix`, is one for all the queue's levels; each
+-- level has its wait set): it moves from its level's delayed set to its level's stream's
+-- end, queued, so a waiting job starts as soon as a slot frees rather than at its
+-- safety-net due time. Waiters that no longer wait there (aborted, expired, started
 -- meanwhile) are dropped on the way, at most 50 per call. Keys of the wrong type are left
 -- alone (concurrency.lua repairs them). A limit nothing holds or waits on leaves the
 -- `limits` hash (what Admin lists). Returns the id let go, or nil.
-local function release_lease(lease_prefix, limits, prefix, name, id)
-  redis.pcall('HDEL', prefix .. id, 'cl')
-  local gone = redis.pcall('ZREM', lease_prefix .. name, id)
-  if gone ~= 1 then
-    return nil
-  end
+local function let_next_go(lease_prefix, limits, name)
   -- The limit is one for every priority level of the queue: the waiters of the highest
   -- level go first, each into its own level's stream.
   local budget = 50
@@ -594,4 +588,35 @@ local function release_lease(lease_prefix, limits, prefix, name, id)
     redis.pcall('HDEL', limits, name)
   end
   return nil
+end
+
+-- Release the lease job `id` holds on the concurrency limit `name` (see concurrency.lua;
+-- `prefix` is the job's own level's job key prefix) and let the limit's next waiter go
+-- (let_next_go). Returns the id let go, or nil.
+local function release_lease(lease_prefix, limits, prefix, name, id)
+  redis.pcall('HDEL', prefix .. id, 'cl')
+  local gone = redis.pcall('ZREM', lease_prefix .. name, id)
+  if gone ~= 1 then
+    return nil
+  end
+  return let_next_go(lease_prefix, limits, name)
+end
+
+-- A job that waited on the concurrency limit `name` (its record's `cw`) and was let go
+-- ends without having taken a lease (aborted, expired or dead-lettered before its check):
+-- the slot it was let go for goes to the next waiter, when the limit has one free (fewer
+-- leases than its N in `limits`; an N that cannot be read lets the waiter go, to be
+-- checked). Without it, that waiter would wait for its safety-net due time, up to a
+-- lease period, beside a free slot. Returns the id let go, or nil.
+local function pass_on(lease_prefix, limits, name)
+  local held = redis.pcall('ZCARD', lease_prefix .. name)
+  if type(held) ~= 'number' then
+    return nil
+  end
+  local n = redis.pcall('HGET', limits, name)
+  n = type(n) == 'string' and int(n) or nil
+  if n and held >= n then
+    return nil
+  end
+  return let_next_go(lease_prefix, limits, name)
 end

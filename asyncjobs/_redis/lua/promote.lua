@@ -10,7 +10,9 @@
 -- KEYS[5] ended index (expired jobs are noted there)
 -- ARGV[1] job key prefix, ARGV[2] batch limit, ARGV[3] done channel prefix,
 -- ARGV[4] TTL s for expired records, ARGV[5] per-minute counters key prefix,
--- ARGV[6] most dead letters kept, ARGV[7] longest a dead letter is kept (ms)
+-- ARGV[6] most dead letters kept, ARGV[7] longest a dead letter is kept (ms),
+-- ARGV[8] concurrency wait set prefix (optional: a job that expired while it waited on a
+-- concurrency limit, `cw`, leaves that limit's wait set)
 -- Returns {promoted, expired, next due ms (-1 if none), now ms}
 check_type(KEYS[1], 'stream')
 check_type(KEYS[4], 'stream')
@@ -21,7 +23,7 @@ local ended = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
   local key = ARGV[1] .. id
-  local rec = hmget(key, 's', 'x')
+  local rec = hmget(key, 's', 'x', 'cw')
   if not rec then
     redis.call('XADD', KEYS[4], '*', 'i', id, 'r', 'the job key ' .. key ..
       ' holds something other than a hash', 't', now)
@@ -30,6 +32,9 @@ for _, id in ipairs(due) do
     local expires = int(rec[2])
     if expires and now >= expires then
       finish(key, ARGV[3] .. id, 'expired', now, tonumber(ARGV[4]))
+      if rec[3] and ARGV[8] then
+        redis.pcall('ZREM', ARGV[8] .. rec[3], id)
+      end
       ended[#ended + 1] = id
       ended[#ended + 1] = now
       expired = expired + 1

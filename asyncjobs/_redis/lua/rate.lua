@@ -26,12 +26,29 @@ local out = {}
 local deferred = 0
 local TOLERANCE_US = 1000
 
--- The limit key is ours alone: anything unreadable there counts as no TAT (SET replaces it).
+-- The TATs this call wrote, by limit key: a later job of the same limit in this call reads
+-- it here (no other writer runs meanwhile), not from Redis again.
+local written = {}
+
+-- The limit key is ours alone, and keep() always writes it with a TTL that ends just after
+-- the TAT it holds: anything unreadable there, and a TAT that no such TTL backs (no TTL, or
+-- one that ends before it: a value written by hand, say a year ahead), counts as no TAT
+-- (SET replaces it). Never a limit wedged for as long as a stray value says.
+local TTL_SLACK_US = 50000
 local function tat_of(limit)
+  if written[limit] then
+    return math.max(written[limit], now_us)
+  end
   local stored = redis.pcall('GET', limit)
   local tat = type(stored) == 'string' and tonumber(stored) or nil
   if not tat or tat ~= tat or tat < now_us or tat > now_us + 1e15 then
     return now_us
+  end
+  if tat > now_us + TOLERANCE_US then
+    local left = redis.pcall('PTTL', limit)
+    if type(left) ~= 'number' or left < 0 or tat > now_us + left * 1000 + TTL_SLACK_US then
+      return now_us
+    end
   end
   return tat
 end
@@ -39,6 +56,7 @@ end
 local function keep(limit, until_us)
   redis.call('SET', limit, string.format('%.0f', until_us), 'PX',
     math.floor((until_us - now_us) / 1000) + 1)
+  written[limit] = until_us
 end
 
 local function check(limit, key, entry, id, interval)

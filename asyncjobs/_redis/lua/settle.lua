@@ -35,7 +35,9 @@
 -- ARGV[11..] seven values per job: entry id, job id, outcome, payload, number, history,
 --   lease: the concurrency limit whose lease the attempt held ('' for none); whatever the
 --   outcome, a settled job releases it and lets the limit's oldest waiter go
---   (release_lease); a job no longer this consumer's keeps it (its new owner settles)
+--   (release_lease); a job no longer this consumer's keeps it (its new owner settles).
+--   A job without one that ends expired, aborted or failed after waiting on a limit (its
+--   record's `cw`: a release let it go) passes the slot on to the next waiter (pass_on)
 --   outcome 'complete': payload = result, number = result TTL s (0: drop the record)
 --   outcome 'keep':     complete, the result kept in its tag's shared hash (see keep in the
 --                       prelude): history = the head of the packed record; where the hash
@@ -152,6 +154,10 @@ local function record(entry, id, outcome, payload, number, history, raw, quiet)
   return outcome
 end
 
+-- The outcomes of a job that may end without having run: one that waited on a concurrency
+-- limit and was let go by a release (its record's `cw`) then passes its slot on.
+local PASSES_ON = {expired = true, aborted = true, failed = true}
+
 local entries = {}
 for b = 11, #ARGV, 7 do entries[#entries + 1] = ARGV[b] end
 local held = held_set(stream, group, consumer, entries, #entries * 4 + 1000)
@@ -191,12 +197,20 @@ for b = 11, #ARGV, 7 do
     if gone[ARGV[3] .. ARGV[b + 1]] then  -- the same job settled again in this batch
       delete_gone()
     end
+    local waited_on = nil  -- the limit a job ending unrun was let go from (see pass_on)
+    if ARGV[b + 6] == '' and PASSES_ON[ARGV[b + 2]] then
+      local rec = hmget(ARGV[3] .. ARGV[b + 1], 'cw')
+      waited_on = rec and rec[1] or nil
+    end
     local outcome = record(entry, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
       tonumber(ARGV[b + 4]) or 0, ARGV[b + 5], raws[entry], not waited(ARGV[b + 1]))
     if ARGV[b + 6] ~= '' then
       delete_gone()  -- the waiter it lets go is written to: no key of ours is left behind
       release_lease(ARGV[9], KEYS[7], ARGV[3], ARGV[b + 6],
         ARGV[b + 1])
+    elseif waited_on then
+      delete_gone()
+      pass_on(ARGV[9], KEYS[7], waited_on)
     end
     if outcome ~= 'ack' then
       counts[outcome] = (counts[outcome] or 0) + 1
