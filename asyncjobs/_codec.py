@@ -60,7 +60,54 @@ def encode_spec(spec: JobSpec, param_names: Sequence[str] = ()) -> bytes:
             _check_depth(value, f"argument {name!r} of task {spec.task!r}")
         for key, value in spec.kwargs.items():
             _check_depth(value, f"argument {key!r} of task {spec.task!r}")
+    if not _plain(spec):
+        _check_decodes(spec, data, param_names)
     return data
+
+
+def _plain(spec: JobSpec) -> bool:
+    """A spec that decodes as it was encoded, seen without decoding it: a str task name, no
+    headers and arguments of exactly the leaf types (the usual job). Anything else may
+    encode to what no worker can decode: a ``msgspec.Raw`` is written verbatim, an ``Ext``
+    as given (a timestamp ``Ext`` of garbage), a header provider may give a non-str."""
+    return (type(spec.task) is str and not spec.headers
+            and all(type(v) in _LEAVES for v in spec.args)
+            and all(type(v) in _LEAVES for v in spec.kwargs.values()))
+
+
+def _check_decodes(spec: JobSpec, data: bytes, names: Sequence[str]) -> None:
+    """Decode ``data`` as a worker will; ``SerializationError`` naming the part at fault
+    when it does not (nothing is written then)."""
+    try:
+        _spec_decoder.decode(data)
+        return
+    except Exception as exc:
+        error: Exception = exc
+    for index, value in enumerate(spec.args):
+        if not _decodes(value):
+            name = names[index] if index < len(names) else f"*args[{index - len(names)}]"
+            raise _undecodable(f"argument {name!r} (position {index})", spec.task, value)
+    for key, value in spec.kwargs.items():
+        if not _decodes(value):
+            raise _undecodable(f"argument {key!r}", spec.task, value)
+    raise SerializationError(f"cannot serialize job of task {safe_str(spec.task, 200)}: "
+                             f"a worker could not decode it (its task name or headers: "
+                             f"{safe_str(error, 200)})")
+
+
+def _decodes(value: object) -> bool:
+    try:
+        _any_decoder.decode(_encoder.encode(value))
+    except Exception:
+        return False
+    return True
+
+
+def _undecodable(where: str, task: str, value: object) -> SerializationError:
+    return SerializationError(
+        f"cannot serialize {where} of task {task!r}: a value of type "
+        f"{type(value).__qualname__} encodes to what no worker can decode (a msgspec.Raw "
+        "that is not one msgpack value, or an Ext of a reserved type holding garbage)")
 
 
 def _check_depth(value: object, what: str) -> None:
@@ -82,8 +129,8 @@ def _check_depth(value: object, what: str) -> None:
 def _children(item: object) -> Iterable[object] | None:
     if isinstance(item, list | tuple | set | frozenset):
         return item
-    if isinstance(item, dict):
-        return [*item.keys(), *item.values()]
+    if isinstance(item, dict):  # dict's own methods: a subclass's may lie or raise
+        return [*dict.keys(item), *dict.values(item)]
     if isinstance(item, msgspec.Struct):
         return [getattr(item, f, None) for f in item.__struct_fields__]
     if dataclasses.is_dataclass(item) and not isinstance(item, type):

@@ -88,7 +88,8 @@ def check_headers(headers: object) -> None:
 
 
 def check_job_id(job_id: str) -> str:
-    """A job id is non-empty text of at most 1,024 characters that encodes as UTF-8."""
+    """A job id is non-empty text of at most 1,024 characters that encodes as UTF-8;
+    returned as a plain ``str``."""
     if not isinstance(job_id, str) or not job_id or len(job_id) > 1024:
         raise ValueError(f"job_id must be a non-empty str of at most 1024 characters, "
                          f"got {job_id!r:.80}")
@@ -96,4 +97,4 @@ def check_job_id(job_id: str) -> str:
         job_id.encode()
     except UnicodeEncodeError:
         raise ValueError(f"job_id {job_id!r:.80} is not valid text (lone surrogates)") from None
-    return job_id
+    return str.__str__(job_id)  # a str subclass's text: its __format__ named another key

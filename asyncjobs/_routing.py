@@ -53,7 +53,7 @@ def check_queue(name: object) -> str:
             check_name("queue name", served)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    return name
+    return str.__str__(name)  # a str subclass's text: its __format__ named other keys
 
 
 def split_level(name: str) -> tuple[str, Priority]:

@@ -24,7 +24,7 @@ from ._durations import Seconds, to_seconds
 from ._limits import RateKey, RateLimit, parse_concurrency, parse_rate
 from ._options import JobOptions, check_headers, check_job_id, check_max_tries
 from ._retry import RetryPolicy
-from ._routing import Priority, check_priority, level_queue
+from ._routing import Priority, check_priority, check_queue, level_queue
 from ._signature import ArgConverter, return_type
 from .exceptions import ConfigurationError
 
@@ -59,8 +59,11 @@ class Task(Generic[P, R]):
         if fn is None and not name:
             raise ConfigurationError("a task reference needs a name")
         self.fn = fn
-        self.name: str = name or getattr(fn, "__name__", "") or repr(fn)
-        self.queue = queue
+        named = name or getattr(fn, "__name__", "") or repr(fn)
+        if not isinstance(named, str):  # a worker could not decode a job naming it
+            raise ConfigurationError(f"a task name must be a str, not {type(named).__name__}")
+        self.name: str = str.__str__(named)  # a subclass's text, never its __str__'s
+        self.queue = check_queue(queue) if queue is not None else None
         self.priority: Priority | None = None
         """The level its jobs are enqueued at unless ``options(priority=...)`` says else."""
         if priority is not None:
@@ -139,16 +142,19 @@ class Task(Generic[P, R]):
         starts a job only when no job of a higher level waits there."""
         if at is not None and not isinstance(at, datetime):
             raise TypeError(f"at= needs an aware datetime, not {type(at).__name__} {at!r:.80}")
-        if at is not None and at.tzinfo is None:
+        # naive: no tzinfo, or one that gives no offset (datetime.timestamp() then raised)
+        if at is not None and at.utcoffset() is None:
             raise ValueError("at= needs an aware datetime (e.g. tzinfo=UTC)")
-        if isinstance(expires, datetime) and expires.tzinfo is None:
+        if isinstance(expires, datetime) and expires.utcoffset() is None:
             raise ValueError("expires= needs an aware datetime or a duration")
+        if queue is not None:  # "" is no queue name (it went to the default queue)
+            queue = check_queue(queue)
         if max_tries is not None:
             check_max_tries(max_tries)
         if headers is not None:
             check_headers(headers)
         if job_id is not None:
-            check_job_id(job_id)
+            job_id = check_job_id(job_id)
         exp = expires if isinstance(expires, datetime) else to_seconds(expires, "expires")
         given = {
             "job_id": job_id, "queue": queue, "delay_s": to_seconds(delay, "delay"), "at": at,

@@ -46,6 +46,7 @@ from ..exceptions import (
     QueueFull,
     RedisFull,
     RedisUnavailable,
+    SerializationError,
 )
 from .handle import Job
 from .waiter import Waiter
@@ -82,6 +83,11 @@ def _reason(exc: BaseException) -> str:
 def _oom(reason: str) -> bool:
     return reason.startswith("OOM") or "maxmemory" in reason
 
+
+_SMALLEST_BULK = 1024 * 1024
+"""The smallest ``proto-max-bulk-len`` Redis takes: a job up to this size fits any Redis
+(larger ones are checked against the server's, read once a minute)."""
+_DEFAULT_BULK = 512 * 1024 * 1024
 
 _FULL = "full: "
 _ROOM_POLL_S = (0.01, 0.2)
@@ -135,6 +141,9 @@ class Pool:
         self._stores: dict[str, QueueStore] = {}
         self._known_queues: set[str] = set()
         self._waiter: Waiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bulk_most: int | None = None
+        self._bulk_read_at = 0.0
         self.header_providers: list[Callable[[], Mapping[str, str]]] = []
         """Called at each enqueue; their headers travel with the job (e.g. trace context)."""
 
@@ -172,7 +181,29 @@ class Pool:
         ``RedisUnavailable``. A stale connection after a Redis restart costs one retry."""
         return await self._retrying(make)
 
+    def _own_loop(self) -> None:
+        """A pool's connections belong to one event loop: used from another loop while its
+        own runs (another thread's), a call hung for ever or raised asyncio's RuntimeError
+        about futures of another loop. That is a ``ConfigurationError`` now; a pool whose
+        loop has stopped (``asyncio.run`` again) moves to the new one, leaving its old
+        connections behind."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            if self._loop.is_running() and not self._loop.is_closed():
+                raise ConfigurationError(
+                    f"this pool ({self.description}) is in use on another event loop, which "
+                    "is running (another thread's?): a pool serves one event loop at a "
+                    "time; open one pool per event loop")
+            reset = getattr(getattr(self.client, "connection_pool", None), "reset", None)
+            if callable(reset):
+                reset()
+            self._waiter = None
+        self._loop = loop
+
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
+        self._own_loop()
         began = time.monotonic()
         deadline = began + self.retry_for_s
         delay = 0.05
@@ -254,6 +285,8 @@ class Pool:
                                 f"{type(c).__name__} {c!r:.80}")
         ids = new_job_ids(len(batch))
         prepared = [self.prepare(c, job_id) for c, job_id in zip(batch, ids, strict=True)]
+        if any(len(new.spec) > _SMALLEST_BULK for _, new, _ in prepared):
+            await self._check_sizes(batch, [new for _, new, _ in prepared])
         by_queue: dict[str, list[NewJob]] = {}
         for queue, new, _ in prepared:
             by_queue.setdefault(queue, []).append(new)
@@ -275,6 +308,35 @@ class Pool:
         if refused:
             raise _refusal(refused, handles, full, full_ids)
         return handles
+
+    async def _check_sizes(self, batch: Sequence[Call[Any]], jobs: Sequence[NewJob]) -> None:
+        """``SerializationError`` for a job larger than Redis takes (its
+        ``proto-max-bulk-len``), before anything is written: Redis would answer the whole
+        script call with a protocol error and drop the connection (the jobs of an earlier
+        call of the same pipeline written, the caller told only of the error)."""
+        most = await self._largest_value()
+        for c, new in zip(batch, jobs, strict=True):
+            if len(new.spec) > most:
+                raise SerializationError(
+                    f"cannot enqueue job {new.id!r:.80} of task {c.task.name!r:.200}: it is "
+                    f"larger than Redis takes: {len(new.spec):,} bytes encoded, over its "
+                    f"proto-max-bulk-len of {most:,}")
+
+    async def _largest_value(self) -> int:
+        """Redis's ``proto-max-bulk-len``, read at most once a minute (512 MB, Redis's
+        default, when ``CONFIG GET`` is refused or answers garbage)."""
+        now = time.monotonic()
+        if self._bulk_most is None or now >= self._bulk_read_at + 60:
+            self._bulk_read_at = now
+            try:
+                reply = await self._retrying(
+                    lambda: self.client.config_get("proto-max-bulk-len"))
+                self._bulk_most = int(str(next(iter(reply.values()))))
+            except (RedisUnavailable, PoolExhausted):
+                raise
+            except Exception:
+                self._bulk_most = _DEFAULT_BULK
+        return self._bulk_most
 
     async def _write_until(self, queue: str, jobs: Sequence[NewJob], deadline: float
                            ) -> dict[int, str]:
@@ -342,11 +404,12 @@ class Pool:
             id=opts.job_id or new_id,
             spec=data,
             delay_ms=round((opts.delay_s or 0) * 1000),
-            due_at_ms=to_ms(opts.at) if opts.at else 0,
-            # (at least 1 ms: a shorter one rounded to 0, which means "never expires")
+            # (at least 1 ms: 0 means "no due time" / "never expires", and a time before
+            # 1970 is negative; such an `at` is now, such an expiry has passed)
+            due_at_ms=max(1, to_ms(opts.at)) if opts.at else 0,
             expires_in_ms=max(1, round(exp * 1000)) if isinstance(exp, float) and exp > 0
             else 0,
-            expires_at_ms=to_ms(exp) if isinstance(exp, datetime) else 0,
+            expires_at_ms=max(1, to_ms(exp)) if isinstance(exp, datetime) else 0,
         )
         return queue, new, task.result_type
 

@@ -39,7 +39,7 @@ def check_name(kind: str, name: str) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"invalid {kind} {name!r}: not valid text (a lone surrogate, e.g. "
                          "bytes that are not UTF-8)") from None
-    return name
+    return str.__str__(name)  # a str subclass's text, whatever its __format__ says
 
 
 def limit_name(task: str, key: str = "") -> str:
