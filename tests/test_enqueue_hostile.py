@@ -11,10 +11,8 @@ worker can decode it" is checked, not assumed.
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import threading
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -436,63 +434,6 @@ async def test_a_job_larger_than_redis_takes_is_refused_before_anything_is_writt
 
 
 # -- a pool used where it should not be --------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_a_pool_used_from_a_second_running_event_loop_raises_instead_of_hanging(
-        backend: Backend, pool: asyncjobs.Pool) -> None:
-    """A pool's connections belong to the loop that opened them. Used at the same time from
-    another thread's loop, calls hung for ever (no timeout fired) or raised asyncio's bare
-    RuntimeError about futures of another loop."""
-    await pool.enqueue(add, 1, 2)  # the pool now lives on this loop
-    errors: list[BaseException] = []
-
-    def other_thread() -> None:
-        async def use() -> None:
-            try:
-                await asyncio.wait_for(pool.enqueue(add, 3, 4), 10)
-            except BaseException as exc:
-                errors.append(exc)
-        asyncio.run(use())
-
-    thread = threading.Thread(target=other_thread)
-    thread.start()
-    while thread.is_alive():
-        await pool.enqueue(add, 1, 1)
-        await asyncio.sleep(0.001)
-    thread.join()
-    assert len(errors) == 1 and isinstance(errors[0], ConfigurationError), errors
-    assert "event loop" in str(errors[0])
-    assert await pool.enqueue(add, 5, 5)  # still fine on its own loop
-
-
-def test_a_pool_moves_to_a_new_event_loop_once_its_own_has_ended(real: Backend) -> None:
-    """``asyncio.run`` twice with one pool (a script, a CLI): the first call on the second
-    loop raised asyncio's bare ``RuntimeError: Event loop is closed`` from redis-py's old
-    connection."""
-    holder: dict[str, Any] = {}
-
-    async def first() -> None:
-        holder["pool"] = await real.pool()
-        holder["job"] = await holder["pool"].enqueue(add, 1, 2)
-
-    async def second() -> None:
-        pool: asyncjobs.Pool = holder["pool"]
-        try:
-            again = await pool.enqueue(add, 3, 4)
-            assert await again.status() is JobState.QUEUED
-            assert await holder["job"].status() is JobState.QUEUED
-        finally:
-            await pool.close()
-
-    asyncio.run(first())
-    asyncio.run(second())
-    # The first loop's connections cannot be closed once it has ended (closing a transport
-    # needs its loop): they go with the garbage, warning as they go.
-    holder.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 # -- reading back a record whose stored bytes are garbage ------------------------------------

@@ -654,3 +654,15 @@ async def test_the_jobs_command(real: Backend) -> None:
     one_line_error(cli(real, "--state", "finished"), "--state", "finished", *STATES)
     one_line_error(cli(real, "-s", "queued", "-q", "later", "--cursor", flip(cursor, -1)),
                    "invalid cursor")
+
+
+@pytest.mark.parametrize("value", ["18446744073709551616-0", "0-18446744073709551616",
+                                   "99999999999999999999-99999999999999999999"])
+async def test_a_cursor_entry_past_what_redis_takes_is_an_invalid_cursor(value: str) -> None:
+    """Cursors are checksummed, not signed: one naming an id of 2**64 or more reached Redis,
+    which refused the range (a 500 on the dashboard's pages)."""
+    from asyncjobs._producer.cursor import entry_id
+
+    assert entry_id("18446744073709551615-18446744073709551615")  # the largest Redis takes
+    with pytest.raises(ValueError, match="invalid cursor"):
+        entry_id(value)

@@ -62,8 +62,9 @@ def _checked(cursor: str) -> str | None:
 
 
 def entry_id(value: str) -> str:
-    """A stream entry id from a cursor, checked."""
-    if not ENTRY.fullmatch(value):
+    """A stream entry id from a cursor, checked: both parts under 2**64, as Redis takes them
+    (a cursor is checksummed, not signed: anyone can make one)."""
+    if not ENTRY.fullmatch(value) or max(entry_key(value)) >= 2**64:
         raise ValueError("invalid cursor: it was not made by this listing")
     return value
 

@@ -141,7 +141,6 @@ class Pool:
         self._stores: dict[str, QueueStore] = {}
         self._known_queues: set[str] = set()
         self._waiter: Waiter | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._bulk_most: int | None = None
         self._bulk_read_at = 0.0
         self.header_providers: list[Callable[[], Mapping[str, str]]] = []
@@ -181,29 +180,7 @@ class Pool:
         ``RedisUnavailable``. A stale connection after a Redis restart costs one retry."""
         return await self._retrying(make)
 
-    def _own_loop(self) -> None:
-        """A pool's connections belong to one event loop: used from another loop while its
-        own runs (another thread's), a call hung for ever or raised asyncio's RuntimeError
-        about futures of another loop. That is a ``ConfigurationError`` now; a pool whose
-        loop has stopped (``asyncio.run`` again) moves to the new one, leaving its old
-        connections behind."""
-        loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return
-        if self._loop is not None:
-            if self._loop.is_running() and not self._loop.is_closed():
-                raise ConfigurationError(
-                    f"this pool ({self.description}) is in use on another event loop, which "
-                    "is running (another thread's?): a pool serves one event loop at a "
-                    "time; open one pool per event loop")
-            reset = getattr(getattr(self.client, "connection_pool", None), "reset", None)
-            if callable(reset):
-                reset()
-            self._waiter = None
-        self._loop = loop
-
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
-        self._own_loop()
         began = time.monotonic()
         deadline = began + self.retry_for_s
         delay = 0.05

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .._model import JobInfo
+from .._model import ErrorInfo, JobInfo, from_ms
 from .._text import safe_str
 
 MAX_SHOWN = 20_000
@@ -69,11 +69,20 @@ def cut(body: str, limit: int = MAX_SHOWN) -> str:
     return body if len(body) <= limit else f"{body[:limit]}\n… ({len(body) - limit} more)"
 
 
+def failed_at(error: ErrorInfo) -> datetime | None:
+    """When an attempt failed; None when its time is garbage no ``datetime`` can hold."""
+    try:
+        return from_ms(error.at_ms)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One line of a job's timeline."""
 
-    at: datetime
+    at: datetime | None
+    """None for a time that cannot be read: such events come last."""
     what: str
     detail: str = ""
 
@@ -85,7 +94,7 @@ def timeline(info: JobInfo) -> list[Event]:
     if info.enqueued_at:
         events.append(Event(info.enqueued_at, "enqueued"))
     for error in info.errors:
-        events.append(Event(error.at, f"attempt {error.attempt} failed",
+        events.append(Event(failed_at(error), f"attempt {error.attempt} failed",
                             f"{error.type}: {safe_str(error.message, 200)}"))
     if info.started_at:
         events.append(Event(info.started_at, f"attempt {info.attempts} started",
@@ -94,9 +103,12 @@ def timeline(info: JobInfo) -> list[Event]:
         events.append(Event(info.scheduled_for, "due"))
     if info.ended_at:
         events.append(Event(info.ended_at, info.state.value, info.dead_letter_reason or ""))
-    return sorted(events, key=lambda e: e.at)
+    return sorted(events, key=lambda e: (e.at is None, e.at or _EPOCH))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 FILTERS = {"when": when, "seconds": seconds, "ago": ago, "number": number,
-           "percent": percent, "shown": shown, "cut": cut}
+           "percent": percent, "shown": shown, "cut": cut, "failed_at": failed_at}
 """Registered as Jinja filters."""

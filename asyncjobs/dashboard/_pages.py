@@ -15,10 +15,11 @@ from redis.exceptions import ResponseError
 from starlette.requests import Request
 
 from .._producer.admin import QueueStats
+from .._producer.cursor import _LONGEST_CURSOR as LONGEST_CURSOR
 from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._redis.refusals import refused, reply_code
-from .._text import clean
+from .._text import clean, safe_str
 from ..exceptions import CorruptJob, RedisFull
 from ._charts import chart
 from ._format import timeline
@@ -38,9 +39,10 @@ class View:
     redactors: dict[str, ArgsRedactor] = field(default_factory=dict)
 
     def param(self, name: str, default: str = "") -> str:
-        """A query parameter (at most 1,024 characters)."""
+        """A query parameter (at most 1,024 characters; a cursor, which may hold a job id
+        of 1,024 characters, up to what the listings take)."""
         value = self.request.query_params.get(name, default)
-        if len(value) > 1024:
+        if len(value) > (LONGEST_CURSOR if name == "cursor" else 1024):
             raise ValueError(f"the {name} parameter is too long")
         return value
 
@@ -59,10 +61,36 @@ Loader = Callable[[View], Awaitable[dict[str, Any]]]
 
 def wrong_type(exc: BaseException) -> str | None:
     """What is wrong, when ``exc`` is Redis refusing a command on a key of the wrong type
-    (a queue's key overwritten by hand, or by another program on the same prefix)."""
+    (a queue's key overwritten by hand, or by another program on the same prefix), or a
+    range of a stream from an entry id it cannot go past (``bad_range``)."""
     if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
         return f"a key of this queue holds the wrong type: {clean(str(exc))}"
+    if bad_range(exc):
+        return ("a stream of this queue cannot be read on from one of its entry ids (the "
+                f"largest Redis allows, written by hand): {clean(safe_str(exc, 300))}")
     return None
+
+
+_RANGE_REPLIES = ("invalid stream id", "invalid start id for the interval",
+                  "invalid end id for the interval")
+
+
+def bad_range(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a stream range from an entry id: one no id can
+    follow (18446744073709551615-18446744073709551615, which XADD takes) or precede
+    (``0-0``), or no entry id at all (a forged cursor's 20 digits past 2**64)."""
+    text = str(exc).lower() if isinstance(exc, ResponseError) else ""
+    return any(reply in text for reply in _RANGE_REPLIES)
+
+
+async def _paged(view: View, read: Awaitable[Any]) -> Any:
+    """A listing's page: a cursor Redis cannot range from is an invalid one (a 400)."""
+    try:
+        return await read
+    except ResponseError as exc:
+        if view.cursor and bad_range(exc):
+            raise ValueError("invalid cursor: no stream entry can follow it") from None
+        raise
 
 
 def refusal(exc: BaseException) -> tuple[int, str] | None:
@@ -129,15 +157,15 @@ async def list_part(view: View) -> dict[str, Any]:
     if kind not in LISTS:
         raise ValueError(f"unknown list {kind!r}: one of {', '.join(LISTS)}")
     method = getattr(view.pool.admin, LISTS[kind])
-    page = await method(view.queue, cursor=view.cursor, limit=view.page_size)
+    page = await _paged(view, method(view.queue, cursor=view.cursor, limit=view.page_size))
     return {"list": kind, "page": page}
 
 
 async def dead_part(view: View) -> dict[str, Any]:
     task, error = view.param("task").strip(), view.param("error").strip()
-    page = await view.pool.admin.dead_letter_page(
+    page = await _paged(view, view.pool.admin.dead_letter_page(
         view.queue, cursor=view.cursor, limit=view.page_size, task=task, error=error,
-        scan=max(1000, view.page_size * 20))
+        scan=max(1000, view.page_size * 20)))
     return {"page": page, "task": task, "error": error, "filtered": bool(task or error)}
 
 

@@ -108,9 +108,11 @@ def csrf_token(request: Request) -> tuple[str, bool]:
 
 
 def set_csrf_cookie(response: Response, request: Request, token: str, path: str) -> None:
-    """Send the token as a SameSite=Strict, HttpOnly cookie scoped to the dashboard."""
+    """Send the token as a SameSite=Strict, HttpOnly cookie scoped to the dashboard. (The
+    scheme comes from the scope, not ``request.url``, which decodes the whole query string
+    as UTF-8: raw bytes there are no reason for a 500.)"""
     response.set_cookie(CSRF_COOKIE, token, path=path, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=request.scope.get("scheme") == "https")
 
 
 def csrf_problem(request: Request) -> str | None:
