@@ -183,8 +183,11 @@ async def test_a_master_killed_mid_run_loses_nothing_acknowledged(
         for worker in workers:
             worker.wait_for("ready")
         async with asyncjobs.create_pool(url, prefix=prefix, retry_for=20.0) as pool:
+            # The task INCRs through the worker's client: a key on the killed master fails
+            # until the failover ends, so each job gets tries enough to outlast a slow one
+            # (3 tries, jittered 1 s and 2 s apart, all failed once in CI).
             short = asyncjobs.Task(_short_placeholder, name="short")
-            before = [await pool.enqueue(short.options(queue=q), i)
+            before = [await pool.enqueue(short.options(queue=q, max_tries=12), i)
                       for i in range(150) for q in QUEUES]
             victim = replicated.master_of(pool.keys("beta").stream)
             _wait_replicated(replicated)
@@ -195,7 +198,7 @@ async def test_a_master_killed_mid_run_loses_nothing_acknowledged(
             while time.monotonic() - began < 8.0:  # through the failover (~1-3 s)
                 for q in QUEUES:
                     try:
-                        during.append(await pool.enqueue(short.options(queue=q), 0))
+                        during.append(await pool.enqueue(short.options(queue=q, max_tries=12), 0))
                     except asyncjobs.RedisUnavailable:
                         refused += 1
                 await asyncio.sleep(0.05)

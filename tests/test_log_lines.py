@@ -43,7 +43,8 @@ class Counting(io.StringIO):
 @pytest.fixture
 def logger() -> Iterator[tuple[logging.Logger, Counting, BatchedStreamHandler]]:
     stream = Counting()
-    handler = BatchedStreamHandler(stream, delay_s=0.05, most=256)
+    handler = BatchedStreamHandler(stream, delay_s=0.05, most=256,
+                                   names=frozenset({"asyncjobs.test.batched"}))
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log = logging.getLogger("asyncjobs.test.batched")
     log.handlers[:] = [handler]
@@ -77,6 +78,35 @@ async def test_a_warning_writes_at_once_after_the_lines_before_it(
     assert stream.getvalue() == "INFO first\nDEBUG second\nWARNING third\n"
     log.error("fourth")
     assert stream.getvalue().endswith("ERROR fourth\n")
+
+
+@pytest.mark.asyncio
+async def test_a_line_of_another_logger_writes_at_once_after_the_lines_before_it(
+        logger: tuple[logging.Logger, Counting, BatchedStreamHandler]) -> None:
+    """Only the batched loggers' lines wait: a job's start line, the worker's banner or a
+    line of the task's own is written before the logging call returns (a process killed
+    right after it still shows it), with the waiting lines before it."""
+    log, stream, handler = logger
+    log.info("an end line")
+    assert stream.getvalue() == ""
+    other = logging.getLogger("asyncjobs.test.other")
+    other.addHandler(handler)
+    other.propagate = False
+    other.setLevel(logging.INFO)
+    try:
+        other.info("ready: a start line")
+    finally:
+        other.removeHandler(handler)
+        other.propagate = True
+        other.setLevel(logging.NOTSET)
+    assert stream.getvalue() == "INFO an end line\nINFO ready: a start line\n"
+
+
+def test_the_batched_logger_is_the_job_end_lines_one() -> None:
+    from asyncjobs._cli.logs import JOB_END_LOGGER
+
+    assert JOB_END_LOGGER == JOBS_LOGGER
+    assert BatchedStreamHandler(io.StringIO()).names == frozenset({JOBS_LOGGER})
 
 
 @pytest.mark.asyncio
@@ -204,7 +234,9 @@ def test_a_forked_child_does_not_write_its_parent_s_waiting_lines() -> None:
 
 @pytest.mark.asyncio
 async def test_a_busy_loop_s_job_lines_take_one_write_per_batch() -> None:
-    """What the batching buys, counted: 2 lines a job for 1,000 jobs in a few writes."""
+    """What the batching buys, counted: 2 lines a job for 1,000 jobs in one write a job
+    (each start line carries the end lines before it), and the ends of a run of jobs
+    without starts (``--job-logs end``) in a few writes."""
     stream = Counting()
     handler = BatchedStreamHandler(stream)
     handler.setFormatter(TextFormatter())
@@ -213,20 +245,28 @@ async def test_a_busy_loop_s_job_lines_take_one_write_per_batch() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     try:
-        for i in range(1000):
+        log_start("job-0", "app:noop", "default", 1)
+        assert "job started id=job-0" in stream.getvalue()  # written before it returned
+        log_end("complete", "job-0", "app:noop", "default", 1, 0.001)
+        for i in range(1, 1000):
             log_start(f"job-{i}", "app:noop", "default", 1)
+            log_end("complete", f"job-{i}", "app:noop", "default", 1, 0.001)
+        await asyncio.sleep(0.2)
+        both = stream.writes
+        for i in range(1000):
             log_end("complete", f"job-{i}", "app:noop", "default", 1, 0.001)
         await asyncio.sleep(0.2)
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2000
+    assert len(lines) == 3000
     assert lines[0].endswith("INFO    asyncjobs.worker.jobs.started: job started id=job-0 "
                               "task=app:noop queue=default attempt=1")
-    assert lines[-1].endswith("INFO    asyncjobs.worker.jobs: job complete id=job-999 "
-                              "task=app:noop queue=default attempt=1 duration=0.001s")
-    assert stream.writes <= 2000 // handler.most + 2
+    assert lines[1999].endswith("INFO    asyncjobs.worker.jobs: job complete id=job-999 "
+                                "task=app:noop queue=default attempt=1 duration=0.001s")
+    assert both <= 1000 + 1
+    assert stream.writes - both <= 1000 // handler.most + 2
 
 
 def test_job_lines_keep_their_fields_and_pass_the_logger_s_filters(

@@ -4,7 +4,7 @@ Job lines carry ``job_id``, ``task``, ``queue``, ``attempt``, ``duration_s`` and
 as record attributes, so the JSON form has them as fields.
 
 A worker writes two lines a job by default, so the lines' cost is part of every job's: the
-handler here writes the lines logged on an event loop's thread in batches (see
+handler here writes the job end lines logged on an event loop's thread in batches (see
 ``BatchedStreamHandler``) and the text formatter builds the time's text once a second.
 """
 
@@ -150,21 +150,29 @@ class TextFormatter(logging.Formatter):
 _handlers: weakref.WeakSet[BatchedStreamHandler] = weakref.WeakSet()
 
 
+JOB_END_LOGGER = "asyncjobs.worker.jobs"
+"""The logger of the job end lines (``_worker.outcomes.JOBS_LOGGER``; named here so the
+command line's log set-up imports no worker code)."""
+
+
 class BatchedStreamHandler(logging.StreamHandler[TextIO]):
-    """A ``StreamHandler`` that writes the lines below WARNING logged on an event loop's
-    thread in batches: once ``delay_s`` after the first of them (a timer of that loop), and
-    at once when ``most`` are waiting, when a WARNING or worse is logged, when a line comes
-    from a thread without a running loop (each of which writes, in order, the lines waiting
-    before it), on ``flush()`` and at exit (``logging.shutdown`` flushes every handler).
-    One write and one flush for many lines instead of one each: a busy worker's two lines a
-    job cost about half as much. What it gives up: a process killed outright (SIGKILL, a
-    crash) loses the INFO lines of its last ``delay_s``; warnings and errors are never
-    held back. A child forked while lines wait starts without them (the parent writes them).
+    """A ``StreamHandler`` that writes the lines below WARNING of the loggers ``names``
+    (the job end lines: ``JOB_END_LOGGER``) logged on an event loop's thread in batches:
+    once ``delay_s`` after the first of them (a timer of that loop), and at once when
+    ``most`` are waiting, or when any other line is logged (a job's start, a warning, a
+    line of another logger, one from a thread without a running loop: each writes, in
+    order, the lines waiting before it), on ``flush()`` and at exit (``logging.shutdown``
+    flushes every handler). A busy worker then writes once a job, its start line carrying
+    the ends before it, instead of twice. What it gives up: a process killed outright
+    (SIGKILL, a crash) loses the end lines of its last ``delay_s``; every other line, the
+    start of the job that killed it included, is written before the logging call returns.
+    A child forked while lines wait starts without them (the parent writes them).
     """
 
-    def __init__(self, stream: TextIO, delay_s: float = 0.05, most: int = 256) -> None:
+    def __init__(self, stream: TextIO, delay_s: float = 0.05, most: int = 256,
+                 names: frozenset[str] = frozenset({JOB_END_LOGGER})) -> None:
         super().__init__(stream)
-        self.delay_s, self.most = delay_s, most
+        self.delay_s, self.most, self.names = delay_s, most, names
         self._waiting: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -175,8 +183,8 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         handler's lock, as ``Handler.handle`` calls it)."""
         try:
             self._waiting.append(self.format(record) + self.terminator)
-            if (record.levelno >= logging.WARNING or len(self._waiting) >= self.most
-                    or not self._timed()):
+            if (record.levelno >= logging.WARNING or record.name not in self.names
+                    or len(self._waiting) >= self.most or not self._timed()):
                 self._write()
         except RecursionError:  # as logging's own handlers: not a logging error
             raise
