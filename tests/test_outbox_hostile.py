@@ -232,9 +232,8 @@ def limit_read_before_it_was_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
     from redis.exceptions import ResponseError
 
     from asyncjobs._producer.pool import Pool
-    from asyncjobs.outbox._loop import RelayLoop
 
-    async def stale(self: RelayLoop) -> int:
+    async def stale(self: Pool) -> int:
         return 512 * 1024 * 1024
 
     write = Pool.write_jobs
@@ -249,7 +248,7 @@ def limit_read_before_it_was_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
                 raise ResponseError("Protocol error: invalid bulk length")
         return await write(self, queue, jobs, count_refused=count_refused)
 
-    monkeypatch.setattr(RelayLoop, "_largest_value", stale)
+    monkeypatch.setattr(Pool, "_largest_value", stale)
     monkeypatch.setattr(Pool, "write_jobs", refusing)
 
 

@@ -301,7 +301,8 @@ class Pool:
 
     async def _largest_value(self) -> int:
         """Redis's ``proto-max-bulk-len``, read at most once a minute (512 MB, Redis's
-        default, when ``CONFIG GET`` is refused or answers garbage)."""
+        default, when ``CONFIG GET`` is refused or answers garbage). The outbox relay asks
+        it too, to fail a row too large for Redis before the batch holding it is sent."""
         now = time.monotonic()
         if self._bulk_most is None or now >= self._bulk_read_at + 60:
             self._bulk_read_at = now

@@ -76,7 +76,6 @@ class RelayLoop:
         self._next_purge = 0.0
         self._poll_at = 0.0  # the table is read when woken, or at this time (monotonic)
         self._full: dict[str, tuple[float, float]] = {}  # queue -> (retry at, pause)
-        self._bulk_most, self._bulk_read_at = 512 * 1024 * 1024, float("-inf")
 
     async def run(self) -> None:
         """Relay until stopped; errors are logged and retried with backoff, never raised,
@@ -182,7 +181,7 @@ class RelayLoop:
         """Write the batch's jobs to Redis, per queue; what became of each row."""
         outcome = Outcome()
         by_queue: dict[str, list[tuple[int, NewJob]]] = {}
-        most = await self._largest_value()
+        most = await self.pool._largest_value()
         for row in claimed.rows:
             outcome.read(row)
             try:
@@ -199,21 +198,6 @@ class RelayLoop:
         for queue, items in by_queue.items():
             await self._write(queue, items, outcome)
         return outcome
-
-    async def _largest_value(self) -> int:
-        """Redis's ``proto-max-bulk-len`` (read once a minute; 512 MB, Redis's default, when
-        ``CONFIG GET`` is refused). A job over it would make Redis refuse the write, or drop
-        the connection while it is being sent, which looks like an outage: such a row is
-        failed before it is sent, and never holds up the rows behind it."""
-        now = time.monotonic()
-        if now >= self._bulk_read_at + 60:
-            self._bulk_read_at = now
-            try:
-                reply = await self.pool.client.config_get("proto-max-bulk-len")
-                self._bulk_most = int(str(next(iter(reply.values()))))
-            except Exception:  # refused (ACL, a managed Redis), or garbage: the default
-                self._bulk_most = 512 * 1024 * 1024
-        return self._bulk_most
 
     async def _write(self, queue: str, items: list[tuple[int, NewJob]],
                      outcome: Outcome) -> None:
