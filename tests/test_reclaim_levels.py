@@ -3,6 +3,7 @@ call scans every level (see asyncjobs/_worker/reclaimer.py, Reclaimer)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -78,3 +79,30 @@ async def test_count_used_up_at_a_level_boundary_does_not_delay_the_next_level(
     gap = at["n1"] - max(at["h1"], at["h2"])
     print(f"\n{backend.name}: n1 ran {gap:.2f} s after the high ones")
     assert gap < 1.0, f"{backend.name}: the normal level waited {gap:.2f} s for its scan"
+
+
+async def test_the_look_before_a_scan_finds_idle_entries_and_writes_nothing(
+        backend: Backend) -> None:
+    """idle.lua's contract: found when some level holds an entry pending at least the given
+    time, not before; a level Redis refuses (no group, a key of the wrong type) is reported
+    by its index and the others are looked at; the pending entries' owners, idle times and
+    delivery counts are left as they were."""
+    from asyncjobs._redis.store import idle_levels
+
+    async with backend.pool(queue="q") as pool:
+        await _held_by_dead(pool, "q@low", ["l1"])
+        stores = [pool.store(level) for level in ("q@high", "q", "q@low")]
+        await pool.client.set(pool.keys("q").stream, "not a stream")
+        stream = pool.keys("q@low").stream
+        before = await pool.client.xpending_range(stream, "asyncjobs", "-", "+", 10)
+        fresh = await idle_levels(stores, 60_000)
+        assert not fresh.found and fresh.now_ms > 1_600_000_000_000
+        assert [level for level, _ in fresh.errors] == [0, 1]
+        assert "NOGROUP" in fresh.errors[0][1] and "WRONGTYPE" in fresh.errors[1][1]
+        await asyncio.sleep(0.05)
+        idle = await idle_levels(stores, 20)
+        assert idle.found and [level for level, _ in idle.errors] == [0, 1]
+        after = await pool.client.xpending_range(stream, "asyncjobs", "-", "+", 10)
+        assert [(p["consumer"], p["times_delivered"]) for p in after] == [
+            (p["consumer"], p["times_delivered"]) for p in before]
+        assert after[0]["time_since_delivered"] >= 50

@@ -21,6 +21,7 @@ from .values import (
     DeadLetterLimits,
     Delivery,
     LeaseAsk,
+    Looked,
     NewJob,
     Promoted,
     RateCheck,
@@ -87,6 +88,15 @@ async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_m
                      [(int(level) - 1, delivery_of(e, j, int(n))) for level, e, j, n in rows],
                      [(int(level) - 1, reply_text(why)) for level, why in errors],
                      int(now), bool(int(stepped)))
+
+
+async def idle_levels(stores: Sequence[QueueStore], min_idle_ms: int) -> Looked:
+    """Whether an entry of the stores (the levels of one queue: one hash tag) has been
+    pending ``min_idle_ms`` or longer, in one round trip, writing nothing; see idle.lua."""
+    keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
+    found, errors, now = await s.load(s.IDLE)(stores[0].client, keys, [GROUP, min_idle_ms])
+    return Looked(bool(int(found)),
+                  [(int(level) - 1, reply_text(why)) for level, why in errors], int(now))
 
 
 async def reschedule_levels(stores: Sequence[QueueStore], cursor: str, count: int

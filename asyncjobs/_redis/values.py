@@ -160,6 +160,17 @@ class Taken:
 
 
 @dataclass(frozen=True, slots=True)
+class Looked:
+    """What idle.lua found: whether a level holds an entry idle past the threshold; the
+    levels Redis refused to look at (an index into the stores it was given), with its
+    error; the server's time (ms)."""
+
+    found: bool
+    errors: list[tuple[int, str]]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reclaimed:
     """What reclaim.lua claimed, by level (an index into the stores it was given); each
     level's next cursor; the levels Redis refused to scan, with its error; the server's

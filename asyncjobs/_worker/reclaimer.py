@@ -9,17 +9,29 @@ workers refresh too: taken over, their jobs would run twice. So each scan tells 
 the latest time its clock may read (``ServerClock``): the time it read at the previous scan,
 plus what this worker's monotonic clock counted since, plus a margin; a server past that
 claims nothing, and the scans wait until live workers have refreshed their entries on the
-new time (as after an outage). A worker's first scan of a queue only reads the clock."""
+new time (as after an outage).
+
+A stalled Redis (a slow command, a fork, DEBUG SLEEP) makes every entry idle by the stall,
+and its clock does not step: a scan sent as the stall ends, answered within the margin,
+would pass that check, and Redis may run it before the refresh a live worker sent during
+the stall. So a scan is always preceded by a look (idle.lua: is anything idle? writes
+nothing), and claims only when sent soon after the look was sent (half the margin, at
+most): a stall that began before the look would have held the scan past the margin, and a
+look answered after a stall was run after the refreshes queued behind it, which the scan,
+sent a moment after that answer (``CONFIRM_S``), comes after. The look reads the clock too
+and is checked against the forecast like a scan. A worker's first look at a queue only
+reads the clock."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import ResponseError
 
-from .._redis.store import reclaim_levels
+from .._redis.store import idle_levels, reclaim_levels
 from .._redis.values import Delivery
 from .runtime import Runtime, refused
 from .server_clock import ServerClock
@@ -33,6 +45,15 @@ log = logging.getLogger("asyncjobs.worker")
 
 HELD_RECHECK_S = 1.0
 """A scan that is due but held is looked at again this often (or each reclaim interval)."""
+
+CONFIRM_S = 0.02
+"""After a look that found idle entries, the scan waits this long (an eighth of the step
+margin at most): Redis has then run every command that was queued with the look."""
+
+LATE_LOOKS = 3
+"""Looks in a row whose scan could not be sent in time (a Redis further away than the
+margin allows, an event loop that lags): the next scan goes without a fresh look, as it
+would with only the clock check, so that nothing is left stuck."""
 
 
 class Reclaimer:
@@ -48,6 +69,8 @@ class Reclaimer:
         # the registry cannot be reached, for three heartbeats), take nothing over.
         self._unheard_until = time.monotonic() + rt.config.heartbeat_every_s * 3
         self.clock = ServerClock()
+        self._looked_at: float | None = None  # when the look (or scan) that found more was sent
+        self._late = 0
 
     def is_due(self) -> bool:
         """Whether a scan is due now; if one is due but held, ``due`` moves on to when to
@@ -83,6 +106,11 @@ class Reclaimer:
         entry look abandoned is caught; a smaller one is harmless."""
         return max(1, (self.idle_ms - round(self.rt.keepalive_every_s * 1000)) // 2)
 
+    @property
+    def window_s(self) -> float:
+        """How soon after the look was sent its scan must be sent: half the step margin."""
+        return self.step_margin_ms / 2000
+
     def _stepped(self, ahead_ms: int | None) -> None:
         """The scan claimed nothing: its first (which only read the server's clock: scan
         again at once), or the server's clock stepped forward (scan again once live
@@ -93,8 +121,9 @@ class Reclaimer:
         hold = self.rt.config.reclaim_hold_s
         self.due = time.monotonic() + hold
         self.rt.touch_now.set()
-        log.warning("the Redis clock of queue %s stepped forward by about %.1f s: no job is "
-                    "taken over for %.1f s, until live workers have refreshed theirs",
+        log.warning("the Redis clock of queue %s stepped forward by about %.1f s (or Redis "
+                    "stalled that long): no job is taken over for %.1f s, until live workers "
+                    "have refreshed theirs",
                     self.group.name, ahead_ms / 1000, hold)
 
     async def claim(self, bad: Quarantine, count: int) -> tuple[dict[str, list[Delivery]],
@@ -106,12 +135,27 @@ class Reclaimer:
         levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
         if not levels:
             return {}, None
+        if not self._fresh():
+            failure = await self._look(levels, bad)
+            if failure is not None or self._looked_at is None:
+                return {}, failure
+            await asyncio.sleep(min(CONFIRM_S, self.step_margin_ms / 8000))
+            levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+            if not levels:
+                return {}, None
+            if not self._fresh():
+                self._late += 1
+                if self._late <= LATE_LOOKS:
+                    self.due = time.monotonic()  # look again at the next turn
+                    return {}, None
+        self._late = 0
         sent = time.monotonic()
         got = await reclaim_levels(
             [group.stores[k] for k in levels], self.rt.consumer, self.idle_ms, count,
             [self.cursors[group.queues[k]] for k in levels],
             self.clock.latest_ms(sent, self.step_margin_ms))
         ahead_ms = self.clock.read(got.now_ms, sent)
+        self._looked_at = None
         if got.stepped:
             self._stepped(ahead_ms)
             return {}, None
@@ -125,15 +169,45 @@ class Reclaimer:
             # end of a level, whose cursor then reads '0-0' like those of the levels after
             # it, which were not scanned at all.
             self.due = time.monotonic()
+            self._looked_at = sent
         for queue, deliveries in claimed.items():
             log.warning("reclaimed %d job(s) on queue %s from a stopped worker: %s",
                         len(deliveries), queue,
                         ", ".join(d.job_id or d.entry for d in deliveries[:10]))
+        return claimed, self._refusals(levels, got.errors, bad)
+
+    def _fresh(self) -> bool:
+        """Whether a scan sent now is soon enough after the look (or the scan) that found
+        entries to take: within ``window_s`` of when that one was sent."""
+        return (self._looked_at is not None
+                and time.monotonic() - self._looked_at <= self.window_s)
+
+    async def _look(self, levels: list[int], bad: Quarantine) -> ResponseError | None:
+        """Look whether any entry of the levels is idle past the threshold (idle.lua); if
+        one is, ``_looked_at`` says when the look was sent. A clock past its forecast (a
+        step, or a stall the look waited out) holds the scans as a scan's check does."""
+        group = self.group
+        sent = time.monotonic()
+        got = await idle_levels([group.stores[k] for k in levels], self.idle_ms)
+        ahead_ms = self.clock.read(got.now_ms, sent)
+        self._looked_at = None
+        if ahead_ms is not None and ahead_ms > self.step_margin_ms:
+            self._stepped(ahead_ms)
+        elif got.found:
+            self._looked_at = sent
+        else:
+            self._late = 0
+        return self._refusals(levels, got.errors, bad)
+
+    def _refusals(self, levels: list[int], errors: list[tuple[int, str]], bad: Quarantine
+                  ) -> ResponseError | None:
+        """Leave alone the levels whose keys Redis refused (NOGROUP, a key of the wrong
+        type); the first other refusal, to raise."""
         failure = None
-        for level, why in got.errors:
+        for level, why in errors:
             exc = ResponseError(why)
             if refused(exc):
-                bad.add(group.queues[levels[level]], why)
+                bad.add(self.group.queues[levels[level]], why)
             elif failure is None:
                 failure = exc
-        return claimed, failure
+        return failure

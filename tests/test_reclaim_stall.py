@@ -1,0 +1,242 @@
+"""A stalled Redis (a slow command, a fork, DEBUG SLEEP) makes every pending entry idle by
+the stall while its clock runs on: a live worker's refresh, sent during the stall, waits
+behind it, and after the stall Redis runs what was sent meanwhile in an order of its own.
+A reclaim scan sent just before the stall ends passes the clock check (it waited less
+than the margin) and, run before that refresh, would take over a live worker's job: it
+would run twice (CI saw 15 of 3,000 in tests/test_operator_faults.py's stall test). The
+reclaimer claims only a moment after a look answered (reclaimer.py), by which time Redis
+has run every refresh that was queued with it.
+
+The stall here is a proxy's: it holds everything its clients send, then lets it through
+in the worst order (the reclaiming worker's command first, the live worker's refresh
+after, and no answer back before both reached Redis), as Redis does at the end of a
+stall."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import asyncjobs
+from asyncjobs import Context
+from asyncjobs._redis import scripts as s
+from asyncjobs._redis.connection import url_factory
+from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._redis.keys import Keys
+from asyncjobs._redis.store import QueueStore
+from asyncjobs._worker import reclaimer
+
+from .conftest import Backend, running
+
+pytestmark = pytest.mark.asyncio
+
+CLAIM_S = 1.0
+"""The worker's claim timeout: entries idle 0.5 s are taken over; scans every 0.25 s."""
+
+STALL_S = 0.8
+"""Longer than the idle threshold (0.5 s), shorter than the claim timeout."""
+
+
+class StallProxy:
+    """A TCP proxy to a Redis server that can stall: while ``holding``, what its clients
+    send is kept; ``release`` passes it on, and answers wait for ``answers``."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.holding = False
+        self.answers = asyncio.Event()
+        self.answers.set()
+        self.pending: list[tuple[asyncio.StreamWriter, bytearray]] = []
+        self.sent_while_held = bytearray()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def release(self) -> None:
+        """Pass on what was held, each connection's bytes in order; stop holding."""
+        for upstream, held in self.pending:
+            if held:
+                upstream.write(bytes(held))
+                held.clear()
+        self.holding = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        held = bytearray()
+        self.pending.append((up_writer, held))
+
+        async def upward() -> None:
+            while data := await reader.read(65536):
+                if self.holding:
+                    held.extend(data)
+                    self.sent_while_held.extend(data)
+                else:
+                    up_writer.write(data)
+                    await up_writer.drain()
+
+        async def downward() -> None:
+            while data := await up_reader.read(65536):
+                await self.answers.wait()
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(upward()), asyncio.create_task(downward())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                writer.close()
+                up_writer.close()
+
+
+@contextlib.asynccontextmanager
+async def proxy(server: RedisServer) -> AsyncIterator[StallProxy]:
+    p = StallProxy(server.port)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _reclaim_calls(data: bytes) -> bool:
+    """Whether the bytes hold a reclaimer's call: a look or a scan."""
+    return any(s.load(name).sha.encode() in data for name in (s.IDLE, s.RECLAIM))
+
+
+async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
+        fresh_redis: RedisServer) -> None:
+    """The live worker ("alive", its refreshes through its own proxy) holds a job and
+    refreshes it every sixth of the claim timeout. The reclaiming worker runs one job at a
+    time: its fetch loop waits for that slot, not for Redis. Redis stalls 0.8 s; near the
+    end the slot frees, the fetch loop's reclaim call goes out and, as the stall ends, is
+    run first. Without the look, that call was the scan, and it took the job (the clock
+    check passes: it waited 20 ms). After the stall "alive" stops refreshing, as if it
+    died: then its job is taken over and runs once."""
+    runs: Counter[str] = Counter()
+    free = asyncio.Event()
+
+    @asyncjobs.task(name="held")
+    async def held(ctx: Context) -> None:
+        runs[ctx.job_id] += 1
+
+    @asyncjobs.task(name="busy")
+    async def busy(ctx: Context) -> None:
+        await free.wait()
+
+    async with proxy(fresh_redis) as to_b, proxy(fresh_redis) as to_alive:
+        url_b = f"redis://127.0.0.1:{to_b.port}/0"
+        url_alive = f"redis://127.0.0.1:{to_alive.port}/0"
+        prefix = "stall"
+        b = Backend("real", url_b, url_factory(url_b), prefix)
+        async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
+            job = await pool.enqueue(held)
+            alive_client = url_factory(url_alive)(max_connections=4, socket_timeout=None)
+            store = QueueStore(alive_client, Keys(prefix, "default"))
+            await store.ensure_group()
+            [taken] = await store.take("alive", 1)
+            assert taken.verdict == "run" and taken.delivery.job_id == job.id
+            refreshing = True
+
+            async def refresh() -> None:
+                while refreshing:
+                    lost, _ = await store.touch("alive", [taken.delivery])
+                    assert lost == [], "the live worker's job was taken over"
+                    await asyncio.sleep(CLAIM_S / 6)
+
+            refresher = asyncio.create_task(refresh())
+            try:
+                worker = b.worker([held, busy], claim_timeout=CLAIM_S, concurrency=1)
+                async with running(b, worker):
+                    await asyncio.sleep(1.5)  # several reclaim calls: nothing to take
+                    assert runs == {}
+                    slot = await pool.enqueue(busy)
+                    await until_running(pool, slot.id)
+                    to_b.holding = to_alive.holding = True
+                    began = time.monotonic()
+                    await asyncio.sleep(STALL_S)
+                    assert not _reclaim_calls(bytes(to_b.sent_while_held))
+                    free.set()  # the slot frees: the fetch loop's reclaim call goes out
+                    while not _reclaim_calls(bytes(to_b.sent_while_held)):
+                        assert time.monotonic() - began < 5, "no reclaim call"
+                        await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.02)
+                    to_b.answers.clear()  # Redis runs what was sent in the stall first
+                    to_b.release()
+                    await asyncio.sleep(0.02)
+                    to_alive.release()
+                    await asyncio.sleep(0.02)
+                    to_b.answers.set()
+                    await asyncio.sleep(1.5)  # the reclaimer goes on looking: nothing
+                    assert runs == {}
+                    assert not refresher.done()
+                    refreshing = False  # "alive" dies
+                    await refresher
+                    await job.result(timeout=10)
+                    assert runs == {job.id: 1}
+            finally:
+                refreshing = False
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+                await alive_client.aclose()
+
+
+async def until_running(pool: asyncjobs.Pool, job_id: str) -> None:
+    for _ in range(500):
+        if (await pool.job(job_id).info()).state == asyncjobs.JobState.RUNNING:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job never ran")
+
+
+async def test_a_reclaimer_whose_scans_are_always_late_still_takes_a_dead_workers_job(
+        real: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan must follow its look within half the step margin; one that cannot (a Redis
+    far away, a lagging loop) is looked at again, and after ``LATE_LOOKS`` such looks the
+    scan goes anyway: a dead worker's job is never left stuck."""
+    runs: Counter[str] = Counter()
+    looks = 0
+    look = reclaimer.Reclaimer._look
+
+    @asyncjobs.task(name="orphaned")
+    async def orphaned(ctx: Context) -> None:
+        runs[ctx.job_id] += 1
+
+    async def counted(self: reclaimer.Reclaimer, *args: Any) -> Any:
+        nonlocal looks
+        looks += 1
+        return await look(self, *args)
+
+    monkeypatch.setattr(reclaimer.Reclaimer, "window_s", property(lambda self: -1.0))
+    monkeypatch.setattr(reclaimer.Reclaimer, "_look", counted)
+    async with real.pool() as pool:
+        job = await pool.enqueue(orphaned)
+        store = pool.store("default")
+        await store.ensure_group()
+        [taken] = await store.take("dead", 1)
+        assert taken.verdict == "run"
+        async with running(real, real.worker([orphaned], claim_timeout=CLAIM_S)):
+            await job.result(timeout=15)
+    assert runs == {job.id: 1}
+    assert looks >= reclaimer.LATE_LOOKS + 1
