@@ -9,6 +9,7 @@ fails whenever the code lets that interleaving break a guarantee.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
@@ -35,11 +36,13 @@ async def burst(backend: Backend, tasks: list[Any], **options: Any) -> None:
 
 
 async def test_an_abort_landing_between_a_failed_attempt_and_its_retry_settle_ends_the_job(
-    real: Backend, monkeypatch: pytest.MonkeyPatch
+    real: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The abort arrives after the attempt's body ended (nothing left to cancel) and before
     its retry is recorded: the job must end aborted, not wait in the delayed set for its
-    whole retry delay (an hour here) with the abort pending."""
+    whole retry delay (an hour here) with the abort pending. The worker's log says so
+    after the retry line it wrote as the attempt ended."""
+    caplog.set_level(logging.INFO, logger="asyncjobs.worker.jobs")
     job_id = "race-abort-retry"
 
     @asyncjobs.task(name="retry_later", max_tries=3)
@@ -58,11 +61,21 @@ async def test_an_abort_landing_between_a_failed_attempt_and_its_retry_settle_en
             return await original(self, by_queue)
 
         monkeypatch.setattr(Settler, "_send", send)
+
+        class Seen:
+            def __init__(self) -> None:
+                self.kinds: list[str] = []
+
+            def job_event(self, event: asyncjobs.JobEvent) -> None:
+                self.kinds.append(event.kind)
+
+        seen = Seen()
         job = await pool.enqueue(retry_later.options(job_id=job_id))
-        async with running(real, real.worker([retry_later], concurrency=1)):
+        async with running(real, real.worker([retry_later], concurrency=1, observers=[seen])):
             with pytest.raises(asyncjobs.JobAborted):
                 await job.result(timeout=10)
         assert answers == [True]  # the job was running when the abort was asked
+        assert seen.kinds == ["started", "retry", "aborted"]
         info = await job.info()
         assert info.state is JobState.ABORTED
         keys = pool.keys("default")
@@ -71,6 +84,12 @@ async def test_an_abort_landing_between_a_failed_attempt_and_its_retry_settle_en
         assert [e.type for e in info.errors] == ["asyncjobs.exceptions.Retry"]
         stats = await pool.admin.queue_stats()
         assert stats.counters.get("aborted") == 1 and "retry" not in stats.counters
+    lines = [r for r in caplog.records if r.name == "asyncjobs.worker.jobs"
+             and getattr(r, "job_id", None) == job_id and r.getMessage().startswith("job ")]
+    assert [getattr(r, "outcome", "") for r in lines] == ["retry", "aborted"], [
+        r.getMessage() for r in lines]
+    assert "no retry" in lines[-1].getMessage() and lines[-1].task == "retry_later"  # type: ignore[attr-defined]
+    assert lines[-1].attempt == 1  # type: ignore[attr-defined]
 
 
 # -- requeue_all racing another requeue_all, and a worker dead-lettering again -----------------

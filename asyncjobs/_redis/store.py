@@ -260,7 +260,8 @@ class QueueStore:
                     dead_letters: DeadLetterLimits | None = None) -> s.Call:
         """The settle.lua call for a batch of finished attempts (the settler pipelines the
         calls of every queue into one round trip); per op, 1 if settled, 0 if the entry is
-        no longer this consumer's."""
+        no longer this consumer's, 2 if a retry ended aborted instead (its abort was
+        requested meanwhile)."""
         k = self.keys
         limits = dead_letters or DeadLetterLimits()
         args: list[s.KeyOrArg] = [GROUP, consumer, k.job_prefix, k.done_channel(""),

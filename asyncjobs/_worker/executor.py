@@ -40,7 +40,7 @@ from .outcomes import (
 )
 from .runner import timeout_outcome
 from .runtime import Runtime, Slots
-from .settler import Settler
+from .settler import ABORTED_INSTEAD, NOT_OURS, SETTLED, Settler
 from .threads import ThreadRunner
 
 log = logging.getLogger("asyncjobs.worker")
@@ -170,16 +170,25 @@ class Executor:
                 count += 1
         return count
 
-    def _forget(self, running: Running, settled: bool = True) -> None:
+    def _forget(self, running: Running, settled: int = SETTLED) -> None:
         key = (running.queue, running.delivery.entry)
         self.running.pop(key, None)
         if running.body_alive():
             self.zombies[key] = running
-        if not settled:
+        if settled == NOT_OURS:
             log.warning(
                 "job lost id=%s queue=%s: another worker reclaimed it; this result is dropped",
                 running.job_id, running.queue,
             )
+        elif settled == ABORTED_INSTEAD:  # the retry told at the attempt's end is not made
+            plan = running.plan
+            started = plan.started if plan else None
+            duration = time.monotonic() - running.began
+            self.path.emit("aborted", running, started, duration_s=duration)
+            log_end("aborted", running.job_id, plan.task.name if plan else "", running.queue,
+                    started.attempts if started else 0, duration,
+                    tail=" reason='its abort was requested as the attempt ended: no retry'",
+                    fields=plan.fields if plan else None)
         if not self.running:
             self._idle.set()
 

@@ -19,8 +19,8 @@ settler never hears of, is still reported as a job lost.
 
 A bug of ours met while recording is logged and costs only the jobs it touched; the
 settler goes on. A queue's call that cannot be built leaves its jobs pending: they run
-again after the claim timeout, as after a crash. A reply that cannot be read (not one 0
-or 1 per job) came from a call that ran: its jobs stand as it recorded them. A ``done``
+again after the claim timeout, as after a crash. A reply that cannot be read (not one
+answer per job) came from a call that ran: its jobs stand as it recorded them. A ``done``
 callback that raises is logged; the other jobs of its round are told all the same.
 """
 
@@ -42,7 +42,12 @@ from .runtime import Runtime, corrupt_key, transient
 
 log = logging.getLogger("asyncjobs.worker")
 
-Done = Callable[[bool], None]
+Done = Callable[[int], None]
+"""Told how an op was recorded: ``SETTLED``, ``NOT_OURS`` or ``ABORTED_INSTEAD``."""
+
+NOT_OURS, SETTLED, ABORTED_INSTEAD = 0, 1, 2
+"""settle.lua's answers per op: the entry is no longer this worker's; recorded; recorded,
+but a retry ended aborted (its abort was requested as the attempt ended)."""
 
 
 @dataclass(slots=True)
@@ -55,7 +60,7 @@ class _Item:
     finished: bool = False
     """``done`` has been called."""
 
-    def finish(self, settled: bool) -> None:
+    def finish(self, settled: int) -> None:
         """Call ``done`` once; an error it raises is logged, not passed on."""
         if self.finished:
             return
@@ -71,7 +76,8 @@ SPLIT_AT_ONCE = 4
 """Round trips in flight at once when each queue's call goes on its own."""
 
 Outcome = list[int] | BaseException
-"""A queue's call's reply (per op, 1 if settled, 0 if not this consumer's), or its error."""
+"""A queue's call's reply (per op, ``SETTLED``, ``NOT_OURS`` or ``ABORTED_INSTEAD``), or its
+error."""
 
 
 class Settler:
@@ -87,7 +93,7 @@ class Settler:
         self._split = False
 
     def submit(self, queue: str, op: SettleOp, done: Done) -> None:
-        """Queue an operation; ``done(settled)`` is called once it is recorded."""
+        """Queue an operation; ``done(answer)`` is called once it is recorded (``Done``)."""
         self._pending.append(_Item(queue, op, done))
         self._wake.set()
 
@@ -122,7 +128,7 @@ class Settler:
                         log.exception("internal error in the settler after a round whose "
                                       "jobs were all recorded")
                     for item in lost:
-                        item.finish(True)
+                        item.finish(SETTLED)
             if self._closing:
                 return
 
@@ -162,7 +168,7 @@ class Settler:
                       "pending and run again after the claim timeout", len(self._held), failure)
             held, self._held = self._held, []
             for item in held:
-                item.finish(True)
+                item.finish(SETTLED)
             return
         # the round trip failed as a whole (every queue got the same error): one per queue
         sent = [o for o in outcomes if not isinstance(o, _Unsendable)]
@@ -212,15 +218,16 @@ class _Unsendable(Exception):
 
 
 class _Unreadable(Exception):
-    """A queue's settle call ran, but its reply is not one 0 or 1 per op (a bug of ours)."""
+    """A queue's settle call ran, but its reply is not one answer per op (a bug of ours)."""
 
 
 def _checked(outcome: Outcome, ops: int) -> Outcome:
-    """The outcome, or ``_Unreadable`` if a reply is not one 0 or 1 per op."""
+    """The outcome, or ``_Unreadable`` if a reply is not one answer (0, 1 or 2) per op."""
     if isinstance(outcome, BaseException):
         return outcome
     if not (isinstance(outcome, list) and len(outcome) == ops
-            and all(type(one) is int and one in (0, 1) for one in outcome)):
+            and all(type(one) is int and one in (NOT_OURS, SETTLED, ABORTED_INSTEAD)
+                    for one in outcome)):
         return _Unreadable(f"a reply of an unexpected shape: {outcome!r:.200}")
     return outcome
 
@@ -233,8 +240,8 @@ def _deliver(queue: str, items: list[_Item], reply: list[int]) -> None:
         if not settled and item.resent:
             log.info("job id=%s queue=%s: recorded by a settle whose reply was lost (or "
                      "reclaimed by another worker)", item.op.job_id, queue)
-            settled = 1
-        item.finish(bool(settled))
+            settled = SETTLED
+        item.finish(settled)
 
 
 def _stand(queue: str, items: list[_Item], exc: _Unreadable) -> None:
@@ -243,7 +250,7 @@ def _stand(queue: str, items: list[_Item], exc: _Unreadable) -> None:
     log.error("the settle of %d finished jobs on queue %s ran, but its reply cannot be read "
               "(%s); their outcomes stand as that call recorded them", len(items), queue, exc)
     for item in items:
-        item.finish(True)
+        item.finish(SETTLED)
 
 
 def _give_up(items: list[_Item], exc: BaseException) -> None:
@@ -256,4 +263,4 @@ def _give_up(items: list[_Item], exc: BaseException) -> None:
         log.error("could not record %d finished jobs; they stay pending and run again after "
                   "the claim timeout", len(items), exc_info=exc)
     for item in items:
-        item.finish(True)
+        item.finish(SETTLED)

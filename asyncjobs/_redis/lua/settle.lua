@@ -50,7 +50,8 @@
 --   outcome 'ack':      only acknowledge and delete the entry (stale or duplicate delivery)
 --   outcome 'garbage':  payload = reason; entry fields are copied to the dead letters
 --   history: the whole error history (msgpack), '' to leave it unchanged
--- Returns one 1 (settled) or 0 (not ours any more) per job.
+-- Returns per job 1 (settled), 0 (not ours any more), or 2 (settled, but a retry ended
+-- aborted: its abort was requested meanwhile).
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local ABORTED_TTL_S = 86400  -- how long an aborted record is kept: _model.ENDED_TTL_S
 check_type(KEYS[2], 'zset')
@@ -215,7 +216,7 @@ for b = 11, #ARGV, 7 do
     if outcome ~= 'ack' then
       counts[outcome] = (counts[outcome] or 0) + 1
     end
-    out[#out + 1] = 1
+    out[#out + 1] = (ARGV[b + 2] == 'retry' and outcome == 'aborted') and 2 or 1
   end
 end
 delete_gone()
