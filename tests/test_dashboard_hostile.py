@@ -77,12 +77,12 @@ async def raw_get(app: Any, path: str, query: bytes, cookie: bytes = b"") -> tup
 
 # -- stream entry ids Redis cannot range past ---------------------------------------------------
 
-async def test_a_delivered_entry_at_the_end_of_the_id_space_is_a_damaged_row_not_a_500(
+async def test_a_delivered_entry_at_the_end_of_the_id_space_is_shown_as_it_is(
         real: Backend) -> None:
     """A stream whose group delivered the entry ``MAX_ID`` (XADD with an explicit id: odd,
-    but a stream Redis holds): reading on after the group's last-delivered id is refused by
-    Redis. The overview shows that queue as damaged and the others; its pages say what is
-    wrong (409), never a 500."""
+    but a stream Redis holds): Redis refuses a range from past it, and nothing can wait
+    after it. The overview and the queue's pages show it in flight and nothing waiting
+    (they showed a damaged row and answered 409 while they read past it)."""
     async with real.pool() as pool:
         await pool.enqueue("t", 1)  # the healthy default queue
         odd = pool.keys("odd")
@@ -95,19 +95,22 @@ async def test_a_delivered_entry_at_the_end_of_the_id_space_is_a_damaged_row_not
             pages = [await http.get(path, params={"queue": "odd"})
                      for path in ("/queue", "/dead", "/queue?part=stats")]
     assert overview.status_code == 200, overview.text[-400:]
-    damaged = overview.text.split('<tr data-queue="odd"', 1)[1].split("</tr>", 1)[0]
-    assert 'data-testid="damaged"' in damaged and "entry id" in damaged
+    row = overview.text.split('<tr data-queue="odd"', 1)[1].split("</tr>", 1)[0]
+    assert 'data-testid="damaged"' not in row
+    assert '<td class="num" data-stat="waiting">0</td>' in row
+    assert '<td class="num" data-stat="in_flight">1</td>' in row, row
     healthy = overview.text.split('<tr data-queue="default">', 1)[1].split("</tr>", 1)[0]
     assert '<td class="num" data-stat="waiting">1</td>' in healthy
     for page in pages:
-        assert page.status_code == 409, (page.url, page.status_code)
-        assert "Traceback" not in page.text and "entry id" in page.text
+        assert page.status_code == 200, (page.url, page.status_code, page.text[-300:])
+        assert "Traceback" not in page.text
 
 
-async def test_load_more_after_an_entry_at_the_end_of_the_id_space_is_a_400(
+async def test_load_more_after_an_entry_at_the_end_of_the_id_space_is_an_empty_page(
         real: Backend) -> None:
-    """A waiting entry ``MAX_ID`` ends a page: its own "load more" link cannot be followed
-    (Redis cannot range past it). A 400 saying so, not a 500."""
+    """A waiting entry ``MAX_ID`` ends a page: nothing can follow it (Redis refuses a range
+    from past it), so its own "load more" link gives no rows and no further link (it was a
+    400 saying the cursor was invalid)."""
     async with real.pool() as pool:
         keys = pool.keys("default")
         await pool.client.sadd(pool.global_keys.queues, "default")
@@ -118,30 +121,44 @@ async def test_load_more_after_an_entry_at_the_end_of_the_id_space_is_a_400(
             more = re.search(r'<a data-more href="([^"]+)"', first.text)
             assert first.status_code == 200 and more, first.text[-400:]
             rows = await http.get(more.group(1).replace("&amp;", "&") + "&part=rows")
-    assert rows.status_code == 400, (rows.status_code, rows.text[-400:])
-    assert "invalid cursor" in rows.text
+    assert rows.status_code == 200, (rows.status_code, rows.text[-400:])
+    assert "<tr" not in rows.text and "data-more" not in rows.text, rows.text[-400:]
 
 
-async def test_bulk_actions_on_a_letter_at_the_end_of_the_id_space_answer_409(
+async def test_bulk_actions_on_a_letter_at_the_end_of_the_id_space_handle_every_letter(
         real: Backend) -> None:
     """Requeue all and purge walk the dead letters oldest first, resuming after the last one
-    read: after ``MAX_ID`` Redis refuses the range. 409 with what is wrong, not a 500."""
+    read; nothing follows ``MAX_ID`` (Redis refuses a range from past it): the walk ends
+    there, and both actions handle every letter (they answered 409 before)."""
     async with real.pool() as pool:
         dead = pool.keys("default").dead
         await pool.client.xadd(dead, {"i": "a", "r": "r"})
         await pool.client.xadd(dead, {"i": "b", "r": "r"}, id=MAX_ID)
         async with client(create_app(pool)) as http:
             token = await token_of(http)
-            replies = [await post(http, name, token, queue="default")
-                       for name in ("requeue-all", "purge")]
-    for reply in replies:
-        assert reply.status_code == 409, (reply.status_code, reply.text[:300])
-        assert reply.json()["ok"] is False and "entry id" in reply.json()["message"]
+            requeued = await post(http, "requeue-all", token, queue="default")
+            assert requeued.status_code == 200, (requeued.status_code, requeued.text[:300])
+            assert requeued.json()["ok"] is True
+            assert await pool.client.xlen(dead) == 2  # no record: each letter is left
+            purged = await post(http, "purge", token, queue="default")
+            assert purged.status_code == 200, (purged.status_code, purged.text[:300])
+        assert await pool.client.xlen(dead) == 0
+
+
+async def test_queue_stats_after_the_group_read_the_last_entry_id(real: Backend) -> None:
+    """The oldest waiting job is read just past the group's last delivered id; past
+    ``MAX_ID`` nothing can wait, and the stats say so instead of raising."""
+    async with real.pool() as pool:
+        stream = pool.keys("default").stream
+        await pool.client.xgroup_create(stream, "asyncjobs", id="0", mkstream=True)
+        await pool.client.xadd(stream, {"i": "x"}, id=MAX_ID)
+        await pool.client.xreadgroup("asyncjobs", "c", {stream: ">"}, count=10)
+        stats = await pool.admin.queue_stats()
+    assert (stats.waiting, stats.in_flight, stats.oldest_waiting_s) == (0, 1, None)
 
 
 @pytest.mark.parametrize(("path", "kind", "entry"), [
     ("/queue?list=waiting", "queued.oldest", "99999999999999999999-0"),
-    ("/queue?list=waiting", "queued.oldest", MAX_ID),
     ("/dead", "x", "99999999999999999999-0"),
     ("/dead", "x", "0-0"),
 ])
@@ -553,3 +570,29 @@ async def test_a_page_on_a_huge_queue_costs_the_commands_it_costs_on_a_small_one
                     costs[n][path] = await _commands(fresh_redis) - before - 1
     assert costs[1200] == costs[40_000], costs
     assert costs[1200]["/dead?task=nothing"] <= 1100  # 1,000 letters read at most
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "dead"])
+async def test_listing_oldest_first_up_to_the_last_entry_id_ends_there(
+        real: Backend, state: str) -> None:
+    """Oldest first, one row a page, over entries ending with ``MAX_ID``: the pages give
+    every entry once, and the page after the last is empty, with no cursor (Redis refuses
+    a range from past ``MAX_ID``: that page raised before)."""
+    async with real.pool() as pool:
+        keys = pool.keys("default")
+        await pool.client.sadd(pool.global_keys.queues, "default")
+        await pool.client.xgroup_create(keys.stream, "asyncjobs", id="0", mkstream=True)
+        key = keys.dead if state == "dead" else keys.stream
+        await pool.client.xadd(key, {"i": "first"}, id="1-0")
+        await pool.client.xadd(key, {"i": "last"}, id=MAX_ID)
+        if state == "running":
+            await pool.client.xreadgroup("asyncjobs", "w", {keys.stream: ">"}, count=10)
+        seen: list[str] = []
+        cursor = None
+        for _ in range(4):
+            page = await pool.admin.jobs(state, order="oldest", cursor=cursor, limit=1)
+            seen += [row.job_id for row in page.items]
+            cursor = page.cursor
+            if cursor is None:
+                break
+    assert seen == ["first", "last"] and cursor is None

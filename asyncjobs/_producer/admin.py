@@ -28,6 +28,7 @@ from .._redis.pubsub import publish
 from .._redis.refusals import refused
 from .._redis.values import MAX_LENGTH_MOST, max_length
 from ..exceptions import ConfigurationError
+from .cursor import after
 from .deadletters import (
     REPLIES,
     DeadLetter,
@@ -179,9 +180,11 @@ class Admin:
         return 0, "0-0"
 
     async def _oldest_waiting(self, stream: str, last_delivered: str) -> int | None:
+        start = after(last_delivered)
+        if start is None:  # the group has read the largest id there is: nothing follows
+            return None
         entries = await self.pool.call(
-            lambda: self.client.xrange(stream, min=f"({last_delivered}", max="+", count=1)
-        )
+            lambda: self.client.xrange(stream, min=start, max="+", count=1))
         if not entries:
             return None
         return int(text(entries[0][0]).split("-")[0])
@@ -379,14 +382,14 @@ class Admin:
         return int(total), self._walk(dead, text(newest[0][0]) if newest else None)
 
     async def _walk(self, dead: str, end: str | None) -> AsyncIterator[list[DeadLetter]]:
-        start = "-"
-        while end is not None:
+        start: str | None = "-"
+        while end is not None and start is not None:
             rows = await self.pool.call(functools.partial(
                 self.client.xrange, dead, min=start, max=end, count=_PAGE))
             if not rows:
                 return
             # Exclusive: the letters just handled may still be there (not requeued).
-            start = f"({text(rows[-1][0])}"
+            start = after(text(rows[-1][0]))
             yield [dead_letter(entry, fields) for entry, fields in rows]
 
     # -- listings (the dashboard's pages); read-only, bounded per page: see ``listing`` --

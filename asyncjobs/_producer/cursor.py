@@ -69,6 +69,16 @@ def entry_id(value: str) -> str:
     return value
 
 
+LAST_ENTRY = f"{2**64 - 1}-{2**64 - 1}"
+"""The largest stream entry id Redis allows (XADD takes it, written by hand): no id follows."""
+
+
+def after(entry: str) -> str | None:
+    """The exclusive range start just past ``entry``, or None when no id can follow it
+    (``LAST_ENTRY``: Redis refuses a range from past it)."""
+    return None if entry == LAST_ENTRY else f"({entry}"
+
+
 def entry_key(entry: str) -> tuple[int, int]:
     """A stream entry id as a sortable pair (milliseconds, sequence)."""
     ms, _, seq = entry.partition("-")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from .._redis.keys import GROUP
-from .cursor import entry_id, entry_key
+from .cursor import after, entry_id, entry_key
 from .deadletters import dead_letter, text, when
 
 if TYPE_CHECKING:
@@ -101,10 +101,12 @@ class Source:
     async def _queued(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
         delivered = await self.listing.last_delivered(self.queue)
         if self.newest:
-            low, high = f"({delivered}", f"({at[0]}" if at else "+"
+            low, high = after(delivered), f"({at[0]}" if at else "+"
         else:
-            low = f"({max(at[0], delivered, key=entry_key) if at else delivered}"
+            low = after(max(at[0], delivered, key=entry_key) if at else delivered)
             high = "+"
+        if low is None:  # the group read the largest id there is: nothing waits after it
+            return [], False
         rows = await self._range(self.keys.stream, low, high, count)
         spots = [Spot([text(e)], job_id_of(f), {"entry": text(e),
                                                "at": when(entry_key(text(e))[0])})
@@ -124,10 +126,11 @@ class Source:
             gone = [p is None for p in pending]  # settled since the XREVRANGE
             more = len(rows) == count
         else:
-            start = f"({at[0]}" if at else "-"
+            start = after(at[0]) if at else "-"
             try:
-                rows = await self.pool.call(lambda: self.client.xpending_range(
-                    stream, GROUP, min=start, max="+", count=count))
+                rows = [] if start is None else await self.pool.call(
+                    lambda: self.client.xpending_range(stream, GROUP, min=start, max="+",
+                                                       count=count))
             except ResponseError:  # no stream or no group yet
                 rows = []
             got = await self.listing.pipe(lambda p: [
@@ -169,8 +172,13 @@ class Source:
         return spots, len(rows) == count
 
     async def _dead(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
-        rows = await self._range(self.keys.dead, f"({at[0]}" if at and not self.newest
-                                 else "-", f"({at[0]}" if at and self.newest else "+", count)
+        if at and not self.newest:
+            low = after(at[0])
+            if low is None:  # nothing follows the largest id there is
+                return [], False
+            rows = await self._range(self.keys.dead, low, "+", count)
+        else:
+            rows = await self._range(self.keys.dead, "-", f"({at[0]}" if at else "+", count)
         spots = []
         for e, f in rows:
             letter = dead_letter(e, f)
