@@ -83,26 +83,51 @@ async def test_count_used_up_at_a_level_boundary_does_not_delay_the_next_level(
 
 async def test_the_look_before_a_scan_finds_idle_entries_and_writes_nothing(
         backend: Backend) -> None:
-    """idle.lua's contract: found when some level holds an entry pending at least the given
-    time, not before; a level Redis refuses (no group, a key of the wrong type) is reported
-    by its index and the others are looked at; the pending entries' owners, idle times and
-    delivery counts are left as they were."""
+    """idle.lua's contract: the first entry pending at least the given time, not before; a
+    level Redis refuses (no group, a key of the wrong type) is reported by its index and
+    the others are looked at; at most ``most`` entries are read, and the cursors say where
+    to read on; the pending entries' owners, idle times and delivery counts are left as
+    they were."""
     from asyncjobs._redis.store import idle_levels
 
     async with backend.pool(queue="q") as pool:
-        await _held_by_dead(pool, "q@low", ["l1"])
+        await _held_by_dead(pool, "q@low", ["l1", "l2", "l3"])
         stores = [pool.store(level) for level in ("q@high", "q", "q@low")]
         await pool.client.set(pool.keys("q").stream, "not a stream")
         stream = pool.keys("q@low").stream
         before = await pool.client.xpending_range(stream, "asyncjobs", "-", "+", 10)
-        fresh = await idle_levels(stores, 60_000)
-        assert not fresh.found and fresh.now_ms > 1_600_000_000_000
+        entries = [p["message_id"] for p in before]
+        entries = [e.decode() if isinstance(e, bytes) else e for e in entries]
+        fresh = await idle_levels(stores, 60_000, 100, ["-", "-", "-"])
+        assert fresh.found is None and fresh.now_ms > 1_600_000_000_000
+        assert fresh.cursors == ["-", "-", "-"]  # every level read to its end
         assert [level for level, _ in fresh.errors] == [0, 1]
         assert "NOGROUP" in fresh.errors[0][1] and "WRONGTYPE" in fresh.errors[1][1]
+        part = await idle_levels(stores, 60_000, 2, ["-", "-", "-"])
+        assert part.found is None and part.cursors == ["-", "-", f"({entries[1]}"]
+        rest = await idle_levels(stores, 60_000, 2, part.cursors)
+        assert rest.found is None and rest.cursors == ["-", "-", "-"]
         await asyncio.sleep(0.05)
-        idle = await idle_levels(stores, 20)
-        assert idle.found and [level for level, _ in idle.errors] == [0, 1]
+        idle = await idle_levels(stores, 20, 100, ["-", "-", f"({entries[0]}"])
+        assert idle.found == (2, entries[1]) and [level for level, _ in idle.errors] == [0, 1]
         after = await pool.client.xpending_range(stream, "asyncjobs", "-", "+", 10)
         assert [(p["consumer"], p["times_delivered"]) for p in after] == [
             (p["consumer"], p["times_delivered"]) for p in before]
         assert after[0]["time_since_delivered"] >= 50
+
+
+async def test_a_look_that_reads_up_to_the_last_entry_id_is_done_with_that_level(
+        backend: Backend) -> None:
+    """A pending list read to ``MAX_ID`` with the budget spent there is read to its end:
+    its cursor is '-', not a range start Redis refuses."""
+    from asyncjobs._redis.store import idle_levels
+
+    last = "18446744073709551615-18446744073709551615"
+    async with backend.pool(queue="q") as pool:
+        stream = pool.keys("q").stream
+        await pool.client.xgroup_create(stream, "asyncjobs", id="0", mkstream=True)
+        await pool.client.xadd(stream, {"i": "a"}, id="1-0")
+        await pool.client.xadd(stream, {"i": "b"}, id=last)
+        await pool.client.xreadgroup("asyncjobs", "dead-worker", {stream: ">"})
+        got = await idle_levels([pool.store("q")], 60_000, 2, ["-"])
+        assert got.found is None and got.cursors == ["-"] and got.errors == []

@@ -36,11 +36,12 @@ from .conftest import Backend, running
 
 pytestmark = pytest.mark.asyncio
 
-CLAIM_S = 1.0
-"""The worker's claim timeout: entries idle 0.5 s are taken over; scans every 0.25 s."""
+CLAIM_S = 3.0
+"""The worker's claim timeout: entries idle 1.5 s are taken over; scans every 0.75 s; a
+scan must follow its look within 0.25 s (room for a loaded machine)."""
 
-STALL_S = 0.8
-"""Longer than the idle threshold (0.5 s), shorter than the claim timeout."""
+STALL_S = 1.8
+"""Longer than the idle threshold (1.5 s), shorter than the claim timeout."""
 
 
 class StallProxy:
@@ -55,6 +56,8 @@ class StallProxy:
         self.answers.set()
         self.pending: list[tuple[asyncio.StreamWriter, bytearray]] = []
         self.sent_while_held = bytearray()
+        self.passed = bytearray()
+        """Everything passed on (held or not)."""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -74,6 +77,7 @@ class StallProxy:
         for upstream, held in self.pending:
             if held:
                 upstream.write(bytes(held))
+                self.passed.extend(held)
                 held.clear()
         self.holding = False
 
@@ -90,6 +94,7 @@ class StallProxy:
                     self.sent_while_held.extend(data)
                 else:
                     up_writer.write(data)
+                    self.passed.extend(data)
                     await up_writer.drain()
 
         async def downward() -> None:
@@ -120,9 +125,9 @@ async def proxy(server: RedisServer) -> AsyncIterator[StallProxy]:
         await p.close()
 
 
-def _reclaim_calls(data: bytes) -> bool:
-    """Whether the bytes hold a reclaimer's call: a look or a scan."""
-    return any(s.load(name).sha.encode() in data for name in (s.IDLE, s.RECLAIM))
+def _reclaim_calls(data: bytes, names: tuple[str, ...] = (s.IDLE, s.RECLAIM)) -> bool:
+    """Whether the bytes hold a reclaimer's call: a look or a scan (of ``names``)."""
+    return any(s.load(name).sha.encode() in data for name in names)
 
 
 async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
@@ -132,8 +137,9 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
     time: its fetch loop waits for that slot, not for Redis. Redis stalls 0.8 s; near the
     end the slot frees, the fetch loop's reclaim call goes out and, as the stall ends, is
     run first. Without the look, that call was the scan, and it took the job (the clock
-    check passes: it waited 20 ms). After the stall "alive" stops refreshing, as if it
-    died: then its job is taken over and runs once."""
+    check passes: it waited 20 ms). Now it is the look, which finds the job idle: the scan
+    that follows (checked to have been sent) comes after the refresh. After the stall
+    "alive" stops refreshing, as if it died: then its job is taken over and runs once."""
     runs: Counter[str] = Counter()
     free = asyncio.Event()
 
@@ -183,6 +189,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                         await asyncio.sleep(0.005)
                     await asyncio.sleep(0.02)
                     to_b.answers.clear()  # Redis runs what was sent in the stall first
+                    mark = len(to_b.passed)
                     to_b.release()
                     await asyncio.sleep(0.02)
                     to_alive.release()
@@ -190,6 +197,9 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                     to_b.answers.set()
                     await asyncio.sleep(1.5)  # the reclaimer goes on looking: nothing
                     assert runs == {}
+                    after = bytes(to_b.passed[mark:])
+                    assert _reclaim_calls(after[:200_000], (s.RECLAIM,)), (
+                        "no scan followed the look")
                     assert not refresher.done()
                     refreshing = False  # "alive" dies
                     await refresher
@@ -216,20 +226,25 @@ async def test_a_reclaimer_whose_scans_are_always_late_still_takes_a_dead_worker
     far away, a lagging loop) is looked at again, and after ``LATE_LOOKS`` such looks the
     scan goes anyway: a dead worker's job is never left stuck."""
     runs: Counter[str] = Counter()
-    looks = 0
-    look = reclaimer.Reclaimer._look
+    calls: list[str] = []
+    look, scan = reclaimer.Reclaimer._look, reclaimer.reclaim_levels
 
     @asyncjobs.task(name="orphaned")
     async def orphaned(ctx: Context) -> None:
         runs[ctx.job_id] += 1
 
-    async def counted(self: reclaimer.Reclaimer, *args: Any) -> Any:
-        nonlocal looks
-        looks += 1
-        return await look(self, *args)
+    async def counted_look(self: reclaimer.Reclaimer, *args: Any) -> Any:
+        got = await look(self, *args)
+        calls.append("found" if self._looked_at is not None else "none")
+        return got
+
+    async def counted_scan(*args: Any, **kwargs: Any) -> Any:
+        calls.append("scan")
+        return await scan(*args, **kwargs)
 
     monkeypatch.setattr(reclaimer.Reclaimer, "window_s", property(lambda self: -1.0))
-    monkeypatch.setattr(reclaimer.Reclaimer, "_look", counted)
+    monkeypatch.setattr(reclaimer.Reclaimer, "_look", counted_look)
+    monkeypatch.setattr(reclaimer, "reclaim_levels", counted_scan)
     async with real.pool() as pool:
         job = await pool.enqueue(orphaned)
         store = pool.store("default")
@@ -239,4 +254,9 @@ async def test_a_reclaimer_whose_scans_are_always_late_still_takes_a_dead_worker
         async with running(real, real.worker([orphaned], claim_timeout=CLAIM_S)):
             await job.result(timeout=15)
     assert runs == {job.id: 1}
-    assert looks >= reclaimer.LATE_LOOKS + 1
+    # looks that find nothing until the job is idle; then a look that finds it, one more
+    # per late scan, and the scan goes without one
+    first_found = calls.index("found")
+    assert set(calls[:first_found]) <= {"none"}, calls
+    assert calls[first_found:first_found + reclaimer.LATE_LOOKS + 2] == (
+        ["found"] * (reclaimer.LATE_LOOKS + 1) + ["scan"]), calls

@@ -90,12 +90,16 @@ async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_m
                      int(now), bool(int(stepped)))
 
 
-async def idle_levels(stores: Sequence[QueueStore], min_idle_ms: int) -> Looked:
-    """Whether an entry of the stores (the levels of one queue: one hash tag) has been
-    pending ``min_idle_ms`` or longer, in one round trip, writing nothing; see idle.lua."""
+async def idle_levels(stores: Sequence[QueueStore], min_idle_ms: int, most: int,
+                      cursors: Sequence[str]) -> Looked:
+    """The first entry of the stores (the levels of one queue: one hash tag) pending
+    ``min_idle_ms`` or longer, reading at most ``most`` pending entries from the levels'
+    cursors ('-' for the start), in one round trip, writing nothing; see idle.lua."""
     keys: list[s.KeyOrArg] = [st.keys.stream for st in stores]
-    found, errors, now = await s.load(s.IDLE)(stores[0].client, keys, [GROUP, min_idle_ms])
-    return Looked(bool(int(found)),
+    found, nxt, errors, now = await s.load(s.IDLE)(stores[0].client, keys,
+                                                   [GROUP, min_idle_ms, most, *cursors])
+    return Looked((int(found[0]) - 1, reply_text(found[1])) if found else None,
+                  [reply_text(c) for c in nxt],
                   [(int(level) - 1, reply_text(why)) for level, why in errors], int(now))
 
 

@@ -161,11 +161,13 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class Looked:
-    """What idle.lua found: whether a level holds an entry idle past the threshold; the
-    levels Redis refused to look at (an index into the stores it was given), with its
-    error; the server's time (ms)."""
+    """What idle.lua found: the first entry idle past the threshold, as (level, entry id),
+    if it read one; each level's next cursor ('-' once read to the end); the levels Redis
+    refused to look at, with its error (levels are indexes into the stores it was given);
+    the server's time (ms)."""
 
-    found: bool
+    found: tuple[int, str] | None
+    cursors: list[str]
     errors: list[tuple[int, str]]
     now_ms: int
 

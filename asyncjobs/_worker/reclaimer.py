@@ -18,9 +18,18 @@ the stall. So a scan is always preceded by a look (idle.lua: is anything idle? w
 nothing), and claims only when sent soon after the look was sent (half the margin, at
 most): a stall that began before the look would have held the scan past the margin, and a
 look answered after a stall was run after the refreshes queued behind it, which the scan,
-sent a moment after that answer (``CONFIRM_S``), comes after. The look reads the clock too
-and is checked against the forecast like a scan. A worker's first look at a queue only
-reads the clock."""
+sent a moment after that answer (``CONFIRM_S``), comes after. That rests on Redis running
+every command it had read before it writes their answers (true of a stall's backlog, up
+to a refresh of some 250 entries, whose bytes take more than one read). The look reads
+the clock too and is checked against the forecast like a scan; a worker's first look has
+no reading to compare with, and the scan after it is checked against the look's.
+
+A look reads at most ``LOOK_MOST`` pending entries and goes on at the next turn from where
+it stopped, so that no call walks a whole pending list (tens of milliseconds for 100,000
+entries, every client waiting). Not covered: a live worker that sends its refresh only
+after the stall's answers (its fifth queue's touch onwards, which waits for the first
+four; a Redis that answered BUSY instead of queueing the refresh); such a job can run
+twice, as the at-least-once contract allows."""
 
 from __future__ import annotations
 
@@ -50,6 +59,9 @@ CONFIRM_S = 0.02
 """After a look that found idle entries, the scan waits this long (an eighth of the step
 margin at most): Redis has then run every command that was queued with the look."""
 
+LOOK_MOST = 1000
+"""The most pending entries one look reads (about 0.1 ms of Redis's time)."""
+
 LATE_LOOKS = 3
 """Looks in a row whose scan could not be sent in time (a Redis further away than the
 margin allows, an event loop that lags): the next scan goes without a fresh look, as it
@@ -70,6 +82,7 @@ class Reclaimer:
         self._unheard_until = time.monotonic() + rt.config.heartbeat_every_s * 3
         self.clock = ServerClock()
         self._looked_at: float | None = None  # when the look (or scan) that found more was sent
+        self.look_cursors = dict.fromkeys(group.queues, "-")
         self._late = 0
 
     def is_due(self) -> bool:
@@ -183,26 +196,37 @@ class Reclaimer:
                 and time.monotonic() - self._looked_at <= self.window_s)
 
     async def _look(self, levels: list[int], bad: Quarantine) -> ResponseError | None:
-        """Look whether any entry of the levels is idle past the threshold (idle.lua); if
-        one is, ``_looked_at`` says when the look was sent. A clock past its forecast (a
-        step, or a stall the look waited out) holds the scans as a scan's check does."""
+        """Look for an entry of the levels idle past the threshold (idle.lua), from where
+        the last look stopped; if one is found, ``_looked_at`` says when the look was sent
+        and the scan of its level starts at it. A look that stopped before the end reads on
+        at the next turn. A clock past its forecast (a step, or a stall the look waited
+        out) holds the scans as a scan's check does."""
         group = self.group
+        queues = [group.queues[k] for k in levels]
         sent = time.monotonic()
-        got = await idle_levels([group.stores[k] for k in levels], self.idle_ms)
+        got = await idle_levels([group.stores[k] for k in levels], self.idle_ms, LOOK_MOST,
+                                [self.look_cursors[q] for q in queues])
         ahead_ms = self.clock.read(got.now_ms, sent)
         self._looked_at = None
+        self.look_cursors.update(zip(queues, got.cursors, strict=True))
         if ahead_ms is not None and ahead_ms > self.step_margin_ms:
             self._stepped(ahead_ms)
-        elif got.found:
+        elif got.found is not None:
+            level, entry = got.found
+            self.cursors[queues[level]] = entry  # XAUTOCLAIM starts at (and takes) it
+            self.look_cursors = dict.fromkeys(group.queues, "-")
             self._looked_at = sent
         else:
             self._late = 0
+            if any(c != "-" for c in self.look_cursors.values()):
+                self.due = time.monotonic()  # read on at the next turn
         return self._refusals(levels, got.errors, bad)
 
     def _refusals(self, levels: list[int], errors: list[tuple[int, str]], bad: Quarantine
                   ) -> ResponseError | None:
-        """Leave alone the levels whose keys Redis refused (NOGROUP, a key of the wrong
-        type); the first other refusal, to raise."""
+        """Leave alone the levels whose keys Redis refused for what they hold (a key of
+        the wrong type: ``refused``); the first other refusal, to raise (NOGROUP among
+        them: the fetch loop makes the groups again)."""
         failure = None
         for level, why in errors:
             exc = ResponseError(why)
