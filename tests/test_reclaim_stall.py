@@ -212,9 +212,9 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                 await alive_client.aclose()
 
 
-async def until_running(pool: asyncjobs.Pool, job_id: str) -> None:
+async def until_running(pool: asyncjobs.Pool, job_id: str, queue: str | None = None) -> None:
     for _ in range(500):
-        if (await pool.job(job_id).info()).state == asyncjobs.JobState.RUNNING:
+        if (await pool.job(job_id, queue).info()).state == asyncjobs.JobState.RUNNING:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the job never ran")
@@ -260,3 +260,55 @@ async def test_a_reclaimer_whose_scans_are_always_late_still_takes_a_dead_worker
     assert set(calls[:first_found]) <= {"none"}, calls
     assert calls[first_found:first_found + reclaimer.LATE_LOOKS + 2] == (
         ["found"] * (reclaimer.LATE_LOOKS + 1) + ["scan"]), calls
+
+
+@pytest.mark.on_cluster
+async def test_the_keep_alive_touches_every_queue_in_one_round_trip(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker holding jobs on six queues refreshes them all in one pipelined round trip
+    on one server: sent together, the touches wait together behind a stall and run before
+    its answers go out (four at a time, the fifth queue's waited for the first four's
+    answers, and could come after a reclaim scan). On a cluster each queue's goes on its
+    own, so that a master that is down holds back no other queue's."""
+    from asyncjobs._redis import scripts as scripts_module
+    from asyncjobs._worker import upkeep
+
+    queues = [f"k{i}" for i in range(6)]
+    free = asyncio.Event()
+    together: list[int] = []
+    alone: list[str] = []
+
+    @asyncjobs.task(name="hold")
+    async def hold(ctx: Context) -> None:
+        await free.wait()
+
+    pipelined = scripts_module.run_each_pipelined
+    touch = QueueStore.touch
+
+    async def counted_pipeline(client: Any, calls: Any) -> Any:
+        if calls and all(script.name == s.TOUCH for script, _, _ in calls):
+            together.append(len(calls))
+        return await pipelined(client, calls)
+
+    async def counted_touch(self: QueueStore, *args: Any, **kwargs: Any) -> Any:
+        alone.append(self.keys.stream)
+        return await touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(upkeep._scripts, "run_each_pipelined", counted_pipeline)
+    monkeypatch.setattr(QueueStore, "touch", counted_touch)
+    async with backend.pool() as pool:
+        jobs = [await pool.enqueue(hold.options(queue=q)) for q in queues]
+        worker = backend.worker([hold], queues=queues, concurrency=12, claim_timeout=1)
+        async with running(backend, worker):
+            for job, queue in zip(jobs, queues, strict=True):
+                await until_running(pool, job.id, queue)
+            together.clear()
+            alone.clear()
+            await asyncio.sleep(0.6)  # three keep-alive ticks or more (every 1/6 s)
+            free.set()
+            await asyncio.gather(*(job.result(timeout=10) for job in jobs))
+    if backend.name == "cluster":
+        assert together == [] and len(alone) >= 6 * 2, (together, alone)
+    else:
+        assert together and set(together) <= {6} and alone == [], (together, alone)
+        assert len(together) >= 2

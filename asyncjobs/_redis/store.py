@@ -90,6 +90,12 @@ async def reclaim_levels(stores: Sequence[QueueStore], consumer: str, min_idle_m
                      int(now), bool(int(stepped)))
 
 
+def touched(reply: Any) -> tuple[list[str], list[str]]:
+    """A touch.lua reply: (lost entry ids, job ids whose abort was requested)."""
+    lost, aborted = reply
+    return [reply_text(x) for x in lost], [reply_text(x) for x in aborted]
+
+
 async def idle_levels(stores: Sequence[QueueStore], min_idle_ms: int, most: int,
                       cursors: Sequence[str]) -> Looked:
     """The first entry of the stores (the levels of one queue: one hash tag) pending
@@ -293,12 +299,18 @@ class QueueStore:
     ) -> tuple[list[str], list[str]]:
         """Refresh held entries and renew their jobs' concurrency leases to ``lease_ms``
         from now; returns (lost entry ids, job ids whose abort was requested)."""
+        script, keys, args = self.touch_call(consumer, held, lease_ms)
+        return touched(await script(self.client, keys, args))
+
+    def touch_call(self, consumer: str, held: Sequence[Delivery], lease_ms: int = 15_000
+                   ) -> s.Call:
+        """The touch.lua call of ``touch``, to pipeline with other queues' (its reply read
+        by ``touched``)."""
         args: list[s.KeyOrArg] = [GROUP, consumer, self.keys.job_prefix,
                                   self.keys.concurrency_prefix, lease_ms]
         for d in held:
             args += [d.entry, d.job_id]
-        lost, aborted = await s.load(s.TOUCH)(self.client, [self.keys.stream], args)
-        return [reply_text(x) for x in lost], [reply_text(x) for x in aborted]
+        return s.load(s.TOUCH), [self.keys.stream], args
 
     async def handback(self, consumer: str, keep: Sequence[str], most: int = 1000
                        ) -> tuple[int, int]:

@@ -26,9 +26,10 @@ no reading to compare with, and the scan after it is checked against the look's.
 
 A look reads at most ``LOOK_MOST`` pending entries and goes on at the next turn from where
 it stopped, so that no call walks a whole pending list (tens of milliseconds for 100,000
-entries, every client waiting). Not covered: a live worker that sends its refresh only
-after the stall's answers (its fifth queue's touch onwards, which waits for the first
-four; a Redis that answered BUSY instead of queueing the refresh); such a job can run
+entries, every client waiting). A worker's keep-alive sends every queue's refresh in one
+round trip on one server (``upkeep``). Not covered: a live worker that sends its refresh
+only after the stall's answers (a fifth queue's on a cluster, where they go four at a
+time; a Redis that answered BUSY instead of queueing the refresh); such a job can run
 twice, as the at-least-once contract allows."""
 
 from __future__ import annotations

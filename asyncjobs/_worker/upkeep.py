@@ -16,9 +16,11 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from .._redis import scripts as _scripts
+from .._redis.cluster import is_cluster
 from .._redis.keys import VACATED, GlobalKeys
 from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
 from .._redis.store import QueueStore
+from .._redis.store import touched as touched_reply
 from .._redis.values import Delivery
 from .._text import clean, safe_str
 from .._version import __version__
@@ -29,7 +31,8 @@ log = logging.getLogger("asyncjobs.worker")
 
 _REGISTRY_PRUNE_MS = 24 * 3600 * 1000  # registry entries of workers gone this long go
 _TOUCHES_AT_ONCE = 4
-"""The keep-alive's touches of different queues in flight at once (connections it takes)."""
+"""On a Redis Cluster, the keep-alive's touches of different queues in flight at once
+(connections it takes); on one server they go in one round trip."""
 
 
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
@@ -44,13 +47,17 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
         pause = rt.keepalive_every_s
         touched = [(queue, store, held) for queue, store in rt.stores.items()
                    if (held := ex.to_touch(queue))]
-        # Every queue's touch at once, each on its own: on a Redis Cluster a master that is
-        # down (or refuses writes) must not keep the entries of queues on the other masters
-        # from being refreshed, where workers that see no outage would take them over.
-        room = asyncio.Semaphore(_TOUCHES_AT_ONCE)
-        results = await asyncio.gather(*(_touch(rt, room, store, held)
-                                         for _, store, held in touched),
-                                       return_exceptions=True)
+        if len(touched) > 1 and not is_cluster(rt.client):
+            results = await _touch_together(rt, touched)
+        else:
+            # On a Redis Cluster, every queue's touch at once, each on its own: a master
+            # that is down (or refuses writes) must not keep the entries of queues on the
+            # other masters from being refreshed, where workers that see no outage would
+            # take them over.
+            room = asyncio.Semaphore(_TOUCHES_AT_ONCE)
+            results = await asyncio.gather(*(_touch(rt, room, store, held)
+                                             for _, store, held in touched),
+                                           return_exceptions=True)
         failure: BaseException | None = None
         for (queue, _, _), result in zip(touched, results, strict=True):
             if isinstance(result, BaseException):
@@ -71,6 +78,20 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                     ex.cancel(running, "abort")
         if failure is not None:
             raise failure
+
+
+async def _touch_together(rt: Runtime, touched: list[tuple[str, QueueStore, list[Delivery]]]
+                          ) -> list[tuple[list[str], list[str]] | BaseException]:
+    """Every queue's touch in one round trip (one server): sent together, they wait
+    together behind a stalled Redis and run before the answers of the stall's backlog go
+    out, so a reclaim scan sent after such an answer (reclaimer.py) comes after all of
+    them. A queue's error reply stands for that queue; a round trip that fails, for all."""
+    calls = [store.touch_call(rt.consumer, held, rt.lease_ms) for _, store, held in touched]
+    try:
+        replies = await _scripts.run_each_pipelined(rt.client, calls)
+    except Exception as exc:
+        return [exc] * len(touched)
+    return [r if isinstance(r, Exception) else touched_reply(r) for r in replies]
 
 
 async def _touch(rt: Runtime, room: asyncio.Semaphore, store: QueueStore,
