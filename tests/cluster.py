@@ -174,7 +174,10 @@ def migrate_slot(cluster: ClusterSetup, slot: int, source: RedisServer, target: 
     _ok(command(target.port, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id))
     _ok(command(source.port, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id))
     moved = 0
+    give_up = time.monotonic() + 120  # a test that failed meanwhile must not hang its teardown
     while True:
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"slot {slot} still holds keys after 120 s of migration")
         reply = command(source.port, "CLUSTER", "GETKEYSINSLOT", str(slot), str(batch))
         keys = [line for line in reply.split("\r\n")[1:] if line and not line.startswith("$")]
         if not keys:

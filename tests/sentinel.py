@@ -62,7 +62,35 @@ def command(port: int, *args: str, timeout_s: float = 2.0) -> str:
             if not chunk:
                 break
             chunks += chunk
+            if _reply_end(chunks, 0) == len(chunks):  # one whole reply: no need to wait on
+                break
     return chunks.decode(errors="replace")
+
+
+def _reply_end(data: bytes, at: int) -> int:
+    """Where the RESP2 reply starting at ``at`` ends, or -1 if ``data`` does not hold all
+    of it yet."""
+    line_end = data.find(b"\r\n", at)
+    if line_end < 0:
+        return -1
+    kind, head = data[at:at + 1], data[at + 1:line_end]
+    after = line_end + 2
+    if kind in (b"+", b"-", b":"):
+        return after
+    try:
+        size = int(head)
+    except ValueError:
+        return -1
+    if kind == b"$":
+        end = after + max(size, 0) + (2 if size >= 0 else 0)
+        return end if len(data) >= end else -1
+    if kind == b"*":
+        for _ in range(max(size, 0)):
+            after = _reply_end(data, after)
+            if after < 0:
+                return -1
+        return after
+    return -1
 
 
 def info(port: int, section: str) -> dict[str, str]:

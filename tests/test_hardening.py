@@ -225,6 +225,7 @@ async def test_enqueue_many_refuses_what_is_not_a_call_and_writes_nothing(
     ({"retry_for": -1}, "retry_for must be >= 0"),
     ({"retry_for": "5"}, "retry_for must be a number of seconds"),
     ({"max_connections": 0}, "max_connections must be a whole number"),
+    ({"max_connections": 1}, "max_connections must be a whole number, 2 or more"),
     ({"max_connections": 2.5}, "max_connections must be a whole number"),
 ])
 async def test_bad_pool_options_are_refused_at_once(options: dict[str, Any], says: str) -> None:
@@ -341,13 +342,15 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections(real: Backend)
 
 
 async def test_a_pool_that_stays_full_raises_pool_exhausted(real: Backend) -> None:
-    async with real.pool(max_connections=1, timeout=0.3) as pool:
-        hog = asyncio.create_task(pool.client.blpop(["nothing"], timeout=1))
+    async with real.pool(max_connections=2, timeout=0.3) as pool:
+        hogs = [asyncio.create_task(pool.client.blpop(["nothing"], timeout=1))
+                for _ in range(2)]
         await asyncio.sleep(0.05)
         with pytest.raises(asyncjobs.PoolExhausted):
             await pool.enqueue(add, 1, 1)
-        with pytest.raises(Exception):  # noqa: B017 - the blocked read times out client-side
-            await hog
+        for hog in hogs:
+            with pytest.raises(Exception):  # noqa: B017 - the blocked read times out client-side
+                await hog
 
 
 # -- 10. arguments that cannot bind ------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_url_factory_builds_clients_from_the_url(
     kwargs = pool.connection_kwargs
     assert {key: kwargs.get(key) for key in expected} == expected
     assert kwargs["socket_timeout"] == 2.5
-    assert kwargs["socket_connect_timeout"] == 5.0
+    assert kwargs["socket_connect_timeout"] == 2.5  # no longer than a command may wait
 
 
 def test_url_factory_passes_extra_options() -> None:

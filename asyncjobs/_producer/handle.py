@@ -15,6 +15,7 @@ from .._model import ENDED_TTL_S, ErrorInfo, JobInfo, JobState, Progress, from_m
 from .._redis import scripts as _scripts
 from .._redis.kept import decode as kept_record
 from .._redis.keys import split_limit_name
+from .._redis.refusals import corrupt_key
 from .._text import safe_str
 from ..exceptions import (
     CorruptJob,
@@ -176,9 +177,13 @@ class Job(Generic[R]):
     async def abort(self) -> bool:
         """Abort the job. A queued or scheduled job never starts; a running one is cancelled
         within about a second. Returns False if the job had already ended."""
-        state: str = await self._pool.call(
-            lambda: self._pool.store(self.queue).abort(self.id, ENDED_TTL_S)
-        )
+        try:
+            state: str = await self._pool.call(
+                lambda: self._pool.store(self.queue).abort(self.id, ENDED_TTL_S))
+        except ResponseError as exc:
+            if damage := corrupt_key(exc):  # a key of its queue holds the wrong type
+                raise CorruptJob(self.id, f"a key of its queue is damaged: {damage}") from None
+            raise
         if state == "missing":
             raise JobNotFound(self.id, self.queue)
         return not _state(self.id, state.encode()).is_final

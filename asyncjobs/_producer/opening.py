@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from .._durations import Seconds, to_seconds
 from .._options import check_whole
@@ -16,6 +17,7 @@ from .._redis.connection import ClientFactory, default_url, redact, url_factory
 from .._redis.health import judge, read_settings
 from .._redis.pubsub import sharded_pubsub
 from .._redis.replication import Replication
+from .._text import safe_str
 from ..exceptions import ConfigurationError
 from .pool import Pool
 
@@ -85,7 +87,8 @@ def create_pool(
     to_seconds(wait_for_room, "wait_for_room")  # a bad value fails here, not when awaited
     _seconds(timeout, "timeout", above_zero=True)  # NaN or inf: a call that never ends
     _seconds(retry_for, "retry_for", above_zero=False)
-    check_whole("max_connections", max_connections)
+    # 2 at least: once a result is awaited, one connection stays with the result notices
+    check_whole("max_connections", max_connections, least=2)
     replication = Replication.of(wait_replicas, wait_timeout, timeout, prefix)
 
     async def open_() -> Pool:
@@ -102,6 +105,14 @@ def create_pool(
             try:
                 await pool._retrying(client.ping)
                 await _check_settings(client, allow_eviction)
+            except ResponseError as exc:
+                await client.aclose()
+                if "DB index is out of range" in str(exc):  # SELECT of the URL's database
+                    raise ConfigurationError(
+                        f"Redis has no database of the number the URL names "
+                        f"({redact(target) if client_factory is None else 'custom client'}"
+                        f"): {safe_str(exc, 200)}") from None
+                raise
             except BaseException:
                 await client.aclose()
                 raise

@@ -406,8 +406,11 @@ class Pool:
             self._known_queues.add(queue)
 
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
-        """A handle on an existing job (no Redis call until you use it)."""
-        return Job(self, job_id, queue or self.default_queue)
+        """A handle on an existing job (no Redis call until you use it); ``TypeError`` for
+        an id that is not text (bytes would name another job: ``"b'...'"``)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"a job id is a str, not {type(job_id).__name__}: {job_id!r:.80}")
+        return Job(self, str.__str__(job_id), queue or self.default_queue)
 
     async def close(self) -> None:
         """Close the pool's connections (if it opened them)."""

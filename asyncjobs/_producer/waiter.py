@@ -55,6 +55,7 @@ class Waiter:
         self._events: dict[bytes, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._leaving: set[asyncio.Task[None]] = set()  # unsubscriptions under way
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -74,12 +75,15 @@ class Waiter:
         try:
             yield event
         finally:
-            async with self._lock:
-                waiters = self._events.get(key, set())
-                waiters.discard(event)
-                if not waiters:
-                    self._events.pop(key, None)
-                    await self._unsubscribe(key)
+            # No await before the bookkeeping: a caller cancelled again and again (an anyio
+            # cancel scope delivers it at every await) must not leave its event behind.
+            waiters = self._events.get(key, set())
+            waiters.discard(event)
+            if not waiters:
+                self._events.pop(key, None)
+                task = asyncio.create_task(self._unsubscribe_unwatched(key))
+                self._leaving.add(task)
+                task.add_done_callback(self._leaving.discard)
 
     async def _subscribe(self, key: bytes) -> None:
         if self._pubsub is None and not self._broken:
@@ -100,13 +104,17 @@ class Waiter:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="asyncjobs-waiter")
 
-    async def _unsubscribe(self, key: bytes) -> None:
-        if self._pubsub is None or self._broken:
-            return
-        try:
-            await self._pubsub.unsubscribe(key)
-        except _FAILURES:
-            self._broken = True
+    async def _unsubscribe_unwatched(self, key: bytes) -> None:
+        """Unsubscribe from ``key`` once nobody watches it (a task of its own, so that the
+        watcher who left last need not wait for it); a watcher that came meanwhile keeps
+        the subscription."""
+        async with self._lock:
+            if key in self._events or self._pubsub is None or self._broken:
+                return
+            try:
+                await self._pubsub.unsubscribe(key)
+            except _FAILURES:
+                self._broken = True
 
     async def _read(self) -> None:
         failures = 0
@@ -191,6 +199,9 @@ class Waiter:
     async def close(self) -> None:
         """Stop reading and close the pub/sub connection."""
         self._events.clear()
+        for task in list(self._leaving):
+            task.cancel()
+        await asyncio.gather(*self._leaving, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, *_FAILURES):

@@ -17,6 +17,7 @@ raises ``PoolExhausted``, never ``RedisUnavailable`` (redis-py reports both as a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
@@ -72,12 +73,23 @@ def url_factory(url: str, **options: Any) -> ClientFactory:
     return make
 
 
+_DB_PATH = re.compile(r"/[0-9]{1,9}", re.ASCII)
+"""A ``redis://`` URL's path: its database number."""
+
+
 def parse_plain_url(url: str) -> dict[str, Any]:
     """The connection options of a ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's
     ``parse_url``), its query's options checked first (``url_options``). Raises
     ``ValueError`` saying what is wrong (one line)."""
     scheme = url.partition("://")[0].lower()
-    check_query(urlsplit(url).query, {"rediss": "tls", "unix": "unix"}.get(scheme, "tcp"))
+    parts = urlsplit(url)
+    check_query(parts.query, {"rediss": "tls", "unix": "unix"}.get(scheme, "tcp"))
+    if scheme in ("redis", "rediss") and parts.path not in ("", "/") \
+            and not _DB_PATH.fullmatch(parts.path):
+        # redis-py drops what is not a digit and joins the rest: /abc opened database 0,
+        # /1/2 database 12
+        raise ValueError(f"the URL's path names the database, a number like /0, not "
+                         f"{parts.path!r:.80}")
     return dict(parse_url(url))
 
 

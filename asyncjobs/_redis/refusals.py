@@ -50,3 +50,14 @@ def not_now(exc: BaseException) -> bool:
     """True when ``exc`` is Redis refusing any command for now (a code of ``NOT_NOW``:
     a replica after a failover, a busy script...): the same call may succeed later."""
     return isinstance(exc, ResponseError | BusyLoadingError) and reply_code(exc)[0] in NOT_NOW
+
+
+def corrupt_key(exc: BaseException) -> str:
+    """The reason, when a script refused to run because a queue's key holds the wrong type
+    (``check_type`` in the scripts' prelude); '' for any other error."""
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        at = text.find("ASYNCJOBS_CORRUPT ")
+        if at >= 0:
+            return text[at + len("ASYNCJOBS_CORRUPT "):].split("\n", 1)[0]
+    return ""

@@ -139,7 +139,8 @@ def pool_settings(connection_class: type[Any], options: dict[str, Any], parsed: 
               max_connections: int, socket_timeout: float | None) -> dict[str, Any]:
     """The connection pool's settings: ours, then the caller's, then the URL's."""
     return {
-        "socket_connect_timeout": 5.0,
+        # a connect waits no longer than a command may (create_pool's ``timeout``)
+        "socket_connect_timeout": min(5.0, socket_timeout or 5.0),
         "health_check_interval": 30,
         # One immediate retry on a fresh connection cures a stale one (after a Redis
         # restart, or an idle connection dropped by a proxy). Longer outages are retried

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
-from .._redis.refusals import not_now
+from .._redis.refusals import corrupt_key, not_now
 from .._redis.store import QueueStore
 
 if TYPE_CHECKING:
@@ -76,17 +76,6 @@ def refused(exc: BaseException) -> bool:
     not for an outage (BUSY, READONLY, ...) or a missing consumer group."""
     return (isinstance(exc, ResponseError) and "NOGROUP" not in str(exc)
             and not transient(exc))
-
-
-def corrupt_key(exc: BaseException) -> str:
-    """The reason, when a script refused to run because a queue's key holds the wrong type
-    (``check_type`` in the scripts' prelude); '' for any other error."""
-    if isinstance(exc, ResponseError):
-        text = str(exc)
-        at = text.find("ASYNCJOBS_CORRUPT ")
-        if at >= 0:
-            return text[at + len("ASYNCJOBS_CORRUPT "):].split("\n", 1)[0]
-    return ""
 
 
 class Slots:

@@ -36,9 +36,10 @@ from redis.exceptions import ResponseError
 
 from .._redis import scripts as _scripts
 from .._redis.connection import pool_exhausted
+from .._redis.refusals import corrupt_key
 from .._redis.values import SettleOp
 from .._text import clean
-from .runtime import Runtime, corrupt_key, transient
+from .runtime import Runtime, transient
 
 log = logging.getLogger("asyncjobs.worker")
 
