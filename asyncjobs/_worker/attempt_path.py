@@ -233,13 +233,17 @@ class AttemptPath:
                              running.queue, plan.task.name, error, plan.fields, head)
 
     def aborted(self, running: Running, started: Started | None) -> SettleOp:
+        self.tell_aborted(running, started)
+        return ended(running.delivery, "aborted")
+
+    def tell_aborted(self, running: Running, started: Started | None, tail: str = "") -> None:
+        """Tell the observers and the log that the job ``running`` holds ended aborted."""
         name = task_name(started) if started else ""
         duration = time.monotonic() - running.began
         self.emit("aborted", running, started, duration_s=duration)
         log_end("aborted", running.job_id, name, running.queue,
-                started.attempts if started else 0, duration,
+                started.attempts if started else 0, duration, tail=tail,
                 fields=running.plan.fields if running.plan else None)
-        return ended(running.delivery, "aborted")
 
     def _add_log_context(self, ctx: Context) -> None:
         """``Worker(log_context=...)``'s fields for this attempt; a hook that fails is

@@ -181,14 +181,9 @@ class Executor:
                 running.job_id, running.queue,
             )
         elif settled == ABORTED_INSTEAD:  # the retry told at the attempt's end is not made
-            plan = running.plan
-            started = plan.started if plan else None
-            duration = time.monotonic() - running.began
-            self.path.emit("aborted", running, started, duration_s=duration)
-            log_end("aborted", running.job_id, plan.task.name if plan else "", running.queue,
-                    started.attempts if started else 0, duration,
-                    tail=" reason='its abort was requested as the attempt ended: no retry'",
-                    fields=plan.fields if plan else None)
+            self.path.tell_aborted(
+                running, running.plan.started if running.plan else None,
+                tail=" reason='its abort was requested as the attempt ended: no retry'")
         if not self.running:
             self._idle.set()
 

@@ -146,7 +146,7 @@ class Reclaimer:
         and the first refusal that is not the keys' fault (NOGROUP), if any. A level whose
         keys Redis refuses is left alone for a while (``bad``)."""
         group = self.group
-        levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+        levels = self._levels(bad)
         if not levels:
             return {}, None
         if not self._fresh():
@@ -154,7 +154,7 @@ class Reclaimer:
             if failure is not None or self._looked_at is None:
                 return {}, failure
             await asyncio.sleep(min(CONFIRM_S, self.step_margin_ms / 8000))
-            levels = [k for k, q in enumerate(group.queues) if not bad.holds(q)]
+            levels = self._levels(bad)
             if not levels:
                 return {}, None
             if not self._fresh():
@@ -189,6 +189,10 @@ class Reclaimer:
                         len(deliveries), queue,
                         ", ".join(d.job_id or d.entry for d in deliveries[:10]))
         return claimed, self._refusals(levels, got.errors, bad)
+
+    def _levels(self, bad: Quarantine) -> list[int]:
+        """The group's levels not left alone for now."""
+        return [k for k, q in enumerate(self.group.queues) if not bad.holds(q)]
 
     def _fresh(self) -> bool:
         """Whether a scan sent now is soon enough after the look (or the scan) that found
