@@ -4,6 +4,7 @@ for a complete job, packed in its tag's shared hash (``asyncjobs/_redis/kept.py`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncjobs
 from asyncjobs._redis import kept
@@ -45,3 +46,12 @@ async def forget(pool: asyncjobs.Pool, job_id: str, queue: str = "default") -> N
     shared = keys.kept(job_id)
     if shared is not None:
         await pool.client.hdel(shared, job_id)
+
+
+async def exists(handle: asyncjobs.Job[Any]) -> bool:
+    """Whether the job ``handle`` names has a record (``status()`` finds it)."""
+    try:
+        await handle.status()
+    except asyncjobs.JobNotFound:
+        return False
+    return True

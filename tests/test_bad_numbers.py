@@ -25,6 +25,7 @@ from asyncjobs.metrics import REFRESH_ENV, WorkerMetrics, refresh_interval
 from asyncjobs.testing import Harness
 
 from .conftest import Backend
+from .records import exists
 from .test_outbox import database, signup, until
 
 NAN, INF = float("nan"), float("inf")
@@ -100,7 +101,7 @@ async def test_relay_at_the_shortest_lease_and_largest_batch_moves_rows(
         try:
             async with real.pool() as pool:
                 handle = (await signup(db, 1)).handle(pool)
-                await until(lambda: _exists(handle), 10, "the relay")
+                await until(lambda: exists(handle), 10, "the relay")
 
                 async def held() -> bool:  # the lease is set, at 100 ms
                     ttl: int = await pool.client.pttl(relay.lease_key(real.prefix))
@@ -111,14 +112,6 @@ async def test_relay_at_the_shortest_lease_and_largest_batch_moves_rows(
             relay.stop()
             await task
         assert await db.statuses() == {}  # relayed and deleted (keep=0)
-
-
-async def _exists(handle: asyncjobs.Job[Any]) -> bool:
-    try:
-        await handle.status()
-    except asyncjobs.JobNotFound:
-        return False
-    return True
 
 
 # -- metrics refresh interval ----------------------------------------------------------------

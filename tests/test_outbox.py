@@ -29,6 +29,7 @@ from asyncjobs import Context, outbox
 from asyncjobs._redis.embedded import RedisServer
 
 from .conftest import IN_CI, Backend, running
+from .records import exists
 
 POSTGRES_URL = os.environ.get("ASYNCJOBS_TEST_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -375,7 +376,7 @@ async def test_the_relay_in_a_worker_runs_the_job_with_the_workers_own_state(
     async with running(real, worker), real.pool() as pool:
         job = await signup(db, 5)
         handle = job.handle(pool)
-        await until(lambda: _exists(handle), 10, "the relay")
+        await until(lambda: exists(handle), 10, "the relay")
         assert await handle.result(timeout=10) == "yes 5"
         assert (await pool.client.get(relay.lease_key(real.prefix))).startswith(
             worker.name.encode())
@@ -395,12 +396,12 @@ async def test_one_relay_leads_and_another_takes_over_when_it_stops(
         key = relay_a.lease_key(real.prefix)
         try:
             first = await signup(db, 1)
-            await until(lambda: _exists(first.handle(pool)), 10, "relay a")
+            await until(lambda: exists(first.handle(pool)), 10, "relay a")
             assert (await pool.client.get(key)).startswith(b"a|")
             relay_a.stop()
             await a
             second = await signup(db, 2)
-            await until(lambda: _exists(second.handle(pool)), 10, "relay b")
+            await until(lambda: exists(second.handle(pool)), 10, "relay b")
             assert (await pool.client.get(key)).startswith(b"b|")
         finally:
             relay_a.stop()
@@ -419,7 +420,7 @@ async def test_notify_wakes_the_relay_at_once(tmp_path: Any, real: Backend) -> N
                 await asyncio.sleep(0.1)  # past the relay's first pass: asleep for 30 s
                 started = time.monotonic()
                 job = await signup(db, 1)
-                await until(lambda: _exists(job.handle(pool)), 5, "the relay")
+                await until(lambda: exists(job.handle(pool)), 5, "the relay")
                 assert time.monotonic() - started < 1.0
         finally:
             relay.stop()
@@ -436,14 +437,6 @@ async def test_kept_rows_are_purged_after_their_time(db: Database, real: Backend
     finally:
         relay.stop()
         await task
-
-
-async def _exists(handle: asyncjobs.Job[Any]) -> bool:
-    try:
-        await handle.status()
-    except asyncjobs.JobNotFound:
-        return False
-    return True
 
 
 async def _leads(pool: asyncjobs.Pool, relay: outbox.Relay, prefix: str) -> bool:
