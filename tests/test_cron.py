@@ -16,10 +16,14 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncjobs._scheduling.cron import (
+    CURSOR_AHEAD_MAX_MS,
     DROPPED_CAP,
     FIRE_CAP,
+    MIN_GRACE,
     CatchUp,
     CronExpr,
     Every,
@@ -27,6 +31,7 @@ from asyncjobs._scheduling.cron import (
     TickPlan,
     next_fire,
     plan_ticks,
+    read_cursor,
     tick_id,
 )
 
@@ -516,3 +521,64 @@ def test_tick_id(fire: datetime, expected: str) -> None:
 def test_validation(build: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         build()
+
+
+# -- the cursor as the cron hash holds it -------------------------------------------------------
+
+NOW_MS = 1_795_276_503_766
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (None, None),
+    (b"1795276503000", 1_795_276_503_000),
+    (b"0", 0),
+    (b"0001795276503000", 1_795_276_503_000),
+    (str(NOW_MS + CURSOR_AHEAD_MAX_MS).encode(), NOW_MS + CURSOR_AHEAD_MAX_MS),  # skew
+    ("1795276503000", 1_795_276_503_000),
+])
+def test_read_cursor_takes_whole_ms_up_to_a_minute_ahead(raw: bytes | str | None,
+                                                         expected: int | None) -> None:
+    assert read_cursor(raw, NOW_MS) == (expected, "")
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"abc", "is not a time in ms"), (b"1.5", "is not a time in ms"),
+    (b"-1", "is not a time in ms"), (b"", "is not a time in ms"),
+    (b" 12", "is not a time in ms"), (b"0x10", "is not a time in ms"),
+    (b"1e12", "is not a time in ms"), (b"\xff\xfe", "is not a time in ms"),
+    ("\u0661\u0662", "is not a time in ms"),  # digits, but not ASCII ones
+    (b"99999999999999999", "is not a time in ms"),  # beyond any year a datetime holds
+    (b"253402300799999", "ahead of Redis's clock"),  # the last ms of year 9999
+    (str(NOW_MS + CURSOR_AHEAD_MAX_MS + 1).encode(), "ahead of Redis's clock"),
+])
+def test_read_cursor_refuses_what_no_leader_wrote(raw: bytes | str, why: str) -> None:
+    ms, found = read_cursor(raw, NOW_MS)
+    assert ms is None and why in found and "\n" not in found
+
+
+@given(raw=st.one_of(st.binary(max_size=20), st.text(max_size=20),
+                     st.integers(-(10**17), 10**17).map(lambda n: str(n).encode())),
+       now_ms=st.integers(0, 2**53))
+def test_read_cursor_never_raises_and_what_it_takes_plans(raw: bytes | str, now_ms: int) -> None:
+    """Whatever the hash holds: a cursor it takes is a datetime the planner can use at
+    ``now_ms``, and one it refuses comes with a reason."""
+    ms, why = read_cursor(raw, now_ms)
+    assert (ms is None) == bool(why)
+    if ms is not None and now_ms + CURSOR_AHEAD_MAX_MS < 253_402_214_400_000:  # < 9999-12-31
+        cursor = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        plan_ticks(MINUTELY, cursor, max(cursor, datetime.fromtimestamp(now_ms / 1000, tz=UTC)),
+                   policy=SKIP, grace=S30, max_catch_up=1)
+
+
+def test_a_grace_under_a_second_is_refused_where_the_cron_job_is_declared() -> None:
+    import asyncjobs
+
+    @asyncjobs.task(name="graceful")
+    async def graceful(ctx: asyncjobs.Context) -> None:
+        return None
+
+    for grace in (0, 0.5, timedelta(milliseconds=999)):
+        with pytest.raises(ValueError, match="grace must be at least 1 s") as caught:
+            asyncjobs.cron(graceful, every=5, grace=grace)
+        assert "\n" not in str(caught.value)
+    assert asyncjobs.cron(graceful, every=5, grace=1).grace == MIN_GRACE

@@ -1572,7 +1572,18 @@ async def check_cron(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
         if cursor is not None:
             await client.hset(k.cron, name, cursor)
         if ids and data.draw(st.booleans(), f"has a last job {n}"):
-            await client.hset(k.cron, f"{name}:job", data.draw(st.sampled_from(ids)))
+            last_id = data.draw(st.sampled_from(ids))
+            if data.draw(st.booleans(), f"the last job is one of its ticks {n}"):
+                own = f"cron:{name}:prev".encode()
+                held = data.draw(st.sampled_from(("hash", "hash", "", *WRONG_TYPES)),
+                                 f"key of its last tick {n}")
+                if held == "hash":
+                    await client.hset(env.job(own), b"s", data.draw(
+                        st.one_of(st.sampled_from(STATES), junk), f"its last tick's state {n}"))
+                elif held:
+                    await make_wrong(client, env.job(own), held)
+                last_id = own
+            await client.hset(k.cron, f"{name}:job", last_id)
         tick = data.draw(st.sampled_from((0, 3, 5, 10**12)), f"tick {n}")
         job_id = f"cron:{name}:{tick}"
         kind = data.draw(st.sampled_from(("", "", "hash", *WRONG_TYPES)), f"key of {job_id}")
@@ -1580,7 +1591,9 @@ async def check_cron(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
             await make_wrong(client, env.job(job_id), kind)
         fire, no_overlap = data.draw(st.booleans()), data.draw(st.booleans())
         last = await client.hget(k.cron, f"{name}:job")
-        previous = await record(env, last) if last else None
+        # only one of its own tick ids names a previous run
+        own_tick = last is not None and last.startswith(f"cron:{name}:".encode())
+        previous = await record(env, last) if own_tick else None
         reply = await env.store.cron_tick(name, tick, job_id, b"\x91\xa4fuzz", fire=fire,
                                           no_overlap=no_overlap)
         old = lua_int(cursor)
@@ -1597,6 +1610,14 @@ async def check_cron(env: Env, batch: Sequence[Case], data: st.DataObject) -> No
             want = "enqueued"
         assert reply == want
         event(f"cron {reply}")
+        # 'reset' sets the cursor back only while it holds what the caller read
+        now_raw = await client.hget(k.cron, name)
+        read = now_raw if now_raw is not None and data.draw(st.booleans(), f"read {n}") \
+            else data.draw(junk, f"read instead {n}")
+        reset = await env.store.cron_reset(name, read, 7)
+        assert reset == ("reset" if read == now_raw else "stale")
+        assert await client.hget(k.cron, name) == (b"7" if read == now_raw else now_raw)
+        event(f"cron reset {reset}")
 
 
 async def check_reclaim(env: Env, batch: Sequence[Case], data: st.DataObject) -> None:

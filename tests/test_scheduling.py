@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import sys
 import time
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -271,6 +272,36 @@ async def test_expired_at_promotion_is_logged_and_counted(
     await backend.run(backend.worker([crons.delayed], burst=True))
     assert await job.status() is JobState.EXPIRED
     assert re.search(r"expired 1 job\(s\) on queue default before", caplog.text)
+
+
+async def test_no_overlap_skips_the_ticks_that_come_while_the_previous_run_runs(
+    backend: Backend, pool: asyncjobs.Pool,
+) -> None:
+    runs: list[str] = []
+    now_running = most_running = 0
+
+    @asyncjobs.task(name="slow_tick")
+    async def slow_tick(ctx: Context) -> None:
+        nonlocal now_running, most_running
+        runs.append(ctx.job_id)
+        now_running += 1
+        most_running = max(most_running, now_running)
+        try:
+            await asyncio.sleep(0.5)
+        finally:
+            now_running -= 1
+
+    job = asyncjobs.cron(slow_tick, every=0.1, name="slow", no_overlap=True)
+    async with running(backend, backend.worker([slow_tick], cron=[job])):
+        for _ in range(200):
+            if len(runs) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    assert len(runs) >= 3 and most_running == 1
+    # a tick every 0.1 s, each run 0.5 s: the ticks that came while one ran were skipped
+    started = [datetime.fromisoformat(r.split(":", 2)[2].replace("Z", "+00:00"))
+               for r in runs]
+    assert all(b - a >= timedelta(seconds=0.5) for a, b in itertools.pairwise(started))
 
 
 async def test_a_cron_name_with_a_colon_fires(backend: Backend, pool: asyncjobs.Pool) -> None:

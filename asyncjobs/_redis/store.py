@@ -355,11 +355,28 @@ class QueueStore:
                                   int(no_overlap), k.job_prefix]
         return reply_text(await s.load(s.CRON)(self.client, keys, args))
 
-    async def cron_cursors(self) -> dict[str, int]:
-        """Last tick handled (ms) per cron job name."""
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.cron)  # type: ignore[assignment]
+    async def cron_reset(self, name: str, read: bytes, tick_ms: int) -> str:
+        """Set a cron job's cursor back to ``tick_ms`` if it still holds ``read`` (one
+        ``cron.read_cursor`` found unusable); 'reset', or 'stale' if it changed meanwhile."""
+        k = self.keys
+        keys = [k.cron, k.job(""), k.stream, k.stats]
+        args: list[s.KeyOrArg] = [name, tick_ms, "reset", read, b"", 0, k.job_prefix]
+        return reply_text(await s.load(s.CRON)(self.client, keys, args))
+
+    async def cron_cursors(self) -> dict[str, bytes]:
+        """Each cron job's cursor (the last tick handled, in ms) as the cron hash holds it:
+        ``cron.read_cursor`` tells whether it can be used. A cron hash of the wrong type is
+        a ResponseError naming the key."""
+        try:
+            raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.cron)  # type: ignore[assignment]
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            raise ResponseError(f"WRONGTYPE the cron hash {self.keys.cron} holds another type "
+                                "than a hash: delete or rename it") from None
         # Fields '<name>:job' hold the last tick's job id; the others are cursors.
-        return {reply_text(k): int(v) for k, v in raw.items() if not reply_text(k).endswith(":job")}
+        return {text: v for k, v in raw.items()
+                if not (text := reply_text(k)).endswith(":job")}
 
     async def progress(self, job_id: str, data: bytes, consumer: str) -> bool:
         """Record a running attempt's progress; False if the job no longer runs here."""

@@ -45,6 +45,15 @@ FIRE_CAP = 10_000
 MAX_CATCH_UP = 10_000
 """The largest `max_catch_up`: missed ticks one plan may fire under `CatchUp.ALL`."""
 
+CURSOR_AHEAD_MAX_MS = 60_000
+"""How far ahead of Redis's clock a cursor may be (`read_cursor`). Every leader reads the time
+from Redis, so a cursor further ahead was left by a Redis clock stepped back, or written by
+hand: trusted, it would stop the cron job until that time."""
+
+MIN_GRACE = timedelta(seconds=1)
+"""The shortest `grace`: the leader wakes a moment after each tick, and a tick later than
+`grace` counts as missed, so a shorter one would drop ticks fired on time."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _MIN_INTERVAL_US = 1000
@@ -253,6 +262,23 @@ def tick_id(name: str, fire: datetime) -> str:
     only when the tick is not on a whole millisecond (so ids never collide).
     """
     return f"cron:{name}:{_iso_z(_as_utc(fire, 'fire'))}"
+
+
+def read_cursor(raw: bytes | str | None, now_ms: int) -> tuple[int | None, str]:
+    """A cron job's cursor as the cron hash holds it: ``(ms, "")`` to plan from; ``(None,
+    "")`` when there is none (the job's first evaluation); ``(None, why)`` when it cannot be
+    used: not a whole number of ms, before 1970, or more than `CURSOR_AHEAD_MAX_MS` ahead of
+    ``now_ms`` (Redis's clock). The caller resets such a cursor to now."""
+    if raw is None:
+        return None, ""
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if not (0 < len(text) <= 16 and text.isascii() and text.isdigit()):
+        return None, f"is not a time in ms ({text[:40]!r})"
+    ms = int(text)
+    if ms > now_ms + CURSOR_AHEAD_MAX_MS:
+        return None, (f"is {(ms - now_ms) / 1000:,.0f} s ahead of Redis's clock (the clock "
+                      "was stepped back, or the cursor was written by hand)")
+    return ms, ""
 
 
 def _ticks_through(

@@ -33,12 +33,14 @@ from .._text import clean
 from .._worker.runtime import Runtime, refused, transient
 from .cron import (
     MAX_CATCH_UP,
+    MIN_GRACE,
     CatchUp,
     CronExpr,
     Every,
     Schedule,
     next_fire,
     plan_ticks,
+    read_cursor,
     schedule_record,
     tick_id,
 )
@@ -91,8 +93,8 @@ def cron(
     ``schedule`` is a 5-field cron expression, or 6 fields with seconds first, evaluated in
     ``timezone`` (DST-correct). ``catch_up`` says what to do with ticks missed while no
     worker ran: "skip", "latest" (run the most recent once; the default) or "all" (each of
-    up to ``max_catch_up``). Ticks late by less than ``grace`` always run. ``no_overlap``
-    skips a tick while the previous run is still queued or running.
+    up to ``max_catch_up``). Ticks late by less than ``grace`` (at least 1 s) always run.
+    ``no_overlap`` skips a tick while the previous run is still queued or running.
     """
     if (schedule is None) == (every is None):
         raise ValueError("give exactly one of a cron expression or every=")
@@ -112,11 +114,16 @@ def cron(
     job_name = name or ref.name
     if job_name.endswith(":job"):
         raise ValueError(f"cron name {job_name!r}: a name may not end with ':job'")
+    grace_s = to_seconds(grace, "grace") or 0.0
+    if grace_s < MIN_GRACE.total_seconds():
+        raise ValueError(f"grace must be at least {MIN_GRACE.total_seconds():g} s, not "
+                         f"{grace!r:.80}: the leader wakes a moment after each tick, and a "
+                         "tick later than grace counts as missed")
     timeout_s = to_seconds(timeout, "timeout")
     spec = JobSpec(ref.name, list(args), dict(kwargs or {}), timeout_s=timeout_s)
     return CronJob(
         name=job_name, task=ref, schedule=when, args=tuple(args), kwargs=dict(kwargs or {}),
-        catch_up=CatchUp(catch_up), grace=timedelta(seconds=to_seconds(grace, "grace") or 0),
+        catch_up=CatchUp(catch_up), grace=timedelta(seconds=grace_s),
         max_catch_up=max_catch_up, no_overlap=no_overlap, queue=queue,
         spec=encode_spec(spec, ref.param_names),
     )
@@ -145,6 +152,11 @@ class Scheduler:
         self._now_ms, self._now_at = 0, 0.0
         self._cron_at = 0.0
         self._pauses: dict[str, float] = {}
+        """Per level whose keys Redis refuses: the last pause (promotion; see ``_refused``)."""
+        self._cron_pauses: dict[str, float] = {}
+        self._cron_held: dict[str, float] = {}
+        """Per queue whose cron hash Redis refuses: the last pause, and until when (monotonic)
+        its cron jobs wait: a promotion that makes the others run does not cut it short."""
         self._next_check = [0.0] * len(self.stores)
         """When each level's delayed set is next promoted (monotonic): when something there
         is due, after a wake-up, and at least once per lease period (a wake-up is lost only
@@ -300,19 +312,29 @@ class Scheduler:
             by_queue.setdefault(queue, []).append(job)
         for queue, jobs in by_queue.items():
             store = self.rt.stores[queue]
+            held = self._cron_held.get(queue, 0.0) - time.monotonic()
+            if held > 0:
+                wait = min(wait, held)
+                continue
             try:
                 wait = min(wait, await self._cron_queue(store, jobs))
             except ResponseError as exc:
                 if not refused(exc):
                     raise
-                wait = min(wait, self._refused(store, exc))
+                pause = self._refused(store, exc, self._cron_pauses)
+                self._cron_held[queue] = time.monotonic() + pause
+                wait = min(wait, pause)
+            else:
+                self._cron_pauses.pop(queue, None)
         return wait
 
-    def _refused(self, store: QueueStore, exc: ResponseError) -> float:
+    def _refused(self, store: QueueStore, exc: ResponseError,
+                 pauses: dict[str, float] | None = None) -> float:
         """Log a level whose keys Redis refuses; seconds until it is tried again (1 s,
-        doubling to 30 s)."""
-        pause = min(30.0, self._pauses.get(store.keys.queue, 0.5) * 2)
-        self._pauses[store.keys.queue] = pause
+        doubling to 30 s, per level in ``pauses``: the promotion's by default)."""
+        pauses = self._pauses if pauses is None else pauses
+        pause = min(30.0, pauses.get(store.keys.queue, 0.5) * 2)
+        pauses[store.keys.queue] = pause
         log.error("scheduler of queue %s cannot use queue %s (%s); trying it again in "
                   "%.0f s", self.queue, store.keys.queue, clean(str(exc)[:300]), pause)
         return pause
@@ -326,7 +348,10 @@ class Scheduler:
         now = from_ms(now_ms)
         wait = math.inf
         for job in jobs:
-            cursor_ms = cursors.get(job.name)
+            cursor_ms, unusable = read_cursor(cursors.get(job.name), now_ms)
+            if unusable:
+                await self._reset_cursor(store, job, cursors[job.name], unusable, now_ms)
+                cursor_ms = now_ms  # from now on: its next tick runs
             cursor = from_ms(cursor_ms) if cursor_ms is not None else None
             plan = plan_ticks(job.schedule, cursor, now, policy=job.catch_up,
                               grace=job.grace, max_catch_up=job.max_catch_up)
@@ -345,6 +370,14 @@ class Scheduler:
             nxt = next_fire(job.schedule, plan.cursor, now)
             wait = min(wait, (to_ms(nxt) - now_ms) / 1000)
         return wait
+
+    async def _reset_cursor(self, store: QueueStore, job: CronJob, read: bytes, why: str,
+                            now_ms: int) -> None:
+        """Set back to now a cursor ``read_cursor`` found unusable (``why``), unless another
+        leader moved it meanwhile; one warning line when this call did it."""
+        if await store.cron_reset(job.name, read, now_ms) == "reset":
+            log.warning("cron %s: its cursor in %s %s: reset to now, the cron job runs from "
+                        "its next tick", clean(job.name), store.keys.cron, why)
 
     async def _sleep(self, seconds: float) -> None:
         """The leader's wait: until the next due time, or a wake-up (an earlier job)."""

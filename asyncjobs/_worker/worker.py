@@ -139,13 +139,22 @@ class Worker:
         self._check_crons()
 
     def _check_crons(self) -> None:
+        named: set[tuple[str, str]] = set()
         for job in self.crons:
             if job.task.name not in self.tasks:
                 raise ConfigurationError(
                     f"cron {job.name!r}: task {job.task.name!r} is not registered")
-            if self._cron_queue(job) not in self.config.served:
+            queue = self._cron_queue(job)
+            if queue not in self.config.served:
                 raise ConfigurationError(
                     f"cron {job.name!r} targets a queue this worker does not serve")
+            # The name is the cron job's identity on its queue (its cursor, its tick ids):
+            # two of one name would share them, and one would hardly ever run.
+            if (queue, job.name) in named:
+                raise ConfigurationError(
+                    f"two cron jobs are named {job.name!r} on queue {queue!r}: give one "
+                    "another name (cron(..., name=...))")
+            named.add((queue, job.name))
 
     def _cron_queue(self, job: CronJob) -> str:
         """The queue (level) a cron job's ticks are enqueued to."""
