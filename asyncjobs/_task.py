@@ -139,7 +139,12 @@ class Task(Generic[P, R]):
     ) -> Task[P, R]:
         """A copy of this task that enqueues with these per-job options. ``priority``
         (``"high"``, ``"normal"`` or ``"low"``) orders jobs within their queue: a worker
-        starts a job only when no job of a higher level waits there."""
+        starts a job only when no job of a higher level waits there. ``delay`` and ``at``
+        are two ways to say when it is due: one replaces the other (the later call wins),
+        and both in one call is a ``ValueError``."""
+        if delay is not None and at is not None:
+            raise ValueError("give delay= or at=, not both: they are two ways to say when "
+                             "the job is due")
         if at is not None and not isinstance(at, datetime):
             raise TypeError(f"at= needs an aware datetime, not {type(at).__name__} {at!r:.80}")
         # naive: no tzinfo, or one that gives no offset (datetime.timestamp() then raised)
@@ -164,6 +169,9 @@ class Task(Generic[P, R]):
             "priority": check_priority(priority) if priority is not None else None,
         }
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if "delay_s" in changes or "at" in changes:  # the one given replaces the other
+            changes.setdefault("delay_s", None)
+            changes.setdefault("at", None)
         clone = _copy(self)
         clone.job_options = dataclasses.replace(self.job_options, **changes)
         return clone

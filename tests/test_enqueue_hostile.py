@@ -158,9 +158,10 @@ async def test_an_expiry_before_1970_expires_the_job(backend: Backend,
 @pytest.mark.asyncio
 async def test_a_start_time_before_1970_runs_at_once(backend: Backend,
                                                      pool: asyncjobs.Pool) -> None:
-    """``at=`` in the past is "now", however far back; with a ``delay`` too, ``at`` wins (as
-    it does for any other ``at``)."""
-    job = await pool.enqueue(add.options(at=datetime(1900, 1, 1, tzinfo=UTC), delay=3600), 1, 2)
+    """``at=`` in the past is "now", however far back (after a ``delay``: the later of the
+    two wins)."""
+    job = await pool.enqueue(add.options(delay=3600).options(at=datetime(1900, 1, 1, tzinfo=UTC)),
+                             1, 2)
     assert await job.status() is JobState.QUEUED
     await burst(backend)
     assert await job.result(timeout=5) == 3

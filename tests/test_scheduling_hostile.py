@@ -571,15 +571,6 @@ def test_due_times_at_the_edges_run_or_wait_and_read_back(real: Backend) -> None
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Source._scheduled (asyncjobs/_producer/sources.py:153-172): when the job a cursor "
-    "points at has left the delayed set (promoted, aborted, made due), the next page "
-    "resumes with ZRANGEBYSCORE '(<its score>' (exclusive), which skips every other job "
-    "due at that same millisecond. Jobs enqueued together with one delay (enqueue_many) "
-    "all share one score, so a listing of them (Admin.jobs('scheduled'), `asyncjobs jobs "
-    "-s scheduled`, the dashboard's delayed list) ends early and silently leaves the rest "
-    "out. Resume inclusively at the score and skip the members with that score that sort "
-    "at or before the cursor's member (Redis orders ties by member bytes)."))
 @pytest.mark.parametrize("order", ["oldest", "newest"])
 def test_paging_scheduled_jobs_of_one_due_time_lists_them_all_while_some_leave(
     real: Backend, order: str,
@@ -605,13 +596,6 @@ def test_paging_scheduled_jobs_of_one_due_time_lists_them_all_while_some_leave(
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Task.options (asyncjobs/_task.py:159-166) merges each call's options into the last, "
-    "keeping both `at` and `delay_s` when both were ever given, and enqueue.lua:70 always "
-    "prefers `at` ('if at > 0 then due = at elseif delay > 0'). So "
-    "task.options(at=tomorrow).options(delay=1) waits a day, and options(delay=.., at=..) "
-    "picks `at`, both silently. Giving one should clear the other, and both in one call "
-    "should be a one-line error."))
 def test_a_later_delay_overrides_an_earlier_at(real: Backend) -> None:
     tomorrow = datetime.now(UTC) + timedelta(days=1)
     refusal = ""

@@ -10,7 +10,8 @@ never a pass over the whole queue), oldest or newest first:
   id; newest first, the stream entries up to the last-delivered id (XREVRANGE: settling
   deletes an entry, so what is left there is pending) and each one's XPENDING row; an entry
   settled between the two reads is left out;
-- scheduled: the delayed set by due time (ZRANGE by rank, resumed from the last member);
+- scheduled: the delayed set in its order (due time, then id bytes), resumed after the
+  cursor's due time and id, whether or not that job is still there (``Source._scheduled``);
 - dead: the dead-letter stream (XREVRANGE / XRANGE);
 - complete, failed (failed, expired or aborted): the ended index, a capped stream the
   scripts that end jobs write in the same step (see ``index_ended`` in ``_prelude.lua``),

@@ -6,6 +6,7 @@ source itself knew of the job; ``Listing.jobs`` reads the records and pages."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +30,17 @@ def whole(value: str, digits: int = 15) -> int | None:
     return int(value) if ok else None
 
 
-def score_ms(score: float) -> int:
-    """A delayed-set score as whole ms a cursor holds (a garbage score is clamped)."""
-    return int(max(-1e18, min(1e18, score)))
+SCORE = re.compile(r"-?(?:inf|\d{1,20}(?:\.\d{1,20})?(?:e[+-]\d{1,3})?)~?", re.ASCII)
+"""A delayed-set score as a cursor holds it (what ``due_cursor`` writes)."""
+LATIN = "~"
+"""After a cursor's score: its member is bytes that are not UTF-8, held as Latin-1 text."""
+
+
+def score_text(score: float) -> str:
+    """A delayed-set score as a cursor holds it, exactly: whole ms as digits (what enqueue
+    writes), else (a score written by hand) as Python writes the float."""
+    whole_ms = score.is_integer() and abs(score) < 2**63
+    return str(int(score)) if whole_ms else repr(score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +71,8 @@ class Source:
     def check(self, at: list[str]) -> None:
         """``ValueError`` unless ``at`` is a position this source made."""
         if self.state == "scheduled":
-            if whole(at[0].removeprefix("-"), 19) is None:
+            latin = at[0].endswith(LATIN)
+            if not SCORE.fullmatch(at[0]) or (latin and any(ord(c) > 255 for c in at[1])):
                 raise ValueError("invalid cursor: it was not made by this listing")
         elif self.state in ENDED:
             entry_id(at[0])
@@ -151,25 +161,70 @@ class Source:
         return spots, more
 
     async def _scheduled(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
+        """The delayed set in its own order (score, then member bytes). After a cursor:
+        from its score on, past the members with that score at or before its member,
+        whether or not that member is still there (promoted, aborted meanwhile)."""
         key = self.keys.delayed
-        rank, score = 0, ""
-        if at:
-            score, member = at
-            [found] = await self.listing.pipe(
-                lambda p: p.zrevrank(key, member) if self.newest else p.zrank(key, member))
-            # It left the set meanwhile (promoted, aborted): resume after its due time.
-            rank = found + 1 if isinstance(found, int) else -1
-        if rank >= 0:
+        if not at:
             rows = await self.pool.call(lambda: self.client.zrange(
-                key, rank, rank + count - 1, desc=self.newest, withscores=True))
-        elif self.newest:
-            rows = await self.pool.call(lambda: self.client.zrevrangebyscore(
-                key, f"({score}", "-inf", start=0, num=count, withscores=True))
+                key, 0, count - 1, desc=self.newest, withscores=True))
+            return due_spots(rows), len(rows) == count
+        score, member = due_mark(at)
+        mark = (float(score), member)
+        start, n = max(await self._ties_through(score, mark) - 1, 0), count + 1
+        while True:  # a read from `start` on must begin at or before the cursor
+            rows = await self._ties(score, start, n)
+            lead = next((i for i, r in enumerate(rows) if self._beyond(r, mark)), len(rows))
+            if start and not lead:  # ties before it left since counted: from the first tie
+                start, n = 0, start + n
+            elif lead == len(rows) == n:  # ties before it joined since counted: read on
+                start += n - 1
+            else:
+                fresh = rows[lead:]
+                return due_spots(fresh[:count]), len(rows) == n or len(fresh) > count
+
+    def _beyond(self, row: Any, mark: tuple[float, bytes]) -> bool:
+        """Whether a (member, score) row comes after ``mark`` in this listing's order."""
+        member, score = row
+        here = (float(score), member if isinstance(member, bytes) else str(member).encode())
+        return here < mark if self.newest else here > mark
+
+    async def _ties(self, score: str, start: int, count: int) -> list[Any]:
+        """Up to ``count`` rows from the ``start``-th of those due at ``score`` or after."""
+        key = self.keys.delayed
+        if self.newest:
+            found = await self.pool.call(lambda: self.client.zrevrangebyscore(
+                key, score, "-inf", start=start, num=count, withscores=True))
         else:
-            rows = await self.pool.call(lambda: self.client.zrangebyscore(
-                key, f"({score}", "+inf", start=0, num=count, withscores=True))
-        spots = [Spot([str(score_ms(s)), text(m)], text(m), {"at": when(s)}) for m, s in rows]
-        return spots, len(rows) == count
+            found = await self.pool.call(lambda: self.client.zrangebyscore(
+                key, score, "+inf", start=start, num=count, withscores=True))
+        rows: list[Any] = found
+        return rows
+
+    async def _ties_through(self, score: str, mark: tuple[float, bytes]) -> int:
+        """How many members due at the cursor's score come at or before its member: from
+        the member's rank while it is there, else by halving among those ties. A guess the
+        read checks (the set may change meanwhile)."""
+        key, member = self.keys.delayed, mark[1]
+        rank, place, before, ties = await self.listing.pipe(lambda p: [
+            p.zrevrank(key, member) if self.newest else p.zrank(key, member),
+            p.zscore(key, member),
+            p.zcount(key, f"({score}", "+inf") if self.newest
+            else p.zcount(key, "-inf", f"({score}"),
+            p.zcount(key, score, score)])
+        if not (isinstance(before, int) and isinstance(ties, int)):
+            return 0  # not a sorted set: the read says so
+        if isinstance(rank, int) and place == mark[0]:
+            return min(max(rank - before + 1, 0), ties)
+        low, high = 0, ties  # the first tie beyond the cursor's member
+        while low < high:
+            mid = (low + high) // 2
+            probe = await self._ties(score, mid, 1)
+            if not probe or self._beyond(probe[0], mark):
+                high = mid
+            else:
+                low = mid + 1
+        return low
 
     async def _dead(self, at: list[str] | None, count: int) -> tuple[list[Spot], bool]:
         if at and not self.newest:
@@ -219,3 +274,26 @@ class Source:
 def job_id_of(fields: Any) -> str:
     """The job id of a stream entry's fields ('' when it has none)."""
     return text(fields.get(b"i", b"")) if isinstance(fields, dict) else ""
+
+
+def due_spots(rows: list[Any]) -> list[Spot]:
+    """The spots of delayed-set rows (member, score); each one's cursor is where it is."""
+    return [Spot(due_cursor(m, float(s)), text(m), {"at": when(s)}) for m, s in rows]
+
+
+def due_cursor(member: bytes | str, score: float) -> list[str]:
+    """Where a delayed-set member is, exactly: its score and its bytes, as text (bytes that
+    are not UTF-8 as Latin-1, marked after the score: U+FFFD would name other bytes)."""
+    if isinstance(member, str):
+        return [score_text(score), member]
+    try:
+        return [score_text(score), member.decode()]
+    except UnicodeDecodeError:
+        return [score_text(score) + LATIN, member.decode("latin-1")]
+
+
+def due_mark(at: list[str]) -> tuple[str, bytes]:
+    """A scheduled cursor's score (as Redis reads it) and member bytes (``due_cursor``)."""
+    if at[0].endswith(LATIN):
+        return at[0].removesuffix(LATIN), at[1].encode("latin-1")
+    return at[0], at[1].encode()
