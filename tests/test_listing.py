@@ -432,6 +432,11 @@ async def test_bad_input_is_one_line_and_writes_nothing(backend: Backend) -> Non
              "invalid cursor"),
             ({"state": "queued", "cursor": encode_cursor("queued.oldest", "\u0661-\u0660")},
              "invalid cursor"),
+            # 0-0 is no entry's id (XADD refuses it): Redis refused a range ending before it
+            *[({"state": state, "cursor": encode_cursor(f"{state}.newest", "0-0")},
+               "invalid cursor") for state in ("queued", "running", "dead")],
+            ({"state": "complete", "cursor": encode_cursor("complete.newest", "0-0", "0")},
+             "invalid cursor"),
         ]
         for args, message in bad:
             state = args.pop("state")
@@ -439,6 +444,8 @@ async def test_bad_input_is_one_line_and_writes_nothing(backend: Backend) -> Non
                 await pool.admin.jobs(state, **args)
             assert message in str(caught.value), (args, caught.value)
             assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+        with pytest.raises(ValueError, match="invalid cursor"):
+            await pool.admin.dead_letter_page(cursor=encode_cursor("x", "0-0"))
         assert await snapshot(pool) == before
         assert STATES == ("queued", "running", "scheduled", "dead", "complete", "failed")
 

@@ -62,9 +62,11 @@ def _checked(cursor: str) -> str | None:
 
 
 def entry_id(value: str) -> str:
-    """A stream entry id from a cursor, checked: both parts under 2**64, as Redis takes them
-    (a cursor is checksummed, not signed: anyone can make one)."""
-    if not ENTRY.fullmatch(value) or max(entry_key(value)) >= 2**64:
+    """A stream entry id from a cursor, checked: both parts under 2**64, as Redis takes them,
+    and not ``0-0``, which no entry has (XADD refuses it; Redis refuses a range ending before
+    it). A cursor is checksummed, not signed: anyone can make one."""
+    if not ENTRY.fullmatch(value) or max(entry_key(value)) >= 2**64 or \
+            entry_key(value) == (0, 0):
         raise ValueError("invalid cursor: it was not made by this listing")
     return value
 
