@@ -11,6 +11,7 @@
     ├── NotReplicated           jobs written on the master, not acknowledged by enough replicas
     ├── RedisUnavailable        Redis could not be reached within the stated bound
     ├── PoolExhausted           every connection of the pool stayed busy (not an outage)
+    ├── PoolClosed              the pool was closed (also a ``RuntimeError``)
     ├── JobNotFound             no record under that job id (never enqueued, or its result expired)
     ├── CorruptJob              the job's record holds data asyncjobs cannot read
     ├── ResultTimeout           ``Job.result(timeout=...)`` elapsed first (also a ``TimeoutError``)
@@ -48,6 +49,7 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "NotReplicated",
+    "PoolClosed",
     "PoolExhausted",
     "RedisUnavailable",
     "ResultTimeout",
@@ -147,6 +149,14 @@ class PoolExhausted(AsyncJobsError):
     """Every connection of the pool stayed in use for as long as a call may wait: too many
     calls at once for ``max_connections``. Redis itself is fine (not ``RedisUnavailable``).
     """
+
+
+class PoolClosed(AsyncJobsError, RuntimeError):
+    """The pool was closed (``await pool.close()``, or the end of ``async with
+    create_pool(...)``): its calls, and those of its job handles, raise this instead of
+    opening connections again, and a ``Job.result()`` waiting when it closed ends with it.
+    A ``RuntimeError``, like using any closed client: a mistake in the program's order of
+    things, not an outage (``RedisUnavailable``) to retry; open a new pool instead."""
 
 
 class JobNotFound(AsyncJobsError, LookupError):

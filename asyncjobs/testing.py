@@ -84,6 +84,7 @@ class Harness:
                    queue: str | None = None,
                    states: Iterable[JobState] | None = None) -> list[JobInfo]:
         """Records of jobs on ``queue`` (of one task, in some states), oldest first."""
+        self.pool._check_open()  # its client would connect again
         name = None if task is None else as_task(task).name
         wanted = None if states is None else set(states)
         keys = self.pool.keys(queue or self.pool.default_queue)
@@ -140,6 +141,7 @@ class Harness:
 
     async def make_due(self, queue: str | None = None) -> int:
         """Make every delayed job of ``queue`` due now; returns how many."""
+        self.pool._check_open()
         delayed = self.pool.keys(queue or self.pool.default_queue).delayed
         members: list[Any] = list(await self.pool.client.zrange(delayed, 0, -1))
         if members:

@@ -1,4 +1,10 @@
-"""The job handle a producer gets back: status, record, result, progress, abort."""
+"""The job handle a producer gets back: status, record, result, progress, abort.
+
+Which record a handle reads: the hash in the job's own key when it has a state, else the
+job's kept result (``_redis.kept``), else none. A hash without a state (written by hand,
+or by another program) beside no kept result is damaged: ``CorruptJob`` from every reader
+(``status``, ``info``, ``result``, ``abort``); ``JobNotFound`` means no record at all.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -84,6 +90,17 @@ class Job(Generic[R]):
         packed = replies[1] if len(replies) > 1 else None
         return first, packed if isinstance(packed, bytes) else None
 
+    async def _not_found(self) -> NoReturn:
+        """Raise when the first look found no state, in the job's key or a kept result:
+        ``CorruptJob`` if a second look finds a hash there without a readable state, else
+        ``JobNotFound`` (also for a job written between the looks: it was not there). Only
+        a lookup of a missing or damaged job pays this second round trip."""
+        key = self._pool.keys(self.queue).job(self.id)
+        raw: dict[bytes, bytes] = await self._read(lambda: self._pool.client.hgetall(key))
+        if raw:
+            _state(self.id, raw.get(b"s"))
+        raise JobNotFound(self.id, self.queue)
+
     def _unpack(self, packed: bytes) -> dict[bytes, bytes]:
         """A kept result's record fields; ``CorruptJob`` for garbage in the shared hash."""
         try:
@@ -92,21 +109,23 @@ class Job(Generic[R]):
             raise CorruptJob(self.id, f"its kept result cannot be read: {exc}") from None
 
     async def status(self) -> JobState:
-        """The job's current state; raises ``JobNotFound`` if there is no record."""
+        """The job's current state; raises ``JobNotFound`` if there is no record,
+        ``CorruptJob`` if its record has no state asyncjobs can read."""
         state, packed = await self._lookup(lambda p, key: p.hget(key, "s"))
         if state is None:
             if packed is None:
-                raise JobNotFound(self.id, self.queue)
+                await self._not_found()
             state = self._unpack(packed)[b"s"]
         return _state(self.id, state)
 
     async def info(self) -> JobInfo:
         """The whole record: task, arguments, state, attempts, times, errors, progress."""
         raw, packed = await self._lookup(lambda p, key: p.hgetall(key))
-        if not raw:
-            if packed is None:
+        if b"s" not in raw:  # no record of its own: a kept result, if any, is the record
+            if packed is not None:
+                raw = self._unpack(packed)
+            elif not raw:
                 raise JobNotFound(self.id, self.queue)
-            raw = self._unpack(packed)
         return parse_record(self.id, self.queue, raw)
 
     async def progress(self) -> Progress | None:
@@ -119,8 +138,9 @@ class Job(Generic[R]):
         """Wait for the job to end and return its value.
 
         Raises ``JobFailed`` (with the remote error's type, message and traceback),
-        ``JobAborted``, ``JobExpired``, ``ResultTimeout`` when ``timeout`` elapses first, or
-        ``JobNotFound``. Waiting uses pub/sub, not polling.
+        ``JobAborted``, ``JobExpired``, ``ResultTimeout`` when ``timeout`` elapses first,
+        ``JobNotFound``, ``CorruptJob``, or ``PoolClosed`` when the pool closes (at once,
+        also while waiting). Waiting uses pub/sub, not polling.
         """
         from .._durations import to_seconds
 
@@ -152,7 +172,7 @@ class Job(Generic[R]):
             self._pool.client, [keys.job(self.id), keys.waiting], [self.id, _REGISTERED_MS]))
         state, value, history, reason = reply
         if state is None:
-            raise JobNotFound(self.id, self.queue)
+            await self._not_found()
         if state == b"kept":  # in a shared hash: value is the packed record
             state, value = b"complete", self._unpack(value or b"")[b"r"]
         current = _state(self.id, state)
@@ -185,7 +205,7 @@ class Job(Generic[R]):
                 raise CorruptJob(self.id, f"a key of its queue is damaged: {damage}") from None
             raise
         if state == "missing":
-            raise JobNotFound(self.id, self.queue)
+            await self._not_found()
         return not _state(self.id, state.encode()).is_final
 
 
@@ -213,7 +233,9 @@ def _state(job_id: str, raw: bytes | None) -> JobState:
     try:
         return JobState(_text(raw))
     except ValueError:
-        raise CorruptJob(job_id, f"its state field is {_text(raw)[:50]!r}") from None
+        why = ("it has no state field" if raw is None
+               else f"its state field is {_text(raw)[:50]!r}")
+        raise CorruptJob(job_id, why) from None
 
 
 def _or_default(decode: Callable[[], T], default: T) -> T:

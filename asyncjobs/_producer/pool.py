@@ -9,6 +9,13 @@ Backpressure: a queue may have a maximum length, stored in Redis with the queue
 writes in one step, so producers racing each other never take the queue past it; a job
 that finds no room is refused (``QueueFull`` names it), or tried again until
 ``wait_for_room`` seconds have passed.
+
+Closing: once ``close()`` began, every call of the pool (and of its job handles and its
+``admin``) raises ``PoolClosed`` before it sends anything: redis-py would otherwise open the
+closed client's connections again. A call under way when the pool closed ends as the close
+leaves it: with its reply, or with ``PoolClosed`` when the close cut its connection (never
+retried by the pool). redis-py itself sends a cut command once more, on a new connection:
+that one is closed when the last call under way ends, so no socket outlives them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from .._task import AsyncFn, Call, SyncFn, Task, call
 from ..exceptions import (
     ConfigurationError,
     EnqueueError,
+    PoolClosed,
     PoolExhausted,
     QueueFull,
     RedisFull,
@@ -111,7 +119,7 @@ class Pool:
 
     Create it with ``await create_pool(url)`` (or ``async with create_pool(url) as pool``).
     Calls that cannot reach Redis retry for up to ``retry_for`` seconds, then raise
-    ``RedisUnavailable``; they never hang.
+    ``RedisUnavailable``; they never hang. After ``close()`` they raise ``PoolClosed``.
     """
 
     def __init__(
@@ -138,6 +146,8 @@ class Pool:
         (0: it does not wait); ``enqueue_many(wait_for_room=...)`` overrides it."""
         self.global_keys = GlobalKeys(prefix)
         self._owns_client = owns_client
+        self._closed = False
+        self._calls = 0  # calls under way (between sending a command and its reply)
         self._stores: dict[str, QueueStore] = {}
         self._known_queues: set[str] = set()
         self._waiter: Waiter | None = None
@@ -168,8 +178,24 @@ class Pool:
         return Admin(self)
 
     @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called: every call that would reach Redis raises
+        ``PoolClosed``."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        """``PoolClosed`` if the pool was closed (internal: before reaching Redis)."""
+        if self._closed:
+            raise self._closed_error()
+
+    def _closed_error(self) -> PoolClosed:
+        where = f" ({self.description})" if self.description else ""
+        return PoolClosed(f"the pool{where} is closed: open a new one to reach Redis again")
+
+    @property
     def waiter(self) -> Waiter:
         """The pub/sub router used to wait for results (internal)."""
+        self._check_open()
         if self._waiter is None:
             self._waiter = Waiter(self.client)
         return self._waiter
@@ -186,11 +212,14 @@ class Pool:
         delay = 0.05
         room = _FREE_CONNECTION_POLL_S
         while True:
+            self._check_open()
             try:
-                return await make()
+                return await self._counted(make)
             except OutOfMemoryError as exc:
                 raise RedisFull({}, []) from exc
             except _RETRIED as exc:
+                if self._closed and isinstance(exc, _OUTAGE):  # cut by the close
+                    raise self._closed_error() from exc
                 if not isinstance(exc, _OUTAGE) and not not_now(exc):
                     raise
                 if isinstance(exc, MaxConnectionsError) \
@@ -213,6 +242,18 @@ class Pool:
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _counted(self, make: Callable[[], Awaitable[T]]) -> T:
+        """``make()``, counted as a call under way. The last call to end after a close
+        closes the pool's own client again: the connection redis-py opened anew to send a
+        command the close cut (its one retry) is not left open."""
+        self._calls += 1
+        try:
+            return await make()
+        finally:
+            self._calls -= 1
+            if self._closed and not self._calls and self._owns_client:
+                await self.client.aclose()
 
     # fmt: off
     @overload
@@ -253,6 +294,7 @@ class Pool:
         until they fit or the time is up. Jobs already in a queue (dedup by job id) take
         no room and are never refused.
         """
+        self._check_open()
         wait_s = (self.wait_for_room_s if wait_for_room is None
                   else to_seconds(wait_for_room, "wait_for_room") or 0.0)
         batch = list(calls)
@@ -413,7 +455,11 @@ class Pool:
         return Job(self, str.__str__(job_id), queue or self.default_queue)
 
     async def close(self) -> None:
-        """Close the pool's connections (if it opened them)."""
+        """Close the pool: from now on its calls, and those of its job handles, raise
+        ``PoolClosed`` (a ``job.result()`` waiting ends with it at once). Closes the
+        connections it opened; a client given to it (``owns_client=False``) is left open.
+        Closing again is harmless (and finishes a close that was cancelled)."""
+        self._closed = True
         if self._waiter is not None:
             await self._waiter.close()
         if self._owns_client:

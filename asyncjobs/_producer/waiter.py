@@ -18,6 +18,12 @@ On a Redis Cluster that uses sharded pub/sub (``_redis.pubsub``), the PubSub is 
 ``ShardedPubSub``: one connection per master, which subscribes lost channels again itself
 (a slot moved, a node failed) and then says ``RESUBSCRIBED``: every watcher is woken then
 too.
+
+``close()`` (the pool's) wakes every watcher and ends the watches being set up: each raises
+``PoolClosed``. It never waits for a watch being set up: that one finds the waiter closed
+when its step returns, and closes the PubSub itself. (Closed under a subscribe, a PubSub's
+connection was sent the SUBSCRIBE again by redis-py's retry, on a new socket, after the
+close had released it to the pool: a subscribed connection left in the client's pool.)
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
 from .._redis.sentinel import off_the_master
+from ..exceptions import PoolClosed
 
 log = logging.getLogger("asyncjobs.pool")
 
@@ -56,6 +63,11 @@ class Waiter:
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._leaving: set[asyncio.Task[None]] = set()  # unsubscriptions under way
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed("the pool is closed: a result cannot be waited for on it")
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -63,13 +75,15 @@ class Waiter:
         (and, spuriously, when the pub/sub connection was replaced)."""
         key = channel.encode()
         event = asyncio.Event()
+        self._check_open()
         async with self._lock:
+            self._check_open()  # closed while this waited for the lock
             waiters = self._events.setdefault(key, set())
             waiters.add(event)
             if len(waiters) == 1:
                 try:
                     await self._subscribe(key)
-                except BaseException:  # cancelled (a result() timing out): not watched
+                except BaseException:  # cancelled (a result() timing out), or closed
                     self._events.pop(key, None)
                     raise
         try:
@@ -81,28 +95,55 @@ class Waiter:
             waiters.discard(event)
             if not waiters:
                 self._events.pop(key, None)
+            if not waiters and not self._closed:
                 task = asyncio.create_task(self._unsubscribe_unwatched(key))
                 self._leaving.add(task)
                 task.add_done_callback(self._leaving.discard)
 
     async def _subscribe(self, key: bytes) -> None:
+        """Subscribe to ``key`` (the lock held); ``PoolClosed`` when the waiter was closed
+        meanwhile (its PubSub then closed here, see the module docstring)."""
         if self._pubsub is None and not self._broken:
-            try:
-                self._pubsub = await pubsub_for(self._client)
-            except _FAILURES as exc:  # the rule could not be read: the reader tries again
-                log.debug("pub/sub open failed: %s", exc)
-                self._broken = True
+            await self._open()
         # a broken connection is replaced, subscribed to every key
-        if self._pubsub is not None and not self._broken:
+        pubsub = self._pubsub
+        if pubsub is not None and not self._broken:
             try:
-                await self._pubsub.subscribe(key)
-            except _FAILURES as exc:  # the caller's periodic re-check covers the gap
-                log.debug("subscribe failed: %s", exc)
-                self._broken = True
-            else:
-                self._track(self._pubsub)
+                await self._subscribe_on(pubsub, key)
+            finally:
+                if self._closed:  # close() left the PubSub to this subscribe
+                    self._pubsub = None
+                    await _close(pubsub)
+        self._check_open()
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="asyncjobs-waiter")
+
+    async def _open(self) -> None:
+        """Open the PubSub; ``PoolClosed`` (and it is closed) if the waiter closed
+        meanwhile."""
+        try:
+            fresh = await pubsub_for(self._client)
+        except _FAILURES as exc:  # the rule could not be read: the reader tries again
+            log.debug("pub/sub open failed: %s", exc)
+            self._broken = True
+            return
+        if self._closed:
+            await _close(fresh)
+            self._check_open()
+        self._pubsub = fresh
+
+    async def _subscribe_on(self, pubsub: Subscriber, key: bytes) -> None:
+        try:
+            await pubsub.subscribe(key)
+        except Exception as exc:  # the caller's periodic re-check covers the gap
+            # (a PubSub closed under the subscribe may fail otherwise: redis-py writes to a
+            # connection without a writer, an AttributeError on a fake Redis)
+            if not isinstance(exc, _FAILURES) and not self._closed:
+                raise
+            log.debug("subscribe failed: %s", exc)
+            self._broken = True
+        else:
+            self._track(pubsub)
 
     async def _unsubscribe_unwatched(self, key: bytes) -> None:
         """Unsubscribe from ``key`` once nobody watches it (a task of its own, so that the
@@ -118,7 +159,7 @@ class Waiter:
 
     async def _read(self) -> None:
         failures = 0
-        while self._events:
+        while self._events and not self._closed:
             if self._broken and not await self._replace():
                 await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
                 failures += 1
@@ -197,7 +238,11 @@ class Waiter:
                 event.set()
 
     async def close(self) -> None:
-        """Stop reading and close the pub/sub connection."""
+        """Stop reading and close the pub/sub connection; every watcher is woken (its next
+        read of the pool raises ``PoolClosed``), every watch still being set up raises it,
+        and no new one starts. Closing again is harmless."""
+        self._closed = True
+        self._wake_all()
         self._events.clear()
         for task in list(self._leaving):
             task.cancel()
@@ -206,7 +251,9 @@ class Waiter:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
                 await self._reader
-        if self._pubsub is not None:
+        # Held now only by a watch subscribing (the reader and the unsubscriptions ended):
+        # that one closes the PubSub once its subscribe returns.
+        if self._pubsub is not None and not self._lock.locked():
             await _close(self._pubsub)
             self._pubsub = None
 

@@ -223,8 +223,9 @@ def create_app(pool: PoolSource | None = None, *, redis_url: str | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        if settings.opened is not None:
-            await settings.opened.close()
+        if settings.opened is not None:  # a later start of the app opens a new one
+            opened, settings.opened = settings.opened, None
+            await opened.close()
 
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(SecureHeaders), Middleware(Guard, auth=auth)])

@@ -30,7 +30,7 @@ from .._redis.values import NewJob
 from .._scheduling.leader import Lease
 from .._text import clean, safe_str
 from .._worker.runtime import transient
-from ..exceptions import EnqueueError, PoolExhausted, RedisUnavailable
+from ..exceptions import EnqueueError, PoolClosed, PoolExhausted, RedisUnavailable
 from ._db import Claimed, ConnectFailed, OutboxStore, Outcome, UnusableDatabase, connected
 from ._rows import BadRow, to_job
 from ._schema import channel
@@ -79,13 +79,17 @@ class RelayLoop:
 
     async def run(self) -> None:
         """Relay until stopped; errors are logged and retried with backoff, never raised,
-        but for ``UnusableDatabase`` (a database URL its driver refuses: no retry can help)."""
+        but for ``UnusableDatabase`` (a database URL its driver refuses: no retry can help).
+        A relay whose pool was closed under it stops, with one line."""
         try:
             while not self.stopped.is_set():
                 try:
                     await self._step()
                 except UnusableDatabase:
                     raise
+                except PoolClosed:
+                    log.warning("outbox relay stops: its pool was closed")
+                    return
                 except Exception as exc:
                     await self._failed(exc)
         finally:
@@ -97,6 +101,7 @@ class RelayLoop:
     async def _step(self) -> None:
         """Lead; read the table when woken (a notice, a new lease) or when the poll interval
         is up, not at every renewal of the lease; then sleep until one of them is due."""
+        self.pool._check_open()  # its lease would go on through a client connected again
         if not await self._lead():
             return
         if self.wake.is_set() or time.monotonic() >= self._poll_at:
