@@ -49,6 +49,7 @@ import asyncjobs
 from asyncjobs import Context
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.embedded import RedisServer
+from asyncjobs._worker.shutdown import AFTER_GRACE_S
 
 from .conftest import Backend, need_redis_server, running
 from .procs import WorkerProcess
@@ -61,10 +62,6 @@ CLAIM_S = 4.0
 GRACE_S = 3.0
 EXIT_SLACK_S = 5.0
 """A worker exits within its grace + this of a SIGTERM when Redis answers."""
-CANCEL_WAIT_S = 2.0
-FLUSH_S = 10.0
-"""asyncjobs/_worker/shutdown.py: cancelled jobs get CANCEL_WAIT_S, then the settle and the
-hand-back each at most FLUSH_S during an outage."""
 SLOW_SCRIPT = """
 local t = redis.call('TIME')
 local began = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -852,9 +849,10 @@ async def test_a_stalled_redis_does_not_hand_a_live_workers_jobs_to_another(
 # -- SIGTERM while Redis is busy or paused ----------------------------------------------------
 
 SHORT_GRACE_S = 2.0
-SHUTDOWN_BOUND_S = SHORT_GRACE_S + CANCEL_WAIT_S + 2 * FLUSH_S + EXIT_SLACK_S
+SHUTDOWN_BOUND_S = SHORT_GRACE_S + AFTER_GRACE_S + EXIT_SLACK_S
 """The shutdown's bound with Redis not answering (asyncjobs/_worker/shutdown.py): the grace,
-the cancelled jobs' wait, then the settle and the hand-back, each given up after FLUSH_S."""
+then at most AFTER_GRACE_S (the cancelled jobs' wait, the last settles and the hand-back,
+the connections' close), and the slack of a process's start and exit."""
 
 
 async def _slow_job_running(server: RedisServer, prefix: str, seconds: float

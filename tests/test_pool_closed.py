@@ -587,3 +587,20 @@ async def test_an_outbox_relay_on_a_closed_pool_stops_with_one_line(
     lines = [r for r in caplog.records if r.name.startswith("asyncjobs")]
     assert [r.getMessage() for r in lines] == ["outbox relay stops: its pool was closed"]
     assert not any(r.exc_info for r in lines)
+
+
+async def test_the_workers_pool_is_closed_when_the_worker_stops(backend: Backend) -> None:
+    """``ctx.pool`` kept by task code past the worker's run (an abandoned body, a global)
+    raises ``PoolClosed`` instead of reconnecting the worker's closed client."""
+    kept: list[asyncjobs.Pool] = []
+
+    @asyncjobs.task(name="keeps_pool")
+    async def keeps_pool(ctx: Context) -> None:
+        kept.append(ctx.pool)
+
+    async with backend.pool() as pool:
+        await pool.enqueue(keeps_pool)
+    await backend.run(backend.worker([keeps_pool], burst=True))
+    assert len(kept) == 1 and kept[0].closed
+    with pytest.raises(PoolClosed):
+        await kept[0].enqueue(keeps_pool)

@@ -100,11 +100,24 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_crash_loop_stops_the_supervisor(redis_server: RedisServer) -> None:
-    sup = WorkerProcess("tests.apps.crashing:worker", redis_server.url,
-                        f"t{secrets.token_hex(4)}", "--processes", "4")
+    """Processes that die once ready (each job here kills its process), again and again:
+    the supervisor restarts them until the crash limit, then gives up with exit 1. (Ones
+    that die before any was ever ready end the supervisor at once, as one process would:
+    tests/test_supervisor_hostile.py.)"""
+    prefix = f"t{secrets.token_hex(4)}"
+
+    async def enqueue() -> None:
+        async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
+            for _ in range(30):
+                await pool.enqueue("kill_worker")
+
+    asyncio.run(enqueue())
+    sup = WorkerProcess("tests.apps.basic:worker", redis_server.url, prefix, "--processes",
+                        "4", env={"TEST_CONCURRENCY": "1"})
     try:
-        assert sup.wait(60) == 1
+        assert sup.wait(90) == 1
         assert "worker processes keep crashing" in sup.output
+        assert sup.output.count("died (exit -9); restarting it") >= 9
     finally:
         sup.close()
 

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
+import anyio
 import msgspec
+from anyio.abc import TaskStatus
 
 from .._routing import parse_queues
 from .._text import clean
+from .._worker.loop import run_in_new_loop
 from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
 from . import supervisor
@@ -69,6 +74,7 @@ def error_line(message: str) -> str:
 def run(options: Options) -> int:
     """Run the worker ``options`` describe (as ``asyncjobs worker`` parsed them); the exit
     code."""
+    open_std_fds()
     try:
         return _run(options)
     except (ConfigurationError, SerializationError) as exc:
@@ -96,8 +102,20 @@ def _run(options: Options) -> int:
                                      burst=runner.config.burst).run()
     if metrics_port is not None:
         runner.metrics_port = metrics_port
-    runner.run_sync(redis_url=options.redis_url, use_uvloop=options.uvloop)
+    notice = supervisor.ready_notice()  # under --processes: tell the supervisor when ready
+    status: TaskStatus[Worker] = _Ready(notice) if notice else anyio.TASK_STATUS_IGNORED
+    run_in_new_loop(runner._main(options.redis_url, status), use_uvloop=options.uvloop)
     return 0
+
+
+class _Ready:
+    """A worker's ``task_status`` under ``--processes``: tells the supervisor it is ready."""
+
+    def __init__(self, notice: Callable[[], None]) -> None:
+        self._notice = notice
+
+    def started(self, value: object = None) -> None:
+        self._notice()
 
 
 def _worker(target: str, given: Changes) -> Worker:
@@ -118,13 +136,44 @@ def exec_worker(options: Options) -> NoReturn:
     os.environ[OPTIONS_ENV] = msgspec.json.encode(options).decode()
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     argv = [sys.executable, *flags, "-m", "asyncjobs", *options.argv[1:]]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    open_std_fds()  # (the new process's output then works: see open_std_fds)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: the fd was closed when Python started
+            stream.flush()
+    # A Ctrl-C while the new process imports stays pending (the mask survives exec) until
+    # main() makes it end the process quietly, instead of a KeyboardInterrupt traceback.
+    _mask(signal.SIG_BLOCK)
+    try:
+        os.execv(sys.executable, argv)
+    finally:  # execv returns only by raising
+        _mask(signal.SIG_UNBLOCK)
+
+
+def open_std_fds() -> None:
+    """Open any of fds 0, 1 and 2 that is closed (a launcher's ``>&-``) on ``/dev/null``,
+    before the process opens anything else: a socket given fd 1 would get the output (and
+    uvloop aborts on closing an fd below 3)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _mask(how: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(how, {signal.SIGINT})
 
 
 def main(encoded: str) -> NoReturn:
-    """``python -m asyncjobs`` with ``OPTIONS_ENV`` set: run the worker and exit."""
+    """``python -m asyncjobs`` with ``OPTIONS_ENV`` set: run the worker and exit. Until the
+    worker (or the supervisor) handles SIGINT, a Ctrl-C ends the process at once and quietly
+    (its default action: 130 in a shell), a pending one (see ``exec_worker``) now."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _mask(signal.SIG_UNBLOCK)
     try:
         options = msgspec.json.decode(encoded, type=Options)
     except msgspec.DecodeError as exc:

@@ -5,16 +5,23 @@ workers start those jobs at once instead of after the claim timeout.
 A job whose body may still be running in this process (a task that ignores cancellation,
 a plain ``def`` task's thread) is never handed back: that would run it twice at once. Its
 entry stays pending and is reclaimed after the claim timeout, once this process has exited.
-The whole sequence is bounded: grace + ``CANCEL_WAIT_S`` (``finish_running``: counted from
-the stop, needing no Redis, while the worker ends its fetch loop and gives up its leases,
-each wait on Redis bounded too), then the settle and hand-back calls (``wrap_up``: each at
-most ``_FLUSH_S`` during an outage).
+The whole sequence is bounded, whatever Redis and task code do: a worker exits within its
+grace period plus ``AFTER_GRACE_S`` of the stop (``--processes``' supervisor kills a process
+only past that). ``finish_running`` takes grace + ``CANCEL_WAIT_S`` from the stop and needs
+no Redis; meanwhile the worker ends its fetch loop (``_RELEASE_S`` at most, ``worker.py``)
+and gives up its scheduler leases; then the settle and hand-back calls share ``WRAP_UP_S``
+(``wrap_up``), the connections close within ``CLOSE_S`` and the event loop within
+``2 * LEFTOVER_WAIT_S`` (``loop.py``). ``tests/test_supervisor_hostile.py`` checks that
+these add up. Left out: a Redis that stops answering just after ending the fetch loop's
+read, while this worker leads the schedulers of several queue groups (a short grace):
+each lease release may wait ``_RELEASE_S``, so the second and later add to the bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import anyio
 from redis.exceptions import ResponseError
@@ -31,7 +38,18 @@ CANCEL_WAIT_S = 2.0
 """How long cancelled jobs get to stop (their ``finally`` blocks run) before the worker
 hands back what it can and leaves the rest."""
 
-_FLUSH_S = 10.0
+WRAP_UP_S = 2.5
+"""What the last settles and the hand-back may take together, after the jobs stopped. A
+Redis that answers takes milliseconds; one that does not answer for this long is not waited
+for: what finished and could not be recorded, and what is held, runs again after the claim
+timeout (nothing is lost)."""
+
+CLOSE_S = 0.5
+"""The longest wait for the worker's connections to close (a close waits on no reply)."""
+
+AFTER_GRACE_S = 10.0
+"""The longest a worker takes, past its grace period, to exit after a stop."""
+
 _ROUNDS = 5
 
 
@@ -51,13 +69,29 @@ async def finish_running(rt: Runtime, ex: Executor, *, now: bool) -> None:
 async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
                   settling: asyncio.Task[None]) -> None:
     """Once nothing runs (or what still runs is left behind): record every outcome, then
-    hand back what this worker still holds, each step bounded by ``_FLUSH_S``."""
+    hand back what this worker still holds, both within ``WRAP_UP_S``."""
     ex.leave_behind()
-    settler.close(give_up_after_s=_FLUSH_S)
-    with anyio.CancelScope(shield=True):  # a cancel now must not drop what finished: the
-        await settling                    # flush is bounded (``_FLUSH_S`` in an outage)
-    with anyio.move_on_after(_FLUSH_S):
-        await handback(rt, ex)
+    end = time.monotonic() + WRAP_UP_S
+    settler.close(give_up_after_s=WRAP_UP_S)
+    # A cancel now must not drop what finished (shielded), and a Redis that does not answer
+    # must not hold the exit (waited for, not cancelled: a settle may be on its way).
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait([settling], timeout=WRAP_UP_S)
+    if not settling.done():
+        # Its round trip waits on a Redis that does not answer: ended here, before the
+        # connections close (it would reconnect, and outlive the event loop). A settle
+        # still on its way may yet be applied, so handing its entry back could run a
+        # finished job again at once: left pending, it is reclaimed after the claim timeout.
+        settling.cancel()
+        log.warning("could not record every finished job within %g s (Redis does not "
+                    "answer); held jobs are not handed back: they run again after the claim "
+                    "timeout", WRAP_UP_S)
+    else:
+        with anyio.move_on_after(end - time.monotonic()) as scope:
+            await handback(rt, ex)
+        if scope.cancelled_caught:
+            log.warning("could not hand back held jobs within %g s (Redis does not answer); "
+                        "they run again after the claim timeout", WRAP_UP_S)
     ex.threads.close()
     log.info("worker %s stopped", rt.consumer)
 

@@ -47,14 +47,13 @@ from .loop import frozen, run_in_new_loop
 from .reader import AnyReader, reader_for
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
-from .shutdown import finish_running, wrap_up
+from .shutdown import CLOSE_S, finish_running, wrap_up
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
 from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
 
 _RELEASE_S = 5.0
-_CLOSE_S = 5.0
 """At shutdown, the longest wait for Redis to end this worker's blocking read and to take
 back its scheduler leases (a Redis that does not answer would hold each up to the socket
 timeout)."""
@@ -176,13 +175,22 @@ class Worker:
         same); None before it connects and after it stops."""
         return self._live.pool if self._live is not None else None
 
+    _starting: anyio.CancelScope | None = None
+    """The start-up of the run in progress (connect, check Redis, create the groups)."""
+
     def stop(self, now: bool = False) -> None:
         """Ask the worker to shut down gracefully; ``now`` (or a second call with it, e.g. a
         second Ctrl-C) cuts the grace period short: running jobs are cancelled and handed
-        back at once."""
+        back at once. Asked while the worker starts (before it is ready: connecting,
+        retrying its consumer groups through an outage), it gives the start-up up and
+        ``run`` returns without serving. Outside a run it does nothing."""
+        if self._starting is None and self._live is None:
+            return
         self._now = self._now or now
-        if self._live is not None:
-            if now:
+        if self._starting is not None:
+            self._starting.cancel()
+        elif self._live is not None:
+            if self._now:
                 self._live.hurry.set()
             self._live.stopping.set()
 
@@ -208,33 +216,49 @@ class Worker:
         client = factory(max_connections=cfg.concurrency + 20, socket_timeout=15.0)
         blocking = factory(max_connections=3,
                            socket_timeout=cfg.block_ms / 1000 + 10.0)
+        # A stop asked from now until the worker is live cancels the start-up (its waits on
+        # Redis, its retries through an outage) instead of being lost.
+        self._starting = starting = anyio.CancelScope()
+        rt: Runtime | None = None
         try:
-            version = await _connect(client, where)
-            verdict = judge(await read_settings(client), allow_eviction=cfg.allow_eviction)
-            if verdict.errors:
-                raise ConfigurationError(verdict.errors[0])
-            await sharded_pubsub(client)  # which pub/sub, read while every master answers
-            rt = self._runtime(client, blocking)
-            self._banner(where, version)
-            for warning in verdict.warnings:
-                banner.warning("redis   %s", warning)
-            for store in rt.stores.values():
-                await _ensure_group(rt, store)
+            with starting:
+                rt = await self._start_up(client, blocking, where)
+            self._starting = None
+            if rt is None or starting.cancel_called:
+                log.info("worker %s stopped during start-up", self.name)
+                return
             self._live = rt
-            if self._now:
-                rt.hurry.set()
             async with self._lifespan() as state:
                 rt.state = state
                 with frozen(owns_process):
                     await self._serve(rt, task_status)
         finally:
-            self._live = None
+            self._live = self._starting = None
+            self._now = False
             # Shielded: a run cancelled from outside (an app's task group) is cancelled at
             # every await here too, and the connections were left open (on uvloop, closing
             # the event loop then hung for ever). Bounded: a close waits on no reply.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_S):
+                if rt is not None:  # ctx.pool kept by task code now says PoolClosed
+                    await rt.pool.close()
                 await blocking.aclose()
                 await client.aclose()
+
+    async def _start_up(self, client: Any, blocking: Any, where: str) -> Runtime:
+        """``_run``'s start-up: connect, check Redis, create the consumer groups."""
+        cfg = self.config
+        version = await _connect(client, where)
+        verdict = judge(await read_settings(client), allow_eviction=cfg.allow_eviction)
+        if verdict.errors:
+            raise ConfigurationError(verdict.errors[0])
+        await sharded_pubsub(client)  # which pub/sub, read while every master answers
+        rt = self._runtime(client, blocking)
+        self._banner(where, version)
+        for warning in verdict.warnings:
+            banner.warning("redis   %s", warning)
+        for store in rt.stores.values():
+            await _ensure_group(rt, store)
+        return rt
 
     def _banner(self, where: str, redis_version: str) -> None:
         cfg = self.config
@@ -385,7 +409,10 @@ class Worker:
         ``close_loop``), and sync tasks run on daemon threads."""
         run_in_new_loop(self._main(redis_url), use_uvloop=use_uvloop)
 
-    async def _main(self, redis_url: str | None) -> None:
+    async def _main(self, redis_url: str | None,
+                    task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+        """``run_sync``'s run, with SIGTERM and SIGINT handled from the start (a stop during
+        start-up counts too); ``task_status`` is told once the worker is ready."""
         import signal
 
         loop = asyncio.get_running_loop()
@@ -401,7 +428,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
         try:
-            await self._run(redis_url, None, anyio.TASK_STATUS_IGNORED, owns_process=True)
+            await self._run(redis_url, None, task_status, owns_process=True)
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
