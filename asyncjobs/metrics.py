@@ -256,6 +256,7 @@ class WorkerMetrics:
         try:
             while True:
                 await self.refresh(pool, executor)
+                _stop_if_cancelled()
                 await asyncio.sleep(self.refresh_s)
         except asyncio.CancelledError:
             self.close()
@@ -314,5 +315,15 @@ class WorkerMetrics:
         self._limit_labels = (self._limit_labels | set(sums)) - gone
 
 
+def _stop_if_cancelled() -> None:
+    """Raise the cancellation of the current task if a client swallowed it (on Python 3.11,
+    fakeredis's ``wait_for`` returns a reply that came as the cancellation did): the refresh
+    loop stops all the same instead of waiting for a cancellation that never comes again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 __all__ = ["DURATION_BUCKETS", "EVENT_COUNTERS", "REFRESH_ENV", "TIMED_EVENTS", "Busy",
            "WorkerMetrics", "counters_for", "refresh_interval"]
+

@@ -35,6 +35,7 @@ from asyncjobs._redis.keys import GROUP, Keys
 
 from .conftest import need_redis_server
 from .procs import ROOT, WorkerProcess, run_cli
+from .test_processes import live_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.python_sensitive, pytest.mark.real_redis]
 
@@ -96,15 +97,15 @@ def _wait_until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -
     raise AssertionError(f"not seen within {timeout_s} s: {what}")
 
 
-async def _live_pids(url: str, prefix: str, count: int, timeout_s: float = 60.0) -> set[int]:
-    async with asyncjobs.create_pool(url, prefix=prefix) as pool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            workers = await pool.admin.workers()
-            if len(workers) >= count:
-                return {w.pid for w in workers}
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"fewer than {count} live workers after {timeout_s} s")
+def run_here(sup: Supervisor) -> int:
+    """Run a supervisor in this process; kill whatever child it left running."""
+    try:
+        return sup.run()
+    finally:
+        for slot in sup._slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+                slot.proc.wait(10)
 
 
 async def _start_slow(url: str, prefix: str, count: int, seconds: float) -> list[str]:
@@ -146,7 +147,7 @@ def test_a_terminal_ctrl_c_lets_running_jobs_drain(redis_server: RedisServer) ->
     sup = SessionWorker(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": "10"})
     with supervised(sup):
-        asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        asyncio.run(live_pids(redis_server.url, prefix, 2))
         ids = asyncio.run(_start_slow(redis_server.url, prefix, 2, 2.0))  # one per child
         # One Ctrl-C: SIGINT to the whole foreground group. The supervisor is held stopped
         # meanwhile only to order the deliveries (children in its group see the terminal's
@@ -174,7 +175,7 @@ def test_no_child_is_restarted_once_the_supervisor_is_stopping(
     sup = WorkerProcess(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": str(grace)})
     with supervised(sup):
-        pids = asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        pids = asyncio.run(live_pids(redis_server.url, prefix, 2))
         [job_id] = asyncio.run(_start_slow(redis_server.url, prefix, 1, 2.5))
 
         async def runner() -> int:
@@ -238,13 +239,7 @@ def test_a_sigterm_while_children_are_being_started_stops_them_all(
     monkeypatch.setattr(Supervisor, "_start", start_then_sigterm)
     sup = Supervisor([BASIC, "--redis-url", redis_server.url, "--grace", "1"], 2, 1.0)
     began = time.monotonic()
-    try:
-        code = sup.run()
-    finally:
-        for slot in sup._slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.kill()
-                slot.proc.wait(10)
+    code = run_here(sup)
     assert code == 0 and time.monotonic() - began < 1.0 + 3.0
 
 
@@ -268,7 +263,7 @@ def test_two_terminal_ctrl_cs_cancel_running_jobs_in_every_child(
     sup = SessionWorker(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": "30"})
     with supervised(sup):
-        asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        asyncio.run(live_pids(redis_server.url, prefix, 2))
         ids = asyncio.run(_start_slow(redis_server.url, prefix, 2, 30.0))  # one per child
         assert all(os.getpgid(p) != sup.proc.pid for p in _children(sup))
         os.killpg(sup.proc.pid, signal.SIGINT)
@@ -302,13 +297,7 @@ def test_a_sigterm_while_the_others_start_stops_them_all(
 
     monkeypatch.setattr(Supervisor, "_start", start_then_sigterm)
     sup = Supervisor([BASIC, "--redis-url", redis_server.url, "--grace", "1"], 3, 1.0)
-    try:
-        code = sup.run()
-    finally:
-        for slot in sup._slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.kill()
-                slot.proc.wait(10)
+    code = run_here(sup)
     assert code == 0 and time.monotonic() - signalled[0] < 1.0 + 3.0
     assert sup._slots[2].started == 0.0 and sup._slots[2].done  # never started
 
@@ -522,13 +511,7 @@ def test_children_that_all_fail_before_ready_stop_the_supervisor(
     monkeypatch.setattr(supervisor, "ALONE_S", 0.3)
     sup = Supervisor(["hostile_app:worker", "--redis-url", redis_server.url], 3, 1.0)
     began = time.monotonic()
-    try:
-        code = sup.run()
-    finally:
-        for slot in sup._slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.kill()
-                slot.proc.wait(10)
+    code = run_here(sup)
     assert code == 1 and time.monotonic() - began < 20
     starts = [r.getMessage() for r in caplog.records if " started (pid " in r.getMessage()]
     assert len(starts) == 3, starts  # each once: none restarted
@@ -554,7 +537,7 @@ def test_a_child_that_could_not_start_is_restarted_once_another_is_ready(
     with supervised(sup):
         _wait_until(lambda: sup.output.count("worker process 0 started") == 2,
                     "the first child started again", 60)
-        assert len(asyncio.run(_live_pids(redis_server.url, prefix, 2))) == 2
+        assert len(asyncio.run(live_pids(redis_server.url, prefix, 2))) == 2
         assert sup.output.count("worker process 1 started") == 1
         sup.signal(signal.SIGTERM)
         assert sup.wait(15) == 0
@@ -592,7 +575,7 @@ def test_a_stalled_redis_cannot_hold_a_stop_past_its_bound(
                         "--grace", f"{grace:g}", env={"TEST_CONCURRENCY": "2"})
     assert fresh_redis.process is not None
     with supervised(sup):
-        asyncio.run(_live_pids(fresh_redis.url, prefix, int(processes)))
+        asyncio.run(live_pids(fresh_redis.url, prefix, int(processes)))
 
         async def start() -> None:
             async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
@@ -628,7 +611,7 @@ def test_repeated_signals_to_the_supervisor_still_drain(
     sup = WorkerProcess(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": "10"})
     with supervised(sup):
-        asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        asyncio.run(live_pids(redis_server.url, prefix, 2))
         ids = asyncio.run(_start_slow(redis_server.url, prefix, 2, 1.5))
         sup.signal(signals[0])
         sup.wait_for("supervisor stopping")
@@ -649,7 +632,7 @@ def test_a_second_sigint_to_the_supervisor_hands_jobs_back(
     sup = WorkerProcess(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": "30"})
     with supervised(sup):
-        asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        asyncio.run(live_pids(redis_server.url, prefix, 2))
         ids = asyncio.run(_start_slow(redis_server.url, prefix, 2, 1.0))
         sup.signal(signal.SIGINT)
         _wait_until(lambda: sup.output.count("stopping: 1 job(s) running") == 2,
@@ -689,7 +672,7 @@ def test_jobs_running_when_the_supervisor_is_sigkilled_still_finish(
     sup = WorkerProcess(BASIC, redis_server.url, prefix, "--processes", "2",
                         env={"TEST_CONCURRENCY": "1", "TEST_GRACE": "10"})
     with supervised(sup):
-        pids = asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        pids = asyncio.run(live_pids(redis_server.url, prefix, 2))
         ids = asyncio.run(_start_slow(redis_server.url, prefix, 2, 1.5))
         sup.kill()
         _wait_until(lambda: not any(map(_alive, pids)), "children exited", 15)
@@ -707,7 +690,7 @@ def test_a_child_sigkilled_mid_job_is_replaced_and_its_jobs_recovered(
                         env={"TEST_CONCURRENCY": "2", "TEST_GRACE": "5",
                              "TEST_CLAIM_TIMEOUT": "2"})
     with supervised(sup):
-        victim = min(asyncio.run(_live_pids(redis_server.url, prefix, 2)))
+        victim = min(asyncio.run(live_pids(redis_server.url, prefix, 2)))
 
         async def scenario() -> tuple[list[str], set[str]]:
             async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
@@ -785,7 +768,7 @@ def test_a_task_blocking_the_loop_cannot_hold_the_command_past_its_bound(
     sup = WorkerProcess("tests.apps.hostile:worker", redis_server.url, prefix,
                         "--processes", "2")
     with supervised(sup):
-        asyncio.run(_live_pids(redis_server.url, prefix, 2))
+        asyncio.run(live_pids(redis_server.url, prefix, 2))
 
         async def start() -> str:
             async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:

@@ -35,14 +35,22 @@ _TOUCHES_AT_ONCE = 4
 (connections it takes); on one server they go in one round trip."""
 
 
+async def wait_set(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set, or ``seconds`` passed. Not ``asyncio.wait_for``: on
+    Python 3.11 it loses a cancellation that comes as the event is set (it returns the
+    event's result instead), and a worker's stop then waits for ever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     """Reset the idle time of every held entry well inside the claim timeout; cancel jobs
     whose entry was taken by another worker, and jobs whose abort was requested. Runs until
     the worker has drained (a draining worker still holds its jobs)."""
     pause = rt.keepalive_every_s
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.touch_now.wait(), pause)
+        await wait_set(rt.touch_now, pause)
         rt.touch_now.clear()
         pause = rt.keepalive_every_s
         touched = [(queue, store, held) for queue, store in rt.stores.items()
