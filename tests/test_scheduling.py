@@ -320,3 +320,72 @@ async def test_a_cron_name_with_a_colon_fires(backend: Backend, pool: asyncjobs.
     assert len(ticks) >= 2 and all(t.startswith("cron:reports:daily:") for t in ticks)
     with pytest.raises(ValueError, match="may not end with ':job'"):
         asyncjobs.cron(report, every=1, name="nightly:job")
+
+
+async def _leads(pool: asyncjobs.Pool, queues: list[str]) -> None:
+    """Wait until every queue's scheduler lease is held."""
+    for _ in range(500):
+        if all([await pool.client.exists(pool.keys(q).leader) for q in queues]):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no leader for all of {queues}")
+
+
+async def test_the_leases_of_several_queues_are_given_up_side_by_side(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker leading three queues gives their leases up at once, within one bound from
+    the stop: with Redis not answering, every release waits at the same time and all end at
+    that bound (one after the other, the three took three bounds, past the exit's)."""
+    from asyncjobs._scheduling.leader import Lease
+    from asyncjobs._worker import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_RELEASE_S", 0.3)
+    waiting: set[str] = set()
+    most, cut_short = 0, []
+
+    async def stalled(self: Lease) -> None:
+        nonlocal most
+        waiting.add(self.key)
+        most = max(most, len(waiting))
+        try:
+            await asyncio.sleep(3600)  # a Redis that does not answer
+        except asyncio.CancelledError:
+            cut_short.append(self.key)
+            raise
+        finally:
+            waiting.discard(self.key)
+
+    queues = ["a", "b", "c"]
+    async with running(backend, backend.worker([], queues=queues)):
+        await _leads(pool, queues)
+        monkeypatch.setattr(Lease, "release", stalled)
+    assert most == 3 and len(cut_short) == 3, (most, cut_short)
+
+
+async def test_a_lease_that_cannot_be_given_up_leaves_the_others_and_the_stop_alone(
+        backend: Backend, pool: asyncjobs.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One queue's lease release fails with an error that is not an outage: it is one
+    warning, the other queues' leases are still given up (their keys gone at once) and the
+    worker stops normally (the error ended the worker's run, and the leases left expired
+    only with their TTL)."""
+    from redis.exceptions import ResponseError
+
+    from asyncjobs._scheduling.leader import Lease
+
+    given_up = Lease.release
+
+    async def refused(self: Lease) -> None:
+        if self.key == pool.keys("b").leader:
+            raise ResponseError("ERR refused by hand")
+        await given_up(self)
+
+    queues = ["a", "b", "c"]
+    async with running(backend, backend.worker([], queues=queues)):
+        await _leads(pool, queues)
+        monkeypatch.setattr(Lease, "release", refused)
+    assert [await pool.client.exists(pool.keys(q).leader) for q in queues] == [0, 1, 0]
+    [line] = [r.getMessage() for r in caplog.records if "could not give its lease" in
+              r.getMessage()]
+    assert line == "scheduler of queue b could not give its lease up: ResponseError: ERR " \
+                   "refused by hand", line

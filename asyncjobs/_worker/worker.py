@@ -47,7 +47,7 @@ from .loop import frozen, run_in_new_loop
 from .reader import AnyReader, reader_for
 from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
 from .settler import Settler
-from .shutdown import CLOSE_S, finish_running, wrap_up
+from .shutdown import CLOSE_S, finish_running, give_up_leases, wrap_up
 from .upkeep import events_loop, heartbeat_loop, keepalive_loop
 from .watchdog import LoopWatchdog, describe_with
 
@@ -363,13 +363,12 @@ class Worker:
         fetching.cancel()
         # The grace period counts from now, whatever Redis does: the running jobs finish
         # (or are cancelled) while the fetch loop ends and the leases are given up, which
-        # wait on Redis (each bounded: a stalled Redis costs the shutdown no more).
+        # wait on Redis side by side, each bounded by _RELEASE_S from now (a stalled Redis
+        # costs the shutdown no more, however many queues this worker leads).
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(finish_running, rt, ex, now=self._now))
+            await give_up_leases(schedulers, _RELEASE_S)
             await fetched.wait()  # no read of ours is left blocked in Redis (see _fetch_all)
-            for scheduler in schedulers:
-                with anyio.move_on_after(_RELEASE_S):
-                    await scheduler.release()
         await wrap_up(rt, ex, settler, settling)
 
     def _metrics(self, rt: Runtime) -> WorkerMetrics:
