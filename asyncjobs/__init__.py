@@ -15,7 +15,7 @@ from ._producer.opening import create_pool
 from ._producer.pool import Pool
 from ._retry import RetryPolicy
 from ._scheduling.cron import CatchUp
-from ._scheduling.scheduler import CronJob, cron
+from ._scheduling.declare import CronJob, cron
 from ._task import Call, Task, call, task, task_ref
 from ._version import __version__
 from ._worker.config import WorkerConfig

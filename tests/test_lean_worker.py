@@ -42,7 +42,8 @@ async def inspect(url: str, prefix: str) -> dict[str, object]:
 
 
 WORKER_MODULES = frozenset({
-    "asyncjobs", "asyncjobs._cli", "asyncjobs._cli.logs", "asyncjobs._cli.supervisor",
+    "asyncjobs", "asyncjobs._cli", "asyncjobs._cli.logs",
+    "asyncjobs._cli.supervisor",
     "asyncjobs._cli.target", "asyncjobs._cli.worker_run", "asyncjobs._codec",
     "asyncjobs._context", "asyncjobs._durations", "asyncjobs._events", "asyncjobs._limits",
     "asyncjobs._middleware", "asyncjobs._model", "asyncjobs._options", "asyncjobs._producer",
@@ -57,7 +58,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._redis.url_options",
     "asyncjobs._redis.store", "asyncjobs._redis.values", "asyncjobs._retry",
     "asyncjobs._routing", "asyncjobs._scheduling",
-    "asyncjobs._scheduling.cron", "asyncjobs._scheduling.leader",
+    "asyncjobs._scheduling.cron", "asyncjobs._scheduling.declare", "asyncjobs._scheduling.leader",
     "asyncjobs._scheduling.repair", "asyncjobs._scheduling.scheduler",
     "asyncjobs._signature", "asyncjobs._task",
     "asyncjobs._text", "asyncjobs._version", "asyncjobs._worker", "asyncjobs._worker.admission",

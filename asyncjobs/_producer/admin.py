@@ -1,19 +1,16 @@
-"""Looking at queues and workers, and handling dead letters: ``pool.admin``.
+"""Looking at queues and workers: ``pool.admin``. ``Admin`` reads queue counts, dead
+letters, workers, outcomes per minute, leaders, cron jobs and concurrency limits (the
+listings through ``listing``); what it changes (dead letters requeued or purged, jobs made
+due, a queue's maximum length) it inherits from ``actions``.
 
 Used by the ``asyncjobs info / job / dlq / check`` commands, health endpoints and metrics.
 Everything read here may have been written by anyone who can write to Redis: entries that
 cannot be read are skipped or shown with placeholders, never allowed to raise.
-
-Bulk dead-letter work (``requeue_all``, ``purge_dead``) walks the dead-letter stream in
-pages of 1,000 by entry id, one pipelined round trip of script calls per page, so memory
-stays bounded however many letters there are. It visits the letters there were when it
-started: a requeued job that is dead-lettered again at once waits for the next run.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,23 +18,14 @@ from redis.exceptions import ResponseError
 
 from .._model import JobInfo
 from .._options import check_count
-from .._redis import scripts as s
 from .._redis.health import memory_used
 from .._redis.keys import GROUP
-from .._redis.pubsub import publish
 from .._redis.refusals import refused
-from .._redis.values import MAX_LENGTH_MOST, max_length
-from ..exceptions import ConfigurationError
+from .._redis.values import max_length
+from .actions import Actions
+from .actions import OnProgress as OnProgress  # where ``_cli.ops`` imports it from
 from .cursor import after
-from .deadletters import (
-    REPLIES,
-    DeadLetter,
-    RequeueReport,
-    Tally,
-    dead_letter,
-    not_requeueable,
-    text,
-)
+from .deadletters import DeadLetter, dead_letter, text
 from .insight import (
     ConcurrencyInfo,
     CronInfo,
@@ -60,12 +48,6 @@ from .sources import whole
 
 if TYPE_CHECKING:
     from .pool import Pool
-
-_PAGE = 1_000
-
-OnProgress = Callable[[int, int], None]
-"""Called after each page of a bulk operation with (letters handled so far, letters there
-were when it started)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +73,7 @@ class QueueStats:
     the jobs refused for it."""
 
 
-class Admin:
+class Admin(Actions):
     """Inspection and dead-letter handling over a pool's connection."""
 
     def __init__(self, pool: Pool) -> None:
@@ -121,29 +103,6 @@ class Admin:
                       if (n := whole(text(v))) is not None},
             max_length=max_length(most),
         )
-
-    async def set_max_length(self, queue: str, most: int | None) -> None:
-        """Give ``queue`` a maximum length (backpressure), or take it away with None.
-
-        The queue's length is every job it holds: waiting, in flight and delayed (retries
-        included). An enqueue that would take it past ``most`` is refused with
-        ``QueueFull`` (or waits for room, see ``create_pool(wait_for_room=...)``); nothing
-        already in the queue is ever dropped, so lowering the maximum below the length only
-        refuses new jobs until workers have drained it. Stored in Redis with the queue, so
-        every producer enforces the same maximum from its next enqueue. Retries, delayed
-        jobs coming due and cron ticks are never refused; nor are dead-letter requeues.
-        ``ConfigurationError`` for anything but a whole number from 1 to 10**12."""
-        keys = self.pool.keys(queue)
-        if most is None:
-            await self.pool.call(lambda: self.client.hdel(keys.settings, "max_length"))
-            return
-        if isinstance(most, bool) or not isinstance(most, int) or not (
-                0 < most <= MAX_LENGTH_MOST):
-            raise ConfigurationError(
-                f"a queue's maximum length must be a whole number from 1 to 10**12 (or None "
-                f"for no maximum), not {most!r}")
-        await self._pipe(lambda p: p.hset(keys.settings, "max_length", most)
-                         .sadd(self.pool.global_keys.queues, queue))
 
     async def max_length(self, queue: str | None = None) -> int | None:
         """The queue's maximum length (``set_max_length``), None when it has none."""
@@ -288,110 +247,6 @@ class Admin:
         replies = await self._pipe(counts, errors=False)
         return concurrency_infos(names, replies)
 
-    async def requeue(self, job_ids: Sequence[str], queue: str | None = None) -> dict[str, str]:
-        """Requeue dead-lettered jobs by id (same id, history kept); per id: the outcome
-        ('queued', 'missing', or the state of a job that is not dead). Pipelined, 1,000
-        jobs per round trip."""
-        name = queue or self.pool.default_queue
-        outcome: dict[str, str] = {}
-        for start in range(0, len(job_ids), _PAGE):
-            chunk = job_ids[start : start + _PAGE]
-            outcome.update(zip(chunk, await self._requeue_page(name, chunk), strict=True))
-        return outcome
-
-    async def requeue_all(self, queue: str | None = None, *,
-                          on_progress: OnProgress | None = None) -> RequeueReport:
-        """Requeue every dead-lettered job that has a record; count the letters left.
-
-        A letter is requeued when its job is still dead-lettered as that letter; a letter
-        of a job that was requeued or dead-lettered again since is left, as the reasons say.
-        """
-        name = queue or self.pool.default_queue
-        tally = Tally()
-        total, pages = await self._pages(name, on_progress)
-        async for page in pages:
-            await self._requeue_letters(name, page, tally)
-            if on_progress is not None:
-                on_progress(tally.handled, total)
-        return tally.report()
-
-    async def _requeue_letters(self, queue: str, page: list[DeadLetter], tally: Tally) -> None:
-        keys, ready = self.pool.keys(queue), []
-        named = [d for d in page if d.job_id]
-        records = await self._pipe(
-            lambda p: [p.hmget(keys.job(d.job_id), ["s", "de"]) for d in named], errors=False)
-        for letter, record in zip(named, records, strict=True):
-            why = not_requeueable(letter, record)
-            if why:
-                tally.left_over(letter, why)
-            else:
-                ready.append(letter)
-        # The check above only spares the scripts letters that cannot be requeued: each
-        # script checks again, in the step that requeues, that the job is still
-        # dead-lettered as its letter (anyone may have requeued it since, another
-        # requeue_all included, and it may have been dead-lettered again).
-        replies = await self._requeue_page(queue, [d.job_id for d in ready],
-                                           [d.entry for d in ready])
-        for letter, reply in zip(ready, replies, strict=True):
-            if reply == "requeued":
-                tally.requeued()
-            else:
-                tally.left_over(letter, REPLIES.get(reply, f"job is {reply}"))
-        for letter in page:
-            if not letter.job_id:
-                tally.left_over(letter, "no job id")
-
-    async def _requeue_page(self, queue: str, job_ids: Sequence[str],
-                            letters: Sequence[str] | None = None) -> list[str]:
-        """requeue.lua for each job; with ``letters`` (one per job: the dead-letter entry
-        it is requeued from), a job is requeued only while still dead-lettered as its
-        letter ('requeued'; 'stale' when dead-lettered again since)."""
-        if not job_ids:
-            return []
-        keys, script = self.pool.keys(queue), s.load(s.REQUEUE)
-        calls: list[s.Call] = [
-            (script, [keys.job(i), keys.stream, keys.dead],
-             [i] if letters is None else [i, letters[n]])
-            for n, i in enumerate(job_ids)]
-        replies = await self.pool.call(lambda: s.run_pipelined(self.client, calls))
-        return [text(r) for r in replies]
-
-    async def purge_dead(self, queue: str | None = None, *,
-                         on_progress: OnProgress | None = None) -> int:
-        """Delete every dead letter and the records of those dead jobs; returns how many.
-        A job requeued meanwhile keeps its record (checked and deleted in one step)."""
-        name = queue or self.pool.default_queue
-        store = self.pool.store(name)
-        deleted = handled = 0
-        total, pages = await self._pages(name, on_progress)
-        async for page in pages:
-            pairs = [(d.entry, d.job_id) for d in page]
-            deleted += await self.pool.call(functools.partial(store.purge_dead, pairs))
-            handled += len(page)
-            if on_progress is not None:
-                on_progress(handled, total)
-        return deleted
-
-    async def _pages(self, queue: str, on_progress: OnProgress | None
-                     ) -> tuple[int, AsyncIterator[list[DeadLetter]]]:
-        """How many letters there are, and those letters a page at a time, oldest first."""
-        dead = self.pool.keys(queue).dead
-        total, newest = await self._pipe(lambda p: p.xlen(dead).xrevrange(dead, count=1))
-        if on_progress is not None:
-            on_progress(0, int(total))
-        return int(total), self._walk(dead, text(newest[0][0]) if newest else None)
-
-    async def _walk(self, dead: str, end: str | None) -> AsyncIterator[list[DeadLetter]]:
-        start: str | None = "-"
-        while end is not None and start is not None:
-            rows = await self.pool.call(functools.partial(
-                self.client.xrange, dead, min=start, max=end, count=_PAGE))
-            if not rows:
-                return
-            # Exclusive: the letters just handled may still be there (not requeued).
-            start = after(text(rows[-1][0]))
-            yield [dead_letter(entry, fields) for entry, fields in rows]
-
     # -- listings (the dashboard's pages); read-only, bounded per page: see ``listing`` --
 
     async def jobs(self, state: str, queue: str | None = None, *, order: str | None = None,
@@ -439,17 +294,3 @@ class Admin:
     async def find_job(self, job_id: str) -> list[str]:
         """The known queues that hold a record of ``job_id`` (one round trip)."""
         return await Listing(self.pool).find(job_id, await self.queues())
-
-    async def make_due(self, job_ids: Sequence[str], queue: str | None = None) -> list[str]:
-        """Make scheduled jobs due now (a delay or a retry's backoff cut short) and wake
-        the queue's scheduler; returns the ids that were waiting in the delayed set."""
-        keys = self.pool.keys(queue or self.pool.default_queue)
-        if not job_ids:
-            return []
-        changed = await self._pipe(
-            lambda p: [p.zadd(keys.delayed, {i: 0}, xx=True, ch=True) for i in job_ids],
-            errors=False)
-        moved = [i for i, n in zip(job_ids, changed, strict=True) if n == 1]
-        if moved:
-            await self.pool.call(lambda: publish(self.client, keys.wake_channel, 0))
-        return moved

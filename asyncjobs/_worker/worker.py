@@ -36,7 +36,8 @@ from .._redis.refusals import not_now, reply_code
 from .._redis.store import QueueStore
 from .._retry import RetryPolicy
 from .._routing import describe_order, level_queue, parse_queues
-from .._scheduling.scheduler import CronJob, Scheduler, cron_record
+from .._scheduling.declare import CronJob, cron_record
+from .._scheduling.scheduler import Scheduler
 from .._task import Task, as_task
 from .._version import __version__
 from ..exceptions import ConfigurationError, RedisUnavailable
