@@ -5,7 +5,9 @@ as record attributes, so the JSON form has them as fields.
 
 A worker writes two lines a job by default, so the lines' cost is part of every job's: the
 handler here writes the job end lines logged on an event loop's thread in batches (see
-``BatchedStreamHandler``) and the text formatter builds the time's text once a second.
+``BatchedStreamHandler``) and the text formatter builds the time's text once a second. A
+stream that stops taking text (a full pipe) never blocks the logging call: see
+``log_output``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TextIO
 
 from .._text import safe_str
 from ..exceptions import ConfigurationError
+from .log_output import MOST_BYTES, Output
 
 _FIELDS = ("job_id", "task", "queue", "attempt", "duration_s", "outcome")
 _RESERVED = frozenset({*_FIELDS, "time", "level", "logger", "message", "exception"})
@@ -150,6 +153,10 @@ class TextFormatter(logging.Formatter):
 _handlers: weakref.WeakSet[BatchedStreamHandler] = weakref.WeakSet()
 
 
+EXIT_WAIT_S = 0.5
+"""At exit, the longest wait for log lines still on their way to a stream that does not
+take them (a full pipe: see ``log_output``)."""
+
 JOB_END_LOGGER = "asyncjobs.worker.jobs"
 """The logger of the job end lines (``_worker.outcomes.JOBS_LOGGER``; named here so the
 command line's log set-up imports no worker code)."""
@@ -165,14 +172,20 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
     flushes every handler). A busy worker then writes once a job, its start line carrying
     the ends before it, instead of twice. What it gives up: a process killed outright
     (SIGKILL, a crash) loses the end lines of its last ``delay_s``; every other line, the
-    start of the job that killed it included, is written before the logging call returns.
-    A child forked while lines wait starts without them (the parent writes them).
+    start of the job that killed it included, is written before the logging call returns,
+    while the stream takes text. One that does not (a full pipe) gets the lines from a
+    thread instead, up to ``most_bytes`` waiting (``log_output.Output``): the event loop
+    never waits on it. A child forked while lines wait starts without them (the parent
+    writes them).
     """
 
     def __init__(self, stream: TextIO, delay_s: float = 0.05, most: int = 256,
-                 names: frozenset[str] = frozenset({JOB_END_LOGGER})) -> None:
+                 names: frozenset[str] = frozenset({JOB_END_LOGGER}),
+                 most_bytes: int = MOST_BYTES) -> None:
         super().__init__(stream)
         self.delay_s, self.most, self.names = delay_s, most, names
+        self.output = Output(stream, self._dropped, most_bytes)
+        """Where the lines go (the stream, or a thread when the stream is full)."""
         self._waiting: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -217,19 +230,46 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             except Exception:  # the stream is gone (closed, a broken pipe): nowhere to say so
                 self._waiting.clear()
 
+    def close(self) -> None:
+        """Write what waits, and wait up to ``EXIT_WAIT_S`` for what the output's thread
+        still has to write (``logging.shutdown`` flushes and closes every handler at exit)."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self._write()
+            except Exception:
+                self._waiting.clear()
+            self.output.wait(EXIT_WAIT_S)
+            super().close()
+
+    def setStream(self, stream: TextIO) -> TextIO | None:
+        """Write to ``stream`` from now on (what waits goes to the old one first)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+            old = super().setStream(stream)
+            if old is not None:
+                self.output = Output(stream, self._dropped, self.output.most_bytes)
+            return old
+
     def _write(self) -> None:
-        """Write the waiting lines as one string and flush (under the lock)."""
+        """Write the waiting lines as one string (under the lock)."""
         self._timer = self._timer_loop = None  # a timer still set finds nothing, or less
-        if self._waiting:
-            text = "".join(self._waiting)
-            self._waiting.clear()
-            self.stream.write(text)
-        super().flush()
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self.output.write(text)  # with a notice of lines dropped, if any
+
+    def _dropped(self, count: int) -> str:
+        """The line saying ``count`` lines were dropped (in the handler's format)."""
+        record = logging.LogRecord(
+            "asyncjobs.logs", logging.WARNING, __file__, 0,
+            "%d log lines were dropped: the log output took nothing for a while", (count,),
+            None)
+        return self.format(record) + self.terminator
 
     def _forget(self) -> None:
         """In a forked child: the lines waiting are the parent's to write."""
         self._waiting.clear()
         self._timer = self._timer_loop = None
+        self.output.forget()
 
 
 def _after_fork() -> None:

@@ -12,8 +12,9 @@ no Redis; meanwhile the worker ends its fetch loop and gives up its scheduler le
 by side (``give_up_leases``), within ``_RELEASE_S`` of the stop (``worker.py``) however
 many queues it leads; then the settle and hand-back calls share ``WRAP_UP_S``
 (``wrap_up``), the connections close within ``CLOSE_S`` and the event loop within
-``2 * LEFTOVER_WAIT_S`` (``loop.py``). ``tests/test_supervisor_hostile.py`` checks that
-these add up.
+``2 * LEFTOVER_WAIT_S`` (``loop.py``), and the log lines a full pipe did not take yet
+are waited for ``EXIT_WAIT_S`` at most (``_cli/logs.py``). ``tests/test_supervisor_hostile.py``
+checks that these add up.
 """
 
 from __future__ import annotations

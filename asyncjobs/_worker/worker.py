@@ -54,7 +54,7 @@ from .watchdog import LoopWatchdog, describe_with
 
 log = logging.getLogger("asyncjobs.worker")
 
-_RELEASE_S = 5.0
+_RELEASE_S = 4.5
 """At shutdown, the longest wait for Redis to end this worker's blocking read and to take
 back its scheduler leases (a Redis that does not answer would hold each up to the socket
 timeout)."""
