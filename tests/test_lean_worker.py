@@ -71,7 +71,8 @@ WORKER_MODULES = frozenset({
     "asyncjobs._worker.settler", "asyncjobs._worker.shutdown", "asyncjobs._worker.threads",
     "asyncjobs._worker.waiting",
     "asyncjobs._worker.upkeep", "asyncjobs._worker.watch", "asyncjobs._worker.watchdog",
-    "asyncjobs._worker.worker", "asyncjobs.exceptions",
+    "asyncjobs._worker.worker", "asyncjobs._worker.serving", "asyncjobs._worker.startup",
+    "asyncjobs.exceptions",
 })
 """Every asyncjobs module a running worker (no cron job, no metrics port) may have imported.
 Not among them: the command line (``asyncjobs.cli``, ``_cli.render``, ``_cli.ops``...), the

@@ -11,7 +11,7 @@ import pytest
 
 import asyncjobs
 from asyncjobs import Context, JobState
-from asyncjobs._worker import worker as worker_module
+from asyncjobs._worker import serving as worker_module
 
 from .conftest import Backend, running
 

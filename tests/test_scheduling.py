@@ -337,9 +337,9 @@ async def test_the_leases_of_several_queues_are_given_up_side_by_side(
     the stop: with Redis not answering, every release waits at the same time and all end at
     that bound (one after the other, the three took three bounds, past the exit's)."""
     from asyncjobs._scheduling.leader import Lease
-    from asyncjobs._worker import worker as worker_module
+    from asyncjobs._worker import serving
 
-    monkeypatch.setattr(worker_module, "_RELEASE_S", 0.3)
+    monkeypatch.setattr(serving, "_RELEASE_S", 0.3)
     waiting: set[str] = set()
     most, cut_short = 0, []
 

@@ -547,7 +547,7 @@ def test_the_shutdown_steps_add_up_to_the_bounds() -> None:
     """What a stopping worker may wait for, past its grace period, fits in
     ``AFTER_GRACE_S`` (whatever Redis does), and the supervisor waits longer than that."""
     from asyncjobs._cli import logs
-    from asyncjobs._worker import loop, shutdown, worker
+    from asyncjobs._worker import loop, serving, shutdown
 
     # ... and at exit, the log lines a full pipe did not take yet
     tail = (shutdown.WRAP_UP_S + shutdown.CLOSE_S + 2 * loop.LEFTOVER_WAIT_S
@@ -555,7 +555,7 @@ def test_the_shutdown_steps_add_up_to_the_bounds() -> None:
     # the jobs' cancellation from the grace's end, or (a short grace) the fetch loop's end
     # and the leases' release from the stop, whichever ends later; then the tail
     assert shutdown.CANCEL_WAIT_S + tail <= shutdown.AFTER_GRACE_S
-    assert worker._RELEASE_S + tail <= shutdown.AFTER_GRACE_S
+    assert serving._RELEASE_S + tail <= shutdown.AFTER_GRACE_S
     assert supervisor.STOP_MARGIN_S > shutdown.AFTER_GRACE_S
     readme = " ".join((ROOT / "README.md").read_text().split())  # what it says is so
     assert (f"exits within its grace period plus {shutdown.AFTER_GRACE_S:g} s of the stop: "

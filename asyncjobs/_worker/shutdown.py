@@ -9,7 +9,7 @@ The whole sequence is bounded, whatever Redis and task code do: a worker exits w
 grace period plus ``AFTER_GRACE_S`` of the stop (``--processes``' supervisor kills a process
 only past that). ``finish_running`` takes grace + ``CANCEL_WAIT_S`` from the stop and needs
 no Redis; meanwhile the worker ends its fetch loop and gives up its scheduler leases, side
-by side (``give_up_leases``), within ``_RELEASE_S`` of the stop (``worker.py``) however
+by side (``give_up_leases``), within ``_RELEASE_S`` of the stop (``serving.py``) however
 many queues it leads; then the settle and hand-back calls share ``WRAP_UP_S``
 (``wrap_up``), the connections close within ``CLOSE_S`` and the event loop within
 ``2 * LEFTOVER_WAIT_S`` (``loop.py``), and the log lines a full pipe did not take yet

@@ -1,8 +1,6 @@
-"""The worker: configuration, start-up, the task group of its loops, and shutdown.
-
-Shutdown (SIGTERM, SIGINT, ``stop()``, or a drained queue in burst mode): stop reading; let
-running jobs finish within the grace period; cancel the rest; record every outcome; hand
-back every entry still held so other workers take it at once; leave the registry.
+"""The worker: what it runs and how (tasks, queues, cron jobs, hooks, configuration), and
+its run: start-up (``startup``), serving until stopped (``serving``), the connections'
+close; ``run_sync`` with signal handling in a process of its own.
 """
 
 from __future__ import annotations
@@ -17,52 +15,29 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from redis.exceptions import ResponseError
 
 from .._durations import Seconds, to_seconds
-from .._middleware import LogContext, Middleware, Observer, check_observers, compose
+from .._middleware import LogContext, Middleware, Observer, check_observers
 from .._options import check_whole
 from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
-from .._redis.health import judge, read_settings
-from .._redis.keys import Keys
-from .._redis.pubsub import sharded_pubsub
-from .._redis.refusals import not_now, reply_code
-from .._redis.store import QueueStore
 from .._retry import RetryPolicy
-from .._routing import describe_order, level_queue, parse_queues
-from .._scheduling.declare import CronJob, cron_record
-from .._scheduling.scheduler import Scheduler
+from .._routing import level_queue, parse_queues
+from .._scheduling.declare import CronJob
 from .._task import Task, as_task
-from .._version import __version__
-from ..exceptions import ConfigurationError, RedisUnavailable
+from ..exceptions import ConfigurationError
 from .config import WorkerConfig
-from .executor import Executor
-from .fetcher import Group, fetch_loop
 from .loop import frozen, run_in_new_loop
-from .reader import AnyReader, reader_for
-from .runtime import OUTAGE_ERRORS, Runtime, supervised, transient
-from .settler import Settler
-from .shutdown import CLOSE_S, finish_running, give_up_leases, wrap_up
-from .upkeep import events_loop, heartbeat_loop, keepalive_loop
-from .watchdog import LoopWatchdog, describe_with
+from .runtime import Runtime
+from .serving import serve
+from .shutdown import CLOSE_S
+from .startup import start_up
 
 log = logging.getLogger("asyncjobs.worker")
-
-_RELEASE_S = 4.5
-"""At shutdown, the longest wait for Redis to end this worker's blocking read and to take
-back its scheduler leases (a Redis that does not answer would hold each up to the socket
-timeout)."""
-banner = logging.getLogger("asyncjobs.worker.banner")
-"""The start-up banner's logger (under ``--processes N`` only the first process logs it)."""
-
-if TYPE_CHECKING:
-    from ..metrics import WorkerMetrics
 
 Lifespan = Callable[["Worker"], AbstractAsyncContextManager[Any]]
 
@@ -223,7 +198,7 @@ class Worker:
         rt: Runtime | None = None
         try:
             with starting:
-                rt = await self._start_up(client, blocking, where)
+                rt = await start_up(self, client, blocking, where)
             self._starting = None
             if rt is None or starting.cancel_called:
                 log.info("worker %s stopped during start-up", self.name)
@@ -232,7 +207,7 @@ class Worker:
             async with self._lifespan() as state:
                 rt.state = state
                 with frozen(owns_process):
-                    await self._serve(rt, task_status)
+                    await serve(self, rt, task_status)
         finally:
             self._live = self._starting = None
             self._now = False
@@ -245,42 +220,6 @@ class Worker:
                 await blocking.aclose()
                 await client.aclose()
 
-    async def _start_up(self, client: Any, blocking: Any, where: str) -> Runtime:
-        """``_run``'s start-up: connect, check Redis, create the consumer groups."""
-        cfg = self.config
-        version = await _connect(client, where)
-        verdict = judge(await read_settings(client), allow_eviction=cfg.allow_eviction)
-        if verdict.errors:
-            raise ConfigurationError(verdict.errors[0])
-        await sharded_pubsub(client)  # which pub/sub, read while every master answers
-        rt = self._runtime(client, blocking)
-        self._banner(where, version)
-        for warning in verdict.warnings:
-            banner.warning("redis   %s", warning)
-        for store in rt.stores.values():
-            await _ensure_group(rt, store)
-        return rt
-
-    def _banner(self, where: str, redis_version: str) -> None:
-        cfg = self.config
-        banner.info("asyncjobs %s worker %s (pid %d)", __version__, self.name, os.getpid())
-        banner.info("redis   %s (Redis %s), prefix %s", where, redis_version, cfg.prefix)
-        banner.info("queues  %s: concurrency %d, job timeout %s, claim timeout %g s, "
-                    "grace %g s%s", describe_order(cfg.queues, cfg.weights), cfg.concurrency,
-                    f"{cfg.job_timeout_s:g} s" if cfg.job_timeout_s else "none",
-                    cfg.claim_timeout_s, cfg.shutdown_grace_s, ", burst" if cfg.burst else "")
-        banner.info("tasks   %s", ", ".join(sorted(self.tasks)) or "(none)")
-        for job in self.crons:
-            banner.info("cron    %s: %s -> %s", job.name, job.schedule.describe(),
-                        job.task.name)
-
-    def _runtime(self, client: Any, blocking: Any) -> Runtime:
-        cfg = self.config
-        stores = {q: QueueStore(client, Keys(cfg.prefix, q)) for q in cfg.served}
-        pool = Pool(client, prefix=cfg.prefix, queue=cfg.queues[0], owns_client=False)
-        crons = [cron_record(c, self._cron_queue(c)) for c in self.crons]
-        return Runtime(cfg, self.tasks, client, blocking, stores, self.name, pool, crons=crons)
-
     @contextlib.asynccontextmanager
     async def _lifespan(self) -> AsyncIterator[Any]:
         if self.lifespan is None:
@@ -288,118 +227,6 @@ class Worker:
         else:
             async with self.lifespan(self) as state:
                 yield state
-
-    async def _serve(self, rt: Runtime, task_status: TaskStatus[Worker]) -> None:
-        metrics = self._metrics(rt) if self.metrics_port is not None else None
-        try:
-            await self._run_loops(rt, task_status, metrics)
-        finally:
-            if metrics is not None:
-                metrics.close()  # idempotent: also closed when its loop is cancelled
-
-    async def _run_loops(self, rt: Runtime, task_status: TaskStatus[Worker],
-                         metrics: WorkerMetrics | None) -> None:
-        settler = Settler(rt)
-        observers = [*self.observers, *([metrics] if metrics else [])]
-        ex = Executor(rt, settler, compose(self.middleware), observers, self.log_context)
-        groups = [Group(name, levels, [rt.stores[q] for q in levels])
-                  for name, levels in rt.config.groups]
-        wake = {q: asyncio.Event() for q in rt.config.queues}
-        reader = reader_for(rt.client, rt.blocking, rt.config.block_ms / 1000 + 10.0)
-        settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
-        watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
-        watchdog.start()
-        try:
-            await self._supervise(rt, ex, settler, settling, groups, reader, wake, metrics,
-                                  task_status)
-        finally:
-            watchdog.stop()
-
-    async def _supervise(self, rt: Runtime, ex: Executor, settler: Settler,
-                         settling: asyncio.Task[None], groups: list[Group], reader: AnyReader,
-                         wake: dict[str, asyncio.Event], metrics: WorkerMetrics | None,
-                         task_status: TaskStatus[Worker]) -> None:
-        vacated = {g.name: asyncio.Event() for g in groups}
-        schedulers = [
-            Scheduler(rt, g.name, g.queues,
-                      [(c, self._cron_queue(c)) for c in self.crons
-                       if self._cron_queue(c) in g.queues], wake[g.name], vacated[g.name])
-            for g in groups
-        ]
-        async with anyio.create_task_group() as tg:
-            for scheduler in schedulers:
-                tg.start_soon(supervised, f"scheduler {scheduler.queue}", scheduler.run)
-            tg.start_soon(supervised, "keep-alive", partial(keepalive_loop, rt, ex))
-            wakes = {q: wake[g.name] for g in groups for q in g.queues}
-            tg.start_soon(supervised, "events", partial(events_loop, rt, ex, wakes, vacated))
-            tg.start_soon(supervised, "heartbeat", partial(heartbeat_loop, rt, ex))
-            if metrics is not None:
-                tg.start_soon(supervised, "metrics", partial(metrics.run, rt.pool, ex))
-            fetching = anyio.CancelScope()
-            fetched = anyio.Event()
-            tg.start_soon(self._fetch_all, rt, ex, fetching, groups, reader, fetched)
-            log.info("worker %s ready: queues=%s concurrency=%d tasks=%d", rt.consumer,
-                     ",".join(rt.config.queues), rt.config.concurrency, len(rt.tasks))
-            task_status.started(self)
-            try:
-                await rt.stopping.wait()
-                await self._wind_down(rt, ex, settler, settling, fetching, fetched,
-                                      schedulers)
-            except BaseException:
-                # Cancelled from outside (an app's task group, say), before or during a
-                # graceful stop: stop at once, but still record what finished and hand back
-                # what runs, shielded from the cancel (each step is bounded; one the cancel
-                # cut short is done again, in a hurry).
-                rt.stopping.set()
-                rt.hurry.set()
-                with anyio.CancelScope(shield=True):
-                    await self._wind_down(rt, ex, settler, settling, fetching, fetched,
-                                          schedulers)
-                raise
-            tg.cancel_scope.cancel()
-
-    async def _wind_down(self, rt: Runtime, ex: Executor, settler: Settler,
-                         settling: asyncio.Task[None], fetching: anyio.CancelScope,
-                         fetched: anyio.Event, schedulers: list[Scheduler]) -> None:
-        fetching.cancel()
-        # The grace period counts from now, whatever Redis does: the running jobs finish
-        # (or are cancelled) while the fetch loop ends and the leases are given up, which
-        # wait on Redis side by side, each bounded by _RELEASE_S from now (a stalled Redis
-        # costs the shutdown no more, however many queues this worker leads).
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(finish_running, rt, ex, now=self._now))
-            await give_up_leases(schedulers, _RELEASE_S)
-            await fetched.wait()  # no read of ours is left blocked in Redis (see _fetch_all)
-        await wrap_up(rt, ex, settler, settling)
-
-    def _metrics(self, rt: Runtime) -> WorkerMetrics:
-        from ..metrics import WorkerMetrics
-
-        assert self.metrics_port is not None
-        metrics = WorkerMetrics(worker=rt.consumer, queues=rt.config.served,
-                                concurrency=rt.config.concurrency, tasks=rt.tasks)
-        metrics.serve(self.metrics_port)
-        log.info("metrics served on port %s", metrics.port)
-        return metrics
-
-    async def _fetch_all(self, rt: Runtime, ex: Executor, scope: anyio.CancelScope,
-                         groups: list[Group], reader: AnyReader, fetched: anyio.Event) -> None:
-        try:
-            with scope:
-                await supervised("fetch", partial(fetch_loop, rt, ex, groups,
-                                                  rt.config.weights, reader))
-            rt.stopping.set()  # the fetcher returned: burst mode drained every queue
-        finally:
-            # Only once no fetch is left to send another read: then the reader's wait is
-            # ended in Redis and its connection closed before the hand-back starts.
-            with anyio.CancelScope(shield=True):
-                # Bounded: a Redis that does not answer (paused, stalled) would hold the
-                # shutdown up to the socket timeout. A wait left in Redis delivers nothing
-                # (XREAD) and ends at its block time.
-                with anyio.move_on_after(_RELEASE_S):
-                    await reader.unblock(rt.client)
-                await reader.close()
-            fetched.set()
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
         """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling.
@@ -432,47 +259,6 @@ class Worker:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             loop.remove_signal_handler(signal.SIGINT)
-
-
-async def _ensure_group(rt: Runtime, store: QueueStore) -> None:
-    """Create the queue's consumer group, retrying through outages and a full Redis (it
-    may be full of this very queue's jobs: the worker must start to drain it). A stream key
-    holding something else is logged and left: the fetch loop leaves that queue alone and
-    tries it again now and then (it makes the group once the key is repaired), and the
-    worker's other queues are served."""
-    while True:
-        try:
-            await store.ensure_group()
-            rt.outage.ok()
-            return
-        except Exception as exc:
-            if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
-                log.error("queue %s cannot be read (its stream key %s holds another type); "
-                          "serving the other queues", store.keys.queue, store.keys.stream)
-                return
-            if not transient(exc):
-                raise
-            await asyncio.sleep(rt.outage.failed(exc, f"create group {store.keys.queue}"))
-
-
-async def _connect(client: Any, where: str) -> str:
-    """Check that Redis answers; returns its version."""
-    try:
-        await client.ping()
-    except OUTAGE_ERRORS as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
-    except ResponseError as exc:
-        if not not_now(exc):
-            raise
-        # A server that refuses even PING for now (MISCONF: its disk fails): no worker
-        # starts on it, as none starts on a server it cannot reach.
-        raise RedisUnavailable(
-            f"Redis at {where} refuses commands for now: {reply_code(exc)[1]}") from exc
-    try:
-        info = await client.info("server")
-    except ResponseError:  # servers that hide INFO (or in-memory fakes)
-        return "unknown"
-    return str(info.get("redis_version", "unknown"))
 
 
 def _registry(tasks: Iterable[Task[Any, Any] | Callable[..., Any]]) -> dict[str, Task[Any, Any]]:
