@@ -1,44 +1,55 @@
 """Log text out to a stream that may stop taking it, without blocking the caller.
 
-A worker's log lines go to stderr, which is often a pipe: to a container runtime, a log
-shipper, ``| tee``, a terminal paused with Ctrl-S. When the reader stops reading, the pipe
-fills and a plain write blocks the thread that logs: on a worker, its event loop, so no job,
-keep-alive or heartbeat runs and not even SIGTERM is handled (the process cannot stop until
-the reader reads). ``Output`` writes at once while the stream takes text (a line, once the
-logging call returns, is written: a process killed right after still shows it); when a
-write might block (``poll`` says the stream is full, or the text is longer than what is
-sure to fit), the text goes to a thread of its own, which waits on the stream instead, and
-the lines after it follow it there, in order, until that thread has written them all. What
-waits there is bounded (``most_bytes``): past it, lines are dropped and counted until the
-thread is done, and the count is told in a line of its own before the next line written.
+A worker's log lines go to stderr, which is often a pipe, a socket or a terminal: a
+container runtime, journald, a log shipper, ``| tee``, a terminal paused with Ctrl-S. When
+the reader stops reading, a plain write blocks the thread that logs: on a worker, its
+event loop, so no job, keep-alive or heartbeat runs and not even SIGTERM is handled.
 
-The thread writes to the stream's file descriptor itself (after the stream's buffer was
-flushed), so a process exiting while that thread waits on a stuck reader is not held by the
-stream's own lock. A stream without a file descriptor (``io.StringIO``, a test's capture) is
-written at once, as ``logging.StreamHandler`` does.
+``Output`` writes each text at once, as far as the stream takes it without waiting: through
+a non-blocking descriptor of its own on the same pipe or terminal (opened again through
+``/proc/self/fd``), or a non-blocking send on a socket. What the stream does not take then
+goes to a thread of its own, which waits on the stream instead (through its own duplicate
+of the descriptor, so a stream closed or a descriptor number reused meanwhile is never
+written to), and every text after it follows it there, in order, until the thread has
+written it all. While the stream takes text, a line is out once the logging call returns
+(a process killed right after still shows it). What waits for the thread is bounded
+(``most_bytes``): past it, lines are dropped and counted until the thread is done, and the
+count is told in a line of its own before the next text written (``notice``).
+
+A regular file (whose writes never wait on a reader), a stream without a file descriptor
+(``io.StringIO``, a test's capture) and a stream of another class than ``io.TextIOWrapper``
+(a wrapper with a ``write`` of its own) are written as ``logging.StreamHandler`` does. So
+is a descriptor no non-blocking way is known for (not Linux): there, everything goes through
+the thread.
 """
 
 from __future__ import annotations
 
+import codecs
+import errno
+import io
 import os
 import select
+import socket
 import stat
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TextIO
-
-SURE_FIT = getattr(select, "PIPE_BUF", 512)
-"""The longest text written at once when ``poll`` says the stream takes more: a pipe with
-room at all takes this much without blocking (POSIX: 512 bytes at least; Linux: 4,096)."""
 
 MOST_BYTES = 4 * 1024 * 1024
 """How much log text may wait for a stream that does not take it, by default."""
 
+_BOMS = frozenset({"utf-8-sig", "utf-16", "utf-32"})
+"""Codecs whose encoder starts with a byte order mark (the stream wrote it, if anyone)."""
+
 
 class Output:
     """Writes text to ``stream`` (see the module docstring). ``notice(n)`` gives the line
-    (with its newline) that says ``n`` lines were dropped. Thread-safe, but written for a
-    logging handler: ``write`` is called under the handler's lock."""
+    (with its newline) that says ``n`` lines were dropped. Thread-safe (and re-entrant: a
+    signal handler may log while the thread that it interrupted was writing). Its
+    descriptors are closed by ``close()``, or once it is garbage (after its thread wrote
+    what waited)."""
 
     def __init__(self, stream: TextIO, notice: Callable[[int], str],
                  most_bytes: int = MOST_BYTES) -> None:
@@ -46,134 +57,254 @@ class Output:
         self.notice = notice
         self.most_bytes = most_bytes
         self.dropped = 0
-        """Lines dropped since the last notice was written."""
-        self._fd = _fd_of(stream)
-        self._poll: select.poll | None = None
-        if self._fd is not None and hasattr(select, "poll") and not _is_file(self._fd):
-            self._poll = select.poll()
-            self._poll.register(self._fd, select.POLLOUT)
-        self._encoding = getattr(stream, "encoding", None) or "utf-8"
-        self._errors = getattr(stream, "errors", None) or "backslashreplace"
-        self._setup()
-
-    def _setup(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
-        self._waiting: list[bytes] = []
-        self._waiting_bytes = 0
-        self._writing = False
-        self._thread: threading.Thread | None = None
+        """Lines dropped since the last notice (physical lines: a traceback counts many)."""
+        self._sink = _sink_for(stream)
+        """The descriptors of the stream's pipe, terminal or socket, what waits for them and
+        the thread (None: written through the stream)."""
+        if self._sink is not None:
+            encoding = codecs.lookup(stream.encoding).name
+            self._encoder = codecs.getincrementalencoder(encoding)(stream.errors or "strict")
+            if encoding in _BOMS:
+                self._encoder.setstate(0)  # no mark before each text: the stream's start had it
+            weakref.finalize(self, self._sink.close)
 
     @property
     def behind(self) -> bool:
         """Whether text waits for the thread (or is being written by it)."""
-        return bool(self._waiting) or self._writing  # in this order: see _run
+        return self._sink is not None and self._sink.behind
 
     def write(self, text: str) -> None:
-        """Write ``text`` (whole lines, or nothing) now, or hand it to the thread (see the
-        module docstring); the line telling of dropped lines goes first, once nothing waits."""
-        if self._fd is None:
+        """Write ``text`` (whole lines, or nothing) now, as far as the stream takes it, and
+        hand the rest to the thread (see the module docstring); the line telling of dropped
+        lines goes first, once nothing waits."""
+        sink = self._sink
+        if sink is None or sink.closed:
+            if self.dropped:  # counted by an output this one replaced (``setStream``)
+                carried, self.dropped = self.dropped, 0
+                text = self._notice(carried) + text
             if text:
                 self.stream.write(text)
             self.stream.flush()
             return
-        if text and not (self.dropped or self.behind) and self._takes(text):
-            # Nothing waits, and only a caller under the handler's lock hands text over:
-            # the thread stays idle while this writes, without taking the lock.
-            self.stream.write(text)
-            self.stream.flush()
-            return
-        with self._changed:
-            if self.dropped and not self.behind:
-                text = self.notice(self.dropped) + text
-                self.dropped = 0
-            if not text:
+        with sink.changed:
+            if sink.behind:
+                if text:
+                    self._queue(sink, self._encoder.encode(text), text.count("\n"))
                 return
-            direct = not self.behind and self._takes(text)
-            if not direct:
-                self._hand_over(text)
-        if direct:
-            self.stream.write(text)
-            self.stream.flush()
+            carried, self.dropped = self.dropped, 0
+            head = self._encoder.encode(self._notice(carried)) if carried else b""
+            data = head + self._encoder.encode(text)
+            if not data:
+                return
+            try:
+                done = sink.attempt(data) if sink.attempt is not None else 0
+            except OSError:
+                return  # the stream is gone (closed, a broken pipe): nowhere to say so
+            if done < len(data):
+                rest = data[done:]
+                lines = rest.count(b"\n")
+                if done < len(head):  # the notice's own line stands for the lines it counts
+                    lines += carried - 1
+                self._queue(sink, rest, lines)
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the thread to write what waits; whether it did."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self.behind, timeout_s)
+        sink = self._sink
+        if sink is None:
+            return True
+        with sink.changed:
+            return sink.changed.wait_for(lambda: not sink.behind, timeout_s)
+
+    def close(self) -> None:
+        """Stop using the stream's descriptors: they are closed once the thread has written
+        what waits (at once if nothing does); later text goes through the stream."""
+        if self._sink is not None:
+            self._sink.close()
 
     def forget(self) -> None:
         """In a forked child: what waits is the parent's to write (and its thread and lock
         are not the child's)."""
-        self._setup()
+        if self._sink is not None:
+            self._sink.forget()
         self.dropped = 0
 
-    def _takes(self, text: str) -> bool:
-        """Whether the stream takes ``text`` without blocking, as far as can be known."""
-        if self._poll is None:
-            return True  # a regular file, or no poll on this platform: as a plain handler
-        if (len(text) > SURE_FIT // 10  # no character takes more than 10 bytes
-                and len(text.encode(self._encoding, self._errors)) > SURE_FIT):
-            return False
+    def _notice(self, count: int) -> str:
+        """The notice of ``count`` dropped lines, even if the handler cannot format it."""
         try:
-            return bool(self._poll.poll(0))
-        except (OSError, ValueError):
-            return True  # the write itself will say what is wrong
+            return self.notice(count)
+        except Exception:
+            return f"asyncjobs: {count} log lines were dropped: the log output took nothing\n"
 
-    def _hand_over(self, text: str) -> None:
-        """Queue ``text`` for the thread, or drop it (once too much waited, every line until
-        the thread is done: they stay in order around the notice). Under the lock."""
-        data = text.encode(self._encoding, self._errors)
-        if self.dropped or self._waiting_bytes + len(data) > self.most_bytes:
-            self.dropped += max(1, text.count("\n"))
+    def _queue(self, sink: _Sink, data: bytes, lines: int) -> None:
+        """Hand ``data`` (``lines`` lines) to the thread, or drop it when too much waits
+        (once dropping, every text until the thread is done: they stay in order around the
+        notice). Under the sink's lock."""
+        if self.dropped or sink.waiting_bytes + len(data) > self.most_bytes:
+            self.dropped += max(1, lines)
             return
-        if not self.behind:
-            self.stream.flush()  # what the stream holds goes first
-        self._waiting.append(data)
-        self._waiting_bytes += len(data)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name="asyncjobs-log-output")
-            self._thread.start()
-        self._changed.notify_all()
-
-    def _run(self) -> None:
-        """The thread: write what waits, in order, until the process ends."""
-        fd = self._fd
-        assert fd is not None  # only a stream with a file descriptor hands text over
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: bool(self._waiting))
-                self._writing = True  # before the list empties: a reader without the lock
-                data = b"".join(self._waiting)  # (``behind``) sees one or the other
-                self._waiting.clear()
-                self._waiting_bytes = 0
-            try:
-                _write_all(fd, data)
-            except OSError:
-                pass  # the stream is gone (closed, a broken pipe): nowhere to say so
-            finally:
-                with self._changed:
-                    self._writing = False
-                    self._changed.notify_all()
+        sink.put(data)
 
 
-def _fd_of(stream: TextIO) -> int | None:
-    """``stream``'s file descriptor, or None if it has none."""
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+class _Sink:
+    """What an output shares with its thread: its own descriptors of the stream's pipe,
+    terminal or socket (a duplicate for the thread's blocking writes; ``attempt``, a write
+    that never waits), what waits for the thread, and the lock. The thread holds this, not
+    the output, so an output dropped without ``close()`` is collected and its descriptors
+    closed."""
+
+    def __init__(self, fd: int, attempt: _Try | None) -> None:
+        self.fd = fd
+        self.attempt = attempt
+        self.closed = False
+        self._closing = False
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh (a forked child: the parent's thread, lock and lines are not its)."""
+        self.changed = threading.Condition(threading.RLock())
+        self.waiting: list[bytes] = []
+        self.waiting_bytes = 0
+        self.writing = False
+        self.thread: threading.Thread | None = None
+
+    @property
+    def behind(self) -> bool:
+        """Whether text waits for the thread (or is being written by it)."""
+        return bool(self.waiting) or self.writing
+
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` for the thread (started on first use). Under the lock."""
+        self.waiting.append(data)
+        self.waiting_bytes += len(data)
+        if self.thread is None:
+            self.thread = threading.Thread(target=_drain, args=(self,), daemon=True,
+                                           name="asyncjobs-log-output")
+            self.thread.start()
+        self.changed.notify_all()
+
+    def close(self) -> None:
+        """Close the descriptors once nothing waits (the thread closes them when done)."""
+        with self.changed:
+            self._closing = True
+            if not self.behind:
+                self.release()
+            self.changed.notify_all()
+
+    @property
+    def closing(self) -> bool:
+        """Whether the descriptors are to be closed once nothing waits."""
+        return self._closing
+
+    def release(self) -> None:
+        """Close the descriptors (under the lock; once)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            os.close(self.fd)
+            if self.attempt is not None:
+                self.attempt.close()
+        except OSError:
+            pass
+
+
+def _drain(sink: _Sink) -> None:
+    """The thread: write what waits, in order, until the sink is closed."""
+    while True:
+        with sink.changed:
+            sink.changed.wait_for(lambda: bool(sink.waiting) or sink.closing)
+            if not sink.waiting:  # closing, and nothing left
+                sink.release()
+                sink.thread = None
+                return
+            sink.writing = True
+            data = b"".join(sink.waiting)
+            sink.waiting.clear()
+            sink.waiting_bytes = 0
+        try:
+            _write_all(sink.fd, data)
+        except OSError:
+            pass  # the stream is gone (closed, a broken pipe): nowhere to say so
+        finally:
+            with sink.changed:
+                sink.writing = False
+                sink.changed.notify_all()
+
+
+def _sink_for(stream: TextIO) -> _Sink | None:
+    """A sink for ``stream``'s descriptor, or None to write through the stream (see the
+    module docstring)."""
+    if type(stream) is not io.TextIOWrapper:
         return None
-
-
-def _is_file(fd: int) -> bool:
-    """Whether ``fd`` is a regular file (whose writes never wait on a reader)."""
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    stream.flush()  # what the stream holds goes first
+    attempt = _socket_try(fd) if stat.S_ISSOCK(mode) else _reopened_try(fd)
+    return _Sink(os.dup(fd), attempt)
+
+
+class _Try:
+    """A write that never waits, on a descriptor of its own (closed with the output)."""
+
+    def __init__(self, fd: int, sock: socket.socket | None = None) -> None:
+        self.fd = fd
+        self._sock = sock
+
+    def __call__(self, data: bytes) -> int:
+        try:
+            if self._sock is not None:
+                return self._sock.send(data, socket.MSG_DONTWAIT)
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        if self._sock is not None:
+            self._sock.close()
+        else:
+            os.close(self.fd)
+
+
+def _reopened_try(fd: int) -> _Try | None:
+    """A non-blocking write to what ``fd`` writes to (a pipe, a terminal), opened again
+    through ``/proc/self/fd`` (so the flag is not the stream's): None where that fails."""
+    try:
+        own = os.open(f"/proc/self/fd/{fd}",
+                      os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
+    return _Try(own)
+
+
+def _socket_try(fd: int) -> _Try | None:
+    """A send that never waits (``MSG_DONTWAIT``) on the socket ``fd`` writes to."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    return _Try(sock.fileno(), sock)
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` (a write may take part of it)."""
+    """Write all of ``data`` to ``fd``, waiting as long as it takes (a write may take part
+    of it; a descriptor someone made non-blocking says EAGAIN: wait until it takes more)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            poller.poll(1000)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries these
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EINTR:  # pragma: no cover
+                continue
+            raise

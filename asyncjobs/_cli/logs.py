@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import traceback
 import weakref
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -206,7 +207,8 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             self.handleError(record)
 
     def flush(self) -> None:
-        """Write the lines waiting, then flush the stream."""
+        """Write the lines waiting (a stream the output writes to through a descriptor of
+        its own has nothing of this handler's to flush)."""
         with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
             self._write()
 
@@ -231,24 +233,50 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
                 self._waiting.clear()
 
     def close(self) -> None:
-        """Write what waits, and wait up to ``EXIT_WAIT_S`` for what the output's thread
-        still has to write (``logging.shutdown`` flushes and closes every handler at exit)."""
+        """Write what waits, and wait up to ``EXIT_WAIT_S`` in all for what the output's
+        thread still has to write, then for the notice of lines dropped meanwhile
+        (``logging.shutdown`` flushes and closes every handler at exit)."""
         with self.lock:  # type: ignore[union-attr]
+            deadline = time.monotonic() + EXIT_WAIT_S
             try:
                 self._write()
+                if self.output.wait(EXIT_WAIT_S) and self.output.dropped:
+                    self.output.write("")  # the notice, now that the thread is done
+                    self.output.wait(max(0.0, deadline - time.monotonic()))
             except Exception:
                 self._waiting.clear()
-            self.output.wait(EXIT_WAIT_S)
+            self.output.close()
             super().close()
 
     def setStream(self, stream: TextIO) -> TextIO | None:
-        """Write to ``stream`` from now on (what waits goes to the old one first)."""
+        """Write to ``stream`` from now on: what waits goes to the old one first (the
+        output's thread finishes it there), the count of lines dropped to the new one."""
         with self.lock:  # type: ignore[union-attr]
             self._write()
             old = super().setStream(stream)
             if old is not None:
-                self.output = Output(stream, self._dropped, self.output.most_bytes)
+                previous = self.output
+                self.output = Output(stream, self._dropped, previous.most_bytes)
+                self.output.dropped, previous.dropped = previous.dropped, 0
+                previous.close()
             return old
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report a line that could not be written, as ``logging`` does on stderr; when
+        stderr is this handler's stream, through the handler's output (a report, too,
+        never blocks the logging call on a full pipe)."""
+        if not logging.raiseExceptions or sys.stderr is None:
+            return
+        if self.stream is not sys.stderr:
+            super().handleError(record)
+            return
+        try:
+            report = "".join(traceback.format_exception(sys.exc_info()[1]))
+            self.output.write(f"--- Logging error ---\n{report}Message: "
+                              f"{safe_str(record.msg, 200)}\nArguments: "
+                              f"{safe_str(record.args, 200)}\n")
+        except Exception:
+            pass  # nowhere to say so
 
     def _write(self) -> None:
         """Write the waiting lines as one string (under the lock)."""
