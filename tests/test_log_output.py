@@ -121,8 +121,8 @@ def test_a_line_is_out_before_the_logging_call_returns_while_the_pipe_takes_it()
 
 
 def test_a_long_line_goes_out_whole_from_the_thread() -> None:
-    """A line longer than a pipe surely takes (a traceback) goes through the thread, and
-    the lines after it follow it there, in order."""
+    """A line longer than the pipe holds (a traceback) goes out whole: what the pipe takes
+    at once, the rest from the thread, and the lines after it follow it there, in order."""
     with full_pipe_logger(most_bytes=1024 * 1024) as (log, handler, r):
         log.info("%s", "y" * 100_000)
         log.info("short")
