@@ -9,12 +9,14 @@ A task that must not be retried declares ``retry_on=()`` or ``max_tries=1``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ._durations import to_seconds
+from ._durations import MAX_DURATION_S, to_seconds
 from ._options import check_max_tries
-from .exceptions import Retry
+from ._text import safe_str
+from .exceptions import ConfigurationError, Retry
 
 
 class Action(StrEnum):
@@ -50,6 +52,31 @@ class RetryPolicy:
         object.__setattr__(self, "backoff_s", to_seconds(self.backoff_s, "backoff") or 0.0)
         object.__setattr__(self, "backoff_cap_s",
                            to_seconds(self.backoff_cap_s, "backoff_cap") or 0.0)
+        # Checked here: a list (or a name) passed as it was, and every failure then raised
+        # TypeError inside decide (an internal error; the job ran again after each claim
+        # timeout until it was taken for poison).
+        object.__setattr__(self, "retry_on", exception_types(self.retry_on, "retry_on"))
+        object.__setattr__(self, "dont_retry_on",
+                           exception_types(self.dont_retry_on, "dont_retry_on"))
+
+
+def exception_types(given: object, what: str) -> tuple[type[BaseException], ...]:
+    """``given`` as a tuple of exception types (one type, or any iterable of them);
+    ``ConfigurationError`` naming ``what`` for anything else."""
+    items = (given,) if isinstance(given, type) else given
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"{what} must be exception types, got {safe_str(given, 80)}")
+    found = tuple(items)
+    for item in found:
+        try:
+            ok = isinstance(item, type) and issubclass(item, BaseException)
+        except Exception:  # a metaclass whose checks raise
+            ok = False
+        if not ok:
+            raise ConfigurationError(
+                f"{what} must be exception types (classes such as ValueError), got "
+                f"{safe_str(item, 80)} in {safe_str(given, 200)}")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +116,13 @@ def decide(
             return Decision(Action.FAIL, reason=f"retry requested on try {attempt} of "
                                                 f"{policy.max_tries}")
         delay = error.delay_s
-        if delay is None:
-            delay = backoff_delay(attempt, policy.backoff_s, policy.backoff_cap_s, rand)
-        return Decision(Action.RETRY, delay)
+        if isinstance(delay, int | float) and not isinstance(delay, bool) and (
+                0 <= delay <= MAX_DURATION_S):
+            return Decision(Action.RETRY, float(delay))
+        # None, or changed after Retry checked it (not a number, negative, inf, nan): the
+        # policy's backoff (a settle could not take it; the job would run again for ever).
+        return Decision(Action.RETRY, backoff_delay(attempt, policy.backoff_s,
+                                                    policy.backoff_cap_s, rand))
     if kind == "timeout":
         retryable, what = policy.retry_timeouts, "timed out"
     else:

@@ -23,7 +23,7 @@ from ._context import Context
 from ._durations import Seconds, to_seconds
 from ._limits import RateKey, RateLimit, parse_concurrency, parse_rate
 from ._options import JobOptions, check_headers, check_job_id, check_max_tries
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, exception_types
 from ._routing import Priority, check_priority, check_queue, level_queue
 from ._signature import ArgConverter, return_type
 from .exceptions import ConfigurationError
@@ -83,6 +83,11 @@ class Task(Generic[P, R]):
                 f"timeout ({self.soft_timeout_s:g} s, timeout {self.timeout_s or 'default'})")
         self.max_tries = max_tries
         self.result_ttl_s = to_seconds(result_ttl, "result_ttl")
+        try:  # one type, or any iterable of them; anything else is refused here
+            retry_on = exception_types(retry_on, "retry_on") if retry_on is not None else None
+            dont_retry_on = exception_types(dont_retry_on, "dont_retry_on")
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"task {self.name!r}: {exc}") from None
         self._retry = {
             "retry_on": retry_on,
             "dont_retry_on": dont_retry_on or None,

@@ -18,9 +18,11 @@ of jobs shares one trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ._middleware import Call, Middleware
+from ._text import safe_str
 from ._version import __version__
 from .exceptions import ConfigurationError
 
@@ -95,8 +97,11 @@ class OpenTelemetryMiddleware(Middleware):
                 span.set_status(Status(StatusCode.ERROR, "cancelled (timeout, abort or shutdown)"))
                 raise
             except BaseException as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                # The task's error stays the attempt's, whatever its own str() does.
+                with contextlib.suppress(Exception):
+                    span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR,
+                                       f"{type(exc).__name__}: {safe_str(exc, 500)}"))
                 raise
 
 

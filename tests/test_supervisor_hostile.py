@@ -547,11 +547,12 @@ def test_the_shutdown_steps_add_up_to_the_bounds() -> None:
     """What a stopping worker may wait for, past its grace period, fits in
     ``AFTER_GRACE_S`` (whatever Redis does), and the supervisor waits longer than that."""
     from asyncjobs._cli import logs
-    from asyncjobs._worker import loop, serving, shutdown
+    from asyncjobs._worker import lifespan, loop, serving, shutdown
 
-    # ... and at exit, the log lines a full pipe did not take yet
-    tail = (shutdown.WRAP_UP_S + shutdown.CLOSE_S + 2 * loop.LEFTOVER_WAIT_S
-            + logs.EXIT_WAIT_S)
+    # ... the lifespan's exit past the grace, and at exit the log lines a full pipe did
+    # not take yet
+    tail = (shutdown.WRAP_UP_S + lifespan.EXIT_S + shutdown.CLOSE_S
+            + 2 * loop.LEFTOVER_WAIT_S + logs.EXIT_WAIT_S)
     # the jobs' cancellation from the grace's end, or (a short grace) the fetch loop's end
     # and the leases' release from the stop, whichever ends later; then the tail
     assert shutdown.CANCEL_WAIT_S + tail <= shutdown.AFTER_GRACE_S

@@ -19,20 +19,20 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from .._codec import encode_value
 from .._context import Context
 from .._events import JobEvent
-from .._middleware import Invoke, LogContext, Observer
+from .._middleware import Invoke, LogContext, Observer, check_log_context
 from .._model import ErrorInfo, JobSpec
 from .._redis import kept
 from .._redis.values import SettleOp, Started
 from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
-from .._text import clean
-from ..exceptions import SerializationError
+from .._text import clean, safe_str
+from ..exceptions import ConfigurationError, SerializationError
 from .admission import Refused, admit
 from .attempt import Plan, Running
 from .deadlines import Deadlines
@@ -40,6 +40,7 @@ from .limiter import LeaseChecks, RateChecks
 from .outcomes import (
     after_attempt,
     attempt_error,
+    dead,
     ended,
     first,
     log_end,
@@ -52,6 +53,9 @@ from .runtime import Runtime
 from .threads import ThreadRunner
 
 log = logging.getLogger("asyncjobs.worker")
+
+BAD_POLICY = "asyncjobs.BadRetryPolicy"
+"""The error type of a job dead-lettered because its task's retry options cannot work."""
 
 
 class AttemptPath:
@@ -71,11 +75,14 @@ class AttemptPath:
         self._zombie_gone = body_ended
         self._invoke = invoke
         self._observers = tuple(observers)
+        check_log_context(log_context)
         self._log_context = log_context
         self._loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._loop, self._timed_out)
         self._policies: dict[tuple[str, int | None, float | None],
                              tuple[RetryPolicy, float | None]] = {}
+        self._failed_hooks: set[object] = set()
+        """The hooks (by id) whose failure was logged with its traceback already."""
 
     async def run(self, running: Running, st: Started) -> SettleOp | None:
         """Run the delivery if ``admit`` (and its rate limit) lets it, else record why not
@@ -172,7 +179,13 @@ class AttemptPath:
         self, running: Running, st: Started, spec: JobSpec, task: Task[Any, Any],
         args: list[Any], kwargs: dict[str, Any], history: tuple[ErrorInfo, ...],
     ) -> SettleOp:
-        policy, timeout = self._policy(task, spec)
+        try:
+            policy, timeout = self._policy(task, spec)
+        except (ConfigurationError, TypeError, ValueError) as exc:  # its task's retry options
+            why = f"task {task.name!r} cannot run: {safe_str(exc, 500)}"
+            self.emit("failed", running, st, task=task.name, reason=why, error=ErrorInfo(
+                BAD_POLICY, why, "", st.attempts, st.now_ms))
+            return dead(st, history, BAD_POLICY, why, running.queue)
         ttl = first(spec.result_ttl_s, task.result_ttl_s, self.rt.config.result_ttl_s)
         ctx = Context(
             job_id=running.job_id, task=task.name, queue=running.queue, attempt=st.attempts,
@@ -197,24 +210,33 @@ class AttemptPath:
             if task.soft_timeout_s and (not timeout or task.soft_timeout_s < timeout):
                 soft = self._loop.call_later(task.soft_timeout_s, _soft_timeout, ctx,
                                              task.soft_timeout_s)
-            outcome = await await_attempt(call, timeout, running.timed_out)
+            outcome = await await_attempt(call, timeout, running.timed_out, running.task)
         finally:
             if timeout:
                 self._deadlines.discard(running)
             if soft is not None:
                 soft.cancel()
+        if running.cancel_reason == "abort":  # the code swallowed the abort's cancellation
+            return self.aborted(running, st)  # (a value it returned is not a result)
         return self.record(running, plan, outcome)
 
     def record(self, running: Running, plan: Plan, outcome: Outcome) -> SettleOp:
         """Decide what an attempt that ran means and build the operation recording it."""
         st = plan.started
-        decision = decide(outcome.kind, outcome.error, st.attempts, plan.policy,
-                          random.random())
+        try:
+            decision = decide(outcome.kind, outcome.error, st.attempts, plan.policy,
+                              random.random())
+        except BaseException as exc:  # retry_on's types ran code of their own, and it raised
+            decision = Decision(Action.FAIL, reason="the retry policy could not decide: "
+                                f"{type(exc).__name__}: {safe_str(exc, 200)}")
         payload = b""
         if decision.action is Action.COMPLETE:
             try:
                 payload = encode_value(outcome.value)
-            except SerializationError as exc:
+            except Exception as exc:  # SerializationError, or the value's own code raised
+                if not isinstance(exc, SerializationError):
+                    exc = SerializationError(f"cannot serialize the result: "
+                                             f"{type(exc).__name__}: {safe_str(exc, 200)}")
                 outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
                 decision = Decision(Action.FAIL, reason="the result cannot be serialized")
         kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
@@ -246,15 +268,32 @@ class AttemptPath:
                 fields=running.plan.fields if running.plan else None)
 
     def _add_log_context(self, ctx: Context) -> None:
-        """``Worker(log_context=...)``'s fields for this attempt; a hook that fails is
-        logged, never allowed to stop the job."""
+        """``Worker(log_context=...)``'s fields for this attempt; a hook that fails
+        (whatever it raises) is logged, never allowed to stop the job: its first failure
+        with the traceback, later ones in one line each."""
         hook = self._log_context
         if hook is None:
             return
+        fields: object = None
         try:
-            ctx.log_context.update(hook(ctx))
-        except Exception:
-            log.exception("log_context hook failed for job id=%s", clean(ctx.job_id))
+            fields = hook(ctx)
+            ctx.log_context.update(fields)
+        except BaseException as exc:  # no await here: never a real cancellation
+            if isinstance(fields, Coroutine):  # an async __call__ that slipped through
+                fields.close()
+            self._hook_failed(self._log_context, exc, "log_context hook failed for job "
+                              f"id={clean(ctx.job_id)}")
+
+    def _hook_failed(self, hook: object, exc: BaseException, what: str) -> None:
+        """Log a user hook's failure: with its traceback the first time that hook fails,
+        in one line (naming the error) after that."""
+        key = id(hook)
+        if key not in self._failed_hooks:
+            self._failed_hooks.add(key)
+            log.error("%s", what, exc_info=exc)
+        else:
+            log.error("%s: %s: %s (traceback logged at its first failure)", what,
+                      type(exc).__name__, clean(safe_str(exc, 200)))
 
     async def _call(
         self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
@@ -308,10 +347,28 @@ class AttemptPath:
             attempt=st.attempts if st else 0, spec=st.spec if st else b"",
             headers=plan.headers if plan else None, **details)
         for observer in self._observers:
+            job_event: Callable[[JobEvent], object] = observer.job_event
             try:
-                observer.job_event(event)
-            except Exception:  # an observer must never break a job
-                log.exception("observer %r failed on %s", observer, kind)
+                told = job_event(event)
+            except BaseException as exc:  # an observer must never break a job (no await
+                # here: never a real cancellation; SystemExit from a hook is not a stop)
+                self._hook_failed(observer, exc, f"observer {clean(safe_str(observer, 200))} "
+                                  f"failed on {kind} of job id={clean(running.job_id)}")
+                continue
+            if told is not None:
+                self._not_awaited(observer, told)
+
+    def _not_awaited(self, observer: Observer, told: object) -> None:
+        """An observer returned something: a coroutine (it is async after all) is closed,
+        never awaited, and said once."""
+        if isinstance(told, Coroutine):
+            told.close()
+            key = ("coroutine", id(observer))
+            if key not in self._failed_hooks:
+                self._failed_hooks.add(key)
+                log.error("observer %s returned a coroutine, which is not awaited: "
+                          "job_event must be a plain def (hand async work to a task)",
+                          clean(safe_str(observer, 200)))
 
     def _timed_out(self, running: Running) -> None:
         self._cancel(running, "timeout")

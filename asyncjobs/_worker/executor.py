@@ -38,7 +38,7 @@ from .outcomes import (
     log_end,
     task_name,
 )
-from .runner import timeout_outcome
+from .runner import current_task, timeout_outcome
 from .runtime import Runtime, Slots
 from .settler import ABORTED_INSTEAD, NOT_OURS, SETTLED, Settler
 from .threads import ThreadRunner
@@ -221,6 +221,13 @@ class Executor:
         except Exception:  # a bug of ours: keep the entry pending, it will run again
             log.exception("internal error running job id=%s", running.job_id)
             return None
+        except BaseException:
+            if current_task() is not running.task:
+                raise  # GeneratorExit: the coroutine itself is being closed
+            # Raised by user code where we did not expect it: escaping here would end the
+            # event loop (KeyboardInterrupt, SystemExit) or leave the slot taken for ever.
+            log.exception("internal error running job id=%s", running.job_id)
+            return None
 
     def _done(self, running: Running, started: Started, task: asyncio.Task[Any]) -> None:
         """Bookkeeping when an attempt's task ends, however it ended: also when it was
@@ -235,7 +242,12 @@ class Executor:
         if not running.entered or task.cancelled():
             op = self._cancelled(running, started)
         else:
-            op = task.result()
+            try:
+                op = task.result()
+            except BaseException as failure:  # (``_run`` lets nothing through)
+                log.error("internal error running job id=%s", running.job_id,
+                          exc_info=failure)
+                op = None
         self._release(running, op)
 
     def _zombie_gone(self, running: Running) -> None:

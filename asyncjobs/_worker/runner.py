@@ -8,7 +8,9 @@ outcome is decided from what the runner saw, never from what the body did afterw
 - the body returned or raised after running longer than its timeout (an ``async def`` that
   blocked the event loop, so the timer could not fire in time): a **timeout** too;
 - anything else the body raises, ``BaseException`` subclasses included (``SystemExit``,
-  ``KeyboardInterrupt``, custom ones), is an **error** outcome, never a crash of the worker;
+  ``KeyboardInterrupt``, ``GeneratorExit``, custom ones), is an **error** outcome, never a
+  crash of the worker (a ``GeneratorExit`` thrown in because the coroutine is being closed
+  is not an outcome: it propagates);
 - any other cancellation (abort, shutdown, lost ownership) propagates: the caller knows why
   it cancelled and decides what that means.
 """
@@ -46,9 +48,12 @@ async def await_attempt(
     fn: Callable[[], Awaitable[Any]],
     timeout_s: float | None,
     timed_out: Callable[[], bool],
+    owner: asyncio.Task[Any] | None = None,
 ) -> Outcome:
     """Await ``fn()``. ``timed_out()`` tells whether the attempt's own timer (set up by the
-    caller to cancel the current task after ``timeout_s``) has fired."""
+    caller to cancel the current task after ``timeout_s``) has fired. ``owner``: the task
+    this runs in (a ``GeneratorExit`` raised while it runs is the code's own error, not
+    this coroutine being closed)."""
     started = time.perf_counter()
     try:
         value = await fn()
@@ -64,11 +69,22 @@ async def await_attempt(
             # (it awaited something another task cancelled). An error like any other.
             return Outcome("error", error=exc, duration_s=time.perf_counter() - started)
         raise
-    except GeneratorExit:  # the coroutine itself is being closed: not an outcome
-        raise
+    except GeneratorExit as exc:
+        if owner is None or current_task() is not owner:
+            raise  # the coroutine itself is being closed (not running in its task): no outcome
+        return _ended(exc, None, timeout_s, timed_out, started)  # raised by the code
     except BaseException as exc:
         return _ended(exc, None, timeout_s, timed_out, started)
     return _ended(None, value, timeout_s, timed_out, started)
+
+
+def current_task() -> asyncio.Task[Any] | None:
+    """The task running now: None outside one, and when no event loop runs (a coroutine
+    closed as its loop is closed)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _ended(error: BaseException | None, value: Any, timeout_s: float | None,
@@ -101,7 +117,7 @@ async def run_attempt(fn: Callable[[], Awaitable[Any]], timeout_s: float | None)
 
     handle = asyncio.get_running_loop().call_later(timeout_s, expire) if timeout_s else None
     try:
-        return await await_attempt(fn, timeout_s, lambda: fired)
+        return await await_attempt(fn, timeout_s, lambda: fired, task)
     finally:
         if handle is not None:
             handle.cancel()

@@ -165,6 +165,8 @@ class Runtime:
     """Set to stop taking jobs and drain."""
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to cut the drain's grace period short (a second interrupt)."""
+    stopped_at: float = 0.0
+    """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to run the keep-alive at once: its touch also finds aborts requested while no
     abort notice could reach this worker (before its pub/sub was subscribed, or while it

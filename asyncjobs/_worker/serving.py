@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncjobs.worker")
 
-_RELEASE_S = 4.5
+_RELEASE_S = 3.5
 """At shutdown, the longest wait for Redis to end this worker's blocking read and to take
 back its scheduler leases (a Redis that does not answer would hold each up to the socket
 timeout)."""
@@ -99,6 +100,7 @@ async def _supervise(worker: Worker, rt: Runtime, ex: Executor, settler: Settler
         task_status.started(worker)
         try:
             await rt.stopping.wait()
+            rt.stopped_at = time.monotonic()
             await _wind_down(worker, rt, ex, settler, settling, fetching, fetched,
                              schedulers)
         except BaseException:

@@ -11,7 +11,8 @@ only past that). ``finish_running`` takes grace + ``CANCEL_WAIT_S`` from the sto
 no Redis; meanwhile the worker ends its fetch loop and gives up its scheduler leases, side
 by side (``give_up_leases``), within ``_RELEASE_S`` of the stop (``serving.py``) however
 many queues it leads; then the settle and hand-back calls share ``WRAP_UP_S``
-(``wrap_up``), the connections close within ``CLOSE_S`` and the event loop within
+(``wrap_up``), the lifespan's exit gets what is left of the grace, at least ``EXIT_S``
+(``lifespan.py``), the connections close within ``CLOSE_S`` and the event loop within
 ``2 * LEFTOVER_WAIT_S`` (``loop.py``), and the log lines a full pipe did not take yet
 are waited for ``EXIT_WAIT_S`` at most (``_cli/logs.py``). ``tests/test_supervisor_hostile.py``
 checks that these add up.

@@ -6,13 +6,12 @@ close; ``run_sync`` with signal handling in a process of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
@@ -21,7 +20,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .._durations import Seconds, to_seconds
-from .._middleware import LogContext, Middleware, Observer, check_observers
+from .._middleware import (
+    LogContext,
+    Middleware,
+    Observer,
+    check_log_context,
+    check_middleware,
+    check_observers,
+)
 from .._options import check_whole
 from .._producer.pool import Pool
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
@@ -31,6 +37,7 @@ from .._scheduling.declare import CronJob
 from .._task import Task, as_task
 from ..exceptions import ConfigurationError
 from .config import WorkerConfig
+from .lifespan import held
 from .loop import frozen, run_in_new_loop
 from .runtime import Runtime
 from .serving import serve
@@ -102,7 +109,9 @@ class Worker:
         self.tasks = _registry([*tasks, *(c.task for c in self.crons if c.task.fn is not None)])
         self.lifespan = lifespan
         self.middleware = tuple(middleware)
+        check_middleware(self.middleware)
         check_observers(observers)
+        check_log_context(log_context)
         self.observers = list(observers)
         self.log_context = log_context
         if metrics_port is not None:
@@ -158,8 +167,9 @@ class Worker:
         """Ask the worker to shut down gracefully; ``now`` (or a second call with it, e.g. a
         second Ctrl-C) cuts the grace period short: running jobs are cancelled and handed
         back at once. Asked while the worker starts (before it is ready: connecting,
-        retrying its consumer groups through an outage), it gives the start-up up and
-        ``run`` returns without serving. Outside a run it does nothing."""
+        retrying its consumer groups through an outage, its lifespan starting: that start
+        is cancelled), it gives the start-up up and ``run`` returns without serving.
+        Outside a run it does nothing."""
         if self._starting is None and self._live is None:
             return
         self._now = self._now or now
@@ -204,7 +214,13 @@ class Worker:
                 log.info("worker %s stopped during start-up", self.name)
                 return
             self._live = rt
-            async with self._lifespan() as state:
+            # A stop while the lifespan starts cancels its start, and ends the run.
+            self._starting = starting = anyio.CancelScope()
+            async with held(self.lifespan, self, starting, rt) as state:
+                self._starting = None
+                if starting.cancel_called:
+                    log.info("worker %s stopped during start-up", self.name)
+                    return
                 rt.state = state
                 with frozen(owns_process):
                     await serve(self, rt, task_status)
@@ -219,14 +235,6 @@ class Worker:
                     await rt.pool.close()
                 await blocking.aclose()
                 await client.aclose()
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self) -> AsyncIterator[Any]:
-        if self.lifespan is None:
-            yield None
-        else:
-            async with self.lifespan(self) as state:
-                yield state
 
     def run_sync(self, *, redis_url: str | None = None, use_uvloop: bool = True) -> None:
         """Run in a new event loop (uvloop when installed) with SIGTERM/SIGINT handling.
