@@ -281,9 +281,10 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
     def _write(self) -> None:
         """Write the waiting lines as one string (under the lock)."""
         self._timer = self._timer_loop = None  # a timer still set finds nothing, or less
-        text = "".join(self._waiting)
-        self._waiting.clear()
-        self.output.write(text)  # with a notice of lines dropped, if any
+        # The list is taken first: a signal handler that logs meanwhile starts a new one
+        # (the lines it finds waiting are written once).
+        waiting, self._waiting = self._waiting, []
+        self.output.write("".join(waiting))  # with a notice of lines dropped, if any
 
     def _dropped(self, count: int) -> str:
         """The line saying ``count`` lines were dropped (in the handler's format)."""
@@ -332,6 +333,9 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers:  # lines an earlier configure() holds go out first
-        old.flush()
+        if isinstance(old, BatchedStreamHandler):
+            old.close()  # (its output's thread done: the new handler's lines come after)
+        else:
+            old.flush()
     root.handlers[:] = [handler]
     root.setLevel(level)
