@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -190,3 +191,31 @@ def test_what_the_readme_says_of_a_full_output_is_so() -> None:
         assert BatchedStreamHandler(devnull).output.most_bytes == log_output.MOST_BYTES
     assert "up to 4 MiB of lines wait there" in readme
     assert f"at exit, lines still waiting get {logs.EXIT_WAIT_S:g} s" in readme
+
+
+def test_a_warning_never_blocks_on_a_full_output() -> None:
+    """Python's warnings go through the log (logger ``py.warnings``): written by ``warnings``
+    itself to a full stderr, one blocked the process (Python 3.12's warning at ``os.fork()``
+    in a process with threads, for one)."""
+    program = (
+        "import logging, os, warnings\n"
+        "from asyncjobs._cli.logs import configure\n"
+        "configure('INFO')\n"
+        "for i in range(2000):\n"
+        "    logging.getLogger('asyncjobs.x').warning('line %05d %s', i, 'x' * 100)\n"
+        "assert logging.getLogger().handlers[0].output.behind\n"
+        "for i in range(100):\n"
+        "    warnings.warn(f'warning {i} ' + 'w' * 2000, UserWarning, stacklevel=1)\n"
+        "os.write(1, b'returned\\n')\n"
+        "os._exit(0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and proc.stdout.readline() == b"returned\n"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()

@@ -590,11 +590,15 @@ async def test_the_leader_lease_deleted_or_overwritten_without_expiry(
             lease = pool.keys("default").leader
             await until(lambda: _exists(admin, lease), 10, "a leader")
             for _ in range(3):  # again and again, as a buggy script would
-                await admin.delete(lease)
-                if how == "SET another value":
-                    await admin.set(lease, "someone-else")
-                elif how == "a hash":
-                    await admin.hset(lease, "holder", "someone-else")
+                # One transaction: between a DEL and a write of its own, a worker may take
+                # the lease back (the HSET then met its string: WRONGTYPE, in one CI run).
+                async with admin.pipeline(transaction=True) as tx:
+                    tx.delete(lease)
+                    if how == "SET another value":
+                        tx.set(lease, "someone-else")
+                    elif how == "a hash":
+                        tx.hset(lease, "holder", "someone-else")
+                    await tx.execute()
                 job = await pool.enqueue(ops_sleep.options(delay=0.3), 0)
                 assert await job.result(timeout=10) == "slept"
         assert trap.with_traceback == []

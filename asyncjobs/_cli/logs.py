@@ -326,8 +326,10 @@ def check_format(fmt: str) -> str:
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Send asyncjobs' logs (and the root logger's) to stderr in ``fmt`` ('text' | 'json').
-    An unknown level or format raises ``ConfigurationError`` (before anything changes)."""
+    """Send asyncjobs' logs (and the root logger's) to stderr in ``fmt`` ('text' | 'json'),
+    Python's warnings too (logger ``py.warnings``: written by ``warnings`` itself, a warning
+    would block on a full pipe, as a line did before ``log_output``). An unknown level or
+    format raises ``ConfigurationError`` (before anything changes)."""
     level, fmt = check_level(level), check_format(fmt)
     handler = BatchedStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -339,3 +341,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
             old.flush()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)
