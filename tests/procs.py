@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -11,10 +12,37 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def python_program(program: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -c program`` in the repository, stdout (and, unless ``popen`` says else,
+    stderr) on pipes the test reads or leaves unread; killed if still running at the end,
+    its pipes closed."""
+    popen.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
+                            stdout=subprocess.PIPE, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def first_line(proc: subprocess.Popen[bytes], wait_s: float) -> bytes | None:
+    """The first line ``proc`` prints on stdout within ``wait_s``, or None."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], wait_s)
+    return proc.stdout.readline() if ready else None
 
 
 class WorkerProcess:

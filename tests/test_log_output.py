@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import asyncjobs
 from asyncjobs._cli.logs import BatchedStreamHandler, JsonFormatter
 from asyncjobs._redis.embedded import RedisServer
 
-from .procs import ROOT
+from .procs import ROOT, first_line, python_program
 
 
 @contextmanager
@@ -208,14 +207,5 @@ def test_a_warning_never_blocks_on_a_full_output() -> None:
         "    warnings.warn(f'warning {i} ' + 'w' * 2000, UserWarning, stacklevel=1)\n"
         "os.write(1, b'returned\\n')\n"
         "os._exit(0)\n")
-    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready and proc.stdout.readline() == b"returned\n"
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+    with python_program(program) as proc:
+        assert first_line(proc, 30) == b"returned\n"
