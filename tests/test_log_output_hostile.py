@@ -25,10 +25,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from asyncjobs._cli import log_output
+from asyncjobs._cli import log_sink
 from asyncjobs._cli.logs import EXIT_WAIT_S, BatchedStreamHandler
 
-from .procs import ROOT
+from .procs import ROOT, first_line, python_program
 
 NOTICE = re.compile(r"(\d+) log lines were dropped: the log output took nothing for a while")
 
@@ -438,17 +438,9 @@ def test_a_signal_handler_that_logs_does_not_deadlock() -> None:
 
 def run_reading_stdout_only(program: str, wait_s: float = 20) -> str:
     """Run ``program`` with stderr a pipe nobody reads; its first stdout line, or 'hung'."""
-    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], wait_s)
-        return proc.stdout.readline().decode().strip() if ready else "hung"
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+    with python_program(program) as proc:
+        line = first_line(proc, wait_s)
+        return line.decode().strip() if line is not None else "hung"
 
 
 # ---------------------------------------------------------------------------------------
@@ -659,23 +651,14 @@ def test_a_child_forked_while_the_thread_is_stuck_logs_and_exits() -> None:
         "os.write(1, b'%d %.2f\\n' % (status, time.monotonic() - start))\n"
         "log.warning('parent done')\n"
         "h.output.wait(30)  # (the test reads now: EXIT_WAIT_S alone may not do, on a busy box)\n")
-    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready
-        status, took = proc.stdout.readline().split()
+    with python_program(program) as proc:
+        line = first_line(proc, 30)
+        assert line is not None and proc.stderr is not None
+        status, took = line.split()
         assert int(status) == 0
         assert float(took) < EXIT_WAIT_S + 5
         err = proc.stderr.read().decode()
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
     messages = [line.split(": ", 1)[1] for line in err.splitlines() if ": " in line]
     parent = [m for m in messages if m.startswith("parent ")]
     assert parent == sorted(set(parent))  # in order, none twice (the child wrote none)
@@ -781,8 +764,8 @@ def test_a_regular_file_costs_no_poll_or_fstat_a_line(
         counts["fstat"] += 1
         return real_fstat(fd)
 
-    monkeypatch.setattr(log_output.select, "poll", CountingPoll)
-    monkeypatch.setattr(log_output.os, "fstat", fstat)
+    monkeypatch.setattr(log_sink.select, "poll", CountingPoll)
+    monkeypatch.setattr(log_sink.os, "fstat", fstat)
     path = os.path.join(str(tmp_path), "log.txt")
     with open(path, "w") as stream:
         handler = BatchedStreamHandler(stream)

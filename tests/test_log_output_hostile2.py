@@ -33,10 +33,10 @@ from typing import Any
 
 import pytest
 
-from asyncjobs._cli import log_output, logs
+from asyncjobs._cli import log_output, log_sink, logs
 from asyncjobs._cli.logs import EXIT_WAIT_S, BatchedStreamHandler
 
-from .procs import ROOT
+from .procs import ROOT, first_line, python_program
 from .test_log_output_hostile import (
     Numbered,
     check_numbered,
@@ -98,11 +98,8 @@ def at_line(func: Callable[..., Any], marker: str,
 def run(program: str, timeout_s: float = 30, **popen: Any) -> tuple[int | str, bytes, float]:
     """Run ``program``: (exit status or 'hung', stdout, seconds), stderr as ``popen`` says
     (default: a pipe nobody reads)."""
-    popen.setdefault("stderr", subprocess.PIPE)
-    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, **popen)
-    start = time.monotonic()
-    try:
+    with python_program(program, **popen) as proc:
+        start = time.monotonic()
         try:
             status: int | str = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -112,10 +109,6 @@ def run(program: str, timeout_s: float = 30, **popen: Any) -> tuple[int | str, b
         took = time.monotonic() - start
         assert proc.stdout is not None
         return status, proc.stdout.read(), took
-    finally:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 FILL_FD2 = (
@@ -192,17 +185,17 @@ def test_a_pipe_made_by_another_user_gets_each_line_out_when_the_call_returns() 
     made slow, so a line it writes is not out yet."""
     program = (
         "import ctypes, logging, os, select, time\n"
-        "from asyncjobs._cli import log_output\n"
+        "from asyncjobs._cli import log_output, log_sink\n"
         "from asyncjobs._cli.logs import BatchedStreamHandler\n"
         "r, w = os.pipe()\n"
         "os.setgid(65534)\n"
         "os.setuid(65534)\n"
         "ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as after an exec\n"
-        "real = log_output._write_all\n"
+        "real = log_sink._write_all\n"
         "def slow(fd, data):\n"
         "    time.sleep(1)\n"
         "    real(fd, data)\n"
-        "log_output._write_all = slow\n"
+        "log_sink._write_all = slow\n"
         "stream = open(w, 'w', buffering=1, closefd=False)\n"
         "h = BatchedStreamHandler(stream)\n"
         "h.setFormatter(logging.Formatter('%(message)s'))\n"
@@ -400,7 +393,7 @@ def test_configure_again_keeps_the_earlier_handler_s_lines_first_and_whole(
     handler's thread has written half of a long line when the new handler logs: the new line
     must come after it, not inside it (the same holds for any two outputs on one pipe: the
     processes of ``--processes N`` on a shared stderr)."""
-    real = log_output._write_all
+    real = log_sink._write_all
     halfway, resume = threading.Event(), threading.Event()
 
     def paused(fd: int, data: bytes) -> None:  # the kernel took half, the rest waits
@@ -412,7 +405,7 @@ def test_configure_again_keeps_the_earlier_handler_s_lines_first_and_whole(
         resume.wait(20)
         real(fd, data[len(data) // 2:])
 
-    monkeypatch.setattr(log_output, "_write_all", paused)
+    monkeypatch.setattr(log_sink, "_write_all", paused)
     r, w = os.pipe()
     stream = open(w, "w", buffering=1, closefd=False)  # noqa: SIM115  # closed below
     root = logging.getLogger()
@@ -855,23 +848,14 @@ def test_a_child_forked_while_the_thread_is_stuck_logs_a_lot_and_exits_in_its_bo
         "os.write(1, b'%d %.2f\\n' % (os.waitstatus_to_exitcode(status), "
         "time.monotonic() - start))\n"
         "sys.exit(0)\n")
-    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 40)
-        assert ready
-        code, took = proc.stdout.readline().split()
+    with python_program(program) as proc:
+        line = first_line(proc, 40)
+        assert line is not None
+        code, took = line.split()
         assert int(code) == 7 and float(took) < EXIT_WAIT_S + 5
         start = time.monotonic()
         assert proc.wait(EXIT_WAIT_S + 10) == 0
         assert time.monotonic() - start < EXIT_WAIT_S + 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 @pytest.mark.timeout(120)
@@ -953,8 +937,8 @@ def test_a_pipe_costs_one_write_a_line_while_it_takes_them(
             calls["poll"] += 1
 
     with pipe_logger() as (log, handler, r, _):
-        monkeypatch.setattr(log_output.os, "write", write)
-        monkeypatch.setattr(log_output.select, "poll", NoPoll)
+        monkeypatch.setattr(log_sink.os, "write", write)
+        monkeypatch.setattr(log_sink.select, "poll", NoPoll)
         for i in range(1000):
             log.warning("line %d", i)
             assert os.read(r, 100) == f"line {i}\n".encode()
