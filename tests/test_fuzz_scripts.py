@@ -1231,6 +1231,76 @@ def test_promote_moves_each_due_job_once_and_dead_letters_unreadable_ones(
 # -- reschedule.lua --------------------------------------------------------------------------
 
 
+STREAM_ID = re.compile(rb"^(\d+)-(\d+)$")
+
+
+def _id_key(entry: bytes) -> tuple[int, int]:
+    found = STREAM_ID.match(entry)
+    assert found
+    return int(found[1]), int(found[2])
+
+
+async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space
+                      ) -> dict[bytes, bytes | None]:
+    """reschedule.lua's model for one level: the records (key -> their entry id, None when
+    they have none) that say queued but whose entry the group will never hand to a worker:
+    not an entry id, not in the stream, or at or before the group's last delivered id and
+    pending for nobody. None when the stream key holds another type (left alone)."""
+    held = before.get(stream.encode())
+    if held is not None and held.kind != "stream":
+        return {}
+    entries = {e for e, _ in held.content.entries} if held else set()
+    pending = {e for e, _, _ in held.content.pending} if held else set()
+    last = None
+    if held is not None:
+        for group in await client.xinfo_groups(stream):
+            if group["name"] == GROUP.encode():
+                last = group["last-delivered-id"]
+    found: dict[bytes, bytes | None] = {}
+    for name, key in before.items():
+        if not name.startswith(job_prefix.encode()) or key.kind != "hash" \
+                or key.content.get(b"s") != b"queued":
+            continue
+        entry = key.content.get(b"e")
+        reachable = (entry is not None and STREAM_ID.match(entry) is not None
+                     and entry in entries
+                     and (last is None or _id_key(entry) > _id_key(last) or entry in pending))
+        if not reachable:
+            found[name] = entry
+    return found
+
+
+def check_requeued(before: Space, after: Space, stream: str, job_prefix: str,
+                   lost: dict[bytes, bytes | None], lo: int, hi: int) -> None:
+    """Each record in ``lost`` (see ``unreachable``) points at a new entry of ``stream``
+    holding its id, one each; it keeps its enqueue time (``q``; from its old entry id when it
+    had none, else now); its old entry left the stream; nothing else of the stream changed."""
+    name = stream.encode()
+    if not lost:
+        assert after.get(name) == before.get(name), "a stream with nothing to put back stays"
+        return
+    old = before[name].content if name in before else Stream((), (), frozenset())
+    new = after[name].content
+    dropped = {e for e in lost.values() if e is not None}
+    kept = tuple(x for x in old.entries if x[0] not in dropped)
+    assert new.entries[:len(kept)] == kept, "the stream's other entries stay"
+    added = dict(new.entries[len(kept):])
+    assert len(added) == len(lost), "one new entry per job put back"
+    assert new.pending == old.pending and new.consumers == old.consumers
+    for key, entry in lost.items():
+        was, now = before[key].content, after[key].content
+        assert added.get(now.get(b"e")) == (b"i", key[len(job_prefix):]), (key, now)
+        want = {**was, b"e": now[b"e"]}
+        if lua_int(was.get(b"q")) is None:
+            if entry is not None and STREAM_ID.match(entry):
+                want[b"q"] = num(entry_ms(entry))
+            else:
+                q = lua_int(now.get(b"q"))
+                assert q is not None and lo <= q <= hi, now
+                want[b"q"] = now[b"q"]
+        assert now == want, (key, was, now)
+
+
 @dataclass(frozen=True)
 class Waiting:
     """One job record of a level, and whether its level's delayed set still holds it."""
@@ -1238,15 +1308,24 @@ class Waiting:
     what: str  # a state, "no state", or one of WRONG_TYPES (the job key's type)
     due: Any  # the record's `d`: PAST, FUTURE, junk, or DELETE (none)
     in_set: bool
+    entry: Any  # the record's `e`: one of ENTRY_KINDS (an entry made so), junk, or DELETE
+
+
+ENTRY_KINDS = ("new", "pending", "acknowledged", "gone")
+"""A stream entry for the record's `e`: not delivered yet, delivered and pending, delivered
+and acknowledged (or passed by the group, never to be delivered), or an id not in the
+stream."""
 
 
 RECORD_STATES = ("scheduled", "queued", "running", "complete", "failed", "no state",
                  "Scheduled", "scheduled ")
 waitings = st.builds(
     Waiting,
-    what=st.one_of(st.just("scheduled"), st.sampled_from((*RECORD_STATES, *WRONG_TYPES))),
+    what=st.one_of(st.sampled_from(("scheduled", "queued")),
+                   st.sampled_from((*RECORD_STATES, *WRONG_TYPES))),
     due=st.one_of(st.sampled_from((PAST, FUTURE, DELETE)), junk),
     in_set=st.booleans(),
+    entry=st.one_of(st.sampled_from((*ENTRY_KINDS, DELETE)), junk),
 )
 
 
@@ -1261,13 +1340,18 @@ async def scan_count(client: Redis, count: int) -> int:
 @given(levels=st.lists(st.lists(waitings, max_size=6), min_size=1, max_size=3),
        sets=st.lists(st.sampled_from(("", "", "", *WRONG_TYPES, "hash")), min_size=3,
                      max_size=3),
+       streams=st.lists(st.sampled_from(("", "", "", "none", "string", "zset", "hash")),
+                        min_size=3, max_size=3),
        count=st.sampled_from((1, 2, 10, 1000)), decoy=st.booleans())
-def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
-    backend: Backend, levels: list[list[Waiting]], sets: list[str], count: int, decoy: bool
+def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
+    backend: Backend, levels: list[list[Waiting]], sets: list[str], streams: list[str],
+    count: int, decoy: bool
 ) -> None:
     """A SCAN of the levels' job keys, step by step: a record that says scheduled and is not
-    in its level's delayed set goes back in, at its due time (now if that is not a time);
-    nothing else in the queue changes, and a delayed set of the wrong type is left alone."""
+    in its level's delayed set goes back in, at its due time (now if that is not a time); one
+    that says queued and whose entry the group will never hand out gets a new entry, once;
+    nothing else in the queue changes, and a delayed set or stream of the wrong type is left
+    alone."""
     async def body(env: Env) -> None:
         client = env.client
         stores = [QueueStore(client, Keys(env.keys.prefix, name))
@@ -1275,10 +1359,18 @@ def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
         now = await redis_ms(client)
         times = {PAST: now - 60_000, FUTURE: now + 10**9}
         want: dict[bytes, dict[bytes, int | None]] = {}  # delayed set -> id -> score (None: now)
-        for store, jobs, kind in zip(stores, levels, sets, strict=False):
-            delayed = store.keys.delayed
+        for store, jobs, kind, skind in zip(stores, levels, sets, streams, strict=False):
+            delayed, stream = store.keys.delayed, store.keys.stream
             if kind:  # of the wrong type, or ("zset") a set holding a junk member already
                 await make_wrong(client, delayed, kind)
+            if skind == "none":
+                await client.delete(stream)
+            elif skind:
+                await make_wrong(client, stream, skind)
+            else:  # a stream with its group (and an entry of another job)
+                await client.xadd(stream, {b"i": b"other"})
+                with contextlib.suppress(ResponseError):
+                    await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
             for n, w in enumerate(jobs):
                 job_id, key = f"r{n}", store.keys.job(f"r{n}")
                 if w.what in WRONG_TYPES:
@@ -1289,6 +1381,16 @@ def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
                     fields[b"s"] = w.what.encode()
                 if w.due is not DELETE:
                     fields[b"d"] = num(times[w.due]) if w.due in times else w.due
+                if w.entry == "gone":
+                    fields[b"e"] = b"1-1"
+                elif w.entry in ENTRY_KINDS and not skind:
+                    fields[b"e"] = await client.xadd(stream, {b"i": job_id.encode()})
+                    if w.entry != "new":
+                        await client.xreadgroup(GROUP, "ghost", {stream: ">"})
+                    if w.entry == "acknowledged":
+                        await client.xack(stream, GROUP, fields[b"e"])
+                elif w.entry not in ENTRY_KINDS and w.entry is not DELETE:
+                    fields[b"e"] = w.entry
                 await client.hset(key, mapping=fields)
                 if kind not in ("", "zset"):
                     continue
@@ -1302,12 +1404,15 @@ def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
             await client.hset(f"{env.keys.shared}:conc:5:x:job:r0",
                               mapping={b"s": b"scheduled", b"d": b"5"})
         before = await snapshot(client, env.keys)
+        lost = [await unreachable(client, st_.keys.stream, st_.keys.job_prefix, before)
+                for st_ in stores]
         lo = await redis_ms(client)
-        cursor, restored, earliest, steps = "0", 0, [], 0
+        cursor, restored, earliest, steps, requeued = "0", 0, [], 0, 0
         step_count = await scan_count(client, count)
         while True:
             step = await reschedule_levels(stores, cursor, step_count)
             restored += step.restored
+            requeued += step.requeued
             earliest += [] if step.earliest_ms is None else [step.earliest_ms]
             cursor, steps = step.cursor, steps + 1
             if cursor == "0" or steps > 10_000:
@@ -1316,8 +1421,14 @@ def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
         after = await snapshot(client, env.keys)
         assert cursor == "0"
         sets_ = {st_.keys.delayed.encode() for st_ in stores}
-        assert {n: k for n, k in after.items() if n not in sets_} == \
-            {n: k for n, k in before.items() if n not in sets_}, "nothing else is written"
+        streams_ = {st_.keys.stream.encode() for st_ in stores}
+        records = {key for one in lost for key in one}
+        written = sets_ | streams_ | records
+        assert {n: k for n, k in after.items() if n not in written} == \
+            {n: k for n, k in before.items() if n not in written}, "nothing else is written"
+        for st_, one in zip(stores, lost, strict=True):
+            check_requeued(before, after, st_.keys.stream, st_.keys.job_prefix, one, lo, hi)
+        assert requeued == len(records)
         scores: list[float] = []
         for name in sets_:
             if name in before and before[name].kind != "zset":
@@ -1334,7 +1445,8 @@ def test_reschedule_puts_back_exactly_the_scheduled_jobs_their_delayed_set_lost(
                 scores.append(score)
         assert restored == len(scores)
         assert (min(earliest) if earliest else None) == (min(scores) if scores else None)
-        event(f"put back {min(restored, 3)}+ in {min(steps, 3)}+ steps")
+        event(f"put back {min(restored, 3)}+ and queued {min(requeued, 3)}+ in "
+              f"{min(steps, 3)}+ steps")
 
     run(backend, body)
 
@@ -1765,19 +1877,26 @@ async def check_reschedule(env: Env, batch: Sequence[Case], data: st.DataObject)
             and rec.content.get(b"s") == b"scheduled" and i not in had}
     # One count for the whole pass (drawn once: the number of SCAN steps depends on every
     # key of the server, other tests' included on a shared real one).
+    unhanded = await unreachable(client, k.stream, k.job_prefix, before)
     count = await scan_count(client, data.draw(st.sampled_from([3, 50, 500])))
-    cursor, restored = "0", 0
+    cursor, restored, requeued = "0", 0, 0
+    lo = await redis_ms(client)
     while True:
         step = await reschedule_levels([env.store], cursor, count)
         cursor, restored = step.cursor, restored + step.restored
+        requeued += step.requeued
         if cursor == "0":
             break
+    hi = await redis_ms(client)
     after = await snapshot(client, k)
     now = dict(after[k.delayed.encode()].content) if k.delayed.encode() in after else {}
     assert restored == len(lost) and set(now) == set(had) | lost
-    assert {n: v for n, v in after.items() if n != k.delayed.encode()} == \
-        {n: v for n, v in before.items() if n != k.delayed.encode()}
-    event(f"reschedule put back {min(restored, 2)}+")
+    assert requeued == len(unhanded)
+    written = {k.delayed.encode(), k.stream.encode(), *unhanded}
+    assert {n: v for n, v in after.items() if n not in written} == \
+        {n: v for n, v in before.items() if n not in written}
+    check_requeued(before, after, k.stream, k.job_prefix, unhanded, lo, hi)
+    event(f"reschedule put back {min(restored, 2)}+, queued {min(requeued, 2)}+")
 
 
 NEVER_RAISE: dict[str, Callable[[Env, Sequence[Case], st.DataObject], Awaitable[None]]] = {

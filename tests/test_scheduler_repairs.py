@@ -238,3 +238,74 @@ async def test_a_new_leader_puts_back_the_jobs_a_deleted_delayed_set_held(
                             "queue default"]
         for job in [*delayed, high, queued]:
             assert (await job.info()).attempts == 1
+
+
+async def _group_at(client: Any, stream: str, at: str) -> None:
+    """The queue's consumer group at ``at``, made if the pool has not made it yet."""
+    if any(g["name"] == b"asyncjobs" for g in await client.xinfo_groups(stream)):
+        await client.xgroup_setid(stream, "asyncjobs", at)
+    else:
+        await client.xgroup_create(stream, "asyncjobs", id=at)
+
+
+async def _lose_entries(pool: asyncjobs.Pool, how: str) -> None:
+    """Make the queued jobs of queue ``default`` unreachable as an operator might: their
+    stream deleted or trimmed, their entries delivered and acknowledged by a consumer that
+    ran nothing, the group moved past them, or their records' entry ids overwritten."""
+    client, stream = pool.client, pool.keys("default").stream
+    if how == "DEL":
+        assert await client.delete(stream) == 1
+    elif how == "XTRIM MAXLEN 0":
+        assert await client.xtrim(stream, maxlen=0, approximate=False) > 0
+    elif how == "XACK":
+        await _group_at(client, stream, "0")
+        taken = await client.xreadgroup("asyncjobs", "ghost", {stream: ">"})
+        entries = [entry for _, got in taken for entry, _ in got]
+        assert entries and await client.xack(stream, "asyncjobs", *entries) == len(entries)
+    elif how == "XGROUP SETID $":
+        await _group_at(client, stream, "$")
+    else:  # "HSET e": each record names an entry that is not in the stream
+        for key in [k async for k in client.scan_iter(pool.keys("default").job("*"))]:
+            if await client.hget(key, "s") == b"queued":
+                await client.hset(key, "e", "1-1" if hash(key) % 2 else "not an entry id")
+
+
+@pytest.mark.on_cluster
+@pytest.mark.parametrize("how", ["DEL", "XTRIM MAXLEN 0", "XACK", "XGROUP SETID $", "HSET e"])
+@pytest.mark.asyncio
+async def test_the_periodic_pass_puts_back_queued_jobs_no_stream_would_hand_out(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    how: str
+) -> None:
+    """Queued jobs whose entries no worker will be handed (see ``_lose_entries``), done while
+    no worker ran: the periodic pass finds their records still queued and adds them to the
+    stream again, each once, keeping their enqueue time; they run once, and the jobs
+    enqueued afterwards (reachable) are not added twice."""
+    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    async with backend.pool() as pool:
+        lost_jobs = [await pool.enqueue(echo, n) for n in range(4)]
+        enqueued = [(await job.info()).enqueued_at for job in lost_jobs]
+        await _lose_entries(pool, how)
+        later = [await pool.enqueue(echo, 10 + n) for n in range(2)]
+        with caplog.at_level(logging.WARNING, "asyncjobs.scheduler"):
+            async with running(backend, backend.worker([echo], lease_ttl=1)):
+                for n, job in enumerate(lost_jobs):
+                    assert await job.result(timeout=20) == n
+                for n, job in enumerate(later):
+                    assert await job.result(timeout=10) == 10 + n
+                deadline = asyncio.get_running_loop().time() + 20
+                while not any("put back" in r.getMessage() for r in caplog.records):
+                    assert asyncio.get_running_loop().time() < deadline, "no pass ended"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.5)  # passes after the first: nothing more to put back
+        put_back = [r.getMessage() for r in caplog.records if "put back" in r.getMessage()]
+        assert put_back == ["put back 4 queued job(s) that the streams of queue default would "
+                            "not hand to a worker (their entries deleted, trimmed or "
+                            "acknowledged)"]
+        for job, at in zip(lost_jobs, enqueued, strict=True):
+            info = await job.info()
+            assert info.attempts == 1
+            # kept, but where the record's entry id, which was it, was overwritten by hand
+            assert info.enqueued_at == at or how == "HSET e"
+        for job in later:
+            assert (await job.info()).attempts == 1

@@ -111,15 +111,18 @@ async def idle_levels(stores: Sequence[QueueStore], min_idle_ms: int, most: int,
 
 async def reschedule_levels(stores: Sequence[QueueStore], cursor: str, count: int
                             ) -> Rescheduled:
-    """One step of the delayed sets' repair over the stores (the levels of one queue: one
+    """One step of the waiting jobs' repair over the stores (the levels of one queue: one
     hash tag): SCAN from ``cursor`` (COUNT ``count``) for job records that say scheduled but
-    whose level's delayed set lacks them, and put them back; see reschedule.lua."""
-    keys: list[s.KeyOrArg] = [st.keys.delayed for st in stores]
+    whose level's delayed set lacks them, or queued but whose stream entry no worker will be
+    handed, and put them back; see reschedule.lua."""
+    keys: list[s.KeyOrArg] = [*(st.keys.delayed for st in stores),
+                              *(st.keys.stream for st in stores)]
     args: list[s.KeyOrArg] = [cursor, job_pattern([st.keys for st in stores]), count,
-                              *(st.keys.job_prefix for st in stores)]
-    nxt, restored, earliest = await s.load(s.RESCHEDULE)(stores[0].client, keys, args)
+                              *(st.keys.job_prefix for st in stores), GROUP]
+    nxt, restored, earliest, requeued = await s.load(s.RESCHEDULE)(stores[0].client, keys,
+                                                                   args)
     return Rescheduled(reply_text(nxt), int(restored),
-                       None if int(earliest) < 0 else int(earliest))
+                       None if int(earliest) < 0 else int(earliest), int(requeued))
 
 
 class QueueStore:

@@ -105,7 +105,7 @@ class Promoted:
 
 @dataclass(frozen=True, slots=True)
 class Rescheduled:
-    """The result of one step of the delayed sets' repair (reschedule.lua)."""
+    """The result of one step of the waiting jobs' repair (reschedule.lua)."""
 
     cursor: str
     """Where the next step goes on ('0': the scan is over)."""
@@ -113,6 +113,8 @@ class Rescheduled:
     """Scheduled jobs put back in their delayed set."""
     earliest_ms: int | None
     """The earliest due time among them (None: none)."""
+    requeued: int = 0
+    """Queued jobs whose stream entry no worker would be handed, added to the stream again."""
 
 
 MAX_LENGTH_MOST = 10**12

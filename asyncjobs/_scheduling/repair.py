@@ -1,10 +1,12 @@
-"""When the leader repairs its queue's delayed sets: the decisions, without I/O or a clock.
+"""When the leader repairs its queue's waiting jobs: the decisions, without I/O or a clock.
 
 A job waiting for a due time (a delay, a retry, a rate or concurrency limit) is in two places:
-its record says ``scheduled`` and its level's delayed set holds its id. The scheduler reads
-only the set, so a set deleted by hand would leave those records ``scheduled`` for ever. The
-leader therefore scans the queue's job records now and then (reschedule.lua: one SCAN step
-of ``STEP_COUNT`` per call, its cursor kept here) and puts back what a set lost.
+its record says ``scheduled`` and its level's delayed set holds its id. A job waiting for a
+worker is too: its record says ``queued`` and names its entry in its level's stream. The
+scheduler reads only the sets and the workers only the streams, so a set or stream deleted,
+trimmed or acknowledged by hand would leave those records waiting for ever. The leader
+therefore scans the queue's job records now and then (reschedule.lua: one SCAN step of
+``STEP_COUNT`` per call, its cursor kept here) and puts back what a set or stream lost.
 
 A pass is a SCAN of the whole keyspace of the queue's node, whatever the queue holds, so it
 is rare:
@@ -57,7 +59,9 @@ class Repair:
     hinted: bool = False
     """A hint came since the last pass began."""
     restored: int = 0
-    """Jobs put back by the pass under way (or the last one)."""
+    """Scheduled jobs put back by the pass under way (or the last one)."""
+    requeued: int = 0
+    """Queued jobs put back in their stream by the pass under way (or the last one)."""
     _began: float = 0.0
     _ended: float | None = None
     _took_s: float = 0.0
@@ -102,12 +106,15 @@ class Repair:
     def begin(self, now: float) -> str:
         """Start a pass (if none is under way); the cursor to step from."""
         if self.cursor is None:
-            self.cursor, self._began, self.hinted, self.restored = "0", now, False, 0
+            self.cursor, self._began, self.hinted = "0", now, False
+            self.restored = self.requeued = 0
         return self.cursor
 
-    def stepped(self, cursor: str, restored: int, now: float) -> bool:
-        """Note a step's reply; True when the pass is over."""
+    def stepped(self, cursor: str, restored: int, now: float, requeued: int = 0) -> bool:
+        """Note a step's reply (``restored`` scheduled and ``requeued`` queued jobs put
+        back); True when the pass is over."""
         self.restored += restored
+        self.requeued += requeued
         if cursor != "0":
             self.cursor = cursor
             return False

@@ -207,11 +207,16 @@ class Scheduler:
             return max(0.0, self.repair.next_at() - time.monotonic())
         if step.restored:  # jobs of a delayed set deleted by hand: promote what is due now
             self._next_check = [0.0] * len(self.stores)
-        if not self.repair.stepped(step.cursor, step.restored, time.monotonic()):
+        if not self.repair.stepped(step.cursor, step.restored, time.monotonic(),
+                                   step.requeued):
             return 0.0  # the next step at once
         if self.repair.restored:
             log.warning("put back %d scheduled job(s) missing from the delayed sets of queue "
                         "%s", self.repair.restored, self.queue)
+        if self.repair.requeued:
+            log.warning("put back %d queued job(s) that the streams of queue %s would not "
+                        "hand to a worker (their entries deleted, trimmed or acknowledged)",
+                        self.repair.requeued, self.queue)
         return 0.0 if step.restored else max(0.0, self.repair.next_at() - time.monotonic())
 
     async def _cron(self) -> float:

@@ -1,33 +1,47 @@
--- Put back in its delayed set each job whose record says it is scheduled but whose set has
--- lost it (the set deleted or overwritten by hand, a partial restore...): one step of a SCAN
--- over the job records of a queue's levels, resumed from its cursor. The scheduler reads
--- only the delayed sets, so without this such a job would stay `scheduled` for ever.
+-- Put back each job whose record says it waits but that nothing will hand to a worker: one
+-- step of a SCAN over the job records of a queue's levels, resumed from its cursor. Such jobs
+-- come from Redis edited by hand (a delayed set or stream deleted, trimmed or overwritten, an
+-- entry acknowledged by hand, a group moved past its entries, a partial restore); without
+-- this they would stay `scheduled` or `queued` for ever.
 --
 -- A key is looked at when it starts with one of the levels' job key prefixes (the MATCH
--- pattern may let others through). It is put back when it is a hash whose state is
--- `scheduled` and whose id is not in its level's delayed set, scored with its due time
--- (`d`), or now when that is missing, negative or not a time (promote.lua then checks its
--- expiry as always). Nothing else is written, so no job is ever delayed twice or both delayed and
--- queued: a job already in its set, queued, running or ended is left alone, and a scheduled
--- job has no live stream entry (every script that makes a job scheduled deletes its entry
--- in the same step; an entry left behind is stale for start.lua, which starts only a queued
--- or running record from the entry it names). A job that waited on a concurrency limit
--- (`cw`) comes back at its safety-net due time, not into the limit's wait set: promoted, it
--- meets the limit again. A level whose delayed set holds another type is skipped (promote.lua
--- reports that set). The SCAN's COUNT bounds a step's work.
+-- pattern may let others through), and only when it is a hash whose state is `scheduled` or
+-- `queued`:
+-- - `scheduled`, and its id not in its level's delayed set: put back in the set, scored with
+--   its due time (`d`), or now when that is missing, negative or not a time (promote.lua
+--   then checks its expiry as always). A job that waited on a concurrency limit (`cw`) comes
+--   back at its safety-net due time, not into the limit's wait set: promoted, it meets the
+--   limit again.
+-- - `queued`, and its entry (`e`) unreachable: not an entry id, not in its level's stream,
+--   or in it but already delivered by the consumer group (at or before the group's last
+--   delivered id) and pending for no consumer, so never delivered again: a new entry is
+--   added at the stream's end and the record points at it, keeping its enqueue time (`q`,
+--   from the old entry id when missing). An old entry still in the stream is deleted (it is
+--   pending for nobody). While the group is missing its entries are reachable (a worker makes
+--   the group again at id 0 and reads them all).
+-- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in
+-- the stream twice: a job already in its set, with a reachable entry, running or ended is
+-- left alone, and a scheduled job has no live stream entry (every script that makes a job
+-- scheduled deletes its entry in the same step; an entry left behind is stale for start.lua,
+-- which starts only a queued or running record from the entry it names). A level whose
+-- delayed set or stream holds another type is skipped for that kind of job (promote.lua and
+-- the reads report it). The SCAN's COUNT bounds a step's work.
 --
--- KEYS[1..n] the levels' delayed sets
+-- KEYS[1..n] the levels' delayed sets, KEYS[n+1..2n] the levels' streams, in one order
 -- ARGV[1] SCAN cursor ('0': a new scan), ARGV[2] MATCH pattern, ARGV[3] COUNT,
--- ARGV[4..3+n] the levels' job key prefixes, in the order of KEYS
--- Returns {the next cursor ('0': the scan is over), jobs put back, the earliest due time
--- (ms) among them (-1: none)}
+-- ARGV[4..3+n] the levels' job key prefixes, in the order of KEYS, ARGV[4+n] the group
+-- Returns {the next cursor ('0': the scan is over), scheduled jobs put back, the earliest
+-- due time (ms) among them (-1: none), queued jobs put back}
 local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local n = #KEYS / 2
+local group = ARGV[4 + n]
 local usable = {}  -- level -> whether its delayed set may be written (looked up once)
+local streams = {}  -- level -> false (not a stream) or the group's last delivered id ('')
 local now = nil
-local put, earliest = 0, -1
+local put, earliest, requeued = 0, -1, 0
 
 local function level_of(key)
-  for i = 1, #KEYS do
+  for i = 1, n do
     local prefix = ARGV[3 + i]
     if #key > #prefix and string.sub(key, 1, #prefix) == prefix then
       return i, string.sub(key, #prefix + 1)
@@ -36,10 +50,81 @@ local function level_of(key)
   return nil, nil
 end
 
+-- The last id `group` delivered on `stream` ('' when the stream or its group is missing:
+-- every entry is reachable then), or false when the key is not a stream.
+local function last_delivered(stream, group)
+  local t = redis.call('TYPE', stream)
+  t = type(t) == 'table' and t.ok or t
+  if t ~= 'stream' then
+    return t == 'none' and ''
+  end
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+  if not ok then
+    return ''
+  end
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == group then
+      return info['last-delivered-id'] or ''
+    end
+  end
+  return ''
+end
+
+-- Whether stream id a <= b (both 'ms-seq').
+local function at_or_before(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  if not (am and bm) then
+    return false
+  end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as <= bs)
+end
+
+-- Whether the group will still hand `entry` to a worker: it is in the stream, and either
+-- not delivered yet or pending for a consumer (a reclaim takes it from a dead one).
+local function reachable(stream, group, entry, last)
+  if not stream_id(entry) then
+    return false
+  end
+  local ok, found = pcall(redis.call, 'XRANGE', stream, entry, entry, 'COUNT', 1)
+  if not ok or #found == 0 then
+    return false
+  end
+  if last == '' or not at_or_before(entry, last) then
+    return true
+  end
+  local pending
+  ok, pending = pcall(redis.call, 'XPENDING', stream, group, entry, entry, 1)
+  return not ok or #pending > 0
+end
+
 for _, key in ipairs(found[2]) do
   local level, id = level_of(key)
-  local rec = level and hmget(key, 's', 'd')
-  if rec and rec[1] == 'scheduled' then
+  local rec = level and hmget(key, 's', 'd', 'e', 'q')
+  if rec and rec[1] == 'queued' then
+    local stream = KEYS[n + level]
+    local last = streams[level]
+    if last == nil then
+      last = last_delivered(stream, group)
+      streams[level] = last
+    end
+    local entry = rec[3]
+    if last and not reachable(stream, group, entry, last) then
+      local fresh = redis.call('XADD', stream, '*', 'i', id)
+      local change = {'e', fresh}
+      if not int(rec[4]) then  -- keep its enqueue time: the old entry id was it
+        change[3], change[4] = 'q', entry_ms(stream_id(entry) and entry or fresh)
+      end
+      redis.call('HSET', key, unpack(change))
+      if stream_id(entry) then
+        redis.call('XDEL', stream, entry)
+      end
+      requeued = requeued + 1
+    end
+  elseif rec and rec[1] == 'scheduled' then
     local delayed = KEYS[level]
     if usable[level] == nil then
       local t = redis.call('TYPE', delayed)
@@ -60,4 +145,4 @@ for _, key in ipairs(found[2]) do
     end
   end
 end
-return {found[1], put, earliest}
+return {found[1], put, earliest, requeued}
