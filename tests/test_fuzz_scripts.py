@@ -1240,54 +1240,79 @@ def _id_key(entry: bytes) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space
-                      ) -> dict[bytes, bytes | None]:
-    """reschedule.lua's model for one level: the records (key -> their entry id, None when
-    they have none) that say queued but whose entry the group will never hand to a worker:
-    not an entry id, not in the stream, or at or before the group's last delivered id and
-    pending for nobody. None when the stream key holds another type (left alone)."""
+def canonical(entry: bytes) -> bytes | None:
+    """The entry id Redis reads ``entry`` as (``b"01-0"`` -> ``b"1-0"``), None if none."""
+    found = STREAM_ID.match(entry)
+    if not found or max(int(found[1]), int(found[2])) >= 2**64:
+        return None
+    return b"%d-%d" % (int(found[1]), int(found[2]))
+
+
+def job_of(fields: tuple[bytes, ...]) -> bytes:
+    """The prelude's ``job_id_of()``: the last ``i`` field's value, or empty."""
+    found = b""
+    for name, value in zip(fields[::2], fields[1::2], strict=False):
+        if name == b"i":
+            found = value
+    return found
+
+
+Lost = dict[bytes, tuple[bytes | None, bytes | None]]
+"""Job key -> (its record's entry id, None if none; the entry of the stream that id names
+when it is this job's, which the repair deletes, else None)."""
+
+
+async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space) -> Lost:
+    """reschedule.lua's model for one level: the records that say queued but whose entry the
+    group will never hand to a worker: not an entry id, not in the stream as written (start
+    compares the text), another job's, or at or before the group's last delivered id and
+    pending for nobody. Nothing when the stream key holds another type (left alone)."""
     held = before.get(stream.encode())
     if held is not None and held.kind != "stream":
         return {}
-    entries = {e for e, _ in held.content.entries} if held else set()
+    entries = dict(held.content.entries) if held else {}
     pending = {e for e, _, _ in held.content.pending} if held else set()
     last = None
     if held is not None:
         for group in await client.xinfo_groups(stream):
             if group["name"] == GROUP.encode():
                 last = group["last-delivered-id"]
-    found: dict[bytes, bytes | None] = {}
+    prefix = job_prefix.encode()
+    found: Lost = {}
     for name, key in before.items():
-        if not name.startswith(job_prefix.encode()) or key.kind != "hash" \
+        if not name.startswith(prefix) or key.kind != "hash" \
                 or key.content.get(b"s") != b"queued":
             continue
         entry = key.content.get(b"e")
-        reachable = (entry is not None and STREAM_ID.match(entry) is not None
-                     and entry in entries
-                     and (last is None or _id_key(entry) > _id_key(last) or entry in pending))
+        real = canonical(entry) if entry is not None else None
+        own = real if real in entries and job_of(entries[real]) == name[len(prefix):] \
+            else None
+        reachable = (own is not None and own == entry
+                     and (last is None or _id_key(own) > _id_key(last) or own in pending))
         if not reachable:
-            found[name] = entry
+            found[name] = (entry, own)
     return found
 
 
-def check_requeued(before: Space, after: Space, stream: str, job_prefix: str,
-                   lost: dict[bytes, bytes | None], lo: int, hi: int) -> None:
+def check_requeued(before: Space, after: Space, stream: str, job_prefix: str, lost: Lost,
+                   lo: int, hi: int) -> None:
     """Each record in ``lost`` (see ``unreachable``) points at a new entry of ``stream``
     holding its id, one each; it keeps its enqueue time (``q``; from its old entry id when it
-    had none, else now); its old entry left the stream; nothing else of the stream changed."""
+    had none, else now); its own old entry left the stream; nothing else of the stream
+    changed."""
     name = stream.encode()
     if not lost:
         assert after.get(name) == before.get(name), "a stream with nothing to put back stays"
         return
     old = before[name].content if name in before else Stream((), (), frozenset())
     new = after[name].content
-    dropped = {e for e in lost.values() if e is not None}
+    dropped = {own for _, own in lost.values() if own is not None}
     kept = tuple(x for x in old.entries if x[0] not in dropped)
     assert new.entries[:len(kept)] == kept, "the stream's other entries stay"
     added = dict(new.entries[len(kept):])
     assert len(added) == len(lost), "one new entry per job put back"
     assert new.pending == old.pending and new.consumers == old.consumers
-    for key, entry in lost.items():
+    for key, (entry, _) in lost.items():
         was, now = before[key].content, after[key].content
         assert added.get(now.get(b"e")) == (b"i", key[len(job_prefix):]), (key, now)
         want = {**was, b"e": now[b"e"]}
@@ -1311,10 +1336,10 @@ class Waiting:
     entry: Any  # the record's `e`: one of ENTRY_KINDS (an entry made so), junk, or DELETE
 
 
-ENTRY_KINDS = ("new", "pending", "acknowledged", "gone")
+ENTRY_KINDS = ("new", "pending", "acknowledged", "padded", "gone", "another job's")
 """A stream entry for the record's `e`: not delivered yet, delivered and pending, delivered
-and acknowledged (or passed by the group, never to be delivered), or an id not in the
-stream."""
+and acknowledged (or passed by the group, never to be delivered), a new one's id with a
+leading zero, an id not in the stream, or the entry of another job."""
 
 
 RECORD_STATES = ("scheduled", "queued", "running", "complete", "failed", "no state",
@@ -1367,8 +1392,9 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
                 await client.delete(stream)
             elif skind:
                 await make_wrong(client, stream, skind)
-            else:  # a stream with its group (and an entry of another job)
-                await client.xadd(stream, {b"i": b"other"})
+            other = None
+            if not skind:  # a stream with its group (and an entry of another job)
+                other = await client.xadd(stream, {b"i": b"other"})
                 with contextlib.suppress(ResponseError):
                     await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
             for n, w in enumerate(jobs):
@@ -1383,9 +1409,13 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
                     fields[b"d"] = num(times[w.due]) if w.due in times else w.due
                 if w.entry == "gone":
                     fields[b"e"] = b"1-1"
+                elif w.entry == "another job's":
+                    fields[b"e"] = other or b"1-2"
                 elif w.entry in ENTRY_KINDS and not skind:
                     fields[b"e"] = await client.xadd(stream, {b"i": job_id.encode()})
-                    if w.entry != "new":
+                    if w.entry == "padded":
+                        fields[b"e"] = b"0" + fields[b"e"]
+                    elif w.entry != "new":
                         await client.xreadgroup(GROUP, "ghost", {stream: ">"})
                     if w.entry == "acknowledged":
                         await client.xack(stream, GROUP, fields[b"e"])
@@ -1447,6 +1477,62 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
         assert (min(earliest) if earliest else None) == (min(scores) if scores else None)
         event(f"put back {min(restored, 3)}+ and queued {min(requeued, 3)}+ in "
               f"{min(steps, 3)}+ steps")
+
+    run(backend, body)
+
+
+@pytest.mark.parametrize(("kind", "put_back"), [
+    ("new", False), ("pending", False), ("acknowledged", True), ("passed by the group", True),
+    ("padded", True), ("gone", True), ("another job's", True), ("junk", True),
+    ("none", True), ("stream deleted", True), ("stream a string", False),
+])
+def test_reschedule_puts_back_a_queued_job_by_where_its_entry_is(
+    backend: Backend, kind: str, put_back: bool
+) -> None:
+    """Each way a queued job's entry can be, one by one (the Hypothesis test above mixes
+    them): put back exactly when the group will never hand that entry to a worker, with its
+    own old entry deleted and another job's left alone."""
+    async def body(env: Env) -> None:
+        client, k = env.client, env.keys
+        other = await client.xadd(k.stream, {b"i": b"other"})
+        entry = await client.xadd(k.stream, {b"i": b"j"})
+        fields = {b"j": SPEC, b"a": b"0", b"s": b"queued", b"e": entry}
+        if kind in ("pending", "acknowledged"):
+            await client.xreadgroup(GROUP, "ghost", {k.stream: ">"})
+            if kind == "acknowledged":
+                await client.xack(k.stream, GROUP, entry)
+        elif kind == "passed by the group":
+            await client.xgroup_setid(k.stream, GROUP, "$")
+        elif kind == "padded":
+            fields[b"e"] = b"00" + entry
+        elif kind == "gone":
+            await client.xdel(k.stream, entry)
+        elif kind == "another job's":
+            fields[b"e"] = other
+        elif kind == "junk":
+            fields[b"e"] = b"\xff1-x"
+        elif kind == "none":
+            del fields[b"e"]
+        elif kind == "stream deleted":
+            await client.delete(k.stream)
+        elif kind == "stream a string":
+            await make_wrong(client, k.stream, "string")
+        await client.hset(env.job("j"), mapping=fields)
+        before = await snapshot(client, k)
+        step = await reschedule_levels([env.store], "0", await scan_count(client, 1000))
+        while step.cursor != "0":
+            step = await reschedule_levels([env.store], step.cursor, 1000)
+        after = await snapshot(client, k)
+        now = after[env.job("j")].content
+        if not put_back:
+            assert after == before
+            return
+        assert now[b"e"] != fields.get(b"e")
+        stream = dict(after[k.stream.encode()].content.entries)
+        assert stream[now[b"e"]] == (b"i", b"j")
+        assert (entry in stream) == (kind in ("another job's", "junk", "none")), \
+            "its own old entry goes; one it does not name stays"
+        assert (other in stream) == (kind != "stream deleted")
 
     run(backend, body)
 

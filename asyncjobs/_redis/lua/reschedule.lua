@@ -12,13 +12,15 @@
 --   then checks its expiry as always). A job that waited on a concurrency limit (`cw`) comes
 --   back at its safety-net due time, not into the limit's wait set: promoted, it meets the
 --   limit again.
--- - `queued`, and its entry (`e`) unreachable: not an entry id, not in its level's stream,
---   or in it but already delivered by the consumer group (at or before the group's last
---   delivered id) and pending for no consumer, so never delivered again: a new entry is
---   added at the stream's end and the record points at it, keeping its enqueue time (`q`,
---   from the old entry id when missing). An old entry still in the stream is deleted (it is
---   pending for nobody). While the group is missing its entries are reachable (a worker makes
---   the group again at id 0 and reads them all).
+-- - `queued`, and its entry (`e`) unreachable: not an entry id; not in its level's stream
+--   as written (start.lua compares the delivered id with `e` as text, so '01-0' never
+--   starts the entry '1-0'); another job's entry; or this job's, but already delivered by
+--   the consumer group (at or before the group's last delivered id) and pending for no
+--   consumer, so never delivered again. A new entry is added at the stream's end and the
+--   record points at it, keeping its enqueue time (`q`, from the old entry id when missing).
+--   The job's own old entry, if still in the stream, is deleted (another job's stays). While
+--   the group is missing, entries are reachable (a worker makes the group again at id 0 and
+--   reads them all).
 -- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in
 -- the stream twice: a job already in its set, with a reachable entry, running or ended is
 -- left alone, and a scheduled job has no live stream entry (every script that makes a job
@@ -72,33 +74,50 @@ local function last_delivered(stream, group)
   return ''
 end
 
--- Whether stream id a <= b (both 'ms-seq').
+-- Whether whole number a <= b, both digits without leading zeros (as Redis writes stream
+-- ids), compared as text: a Lua number holds only 53 bits of the 64 an id part may have.
+local function digits_le(a, b)
+  if #a ~= #b then
+    return #a < #b
+  end
+  return a <= b
+end
+
+-- Whether stream id a <= b (both 'ms-seq', as Redis writes them).
 local function at_or_before(a, b)
   local am, as = string.match(a, '^(%d+)%-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
   if not (am and bm) then
     return false
   end
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as <= bs)
+  if am ~= bm then
+    return digits_le(am, bm)
+  end
+  return digits_le(as, bs)
 end
 
--- Whether the group will still hand `entry` to a worker: it is in the stream, and either
--- not delivered yet or pending for a consumer (a reclaim takes it from a dead one).
-local function reachable(stream, group, entry, last)
+-- Whether the group will still hand job `id` its entry `entry` (the record's `e`): the
+-- stream holds that entry, written as Redis writes ids (start.lua compares the two as text),
+-- for this job, and it is either not delivered yet or pending for a consumer (a reclaim
+-- takes it from a dead one). Returns that, and the entry when it is this job's and in the
+-- stream (so the caller may delete it), else nil.
+local function reachable(stream, group, entry, last, id)
   if not stream_id(entry) then
-    return false
+    return false, nil
   end
   local ok, found = pcall(redis.call, 'XRANGE', stream, entry, entry, 'COUNT', 1)
-  if not ok or #found == 0 then
-    return false
+  if not ok or #found == 0 or job_id_of(found[1][2]) ~= id then
+    return false, nil
+  end
+  if found[1][1] ~= entry then  -- the same entry written otherwise ('01-0'): never started
+    return false, found[1][1]
   end
   if last == '' or not at_or_before(entry, last) then
-    return true
+    return true, entry
   end
   local pending
   ok, pending = pcall(redis.call, 'XPENDING', stream, group, entry, entry, 1)
-  return not ok or #pending > 0
+  return not ok or #pending > 0, entry
 end
 
 for _, key in ipairs(found[2]) do
@@ -112,15 +131,19 @@ for _, key in ipairs(found[2]) do
       streams[level] = last
     end
     local entry = rec[3]
-    if last and not reachable(stream, group, entry, last) then
+    local live, own = false, nil
+    if last then
+      live, own = reachable(stream, group, entry, last, id)
+    end
+    if last and not live then
       local fresh = redis.call('XADD', stream, '*', 'i', id)
       local change = {'e', fresh}
       if not int(rec[4]) then  -- keep its enqueue time: the old entry id was it
         change[3], change[4] = 'q', entry_ms(stream_id(entry) and entry or fresh)
       end
       redis.call('HSET', key, unpack(change))
-      if stream_id(entry) then
-        redis.call('XDEL', stream, entry)
+      if own then
+        redis.call('XDEL', stream, own)
       end
       requeued = requeued + 1
     end
