@@ -20,7 +20,9 @@
 --   record points at it, keeping its enqueue time (`q`, from the old entry id when missing).
 --   The job's own old entry, if still in the stream, is deleted (another job's stays). While
 --   the group is missing, entries are reachable (a worker makes the group again at id 0 and
---   reads them all).
+--   reads them all). A group moved past the stream's last id (by hand), which would hand out
+--   no new entry, is moved back to that id first. A level whose stream refuses the new
+--   entry (its last possible id used up) is skipped.
 -- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in
 -- the stream twice: a job already in its set, with a reachable entry, running or ended is
 -- left alone, and a scheduled job has no live stream entry (every script that makes a job
@@ -52,28 +54,6 @@ local function level_of(key)
   return nil, nil
 end
 
--- The last id `group` delivered on `stream` ('' when the stream or its group is missing:
--- every entry is reachable then), or false when the key is not a stream.
-local function last_delivered(stream, group)
-  local t = redis.call('TYPE', stream)
-  t = type(t) == 'table' and t.ok or t
-  if t ~= 'stream' then
-    return t == 'none' and ''
-  end
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if not ok then
-    return ''
-  end
-  for _, g in ipairs(groups) do
-    local info = {}
-    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if info['name'] == group then
-      return info['last-delivered-id'] or ''
-    end
-  end
-  return ''
-end
-
 -- Whether whole number a <= b, both digits without leading zeros (as Redis writes stream
 -- ids), compared as text: a Lua number holds only 53 bits of the 64 an id part may have.
 local function digits_le(a, b)
@@ -94,6 +74,44 @@ local function at_or_before(a, b)
     return digits_le(am, bm)
   end
   return digits_le(as, bs)
+end
+
+-- The last id `group` delivered on `stream` ('' when the stream or its group is missing:
+-- every entry is reachable then), or false when the key is not a stream. A group moved past
+-- the stream's last id (`XGROUP SETID` by hand) would never be handed an entry added now,
+-- nor any later: it is moved back to that last id, which no entry lies beyond, so nothing
+-- is delivered twice.
+local function last_delivered(stream, group)
+  local t = redis.call('TYPE', stream)
+  t = type(t) == 'table' and t.ok or t
+  if t ~= 'stream' then
+    return t == 'none' and ''
+  end
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+  if not ok then
+    return ''
+  end
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == group then
+      local last = info['last-delivered-id'] or ''
+      local about
+      ok, about = pcall(redis.call, 'XINFO', 'STREAM', stream)
+      if ok and last ~= '' then
+        local made = nil
+        for i = 1, #about, 2 do
+          if about[i] == 'last-generated-id' then made = about[i + 1] end
+        end
+        if made and made ~= last and at_or_before(made, last) then
+          redis.call('XGROUP', 'SETID', stream, group, made)
+          last = made
+        end
+      end
+      return last
+    end
+  end
+  return ''
 end
 
 -- Whether the group will still hand job `id` its entry `entry` (the record's `e`): the
@@ -135,8 +153,14 @@ for _, key in ipairs(found[2]) do
     if last then
       live, own = reachable(stream, group, entry, last, id)
     end
+    local fresh = nil
     if last and not live then
-      local fresh = redis.call('XADD', stream, '*', 'i', id)
+      fresh = redis.pcall('XADD', stream, '*', 'i', id)
+      if type(fresh) == 'table' then  -- refused (the stream has used up its last id):
+        streams[level], fresh = false, nil  -- this level is skipped, the others go on
+      end
+    end
+    if fresh then
       local change = {'e', fresh}
       if not int(rec[4]) then  -- keep its enqueue time: the old entry id was it
         change[3], change[4] = 'q', entry_ms(stream_id(entry) and entry or fresh)
