@@ -37,8 +37,8 @@ from asyncjobs._redis.kept import MIN_TTL_S as KEPT_MIN_TTL_S
 from asyncjobs._redis.kept import SLACK_MS, _leb128
 from asyncjobs._redis.keys import GROUP, Keys
 from asyncjobs._redis.scripts import _prelude, load, run_pipelined
-from asyncjobs._redis.store import QueueStore, reschedule_levels
-from asyncjobs._redis.values import Delivery, LeaseAsk, NewJob, SettleOp
+from asyncjobs._redis.store import QueueStore, reschedule_levels, revive_levels
+from asyncjobs._redis.values import Delivery, LeaseAsk, NewJob, Orphan, SettleOp
 from asyncjobs._routing import members
 from asyncjobs._scheduling.leader import MAX_TTL_S as MAX_LEASE_TTL_S
 
@@ -1262,7 +1262,8 @@ Lost = dict[bytes, tuple[bytes | None, bytes | None]]
 when it is this job's, which the repair deletes, else None)."""
 
 
-async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space) -> Lost:
+async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space,
+                      state: bytes = b"queued") -> Lost:
     """reschedule.lua's model for one level: the records that say queued but whose entry the
     group will never hand to a worker: not an entry id, not in the stream as written (start
     compares the text), another job's, or at or before the group's last delivered id and
@@ -1281,7 +1282,7 @@ async def unreachable(client: Redis, stream: str, job_prefix: str, before: Space
     found: Lost = {}
     for name, key in before.items():
         if not name.startswith(prefix) or key.kind != "hash" \
-                or key.content.get(b"s") != b"queued":
+                or key.content.get(b"s") != state:
             continue
         entry = key.content.get(b"e")
         real = canonical(entry) if entry is not None else None
@@ -1346,7 +1347,7 @@ RECORD_STATES = ("scheduled", "queued", "running", "complete", "failed", "no sta
                  "Scheduled", "scheduled ")
 waitings = st.builds(
     Waiting,
-    what=st.one_of(st.sampled_from(("scheduled", "queued")),
+    what=st.one_of(st.sampled_from(("scheduled", "queued", "running")),
                    st.sampled_from((*RECORD_STATES, *WRONG_TYPES))),
     due=st.one_of(st.sampled_from((PAST, FUTURE, DELETE)), junk),
     in_set=st.booleans(),
@@ -1436,13 +1437,19 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
         before = await snapshot(client, env.keys)
         lost = [await unreachable(client, st_.keys.stream, st_.keys.job_prefix, before)
                 for st_ in stores]
+        orphans = {(level, key[len(st_.keys.job_prefix):].decode())
+                   for level, st_ in enumerate(stores)
+                   for key in await unreachable(client, st_.keys.stream, st_.keys.job_prefix,
+                                                before, b"running")}
         lo = await redis_ms(client)
         cursor, restored, earliest, steps, requeued = "0", 0, [], 0, 0
+        reported: list[tuple[int, str]] = []
         step_count = await scan_count(client, count)
         while True:
             step = await reschedule_levels(stores, cursor, step_count)
             restored += step.restored
             requeued += step.requeued
+            reported += [(o.level, o.job_id) for o in step.orphans]
             earliest += [] if step.earliest_ms is None else [step.earliest_ms]
             cursor, steps = step.cursor, steps + 1
             if cursor == "0" or steps > 10_000:
@@ -1459,6 +1466,7 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
         for st_, one in zip(stores, lost, strict=True):
             check_requeued(before, after, st_.keys.stream, st_.keys.job_prefix, one, lo, hi)
         assert requeued == len(records)
+        assert sorted(reported) == sorted(orphans), "running jobs no reclaim will take over"
         scores: list[float] = []
         for name in sets_:
             if name in before and before[name].kind != "zset":
@@ -1533,6 +1541,61 @@ def test_reschedule_puts_back_a_queued_job_by_where_its_entry_is(
         assert (entry in stream) == (kind in ("another job's", "junk", "none")), \
             "its own old entry goes; one it does not name stays"
         assert (other in stream) == (kind != "stream deleted")
+
+    run(backend, body)
+
+
+@pytest.mark.parametrize("change", ["none", "attempts", "worker", "entry", "state",
+                                    "pending again"])
+def test_revive_puts_back_only_a_running_job_still_as_it_was_found(
+    backend: Backend, change: str
+) -> None:
+    """A running job whose entry no reclaim will take over (its consumer deleted by hand),
+    reported by a scan and given back: put back in the stream, still running, only if its
+    record and entry are as the scan found them; a job started again, settled, or whose
+    entry is pending again meanwhile is left alone."""
+    async def body(env: Env) -> None:
+        client, k = env.client, env.keys
+        entry = await client.xadd(k.stream, {b"i": b"j"})
+        await client.xreadgroup(GROUP, "gone", {k.stream: ">"})
+        await client.hset(env.job("j"), mapping={b"j": SPEC, b"a": b"1", b"s": b"running",
+                                                 b"w": b"gone", b"e": entry})
+        await client.xgroup_delconsumer(k.stream, GROUP, "gone")
+        step = await reschedule_levels([env.store], "0", await scan_count(client, 1000))
+        found = list(step.orphans)
+        while step.cursor != "0":
+            step = await reschedule_levels([env.store], step.cursor, 1000)
+            found += step.orphans
+        assert found == [Orphan(0, "j", "gone", "1", entry.decode())]
+        if change == "attempts":
+            await client.hset(env.job("j"), b"a", b"2")
+        elif change == "worker":
+            await client.hset(env.job("j"), b"w", b"other")
+        elif change == "entry":
+            await client.hset(env.job("j"), b"e", await client.xadd(k.stream, {b"i": b"j"}))
+        elif change == "state":
+            await client.hset(env.job("j"), b"s", b"complete")
+        elif change == "pending again":
+            await client.xgroup_setid(k.stream, GROUP, "0")
+            await client.xreadgroup(GROUP, "new", {k.stream: ">"})
+        before = await snapshot(client, k)
+        assert await revive_levels([env.store], found) == (change == "none")
+        after = await snapshot(client, k)
+        if change != "none":
+            assert after == before
+            return
+        rec = after[env.job("j")].content
+        stream = dict(after[k.stream.encode()].content.entries)
+        assert entry not in stream and stream[rec[b"e"]] == (b"i", b"j")
+        assert {**rec, b"e": entry} == {**before[env.job("j")].content,
+                                        b"q": num(entry_ms(entry))}
+        # the next pass finds it reachable: nothing more to report or put back
+        step = await reschedule_levels([env.store], "0", await scan_count(client, 1000))
+        again: list[object] = [*step.orphans, step.requeued]
+        while step.cursor != "0":
+            step = await reschedule_levels([env.store], step.cursor, 1000)
+            again += [*step.orphans, step.requeued]
+        assert not any(again)
 
     run(backend, body)
 

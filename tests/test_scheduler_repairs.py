@@ -17,8 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
 import asyncjobs
-from asyncjobs._redis.keys import Keys, glob_escape, job_pattern
+from asyncjobs._redis.keys import GlobalKeys, Keys, glob_escape, job_pattern
 from asyncjobs._redis.store import QueueStore
+from asyncjobs._redis.values import Orphan
 from asyncjobs._scheduling import repair
 from asyncjobs._scheduling.leader import Lease
 from asyncjobs._scheduling.repair import Repair, lost
@@ -170,6 +171,22 @@ def test_passes_are_periodic_and_hinted_ones_spaced_by_their_cost() -> None:
     assert r.next_at() == 32.0 + max(repair.HINT_GAP_S, 200.0), "hinted: spaced by its cost"
 
 
+def test_an_orphan_is_confirmed_only_when_two_passes_in_a_row_found_it_unchanged() -> None:
+    a, b = Orphan(0, "a", "w1", "1", "1-0"), Orphan(0, "b", "w2", "1", "2-0")
+    started_again = Orphan(0, "b", "w2", "2", "2-0")
+    r = Repair()
+    r.begin(0.0)
+    r.orphaned([a])
+    r.orphaned([b])  # a pass takes several steps
+    assert r.stepped("0", 0, 1.0) and r.confirmed == frozenset()
+    r.begin(400.0)
+    r.orphaned([a, started_again])
+    assert not r.stepped("7", 0, 400.5) and r.confirmed == frozenset()  # not over yet
+    assert r.stepped("0", 0, 401.0) and r.confirmed == {a}
+    r.begin(800.0)
+    assert r.stepped("0", 0, 801.0) and r.confirmed == frozenset()  # gone since
+
+
 @pytest.mark.parametrize("levels", [["q"], ["q@high", "q", "q@low"]])
 def test_the_scan_pattern_matches_every_job_key_of_the_levels_and_names_are_escaped(
     levels: list[str]
@@ -309,3 +326,73 @@ async def test_the_periodic_pass_puts_back_queued_jobs_no_stream_would_hand_out(
             assert info.enqueued_at == at or how == "HSET e"
         for job in later:
             assert (await job.info()).attempts == 1
+
+
+async def _run_on(pool: asyncjobs.Pool, job: asyncjobs.Job[Any], worker: str) -> bytes:
+    """Make ``job`` look taken and started by ``worker``: its entry pending for that
+    consumer, its record running there (attempt 1); the entry id."""
+    client, stream = pool.client, pool.keys("default").stream
+    if not await client.xinfo_groups(stream):
+        await client.xgroup_create(stream, "asyncjobs", id="0")
+    taken = await client.xreadgroup("asyncjobs", worker, {stream: ">"}, count=1)
+    entry: bytes = taken[0][1][0][0]
+    assert await client.hget(pool.keys("default").job(job.id), "e") == entry
+    await client.hset(pool.keys("default").job(job.id),
+                      mapping={"s": "running", "w": worker, "a": 1, "st": 1})
+    return entry
+
+
+@pytest.mark.on_cluster
+@pytest.mark.parametrize("how", ["XGROUP DELCONSUMER", "XACK", "DEL"])
+@pytest.mark.asyncio
+async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    how: str
+) -> None:
+    """A worker died mid-job and its pending entry was then dropped by hand (its consumer
+    deleted, the entry acknowledged, the stream deleted): no reclaim would ever take the job
+    over, and it stayed running for ever. Two passes that find it so, with its worker's
+    heartbeat key gone, put it back: it runs again (its second attempt). A job in the same
+    state whose worker still beats is left alone: that worker runs and settles it."""
+    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    async with backend.pool() as pool:
+        client, stream = pool.client, pool.keys("default").stream
+        dead = await pool.enqueue(echo, 1)
+        dead_entry = await _run_on(pool, dead, "gone-worker")
+        live = await pool.enqueue(echo, 2)
+        live_entry = await _run_on(pool, live, "live-worker")
+        alive = GlobalKeys(pool.prefix).worker("live-worker")
+        await client.set(alive, "{}", ex=120)  # its heartbeat key, as beat.lua writes it
+        if how == "XGROUP DELCONSUMER":
+            for worker in ("gone-worker", "live-worker"):
+                await client.xgroup_delconsumer(stream, "asyncjobs", worker)
+        elif how == "XACK":
+            assert await client.xack(stream, "asyncjobs", dead_entry, live_entry) == 2
+        else:
+            assert await client.delete(stream) == 1
+        passes: list[float] = []
+        stepped = Repair.stepped
+
+        def counted(self: Repair, *args: Any) -> bool:
+            over = stepped(self, *args)
+            passes.extend([time.monotonic()] if over else [])
+            return over
+
+        monkeypatch.setattr(Repair, "stepped", counted)
+        with caplog.at_level(logging.WARNING, "asyncjobs.scheduler"):
+            async with running(backend, backend.worker([echo], lease_ttl=1)):
+                assert await dead.result(timeout=20) == 1
+                # two passes more, each finding the live worker's job as it was: kept
+                seen, deadline = len(passes), time.monotonic() + 30
+                while len(passes) < seen + 2:
+                    assert time.monotonic() < deadline, "no more passes"
+                    await asyncio.sleep(0.05)
+        put_back = [r.getMessage() for r in caplog.records
+                    if "running job(s)" in r.getMessage()]
+        assert put_back == ["put back 1 running job(s) of queue default whose worker is gone "
+                            "and whose stream entry no other worker would take over "
+                            "(dropped by hand); each runs again"]
+        assert (await dead.info()).attempts == 2
+        found = await client.hmget(pool.keys("default").job(live.id), ["s", "w", "a", "e"])
+        assert found == [b"running", b"live-worker", b"1", live_entry]
+        await client.delete(alive)

@@ -104,6 +104,22 @@ class Promoted:
 
 
 @dataclass(frozen=True, slots=True)
+class Orphan:
+    """A running job whose stream entry no reclaim will ever take over (reschedule.lua): put
+    back only once its worker is known to be gone."""
+
+    level: int
+    """The index of its level among the stores the repair was given."""
+    job_id: str
+    worker: str
+    """The worker its record says runs it."""
+    attempts: str
+    """Its attempts field, as found (compared, not read)."""
+    entry: str
+    """Its record's entry id, as found."""
+
+
+@dataclass(frozen=True, slots=True)
 class Rescheduled:
     """The result of one step of the waiting jobs' repair (reschedule.lua)."""
 
@@ -115,6 +131,11 @@ class Rescheduled:
     """The earliest due time among them (None: none)."""
     requeued: int = 0
     """Queued jobs whose stream entry no worker would be handed, added to the stream again."""
+    orphans: tuple[Orphan, ...] = ()
+    """Running jobs whose entry no reclaim will take over (put back once their worker is
+    gone: ``revive_levels``)."""
+    revived: int = 0
+    """Running jobs given back (``revive_levels``) and added to the stream again."""
 
 
 MAX_LENGTH_MOST = 10**12

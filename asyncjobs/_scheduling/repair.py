@@ -26,7 +26,10 @@ The idle cost: one call every 5 minutes per queue (a small keyspace is one step)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .._redis.values import Orphan
 
 EVERY_S = 300.0
 """A leader's passes are at most this far apart (from its first leadership on)."""
@@ -62,6 +65,11 @@ class Repair:
     """Scheduled jobs put back by the pass under way (or the last one)."""
     requeued: int = 0
     """Queued jobs put back in their stream by the pass under way (or the last one)."""
+    confirmed: frozenset[Orphan] = frozenset()
+    """Running jobs whose entry no reclaim will take over, found as they are by the last
+    pass and the one before it (their worker may then be checked: see ``orphaned``)."""
+    _found: set[Orphan] = field(default_factory=set)
+    _previous: frozenset[Orphan] = frozenset()
     _began: float = 0.0
     _ended: float | None = None
     _took_s: float = 0.0
@@ -110,6 +118,13 @@ class Repair:
             self.restored = self.requeued = 0
         return self.cursor
 
+    def orphaned(self, found: Iterable[Orphan]) -> None:
+        """Note the orphaned running jobs a step found. A job is ``confirmed`` once two
+        passes in a row found it unchanged (same worker, attempts and entry): a pass starts
+        at least ``HINT_GAP_S`` after the previous one ended, far longer than a live
+        worker's heartbeat key outlives a missed beat."""
+        self._found.update(found)
+
     def stepped(self, cursor: str, restored: int, now: float, requeued: int = 0) -> bool:
         """Note a step's reply (``restored`` scheduled and ``requeued`` queued jobs put
         back); True when the pass is over."""
@@ -118,6 +133,8 @@ class Repair:
         if cursor != "0":
             self.cursor = cursor
             return False
+        self.confirmed = self._previous & self._found
+        self._previous, self._found = frozenset(self._found), set()
         self.cursor, self._ended, self._took_s = None, now, now - self._began
         self._periodic_at = now + max(EVERY_S, DUTY * self._took_s)
         return True

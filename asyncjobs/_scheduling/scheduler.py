@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from redis.exceptions import ResponseError
 
 from .._model import ENDED_TTL_S, from_ms, to_ms
-from .._redis.keys import VACATED
-from .._redis.store import QueueStore, reschedule_levels
+from .._redis.keys import VACATED, GlobalKeys
+from .._redis.store import QueueStore, reschedule_levels, revive_levels
+from .._redis.values import Orphan
 from .._text import clean
 from .._worker.runtime import Runtime, refused, transient
 from .cron import next_fire, plan_ticks, read_cursor, tick_id
@@ -207,9 +208,12 @@ class Scheduler:
             return max(0.0, self.repair.next_at() - time.monotonic())
         if step.restored:  # jobs of a delayed set deleted by hand: promote what is due now
             self._next_check = [0.0] * len(self.stores)
+        self.repair.orphaned(step.orphans)
         if not self.repair.stepped(step.cursor, step.restored, time.monotonic(),
                                    step.requeued):
             return 0.0  # the next step at once
+        if self.repair.confirmed:
+            await self._revive(self.repair.confirmed)
         if self.repair.restored:
             log.warning("put back %d scheduled job(s) missing from the delayed sets of queue "
                         "%s", self.repair.restored, self.queue)
@@ -218,6 +222,33 @@ class Scheduler:
                         "hand to a worker (their entries deleted, trimmed or acknowledged)",
                         self.repair.requeued, self.queue)
         return 0.0 if step.restored else max(0.0, self.repair.next_at() - time.monotonic())
+
+    async def _revive(self, orphans: frozenset[Orphan]) -> None:
+        """Put back the running jobs two passes found orphaned whose worker is gone (its
+        heartbeat key lapsed); see reschedule.lua. Their attempt counts as used, as after
+        any crash."""
+        workers = sorted({o.worker for o in orphans})
+        keys = GlobalKeys(self.rt.config.prefix)
+        pipe = self.rt.client.pipeline(transaction=False)
+        for name in workers:
+            pipe.exists(keys.worker(name))
+        alive = {name for name, n in zip(workers, await pipe.execute(), strict=True) if n}
+        gone = [o for o in sorted(orphans, key=lambda o: (o.level, o.job_id))
+                if o.worker not in alive]
+        if not gone:
+            return
+        try:
+            revived = await revive_levels(self.stores, gone)
+        except ResponseError as exc:
+            if not refused(exc):
+                raise
+            log.error("scheduler of queue %s cannot put back the running jobs of gone "
+                      "workers (%s); trying again later", self.queue, clean(str(exc)[:300]))
+            return
+        if revived:
+            log.warning("put back %d running job(s) of queue %s whose worker is gone and "
+                        "whose stream entry no other worker would take over (dropped by "
+                        "hand); each runs again", revived, self.queue)
 
     async def _cron(self) -> float:
         wait = math.inf

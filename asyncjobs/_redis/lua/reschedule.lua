@@ -2,11 +2,11 @@
 -- step of a SCAN over the job records of a queue's levels, resumed from its cursor. Such jobs
 -- come from Redis edited by hand (a delayed set or stream deleted, trimmed or overwritten, an
 -- entry acknowledged by hand, a group moved past its entries, a partial restore); without
--- this they would stay `scheduled` or `queued` for ever.
+-- this they would stay `scheduled`, `queued` or `running` for ever.
 --
 -- A key is looked at when it starts with one of the levels' job key prefixes (the MATCH
--- pattern may let others through), and only when it is a hash whose state is `scheduled` or
--- `queued`:
+-- pattern may let others through), and only when it is a hash whose state is `scheduled`,
+-- `queued` or `running`:
 -- - `scheduled`, and its id not in its level's delayed set: put back in the set, scored with
 --   its due time (`d`), or now when that is missing, negative or not a time (promote.lua
 --   then checks its expiry as always). A job that waited on a concurrency limit (`cw`) comes
@@ -23,26 +23,43 @@
 --   reads them all). A group moved past the stream's last id (by hand), which would hand out
 --   no new entry, is moved back to that id first. A level whose stream refuses the new
 --   entry (its last possible id used up) is skipped.
+-- - `running`, and its entry unreachable likewise (its worker's pending entry dropped by
+--   hand: the group destroyed or made again, the consumer deleted with XGROUP DELCONSUMER,
+--   the entry acknowledged, the stream deleted): no reclaim will ever take it over if that
+--   worker is gone. Such jobs are only reported ({level, id, worker, attempts, entry}); the
+--   caller checks that the worker is gone (its heartbeat key lapsed, in another slot) and
+--   passes them back (ARGV[5+n..]), and each one still running with the same worker,
+--   attempts and entry, its entry still unreachable, is put in the stream again the same
+--   way, still `running`: the worker handed it starts its next attempt (start.lua runs a
+--   running record from the entry it names, as after a group made again).
 -- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in
--- the stream twice: a job already in its set, with a reachable entry, running or ended is
--- left alone, and a scheduled job has no live stream entry (every script that makes a job
--- scheduled deletes its entry in the same step; an entry left behind is stale for start.lua,
--- which starts only a queued or running record from the entry it names). A level whose
+-- the stream twice: a job already in its set, with a reachable entry, running (but as
+-- above) or ended is left alone, and a scheduled job has no live stream entry (every script
+-- that makes a job scheduled deletes its entry in the same step; an entry left behind is
+-- stale for start.lua, which starts only a queued or running record from the entry it
+-- names). A level whose
 -- delayed set or stream holds another type is skipped for that kind of job (promote.lua and
 -- the reads report it). The SCAN's COUNT bounds a step's work.
 --
 -- KEYS[1..n] the levels' delayed sets, KEYS[n+1..2n] the levels' streams, in one order
--- ARGV[1] SCAN cursor ('0': a new scan), ARGV[2] MATCH pattern, ARGV[3] COUNT,
--- ARGV[4..3+n] the levels' job key prefixes, in the order of KEYS, ARGV[4+n] the group
+-- ARGV[1] SCAN cursor ('0': a new scan; '': no scan, only the running jobs given), ARGV[2]
+-- MATCH pattern, ARGV[3] COUNT, ARGV[4..3+n] the levels' job key prefixes, in the order of
+-- KEYS, ARGV[4+n] the group, ARGV[5+n..] running jobs to put back, five values each: level
+-- (1..n), job id, worker, attempts, entry (as this script reported them)
 -- Returns {the next cursor ('0': the scan is over), scheduled jobs put back, the earliest
--- due time (ms) among them (-1: none), queued jobs put back}
-local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', tonumber(ARGV[3]))
+-- due time (ms) among them (-1: none), queued jobs put back, the running jobs found
+-- orphaned (one {level, id, worker, attempts, entry} each), running jobs put back}
+local found = {'0', {}}
+if ARGV[1] ~= '' then
+  found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', tonumber(ARGV[3]))
+end
 local n = #KEYS / 2
 local group = ARGV[4 + n]
 local usable = {}  -- level -> whether its delayed set may be written (looked up once)
 local streams = {}  -- level -> false (not a stream) or the group's last delivered id ('')
 local now = nil
-local put, earliest, requeued = 0, -1, 0
+local put, earliest, requeued, revived = 0, -1, 0, 0
+local orphans = {}
 
 local function level_of(key)
   for i = 1, n do
@@ -138,40 +155,56 @@ local function reachable(stream, group, entry, last, id)
   return not ok or #pending > 0, entry
 end
 
+-- The group's last delivered id on level's stream, looked up once per call (see
+-- last_delivered); false when the level's stream cannot be used.
+local function last_of(level)
+  local last = streams[level]
+  if last == nil then
+    last = last_delivered(KEYS[n + level], group)
+    streams[level] = last
+  end
+  return last
+end
+
+-- Add job `id` (record `key`, whose entry is `entry`, enqueue time `q`) to its level's
+-- stream again: a new entry, the record pointing at it, its enqueue time kept, and its own
+-- old entry (`own`) deleted. False when the stream refuses the entry (its last possible id
+-- used up): the level is skipped from then on.
+local function put_in_stream(level, key, id, entry, q, own)
+  local stream = KEYS[n + level]
+  local fresh = redis.pcall('XADD', stream, '*', 'i', id)
+  if type(fresh) == 'table' then
+    streams[level] = false
+    return false
+  end
+  local change = {'e', fresh}
+  if not int(q) then  -- keep its enqueue time: the old entry id was it
+    change[3], change[4] = 'q', entry_ms(stream_id(entry) and entry or fresh)
+  end
+  redis.call('HSET', key, unpack(change))
+  if own then
+    redis.call('XDEL', stream, own)
+  end
+  return true
+end
+
 for _, key in ipairs(found[2]) do
   local level, id = level_of(key)
-  local rec = level and hmget(key, 's', 'd', 'e', 'q')
-  if rec and rec[1] == 'queued' then
-    local stream = KEYS[n + level]
-    local last = streams[level]
-    if last == nil then
-      last = last_delivered(stream, group)
-      streams[level] = last
-    end
-    local entry = rec[3]
-    local live, own = false, nil
+  local rec = level and hmget(key, 's', 'd', 'e', 'q', 'w', 'a')
+  local state = rec and rec[1]
+  if state == 'queued' or state == 'running' then
+    local last = last_of(level)
     if last then
-      live, own = reachable(stream, group, entry, last, id)
-    end
-    local fresh = nil
-    if last and not live then
-      fresh = redis.pcall('XADD', stream, '*', 'i', id)
-      if type(fresh) == 'table' then  -- refused (the stream has used up its last id):
-        streams[level], fresh = false, nil  -- this level is skipped, the others go on
+      local live, own = reachable(KEYS[n + level], group, rec[3], last, id)
+      if not live and state == 'queued' then
+        if put_in_stream(level, key, id, rec[3], rec[4], own) then
+          requeued = requeued + 1
+        end
+      elseif not live then  -- the caller decides, once its worker is known to be gone
+        orphans[#orphans + 1] = {level, id, rec[5] or '', rec[6] or '', rec[3] or ''}
       end
     end
-    if fresh then
-      local change = {'e', fresh}
-      if not int(rec[4]) then  -- keep its enqueue time: the old entry id was it
-        change[3], change[4] = 'q', entry_ms(stream_id(entry) and entry or fresh)
-      end
-      redis.call('HSET', key, unpack(change))
-      if own then
-        redis.call('XDEL', stream, own)
-      end
-      requeued = requeued + 1
-    end
-  elseif rec and rec[1] == 'scheduled' then
+  elseif state == 'scheduled' then
     local delayed = KEYS[level]
     if usable[level] == nil then
       local t = redis.call('TYPE', delayed)
@@ -192,4 +225,25 @@ for _, key in ipairs(found[2]) do
     end
   end
 end
-return {found[1], put, earliest, requeued}
+
+-- The running jobs the caller found orphaned (see the header), checked again: each still
+-- running with the same worker, attempts and entry, and its entry still unreachable.
+for i = 5 + n, #ARGV, 5 do
+  local level, id = tonumber(ARGV[i]), ARGV[i + 1]
+  local prefix = level and ARGV[3 + level]
+  if prefix and level >= 1 and level <= n then
+    local key = prefix .. id
+    local rec = hmget(key, 's', 'e', 'q', 'w', 'a')
+    if rec and rec[1] == 'running' and (rec[4] or '') == ARGV[i + 2]
+        and (rec[5] or '') == ARGV[i + 3] and (rec[2] or '') == ARGV[i + 4] then
+      local last = last_of(level)
+      if last then
+        local live, own = reachable(KEYS[n + level], group, rec[2], last, id)
+        if not live and put_in_stream(level, key, id, rec[2], rec[3], own) then
+          revived = revived + 1
+        end
+      end
+    end
+  end
+end
+return {found[1], put, earliest, requeued, orphans, revived}
