@@ -1437,13 +1437,13 @@ def test_reschedule_puts_back_exactly_the_waiting_jobs_their_set_or_stream_lost(
         before = await snapshot(client, env.keys)
         lost = [await unreachable(client, st_.keys.stream, st_.keys.job_prefix, before)
                 for st_ in stores]
-        orphans = {(level, key[len(st_.keys.job_prefix):].decode())
+        orphans = {(level, key[len(st_.keys.job_prefix):])
                    for level, st_ in enumerate(stores)
                    for key in await unreachable(client, st_.keys.stream, st_.keys.job_prefix,
                                                 before, b"running")}
         lo = await redis_ms(client)
         cursor, restored, earliest, steps, requeued = "0", 0, [], 0, 0
-        reported: list[tuple[int, str]] = []
+        reported: list[tuple[int, bytes | str]] = []
         step_count = await scan_count(client, count)
         while True:
             step = await reschedule_levels(stores, cursor, step_count)
@@ -1546,7 +1546,7 @@ def test_reschedule_puts_back_a_queued_job_by_where_its_entry_is(
 
 
 @pytest.mark.parametrize("change", ["none", "attempts", "worker", "entry", "state",
-                                    "pending again"])
+                                    "pending again", "kept", "started lately"])
 def test_revive_puts_back_only_a_running_job_still_as_it_was_found(
     backend: Backend, change: str
 ) -> None:
@@ -1566,7 +1566,7 @@ def test_revive_puts_back_only_a_running_job_still_as_it_was_found(
         while step.cursor != "0":
             step = await reschedule_levels([env.store], step.cursor, 1000)
             found += step.orphans
-        assert found == [Orphan(0, "j", "gone", "1", entry.decode())]
+        assert found == [Orphan(0, b"j", b"gone", b"1", entry)]
         if change == "attempts":
             await client.hset(env.job("j"), b"a", b"2")
         elif change == "worker":
@@ -1578,8 +1578,12 @@ def test_revive_puts_back_only_a_running_job_still_as_it_was_found(
         elif change == "pending again":
             await client.xgroup_setid(k.stream, GROUP, "0")
             await client.xreadgroup(GROUP, "new", {k.stream: ">"})
+        elif change == "kept":  # a live worker's keep-alive stamped it a claim timeout ago
+            await client.hset(env.job("j"), b"kt", num(await redis_ms(client) - 59_000))
+        elif change == "started lately":
+            await client.hset(env.job("j"), b"st", num(await redis_ms(client) - 59_000))
         before = await snapshot(client, k)
-        assert await revive_levels([env.store], found) == (change == "none")
+        assert await revive_levels([env.store], found, 60_000) == (change == "none")
         after = await snapshot(client, k)
         if change != "none":
             assert after == before

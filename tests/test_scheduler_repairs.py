@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
 import asyncjobs
-from asyncjobs._redis.keys import GlobalKeys, Keys, glob_escape, job_pattern
+from asyncjobs._redis.keys import Keys, glob_escape, job_pattern
 from asyncjobs._redis.store import QueueStore
 from asyncjobs._redis.values import Orphan
 from asyncjobs._scheduling import repair
@@ -351,9 +351,10 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
 ) -> None:
     """A worker died mid-job and its pending entry was then dropped by hand (its consumer
     deleted, the entry acknowledged, the stream deleted): no reclaim would ever take the job
-    over, and it stayed running for ever. Two passes that find it so, with its worker's
-    heartbeat key gone, put it back: it runs again (its second attempt). A job in the same
-    state whose worker still beats is left alone: that worker runs and settles it."""
+    over, and it stayed running for ever. Two passes that find it so, its record untouched
+    for the claim timeout, put it back: it runs again (its second attempt). A job in the
+    same state whose record a live worker keeps stamping (touch.lua's `kt`) is left alone:
+    that worker runs and settles it."""
     monkeypatch.setattr(repair, "EVERY_S", 0.5)
     async with backend.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
@@ -361,8 +362,6 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
         dead_entry = await _run_on(pool, dead, "gone-worker")
         live = await pool.enqueue(echo, 2)
         live_entry = await _run_on(pool, live, "live-worker")
-        alive = GlobalKeys(pool.prefix).worker("live-worker")
-        await client.set(alive, "{}", ex=120)  # its heartbeat key, as beat.lua writes it
         if how == "XGROUP DELCONSUMER":
             for worker in ("gone-worker", "live-worker"):
                 await client.xgroup_delconsumer(stream, "asyncjobs", worker)
@@ -370,6 +369,14 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
             assert await client.xack(stream, "asyncjobs", dead_entry, live_entry) == 2
         else:
             assert await client.delete(stream) == 1
+
+        async def keep() -> None:  # what the live worker's keep-alive does
+            while True:
+                sec, usec = await client.time()
+                await client.hset(pool.keys("default").job(live.id), "kt",
+                                  sec * 1000 + usec // 1000)
+                await asyncio.sleep(0.2)
+
         passes: list[float] = []
         stepped = Repair.stepped
 
@@ -379,20 +386,24 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
             return over
 
         monkeypatch.setattr(Repair, "stepped", counted)
-        with caplog.at_level(logging.WARNING, "asyncjobs.scheduler"):
-            async with running(backend, backend.worker([echo], lease_ttl=1)):
-                assert await dead.result(timeout=20) == 1
-                # two passes more, each finding the live worker's job as it was: kept
-                seen, deadline = len(passes), time.monotonic() + 30
-                while len(passes) < seen + 2:
-                    assert time.monotonic() < deadline, "no more passes"
-                    await asyncio.sleep(0.05)
+        keeper = asyncio.create_task(keep())
+        try:
+            with caplog.at_level(logging.WARNING, "asyncjobs.scheduler"):
+                async with running(backend, backend.worker([echo], lease_ttl=1,
+                                                           claim_timeout=2)):
+                    assert await dead.result(timeout=20) == 1
+                    # two passes more, each finding the kept job as it was: left alone
+                    seen, deadline = len(passes), time.monotonic() + 30
+                    while len(passes) < seen + 2:
+                        assert time.monotonic() < deadline, "no more passes"
+                        await asyncio.sleep(0.05)
+        finally:
+            keeper.cancel()
         put_back = [r.getMessage() for r in caplog.records
                     if "running job(s)" in r.getMessage()]
-        assert put_back == ["put back 1 running job(s) of queue default whose worker is gone "
+        assert put_back == ["put back 1 running job(s) of queue default that no worker keeps "
                             "and whose stream entry no other worker would take over "
                             "(dropped by hand); each runs again"]
         assert (await dead.info()).attempts == 2
         found = await client.hmget(pool.keys("default").job(live.id), ["s", "w", "a", "e"])
         assert found == [b"running", b"live-worker", b"1", live_entry]
-        await client.delete(alive)

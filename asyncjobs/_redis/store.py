@@ -116,22 +116,24 @@ async def reschedule_levels(stores: Sequence[QueueStore], cursor: str, count: in
     hash tag): SCAN from ``cursor`` (COUNT ``count``) for job records that say scheduled but
     whose level's delayed set lacks them, or queued but whose stream entry no worker will be
     handed, and put them back; see reschedule.lua."""
-    return await _reschedule(stores, cursor, count, ())
+    return await _reschedule(stores, cursor, count, (), 0)
 
 
-async def revive_levels(stores: Sequence[QueueStore], orphans: Sequence[Orphan]) -> int:
+async def revive_levels(stores: Sequence[QueueStore], orphans: Sequence[Orphan],
+                        claim_ms: int) -> int:
     """Put back in their streams the running jobs in ``orphans`` (found by
     ``reschedule_levels`` on these stores) still running as found, with their entry still
-    unreachable; how many were. Only for jobs whose worker is gone; see reschedule.lua."""
-    return (await _reschedule(stores, "", 0, orphans)).revived
+    unreachable and their record untouched for ``claim_ms``; how many were. See
+    reschedule.lua."""
+    return (await _reschedule(stores, "", 0, orphans, claim_ms)).revived
 
 
 async def _reschedule(stores: Sequence[QueueStore], cursor: str, count: int,
-                      orphans: Sequence[Orphan]) -> Rescheduled:
+                      orphans: Sequence[Orphan], claim_ms: int) -> Rescheduled:
     keys: list[s.KeyOrArg] = [*(st.keys.delayed for st in stores),
                               *(st.keys.stream for st in stores)]
     args: list[s.KeyOrArg] = [cursor, job_pattern([st.keys for st in stores]), count,
-                              *(st.keys.job_prefix for st in stores), GROUP]
+                              *(st.keys.job_prefix for st in stores), GROUP, claim_ms]
     for o in orphans:
         args += [o.level + 1, o.job_id, o.worker, o.attempts, o.entry]
     nxt, restored, earliest, requeued, found, revived = await s.load(s.RESCHEDULE)(
@@ -139,8 +141,7 @@ async def _reschedule(stores: Sequence[QueueStore], cursor: str, count: int,
     return Rescheduled(
         reply_text(nxt), int(restored), None if int(earliest) < 0 else int(earliest),
         int(requeued),
-        tuple(Orphan(int(level) - 1, reply_text(job), reply_text(worker),
-                     reply_text(attempts), reply_text(entry))
+        tuple(Orphan(int(level) - 1, job, worker, attempts, entry)
               for level, job, worker, attempts, entry in found),
         int(revived))
 

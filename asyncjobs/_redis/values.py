@@ -110,12 +110,13 @@ class Orphan:
 
     level: int
     """The index of its level among the stores the repair was given."""
-    job_id: str
-    worker: str
-    """The worker its record says runs it."""
-    attempts: str
+    job_id: bytes | str
+    """Its id, as Redis replied (given back as is: an id need not be UTF-8)."""
+    worker: bytes | str
+    """The worker its record says runs it, as found."""
+    attempts: bytes | str
     """Its attempts field, as found (compared, not read)."""
-    entry: str
+    entry: bytes | str
     """Its record's entry id, as found."""
 
 

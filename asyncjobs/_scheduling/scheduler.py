@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from redis.exceptions import ResponseError
 
 from .._model import ENDED_TTL_S, from_ms, to_ms
-from .._redis.keys import VACATED, GlobalKeys
+from .._redis.keys import VACATED
 from .._redis.store import QueueStore, reschedule_levels, revive_levels
 from .._redis.values import Orphan
 from .._text import clean
@@ -224,29 +224,22 @@ class Scheduler:
         return 0.0 if step.restored else max(0.0, self.repair.next_at() - time.monotonic())
 
     async def _revive(self, orphans: frozenset[Orphan]) -> None:
-        """Put back the running jobs two passes found orphaned whose worker is gone (its
-        heartbeat key lapsed); see reschedule.lua. Their attempt counts as used, as after
-        any crash."""
-        workers = sorted({o.worker for o in orphans})
-        keys = GlobalKeys(self.rt.config.prefix)
-        pipe = self.rt.client.pipeline(transaction=False)
-        for name in workers:
-            pipe.exists(keys.worker(name))
-        alive = {name for name, n in zip(workers, await pipe.execute(), strict=True) if n}
-        gone = [o for o in sorted(orphans, key=lambda o: (o.level, o.job_id))
-                if o.worker not in alive]
-        if not gone:
-            return
+        """Put back the running jobs two passes found orphaned that no live worker keeps
+        (their record untouched for the fleet's claim timeout); see reschedule.lua. Their
+        attempt counts as used, as after any crash."""
+        claim_ms = round(max(self.rt.config.claim_timeout_s,
+                             self.rt.fleet_claim_timeout_s or 0.0) * 1000)
         try:
-            revived = await revive_levels(self.stores, gone)
+            revived = await revive_levels(
+                self.stores, sorted(orphans, key=lambda o: (o.level, str(o.job_id))), claim_ms)
         except ResponseError as exc:
             if not refused(exc):
                 raise
-            log.error("scheduler of queue %s cannot put back the running jobs of gone "
-                      "workers (%s); trying again later", self.queue, clean(str(exc)[:300]))
+            log.error("scheduler of queue %s cannot put back the running jobs no worker "
+                      "keeps (%s); trying again later", self.queue, clean(str(exc)[:300]))
             return
         if revived:
-            log.warning("put back %d running job(s) of queue %s whose worker is gone and "
+            log.warning("put back %d running job(s) of queue %s that no worker keeps and "
                         "whose stream entry no other worker would take over (dropped by "
                         "hand); each runs again", revived, self.queue)
 

@@ -27,11 +27,16 @@
 --   hand: the group destroyed or made again, the consumer deleted with XGROUP DELCONSUMER,
 --   the entry acknowledged, the stream deleted): no reclaim will ever take it over if that
 --   worker is gone. Such jobs are only reported ({level, id, worker, attempts, entry}); the
---   caller checks that the worker is gone (its heartbeat key lapsed, in another slot) and
---   passes them back (ARGV[5+n..]), and each one still running with the same worker,
---   attempts and entry, its entry still unreachable, is put in the stream again the same
---   way, still `running`: the worker handed it starts its next attempt (start.lua runs a
---   running record from the entry it names, as after a group made again).
+--   caller passes back those two passes found unchanged (ARGV[6+n..]), and each one still
+--   running with the same worker, attempts and entry, its entry still unreachable, and
+--   untouched for a claim timeout (ARGV[5+n] ms: a live worker keeping such a job stamps
+--   its record's `kt` at each keep-alive, touch.lua; without a stamp, its start `st`
+--   counts) is put in the stream again the same way, still `running`: the worker handed
+--   it starts its next attempt (start.lua runs a running record from the entry it names,
+--   as after a group made again). Unlike a reclaimed entry, the new entry starts with one
+--   delivery: the lost attempt is counted in `a` but leaves no WorkerLost in the history.
+--   A stamp more than 10 minutes ahead of this server's clock is garbage (ignored); one
+--   less far ahead (the clock stepped back) counts as now.
 -- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in
 -- the stream twice: a job already in its set, with a reachable entry, running (but as
 -- above) or ended is left alone, and a scheduled job has no live stream entry (every script
@@ -44,8 +49,9 @@
 -- KEYS[1..n] the levels' delayed sets, KEYS[n+1..2n] the levels' streams, in one order
 -- ARGV[1] SCAN cursor ('0': a new scan; '': no scan, only the running jobs given), ARGV[2]
 -- MATCH pattern, ARGV[3] COUNT, ARGV[4..3+n] the levels' job key prefixes, in the order of
--- KEYS, ARGV[4+n] the group, ARGV[5+n..] running jobs to put back, five values each: level
--- (1..n), job id, worker, attempts, entry (as this script reported them)
+-- KEYS, ARGV[4+n] the group, ARGV[5+n] the claim timeout (ms), ARGV[6+n..] running jobs
+-- to put back, five values each: level (1..n), job id, worker, attempts, entry (as this
+-- script reported them)
 -- Returns {the next cursor ('0': the scan is over), scheduled jobs put back, the earliest
 -- due time (ms) among them (-1: none), queued jobs put back, the running jobs found
 -- orphaned (one {level, id, worker, attempts, entry} each), running jobs put back}
@@ -228,14 +234,29 @@ end
 
 -- The running jobs the caller found orphaned (see the header), checked again: each still
 -- running with the same worker, attempts and entry, and its entry still unreachable.
-for i = 5 + n, #ARGV, 5 do
+local claim_ms = tonumber(ARGV[5 + n]) or 0
+
+-- Whether a running record, last kept at `kept` (its `kt`) or else started at `started`
+-- (`st`), has gone untouched for the claim timeout.
+local function untouched(kept, started)
+  local seen = int(kept) or int(started) or 0
+  now = now or now_ms()
+  if seen > now + 600000 then
+    seen = int(started) or 0  -- garbage
+    if seen > now + 600000 then seen = 0 end
+  end
+  return now - math.min(seen, now) >= claim_ms
+end
+
+for i = 6 + n, #ARGV, 5 do
   local level, id = tonumber(ARGV[i]), ARGV[i + 1]
   local prefix = level and ARGV[3 + level]
   if prefix and level >= 1 and level <= n then
     local key = prefix .. id
-    local rec = hmget(key, 's', 'e', 'q', 'w', 'a')
+    local rec = hmget(key, 's', 'e', 'q', 'w', 'a', 'kt', 'st')
     if rec and rec[1] == 'running' and (rec[4] or '') == ARGV[i + 2]
-        and (rec[5] or '') == ARGV[i + 3] and (rec[2] or '') == ARGV[i + 4] then
+        and (rec[5] or '') == ARGV[i + 3] and (rec[2] or '') == ARGV[i + 4]
+        and untouched(rec[6], rec[7]) then
       local last = last_of(level)
       if last then
         local live, own = reachable(KEYS[n + level], group, rec[2], last, id)

@@ -3,8 +3,10 @@
 -- are still this consumer's is one XPENDING over their range, not one per entry. An entry
 -- pending for nobody whose job's record says it runs on that entry (an orphan: the stream
 -- was deleted or trimmed, the group destroyed; see `orphans`) is not lost: its attempt
--- goes on here (nothing to refresh), and settle.lua records it. No group at all: nothing
--- is held.
+-- goes on here, and settle.lua records it. Having no entry to refresh, its record is
+-- stamped instead (`kt`, this server's time in ms): reschedule.lua puts back a running job
+-- with no reclaimable entry only once that stamp (or its start) is a claim timeout old. No
+-- group at all: nothing is held.
 --
 -- The concurrency lease of each job still held (the record's `cl`, see concurrency.lua)
 -- is renewed to now + ARGV[5] ms; a lease that is gone (expired and dropped) is not
@@ -29,6 +31,8 @@ for i = 6, #ARGV, 2 do
   else
     if held[entry] then
       owned[#owned + 1] = entry
+    elseif id ~= '' then
+      redis.pcall('HSET', ARGV[3] .. id, 'kt', now_ms())
     end
     local rec = id ~= '' and hmget(ARGV[3] .. id, 'ab', 'cl')
     if rec and rec[1] then
