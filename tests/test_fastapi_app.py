@@ -3,6 +3,7 @@ real Redis, driven over HTTP as a client would."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -86,8 +87,13 @@ async def test_health_reports_a_backlog(fresh_redis: RedisServer, web: str) -> N
                                "--concurrency", "1")
         try:
             worker.wait_for("ready:")
+            deadline = time.monotonic() + 10
             async with httpx.AsyncClient() as client:
-                health = await client.get(f"{web}/health")
+                # the worker's first heartbeat comes a moment after its ready line
+                while "no live worker" in (health := await client.get(
+                        f"{web}/health")).json().get("reason", ""):
+                    assert time.monotonic() < deadline, health.json()
+                    await asyncio.sleep(0.05)
             assert health.status_code == 503
             assert "jobs waiting (limit 1000)" in health.json()["reason"]
         finally:

@@ -493,14 +493,21 @@ def test_many_threads_into_a_pipe_read_in_bursts_lose_nothing_uncounted() -> Non
 def test_flips_between_direct_and_thread_keep_every_line_in_order() -> None:
     """No bound reached, 3 threads, a reader in bursts, every 40th line long: the output
     goes from direct writes to the thread and back, and every line comes out once, in
-    order."""
+    order. The flip is made sure of, whatever the machine's load: the reader reads nothing
+    until each writer has logged half its lines (the pipe long full, the output behind),
+    then drains it while they wait, and they go on once it writes directly again."""
     formatter = Numbered()
     with pipe_logger(most_bytes=64 << 20, formatter=formatter) as (log, handler, r, _):
         got: list[bytes] = []
         stop = threading.Event()
         flips = [0]
+        halfway = threading.Barrier(4, timeout=30)  # the three writers and the reader
+        caught_up = threading.Event()
 
         def reader() -> None:
+            halfway.wait()
+            got.append(drain(r, lambda: not handler.output.behind))
+            caught_up.set()
             while not stop.is_set():
                 got.append(drain(r, lambda: True, chunk=16 * 1024))
                 time.sleep(0.003)
@@ -508,6 +515,9 @@ def test_flips_between_direct_and_thread_keep_every_line_in_order() -> None:
         def log_all(k: int) -> None:
             was_behind = False
             for i in range(4000):
+                if i == 2000:
+                    halfway.wait()
+                    assert caught_up.wait(30)
                 behind = handler.output.behind
                 flips[0] += was_behind and not behind
                 was_behind = behind

@@ -206,7 +206,7 @@ for _, key in ipairs(found[2]) do
         if put_in_stream(level, key, id, rec[3], rec[4], own) then
           requeued = requeued + 1
         end
-      elseif not live then  -- the caller decides, once its worker is known to be gone
+      elseif not live then  -- reported: put back once two passes found it (see above)
         orphans[#orphans + 1] = {level, id, rec[5] or '', rec[6] or '', rec[3] or ''}
       end
     end
