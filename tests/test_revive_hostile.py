@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -157,27 +158,51 @@ async def test_a_live_worker_whose_fetch_loop_stalls_keeps_its_orphaned_job(
 
 
 
+RELEASE = threading.Event()
+"""Set by a test to end ``held`` (not an asyncio one: the tests run on several loops)."""
+
+
+@asyncjobs.task(name="revive_hostile_held", max_tries=1, timeout=60)
+async def held(ctx: asyncjobs.Context) -> str:
+    """Runs until the test lets it end (``RELEASE``)."""
+    RUNS.append((ctx.job_id, ctx.attempt, "start"))
+    try:
+        while not RELEASE.is_set():
+            await asyncio.sleep(0.02)
+    finally:
+        RUNS.append((ctx.job_id, ctx.attempt, "end"))
+    return "done"
+
+
 @pytest.mark.asyncio
 async def test_a_live_worker_keeps_its_orphaned_job_past_the_claim_timeout(
     real: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job running three claim timeouts on a live worker, its pending entry acknowledged
-    by hand at its start: only the worker's keep-alive stamps (touch.lua's ``kt``) tell the
-    repair that it is kept (its start is old by then). It runs once, and is not put back."""
+    """A job running past three claim timeouts and three repair passes on a live worker,
+    its pending entry acknowledged by hand at its start: only the worker's keep-alive
+    stamps (touch.lua's ``kt``) tell the repair that it is kept (its start is old by then).
+    It runs once, and is not put back."""
     monkeypatch.setattr(repair, "EVERY_S", 0.5)
     passes = count_passes(monkeypatch)
     RUNS.clear()
+    RELEASE.clear()
     async with real.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
-        job = await pool.enqueue(slow, 6.0)
-        async with running(real, real.worker([slow], lease_ttl=1, claim_timeout=2)):
+        job = await pool.enqueue(held)
+        async with running(real, real.worker([held], lease_ttl=1, claim_timeout=2)):
             async def started() -> bool:
                 return any(r[0] == job.id for r in RUNS)
             await wait_for(started, 10, "the job never started")
             entry = await client.hget(pool.keys("default").job(job.id), "e")
             assert await client.xack(stream, GROUP, entry) == 1  # dropped by hand
+            dropped, seen = time.monotonic(), len(passes)
+
+            async def long_enough() -> bool:
+                return len(passes) >= seen + 3 and time.monotonic() - dropped >= 6
+
+            await wait_for(long_enough, 50, "three passes and three claim timeouts")
+            RELEASE.set()
             assert await job.result(timeout=20) == "done"
-        assert len(passes) >= 3, "passes ran meanwhile"
         assert most_at_once(job.id) == 1, RUNS
         assert (await job.info()).attempts == 1
 
