@@ -486,11 +486,11 @@ def model_start(env: Env, case: Case, before: Space, now: int
     found = before.get(key) if case.job_id else None
     if found is not None and found.kind != "hash":
         why = f"the job key {text(key)} holds something other than a hash".encode()
-        return ("unreadable", why, 0, b"", entry_ms(case.entry), 0, False), None
+        return ("unreadable", why, 0, b"", entry_ms(case.entry), 0, False, False), None
     rec: dict[bytes, bytes] = dict(found.content) if found else {}
     state = rec.get(b"s")
     if state is None:
-        return ("missing", b"", 0, b"", entry_ms(case.entry), 0, False), None
+        return ("missing", b"", 0, b"", entry_ms(case.entry), 0, False, False), None
     attempts = lua_int(rec[b"a"]) if b"a" in rec else 0
     expires = lua_int(rec.get(b"x"))
     bad = None
@@ -503,7 +503,7 @@ def model_start(env: Env, case: Case, before: Space, now: int
     if bad:
         shown = lua_int(rec.get(b"a"))
         return ("corrupt", f"the job record cannot be read: {bad}".encode(),
-                0 if shown is None else shown, b"", entry_ms(case.entry), 0, False), None
+                0 if shown is None else shown, b"", entry_ms(case.entry), 0, False, False), None
     assert attempts is not None
     q = lua_int(rec.get(b"q"))
     enqueued = q if q is not None else entry_ms(rec.get(b"e", case.entry))
@@ -527,8 +527,10 @@ def model_start(env: Env, case: Case, before: Space, now: int
     # Plain: nothing a job that ran once through would not hold (see keep in the prelude).
     plain = verdict == "run" and not rec.get(b"h") and not any(
         f in rec for f in (b"x", b"ab", b"d", b"p", b"cw", b"dl", b"et"))
+    # Resumed: the record said running, so the attempt before this one never ended.
+    resumed = verdict == "run" and state == b"running"
     return (verdict, rec.get(b"j", b""), attempts, rec.get(b"h", b""), enqueued,
-            reserved, plain), new
+            reserved, plain, resumed), new
 
 
 def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: Space,
@@ -542,12 +544,14 @@ def check_started(env: Env, batch: Sequence[Case], rows: Sequence[Any], before: 
     for case, row in zip(batch, rows, strict=True):
         assert row.delivery.entry == text(case.entry)
         got = (row.verdict, row.spec, row.attempts, row.history, row.enqueued_ms,
-               row.reserved_ms, row.plain)
+               row.reserved_ms, row.plain, row.resumed)
         event(f"verdict {row.verdict}")
         if row.reserved_ms:
             event("reserved slot handed back")
+        if row.resumed:
+            event("resumed a running record")
         if case.entry in lost:
-            assert got == ("lost", b"", 0, b"", 0, 0, False), case
+            assert got == ("lost", b"", 0, b"", 0, 0, False, False), case
             continue
         assert row.delivery.job_id == text(case.job_id)
         want, record = model_start(env, case, before, now)

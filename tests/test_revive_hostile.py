@@ -4,7 +4,7 @@ will ever take over (an "orphan") is put back in the stream once two passes foun
 unchanged and its record untouched for the claim timeout (a live worker keeping it stamps
 its ``kt`` at each keep-alive, touch.lua). The review found five defects in the first
 version, which took a worker's heartbeat key for its liveness; their tests follow, and all
-but the history one (a strict xfail: a documented difference) pass since.
+pass since (the history one, a strict xfail at first, once start_entry said `resumed`).
 
 The guarantees attacked: a job a live worker still runs is never revived (it would run
 twice at once); a revived job runs and ends visibly, as a reclaimed one does; garbage in a
@@ -313,21 +313,18 @@ async def test_an_orphan_left_behind_at_shutdown_is_not_revived_while_its_body_r
 # -- (2) a revived job runs as a reclaimed one does ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a revived job's new entry is delivered once: its "
-                   "lost attempt is counted in `attempts` but leaves no WorkerLost in its "
-                   "history (documented in reschedule.lua)")
 @pytest.mark.asyncio
 async def test_a_revived_job_records_its_lost_attempt_as_a_reclaimed_job_does(
     real: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two jobs whose workers died mid-attempt: one's entry still pending for its dead
     consumer (a reclaim takes it over), the other's dropped by hand (the repair revives
-    it). Both run a second attempt, but only the reclaimed one says why: its history gets
-    a ``WorkerLost`` entry for the lost attempt (outcomes.history_of, from the entry's
-    delivery count). The revived job's new entry (reschedule.lua ``put_in_stream``, XADD)
-    is delivered once, so the lost attempt leaves no trace: ``info.errors`` is empty,
-    though attempts says 2; and for the same reason max_deliveries (the poison-job guard,
-    admission.admit) never counts revivals."""
+    it). Both run a second attempt and both say why: a ``WorkerLost`` entry for the lost
+    attempt, once each. The reclaimed entry says so by its delivery count; the revived
+    job's new entry (reschedule.lua ``put_in_stream``, XADD) is delivered once, so only its
+    record, still ``running`` when the next attempt starts (start_entry's ``resumed``), can.
+    This test failed before that (a strict xfail): ``info.errors`` was empty though
+    attempts said 2."""
     monkeypatch.setattr(repair, "EVERY_S", 0.5)
     async with real.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
@@ -341,9 +338,32 @@ async def test_a_revived_job_records_its_lost_attempt_as_a_reclaimed_job_does(
             assert await revived.result(timeout=15) == 2
         a, b = await reclaimed.info(), await revived.info()
         assert a.attempts == b.attempts == 2
-        assert [e.type for e in a.errors] == ["asyncjobs.WorkerLost"]
-        assert [(e.type, e.attempt) for e in b.errors] == [(e.type, e.attempt)
-                                                          for e in a.errors]
+        assert [(e.type, e.attempt) for e in a.errors] == [("asyncjobs.WorkerLost", 1)]
+        assert [(e.type, e.attempt) for e in b.errors] == [("asyncjobs.WorkerLost", 1)]
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_lost_when_the_group_is_made_again_is_recorded_once(
+    real: Backend,
+) -> None:
+    """A worker died mid-attempt and the consumer group was then destroyed and made again
+    from id 0 (by hand): its entry comes back to the next worker as a new delivery (one
+    delivery, no reclaim). The job runs its second attempt and its history says the first
+    was lost, once; a job that was only queued when the group went gets no such entry."""
+    async with real.pool() as pool:
+        client, stream = pool.client, pool.keys("default").stream
+        lost = await pool.enqueue(echo, 1)
+        await _run_on(pool, lost, "dead")
+        waiting = await pool.enqueue(echo, 2)
+        assert await client.xgroup_destroy(stream, GROUP) == 1
+        await client.xgroup_create(stream, GROUP, id="0")
+        async with running(real, real.worker([echo], lease_ttl=1)):
+            assert await lost.result(timeout=15) == 1
+            assert await waiting.result(timeout=15) == 2
+        a, b = await lost.info(), await waiting.info()
+        assert (a.attempts, b.attempts) == (2, 1)
+        assert [(e.type, e.attempt) for e in a.errors] == [("asyncjobs.WorkerLost", 1)]
+        assert b.errors == ()
 
 
 def _stores(pool: asyncjobs.Pool, queue: str = "default") -> list[QueueStore]:

@@ -48,9 +48,9 @@ def take_call(stores: Sequence[QueueStore], consumer: str, count: int) -> s.Call
     return s.load(s.TAKE), keys, args
 
 
-TAKE_ROW = 11
+TAKE_ROW = 12
 """Values take.lua returns per started entry, one after the other in one flat array: level,
-entry id, job id, then start_entry()'s eight."""
+entry id, job id, then start_entry()'s nine."""
 
 
 def taken_from(reply: Any) -> Taken:
@@ -60,8 +60,8 @@ def taken_from(reply: Any) -> Taken:
     return Taken(
         [(int(level) - 1,
           Started(Delivery(reply_text(e), reply_text(j)), reply_text(v), spec or b"", int(a),
-                  hist or b"", int(q or 0), int(now), int(rs or 0), plain == 1))
-         for level, e, j, v, spec, a, hist, q, now, rs, plain in rows],
+                  hist or b"", int(q or 0), int(now), int(rs or 0), plain == 1, resumed == 1))
+         for level, e, j, v, spec, a, hist, q, now, rs, plain, resumed in rows],
         [reply_text(x) for x in last],
         [(int(level) - 1, reply_text(why)) for level, why in errors])
 
@@ -238,9 +238,9 @@ class QueueStore:
                 started.append(Started(d, "unreadable", b"the job id is not valid UTF-8", 0,
                                        b"", 0, 0))
                 continue
-            v, spec, a, hist, q, now, rs, plain = next(rows)
+            v, spec, a, hist, q, now, rs, plain, resumed = next(rows)
             started.append(Started(d, reply_text(v), spec or b"", int(a), hist or b"", int(q or 0),
-                                   int(now), int(rs or 0), plain == 1))
+                                   int(now), int(rs or 0), plain == 1, resumed == 1))
         return started
 
     def rate_call(self, consumer: str, checks: Sequence[RateCheck]) -> s.Call:

@@ -48,6 +48,10 @@ class Started:
     plain: bool = False
     """The job runs with a plain record: if it completes without an error or a progress
     report, its result can be kept in a shared hash (see ``kept``)."""
+    resumed: bool = False
+    """The record said ``running`` already: an earlier attempt began and never ended (its
+    worker stopped; the entry came back by a reclaim, a group made again or the leader's
+    repair), so that attempt is recorded as lost (``outcomes.history_of``)."""
 
 
 @dataclass(frozen=True, slots=True)

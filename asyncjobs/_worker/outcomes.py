@@ -62,12 +62,15 @@ def task_name(st: Started) -> str:
 
 
 def history_of(st: Started) -> tuple[ErrorInfo, ...]:
-    """Earlier attempts' errors, plus a WorkerLost entry when this is a redelivery."""
+    """Earlier attempts' errors, plus a WorkerLost entry for the attempt before this one
+    when it never ended: the entry was delivered before (a reclaim), or the record said
+    ``running`` when this attempt started (also an entry put back by a group made again or
+    by the leader's repair, which start with one delivery)."""
     try:
         history = decode_errors(st.history)
     except Exception:  # a corrupt history does not stop the job; the next one replaces it
         history = ()
-    if st.delivery.deliveries > 1:
+    if st.delivery.deliveries > 1 or st.resumed:
         history += (ErrorInfo("asyncjobs.WorkerLost", WORKER_LOST, "", st.attempts - 1,
                               st.now_ms),)
     return history

@@ -474,15 +474,19 @@ local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs', 'd', 'p', '
   'et'}
 
 -- Start one delivered entry (see start.lua): returns {verdict, spec or reason, attempts,
--- history, enqueued ms, now ms, reserved slot ms, plain}; a runnable job becomes `running` with
--- attempts + 1. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
+-- history, enqueued ms, now ms, reserved slot ms, plain, resumed}; a runnable job becomes
+-- `running` with attempts + 1. `resumed` is 1 when the record already said `running`: an
+-- earlier attempt began and never ended (its worker died and a reclaim took the entry over,
+-- or the entry came back another way: the group made again, the leader's repair putting a
+-- lost entry back), so the worker records that attempt as lost; else 0. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
 -- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
 -- `plain` is 1 for a job that runs with a plain record (none of x, ab, h, d, p, cw, dl, et:
 -- see keep), 0 otherwise.
 local function start_entry(entry, id, consumer, prefix, now)
   local key = prefix .. id
   if not utf8_ok(id) then
-    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0, 0}
+    return {'unreadable', 'the job id is not valid UTF-8', 0, '', entry_ms(entry), now, 0, 0,
+      0}
   end
   local rec = {}
   if id ~= '' then
@@ -490,11 +494,11 @@ local function start_entry(entry, id, consumer, prefix, now)
   end
   if not rec then
     return {'unreadable', 'the job key ' .. key .. ' holds something other than a hash',
-      0, '', entry_ms(entry), now, 0, 0}
+      0, '', entry_ms(entry), now, 0, 0, 0}
   end
   local state = rec[1]
   if not state then
-    return {'missing', '', 0, '', entry_ms(entry), now, 0, 0}
+    return {'missing', '', 0, '', entry_ms(entry), now, 0, 0, 0}
   end
   local attempts, expires = int(rec[6] or 0), rec[3] and int(rec[3])
   local bad = nil
@@ -507,7 +511,7 @@ local function start_entry(entry, id, consumer, prefix, now)
   end
   if bad then
     return {'corrupt', 'the job record cannot be read: ' .. bad, int(rec[6]) or 0, '',
-      entry_ms(entry), now, 0, 0}
+      entry_ms(entry), now, 0, 0, 0}
   end
   local enqueued = int(rec[8]) or entry_ms(rec[2] or entry)
   local verdict = 'run'
@@ -538,7 +542,9 @@ local function start_entry(entry, id, consumer, prefix, now)
       or rec[11] or rec[12] or rec[13] or rec[14]) then
     plain = 1
   end
-  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved, plain}
+  local resumed = (verdict == 'run' and state == 'running') and 1 or 0
+  return {verdict, rec[5] or '', attempts, rec[7] or '', enqueued, now, reserved, plain,
+    resumed}
 end
 
 -- The key base of the queue every priority level shares, from a key prefix under it that

@@ -33,8 +33,8 @@
 --   its record's `kt` at each keep-alive, touch.lua; without a stamp, its start `st`
 --   counts) is put in the stream again the same way, still `running`: the worker handed
 --   it starts its next attempt (start.lua runs a running record from the entry it names,
---   as after a group made again). Unlike a reclaimed entry, the new entry starts with one
---   delivery: the lost attempt is counted in `a` but leaves no WorkerLost in the history.
+--   as after a group made again, and records the lost attempt as a WorkerLost, as after a
+--   reclaim: start_entry's `resumed`).
 --   A stamp more than 10 minutes ahead of this server's clock is garbage (ignored); one
 --   less far ahead (the clock stepped back) counts as now.
 -- Nothing else is written, so no job is ever delayed twice, both delayed and queued, or in

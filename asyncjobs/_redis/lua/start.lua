@@ -8,7 +8,8 @@
 -- ARGV[4..] pairs: entry id, job id ('' when the entry carries none)
 -- Returns one array per entry: {verdict, spec or reason, attempts, history, enqueued ms, now ms,
 --   reserved slot ms (0: none; a slot rate.lua gave the job, handed back once), plain (1: a
---   job that runs with a plain record, see keep in the prelude; else 0)}
+--   job that runs with a plain record, see keep in the prelude; else 0), resumed (1: the
+--   record said `running` already, an earlier attempt was lost; see start_entry)}
 --   verdict: 'run' | 'lost' (not this consumer's any more: leave it) | 'missing' (no
 --   record) | 'unreadable' (the job key is not a hash) | 'corrupt' (a field cannot be read;
 --   the reason is in the second value) | 'aborted' (abort requested) | 'expired' |
@@ -35,7 +36,7 @@ for i = 4, #ARGV, 2 do
   if held[i] then
     out[#out + 1] = start_entry(ARGV[i], ARGV[i + 1], ARGV[2], ARGV[3], now)
   else
-    out[#out + 1] = {'lost', '', 0, '', 0, now, 0, 0}
+    out[#out + 1] = {'lost', '', 0, '', 0, now, 0, 0, 0}
   end
 end
 return out

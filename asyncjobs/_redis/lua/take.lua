@@ -10,9 +10,9 @@
 --
 -- KEYS[1..n] the levels' streams, highest level first (all of one queue: one hash tag)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4..3+n] the levels' job key prefixes
--- Returns {rows, last, errors}: rows holds eleven values per started entry, one after the
+-- Returns {rows, last, errors}: rows holds twelve values per started entry, one after the
 -- other (one flat array: Redis converts one table, not one per job): level (1..n), entry
--- id, job id, then start.lua's eight values. When rows is empty, last holds each
+-- id, job id, then start.lua's nine values. When rows is empty, last holds each
 -- stream's newest entry id ('0-0' for an empty or missing stream; '' for one that cannot be
 -- read): every entry after it is new, so a blocking XREAD from these ids wakes for exactly
 -- the entries this call could not see. errors holds {level, message} for each level Redis
@@ -40,7 +40,7 @@ for level = 1, #KEYS do
         local row = start_entry(entry, id, ARGV[2], prefix, now)
         local n = #out
         out[n + 1], out[n + 2], out[n + 3] = level, entry, id
-        for k = 1, 8 do out[n + 3 + k] = row[k] end
+        for k = 1, 9 do out[n + 3 + k] = row[k] end
         want = want - 1
       end
     end
