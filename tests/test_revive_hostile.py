@@ -26,10 +26,10 @@ from asyncjobs._redis.store import QueueStore, reschedule_levels, revive_levels
 from asyncjobs._redis.values import Orphan
 from asyncjobs._routing import members
 from asyncjobs._scheduling import repair
-from asyncjobs._scheduling.repair import Repair
 from asyncjobs._worker.runtime import Runtime
 
 from .conftest import Backend, running
+from .passes import count_passes
 
 
 @asyncjobs.task(name="revive_hostile_echo")
@@ -59,20 +59,6 @@ def most_at_once(job_id: str) -> int:
             now += 1 if what == "start" else -1
             most = max(most, now)
     return most
-
-
-def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """A list that gets the time of each repair pass's end, as it ends."""
-    passes: list[float] = []
-    stepped = Repair.stepped
-
-    def counted(self: Repair, *args: Any) -> bool:
-        over = stepped(self, *args)
-        passes.extend([time.monotonic()] if over else [])
-        return over
-
-    monkeypatch.setattr(Repair, "stepped", counted)
-    return passes
 
 
 async def wait_for(predicate: Any, timeout: float, what: str) -> None:

@@ -26,6 +26,7 @@ from asyncjobs._scheduling.repair import Repair, lost
 from asyncjobs._scheduling.scheduler import Scheduler
 
 from .conftest import Backend, running
+from .passes import count_passes
 
 
 def scheduler(client: Any = None) -> Scheduler:
@@ -377,15 +378,7 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
                                   sec * 1000 + usec // 1000)
                 await asyncio.sleep(0.2)
 
-        passes: list[float] = []
-        stepped = Repair.stepped
-
-        def counted(self: Repair, *args: Any) -> bool:
-            over = stepped(self, *args)
-            passes.extend([time.monotonic()] if over else [])
-            return over
-
-        monkeypatch.setattr(Repair, "stepped", counted)
+        passes = count_passes(monkeypatch)
         keeper = asyncio.create_task(keep())
         try:
             with caplog.at_level(logging.WARNING, "asyncjobs.scheduler"):
