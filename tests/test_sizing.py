@@ -74,6 +74,7 @@ def test_the_script_measures_parts_that_add_up(tmp_path: Path) -> None:
     # ended index; the hashes are listpacks of up to 64 jobs, each job its id, its packed
     # record and a few bytes of listpack and hash overhead.
     kept = result["kept"]
+    assert result["records_not_kept"] == 0  # each record went into a shared hash
     explained = kept["bytes_per_job"] + sum(result["indexes_complete"].values())
     assert abs(per_job["complete"] - explained) <= 0.15 * explained, (per_job, explained)
     assert kept["encodings"] == ["listpack"] and 10000 / 64 <= kept["hashes"] <= 170
