@@ -1,4 +1,5 @@
-"""Counting the leader's repair passes (``asyncjobs/_scheduling/repair.py``) from a test."""
+"""The leader's repair passes (``asyncjobs/_scheduling/repair.py``) in a test: counted,
+and made frequent."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from asyncjobs._scheduling import repair
 from asyncjobs._scheduling.repair import Repair
 
 
@@ -22,3 +24,11 @@ def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(Repair, "stepped", counted)
     return passes
+
+
+def frequent_passes(monkeypatch: pytest.MonkeyPatch, every_s: float = 0.5) -> None:
+    """Make a leader's repair passes ``every_s`` apart, however long a pass takes: a pass
+    otherwise waits ``repair.DUTY`` (100) times the last one's duration, and on a loaded
+    machine a pass of one small SCAN step can take 50 ms, so the next came 5 s later."""
+    monkeypatch.setattr(repair, "EVERY_S", every_s)
+    monkeypatch.setattr(repair, "DUTY", 0.0)

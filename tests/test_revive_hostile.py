@@ -25,11 +25,10 @@ from asyncjobs._redis.keys import GROUP, GlobalKeys
 from asyncjobs._redis.store import QueueStore, reschedule_levels, revive_levels
 from asyncjobs._redis.values import Orphan
 from asyncjobs._routing import members
-from asyncjobs._scheduling import repair
 from asyncjobs._worker.runtime import Runtime
 
 from .conftest import Backend, running
-from .passes import count_passes
+from .passes import count_passes, frequent_passes
 
 
 @asyncjobs.task(name="revive_hostile_echo")
@@ -114,7 +113,7 @@ async def test_a_live_worker_whose_fetch_loop_stalls_keeps_its_orphaned_job(
     it (the worker's own fetch loop takes the new entry, whose id differs from the running
     one, so ``fetcher._start``'s "already runs here" check lets it through). The job runs
     twice at once."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     passes = count_passes(monkeypatch)
     stalled = asyncio.Event()
     fetching = Runtime.fetching
@@ -168,7 +167,7 @@ async def test_a_live_worker_keeps_its_orphaned_job_past_the_claim_timeout(
     its pending entry acknowledged by hand at its start: only the worker's keep-alive
     stamps (touch.lua's ``kt``) tell the repair that it is kept (its start is old by then).
     It runs once, and is not put back."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     passes = count_passes(monkeypatch)
     RUNS.clear()
     RELEASE.clear()
@@ -218,7 +217,7 @@ async def test_an_orphan_left_by_a_worker_that_runs_again_under_its_name_is_revi
     this run of the worker knows nothing of it. A normal reclaim would recover the same job
     (an entry pending for that consumer name goes idle and is claimed), so only the orphan
     stays ``running`` for ever."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     passes = count_passes(monkeypatch)
     RUNS.clear()
     async with real.pool() as pool:
@@ -268,7 +267,7 @@ async def test_an_orphan_left_behind_at_shutdown_is_not_revived_while_its_body_r
     timeout. For the orphan nothing holds it off: ``unregister`` deletes A's heartbeat key
     at once, and worker B's scheduler revives the job at the end of its next pass (it had
     seen the orphan in the pass before), while A's body still runs: twice at once."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     RUNS.clear()
     async with real.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
@@ -311,7 +310,7 @@ async def test_a_revived_job_records_its_lost_attempt_as_a_reclaimed_job_does(
     record, still ``running`` when the next attempt starts (start_entry's ``resumed``), can.
     This test failed before that (a strict xfail): ``info.errors`` was empty though
     attempts said 2."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     async with real.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
         reclaimed = await pool.enqueue(echo, 1)

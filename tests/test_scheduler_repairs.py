@@ -26,7 +26,7 @@ from asyncjobs._scheduling.repair import Repair, lost
 from asyncjobs._scheduling.scheduler import Scheduler
 
 from .conftest import Backend, running
-from .passes import count_passes
+from .passes import count_passes, frequent_passes
 
 
 def scheduler(client: Any = None) -> Scheduler:
@@ -232,7 +232,7 @@ async def test_a_new_leader_puts_back_the_jobs_a_deleted_delayed_set_held(
     """The delayed set deleted while no worker ran (no leader saw its jobs go, so no hint):
     the periodic pass finds the records still scheduled and puts them back, at their due
     times, each once; a job queued or complete meanwhile is left alone."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     async with backend.pool() as pool:
         delayed = [await pool.enqueue(echo.options(delay=0.3), n) for n in range(3)]
         high = await pool.enqueue(echo.options(delay=0.3, priority="high"), 9)
@@ -299,7 +299,7 @@ async def test_the_periodic_pass_puts_back_queued_jobs_no_stream_would_hand_out(
     no worker ran: the periodic pass finds their records still queued and adds them to the
     stream again, each once, keeping their enqueue time; they run once, and the jobs
     enqueued afterwards (reachable) are not added twice."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     async with backend.pool() as pool:
         lost_jobs = [await pool.enqueue(echo, n) for n in range(4)]
         enqueued = [(await job.info()).enqueued_at for job in lost_jobs]
@@ -356,7 +356,7 @@ async def test_a_running_job_of_a_gone_worker_whose_entry_was_dropped_runs_again
     for the claim timeout, put it back: it runs again (its second attempt). A job in the
     same state whose record a live worker keeps stamping (touch.lua's `kt`) is left alone:
     that worker runs and settles it."""
-    monkeypatch.setattr(repair, "EVERY_S", 0.5)
+    frequent_passes(monkeypatch)
     async with backend.pool() as pool:
         client, stream = pool.client, pool.keys("default").stream
         dead = await pool.enqueue(echo, 1)

@@ -6,11 +6,12 @@ The supervisor runs no jobs and touches no Redis. It starts each child as
 process with threads or an event loop), each in a process group of its own (a terminal's
 Ctrl-C reaches the supervisor alone, which forwards it once), then:
 
-- starts the first child alone, and the others once it is ready (or after ``ALONE_S``): a
-  worker that cannot start (Redis unreachable, a lifespan that fails) then fails as one
-  process would, with one error and a prompt exit, whatever N. While no child has ever been
-  ready, a child that dies is not restarted; when none is left, the supervisor exits with
-  the first one's code;
+- starts the first child alone, and the others once it is ready, or ``ALONE_S`` after it
+  has loaded the application, however long its imports take (``LOAD_S`` after its start
+  at most): a worker that cannot start (Redis unreachable, a lifespan that fails)
+  then fails as one process would, with one error and a prompt exit, whatever N. While no
+  child has ever been ready, a child that dies is not restarted; when none is left, the
+  supervisor exits with the first one's code;
 - restarts a child that dies, after a backoff that doubles from 1 s up to 30 s per slot
   (reset once the child has run for a minute), and logs it;
 - gives up when children keep crashing (``CRASH_LIMIT`` deaths within ``CRASH_WINDOW_S``):
@@ -25,8 +26,9 @@ Ctrl-C reaches the supervisor alone, which forwards it once), then:
 - in burst mode a child that exits 0 is done and not restarted; the supervisor exits when
   all are.
 
-A child says it is ready by writing its pid on a pipe whose write end it inherits (its fd
-number in ``READY_ENV``; see ``ready_notice``).
+A child says it has loaded the application (``<pid> loaded``), then that it is ready
+(``<pid>``), each a line on a pipe whose write end it inherits (its fd number in
+``READY_ENV``; see ``ready_notice``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ STOP_MARGIN_S = AFTER_GRACE_S + 2.0
 """Past its grace period, how long a stopping child may take before it is killed: what a
 worker needs at most (``AFTER_GRACE_S``), and 2 s for its interpreter to exit."""
 ALONE_S = 5.0
-"""How long the first child starts alone: the others start once it is ready, or after this."""
+"""How long the first child starts alone once it has loaded the application: the others
+start once it is ready, or after this."""
+LOAD_S = 30.0
+"""How long the others wait at most for the first child to load the application."""
 _STABLE_S = 60.0
 _TICK_S = 0.2
 INDEX_ENV = "ASYNCJOBS_WORKER_PROCESS"
@@ -102,7 +107,7 @@ class Supervisor:
         """Supervise until stopped (or, in burst mode, until every child is done);
         returns the exit code."""
         now = time.monotonic()
-        self._slots = [_Slot(i, restart_at=now if i == 0 else now + ALONE_S)
+        self._slots = [_Slot(i, restart_at=now if i == 0 else now + LOAD_S)
                        for i in range(self.count)]
         self._fds["ready_r"], self._fds["ready_w"] = os.pipe()
         self._fds["wake_r"], self._fds["wake_w"] = os.pipe()
@@ -154,18 +159,25 @@ class Supervisor:
                 pass
 
     def _hear(self) -> None:
-        """Read the ready notices (pids) the children wrote."""
+        """Read the notices the children wrote (``<pid> loaded``, then ``<pid>``: ready)."""
         with contextlib.suppress(BlockingIOError):
             while chunk := os.read(self._fds["ready_r"], 65536):
                 self._heard += chunk
         *lines, self._heard = self._heard.split(b"\n")
+        now = time.monotonic()
         for line in lines:
             for slot in self._slots:
-                if slot.proc is not None and line == str(slot.proc.pid).encode():
+                if slot.proc is None:
+                    continue
+                pid = str(slot.proc.pid).encode()
+                if line == pid:
                     slot.ready = True
+                elif line == pid + b" loaded" and not self._ever_ready:
+                    for other in self._slots:  # the others start ALONE_S from now at most
+                        if other.proc is None and other.restart_at is not None:
+                            other.restart_at = min(other.restart_at, now + ALONE_S)
         if not self._ever_ready and any(s.ready for s in self._slots):
             self._ever_ready = True  # the others start now (those that died too)
-            now = time.monotonic()
             for slot in self._slots:
                 if slot.proc is None and not slot.done and (slot.restart_at or now) >= now:
                     slot.restart_at = now
@@ -250,8 +262,9 @@ class Supervisor:
 
 
 def ready_notice() -> Callable[[], None] | None:
-    """In a child: what tells the supervisor the worker is ready (None outside one). Reads
-    and removes ``READY_ENV``, and keeps the pipe from whatever the worker starts."""
+    """In a child that has loaded the application: tells the supervisor so, and returns what
+    tells it the worker is ready (None outside one). Reads and removes ``READY_ENV``, and
+    keeps the pipe from whatever the worker starts."""
     value = os.environ.pop(READY_ENV, None)
     if value is None or INDEX_ENV not in os.environ:
         return None
@@ -262,6 +275,8 @@ def ready_notice() -> Callable[[], None] | None:
         os.set_inheritable(fd, False)
     except (ValueError, OSError):
         return None
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{os.getpid()} loaded\n".encode())
 
     def notice() -> None:
         with contextlib.suppress(OSError):
