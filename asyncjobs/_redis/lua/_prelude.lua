@@ -478,7 +478,8 @@ local START_FIELDS = {'s', 'e', 'x', 'ab', 'j', 'a', 'h', 'q', 'rs', 'd', 'p', '
 -- `running` with attempts + 1. `resumed` is 1 when the record already said `running`: an
 -- earlier attempt began and never ended (its worker died and a reclaim took the entry over,
 -- or the entry came back another way: the group made again, the leader's repair putting a
--- lost entry back), so the worker records that attempt as lost; else 0. The reserved slot (`rs`, written by rate.lua when a rate limit deferred the
+-- lost entry back), so the worker records that attempt as lost; else 0. The reserved
+-- slot (`rs`, written by rate.lua when a rate limit deferred the
 -- job; 0 if none or unreadable) is handed back once: it is cleared as the job starts.
 -- `plain` is 1 for a job that runs with a plain record (none of x, ab, h, d, p, cw, dl, et:
 -- see keep), 0 otherwise.

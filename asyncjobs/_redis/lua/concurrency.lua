@@ -6,7 +6,8 @@
 -- no worker could have written are dropped (expiring more than MAX_LEASE_MS from now: the
 -- longest claim timeout is an hour), then the 20 holders whose leases expire first are
 -- checked (each record must say it runs under this limit) and leases nothing backs are
--- dropped; any others lapse within the claim timeout. Any other job waits: its entry is acknowledged and deleted, its record goes
+-- dropped; any others lapse within the claim timeout. Any other job waits: its entry is
+-- acknowledged and deleted, its record goes
 -- back to `scheduled` with its attempt count as before start.lua counted this attempt and
 -- `cw` = the limit's name (what it waits on), it enters the delayed set at its safety-net
 -- due time (the earliest lease expiry, or its own expiry if sooner) and the limit's wait

@@ -4,7 +4,8 @@
 -- enqueued again: the existing job's state is returned instead. (Looked for even for ids
 -- just made: redis-py sends a call again when its reply is lost, and by then the job may
 -- have run and moved to its shared hash. One EXISTS per tag and call, while the hash is
--- absent; one HEXISTS per job once it exists.) A job that cannot be written (its key holds something other than a
+-- absent; one HEXISTS per job once it exists.) A job that cannot be written (its key
+-- holds something other than a
 -- hash, or the stream or delayed set is of the wrong type) is not written at all and its
 -- reason is returned; the rest of the batch is written.
 --
