@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -157,6 +157,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
         prefix = "stall"
         b = Backend("real", url_b, url_factory(url_b), prefix)
         async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
+            await _load_scripts(pool)  # no NOSCRIPT answer held by the stall
             job = await pool.enqueue(held)
             alive_client = url_factory(url_alive)(max_connections=4, socket_timeout=None)
             store = QueueStore(alive_client, Keys(prefix, "default"))
@@ -191,7 +192,9 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                     to_b.answers.clear()  # Redis runs what was sent in the stall first
                     mark = len(to_b.passed)
                     to_b.release()
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)
                     to_alive.release()
                     await asyncio.sleep(0.02)
                     to_b.answers.set()
@@ -260,6 +263,112 @@ async def test_a_reclaimer_whose_scans_are_always_late_still_takes_a_dead_worker
     assert set(calls[:first_found]) <= {"none"}, calls
     assert calls[first_found:first_found + reclaimer.LATE_LOOKS + 2] == (
         ["found"] * (reclaimer.LATE_LOOKS + 1) + ["scan"]), calls
+
+
+LAG_S = 1.5
+"""How late the lagging reclaimer's scan goes after its look: past the idle threshold."""
+
+
+async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
+        fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look finds a dead worker's job idle; then the reclaiming worker's loop lags (its
+    look returns ``LAG_S`` late) while Redis stalls, so its scan goes late and without a
+    fresh look (``LATE_LOOKS`` is 0 here), near enough to the stall's end to pass the
+    clock check, and Redis runs it before the refresh the live worker sent in the stall.
+    The live worker's job is then idle past the threshold (1.5 s): the old late scan took
+    it (CI saw 12 of 3,000 run twice in tests/test_operator_faults.py's stall test, under
+    a loaded machine). A late scan takes only entries idle longer by its lateness: the
+    live worker keeps its job, the dead worker's runs once, and once the live worker
+    stops refreshing, its job is taken over and runs once."""
+    runs: Counter[str] = Counter()
+    look = reclaimer.Reclaimer._look
+    stalled = asyncio.Event()
+
+    @asyncjobs.task(name="held")
+    async def held(ctx: Context) -> None:
+        runs[ctx.job_id] += 1
+
+    async with proxy(fresh_redis) as to_b, proxy(fresh_redis) as to_alive:
+
+        async def lagging_look(self: reclaimer.Reclaimer, *args: Any) -> Any:
+            got = await look(self, *args)
+            if self._looked_at is not None and not stalled.is_set():
+                to_b.holding = to_alive.holding = True  # Redis stalls
+                stalled.set()
+                await asyncio.sleep(LAG_S)  # and this worker's loop lags
+            return got
+
+        monkeypatch.setattr(reclaimer.Reclaimer, "_look", lagging_look)
+        monkeypatch.setattr(reclaimer, "LATE_LOOKS", 0)
+        url_b = f"redis://127.0.0.1:{to_b.port}/0"
+        url_alive = f"redis://127.0.0.1:{to_alive.port}/0"
+        prefix = "latestall"
+        b = Backend("real", url_b, url_factory(url_b), prefix)
+        async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
+            # Redis knows the scan's script: its first call is not answered NOSCRIPT (an
+            # answer the stall holds) and sent again after the refresh
+            await _load_scripts(pool)
+            store = pool.store("default")
+            await store.ensure_group()
+            # the dead worker's job first: the scan starts at the entry the look found
+            orphan = await pool.enqueue(held)
+            [dead] = await store.take("dead", 1)
+            assert dead.verdict == "run" and dead.delivery.job_id == orphan.id
+            job = await pool.enqueue(held)
+            alive_client = url_factory(url_alive)(max_connections=4, socket_timeout=None)
+            alive = QueueStore(alive_client, Keys(prefix, "default"))
+            [taken] = await alive.take("alive", 1)
+            assert taken.verdict == "run" and taken.delivery.job_id == job.id
+            refreshing = True
+
+            async def refresh() -> None:
+                while refreshing:
+                    lost, _ = await alive.touch("alive", [taken.delivery])
+                    assert lost == [], "the live worker's job was taken over"
+                    await asyncio.sleep(CLAIM_S / 6)
+
+            refresher = asyncio.create_task(refresh())
+            try:
+                async with running(b, b.worker([held], claim_timeout=CLAIM_S)):
+                    await asyncio.wait_for(stalled.wait(), 10)
+                    began = time.monotonic()
+                    while not _reclaim_calls(bytes(to_b.sent_while_held), (s.RECLAIM,)):
+                        assert time.monotonic() - began < LAG_S + 3, "no late scan"
+                        await asyncio.sleep(0.005)
+                    assert time.monotonic() - began >= LAG_S - 0.1
+                    assert _reclaim_calls(bytes(to_alive.sent_while_held), (s.TOUCH,))
+                    await asyncio.sleep(0.05)
+                    to_b.answers.clear()  # Redis runs the late scan first
+                    to_b.release()
+                    await asyncio.sleep(0.02)
+                    to_alive.release()
+                    await asyncio.sleep(0.02)
+                    to_b.answers.set()
+                    await until(lambda: runs[orphan.id] == 1, 10)
+                    await asyncio.sleep(1.0)  # a refresh or two: nothing else is taken
+                    assert not refresher.done()
+                    assert runs == {orphan.id: 1}
+                    refreshing = False  # "alive" dies
+                    await refresher
+                    await job.result(timeout=10)
+                    assert runs == {orphan.id: 1, job.id: 1}
+            finally:
+                refreshing = False
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+                await alive_client.aclose()
+
+
+async def _load_scripts(pool: asyncjobs.Pool) -> None:
+    for name in (s.IDLE, s.RECLAIM, s.TOUCH):
+        await pool.client.script_load(s.load(name).source)
+
+
+async def until(check: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.on_cluster

@@ -327,14 +327,16 @@ async def test_a_longer_claim_timeout_joining_refreshes_at_the_fleet_s_pace(
     """The other way round: a worker with 2 s runs first, so until its next heartbeat (5 s
     away) it takes over entries idle for 1 s; then one with 60 s joins and takes a job. The
     newcomer's first heartbeat tells it a shorter claim timeout is live: it refreshes its
-    entries every sixth of that, not every 10 s, and nothing is taken from it."""
+    entries every sixth of that, not every 10 s, and nothing is taken from it. The first
+    worker's one slot stays taken until the newcomer has started the job (a fixed second
+    let the first worker start it itself when the newcomer was slow to start)."""
     starts: list[str] = []
     busy, began = asyncio.Event(), asyncio.Event()
 
     @asyncjobs.task(name="blocker", timeout=30)
     async def blocker(ctx: Context) -> None:
         busy.set()
-        await asyncio.sleep(1)
+        await asyncio.wait_for(began.wait(), 20)
 
     @asyncjobs.task(name="long_one", timeout=30)
     async def long_one(ctx: Context) -> str:

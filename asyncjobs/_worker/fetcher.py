@@ -44,6 +44,7 @@ from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
 from .executor import Executor
+from .late import came_late, confirm
 from .reader import AnyReader
 from .reclaimer import Reclaimer
 from .runtime import OUTAGE_ERRORS, Runtime, refused, refused_for_now, transient
@@ -218,14 +219,20 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
         if not levels:
             continue
         try:
+            sent = time.monotonic()
             taken = await take_levels([group.stores[k] for k in levels], rt.consumer, left)
+            rows = [(group.queues[levels[level]], st) for level, st in taken.rows]
+            if rows and came_late(time.monotonic() - sent, 0.0, rt.keepalive_every_s):
+                rows = await confirm(rt, rows)
         except Exception:
-            if started:  # what was taken is ours (started): run it, fail next time
+            # What was taken before is ours (started): run it, fail next time. Rows whose
+            # confirmation failed are left to a reclaim.
+            if started:
                 return started, {}
             raise
         if order is not None:
             order.charge(i, len(taken.rows), dry=len(taken.rows) < left)
-        started.extend((group.queues[levels[level]], st) for level, st in taken.rows)
+        started.extend(rows)
         for level, last in enumerate(taken.last):
             if last:  # '' for a stream that cannot be read: not waited on
                 newest[group.stores[levels[level]].keys.stream] = last
@@ -278,8 +285,11 @@ async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
             # that already runs here is not started twice.
             got = [d for d in got if (queue, d.entry) not in ex.running]
             if got:
-                started.extend((queue, st) for st in await rt.stores[queue].start(
-                    rt.consumer, got))
+                sent = time.monotonic()
+                rows = [(queue, st) for st in await rt.stores[queue].start(rt.consumer, got)]
+                if came_late(time.monotonic() - sent, 0.0, rt.keepalive_every_s):
+                    rows = await confirm(rt, rows)
+                started.extend(rows)
     except BaseException:
         ex.slots.give(taken)
         raise

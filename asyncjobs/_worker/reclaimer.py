@@ -22,7 +22,11 @@ sent a moment after that answer (``CONFIRM_S``), comes after. That rests on Redi
 every command it had read before it writes their answers (true of a stall's backlog, up
 to a refresh of some 250 entries, whose bytes take more than one read). The look reads
 the clock too and is checked against the forecast like a scan; a worker's first look has
-no reading to compare with, and the scan after it is checked against the look's.
+no reading to compare with, and the scan after it is checked against the look's. A scan
+that cannot be sent in time after its look (``LATE_LOOKS`` times in a row: a Redis far
+away, an event loop that lags) goes anyway, so that nothing is left stuck, but takes only
+entries idle longer than the threshold by as much as it is late: a stall that began after
+its look cannot make a live worker's entry look that idle.
 
 A look reads at most ``LOOK_MOST`` pending entries and goes on at the next turn from where
 it stopped, so that no call walks a whole pending list (tens of milliseconds for 100,000
@@ -65,8 +69,9 @@ LOOK_MOST = 1000
 
 LATE_LOOKS = 3
 """Looks in a row whose scan could not be sent in time (a Redis further away than the
-margin allows, an event loop that lags): the next scan goes without a fresh look, as it
-would with only the clock check, so that nothing is left stuck."""
+margin allows, an event loop that lags): the next scan goes without a fresh look, so that
+nothing is left stuck, and takes only entries idle longer by as much as it is late
+(``Reclaimer._lateness_ms``)."""
 
 
 class Reclaimer:
@@ -165,7 +170,8 @@ class Reclaimer:
         self._late = 0
         sent = time.monotonic()
         got = await reclaim_levels(
-            [group.stores[k] for k in levels], self.rt.consumer, self.idle_ms, count,
+            [group.stores[k] for k in levels], self.rt.consumer,
+            self.idle_ms + self._lateness_ms(sent), count,
             [self.cursors[group.queues[k]] for k in levels],
             self.clock.latest_ms(sent, self.step_margin_ms))
         ahead_ms = self.clock.read(got.now_ms, sent)
@@ -189,6 +195,17 @@ class Reclaimer:
                         len(deliveries), queue,
                         ", ".join(d.job_id or d.entry for d in deliveries[:10]))
         return claimed, self._refusals(levels, got.errors, bad)
+
+    def _lateness_ms(self, sent: float) -> int:
+        """How much later than ``window_s`` after its look (or the scan before it) a scan
+        sent at ``sent`` goes (0 for one in time): it takes only entries idle that much
+        longer than the threshold. A stall that began after the look, and that the scan
+        waited out less than the step margin of, leaves a live worker's entry idle at most
+        the scan's delay after the look, plus that margin, plus a refresh interval: the
+        threshold plus the lateness stays half a margin above that."""
+        if self._looked_at is None:
+            return 0
+        return max(0, round((sent - self._looked_at - self.window_s) * 1000))
 
     def _levels(self, bad: Quarantine) -> list[int]:
         """The group's levels not left alone for now."""

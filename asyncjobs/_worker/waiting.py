@@ -20,6 +20,7 @@ from .._redis.store import take_call, taken_from
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
+from .late import came_late, confirm
 from .reader import AnyReader, Reader
 from .runtime import Runtime, refused, refused_for_now
 
@@ -163,8 +164,11 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
     the next take loads it), or a level could not be read, which the fetch loop's own take deals
     with."""
     stores = group.stores
+    # The take runs when the read ends, up to `block` in: an answer later than that (by
+    # late.SLACK) is confirmed before its jobs run; the cap keeps that within its bound.
+    block = min(block_ms, max(1, int(rt.keepalive_every_s * 1000)))
     began = time.monotonic()
-    woke, ran = await reader.wait_then_run(newest, block_ms,
+    woke, ran = await reader.wait_then_run(newest, block,
                                            take_call(stores, rt.consumer, count))
     if isinstance(ran, NoScriptError):
         return True, []
@@ -174,7 +178,10 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
     if order is not None:
         order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
     if taken.rows:  # started: whatever the read said, they run
-        return True, [(group.queues[level], st) for level, st in taken.rows]
+        rows = [(group.queues[level], st) for level, st in taken.rows]
+        if came_late(time.monotonic() - began, block / 1000, rt.keepalive_every_s):
+            rows = await confirm(rt, rows)
+        return True, rows
     if (refusal := refused_for_now(taken.errors)) is not None:
         raise refusal  # an outage, waited out
     if taken.errors or len(taken.last) != len(stores) or not all(taken.last):
@@ -189,7 +196,7 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
     beat(rt, now)
     if not woke:
         idle.quiet = True
-        if now - began < block_ms / 2000:
+        if now - began < block / 2000:
             # The server did not block (an in-memory fake does not): don't spin.
             await asyncio.sleep(0.005)
     return False, []
