@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -125,6 +125,26 @@ async def proxy(server: RedisServer) -> AsyncIterator[StallProxy]:
         await p.close()
 
 
+def _warmed_backend(url: str, prefix: str
+                    ) -> tuple[Backend, Callable[[], Awaitable[None]]]:
+    """A backend whose worker's clients come from ``url``, and a call that opens connections
+    in its main client's pool ahead: a command that needs a new connection in a stall waits
+    for the stalled handshake's answer before it is sent at all (the keep-alive's touches
+    in flight take connections of their own), and the tests need the reclaimer's call sent
+    during the stall."""
+    made: list[Any] = []
+
+    def factory(**options: Any) -> Any:
+        client = url_factory(url)(**options)
+        made.append(client)
+        return client
+
+    async def warm() -> None:
+        await asyncio.gather(*(made[0].ping() for _ in range(8)))
+
+    return Backend("real", None, factory, prefix), warm
+
+
 def _reclaim_calls(data: bytes, names: tuple[str, ...] = (s.IDLE, s.RECLAIM)) -> bool:
     """Whether the bytes hold a reclaimer's call: a look or a scan (of ``names``)."""
     return any(s.load(name).sha.encode() in data for name in names)
@@ -155,7 +175,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
         url_b = f"redis://127.0.0.1:{to_b.port}/0"
         url_alive = f"redis://127.0.0.1:{to_alive.port}/0"
         prefix = "stall"
-        b = Backend("real", url_b, url_factory(url_b), prefix)
+        b, warm = _warmed_backend(url_b, prefix)
         async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
             await _load_scripts(pool)  # no NOSCRIPT answer held by the stall
             job = await pool.enqueue(held)
@@ -176,6 +196,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
             try:
                 worker = b.worker([held, busy], claim_timeout=CLAIM_S, concurrency=1)
                 async with running(b, worker):
+                    await warm()
                     await asyncio.sleep(1.5)  # several reclaim calls: nothing to take
                     assert runs == {}
                     slot = await pool.enqueue(busy)
@@ -298,12 +319,22 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
                 await asyncio.sleep(LAG_S)  # and this worker's loop lags
             return got
 
+        scans: list[Any] = []
+        scan = reclaimer.reclaim_levels
+
+        async def seen_scan(*args: Any, **kwargs: Any) -> Any:
+            got = await scan(*args, **kwargs)
+            if stalled.is_set():
+                scans.append(got)
+            return got
+
         monkeypatch.setattr(reclaimer.Reclaimer, "_look", lagging_look)
         monkeypatch.setattr(reclaimer, "LATE_LOOKS", 0)
+        monkeypatch.setattr(reclaimer, "reclaim_levels", seen_scan)
         url_b = f"redis://127.0.0.1:{to_b.port}/0"
         url_alive = f"redis://127.0.0.1:{to_alive.port}/0"
         prefix = "latestall"
-        b = Backend("real", url_b, url_factory(url_b), prefix)
+        b, warm = _warmed_backend(url_b, prefix)
         async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
             # Redis knows the scan's script: its first call is not answered NOSCRIPT (an
             # answer the stall holds) and sent again after the refresh
@@ -330,6 +361,7 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
             refresher = asyncio.create_task(refresh())
             try:
                 async with running(b, b.worker([held], claim_timeout=CLAIM_S)):
+                    await warm()
                     await asyncio.wait_for(stalled.wait(), 10)
                     began = time.monotonic()
                     while not _reclaim_calls(bytes(to_b.sent_while_held), (s.RECLAIM,)):
@@ -345,6 +377,10 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
                     await asyncio.sleep(0.02)
                     to_b.answers.set()
                     await until(lambda: runs[orphan.id] == 1, 10)
+                    # the late scan ran (its clock check passed: it was not a scan that
+                    # claims nothing) and took nothing of the live worker's
+                    assert scans and not scans[0].stepped
+                    assert job.id not in {d.job_id for _, d in scans[0].rows}
                     await asyncio.sleep(1.0)  # a refresh or two: nothing else is taken
                     assert not refresher.done()
                     assert runs == {orphan.id: 1}
@@ -357,6 +393,50 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
                 refresher.cancel()
                 await asyncio.gather(refresher, return_exceptions=True)
                 await alive_client.aclose()
+
+
+HELD_ANSWERS_S = 2.5
+"""Longer than the idle threshold (1.5 s), under the claim timeout."""
+
+
+async def test_a_worker_whose_touch_is_answered_late_keeps_touching(
+        fresh_redis: RedisServer) -> None:
+    """A worker's touch that Redis ran just before a stall is answered after it: a worker
+    that waited for that answer before its next touch had none waiting in the stall, and
+    its jobs were taken over (the same for answers held up on their way back). Here the
+    answers to worker A are held for 2.5 s while its commands get through: A goes on
+    touching every 0.5 s (``TOUCHES_IN_FLIGHT``), so worker B, which takes over entries
+    idle 1.5 s, takes nothing, and A's job runs once."""
+    runs: Counter[str] = Counter()
+
+    @asyncjobs.task(name="long_one", timeout=30)
+    async def long_one(ctx: Context) -> str:
+        runs[ctx.job_id] += 1
+        await asyncio.sleep(4)
+        return "done"
+
+    async with proxy(fresh_redis) as to_a:
+        prefix = "lateanswers"
+        a, warm = _warmed_backend(f"redis://127.0.0.1:{to_a.port}/0", prefix)
+        direct = Backend("real", fresh_redis.url, url_factory(fresh_redis.url), prefix)
+        async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
+            await _load_scripts(pool)
+            worker_a = a.worker([long_one], claim_timeout=CLAIM_S)
+            async with running(a, worker_a):
+                await warm()
+                job = await pool.enqueue(long_one)
+                await until(lambda: runs[job.id] == 1, 10)
+                async with running(direct, direct.worker([long_one], claim_timeout=CLAIM_S)):
+                    await asyncio.sleep(1.0)  # B has heard of A, and looks
+                    mark = len(to_a.passed)
+                    to_a.answers.clear()
+                    await asyncio.sleep(HELD_ANSWERS_S)
+                    touches = bytes(to_a.passed[mark:]).count(s.load(s.TOUCH).sha.encode())
+                    to_a.answers.set()
+                    assert await job.result(timeout=10) == "done"
+                    assert (await job.info()).worker == worker_a.name
+    assert runs == {job.id: 1}
+    assert touches >= 3, touches  # sent while none was answered
 
 
 async def _load_scripts(pool: asyncjobs.Pool) -> None:

@@ -10,13 +10,14 @@ timeout of ``test_metrics_at_the_shortest_refresh_still_refresh``).
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from asyncjobs._worker.upkeep import wait_set
+from asyncjobs._worker.upkeep import _turn
 from asyncjobs.metrics import WorkerMetrics
 from asyncjobs.testing import Harness
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.asyncio
 async def test_the_keepalive_wait_keeps_a_cancellation_that_comes_as_it_is_woken(
         turns: int) -> None:
     event = asyncio.Event()
-    waiting = asyncio.create_task(wait_set(event, 30))
+    waiting = asyncio.create_task(_turn(event, set(), time.monotonic() + 30))
     await asyncio.sleep(0)  # it waits
     event.set()
     for _ in range(turns):  # the wake-up on its way, at each step of it

@@ -4,6 +4,7 @@ reclaim found. Plain data, no I/O (``store`` does the round trips)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class Started:
     """The record said ``running`` already: an earlier attempt began and never ended (its
     worker stopped; the entry came back by a reclaim, a group made again or the leader's
     repair), so that attempt is recorded as lost (``outcomes.history_of``)."""
+    confirm_after: float = math.inf
+    """Not from Redis: the worker's monotonic time past which this start is confirmed
+    (its entry touched) before the job runs (``_worker.late``)."""
 
 
 @dataclass(frozen=True, slots=True)

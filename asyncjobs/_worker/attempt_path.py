@@ -33,6 +33,7 @@ from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
 from .._text import clean, safe_str
 from ..exceptions import ConfigurationError, SerializationError
+from . import late
 from .admission import Refused, admit
 from .attempt import Plan, Running
 from .deadlines import Deadlines
@@ -93,6 +94,7 @@ class AttemptPath:
                 self.emit(verdict.event, running, st, task=verdict.task, error=verdict.error,
                            reason=verdict.error.message if verdict.error else None)
             return verdict.op
+        checked = time.monotonic()
         if verdict.rate_key is not None:
             running.checking = True
             try:
@@ -109,8 +111,31 @@ class AttemptPath:
                 running.checking = False
             if not go:
                 return op
+        if (verdict.rate_key is not None or verdict.lease is not None) \
+                and not await self._still_ours(running, st, checked):
+            return None
         return await self._execute(running, st, verdict.spec, verdict.task, verdict.args,
                                    verdict.kwargs, verdict.history)
+
+    async def _still_ours(self, running: Running, st: Started, checked: float) -> bool:
+        """After the limit checks begun at ``checked`` (monotonic): whether the job may
+        begin. The keep-alive leaves an entry alone while a check decides it, so checks
+        answered late (a stall) are confirmed like a late start (``late``): an entry
+        taken over meanwhile is not run here (its new owner runs it)."""
+        late.stamp([(running.queue, st)], checked, self.rt.keepalive_every_s)
+        try:
+            await late.confirmed(self.rt, [(running.queue, st)])
+        except Exception as exc:  # the entry stays pending: it runs after the claim timeout
+            log.warning("could not confirm job id=%s queue=%s is still this worker's after "
+                        "its limit checks: %s", running.job_id, running.queue, exc)
+            return False
+        if st.verdict == "run":
+            return True
+        log.warning("job id=%s queue=%s not started: %s after its limit checks",
+                    running.job_id, running.queue,
+                    "taken over by another worker" if st.verdict == "lost"
+                    else "Redis answered too late to confirm it is still this worker's")
+        return False
 
     async def _check_rate(self, running: Running, st: Started, task: Task[Any, Any],
                           key: str) -> tuple[bool, SettleOp | None]:

@@ -43,8 +43,8 @@ from .._redis.store import QueueStore, take_levels
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
+from . import late
 from .executor import Executor
-from .late import came_late, confirm
 from .reader import AnyReader
 from .reclaimer import Reclaimer
 from .runtime import OUTAGE_ERRORS, Runtime, refused, refused_for_now, transient
@@ -221,17 +221,14 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
         try:
             sent = time.monotonic()
             taken = await take_levels([group.stores[k] for k in levels], rt.consumer, left)
-            rows = [(group.queues[levels[level]], st) for level, st in taken.rows]
-            if rows and came_late(time.monotonic() - sent, 0.0, rt.keepalive_every_s):
-                rows = await confirm(rt, rows)
         except Exception:
-            # What was taken before is ours (started): run it, fail next time. Rows whose
-            # confirmation failed are left to a reclaim.
-            if started:
+            if started:  # what was taken is ours (started): run it, fail next time
                 return started, {}
             raise
         if order is not None:
             order.charge(i, len(taken.rows), dry=len(taken.rows) < left)
+        rows = [(group.queues[levels[level]], st) for level, st in taken.rows]
+        late.stamp(rows, sent, rt.keepalive_every_s)
         started.extend(rows)
         for level, last in enumerate(taken.last):
             if last:  # '' for a stream that cannot be read: not waited on
@@ -287,9 +284,11 @@ async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
             if got:
                 sent = time.monotonic()
                 rows = [(queue, st) for st in await rt.stores[queue].start(rt.consumer, got)]
-                if came_late(time.monotonic() - sent, 0.0, rt.keepalive_every_s):
-                    rows = await confirm(rt, rows)
+                late.stamp(rows, sent, rt.keepalive_every_s)
                 started.extend(rows)
+        # Starts held up (their answer, another queue's take in the batch, this loop)
+        # are confirmed before their jobs run.
+        await late.confirmed(rt, started)
     except BaseException:
         ex.slots.give(taken)
         raise
@@ -298,7 +297,12 @@ async def _start(rt: Runtime, ex: Executor, started: list[tuple[str, Started]],
         log.warning("%d job(s) were taken over by another worker before they started here; "
                     "not started: %s", len(lost),
                     ", ".join(f"{clean(s.delivery.job_id)} ({q})" for q, s in lost[:10]))
-    runnable = [(q, s) for q, s in started if s.verdict != "lost"]
+    unsure = [(q, s) for q, s in started if s.verdict == "unconfirmed"]
+    if unsure:
+        log.warning("%d job(s) were not started: Redis answered too late to confirm they are "
+                    "still this worker's; they run after the claim timeout: %s", len(unsure),
+                    ", ".join(f"{clean(s.delivery.job_id)} ({q})" for q, s in unsure[:10]))
+    runnable = [(q, s) for q, s in started if s.verdict not in ("lost", "unconfirmed")]
     # An entry that already runs here, delivered again (its consumer group was made again
     # at id 0 after it was destroyed): the attempt running it records it; not started twice.
     again = [(q, s) for q, s in runnable if (q, s.delivery.entry) in ex.running]

@@ -25,7 +25,7 @@ the clock too and is checked against the forecast like a scan; a worker's first 
 no reading to compare with, and the scan after it is checked against the look's. A scan
 that cannot be sent in time after its look (``LATE_LOOKS`` times in a row: a Redis far
 away, an event loop that lags) goes anyway, so that nothing is left stuck, but takes only
-entries idle longer than the threshold by as much as it is late: a stall that began after
+entries idle longer than the threshold by the time since its look: a stall that began after
 its look cannot make a live worker's entry look that idle.
 
 A look reads at most ``LOOK_MOST`` pending entries and goes on at the next turn from where
@@ -70,7 +70,7 @@ LOOK_MOST = 1000
 LATE_LOOKS = 3
 """Looks in a row whose scan could not be sent in time (a Redis further away than the
 margin allows, an event loop that lags): the next scan goes without a fresh look, so that
-nothing is left stuck, and takes only entries idle longer by as much as it is late
+nothing is left stuck, and takes only entries idle longer by the time since its look
 (``Reclaimer._lateness_ms``)."""
 
 
@@ -197,15 +197,17 @@ class Reclaimer:
         return claimed, self._refusals(levels, got.errors, bad)
 
     def _lateness_ms(self, sent: float) -> int:
-        """How much later than ``window_s`` after its look (or the scan before it) a scan
-        sent at ``sent`` goes (0 for one in time): it takes only entries idle that much
-        longer than the threshold. A stall that began after the look, and that the scan
-        waited out less than the step margin of, leaves a live worker's entry idle at most
-        the scan's delay after the look, plus that margin, plus a refresh interval: the
-        threshold plus the lateness stays half a margin above that."""
+        """For a scan sent at ``sent`` later than ``window_s`` after its look (or the scan
+        before it), the time since that look (0 for one in time): it takes only entries
+        idle that much longer than the threshold. A stall that began after the look, and
+        that the scan waited out less than the step margin of, leaves a live worker's entry
+        idle at most that time, plus the margin, plus a refresh interval and the live
+        worker's round trip: the threshold is at least two margins and an interval, so one
+        margin is left for that round trip."""
         if self._looked_at is None:
             return 0
-        return max(0, round((sent - self._looked_at - self.window_s) * 1000))
+        late_s = sent - self._looked_at
+        return 0 if late_s <= self.window_s else round(late_s * 1000)
 
     def _levels(self, bad: Quarantine) -> list[int]:
         """The group's levels not left alone for now."""

@@ -35,57 +35,95 @@ _TOUCHES_AT_ONCE = 4
 (connections it takes); on one server they go in one round trip."""
 
 
-async def wait_set(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set, or ``seconds`` passed. Not ``asyncio.wait_for``: on
-    Python 3.11 it loses a cancellation that comes as the event is set (it returns the
-    event's result instead), and a worker's stop then waits for ever."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
+TOUCHES_IN_FLIGHT = 4
+"""Keep-alive touches sent and not yet answered, at most. A touch is sent every refresh
+interval R whether the one before was answered or not: one that Redis ran just before a
+stall is answered only after it, and the next, sent meanwhile, waits in Redis behind the
+stall and runs before its answers go out, as reclaimer.py's look relies on. Answers held
+up while the touches themselves get through (a slow way back) keep the entries fresh for
+this many intervals; in an outage that hangs, each holds a connection until it times out."""
 
 
 async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     """Reset the idle time of every held entry well inside the claim timeout; cancel jobs
     whose entry was taken by another worker, and jobs whose abort was requested. Runs until
-    the worker has drained (a draining worker still holds its jobs)."""
-    pause = rt.keepalive_every_s
-    while True:
-        await wait_set(rt.touch_now, pause)
-        rt.touch_now.clear()
-        pause = rt.keepalive_every_s
-        touched = [(queue, store, held) for queue, store in rt.stores.items()
-                   if (held := ex.to_touch(queue))]
-        if len(touched) > 1 and not is_cluster(rt.client):
-            results = await _touch_together(rt, touched)
-        else:
-            # On a Redis Cluster, every queue's touch at once, each on its own: a master
-            # that is down (or refuses writes) must not keep the entries of queues on the
-            # other masters from being refreshed, where workers that see no outage would
-            # take them over.
-            room = asyncio.Semaphore(_TOUCHES_AT_ONCE)
-            results = await asyncio.gather(*(_touch(rt, room, store, held)
-                                             for _, store, held in touched),
-                                           return_exceptions=True)
-        failure: BaseException | None = None
-        for (queue, _, _), result in zip(touched, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception) or not transient(result):
-                    failure = failure or result
-                    continue
-                rt.outage.failed(result, "keep-alive")
-                # Try again soon, not after a long backoff: the first touch after Redis
-                # comes back must come before other workers' reclaim scans resume.
-                pause = min(0.5, rt.keepalive_every_s)
+    the worker has drained (a draining worker still holds its jobs). A touch goes every
+    refresh interval (sooner after one failed in an outage, or when ``touch_now`` is set),
+    without waiting for the one before to be answered (``TOUCHES_IN_FLIGHT``)."""
+    rounds: set[asyncio.Task[bool]] = set()
+    next_at = time.monotonic() + rt.keepalive_every_s
+    try:
+        while True:
+            await _turn(rt.touch_now, rounds, next_at)
+            now = time.monotonic()
+            for done in [t for t in rounds if t.done()]:
+                rounds.discard(done)
+                if not done.result():  # (raises a round's failure) an outage: try again
+                    # soon, not after a long backoff: the first touch after Redis comes
+                    # back must come before other workers' reclaim scans resume
+                    next_at = min(next_at, now + min(0.5, rt.keepalive_every_s))
+            if rt.touch_now.is_set() or now >= next_at:
+                rt.touch_now.clear()
+                next_at = now + rt.keepalive_every_s
+                if len(rounds) < TOUCHES_IN_FLIGHT:
+                    rounds.add(asyncio.ensure_future(_touch_round(rt, ex)))
+    finally:
+        for task in rounds:
+            task.cancel()
+        await asyncio.gather(*rounds, return_exceptions=True)
+
+
+async def _turn(now_wanted: asyncio.Event, rounds: set[asyncio.Task[bool]],
+                until: float) -> None:
+    """Wait until ``until`` (monotonic), ``now_wanted`` is set, or a round ends."""
+    if now_wanted.is_set():
+        return
+    waiter = asyncio.ensure_future(now_wanted.wait())
+    try:
+        await asyncio.wait({waiter, *rounds}, timeout=max(0.0, until - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+async def _touch_round(rt: Runtime, ex: Executor) -> bool:
+    """One touch of every queue this worker holds entries on, and what its answers say
+    done; False if a queue's touch failed for an outage. Raises any other failure."""
+    touched = [(queue, store, held) for queue, store in rt.stores.items()
+               if (held := ex.to_touch(queue))]
+    if not touched:
+        return True
+    if len(touched) > 1 and not is_cluster(rt.client):
+        results = await _touch_together(rt, touched)
+    else:
+        # On a Redis Cluster, every queue's touch at once, each on its own: a master
+        # that is down (or refuses writes) must not keep the entries of queues on the
+        # other masters from being refreshed, where workers that see no outage would
+        # take them over.
+        room = asyncio.Semaphore(_TOUCHES_AT_ONCE)
+        results = await asyncio.gather(*(_touch(rt, room, store, held)
+                                         for _, store, held in touched),
+                                       return_exceptions=True)
+    failure: BaseException | None = None
+    ok = True
+    for (queue, _, _), result in zip(touched, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception) or not transient(result):
+                failure = failure or result
                 continue
-            lost, aborted = result
-            for entry in lost:
-                _lost(ex, queue, entry)
-            for job_id in aborted:
-                running = ex.find_job(queue, job_id)
-                if running is not None:
-                    ex.cancel(running, "abort")
-        if failure is not None:
-            raise failure
+            rt.outage.failed(result, "keep-alive")
+            ok = False
+            continue
+        lost, aborted = result
+        for entry in lost:
+            _lost(ex, queue, entry)
+        for job_id in aborted:
+            running = ex.find_job(queue, job_id)
+            if running is not None:
+                ex.cancel(running, "abort")
+    if failure is not None:
+        raise failure
+    return ok
 
 
 async def _touch_together(rt: Runtime, touched: list[tuple[str, QueueStore, list[Delivery]]]

@@ -20,7 +20,7 @@ from .._redis.store import take_call, taken_from
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
 from .._text import clean
-from .late import came_late, confirm
+from . import late
 from .reader import AnyReader, Reader
 from .runtime import Runtime, refused, refused_for_now
 
@@ -164,9 +164,9 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
     the next take loads it), or a level could not be read, which the fetch loop's own take deals
     with."""
     stores = group.stores
-    # The take runs when the read ends, up to `block` in: an answer later than that (by
-    # late.SLACK) is confirmed before its jobs run; the cap keeps that within its bound.
-    block = min(block_ms, max(1, int(rt.keepalive_every_s * 1000)))
+    # The take runs when the read ends: soon enough that its answer is usually in time
+    # to start its jobs unconfirmed (late.py)
+    block = late.read_block_ms(block_ms, rt.keepalive_every_s)
     began = time.monotonic()
     woke, ran = await reader.wait_then_run(newest, block,
                                            take_call(stores, rt.consumer, count))
@@ -179,8 +179,7 @@ async def wait_then_take(rt: Runtime, reader: Reader, group: Group,
         order.charge(0, len(taken.rows), dry=len(taken.rows) < count)
     if taken.rows:  # started: whatever the read said, they run
         rows = [(group.queues[level], st) for level, st in taken.rows]
-        if came_late(time.monotonic() - began, block / 1000, rt.keepalive_every_s):
-            rows = await confirm(rt, rows)
+        late.stamp(rows, began, rt.keepalive_every_s)
         return True, rows
     if (refusal := refused_for_now(taken.errors)) is not None:
         raise refusal  # an outage, waited out
