@@ -145,6 +145,48 @@ def _warmed_backend(url: str, prefix: str
     return Backend("real", None, factory, prefix), warm
 
 
+class LiveConsumer:
+    """A live worker ("alive") holding one job through its own client: it refreshes the
+    entry every sixth of the claim timeout (its task fails if the entry was taken over)
+    until it dies."""
+
+    def __init__(self, store: QueueStore, delivery: Any) -> None:
+        self.store, self.delivery = store, delivery
+        self.refreshing = True
+        self.task = asyncio.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        while self.refreshing:
+            lost, _ = await self.store.touch("alive", [self.delivery])
+            assert lost == [], "the live worker's job was taken over"
+            await asyncio.sleep(CLAIM_S / 6)
+
+    async def die(self) -> None:
+        """Stop refreshing, as if the worker died."""
+        self.refreshing = False
+        await self.task
+
+
+@contextlib.asynccontextmanager
+async def live_consumer(url: str, prefix: str, job_id: str) -> AsyncIterator[LiveConsumer]:
+    """"alive" takes the job ``job_id`` (waiting on the default queue) through ``url``."""
+    client = url_factory(url)(max_connections=4, socket_timeout=None)
+    try:
+        store = QueueStore(client, Keys(prefix, "default"))
+        await store.ensure_group()
+        [taken] = await store.take("alive", 1)
+        assert taken.verdict == "run" and taken.delivery.job_id == job_id
+        consumer = LiveConsumer(store, taken.delivery)
+        try:
+            yield consumer
+        finally:
+            consumer.refreshing = False
+            consumer.task.cancel()
+            await asyncio.gather(consumer.task, return_exceptions=True)
+    finally:
+        await client.aclose()
+
+
 def _reclaim_calls(data: bytes, names: tuple[str, ...] = (s.IDLE, s.RECLAIM)) -> bool:
     """Whether the bytes hold a reclaimer's call: a look or a scan (of ``names``)."""
     return any(s.load(name).sha.encode() in data for name in names)
@@ -179,21 +221,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
         async with asyncjobs.create_pool(fresh_redis.url, prefix=prefix) as pool:
             await _load_scripts(pool)  # no NOSCRIPT answer held by the stall
             job = await pool.enqueue(held)
-            alive_client = url_factory(url_alive)(max_connections=4, socket_timeout=None)
-            store = QueueStore(alive_client, Keys(prefix, "default"))
-            await store.ensure_group()
-            [taken] = await store.take("alive", 1)
-            assert taken.verdict == "run" and taken.delivery.job_id == job.id
-            refreshing = True
-
-            async def refresh() -> None:
-                while refreshing:
-                    lost, _ = await store.touch("alive", [taken.delivery])
-                    assert lost == [], "the live worker's job was taken over"
-                    await asyncio.sleep(CLAIM_S / 6)
-
-            refresher = asyncio.create_task(refresh())
-            try:
+            async with live_consumer(url_alive, prefix, job.id) as alive:
                 worker = b.worker([held, busy], claim_timeout=CLAIM_S, concurrency=1)
                 async with running(b, worker):
                     await warm()
@@ -213,9 +241,7 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                     to_b.answers.clear()  # Redis runs what was sent in the stall first
                     mark = len(to_b.passed)
                     to_b.release()
-                    await asyncio.sleep(0.005)
-                    await asyncio.sleep(0.01)
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.02)
                     to_alive.release()
                     await asyncio.sleep(0.02)
                     to_b.answers.set()
@@ -224,16 +250,10 @@ async def test_a_scan_sent_as_a_stall_ends_does_not_take_a_live_workers_job(
                     after = bytes(to_b.passed[mark:])
                     assert _reclaim_calls(after[:200_000], (s.RECLAIM,)), (
                         "no scan followed the look")
-                    assert not refresher.done()
-                    refreshing = False  # "alive" dies
-                    await refresher
+                    assert not alive.task.done()
+                    await alive.die()
                     await job.result(timeout=10)
                     assert runs == {job.id: 1}
-            finally:
-                refreshing = False
-                refresher.cancel()
-                await asyncio.gather(refresher, return_exceptions=True)
-                await alive_client.aclose()
 
 
 async def until_running(pool: asyncjobs.Pool, job_id: str, queue: str | None = None) -> None:
@@ -298,7 +318,7 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
     clock check, and Redis runs it before the refresh the live worker sent in the stall.
     The live worker's job is then idle past the threshold (1.5 s): the old late scan took
     it (CI saw 12 of 3,000 run twice in tests/test_operator_faults.py's stall test, under
-    a loaded machine). A late scan takes only entries idle longer by its lateness: the
+    a loaded machine). A late scan takes only entries idle longer by the time since its look: the
     live worker keeps its job, the dead worker's runs once, and once the live worker
     stops refreshing, its job is taken over and runs once."""
     runs: Counter[str] = Counter()
@@ -346,53 +366,34 @@ async def test_a_late_scan_sent_in_a_stall_does_not_take_a_live_workers_job(
             [dead] = await store.take("dead", 1)
             assert dead.verdict == "run" and dead.delivery.job_id == orphan.id
             job = await pool.enqueue(held)
-            alive_client = url_factory(url_alive)(max_connections=4, socket_timeout=None)
-            alive = QueueStore(alive_client, Keys(prefix, "default"))
-            [taken] = await alive.take("alive", 1)
-            assert taken.verdict == "run" and taken.delivery.job_id == job.id
-            refreshing = True
-
-            async def refresh() -> None:
-                while refreshing:
-                    lost, _ = await alive.touch("alive", [taken.delivery])
-                    assert lost == [], "the live worker's job was taken over"
-                    await asyncio.sleep(CLAIM_S / 6)
-
-            refresher = asyncio.create_task(refresh())
-            try:
-                async with running(b, b.worker([held], claim_timeout=CLAIM_S)):
-                    await warm()
-                    await asyncio.wait_for(stalled.wait(), 10)
-                    began = time.monotonic()
-                    while not _reclaim_calls(bytes(to_b.sent_while_held), (s.RECLAIM,)):
-                        assert time.monotonic() - began < LAG_S + 3, "no late scan"
-                        await asyncio.sleep(0.005)
-                    assert time.monotonic() - began >= LAG_S - 0.1
-                    assert _reclaim_calls(bytes(to_alive.sent_while_held), (s.TOUCH,))
-                    await asyncio.sleep(0.05)
-                    to_b.answers.clear()  # Redis runs the late scan first
-                    to_b.release()
-                    await asyncio.sleep(0.02)
-                    to_alive.release()
-                    await asyncio.sleep(0.02)
-                    to_b.answers.set()
-                    await until(lambda: runs[orphan.id] == 1, 10)
-                    # the late scan ran (its clock check passed: it was not a scan that
-                    # claims nothing) and took nothing of the live worker's
-                    assert scans and not scans[0].stepped
-                    assert job.id not in {d.job_id for _, d in scans[0].rows}
-                    await asyncio.sleep(1.0)  # a refresh or two: nothing else is taken
-                    assert not refresher.done()
-                    assert runs == {orphan.id: 1}
-                    refreshing = False  # "alive" dies
-                    await refresher
-                    await job.result(timeout=10)
-                    assert runs == {orphan.id: 1, job.id: 1}
-            finally:
-                refreshing = False
-                refresher.cancel()
-                await asyncio.gather(refresher, return_exceptions=True)
-                await alive_client.aclose()
+            async with live_consumer(url_alive, prefix, job.id) as alive, \
+                    running(b, b.worker([held], claim_timeout=CLAIM_S)):
+                await warm()
+                await asyncio.wait_for(stalled.wait(), 10)
+                began = time.monotonic()
+                while not _reclaim_calls(bytes(to_b.sent_while_held), (s.RECLAIM,)):
+                    assert time.monotonic() - began < LAG_S + 3, "no late scan"
+                    await asyncio.sleep(0.005)
+                assert time.monotonic() - began >= LAG_S - 0.1
+                assert _reclaim_calls(bytes(to_alive.sent_while_held), (s.TOUCH,))
+                await asyncio.sleep(0.05)
+                to_b.answers.clear()  # Redis runs the late scan first
+                to_b.release()
+                await asyncio.sleep(0.02)
+                to_alive.release()
+                await asyncio.sleep(0.02)
+                to_b.answers.set()
+                await until(lambda: runs[orphan.id] == 1, 10)
+                # the late scan ran (its clock check passed: it was not a scan that
+                # claims nothing) and took nothing of the live worker's
+                assert scans and not scans[0].stepped
+                assert job.id not in {d.job_id for _, d in scans[0].rows}
+                await asyncio.sleep(1.0)  # a refresh or two: nothing else is taken
+                assert not alive.task.done()
+                assert runs == {orphan.id: 1}
+                await alive.die()
+                await job.result(timeout=10)
+                assert runs == {orphan.id: 1, job.id: 1}
 
 
 HELD_ANSWERS_S = 2.5
