@@ -84,6 +84,24 @@ async def test_a_confirmation_marks_lost_entries_and_gives_up_on_late_answers() 
     assert rows[0][1].verdict == "unconfirmed" and slow.calls == late.TRIES
 
 
+@pytest.mark.asyncio
+async def test_a_confirmation_that_fails_raises_and_leaves_the_starts_as_they_were() -> None:
+    """An outage during the confirmation: the caller (fetcher._start) gives the slots back
+    and the entries stay pending, to be reclaimed; nothing is marked run or lost."""
+
+    class Failing(StubStore):
+        async def touch(self, consumer: str, held: Any, lease_ms: int) -> Any:
+            raise ConnectionError("Redis went away")
+
+    rows = [_row("4-0")]
+    late.stamp(rows, time.monotonic() - 1, 0.2)
+    stub: Any = SimpleNamespace(stores={"q": Failing(0.0, [])}, consumer="c", lease_ms=1000,
+                           keepalive_every_s=0.2)
+    with pytest.raises(ConnectionError):
+        await late.confirmed(stub, rows)
+    assert rows[0][1].verdict == "run" and late.due(rows, time.monotonic()) == rows
+
+
 class Hold:
     """Holds up the answer of the first call, once ``armed``, that started a job; calls
     ``on_wait`` as the first read with a take behind it begins once it is set."""
