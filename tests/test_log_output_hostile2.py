@@ -6,8 +6,8 @@ main thread), a stream the process cannot open again, a thread that cannot start
 outputs on the same pipe, exit with lines batched, sockets, FIFOs, terminals, /dev/null,
 a shared O_APPEND file, fork, and the system calls a line costs.
 
-A test marked xfail(strict) shows a defect (the reason says its cause); every other test pins
-a guarantee a plausible broken implementation would lose."""
+The tests under "Defects" each found one (all fixed since: they pin the fix); every other
+test pins a guarantee a plausible broken implementation would lose."""
 
 from __future__ import annotations
 
@@ -152,8 +152,6 @@ def test_exit_with_job_end_lines_batched_on_a_full_pipe_exits_in_its_bound() -> 
     assert status == 0 and took < EXIT_WAIT_S + 8
 
 
-@pytest.mark.xfail(strict=True, reason="after close() releases the sink, Output.write writes "
-                   "through the blocking stream (log_output.py, the `sink.closed` branch)")
 @pytest.mark.timeout(60)
 def test_logging_after_close_never_blocks_on_a_full_pipe() -> None:
     """``logging.shutdown`` closed the handler (nothing waited), and a daemon thread still
@@ -383,9 +381,6 @@ def test_a_descriptor_shortage_at_construction_logs_as_a_stream_handler_and_leak
     assert out.split()[0] == b"made", out
 
 
-@pytest.mark.xfail(strict=True, reason="configure() closes the earlier handler, but waits "
-                   "for its thread EXIT_WAIT_S only: past that two outputs on one pipe have "
-                   "no order between them (one sink per pipe would give one)")
 @pytest.mark.timeout(60)
 def test_configure_again_keeps_the_earlier_handler_s_lines_first_and_whole(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,9 +27,12 @@ What this costs, by design: the output holds descriptors of its own on the strea
 so its reader sees the end only once the handler is closed (or collected), and a process
 that closes descriptors it did not open (daemonizing) must configure logging again; text
 written to the stream by other means (``print(file=sys.stderr)``, a traceback) while the
-thread writes may land between the pieces of a line longer than ``PIPE_BUF``. Two outputs
-on one pipe (``configure()`` again, while the first still holds lines it cannot write)
-keep their order only if the first gets its lines out within the close's wait.
+thread writes may land between the pieces of a line longer than ``PIPE_BUF``. Outputs on
+one pipe in one process (``configure()`` again, while the first still holds lines it cannot
+write) share its descriptors and thread, so their lines keep the order they were written
+in. Once an output is closed and no other shares them, its descriptors are closed: text
+written after that (a daemon thread logging after ``logging.shutdown``) goes out as far as
+the stream takes it without waiting, and the rest is dropped and counted.
 
 A regular file (whose writes never wait on a reader), a stream without a file descriptor
 (``io.StringIO``, a test's capture) and a stream of another class than ``io.TextIOWrapper``
@@ -45,7 +48,7 @@ import weakref
 from collections.abc import Callable
 from typing import TextIO
 
-from .log_sink import Sink, sink_for
+from .log_sink import Sink, sink_for, write_now
 
 MOST_BYTES = 4 * 1024 * 1024
 """How much log text may wait for a stream that does not take it, by default."""
@@ -76,8 +79,10 @@ class Output:
             self._encoder = codecs.getincrementalencoder(encoding)(stream.errors or "strict")
             if encoding in _BOMS:
                 self._encoder.setstate(0)  # no mark before each text: the stream's start had it
-            # Not at exit: logging.shutdown, later, still writes through the sink.
-            weakref.finalize(self, self._sink.close).atexit = False
+            # Once, by close() or when garbage. Not at exit: logging.shutdown, later, still
+            # writes through the sink.
+            self._release = weakref.finalize(self, self._sink.close)
+            self._release.atexit = False
 
     @property
     def behind(self) -> bool:
@@ -93,6 +98,8 @@ class Output:
             with sink.changed:
                 if not sink.closed:
                     self._write_to(sink, text)
+                    return
+                if self._write_now(text):
                     return
         if self.dropped:  # counted by an output this one replaced (``setStream``)
             carried, self.dropped = self.dropped, 0
@@ -130,6 +137,28 @@ class Output:
             if not sink.put(rest, first=True):
                 self.dropped += max(1, rest.count(b"\n"))
 
+    def _write_now(self, text: str) -> bool:
+        """``write`` once the sink's descriptors are closed (a daemon thread logging after
+        ``logging.shutdown``): what the stream takes without waiting goes out, the rest is
+        dropped and counted (there is no thread to wait for it any more); False where no
+        write that never waits is known (then the text goes through the stream)."""
+        carried = self.dropped
+        head = self._encoder.encode(self._notice(carried)) if carried else b""
+        data = head + self._encoder.encode(text)
+        if not data:
+            return True
+        try:
+            done = write_now(self.stream, data)
+        except OSError:
+            return True  # the stream is gone (closed, a broken pipe): nowhere to say so
+        if done is None:
+            return False
+        if done == 0:
+            self.dropped = carried + (max(1, text.count("\n")) if text else 0)
+        else:
+            self.dropped = data[done:].count(b"\n")
+        return True
+
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the thread to write what waits; whether it did."""
         sink = self._sink
@@ -140,9 +169,10 @@ class Output:
 
     def close(self) -> None:
         """Stop using the stream's descriptors: they are closed once the thread has written
-        what waits (at once if nothing does); later text goes through the stream."""
+        what waits (at once if nothing does) and no other output shares them; later text
+        goes out only as far as the stream takes it without waiting."""
         if self._sink is not None:
-            self._sink.close()
+            self._release()
 
     def forget(self) -> None:
         """In a forked child: what waits is the parent's to write (and its thread and lock

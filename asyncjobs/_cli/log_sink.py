@@ -3,6 +3,11 @@ socket, a write that never waits (a non-blocking reopen through ``/proc/self/fd`
 ``MSG_DONTWAIT`` on a socket, ``pwritev(RWF_NOWAIT)`` on a pipe it may not open again), and
 a thread that waits on the stream instead, writing what waits in order, in pieces of at
 most ``PIPE_BUF`` bytes that end with a line. See ``log_output`` for what is written when.
+
+One sink per pipe, terminal or socket (by its device and inode): every output on it in this
+process (``configure()`` again, ``setStream``, stdout and stderr on one pipe) shares its
+queue, thread and lock, so their lines go out in the order they were written. The
+descriptors are closed once every output using the sink has closed and nothing waits.
 """
 
 from __future__ import annotations
@@ -33,7 +38,18 @@ class Sink:
         self.attempt = attempt
         self.closed = False
         self._closing = False
+        self.users = 1
+        """Outputs using the sink that have not closed it."""
         self.forget()
+
+    def share(self) -> bool:
+        """One more output uses the sink; False if its descriptors are closed already."""
+        with self.changed:
+            if self.closed:
+                return False
+            self.users += 1
+            self._closing = False  # (the thread, if still running, goes on waiting)
+            return True
 
     def forget(self) -> None:
         """Start afresh (a forked child: the parent's thread, lock and lines are not its)."""
@@ -75,20 +91,18 @@ class Sink:
         a line (see ``_pieces``); how many bytes it took (0 with no such write)."""
         if self.attempt is None:
             return 0
-        done = 0
-        for piece in _pieces(data):
-            took = self.attempt(piece)
-            if took is None:  # not on this descriptor, after all: the thread writes all
-                self.attempt = None
-                return done
-            done += took
-            if took < len(piece):
-                break
+        done, works = _attempt_pieces(self.attempt, data)
+        if not works:  # not on this descriptor, after all: the thread writes all
+            self.attempt = None
         return done
 
     def close(self) -> None:
-        """Close the descriptors once nothing waits (the thread closes them when done)."""
+        """One output stops using the sink; after the last, close the descriptors once
+        nothing waits (the thread closes them when done)."""
         with self.changed:
+            self.users = max(0, self.users - 1)
+            if self.users:
+                return
             self._closing = True
             if not self.behind:
                 self.release()
@@ -142,22 +156,84 @@ def sink_for(stream: TextIO) -> Sink | None:
         return None
     try:
         fd = stream.fileno()
-        mode = os.fstat(fd).st_mode
+        status = os.fstat(fd)
     except (OSError, ValueError):  # io.UnsupportedOperation is an OSError
         return None
+    mode = status.st_mode
     if stat.S_ISREG(mode):
         return None
     stream.flush()  # what the stream holds goes first
-    attempt = _socket_try(fd) if stat.S_ISSOCK(mode) else _reopened_try(fd)
+    key = (status.st_dev, status.st_ino)
+    with _sinks_lock:
+        shared = _sinks.get(key)
+        if shared is not None and shared.share():
+            return shared
+        attempt = _socket_try(fd) if stat.S_ISSOCK(mode) else _reopened_try(fd)
+        try:
+            own = os.dup(fd)
+        except OSError:  # out of descriptors: write through the stream
+            if attempt is not None:
+                attempt.close()
+            return None
+        if attempt is None and not stat.S_ISSOCK(mode):
+            attempt = _Try(own, owned=False, nowait=True)  # a pipe we may not open again
+        sink = _sinks[key] = Sink(own, attempt)
+        return sink
+
+
+def write_now(stream: TextIO, data: bytes) -> int | None:
+    """Write what ``stream``'s pipe, terminal or socket takes of ``data`` without waiting,
+    in pieces that end with a line, through a descriptor made for this call only (an output
+    whose sink is closed); how many bytes it took, or None where no such write is known
+    (not a descriptor of those kinds, not Linux)."""
     try:
-        own = os.dup(fd)
-    except OSError:  # out of descriptors: write through the stream
-        if attempt is not None:
-            attempt.close()
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
         return None
+    if stat.S_ISREG(mode):
+        return None
+    attempt = _socket_try(fd) if stat.S_ISSOCK(mode) else _reopened_try(fd)
     if attempt is None and not stat.S_ISSOCK(mode):
-        attempt = _Try(own, owned=False, nowait=True)  # a pipe we may not open again
-    return Sink(own, attempt)
+        attempt = _Try(fd, owned=False, nowait=True)  # a pipe we may not open again
+    if attempt is None:
+        return None
+    try:
+        done, works = _attempt_pieces(attempt, data)
+    finally:
+        attempt.close()
+    return done if works or done else None
+
+
+_sinks: dict[tuple[int, int], Sink] = {}
+"""The sink of each pipe, terminal or socket (device, inode); a closed one stays until the
+next output on its stream replaces it."""
+_sinks_lock = threading.Lock()
+
+
+def _new_sinks_lock() -> None:
+    """In a forked child: the parent's lock may have been held by another of its threads."""
+    global _sinks_lock
+    _sinks_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_sinks_lock)
+
+
+def _attempt_pieces(attempt: _Try, data: bytes) -> tuple[int, bool]:
+    """Write what the stream takes of ``data`` through ``attempt``, in pieces that end with
+    a line (see ``_pieces``): how many bytes it took, and False if that kind of write does
+    not work on the descriptor (found at the first piece that tried it)."""
+    done = 0
+    for piece in _pieces(data):
+        took = attempt(piece)
+        if took is None:
+            return done, False
+        done += took
+        if took < len(piece):
+            break
+    return done, True
 
 
 class _Try:
