@@ -55,7 +55,7 @@ def check_entry_points() -> None:
     if plugins != ["asyncjobs.pytest_plugin"]:
         fail(f"the pytest11 entry point 'asyncjobs' is {plugins}, not asyncjobs.pytest_plugin")
     scripts = metadata.entry_points(group="console_scripts", name="asyncjobs")
-    if [ep.value for ep in scripts] != ["asyncjobs.cli:main"]:
+    if [ep.value for ep in scripts] != ["_asyncjobs_entry:main"]:
         fail(f"the console script 'asyncjobs' is {[ep.value for ep in scripts]}")
     scripts["asyncjobs"].load()
     print("wheel-smoke: entry points registered: pytest11 asyncjobs, console_scripts asyncjobs")

@@ -42,7 +42,8 @@ async def inspect(url: str, prefix: str) -> dict[str, object]:
 
 
 WORKER_MODULES = frozenset({
-    "asyncjobs", "asyncjobs._cli", "asyncjobs._cli.log_output", "asyncjobs._cli.log_sink",
+    "asyncjobs", "asyncjobs.__main__", "asyncjobs._cli", "asyncjobs._cli.entry",
+    "asyncjobs._cli.log_output", "asyncjobs._cli.log_sink",
     "asyncjobs._cli.logs",
     "asyncjobs._cli.supervisor",
     "asyncjobs._cli.target", "asyncjobs._cli.worker_run", "asyncjobs._codec",

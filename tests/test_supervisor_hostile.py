@@ -378,7 +378,7 @@ def test_a_stop_while_the_worker_starts_ends_its_run(redis_server: RedisServer,
 def test_a_worker_with_a_standard_fd_closed_runs(redis_server: RedisServer, closed: str,
                                                  entry: str) -> None:
     """Any of stdin, stdout and stderr closed, through ``python -m asyncjobs`` or the
-    ``asyncjobs`` script's entry point (``asyncjobs.cli:main``): the worker runs its job
+    ``asyncjobs`` script's entry point (``_asyncjobs_entry:main``): the worker runs its job
     and exits 0."""
     prefix = _prefix()
 
@@ -389,7 +389,7 @@ def test_a_worker_with_a_standard_fd_closed_runs(redis_server: RedisServer, clos
     job_id = asyncio.run(enqueue())
     env = {**os.environ, "TEST_PREFIX": prefix, "ASYNCJOBS_REDIS_URL": redis_server.url}
     start = ('-m asyncjobs' if entry == "module"
-             else '-c "from asyncjobs.cli import main; main()"')
+             else '-c "from _asyncjobs_entry import main; main()"')
     done = subprocess.run(
         ["sh", "-c", f'exec "$0" {start} worker {BASIC} --burst {closed}', sys.executable],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

@@ -2,7 +2,7 @@
 one command uses every core.
 
 The supervisor runs no jobs and touches no Redis. It starts each child as
-``python -m asyncjobs worker <the same arguments>`` (a fresh interpreter: no fork of a
+``python -m _asyncjobs_entry worker <the same arguments>`` (a fresh interpreter: no fork of a
 process with threads or an event loop), each in a process group of its own (a terminal's
 Ctrl-C reaches the supervisor alone, which forwards it once), then:
 
@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from .._worker.shutdown import AFTER_GRACE_S
+from . import entry
 
 log = logging.getLogger("asyncjobs.supervisor")
 
@@ -229,7 +230,7 @@ class Supervisor:
         ready_w = self._fds["ready_w"]
         env = {**os.environ, INDEX_ENV: str(slot.index), READY_ENV: str(ready_w)}
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncjobs", "worker", *self.argv], env=env,
+            [sys.executable, "-m", entry.module(), "worker", *self.argv], env=env,
             process_group=0, pass_fds=(ready_w,),
             preexec_fn=functools.partial(_in_child, os.getpid()))
         slot.started, slot.restart_at, slot.ready, slot.signalled = (

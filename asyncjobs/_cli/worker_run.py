@@ -1,7 +1,7 @@
 """The worker process behind ``asyncjobs worker``, without the command line's parser.
 
 ``asyncjobs worker`` parses and checks its options with typer, then replaces itself
-(``exec``, same pid, same signals, same file descriptors) with ``python -m asyncjobs
+(``exec``, same pid, same signals, same file descriptors) with ``python -m _asyncjobs_entry
 worker ...`` carrying the parsed options in ``OPTIONS_ENV``; ``asyncjobs/__main__.py`` sees
 that variable and comes here, so the process that runs jobs for days never imports typer,
 click, rich or pydantic (about 12 MiB of its resident memory). Under ``typer``'s test
@@ -30,7 +30,7 @@ from .._text import clean
 from .._worker.loop import run_in_new_loop
 from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
-from . import supervisor
+from . import entry, supervisor
 from .logs import configure, job_logs
 from .target import load
 
@@ -132,10 +132,10 @@ def _worker(target: str, given: Changes) -> Worker:
 
 def exec_worker(options: Options) -> NoReturn:
     """Replace this process with a lean one running ``options`` (see the module docstring):
-    ``python [its interpreter flags] -m asyncjobs worker <the same arguments>``."""
+    ``python [its interpreter flags] -m _asyncjobs_entry worker <the same arguments>``."""
     os.environ[OPTIONS_ENV] = msgspec.json.encode(options).decode()
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    argv = [sys.executable, *flags, "-m", "asyncjobs", *options.argv[1:]]
+    argv = [sys.executable, *flags, "-m", entry.module(), *options.argv[1:]]
     open_std_fds()  # (the new process's output then works: see open_std_fds)
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:  # None: the fd was closed when Python started
@@ -169,7 +169,7 @@ def _mask(how: int) -> None:
 
 
 def main(encoded: str) -> NoReturn:
-    """``python -m asyncjobs`` with ``OPTIONS_ENV`` set: run the worker and exit. Until the
+    """``python -m _asyncjobs_entry`` with ``OPTIONS_ENV`` set: run the worker and exit. Until the
     worker (or the supervisor) handles SIGINT, a Ctrl-C ends the process at once and quietly
     (its default action: 130 in a shell), a pending one (see ``exec_worker``) now."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
