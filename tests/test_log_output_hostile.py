@@ -389,13 +389,17 @@ def test_a_terminal_nobody_reads_never_blocks_the_logging_call() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_process_whose_terminal_is_never_read_exits() -> None:
+    """It exits, with status 0 (its bound after the last line is
+    ``test_a_process_whose_stderr_is_never_read_exits_in_its_bound``'s). The program takes
+    2.3 s alone here and took over 8 s in a clean-clone run with six test processes on two
+    cores: the wait only tells a hang apart."""
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen([sys.executable, "-c", EXIT_PROGRAM % "main"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         try:
-            assert proc.wait(8) == 0
+            assert proc.wait(40) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()

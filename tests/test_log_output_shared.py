@@ -8,6 +8,7 @@ lock."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -186,3 +187,169 @@ def test_a_fork_while_another_thread_holds_the_registry_lock_does_not_hang_the_c
         status = proc.wait(20)
         assert proc.stdout is not None
         assert (status, proc.stdout.read()) == (0, b"child\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Found by a review of the sharing (each failed before its fix)
+
+
+@pytest.mark.timeout(60)
+def test_after_close_a_terminal_with_no_write_that_never_waits_does_not_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal this process may not open again (another user's: the reopen fails) and
+    on which ``pwritev(RWF_NOWAIT)`` is not supported, nobody reading it: a line after close
+    must be dropped and counted, never written through the blocking stream."""
+    monkeypatch.setattr(log_sink, "_reopened_try", lambda fd: None)
+    master, slave = os.openpty()
+    stream = open(slave, "w", buffering=1)  # noqa: SIM115  # closed below
+    try:
+        out = Output(stream, _dropped)
+        out.close()
+        assert out._sink is not None and out._sink.closed
+        os.set_blocking(slave, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(slave, b"#" * 1024)
+        os.set_blocking(slave, True)
+        returned = threading.Event()
+
+        def late() -> None:
+            out.write("after close\n")
+            returned.set()
+
+        threading.Thread(target=late, daemon=True).start()
+        blocked = not returned.wait(3)
+        drain(master, returned.is_set)
+        assert not blocked, "a write after close waited for the terminal's reader"
+        assert out.dropped == 1
+    finally:
+        stream.close()
+        os.close(master)
+
+
+@pytest.mark.timeout(60)
+def test_after_close_a_line_the_pipe_took_part_of_is_ended_before_the_next() -> None:
+    """After close, a pipe with room for part of one long line (a JSON traceback is one
+    line) takes that part: the next text must start on a line of its own, and the cut line
+    is counted as dropped."""
+    r, w = os.pipe()
+    stream = open(w, "w", buffering=1, closefd=False)  # noqa: SIM115  # closed below
+    try:
+        out = Output(stream, lambda n: f"{n} log lines were dropped: the log output took "
+                                       "nothing for a while\n")
+        out.close()
+        fill(w)
+        os.read(r, 8192)  # room for 8 KiB
+        out.write("L" * 20_000 + "\n")
+        assert out.dropped == 1
+        drain(r, lambda: True)
+        out.write("next line\n")
+        lines = drain(r, lambda: True).decode().split("\n")
+        assert lines[0] == ""  # the cut line ended
+        assert notices(lines[1:2]) == [1] and lines[2:] == ["next line", ""]
+    finally:
+        stream.close()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_gets_its_own_thread_for_a_sink_no_handler_reaches() -> None:
+    """An output closed and collected while its thread was still writing to a full pipe
+    leaves its sink in the registry; a child forked then makes a new output on that pipe:
+    its line must be written (by a thread of the child's), not wait on the parent's."""
+    program = (
+        "import contextlib, gc, os, sys, time\n"
+        "from asyncjobs._cli.log_output import Output\n"
+        "r, w = os.pipe()\n"
+        "stream = open(w, 'w', buffering=1, closefd=False)\n"
+        "os.set_blocking(w, False)\n"
+        "with contextlib.suppress(BlockingIOError):\n"
+        "    while True:\n"
+        "        os.write(w, b'#' * 4096)\n"
+        "os.set_blocking(w, True)\n"
+        "a = Output(stream, str)\n"
+        "a.write('parent line\\n')\n"
+        "assert a.behind\n"
+        "a.close()\n"
+        "del a\n"
+        "gc.collect()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    b = Output(stream, str)\n"
+        "    b.write('CHILD LINE\\n')\n"
+        "    os._exit(0 if b.wait(20) else 3)\n"
+        "os.set_blocking(r, False)\n"
+        "got, deadline = b'', time.monotonic() + 20\n"
+        "while b'CHILD LINE' not in got and time.monotonic() < deadline:\n"
+        "    try:\n"
+        "        got += os.read(r, 1 << 20)\n"
+        "    except BlockingIOError:\n"
+        "        time.sleep(0.01)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(b'CHILD LINE' in got, os.waitstatus_to_exitcode(status))\n")
+    with python_program(program) as proc:
+        assert proc.wait(40) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b"True 0\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_handler_that_sets_up_logging_inside_sink_for_does_not_hang() -> None:
+    """SIGHUP's handler makes a new output (configure() again) while this thread is inside
+    ``sink_for``, holding the registry's lock: it must not wait for itself."""
+    program = (
+        "import faulthandler, os, signal\n"
+        "from asyncjobs._cli import log_sink\n"
+        "from asyncjobs._cli.log_output import Output\n"
+        "r, w = os.pipe()\n"
+        "stream = open(w, 'w', buffering=1, closefd=False)\n"
+        "signal.signal(signal.SIGHUP, lambda s, f: Output(stream, str).close())\n"
+        "real, fired = os.dup, []\n"
+        "def dup(fd):  # called in sink_for, under the registry's lock\n"
+        "    if not fired:\n"
+        "        fired.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    return real(fd)\n"
+        "log_sink.os.dup = dup\n"
+        "faulthandler.dump_traceback_later(10, exit=True)\n"
+        "Output(stream, str).write('after\\n')\n"
+        "print(fired == [1], os.read(r, 100) == b'after\\n')\n")
+    with python_program(program) as proc:
+        assert proc.wait(30) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b"True True\n"
+
+
+@pytest.mark.timeout(60)
+def test_the_last_close_during_a_write_still_releases_the_descriptors() -> None:
+    """A signal handler closes the last output while its write is between the attempt and
+    queueing what was not taken: once the write is done, the descriptors must be closed
+    (the pipe's reader sees its end), not held for the life of the process."""
+    r, w = os.pipe()
+    stream = open(w, "w", buffering=1, closefd=False)  # noqa: SIM115  # closed below
+    out = Output(stream, _dropped)
+    sink = out._sink
+    assert sink is not None and sink.attempt is not None
+    real = sink.attempt
+
+    class Closing:
+        fd = real.fd
+
+        def __call__(self, data: bytes) -> int | None:
+            out.close()  # what a handler running inside the attempt does
+            return real(data)
+
+        def close(self) -> None:
+            real.close()
+
+    sink.attempt = Closing()  # type: ignore[assignment]
+    try:
+        out.write("a line\n")
+        assert sink.closed and sink.users == 0 and sink.thread is None
+        stream.close()
+        os.close(w)
+        assert drain(r, lambda: True) == b"a line\n"
+        assert os.read(r, 100) == b""  # the end: no descriptor of the pipe is left open
+    finally:
+        os.close(r)

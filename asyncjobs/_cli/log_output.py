@@ -71,6 +71,8 @@ class Output:
         self.most_bytes = most_bytes
         self.dropped = 0
         """Lines dropped since the last notice (physical lines: a traceback counts many)."""
+        self._cut = False
+        """A line was cut short by a write after close (see ``_write_now``)."""
         self._sink = sink_for(stream)
         """The descriptors of the stream's pipe, terminal or socket, what waits for them and
         the thread (None: written through the stream)."""
@@ -129,6 +131,7 @@ class Output:
             return  # the stream is gone (closed, a broken pipe): nowhere to say so
         finally:
             sink.holding = False
+            sink.settle()  # closed meanwhile (a signal handler): released if nothing waits
         if done == 0:
             lines = data.count(b"\n") + (carried - 1 if carried else 0)
             self._queue(sink, data, lines, first=True)  # (the notice stands for its count)
@@ -136,14 +139,18 @@ class Output:
             rest = data[done:]
             if not sink.put(rest, first=True):
                 self.dropped += max(1, rest.count(b"\n"))
+                sink.settle()
 
     def _write_now(self, text: str) -> bool:
         """``write`` once the sink's descriptors are closed (a daemon thread logging after
         ``logging.shutdown``): what the stream takes without waiting goes out, the rest is
-        dropped and counted (there is no thread to wait for it any more); False where no
-        write that never waits is known (then the text goes through the stream)."""
+        dropped and counted (there is no thread to wait for it any more, and no write may
+        wait); False for a regular file or a stream without a descriptor (then the text
+        goes through the stream, whose writes never wait on a reader)."""
         carried = self.dropped
-        head = self._encoder.encode(self._notice(carried)) if carried else b""
+        # A line cut by the last such write is ended first, so the next starts a line.
+        head = (b"\n" if self._cut else b"") + (
+            self._encoder.encode(self._notice(carried)) if carried else b"")
         data = head + self._encoder.encode(text)
         if not data:
             return True
@@ -153,7 +160,9 @@ class Output:
             return True  # the stream is gone (closed, a broken pipe): nowhere to say so
         if done is None:
             return False
-        if done == 0:
+        if done:
+            self._cut = not data[:done].endswith(b"\n")
+        if done < len(head):  # the notice did not go out whole: it is told again later
             self.dropped = carried + (max(1, text.count("\n")) if text else 0)
         else:
             self.dropped = data[done:].count(b"\n")

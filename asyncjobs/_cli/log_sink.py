@@ -108,6 +108,12 @@ class Sink:
                 self.release()
             self.changed.notify_all()
 
+    def settle(self) -> None:
+        """Close the descriptors if every user has closed the sink and nothing waits (a
+        close that came while a write held the sink: under the lock)."""
+        if self._closing and not self.behind:
+            self.release()
+
     @property
     def closing(self) -> bool:
         """Whether the descriptors are to be closed once nothing waits."""
@@ -184,8 +190,9 @@ def sink_for(stream: TextIO) -> Sink | None:
 def write_now(stream: TextIO, data: bytes) -> int | None:
     """Write what ``stream``'s pipe, terminal or socket takes of ``data`` without waiting,
     in pieces that end with a line, through a descriptor made for this call only (an output
-    whose sink is closed); how many bytes it took, or None where no such write is known
-    (not a descriptor of those kinds, not Linux)."""
+    whose sink is closed): how many bytes it took (0 where no write that never waits works
+    on it: a terminal another user owns, not Linux), or None for a regular file or a stream
+    without a descriptor, whose writes never wait on a reader."""
     try:
         fd = stream.fileno()
         mode = os.fstat(fd).st_mode
@@ -197,28 +204,32 @@ def write_now(stream: TextIO, data: bytes) -> int | None:
     if attempt is None and not stat.S_ISSOCK(mode):
         attempt = _Try(fd, owned=False, nowait=True)  # a pipe we may not open again
     if attempt is None:
-        return None
+        return 0
     try:
-        done, works = _attempt_pieces(attempt, data)
+        return _attempt_pieces(attempt, data)[0]
     finally:
         attempt.close()
-    return done if works or done else None
 
 
 _sinks: dict[tuple[int, int], Sink] = {}
 """The sink of each pipe, terminal or socket (device, inode); a closed one stays until the
 next output on its stream replaces it."""
-_sinks_lock = threading.Lock()
+_sinks_lock = threading.RLock()
+"""Re-entrant: a signal handler may set up logging while its thread is in ``sink_for``."""
 
 
-def _new_sinks_lock() -> None:
-    """In a forked child: the parent's lock may have been held by another of its threads."""
+def _after_fork() -> None:
+    """In a forked child: the parent's locks may have been held by another of its threads,
+    and every sink's thread and waiting text are the parent's (a sink no handler reaches
+    any more, whose thread was still writing, included)."""
     global _sinks_lock
-    _sinks_lock = threading.Lock()
+    _sinks_lock = threading.RLock()
+    for sink in _sinks.values():
+        sink.forget()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_sinks_lock)
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _attempt_pieces(attempt: _Try, data: bytes) -> tuple[int, bool]:
@@ -255,7 +266,10 @@ class _Try:
             if self._sock is not None:
                 return self._sock.send(data, socket.MSG_DONTWAIT)
             if self._nowait:
-                return os.pwritev(self.fd, [data], -1, os.RWF_NOWAIT)
+                nowait = getattr(os, "RWF_NOWAIT", None)
+                if nowait is None:  # not Linux
+                    return None
+                return os.pwritev(self.fd, [data], -1, nowait)
             return os.write(self.fd, data)
         except BlockingIOError:
             return 0
