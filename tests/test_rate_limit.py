@@ -583,25 +583,49 @@ async def test_a_keepalive_during_a_rate_check_leaves_the_deferral_to_the_check(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("confirm_starts", [False, True], ids=["on-time", "late-starts"])
 async def test_a_keepalive_begun_before_a_rate_check_leaves_the_deferral_to_the_check(
-        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+        backend: Backend, monkeypatch: pytest.MonkeyPatch, confirm_starts: bool) -> None:
     """The keep-alive leaves out of its touch the attempts being checked, but a touch whose
     list was made just before the check began (the attempts were started, their tasks had
     not run yet) can reach Redis after rate.lua deferred the jobs and released their
     entries: it reports them lost while the check's reply is still on its way. That
     must not cancel the attempts ("interrupted", their deferrals never told). Here the
     order is forced: the attempts wait for the touch's list before their check, the touch
-    waits for rate.lua before it runs, and the check's reply waits for the touch's."""
+    waits for rate.lua before it runs, and the check's reply waits for the touch's.
+
+    Only the keep-alive's touch (its task runs ``upkeep._touch``) is held: the touch that
+    confirms a start answered late (``late.confirmed``, in the fetch loop, before the
+    attempts begin) goes at once. Held too, it stalled the fetch loop, so the attempts
+    never began (a clean-clone run, where the load made the starts late). 'late-starts'
+    makes every start's first stamp due at once, so each start is confirmed (on time)
+    before its attempt begins, to keep that path covered."""
     from asyncjobs._redis import scripts
     from asyncjobs._redis.store import QueueStore
+    from asyncjobs._worker import late
     from asyncjobs._worker.attempt_path import AttemptPath
 
+    if confirm_starts:
+        real_stamp, stamped = late.stamp, set()
+
+        def due_at_once(rows: Any, sent: float, refresh_s: float) -> None:
+            real_stamp(rows, sent, refresh_s)
+            for _, st in rows:
+                if id(st) not in stamped:  # a start's first stamp; its confirmation's are real
+                    stamped.add(id(st))
+                    st.confirm_after = float("-inf")
+
+        monkeypatch.setattr(late, "stamp", due_at_once)
     listed, rate_ran, touched = asyncio.Event(), asyncio.Event(), asyncio.Event()
     real_touch = QueueStore.touch
 
+    def from_keepalive() -> bool:
+        task = asyncio.current_task()
+        return task is not None and getattr(task.get_coro(), "__qualname__", "") == "_touch"
+
     async def late_touch(self: QueueStore, consumer: str, held: Any, *args: Any,
                          **kwargs: Any) -> Any:
-        if not held or listed.is_set():
+        if not held or listed.is_set() or not from_keepalive():
             return await real_touch(self, consumer, held, *args, **kwargs)
         listed.set()  # the list holds the attempts, none of them checked yet
         await asyncio.wait_for(rate_ran.wait(), 20)
