@@ -293,3 +293,50 @@ def test_the_readme_quotes_the_third_vm_s_run() -> None:
             f"{x[1]} Dramatiq), {ours[2]:,.0f} and {ours[3]:,.0f} on every core ({x[2]} and "
             f"**{x[3]}**), {median(summary, 'process_noop', 'asyncjobs', 'cmds_per_job'):.2f} "
             "commands a job") in text
+
+
+def test_the_readme_quotes_the_faster_vm_s_run() -> None:
+    """The run of 2026-12-04, where taskiq was the fastest peer, and ``job_cpu.py`` on
+    that VM: their medians, ratios and what the README derives from them."""
+    summary = json.loads((ROOT / "benchmarks/results/2026-12-04-vm.json").read_text())[
+        "summary"]
+    cells = [("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
+             ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")]
+    ours = [median(summary, w, "asyncjobs", k) for w, k in cells]
+    taskiq = [median(summary, w, "taskiq", k) for w, k in cells]
+    assert all(taskiq[i] > median(summary, w, "dramatiq", k)
+               for i, (w, k) in enumerate(cells)), "taskiq is the fastest peer of the run"
+    x = [f"{a / b:.2f}x" for a, b in zip(ours, taskiq, strict=True)]
+    p50, t50 = (median(summary, "latency", s, "p50_ms") for s in ("asyncjobs", "taskiq"))
+    own, redis_ = (median(summary, "process_noop", "asyncjobs", k)
+                   for k in ("worker_cpu_us_per_job", "redis_cpu_us_per_job"))
+    target = 4 * taskiq[3]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"one process {ours[0]:,.0f} probe jobs/s (taskiq {taskiq[0]:,.0f}: {x[0]}) and "
+            f"{ours[1]:,.0f} redis-py jobs/s (taskiq {taskiq[1]:,.0f}: {x[1]}); every core "
+            f"{ours[2]:,.0f} probe jobs/s (taskiq {taskiq[2]:,.0f}: **{x[2]}**) and "
+            f"{ours[3]:,.0f} redis-py jobs/s (taskiq {taskiq[3]:,.0f}: **{x[3]}**); Dramatiq "
+            f"{median(summary, 'cores', 'dramatiq', 'jobs_per_s'):,.0f} and "
+            f"{median(summary, 'cores', 'dramatiq', 'incr_jobs_per_s'):,.0f}; latency p50 "
+            f"{p50:.2f} ms (taskiq {t50:.2f}: {p50 / t50:.2f}x), p99 "
+            f"{median(summary, 'latency', 'asyncjobs', 'p99_ms'):.2f} ms. taskiq's two "
+            f"processes did {taskiq[2] / taskiq[0]:.2f}x its one on probe jobs and "
+            f"{taskiq[3] / taskiq[1]:.2f}x on redis-py jobs, asyncjobs' "
+            f"{ours[2] / ours[0]:.2f}x and {ours[3] / ours[1]:.2f}x") in text
+    assert (f"({own:.0f} µs of its own and {redis_:.0f} µs of Redis a probe job at "
+            f"{ours[0]:,.0f} jobs/s: {(own + redis_) * ours[0] / 1e6:.1f} cores)") in text
+    assert (f"would be {target:,.0f} jobs/s, at most {2e6 / target:.0f} µs of the machine a "
+            "job, everything included; asyncjobs' two processes and Redis used "
+            f"{median(summary, 'cores', 'asyncjobs', 'incr_cpu_us_per_job'):.0f}.") in text
+    cpu = json.loads((ROOT / "benchmarks/results/job_cpu-2026-12-04.json").read_text())[
+        "medians"]
+    rate = {cell: m["jobs_per_s"] for cell, m in cpu.items()}
+    assert (f"ran at {rate['bare x1']:,.0f} jobs/s on one process and {rate['bare x2']:,.0f} "
+            f"on two (each process's CPU a job went from "
+            f"{cpu['bare x1']['worker_cpu_us_per_job']:.1f} to "
+            f"{cpu['bare x2']['worker_cpu_us_per_job']:.1f} µs), redis-py jobs at "
+            f"{rate['incr x1']:,.0f} and {rate['incr x2']:,.0f}, plain uvloop programs sending "
+            f"the same `INCR`s at {rate['alone x1']:,.0f} and {rate['alone x2']:,.0f}.") in text
+    assert (f"two processes ran {rate['incr x2'] / rate['incr x1']:.2f}x the jobs of one that "
+            "each send an `INCR` through redis-py, but "
+            f"{rate['bare x2'] / rate['bare x1']:.2f}x those that do nothing") in text
