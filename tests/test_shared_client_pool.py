@@ -28,6 +28,11 @@ async def hold(ctx: asyncjobs.Context, key: str) -> None:
     await _shared[0].blpop([key], timeout=60)
 
 
+def _name() -> str:
+    """A name for the shared client's connections, so that only its pops are counted."""
+    return f"shared-{secrets.token_hex(4)}"
+
+
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     for _ in range(600):
         if await check():
@@ -41,6 +46,7 @@ async def _run(url: str, client: aioredis.Redis) -> tuple[int, list[asyncjobs.Jo
     concurrency until every job holds a connection or has failed, release them; returns how
     many held one, and every job's info."""
     prefix, key = f"t{secrets.token_hex(4)}", f"release:{secrets.token_hex(4)}"
+    name = client.get_connection_kwargs()["client_name"]
     _shared[:] = [client]
     probe = aioredis.Redis.from_url(url)
     try:
@@ -50,8 +56,9 @@ async def _run(url: str, client: aioredis.Redis) -> tuple[int, list[asyncjobs.Jo
                                       burst=True)
             run = asyncio.create_task(worker.run(redis_url=url))
 
-            async def blocked() -> int:  # the jobs' pops (the worker blocks in reads too)
-                return sum(c["cmd"] == "blpop" for c in await probe.client_list())
+            async def blocked() -> int:  # this client's pops (the worker blocks in reads)
+                return sum(c["cmd"] == "blpop" and c["name"] == name
+                           for c in await probe.client_list())
 
             async def failed() -> int:
                 infos = [await j.info() for j in jobs]
@@ -73,7 +80,7 @@ async def _run(url: str, client: aioredis.Redis) -> tuple[int, list[asyncjobs.Jo
 @pytest.mark.asyncio
 async def test_a_shared_client_of_redis_py_s_default_size_fails_the_jobs_past_it(
         redis_server: RedisServer) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = aioredis.Redis.from_url(redis_server.url, client_name=_name())
     assert client.connection_pool.max_connections == REDIS_PY_DEFAULT
     held, infos = await _run(redis_server.url, client)
     assert held == REDIS_PY_DEFAULT
@@ -87,7 +94,8 @@ async def test_a_shared_client_of_redis_py_s_default_size_fails_the_jobs_past_it
 @pytest.mark.asyncio
 async def test_a_shared_client_sized_to_the_concurrency_runs_every_job(
         redis_server: RedisServer) -> None:
-    client = aioredis.Redis.from_url(redis_server.url, max_connections=CONCURRENCY)
+    client = aioredis.Redis.from_url(redis_server.url, max_connections=CONCURRENCY,
+                                     client_name=_name())
     held, infos = await _run(redis_server.url, client)
     assert held == CONCURRENCY
     assert [i.state for i in infos] == [JobState.COMPLETE] * CONCURRENCY
