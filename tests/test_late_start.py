@@ -194,10 +194,13 @@ async def test_a_job_taken_over_while_its_start_was_answered_late_runs_once(
                 # as that wait begins, and taken as it ends
                 await (await pool.enqueue(warm)).result(timeout=10)
             await asyncio.wait_for(hold.holding.wait(), 15)
+            began = time.monotonic()  # A's answer is held from here
             assert hold.path == path
             if path == "wait_then_take":
+                # The wait can wake on the job, and its take be held, before the enqueue's
+                # own reply has reached on_wait: its task has yet to record the job.
+                await asyncio.wait_for(asyncio.gather(*hold.tasks), 10)
                 [job] = enqueued
-            began = time.monotonic()
             assert (await job.info()).state == asyncjobs.JobState.RUNNING  # started by A
             async with running(real, b):
                 await asyncio.wait_for(hold.answered.wait(), LATE_S + 2)
