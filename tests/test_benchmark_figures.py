@@ -328,12 +328,10 @@ def test_the_readme_quotes_the_faster_vm_s_run() -> None:
     assert (f"would be {target:,.0f} jobs/s, at most {2e6 / target:.0f} µs of the machine a "
             "job, everything included; asyncjobs' two processes and Redis used "
             f"{median(summary, 'cores', 'asyncjobs', 'incr_cpu_us_per_job'):.0f}.") in text
-    cpu = json.loads((ROOT / "benchmarks/results/job_cpu-2026-12-04.json").read_text())[
-        "medians"]
+    job_cpu = json.loads((ROOT / "benchmarks/results/job_cpu-2026-12-04.json").read_text())
+    cpu = job_cpu["medians"]
     rate = {cell: m["jobs_per_s"] for cell, m in cpu.items()}
-    runs = {cell: sorted(r["jobs_per_s"] for r in rs)
-            for cell, rs in json.loads((ROOT / "benchmarks/results/job_cpu-2026-12-04.json")
-                                       .read_text())["samples"].items()}
+    runs = {cell: sorted(r["jobs_per_s"] for r in rs) for cell, rs in job_cpu["samples"].items()}
     assert (f"ran at {rate['bare x1']:,.0f} jobs/s on one process and {rate['bare x2']:,.0f} "
             f"on two (each process's CPU a job went from "
             f"{cpu['bare x1']['worker_cpu_us_per_job']:.1f} to "
