@@ -120,7 +120,7 @@ def worker(
                                    burst=burst or None, allow_eviction=allow_eviction or None))
     if _lean_exec and hasattr(os, "execv"):
         worker_run.exec_worker(options)  # the worker process keeps no parser in memory
-    raise typer.Exit(worker_run.run(options))
+    raise typer.Exit(worker_run.run(options, exiting=_lean_exec))
 
 
 def _processes_option(value: str) -> str:

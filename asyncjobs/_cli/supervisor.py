@@ -94,6 +94,9 @@ class Supervisor:
     count: int
     grace_s: float
     burst: bool = False
+    exiting: bool = False
+    """The process exits once ``run`` returns (the program): SIGTERM and SIGINT are then
+    ignored, not given back, so that a late Ctrl-C does not turn the exit code into 130."""
     _slots: list[_Slot] = field(default_factory=list)
     _crashes: deque[float] = field(default_factory=deque)
     _stop_at: float | None = None
@@ -123,7 +126,7 @@ class Supervisor:
         finally:
             signal.set_wakeup_fd(wakeup)
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_IGN if self.exiting else handler)
             for fd in self._fds.values():
                 os.close(fd)
 

@@ -71,12 +71,13 @@ def error_line(message: str) -> str:
     return f"asyncjobs: error: {text}"
 
 
-def run(options: Options) -> int:
+def run(options: Options, *, exiting: bool = False) -> int:
     """Run the worker ``options`` describe (as ``asyncjobs worker`` parsed them); the exit
-    code."""
+    code. ``exiting``: the process exits next (see ``Worker._main``), as a program does; not
+    when the command runs inside another program (typer's test runner)."""
     open_std_fds()
     try:
-        return _run(options)
+        return _run(options, exiting)
     except (ConfigurationError, SerializationError) as exc:
         print(error_line(str(exc)), file=sys.stderr)
         return 2
@@ -85,7 +86,7 @@ def run(options: Options) -> int:
         return 1
 
 
-def _run(options: Options) -> int:
+def _run(options: Options, exiting: bool) -> int:
     configure(options.log_level, options.log_format)
     job_logs(options.job_logs)
     if os.environ.get(supervisor.INDEX_ENV, "0") != "0":  # one banner per supervisor
@@ -99,12 +100,13 @@ def _run(options: Options) -> int:
                 "give --metrics-port 0 (each picks one)")
         return supervisor.Supervisor(supervisor.child_argv(options.argv), count,
                                      runner.config.shutdown_grace_s,
-                                     burst=runner.config.burst).run()
+                                     burst=runner.config.burst, exiting=exiting).run()
     if metrics_port is not None:
         runner.metrics_port = metrics_port
     notice = supervisor.ready_notice()  # under --processes: tell the supervisor when ready
     status: TaskStatus[Worker] = _Ready(notice) if notice else anyio.TASK_STATUS_IGNORED
-    run_in_new_loop(runner._main(options.redis_url, status), use_uvloop=options.uvloop)
+    run_in_new_loop(runner._main(options.redis_url, status, exiting=exiting),
+                    use_uvloop=options.uvloop)
     return 0
 
 
@@ -179,4 +181,4 @@ def main(encoded: str) -> NoReturn:
     except msgspec.DecodeError as exc:
         print(error_line(f"{OPTIONS_ENV} holds no worker options ({exc})"), file=sys.stderr)
         sys.exit(2)
-    sys.exit(run(options))
+    sys.exit(run(options, exiting=True))

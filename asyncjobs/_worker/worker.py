@@ -245,9 +245,16 @@ class Worker:
         run_in_new_loop(self._main(redis_url), use_uvloop=use_uvloop)
 
     async def _main(self, redis_url: str | None,
-                    task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+                    task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED, *,
+                    exiting: bool = False) -> None:
         """``run_sync``'s run, with SIGTERM and SIGINT handled from the start (a stop during
-        start-up counts too); ``task_status`` is told once the worker is ready."""
+        start-up counts too); ``task_status`` is told once the worker is ready.
+
+        ``exiting``: the process exits once the run is over (the CLI). The signals are then
+        ignored from the run's end to the exit (closing the loop, bounded), so that the exit
+        is the stop's: a second Ctrl-C that came just after the worker stopped ended the
+        process by SIGINT's default action (130) instead. Otherwise the asyncio defaults
+        come back (``KeyboardInterrupt`` for SIGINT), as for any loop's handlers."""
         import signal
 
         loop = asyncio.get_running_loop()
@@ -265,8 +272,10 @@ class Worker:
         try:
             await self._run(redis_url, None, task_status, owns_process=True)
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+                if exiting:
+                    signal.signal(signum, signal.SIG_IGN)
 
 
 def _registry(tasks: Iterable[Task[Any, Any] | Callable[..., Any]]) -> dict[str, Task[Any, Any]]:
