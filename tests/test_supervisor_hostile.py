@@ -12,6 +12,7 @@ docstring says what went wrong.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ import pytest
 import asyncjobs
 from asyncjobs._cli import supervisor
 from asyncjobs._cli.supervisor import Supervisor
+from asyncjobs._exit_signals import ignore, while_exiting
 from asyncjobs._redis.embedded import RedisServer, free_port
 from asyncjobs._redis.keys import GROUP, Keys
 
@@ -222,7 +224,7 @@ def test_a_sigterm_during_start_up_is_not_lost(signals: tuple[int, ...]) -> None
             assert "Traceback" not in proc.output and "ready:" not in proc.output
 
 
-@pytest.mark.parametrize("when", ["start-up", "live", "supervised"])
+@pytest.mark.parametrize("when", ["start-up", "live", "no-uvloop", "supervised"])
 def test_ctrl_cs_until_the_worker_exits_leave_its_exit_clean(when: str) -> None:
     """A Ctrl-C that came just after the worker stopped (its handlers removed, the loop
     closing: ~40 ms) got SIGINT's default action: exit -2 (130 in a shell) instead of the
@@ -234,7 +236,7 @@ def test_ctrl_cs_until_the_worker_exits_leave_its_exit_clean(when: str) -> None:
     need_redis_server()
     args = ("--replicaof", "127.0.0.1", str(free_port())) if when == "start-up" else ()
     with RedisServer(extra_args=args) as server:
-        more = ("--processes", "2") if when == "supervised" else ()
+        more = {"supervised": ("--processes", "2"), "no-uvloop": ("--no-uvloop",)}.get(when, ())
         proc = WorkerProcess(BASIC, server.url, _prefix(), *more, env={"TEST_GRACE": "1"})
         with supervised(proc):
             proc.wait_for("read only replica" if when == "start-up" else "ready:")
@@ -253,8 +255,9 @@ def test_ctrl_cs_until_the_worker_exits_leave_its_exit_clean(when: str) -> None:
 def test_a_worker_run_inside_a_program_gives_the_signals_back(
         redis_server: RedisServer, exiting: bool) -> None:
     """Only a process that exits after the run (the ``asyncjobs worker`` program) ignores
-    signals from the run's end: a run inside another program (``run_sync``, or the command
-    under typer's test runner) leaves the asyncio defaults, so a Ctrl-C there still works."""
+    signals from the run's end (for ``QUIET_S``): a run inside another program (``run_sync``,
+    or the command under typer's test runner) leaves the asyncio defaults, so a Ctrl-C there
+    still works."""
     from asyncjobs._worker.loop import run_in_new_loop
 
     from .apps.basic import worker
@@ -265,13 +268,60 @@ def test_a_worker_run_inside_a_program_gives_the_signals_back(
             redis_server.url, exiting=exiting))
         after = {sig: signal.getsignal(sig) for sig in before}
     finally:
+        atexit.unregister(ignore)  # (registered for a program's exit: not pytest's)
         for sig, handler in before.items():
             signal.signal(sig, handler)
     if exiting:
-        assert after == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+        quiet = after[signal.SIGINT]
+        assert callable(quiet) and after[signal.SIGTERM] is quiet
+        assert quiet.__qualname__.startswith("while_exiting.")
+        assert quiet(signal.SIGINT, None) is None  # within QUIET_S: ignored (pytest lives)
     else:
         assert after == {signal.SIGINT: signal.default_int_handler,
                          signal.SIGTERM: signal.SIG_DFL}
+
+
+def test_a_ctrl_c_still_ends_a_worker_whose_exit_is_stuck(redis_server: RedisServer) -> None:
+    """Signals ignored after the stop must not make a stuck exit unkillable but by SIGKILL:
+    here task code left a non-daemon thread, which Python waits for at exit. Ctrl-Cs
+    pressed within ``QUIET_S`` of the stop are ignored; a later one ends the process as
+    SIGINT does by default (an exit that ignored signals for good never ended)."""
+    prefix = _prefix()
+    proc = WorkerProcess("tests.apps.stuck_exit:worker", redis_server.url, prefix)
+
+    async def left_a_thread() -> None:
+        async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
+            await (await pool.enqueue("leave_a_thread")).result(timeout=30)
+
+    with supervised(proc):
+        proc.wait_for("ready:")
+        asyncio.run(left_a_thread())
+        proc.signal(signal.SIGINT)
+        proc.wait_for(" stopped\n")
+        deadline = time.monotonic() + 30
+        while proc.proc.poll() is None and time.monotonic() < deadline:
+            proc.signal(signal.SIGINT)
+            time.sleep(0.05)
+        assert proc.proc.poll() == -signal.SIGINT, proc.output[-2000:]
+        assert "Traceback" not in proc.output
+
+
+def test_the_exit_handler_ignores_a_signal_only_while_quiet() -> None:
+    """``while_exiting``, on a clock and a kill of the test's own: ignored before ``until``;
+    after it, the default action put back and the signal sent again."""
+    now = [10.0]
+    sent: list[tuple[int, int]] = []
+    handler = while_exiting(12.0, clock=lambda: now[0], kill=lambda *a: sent.append(a))
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        handler(signal.SIGUSR2, None)
+        assert sent == [] and signal.getsignal(signal.SIGUSR2) == before
+        now[0] = 12.0
+        handler(signal.SIGUSR2, None)
+        assert sent == [(os.getpid(), signal.SIGUSR2)]
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR2, before)
 
 
 def test_a_sigterm_while_children_are_being_started_stops_them_all(

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from .._exit_signals import quiet_exit
 from .._worker.shutdown import AFTER_GRACE_S
 from . import entry
 
@@ -96,7 +97,8 @@ class Supervisor:
     burst: bool = False
     exiting: bool = False
     """The process exits once ``run`` returns (the program): SIGTERM and SIGINT are then
-    ignored, not given back, so that a late Ctrl-C does not turn the exit code into 130."""
+    ignored for a while (``_exit_signals``), not given back, so that a Ctrl-C pressed once
+    too often does not turn the exit code into 130."""
     _slots: list[_Slot] = field(default_factory=list)
     _crashes: deque[float] = field(default_factory=deque)
     _stop_at: float | None = None
@@ -125,8 +127,11 @@ class Supervisor:
             return self._loop()
         finally:
             signal.set_wakeup_fd(wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, signal.SIG_IGN if self.exiting else handler)
+            if self.exiting:
+                quiet_exit()
+            else:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
             for fd in self._fds.values():
                 os.close(fd)
 

@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .._durations import Seconds, to_seconds
+from .._exit_signals import quiet_exit
 from .._middleware import (
     LogContext,
     Middleware,
@@ -250,11 +251,11 @@ class Worker:
         """``run_sync``'s run, with SIGTERM and SIGINT handled from the start (a stop during
         start-up counts too); ``task_status`` is told once the worker is ready.
 
-        ``exiting``: the process exits once the run is over (the CLI). The signals are then
-        ignored from the run's end to the exit (closing the loop, bounded), so that the exit
-        is the stop's: a second Ctrl-C that came just after the worker stopped ended the
-        process by SIGINT's default action (130) instead. Otherwise the asyncio defaults
-        come back (``KeyboardInterrupt`` for SIGINT), as for any loop's handlers."""
+        ``exiting``: the process exits once the run is over (the CLI). From the run's end,
+        a signal is then ignored for a while (``_exit_signals``), so that the exit is the
+        stop's: a second Ctrl-C that came just after the worker stopped ended the process by
+        SIGINT's default action (130) instead. Otherwise the asyncio defaults come back
+        (``KeyboardInterrupt`` for SIGINT), as for any loop's handlers."""
         import signal
 
         loop = asyncio.get_running_loop()
@@ -272,10 +273,16 @@ class Worker:
         try:
             await self._run(redis_url, None, task_status, owns_process=True)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-                if exiting:
-                    signal.signal(signum, signal.SIG_IGN)
+            while True:
+                try:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)  # (again: False, nothing done)
+                    if exiting:
+                        quiet_exit()
+                    break
+                except KeyboardInterrupt:  # a SIGINT between asyncio's default and ours
+                    if not exiting:
+                        raise
 
 
 def _registry(tasks: Iterable[Task[Any, Any] | Callable[..., Any]]) -> dict[str, Task[Any, Any]]:
