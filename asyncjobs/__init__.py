@@ -6,6 +6,7 @@ Producers ``await create_pool(url)`` and ``await pool.enqueue(task, *args)``; wo
 
 from typing import TYPE_CHECKING
 
+from . import _exit_signals  # noqa: F401  (first: its atexit callback runs last)
 from ._context import Context
 from ._events import JobEvent
 from ._middleware import Middleware, Observer

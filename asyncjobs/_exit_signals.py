@@ -8,10 +8,14 @@ exit is stuck (task code left a non-daemon thread running, which Python waits fo
 takes its default action, so a Ctrl-C still ends such a process.
 
 A Python-level handler, not ``SIG_IGN``, until Python's exit has joined the non-daemon
-threads: a process started meanwhile (by a thread task code left behind) does not inherit
-ignored signals. Then (``atexit``, which runs after that join) ``SIG_IGN``, because Python's
-finalization puts its own handlers back to the defaults (not ``SIG_IGN``) a few ms before the
-process is gone: a Ctrl-C there ended it as SIGINT does, as without a handler.
+threads and run the ``atexit`` callbacks: a process started meanwhile (by a thread task code
+left behind) does not inherit ignored signals, and a Ctrl-C ends an exit stuck in either.
+Then ``SIG_IGN``, because Python's finalization puts its own handlers back to the defaults
+(but leaves ``SIG_IGN``) a few ms before the process is gone: a Ctrl-C there ended it as
+SIGINT does, as without a handler. ``ignore`` is registered with ``atexit`` when this module
+is imported, first thing in the package, so that it runs after the callbacks registered
+later (atexit runs the newest first); only those of modules imported before asyncjobs run
+after it.
 """
 
 from __future__ import annotations
@@ -33,16 +37,20 @@ Handler = Callable[[int, "FrameType | None"], None]
 
 
 def while_exiting(until: float, *, clock: Callable[[], float] = time.monotonic,
-                  kill: Callable[[int, int], None] = os.kill) -> Handler:
+                  kill: Callable[[int, int], None] = os.kill,
+                  exit_now: Callable[[int], object] = os._exit) -> Handler:
     """The handler: a signal before ``until`` (on ``clock``) is ignored; one after puts
     back the signal's default action and sends it again, ending the process as it would
-    have without a handler."""
+    have without a handler (or, where that was dropped, ``exit_now`` with 128 + the
+    signal's number, as a shell reports a signal's end)."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if clock() < until:
             return
         signal.signal(signum, signal.SIG_DFL)
         kill(os.getpid(), signum)
+        # Still here: the signal was dropped (a container's PID 1 gets no default action).
+        exit_now(128 + signum)
 
     return on_signal
 
@@ -54,10 +62,19 @@ def quiet_exit(quiet_s: float = QUIET_S) -> None:
     handler = while_exiting(time.monotonic() + quiet_s)
     for signum in SIGNALS:
         signal.signal(signum, handler)
-    atexit.register(ignore)
+    _armed[0] = True
+
+
+_armed = [False]
+"""Whether ``quiet_exit`` ran in this process: ``ignore`` does nothing otherwise."""
 
 
 def ignore() -> None:
-    """``SIG_IGN`` for SIGTERM and SIGINT (the last of the exit: see the module docstring)."""
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    """At exit, after ``quiet_exit``: ``SIG_IGN`` for SIGTERM and SIGINT (the last of the
+    exit: see the module docstring)."""
+    if _armed[0]:
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+atexit.register(ignore)

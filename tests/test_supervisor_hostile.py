@@ -12,7 +12,7 @@ docstring says what went wrong.
 from __future__ import annotations
 
 import asyncio
-import atexit
+import inspect
 import logging
 import os
 import re
@@ -22,16 +22,18 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import asyncjobs
+from asyncjobs import _exit_signals
 from asyncjobs._cli import supervisor
 from asyncjobs._cli.supervisor import Supervisor
-from asyncjobs._exit_signals import ignore, while_exiting
+from asyncjobs._exit_signals import while_exiting
 from asyncjobs._redis.embedded import RedisServer, free_port
 from asyncjobs._redis.keys import GROUP, Keys
 
@@ -258,44 +260,93 @@ def test_a_worker_run_inside_a_program_gives_the_signals_back(
     signals from the run's end (for ``QUIET_S``): a run inside another program (``run_sync``,
     or the command under typer's test runner) leaves the asyncio defaults, so a Ctrl-C there
     still works."""
-    from asyncjobs._worker.loop import run_in_new_loop
+    from .apps.basic import worker
+
+    after = _run_in_process(worker.configure(burst=True, prefix=_prefix())._main(
+        redis_server.url, exiting=exiting), use_uvloop=True)
+    if exiting:
+        _assert_quiet(after)
+    else:
+        assert after == {signal.SIGINT: signal.default_int_handler,
+                         signal.SIGTERM: signal.SIG_DFL, "wakeup": -1}
+
+
+def test_a_sigint_amid_the_handlers_removal_leaves_the_exit_quiet(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGINT right after asyncio's ``remove_signal_handler`` put ``default_int_handler``
+    back, before it let go of the loop's wakeup fd (as it runs the handler at the next
+    bytecode): the ``KeyboardInterrupt`` is taken as one more Ctrl-C, the removal finished,
+    the wakeup fd let go (left on the closed loop's socket, a later signal printed an
+    ``OSError`` traceback), and the quiet handlers installed."""
+    from asyncio.unix_events import _UnixSelectorEventLoop
 
     from .apps.basic import worker
 
+    real = _UnixSelectorEventLoop.remove_signal_handler
+    interrupted: list[int] = []
+
+    def remove(self: _UnixSelectorEventLoop, sig: int) -> bool:
+        if sig == signal.SIGINT and not interrupted:  # asyncio's first steps, then the SIGINT
+            interrupted.append(sig)
+            del self._signal_handlers[sig]  # type: ignore[attr-defined]
+            signal.signal(sig, signal.default_int_handler)
+            raise KeyboardInterrupt
+        return real(self, sig)
+
+    monkeypatch.setattr(_UnixSelectorEventLoop, "remove_signal_handler", remove)
+    after = _run_in_process(worker.configure(burst=True, prefix=_prefix())._main(
+        redis_server.url, exiting=True), use_uvloop=False)
+    assert interrupted == [signal.SIGINT]
+    _assert_quiet(after)
+    assert after["wakeup"] == -1
+
+
+def _run_in_process(main: Coroutine[Any, Any, None], *, use_uvloop: bool) -> dict[Any, Any]:
+    """Run ``main`` here; the SIGINT and SIGTERM handlers it left, and the wakeup fd (all
+    put back as they were, and ``_exit_signals`` disarmed: pytest's own exit is not it)."""
+    from asyncjobs._worker.loop import run_in_new_loop
+
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
     try:
-        run_in_new_loop(worker.configure(burst=True, prefix=_prefix())._main(
-            redis_server.url, exiting=exiting))
-        after = {sig: signal.getsignal(sig) for sig in before}
+        run_in_new_loop(main, use_uvloop=use_uvloop)
+        after: dict[Any, Any] = {sig: signal.getsignal(sig) for sig in before}
+        after["wakeup"] = signal.set_wakeup_fd(wakeup)
+        return after
     finally:
-        atexit.unregister(ignore)  # (registered for a program's exit: not pytest's)
+        _exit_signals._armed[0] = False
         for sig, handler in before.items():
             signal.signal(sig, handler)
-    if exiting:
-        quiet = after[signal.SIGINT]
-        assert callable(quiet) and after[signal.SIGTERM] is quiet
-        assert quiet.__qualname__.startswith("while_exiting.")
-        assert quiet(signal.SIGINT, None) is None  # within QUIET_S: ignored (pytest lives)
-    else:
-        assert after == {signal.SIGINT: signal.default_int_handler,
-                         signal.SIGTERM: signal.SIG_DFL}
 
 
-def test_a_ctrl_c_still_ends_a_worker_whose_exit_is_stuck(redis_server: RedisServer) -> None:
+def _assert_quiet(after: dict[Any, Any]) -> None:
+    quiet = after[signal.SIGINT]
+    assert callable(quiet) and after[signal.SIGTERM] is quiet
+    assert quiet.__qualname__.startswith("while_exiting.")
+    # Quiet for a while yet, read off the handler (called here, a late one would end pytest).
+    assert inspect.getclosurevars(quiet).nonlocals["until"] > time.monotonic() + 1
+
+
+@pytest.mark.parametrize("task", ["leave_a_thread", "block_at_exit"])
+def test_a_ctrl_c_still_ends_a_worker_whose_exit_is_stuck(
+        redis_server: RedisServer, task: str) -> None:
     """Signals ignored after the stop must not make a stuck exit unkillable but by SIGKILL:
-    here task code left a non-daemon thread, which Python waits for at exit. Ctrl-Cs
-    pressed within ``QUIET_S`` of the stop are ignored; a later one ends the process as
-    SIGINT does by default (an exit that ignored signals for good never ended)."""
+    here task code left a non-daemon thread, which Python waits for at exit, or an
+    ``atexit`` callback that blocks. Ctrl-Cs pressed within ``QUIET_S`` of the stop are
+    ignored; a later one ends the process as SIGINT does by default (an exit that ignored
+    signals for good never ended; one that ignored them from ``atexit`` on never ended
+    with the callback)."""
     prefix = _prefix()
     proc = WorkerProcess("tests.apps.stuck_exit:worker", redis_server.url, prefix)
 
-    async def left_a_thread() -> None:
+    async def left_it() -> None:
         async with asyncjobs.create_pool(redis_server.url, prefix=prefix) as pool:
-            await (await pool.enqueue("leave_a_thread")).result(timeout=30)
+            await (await pool.enqueue(task)).result(timeout=30)
 
     with supervised(proc):
         proc.wait_for("ready:")
-        asyncio.run(left_a_thread())
+        asyncio.run(left_it())
         proc.signal(signal.SIGINT)
         proc.wait_for(" stopped\n")
         deadline = time.monotonic() + 30
@@ -311,14 +362,17 @@ def test_the_exit_handler_ignores_a_signal_only_while_quiet() -> None:
     after it, the default action put back and the signal sent again."""
     now = [10.0]
     sent: list[tuple[int, int]] = []
-    handler = while_exiting(12.0, clock=lambda: now[0], kill=lambda *a: sent.append(a))
+    exits: list[int] = []
+    handler = while_exiting(12.0, clock=lambda: now[0], kill=lambda *a: sent.append(a),
+                            exit_now=exits.append)
     before = signal.getsignal(signal.SIGUSR2)
     try:
         handler(signal.SIGUSR2, None)
-        assert sent == [] and signal.getsignal(signal.SIGUSR2) == before
+        assert sent == exits == [] and signal.getsignal(signal.SIGUSR2) == before
         now[0] = 12.0
         handler(signal.SIGUSR2, None)
         assert sent == [(os.getpid(), signal.SIGUSR2)]
+        assert exits == [128 + signal.SIGUSR2]  # (the kill here ended nothing: as at PID 1)
         assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGUSR2, before)

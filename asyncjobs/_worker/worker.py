@@ -283,6 +283,9 @@ class Worker:
                 except KeyboardInterrupt:  # a SIGINT between asyncio's default and ours
                     if not exiting:
                         raise
+                    # asyncio's remove may have stopped before letting go of the loop's
+                    # wakeup fd (it does once no handler is left): not one left here.
+                    signal.set_wakeup_fd(-1)
 
 
 def _registry(tasks: Iterable[Task[Any, Any] | Callable[..., Any]]) -> dict[str, Task[Any, Any]]:

@@ -1,9 +1,10 @@
-"""A worker module whose task leaves a non-daemon thread running, which Python waits for at
-exit: the worker stops, but its process does not exit (``asyncjobs worker
-tests.apps.stuck_exit:worker``)."""
+"""A worker module whose tasks leave a non-daemon thread running, which Python waits for at
+exit, or an ``atexit`` callback that blocks: the worker stops, but its process does not exit
+(``asyncjobs worker tests.apps.stuck_exit:worker``)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 
@@ -20,4 +21,9 @@ async def leave_a_thread(ctx: Context) -> None:
     threading.Thread(target=_NEVER.wait, args=(600,), name="left-by-task").start()
 
 
-worker = asyncjobs.Worker([leave_a_thread], prefix=PREFIX)
+@asyncjobs.task
+async def block_at_exit(ctx: Context) -> None:
+    atexit.register(_NEVER.wait, 600)  # runs before asyncjobs' own (registered earlier)
+
+
+worker = asyncjobs.Worker([leave_a_thread, block_at_exit], prefix=PREFIX)
