@@ -32,6 +32,7 @@ QUIET_S = 3.0
 a margin)."""
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals a worker program stops on (and quiets while it exits)."""
 
 Handler = Callable[[int, "FrameType | None"], None]
 

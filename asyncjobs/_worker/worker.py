@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .._durations import Seconds, to_seconds
-from .._exit_signals import quiet_exit
+from .._exit_signals import SIGNALS, quiet_exit
 from .._middleware import (
     LogContext,
     Middleware,
@@ -275,7 +275,7 @@ class Worker:
         finally:
             while True:
                 try:
-                    for signum in (signal.SIGTERM, signal.SIGINT):
+                    for signum in SIGNALS:
                         loop.remove_signal_handler(signum)  # (again: False, nothing done)
                     if exiting:
                         quiet_exit()
