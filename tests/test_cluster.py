@@ -14,10 +14,14 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis.exceptions
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 import asyncjobs
+from asyncjobs._redis import cluster
 from asyncjobs._redis.cluster import parse_cluster_url, slot_groups
 from asyncjobs._redis.connection import url_factory
 from asyncjobs._redis.keys import GlobalKeys, Keys
@@ -50,6 +54,48 @@ def test_a_bad_cluster_url_says_what_is_wrong(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=says) as caught:
         url_factory(url)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_a_cluster_out_of_reach_is_an_outage_whichever_call_finds_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: redis-py 8.2 raises ``RedisClusterUnreachableError`` (a
+    ``RedisClusterException``, not a ``ConnectionError``) from a command or a pipeline
+    once no node answers: the pool and the CLI showed it as an unknown error with its
+    traceback instead of Redis being unavailable, and a worker took it for a bug.
+    Expected: the first slot map, a command and a pipeline each raise a
+    ``ConnectionError`` for it (an outage, retried); a bare ``RedisClusterException`` from
+    a command (keys of several slots: a bug, not an outage) is left alone. (With redis-py
+    8.1, which has no such error, a subclass stands in for it.)"""
+    unreachable = getattr(redis.exceptions, "RedisClusterUnreachableError", None)
+    if unreachable is None:
+        class Unreachable(redis.exceptions.RedisClusterException):
+            pass
+
+        unreachable = Unreachable
+        monkeypatch.setattr(cluster, "UNREACHABLE", (Unreachable,))
+    raised: list[Exception] = []
+
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise raised[-1]
+
+    monkeypatch.setattr(RedisCluster, "initialize", fails)
+    monkeypatch.setattr(RedisCluster, "execute_command", fails)
+    monkeypatch.setattr(ClusterPipeline, "execute", fails)
+    client: Any = cluster.make_cluster([("127.0.0.1", 1)], {}, object, object)
+    calls = {
+        "the first slot map": lambda: client.initialize(),
+        "a command": lambda: client.execute_command("GET", "k"),
+        "a pipeline": lambda: client.pipeline(transaction=False).get("k").execute(),
+    }
+    for what, call in calls.items():
+        raised.append(unreachable(f"Redis Cluster cannot be connected ({what})"))
+        with pytest.raises(redis.exceptions.ConnectionError, match=rf"\({what}\)"):
+            await call()
+    raised.append(redis.exceptions.RedisClusterException("Keys in request don't hash"))
+    with pytest.raises(redis.exceptions.RedisClusterException) as bare:
+        await client.execute_command("MGET", "a", "b")
+    assert type(bare.value) is redis.exceptions.RedisClusterException
 
 
 def test_a_queue_keys_share_a_slot_and_the_registry_keys_share_another() -> None:

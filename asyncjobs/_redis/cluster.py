@@ -31,8 +31,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import redis.exceptions
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -53,6 +54,14 @@ CLUSTER_OUTAGE = (ClusterError, SlotNotCoveredError, MovedError, TryAgainError)
 """Errors of a cluster in motion (a failover, resharding, a slot with no master yet) that
 redis-py's own retries did not cure: like an outage, tried again later."""
 DEFAULT_PORT = 6379
+
+UNREACHABLE: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(redis.exceptions, "RedisClusterUnreachableError", None),)
+    if error is not None)
+"""redis-py's error (from 8.2) for a cluster none of whose nodes could be reached, raised
+by a command or pipeline as well as by the first slot map: a ``RedisClusterException``, not
+a ``ConnectionError``. ``_Cluster`` raises a ``ConnectionError`` instead (an outage); empty
+with redis-py 8.1, which raised the connection error itself."""
 
 
 def is_cluster_url(url: str) -> bool:
@@ -115,18 +124,44 @@ def make_cluster(nodes: list[tuple[str, int]], settings: Mapping[str, Any],
 
 
 class _Cluster(RedisCluster):
-    """redis-py's cluster client, but for one error: redis-py raises a bare
-    ``RedisClusterException`` when it cannot learn the slot map (no startup node
-    reachable, slots not all covered, nodes disagreeing). That is an outage, for the pool,
-    the worker and the CLI as for one server out of reach: raised as a ``ConnectionError``
-    (its subclasses, such as ``SlotNotCoveredError``, are left alone)."""
+    """redis-py's cluster client, but for the errors of a cluster out of reach: redis-py
+    raises a bare ``RedisClusterException`` when it cannot learn the slot map (no startup
+    node reachable, slots not all covered, nodes disagreeing), and from 8.2 its subclass
+    ``RedisClusterUnreachableError`` (``UNREACHABLE``) from any command or pipeline once no
+    node answers. Those are an outage, for the pool, the worker and the CLI as for one
+    server out of reach: raised as a ``ConnectionError``. Its other subclasses (such as
+    ``SlotNotCoveredError``), and a bare one from a command (keys of several slots), are
+    left alone."""
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
             return await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
-            if type(exc) is not RedisClusterException:
+            if type(exc) is not RedisClusterException and not isinstance(exc, UNREACHABLE):
                 raise
+            raise RedisConnectionError(str(exc)) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except UNREACHABLE as exc:
+            raise RedisConnectionError(str(exc)) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:  # refused by redis-py's own
+            return super().pipeline(transaction, shard_hint)
+        return _Pipeline(self, transaction)  # type: ignore[abstract, unused-ignore]
+
+
+class _Pipeline(ClusterPipeline):
+    """redis-py's cluster pipeline, whose ``RedisClusterUnreachableError`` is raised as a
+    ``ConnectionError`` (see ``_Cluster``)."""
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except UNREACHABLE as exc:
             raise RedisConnectionError(str(exc)) from exc
 
 

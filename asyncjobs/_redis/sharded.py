@@ -39,9 +39,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
 from .cluster import client_of
 from .pubsub import RESUBSCRIBED, Failed
@@ -364,6 +364,6 @@ class ShardedPubSub:
 
 async def _dispose(shard: _Shard) -> None:
     with contextlib.suppress(Exception):
-        await shard.pubsub.aclose()  # type: ignore[no-untyped-call]
+        await shard.pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # 8.2 typed
     with contextlib.suppress(Exception):
         await shard.client.aclose()
