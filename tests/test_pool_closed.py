@@ -355,6 +355,51 @@ async def test_a_close_during_an_enqueue_many_under_way(fresh_redis: RedisServer
         await admin.aclose()
 
 
+async def test_a_close_cuts_a_call_whose_connection_is_still_being_made() -> None:
+    """Was: with redis-py 8.2, a result wait whose connection was in its handshake when the
+    pool closed read that socket for ever (the close did not reach it); with 8.1 a call so
+    cut connected again and waited out the pool's timeout.
+    Expected: against a server that accepts connections and never answers, every call
+    under way ends with ``PoolClosed`` as soon as the pool closes, enqueues and a result
+    wait (its subscribe) alike, and a caller's own cancellation, sent just before the
+    close, stays a cancellation."""
+    accepted: list[asyncio.StreamWriter] = []
+    heard = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.read(4096):
+            heard.set()  # a handshake came in: never answered
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = await asyncjobs.create_pool(f"redis://127.0.0.1:{port}/0", check=False)
+    calls = [asyncio.create_task(pool.enqueue(double, i)) for i in range(3)]
+    calls.append(asyncio.create_task(pool.job("never-there").result(timeout=60)))
+    own = asyncio.create_task(pool.enqueue(double, 99))
+    try:
+        async with asyncio.timeout(5):
+            await heard.wait()
+            while len(accepted) < 5:  # the enqueues' connections and the subscribe's
+                await asyncio.sleep(0.01)
+        own.cancel()  # the caller's own cancellation, then the close's
+        with anyio.fail_after(PROMPT_S):
+            await pool.close()
+        done, _ = await asyncio.wait([*calls, own], timeout=PROMPT_S)
+        assert len(done) == 5, "a call under way outlived the close"
+        assert [type(c.exception()).__name__ for c in calls] == ["PoolClosed"] * 4
+        assert own.cancelled()
+        assert [c.cancelling() for c in calls] == [0] * 4  # the close's cancel taken back
+        with pytest.raises(PoolClosed):
+            await pool.enqueue(double, 100)
+    finally:
+        await _tidy(pool, *calls, own)
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await server.wait_closed()
+
+
 # -- 2. a result wait when the pool closes -------------------------------------------------
 
 @pytest.mark.on_cluster

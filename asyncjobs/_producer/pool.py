@@ -12,10 +12,14 @@ that finds no room is refused (``QueueFull`` names it), or tried again until
 
 Closing: once ``close()`` began, every call of the pool (and of its job handles and its
 ``admin``) raises ``PoolClosed`` before it sends anything: redis-py would otherwise open the
-closed client's connections again. A call under way when the pool closed ends as the close
-leaves it: with its reply, or with ``PoolClosed`` when the close cut its connection (never
-retried by the pool). redis-py itself sends a cut command once more, on a new connection:
-that one is closed when the last call under way ends, so no socket outlives them.
+closed client's connections again. A call under way on the pool's own client when it closed
+is cut (``cuts.Cuts``: cancelled, and ended with ``PoolClosed``, never retried), as is a
+result wait still subscribing: closing the connections alone did not end a call whose
+connection was in its handshake. One sleeping between retries ends with ``PoolClosed`` as
+it wakes (within a second). On a client given to the pool (left
+open) a call under way ends with its reply. redis-py itself may send a cut command once
+more, on a new connection: that one is closed when the last call under way ends, so no
+socket outlives them.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from ..exceptions import (
     RedisUnavailable,
     SerializationError,
 )
+from .cuts import Cuts
 from .handle import Job
 from .waiter import Waiter
 
@@ -148,6 +153,7 @@ class Pool:
         self._owns_client = owns_client
         self._closed = False
         self._calls = 0  # calls under way (between sending a command and its reply)
+        self._cuts = Cuts(self._closed_error)  # the calls under way, cut by a close
         self._stores: dict[str, QueueStore] = {}
         self._known_queues: set[str] = set()
         self._waiter: Waiter | None = None
@@ -244,16 +250,30 @@ class Pool:
                 delay = min(delay * 2, 1.0)
 
     async def _counted(self, make: Callable[[], Awaitable[T]]) -> T:
-        """``make()``, counted as a call under way. The last call to end after a close
-        closes the pool's own client again: the connection redis-py opened anew to send a
-        command the close cut (its one retry) is not left open."""
+        """``make()``, counted as a call under way, which a close cuts: ``PoolClosed``
+        (``Cuts``). The last call to end after a close closes the pool's own client again:
+        the connection redis-py opened anew to send a command the close cut (its one
+        retry) is not left open."""
         self._calls += 1
         try:
-            return await make()
+            with self._cuts.step():
+                return await make()
         finally:
             self._calls -= 1
             if self._closed and not self._calls and self._owns_client:
                 await self.client.aclose()
+
+    async def once(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation once, never retried (internal: for a caller that backs
+        off on its own, the outbox relay's lease); like every call of the pool, it raises
+        ``PoolClosed`` once the pool is closed, and a close cuts it while under way."""
+        self._check_open()
+        try:
+            return await self._counted(make)
+        except _OUTAGE as exc:
+            if self._closed:  # cut by the close
+                raise self._closed_error() from exc
+            raise
 
     # fmt: off
     @overload
@@ -463,6 +483,7 @@ class Pool:
         if self._waiter is not None:
             await self._waiter.close()
         if self._owns_client:
+            self._cuts.cut()  # redis-py does not end a call whose connection is being made
             await self.client.aclose()
 
     async def __aenter__(self) -> Pool:

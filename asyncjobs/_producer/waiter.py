@@ -20,8 +20,9 @@ On a Redis Cluster that uses sharded pub/sub (``_redis.pubsub``), the PubSub is 
 too.
 
 ``close()`` (the pool's) wakes every watcher and ends the watches being set up: each raises
-``PoolClosed``. It never waits for a watch being set up: that one finds the waiter closed
-when its step returns, and closes the PubSub itself. (Closed under a subscribe, a PubSub's
+``PoolClosed``. It never waits for a watch being set up: it cancels it (``cuts.Cuts``: its
+connection may be in a handshake no close of the connections ends), and that one finds the
+waiter closed as its step ends, and closes the PubSub itself. (Closed under a subscribe, a PubSub's
 connection was sent the SUBSCRIBE again by redis-py's retry, on a new socket, after the
 close had released it to the pool: a subscribed connection left in the client's pool.)
 """
@@ -40,6 +41,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
 from .._redis.sentinel import off_the_master
 from ..exceptions import PoolClosed
+from .cuts import Cuts
 
 log = logging.getLogger("asyncjobs.pool")
 
@@ -64,10 +66,15 @@ class Waiter:
         self._lock = asyncio.Lock()
         self._leaving: set[asyncio.Task[None]] = set()  # unsubscriptions under way
         self._closed = False
+        self._cuts = Cuts(self._closed_error)  # a watch subscribing, cut by the close
 
     def _check_open(self) -> None:
         if self._closed:
-            raise PoolClosed("the pool is closed: a result cannot be waited for on it")
+            raise self._closed_error()
+
+    @staticmethod
+    def _closed_error() -> PoolClosed:
+        return PoolClosed("the pool is closed: a result cannot be waited for on it")
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -82,7 +89,8 @@ class Waiter:
             waiters.add(event)
             if len(waiters) == 1:
                 try:
-                    await self._subscribe(key)
+                    with self._cuts.step():
+                        await self._subscribe(key)
                 except BaseException:  # cancelled (a result() timing out), or closed
                     self._events.pop(key, None)
                     raise
@@ -242,6 +250,7 @@ class Waiter:
         read of the pool raises ``PoolClosed``), every watch still being set up raises it,
         and no new one starts. Closing again is harmless."""
         self._closed = True
+        self._cuts.cut()  # its connection may be in a handshake the close would not end
         self._wake_all()
         self._events.clear()
         for task in list(self._leaving):

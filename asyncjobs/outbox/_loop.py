@@ -96,7 +96,7 @@ class RelayLoop:
             await self.listener.close()
             if self.lease is not None and self.lease.held:
                 with contextlib.suppress(Exception):
-                    await self.lease.release()
+                    await self.pool.once(self.lease.release)
 
     async def _step(self) -> None:
         """Lead; read the table when woken (a notice, a new lease) or when the poll interval
@@ -117,15 +117,16 @@ class RelayLoop:
         lease = self.lease
         if lease is not None:
             if not lease.held:
-                if not await lease.acquire():
-                    wait = min(max(await lease.remaining_s() + 0.005, _MIN_PAUSE_S),
+                if not await self.pool.once(lease.acquire):
+                    wait = min(max(await self.pool.once(lease.remaining_s) + 0.005,
+                                   _MIN_PAUSE_S),
                                lease.ttl_s / 3)
                     self._recovered()  # Redis answers; another relay leads
                     await self._sleep(self.stopped, wait)
                     return False
                 log.info("outbox relay leads (lease %s)", lease.key)
                 self._poll_at = 0.0  # rows may have waited for a leader: read them now
-            if time.monotonic() >= lease.renew_at and not await lease.renew():
+            if time.monotonic() >= lease.renew_at and not await self.pool.once(lease.renew):
                 log.warning("outbox relay lost its lease %s", lease.key)
                 await self.listener.close()
                 return False
@@ -152,7 +153,7 @@ class RelayLoop:
         before = self.relayed + self.failed
         while not self.stopped.is_set():
             if self.lease is not None and time.monotonic() >= self.lease.renew_at:
-                await self.lease.renew()
+                await self.pool.once(self.lease.renew)
             if self.lease is not None and not self.lease.held:
                 break
             if await self.batch() < self.s.batch_size:
