@@ -12,8 +12,8 @@ count (``Task.cancelling``) comes back to what it was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 
@@ -26,31 +26,10 @@ class Cuts:
         self._in: dict[asyncio.Task[Any], int] = {}
         self._cut: set[asyncio.Task[Any]] = set()
 
-    @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
-        """A step a close may cut: inside it, the close's cancellation is raised as
-        ``closed_error()``."""
-        task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to cancel
-            yield
-            return
-        before = task.cancelling()
-        self._in[task] = self._in.get(task, 0) + 1
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task in self._cut:
-                self._cut.discard(task)
-                if task.uncancel() <= before:  # the close's alone: the caller's own is not
-                    raise self._closed_error() from None
-            raise
-        finally:
-            left = self._in.pop(task) - 1
-            if left:
-                self._in[task] = left
-            if task in self._cut:  # the step turned the cancellation into another error
-                self._cut.discard(task)
-                task.uncancel()
+    def step(self) -> _Step:
+        """A step a close may cut (``with cuts.step(): ...``): inside it, the close's
+        cancellation is raised as ``closed_error()``."""
+        return _Step(self)
 
     def cut(self) -> None:
         """Cancel every task in a step (but the one calling: a close from inside a step
@@ -60,3 +39,39 @@ class Cuts:
             if task is not current and task not in self._cut and not task.done():
                 self._cut.add(task)
                 task.cancel()
+
+
+class _Step:
+    """One step of ``Cuts`` (a class, not a generator: a pool's every call runs one)."""
+
+    __slots__ = ("_before", "_cuts", "_task")
+
+    def __init__(self, cuts: Cuts) -> None:
+        self._cuts = cuts
+        self._task: asyncio.Task[Any] | None = None
+        self._before = 0
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # not in a task (a callback): nothing a close could cancel
+            self._task = task
+            self._before = task.cancelling()
+            steps = self._cuts._in
+            steps[task] = steps.get(task, 0) + 1
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        task = self._task
+        if task is None:
+            return
+        cuts = self._cuts
+        left = cuts._in.pop(task) - 1
+        if left:
+            cuts._in[task] = left
+        if task in cuts._cut:
+            # The close's cancellation is taken back, whatever the step made of it (its
+            # code may have turned it into another error); raised as the close's error when
+            # it is what ends the step, and the caller's own is not pending too.
+            cuts._cut.discard(task)
+            if task.uncancel() <= self._before and isinstance(error, asyncio.CancelledError):
+                raise cuts._closed_error() from None

@@ -256,8 +256,10 @@ class Pool:
         retry) is not left open."""
         self._calls += 1
         try:
-            with self._cuts.step():
-                return await make()
+            if self._owns_client:  # a close cuts only the calls on its own client
+                with self._cuts.step():
+                    return await make()
+            return await make()
         finally:
             self._calls -= 1
             if self._closed and not self._calls and self._owns_client:
