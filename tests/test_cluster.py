@@ -65,15 +65,8 @@ async def test_a_cluster_out_of_reach_is_an_outage_whichever_call_finds_it(
     traceback instead of Redis being unavailable, and a worker took it for a bug.
     Expected: the first slot map, a command and a pipeline each raise a
     ``ConnectionError`` for it (an outage, retried); a bare ``RedisClusterException`` from
-    a command (keys of several slots: a bug, not an outage) is left alone. (With redis-py
-    8.1, which has no such error, a subclass stands in for it.)"""
-    unreachable = getattr(redis.exceptions, "RedisClusterUnreachableError", None)
-    if unreachable is None:
-        class Unreachable(redis.exceptions.RedisClusterException):
-            pass
-
-        unreachable = Unreachable
-        monkeypatch.setattr(cluster, "UNREACHABLE", (Unreachable,))
+    a command (keys of several slots: a bug, not an outage) is left alone."""
+    unreachable = redis.exceptions.RedisClusterUnreachableError
     raised: list[Exception] = []
 
     async def fails(*args: object, **kwargs: object) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import ConnectionPool, parse_url
@@ -40,6 +39,7 @@ from redis.exceptions import (
     ClusterError,
     MovedError,
     RedisClusterException,
+    RedisClusterUnreachableError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -55,13 +55,10 @@ CLUSTER_OUTAGE = (ClusterError, SlotNotCoveredError, MovedError, TryAgainError)
 redis-py's own retries did not cure: like an outage, tried again later."""
 DEFAULT_PORT = 6379
 
-UNREACHABLE: tuple[type[Exception], ...] = tuple(
-    error for error in (getattr(redis.exceptions, "RedisClusterUnreachableError", None),)
-    if error is not None)
+UNREACHABLE = (RedisClusterUnreachableError,)
 """redis-py's error (from 8.2) for a cluster none of whose nodes could be reached, raised
 by a command or pipeline as well as by the first slot map: a ``RedisClusterException``, not
-a ``ConnectionError``. ``_Cluster`` raises a ``ConnectionError`` instead (an outage); empty
-with redis-py 8.1, which raised the connection error itself."""
+a ``ConnectionError``. ``_Cluster`` raises a ``ConnectionError`` instead (an outage)."""
 
 
 def is_cluster_url(url: str) -> bool:
@@ -150,7 +147,7 @@ class _Cluster(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:  # refused by redis-py's own
             return super().pipeline(transaction, shard_hint)
-        return _Pipeline(self, transaction)  # type: ignore[abstract, unused-ignore]
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
 
 
 class _Pipeline(ClusterPipeline):

@@ -204,7 +204,7 @@ def sentinel_factory(target: SentinelTarget, options: dict[str, Any]
     def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
         settings = pool_settings(_SentinelConnection, options, target.master, max_connections,
                              socket_timeout)
-        manager = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed in 8.2
+        manager = Sentinel(
             list(target.sentinels), sentinel_kwargs=dict(sentinel_settings))
         client: _SentinelClient = manager.master_for(
             target.service, redis_class=_SentinelClient, connection_pool_class=_SentinelPool,

@@ -364,6 +364,6 @@ class ShardedPubSub:
 
 async def _dispose(shard: _Shard) -> None:
     with contextlib.suppress(Exception):
-        await shard.pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # 8.2 typed
+        await shard.pubsub.aclose()
     with contextlib.suppress(Exception):
         await shard.client.aclose()
