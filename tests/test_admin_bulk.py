@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 
 import asyncjobs
 from asyncjobs._codec import encode_spec
 from asyncjobs._model import JobSpec
+from asyncjobs._producer.deadletters import REPLIES
 
 from .conftest import Backend
 from .procs import run_cli
@@ -168,3 +171,27 @@ async def test_a_stale_letter_is_left_and_the_current_one_requeues_the_job(
     assert report.not_requeued == {"stale letter (dead-lettered again since)": 1}
     left = [d.entry.encode() for d in await pool.admin.dead_letters()]
     assert left == [stale if isinstance(stale, bytes) else stale.encode()]
+
+
+@pytest.mark.asyncio
+async def test_a_letter_whose_job_key_is_not_a_hash_is_left_as_an_unreadable_record(
+    backend: Backend, pool: asyncjobs.Pool
+) -> None:
+    keys = pool.keys("default")
+    await pool.client.xadd(keys.dead, {"i": "clobbered", "r": "raised ValueError"})
+    await pool.client.set(keys.job("clobbered"), "not a record")
+    await dead_letters(pool, 1)
+    report = await pool.admin.requeue_all()
+    assert report.requeued == 1
+    assert report.not_requeued == {"unreadable record": 1}
+    assert report.examples == {"clobbered": "unreadable record"}
+    assert await pool.client.get(keys.job("clobbered")) == b"not a record"  # left alone
+
+
+def test_the_readme_names_every_reason_a_letter_is_left() -> None:
+    """The README's list of ``requeue_all``'s reasons is the code's: each reason a letter
+    can be left for appears there, in backticks, as the report spells it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = readme.split("and counts the others by\nreason: ", 1)[1].split(".\n", 1)[0]
+    assert set(re.findall(r"`([^`]+)`", listed)) == {*REPLIES.values(), "no job id",
+                                                     "job is <state>"}

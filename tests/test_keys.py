@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from redis.crc import key_slot
 
@@ -124,3 +127,33 @@ def test_global_keys_spread_nothing_and_the_registry_shares_one_slot(prefix: str
     # a worker's record hashes like the workers' set (the heartbeat script writes both)
     assert key_slot(g.worker("host-1").encode()) == key_slot(g.workers.encode())
     assert key_slot(g.worker("other").encode()) == key_slot(g.workers.encode())
+
+
+def test_the_readme_key_table_lists_every_key() -> None:
+    """*How it uses Redis* lists every key asyncjobs writes, spelled as ``Keys`` and
+    ``GlobalKeys`` build them; a new key must be sorted here (a key, or not one) and then
+    documented."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## How it uses Redis", 1)[1].split("\n\n", 3)[2]
+    cells = set(re.findall(r"^\| (.+?) \| ", table, re.M))
+    listed = {name for cell in cells for name in re.findall(r"`([^`]+)`", cell)}
+    k, g = Keys("<prefix>", "<queue>"), GlobalKeys("<prefix>")
+    keys = {
+        "stream": k.stream, "delayed": k.delayed, "dead": k.dead, "ended": k.ended,
+        "job": k.job("<id>"), "stats": k.stats, "settings": k.settings,
+        "waiting": k.waiting, "minute": k.minute(0).replace(":0", ":<n>"),
+        "rate": k.rate("<task>", "<key>").replace(":6:", ":<len>:"),
+        "concurrency": k.concurrency("<limit>"), "concurrency_wait": k.concurrency_wait("<limit>"),
+        "concurrency_limits": k.concurrency_limits, "leader": k.leader, "cron": k.cron,
+        "queues": g.queues, "workers": g.workers, "worker": g.worker("<name>"),
+        "claim_timeouts": g.claim_timeouts,
+    }
+    kept_key = k.kept("A" * 22)
+    assert kept_key is not None
+    keys["kept"] = kept_key.replace("A" * 10, "<tag>")
+    not_keys = {"prefix", "queue", "base", "shared", "job_prefix", "minute_prefix",
+                "concurrency_prefix", "concurrency_wait_prefix", "done_channel",
+                "abort_channel", "wake_channel"}
+    public = {n for cls in (Keys, GlobalKeys) for n in dir(cls) if not n.startswith("_")}
+    assert public == set(keys) | not_keys, "a new Keys attribute: a key or not?"
+    assert {name: key for name, key in keys.items() if key not in listed} == {}

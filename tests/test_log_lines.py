@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -337,3 +338,19 @@ def test_lines_from_many_threads_are_whole_and_none_is_lost(
     logging.getLogger("asyncjobs.test.batched").handlers[0].flush()
     lines = stream.getvalue().splitlines()
     assert sorted(lines) == sorted(f"INFO t{k}-{i}" for k in range(4) for i in range(200))
+
+
+def test_the_readme_shows_the_job_lines_the_worker_writes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The sample under "one line per job start and end" in the README is what the command's
+    text format writes for those two lines, time apart: the same loggers, level padding,
+    fields and order."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("one line\nper job start and end:\n\n```\n", 1)[1].split("```", 1)[0]
+    shown = [line.split(" ", 2)[2] for line in block.splitlines()]  # the date and time go
+    caplog.set_level(logging.INFO, logger=JOBS_LOGGER)
+    log_start("3f2a...", "send_welcome_email", "default", 1)
+    log_end("complete", "3f2a...", "send_welcome_email", "default", 1, 0.113)
+    formatter = TextFormatter()
+    written = [formatter.format(r).split(" ", 2)[2] for r in caplog.records]
+    assert written == shown

@@ -52,7 +52,9 @@ class RequeueReport:
     requeued: int
     not_requeued: dict[str, int]
     """Letters left in the dead letters, by reason: 'no record' (purged, expired, or a
-    letter written by hand), 'no job id', or 'job is <state>' (no longer dead-lettered)."""
+    letter written by hand), 'no job id', 'unreadable record' (the job key is not a hash),
+    'job is <state>' (no longer dead-lettered), or 'stale letter (dead-lettered again since)'
+    (dead-lettered again, as a newer letter)."""
     examples: dict[str, str]
     """Up to 20 of the letters left: job id (or '(entry <id>)') -> reason."""
 
