@@ -3,6 +3,7 @@ pool makes of its Redis (it answers, it will not evict jobs) before it is handed
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
@@ -14,12 +15,14 @@ from .._durations import Seconds, to_seconds
 from .._options import check_whole
 from .._redis.cluster import is_cluster
 from .._redis.connection import ClientFactory, default_url, redact, url_factory
-from .._redis.health import judge, read_settings
+from .._redis.health import hidden_warning, judge, read_settings
 from .._redis.pubsub import sharded_pubsub
 from .._redis.replication import Replication
 from .._text import safe_str
 from ..exceptions import ConfigurationError
 from .pool import Pool
+
+log = logging.getLogger("asyncjobs.pool")
 
 
 class _PoolOpener:
@@ -44,11 +47,18 @@ class _PoolOpener:
 
 
 async def _check_settings(client: Redis, allow_eviction: bool) -> None:
-    """Refuse a Redis that may evict jobs (see ``asyncjobs._redis.health``); learn which
-    pub/sub it takes while every master answers (``asyncjobs._redis.pubsub``)."""
-    verdict = judge(await read_settings(client), allow_eviction=allow_eviction)
+    """Refuse a Redis that may evict jobs (see ``asyncjobs._redis.health``), and say so once
+    when it hides the settings that tell (``INFO`` or ``CONFIG`` denied, as managed Redis
+    services do) unless ``allow_eviction`` (the caller accepted any policy: nothing to
+    check); learn which pub/sub it takes while every master answers
+    (``asyncjobs._redis.pubsub``)."""
+    settings = await read_settings(client)
+    verdict = judge(settings, allow_eviction=allow_eviction)
     if verdict.errors:
         raise ConfigurationError(verdict.errors[0])
+    hidden = hidden_warning(settings)
+    if hidden and not allow_eviction:
+        log.warning("create_pool: %s", hidden)
     await sharded_pubsub(client)
 
 

@@ -145,10 +145,19 @@ def judge(settings: RedisSettings, *, allow_eviction: bool = False,
     if used is not None and used >= near_full:
         verdict.warnings.append(f"Redis memory is {used:.0%} of maxmemory: at 100 % enqueues "
                                 "fail (RedisFull) until workers drain the queues")
-    if settings.hidden:
-        verdict.warnings.append(f"cannot check Redis's configuration ({', '.join(settings.hidden)} "
-                                "not allowed): eviction policy and persistence unknown")
+    hidden = hidden_warning(settings)
+    if hidden:
+        verdict.warnings.append(hidden)
     return verdict
+
+
+def hidden_warning(settings: RedisSettings) -> str | None:
+    """The warning for a Redis that hides the settings ``judge`` reads (``INFO`` or
+    ``CONFIG`` denied, as managed services do), or None when it shows them."""
+    if not settings.hidden:
+        return None
+    return (f"cannot check Redis's configuration ({', '.join(settings.hidden)} not allowed): "
+            "eviction policy and persistence unknown")
 
 
 def _text(value: Any) -> str:
