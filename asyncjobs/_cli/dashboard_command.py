@@ -6,6 +6,7 @@ the ``dashboard`` extra) only when the command runs.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Annotated, NoReturn
 
 import typer
@@ -38,6 +39,11 @@ def dashboard(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535,
                                       help="Port to listen on.")] = 8080,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", metavar="NAME",
+        help="A host name the dashboard answers to besides its addresses, localhost and this "
+             "machine's name (repeat for more; * for any): the name a proxy or browser uses "
+             "for it. Other names are refused, against DNS rebinding.")] = None,
     read_only: Annotated[bool, typer.Option(
         "--read-only", help="Switch every action off (requeue, abort, purge, retry).")] = False,
     refresh: Annotated[float, typer.Option(
@@ -51,6 +57,7 @@ def dashboard(
         import uvicorn
 
         from ..dashboard import create_app
+        from ..dashboard._security import KnownHosts
     except (ImportError, ConfigurationError) as exc:
         _fail('the dashboard needs the "dashboard" extra (pip install -e ".[dashboard]" in a '
               f"clone; see the README, Installing): {exc}", 2)
@@ -59,6 +66,9 @@ def dashboard(
                          refresh_s=refresh)
     except ValueError as exc:
         _fail(str(exc), 2)
+    names = [*LOOPBACK, socket.gethostname(), host, *(allowed_host or [])]
+    if any(not n.strip() or any(c.isspace() for c in n) for n in allowed_host or []):
+        _fail("--allowed-host takes a host name (or *), without spaces", 2)
     configure(log_level.value)
     url = redact(redis_url or default_url())
     mode = "read-only" if read_only else "actions on"
@@ -67,7 +77,7 @@ def dashboard(
     if not _loopback(host) and not read_only:
         typer.echo(f"warning: the dashboard has no login of its own and listens on {host}: "
                    "put it behind your proxy's authentication, or use --read-only", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.value.lower(),
+    uvicorn.run(KnownHosts(app, names), host=host, port=port, log_level=log_level.value.lower(),
                 proxy_headers=False, server_header=False)
 
 

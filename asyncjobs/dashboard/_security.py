@@ -1,17 +1,20 @@
 """What makes the dashboard safe to expose: security headers on every response (a
 Content-Security-Policy that allows no inline script), the host app's authentication hook,
-and CSRF protection for actions (a per-browser token in a SameSite=Strict cookie that the
-page's script sends back in a header, plus Origin / Sec-Fetch-Site checks).
+CSRF protection for actions (a per-browser token in a SameSite=Strict cookie that the
+page's script sends back in a header, plus Origin / Sec-Fetch-Site checks), and for the
+standalone command the host names it answers to (``KnownHosts``: no DNS rebinding).
 """
 
 from __future__ import annotations
 
 import hmac
 import inspect
+import ipaddress
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -130,3 +133,51 @@ def csrf_problem(request: Request) -> str | None:
     if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         return "missing or wrong CSRF token: reload the page"
     return None
+
+
+def host_name(header: str) -> str:
+    """The name part of a ``Host`` header (port gone, lower case; an IPv6 literal keeps its
+    brackets); '' for a header that names nothing."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        return header[: end + 1] if end > 0 else ""
+    return header.partition(":")[0]
+
+
+def is_address(name: str) -> bool:
+    """Whether ``name`` (from ``host_name``) is an IP address rather than a DNS name."""
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+    except ValueError:
+        return False
+    return True
+
+
+class KnownHosts:
+    """ASGI middleware of the standalone dashboard: answer only requests whose ``Host`` is
+    an IP address or one of ``names``.
+
+    A dashboard on 127.0.0.1 is still reachable from any web page its user opens, through
+    DNS rebinding: the page's own name (``evil.example``) comes to resolve to 127.0.0.1,
+    and the browser then treats the dashboard as that page's origin, token and actions
+    included. Such a request carries the page's name in ``Host``; an address never does
+    (rebinding needs a name), so addresses pass and names must be known."""
+
+    def __init__(self, app: ASGIApp, names: Iterable[str]) -> None:
+        self.app = app
+        self.names = frozenset(n.strip().lower() for n in names)
+        self.any = "*" in self.names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        name = host_name(Headers(scope=scope).get("host", ""))
+        if name and (name in self.names or is_address(name)):
+            await self.app(scope, receive, send)
+            return
+        refused = PlainTextResponse(
+            "this dashboard does not answer to that host name (start it with --allowed-host "
+            "NAME to serve it under NAME)", 400, headers={"x-content-type-options": "nosniff"})
+        await refused(scope, receive, send)
