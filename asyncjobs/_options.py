@@ -87,10 +87,14 @@ def check_headers(headers: object) -> None:
                             f"{key!r:.40} to {type(value).__name__} {value!r:.40}")
 
 
+MAX_JOB_ID = 1024
+"""The longest job id, in characters: what is longer, read from Redis, is no job's."""
+
+
 def check_job_id(job_id: str) -> str:
     """A job id is non-empty text of at most 1,024 characters that encodes as UTF-8;
     returned as a plain ``str``."""
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 1024:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID:
         raise ValueError(f"job_id must be a non-empty str of at most 1024 characters, "
                          f"got {job_id!r:.80}")
     try:

@@ -596,3 +596,29 @@ async def test_listing_oldest_first_up_to_the_last_entry_id_ends_there(
             if cursor is None:
                 break
     assert seen == ["first", "last"] and cursor is None
+
+
+async def test_ids_longer_than_any_job_s_are_cut_and_never_looked_up(real: Backend) -> None:
+    """Waiting entries and dead letters whose job id is 300 KB (no producer writes one over
+    1,024 characters): pages show each cut, stay small, send Redis no such key, and an
+    action on a cut id is refused."""
+    huge = ["x" * 300_000 + str(n) for n in range(10)]
+    async with real.pool() as pool:
+        keys = pool.keys("big")
+        await pool.client.sadd(pool.global_keys.queues, "big")
+        for job_id in huge:
+            await pool.client.xadd(keys.stream, {"i": job_id})
+            await pool.client.xadd(keys.dead, {"i": job_id, "r": "raised ValueError", "t": "1"})
+        async with client(create_app(pool)) as http:
+            token = await token_of(http)
+            for path in ("/queue?queue=big", "/dead?queue=big"):
+                sent = (await pool.client.info("stats"))["total_net_input_bytes"]
+                page = await http.get(path)
+                sent = (await pool.client.info("stats"))["total_net_input_bytes"] - sent
+                assert page.status_code == 200, path
+                assert len(page.text) < 150_000, (path, len(page.text))
+                assert "x" * 1024 + "…" in page.text and "x" * 1025 not in page.text
+                assert sent < 100_000, (path, sent)  # 3 MB if the records were looked up
+            refused = await post(http, "abort", token, queue="big", ids=["x" * 1024 + "…"],
+                                 confirm=True)
+            assert refused.status_code == 400

@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 
 from .._codec import decode_errors, decode_progress, decode_spec
 from .._model import Progress
+from .._options import MAX_JOB_ID
 from .._redis.kept import decode as kept_record
 from .._redis.kept import tag_of
 from .._redis.keys import GROUP
@@ -166,7 +167,15 @@ class Listing:
         if not job_ids:
             return []
         keys = self.pool.keys(queue)
-        found = await self.pipe(lambda p: [p.hmget(keys.job(i), _FIELDS) for i in job_ids])
+        # An id longer than any job's (a damaged or hand-written entry) has no record: it is
+        # not looked up (fifty of 2 MB would send Redis 100 MB for one page).
+        asked = [n for n, i in enumerate(job_ids) if len(i) <= MAX_JOB_ID]
+        found: list[Any] = [[None] * len(_FIELDS) for _ in job_ids]
+        if asked:
+            replies = await self.pipe(
+                lambda p: [p.hmget(keys.job(job_ids[n]), _FIELDS) for n in asked])
+            for n, reply in zip(asked, replies, strict=True):
+                found[n] = reply
         # A job whose own key is gone may have its result kept in a shared hash (``kept``):
         # a second round trip, only for those.
         gone = [(n, kept) for n, (i, raw) in enumerate(zip(job_ids, found, strict=True))
@@ -262,7 +271,7 @@ class Listing:
 
     async def find(self, job_id: str, queues: Sequence[str]) -> list[str]:
         """The queues (of ``queues``) that hold a record of ``job_id``."""
-        if not job_id or len(job_id) > 1024 or not queues:
+        if not job_id or len(job_id) > MAX_JOB_ID or not queues:
             return []
         shaped = tag_of(job_id) is not None  # then it may have a kept result
 

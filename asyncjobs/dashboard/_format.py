@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._model import ErrorInfo, JobInfo, from_ms
+from .._options import MAX_JOB_ID
 from .._text import safe_str
 
 MAX_SHOWN = 20_000
@@ -69,6 +70,13 @@ def cut(body: str, limit: int = MAX_SHOWN) -> str:
     return body if len(body) <= limit else f"{body[:limit]}\n… ({len(body) - limit} more)"
 
 
+def job_id(value: str) -> str:
+    """A job id read from Redis, as shown and linked: one longer than any job's (damaged or
+    hand-written data) is cut, and stays longer than any, so it can name no other job
+    (actions refuse it)."""
+    return value if len(value) <= MAX_JOB_ID else f"{value[:MAX_JOB_ID]}…"
+
+
 def failed_at(error: ErrorInfo) -> datetime | None:
     """When an attempt failed; None when its time is garbage no ``datetime`` can hold."""
     try:
@@ -110,5 +118,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 FILTERS = {"when": when, "seconds": seconds, "ago": ago, "number": number,
-           "percent": percent, "shown": shown, "cut": cut, "failed_at": failed_at}
+           "percent": percent, "shown": shown, "cut": cut, "failed_at": failed_at,
+           "job_id": job_id}
 """Registered as Jinja filters."""
