@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import asyncjobs
 from asyncjobs import outbox
@@ -23,10 +24,20 @@ from asyncjobs._producer.pool import Pool
 from asyncjobs._redis.embedded import RedisServer
 from asyncjobs._scheduling.leader import Lease
 from asyncjobs.outbox._db import Claimed, OutboxStore, Outcome
-from asyncjobs.outbox._loop import RelayLoop
+from asyncjobs.outbox._loop import RelayLoop, _unavailable
+from asyncjobs.outbox._wake import Listener, ListenLost
 
 from .conftest import Backend
-from .test_outbox import Database, _row, database, greet, redis_jobs, signup, until
+from .test_outbox import (
+    POSTGRES_URL,
+    Database,
+    _row,
+    database,
+    greet,
+    redis_jobs,
+    signup,
+    until,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -286,6 +297,35 @@ async def test_the_database_connection_killed_mid_batch_is_an_outage_retried(
     assert "the database unavailable" in caplog.text
     assert "internal error" not in caplog.text
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_listen_on_a_pooled_connection_the_server_closed_is_an_outage(
+        pg_db: Database) -> None:
+    """PostgreSQL terminated a connection idle in the pool (a restart, an admin's
+    pg_terminate_backend); the relay's listener is handed it next: asyncpg refuses LISTEN in
+    its own words ("connection is closed"), which SQLAlchemy never wraps. That is an outage
+    (retried, logged as one: it was an "internal error" with a traceback), and the dead
+    connection leaves the pool (it went back, and failed the next claim too)."""
+    engine = pg_db.engine
+    async with engine.connect() as conn:  # now idle in the pool
+        pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar()
+    killer = create_async_engine(POSTGRES_URL)
+    try:
+        async with killer.connect() as other:
+            await other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        await killer.dispose()
+    await asyncio.sleep(0.2)  # the pooled connection hears its end
+    listener = Listener(engine, "aj_probe", asyncio.Event())
+    with pytest.raises(ListenLost) as lost:
+        await listener.open()
+    assert _unavailable(lost.value) == "the database"
+    assert not listener.listening
+    await listener.open()  # a new connection, not the dead one back from the pool
+    assert listener.listening
+    await listener.close()
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar() != pid
 
 
 # -- Redis lost mid-batch ---------------------------------------------------------------------

@@ -19,6 +19,10 @@ from ._db import connect
 log = logging.getLogger("asyncjobs.outbox")
 
 
+class ListenLost(ConnectionError):
+    """The connection LISTEN was to use was closed by the server: an outage."""
+
+
 class Listener:
     """LISTEN on the outbox's channel; every notification sets ``event``."""
 
@@ -41,12 +45,24 @@ class Listener:
             return
         await self.close()
         conn = await connect(self.engine)
+        driver: Any = None
         try:
             raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
+            driver = raw.driver_connection
             await driver.add_listener(self.channel, self._notified)
-        except BaseException:
-            await conn.close()
+        except BaseException as exc:
+            # The pool handed over a connection the server had already closed (the
+            # database restarted, or terminated it): asyncpg says so in its own words,
+            # which SQLAlchemy never sees. It must not go back to the pool, and it is an
+            # outage, retried, not a bug.
+            lost = driver is not None and driver.is_closed()
+            with contextlib.suppress(Exception):
+                if lost:
+                    await conn.invalidate()
+                await conn.close()
+            if lost and isinstance(exc, Exception):
+                raise ListenLost(f"the database closed the connection LISTEN was to use: "
+                                 f"{type(exc).__name__}: {exc}") from exc
             raise
         self._conn, self._driver = conn, driver
         self.event.set()  # rows committed before LISTEN sent no notice we could hear
