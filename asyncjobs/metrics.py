@@ -27,6 +27,7 @@ from wsgiref.simple_server import WSGIServer
 from redis.exceptions import RedisError
 
 from ._durations import Seconds, to_seconds
+from ._routing import split_level
 from .exceptions import ConfigurationError, RedisUnavailable
 
 try:
@@ -272,6 +273,7 @@ class WorkerMetrics:
             log.debug("metrics: cannot read Redis's memory: %s", exc)
         else:
             self.memory.labels(worker=self.worker).set(used or 0.0)
+        limited: set[str] = set()
         for queue in self.queues:
             try:
                 stats = await pool.admin.queue_stats(queue)
@@ -286,7 +288,10 @@ class WorkerMetrics:
             self.trimmed.labels(queue=queue).set(stats.counters.get("trimmed", 0))
             self.max_length.labels(queue=queue).set(stats.max_length or 0)
             self.refused.labels(queue=queue).set(stats.counters.get("refused", 0))
-            await self._refresh_limits(pool, queue)
+            base = split_level(queue)[0]  # a queue's limits hold for all its priority levels
+            if base not in limited:
+                limited.add(base)
+                await self._refresh_limits(pool, base)
             try:
                 leads = await pool.admin.leader(queue) == self.worker
             except (RedisUnavailable, RedisError, OSError):
@@ -294,8 +299,9 @@ class WorkerMetrics:
             self.leader.labels(queue=queue).set(1 if leads else 0)
 
     async def _refresh_limits(self, pool: Pool, queue: str) -> None:
-        """Set the concurrency gauges of ``queue``; a limit gone since the last refresh
-        reads 0."""
+        """Set the concurrency gauges of ``queue`` (a base queue: its priority levels share
+        its limits, so they are shown once, under its name); a limit gone since the last
+        refresh reads 0."""
         try:
             limits = await pool.admin.concurrency(queue)
         except (RedisUnavailable, RedisError, OSError) as exc:
