@@ -116,6 +116,11 @@ def parse_queues(queues: Sequence[str] | Mapping[str, int] | str
         if not isinstance(q, str):
             check_queue(q)  # raises: a name must be a str
     found = [_WEIGHTED.fullmatch(q) for q in items]
+    for q, m in zip(items, found, strict=True):
+        if m is None and "=" in q:  # in a list, '=' gives a weight: never part of a name
+            raise ConfigurationError(
+                f"queue {q!r:.60}: name=weight takes a whole number from 1 to {MAX_WEIGHT} "
+                "(a queue whose name holds '=' is given in a mapping)")
     if not any(found):
         names = tuple(items)
         check_unique(names)

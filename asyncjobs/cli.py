@@ -44,6 +44,7 @@ from ._cli.render import (
     totals_table,
     workers_table,
 )
+from ._options import check_job_id
 from ._version import __version__
 from ._worker.loop import loop_factory
 from .exceptions import AsyncJobsError, ConfigurationError, SerializationError
@@ -280,6 +281,11 @@ def enqueue(
         kwargs = dict(_loader.keyword(k) for k in kwarg or [])
     except ConfigurationError as exc:
         fail(str(exc), 2)
+    if job_id is not None:
+        try:
+            check_job_id(job_id)
+        except ValueError:
+            fail(f"--job-id takes 1 to 1024 characters of text, not {job_id!r:.60}", 2)
     options = {k: v for k, v in {"job_id": job_id, "delay": delay, "queue": queue}.items()
                if v is not None}
     jid, where, state = _run(ops.enqueue(ops.Target(redis_url, prefix, allow_eviction), task,

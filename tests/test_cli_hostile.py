@@ -5,11 +5,13 @@ terminal or forge a line). ``--json`` stays the raw data."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import asyncjobs
+from asyncjobs._cli.render import safe
 from asyncjobs._codec import encode_errors, encode_progress, encode_spec
 from asyncjobs._model import ErrorInfo, JobSpec, Progress
 
@@ -107,6 +109,17 @@ async def test_info_and_check_print_hostile_names_literally(real: Backend) -> No
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("queue", ["[/]", "[red]x", "q\x1b[31m[bold]"])
+async def test_jobs_titles_a_hostile_queue_literally(real: Backend, queue: str) -> None:
+    """The listing's title names the queue: as text, never rich markup (``[/]`` raised
+    MarkupError, with a traceback; ``[red]x`` was titled ``x``)."""
+    async with real.pool() as pool:
+        await pool.enqueue(asyncjobs.task_ref("add").options(queue=queue), 1)
+    out = clean_run(real, "jobs", "-s", "queued", "-q", queue)
+    assert f"queued jobs on queue {safe(repr(queue))}" in out
+
+
+@pytest.mark.asyncio
 async def test_check_names_a_hostile_queue_literally(real: Backend) -> None:
     async with real.pool() as pool:
         await hostile_worker(pool, "q\x1b[31m")
@@ -190,3 +203,30 @@ async def test_a_queue_key_of_the_wrong_type_is_one_line(real: Backend, key: str
         assert broken == 0
     else:
         assert broken > 0  # the commands that read that key said so
+
+
+@pytest.mark.parametrize("job_id", ["", "y" * 1025])
+def test_a_job_id_out_of_range_is_one_line(real: Backend, job_id: str) -> None:
+    code, out, err = cli(real, "enqueue", "add", "--job-id", job_id)
+    assert (code, out) == (2, "")
+    assert err.startswith("asyncjobs: error: --job-id takes 1 to 1024 characters of text, not ")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [("outbox-relay", "sqlalchemy", "outbox"),
+                                   ("dashboard", "starlette", "dashboard")])
+def test_a_command_whose_extra_is_missing_says_so_in_one_line(
+        tmp_path: Path, extra: tuple[str, str, str]) -> None:
+    """As after the README's set-up, which installs no extra: the module is not there (a
+    stand-in that cannot be imported, first on the path)."""
+    command, module, name = extra
+    (tmp_path / module).mkdir()
+    (tmp_path / module / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
+    done = run_cli(command, "--database-url", "sqlite:///x.db", "--redis-url", "redis://x:1/0",
+                   env={"PYTHONPATH": str(tmp_path)}) if command == "outbox-relay" else \
+        run_cli(command, "--redis-url", "redis://x:1/0", env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f'asyncjobs: error: the {"outbox relay" if name == "outbox" else name}'
+                           f' needs the "{name}" extra (pip install -e ".[{name}]"'), line

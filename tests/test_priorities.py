@@ -102,6 +102,12 @@ def test_queue_lists_are_strict_and_mappings_or_weights_are_weighted() -> None:
     (["a", "a"], "served twice"),
     (["a", "a@high"], "served twice"),
     ({"a@low": 1, "a": 2}, "served twice"),
+    # in a list, '=' gives a weight: a bad one is refused, never taken for a queue's name
+    *((["a=6", f"b={w}"], "name=weight takes a whole number from 1 to 1000")
+      for w in ("10000", "-1", "abc", "inf", "", "1.5")),
+    (["a=0"], "whole number from 1 to 1000"),
+    (["a=10000"], "name=weight takes a whole number"),
+    (["=3"], "name=weight takes a whole number"),
 ])
 def test_bad_queue_tables_are_refused(queues: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):

@@ -7,7 +7,9 @@ imported only when the command runs, so the rest of the CLI never loads it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,10 +26,19 @@ if TYPE_CHECKING:
 DATABASE_URL_ENV = "ASYNCJOBS_DATABASE_URL"
 
 
-def _database_url(url: str) -> str:
-    from ..outbox import database_url
+def _outbox() -> ModuleType:
+    """The outbox package, or exit 2 with one line when its extra is not installed."""
+    try:
+        return importlib.import_module("asyncjobs.outbox")
+    except ImportError as exc:
+        from ..cli import fail
 
-    database_url(url)  # raises ConfigurationError: a usage error
+        fail('the outbox relay needs the "outbox" extra (pip install -e ".[outbox]" in a '
+             f"clone; see the README, Installing): {exc}", 2)
+
+
+def _database_url(url: str) -> str:
+    _outbox().database_url(url)  # raises ConfigurationError: a usage error
     return url
 
 

@@ -109,8 +109,8 @@ _N = "#"  # marks a column of numbers: right-aligned, never cut or wrapped
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     """A table whose text columns fold long values onto more lines, and whose number
     columns (named with a leading ``#``) are as wide as their widest value: at 80 columns
-    a name and a count stay whole."""
-    table = Table(title=title)
+    a name and a count stay whole. The title is never markup (it may hold a queue name)."""
+    table = Table(title=_cell(title))
     for i, column in enumerate(columns):
         if column.startswith(_N):
             header = column[1:]
