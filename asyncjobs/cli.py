@@ -184,11 +184,18 @@ def _out(as_json: bool, data: Any, *tables: Any) -> None:
 def info(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues = None,
          as_json: AsJson = False) -> None:
     """Queues (waiting, in flight, delayed, dead, oldest age) and live workers."""
-    stats, workers, limits = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
-    _out(as_json, {"queues": stats, "workers": workers, "concurrency": limits},
-         queues_table(stats), totals_table(stats),
+    found = _run(ops.info(ops.Target(redis_url, prefix), queue or []))
+    stats, workers, limits = found.stats, found.workers, found.limits
+    _out(as_json, {"queues": stats, "workers": workers, "concurrency": limits,
+                   "damaged": found.damaged},
+         *([queues_table(stats), totals_table(stats)] if stats else []),
          *([concurrency_table(limits)] if limits else []),
          workers_table(workers) if workers else "no live workers")
+    for damaged in found.damaged:  # the others are shown: one line each, then exit 1
+        typer.secho(safe(f"asyncjobs: error: queue {damaged.queue}: cannot be read: "
+                         f"{damaged.problem}"), err=True, fg=typer.colors.RED)
+    if found.damaged:
+        raise typer.Exit(1)
 
 
 @app.command(cls=Command)

@@ -4,11 +4,15 @@ does one thing, and returns data; the CLI only renders it."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
 
 from .._model import JobInfo
 from .._producer.admin import OnProgress, QueueStats
+from .._producer.damage import DamagedQueue, wrong_type
 from .._producer.deadletters import DeadLetter, RequeueReport
 from .._producer.insight import ConcurrencyInfo
 from .._producer.listing import JobRow, Page
@@ -19,6 +23,7 @@ from .._task import task_ref
 from ..exceptions import JobNotFound, RedisUnavailable
 
 _NAMED_QUEUES = 10  # at most, in a "not found" message
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,43 @@ def _inspect(target: Target, **options: Any) -> _PoolOpener:
     return create_pool(target.url, prefix=target.prefix, allow_eviction=True, **options)
 
 
-async def info(target: Target, queues: list[str]
-               ) -> tuple[list[QueueStats], list[WorkerInfo], dict[str, list[ConcurrencyInfo]]]:
+@dataclass(frozen=True)
+class Info:
+    """What ``asyncjobs info`` shows."""
+
+    stats: list[QueueStats]
+    workers: list[WorkerInfo]
+    limits: dict[str, list[ConcurrencyInfo]]
+    damaged: list[DamagedQueue]
+    """Queues whose keys Redis will not read as asyncjobs wrote them: the rest are shown."""
+
+
+async def _readable(queue: str, read: Awaitable[T], damaged: list[DamagedQueue]) -> T | None:
+    """``read``'s value; None (and ``queue`` noted in ``damaged``, once) when Redis refuses
+    it for a damaged key of the queue."""
+    try:
+        return await read
+    except ResponseError as exc:
+        problem = wrong_type(exc)
+        if problem is None:
+            raise
+        if not any(d.queue == queue for d in damaged):
+            damaged.append(DamagedQueue(queue, problem))
+        return None
+
+
+async def info(target: Target, queues: list[str]) -> Info:
     """Stats of the given queues (all known queues if none), the live workers, and the
-    concurrency limits in use per queue (queues without any left out)."""
+    concurrency limits in use per queue (queues without any left out); a damaged queue
+    is named as such and the others are shown."""
     async with _inspect(target) as pool:
         names = queues or await pool.admin.queues() or [pool.default_queue]
-        stats = [await pool.admin.queue_stats(q) for q in names]
-        limits = {q: found for q in names if (found := await pool.admin.concurrency(q))}
-        return stats, await pool.admin.workers(), limits
+        damaged: list[DamagedQueue] = []
+        stats = [s for q in names
+                 if (s := await _readable(q, pool.admin.queue_stats(q), damaged))]
+        limits = {q: found for q in names if not any(d.queue == q for d in damaged)
+                  and (found := await _readable(q, pool.admin.concurrency(q), damaged))}
+        return Info(stats, await pool.admin.workers(), limits, damaged)
 
 
 async def job(target: Target, job_id: str, queue: str | None) -> JobInfo:
@@ -130,7 +163,11 @@ async def _check(target: Target, queues: list[str], *, this_host: bool,
             if not any(name in w.queues for w in workers):
                 where = " on this host" if this_host else ""
                 problems.append(f"queue {name}: no live worker{where}")
-            stats = await pool.admin.queue_stats(name)
+            damaged: list[DamagedQueue] = []
+            stats = await _readable(name, pool.admin.queue_stats(name), damaged)
+            if stats is None:
+                problems.append(f"queue {name}: cannot be read: {damaged[0].problem}")
+                continue
             if max_waiting is not None and stats.waiting > max_waiting:
                 problems.append(f"queue {name}: {stats.waiting} waiting > {max_waiting}")
             age = stats.oldest_waiting_s

@@ -16,10 +16,10 @@ from starlette.requests import Request
 
 from .._producer.admin import QueueStats
 from .._producer.cursor import _LONGEST_CURSOR as LONGEST_CURSOR
+from .._producer.damage import DamagedQueue, bad_range, wrong_type
 from .._producer.pool import Pool
 from .._redis.keys import check_name
 from .._redis.refusals import refused, reply_code
-from .._text import clean, safe_str
 from ..exceptions import CorruptJob, RedisFull
 from ._charts import chart
 from ._format import timeline
@@ -59,30 +59,6 @@ class View:
 Loader = Callable[[View], Awaitable[dict[str, Any]]]
 
 
-def wrong_type(exc: BaseException) -> str | None:
-    """What is wrong, when ``exc`` is Redis refusing a command on a key of the wrong type
-    (a queue's key overwritten by hand, or by another program on the same prefix), or a
-    range of a stream from an entry id it cannot go past (``bad_range``)."""
-    if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
-        return f"a key of this queue holds the wrong type: {clean(str(exc))}"
-    if bad_range(exc):
-        return ("a stream of this queue cannot be read on from one of its entry ids (the "
-                f"largest Redis allows, written by hand): {clean(safe_str(exc, 300))}")
-    return None
-
-
-_RANGE_REPLIES = ("invalid stream id", "invalid start id for the interval",
-                  "invalid end id for the interval")
-
-
-def bad_range(exc: BaseException) -> bool:
-    """Whether ``exc`` is Redis refusing a stream range from an entry id: one no id can
-    follow (18446744073709551615-18446744073709551615, which XADD takes) or precede
-    (``0-0``), or no entry id at all (a forged cursor's 20 digits past 2**64)."""
-    text = str(exc).lower() if isinstance(exc, ResponseError) else ""
-    return any(reply in text for reply in _RANGE_REPLIES)
-
-
 async def _paged(view: View, read: Awaitable[Any]) -> Any:
     """A listing's page: a cursor Redis cannot range from is an invalid one (a 400)."""
     try:
@@ -114,14 +90,6 @@ def refusal(exc: BaseException) -> tuple[int, str] | None:
         return 403, f"Redis refused the dashboard's Redis user (NOPERM): {reply}"
     named = "" if reply.startswith(code) else f" ({code})"  # redis-py took it off
     return 503, f"Redis cannot serve this now{named}: {reply}"
-
-
-@dataclass(frozen=True)
-class DamagedQueue:
-    """A row of the overview for a queue whose numbers cannot be read."""
-
-    queue: str
-    problem: str
 
 
 async def _queue_row(view: View, queue: str) -> QueueStats | DamagedQueue:
