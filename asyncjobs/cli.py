@@ -10,7 +10,9 @@ bug still shows its traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import errno
 import importlib
 import os
 import sys
@@ -443,7 +445,21 @@ def main() -> None:
     except typer.Abort:
         typer.echo("asyncjobs: aborted", err=True)
         sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRORS:
+            raise
+        # The output cannot be written (a full disk, > /dev/full): say so on stderr, and
+        # leave Python's own flush at exit nothing to fail on.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        typer.secho(f"asyncjobs: error: cannot write the output: {exc.strerror}", err=True,
+                    fg=typer.colors.RED)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
+"""Errors writing the output that are the output's doing, not a bug: one line, exit 1."""
 
 
 if __name__ == "__main__":  # pragma: no cover

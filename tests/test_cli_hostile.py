@@ -5,6 +5,8 @@ terminal or forge a line). ``--json`` stays the raw data."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +265,13 @@ async def test_one_damaged_queue_leaves_the_others_shown_by_info_and_check(
     assert "unhealthy: queue bad: cannot be read: a key of this queue holds the wrong type" \
         in err
     assert "unhealthy: queue good: no live worker" in err
+
+
+def test_output_that_cannot_be_written_is_one_line() -> None:
+    """stdout on a full device (/dev/full): one line on stderr, exit 1, no traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "asyncjobs", "info", "--help"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "asyncjobs: error: cannot write the output: No space left on device"]
