@@ -84,6 +84,9 @@ def parse_plain_url(url: str) -> dict[str, Any]:
     scheme = url.partition("://")[0].lower()
     parts = urlsplit(url)
     check_query(parts.query, {"rediss": "tls", "unix": "unix"}.get(scheme, "tcp"))
+    missing = no_server(scheme, parts.hostname, parts.path)
+    if missing:
+        raise ValueError(missing)
     if scheme in ("redis", "rediss") and parts.path not in ("", "/") \
             and not _DB_PATH.fullmatch(parts.path):
         # redis-py drops what is not a digit and joins the rest: /abc opened database 0,
@@ -91,6 +94,18 @@ def parse_plain_url(url: str) -> dict[str, Any]:
         raise ValueError(f"the URL's path names the database, a number like /0, not "
                          f"{parts.path!r:.80}")
     return dict(parse_url(url))
+
+
+def no_server(scheme: str, host: str | None, path: str) -> str:
+    """Why a ``redis://``, ``rediss://`` or ``unix://`` URL names no server ('' when it
+    names one): redis-py takes ``redis://`` for localhost:6379, which reaches whatever
+    Redis runs there (a shared one), and ``unix://`` for a socket named ''."""
+    if scheme in ("redis", "rediss") and not host:
+        return (f"the URL names no host: {scheme}://HOST:6379/0 (localhost is not "
+                "assumed)")
+    if scheme == "unix" and path in ("", "/"):
+        return "the URL names no socket: unix:///path/to/redis.sock"
+    return ""
 
 
 def check_url(url: str) -> None:

@@ -22,11 +22,18 @@ from urllib.parse import parse_qsl, unquote, urlencode
 from redis.asyncio import Redis
 from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._text import clean, safe_str
 from .addresses import parse_address
 from .transport import Tuned, pool_settings
 from .url_options import check_option
@@ -92,6 +99,40 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     for key in ("host", "port"):
         master.pop(key, None)
     return SentinelTarget(sentinels, unquote(names[0]), master, sentinel)
+
+
+def no_master(service: str, tried: list[tuple[str, str]]) -> str:
+    """The error line when no Sentinel named ``service``'s master: each Sentinel asked
+    (``host:port``) and what it answered, short (redis-py's says it with the repr of each
+    Sentinel's client: 1,500 characters for one)."""
+    each = "; ".join(f"{where}: {safe_str(why, 200)}" for where, why in tried[:5])
+    more = f"; and {len(tried) - 5} more" if len(tried) > 5 else ""
+    said = f": no Sentinel named it (tried {each}{more})" if tried else ""
+    return clean(f"No master found for {safe_str(service, 100)!r}{said}")
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel manager, whose ``MasterNotFoundError`` names the Sentinels
+    tried and what each said, in a short line (``no_master``)."""
+
+    async def discover_master(self, service_name: str) -> Any:
+        tried: list[tuple[str, str]] = []
+        for number, sentinel in enumerate(self.sentinels):
+            kwargs = sentinel.connection_pool.connection_kwargs
+            where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+            try:
+                masters: Any = await sentinel.sentinel_masters()
+            except (RedisConnectionError, ResponseError, RedisTimeoutError) as exc:
+                tried.append((where, safe_str(exc, 200) or type(exc).__name__))
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # the one that answered is asked first next time (as redis-py does)
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                ip = state["ip"] if self._force_master_ip is None else self._force_master_ip
+                return ip, state["port"]
+            tried.append((where, f"knows no master {service_name!r} in a good state"))
+        raise MasterNotFoundError(no_master(service_name, tried))
 
 
 class _SentinelConnection(Tuned, SentinelManagedConnection):
@@ -204,7 +245,7 @@ def sentinel_factory(target: SentinelTarget, options: dict[str, Any]
     def make(*, max_connections: int, socket_timeout: float | None) -> Redis:
         settings = pool_settings(_SentinelConnection, options, target.master, max_connections,
                              socket_timeout)
-        manager = Sentinel(
+        manager = _Sentinels(
             list(target.sentinels), sentinel_kwargs=dict(sentinel_settings))
         client: _SentinelClient = manager.master_for(
             target.service, redis_class=_SentinelClient, connection_pool_class=_SentinelPool,

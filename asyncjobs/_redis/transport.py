@@ -16,7 +16,10 @@ from typing import Any
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .access import denial
 
 try:
     from hiredis import pack_command as _hiredis_pack
@@ -25,7 +28,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency, but stay corr
 
 
 class Tuned:
-    """Three changes to redis-py's asyncio connections, made at the boundary:
+    """Four changes to redis-py's asyncio connections, made at the boundary:
 
     - uvloop raises RuntimeError ("the handler is closed") for a write on a connection the
       server just closed, where asyncio raises ConnectionError (uvloop issue #506): it is
@@ -37,7 +40,11 @@ class Tuned:
       a drop (a failover) while a ``result()`` subscribes on it, and redis-py (8.1) lets
       both open a socket, the second replacing the first in the connection: the first was
       never closed (a ResourceWarning, and a socket left subscribed on the server). Here
-      the second waits, and finds the connection connected, handshake and all.
+      the second waits, and finds the connection connected, handshake and all;
+    - Redis refusing the client itself (a wrong or missing password, an ACL user without
+      a command, a database number it does not have) raises ``access``'s
+      ``RedisAccessDenied``, a ``ConfigurationError`` saying what to fix, not redis-py's
+      error (an ``AuthenticationError`` is a ``ConnectionError``: an outage, retried).
     """
 
     _connect_lock: asyncio.Lock | None = None
@@ -72,6 +79,29 @@ class Tuned:
                 await connect()
             finally:
                 self._connecting = None
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except (ResponseError, AuthenticationError) as exc:
+            denied = denial(exc, user=getattr(self, "username", None),
+                            password=bool(getattr(self, "password", None)
+                                          or getattr(self, "credential_provider", None)),
+                            db=getattr(self, "db", None), where=self._where())
+            if denied is None:
+                raise
+            if not isinstance(denied, ResponseError):
+                # not read as a command's reply (a pipeline stops at it): the replies
+                # still due would answer the next caller's commands
+                await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise denied from exc
+
+    def _where(self) -> str:
+        """The server, for an error line: ``host:port``, or a Unix socket's path."""
+        path = getattr(self, "path", None)
+        if path:
+            return str(path)
+        return f"{getattr(self, 'host', '?')}:{getattr(self, 'port', '?')}"
 
     if _hiredis_pack is not None:
 

@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._producer.pool import Pool
+from .._redis.access import CommandDenied, RedisAccessDenied
 from .._redis.values import NewJob
 from .._scheduling.leader import Lease
 from .._text import clean, safe_str
@@ -73,20 +74,28 @@ class RelayLoop:
         self.failed = 0
         self._failures = 0
         self._down_since: float | None = None
+        self._down: set[str] = set()  # what failed since: 'redis', 'the database'
         self._next_purge = 0.0
         self._poll_at = 0.0  # the table is read when woken, or at this time (monotonic)
         self._full: dict[str, tuple[float, float]] = {}  # queue -> (retry at, pause)
 
     async def run(self) -> None:
         """Relay until stopped; errors are logged and retried with backoff, never raised,
-        but for ``UnusableDatabase`` (a database URL its driver refuses: no retry can help).
-        A relay whose pool was closed under it stops, with one line."""
+        but for ``UnusableDatabase`` (a database URL its driver refuses) and a Redis URL
+        Redis refuses (its password, its database number: ``RedisAccessDenied``): no retry
+        can help. A command the Redis user may not run (an ACL) is retried, as Redis
+        refusing any write: it can be granted while the relay waits. A relay whose pool
+        was closed under it stops, with one line."""
         try:
             while not self.stopped.is_set():
                 try:
                     await self._step()
                 except UnusableDatabase:
                     raise
+                except RedisAccessDenied as exc:
+                    if not isinstance(exc, CommandDenied):
+                        raise
+                    await self._failed(exc)
                 except PoolClosed:
                     log.warning("outbox relay stops: its pool was closed")
                     return
@@ -121,7 +130,7 @@ class RelayLoop:
                     wait = min(max(await self.pool.once(lease.remaining_s) + 0.005,
                                    _MIN_PAUSE_S),
                                lease.ttl_s / 3)
-                    self._recovered()  # Redis answers; another relay leads
+                    self._recovered(redis_only=True)  # Redis answers; another relay leads
                     await self._sleep(self.stopped, wait)
                     return False
                 log.info("outbox relay leads (lease %s)", lease.key)
@@ -293,12 +302,16 @@ class RelayLoop:
         await self.listener.close()
         what = _unavailable(exc)
         self._failures += 1
+        if what:
+            self._down.add(what)
         cap = 5.0 if what else 30.0
         pause = min(cap, 0.1 * 2.0 ** min(self._failures, 9)) * (0.5 + random.random() / 2)
         if what and self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("outbox relay: %s unavailable (%s); retrying with backoff", what,
                         safe_str(exc, 500))
+        elif isinstance(exc, CommandDenied):  # an ACL: granted meanwhile, it works again
+            log.error("outbox relay: %s; retrying in %.1f s", exc, pause)
         elif isinstance(exc, ConnectFailed):  # user code's error: its traceback helps
             log.error("outbox relay: %s; retrying in %.1f s", exc, pause,
                       exc_info=exc.__cause__)
@@ -309,7 +322,16 @@ class RelayLoop:
             log.exception("outbox relay: internal error; retrying in %.1f s", pause)
         await self._sleep(self.stopped, pause)
 
-    def _recovered(self) -> None:
+    def _recovered(self, *, redis_only: bool = False) -> None:
+        """A step succeeded: an outage is over. ``redis_only``: only Redis answered (another
+        relay leads, or this relay's own lease, dropped at the failure, has not expired
+        yet): that ends an outage of Redis, not one of the database, which nothing has
+        used since."""
+        if redis_only:
+            self._down.discard("redis")
+            if self._down:
+                return
+        self._down.clear()
         self._failures = 0
         if self._down_since is not None:
             log.warning("outbox relay working again after %.1f s",
