@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ._model import ErrorInfo, JobSpec, Progress
-from ._text import safe_str
+from ._text import class_name, safe_str
 from .exceptions import SerializationError
 
 MAX_DEPTH = 100
@@ -181,8 +181,8 @@ def encode_value(value: object, what: str = "result") -> bytes:
         raise
     except _ENCODE_ERRORS as exc:
         raise SerializationError(
-            f"cannot serialize the {what}: a value of type {type(value).__qualname__} "
-            f"({safe_str(exc, 200)})"
+            f"cannot serialize the {what}: a value of type "
+            f"{class_name(type(value), '__qualname__')} ({safe_str(exc, 200)})"
         ) from exc
     if len(data) > MAX_DEPTH:
         _check_depth(value, f"the {what}")
@@ -253,9 +253,10 @@ _PACKAGE_DIR = str(Path(__file__).parent)
 
 def error_info(exc: BaseException, attempt: int, at_ms: int) -> ErrorInfo:
     """Capture an exception's type, message and traceback text (without asyncjobs' own
-    frames in front of the task's). Never raises, whatever the exception does."""
-    kind = type(exc)
-    name = f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+    frames in front of the task's). Never raises, whatever the exception does: what it
+    cannot read (its class's names, its text, its traceback) is a placeholder."""
+    kind = type(exc)  # type() runs no code of the exception's; its class's attributes may
+    name = class_name(kind)
     message = safe_str(exc, MAX_MESSAGE)
     try:
         tb = exc.__traceback__

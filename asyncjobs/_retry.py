@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from ._durations import MAX_DURATION_S, to_seconds
 from ._options import check_max_tries
-from ._text import safe_str
+from ._text import class_name, safe_str
 from .exceptions import ConfigurationError, Retry
 
 
@@ -111,7 +112,11 @@ def decide(
     if kind == "ok":
         return _COMPLETE
     left = attempt < policy.max_tries
-    if isinstance(error, Retry):
+    # The error's classes are read from its type, never from its own __class__ (the task's
+    # code, which may raise or lie): isinstance() reads that one when the type does not match.
+    error_type = type(error)
+    if issubclass(error_type, Retry):
+        error = cast(Retry, error)
         if not left:
             return Decision(Action.FAIL, reason=f"retry requested on try {attempt} of "
                                                 f"{policy.max_tries}")
@@ -127,7 +132,7 @@ def decide(
         retryable, what = policy.retry_timeouts, "timed out"
     else:
         retryable = _retryable(error, policy)
-        what = f"raised {type(error).__name__}"
+        what = f"raised {class_name(error_type, '__name__')}"
     if not retryable:
         return Decision(Action.FAIL, reason=f"{what} (not retryable)")
     if not left:
@@ -137,6 +142,6 @@ def decide(
 
 
 def _retryable(error: BaseException | None, policy: RetryPolicy) -> bool:
-    if error is None or isinstance(error, policy.dont_retry_on):
+    if error is None or issubclass(type(error), policy.dont_retry_on):
         return False
-    return isinstance(error, policy.retry_on)
+    return issubclass(type(error), policy.retry_on)

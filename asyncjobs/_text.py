@@ -6,6 +6,8 @@ move a terminal's cursor, change its colours or start a new log line.
   optionally cut to a length. Exceptions whose ``__str__`` raises are user code too.
 - ``clean(text)``: control characters (C0, DEL, C1: newlines, escape sequences, carriage
   returns) written as visible escapes (``\\n``, ``\\x1b``), so one value is one line.
+- ``class_name(kind)``: a class's ``module.qualname`` (or ``__name__``), with ``?`` for a part
+  it cannot read: a metaclass's ``__getattribute__`` is user code too.
 """
 
 from __future__ import annotations
@@ -29,21 +31,37 @@ def safe_str(obj: object, limit: int | None = None) -> str:
     """``str(obj)``, never raising: falls back to ``repr``, then to a placeholder naming
     the type. With ``limit``, text longer than that is cut and marked."""
     try:
-        text = str(obj)
+        text = _exact(str(obj))
     except BaseException:  # a hostile __str__ may raise anything
         try:
-            text = repr(obj)
+            text = _exact(repr(obj))
         except BaseException:
-            text = f"<unprintable {_type_name(obj)}>"
+            text = f"<unprintable {class_name(type(obj))}>"
     if limit is not None and len(text) > limit:
         cut = len(text) - limit
         text = f"{text[:limit]}... ({cut} more characters)"
     return text
 
 
-def _type_name(obj: object) -> str:
-    kind = type(obj)
+def _exact(text: str) -> str:
+    """``text`` as a plain ``str``: ``__str__`` may return a subclass of str, whose own
+    ``__len__``, slicing or formatting would run its code (and may raise)."""
+    return text if type(text) is str else str.__str__(text)
+
+
+def class_name(kind: type, part: str = "") -> str:
+    """``module.qualname`` of a class (with ``part``: only that attribute, ``__name__`` or
+    ``__qualname__``), never raising: a part that cannot be read (a metaclass whose
+    ``__getattribute__`` raises) or that is not text reads ``?``."""
+    if part:
+        return _part(kind, part)
+    return f"{_part(kind, '__module__')}.{_part(kind, '__qualname__')}"
+
+
+def _part(kind: type, attribute: str) -> str:
     try:
-        return f"{kind.__module__}.{kind.__qualname__}"
-    except BaseException:
-        return "object"
+        value = getattr(kind, attribute)
+    except BaseException:  # a metaclass's code, which may raise anything
+        return "?"
+    # (not isinstance: it reads a non-str's own __class__, which may raise)
+    return _exact(value) if issubclass(type(value), str) else "?"

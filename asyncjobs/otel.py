@@ -22,7 +22,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ._middleware import Call, Middleware
-from ._text import safe_str
+from ._text import class_name, safe_str
 from ._version import __version__
 from .exceptions import ConfigurationError
 
@@ -101,7 +101,8 @@ class OpenTelemetryMiddleware(Middleware):
                 with contextlib.suppress(Exception):
                     span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR,
-                                       f"{type(exc).__name__}: {safe_str(exc, 500)}"))
+                                       f"{class_name(type(exc), '__name__')}: "
+                                       f"{safe_str(exc, 500)}"))
                 raise
 
 

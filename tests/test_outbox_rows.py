@@ -34,10 +34,22 @@ def test_remaining_delay(delay: int, waited: int, left: int) -> None:
 
 
 @pytest.mark.parametrize(("expires", "waited", "left"), [
-    (0, 0, 0), (0, 10_000, 0), (5_000, 1_000, 4_000), (5_000, 5_000, 1), (5_000, 9_000, 1),
+    (0, 0, 0), (0, 10_000, 0), (5_000, 1_000, 4_000), (5_000, 4_999, 1), (5_000, 5_000, -1),
+    (5_000, 9_000, -1),
 ])
 def test_remaining_expiry_never_turns_into_never(expires: int, waited: int, left: int) -> None:
     assert remaining_expiry(expires, waited) == left
+
+
+def test_an_expiry_that_passed_while_the_row_waited_is_written_as_passed() -> None:
+    """Not as 1 ms left (a worker taking the job within that millisecond ran it): as an
+    expiry time already past, whatever the row's own expiry time."""
+    _, job = to_job(row(expires_in_ms=5_000, expires_at_ms=0, spec=memoryview(SPEC)),
+                    now_ms=1_000_000 + 5_000)
+    assert (job.expires_in_ms, job.expires_at_ms) == (0, 1)
+    _, job = to_job(row(expires_in_ms=5_000, expires_at_ms=7_000_000, spec=memoryview(SPEC)),
+                    now_ms=1_000_000 + 1_000)
+    assert (job.expires_in_ms, job.expires_at_ms) == (4_000, 7_000_000)
 
 
 def test_a_row_becomes_the_job_pool_enqueue_would_write() -> None:

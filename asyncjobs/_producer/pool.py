@@ -441,17 +441,16 @@ class Pool:
             headers=self._headers(opts.headers),
         )
         data = encode_spec(spec, task.param_names)
-        exp = opts.expires
+        expires_in_ms, expires_at_ms = _expiry(opts.expires)
         new = NewJob(
             id=opts.job_id or new_id,
             spec=data,
             delay_ms=round((opts.delay_s or 0) * 1000),
-            # (at least 1 ms: 0 means "no due time" / "never expires", and a time before
-            # 1970 is negative; such an `at` is now, such an expiry has passed)
+            # (at least 1 ms: 0 means "no due time", and a time before 1970 is negative;
+            # such an `at` is now)
             due_at_ms=max(1, to_ms(opts.at)) if opts.at else 0,
-            expires_in_ms=max(1, round(exp * 1000)) if isinstance(exp, float) and exp > 0
-            else 0,
-            expires_at_ms=max(1, to_ms(exp)) if isinstance(exp, datetime) else 0,
+            expires_in_ms=expires_in_ms,
+            expires_at_ms=expires_at_ms,
         )
         return queue, new, task.result_type
 
@@ -498,6 +497,22 @@ class Pool:
 
 
 __all__ = ["Pool"]
+
+
+def _expiry(expires: datetime | float | None) -> tuple[int, int]:
+    """A job's ``expires`` as the record takes it: (ms after the enqueue, epoch ms), 0 for
+    none (0 in both: it never expires). A duration counts in whole milliseconds; one of
+    0 ms (``expires=0``, or under half a millisecond) has passed by the time any worker
+    could start the job: it is written as the earliest time (1 ms after the epoch), as a
+    datetime before 1970 is, so that the job ends ``expired`` without running, however
+    soon a worker takes it (1 ms after the enqueue let one that took it within that
+    millisecond run it)."""
+    if isinstance(expires, datetime):
+        return 0, max(1, to_ms(expires))
+    if expires is None:
+        return 0, 0
+    after_ms = round(expires * 1000)
+    return (after_ms, 0) if after_ms > 0 else (0, 1)
 
 
 def _retry_for(value: object) -> float:

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._codec import encode_value
 from .._context import Context
@@ -31,7 +31,7 @@ from .._redis import kept
 from .._redis.values import SettleOp, Started
 from .._retry import Action, Decision, RetryPolicy, decide
 from .._task import Task
-from .._text import clean, safe_str
+from .._text import class_name, clean, safe_str
 from ..exceptions import ConfigurationError, SerializationError
 from . import late
 from .admission import Refused, admit
@@ -47,7 +47,9 @@ from .outcomes import (
     log_end,
     log_start,
     record_ttl,
+    sized,
     task_name,
+    unserializable_reason,
 )
 from .runner import Outcome, await_attempt
 from .runtime import Runtime
@@ -253,17 +255,17 @@ class AttemptPath:
                               random.random())
         except BaseException as exc:  # retry_on's types ran code of their own, and it raised
             decision = Decision(Action.FAIL, reason="the retry policy could not decide: "
-                                f"{type(exc).__name__}: {safe_str(exc, 200)}")
+                                f"{class_name(type(exc), '__name__')}: {safe_str(exc, 200)}")
         payload = b""
         if decision.action is Action.COMPLETE:
             try:
-                payload = encode_value(outcome.value)
-            except Exception as exc:  # SerializationError, or the value's own code raised
-                if not isinstance(exc, SerializationError):
-                    exc = SerializationError(f"cannot serialize the result: "
-                                             f"{type(exc).__name__}: {safe_str(exc, 200)}")
-                outcome = Outcome("error", error=exc, duration_s=outcome.duration_s)
-                decision = Decision(Action.FAIL, reason="the result cannot be serialized")
+                payload = sized(encode_value(outcome.value), self.rt.bulk_limit())
+            except BaseException as exc:  # SerializationError, or the value's own code raised
+                # (whatever it raises: the encode awaits nothing, so even a CancelledError
+                # is the value's, never this attempt's cancellation, which the runner saw)
+                outcome = Outcome("error", error=_unserializable(exc),
+                                  duration_s=outcome.duration_s)
+                decision = Decision(Action.FAIL, reason=unserializable_reason(outcome.error))
         kind = "complete" if decision.action is Action.COMPLETE else decision.action.value
         error = attempt_error(outcome, st.attempts)
         if self._observers:
@@ -318,7 +320,7 @@ class AttemptPath:
             log.error("%s", what, exc_info=exc)
         else:
             log.error("%s: %s: %s (traceback logged at its first failure)", what,
-                      type(exc).__name__, clean(safe_str(exc, 200)))
+                      class_name(type(exc), '__name__'), clean(safe_str(exc, 200)))
 
     async def _call(
         self, running: Running, task: Task[Any, Any], ctx: Context, args: list[Any],
@@ -402,6 +404,18 @@ class AttemptPath:
                                data: bytes) -> None:
         running.reported = True
         await self.rt.stores[queue].progress(job_id, data, self.rt.consumer)
+
+
+def _unserializable(exc: BaseException) -> SerializationError:
+    """The error recorded for a result that cannot be encoded: ``exc`` itself when it is a
+    ``SerializationError``; else one naming what the value's own code raised (its cause,
+    so its traceback is recorded too)."""
+    if issubclass(type(exc), SerializationError):  # (isinstance reads its __class__)
+        return cast(SerializationError, exc)
+    error = SerializationError(f"cannot serialize the result: "
+                               f"{class_name(type(exc), '__name__')}: {safe_str(exc, 200)}")
+    error.__cause__ = exc
+    return error
 
 
 def _soft_timeout(ctx: Context, after_s: float) -> None:

@@ -100,6 +100,13 @@ class Executor:
                      if q == queue and r.holds_entry and r.body_alive())
         return sorted(found)
 
+    def not_cancelled(self) -> dict[tuple[str, str], str]:
+        """The (queue, entry) and job id of the attempts running whose task nobody asked to
+        cancel: neither the worker (which says why: ``cancel_reason``) nor other code."""
+        return {key: r.job_id for key, r in self.running.items()
+                if r.task is not None and not r.task.done() and not r.cancel_reason
+                and not r.task.cancelling()}
+
     def leave_behind(self) -> int:
         """Mark every task whose body still runs as left behind (the process exits without
         waiting for it: see ``close_loop``); returns how many."""

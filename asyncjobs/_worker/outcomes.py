@@ -18,6 +18,7 @@ from .._model import ENDED_TTL_S, ErrorInfo
 from .._redis.values import Delivery, SettleOp, Started
 from .._retry import Action, Decision
 from .._text import clean, safe_str
+from ..exceptions import SerializationError
 from .runner import Outcome
 
 log = logging.getLogger("asyncjobs.worker")
@@ -99,6 +100,65 @@ def dead(st: Started, history: tuple[ErrorInfo, ...], kind: str, why: str,
     log.error("job dead-lettered id=%s queue=%s attempt=%d reason=%s", clean(d.job_id), queue,
               st.attempts, clean(why))
     return SettleOp(d.entry, d.job_id, "failed", why, 0, encode_errors(history))
+
+
+TOO_LARGE = "the result is larger than Redis takes"
+"""How the reason of a job whose result Redis cannot take begins."""
+
+SMALLEST_BULK = 1024 * 1024
+"""The smallest ``proto-max-bulk-len`` Redis takes: a value up to this size fits any Redis."""
+
+
+def too_large(size: int, most: int | None,
+              how: str = "Redis would refuse the call recording it") -> str:
+    """Why a value of ``size`` bytes cannot be sent to a Redis whose ``proto-max-bulk-len``
+    is ``most`` (None: not known); ``how``: how that shows."""
+    limit = f" of {most:,}" if most is not None else ""
+    return f"{TOO_LARGE}: {size:,} bytes encoded, over its proto-max-bulk-len{limit} ({how})"
+
+
+def sized(payload: bytes, most: int | None) -> bytes:
+    """``payload`` (an encoded result), or ``SerializationError`` when it is larger than
+    Redis takes (``most``: its ``proto-max-bulk-len``, None when not known yet): the call
+    recording it would be refused as a whole, with the other jobs of its batch."""
+    if most is not None and len(payload) > most:
+        raise SerializationError(too_large(len(payload), most))
+    return payload
+
+
+def unserializable_reason(error: BaseException | None) -> str:
+    """The dead-letter reason of a job whose result cannot be recorded (``error``: what
+    encoding it raised, as recorded)."""
+    text = safe_str(error, 300) if error is not None else ""
+    return text if text.startswith(TOO_LARGE) else "the result cannot be serialized"
+
+
+def largest_value(op: SettleOp) -> int:
+    """The size of the largest value a settle op sends (Redis's ``proto-max-bulk-len``
+    bounds each one)."""
+    return max(_size(op.entry), _size(op.job_id), _size(op.payload), len(op.history),
+               _size(op.lease))
+
+
+def _size(value: bytes | str) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    if len(value) * 4 <= SMALLEST_BULK:  # (UTF-8 takes at most 4 bytes a character)
+        return len(value)
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def unrecordable(op: SettleOp, queue: str, reason: str) -> SettleOp:
+    """The op that records a finished attempt whose own op Redis will not take (a result
+    over its ``proto-max-bulk-len``, a call it refuses): the job fails, dead-lettered with
+    ``reason``; what the op carried (a result, a history) is dropped, the record's error
+    history left as it was; the lease the attempt held is released all the same. An entry
+    that was to be dead-lettered as garbage still is, with ``reason``."""
+    log.error("job dead-lettered id=%s queue=%s reason=%s", clean(op.job_id), queue,
+              clean(reason))
+    if op.outcome == "garbage":
+        return SettleOp(op.entry, op.job_id, "garbage", reason, lease=op.lease)
+    return SettleOp(op.entry, op.job_id, "failed", reason, 0, b"", op.lease)
 
 
 def after_attempt(st: Started, outcome: Outcome, decision: Decision, payload: bytes,

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._redis.access import RedisAccessDenied
 from .._redis.cluster import CLUSTER_OUTAGE
 from .._redis.connection import pool_exhausted
 from .._redis.refusals import corrupt_key, not_now
@@ -44,7 +45,9 @@ def transient(exc: BaseException) -> bool:
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """Run one of the worker's loops. An outage is handled inside each loop; anything else
     escaping it is a bug: log it with its traceback and start the loop again after a pause
-    (growing to 30 s), so the worker neither dies nor spins."""
+    (growing to 30 s), so the worker neither dies nor spins. Redis refusing the worker's
+    user (an ACL that lost a command, a password changed: ``RedisAccessDenied``) is no
+    bug: logged in one line naming it, and retried the same way."""
     pause = 1.0
     while True:
         try:
@@ -54,6 +57,9 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             if corrupt_key(exc):  # a data problem, stated by the script: no traceback
                 log.error("the %s loop cannot go on: %s; retrying in %.0f s", name,
                           corrupt_key(exc), pause)
+            elif isinstance(exc, RedisAccessDenied):  # Redis's ACL or password: no traceback
+                log.error("the %s loop cannot go on: %s; retrying in %.0f s", name, exc,
+                          pause)
             else:
                 log.exception("internal error in the %s loop; restarting it in %.0f s", name,
                               pause)
@@ -165,6 +171,16 @@ class Runtime:
     """Set to stop taking jobs and drain."""
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to cut the drain's grace period short (a second interrupt)."""
+    broken: str = ""
+    """Why the worker cannot trust its own machinery, if it cannot: code other than the
+    worker's (a task that cancels every asyncio task) cancelled one of its own tasks. It
+    then stops at once and hands back only the jobs it cancelled: the others stay pending,
+    as a killed worker's do, and run again after the claim timeout, each delivery counted
+    (``serving._cut_short``, ``shutdown._broken_wrap_up``)."""
+    suspects: dict[tuple[str, str], str] = field(default_factory=dict)
+    """When ``broken`` was found: the (queue, entry) and job id of the attempts then running
+    whose task nobody had asked to cancel (the culprit is among them, unless it ended or
+    cancelled itself too). These are left pending; with none, every job is."""
     stopped_at: float = 0.0
     """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -192,6 +208,13 @@ class Runtime:
         over entries idle for half of its own never finds one of ours idle that long."""
         least = self.fleet_least_claim_s or self.config.claim_timeout_s
         return min(least, self.config.claim_timeout_s) / 6
+
+    def bulk_limit(self) -> int | None:
+        """Redis's ``proto-max-bulk-len`` as last read (``Pool._largest_value``, at most once
+        a minute: by the settler, or by an enqueue of a large job through ``ctx.pool``); None
+        until it is read. A value larger than it cannot be sent: Redis refuses the whole
+        call carrying it (and drops the connection)."""
+        return self.pool._bulk_most
 
     @property
     def lease_ms(self) -> int:

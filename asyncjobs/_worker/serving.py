@@ -5,6 +5,14 @@ Shutdown (SIGTERM, SIGINT, ``stop()``, or a drained queue in burst mode): stop r
 running jobs finish within the grace period; cancel the rest; record every outcome; hand
 back every entry still held so other workers take it at once; leave the registry (the
 steps and their bounds: ``shutdown``).
+
+A worker whose own tasks were cancelled by code that is not its own (task code that cancels
+every asyncio task: its settler's task is one only the worker cancels) stops at once too,
+but is no clean shutdown: a hand-back counts neither the attempt nor the delivery, so a job
+that does this would run for ever, on every worker in turn, taking the jobs beside it down
+each time. It records what finished, hands nothing back (the held jobs run again after the
+claim timeout, each delivery counted, as a killed worker's: the poison guard ends such a
+job after ``max_deliveries``), and ``run`` raises ``AsyncJobsError`` saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from anyio.abc import TaskStatus
 
 from .._middleware import compose
 from .._scheduling.scheduler import Scheduler
+from ..exceptions import AsyncJobsError
 from .executor import Executor
 from .fetcher import Group, fetch_loop
 from .reader import AnyReader, reader_for
@@ -63,6 +72,7 @@ async def _run_loops(worker: Worker, rt: Runtime, task_status: TaskStatus[Worker
     wake = {q: asyncio.Event() for q in rt.config.queues}
     reader = reader_for(rt.client, rt.blocking, rt.config.block_ms / 1000 + 10.0)
     settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
+    settling.add_done_callback(partial(_settler_ended, rt, ex, settler))
     watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
     watchdog.start()
     try:
@@ -107,14 +117,56 @@ async def _supervise(worker: Worker, rt: Runtime, ex: Executor, settler: Settler
             # Cancelled from outside (an app's task group, say), before or during a
             # graceful stop: stop at once, but still record what finished and hand back
             # what runs, shielded from the cancel (each step is bounded; one the cancel
-            # cut short is done again, in a hurry).
+            # cut short is done again, in a hurry). Unless task code cancelled the
+            # worker's own tasks (this one among them): then nothing is handed back.
+            _cut_short(rt, ex, settler, settling)
             rt.stopping.set()
             rt.hurry.set()
             with anyio.CancelScope(shield=True):
                 await _wind_down(worker, rt, ex, settler, settling, fetching, fetched,
                                  schedulers)
-            raise
+            if not rt.broken:
+                raise
+            _uncancel()  # (raised below, once the task group is over: not as a group)
         tg.cancel_scope.cancel()
+    if rt.broken:
+        raise _broken(rt)
+
+
+def _cut_short(rt: Runtime, ex: Executor, settler: Settler,
+               settling: asyncio.Task[None]) -> bool:
+    """Whether code that is not the worker's cancelled the settler's task (which only the
+    worker cancels, once it has closed the settler): if so, ``rt.broken`` says so, and
+    ``rt.suspects`` holds the attempts whose tasks were not cancelled (the culprit's
+    among them, unless it ended or cancelled itself too)."""
+    if not rt.broken and not settler.closing and (
+            settling.cancelled() or (not settling.done() and settling.cancelling() > 0)):
+        rt.broken = ("its own asyncio tasks were cancelled by code that is not the "
+                     "worker's (task code that cancels other asyncio tasks?)")
+        rt.suspects = ex.not_cancelled()
+    return bool(rt.broken)
+
+
+def _settler_ended(rt: Runtime, ex: Executor, settler: Settler,
+                   settling: asyncio.Task[None]) -> None:
+    """The settler's task ended: if code other than the worker's cancelled it, the worker
+    cannot record outcomes any more: it stops at once (see the module docstring)."""
+    if _cut_short(rt, ex, settler, settling):
+        rt.hurry.set()
+        rt.stopping.set()
+
+
+def _broken(rt: Runtime) -> AsyncJobsError:
+    return AsyncJobsError(f"worker {rt.consumer} stopped: {rt.broken} (its log names the "
+                          "jobs it left pending)")
+
+
+def _uncancel() -> None:
+    """The cancellation being turned into ``_broken``'s error is consumed here: it was
+    the culprit's, not a request to this run's caller."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
 
 
 async def _wind_down(worker: Worker, rt: Runtime, ex: Executor, settler: Settler,

@@ -21,6 +21,7 @@ checks that these add up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -93,17 +94,22 @@ async def finish_running(rt: Runtime, ex: Executor, *, now: bool) -> None:
              ex.active, grace)
     if not await ex.wait_idle(grace, rt.hurry):
         count = ex.cancel_all("shutdown")
-        log.warning("grace period over: cancelled %d job(s); handing them back", count)
+        log.warning("grace period over: cancelled %d job(s); %s", count,
+                    "handing them back" if not rt.broken else "they run again")
         await ex.wait_idle(CANCEL_WAIT_S)
 
 
 async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
                   settling: asyncio.Task[None]) -> None:
     """Once nothing runs (or what still runs is left behind): record every outcome, then
-    hand back what this worker still holds, both within ``WRAP_UP_S``."""
+    hand back what this worker still holds, both within ``WRAP_UP_S``. A worker whose own
+    tasks task code cancelled (``rt.broken``) runs its settler again if it was cancelled,
+    and hands nothing back (see ``serving``)."""
     ex.leave_behind()
     end = time.monotonic() + WRAP_UP_S
     settler.close(give_up_after_s=WRAP_UP_S)
+    if rt.broken and settling.cancelled():  # what finished is recorded all the same
+        settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
     # A cancel now must not drop what finished (shielded), and a Redis that does not answer
     # must not hold the exit (waited for, not cancelled: a settle may be on its way).
     with anyio.CancelScope(shield=True):
@@ -117,6 +123,8 @@ async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
         log.warning("could not record every finished job within %g s (Redis does not "
                     "answer); held jobs are not handed back: they run again after the claim "
                     "timeout", WRAP_UP_S)
+    elif rt.broken:
+        await _broken_wrap_up(rt, ex, end)
     else:
         with anyio.move_on_after(end - time.monotonic()) as scope:
             await handback(rt, ex)
@@ -127,17 +135,48 @@ async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
     log.info("worker %s stopped", rt.consumer)
 
 
-async def handback(rt: Runtime, ex: Executor) -> None:
+async def _broken_wrap_up(rt: Runtime, ex: Executor, end: float) -> None:
+    """The end of a worker whose own tasks task code cancelled (``rt.broken``): the jobs
+    whose attempts were running and not cancelled (``rt.suspects``: the culprit is among
+    them) stay pending, to run again after the claim timeout, each delivery counted (the
+    poison guard ends a job that does this every time); the others, cancelled beside
+    them, are handed back. Without a suspect (the culprit ended, or cancelled its own task
+    too) nothing is handed back: none can be told from the culprit."""
+    suspects = sorted(job_id for job_id in rt.suspects.values())
+    if suspects:
+        log.error("worker %s stopped at once: %s; job(s) %s, running then, are not handed "
+                  "back: they run again after the claim timeout, each delivery counted (a "
+                  "job that does this every time is dead-lettered after max_deliveries); "
+                  "the jobs it cancelled are handed back", rt.consumer, rt.broken,
+                  ", ".join(clean(job_id) for job_id in suspects))
+        with anyio.move_on_after(end - time.monotonic()) as scope:
+            await handback(rt, ex, leave=set(rt.suspects))
+        if scope.cancelled_caught:
+            log.warning("could not hand back held jobs within %g s (Redis does not answer); "
+                        "they run again after the claim timeout", WRAP_UP_S)
+        return
+    log.error("worker %s stopped at once: %s; the jobs it held are not handed back: they "
+              "run again after the claim timeout, each delivery counted (a job that does "
+              "this every time is dead-lettered after max_deliveries)", rt.consumer,
+              rt.broken)
+    with anyio.move_on_after(end - time.monotonic()), contextlib.suppress(Exception):
+        await unregister(rt)
+
+
+async def handback(rt: Runtime, ex: Executor,
+                   leave: set[tuple[str, str]] | None = None) -> None:
     """Re-add every entry this consumer still holds, so other workers take it at once;
-    keep those whose task body still runs here. Whether an attempt had started (and is not
-    to be counted) is read from the record."""
+    keep those whose task body still runs here, and those of ``leave`` ((queue, entry):
+    left pending on purpose). Whether an attempt had started (and is not to be counted) is
+    read from the record."""
     try:
         for queue, store in rt.stores.items():
             keep = ex.alive_entries(queue)
+            left_pending = sorted(e for q, e in leave or () if q == queue and e not in keep)
             total = 0
             try:
                 for _ in range(_ROUNDS):  # a read served late can add entries: look again
-                    moved, left = await store.handback(rt.consumer, keep)
+                    moved, left = await store.handback(rt.consumer, keep + left_pending)
                     total += moved
                     if not left:
                         break

@@ -62,9 +62,10 @@ def to_job(row: Row, now_ms: int, queues: Collection[str] | None = None) -> tupl
     expires_in = _number(row.expires_in_ms, "expires_in_ms", MAX_SPAN_MS)
     expires_at = _number(row.expires_at_ms, "expires_at_ms", MAX_TIME_MS)
     waited = max(0, now_ms - _number(row.created_at_ms, "created_at_ms", MAX_TIME_MS))
+    left = remaining_expiry(expires_in, waited)
     return queue, NewJob(
         id=job_id, spec=spec, delay_ms=remaining_delay(delay, waited), due_at_ms=due_at,
-        expires_in_ms=remaining_expiry(expires_in, waited), expires_at_ms=expires_at,
+        expires_in_ms=max(0, left), expires_at_ms=PASSED_MS if left < 0 else expires_at,
     )
 
 
@@ -74,13 +75,19 @@ def remaining_delay(delay_ms: int, waited_ms: int) -> int:
     return max(0, delay_ms - waited_ms) if delay_ms > 0 else 0
 
 
+PASSED_MS = 1
+"""An expiry time that has passed for any job (1 ms after the epoch; 0 is none)."""
+
+
 def remaining_expiry(expires_in_ms: int, waited_ms: int) -> int:
-    """What is left of a relative expiry (0 = never expires). One that passed while the row
-    waited becomes 1 ms: the job is written and ends ``expired``, visibly, never silently
-    dropped and never run."""
+    """What is left of a relative expiry: 0 for none (it never expires), -1 for one that
+    passed while the row waited: the job is then written with an expiry time already past
+    (``PASSED_MS``), and ends ``expired``, visibly, never silently dropped and never run
+    (1 ms left would let a worker that takes it within that millisecond run it)."""
     if expires_in_ms <= 0:
         return 0
-    return max(1, expires_in_ms - waited_ms)
+    left = expires_in_ms - waited_ms
+    return left if left > 0 else -1
 
 
 def _queue(value: Any, queues: Collection[str] | None) -> str:
