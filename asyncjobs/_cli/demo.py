@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from rich.console import Console
@@ -178,8 +181,69 @@ async def _running(worker: Worker, url: str | None, factory: ClientFactory | Non
 
 
 async def run_demo(url: str | None, console: Console | None = None) -> bool:
-    """Run the demo; True when every job ended as expected."""
-    console = console or Console()
+    """Run the demo; True when every job ended as expected.
+
+    SIGTERM and SIGHUP (unless ignored) stop it as a Ctrl-C does (asyncio's own handling of
+    SIGINT): the run is cancelled, so that the throwaway redis-server is stopped and its
+    directory removed; then the process ends by that signal, as it would have at once
+    without a handler (143 or 129 in a shell)."""
+    received: list[int] = []
+    with _ending_on(received):
+        try:
+            ok = await _demo(url, console or Console())
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            ok = False
+    if received:
+        _end_by(received[0])
+    return ok
+
+
+@contextlib.contextmanager
+def _ending_on(received: list[int]) -> Iterator[None]:
+    """While in the block, the first SIGTERM or SIGHUP cancels the running task and is
+    added to ``received`` (a later one is only added: the cleanup runs to its end). A signal
+    that is ignored (``nohup``) stays so; off the main thread, or without
+    ``add_signal_handler`` (Windows), nothing is handled."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1 and task is not None:
+            task.cancel()
+
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _end_by(signum: int) -> NoReturn:
+    """End the process by ``signum``'s default action (or, where that does nothing, a
+    container's PID 1, exit 128 + its number, as a shell reports it)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
+
+
+async def _demo(url: str | None, console: Console) -> bool:
     prefix = f"asyncjobs-demo-{secrets.token_hex(3)}"
     with _redis(url, console) as (target, factory):
         worker = Worker(TASKS, concurrency=10, prefix=prefix, shutdown_grace=2, result_ttl=600)

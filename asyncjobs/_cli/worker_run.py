@@ -32,7 +32,7 @@ from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
 from . import entry, supervisor
 from .logs import configure, job_logs
-from .target import load
+from .target import ImportFailed, load
 
 OPTIONS_ENV = "ASYNCJOBS_WORKER_OPTIONS"
 """Set by ``asyncjobs worker`` for the process it execs into; removed at once there, so
@@ -80,6 +80,8 @@ def run(options: Options, *, exiting: bool = False) -> int:
         return _run(options, exiting)
     except (ConfigurationError, SerializationError) as exc:
         print(error_line(str(exc)), file=sys.stderr)
+        if isinstance(exc, ImportFailed):  # then the application's own frames
+            print(exc.details, end="", file=sys.stderr)
         return 2
     except AsyncJobsError as exc:
         print(error_line(str(exc)), file=sys.stderr)

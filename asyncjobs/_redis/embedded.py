@@ -1,17 +1,23 @@
 """A throwaway ``redis-server`` on a free port, for ``asyncjobs demo`` and test suites.
 
 Runs in a temporary directory, with or without an append-only file, and can be killed and
-restarted on the same port (to test outages).
+restarted on the same port (to test outages). On Linux it ends with the process that
+started it, even one killed by SIGKILL (see ``_dying_with``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -102,7 +108,8 @@ class RedisServer:
 
     def _start_once(self, timeout_s: float) -> str:
         self.process = subprocess.Popen(
-            self.arguments(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.arguments(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_dying_with(os.getpid()),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -182,6 +189,34 @@ class RedisServer:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _dying_with(parent: int) -> Callable[[], None] | None:
+    """What makes the server end (SIGTERM) when the process that starts it does, even by
+    SIGKILL, so that no throwaway server is left running (Linux's ``PR_SET_PDEATHSIG``;
+    elsewhere None: nothing). Only for a server started by the main thread: the kernel sends
+    the signal when the *thread* that started the child ends, and the main thread lasts as
+    long as the process. ``prctl`` is looked up here, so the child (between fork and exec)
+    only calls it."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+            threading.main_thread()):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it ended before the prctl: no server
+            os._exit(1)
+
+    return in_child
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class _PortTaken(RuntimeError):
