@@ -7,16 +7,19 @@ on the next worker, which it stopped the same way: after ten restarts it was sti
 with attempts=0, the poison guard never fired, and the job beside it never finished. And
 the process ended with a bare ``CancelledError`` traceback.
 
-Now a worker whose settler task was cancelled by code not its own stops at once, records
-what finished, leaves the job that was running uncancelled (the culprit) pending, so that
-a reclaim counts its delivery (as for a killed worker), hands back the jobs it cancelled,
-and ``run`` raises ``AsyncJobsError`` saying so.
+Now a worker whose settler task was cancelled by a job's code (the job whose attempt runs
+the code that cancels, or a task that code started) stops at once, records what finished,
+leaves that job pending, so that a reclaim counts its delivery (as for a killed worker),
+hands back the jobs it cancelled, and ``run`` raises ``AsyncJobsError`` saying so. The same
+cancels sent by no job's code (the app, the event loop's end) are an ordinary stop: every
+job is handed back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from typing import Any
 
 import pytest
@@ -50,18 +53,32 @@ async def saboteur(ctx: Context) -> str:
         async with asyncio.timeout(5):
             await STATE["innocent_started"].wait()
     me = asyncio.current_task()
-    for task in asyncio.all_tasks():
-        if task not in SPARED and (task is not me or STATE.get("itself")):
-            task.cancel()
+
+    def cancel_all() -> None:
+        for task in asyncio.all_tasks():
+            if task not in SPARED and (task is not me or STATE.get("itself")):
+                task.cancel()
+
+    if STATE.get("from_a_task"):  # a task it started cancels: the same job's code
+        async def helper() -> None:
+            SPARED.add(asyncio.current_task())  # type: ignore[arg-type]
+            cancel_all()
+
+        await asyncio.shield(asyncio.create_task(helper()))
+    elif STATE.get("from_the_loop"):  # no job's code: a callback of the event loop
+        asyncio.get_running_loop().call_soon(cancel_all, context=contextvars.Context())
+    else:
+        cancel_all()
     await asyncio.sleep(0.5)
     return "cancelled everything"
 
 
 async def _sabotaged_run(backend: Backend, pool: asyncjobs.Pool,
-                         caplog: pytest.LogCaptureFixture, itself: bool
+                         caplog: pytest.LogCaptureFixture, itself: bool,
+                         from_a_task: bool = False
                          ) -> tuple[asyncjobs.Job[Any], asyncjobs.Job[Any]]:
     STATE.clear()
-    STATE.update(innocent_started=asyncio.Event(), itself=itself)
+    STATE.update(innocent_started=asyncio.Event(), itself=itself, from_a_task=from_a_task)
     victim = await pool.enqueue(innocent)
     culprit = await pool.enqueue(saboteur)
     me = asyncio.current_task()
@@ -70,7 +87,7 @@ async def _sabotaged_run(backend: Backend, pool: asyncjobs.Pool,
     try:
         worker = backend.worker([innocent, saboteur], claim_timeout=1)
         run = asyncio.create_task(backend.run(worker))
-        with pytest.raises(asyncjobs.AsyncJobsError, match="cancelled by code that is not"):
+        with pytest.raises(asyncjobs.AsyncJobsError, match="cancelled by the code of job"):
             await asyncio.wait_for(run, 15)
     finally:
         SPARED.discard(me)
@@ -79,9 +96,14 @@ async def _sabotaged_run(backend: Backend, pool: asyncjobs.Pool,
     return victim, culprit
 
 
+@pytest.mark.parametrize(("itself", "from_a_task"), [(False, False), (True, False),
+                                                  (False, True)])
 async def test_a_task_that_cancels_the_worker_is_left_pending_and_its_victims_handed_back(
-        backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture) -> None:
-    victim, culprit = await _sabotaged_run(backend, pool, caplog, itself=False)
+        backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture,
+        itself: bool, from_a_task: bool) -> None:
+    """Whether the culprit spares its own task or not, and whether it cancels from its own
+    task or from one it started: the culprit is known, and only it is left pending."""
+    victim, culprit = await _sabotaged_run(backend, pool, caplog, itself, from_a_task)
     # The culprit's entry stays pending, its attempt counted: a reclaim counts its delivery.
     info = await culprit.info()
     assert info.state == JobState.RUNNING and info.attempts == 1
@@ -94,11 +116,25 @@ async def test_a_task_that_cancels_the_worker_is_left_pending_and_its_victims_ha
     assert STATE["innocent_runs"] == 2
 
 
-async def test_a_task_that_cancels_itself_too_leaves_every_job_pending(
+async def test_the_same_cancels_from_no_job_s_code_are_an_ordinary_stop(
         backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture) -> None:
-    """No attempt was left uncancelled: none can be told from the culprit, so nothing is
-    handed back; each runs again after the claim timeout, its delivery counted."""
-    victim, culprit = await _sabotaged_run(backend, pool, caplog, itself=True)
+    """The event loop (or an app) cancelling every task, as ``asyncio.run`` does at its
+    end: the worker stops as when an app cancels it, and hands every job back."""
+    STATE.clear()
+    STATE.update(innocent_started=asyncio.Event(), from_the_loop=True)
+    victim = await pool.enqueue(innocent)
+    culprit = await pool.enqueue(saboteur)
+    me = asyncio.current_task()
+    assert me is not None
+    SPARED.add(me)
+    try:
+        run = asyncio.create_task(backend.run(backend.worker([innocent, saboteur],
+                                                             claim_timeout=1)))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 15)
+    finally:
+        SPARED.discard(me)
+    assert not [r for r in caplog.records if "stopped at once" in r.getMessage()]
     for job in (victim, culprit):
         info = await job.info()
-        assert info.state == JobState.RUNNING and info.attempts == 1, info
+        assert info.state == JobState.QUEUED and info.attempts == 0, info

@@ -21,6 +21,7 @@ jobs back (they run again after the claim timeout, once this process is gone).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -44,6 +45,12 @@ from .settler import ABORTED_INSTEAD, NOT_OURS, SETTLED, Settler
 from .threads import ThreadRunner
 
 log = logging.getLogger("asyncjobs.worker")
+
+RUNNING_JOB: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "asyncjobs_running_job", default=None)
+"""The id of the job whose attempt runs the current code: set in each attempt's task, and
+so in every task or thread its code starts (they copy the context). Tells a cancel sent by
+a job's code from one sent by the app or the event loop (``serving.Settling``)."""
 
 LEFT_BEHIND: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 """Attempt tasks that ignored their cancellation when the worker stopped: the process exits
@@ -99,13 +106,6 @@ class Executor:
         found.update(e for (q, e), r in self.zombies.items()
                      if q == queue and r.holds_entry and r.body_alive())
         return sorted(found)
-
-    def not_cancelled(self) -> dict[tuple[str, str], str]:
-        """The (queue, entry) and job id of the attempts running whose task nobody asked to
-        cancel: neither the worker (which says why: ``cancel_reason``) nor other code."""
-        return {key: r.job_id for key, r in self.running.items()
-                if r.task is not None and not r.task.done() and not r.cancel_reason
-                and not r.task.cancelling()}
 
     def leave_behind(self) -> int:
         """Mark every task whose body still runs as left behind (the process exits without
@@ -221,6 +221,7 @@ class Executor:
         """The attempt, turned into the operation that records it (None: leave the entry
         pending, so the job runs again)."""
         running.entered = True
+        RUNNING_JOB.set(running.job_id)  # (this task's own context: it leaks nowhere)
         try:
             return await self.path.run(running, started)
         except asyncio.CancelledError:

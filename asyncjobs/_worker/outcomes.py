@@ -154,8 +154,8 @@ def unrecordable(op: SettleOp, queue: str, reason: str) -> SettleOp:
     ``reason``; what the op carried (a result, a history) is dropped, the record's error
     history left as it was; the lease the attempt held is released all the same. An entry
     that was to be dead-lettered as garbage still is, with ``reason``."""
-    log.error("job dead-lettered id=%s queue=%s reason=%s", clean(op.job_id), queue,
-              clean(reason))
+    log.error("job dead-lettered id=%s queue=%s reason=%s", clean(safe_str(op.job_id, 200)),
+              queue, clean(reason))
     if op.outcome == "garbage":
         return SettleOp(op.entry, op.job_id, "garbage", reason, lease=op.lease)
     return SettleOp(op.entry, op.job_id, "failed", reason, 0, b"", op.lease)

@@ -172,15 +172,14 @@ class Runtime:
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to cut the drain's grace period short (a second interrupt)."""
     broken: str = ""
-    """Why the worker cannot trust its own machinery, if it cannot: code other than the
-    worker's (a task that cancels every asyncio task) cancelled one of its own tasks. It
-    then stops at once and hands back only the jobs it cancelled: the others stay pending,
-    as a killed worker's do, and run again after the claim timeout, each delivery counted
+    """Why the worker cannot trust its own machinery, if it cannot: a job's code (task code
+    that cancels every asyncio task) cancelled the worker's own tasks. It then stops at
+    once, and hands back every job but that one, which stays pending, as a killed worker's
+    jobs do, and runs again after the claim timeout, its delivery counted
     (``serving._cut_short``, ``shutdown._broken_wrap_up``)."""
     suspects: dict[tuple[str, str], str] = field(default_factory=dict)
-    """When ``broken`` was found: the (queue, entry) and job id of the attempts then running
-    whose task nobody had asked to cancel (the culprit is among them, unless it ended or
-    cancelled itself too). These are left pending; with none, every job is."""
+    """When ``broken`` was found: the (queue, entry) and job id of that job's attempt, if it
+    still ran then. It is left pending."""
     stopped_at: float = 0.0
     """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)

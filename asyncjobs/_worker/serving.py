@@ -6,13 +6,15 @@ running jobs finish within the grace period; cancel the rest; record every outco
 back every entry still held so other workers take it at once; leave the registry (the
 steps and their bounds: ``shutdown``).
 
-A worker whose own tasks were cancelled by code that is not its own (task code that cancels
-every asyncio task: its settler's task is one only the worker cancels) stops at once too,
-but is no clean shutdown: a hand-back counts neither the attempt nor the delivery, so a job
-that does this would run for ever, on every worker in turn, taking the jobs beside it down
-each time. It records what finished, hands nothing back (the held jobs run again after the
-claim timeout, each delivery counted, as a killed worker's: the poison guard ends such a
-job after ``max_deliveries``), and ``run`` raises ``AsyncJobsError`` saying so.
+A worker whose own tasks a job's code cancelled (task code that cancels every asyncio task;
+``Settling`` notes which job's code cancelled the settler's task, which only the worker
+cancels otherwise, once closed) stops at once too, but is no clean shutdown: a hand-back
+counts neither the attempt nor the delivery, so that job would run for ever, on every
+worker in turn, taking the jobs beside it down each time. It records what finished, hands
+back every job but that one (left pending: it runs again after the claim timeout, its
+delivery counted, as a killed worker's jobs do: the poison guard ends it after
+``max_deliveries``), and ``run`` raises ``AsyncJobsError`` saying so. The same cancels from
+no job's code (an app, the event loop's end) are an ordinary stop.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ import asyncio
 import logging
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .._middleware import compose
 from .._scheduling.scheduler import Scheduler
+from .._text import clean, safe_str
 from ..exceptions import AsyncJobsError
-from .executor import Executor
+from .executor import RUNNING_JOB, Executor
 from .fetcher import Group, fetch_loop
 from .reader import AnyReader, reader_for
 from .runtime import Runtime, supervised
@@ -71,7 +74,8 @@ async def _run_loops(worker: Worker, rt: Runtime, task_status: TaskStatus[Worker
               for name, levels in rt.config.groups]
     wake = {q: asyncio.Event() for q in rt.config.queues}
     reader = reader_for(rt.client, rt.blocking, rt.config.block_ms / 1000 + 10.0)
-    settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
+    settling = Settling(settler.run(), loop=asyncio.get_running_loop(),
+                        name="asyncjobs-settler")
     settling.add_done_callback(partial(_settler_ended, rt, ex, settler))
     watchdog = LoopWatchdog(asyncio.get_running_loop(), describe_with(ex.describe))
     watchdog.start()
@@ -133,17 +137,33 @@ async def _supervise(worker: Worker, rt: Runtime, ex: Executor, settler: Settler
         raise _broken(rt)
 
 
+class Settling(asyncio.Task[None]):
+    """The settler's task, which notes which job's code cancelled it, if one did
+    (``executor.RUNNING_JOB`` where ``cancel`` is called): the worker cancels it only
+    once it has closed the settler, and an app or the event loop (``asyncio.run`` at its
+    end) from no job's code."""
+
+    cancelled_by: str | None = None
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        job = RUNNING_JOB.get()
+        if job is not None and self.cancelled_by is None:
+            self.cancelled_by = job
+        return super().cancel(msg)
+
+
 def _cut_short(rt: Runtime, ex: Executor, settler: Settler,
                settling: asyncio.Task[None]) -> bool:
-    """Whether code that is not the worker's cancelled the settler's task (which only the
-    worker cancels, once it has closed the settler): if so, ``rt.broken`` says so, and
-    ``rt.suspects`` holds the attempts whose tasks were not cancelled (the culprit's
-    among them, unless it ended or cancelled itself too)."""
-    if not rt.broken and not settler.closing and (
+    """Whether a job's code cancelled the settler's task (with the worker's others, as
+    task code that cancels every asyncio task does): if so, ``rt.broken`` says so, and
+    ``rt.suspects`` holds that job's attempt, if it still runs. A cancel from anyone else
+    (the app, the event loop's end) is an ordinary stop."""
+    culprit = getattr(settling, "cancelled_by", None)
+    if not rt.broken and culprit is not None and not settler.closing and (
             settling.cancelled() or (not settling.done() and settling.cancelling() > 0)):
-        rt.broken = ("its own asyncio tasks were cancelled by code that is not the "
-                     "worker's (task code that cancels other asyncio tasks?)")
-        rt.suspects = ex.not_cancelled()
+        rt.broken = (f"its own asyncio tasks were cancelled by the code of job "
+                     f"{clean(safe_str(culprit, 200))}")
+        rt.suspects = {key: r.job_id for key, r in ex.running.items() if r.job_id == culprit}
     return bool(rt.broken)
 
 

@@ -217,22 +217,33 @@ class Settler:
                 failure = failure or outcome
                 # it may have run, unless Redis answered it or nothing was sent
                 unknown = not isinstance(outcome, ResponseError) and not pool_exhausted(outcome)
+                # (a value over Redis's limit drops the connection, and the round trip;
+                # a pool with no connection free sent nothing)
+                lost = not isinstance(outcome, ResponseError) and not pool_exhausted(outcome)
                 for item in items:
                     item.resent = item.resent or unknown
-                    # (a value over Redis's limit drops the connection, and the round trip)
-                    big = largest_value(item.op) > SMALLEST_BULK
-                    if big and item.alone and not isinstance(outcome, ResponseError):
+                    big = _may_be_big(item.op) and largest_value(item.op) > SMALLEST_BULK
+                    if big and item.alone and lost:
                         dropped.append(item)
                     item.alone = item.alone or big
                 self._held += items
         if dropped and await self._answers():
+            fresh = []  # replaced now: sent again at once
             for item in dropped:  # Redis answers, but drops the connection this op is on
                 item.dropped += 1
-                if item.dropped >= DROPS and not item.replaced:
+                if item.dropped < DROPS:
+                    continue
+                if item.replaced:  # its failure too (a job id over the limit): no more tries
+                    self._held.remove(item)
+                    _give_up([item], failure or RuntimeError("connection dropped"))
+                else:
                     item.replace(too_large(
-                        largest_value(item.op), None, f"Redis dropped the connection each "
-                        f"of the {DROPS} times it was sent, as it does for such a value"))
-            if all(item.replaced for item in self._held):
+                        largest_value(item.op), self.rt.bulk_limit(),
+                        f"Redis dropped the connection each of the {DROPS} times it was "
+                        "sent, as it does for such a value"))
+                    item.dropped = 0
+                    fresh.append(item)
+            if fresh and all(item in fresh for item in self._held):
                 failure = None  # (sent again at once: no outage)
         if failure is None:
             if wrote:
@@ -292,6 +303,12 @@ class Settler:
         nothing more to try: the jobs are given up (``_give_up``)."""
         if not isinstance(exc, ResponseError) or corrupt_key(exc):
             return False  # (a queue's key of the wrong type refuses every op alike)
+        # Only a value over Redis's limit is an op's own doing; any other refusal (an ACL
+        # that lost a command, a proxy's error reply) would refuse every op alike, and
+        # replacing ops by failures would fail jobs that succeeded: they stay pending.
+        if not any(_may_be_big(item.op) and largest_value(item.op) > SMALLEST_BULK
+                   for item in items):
+            return False
         if len(items) > 1:
             log.warning("Redis refused the settle of %d finished jobs on queue %s (%s); "
                         "recording each on its own", len(items), queue, _reply(exc))
@@ -301,14 +318,10 @@ class Settler:
             self._held += items
             return True
         item, = items
-        if item.replaced:
+        if item.replaced or "protocol error" not in str(exc).lower():
             return False
-        size = largest_value(item.op)
-        if size > SMALLEST_BULK and "protocol error" in str(exc).lower():
-            reason = too_large(size, None, "Redis refused it: protocol error")
-        else:
-            reason = f"Redis refused to record the attempt's outcome: {_reply(exc)}"
-        item.replace(reason)
+        item.replace(too_large(largest_value(item.op), self.rt.bulk_limit(),
+                               "Redis refused it: protocol error"))
         item.resent = True
         self._held.append(item)
         return True

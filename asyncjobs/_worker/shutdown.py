@@ -21,7 +21,6 @@ checks that these add up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -103,11 +102,14 @@ async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
                   settling: asyncio.Task[None]) -> None:
     """Once nothing runs (or what still runs is left behind): record every outcome, then
     hand back what this worker still holds, both within ``WRAP_UP_S``. A worker whose own
-    tasks task code cancelled (``rt.broken``) runs its settler again if it was cancelled,
-    and hands nothing back (see ``serving``)."""
+    tasks a job's code cancelled (``rt.broken``) runs its settler again if it was
+    cancelled, and does not hand that job back (see ``serving``)."""
     ex.leave_behind()
     end = time.monotonic() + WRAP_UP_S
     settler.close(give_up_after_s=WRAP_UP_S)
+    if rt.broken and not settling.done():  # its cancel still on its way: let it land
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([settling], timeout=WRAP_UP_S)
     if rt.broken and settling.cancelled():  # what finished is recorded all the same
         settling = asyncio.create_task(settler.run(), name="asyncjobs-settler")
     # A cancel now must not drop what finished (shielded), and a Redis that does not answer
@@ -136,31 +138,24 @@ async def wrap_up(rt: Runtime, ex: Executor, settler: Settler,
 
 
 async def _broken_wrap_up(rt: Runtime, ex: Executor, end: float) -> None:
-    """The end of a worker whose own tasks task code cancelled (``rt.broken``): the jobs
-    whose attempts were running and not cancelled (``rt.suspects``: the culprit is among
-    them) stay pending, to run again after the claim timeout, each delivery counted (the
-    poison guard ends a job that does this every time); the others, cancelled beside
-    them, are handed back. Without a suspect (the culprit ended, or cancelled its own task
-    too) nothing is handed back: none can be told from the culprit."""
-    suspects = sorted(job_id for job_id in rt.suspects.values())
+    """The end of a worker whose own tasks a job's code cancelled (``rt.broken``): that
+    job's attempt (``rt.suspects``, if it still ran) stays pending, to run again after the
+    claim timeout, its delivery counted (the poison guard ends a job that does this every
+    time); the jobs it cancelled beside it are handed back, as at any stop."""
+    suspects = sorted(rt.suspects.values())
     if suspects:
-        log.error("worker %s stopped at once: %s; job(s) %s, running then, are not handed "
-                  "back: they run again after the claim timeout, each delivery counted (a "
-                  "job that does this every time is dead-lettered after max_deliveries); "
-                  "the jobs it cancelled are handed back", rt.consumer, rt.broken,
-                  ", ".join(clean(job_id) for job_id in suspects))
-        with anyio.move_on_after(end - time.monotonic()) as scope:
-            await handback(rt, ex, leave=set(rt.suspects))
-        if scope.cancelled_caught:
-            log.warning("could not hand back held jobs within %g s (Redis does not answer); "
-                        "they run again after the claim timeout", WRAP_UP_S)
-        return
-    log.error("worker %s stopped at once: %s; the jobs it held are not handed back: they "
-              "run again after the claim timeout, each delivery counted (a job that does "
-              "this every time is dead-lettered after max_deliveries)", rt.consumer,
-              rt.broken)
-    with anyio.move_on_after(end - time.monotonic()), contextlib.suppress(Exception):
-        await unregister(rt)
+        log.error("worker %s stopped at once: %s; that job is not handed back: it runs "
+                  "again after the claim timeout, each delivery counted (a job that does "
+                  "this every time is dead-lettered after max_deliveries); the jobs it "
+                  "cancelled are handed back", rt.consumer, rt.broken)
+    else:
+        log.error("worker %s stopped at once: %s (its attempt had ended); the jobs it "
+                  "cancelled are handed back", rt.consumer, rt.broken)
+    with anyio.move_on_after(end - time.monotonic()) as scope:
+        await handback(rt, ex, leave=set(rt.suspects))
+    if scope.cancelled_caught:
+        log.warning("could not hand back held jobs within %g s (Redis does not answer); "
+                    "they run again after the claim timeout", WRAP_UP_S)
 
 
 async def handback(rt: Runtime, ex: Executor,
