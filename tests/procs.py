@@ -145,12 +145,7 @@ def uvicorn(app: str, env: dict[str, str], *, cwd: Path = ROOT, probe: str = "/d
             base = _wait_for_http(proc, log_path, probe, timeout_s)
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
             log_path.unlink(missing_ok=True)  # a failure has shown its output already
 
 
@@ -174,3 +169,13 @@ def _wait_for_http(proc: subprocess.Popen[bytes], log_path: Path, probe: str,
             raise AssertionError(f"uvicorn did not answer within {timeout_s:g} s:\n"
                                  f"{output[-4000:]}")
         time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM ``proc``, then SIGKILL if it has not ended within 10 s; waits for it."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -40,7 +40,7 @@ from asyncjobs import Context
 from asyncjobs._redis.embedded import RedisServer
 
 from .conftest import Backend, running
-from .procs import ROOT
+from .procs import ROOT, stop
 from .test_outbox import database, greet
 
 pytestmark = [pytest.mark.slow]
@@ -309,12 +309,7 @@ def dashboard(real: Backend, directory: Path, *args: str) -> Iterator[Dashboard]
             assert httpx.get(f"{site.base}/", timeout=10).status_code == 200
             yield site
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -38,6 +38,7 @@ from asyncjobs._routing import Priority
 
 from .conftest import Backend, running
 from .procs import run_cli
+from .test_backpressure import length
 
 ran: list[tuple[str, str, int]] = []
 
@@ -51,16 +52,6 @@ async def note(ctx: Context, n: int) -> int:
 @asyncjobs.task(max_tries=1)
 async def doomed(ctx: Context, n: int) -> None:
     raise ValueError(f"doomed {n}")
-
-
-async def length(pool: asyncjobs.Pool, queue: str) -> int:
-    """The length Backpressure counts: XLEN of the stream plus ZCARD of the delayed set."""
-    keys = pool.keys(queue)
-    pipe = pool.client.pipeline(transaction=True)
-    pipe.xlen(keys.stream)
-    pipe.zcard(keys.delayed)
-    stream, delayed = await pipe.execute()
-    return int(stream) + int(delayed)
 
 
 # -- Dedup is per queue, and per priority level --------------------------------------------
