@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .._text import safe_str
+from .._text import class_name, safe_str
 from ..exceptions import ConfigurationError
 
 _SHOWN_CHARS = 500
@@ -69,12 +69,10 @@ def _failed(module_name: str, exc: Exception) -> ImportFailed:
     import traceback
 
     kind = type(exc)
-    try:
-        name = kind.__qualname__
-        if kind.__module__ not in ("builtins", "__main__"):
-            name = f"{kind.__module__}.{name}"
-    except Exception:  # a metaclass's own code
-        name = "exception"
+    name = class_name(kind, "__qualname__")
+    module = class_name(kind, "__module__")
+    if module not in ("builtins", "__main__"):
+        name = f"{module}.{name}"
     text = safe_str(exc, _SHOWN_CHARS)
     line = f"cannot import {module_name!r}: {name}: {text}" if text else (
         f"cannot import {module_name!r}: {name}")
