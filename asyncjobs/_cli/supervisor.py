@@ -23,8 +23,9 @@ Ctrl-C reaches the supervisor alone, which forwards it once), then:
   no child; a child still running ``grace + STOP_MARGIN_S`` after the stop is killed; and
   a child whose supervisor died (even by SIGKILL) gets SIGTERM, so no worker is ever left
   orphaned;
-- in burst mode a child that exits 0 is done and not restarted; the supervisor exits when
-  all are.
+- in burst mode a child that exits 0 is done and not restarted, and so is one that exits 1
+  (an error it has logged, such as a queue it cannot drain; the supervisor then exits 1);
+  the supervisor exits when all are.
 
 A child says it has loaded the application (``<pid> loaded``), then that it is ready
 (``<pid>``), each a line on a pipe whose write end it inherits (its fd number in
@@ -196,7 +197,9 @@ class Supervisor:
         if slot.proc is not None and (rc := slot.proc.poll()) is not None:
             self._hear()  # a notice written just before the exit
             slot.proc, ready, slot.ready = None, slot.ready, False
-            if self._stop_at is not None or (self.burst and rc == 0):
+            if self._stop_at is not None or (self.burst and rc in (0, 1)):
+                # (burst: exit 1 is an error the process has said in one line, such as a
+                # queue it cannot drain: run again, it would say it again)
                 slot.done = True
                 return 0 if rc in _CLEAN else 1
             if rc == 2:

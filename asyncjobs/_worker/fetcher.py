@@ -129,7 +129,10 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             await asyncio.sleep(0)
         await watch.settle(rt.client)  # after the start: the batch is not held up
         if cfg.burst and found_none and await _drained(rt, ex):
-            log.info("burst: queues %s are drained", ", ".join(g.name for g in groups))
+            if rt.undrained:
+                log.error("%s", rt.undrained)
+            else:
+                log.info("burst: queues %s are drained", ", ".join(g.name for g in groups))
             return
 
 
@@ -343,5 +346,15 @@ async def _drained(rt: Runtime, ex: Executor) -> bool:
         pipe.zcard(store.keys.delayed)
         pipe.xlen(store.keys.stream)
     counts = await pipe.execute(raise_on_error=False)
-    # a key Redis refuses (of the wrong type) holds nothing any worker could run
-    return all(n == 0 or (isinstance(n, ResponseError) and refused(n)) for n in counts)
+    keys = [k for store in rt.stores.values() for k in (store.keys.delayed, store.keys.stream)]
+    unreadable = []
+    for key, n in zip(keys, counts, strict=True):
+        if isinstance(n, ResponseError) and refused(n):
+            # holds nothing any worker could run, but the queue is not drained either
+            unreadable.append(f"{key} ({clean(str(n).splitlines()[0][:200])})")
+        elif n != 0:
+            return False
+    if unreadable:
+        rt.undrained = ("burst: not drained, Redis refuses to read "
+                        + ", ".join(unreadable))
+    return True

@@ -180,6 +180,10 @@ class Runtime:
     suspects: dict[tuple[str, str], str] = field(default_factory=dict)
     """When ``broken`` was found: the (queue, entry) and job id of that job's attempt, if it
     still ran then. It is left pending."""
+    undrained: str = ""
+    """Burst mode: why the run ended with a queue not drained, if it did (a key of one of
+    its queues that Redis refuses to read: a stream holding a string, say). ``run`` then
+    raises ``AsyncJobsError`` saying so, once everything else is drained and settled."""
     stopped_at: float = 0.0
     """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)

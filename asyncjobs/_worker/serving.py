@@ -135,6 +135,8 @@ async def _supervise(worker: Worker, rt: Runtime, ex: Executor, settler: Settler
         tg.cancel_scope.cancel()
     if rt.broken:
         raise _broken(rt)
+    if rt.undrained:
+        raise AsyncJobsError(rt.undrained)
 
 
 class Settling(asyncio.Task[None]):
