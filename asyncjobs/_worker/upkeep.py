@@ -19,13 +19,14 @@ from .._redis import scripts as _scripts
 from .._redis.cluster import is_cluster
 from .._redis.keys import VACATED, GlobalKeys
 from .._redis.pubsub import RESUBSCRIBED, Subscriber, pubsub_for
+from .._redis.refusals import corrupt_key
 from .._redis.store import QueueStore
 from .._redis.store import touched as touched_reply
 from .._redis.values import Delivery
 from .._text import clean, safe_str
 from .._version import __version__
 from .executor import Executor
-from .runtime import OUTAGE_ERRORS, Runtime, transient
+from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -51,6 +52,7 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
     refresh interval (sooner after one failed in an outage, or when ``touch_now`` is set),
     without waiting for the one before to be answered (``TOUCHES_IN_FLIGHT``)."""
     rounds: set[asyncio.Task[bool]] = set()
+    refusing: set[str] = set()
     next_at = time.monotonic() + rt.keepalive_every_s
     try:
         while True:
@@ -66,7 +68,7 @@ async def keepalive_loop(rt: Runtime, ex: Executor) -> None:
                 rt.touch_now.clear()
                 next_at = now + rt.keepalive_every_s
                 if len(rounds) < TOUCHES_IN_FLIGHT:
-                    rounds.add(asyncio.ensure_future(_touch_round(rt, ex)))
+                    rounds.add(asyncio.ensure_future(_touch_round(rt, ex, refusing)))
     finally:
         for task in rounds:
             task.cancel()
@@ -86,9 +88,13 @@ async def _turn(now_wanted: asyncio.Event, rounds: set[asyncio.Task[bool]],
         waiter.cancel()
 
 
-async def _touch_round(rt: Runtime, ex: Executor) -> bool:
+async def _touch_round(rt: Runtime, ex: Executor, refusing: set[str]) -> bool:
     """One touch of every queue this worker holds entries on, and what its answers say
-    done; False if a queue's touch failed for an outage. Raises any other failure."""
+    done; False if a queue's touch failed for an outage. A queue whose keys Redis refuses
+    (its stream overwritten by a string, say) is logged in one line while it does (its
+    name kept in ``refusing``), and the others' touches stand: raising would pause every
+    queue's keep-alive, and other workers would take over their jobs, running them twice.
+    Raises any other failure."""
     touched = [(queue, store, held) for queue, store in rt.stores.items()
                if (held := ex.to_touch(queue))]
     if not touched:
@@ -108,12 +114,22 @@ async def _touch_round(rt: Runtime, ex: Executor) -> bool:
     ok = True
     for (queue, _, _), result in zip(touched, results, strict=True):
         if isinstance(result, BaseException):
+            if refused(result):
+                if queue not in refusing:
+                    refusing.add(queue)
+                    log.error("queue %s: the jobs this worker runs from it cannot be kept "
+                              "alive (%s); its other queues go on", queue,
+                              corrupt_key(result) or clean(str(result).splitlines()[0][:300]))
+                continue
             if not isinstance(result, Exception) or not transient(result):
                 failure = failure or result
                 continue
             rt.outage.failed(result, "keep-alive")
             ok = False
             continue
+        if queue in refusing:
+            refusing.discard(queue)
+            log.warning("queue %s: its jobs are kept alive again", queue)
         lost, aborted = result
         for entry in lost:
             _lost(ex, queue, entry)
