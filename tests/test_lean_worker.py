@@ -76,7 +76,7 @@ WORKER_MODULES = frozenset({
     "asyncjobs._worker.waiting",
     "asyncjobs._worker.upkeep", "asyncjobs._worker.watch", "asyncjobs._worker.watchdog",
     "asyncjobs._worker.worker", "asyncjobs._worker.serving", "asyncjobs._worker.startup",
-    "asyncjobs._worker.lifespan",
+    "asyncjobs._worker.lifespan", "asyncjobs._worker.stop_signals",
     "asyncjobs.exceptions",
 })
 """Every asyncjobs module a running worker (no cron job, no metrics port) may have imported.

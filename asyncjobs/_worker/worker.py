@@ -37,6 +37,7 @@ from .._routing import level_queue, parse_queues
 from .._scheduling.declare import CronJob
 from .._task import Task, as_task
 from ..exceptions import ConfigurationError
+from . import stop_signals
 from .config import WorkerConfig
 from .lifespan import held
 from .loop import frozen, run_in_new_loop
@@ -270,9 +271,12 @@ class Worker:
 
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        kept = asyncio.ensure_future(stop_signals.keep(
+            loop, {signal.SIGTERM: self.stop, signal.SIGINT: on_interrupt}))
         try:
             await self._run(redis_url, None, task_status, owns_process=True)
         finally:
+            kept.cancel()
             while True:
                 try:
                     for signum in SIGNALS:
