@@ -41,7 +41,7 @@ from .._codec import encode_spec
 from .._durations import Seconds, to_seconds
 from .._model import JobSpec, to_ms
 from .._redis.cluster import CLUSTER_OUTAGE
-from .._redis.connection import pool_exhausted
+from .._redis.connection import pool_exhausted, tls_hint
 from .._redis.kept import new_job_ids
 from .._redis.keys import GlobalKeys, Keys, check_name
 from .._redis.refusals import not_now, reply_code
@@ -245,6 +245,7 @@ class Pool:
                     raise RedisUnavailable(
                         f"Redis unavailable for {self.retry_for_s:g} s "
                         f"({self.description}): {_reason(exc)}"
+                        f"{tls_hint(self.description, exc)}"
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exceptions import ConfigurationError
 from .cluster import is_cluster_url, make_cluster, parse_cluster_url
@@ -155,6 +156,18 @@ def redact(url: str) -> str:
     query = "&".join(f"{quote(k, safe='')}=***" if k in _SECRET_OPTIONS else
                      f"{quote(k, safe='')}={quote(v, safe='/')}" for k, v in options)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def tls_hint(where: str, exc: BaseException) -> str:
+    """What to add to ``exc``'s text when ``where`` (a redacted URL) asks for TLS and
+    connecting timed out: the likely cause, a server without TLS on that port, which takes
+    the handshake's first bytes for a command it waits to see the end of and never answers
+    (redis-py only says "Timeout connecting to server"); else ''."""
+    if isinstance(exc, (TimeoutError, RedisTimeoutError)) \
+            and where.lower().startswith("rediss") and "connecting" in str(exc):
+        return (" (the URL asks for TLS: a server that does not speak TLS on that port "
+                "never answers its handshake; for a plain port, use redis://)")
+    return ""
 
 
 def pool_exhausted(exc: BaseException) -> bool:

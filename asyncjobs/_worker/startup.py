@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from .._producer.pool import Pool
+from .._redis.connection import tls_hint
 from .._redis.health import judge, read_settings
 from .._redis.keys import Keys
 from .._redis.pubsub import sharded_pubsub
@@ -98,7 +99,8 @@ async def _connect(client: Any, where: str) -> str:
     try:
         await client.ping()
     except OUTAGE_ERRORS as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {exc}{tls_hint(where, exc)}"
+                               ) from exc
     except ResponseError as exc:
         if not not_now(exc):
             raise
