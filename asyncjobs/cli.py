@@ -29,8 +29,18 @@ from ._cli import loader as _loader
 from ._cli import ops, supervisor, worker_run
 from ._cli.loader import callback as checked
 from ._cli.loader import prefix_option, queues_option, seconds_option
-from ._cli.logs import JobLogs, LogFormat, LogLevel, configure
-from ._cli.options import AllowEviction, AsJson, Prefix, Queue, Queues, RedisUrl
+from ._cli.logs import JobLogs, LogFormat, LogLevel, configure, held
+from ._cli.options import (
+    AllowEviction,
+    AsJson,
+    JobLogsOption,
+    LogFormatOption,
+    LogLevelOption,
+    Prefix,
+    Queue,
+    Queues,
+    RedisUrl,
+)
 from ._cli.render import (
     Command,
     Group,
@@ -96,13 +106,9 @@ def worker(
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
     grace: Annotated[float | None, typer.Option("--grace", callback=seconds_option("grace"),
                                                 help="Shutdown grace period, seconds.")] = None,
-    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False,
-                                                help="How much to log.")] = LogLevel.INFO,
-    log_format: Annotated[LogFormat, typer.Option(
-        "--log-format", help="Lines of text, or one JSON object per line.")] = LogFormat.TEXT,
-    job_logs: Annotated[JobLogs, typer.Option(
-        "--job-logs", help="Per-job lines: both (start and end), end (one per attempt), "
-        "failures (only attempts that did not complete).")] = JobLogs.BOTH,
+    log_level: LogLevelOption = LogLevel.INFO,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    job_logs: JobLogsOption = JobLogs.BOTH,
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
     allow_eviction: AllowEviction = False,
     metrics_port: Annotated[int | None, typer.Option(
@@ -127,10 +133,11 @@ def worker(
 
 
 def _processes_option(value: str) -> str:
+    """``--processes`` checked where it is parsed (``supervisor.processes``' rule)."""
     try:
         supervisor.processes(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: a number of processes (1 to "
+        raise typer.BadParameter(f"{_loader.shown(value)}: a number of processes (1 to "
                                  f"{supervisor.MAX_PROCESSES}), or auto") from None
     return value
 
@@ -158,10 +165,17 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+_POOL_LOGGER = "asyncjobs.pool"
+"""``create_pool``'s logger: its warnings (Redis hides its settings) are held until an
+operation succeeds, and dropped when it fails (see ``_run``)."""
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one operation; asyncjobs' errors become one line (exit 2 for usage errors)."""
+    """Run one operation; asyncjobs' errors become one line (exit 2 for usage errors), the
+    only line of a failed operation: what the pool logged is shown when it succeeds."""
     try:
-        return asyncio.run(coro)
+        with held(_POOL_LOGGER):
+            return asyncio.run(coro)
     except (ConfigurationError, SerializationError) as exc:
         fail(str(exc), 2)
     except AsyncJobsError as exc:
@@ -287,7 +301,7 @@ def enqueue(
     """Enqueue a job by task name, with JSON arguments."""
     try:
         args = [_loader.json_value(a, "--arg") for a in arg or []]
-        kwargs = dict(_loader.keyword(k) for k in kwarg or [])
+        kwargs = _loader.keywords(kwarg or [])
     except ConfigurationError as exc:
         fail(str(exc), 2)
     if job_id is not None:

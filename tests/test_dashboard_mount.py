@@ -128,7 +128,8 @@ def test_the_command_refuses_bad_options() -> None:
     assert "pw" not in bad_url.stderr
     bad_refresh = run_cli("dashboard", "--refresh", "0.01", "--redis-url", "redis://x:1/0")
     assert bad_refresh.returncode == 2
-    assert bad_refresh.stderr.startswith("asyncjobs: error: refresh_s must be between")
+    assert bad_refresh.stderr.startswith(
+        "asyncjobs: error: Invalid value for '--refresh': refresh must be between")
     assert "dashboard" in run_cli("--help").stdout
 
 

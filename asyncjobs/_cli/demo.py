@@ -23,6 +23,7 @@ import anyio
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .._context import Context
 from .._model import JobState
@@ -35,6 +36,7 @@ from .._redis.embedded import RedisServer, redis_server_path
 from .._task import task
 from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError
+from .render import safe
 
 NO_REDIS = ("the demo needs a Redis: no redis-server on PATH and no in-memory fake Redis; "
             "install redis-server (apt-get install redis-server, brew install redis) or "
@@ -155,11 +157,11 @@ def _table(rows: list[Row], title: str) -> Table:
 @contextlib.contextmanager
 def _redis(url: str | None, console: Console) -> Iterator[tuple[str | None, ClientFactory | None]]:
     if url:
-        console.print(f"Using Redis at {redact(url)}")
+        console.print(Text(safe(f"Using Redis at {redact(url)}")))  # never markup
         yield url, None
     elif redis_server_path():
         with RedisServer() as server:
-            console.print(f"Started a throwaway redis-server at {server.url}")
+            console.print(Text(f"Started a throwaway redis-server at {server.url}"))
             yield server.url, None
     elif _fake.available():
         console.print("No redis-server on PATH: using an in-memory fake Redis (fakeredis)")

@@ -9,6 +9,7 @@ prints as ``asyncjobs: error: ...`` with exit 2. Nothing here talks to Redis.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ def redis_url(url: str) -> str:
     Cluster URL (``redis+cluster://host:7000,host2:7001``)."""
     if not url.lower().startswith(URL_SCHEMES):
         raise ConfigurationError(
-            f"{_shown(shown_url(url))} is not a Redis URL: use redis://host:port/db, "
+            f"{shown(shown_url(url))} is not a Redis URL: use redis://host:port/db, "
             "rediss://host:port/db for TLS, unix:///path/to/redis.sock, "
             "redis+sentinel://host:26379,host2:26379/service/db, or "
             "redis+cluster://host:7000,host2:7001"
@@ -43,7 +44,7 @@ def redis_url(url: str) -> str:
     try:
         check_url(url)
     except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {_shown(shown_url(url))}: {exc}") from exc
+        raise ConfigurationError(f"bad Redis URL {shown(shown_url(url))}: {exc}") from exc
     return url
 
 
@@ -66,28 +67,62 @@ def seconds(value: float, what: str) -> float:
 
 
 def json_value(text: str, what: str) -> Any:
-    """``text`` parsed as JSON, for ``--arg`` and ``--kwarg``."""
+    """``text`` parsed as JSON, for ``--arg`` and ``--kwarg``.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (Python's JSON) are taken: a job's arguments are
+    msgpack floats, which carry them exactly to the task. A number written out that is too
+    large for a float (``1e999``) is refused: Python would read it as infinity, which is
+    not what was written."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=lambda number: _finite(number, what, text))
     except json.JSONDecodeError as exc:
         raise ConfigurationError(
-            f"{what} {_shown(text)} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'"
+            f"{what} {shown(text)} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'"
         ) from None
     except RecursionError:
         raise ConfigurationError(
-            f"{what} {_shown(text)} is nested too deeply to be a job argument"
+            f"{what} {shown(text)} is nested too deeply to be a job argument"
         ) from None
 
 
+def _finite(number: str, what: str, text: str) -> float:
+    """A JSON number of ``text`` as a float; ``ConfigurationError`` when it is beyond a
+    float's range."""
+    value = float(number)
+    if math.isinf(value):
+        meant = "-Infinity" if value < 0 else "Infinity"
+        raise ConfigurationError(
+            f"{what} {shown(text)}: the number {shown(number)} is beyond a float's range "
+            f"(it would be {meant}; write {meant} if that is meant)")
+    return value
+
+
 def keyword(text: str) -> tuple[str, Any]:
-    """``name=JSON`` (a ``--kwarg``) as a name and a value."""
+    """``name=JSON`` (a ``--kwarg``) as a name and a value; the name must be a Python
+    identifier (a task's parameter name: ``1x`` or ``x `` could never match one)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigurationError(f"--kwarg {_shown(text)}: expected name=JSON")
+        raise ConfigurationError(f"--kwarg {shown(text)}: expected name=JSON")
+    if not key.isidentifier():
+        raise ConfigurationError(
+            f"--kwarg {shown(text)}: {shown(key)} is not a Python identifier, so no task "
+            "parameter has that name")
     return key, json_value(value, f"--kwarg {key}")
 
 
-def _shown(text: str) -> str:
+def keywords(texts: list[str]) -> dict[str, Any]:
+    """Every ``--kwarg`` as a dict; a name given twice is refused, as Python refuses a
+    repeated keyword argument (the last one would silently win)."""
+    found: dict[str, Any] = {}
+    for text in texts:
+        key, value = keyword(text)
+        if key in found:
+            raise ConfigurationError(f"--kwarg {key} is given twice")
+        found[key] = value
+    return found
+
+
+def shown(text: str) -> str:
     """``text`` quoted for an error line (``repr``: one line), cut when long."""
     if len(text) > _SHOWN_CHARS:
         return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"

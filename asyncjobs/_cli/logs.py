@@ -13,6 +13,7 @@ stream that stops taking text (a full pipe) never blocks the logging call: see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -21,11 +22,12 @@ import sys
 import time
 import traceback
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TextIO
 
-from .._text import safe_str
+from .._text import clean, safe_str
 from ..exceptions import ConfigurationError
 from .log_output import MOST_BYTES, Output
 
@@ -133,14 +135,33 @@ def _context_value(value: object) -> object:
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+BANNER_LOGGER = "asyncjobs.worker.banner"
+"""The logger of the worker's start-up banner (``_worker.startup.banner``; named here so the
+command line's log set-up imports no worker code)."""
+
+
 class TextFormatter(logging.Formatter):
     """``TEXT_FORMAT``, with the time's text (local time, to the millisecond, as
-    ``logging.Formatter`` writes it) built once a second instead of once a line."""
+    ``logging.Formatter`` writes it) built once a second instead of once a line.
 
-    def __init__(self) -> None:
+    The lines of the loggers ``literal`` (the worker's banner: ``BANNER_LOGGER``), which
+    show what the command line and the application gave (the prefix, queue, task and cron
+    names), are literal text: a control character in them is written as an escape
+    (``\\x1b``, ``\\n``), so it cannot restyle the terminal or start a line of its own."""
+
+    def __init__(self, literal: frozenset[str] = frozenset({BANNER_LOGGER})) -> None:
         super().__init__(TEXT_FORMAT)
+        self.literal = literal
+        """The names of the loggers whose messages are escaped."""
         self._second = -1
         self._text = ""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line, the message of a ``literal`` logger escaped (``format`` set
+        ``record.message`` just before, as each formatter does)."""
+        if record.name in self.literal and not record.message.isprintable():
+            record.message = clean(record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """The record's time as ``logging.Formatter`` writes it (``datefmt`` is not used)."""
@@ -308,6 +329,36 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Holding(logging.Handler):
+    """Keeps the records it is handed (``held``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held(name: str) -> Iterator[None]:
+    """Hold back what the logger ``name`` logs while the block runs: logged as usual when
+    the block ends, dropped when it raises. A one-shot command then prints only its error
+    line when it fails (``create_pool``'s warning that Redis hides its settings, before
+    the command is refused, is noise), and the warning when it succeeds."""
+    logger = logging.getLogger(name)
+    holding, propagate = _Holding(), logger.propagate
+    logger.addHandler(holding)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(holding)
+        logger.propagate = propagate
+    for record in holding.records:  # (only when the block did not raise)
+        logger.handle(record)
 
 
 def check_level(level: str) -> str:

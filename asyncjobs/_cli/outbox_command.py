@@ -17,7 +17,7 @@ import typer
 from ..exceptions import AsyncJobsError, ConfigurationError
 from . import loader
 from .logs import LogFormat, LogLevel, configure
-from .options import Prefix, RedisUrl
+from .options import LogFormatOption, LogLevelOption, Prefix, RedisUrl
 from .render import Command
 
 if TYPE_CHECKING:
@@ -72,10 +72,8 @@ def outbox_relay(
     lease: Annotated[bool, typer.Option(
         "--lease/--no-lease", help="Relay only while holding the outbox's lease (one relay "
                                    "at a time among workers and relays).")] = True,
-    log_level: Annotated[LogLevel, typer.Option("--log-level", case_sensitive=False,
-                                                help="How much to log.")] = LogLevel.INFO,
-    log_format: Annotated[LogFormat, typer.Option(
-        "--log-format", help="Lines of text, or one JSON object per line.")] = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
+    log_format: LogFormatOption = LogFormat.TEXT,
     uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Use uvloop.")] = True,
 ) -> None:
     """Move committed outbox rows to Redis until SIGTERM/SIGINT."""

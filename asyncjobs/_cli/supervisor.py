@@ -340,12 +340,16 @@ its ~40 MiB)."""
 
 
 def processes(value: str) -> int:
-    """``--processes``: a number of processes (1 to ``MAX_PROCESSES``), or 'auto' for one per
-    CPU this process may run on (its affinity: a container's cpuset, ``taskset``)."""
-    if value == "auto":
+    """``--processes``: a number of processes (1 to ``MAX_PROCESSES``, in ASCII digits only:
+    no sign, space, underscore or other script's digits), or 'auto' in any case for one per
+    CPU this process may run on (its affinity: a container's cpuset, ``taskset``);
+    ``ValueError`` otherwise."""
+    if value.lower() == "auto":
         usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         return min(MAX_PROCESSES, len(usable) if usable else os.cpu_count() or 1)
-    count = int(value)
+    if not (value.isascii() and value.isdigit()):  # int() takes " 2", "+2", "1_0", other digits
+        raise ValueError(f"--processes takes a number or auto, not {value!r:.40}")
+    count = int(value)  # (ValueError past 4300 digits, as Python caps int() of text)
     if not 1 <= count <= MAX_PROCESSES:
         raise ValueError(f"--processes must be 1 to {MAX_PROCESSES} (or auto)")
     return count

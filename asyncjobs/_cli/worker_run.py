@@ -31,7 +31,7 @@ from .._worker.loop import run_in_new_loop
 from .._worker.worker import Worker
 from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
 from . import entry, supervisor
-from .logs import configure, job_logs
+from .logs import BANNER_LOGGER, configure, job_logs
 from .target import ImportFailed, load
 
 OPTIONS_ENV = "ASYNCJOBS_WORKER_OPTIONS"
@@ -92,7 +92,7 @@ def _run(options: Options, exiting: bool) -> int:
     configure(options.log_level, options.log_format)
     job_logs(options.job_logs)
     if os.environ.get(supervisor.INDEX_ENV, "0") != "0":  # one banner per supervisor
-        logging.getLogger("asyncjobs.worker.banner").setLevel(logging.ERROR)
+        logging.getLogger(BANNER_LOGGER).setLevel(logging.ERROR)
     runner = _worker(options.target, options.changes)
     count, metrics_port = options.processes, options.metrics_port
     if count > 1:

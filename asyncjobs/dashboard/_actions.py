@@ -86,7 +86,9 @@ def refuse(status: int, message: str) -> JSONResponse:
 
 
 async def parse(request: Request, needs_ids: bool) -> tuple[str, list[str]]:
-    """The queue and job ids of an action's body; ``ValueError`` says what is wrong."""
+    """The queue and job ids of an action's body, each id once (in the order given: an id
+    repeated would be counted twice, as aborted and as already ended); ``ValueError`` says
+    what is wrong."""
     body = await request.body()
     if len(body) > MAX_BODY:
         raise ValueError("the request is too large")
@@ -105,7 +107,7 @@ async def parse(request: Request, needs_ids: bool) -> tuple[str, list[str]]:
         raise ValueError("ids must be a list of job ids")
     if needs_ids and not 1 <= len(ids) <= MAX_LIMIT:
         raise ValueError(f"give between 1 and {MAX_LIMIT} job ids")
-    return queue, [check_job_id(i) for i in ids]
+    return queue, list(dict.fromkeys(check_job_id(i) for i in ids))
 
 
 async def run(request: Request, pool: Callable[[], Awaitable[Pool]], name: str,

@@ -178,15 +178,15 @@ PATHS = {"overview": "/", "queue": "/queue", "dead": "/dead", "job": "/job",
          "workers": "/workers", "crons": "/crons", "search": "/search"}
 
 
-def _refresh_seconds(refresh_s: object) -> float:
+def _refresh_seconds(refresh_s: object, what: str = "refresh_s") -> float:
     """``refresh_s`` in seconds (a number or a ``timedelta``), from 0.2 s to 1 h;
-    ``ValueError`` naming it otherwise (a bool is not a number of seconds here)."""
+    ``ValueError`` naming it ``what`` otherwise (a bool is not a number of seconds here)."""
     seconds = None
     if isinstance(refresh_s, int | float | timedelta) and not isinstance(refresh_s, bool):
         with contextlib.suppress(ValueError):  # NaN, inf, negative: the message below
-            seconds = to_seconds(refresh_s, "refresh_s")
+            seconds = to_seconds(refresh_s, what)
     if seconds is None or not 0.2 <= seconds <= 3600:
-        raise ValueError(f"refresh_s must be between 0.2 and 3600 seconds, not "
+        raise ValueError(f"{what} must be between 0.2 and 3600 seconds, not "
                          f"{refresh_s!r:.80}")
     return seconds
 
