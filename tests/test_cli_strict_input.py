@@ -225,6 +225,10 @@ def test_the_text_formatter_escapes_control_characters_of_banner_lines() -> None
     assert line(BANNER_LOGGER, "a\x1b[31mb\\c").endswith("prefix a\\x1b[31mb\\\\c")
     assert line(BANNER_LOGGER, "[bold]x\\y").endswith("prefix [bold]x\\y")  # printable
     assert line("app.logger", "a\x1b[31mb").endswith("prefix a\x1b[31mb")  # not ours
+    # every asyncjobs line: the worker's "ready: queues=..." names the queues too
+    assert line("asyncjobs.worker", "q\x1b[2J").endswith("prefix q\\x1b[2J")
+    assert line("asyncjobs", "q\n2").endswith("prefix q\\n2")
+    assert line("asyncjobsx", "q\n2").endswith("prefix q\n2")  # another package's
 
 
 def test_the_worker_banner_shows_the_prefix_and_queues_literally(

@@ -144,22 +144,26 @@ class TextFormatter(logging.Formatter):
     """``TEXT_FORMAT``, with the time's text (local time, to the millisecond, as
     ``logging.Formatter`` writes it) built once a second instead of once a line.
 
-    The lines of the loggers ``literal`` (the worker's banner: ``BANNER_LOGGER``), which
-    show what the command line and the application gave (the prefix, queue, task and cron
-    names), are literal text: a control character in them is written as an escape
-    (``\\x1b``, ``\\n``), so it cannot restyle the terminal or start a line of its own."""
+    The lines of the loggers ``literal`` and their children (asyncjobs' own: the banner,
+    ``BANNER_LOGGER``, and every worker line), which show what the command line, the
+    application and Redis gave (the prefix, queue, task and cron names, ids), are literal
+    text: a control character in them is written as an escape (``\\x1b``, ``\\n``), so
+    it cannot restyle the terminal or start a line of its own (a traceback still follows
+    its line)."""
 
-    def __init__(self, literal: frozenset[str] = frozenset({BANNER_LOGGER})) -> None:
+    def __init__(self, literal: tuple[str, ...] = ("asyncjobs",)) -> None:
         super().__init__(TEXT_FORMAT)
         self.literal = literal
-        """The names of the loggers whose messages are escaped."""
+        """The names of the loggers whose messages (and their children's) are escaped."""
         self._second = -1
         self._text = ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line, the message of a ``literal`` logger escaped (``format`` set
         ``record.message`` just before, as each formatter does)."""
-        if record.name in self.literal and not record.message.isprintable():
+        if not record.message.isprintable() and any(
+                record.name == name or record.name.startswith(f"{name}.")
+                for name in self.literal):
             record.message = clean(record.message)
         return super().formatMessage(record)
 
