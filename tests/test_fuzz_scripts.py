@@ -1792,6 +1792,8 @@ async def check_requeue(env: Env, batch: Sequence[Case], data: st.DataObject) ->
             assert state == "unreadable"
         elif rec is None or b"s" not in rec.content:
             assert state == "missing"
+        elif rec.content[b"s"] == b"queued":
+            assert state == "already queued"  # (its state would read as the success)
         elif rec.content[b"s"] != b"failed":
             assert state == text(rec.content[b"s"])
         else:

@@ -54,9 +54,11 @@ class Actions:
 
     async def requeue(self, job_ids: Sequence[str], queue: str | None = None) -> dict[str, str]:
         """Requeue dead-lettered jobs by id (same id, history kept); per id: the outcome
-        ('queued', 'missing', or the state of a job that is not dead). Pipelined, 1,000
-        jobs per round trip."""
+        ('queued', 'missing', 'already queued' for a job that waits already, or the
+        state of another job that is not dead). An id given twice is requeued once.
+        Pipelined, 1,000 jobs per round trip."""
         name = queue or self.pool.default_queue
+        job_ids = list(dict.fromkeys(job_ids))
         outcome: dict[str, str] = {}
         for start in range(0, len(job_ids), _PAGE):
             chunk = job_ids[start : start + _PAGE]
@@ -100,7 +102,8 @@ class Actions:
             if reply == "requeued":
                 tally.requeued()
             else:
-                tally.left_over(letter, REPLIES.get(reply, f"job is {reply}"))
+                tally.left_over(letter, REPLIES.get(reply) or
+                                f"job is {reply.removeprefix('already ')}")
         for letter in page:
             if not letter.job_id:
                 tally.left_over(letter, "no job id")

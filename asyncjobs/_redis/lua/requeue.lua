@@ -10,8 +10,9 @@
 -- ARGV[1] job id, ARGV[2] (optional) the dead-letter entry id the caller requeues from
 -- Returns 'queued' ('requeued' when ARGV[2] is given: never a job's state), 'missing' (no
 -- record: a raw entry, or purged), 'unreadable' (the job key is not a hash), 'stale' (ARGV[2]
--- given: the job is dead-lettered as another letter) or the job's state when it is not
--- dead-lettered.
+-- given: the job is dead-lettered as another letter), 'already queued' (the job waits
+-- already: its state, 'queued', would read as the success) or the job's state when it is
+-- not dead-lettered.
 local key = KEYS[1]
 local rec = hmget(key, 's', 'de')
 if not rec then
@@ -19,6 +20,9 @@ if not rec then
 end
 if not rec[1] then
   return kept_exists(key, ARGV[1]) and 'complete' or 'missing'
+end
+if rec[1] == 'queued' then
+  return 'already queued'
 end
 if rec[1] ~= 'failed' then
   return rec[1]
