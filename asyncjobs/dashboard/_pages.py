@@ -6,6 +6,7 @@ Read-only: actions live in ``_actions``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,11 +103,29 @@ async def _queue_row(view: View, queue: str) -> QueueStats | DamagedQueue:
         return DamagedQueue(queue, problem)
 
 
+ROWS_AT_ONCE = 16
+"""Queue rows of the overview read at once (each is a few round trips)."""
+
+
 async def queues_part(view: View) -> dict[str, Any]:
-    """Every known queue: one damaged queue is a row saying so, the others are shown."""
+    """The known queues, a page at a time in name order (``after``: the last name of the
+    page before), their rows read side by side: one damaged queue is a row saying so,
+    the others are shown. (Every queue on one page, each read in turn, took 2.2 s for
+    5,000 queues.)"""
     admin = view.pool.admin
     names = await admin.queues() or [view.pool.default_queue]
-    return {"queues": [await _queue_row(view, q) for q in names],
+    after = view.param("after")
+    later = [n for n in names if n > after] if after else names
+    shown = later[:view.page_size]
+    room = asyncio.Semaphore(ROWS_AT_ONCE)
+
+    async def row(queue: str) -> QueueStats | DamagedQueue:
+        async with room:
+            return await _queue_row(view, queue)
+
+    return {"queues": await asyncio.gather(*(row(q) for q in shown)),
+            "queue_count": len(names), "first": len(names) - len(later) + 1,
+            "next_after": shown[-1] if len(later) > len(shown) else None,
             "worker_count": len(await admin.workers())}
 
 
