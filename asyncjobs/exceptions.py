@@ -48,6 +48,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
+    "NotDrained",
     "NotReplicated",
     "PoolClosed",
     "PoolExhausted",
@@ -64,6 +65,12 @@ class AsyncJobsError(Exception):
 
 class ConfigurationError(AsyncJobsError):
     """A setting, an import path or a task declaration is wrong."""
+
+
+class NotDrained(AsyncJobsError):
+    """A burst run (``Worker(burst=True)``) ended with a queue it could not drain: a key of
+    that queue holds what Redis refuses to read as asyncjobs wrote it (a string where the
+    stream or the delayed set belongs). Every other queue was drained first."""
 
 
 class SerializationError(AsyncJobsError, TypeError):

@@ -9,7 +9,7 @@ import pytest
 import asyncjobs
 from asyncjobs import Context
 from asyncjobs._redis.keys import Keys
-from asyncjobs.exceptions import AsyncJobsError
+from asyncjobs.exceptions import AsyncJobsError, NotDrained
 
 from .conftest import Backend
 from .procs import run_cli
@@ -33,8 +33,9 @@ async def test_a_burst_worker_says_which_queue_it_could_not_drain(
         await pool.client.set(broken, "a string where a queue's key belongs")
         jobs = [await pool.enqueue(note, i) for i in range(5)]
         worker = backend.worker([note], queues=["good", "bad"], burst=True)
-        with pytest.raises(AsyncJobsError) as raised:
+        with pytest.raises(NotDrained) as raised:
             await backend.run(worker)
+        assert isinstance(raised.value, AsyncJobsError)
         assert str(raised.value).startswith("burst: not drained, Redis refuses to read ")
         assert broken in str(raised.value) and "WRONGTYPE" in str(raised.value)
         assert sorted(ran) == list(range(5))  # the readable queue was drained first
@@ -70,3 +71,69 @@ def test_the_command_exits_1_in_one_line(real: Backend, processes: str) -> None:
     assert all("burst: not drained, Redis refuses to read" in e for e in errors), done.stderr
     assert "restarting" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_under_processes_a_burst_process_that_crashes_is_still_restarted(
+        real: Backend) -> None:
+    """Only a process that says it could not drain a queue is done: one that exits 1 for
+    anything else (here ``os._exit(1)`` in a job, twice) is restarted, and its job runs."""
+    import asyncio
+
+    async def enqueue() -> list[str]:
+        async with real.pool() as pool:
+            ids = [(await pool.enqueue("crash_twice")).id]
+            return ids + [(await pool.enqueue("short", i)).id for i in range(20)]
+
+    async def states(ids: list[str]) -> set[str]:
+        async with real.pool() as pool:
+            return {(await pool.job(i).status()).value for i in ids}
+
+    ids = asyncio.run(enqueue())
+    done = run_cli("worker", "tests.apps.burst_crash:worker", "--redis-url", real.url or "",
+                   "--prefix", real.prefix, "--burst", "--processes", "2",
+                   env={"TEST_PREFIX": real.prefix}, timeout_s=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("died (exit 1); restarting") == 2, done.stderr
+    assert asyncio.run(states(ids)) == {"complete"}
+
+
+def test_under_processes_a_burst_worker_that_cannot_start_fails_once() -> None:
+    """As without --burst: the first process fails alone, one error line, and no other
+    process is started."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = run_cli("worker", "tests.apps.basic:worker", "--redis-url",
+                   f"redis://127.0.0.1:{port}/0", "--burst", "--processes", "4")
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("asyncjobs: error")]
+    assert len(errors) == 1, done.stderr
+
+
+@pytest.mark.asyncio
+async def test_an_outage_during_the_drain_check_is_waited_out(
+        real: Backend, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It escaped the fetch loop as an "internal error" with a traceback."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from asyncjobs._worker import fetcher
+
+    real_drained, calls = fetcher._drained, []
+
+    async def flaky(rt: object, ex: object) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return await real_drained(rt, ex)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetcher, "_drained", flaky)
+    ran.clear()
+    async with real.pool() as pool:
+        await pool.enqueue(note, 7)
+    await real.run(real.worker([note], burst=True))
+    assert ran == [7] and len(calls) >= 2
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]

@@ -170,6 +170,17 @@ async def test_nan_and_infinity_reach_the_task_exactly(real: Backend) -> None:
     assert list(kwargs) == ["x"] and math.isnan(kwargs["x"][0])
 
 
+@pytest.mark.parametrize("text", ["1" * 5000, f"[1, -{'2' * 4400}]"])
+def test_an_integer_of_too_many_digits_is_one_line(text: str) -> None:
+    """Python refuses to read an integer of over 4,300 digits (a ``ValueError``, which was
+    a traceback)."""
+    with pytest.raises(ConfigurationError, match="more than Python reads as a number"):
+        json_value(text, "--arg")
+    assert json_value("1" * 4300, "--arg") == int("1" * 4300)
+    line = one_error_line(run_cli("enqueue", "t", "--arg", text, "--redis-url", NOWHERE))
+    assert line.startswith("asyncjobs: error: --arg ") and "pass it as a string" in line
+
+
 @pytest.mark.parametrize("text", ["1e999", "[1, -1e400]", '{"a": 2e308}'])
 def test_a_number_beyond_a_float_is_refused(text: str) -> None:
     """Python reads 1e999 as infinity: not what was written."""

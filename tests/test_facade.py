@@ -10,9 +10,10 @@ PUBLIC = [
     "AsyncJobsError", "Call", "CatchUp", "ConfigurationError", "Context", "CorruptJob",
     "CronJob", "EnqueueError", "ErrorInfo", "Job", "JobAborted", "JobError", "JobEvent",
     "JobExpired", "JobFailed", "JobInfo", "JobNotFound", "JobRow", "JobState", "JobTimeout",
-    "Middleware", "NotReplicated", "Observer", "Page", "Pool", "PoolClosed", "PoolExhausted",
-    "Progress", "QueueFull", "RedisFull", "RedisUnavailable", "ResultTimeout", "Retry",
-    "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig", "__version__",
+    "Middleware", "NotDrained", "NotReplicated", "Observer", "Page", "Pool", "PoolClosed",
+    "PoolExhausted", "Progress", "QueueFull", "RedisFull", "RedisUnavailable", "ResultTimeout",
+    "Retry", "RetryPolicy", "SerializationError", "Task", "Worker", "WorkerConfig",
+    "__version__",
     "call", "create_pool", "cron", "task", "task_ref",
 ]
 

@@ -19,7 +19,7 @@ async def add(ctx: asyncjobs.Context, a: int, b: int) -> int:
     return a + b
 
 
-HINT = "the URL asks for TLS: a server that does not speak TLS on that port"
+HINT = "the URL asks for TLS: if the server on that port does not speak TLS"
 
 
 def test_the_hint_is_for_a_tls_url_that_timed_out_connecting() -> None:

@@ -74,7 +74,8 @@ def json_value(text: str, what: str) -> Any:
     large for a float (``1e999``) is refused: Python would read it as infinity, which is
     not what was written."""
     try:
-        return json.loads(text, parse_float=lambda number: _finite(number, what, text))
+        return json.loads(text, parse_float=lambda number: _finite(number, what, text),
+                          parse_int=lambda number: _integer(number, what, text))
     except json.JSONDecodeError as exc:
         raise ConfigurationError(
             f"{what} {shown(text)} is not JSON ({exc.msg}); quote strings: --arg '\"text\"'"
@@ -95,6 +96,17 @@ def _finite(number: str, what: str, text: str) -> float:
             f"{what} {shown(text)}: the number {shown(number)} is beyond a float's range "
             f"(it would be {meant}; write {meant} if that is meant)")
     return value
+
+
+def _integer(number: str, what: str, text: str) -> int:
+    """A JSON integer of ``text``; ``ConfigurationError`` past Python's limit on the digits
+    it reads as an integer (4,300: ``int()`` raises ``ValueError``)."""
+    try:
+        return int(number)
+    except ValueError:
+        raise ConfigurationError(
+            f"{what} {shown(text)}: the integer has {len(number.lstrip('-'))} digits, more "
+            "than Python reads as a number; pass it as a string") from None
 
 
 def keyword(text: str) -> tuple[str, Any]:

@@ -23,9 +23,10 @@ Ctrl-C reaches the supervisor alone, which forwards it once), then:
   no child; a child still running ``grace + STOP_MARGIN_S`` after the stop is killed; and
   a child whose supervisor died (even by SIGKILL) gets SIGTERM, so no worker is ever left
   orphaned;
-- in burst mode a child that exits 0 is done and not restarted, and so is one that exits 1
-  (an error it has logged, such as a queue it cannot drain; the supervisor then exits 1);
-  the supervisor exits when all are.
+- in burst mode a child that exits 0 is done and not restarted, and so is one that exits
+  ``NOT_DRAINED`` (it drained all but a queue it cannot read, and said so; the supervisor
+  then exits 1); any other exit is a crash, restarted as ever; the supervisor exits when
+  every child is done.
 
 A child says it has loaded the application (``<pid> loaded``), then that it is ready
 (``<pid>``), each a line on a pipe whose write end it inherits (its fd number in
@@ -72,6 +73,11 @@ INDEX_ENV = "ASYNCJOBS_WORKER_PROCESS"
 READY_ENV = "ASYNCJOBS_READY_FD"
 """Set in each child to the fd of the pipe it tells the supervisor it is ready on."""
 _CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
+
+NOT_DRAINED = 3
+"""A burst child's exit when it drained every queue but one it cannot read (``NotDrained``):
+done, not restarted. Only a child exits so (``INDEX_ENV`` set); a worker command of its own
+exits 1, as for any failure."""
 """How a child asked to stop may end without a fault."""
 
 
@@ -197,9 +203,9 @@ class Supervisor:
         if slot.proc is not None and (rc := slot.proc.poll()) is not None:
             self._hear()  # a notice written just before the exit
             slot.proc, ready, slot.ready = None, slot.ready, False
-            if self._stop_at is not None or (self.burst and rc in (0, 1)):
-                # (burst: exit 1 is an error the process has said in one line, such as a
-                # queue it cannot drain: run again, it would say it again)
+            if self._stop_at is not None or (self.burst and rc in (0, NOT_DRAINED)):
+                # (NOT_DRAINED: drained but for a queue it cannot read, as it said in one
+                # line: run again, it would say it again. Any other exit is a crash.)
                 slot.done = True
                 return 0 if rc in _CLEAN else 1
             if rc == 2:

@@ -29,7 +29,7 @@ from .._routing import parse_queues
 from .._text import clean
 from .._worker.loop import run_in_new_loop
 from .._worker.worker import Worker
-from ..exceptions import AsyncJobsError, ConfigurationError, SerializationError
+from ..exceptions import AsyncJobsError, ConfigurationError, NotDrained, SerializationError
 from . import entry, supervisor
 from .logs import BANNER_LOGGER, configure, job_logs
 from .target import ImportFailed, load
@@ -83,6 +83,9 @@ def run(options: Options, *, exiting: bool = False) -> int:
         if isinstance(exc, ImportFailed):  # then the application's own frames
             print(exc.details, end="", file=sys.stderr)
         return 2
+    except NotDrained as exc:  # under a supervisor: its own code (see supervisor.py)
+        print(error_line(str(exc)), file=sys.stderr)
+        return supervisor.NOT_DRAINED if os.environ.get(supervisor.INDEX_ENV) else 1
     except AsyncJobsError as exc:
         print(error_line(str(exc)), file=sys.stderr)
         return 1

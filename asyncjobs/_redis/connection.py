@@ -160,13 +160,14 @@ def redact(url: str) -> str:
 
 def tls_hint(where: str, exc: BaseException) -> str:
     """What to add to ``exc``'s text when ``where`` (a redacted URL) asks for TLS and
-    connecting timed out: the likely cause, a server without TLS on that port, which takes
+    connecting timed out: one likely cause, a server without TLS on that port, which takes
     the handshake's first bytes for a command it waits to see the end of and never answers
-    (redis-py only says "Timeout connecting to server"); else ''."""
+    (redis-py only says "Timeout connecting to server", as it does for a host that does not
+    answer at all: the hint names the cause as a possibility); else ''."""
     if isinstance(exc, (TimeoutError, RedisTimeoutError)) \
             and where.lower().startswith("rediss") and "connecting" in str(exc):
-        return (" (the URL asks for TLS: a server that does not speak TLS on that port "
-                "never answers its handshake; for a plain port, use redis://)")
+        return (" (the URL asks for TLS: if the server on that port does not speak TLS, "
+                "it never answers the handshake; for a plain port, use redis://)")
     return ""
 
 

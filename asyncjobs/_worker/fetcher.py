@@ -128,7 +128,7 @@ async def _loop(rt: Runtime, ex: Executor, groups: Sequence[Group],
             idle.woken = False
             await asyncio.sleep(0)
         await watch.settle(rt.client)  # after the start: the batch is not held up
-        if cfg.burst and found_none and await _drained(rt, ex):
+        if cfg.burst and found_none and await _burst_over(rt, ex):
             if rt.undrained:
                 log.error("%s", rt.undrained)
             else:
@@ -333,6 +333,18 @@ async def _recreate(rt: Runtime) -> None:
             await store.ensure_group()
     except OUTAGE_ERRORS as exc:
         await asyncio.sleep(rt.outage.failed(exc, "create group"))
+
+
+async def _burst_over(rt: Runtime, ex: Executor) -> bool:
+    """``_drained``, an outage meanwhile (a Redis restarting, LOADING) waited out as every
+    other read's: not drained for now."""
+    try:
+        return await _drained(rt, ex)
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        await asyncio.sleep(rt.outage.failed(exc, "burst check"))
+        return False
 
 
 async def _drained(rt: Runtime, ex: Executor) -> bool:

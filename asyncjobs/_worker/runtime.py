@@ -183,7 +183,7 @@ class Runtime:
     undrained: str = ""
     """Burst mode: why the run ended with a queue not drained, if it did (a key of one of
     its queues that Redis refuses to read: a stream holding a string, say). ``run`` then
-    raises ``AsyncJobsError`` saying so, once everything else is drained and settled."""
+    raises ``NotDrained`` saying so, once everything else is drained and settled."""
     stopped_at: float = 0.0
     """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)

@@ -31,7 +31,7 @@ from anyio.abc import TaskStatus
 from .._middleware import compose
 from .._scheduling.scheduler import Scheduler
 from .._text import clean, safe_str
-from ..exceptions import AsyncJobsError
+from ..exceptions import AsyncJobsError, NotDrained
 from .executor import RUNNING_JOB, Executor
 from .fetcher import Group, fetch_loop
 from .reader import AnyReader, reader_for
@@ -136,7 +136,7 @@ async def _supervise(worker: Worker, rt: Runtime, ex: Executor, settler: Settler
     if rt.broken:
         raise _broken(rt)
     if rt.undrained:
-        raise AsyncJobsError(rt.undrained)
+        raise NotDrained(rt.undrained)
 
 
 class Settling(asyncio.Task[None]):
