@@ -545,7 +545,10 @@ async def test_burst_mode_ends_and_shutdown_hands_back_with_a_corrupt_level(
     async with real.pool(queue="q") as pool:
         await pool.client.set(pool.keys("q@low").stream, "garbage")
         job = await pool.enqueue(note, "one")
-        await asyncio.wait_for(real.run(real.worker([note], queues=["q"], burst=True)), 30)
+        # it ends, the other levels drained, saying which level it could not drain
+        with pytest.raises(asyncjobs.NotDrained, match=r"\{q\}@low:stream"):
+            await asyncio.wait_for(real.run(real.worker([note], queues=["q"], burst=True)),
+                                   30)
         assert await job.result(timeout=5) == "one"
 
 

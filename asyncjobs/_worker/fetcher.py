@@ -358,15 +358,21 @@ async def _drained(rt: Runtime, ex: Executor) -> bool:
         pipe.zcard(store.keys.delayed)
         pipe.xlen(store.keys.stream)
     counts = await pipe.execute(raise_on_error=False)
-    keys = [k for store in rt.stores.values() for k in (store.keys.delayed, store.keys.stream)]
+    keys = [(queue, k) for queue, store in rt.stores.items()
+            for k in (store.keys.delayed, store.keys.stream)]
     unreadable = []
-    for key, n in zip(keys, counts, strict=True):
+    for (queue, key), n in zip(keys, counts, strict=True):
         if isinstance(n, ResponseError) and refused(n):
             # holds nothing any worker could run, but the queue is not drained either
-            unreadable.append(f"{key} ({clean(str(n).splitlines()[0][:200])})")
+            unreadable.append(f"Redis refuses to read {key} "
+                              f"({clean(str(n).splitlines()[0][:200])})")
+        elif n != 0 and queue in rt.unrecordable and key == rt.stores[queue].keys.stream:
+            # its jobs ran, but Redis refuses to record them: they would run again and
+            # again, never recorded
+            unreadable.append(f"Redis refuses to record the jobs of queue {queue} "
+                              f"({clean(rt.unrecordable[queue][:200])})")
         elif n != 0:
             return False
     if unreadable:
-        rt.undrained = ("burst: not drained, Redis refuses to read "
-                        + ", ".join(unreadable))
+        rt.undrained = "burst: not drained: " + "; ".join(unreadable)
     return True

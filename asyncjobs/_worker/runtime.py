@@ -184,6 +184,9 @@ class Runtime:
     """Burst mode: why the run ended with a queue not drained, if it did (a key of one of
     its queues that Redis refuses to read: a stream holding a string, say). ``run`` then
     raises ``NotDrained`` saying so, once everything else is drained and settled."""
+    unrecordable: dict[str, str] = field(default_factory=dict)
+    """Queues (levels) whose settle Redis refused for a key of the wrong type, and why: their
+    jobs ran but stay pending. Burst mode counts them as not drained."""
     stopped_at: float = 0.0
     """When the drain began (``time.monotonic()``; 0 before): its grace counts from then."""
     touch_now: asyncio.Event = field(default_factory=asyncio.Event)

@@ -206,6 +206,7 @@ class Settler:
             outcome = _checked(outcome, len(items))
             if not isinstance(outcome, BaseException):
                 wrote = True
+                self.rt.unrecordable.pop(queue, None)
                 _deliver(queue, items, outcome)
             elif isinstance(outcome, _Unreadable):
                 wrote = True
@@ -213,6 +214,8 @@ class Settler:
             elif not transient(outcome):
                 if not self._refused(queue, items, outcome):
                     _give_up(items, outcome)
+                    if corrupt_key(outcome):  # (burst mode: that queue cannot be drained)
+                        self.rt.unrecordable[queue] = corrupt_key(outcome)
             else:
                 failure = failure or outcome
                 # it may have run, unless Redis answered it or nothing was sent
