@@ -703,15 +703,16 @@ async def test_a_queue_whose_lease_check_fails_does_not_fail_the_others_in_its_r
     call per queue. Queue ``a``'s call is refused (TRYAGAIN) while ``b``'s runs and gives
     ``b``'s job its lease: the first error was raised for every job of the round trip, so
     ``b``'s job was left pending with a lease nobody would release, and ran only after the
-    claim timeout (10 s here). Each queue's call now stands on its own: ``b``'s runs at
-    once, ``a``'s after the claim timeout once its master is back."""
+    claim timeout (7 s here: past the 5 s ``b`` is given). Each queue's call now stands on
+    its own: ``b``'s runs at once, ``a``'s after the claim timeout once its master is
+    back."""
     LEASE_RUNS.clear()
     faults = QueueFaults(monkeypatch, backend.prefix, script="concurrency")
     faults.down = "refuse"
     on_a = await pool.enqueue(limited_on_a)
     on_b = await pool.enqueue(limited_on_b)
     worker = backend.worker([limited_on_a, limited_on_b], queues=["a", "b"],
-                            claim_timeout=10)
+                            claim_timeout=7)
     async with running(backend, worker):
         assert await on_b.result(timeout=5) == "b"
         assert faults.shared >= 1  # b's call went in the same round trip as a's refused one

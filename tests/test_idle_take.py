@@ -282,13 +282,17 @@ async def test_a_user_denied_xread_polls_with_takes_instead_of_spinning(
 async def test_a_loop_blocked_past_the_read_s_timeout_leaves_the_job_to_the_reclaim(
         fresh_redis: RedisServer) -> None:
     """The event loop is blocked (a task's blocking call, say) while the read waits, past
-    the read's socket timeout (the block + 10 s, 12 s here), and a job enqueued meanwhile
+    the read's socket timeout (``block_ms`` + 10 s, 11 s here), and a job enqueued meanwhile
     is started by the take behind the read, whose reply the worker's timed-out read then
     drops (found by an adversarial review). As for any job of a worker whose loop is blocked
     past half the claim timeout, the job is reclaimed and runs, its lost attempt counted:
     neither lost nor stuck."""
     backend = backend_on(fresh_redis)
-    worker = backend.worker([note], claim_timeout=6)  # reads block 1 s (the reclaim interval)
+    # The read's socket timeout is block_ms + 10 s: block_ms 1 s (not the default 2 s)
+    # makes it 11 s. (The read with a take behind blocks 125 ms either way, an eighth of
+    # the 1 s keep-alive interval; plain reads block 1 s instead of the 1.5 s reclaim
+    # interval.)
+    worker = backend.worker([note], claim_timeout=6).configure(block_ms=1000)
     seen: list[str] = []
     async with backend.pool() as pool, running(backend, worker):
         assert await (await pool.enqueue(note, 0)).result(timeout=10) == 0
@@ -309,7 +313,7 @@ async def test_a_loop_blocked_past_the_read_s_timeout_leaves_the_job_to_the_recl
 
         producer = threading.Thread(target=enqueue_and_watch)
         producer.start()
-        time.sleep(12.5)  # noqa: ASYNC251 - the event loop stalls, past the read's 12 s
+        time.sleep(11.5)  # noqa: ASYNC251 - the event loop stalls, past the read's 11 s
         producer.join()
         assert seen[1:] == ["running"], seen  # started while the worker could not look
         job = pool.job(seen[0])

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,10 +36,18 @@ async def live_pids(url: str, prefix: str, count: int, timeout_s: float = 60.0) 
     raise AssertionError(f"fewer than {count} live workers after {timeout_s} s")
 
 
-def test_processes_run_restart_and_stop_together(redis_server: RedisServer) -> None:
+def test_processes_run_restart_and_stop_together(redis_server: RedisServer,
+                                                  tmp_path: Path) -> None:
     prefix = f"t{secrets.token_hex(4)}"
-    sup = WorkerProcess("tests.apps.basic:worker", redis_server.url, prefix, "--processes",
-                        "2", "--grace", "2")
+    # tests.apps.basic's worker beating every second: the killed process's registry record
+    # (kept three heartbeats) is gone 3 s after its death, not 15 s, and replaced() waits
+    # for that; nothing else here depends on the heartbeat.
+    (tmp_path / "beating_app.py").write_text(
+        "from tests.apps.basic import worker as basic\n"
+        "worker = basic.configure(heartbeat_every_s=1.0)\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    sup = WorkerProcess("beating_app:worker", redis_server.url, prefix, "--processes",
+                        "2", "--grace", "2", env={"PYTHONPATH": path})
     try:
         pids = asyncio.run(live_pids(redis_server.url, prefix, 2))
         assert len(pids) == 2 and sup.proc.pid not in pids
