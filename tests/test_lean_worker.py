@@ -25,13 +25,17 @@ import pytest
 import asyncjobs
 from asyncjobs._cli.worker_run import OPTIONS_ENV
 from asyncjobs._redis.embedded import RedisServer
-from asyncjobs._worker.loop import YOUNG_THRESHOLD
+from asyncjobs._worker.config import WorkerConfig
+from asyncjobs._worker.loop import YOUNG_MOST, YOUNG_PER_SLOT, YOUNG_THRESHOLD, young_threshold
 
 from .apps.lean import inspect_process
 from .conftest import Backend, running
 from .procs import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_redis]
+
+DEFAULT_YOUNG = young_threshold(WorkerConfig().concurrency)
+"""The young-generation threshold of a worker with the default concurrency (100 slots)."""
 
 
 async def inspect(url: str, prefix: str) -> dict[str, object]:
@@ -130,7 +134,7 @@ def test_the_worker_process_holds_no_parser(redis_server: RedisServer, how: str)
         assert_lean(seen["modules"])  # type: ignore[arg-type]
         # the process is the worker's: what start-up made is out of the collector's scans
         assert seen["frozen"] > 10_000, seen["frozen"]  # type: ignore[operator]
-        assert seen["young_threshold"] == YOUNG_THRESHOLD  # young passes less often
+        assert seen["young_threshold"] == DEFAULT_YOUNG  # young passes less often
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -240,5 +244,30 @@ def test_run_sync_freezes_for_the_run_only(redis_server: RedisServer) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert len(seen["during"]) == 2 and min(seen["during"]) > 10_000, seen
-    assert seen["young"] == [[YOUNG_THRESHOLD, 11, 12]] * 2, seen
+    assert seen["young"] == [[DEFAULT_YOUNG, 11, 12]] * 2, seen
+    assert seen["after"] == [[0, [900, 11, 12]]] * 2, seen
+
+
+def test_the_young_threshold_grows_with_the_slots() -> None:
+    """A worker's attempts in flight hold ~90 container objects each (one redis-py command
+    awaited): the threshold stays over what a full worker holds, between its bounds."""
+    assert DEFAULT_YOUNG == 100 * YOUNG_PER_SLOT > 100 * 90
+    assert young_threshold(1) == young_threshold(YOUNG_THRESHOLD // YOUNG_PER_SLOT) \
+        == YOUNG_THRESHOLD
+    assert young_threshold(300) == 300 * YOUNG_PER_SLOT
+    assert young_threshold(YOUNG_MOST // YOUNG_PER_SLOT) == young_threshold(10**6) \
+        == YOUNG_MOST
+
+
+def test_run_sync_sets_the_young_threshold_of_its_concurrency(
+        redis_server: RedisServer) -> None:
+    """The threshold ``run_sync`` sets follows the worker's own concurrency."""
+    script = RUN_TWICE.replace("burst=True)", "burst=True, concurrency=300)")
+    assert script != RUN_TWICE
+    done = subprocess.run([sys.executable, "-c", script, redis_server.url,
+                           f"t{secrets.token_hex(4)}"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["young"] == [[young_threshold(300), 11, 12]] * 2, seen
     assert seen["after"] == [[0, [900, 11, 12]]] * 2, seen

@@ -69,19 +69,45 @@ def loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | 
 
 
 YOUNG_THRESHOLD = 5000
-"""The collector's young-generation threshold while a worker owns its process (``frozen``;
-Python's default is 700)."""
+"""The least young-generation threshold of the collector while a worker owns its process
+(``frozen``; Python's default is 700)."""
+
+YOUNG_PER_SLOT = 200
+"""How much the young-generation threshold grows with each job slot (``young_threshold``)."""
+
+YOUNG_MOST = 100_000
+"""The young-generation threshold stops growing there (500 slots): it also bounds how many
+container objects of cyclic garbage can pile up between two young passes."""
+
+
+def young_threshold(concurrency: int) -> int:
+    """The collector's young-generation threshold for a worker of ``concurrency`` slots that
+    owns its process: ``YOUNG_PER_SLOT`` a slot, at least ``YOUNG_THRESHOLD``, at most
+    ``YOUNG_MOST``.
+
+    Each attempt that awaits I/O holds container objects alive while it waits (its asyncio
+    Task, a dozen coroutines, the futures, timers and closures of its client's command):
+    up to ~90 for one redis-py command, ~9,000 for a worker of 100 slots. A young pass is
+    set off by the count of objects allocated less those freed since the last pass, and
+    that count never goes below 0: right after a pass, the objects of the attempts then in
+    flight are freed without counting down while their successors count up, so the count
+    climbs back to the size of the live set at each turnover of the slots, garbage or not.
+    With a threshold under that size, a young pass ran every ~150 such jobs, found nothing
+    and walked every live attempt again (3-10 µs of worker CPU per job that sends one
+    redis-py command, 2-core VM); over it, young passes run as garbage accrues."""
+    return min(YOUNG_MOST, max(YOUNG_THRESHOLD, YOUNG_PER_SLOT * concurrency))
 
 
 @contextlib.contextmanager
-def frozen(owns_process: bool) -> Iterator[None]:
+def frozen(owns_process: bool, concurrency: int) -> Iterator[None]:
     """While a worker that owns its process runs: what start-up made (modules, tasks, the
     lifespan's state) is collected once, then moved out of the cyclic collector's reach
     (``gc.freeze``), so that a full collection scans what jobs allocate, not the whole
-    heap; and young-generation passes run less often (``YOUNG_THRESHOLD``, unless the
-    process turned automatic collection off). Both are undone when the run ends (the
-    threshold put back as it was when the run started), so a process that runs a worker
-    again (or goes on to other work) collects the old run's objects as usual."""
+    heap; and young-generation passes run less often (``young_threshold`` of the worker's
+    ``concurrency``, unless the process turned automatic collection off). Both are undone
+    when the run ends (the threshold put back as it was when the run started), so a process
+    that runs a worker again (or goes on to other work) collects the old run's objects as
+    usual."""
     if not owns_process:
         yield
         return
@@ -89,11 +115,12 @@ def frozen(owns_process: bool) -> Iterator[None]:
     gc.freeze()
     # A job allocates a few dozen container objects (its asyncio Task, coroutines, Context,
     # partials), nearly all freed by reference counting: at the default threshold (700) a
-    # young-generation pass runs every few jobs and rescans the live attempts each time.
-    # A threshold of 0 is the process's "no automatic collection": left alone.
+    # young-generation pass runs every few jobs and rescans the live attempts each time
+    # (see ``young_threshold``). A threshold of 0 is the process's "no automatic
+    # collection": left alone.
     thresholds = gc.get_threshold()
     if thresholds[0]:
-        gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
+        gc.set_threshold(max(thresholds[0], young_threshold(concurrency)), *thresholds[1:])
     try:
         yield
     finally:

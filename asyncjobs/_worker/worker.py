@@ -224,7 +224,7 @@ class Worker:
                     log.info("worker %s stopped during start-up", self.name)
                     return
                 rt.state = state
-                with frozen(owns_process):
+                with frozen(owns_process, cfg.concurrency):
                     await serve(self, rt, task_status)
         finally:
             self._live = self._starting = None
