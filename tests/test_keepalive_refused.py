@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,33 @@ async def test_one_refused_queue_leaves_the_others_kept_alive(
             r.getMessage()]
     assert len(said) == 1 and said[0].exc_info is None, [r.getMessage() for r in said]
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_made_a_string_while_its_group_is_made_again_is_left_alone(
+        real: Backend, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The race of an operator's DEL then SET on a queue's stream: the take finds the group
+    gone (NOGROUP), and by the time the worker makes it again the key holds a string. That
+    refusal escaped the fetch loop ("internal error", a traceback, every queue's fetching
+    paused); now that queue is left alone like any unreadable one, the others go on."""
+    from asyncjobs._worker import fetcher
+
+    remake = fetcher._regroup
+
+    async def overwritten_first(store: Any) -> None:
+        await store.client.set(store.keys.stream, "overwritten by hand")
+        await remake(store)
+
+    monkeypatch.setattr(fetcher, "_regroup", overwritten_first)
+    started.clear()
+    started.update(good=asyncio.Event(), bad=asyncio.Event())
+    async with real.pool(queue="good") as pool:
+        worker = real.worker([hold], queues=["bad", "good"], concurrency=4)
+        async with running(real, worker):
+            await pool.client.delete(pool.keys("bad").stream)  # NOGROUP at the next take
+            await pool.enqueue(hold.options(queue="bad"), "bad", 0)  # wakes the worker
+            good = await pool.enqueue(hold, "good", 0)
+            assert await good.result(timeout=20) == "good"
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert [r for r in caplog.records if "queue bad cannot be read" in r.getMessage()]

@@ -256,7 +256,10 @@ async def _take(rt: Runtime, groups: Sequence[Group], order: WeightedOrder | Non
                 newest[group.stores[k].keys.stream] = "0-0"
                 try:
                     await _regroup(group.stores[k])
-                except Exception:
+                except Exception as exc:
+                    if refused(exc):  # the stream was made something else meanwhile
+                        bad.add(group.queues[k], str(exc))
+                        continue
                     if started:
                         return started, {}
                     raise
@@ -328,11 +331,17 @@ async def _regroup(store: QueueStore) -> None:
 
 
 async def _recreate(rt: Runtime) -> None:
-    try:
-        for store in rt.stores.values():
+    """Make every level's consumer group again; a stream Redis refuses (made something
+    else meanwhile) is left to the next take, which leaves that queue alone."""
+    for store in rt.stores.values():
+        try:
             await store.ensure_group()
-    except OUTAGE_ERRORS as exc:
-        await asyncio.sleep(rt.outage.failed(exc, "create group"))
+        except OUTAGE_ERRORS as exc:
+            await asyncio.sleep(rt.outage.failed(exc, "create group"))
+            return
+        except ResponseError as exc:
+            if not refused(exc):
+                raise
 
 
 async def _burst_over(rt: Runtime, ex: Executor) -> bool:
