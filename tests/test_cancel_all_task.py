@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -73,24 +74,36 @@ async def saboteur(ctx: Context) -> str:
     return "cancelled everything"
 
 
-async def _sabotaged_run(backend: Backend, pool: asyncjobs.Pool,
-                         caplog: pytest.LogCaptureFixture, itself: bool,
-                         from_a_task: bool = False
-                         ) -> tuple[asyncjobs.Job[Any], asyncjobs.Job[Any]]:
+async def _run_one_of_each(backend: Backend, pool: asyncjobs.Pool,
+                           ending: AbstractContextManager[object], **state: object
+                           ) -> tuple[asyncjobs.Job[Any], asyncjobs.Job[Any]]:
+    """An innocent job and the saboteur (``state`` says how it cancels) run by a worker
+    whose run ends as ``ending`` expects; this test's own task is spared."""
     STATE.clear()
-    STATE.update(innocent_started=asyncio.Event(), itself=itself, from_a_task=from_a_task)
+    STATE.update(innocent_started=asyncio.Event(), **state)
     victim = await pool.enqueue(innocent)
     culprit = await pool.enqueue(saboteur)
     me = asyncio.current_task()
     assert me is not None
     SPARED.add(me)
     try:
-        worker = backend.worker([innocent, saboteur], claim_timeout=1)
-        run = asyncio.create_task(backend.run(worker))
-        with pytest.raises(asyncjobs.AsyncJobsError, match="cancelled by the code of job"):
+        run = asyncio.create_task(backend.run(backend.worker([innocent, saboteur],
+                                                             claim_timeout=1)))
+        with ending:
             await asyncio.wait_for(run, 15)
     finally:
         SPARED.discard(me)
+    return victim, culprit
+
+
+async def _sabotaged_run(backend: Backend, pool: asyncjobs.Pool,
+                         caplog: pytest.LogCaptureFixture, itself: bool,
+                         from_a_task: bool = False
+                         ) -> tuple[asyncjobs.Job[Any], asyncjobs.Job[Any]]:
+    victim, culprit = await _run_one_of_each(
+        backend, pool, pytest.raises(asyncjobs.AsyncJobsError,
+                                     match="cancelled by the code of job"),
+        itself=itself, from_a_task=from_a_task)
     lines = [r.getMessage() for r in caplog.records if "stopped at once" in r.getMessage()]
     assert len(lines) == 1, lines
     return victim, culprit
@@ -120,20 +133,9 @@ async def test_the_same_cancels_from_no_job_s_code_are_an_ordinary_stop(
         backend: Backend, pool: asyncjobs.Pool, caplog: pytest.LogCaptureFixture) -> None:
     """The event loop (or an app) cancelling every task, as ``asyncio.run`` does at its
     end: the worker stops as when an app cancels it, and hands every job back."""
-    STATE.clear()
-    STATE.update(innocent_started=asyncio.Event(), from_the_loop=True)
-    victim = await pool.enqueue(innocent)
-    culprit = await pool.enqueue(saboteur)
-    me = asyncio.current_task()
-    assert me is not None
-    SPARED.add(me)
-    try:
-        run = asyncio.create_task(backend.run(backend.worker([innocent, saboteur],
-                                                             claim_timeout=1)))
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(run, 15)
-    finally:
-        SPARED.discard(me)
+    victim, culprit = await _run_one_of_each(backend, pool,
+                                             pytest.raises(asyncio.CancelledError),
+                                             from_the_loop=True)
     assert not [r for r in caplog.records if "stopped at once" in r.getMessage()]
     for job in (victim, culprit):
         info = await job.info()
