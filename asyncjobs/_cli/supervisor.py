@@ -73,12 +73,12 @@ INDEX_ENV = "ASYNCJOBS_WORKER_PROCESS"
 READY_ENV = "ASYNCJOBS_READY_FD"
 """Set in each child to the fd of the pipe it tells the supervisor it is ready on."""
 _CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
+"""How a child asked to stop may end without a fault."""
 
 NOT_DRAINED = 3
 """A burst child's exit when it drained every queue but one it cannot read (``NotDrained``):
 done, not restarted. Only a child exits so (``INDEX_ENV`` set); a worker command of its own
 exits 1, as for any failure."""
-"""How a child asked to stop may end without a fault."""
 
 
 @dataclass
