@@ -6,6 +6,8 @@ move a terminal's cursor, change its colours or start a new log line.
   optionally cut to a length. Exceptions whose ``__str__`` raises are user code too.
 - ``clean(text)``: control characters (C0, DEL, C1: newlines, escape sequences, carriage
   returns) written as visible escapes (``\\n``, ``\\x1b``), so one value is one line.
+- ``first_line(value, limit)``: the first line of an error (or any text) that is not blank,
+  cut and ``clean``: what a log line or a message in parentheses shows of an error.
 - ``class_name(kind)``: a class's ``module.qualname`` (or ``__name__``), with ``?`` for a part
   it cannot read: a metaclass's ``__getattribute__`` is user code too.
 """
@@ -41,6 +43,27 @@ def safe_str(obj: object, limit: int | None = None) -> str:
         cut = len(text) - limit
         text = f"{text[:limit]}... ({cut} more characters)"
     return text
+
+
+def first_line(value: object, limit: int = 300) -> str:
+    """The first line of ``value`` that is not blank, cut at ``limit`` characters and then
+    ``clean``, never raising: what a log line or a message in parentheses shows of an error.
+
+    ``value`` is an exception (its message) or any text or object: its text is ``safe_str``'s
+    (an exception whose ``__str__`` raises gives its ``repr``). Lines end where
+    ``str.splitlines`` ends them (``\\n``, ``\\r``, ``\\x85``, ``\\u2028``...); blank lines
+    before the first words are skipped. The cut comes first (an escape is never cut in
+    half), so the line returned may be longer than ``limit`` by its escapes. Text that is
+    empty or blank is ``""``; an exception of no text is named by its class
+    (``ResponseError``): Redis may answer an error of no text (a script's
+    ``redis.error_reply("")``), and ``str(exc).splitlines()[0]`` raised ``IndexError``."""
+    for line in safe_str(value).splitlines():
+        if line and not line.isspace():
+            return clean(line[:max(0, limit)])
+    # (not isinstance: it reads a non-exception's own __class__, which may raise)
+    if issubclass(type(value), BaseException):
+        return class_name(type(value), "__name__")
+    return ""
 
 
 def _exact(text: str) -> str:

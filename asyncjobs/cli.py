@@ -217,7 +217,10 @@ def info(redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs", queue: Queues
 @app.command(cls=Command)
 def job(job_id: str, redis_url: RedisUrl = None, prefix: Prefix = "asyncjobs",
         queue: Queue = None, as_json: AsJson = False) -> None:
-    """The whole record of one job: state, arguments, attempts, times, errors, result."""
+    """The whole record of one job: state, arguments, attempts, times, errors, result.
+
+    --json prints strict JSON: a float NaN or infinity in the arguments, result or progress
+    data, which JSON has no number for, is the string "NaN", "Infinity" or "-Infinity"."""
     record = _run(ops.job(ops.Target(redis_url, prefix), job_id, queue))
     if as_json:
         typer.echo(to_json(record))
@@ -260,7 +263,8 @@ def jobs(
     """A page of a queue's jobs in one state: id, task, attempts, times, worker, progress.
 
     complete and failed (failed, expired or aborted) list the latest ended jobs while their
-    records last; dead lists the dead letters."""
+    records last; dead lists the dead letters. --json prints strict JSON: a float NaN or
+    infinity in progress data is the string "NaN", "Infinity" or "-Infinity"."""
     page = _run(_listing(ops.jobs(ops.Target(redis_url, prefix), state.value, queue,
                                   order=order.value if order else None, task=task,
                                   cursor=cursor, limit=limit)))

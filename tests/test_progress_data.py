@@ -272,7 +272,7 @@ def test_the_job_view_shows_message_and_data() -> None:
 
 @pytest.mark.parametrize(("data", "expected"), [
     ({"note": HOSTILE}, r'"a\nb\u001b[31mred\u001b]0;title\u0007\r\u009b2J[bold]x[/]"'),
-    ({7: "x", (1, 2): b"\xff", "nan": math.nan}, '{"7":"x","(1, 2)":"b\'\\\\xff\'","nan":NaN}'),
+    ({7: "x", (1, 2): b"\xff", "nan": math.nan}, '{"7":"x","(1, 2)":"b\'\\\\xff\'","nan":"NaN"}'),
     ({"zw": "a\u200bb\u2028c\U000e0001"}, r'"a\u200bb\u2028c\udb40\udc01"'),
     ({"word": "résumé ✓"}, '"résumé ✓"'),
 ])

@@ -3,13 +3,17 @@
 Everything shown comes from Redis, that is from any producer: it is never read as rich
 markup (cells are ``Text``, not markup strings) and its control characters are escaped
 (``\\x1b``, ``\\n``), so a job's data cannot crash the CLI, restyle the terminal or start a
-line of its own. JSON output is the raw data (``json.dumps`` escapes control characters).
+line of its own. JSON output is the raw data (``json.dumps`` escapes control characters),
+as strict JSON: a float NaN or infinity (in a job's arguments, result or progress data) is
+written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, never as the bare word
+Python's ``json`` writes, which strict parsers (``jq``, ``JSON.parse``) refuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,11 +35,23 @@ from .._text import clean
 
 
 def to_json(value: Any) -> str:
-    """JSON for dataclasses, datetimes, enums and msgspec structs."""
-    return json.dumps(_plain(value), indent=2, default=str)
+    """Strict JSON for dataclasses, datetimes, enums and msgspec structs: a NaN or an
+    infinity, which JSON has no number for, is the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (``non_finite``)."""
+    return json.dumps(_plain(value), indent=2, default=str, allow_nan=False)
+
+
+def non_finite(number: float) -> str:
+    """How JSON output writes a float NaN or infinity: ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (as JavaScript's ``String(x)``, Jackson's and Gson's writers do)."""
+    if math.isnan(number):
+        return "NaN"
+    return "Infinity" if number > 0 else "-Infinity"
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return non_finite(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
@@ -219,8 +235,10 @@ def _job_rows(info: JobInfo) -> list[tuple[str, Any]]:
 
 def _one_line_json(value: Any) -> str:
     """Compact JSON on one line, readable (``é`` stays ``é``) and safe: a character that is
-    not printable (a control character, a line separator) is written as JSON's ``\\uXXXX``."""
-    text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), default=str)
+    not printable (a control character, a line separator) is written as JSON's ``\\uXXXX``;
+    strict, as ``to_json`` (NaN is ``"NaN"``)."""
+    text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), default=str,
+                      allow_nan=False)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)

@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 from .._redis.store import QueueStore, take_levels
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
-from .._text import clean
+from .._text import clean, first_line
 from . import late
 from .executor import Executor
 from .reader import AnyReader
@@ -374,7 +374,7 @@ async def _drained(rt: Runtime, ex: Executor) -> bool:
         if isinstance(n, ResponseError) and refused(n):
             # holds nothing any worker could run, but the queue is not drained either
             unreadable.append(f"Redis refuses to read {key} "
-                              f"({clean(str(n).splitlines()[0][:200])})")
+                              f"({first_line(n, 200)})")
         elif n != 0 and queue in rt.unrecordable and key == rt.stores[queue].keys.stream:
             # its jobs ran, but Redis refuses to record them: they would run again and
             # again, never recorded

@@ -23,7 +23,7 @@ from .._redis.refusals import corrupt_key
 from .._redis.store import QueueStore
 from .._redis.store import touched as touched_reply
 from .._redis.values import Delivery
-from .._text import clean, safe_str
+from .._text import clean, first_line, safe_str
 from .._version import __version__
 from .executor import Executor
 from .runtime import OUTAGE_ERRORS, Runtime, refused, transient
@@ -119,7 +119,7 @@ async def _touch_round(rt: Runtime, ex: Executor, refusing: set[str]) -> bool:
                     refusing.add(queue)
                     log.error("queue %s: the jobs this worker runs from it cannot be kept "
                               "alive (%s); its other queues go on", queue,
-                              corrupt_key(result) or clean(str(result).splitlines()[0][:300]))
+                              corrupt_key(result) or first_line(result))
                 continue
             if not isinstance(result, Exception) or not transient(result):
                 failure = failure or result

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from .._redis.store import take_call, taken_from
 from .._redis.values import Delivery, Started
 from .._routing import WeightedOrder
-from .._text import clean
+from .._text import first_line
 from . import late
 from .reader import AnyReader, Reader
 from .runtime import Runtime, refused, refused_for_now
@@ -82,7 +82,7 @@ class Quarantine:
         self._pause[name] = pause
         self.until[name] = time.monotonic() + pause
         log.error("queue %s cannot be read (%s); the worker's other queues go on, this one is "
-                  "tried again in %.0f s", name, clean(why.splitlines()[0][:300]), pause)
+                  "tried again in %.0f s", name, first_line(why) or "no reason given", pause)
 
     def cleared(self, name: str) -> None:
         """Queue ``name`` was read again: forget its backoff."""
@@ -146,7 +146,7 @@ async def _read_refused(idle: Idle, exc: ResponseError, block_ms: int) -> None:
         idle.refusal_logged = now
         log.warning("Redis refused the worker's blocking read (%s); it asks for new jobs "
                     "every %.1f s instead until the read works (an ACL user needs XREAD)",
-                    clean(str(exc).splitlines()[0][:300]), pause)
+                    first_line(exc), pause)
     await asyncio.sleep(pause)
 
 

@@ -13,7 +13,7 @@ import time
 from redis.asyncio import Redis
 
 from .._redis.cluster import is_cluster
-from .._text import clean
+from .._text import first_line
 from .reader import AnyReader, reader_for
 from .runtime import Runtime
 
@@ -180,8 +180,7 @@ class Watch:
         self._paused_until = time.monotonic() + self._pause
         if self._pause == 1.0:
             log.warning("watching queues that ran dry failed (%s): every queue is asked "
-                        "before each batch meanwhile", clean(str(exc).splitlines()[0][:300])
-                        if str(exc) else type(exc).__name__)
+                        "before each batch meanwhile", first_line(exc))
         else:
             log.debug("watching queues that ran dry failed again: %s", exc)
 

@@ -30,6 +30,7 @@ from .._redis.connection import url_factory
 from .._redis.keys import check_name
 from .._scheduling.leader import MAX_TTL_S as MAX_LEASE_TTL_S
 from .._tasks import cancel_and_wait
+from .._text import first_line
 from ..exceptions import ConfigurationError
 from ._db import OutboxStore
 from ._loop import RelayLoop, Settings, log
@@ -81,7 +82,7 @@ def _engine(url: sa.URL) -> AsyncEngine:
     except InvalidRequestError:  # "The asyncio extension requires an async driver"
         why = "its driver is not async"
     except (ArgumentError, TypeError, ValueError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = first_line(exc)
     raise ConfigurationError(
         f"{shown} cannot be used: {why} (postgresql://user@host/db uses asyncpg, "
         "sqlite:///path.db aiosqlite)")
