@@ -77,28 +77,6 @@ local function level_of(key)
   return nil, nil
 end
 
--- Whether whole number a <= b, both digits without leading zeros (as Redis writes stream
--- ids), compared as text: a Lua number holds only 53 bits of the 64 an id part may have.
-local function digits_le(a, b)
-  if #a ~= #b then
-    return #a < #b
-  end
-  return a <= b
-end
-
--- Whether stream id a <= b (both 'ms-seq', as Redis writes them).
-local function at_or_before(a, b)
-  local am, as = string.match(a, '^(%d+)%-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
-  if not (am and bm) then
-    return false
-  end
-  if am ~= bm then
-    return digits_le(am, bm)
-  end
-  return digits_le(as, bs)
-end
-
 -- The last id `group` delivered on `stream` ('' when the stream or its group is missing:
 -- every entry is reachable then), or false when the key is not a stream. A group moved past
 -- the stream's last id (`XGROUP SETID` by hand) would never be handed an entry added now,

@@ -11,9 +11,11 @@
 -- either is of the wrong type the call fails and writes nothing.
 --
 -- Per batch, not per job: one XPENDING tells which entries are still this consumer's, one
--- XACK and one XDEL remove them, and a job's end is published only when someone waits for
--- that job (Job.result() registers the job's id in the `waiting` set): one ZCOUNT, and one
--- ZMSCORE of the batch's ids when anyone waits at all. Per job there remain the record's
+-- XACK acknowledges them, and one XTRIM MINID takes them out of the stream where they lie
+-- below every entry still pending (one XDEL the others: see ack_and_trim), and a job's end
+-- is published only when someone waits for that job (Job.result() registers the job's id
+-- in the `waiting` set): one ZCOUNT, and one ZMSCORE of the batch's ids when anyone waits
+-- at all. Per job there remain the record's
 -- writes: HSET and EXPIRE for a result kept in its own key, or for 'keep' HSET of the
 -- shared hash (and once per shared hash, PTTL and PEXPIRE); the job keys of the kept
 -- results are deleted together, one DEL for the batch (delete_gone), before anything else
@@ -21,7 +23,7 @@
 --
 -- Memory first: the entries are acknowledged and deleted before anything is written. On a
 -- Redis at its maxmemory (noeviction) a script may go on writing once it has written, and
--- XACK / XDEL are allowed there, so settling frees memory and a full Redis drains.
+-- XACK / XTRIM / XDEL are allowed there, so settling frees memory and a full Redis drains.
 --
 -- Jobs that end (complete, failed with a record, expired, aborted) are noted in the ended
 -- index (see index_ended).
@@ -180,7 +182,7 @@ for b = 11, #ARGV, 7 do
     mine[#mine + 1] = entry
   end
 end
-ack_and_delete(stream, group, mine)
+ack_and_trim(stream, group, mine)
 local strays = {}
 for entry in pairs(orphan) do strays[#strays + 1] = entry end
 for first = 1, #strays, 500 do  -- an orphan still in the stream (acknowledged) goes too
