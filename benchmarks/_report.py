@@ -92,7 +92,8 @@ def _titles(cfg: dict) -> dict:
         f"{cfg['recovery_sleep']:g} s, worker "
         f"SIGKILLed {cfg['recovery_kill_after']:g} s after they started, 2nd worker at once",
         "scaling": f"8. scaling: {cfg['n_scaling']:,} no-op jobs with 1, 2, 4 worker processes",
-        "cores": f"9. cores: {cfg['n_process']:,} pre-queued no-op jobs on every core (one "
+        "cores": f"9. cores: {cfg.get('n_cores', cfg['n_process']):,} pre-queued no-op jobs "
+        "on every core (one "
         "process per core: the system's own multi-process mode where it has one)",
     }
 

@@ -51,6 +51,7 @@ FULL = {
     "recovery_sleep": 3.0,
     "recovery_kill_after": 1.0,
     "n_scaling": 20_000,
+    "n_cores": 100_000,
     "recovery_timeout": 120.0,
 }
 QUICK = {
@@ -64,6 +65,7 @@ QUICK = {
     "recovery_sleep": 1.0,
     "recovery_kill_after": 0.5,
     "n_scaling": 200,
+    "n_cores": 200,
     "recovery_timeout": 30.0,
 }
 
