@@ -343,3 +343,44 @@ def test_the_readme_quotes_the_faster_vm_s_run() -> None:
     assert (f"two processes ran {rate['incr x2'] / rate['incr x1']:.2f}x the jobs of one that "
             "each send an `INCR` through redis-py, but "
             f"{rate['bare x2'] / rate['bare x1']:.2f}x those that do nothing") in text
+
+
+def test_the_readme_quotes_the_runs_before_and_after_the_settle_trim() -> None:
+    """The two runs of 2026-12-05 (every core on 100,000 jobs), before and after a settle
+    took its entries out with one XTRIM: their medians, ratios and the derived budget."""
+    cells = [("process_noop", "jobs_per_s"), ("process_incr", "jobs_per_s"),
+             ("cores", "jobs_per_s"), ("cores", "incr_jobs_per_s")]
+    runs = {}
+    for name in ("2026-12-05-vm", "2026-12-05-vm-before-trim"):
+        run = json.loads((ROOT / f"benchmarks/results/{name}.json").read_text())
+        assert run["config"]["runs"] == 3 and run["config"]["n_cores"] == 100_000
+        runs[name] = run["summary"]
+    after, before = runs["2026-12-05-vm"], runs["2026-12-05-vm-before-trim"]
+    for summary in (after, before):
+        for w, k in cells:
+            assert median(summary, w, "taskiq", k) == max(
+                median(summary, w, s, k) for s in summary[w] if s != "asyncjobs")
+    ours = [median(after, w, "asyncjobs", k) for w, k in cells]
+    taskiq = [median(after, w, "taskiq", k) for w, k in cells]
+    x = [f"{a / b:.2f}x" for a, b in zip(ours, taskiq, strict=True)]
+    target = 4 * taskiq[3]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"With it: one process {ours[0]:,.0f} probe jobs/s (taskiq {taskiq[0]:,.0f}: "
+            f"{x[0]}) and {ours[1]:,.0f} redis-py jobs/s (taskiq {taskiq[1]:,.0f}: {x[1]}); "
+            f"every core {ours[2]:,.0f} probe jobs/s (taskiq {taskiq[2]:,.0f}: **{x[2]}**) "
+            f"and {ours[3]:,.0f} redis-py jobs/s (taskiq {taskiq[3]:,.0f}: **{x[3]}**), "
+            f"{median(after, 'process_noop', 'asyncjobs', 'cmds_per_job'):.2f} commands a "
+            f"job, Redis {median(after, 'process_noop', 'asyncjobs', 'redis_cpu_us_per_job'):.1f}"
+            " µs a probe job on one process.") in text
+    was = [median(before, "cores", s, k) for s in ("asyncjobs", "taskiq")
+           for k in ("jobs_per_s", "incr_jobs_per_s")]
+    assert (f"Before it: every core {was[0]:,.0f} (taskiq {was[2]:,.0f}: "
+            f"{was[0] / was[2]:.2f}x) and {was[1]:,.0f} (taskiq {was[3]:,.0f}: "
+            f"{was[1] / was[3]:.2f}x), Redis "
+            f"{median(before, 'process_noop', 'asyncjobs', 'redis_cpu_us_per_job'):.1f} µs a "
+            f"probe job; Celery {median(before, 'cores', 'celery', 'jobs_per_s'):,.0f} and "
+            f"{median(before, 'cores', 'celery', 'incr_jobs_per_s'):,.0f} on every core.") in text
+    assert (x[2] >= "4.00x") == ("the every-core target is met on probe jobs" in text)
+    assert (f"4x taskiq's would be {target:,.0f} jobs/s, at most {2e6 / target:.0f} µs of the "
+            "machine a job, everything included; asyncjobs' two processes and Redis used "
+            f"{median(after, 'cores', 'asyncjobs', 'incr_cpu_us_per_job'):.0f}.") in text

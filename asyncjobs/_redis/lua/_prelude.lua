@@ -274,7 +274,9 @@ end
 
 -- Which of `entries` are pending for `consumer`, as a set, in one XPENDING over the range
 -- they span (it returns at most what this consumer holds there); entry by entry only if
--- that range holds more than `most`, or if one of `entries` is not a stream entry id.
+-- that range holds more than `most`, or if one of `entries` is not a stream entry id or has
+-- a part of more than 15 digits (a Lua number holds 53 bits: ids that differ only beyond
+-- them would compare equal, and the range could come out empty).
 local function held_set(stream, group, consumer, entries, most)
   local held = {}
   if #entries == 0 then return held end
@@ -284,7 +286,7 @@ local function held_set(stream, group, consumer, entries, most)
     if type(e) == 'string' then
       ms, seq = string.match(e, '^(%d+)%-(%d+)$')
     end
-    if not ms then
+    if not ms or #ms > 15 or #seq > 15 then  -- over 15 digits: not exact as a Lua number
       lo = nil
       break
     end
