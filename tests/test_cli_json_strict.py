@@ -59,6 +59,22 @@ def test_a_float_subclass_is_written_the_same() -> None:
         "NaN", "-Infinity", 2.5]
 
 
+def test_a_float_subclass_whose_comparisons_lie_or_raise_is_written_as_its_value() -> None:
+    """json's own float check (``o != o``) and ``non_finite``'s sign (``> 0``) asked the
+    subclass: a ``__ne__`` that lies made ``to_json`` raise ValueError (allow_nan=False),
+    and a ``__gt__`` that raises escaped."""
+    class Liar(float):
+        def __ne__(self, other: object) -> bool:
+            return True
+
+        def __gt__(self, other: object) -> bool:
+            raise RuntimeError("no comparisons")
+
+    got = [Liar(1.0), Liar("-inf"), Liar("nan")]
+    assert strict(to_json(got)) == [1.0, "-Infinity", "NaN"]
+    assert strict(render._one_line_json({"x": got})) == {"x": [1.0, "-Infinity", "NaN"]}
+
+
 def test_the_tables_one_line_json_is_strict_too() -> None:
     """``asyncjobs jobs`` shows progress data as one-line JSON: the same representation."""
     assert strict(render._one_line_json({"r": NON_FINITE})) == {"r": WRITTEN}

@@ -50,8 +50,9 @@ def non_finite(number: float) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return non_finite(value)
+    if isinstance(value, float):  # as an exact float: a subclass's methods are not asked
+        number = float.__float__(value)
+        return number if math.isfinite(number) else non_finite(number)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
