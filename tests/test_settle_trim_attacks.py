@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 
 import asyncjobs
 from asyncjobs._redis.keys import GROUP, Keys
-from asyncjobs._redis.scripts import run_pipelined
 from asyncjobs._redis.store import QueueStore, reschedule_levels
-from asyncjobs._redis.values import Delivery, SettleOp, Started
+from asyncjobs._redis.values import Delivery
 
 from .conftest import Backend
+from .test_settle_trim import _pending, _settle, _stream, _take
 
 ME, OTHER, GONE = "c-me", "c-other", "c-gone"
 QUEUE = "trimattack"
@@ -50,29 +50,6 @@ def _run(backend: Backend, n: int,
             await client.aclose()
 
     asyncio.run(main())
-
-
-async def _take(store: QueueStore, consumer: str, count: int) -> list[Started]:
-    taken = await store.take(consumer, count)
-    assert all(t.verdict == "run" for t in taken), taken
-    return taken
-
-
-async def _settle(client: Redis, store: QueueStore, consumer: str,
-                  taken: list[Started]) -> list[int]:
-    call = store.settle_call(consumer, [
-        SettleOp(t.delivery.entry, t.delivery.job_id, "complete", b"\xc0", 60) for t in taken])
-    [replies] = await run_pipelined(client, [call])
-    return list(replies)
-
-
-async def _stream(client: Redis, store: QueueStore) -> list[str]:
-    return [e.decode() for e, _ in await client.xrange(store.keys.stream)]
-
-
-async def _pending(client: Redis, store: QueueStore) -> dict[str, str]:
-    rows = await client.xpending_range(store.keys.stream, GROUP, "-", "+", 1000)
-    return {r["message_id"].decode(): r["consumer"].decode() for r in rows}
 
 
 def test_ids_with_more_digits_are_after_the_bound_not_before_it(backend: Backend) -> None:
