@@ -88,31 +88,22 @@ local function last_delivered(stream, group)
   if t ~= 'stream' then
     return t == 'none' and ''
   end
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if not ok then
+  local last = group_last_id(stream, group) or ''
+  if last == '' then
     return ''
   end
-  for _, g in ipairs(groups) do
-    local info = {}
-    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if info['name'] == group then
-      local last = info['last-delivered-id'] or ''
-      local about
-      ok, about = pcall(redis.call, 'XINFO', 'STREAM', stream)
-      if ok and last ~= '' then
-        local made = nil
-        for i = 1, #about, 2 do
-          if about[i] == 'last-generated-id' then made = about[i + 1] end
-        end
-        if made and made ~= last and at_or_before(made, last) then
-          redis.call('XGROUP', 'SETID', stream, group, made)
-          last = made
-        end
-      end
-      return last
+  local ok, about = pcall(redis.call, 'XINFO', 'STREAM', stream)
+  if ok then
+    local made = nil
+    for i = 1, #about, 2 do
+      if about[i] == 'last-generated-id' then made = about[i + 1] end
+    end
+    if made and made ~= last and at_or_before(made, last) then
+      redis.call('XGROUP', 'SETID', stream, group, made)
+      last = made
     end
   end
-  return ''
+  return last
 end
 
 -- Whether the group will still hand job `id` its entry `entry` (the record's `e`): the
